@@ -1,0 +1,184 @@
+//! The HTTP gateway (axum on tower). It translates Stripe webhooks and admin REST into gRPC
+//! calls and holds no business logic: extract, verify the caller, one call, map the answer.
+//!
+//! Every request gets an `x-request-id` (kept when the caller sent one), echoed in the
+//! response and recorded on the request's span, which is parented on the caller's W3C
+//! trace context. Bodies over `GATEWAY_BODY_LIMIT_BYTES` are refused with 413.
+
+mod health;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderName, Request, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use payouts_runtime::Settings;
+use payouts_runtime::shutdown::Shutdown;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The gateway's shared state: what its handlers need to call the services.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    settings: Arc<Settings>,
+}
+
+impl Gateway {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        Self { settings }
+    }
+
+    /// The HTTP routes with their middleware.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/webhooks/stripe-payouts", get(health::stripe_payouts))
+            .route(
+                "/api/webhooks/stripe-subscription",
+                get(health::stripe_subscription),
+            )
+            .route("/healthz", get(health::liveness))
+            .fallback(not_found)
+            .with_state(self.clone())
+            .layer(RequestBodyLimitLayer::new(
+                self.settings.gateway_body_limit_bytes,
+            ))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(TraceLayer::new_for_http().make_span_with(http_request_span))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+    }
+
+    /// Serves until `shutdown`, then lets in-flight requests finish.
+    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown.requested())
+            .await
+            .map_err(|error| anyhow::anyhow!("gateway failed: {error}"))
+    }
+}
+
+fn http_request_span<B>(request: &Request<B>) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "http request",
+        otel.kind = "server",
+        http.method = %request.method(),
+        http.route = %request.uri().path(),
+        request_id = %request_id,
+    );
+    payouts_runtime::telemetry::set_parent_from_headers(&span, request.headers());
+    span
+}
+
+/// A JSON error body `{"error": "..."}` with a status.
+pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn gateway(env: &[(&str, &str)]) -> Router {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        Gateway::new(Arc::new(Settings::from_env(env).unwrap())).router()
+    }
+
+    async fn json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn webhook_endpoints_answer_get_with_their_health() {
+        for (path, service) in [
+            ("/api/webhooks/stripe-payouts", "stripe-payouts-webhook"),
+            (
+                "/api/webhooks/stripe-subscription",
+                "stripe-subscription-webhook",
+            ),
+        ] {
+            let request = Request::get(path).body(Body::empty()).unwrap();
+            let response = gateway(&[]).oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = json(response).await;
+            assert_eq!(body["status"], "ok");
+            assert_eq!(body["service"], service);
+            let timestamp = body["timestamp"].as_str().unwrap();
+            assert!(
+                chrono::DateTime::parse_from_rfc3339(timestamp).is_ok(),
+                "{timestamp}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_a_request_id_and_keeps_the_callers() {
+        let response = gateway(&[])
+            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let generated = response
+            .headers()
+            .get(REQUEST_ID)
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(generated.len(), 36, "a UUID: {generated}");
+
+        let request = Request::get("/healthz")
+            .header(REQUEST_ID, "req-from-caller")
+            .body(Body::empty())
+            .unwrap();
+        let response = gateway(&[]).oneshot(request).await.unwrap();
+        assert_eq!(
+            response.headers().get(REQUEST_ID).unwrap(),
+            "req-from-caller"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused_with_413() {
+        let request = Request::post("/api/webhooks/stripe-payouts")
+            .header("content-length", "11")
+            .body(Body::from("01234567890"))
+            .unwrap();
+        let response = gateway(&[("GATEWAY_BODY_LIMIT_BYTES", "10")])
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_a_json_404() {
+        let response = gateway(&[])
+            .oneshot(Request::get("/nope").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(json(response).await["error"], "no such route");
+    }
+}

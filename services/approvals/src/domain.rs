@@ -1,0 +1,179 @@
+//! Approvals and the rules of deciding them (spec §7).
+
+use chrono::{DateTime, Utc};
+use payouts_runtime::{Money, ServiceError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApprovalStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl ApprovalStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalStatus::Pending => "pending",
+            ApprovalStatus::Approved => "approved",
+            ApprovalStatus::Rejected => "rejected",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(ApprovalStatus::Pending),
+            "approved" => Some(ApprovalStatus::Approved),
+            "rejected" => Some(ApprovalStatus::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// An admin's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Approve,
+    Reject,
+}
+
+/// A payout held for review (payoutApprovalQueue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// "approval_<payout id>", as in the spec: one approval per payout.
+    pub id: String,
+    pub payout_id: String,
+    pub user_id: String,
+    pub amount: Money,
+    pub status: ApprovalStatus,
+    pub reason: String,
+    /// Spec §6 flag names.
+    pub flags: Vec<String>,
+    pub requested_at: DateTime<Utc>,
+    pub reviewed_at: Option<DateTime<Utc>>,
+    pub reviewed_by: Option<String>,
+    pub review_notes: Option<String>,
+    pub version: i64,
+}
+
+/// The approval id of a payout.
+pub fn approval_id(payout_id: &str) -> String {
+    format!("approval_{payout_id}")
+}
+
+impl Approval {
+    /// Decides a pending approval. Decisions are final: a decided approval is a conflict.
+    /// Rejecting needs notes; nobody decides on their own payout.
+    pub fn decide(
+        &self,
+        action: Action,
+        reviewer: &str,
+        notes: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Approval, ServiceError> {
+        if self.status != ApprovalStatus::Pending {
+            return Err(ServiceError::conflict(format!(
+                "approval {} was already {}",
+                self.id,
+                self.status.as_str()
+            )));
+        }
+        let reviewer = reviewer.trim();
+        if reviewer.is_empty() {
+            return Err(ServiceError::invalid_argument("reviewer is required"));
+        }
+        if reviewer == self.user_id {
+            return Err(ServiceError::new(
+                payouts_runtime::ErrorKind::PermissionDenied,
+                "an admin cannot decide on their own payout",
+            ));
+        }
+        let notes = notes.map(str::trim).filter(|notes| !notes.is_empty());
+        if action == Action::Reject && notes.is_none() {
+            return Err(ServiceError::invalid_argument(
+                "notes are required to reject a payout",
+            ));
+        }
+        Ok(Approval {
+            status: match action {
+                Action::Approve => ApprovalStatus::Approved,
+                Action::Reject => ApprovalStatus::Rejected,
+            },
+            reviewed_at: Some(now),
+            reviewed_by: Some(reviewer.to_owned()),
+            review_notes: notes.map(str::to_owned),
+            version: self.version + 1,
+            ..self.clone()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use payouts_runtime::ErrorKind;
+
+    fn pending() -> Approval {
+        Approval {
+            id: approval_id("payout_1"),
+            payout_id: "payout_1".to_owned(),
+            user_id: "creator".to_owned(),
+            amount: Money::usd(750_000),
+            status: ApprovalStatus::Pending,
+            reason: "Amount exceeds $5,000".to_owned(),
+            flags: vec!["REQUIRES_ADMIN_APPROVAL".to_owned()],
+            requested_at: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            reviewed_at: None,
+            reviewed_by: None,
+            review_notes: None,
+            version: 1,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_100, 0).unwrap()
+    }
+
+    #[test]
+    fn approving_records_reviewer_time_and_notes() {
+        let approved = pending()
+            .decide(Action::Approve, "admin-1", Some(" ok "), now())
+            .unwrap();
+        assert_eq!(approved.status, ApprovalStatus::Approved);
+        assert_eq!(approved.reviewed_by.as_deref(), Some("admin-1"));
+        assert_eq!(approved.reviewed_at, Some(now()));
+        assert_eq!(approved.review_notes.as_deref(), Some("ok"));
+        assert_eq!(approved.version, 2);
+    }
+
+    #[test]
+    fn rejecting_needs_notes() {
+        let error = pending()
+            .decide(Action::Reject, "admin-1", Some("  "), now())
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            pending()
+                .decide(Action::Reject, "admin-1", Some("fraud"), now())
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn decisions_are_final() {
+        let approved = pending()
+            .decide(Action::Approve, "admin-1", None, now())
+            .unwrap();
+        let error = approved
+            .decide(Action::Reject, "admin-2", Some("no"), now())
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn nobody_decides_on_their_own_payout() {
+        let error = pending()
+            .decide(Action::Approve, "creator", None, now())
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::PermissionDenied);
+    }
+}

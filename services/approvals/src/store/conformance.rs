@@ -1,0 +1,142 @@
+//! The behaviour every `ApprovalRepository` must have, run against the embedded store and
+//! against MongoDB (the test server, or the one `MONGODB_URI` names).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use payouts_runtime::store::store_precision;
+use payouts_runtime::{ErrorKind, Money};
+
+use super::*;
+use crate::domain::{Action, approval_id};
+
+fn at(minute: i64) -> DateTime<Utc> {
+    store_precision(Utc::now()) + Duration::minutes(minute)
+}
+
+fn approval(payout_id: &str, minute: i64) -> Approval {
+    Approval {
+        id: approval_id(payout_id),
+        payout_id: payout_id.to_owned(),
+        user_id: "creator".to_owned(),
+        amount: Money::usd(750_000),
+        status: ApprovalStatus::Pending,
+        reason: "Amount exceeds $5,000".to_owned(),
+        flags: vec![
+            "REQUIRES_ADMIN_APPROVAL".to_owned(),
+            "NEW_ACCOUNT".to_owned(),
+        ],
+        requested_at: at(minute),
+        reviewed_at: None,
+        reviewed_by: None,
+        review_notes: None,
+        version: 1,
+    }
+}
+
+async fn run(repository: Arc<dyn ApprovalRepository>) {
+    one_approval_per_payout(repository.as_ref()).await;
+    a_stale_decision_conflicts(repository.as_ref()).await;
+    concurrent_decisions_one_wins(Arc::clone(&repository)).await;
+    lists_pending_oldest_first(repository.as_ref()).await;
+}
+
+async fn one_approval_per_payout(repository: &dyn ApprovalRepository) {
+    let first = approval("payout_once", 1);
+    assert_eq!(
+        repository.create(&first).await.unwrap(),
+        (first.clone(), true)
+    );
+    let mut second = approval("payout_once", 2);
+    second.reason = "another reason".to_owned();
+    assert_eq!(
+        repository.create(&second).await.unwrap(),
+        (first.clone(), false)
+    );
+    assert_eq!(repository.get(&first.id).await.unwrap(), Some(first));
+    assert_eq!(repository.get("approval_none").await.unwrap(), None);
+}
+
+async fn a_stale_decision_conflicts(repository: &dyn ApprovalRepository) {
+    let pending = approval("payout_stale", 1);
+    repository.create(&pending).await.unwrap();
+    let approved = pending
+        .decide(Action::Approve, "admin-1", None, at(5))
+        .unwrap();
+    repository
+        .replace(&approved, pending.version)
+        .await
+        .unwrap();
+    let rejected = pending
+        .decide(Action::Reject, "admin-2", Some("no"), at(6))
+        .unwrap();
+    let error = repository
+        .replace(&rejected, pending.version)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Conflict);
+    assert_eq!(repository.get(&pending.id).await.unwrap(), Some(approved));
+}
+
+async fn concurrent_decisions_one_wins(repository: Arc<dyn ApprovalRepository>) {
+    let pending = approval("payout_race", 1);
+    repository.create(&pending).await.unwrap();
+    let deciders = (0..10).map(|i| {
+        let repository = Arc::clone(&repository);
+        let decided = if i % 2 == 0 {
+            pending.decide(Action::Approve, &format!("admin-{i}"), None, at(i))
+        } else {
+            pending.decide(Action::Reject, &format!("admin-{i}"), Some("no"), at(i))
+        }
+        .unwrap();
+        tokio::spawn(async move { repository.replace(&decided, 1).await.map(|()| decided) })
+    });
+    let mut winners = Vec::new();
+    for decider in deciders {
+        match decider.await.unwrap() {
+            Ok(decided) => winners.push(decided),
+            Err(error) => assert_eq!(error.kind(), ErrorKind::Conflict),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    assert_eq!(
+        repository.get(&pending.id).await.unwrap().as_ref(),
+        winners.first()
+    );
+}
+
+async fn lists_pending_oldest_first(repository: &dyn ApprovalRepository) {
+    let newer = approval("payout_list_b", 30);
+    let older = approval("payout_list_a", 20);
+    repository.create(&newer).await.unwrap();
+    repository.create(&older).await.unwrap();
+    let pending = repository
+        .list(Some(ApprovalStatus::Pending), 100)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = pending.iter().map(|a| a.payout_id.as_str()).collect();
+    assert_eq!(ids, ["payout_once", "payout_list_a", "payout_list_b"]);
+    // payout_stale and payout_race were decided; whichever way the race went, both are gone
+    // from the pending queue and appear under their decision.
+    let approved = repository
+        .list(Some(ApprovalStatus::Approved), 100)
+        .await
+        .unwrap();
+    let rejected = repository
+        .list(Some(ApprovalStatus::Rejected), 100)
+        .await
+        .unwrap();
+    assert_eq!(approved.len() + rejected.len(), 2);
+    assert_eq!(repository.list(None, 100).await.unwrap().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    run(Arc::new(MemoryApprovals::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store_conforms() {
+    let database = payouts_runtime::testing::mongo_database("approvals").await;
+    run(Arc::new(MongoApprovals::open(&database).await.unwrap())).await;
+}

@@ -1,0 +1,76 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use payouts_runtime::ServiceError;
+
+use super::{ApprovalRepository, stale};
+use crate::domain::{Approval, ApprovalStatus};
+
+/// Embedded store: approvals by id (the id is derived from the payout id).
+#[derive(Debug, Default)]
+pub struct MemoryApprovals {
+    approvals: Mutex<HashMap<String, Approval>>,
+}
+
+impl MemoryApprovals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Approval>> {
+        self.approvals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl ApprovalRepository for MemoryApprovals {
+    async fn create(&self, approval: &Approval) -> Result<(Approval, bool), ServiceError> {
+        let mut approvals = self.lock();
+        if let Some(existing) = approvals
+            .values()
+            .find(|a| a.payout_id == approval.payout_id)
+        {
+            return Ok((existing.clone(), false));
+        }
+        approvals.insert(approval.id.clone(), approval.clone());
+        Ok((approval.clone(), true))
+    }
+
+    async fn get(&self, approval_id: &str) -> Result<Option<Approval>, ServiceError> {
+        Ok(self.lock().get(approval_id).cloned())
+    }
+
+    async fn replace(
+        &self,
+        approval: &Approval,
+        expected_version: i64,
+    ) -> Result<(), ServiceError> {
+        let mut approvals = self.lock();
+        match approvals.get_mut(&approval.id) {
+            Some(stored) if stored.version == expected_version => {
+                *stored = approval.clone();
+                Ok(())
+            }
+            _ => Err(stale(&approval.id)),
+        }
+    }
+
+    async fn list(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, ServiceError> {
+        let mut found: Vec<Approval> = self
+            .lock()
+            .values()
+            .filter(|a| status.is_none_or(|status| a.status == status))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| {
+            a.requested_at
+                .cmp(&b.requested_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        found.truncate(limit);
+        Ok(found)
+    }
+}

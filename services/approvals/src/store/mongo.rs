@@ -1,0 +1,191 @@
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{self, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
+use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::{Currency, Money, ServiceError};
+use serde::{Deserialize, Serialize};
+
+use super::{ApprovalRepository, stale};
+use crate::domain::{Approval, ApprovalStatus};
+
+/// MongoDB store: collection `payoutApprovalQueue` (spec §7 document).
+#[derive(Debug, Clone)]
+pub struct MongoApprovals {
+    collection: Collection<ApprovalDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ApprovalDocument {
+    #[serde(rename = "_id")]
+    id: String,
+    payout_id: String,
+    user_id: String,
+    amount_cents: i64,
+    currency: String,
+    status: String,
+    reason: String,
+    flags: Vec<String>,
+    requested_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reviewed_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reviewed_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    review_notes: Option<String>,
+    created_at: bson::DateTime,
+    version: i64,
+}
+
+impl From<&Approval> for ApprovalDocument {
+    fn from(a: &Approval) -> Self {
+        Self {
+            id: a.id.clone(),
+            payout_id: a.payout_id.clone(),
+            user_id: a.user_id.clone(),
+            amount_cents: a.amount.cents,
+            currency: a.amount.currency.to_string(),
+            status: a.status.as_str().to_owned(),
+            reason: a.reason.clone(),
+            flags: a.flags.clone(),
+            requested_at: to_bson_time(a.requested_at),
+            reviewed_at: a.reviewed_at.map(to_bson_time),
+            reviewed_by: a.reviewed_by.clone(),
+            review_notes: a.review_notes.clone(),
+            created_at: to_bson_time(a.requested_at),
+            version: a.version,
+        }
+    }
+}
+
+impl TryFrom<ApprovalDocument> for Approval {
+    type Error = ServiceError;
+
+    fn try_from(d: ApprovalDocument) -> Result<Self, Self::Error> {
+        let status = ApprovalStatus::parse(&d.status).ok_or_else(|| {
+            ServiceError::internal(anyhow::anyhow!(
+                "approval {} has status {:?}",
+                d.id,
+                d.status
+            ))
+        })?;
+        Ok(Self {
+            amount: Money::new(d.amount_cents, Currency::parse(&d.currency)?),
+            id: d.id,
+            payout_id: d.payout_id,
+            user_id: d.user_id,
+            status,
+            reason: d.reason,
+            flags: d.flags,
+            requested_at: from_bson_time(d.requested_at),
+            reviewed_at: d.reviewed_at.map(from_bson_time),
+            reviewed_by: d.reviewed_by,
+            review_notes: d.review_notes,
+            version: d.version,
+        })
+    }
+}
+
+impl MongoApprovals {
+    /// Opens the collection and ensures its indexes (idempotent): one approval per payout.
+    pub async fn open(database: &mongodb::Database) -> anyhow::Result<Self> {
+        let collection = database.collection::<ApprovalDocument>("payoutApprovalQueue");
+        collection
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "payoutId": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "requestedAt": 1 })
+                    .build(),
+            ])
+            .await?;
+        Ok(Self { collection })
+    }
+
+    async fn find_by_payout(&self, payout_id: &str) -> Result<Option<Approval>, ServiceError> {
+        self.collection
+            .find_one(doc! { "payoutId": payout_id })
+            .await
+            .map_err(mongo_error)?
+            .map(Approval::try_from)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl ApprovalRepository for MongoApprovals {
+    async fn create(&self, approval: &Approval) -> Result<(Approval, bool), ServiceError> {
+        match self
+            .collection
+            .insert_one(ApprovalDocument::from(approval))
+            .await
+        {
+            Ok(_) => Ok((approval.clone(), true)),
+            Err(error) if is_duplicate_key(&error) => {
+                let existing =
+                    self.find_by_payout(&approval.payout_id)
+                        .await?
+                        .ok_or_else(|| {
+                            ServiceError::internal(anyhow::anyhow!("duplicate approval vanished"))
+                        })?;
+                Ok((existing, false))
+            }
+            Err(error) => Err(mongo_error(error)),
+        }
+    }
+
+    async fn get(&self, approval_id: &str) -> Result<Option<Approval>, ServiceError> {
+        self.collection
+            .find_one(doc! { "_id": approval_id })
+            .await
+            .map_err(mongo_error)?
+            .map(Approval::try_from)
+            .transpose()
+    }
+
+    async fn replace(
+        &self,
+        approval: &Approval,
+        expected_version: i64,
+    ) -> Result<(), ServiceError> {
+        let result = self
+            .collection
+            .replace_one(
+                doc! { "_id": &approval.id, "version": expected_version },
+                ApprovalDocument::from(approval),
+            )
+            .await
+            .map_err(mongo_error)?;
+        if result.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(stale(&approval.id))
+        }
+    }
+
+    async fn list(
+        &self,
+        status: Option<ApprovalStatus>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, ServiceError> {
+        let filter = match status {
+            Some(status) => doc! { "status": status.as_str() },
+            None => doc! {},
+        };
+        let documents: Vec<ApprovalDocument> = self
+            .collection
+            .find(filter)
+            .sort(doc! { "requestedAt": 1, "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(mongo_error)?
+            .try_collect()
+            .await
+            .map_err(mongo_error)?;
+        documents.into_iter().map(Approval::try_from).collect()
+    }
+}

@@ -1,0 +1,56 @@
+//! The behaviour every `SnapshotRepository` must have, run against the embedded store and
+//! against MongoDB (the test server, or the one `MONGODB_URI` names).
+
+use chrono::{Duration, Utc};
+use payouts_runtime::Currency;
+use payouts_runtime::store::store_precision;
+
+use super::*;
+use crate::domain::ThresholdStatus;
+
+fn snapshot(id: &str, day: i64, available: i64) -> Snapshot {
+    Snapshot {
+        id: id.to_owned(),
+        taken_at: store_precision(Utc::now()) + Duration::days(day),
+        currency: Currency::usd(),
+        available_balance_cents: available,
+        pending_balance_cents: 500_000,
+        pending_obligations_cents: 1_500_000,
+        required_reserve_cents: 1_800_000,
+        threshold_status: ThresholdStatus::Healthy,
+        users_with_unpaid_earnings: 42,
+        users_without_bank_accounts: 8,
+    }
+}
+
+async fn run(repository: &dyn SnapshotRepository) {
+    let days: Vec<Snapshot> = (0..5)
+        .map(|day| snapshot(&format!("snapshot_{day}"), day, 2_500_000 + day))
+        .collect();
+    for s in days.iter().rev() {
+        repository.insert(s).await.unwrap();
+    }
+    // The same snapshot again is harmless.
+    let mut changed = days[0].clone();
+    changed.available_balance_cents = 1;
+    repository.insert(&changed).await.unwrap();
+
+    let recent = repository.recent(3).await.unwrap();
+    assert_eq!(
+        recent,
+        vec![days[4].clone(), days[3].clone(), days[2].clone()]
+    );
+    assert_eq!(repository.recent(100).await.unwrap().len(), 5);
+    assert_eq!(recent[0].total_balance_cents(), 2_500_004 + 500_000);
+}
+
+#[tokio::test]
+async fn embedded_store_conforms() {
+    run(&MemorySnapshots::default()).await;
+}
+
+#[tokio::test]
+async fn mongo_store_conforms() {
+    let database = payouts_runtime::testing::mongo_database("balance").await;
+    run(&MongoSnapshots::open(&database).await.unwrap()).await;
+}

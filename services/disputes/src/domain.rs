@@ -1,0 +1,138 @@
+//! Allocations: earnings credited to a creator from a supporter's charge (spec §3).
+
+use chrono::{DateTime, Utc};
+use payouts_runtime::convert::required_id;
+use payouts_runtime::{Money, ServiceError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllocationStatus {
+    Active,
+    /// Partially refunded: reduced, still payable.
+    AtRisk,
+    /// Frozen by an open dispute.
+    Disputed,
+    /// Fully refunded or dispute lost.
+    Refunded,
+}
+
+impl AllocationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllocationStatus::Active => "active",
+            AllocationStatus::AtRisk => "at_risk",
+            AllocationStatus::Disputed => "disputed",
+            AllocationStatus::Refunded => "refunded",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(AllocationStatus::Active),
+            "at_risk" => Some(AllocationStatus::AtRisk),
+            "disputed" => Some(AllocationStatus::Disputed),
+            "refunded" => Some(AllocationStatus::Refunded),
+            _ => None,
+        }
+    }
+}
+
+/// A creator allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    /// The caller's allocation id (idempotency key).
+    pub id: String,
+    pub user_id: String,
+    pub charge_id: String,
+    pub original_amount: Money,
+    /// What is still credited after refunds.
+    pub amount: Money,
+    pub status: AllocationStatus,
+    pub refunded_cents: i64,
+    pub frozen_cents: i64,
+    pub dispute_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl Allocation {
+    /// A new allocation from caller input; every problem names its field.
+    pub fn credit(
+        id: &str,
+        user_id: &str,
+        charge_id: &str,
+        amount: Money,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ServiceError> {
+        if amount.cents <= 0 {
+            return Err(ServiceError::invalid_argument(format!(
+                "amount must be a positive number of cents, got {}",
+                amount.cents
+            )));
+        }
+        Ok(Self {
+            id: required_id(id, "allocation_id")?,
+            user_id: required_id(user_id, "user_id")?,
+            charge_id: required_id(charge_id, "charge_id")?,
+            original_amount: amount.clone(),
+            amount,
+            status: AllocationStatus::Active,
+            refunded_cents: 0,
+            frozen_cents: 0,
+            dispute_id: None,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        })
+    }
+
+    /// Whether a retried credit says the same thing as the stored one.
+    pub fn same_credit(&self, other: &Allocation) -> bool {
+        self.id == other.id
+            && self.user_id == other.user_id
+            && self.charge_id == other.charge_id
+            && self.original_amount == other.original_amount
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn a_credit_must_be_positive_and_named() {
+        assert!(Allocation::credit("a", "u", "ch_1", Money::usd(0), now()).is_err());
+        assert!(Allocation::credit("a", "u", "ch_1", Money::usd(-5), now()).is_err());
+        let error = Allocation::credit("a", "", "ch_1", Money::usd(5), now()).unwrap_err();
+        assert_eq!(error.message(), "user_id is required");
+        let credited = Allocation::credit("a", "u", "ch_1", Money::usd(500), now()).unwrap();
+        assert_eq!(credited.status, AllocationStatus::Active);
+        assert_eq!(credited.amount, credited.original_amount);
+    }
+
+    #[test]
+    fn a_retried_credit_is_recognised_by_its_content() {
+        let first = Allocation::credit("a", "u", "ch_1", Money::usd(500), now()).unwrap();
+        let later = now() + chrono::Duration::minutes(1);
+        let retried = Allocation::credit("a", "u", "ch_1", Money::usd(500), later).unwrap();
+        assert!(first.same_credit(&retried));
+        let different = Allocation::credit("a", "u", "ch_1", Money::usd(501), now()).unwrap();
+        assert!(!first.same_credit(&different));
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for status in [
+            AllocationStatus::Active,
+            AllocationStatus::AtRisk,
+            AllocationStatus::Disputed,
+            AllocationStatus::Refunded,
+        ] {
+            assert_eq!(AllocationStatus::parse(status.as_str()), Some(status));
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The gRPC surface: parse requests into domain values, call the repository, map back.
+
+use std::sync::Arc;
+
+use payouts_proto::disputes::v1 as pb;
+use payouts_proto::disputes::v1::disputes_service_server::{
+    DisputesService, DisputesServiceServer,
+};
+use payouts_runtime::convert::{page_size, required_id, timestamp};
+use payouts_runtime::{Clock, Money, ServiceError};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Allocation, AllocationStatus};
+use crate::store::AllocationRepository;
+
+/// The tonic service.
+pub struct DisputesGrpc {
+    allocations: Arc<dyn AllocationRepository>,
+    clock: Arc<dyn Clock>,
+}
+
+impl DisputesGrpc {
+    pub fn new(allocations: Arc<dyn AllocationRepository>, clock: Arc<dyn Clock>) -> Self {
+        Self { allocations, clock }
+    }
+}
+
+/// The generated server around the service.
+pub fn server(service: DisputesGrpc) -> DisputesServiceServer<DisputesGrpc> {
+    DisputesServiceServer::new(service)
+}
+
+fn to_proto(a: Allocation) -> pb::Allocation {
+    let status = match a.status {
+        AllocationStatus::Active => pb::AllocationStatus::Active,
+        AllocationStatus::AtRisk => pb::AllocationStatus::AtRisk,
+        AllocationStatus::Disputed => pb::AllocationStatus::Disputed,
+        AllocationStatus::Refunded => pb::AllocationStatus::Refunded,
+    };
+    pb::Allocation {
+        id: a.id,
+        user_id: a.user_id,
+        charge_id: a.charge_id,
+        original_amount: Some(a.original_amount.into()),
+        amount: Some(a.amount.into()),
+        status: status.into(),
+        refunded_cents: a.refunded_cents,
+        frozen_cents: a.frozen_cents,
+        dispute_id: a.dispute_id.unwrap_or_default(),
+        created_at: Some(timestamp(a.created_at)),
+        updated_at: Some(timestamp(a.updated_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl DisputesService for DisputesGrpc {
+    #[tracing::instrument(skip_all, fields(allocation_id = %request.get_ref().allocation_id))]
+    async fn record_allocation(
+        &self,
+        request: Request<pb::RecordAllocationRequest>,
+    ) -> Result<Response<pb::RecordAllocationResponse>, Status> {
+        let r = request.into_inner();
+        let amount = Money::try_from(
+            r.amount
+                .ok_or_else(|| ServiceError::invalid_argument("amount is required"))?,
+        )?;
+        let allocation = Allocation::credit(
+            &r.allocation_id,
+            &r.user_id,
+            &r.charge_id,
+            amount,
+            self.clock.now(),
+        )?;
+        let (allocation, created) = self.allocations.record(&allocation).await?;
+        if created {
+            tracing::info!(user_id = %allocation.user_id, cents = allocation.amount.cents, "allocation credited");
+        }
+        Ok(Response::new(pb::RecordAllocationResponse {
+            allocation: Some(to_proto(allocation)),
+            created,
+        }))
+    }
+
+    async fn get_earnings(
+        &self,
+        _request: Request<pb::GetEarningsRequest>,
+    ) -> Result<Response<pb::GetEarningsResponse>, Status> {
+        Err(Status::unimplemented("earnings are not built yet"))
+    }
+
+    async fn list_allocations(
+        &self,
+        request: Request<pb::ListAllocationsRequest>,
+    ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let limit = page_size(r.limit, 50, 500)?;
+        let allocations = self
+            .allocations
+            .list_by_user(&user_id, limit)
+            .await?
+            .into_iter()
+            .map(to_proto)
+            .collect();
+        Ok(Response::new(pb::ListAllocationsResponse { allocations }))
+    }
+
+    async fn handle_stripe_event(
+        &self,
+        _request: Request<pb::HandleStripeEventRequest>,
+    ) -> Result<Response<pb::HandleStripeEventResponse>, Status> {
+        Err(Status::unimplemented(
+            "refund and dispute handling is not built yet",
+        ))
+    }
+}

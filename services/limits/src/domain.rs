@@ -1,0 +1,143 @@
+//! The limit configuration (spec §6, one source of truth) and blocked attempts.
+
+use chrono::{DateTime, Utc};
+
+/// Spec §6 `PAYOUT_LIMITS`; amounts in cents, the ratio in basis points (no floats).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitConfig {
+    pub max_single_payout_cents: i64,
+    pub max_payouts_per_day: i64,
+    pub max_daily_amount_cents: i64,
+    pub max_monthly_amount_cents: i64,
+    pub new_account_max_payout_cents: i64,
+    pub new_account_days: i64,
+    pub require_approval_amount_cents: i64,
+    pub min_seconds_between_payouts: i64,
+    pub suspicious_pattern_threshold: i64,
+    /// 0.8 of lifetime earnings = 8000 basis points.
+    pub suspicious_amount_ratio_bps: i64,
+    /// Spec §6 check 7: "first payout unusually large (>$2,000)".
+    pub large_first_payout_cents: i64,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        Self {
+            max_single_payout_cents: 10_000_00,
+            max_payouts_per_day: 3,
+            max_daily_amount_cents: 25_000_00,
+            max_monthly_amount_cents: 100_000_00,
+            new_account_max_payout_cents: 1_000_00,
+            new_account_days: 30,
+            require_approval_amount_cents: 5_000_00,
+            min_seconds_between_payouts: 300,
+            suspicious_pattern_threshold: 5,
+            suspicious_amount_ratio_bps: 8_000,
+            large_first_payout_cents: 2_000_00,
+        }
+    }
+}
+
+/// Spec §6 flag names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flag {
+    ExceedsSingleLimit,
+    RequiresAdminApproval,
+    NewAccount,
+    ExceedsNewAccountLimit,
+    ExceedsDailyCountLimit,
+    ExceedsDailyAmountLimit,
+    ExceedsMonthlyAmountLimit,
+    TooSoon,
+    SuspiciousFrequency,
+    LargePercentageOfEarnings,
+    LargeFirstPayout,
+}
+
+impl Flag {
+    pub const ALL: [Flag; 11] = [
+        Flag::ExceedsSingleLimit,
+        Flag::RequiresAdminApproval,
+        Flag::NewAccount,
+        Flag::ExceedsNewAccountLimit,
+        Flag::ExceedsDailyCountLimit,
+        Flag::ExceedsDailyAmountLimit,
+        Flag::ExceedsMonthlyAmountLimit,
+        Flag::TooSoon,
+        Flag::SuspiciousFrequency,
+        Flag::LargePercentageOfEarnings,
+        Flag::LargeFirstPayout,
+    ];
+
+    /// The name stored in documents and shown to admins (the spec's names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flag::ExceedsSingleLimit => "EXCEEDS_SINGLE_LIMIT",
+            Flag::RequiresAdminApproval => "REQUIRES_ADMIN_APPROVAL",
+            Flag::NewAccount => "NEW_ACCOUNT",
+            Flag::ExceedsNewAccountLimit => "EXCEEDS_NEW_ACCOUNT_LIMIT",
+            Flag::ExceedsDailyCountLimit => "EXCEEDS_DAILY_COUNT_LIMIT",
+            Flag::ExceedsDailyAmountLimit => "EXCEEDS_DAILY_AMOUNT_LIMIT",
+            Flag::ExceedsMonthlyAmountLimit => "EXCEEDS_MONTHLY_AMOUNT_LIMIT",
+            Flag::TooSoon => "TOO_SOON",
+            Flag::SuspiciousFrequency => "SUSPICIOUS_FREQUENCY",
+            Flag::LargePercentageOfEarnings => "LARGE_PERCENTAGE_OF_EARNINGS",
+            Flag::LargeFirstPayout => "LARGE_FIRST_PAYOUT",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|flag| flag.as_str() == text)
+    }
+}
+
+/// Figures behind a decision (spec §6 metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitMetadata {
+    pub is_new_account: bool,
+    pub account_age_days: i64,
+    pub daily_payout_count: i64,
+    pub daily_payout_amount_cents: i64,
+    pub monthly_payout_amount_cents: i64,
+    pub lifetime_earnings_cents: i64,
+}
+
+/// A payout attempt the limits refused (payoutBlockedAttempts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedAttempt {
+    pub id: String,
+    pub user_id: String,
+    pub amount_cents: i64,
+    pub flags: Vec<Flag>,
+    pub reason: String,
+    pub metadata: LimitMetadata,
+    pub attempted_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_spec_values() {
+        let config = LimitConfig::default();
+        assert_eq!(config.max_single_payout_cents, 1_000_000);
+        assert_eq!(config.max_payouts_per_day, 3);
+        assert_eq!(config.max_daily_amount_cents, 2_500_000);
+        assert_eq!(config.max_monthly_amount_cents, 10_000_000);
+        assert_eq!(config.new_account_max_payout_cents, 100_000);
+        assert_eq!(config.new_account_days, 30);
+        assert_eq!(config.require_approval_amount_cents, 500_000);
+        assert_eq!(config.min_seconds_between_payouts, 300);
+        assert_eq!(config.suspicious_pattern_threshold, 5);
+        assert_eq!(config.suspicious_amount_ratio_bps, 8_000);
+        assert_eq!(config.large_first_payout_cents, 200_000);
+    }
+
+    #[test]
+    fn flag_names_round_trip() {
+        for flag in Flag::ALL {
+            assert_eq!(Flag::parse(flag.as_str()), Some(flag));
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The gRPC surface: parse requests into domain values, call the repository, map back.
+
+use std::sync::Arc;
+
+use payouts_proto::limits::v1 as pb;
+use payouts_proto::limits::v1::payout_limits_service_server::{
+    PayoutLimitsService, PayoutLimitsServiceServer,
+};
+use payouts_runtime::convert::{page_size, required_id, timestamp};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{BlockedAttempt, Flag, LimitConfig, LimitMetadata};
+use crate::store::BlockedAttemptRepository;
+
+/// The tonic service.
+pub struct LimitsGrpc {
+    config: LimitConfig,
+    blocked_attempts: Arc<dyn BlockedAttemptRepository>,
+}
+
+impl LimitsGrpc {
+    pub fn new(config: LimitConfig, blocked_attempts: Arc<dyn BlockedAttemptRepository>) -> Self {
+        Self {
+            config,
+            blocked_attempts,
+        }
+    }
+}
+
+/// The generated server around the service.
+pub fn server(service: LimitsGrpc) -> PayoutLimitsServiceServer<LimitsGrpc> {
+    PayoutLimitsServiceServer::new(service)
+}
+
+/// The contract's flag for a domain flag.
+pub fn flag_to_proto(flag: Flag) -> pb::PayoutFlag {
+    match flag {
+        Flag::ExceedsSingleLimit => pb::PayoutFlag::ExceedsSingleLimit,
+        Flag::RequiresAdminApproval => pb::PayoutFlag::RequiresAdminApproval,
+        Flag::NewAccount => pb::PayoutFlag::NewAccount,
+        Flag::ExceedsNewAccountLimit => pb::PayoutFlag::ExceedsNewAccountLimit,
+        Flag::ExceedsDailyCountLimit => pb::PayoutFlag::ExceedsDailyCountLimit,
+        Flag::ExceedsDailyAmountLimit => pb::PayoutFlag::ExceedsDailyAmountLimit,
+        Flag::ExceedsMonthlyAmountLimit => pb::PayoutFlag::ExceedsMonthlyAmountLimit,
+        Flag::TooSoon => pb::PayoutFlag::TooSoon,
+        Flag::SuspiciousFrequency => pb::PayoutFlag::SuspiciousFrequency,
+        Flag::LargePercentageOfEarnings => pb::PayoutFlag::LargePercentageOfEarnings,
+        Flag::LargeFirstPayout => pb::PayoutFlag::LargeFirstPayout,
+    }
+}
+
+fn metadata_to_proto(m: LimitMetadata) -> pb::LimitMetadata {
+    pb::LimitMetadata {
+        is_new_account: m.is_new_account,
+        account_age_days: m.account_age_days,
+        daily_payout_count: m.daily_payout_count,
+        daily_payout_amount_cents: m.daily_payout_amount_cents,
+        monthly_payout_amount_cents: m.monthly_payout_amount_cents,
+        lifetime_earnings_cents: m.lifetime_earnings_cents,
+    }
+}
+
+fn attempt_to_proto(a: BlockedAttempt) -> pb::BlockedAttempt {
+    pb::BlockedAttempt {
+        id: a.id,
+        user_id: a.user_id,
+        amount_cents: a.amount_cents,
+        flags: a
+            .flags
+            .into_iter()
+            .map(|flag| flag_to_proto(flag).into())
+            .collect(),
+        reason: a.reason,
+        metadata: Some(metadata_to_proto(a.metadata)),
+        attempted_at: Some(timestamp(a.attempted_at)),
+    }
+}
+
+#[tonic::async_trait]
+impl PayoutLimitsService for LimitsGrpc {
+    async fn validate_payout_limits(
+        &self,
+        _request: Request<pb::ValidatePayoutLimitsRequest>,
+    ) -> Result<Response<pb::ValidatePayoutLimitsResponse>, Status> {
+        Err(Status::unimplemented("limit validation is not built yet"))
+    }
+
+    async fn reserve_payout(
+        &self,
+        _request: Request<pb::ReservePayoutRequest>,
+    ) -> Result<Response<pb::ReservePayoutResponse>, Status> {
+        Err(Status::unimplemented("quota reservation is not built yet"))
+    }
+
+    async fn release_payout(
+        &self,
+        _request: Request<pb::ReleasePayoutRequest>,
+    ) -> Result<Response<pb::ReleasePayoutResponse>, Status> {
+        Err(Status::unimplemented("quota reservation is not built yet"))
+    }
+
+    async fn get_limit_config(
+        &self,
+        _request: Request<pb::GetLimitConfigRequest>,
+    ) -> Result<Response<pb::GetLimitConfigResponse>, Status> {
+        let c = &self.config;
+        Ok(Response::new(pb::GetLimitConfigResponse {
+            max_single_payout_cents: c.max_single_payout_cents,
+            max_payouts_per_day: c.max_payouts_per_day,
+            max_daily_amount_cents: c.max_daily_amount_cents,
+            max_monthly_amount_cents: c.max_monthly_amount_cents,
+            new_account_max_payout_cents: c.new_account_max_payout_cents,
+            new_account_days: c.new_account_days,
+            require_approval_amount_cents: c.require_approval_amount_cents,
+            min_seconds_between_payouts: c.min_seconds_between_payouts,
+            suspicious_pattern_threshold: c.suspicious_pattern_threshold,
+            suspicious_amount_ratio_bps: c.suspicious_amount_ratio_bps,
+            large_first_payout_cents: c.large_first_payout_cents,
+        }))
+    }
+
+    async fn list_blocked_attempts(
+        &self,
+        request: Request<pb::ListBlockedAttemptsRequest>,
+    ) -> Result<Response<pb::ListBlockedAttemptsResponse>, Status> {
+        let r = request.into_inner();
+        let user_id = if r.user_id.trim().is_empty() {
+            None
+        } else {
+            Some(required_id(&r.user_id, "user_id")?)
+        };
+        let limit = page_size(r.limit, 50, 500)?;
+        let attempts = self
+            .blocked_attempts
+            .list(user_id.as_deref(), limit)
+            .await?
+            .into_iter()
+            .map(attempt_to_proto)
+            .collect();
+        Ok(Response::new(pb::ListBlockedAttemptsResponse { attempts }))
+    }
+}

@@ -1,0 +1,132 @@
+//! The behaviour every `NotificationRepository` must have, run against the embedded store
+//! and against MongoDB (the test server, or the one `MONGODB_URI` names).
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use payouts_runtime::ErrorKind;
+use payouts_runtime::store::store_precision;
+
+use super::*;
+use crate::domain::{Criticality, NewNotification};
+
+fn at(minute: i64) -> DateTime<Utc> {
+    store_precision(Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap() + Duration::minutes(minute))
+}
+
+fn notification(recipient: &str, kind: &str, dedupe: &str, minute: i64) -> Notification {
+    NewNotification::parse(
+        recipient,
+        kind,
+        "Title",
+        "Body",
+        "{\"k\":1}",
+        Criticality::High,
+        dedupe,
+    )
+    .unwrap()
+    .into_notification(uuid::Uuid::new_v4().to_string(), at(minute))
+}
+
+async fn run(repository: &dyn NotificationRepository) {
+    stores_and_lists_newest_first(repository).await;
+    dedupe_key_stores_once(repository).await;
+    unread_filter_and_mark_read(repository).await;
+    mark_read_of_someone_elses_notification_is_not_found(repository).await;
+}
+
+async fn stores_and_lists_newest_first(repository: &dyn NotificationRepository) {
+    let older = notification("list-user", "payout_completed", "", 1);
+    let newer = notification("list-user", "payout_failed", "", 2);
+    let other = notification("other-user", "payout_failed", "", 3);
+    for n in [&older, &newer, &other] {
+        let (stored, created) = repository.insert(n.clone()).await.unwrap();
+        assert!(created);
+        assert_eq!(&stored, n);
+    }
+    let listed = repository.list("list-user", false, 10).await.unwrap();
+    assert_eq!(listed, vec![newer.clone(), older]);
+    assert_eq!(
+        repository.list("list-user", false, 1).await.unwrap(),
+        vec![newer]
+    );
+}
+
+async fn dedupe_key_stores_once(repository: &dyn NotificationRepository) {
+    let first = notification("dedupe-user", "payout_completed", "payout-1-completed", 1);
+    let again = notification("dedupe-user", "payout_completed", "payout-1-completed", 5);
+    let (stored_first, created_first) = repository.insert(first).await.unwrap();
+    let (stored_again, created_again) = repository.insert(again).await.unwrap();
+    assert!(created_first);
+    assert!(!created_again);
+    assert_eq!(stored_again, stored_first);
+    // The same key for another recipient is another notification.
+    let (_, created_other) = repository
+        .insert(notification(
+            "dedupe-other",
+            "payout_completed",
+            "payout-1-completed",
+            1,
+        ))
+        .await
+        .unwrap();
+    assert!(created_other);
+    assert_eq!(
+        repository
+            .list("dedupe-user", false, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn unread_filter_and_mark_read(repository: &dyn NotificationRepository) {
+    let a = notification("read-user", "a", "", 1);
+    let b = notification("read-user", "b", "", 2);
+    repository.insert(a.clone()).await.unwrap();
+    repository.insert(b.clone()).await.unwrap();
+    let read = repository
+        .mark_read("read-user", &a.id, at(10))
+        .await
+        .unwrap();
+    assert_eq!(read.read_at, Some(at(10)));
+    // Marking again keeps the first read time.
+    let again = repository
+        .mark_read("read-user", &a.id, at(20))
+        .await
+        .unwrap();
+    assert_eq!(again.read_at, Some(at(10)));
+    let unread = repository.list("read-user", true, 10).await.unwrap();
+    assert_eq!(
+        unread.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
+        vec![b.id.as_str()]
+    );
+}
+
+async fn mark_read_of_someone_elses_notification_is_not_found(
+    repository: &dyn NotificationRepository,
+) {
+    let mine = notification("owner", "a", "", 1);
+    repository.insert(mine.clone()).await.unwrap();
+    let error = repository
+        .mark_read("intruder", &mine.id, at(2))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    let error = repository
+        .mark_read("owner", "no-such-id", at(2))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    assert_eq!(repository.list("owner", true, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn embedded_store_conforms() {
+    run(&MemoryNotifications::default()).await;
+}
+
+#[tokio::test]
+async fn mongo_store_conforms() {
+    let database = payouts_runtime::testing::mongo_database("notifications").await;
+    run(&MongoNotifications::open(&database).await.unwrap()).await;
+}

@@ -1,0 +1,42 @@
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use payouts_runtime::ServiceError;
+
+use super::{AccountRepository, stale};
+use crate::domain::Account;
+
+/// Embedded store: accounts by user id.
+#[derive(Debug, Default)]
+pub struct MemoryAccounts {
+    accounts: Mutex<HashMap<String, Account>>,
+}
+
+#[async_trait]
+impl AccountRepository for MemoryAccounts {
+    async fn get(&self, user_id: &str) -> Result<Option<Account>, ServiceError> {
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(accounts.get(user_id).cloned())
+    }
+
+    async fn put(
+        &self,
+        account: &Account,
+        expected_version: Option<i64>,
+    ) -> Result<(), ServiceError> {
+        let mut accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored_version = accounts.get(&account.user_id).map(|stored| stored.version);
+        if stored_version != expected_version {
+            return Err(stale(&account.user_id));
+        }
+        accounts.insert(account.user_id.clone(), account.clone());
+        Ok(())
+    }
+}

@@ -1,0 +1,515 @@
+//! Settings: embedded defaults, then an optional TOML file (`PAYOUTS_CONFIG`), then the
+//! environment. Every value is validated at start and a bad one is reported by its
+//! environment variable name. The environment is passed in as a map, so tests never touch
+//! the process environment.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A secret value: never printed by `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used (signing, comparing, sending to Stripe).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A setting that failed validation, named by its environment variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid setting {variable}: {problem}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(variable: &str, problem: impl Into<String>) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable otherwise.
+    Auto,
+    Json,
+    Text,
+}
+
+/// The services of Payouts, as named on the command line and in settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceName {
+    Webhooks,
+    Payouts,
+    Limits,
+    Approvals,
+    Disputes,
+    Balance,
+    Notifications,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 7] = [
+        ServiceName::Webhooks,
+        ServiceName::Payouts,
+        ServiceName::Limits,
+        ServiceName::Approvals,
+        ServiceName::Disputes,
+        ServiceName::Balance,
+        ServiceName::Notifications,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Webhooks => "webhooks",
+            ServiceName::Payouts => "payouts",
+            ServiceName::Limits => "limits",
+            ServiceName::Approvals => "approvals",
+            ServiceName::Disputes => "disputes",
+            ServiceName::Balance => "balance",
+            ServiceName::Notifications => "notifications",
+        }
+    }
+
+    /// The environment variable holding this service's gRPC URL for its clients.
+    pub fn url_variable(self) -> &'static str {
+        match self {
+            ServiceName::Webhooks => "WEBHOOKS_SERVICE_URL",
+            ServiceName::Payouts => "PAYOUTS_SERVICE_URL",
+            ServiceName::Limits => "LIMITS_SERVICE_URL",
+            ServiceName::Approvals => "APPROVALS_SERVICE_URL",
+            ServiceName::Disputes => "DISPUTES_SERVICE_URL",
+            ServiceName::Balance => "BALANCE_SERVICE_URL",
+            ServiceName::Notifications => "NOTIFICATIONS_SERVICE_URL",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|service| service.as_str() == name)
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Everything a Payouts process is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `GATEWAY_ADDR`: where the HTTP gateway listens.
+    pub gateway_addr: SocketAddr,
+    /// `GRPC_ADDR`: where the gRPC services listen.
+    pub grpc_addr: SocketAddr,
+    /// `MONGODB_URI`: the MongoDB deployment; `None` runs on the embedded in-process store.
+    pub mongodb_uri: Option<Secret>,
+    /// `MONGODB_DATABASE`: database name (default `payouts`).
+    pub mongodb_database: String,
+    /// `STRIPE_SECRET_KEY`: `None` runs without Stripe (payouts needing it are refused).
+    pub stripe_secret_key: Option<Secret>,
+    /// `STRIPE_API_BASE`: Stripe's API base URL (a fake Stripe in tests).
+    pub stripe_api_base: String,
+    /// `STRIPE_WEBHOOK_SECRET_PAYOUTS`: comma-separated signing secrets of the payouts endpoint.
+    pub stripe_webhook_secrets_payouts: Vec<Secret>,
+    /// `STRIPE_WEBHOOK_SECRET`: comma-separated signing secrets of the subscription endpoint.
+    pub stripe_webhook_secrets_subscription: Vec<Secret>,
+    /// `STRIPE_WEBHOOK_TOLERANCE_SECONDS`: accepted age of a signature timestamp (default 300).
+    pub stripe_webhook_tolerance: Duration,
+    /// `STRIPE_LIVEMODE`: whether events must be live-mode to be applied (default false).
+    pub stripe_livemode: bool,
+    /// `CRON_SECRET`: bearer token of the scheduler calling the cron endpoint.
+    pub cron_secret: Option<Secret>,
+    /// `CRON_API_KEY`: bearer token for manual cron triggers.
+    pub cron_api_key: Option<Secret>,
+    /// `ADMIN_JWT_SECRET`: HS256 key of admin tokens.
+    pub admin_jwt_secret: Option<Secret>,
+    /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
+    pub admin_user_ids: Vec<String>,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
+    pub otlp_endpoint: Option<String>,
+    /// `LOG_FORMAT`: auto | json | text.
+    pub log_format: LogFormat,
+    /// `RUST_LOG`: log filter (default `info`).
+    pub log_filter: String,
+    /// `GATEWAY_BODY_LIMIT_BYTES`: largest accepted request body (default 512 KiB).
+    pub gateway_body_limit_bytes: usize,
+    /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may take after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// `<SERVICE>_SERVICE_URL`: gRPC URL of each service for its clients
+    /// (default `http://<GRPC_ADDR>`, the all-in-one process).
+    pub service_urls: HashMap<ServiceName, String>,
+}
+
+/// Raw values as strings, by lower-cased environment variable name (as `config` sees them).
+#[derive(Debug, Default, Deserialize)]
+struct Raw {
+    #[serde(flatten)]
+    values: HashMap<String, config::Value>,
+}
+
+impl Settings {
+    /// Loads settings from the process environment (and the file `PAYOUTS_CONFIG` names).
+    pub fn from_process_env() -> Result<Self, ConfigError> {
+        Self::from_env(std::env::vars().collect())
+    }
+
+    /// Loads settings from the given environment map (and the file `PAYOUTS_CONFIG` names).
+    pub fn from_env(env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = env.get("PAYOUTS_CONFIG").filter(|path| !path.is_empty()) {
+            builder = builder
+                .add_source(config::File::new(path, config::FileFormat::Toml).required(true));
+        }
+        let environment = env
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .collect::<HashMap<_, _>>();
+        let raw: Raw = builder
+            .add_source(config::Environment::default().source(Some(environment)))
+            .build()
+            .and_then(|loaded| loaded.try_deserialize())
+            .map_err(|error| ConfigError::new("PAYOUTS_CONFIG", error.to_string()))?;
+        Self::from_values(&Values(raw.values))
+    }
+
+    fn from_values(values: &Values) -> Result<Self, ConfigError> {
+        let grpc_addr = values.socket_addr("GRPC_ADDR", "127.0.0.1:50051")?;
+        let mut service_urls = HashMap::new();
+        for service in ServiceName::ALL {
+            let variable = service.url_variable();
+            let url = values
+                .string(variable)?
+                .unwrap_or_else(|| format!("http://{grpc_addr}"));
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    variable,
+                    format!("must be an http:// or https:// URL, got {url:?}"),
+                ));
+            }
+            service_urls.insert(service, url);
+        }
+        let settings = Settings {
+            gateway_addr: values.socket_addr("GATEWAY_ADDR", "127.0.0.1:3000")?,
+            grpc_addr,
+            mongodb_uri: values.secret("MONGODB_URI")?,
+            mongodb_database: values
+                .string("MONGODB_DATABASE")?
+                .unwrap_or_else(|| "payouts".to_owned()),
+            stripe_secret_key: values.secret("STRIPE_SECRET_KEY")?,
+            stripe_api_base: values
+                .string("STRIPE_API_BASE")?
+                .unwrap_or_else(|| "https://api.stripe.com".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            stripe_webhook_secrets_payouts: values.secret_list("STRIPE_WEBHOOK_SECRET_PAYOUTS")?,
+            stripe_webhook_secrets_subscription: values.secret_list("STRIPE_WEBHOOK_SECRET")?,
+            stripe_webhook_tolerance: Duration::from_secs(
+                values.number("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)?,
+            ),
+            stripe_livemode: values.boolean("STRIPE_LIVEMODE", false)?,
+            cron_secret: values.secret("CRON_SECRET")?,
+            cron_api_key: values.secret("CRON_API_KEY")?,
+            admin_jwt_secret: values.secret("ADMIN_JWT_SECRET")?,
+            admin_user_ids: values
+                .secret_list("ADMIN_USER_IDS")?
+                .into_iter()
+                .map(|id| id.0)
+                .collect(),
+            otlp_endpoint: values.string("OTEL_EXPORTER_OTLP_ENDPOINT")?,
+            log_format: match values.string("LOG_FORMAT")?.as_deref() {
+                None | Some("auto") => LogFormat::Auto,
+                Some("json") => LogFormat::Json,
+                Some("text") => LogFormat::Text,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "LOG_FORMAT",
+                        format!("must be auto, json or text, got {other:?}"),
+                    ));
+                }
+            },
+            log_filter: values
+                .string("RUST_LOG")?
+                .unwrap_or_else(|| "info".to_owned()),
+            gateway_body_limit_bytes: values.number("GATEWAY_BODY_LIMIT_BYTES", 512 * 1024)?,
+            shutdown_grace: Duration::from_secs(values.number("SHUTDOWN_GRACE_SECONDS", 30)?),
+            service_urls,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.gateway_body_limit_bytes == 0 {
+            return Err(ConfigError::new(
+                "GATEWAY_BODY_LIMIT_BYTES",
+                "must be at least 1",
+            ));
+        }
+        if let Some(uri) = &self.mongodb_uri
+            && !(uri.expose().starts_with("mongodb://")
+                || uri.expose().starts_with("mongodb+srv://"))
+        {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        if !(self.stripe_api_base.starts_with("http://")
+            || self.stripe_api_base.starts_with("https://"))
+        {
+            return Err(ConfigError::new(
+                "STRIPE_API_BASE",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+
+    /// In the all-in-one process: services whose URL was left at its default (GRPC_ADDR) are
+    /// reached at the address the gRPC listener actually got (GRPC_ADDR may name port 0).
+    pub fn with_local_services(mut self, bound: SocketAddr) -> Self {
+        let default = format!("http://{}", self.grpc_addr);
+        for url in self.service_urls.values_mut() {
+            if *url == default {
+                *url = format!("http://{bound}");
+            }
+        }
+        self
+    }
+
+    /// The gRPC URL clients use to reach `service`.
+    pub fn service_url(&self, service: ServiceName) -> &str {
+        self.service_urls
+            .get(&service)
+            .map(String::as_str)
+            .unwrap_or("http://127.0.0.1:50051")
+    }
+}
+
+struct Values(HashMap<String, config::Value>);
+
+impl Values {
+    fn string(&self, variable: &str) -> Result<Option<String>, ConfigError> {
+        match self.0.get(&variable.to_ascii_lowercase()) {
+            None => Ok(None),
+            Some(value) => value
+                .clone()
+                .into_string()
+                .map(|text| Some(text.trim().to_owned()).filter(|text| !text.is_empty()))
+                .map_err(|error| ConfigError::new(variable, error.to_string())),
+        }
+    }
+
+    fn secret(&self, variable: &str) -> Result<Option<Secret>, ConfigError> {
+        Ok(self.string(variable)?.map(Secret))
+    }
+
+    fn secret_list(&self, variable: &str) -> Result<Vec<Secret>, ConfigError> {
+        Ok(self
+            .string(variable)?
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|secret| !secret.is_empty())
+                    .map(|secret| Secret(secret.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    fn socket_addr(&self, variable: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let text = self.string(variable)?.unwrap_or_else(|| default.to_owned());
+        text.parse().map_err(|_| {
+            ConfigError::new(
+                variable,
+                format!("must be an address like 127.0.0.1:3000, got {text:?}"),
+            )
+        })
+    }
+
+    fn number<T: std::str::FromStr>(&self, variable: &str, default: T) -> Result<T, ConfigError> {
+        match self.string(variable)? {
+            None => Ok(default),
+            Some(text) => text.parse().map_err(|_| {
+                ConfigError::new(
+                    variable,
+                    format!("must be a non-negative whole number, got {text:?}"),
+                )
+            }),
+        }
+    }
+
+    fn boolean(&self, variable: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.string(variable)?.as_deref() {
+            None => Ok(default),
+            Some("true" | "1" | "yes") => Ok(true),
+            Some("false" | "0" | "no") => Ok(false),
+            Some(other) => Err(ConfigError::new(
+                variable,
+                format!("must be true or false, got {other:?}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_work_on_a_laptop() {
+        let settings = Settings::from_env(HashMap::new()).unwrap();
+        assert_eq!(settings.gateway_addr.to_string(), "127.0.0.1:3000");
+        assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert!(settings.mongodb_uri.is_none());
+        assert_eq!(settings.stripe_webhook_tolerance, Duration::from_secs(300));
+        assert_eq!(
+            settings.service_url(ServiceName::Limits),
+            "http://127.0.0.1:50051"
+        );
+    }
+
+    #[test]
+    fn service_urls_follow_grpc_addr_unless_set() {
+        let settings = Settings::from_env(env(&[
+            ("GRPC_ADDR", "127.0.0.1:7000"),
+            ("LIMITS_SERVICE_URL", "http://limits:50051"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            settings.service_url(ServiceName::Payouts),
+            "http://127.0.0.1:7000"
+        );
+        assert_eq!(
+            settings.service_url(ServiceName::Limits),
+            "http://limits:50051"
+        );
+    }
+
+    #[test]
+    fn an_invalid_value_is_reported_by_its_variable_name() {
+        let cases = [
+            ("GATEWAY_ADDR", "not-an-address"),
+            ("GRPC_ADDR", "127.0.0.1:99999"),
+            ("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "-5"),
+            ("LOG_FORMAT", "yaml"),
+            ("MONGODB_URI", "postgres://x"),
+            ("STRIPE_LIVEMODE", "maybe"),
+            ("PAYOUTS_SERVICE_URL", "payouts:50051"),
+        ];
+        for (variable, value) in cases {
+            let error = Settings::from_env(env(&[(variable, value)])).unwrap_err();
+            assert_eq!(error.variable, variable, "{error}");
+            assert!(error.to_string().contains(variable));
+        }
+    }
+
+    #[test]
+    fn the_all_in_one_process_reaches_its_services_where_they_listen() {
+        let settings = Settings::from_env(env(&[
+            ("GRPC_ADDR", "127.0.0.1:0"),
+            ("LIMITS_SERVICE_URL", "http://limits:50051"),
+        ]))
+        .unwrap()
+        .with_local_services("127.0.0.1:4321".parse().unwrap());
+        assert_eq!(
+            settings.service_url(ServiceName::Payouts),
+            "http://127.0.0.1:4321"
+        );
+        assert_eq!(
+            settings.service_url(ServiceName::Limits),
+            "http://limits:50051"
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_are_a_comma_separated_list_for_rotation() {
+        let settings = Settings::from_env(env(&[(
+            "STRIPE_WEBHOOK_SECRET_PAYOUTS",
+            "whsec_new, whsec_old",
+        )]))
+        .unwrap();
+        let secrets: Vec<_> = settings
+            .stripe_webhook_secrets_payouts
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        assert_eq!(secrets, ["whsec_new", "whsec_old"]);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let settings = Settings::from_env(env(&[
+            ("STRIPE_SECRET_KEY", "sk_test_supersecret"),
+            ("ADMIN_JWT_SECRET", "jwt-supersecret"),
+            ("MONGODB_URI", "mongodb://user:supersecret@db:27017"),
+        ]))
+        .unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains("supersecret"), "{printed}");
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_the_environment_wins() {
+        let dir = std::env::temp_dir().join(format!("payouts-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("payouts.toml");
+        std::fs::write(
+            &path,
+            "grpc_addr = \"127.0.0.1:6000\"\ngateway_addr = \"127.0.0.1:6001\"\n",
+        )
+        .unwrap();
+        let settings = Settings::from_env(env(&[
+            ("PAYOUTS_CONFIG", path.to_str().unwrap()),
+            ("GATEWAY_ADDR", "127.0.0.1:6002"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:6000");
+        assert_eq!(settings.gateway_addr.to_string(), "127.0.0.1:6002");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let error = Settings::from_env(env(&[("PAYOUTS_CONFIG", "/nonexistent/payouts.toml")]))
+            .unwrap_err();
+        assert_eq!(error.variable, "PAYOUTS_CONFIG");
+    }
+}

@@ -1,0 +1,107 @@
+//! Conversions at the gRPC edge shared by every service.
+
+use chrono::{DateTime, Utc};
+
+use crate::error::ServiceError;
+
+/// A protobuf timestamp of a point in time.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// An optional protobuf timestamp.
+pub fn optional_timestamp(time: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
+    time.map(timestamp)
+}
+
+/// A required protobuf timestamp field as a point in time.
+pub fn required_time(
+    value: Option<prost_types::Timestamp>,
+    field: &str,
+) -> Result<DateTime<Utc>, ServiceError> {
+    let value =
+        value.ok_or_else(|| ServiceError::invalid_argument(format!("{field} is required")))?;
+    u32::try_from(value.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
+        .ok_or_else(|| ServiceError::invalid_argument(format!("{field} is not a valid time")))
+}
+
+/// A required, non-blank identifier field, trimmed; at most 255 characters.
+pub fn required_id(value: &str, field: &str) -> Result<String, ServiceError> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field} is required"
+        )));
+    }
+    if value.len() > 255 {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field} is longer than 255 characters"
+        )));
+    }
+    Ok(value.to_owned())
+}
+
+/// A page size in `1..=max`, with `default` for 0.
+pub fn page_size(requested: i32, default: usize, max: usize) -> Result<usize, ServiceError> {
+    match requested {
+        0 => Ok(default),
+        size if size < 0 => Err(ServiceError::invalid_argument(format!(
+            "limit must be between 1 and {max}, got {size}"
+        ))),
+        size => {
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > max {
+                Err(ServiceError::invalid_argument(format!(
+                    "limit must be between 1 and {max}, got {size}"
+                )))
+            } else {
+                Ok(size)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip() {
+        let now = Utc::now();
+        assert_eq!(required_time(Some(timestamp(now)), "at"), Ok(now));
+    }
+
+    #[test]
+    fn missing_or_invalid_fields_name_the_field() {
+        assert_eq!(
+            required_time(None, "account_created_at")
+                .unwrap_err()
+                .message(),
+            "account_created_at is required"
+        );
+        let bad = prost_types::Timestamp {
+            seconds: 0,
+            nanos: -1,
+        };
+        assert!(required_time(Some(bad), "at").is_err());
+        assert_eq!(
+            required_id("  ", "user_id").unwrap_err().message(),
+            "user_id is required"
+        );
+        assert!(required_id(&"x".repeat(256), "user_id").is_err());
+        assert_eq!(required_id(" u1 ", "user_id"), Ok("u1".to_owned()));
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        assert_eq!(page_size(0, 50, 500), Ok(50));
+        assert_eq!(page_size(500, 50, 500), Ok(500));
+        assert!(page_size(501, 50, 500).is_err());
+        assert!(page_size(-1, 50, 500).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! The storage a process runs on: MongoDB (official driver, majority writes) or the embedded
+//! in-process store. Each service builds its own repositories from it; each collection has
+//! exactly one owning service.
+
+use std::fmt;
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{ClientOptions, ReadConcern, WriteConcern};
+
+use crate::config::Settings;
+
+/// Where documents live.
+#[derive(Clone)]
+pub enum Store {
+    /// In-process maps: for development and tests; nothing survives the process.
+    Embedded,
+    /// A MongoDB database.
+    Mongo(mongodb::Database),
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Store::Embedded => f.write_str("Store::Embedded"),
+            Store::Mongo(database) => write!(f, "Store::Mongo({})", database.name()),
+        }
+    }
+}
+
+impl Store {
+    /// Connects as the settings say: MongoDB when `MONGODB_URI` is set, embedded otherwise.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Store> {
+        match &settings.mongodb_uri {
+            None => Ok(Store::Embedded),
+            Some(uri) => {
+                let database = connect_mongo(uri.expose(), &settings.mongodb_database).await?;
+                Ok(Store::Mongo(database))
+            }
+        }
+    }
+
+    /// A line for the start-up banner; never includes credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Embedded => {
+                "embedded in-process store (not durable: set MONGODB_URI for production)".to_owned()
+            }
+            Store::Mongo(database) => format!("MongoDB database {:?}", database.name()),
+        }
+    }
+
+    /// Checks that the store answers; the embedded store always does.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        match self {
+            Store::Embedded => Ok(()),
+            Store::Mongo(database) => {
+                database.run_command(doc! { "ping": 1 }).await?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Connects to MongoDB with majority write and read concerns and checks it answers.
+pub async fn connect_mongo(uri: &str, database: &str) -> anyhow::Result<mongodb::Database> {
+    let mut options = ClientOptions::parse(uri)
+        .await
+        .map_err(|error| anyhow::anyhow!("invalid setting MONGODB_URI: {error}"))?;
+    options.app_name = Some("payouts".to_owned());
+    options.write_concern = Some(WriteConcern::majority());
+    options.read_concern = Some(ReadConcern::majority());
+    options.server_selection_timeout = Some(Duration::from_secs(10));
+    let client = mongodb::Client::with_options(options)?;
+    let database = client.database(database);
+    database
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map_err(|error| anyhow::anyhow!("MongoDB at MONGODB_URI does not answer: {error}"))?;
+    Ok(database)
+}
+
+/// True when a MongoDB error is a unique-index violation (E11000).
+pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match error.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(write_error)) => write_error.code == 11000,
+        ErrorKind::InsertMany(insert_many) => insert_many
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|write_error| write_error.code == 11000),
+        ErrorKind::Command(command_error) => command_error.code == 11000,
+        _ => error.to_string().contains("E11000"),
+    }
+}
+
+/// A MongoDB failure as a service error: retryable, cause logged, not shown.
+pub fn mongo_error(error: mongodb::error::Error) -> crate::error::ServiceError {
+    crate::error::ServiceError::unavailable("store unavailable", error)
+}
+
+/// Milliseconds precision is what MongoDB stores.
+pub fn to_bson_time(time: chrono::DateTime<chrono::Utc>) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(time.timestamp_millis())
+}
+
+pub fn from_bson_time(time: mongodb::bson::DateTime) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap_or_default()
+}
+
+/// Truncates to milliseconds, the precision both stores keep, so they agree.
+pub fn store_precision(time: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap_or_default()
+}

@@ -1,0 +1,151 @@
+//! The gRPC surface: parse requests into domain values, call the repository, map back.
+
+use std::sync::Arc;
+
+use payouts_proto::webhooks::v1 as pb;
+use payouts_proto::webhooks::v1::webhooks_service_server::{
+    WebhooksService, WebhooksServiceServer,
+};
+use payouts_runtime::ServiceError;
+use payouts_runtime::convert::{optional_timestamp, page_size, required_id, timestamp};
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Endpoint, EventStatus, InboxEvent};
+use crate::store::InboxRepository;
+
+/// The tonic service.
+pub struct WebhooksGrpc {
+    repository: Arc<dyn InboxRepository>,
+}
+
+impl WebhooksGrpc {
+    pub fn new(repository: Arc<dyn InboxRepository>) -> Self {
+        Self { repository }
+    }
+}
+
+/// The generated server around the service.
+pub fn server(service: WebhooksGrpc) -> WebhooksServiceServer<WebhooksGrpc> {
+    WebhooksServiceServer::new(service)
+}
+
+fn endpoint(value: i32) -> Result<Endpoint, ServiceError> {
+    match pb::WebhookEndpoint::try_from(value) {
+        Ok(pb::WebhookEndpoint::StripePayouts) => Ok(Endpoint::StripePayouts),
+        Ok(pb::WebhookEndpoint::StripeSubscription) => Ok(Endpoint::StripeSubscription),
+        _ => Err(ServiceError::invalid_argument(
+            "endpoint must be STRIPE_PAYOUTS or STRIPE_SUBSCRIPTION",
+        )),
+    }
+}
+
+fn status_filter(value: i32) -> Result<Option<EventStatus>, ServiceError> {
+    match pb::EventStatus::try_from(value) {
+        Ok(pb::EventStatus::Unspecified) => Ok(None),
+        Ok(pb::EventStatus::Processing) => Ok(Some(EventStatus::Processing)),
+        Ok(pb::EventStatus::Completed) => Ok(Some(EventStatus::Completed)),
+        Ok(pb::EventStatus::Failed) => Ok(Some(EventStatus::Failed)),
+        Err(_) => Err(ServiceError::invalid_argument(format!(
+            "status {value} is not defined"
+        ))),
+    }
+}
+
+fn to_proto(e: InboxEvent) -> pb::WebhookEvent {
+    let endpoint = match e.endpoint {
+        Endpoint::StripePayouts => pb::WebhookEndpoint::StripePayouts,
+        Endpoint::StripeSubscription => pb::WebhookEndpoint::StripeSubscription,
+    };
+    let status = match e.status {
+        EventStatus::Processing => pb::EventStatus::Processing,
+        EventStatus::Completed => pb::EventStatus::Completed,
+        EventStatus::Failed => pb::EventStatus::Failed,
+    };
+    pb::WebhookEvent {
+        event_id: e.event_id,
+        event_type: e.event_type,
+        endpoint: endpoint.into(),
+        status: status.into(),
+        account: e.account.unwrap_or_default(),
+        livemode: e.livemode,
+        api_version: e.api_version.unwrap_or_default(),
+        created: e.created,
+        attempts: i32::try_from(e.attempts).unwrap_or(i32::MAX),
+        processed_at: Some(timestamp(e.received_at)),
+        completed_at: optional_timestamp(e.completed_at),
+        failed_at: optional_timestamp(e.failed_at),
+        next_attempt_at: optional_timestamp(e.next_attempt_at),
+        error: e.last_error.unwrap_or_default(),
+        deliveries: i32::try_from(e.deliveries).unwrap_or(i32::MAX),
+    }
+}
+
+fn count(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[tonic::async_trait]
+impl WebhooksService for WebhooksGrpc {
+    async fn ingest_event(
+        &self,
+        _request: Request<pb::IngestEventRequest>,
+    ) -> Result<Response<pb::IngestEventResponse>, Status> {
+        Err(Status::unimplemented("webhook ingestion is not built yet"))
+    }
+
+    async fn get_statistics(
+        &self,
+        _request: Request<pb::GetStatisticsRequest>,
+    ) -> Result<Response<pb::GetStatisticsResponse>, Status> {
+        let statistics = self.repository.statistics().await?;
+        Ok(Response::new(pb::GetStatisticsResponse {
+            total: count(statistics.total),
+            processing: count(statistics.processing),
+            completed: count(statistics.completed),
+            failed: count(statistics.failed),
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let r = request.into_inner();
+        let status = status_filter(r.status)?;
+        let limit = page_size(r.limit, 50, 500)?;
+        let events = self
+            .repository
+            .list(status, limit)
+            .await?
+            .into_iter()
+            .map(to_proto)
+            .collect();
+        Ok(Response::new(pb::ListEventsResponse { events }))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::GetEventResponse>, Status> {
+        let r = request.into_inner();
+        let endpoint = endpoint(r.endpoint)?;
+        let event_id = required_id(&r.event_id, "event_id")?;
+        let event = self
+            .repository
+            .get(endpoint, &event_id)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found(format!("webhook event {event_id} not found"))
+            })?;
+        Ok(Response::new(pb::GetEventResponse {
+            event: Some(to_proto(event)),
+        }))
+    }
+
+    async fn retry_event(
+        &self,
+        _request: Request<pb::RetryEventRequest>,
+    ) -> Result<Response<pb::RetryEventResponse>, Status> {
+        Err(Status::unimplemented("webhook retries are not built yet"))
+    }
+}

@@ -1,0 +1,217 @@
+//! The behaviour every `InboxRepository` must have, run against the embedded store and
+//! against MongoDB (the test server, or the one `MONGODB_URI` names).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use futures::TryStreamExt;
+use payouts_runtime::store::store_precision;
+
+use super::*;
+
+/// Times near now: events older than the retention would be removed by the TTL index.
+fn at(minute: i64) -> DateTime<Utc> {
+    static BASE: std::sync::OnceLock<DateTime<Utc>> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| store_precision(Utc::now()) - Duration::hours(1));
+    base + Duration::minutes(minute)
+}
+
+fn event(endpoint: Endpoint, id: &str, status: EventStatus, minute: i64) -> InboxEvent {
+    InboxEvent {
+        endpoint,
+        event_id: id.to_owned(),
+        event_type: "transfer.created".to_owned(),
+        account: Some("acct_1".to_owned()),
+        livemode: false,
+        api_version: Some("2024-12-18.acacia".to_owned()),
+        created: 1_703_865_600,
+        payload: format!("{{\"id\":\"{id}\"}}"),
+        status,
+        attempts: 0,
+        deliveries: 1,
+        received_at: at(minute),
+        next_attempt_at: Some(at(minute)),
+        completed_at: None,
+        failed_at: None,
+        last_error: None,
+        version: 1,
+    }
+}
+
+async fn run(repository: Arc<dyn InboxRepository>) {
+    first_insert_is_new_and_second_is_a_duplicate(repository.as_ref()).await;
+    the_same_id_on_the_other_endpoint_is_another_event(repository.as_ref()).await;
+    concurrent_inserts_of_one_event_store_it_once(Arc::clone(&repository)).await;
+    statistics_and_lists_by_status(repository.as_ref()).await;
+}
+
+async fn first_insert_is_new_and_second_is_a_duplicate(repository: &dyn InboxRepository) {
+    let first = event(
+        Endpoint::StripePayouts,
+        "evt_dup",
+        EventStatus::Processing,
+        1,
+    );
+    assert_eq!(repository.insert_new(&first).await.unwrap(), Inserted::New);
+    let mut again = first.clone();
+    again.payload = "{\"id\":\"evt_dup\",\"changed\":true}".to_owned();
+    match repository.insert_new(&again).await.unwrap() {
+        Inserted::Duplicate(stored) => assert_eq!(*stored, first),
+        Inserted::New => panic!("a second insert of evt_dup was stored"),
+    }
+    assert_eq!(
+        repository
+            .get(Endpoint::StripePayouts, "evt_dup")
+            .await
+            .unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        repository
+            .get(Endpoint::StripePayouts, "evt_none")
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn the_same_id_on_the_other_endpoint_is_another_event(repository: &dyn InboxRepository) {
+    let payouts = event(
+        Endpoint::StripePayouts,
+        "evt_both",
+        EventStatus::Processing,
+        1,
+    );
+    let subscription = event(
+        Endpoint::StripeSubscription,
+        "evt_both",
+        EventStatus::Processing,
+        1,
+    );
+    assert_eq!(
+        repository.insert_new(&payouts).await.unwrap(),
+        Inserted::New
+    );
+    assert_eq!(
+        repository.insert_new(&subscription).await.unwrap(),
+        Inserted::New
+    );
+}
+
+async fn concurrent_inserts_of_one_event_store_it_once(repository: Arc<dyn InboxRepository>) {
+    let contested = event(
+        Endpoint::StripePayouts,
+        "evt_race",
+        EventStatus::Processing,
+        1,
+    );
+    let attempts = (0..20).map(|_| {
+        let repository = Arc::clone(&repository);
+        let contested = contested.clone();
+        tokio::spawn(async move { repository.insert_new(&contested).await })
+    });
+    let mut new = 0;
+    for attempt in attempts {
+        if attempt.await.unwrap().unwrap() == Inserted::New {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1, "exactly one concurrent insert stores the event");
+}
+
+async fn statistics_and_lists_by_status(repository: &dyn InboxRepository) {
+    let before = repository.statistics().await.unwrap();
+    let completed = event(
+        Endpoint::StripeSubscription,
+        "evt_done",
+        EventStatus::Completed,
+        10,
+    );
+    let failed_old = event(
+        Endpoint::StripePayouts,
+        "evt_failed_old",
+        EventStatus::Failed,
+        11,
+    );
+    let failed_new = event(
+        Endpoint::StripePayouts,
+        "evt_failed_new",
+        EventStatus::Failed,
+        12,
+    );
+    for e in [&completed, &failed_old, &failed_new] {
+        repository.insert_new(e).await.unwrap();
+    }
+    let after = repository.statistics().await.unwrap();
+    assert_eq!(after.total, before.total + 3);
+    assert_eq!(after.completed, before.completed + 1);
+    assert_eq!(after.failed, before.failed + 2);
+    assert_eq!(after.processing, before.processing);
+
+    let failed = repository
+        .list(Some(EventStatus::Failed), 10)
+        .await
+        .unwrap();
+    assert_eq!(failed, vec![failed_new.clone(), failed_old]);
+    assert_eq!(
+        repository.list(Some(EventStatus::Failed), 1).await.unwrap(),
+        vec![failed_new.clone()]
+    );
+    let recent = repository.list(None, 2).await.unwrap();
+    assert_eq!(recent, vec![failed_new, failed_old_again(repository).await]);
+}
+
+async fn failed_old_again(repository: &dyn InboxRepository) -> InboxEvent {
+    repository
+        .get(Endpoint::StripePayouts, "evt_failed_old")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_store_conforms() {
+    run(Arc::new(MemoryInbox::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_store_conforms() {
+    let database = payouts_runtime::testing::mongo_database("webhooks").await;
+    run(Arc::new(MongoInbox::open(&database).await.unwrap())).await;
+}
+
+#[tokio::test]
+async fn mongo_store_expires_events_after_thirty_days() {
+    let database = payouts_runtime::testing::mongo_database("webhooks_ttl").await;
+    MongoInbox::open(&database).await.unwrap();
+    // Opening twice is fine: indexes are ensured idempotently.
+    MongoInbox::open(&database).await.unwrap();
+    let indexes: Vec<_> = database
+        .collection::<mongodb::bson::Document>("processedWebhookEvents")
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let ttl = indexes
+        .iter()
+        .find(|index| index.keys.contains_key("expiresAt"))
+        .expect("a TTL index on expiresAt");
+    assert_eq!(
+        ttl.options
+            .as_ref()
+            .and_then(|options| options.expire_after),
+        Some(std::time::Duration::ZERO)
+    );
+    let stored = event(
+        Endpoint::StripePayouts,
+        "evt_ttl",
+        EventStatus::Completed,
+        0,
+    );
+    assert_eq!(
+        stored.expires_at() - stored.received_at,
+        crate::domain::RETENTION
+    );
+}

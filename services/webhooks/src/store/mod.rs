@@ -1,0 +1,64 @@
+//! The `processedWebhookEvents` collection (the durable inbox): one trait, a MongoDB and an
+//! embedded implementation, and the conformance suite both must pass.
+
+mod memory;
+mod mongo;
+
+#[cfg(test)]
+mod conformance;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use payouts_runtime::{ServiceError, Store};
+
+use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
+
+pub use memory::MemoryInbox;
+pub use mongo::MongoInbox;
+
+/// What storing a delivery did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// First delivery: stored.
+    New,
+    /// Already stored under (endpoint, event id): nothing written; the stored event.
+    Duplicate(Box<InboxEvent>),
+}
+
+/// Storage of inbox events.
+#[async_trait]
+pub trait InboxRepository: Send + Sync + 'static {
+    /// Stores an event unless one with the same (endpoint, event id) exists. Atomic: of any
+    /// number of concurrent inserts of one event, exactly one sees `New`.
+    async fn insert_new(&self, event: &InboxEvent) -> Result<Inserted, ServiceError>;
+
+    async fn get(
+        &self,
+        endpoint: Endpoint,
+        event_id: &str,
+    ) -> Result<Option<InboxEvent>, ServiceError>;
+
+    /// Counts by status.
+    async fn statistics(&self) -> Result<Statistics, ServiceError>;
+
+    /// Most recently received first; only `status` when given.
+    async fn list(
+        &self,
+        status: Option<EventStatus>,
+        limit: usize,
+    ) -> Result<Vec<InboxEvent>, ServiceError>;
+}
+
+/// The storage id of an event.
+pub(crate) fn storage_id(endpoint: Endpoint, event_id: &str) -> String {
+    format!("{}:{}", endpoint.as_str(), event_id)
+}
+
+/// Opens the repository on the process's store, ensuring indexes.
+pub async fn open(store: &Store) -> anyhow::Result<Arc<dyn InboxRepository>> {
+    Ok(match store {
+        Store::Embedded => Arc::new(MemoryInbox::default()),
+        Store::Mongo(database) => Arc::new(MongoInbox::open(database).await?),
+    })
+}

@@ -1,0 +1,219 @@
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{self, Document, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
+use payouts_runtime::ServiceError;
+use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use serde::{Deserialize, Serialize};
+
+use super::{InboxRepository, Inserted, storage_id};
+use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
+
+/// MongoDB store: collection `processedWebhookEvents` (spec §4 document, plus what the
+/// inbox needs: payload, attempts, deliveries, version, expiresAt for the TTL index).
+#[derive(Debug, Clone)]
+pub struct MongoInbox {
+    collection: Collection<EventDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventDocument {
+    #[serde(rename = "_id")]
+    id: String,
+    event_id: String,
+    event_type: String,
+    webhook_endpoint: String,
+    status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    account: Option<String>,
+    livemode: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_version: Option<String>,
+    created: i64,
+    payload: String,
+    attempts: i64,
+    deliveries: i64,
+    /// Spec §4 name of the first-stored time.
+    processed_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completed_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failed_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    version: i64,
+    expires_at: bson::DateTime,
+}
+
+impl From<&InboxEvent> for EventDocument {
+    fn from(e: &InboxEvent) -> Self {
+        Self {
+            id: storage_id(e.endpoint, &e.event_id),
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.clone(),
+            webhook_endpoint: e.endpoint.as_str().to_owned(),
+            status: e.status.as_str().to_owned(),
+            account: e.account.clone(),
+            livemode: e.livemode,
+            api_version: e.api_version.clone(),
+            created: e.created,
+            payload: e.payload.clone(),
+            attempts: i64::from(e.attempts),
+            deliveries: i64::from(e.deliveries),
+            processed_at: to_bson_time(e.received_at),
+            next_attempt_at: e.next_attempt_at.map(to_bson_time),
+            completed_at: e.completed_at.map(to_bson_time),
+            failed_at: e.failed_at.map(to_bson_time),
+            error: e.last_error.clone(),
+            version: e.version,
+            expires_at: to_bson_time(e.expires_at()),
+        }
+    }
+}
+
+impl TryFrom<EventDocument> for InboxEvent {
+    type Error = ServiceError;
+
+    fn try_from(d: EventDocument) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| {
+            ServiceError::internal(anyhow::anyhow!("stored webhook event {} has {what}", d.id))
+        };
+        Ok(Self {
+            endpoint: Endpoint::parse(&d.webhook_endpoint)
+                .ok_or_else(|| corrupt("an unknown endpoint"))?,
+            status: EventStatus::parse(&d.status).ok_or_else(|| corrupt("an unknown status"))?,
+            attempts: u32::try_from(d.attempts).map_err(|_| corrupt("a bad attempt count"))?,
+            deliveries: u32::try_from(d.deliveries).map_err(|_| corrupt("a bad delivery count"))?,
+            event_id: d.event_id,
+            event_type: d.event_type,
+            account: d.account,
+            livemode: d.livemode,
+            api_version: d.api_version,
+            created: d.created,
+            payload: d.payload,
+            received_at: from_bson_time(d.processed_at),
+            next_attempt_at: d.next_attempt_at.map(from_bson_time),
+            completed_at: d.completed_at.map(from_bson_time),
+            failed_at: d.failed_at.map(from_bson_time),
+            last_error: d.error,
+            version: d.version,
+        })
+    }
+}
+
+impl MongoInbox {
+    /// Opens the collection and ensures its indexes (idempotent), including the 30-day TTL.
+    pub async fn open(database: &mongodb::Database) -> anyhow::Result<Self> {
+        let collection = database.collection::<EventDocument>("processedWebhookEvents");
+        let indexes = [
+            IndexModel::builder()
+                .keys(doc! { "expiresAt": 1 })
+                .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "status": 1, "nextAttemptAt": 1 })
+                .build(),
+            IndexModel::builder()
+                .keys(doc! { "processedAt": -1 })
+                .build(),
+        ];
+        collection.create_indexes(indexes).await?;
+        Ok(Self { collection })
+    }
+}
+
+#[async_trait]
+impl InboxRepository for MongoInbox {
+    async fn insert_new(&self, event: &InboxEvent) -> Result<Inserted, ServiceError> {
+        // The unique `_id` makes the insert the atomic check-and-mark.
+        match self.collection.insert_one(EventDocument::from(event)).await {
+            Ok(_) => Ok(Inserted::New),
+            Err(error) if is_duplicate_key(&error) => {
+                let existing = self
+                    .get(event.endpoint, &event.event_id)
+                    .await?
+                    .ok_or_else(|| {
+                        ServiceError::unavailable(
+                            "webhook event vanished after a duplicate insert",
+                            anyhow::anyhow!("duplicate key but no document"),
+                        )
+                    })?;
+                Ok(Inserted::Duplicate(Box::new(existing)))
+            }
+            Err(error) => Err(mongo_error(error)),
+        }
+    }
+
+    async fn get(
+        &self,
+        endpoint: Endpoint,
+        event_id: &str,
+    ) -> Result<Option<InboxEvent>, ServiceError> {
+        self.collection
+            .find_one(doc! { "_id": storage_id(endpoint, event_id) })
+            .await
+            .map_err(mongo_error)?
+            .map(InboxEvent::try_from)
+            .transpose()
+    }
+
+    async fn statistics(&self) -> Result<Statistics, ServiceError> {
+        let mut statistics = Statistics::default();
+        let mut groups = self
+            .collection
+            .aggregate([doc! { "$group": { "_id": "$status", "count": { "$sum": 1 } } }])
+            .await
+            .map_err(mongo_error)?;
+        while let Some(group) = groups.try_next().await.map_err(mongo_error)? {
+            let count = group_count(&group);
+            match group.get_str("_id").ok().and_then(EventStatus::parse) {
+                Some(EventStatus::Processing) => statistics.processing += count,
+                Some(EventStatus::Completed) => statistics.completed += count,
+                Some(EventStatus::Failed) => statistics.failed += count,
+                None => {}
+            }
+            statistics.total += count;
+        }
+        Ok(statistics)
+    }
+
+    async fn list(
+        &self,
+        status: Option<EventStatus>,
+        limit: usize,
+    ) -> Result<Vec<InboxEvent>, ServiceError> {
+        let filter = match status {
+            Some(status) => doc! { "status": status.as_str() },
+            None => doc! {},
+        };
+        let documents: Vec<EventDocument> = self
+            .collection
+            .find(filter)
+            .sort(doc! { "processedAt": -1, "_id": -1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(mongo_error)?
+            .try_collect()
+            .await
+            .map_err(mongo_error)?;
+        documents.into_iter().map(InboxEvent::try_from).collect()
+    }
+}
+
+fn group_count(group: &Document) -> u64 {
+    match group.get("count") {
+        Some(bson::Bson::Int32(count)) => u64::try_from(*count).unwrap_or(0),
+        Some(bson::Bson::Int64(count)) => u64::try_from(*count).unwrap_or(0),
+        // A count is a whole number; a server may still send it as a double.
+        Some(bson::Bson::Double(count)) if count.is_finite() && *count >= 0.0 => {
+            format!("{count:.0}").parse().unwrap_or(0)
+        }
+        _ => 0,
+    }
+}

@@ -1,0 +1,141 @@
+//! Composes the process: settings, telemetry, store, the services and the gateway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use payouts_gateway::Gateway;
+use payouts_runtime::grpc::{self, GrpcServer};
+use payouts_runtime::shutdown::{Shutdown, ShutdownTrigger};
+use payouts_runtime::{ServiceContext, ServiceName, Settings, Store};
+
+use crate::cli::Mode;
+
+/// Runs the process until SIGTERM or Ctrl-C.
+pub async fn run(mode: Mode) -> anyhow::Result<()> {
+    let settings = Settings::from_process_env()?;
+    let telemetry_name = match &mode {
+        Mode::All => "payouts".to_owned(),
+        Mode::Service(service) => format!("payouts-{service}"),
+        Mode::Gateway => "payouts-gateway".to_owned(),
+    };
+    let _telemetry = payouts_runtime::telemetry::init(&settings, &telemetry_name)?;
+    let (shutdown, trigger) = Shutdown::on_signals();
+
+    // Bind first, so a port in use is reported before anything else starts.
+    let grpc_listener = match mode {
+        Mode::All | Mode::Service(_) => Some(grpc::bind(settings.grpc_addr, "GRPC_ADDR").await?),
+        Mode::Gateway => None,
+    };
+    let gateway_listener = match mode {
+        Mode::All | Mode::Gateway => Some(grpc::bind(settings.gateway_addr, "GATEWAY_ADDR").await?),
+        Mode::Service(_) => None,
+    };
+
+    let mut settings = settings;
+    if let (Mode::All, Some(listener)) = (&mode, &grpc_listener) {
+        settings = settings.with_local_services(listener.local_addr()?);
+    }
+    let settings = Arc::new(settings);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = grpc_listener {
+        let store = Store::connect(&settings).await?;
+        let context = ServiceContext::new(Arc::clone(&settings), store.clone());
+        let services = match &mode {
+            Mode::Service(service) => vec![*service],
+            _ => ServiceName::ALL.to_vec(),
+        };
+        let mut server = GrpcServer::new();
+        for service in &services {
+            mount(*service, &context, &mut server).await?;
+        }
+        announce(&format!(
+            "gRPC services [{}] listening on {}",
+            services
+                .iter()
+                .copied()
+                .map(ServiceName::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            local_addr(&listener)?,
+        ));
+        announce(&format!("store: {}", store.describe()));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { server.serve(listener, store, shutdown).await });
+    }
+    if let Some(listener) = gateway_listener {
+        announce(&format!(
+            "gateway listening on http://{}",
+            local_addr(&listener)?
+        ));
+        let gateway = Gateway::new(Arc::clone(&settings));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { gateway.serve(listener, shutdown).await });
+    }
+    wait_for_servers(tasks, shutdown, trigger, settings.shutdown_grace).await
+}
+
+/// Waits for every server to finish. If one fails, the others are shut down too; after the
+/// grace period in-flight requests are abandoned.
+async fn wait_for_servers(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    shutdown: Shutdown,
+    trigger: ShutdownTrigger,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut first_error = None;
+    let collect = async {
+        while let Some(joined) = tasks.join_next().await {
+            let result = joined
+                .map_err(anyhow::Error::from)
+                .and_then(|result| result);
+            if let Err(error) = result {
+                tracing::error!(error = %format!("{error:#}"), "server failed; shutting down");
+                first_error.get_or_insert(error);
+                trigger.trigger();
+            }
+        }
+    };
+    let deadline = async {
+        shutdown.requested().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        () = collect => {}
+        () = deadline => tracing::warn!(?grace, "grace period over; abandoning in-flight requests"),
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => {
+            announce("stopped");
+            Ok(())
+        }
+    }
+}
+
+async fn mount(
+    service: ServiceName,
+    context: &ServiceContext,
+    server: &mut GrpcServer,
+) -> anyhow::Result<()> {
+    let mounted = match service {
+        ServiceName::Webhooks => payouts_webhooks::mount(context, server).await,
+        ServiceName::Payouts => payouts_payouts::mount(context, server).await,
+        ServiceName::Limits => payouts_limits::mount(context, server).await,
+        ServiceName::Approvals => payouts_approvals::mount(context, server).await,
+        ServiceName::Disputes => payouts_disputes::mount(context, server).await,
+        ServiceName::Balance => payouts_balance::mount(context, server).await,
+        ServiceName::Notifications => payouts_notifications::mount(context, server).await,
+    };
+    mounted.map_err(|error| error.context(format!("cannot start the {service} service")))
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> anyhow::Result<SocketAddr> {
+    Ok(listener.local_addr()?)
+}
+
+/// Start-up lines go to stderr, apart from the (possibly JSON) logs on stdout.
+fn announce(line: &str) {
+    eprintln!("payouts: {line}");
+    tracing::info!("{line}");
+}

@@ -1,0 +1,246 @@
+//! The real binary, started on free ports: both webhook health endpoints answer over HTTP,
+//! every service reports SERVING over gRPC health and is discoverable through reflection,
+//! on the embedded store and on MongoDB; bad starts fail with a message that names the cause.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use support::{Payouts, StoreChoice};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+const SERVICES: [&str; 7] = [
+    "payouts.webhooks.v1.WebhooksService",
+    "payouts.payouts.v1.PayoutsService",
+    "payouts.limits.v1.PayoutLimitsService",
+    "payouts.approvals.v1.ApprovalsService",
+    "payouts.disputes.v1.DisputesService",
+    "payouts.balance.v1.BalanceService",
+    "payouts.notifications.v1.NotificationsService",
+];
+
+async fn channel(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn assert_webhook_endpoints_answer(process: &Payouts) {
+    let http = reqwest::Client::new();
+    for (path, service) in [
+        ("/api/webhooks/stripe-payouts", "stripe-payouts-webhook"),
+        (
+            "/api/webhooks/stripe-subscription",
+            "stripe-subscription-webhook",
+        ),
+    ] {
+        let response = http.get(process.gateway_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(response.headers().contains_key("x-request-id"));
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["status"], "ok");
+        assert_eq!(body["service"], service);
+        assert!(
+            body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{body}"
+        );
+    }
+}
+
+async fn serving_status(grpc_url: &str, service: &str) -> ServingStatus {
+    let mut health = HealthClient::new(channel(grpc_url).await);
+    // SERVING is set once the store answers; wait for it rather than sleep.
+    for _ in 0..100 {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await;
+        if let Ok(response) = response {
+            let status = response.into_inner().status();
+            if status == ServingStatus::Serving {
+                return status;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ServingStatus::NotServing
+}
+
+async fn reflected_services(grpc_url: &str) -> BTreeSet<String> {
+    let mut reflection = ServerReflectionClient::new(channel(grpc_url).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn assert_every_service_serves(process: &Payouts) {
+    let grpc_url = process.grpc_url();
+    for service in SERVICES {
+        assert_eq!(
+            serving_status(&grpc_url, service).await,
+            ServingStatus::Serving,
+            "{service}"
+        );
+    }
+    let reflected = reflected_services(&grpc_url).await;
+    for service in SERVICES {
+        assert!(
+            reflected.contains(service),
+            "{service} missing from {reflected:?}"
+        );
+    }
+    assert!(reflected.contains("grpc.health.v1.Health"));
+}
+
+// Multi-threaded: `terminate` blocks one thread while the clients' connections, driven by the
+// other, answer the server's shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_on_the_embedded_store_serves_health_everywhere() {
+    let process = Payouts::start(&[], StoreChoice::Embedded, &[]);
+    assert!(
+        process
+            .stderr_lines
+            .iter()
+            .any(|line| line.contains("store: embedded")),
+        "{:?}",
+        process.stderr_lines
+    );
+    assert_webhook_endpoints_answer(&process).await;
+    assert_every_service_serves(&process).await;
+    let exit = process.terminate();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+}
+
+// Multi-threaded: `terminate` blocks one thread while the clients' connections, driven by the
+// other, answer the server's shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_in_one_on_mongodb_serves_health_everywhere() {
+    let process = Payouts::start(&[], StoreChoice::Mongo, &[]);
+    assert!(
+        process
+            .stderr_lines
+            .iter()
+            .any(|line| line.contains("store: MongoDB database")),
+        "{:?}",
+        process.stderr_lines
+    );
+    assert_webhook_endpoints_answer(&process).await;
+    assert_every_service_serves(&process).await;
+    assert!(process.terminate().success());
+}
+
+#[tokio::test]
+async fn one_service_alone_serves_only_itself() {
+    let process = Payouts::start(&["serve", "limits"], StoreChoice::Embedded, &[]);
+    let grpc_url = process.grpc_url();
+    assert_eq!(
+        serving_status(&grpc_url, "payouts.limits.v1.PayoutLimitsService").await,
+        ServingStatus::Serving
+    );
+    let mut health = HealthClient::new(channel(&grpc_url).await);
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: SERVICES[0].to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(process.gateway.is_none());
+}
+
+#[tokio::test]
+async fn the_gateway_alone_answers_health() {
+    let process = Payouts::start(&["gateway"], StoreChoice::Embedded, &[]);
+    assert_webhook_endpoints_answer(&process).await;
+    assert!(process.grpc.is_none());
+}
+
+fn failed_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = support::command(args, env).output().expect("payouts runs");
+    assert!(!output.status.success(), "{args:?} {env:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_command_is_named() {
+    let stderr = failed_start(&["launch"], &[]);
+    assert!(
+        stderr.contains("unrecognized subcommand 'launch'"),
+        "{stderr}"
+    );
+    let stderr = failed_start(&["serve", "ledger"], &[]);
+    assert!(stderr.contains("invalid value 'ledger'"), "{stderr}");
+}
+
+#[test]
+fn an_invalid_setting_is_named() {
+    let stderr = failed_start(&[], &[("GRPC_ADDR", "localhost")]);
+    assert!(stderr.contains("invalid setting GRPC_ADDR"), "{stderr}");
+    let stderr = failed_start(&[], &[("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "soon")]);
+    assert!(
+        stderr.contains("invalid setting STRIPE_WEBHOOK_TOLERANCE_SECONDS"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_reported_as_such() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let stderr = failed_start(&[], &[("GATEWAY_ADDR", address.as_str())]);
+    assert!(
+        stderr.contains(&format!("GATEWAY_ADDR {address} is already in use")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn help_explains_the_modes() {
+    let output = support::command(&["--help"], &[])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "serve",
+        "gateway",
+        "GATEWAY_ADDR",
+        "GRPC_ADDR",
+        "MONGODB_URI",
+    ] {
+        assert!(
+            help.contains(expected),
+            "--help does not mention {expected}"
+        );
+    }
+}

@@ -1,0 +1,139 @@
+//! Starting the real `payouts` binary for end-to-end tests: on free ports (port 0), with a
+//! chosen environment, reading where it listens from its start-up lines.
+
+#![allow(dead_code, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `payouts` process; killed when dropped.
+pub struct Payouts {
+    child: Child,
+    pub gateway: Option<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
+    /// Every stderr line seen so far, for failure messages.
+    pub stderr_lines: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Which store the process runs on.
+pub enum StoreChoice {
+    Embedded,
+    /// The MongoDB test server (or `MONGODB_URI`), in a database of its own.
+    Mongo,
+}
+
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_payouts"));
+    command
+        .args(args)
+        .env_remove("MONGODB_URI")
+        .env_remove("PAYOUTS_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("GATEWAY_ADDR", "127.0.0.1:0")
+        .env("GRPC_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+impl Payouts {
+    /// Starts `payouts <args>` and waits until it has announced every listener it opens.
+    pub fn start(args: &[&str], store: StoreChoice, env: &[(&str, &str)]) -> Payouts {
+        let mut command = command(args, env);
+        if let StoreChoice::Mongo = store {
+            command
+                .env("MONGODB_URI", payouts_runtime::testing::mongo_uri())
+                .env(
+                    "MONGODB_DATABASE",
+                    payouts_runtime::testing::unique_database_name("e2e"),
+                );
+        }
+        let mut child = command.spawn().expect("the payouts binary starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut process = Payouts {
+            child,
+            gateway: None,
+            grpc: None,
+            stderr_lines: Vec::new(),
+            lines,
+        };
+        let expects_gateway = !args.contains(&"serve");
+        let expects_grpc = !args.contains(&"gateway");
+        while (expects_gateway && process.gateway.is_none())
+            || (expects_grpc && process.grpc.is_none())
+        {
+            let line = process
+                .next_line(Duration::from_secs(60))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "payouts did not announce its listeners:\n{}",
+                        process.stderr_lines.join("\n")
+                    )
+                });
+            if let Some(address) = line.strip_prefix("payouts: gateway listening on http://") {
+                process.gateway = Some(address.parse().expect("a socket address"));
+            } else if let Some(rest) = line.strip_prefix("payouts: gRPC services [") {
+                let address = rest.rsplit(" listening on ").next().expect("an address");
+                process.grpc = Some(address.parse().expect("a socket address"));
+            }
+        }
+        process
+    }
+
+    /// The next stderr line, waiting at most `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        self.stderr_lines.push(line.clone());
+        Some(line)
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway.expect("the gateway runs"))
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc.expect("gRPC services run"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let exit = self.child.wait().expect("payouts exits");
+        // Drain what it said on the way out.
+        while let Some(_line) = self.next_line(Duration::from_millis(200)) {}
+        exit
+    }
+}
+
+impl Drop for Payouts {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
