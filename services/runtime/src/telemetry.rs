@@ -149,3 +149,51 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) 
     });
     let _ = span.set_parent(parent);
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[test]
+    fn trace_context_crosses_a_grpc_hop() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let client_span = tracing::info_span!("client call");
+            let entered = client_span.enter();
+            let trace_id = client_span.context().span().span_context().trace_id();
+
+            // The client interceptor writes W3C `traceparent` naming the caller's trace...
+            let request = inject_trace_context(tonic::Request::new(())).unwrap();
+            let traceparent = request
+                .metadata()
+                .get("traceparent")
+                .expect("traceparent is set")
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert!(traceparent.contains(&trace_id.to_string()), "{traceparent}");
+
+            // ...and the server's request span joins that trace.
+            let mut incoming = http::Request::new(());
+            incoming
+                .headers_mut()
+                .insert("traceparent", traceparent.parse().unwrap());
+            let server_span = grpc_request_span(&incoming);
+            assert_eq!(
+                server_span.context().span().span_context().trace_id(),
+                trace_id
+            );
+
+            // Without a caller's context (and outside any span) a new trace starts.
+            drop(entered);
+            let fresh = grpc_request_span(&http::Request::new(()));
+            assert_ne!(fresh.context().span().span_context().trace_id(), trace_id);
+        });
+    }
+}
