@@ -30,6 +30,10 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         Mode::All | Mode::Gateway => Some(grpc::bind(settings.gateway_addr, "GATEWAY_ADDR").await?),
         Mode::Service(_) => None,
     };
+    let metrics_listener = match settings.metrics_addr {
+        Some(addr) => Some(grpc::bind(addr, "METRICS_ADDR").await?),
+        None => None,
+    };
 
     let mut settings = settings;
     if let (Mode::All, Some(listener)) = (&mode, &grpc_listener) {
@@ -38,9 +42,18 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
     let settings = Arc::new(settings);
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(listener) = metrics_listener {
+        let handle = crate::metrics::install()?;
+        announce(&format!(
+            "metrics at http://{}/metrics",
+            local_addr(&listener)?
+        ));
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move { crate::metrics::serve(listener, handle, shutdown).await });
+    }
     if let Some(listener) = grpc_listener {
         let store = Store::connect(&settings).await?;
-        let context = ServiceContext::new(Arc::clone(&settings), store.clone());
+        let context = ServiceContext::new(Arc::clone(&settings), store.clone(), shutdown.clone());
         let services = match &mode {
             Mode::Service(service) => vec![*service],
             _ => ServiceName::ALL.to_vec(),
@@ -68,7 +81,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
             "gateway listening on http://{}",
             local_addr(&listener)?
         ));
-        let gateway = Gateway::new(Arc::clone(&settings));
+        let gateway = Gateway::new(Arc::clone(&settings))?;
         let shutdown = shutdown.clone();
         tasks.spawn(async move { gateway.serve(listener, shutdown).await });
     }

@@ -6,6 +6,7 @@ use clap::Parser as _;
 
 mod app;
 mod cli;
+mod metrics;
 
 fn main() -> ExitCode {
     let command = cli::Cli::parse();

@@ -5,16 +5,21 @@
 //! response and recorded on the request's span, which is parented on the caller's W3C
 //! trace context. Bodies over `GATEWAY_BODY_LIMIT_BYTES` are refused with 413.
 
+mod admin_auth;
+mod admin_webhooks;
 mod health;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
-use payouts_runtime::Settings;
+use axum::routing::{get, post};
+use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
+use payouts_runtime::grpc::{TracedChannel, traced_channel};
 use payouts_runtime::shutdown::Shutdown;
+use payouts_runtime::{ErrorKind, ServiceName, Settings};
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -22,24 +27,55 @@ use tower_http::trace::TraceLayer;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+pub use admin_auth::AdminAuth;
+
 /// The gateway's shared state: what its handlers need to call the services.
 #[derive(Clone, Debug)]
 pub struct Gateway {
     settings: Arc<Settings>,
+    webhooks: WebhooksServiceClient<TracedChannel>,
+    admin_auth: AdminAuth,
 }
 
 impl Gateway {
-    pub fn new(settings: Arc<Settings>) -> Self {
-        Self { settings }
+    /// Clients to the services at their configured URLs; they connect lazily.
+    pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
+        let webhooks = WebhooksServiceClient::new(traced_channel(
+            settings.service_url(ServiceName::Webhooks),
+        )?);
+        let admin_auth = AdminAuth::new(
+            settings
+                .admin_jwt_secret
+                .as_ref()
+                .map(|secret| secret.expose()),
+        );
+        Ok(Self {
+            settings,
+            webhooks,
+            admin_auth,
+        })
+    }
+
+    pub(crate) fn webhooks(&self) -> WebhooksServiceClient<TracedChannel> {
+        self.webhooks.clone()
     }
 
     /// The HTTP routes with their middleware.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/api/webhooks/stripe-payouts", get(health::stripe_payouts))
+            .route(
+                "/api/webhooks/stripe-payouts",
+                get(health::stripe_payouts).post(webhooks::stripe_payouts),
+            )
             .route(
                 "/api/webhooks/stripe-subscription",
-                get(health::stripe_subscription),
+                get(health::stripe_subscription).post(webhooks::stripe_subscription),
+            )
+            .route("/api/admin/webhooks/stats", get(admin_webhooks::stats))
+            .route("/api/admin/webhooks/events", get(admin_webhooks::events))
+            .route(
+                "/api/admin/webhooks/events/{event_id}/retry",
+                post(admin_webhooks::retry),
             )
             .route("/healthz", get(health::liveness))
             .fallback(not_found)
@@ -83,6 +119,29 @@ pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> 
     (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
+/// A service's gRPC error as the HTTP answer: the status from the shared error table and the
+/// service's message (services never put internal causes in messages).
+pub(crate) fn grpc_error(status: &tonic::Status) -> Response {
+    let kind = ErrorKind::from_grpc_code(status.code());
+    if kind == ErrorKind::Internal || kind == ErrorKind::Unavailable {
+        tracing::warn!(code = ?status.code(), message = status.message(), "service call failed");
+    }
+    let message = if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        status.message().to_owned()
+    };
+    error_response(kind.http_status(), message)
+}
+
+/// A protobuf timestamp as RFC 3339 (UTC, milliseconds), or null.
+pub(crate) fn rfc3339(timestamp: Option<prost_types::Timestamp>) -> Option<String> {
+    let timestamp = timestamp?;
+    let nanos = u32::try_from(timestamp.nanos).ok()?;
+    chrono::DateTime::from_timestamp(timestamp.seconds, nanos)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no such route")
 }
@@ -101,7 +160,9 @@ mod tests {
             .iter()
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
             .collect();
-        Gateway::new(Arc::new(Settings::from_env(env).unwrap())).router()
+        Gateway::new(Arc::new(Settings::from_env(env).unwrap()))
+            .unwrap()
+            .router()
     }
 
     async fn json(response: Response) -> serde_json::Value {

@@ -35,6 +35,7 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env("GATEWAY_ADDR", "127.0.0.1:0")
         .env("GRPC_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -131,6 +131,8 @@ pub struct Settings {
     pub gateway_addr: SocketAddr,
     /// `GRPC_ADDR`: where the gRPC services listen.
     pub grpc_addr: SocketAddr,
+    /// `METRICS_ADDR`: where Prometheus metrics are served (`/metrics`); `off` disables.
+    pub metrics_addr: Option<SocketAddr>,
     /// `MONGODB_URI`: the MongoDB deployment; `None` runs on the embedded in-process store.
     pub mongodb_uri: Option<Secret>,
     /// `MONGODB_DATABASE`: database name (default `payouts`).
@@ -147,6 +149,14 @@ pub struct Settings {
     pub stripe_webhook_tolerance: Duration,
     /// `STRIPE_LIVEMODE`: whether events must be live-mode to be applied (default false).
     pub stripe_livemode: bool,
+    /// `WEBHOOK_MAX_ATTEMPTS`: processing attempts before an event is parked as failed (5).
+    pub webhook_max_attempts: u32,
+    /// `WEBHOOK_RETRY_BASE_SECONDS`: delay after the first failed attempt, doubling (30).
+    pub webhook_retry_base: Duration,
+    /// `WEBHOOK_LEASE_SECONDS`: how long a worker's claim on an event lasts (60).
+    pub webhook_lease: Duration,
+    /// `WEBHOOK_POLL_MILLISECONDS`: how often an idle worker looks for due events (1000).
+    pub webhook_poll_interval: Duration,
     /// `CRON_SECRET`: bearer token of the scheduler calling the cron endpoint.
     pub cron_secret: Option<Secret>,
     /// `CRON_API_KEY`: bearer token for manual cron triggers.
@@ -221,6 +231,10 @@ impl Settings {
         let settings = Settings {
             gateway_addr: values.socket_addr("GATEWAY_ADDR", "127.0.0.1:3000")?,
             grpc_addr,
+            metrics_addr: match values.string("METRICS_ADDR")?.as_deref() {
+                Some("off") => None,
+                _ => Some(values.socket_addr("METRICS_ADDR", "127.0.0.1:9464")?),
+            },
             mongodb_uri: values.secret("MONGODB_URI")?,
             mongodb_database: values
                 .string("MONGODB_DATABASE")?
@@ -237,6 +251,14 @@ impl Settings {
                 values.number("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)?,
             ),
             stripe_livemode: values.boolean("STRIPE_LIVEMODE", false)?,
+            webhook_max_attempts: values.number("WEBHOOK_MAX_ATTEMPTS", 5)?,
+            webhook_retry_base: Duration::from_secs(
+                values.number("WEBHOOK_RETRY_BASE_SECONDS", 30)?,
+            ),
+            webhook_lease: Duration::from_secs(values.number("WEBHOOK_LEASE_SECONDS", 60)?),
+            webhook_poll_interval: Duration::from_millis(
+                values.number("WEBHOOK_POLL_MILLISECONDS", 1000)?,
+            ),
             cron_secret: values.secret("CRON_SECRET")?,
             cron_api_key: values.secret("CRON_API_KEY")?,
             admin_jwt_secret: values.secret("ADMIN_JWT_SECRET")?,
@@ -269,6 +291,24 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.webhook_max_attempts == 0 {
+            return Err(ConfigError::new(
+                "WEBHOOK_MAX_ATTEMPTS",
+                "must be at least 1",
+            ));
+        }
+        if self.webhook_lease.is_zero() {
+            return Err(ConfigError::new(
+                "WEBHOOK_LEASE_SECONDS",
+                "must be at least 1",
+            ));
+        }
+        if self.webhook_poll_interval.is_zero() {
+            return Err(ConfigError::new(
+                "WEBHOOK_POLL_MILLISECONDS",
+                "must be at least 1",
+            ));
+        }
         if self.gateway_body_limit_bytes == 0 {
             return Err(ConfigError::new(
                 "GATEWAY_BODY_LIMIT_BYTES",

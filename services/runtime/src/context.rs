@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
+use crate::shutdown::Shutdown;
 use crate::store::Store;
 
 /// Everything a service's `build` function needs from the process.
@@ -12,14 +13,17 @@ pub struct ServiceContext {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
+    /// Background workers stop when this resolves.
+    pub shutdown: Shutdown,
 }
 
 impl ServiceContext {
-    pub fn new(settings: Arc<Settings>, store: Store) -> Self {
+    pub fn new(settings: Arc<Settings>, store: Store, shutdown: Shutdown) -> Self {
         Self {
             settings,
             store,
             clock: Arc::new(SystemClock),
+            shutdown,
         }
     }
 

@@ -80,15 +80,242 @@ pub struct InboxEvent {
     pub completed_at: Option<DateTime<Utc>>,
     pub failed_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// What processing concluded ("applied by payouts", "not ours", ...).
+    pub outcome: Option<String>,
     /// Compare-and-set version, bumped by every write.
     pub version: i64,
 }
 
 impl InboxEvent {
+    /// A verified delivery, stored before it is acknowledged and due at once.
+    pub fn received(
+        endpoint: Endpoint,
+        envelope: Envelope,
+        payload: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            endpoint,
+            event_id: envelope.id,
+            event_type: envelope.event_type,
+            account: envelope.account,
+            livemode: envelope.livemode,
+            api_version: envelope.api_version,
+            created: envelope.created,
+            payload,
+            status: EventStatus::Processing,
+            attempts: 0,
+            deliveries: 1,
+            received_at: now,
+            next_attempt_at: Some(now),
+            completed_at: None,
+            failed_at: None,
+            last_error: None,
+            outcome: None,
+            version: 1,
+        }
+    }
+
     /// When the TTL index removes the event.
     pub fn expires_at(&self) -> DateTime<Utc> {
         self.received_at + RETENTION
     }
+
+    /// Whether a worker may claim it now: processing, and due (a claim pushes the due time
+    /// out by the lease, so a crashed worker's claim simply expires).
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        self.status == EventStatus::Processing && self.next_attempt_at.is_some_and(|due| due <= now)
+    }
+
+    /// The claimed event: one more attempt, leased until `now + lease`.
+    pub fn claim(&self, now: DateTime<Utc>, policy: &RetryPolicy) -> InboxEvent {
+        InboxEvent {
+            attempts: self.attempts + 1,
+            next_attempt_at: Some(now + policy.lease),
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// Processing succeeded (or the event is acknowledged as not ours).
+    pub fn complete(&self, now: DateTime<Utc>, outcome: String) -> InboxEvent {
+        InboxEvent {
+            status: EventStatus::Completed,
+            completed_at: Some(now),
+            next_attempt_at: None,
+            outcome: Some(outcome),
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// Processing failed: due again after the backoff, or parked as failed after the last
+    /// attempt (visible, and retryable by an admin).
+    pub fn fail(&self, now: DateTime<Utc>, error: String, policy: &RetryPolicy) -> InboxEvent {
+        let parked = self.attempts >= policy.max_attempts;
+        InboxEvent {
+            status: if parked {
+                EventStatus::Failed
+            } else {
+                EventStatus::Processing
+            },
+            failed_at: if parked { Some(now) } else { None },
+            next_attempt_at: if parked {
+                None
+            } else {
+                Some(now + policy.backoff(self.attempts))
+            },
+            last_error: Some(error),
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// A failed event made due again (a Stripe redelivery or an admin's retry), with a fresh
+    /// set of attempts. Only failed events can be re-armed.
+    pub fn rearm(&self, now: DateTime<Utc>) -> Option<InboxEvent> {
+        (self.status == EventStatus::Failed).then(|| InboxEvent {
+            status: EventStatus::Processing,
+            attempts: 0,
+            deliveries: self.deliveries + 1,
+            next_attempt_at: Some(now),
+            failed_at: None,
+            version: self.version + 1,
+            ..self.clone()
+        })
+    }
+}
+
+/// How processing is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before an event is parked as failed.
+    pub max_attempts: u32,
+    /// Delay after the first failed attempt; doubles after each further one.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// How long a claim holds an event before another worker may take it over.
+    pub lease: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            base_delay: Duration::seconds(30),
+            max_delay: Duration::hours(1),
+            lease: Duration::seconds(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay after `failed_attempts` failures: base, 2 x base, 4 x base, ... capped.
+    pub fn backoff(&self, failed_attempts: u32) -> Duration {
+        let doublings = failed_attempts.saturating_sub(1).min(20);
+        let factor = 1_i32 << doublings;
+        (self.base_delay * factor).min(self.max_delay)
+    }
+}
+
+/// The parts of a Stripe event the inbox needs, parsed from the verified body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub id: String,
+    pub event_type: String,
+    pub created: i64,
+    pub livemode: bool,
+    /// Connected account for Connect events.
+    pub account: Option<String>,
+    pub api_version: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawEnvelope {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    object: Option<String>,
+    #[serde(default)]
+    created: i64,
+    #[serde(default)]
+    livemode: bool,
+    account: Option<String>,
+    api_version: Option<String>,
+}
+
+impl Envelope {
+    /// Parses a verified body; a body that is not a Stripe event is refused with the reason.
+    pub fn parse(payload: &[u8]) -> Result<Self, String> {
+        let raw: RawEnvelope = serde_json::from_slice(payload)
+            .map_err(|error| format!("body is not a Stripe event: {error}"))?;
+        if raw
+            .object
+            .as_deref()
+            .is_some_and(|object| object != "event")
+        {
+            return Err("body is not a Stripe event: object is not \"event\"".to_owned());
+        }
+        let id = raw
+            .id
+            .filter(|id| !id.trim().is_empty() && id.len() <= 255)
+            .ok_or("body is not a Stripe event: no id")?;
+        let event_type = raw
+            .event_type
+            .filter(|event_type| !event_type.trim().is_empty() && event_type.len() <= 255)
+            .ok_or("body is not a Stripe event: no type")?;
+        Ok(Self {
+            id,
+            event_type,
+            created: raw.created,
+            livemode: raw.livemode,
+            account: raw.account.filter(|account| !account.is_empty()),
+            api_version: raw.api_version,
+        })
+    }
+}
+
+/// Who owns an event type's effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// transfer.*, payout.*, account.updated
+    Payouts,
+    /// charge.refunded, charge.dispute.*
+    Disputes,
+}
+
+/// Where an event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Dispatch to the owning service.
+    Dispatch(Owner),
+    /// Stored and acknowledged, nothing to apply; the reason is recorded as the outcome.
+    Acknowledge(&'static str),
+}
+
+/// Routes an event by type, and by mode: an event whose livemode differs from ours is stored
+/// and acknowledged but never applied (Connect endpoints in live mode also get test events).
+pub fn route(event_type: &str, event_livemode: bool, our_livemode: bool) -> Route {
+    if event_livemode != our_livemode {
+        return Route::Acknowledge("not applied: livemode differs from this deployment's");
+    }
+    if event_type.starts_with("transfer.")
+        || event_type.starts_with("payout.")
+        || event_type == "account.updated"
+    {
+        return Route::Dispatch(Owner::Payouts);
+    }
+    if event_type == "charge.refunded" || event_type.starts_with("charge.dispute.") {
+        return Route::Dispatch(Owner::Disputes);
+    }
+    if event_type.starts_with("invoice.")
+        || event_type.starts_with("customer.subscription.")
+        || event_type == "checkout.session.completed"
+    {
+        // Subscription billing belongs to the platform's billing system, not to Payouts.
+        return Route::Acknowledge("recorded: subscription billing is handled outside Payouts");
+    }
+    Route::Acknowledge("not ours: no Payouts service handles this event type")
 }
 
 /// Counts by status (spec §4 statistics).
@@ -114,6 +341,144 @@ impl Statistics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn envelope(id: &str) -> Envelope {
+        Envelope {
+            id: id.to_owned(),
+            event_type: "transfer.created".to_owned(),
+            created: 1,
+            livemode: false,
+            account: None,
+            api_version: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn envelope_parses_a_stripe_event_and_refuses_anything_else() {
+        let parsed = Envelope::parse(
+            br#"{"id":"evt_1","object":"event","type":"payout.paid","created":5,"livemode":true,"account":"acct_9","api_version":null}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.id, "evt_1");
+        assert_eq!(parsed.event_type, "payout.paid");
+        assert_eq!(parsed.account.as_deref(), Some("acct_9"));
+        assert!(parsed.livemode);
+        for bad in [
+            &b"not json"[..],
+            br#"[1]"#,
+            br#"{"type":"x"}"#,
+            br#"{"id":"evt_1"}"#,
+            br#"{"id":"evt_1","type":"x","object":"charge"}"#,
+        ] {
+            let error = Envelope::parse(bad).unwrap_err();
+            assert!(error.starts_with("body is not a Stripe event"), "{error}");
+        }
+    }
+
+    #[test]
+    fn routes_follow_ownership_and_mode() {
+        assert_eq!(
+            route("transfer.created", false, false),
+            Route::Dispatch(Owner::Payouts)
+        );
+        assert_eq!(
+            route("payout.failed", false, false),
+            Route::Dispatch(Owner::Payouts)
+        );
+        assert_eq!(
+            route("account.updated", false, false),
+            Route::Dispatch(Owner::Payouts)
+        );
+        assert_eq!(
+            route("charge.refunded", false, false),
+            Route::Dispatch(Owner::Disputes)
+        );
+        assert_eq!(
+            route("charge.dispute.closed", false, false),
+            Route::Dispatch(Owner::Disputes)
+        );
+        assert!(matches!(
+            route("invoice.paid", false, false),
+            Route::Acknowledge(_)
+        ));
+        assert!(matches!(
+            route("plan.created", false, false),
+            Route::Acknowledge(_)
+        ));
+        assert!(matches!(
+            route("transfer.created", true, false),
+            Route::Acknowledge(_)
+        ));
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.backoff(1), Duration::seconds(30));
+        assert_eq!(policy.backoff(2), Duration::seconds(60));
+        assert_eq!(policy.backoff(3), Duration::seconds(120));
+        assert_eq!(policy.backoff(100), Duration::hours(1));
+    }
+
+    #[test]
+    fn failing_retries_then_parks_and_only_a_failed_event_can_be_rearmed() {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        let event = InboxEvent::received(
+            Endpoint::StripePayouts,
+            envelope("evt_1"),
+            "{}".to_owned(),
+            now(),
+        );
+        assert!(event.is_due(now()));
+        assert_eq!(event.rearm(now()), None);
+
+        let first = event.claim(now(), &policy);
+        assert!(!first.is_due(now()), "a claimed event is leased");
+        assert!(
+            first.is_due(now() + policy.lease),
+            "an expired lease makes it due again"
+        );
+        let retry = first.fail(now(), "boom".to_owned(), &policy);
+        assert_eq!(retry.status, EventStatus::Processing);
+        assert_eq!(retry.next_attempt_at, Some(now() + policy.backoff(1)));
+
+        let second = retry.claim(now() + policy.backoff(1), &policy);
+        let parked = second.fail(now(), "boom again".to_owned(), &policy);
+        assert_eq!(parked.status, EventStatus::Failed);
+        assert_eq!(parked.failed_at, Some(now()));
+        assert!(!parked.is_due(now() + Duration::days(1)));
+
+        let rearmed = parked.rearm(now()).unwrap();
+        assert_eq!(
+            (rearmed.status, rearmed.attempts, rearmed.deliveries),
+            (EventStatus::Processing, 0, 2)
+        );
+        assert!(rearmed.is_due(now()));
+        assert!(rearmed.version > parked.version);
+    }
+
+    #[test]
+    fn completing_records_the_outcome() {
+        let event = InboxEvent::received(
+            Endpoint::StripePayouts,
+            envelope("evt_1"),
+            "{}".to_owned(),
+            now(),
+        );
+        let done = event
+            .claim(now(), &RetryPolicy::default())
+            .complete(now(), "applied".to_owned());
+        assert_eq!(done.status, EventStatus::Completed);
+        assert_eq!(done.outcome.as_deref(), Some("applied"));
+        assert!(!done.is_due(now() + Duration::days(1)));
+    }
 
     #[test]
     fn names_round_trip() {

@@ -11,16 +11,21 @@ use payouts_runtime::convert::{optional_timestamp, page_size, required_id, times
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Endpoint, EventStatus, InboxEvent};
+use crate::inbox::{Inbox, Ingested};
 use crate::store::InboxRepository;
 
 /// The tonic service.
 pub struct WebhooksGrpc {
-    repository: Arc<dyn InboxRepository>,
+    inbox: Arc<Inbox>,
 }
 
 impl WebhooksGrpc {
-    pub fn new(repository: Arc<dyn InboxRepository>) -> Self {
-        Self { repository }
+    pub fn new(inbox: Arc<Inbox>) -> Self {
+        Self { inbox }
+    }
+
+    fn repository(&self) -> &Arc<dyn InboxRepository> {
+        self.inbox.repository()
     }
 }
 
@@ -77,6 +82,7 @@ fn to_proto(e: InboxEvent) -> pb::WebhookEvent {
         next_attempt_at: optional_timestamp(e.next_attempt_at),
         error: e.last_error.unwrap_or_default(),
         deliveries: i32::try_from(e.deliveries).unwrap_or(i32::MAX),
+        outcome: e.outcome.unwrap_or_default(),
     }
 }
 
@@ -86,18 +92,37 @@ fn count(value: u64) -> i64 {
 
 #[tonic::async_trait]
 impl WebhooksService for WebhooksGrpc {
+    #[tracing::instrument(skip_all, fields(endpoint = request.get_ref().endpoint))]
     async fn ingest_event(
         &self,
-        _request: Request<pb::IngestEventRequest>,
+        request: Request<pb::IngestEventRequest>,
     ) -> Result<Response<pb::IngestEventResponse>, Status> {
-        Err(Status::unimplemented("webhook ingestion is not built yet"))
+        let r = request.into_inner();
+        let endpoint = endpoint(r.endpoint)?;
+        let header = Some(r.signature_header.as_str()).filter(|header| !header.is_empty());
+        let (outcome, event_id, event_type) =
+            match self.inbox.ingest(endpoint, &r.payload, header).await? {
+                Ingested::Accepted {
+                    event_id,
+                    event_type,
+                } => (pb::IngestOutcome::Accepted, event_id, event_type),
+                Ingested::Duplicate {
+                    event_id,
+                    event_type,
+                } => (pb::IngestOutcome::Duplicate, event_id, event_type),
+            };
+        Ok(Response::new(pb::IngestEventResponse {
+            outcome: outcome.into(),
+            event_id,
+            event_type,
+        }))
     }
 
     async fn get_statistics(
         &self,
         _request: Request<pb::GetStatisticsRequest>,
     ) -> Result<Response<pb::GetStatisticsResponse>, Status> {
-        let statistics = self.repository.statistics().await?;
+        let statistics = self.repository().statistics().await?;
         Ok(Response::new(pb::GetStatisticsResponse {
             total: count(statistics.total),
             processing: count(statistics.processing),
@@ -114,7 +139,7 @@ impl WebhooksService for WebhooksGrpc {
         let status = status_filter(r.status)?;
         let limit = page_size(r.limit, 50, 500)?;
         let events = self
-            .repository
+            .repository()
             .list(status, limit)
             .await?
             .into_iter()
@@ -131,7 +156,7 @@ impl WebhooksService for WebhooksGrpc {
         let endpoint = endpoint(r.endpoint)?;
         let event_id = required_id(&r.event_id, "event_id")?;
         let event = self
-            .repository
+            .repository()
             .get(endpoint, &event_id)
             .await?
             .ok_or_else(|| {
@@ -144,8 +169,22 @@ impl WebhooksService for WebhooksGrpc {
 
     async fn retry_event(
         &self,
-        _request: Request<pb::RetryEventRequest>,
+        request: Request<pb::RetryEventRequest>,
     ) -> Result<Response<pb::RetryEventResponse>, Status> {
-        Err(Status::unimplemented("webhook retries are not built yet"))
+        let r = request.into_inner();
+        let endpoint = match pb::WebhookEndpoint::try_from(r.endpoint) {
+            Ok(pb::WebhookEndpoint::Unspecified) => None,
+            _ => Some(endpoint(r.endpoint)?),
+        };
+        let event_id = required_id(&r.event_id, "event_id")?;
+        let requested_by = if r.requested_by.trim().is_empty() {
+            "unknown"
+        } else {
+            r.requested_by.trim()
+        };
+        let events = self.inbox.retry(endpoint, &event_id, requested_by).await?;
+        Ok(Response::new(pb::RetryEventResponse {
+            events: events.into_iter().map(to_proto).collect(),
+        }))
     }
 }

@@ -1,20 +1,57 @@
 //! Webhooks service: the durable inbox of Stripe events (`payouts.webhooks.v1.WebhooksService`).
 //! Owns the `processedWebhookEvents` collection.
 //!
-//! - [`domain`]: inbox events and their states, pure.
+//! - [`signature`]: Stripe signature verification, pure.
+//! - [`domain`]: inbox events, their states, routing and retry policy, pure.
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.
+//! - [`inbox`]: ingest (verify, store, acknowledge) and the exactly-once worker.
+//! - [`dispatch`]: delivery to the owning service over gRPC.
 //! - [`grpc`]: the gRPC surface.
 
+pub mod dispatch;
 pub mod domain;
 pub mod grpc;
+pub mod inbox;
+pub mod signature;
 pub mod store;
 
-use payouts_runtime::ServiceContext;
-use payouts_runtime::grpc::GrpcServer;
+use std::sync::Arc;
 
-/// Builds the service on the context's store and adds it to `server`.
+use payouts_runtime::grpc::GrpcServer;
+use payouts_runtime::{ServiceContext, Settings};
+
+/// The inbox configuration from the process settings.
+pub fn inbox_settings(settings: &Settings) -> inbox::InboxSettings {
+    let seconds = |duration: std::time::Duration| {
+        chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::seconds(60))
+    };
+    inbox::InboxSettings {
+        payouts_secrets: settings.stripe_webhook_secrets_payouts.clone(),
+        subscription_secrets: settings.stripe_webhook_secrets_subscription.clone(),
+        tolerance_seconds: i64::try_from(settings.stripe_webhook_tolerance.as_secs())
+            .unwrap_or(300),
+        livemode: settings.stripe_livemode,
+        policy: domain::RetryPolicy {
+            max_attempts: settings.webhook_max_attempts,
+            base_delay: seconds(settings.webhook_retry_base),
+            lease: seconds(settings.webhook_lease),
+            ..domain::RetryPolicy::default()
+        },
+        poll_interval: settings.webhook_poll_interval,
+    }
+}
+
+/// Builds the service on the context's store, starts its worker, and adds it to `server`.
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
     let repository = store::open(&context.store).await?;
-    server.add_service(grpc::server(grpc::WebhooksGrpc::new(repository)));
+    let dispatcher = Arc::new(dispatch::GrpcDispatcher::new(&context.settings)?);
+    let inbox = Arc::new(inbox::Inbox::new(
+        repository,
+        dispatcher,
+        Arc::clone(&context.clock),
+        inbox_settings(&context.settings),
+    ));
+    tokio::spawn(Arc::clone(&inbox).run_worker(context.shutdown.clone()));
+    server.add_service(grpc::server(grpc::WebhooksGrpc::new(inbox)));
     Ok(())
 }

@@ -34,6 +34,7 @@ fn event(endpoint: Endpoint, id: &str, status: EventStatus, minute: i64) -> Inbo
         completed_at: None,
         failed_at: None,
         last_error: None,
+        outcome: None,
         version: 1,
     }
 }
@@ -43,6 +44,106 @@ async fn run(repository: Arc<dyn InboxRepository>) {
     the_same_id_on_the_other_endpoint_is_another_event(repository.as_ref()).await;
     concurrent_inserts_of_one_event_store_it_once(Arc::clone(&repository)).await;
     statistics_and_lists_by_status(repository.as_ref()).await;
+    due_events_and_versioned_replacement(repository.as_ref()).await;
+    concurrent_claims_of_one_event_one_wins(repository).await;
+}
+
+async fn due_events_and_versioned_replacement(repository: &dyn InboxRepository) {
+    let policy = crate::domain::RetryPolicy::default();
+    let now = at(100);
+    let mut due_later = event(
+        Endpoint::StripePayouts,
+        "evt_due_later",
+        EventStatus::Processing,
+        100,
+    );
+    due_later.next_attempt_at = Some(now + Duration::seconds(5));
+    let due_first = event(
+        Endpoint::StripePayouts,
+        "evt_due_first",
+        EventStatus::Processing,
+        99,
+    );
+    let due_second = event(
+        Endpoint::StripeSubscription,
+        "evt_due_second",
+        EventStatus::Processing,
+        100,
+    );
+    for e in [&due_later, &due_first, &due_second] {
+        repository.insert_new(e).await.unwrap();
+    }
+    let due: Vec<String> = repository
+        .due(now, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_id)
+        .filter(|id| id.starts_with("evt_due"))
+        .collect();
+    assert_eq!(due, ["evt_due_first", "evt_due_second"]);
+
+    // A claim leases the event: it is no longer due, and a stale writer cannot overwrite it.
+    let claimed = due_first.claim(now, &policy);
+    repository
+        .replace(&claimed, due_first.version)
+        .await
+        .unwrap();
+    assert!(
+        !repository
+            .due(now, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event_id == "evt_due_first")
+    );
+    let error = repository
+        .replace(&due_first.claim(now, &policy), due_first.version)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), payouts_runtime::ErrorKind::Conflict);
+    // Once the lease runs out it is due again.
+    assert!(
+        repository
+            .due(now + policy.lease, 100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event_id == "evt_due_first")
+    );
+
+    let done = claimed.complete(now, "applied".to_owned());
+    repository.replace(&done, claimed.version).await.unwrap();
+    assert_eq!(
+        repository
+            .get(Endpoint::StripePayouts, "evt_due_first")
+            .await
+            .unwrap(),
+        Some(done)
+    );
+}
+
+async fn concurrent_claims_of_one_event_one_wins(repository: Arc<dyn InboxRepository>) {
+    let policy = crate::domain::RetryPolicy::default();
+    let contested = event(
+        Endpoint::StripePayouts,
+        "evt_claim_race",
+        EventStatus::Processing,
+        1,
+    );
+    repository.insert_new(&contested).await.unwrap();
+    let claims = (0..20).map(|_| {
+        let repository = Arc::clone(&repository);
+        let claimed = contested.claim(at(2), &policy);
+        tokio::spawn(async move { repository.replace(&claimed, 1).await })
+    });
+    let mut winners = 0;
+    for claim in claims {
+        if claim.await.unwrap().is_ok() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one worker claims an event");
 }
 
 async fn first_insert_is_new_and_second_is_a_duplicate(repository: &dyn InboxRepository) {

@@ -2,9 +2,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
-use super::{InboxRepository, Inserted, storage_id};
+use super::{InboxRepository, Inserted, stale, storage_id};
 use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
 
 /// Embedded store: events by storage id.
@@ -39,6 +40,33 @@ impl InboxRepository for MemoryInbox {
         event_id: &str,
     ) -> Result<Option<InboxEvent>, ServiceError> {
         Ok(self.lock().get(&storage_id(endpoint, event_id)).cloned())
+    }
+
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError> {
+        let mut due: Vec<InboxEvent> = self
+            .lock()
+            .values()
+            .filter(|event| event.is_due(now))
+            .cloned()
+            .collect();
+        due.sort_by(|a, b| {
+            a.next_attempt_at.cmp(&b.next_attempt_at).then_with(|| {
+                storage_id(a.endpoint, &a.event_id).cmp(&storage_id(b.endpoint, &b.event_id))
+            })
+        });
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn replace(&self, event: &InboxEvent, expected_version: i64) -> Result<(), ServiceError> {
+        let mut events = self.lock();
+        match events.get_mut(&storage_id(event.endpoint, &event.event_id)) {
+            Some(stored) if stored.version == expected_version => {
+                *stored = event.clone();
+                Ok(())
+            }
+            _ => Err(stale(event)),
+        }
     }
 
     async fn statistics(&self) -> Result<Statistics, ServiceError> {

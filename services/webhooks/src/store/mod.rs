@@ -10,6 +10,7 @@ mod conformance;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
@@ -39,6 +40,12 @@ pub trait InboxRepository: Send + Sync + 'static {
         event_id: &str,
     ) -> Result<Option<InboxEvent>, ServiceError>;
 
+    /// Processing events due at `now` (`next_attempt_at <= now`), earliest first.
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError>;
+
+    /// Replaces the event if its stored version is `expected_version`; Conflict otherwise.
+    async fn replace(&self, event: &InboxEvent, expected_version: i64) -> Result<(), ServiceError>;
+
     /// Counts by status.
     async fn statistics(&self) -> Result<Statistics, ServiceError>;
 
@@ -48,6 +55,13 @@ pub trait InboxRepository: Send + Sync + 'static {
         status: Option<EventStatus>,
         limit: usize,
     ) -> Result<Vec<InboxEvent>, ServiceError>;
+}
+
+pub(crate) fn stale(event: &InboxEvent) -> ServiceError {
+    ServiceError::conflict(format!(
+        "webhook event {} was changed concurrently",
+        event.event_id
+    ))
 }
 
 /// The storage id of an event.

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use mongodb::bson::{self, Document, doc};
 use mongodb::options::IndexOptions;
@@ -9,7 +10,7 @@ use payouts_runtime::ServiceError;
 use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
 use serde::{Deserialize, Serialize};
 
-use super::{InboxRepository, Inserted, storage_id};
+use super::{InboxRepository, Inserted, stale, storage_id};
 use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
 
 /// MongoDB store: collection `processedWebhookEvents` (spec §4 document, plus what the
@@ -47,6 +48,8 @@ struct EventDocument {
     failed_at: Option<bson::DateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<String>,
     version: i64,
     expires_at: bson::DateTime,
 }
@@ -71,6 +74,7 @@ impl From<&InboxEvent> for EventDocument {
             completed_at: e.completed_at.map(to_bson_time),
             failed_at: e.failed_at.map(to_bson_time),
             error: e.last_error.clone(),
+            outcome: e.outcome.clone(),
             version: e.version,
             expires_at: to_bson_time(e.expires_at()),
         }
@@ -102,6 +106,7 @@ impl TryFrom<EventDocument> for InboxEvent {
             completed_at: d.completed_at.map(from_bson_time),
             failed_at: d.failed_at.map(from_bson_time),
             last_error: d.error,
+            outcome: d.outcome,
             version: d.version,
         })
     }
@@ -161,6 +166,36 @@ impl InboxRepository for MongoInbox {
             .map_err(mongo_error)?
             .map(InboxEvent::try_from)
             .transpose()
+    }
+
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError> {
+        let documents: Vec<EventDocument> = self
+            .collection
+            .find(doc! { "status": EventStatus::Processing.as_str(), "nextAttemptAt": { "$lte": to_bson_time(now) } })
+            .sort(doc! { "nextAttemptAt": 1, "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(mongo_error)?
+            .try_collect()
+            .await
+            .map_err(mongo_error)?;
+        documents.into_iter().map(InboxEvent::try_from).collect()
+    }
+
+    async fn replace(&self, event: &InboxEvent, expected_version: i64) -> Result<(), ServiceError> {
+        let result = self
+            .collection
+            .replace_one(
+                doc! { "_id": storage_id(event.endpoint, &event.event_id), "version": expected_version },
+                EventDocument::from(event),
+            )
+            .await
+            .map_err(mongo_error)?;
+        if result.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(stale(event))
+        }
     }
 
     async fn statistics(&self) -> Result<Statistics, ServiceError> {

@@ -167,3 +167,5 @@ fn free_port() -> Result<u16, String> {
         .map(|address| address.port())
         .map_err(|error| format!("no free port: {error}"))
 }
+
+pub mod stripe;

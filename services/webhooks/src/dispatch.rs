@@ -1,0 +1,90 @@
+//! Dispatch over gRPC to the service that owns an event's effect.
+
+use async_trait::async_trait;
+use payouts_proto::common::v1::StripeEvent;
+use payouts_proto::disputes::v1::HandleStripeEventRequest as DisputesRequest;
+use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+use payouts_proto::payouts::v1::HandleStripeEventRequest as PayoutsRequest;
+use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::{ServiceName, Settings};
+
+use crate::domain::{InboxEvent, Owner};
+use crate::inbox::Dispatcher;
+
+/// Calls `HandleStripeEvent` on payouts or disputes.
+#[derive(Clone)]
+pub struct GrpcDispatcher {
+    payouts: PayoutsServiceClient<TracedChannel>,
+    disputes: DisputesServiceClient<TracedChannel>,
+}
+
+impl GrpcDispatcher {
+    /// Clients to the owners at their configured URLs (connected lazily).
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            payouts: PayoutsServiceClient::new(traced_channel(
+                settings.service_url(ServiceName::Payouts),
+            )?),
+            disputes: DisputesServiceClient::new(traced_channel(
+                settings.service_url(ServiceName::Disputes),
+            )?),
+        })
+    }
+}
+
+fn stripe_event(event: &InboxEvent) -> StripeEvent {
+    StripeEvent {
+        id: event.event_id.clone(),
+        r#type: event.event_type.clone(),
+        account: event.account.clone().unwrap_or_default(),
+        livemode: event.livemode,
+        created: event.created,
+        api_version: event.api_version.clone().unwrap_or_default(),
+        payload_json: event.payload.clone().into_bytes(),
+    }
+}
+
+#[async_trait]
+impl Dispatcher for GrpcDispatcher {
+    #[tracing::instrument(skip_all, fields(event_id = %event.event_id, event_type = %event.event_type))]
+    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String> {
+        let answer = match owner {
+            Owner::Payouts => self
+                .payouts
+                .clone()
+                .handle_stripe_event(PayoutsRequest {
+                    event: Some(stripe_event(event)),
+                })
+                .await
+                .map(|response| {
+                    let response = response.into_inner();
+                    (response.applied, response.detail)
+                }),
+            Owner::Disputes => self
+                .disputes
+                .clone()
+                .handle_stripe_event(DisputesRequest {
+                    event: Some(stripe_event(event)),
+                })
+                .await
+                .map(|response| {
+                    let response = response.into_inner();
+                    (response.applied, response.detail)
+                }),
+        };
+        let name = match owner {
+            Owner::Payouts => "payouts",
+            Owner::Disputes => "disputes",
+        };
+        match answer {
+            Ok((true, detail)) => Ok(format!("applied by {name}: {detail}")),
+            Ok((false, detail)) => Ok(format!("no change by {name}: {detail}")),
+            Err(status) => Err(format!(
+                "{name} answered {:?}: {}",
+                status.code(),
+                status.message()
+            )),
+        }
+    }
+}

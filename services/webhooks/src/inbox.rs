@@ -1,0 +1,381 @@
+//! The inbox: ingest a delivery (verify, store, acknowledge), and the worker that processes
+//! due events exactly once across any number of replicas.
+//!
+//! Exactly once, precisely: the unique (endpoint, event id) key lets exactly one delivery
+//! store an event; a worker processes an event only after winning a versioned claim, which
+//! leases it (`next_attempt_at = now + lease`); a worker that dies mid-processing loses the
+//! lease when it runs out and another worker claims the event; a worker whose lease ran out
+//! cannot record its result (its version is stale). The owners' handlers are idempotent on
+//! the Stripe event id, so even the one remaining window (a handler that outlives its lease)
+//! cannot apply an effect twice.
+
+use std::sync::Arc;
+use std::time::{Duration as StdDuration, Instant};
+
+use async_trait::async_trait;
+use payouts_runtime::shutdown::Shutdown;
+use payouts_runtime::{Clock, ErrorKind, Secret, ServiceError};
+use tokio::sync::Notify;
+
+use crate::domain::{
+    Endpoint, Envelope, EventStatus, InboxEvent, Owner, RetryPolicy, Route, route,
+};
+use crate::signature::{self, SignatureError};
+use crate::store::{InboxRepository, Inserted};
+
+/// Delivers an event to the service that owns its effect.
+#[async_trait]
+pub trait Dispatcher: Send + Sync + 'static {
+    /// `Ok(outcome)` when the owner applied (or deliberately ignored) the event; `Err(reason)`
+    /// when it must be retried.
+    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String>;
+}
+
+/// How the inbox is configured.
+#[derive(Debug, Clone)]
+pub struct InboxSettings {
+    pub payouts_secrets: Vec<Secret>,
+    pub subscription_secrets: Vec<Secret>,
+    pub tolerance_seconds: i64,
+    /// Whether this deployment applies live-mode events (else test-mode ones).
+    pub livemode: bool,
+    pub policy: RetryPolicy,
+    /// How often an idle worker looks for due events (new deliveries wake it at once).
+    pub poll_interval: StdDuration,
+}
+
+/// What ingesting a delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// Stored for the first time, or a failed event made due again by Stripe's redelivery.
+    Accepted {
+        event_id: String,
+        event_type: String,
+    },
+    /// Already stored and not failed: nothing written.
+    Duplicate {
+        event_id: String,
+        event_type: String,
+    },
+}
+
+/// The inbox service core.
+pub struct Inbox {
+    repository: Arc<dyn InboxRepository>,
+    dispatcher: Arc<dyn Dispatcher>,
+    clock: Arc<dyn Clock>,
+    settings: InboxSettings,
+    wake: Notify,
+}
+
+/// How many due events a worker claims per pass.
+const BATCH: usize = 16;
+/// How often a compare-and-set lost to a concurrent writer is retried.
+const MAX_CAS_ATTEMPTS: usize = 8;
+
+impl Inbox {
+    pub fn new(
+        repository: Arc<dyn InboxRepository>,
+        dispatcher: Arc<dyn Dispatcher>,
+        clock: Arc<dyn Clock>,
+        settings: InboxSettings,
+    ) -> Self {
+        Self {
+            repository,
+            dispatcher,
+            clock,
+            settings,
+            wake: Notify::new(),
+        }
+    }
+
+    pub fn repository(&self) -> &Arc<dyn InboxRepository> {
+        &self.repository
+    }
+
+    /// Verifies, stores and classifies one delivery. The event is durably stored before this
+    /// returns `Ok`; a store failure is `Unavailable` so the caller answers 5xx and Stripe
+    /// retries.
+    pub async fn ingest(
+        &self,
+        endpoint: Endpoint,
+        payload: &[u8],
+        signature_header: Option<&str>,
+    ) -> Result<Ingested, ServiceError> {
+        let secrets = match endpoint {
+            Endpoint::StripePayouts => &self.settings.payouts_secrets,
+            Endpoint::StripeSubscription => &self.settings.subscription_secrets,
+        };
+        if secrets.is_empty() {
+            // Refusing with 5xx keeps Stripe retrying until the secret is configured.
+            let variable = match endpoint {
+                Endpoint::StripePayouts => "STRIPE_WEBHOOK_SECRET_PAYOUTS",
+                Endpoint::StripeSubscription => "STRIPE_WEBHOOK_SECRET",
+            };
+            return Err(ServiceError::unavailable(
+                format!("{variable} is not configured; the delivery was not accepted"),
+                anyhow::anyhow!("no signing secret for {}", endpoint.as_str()),
+            ));
+        }
+        let now = self.clock.now();
+        if let Err(error) = signature::verify(
+            signature_header,
+            payload,
+            secrets,
+            self.settings.tolerance_seconds,
+            now.timestamp(),
+        ) {
+            metrics::counter!("payouts_webhooks_rejected_total", "endpoint" => endpoint.as_str(), "reason" => error.reason())
+                .increment(1);
+            tracing::warn!(
+                endpoint = endpoint.as_str(),
+                reason = error.reason(),
+                "webhook signature refused"
+            );
+            return Err(signature_refused(&error));
+        }
+        let envelope = Envelope::parse(payload).map_err(|reason| {
+            metrics::counter!("payouts_webhooks_rejected_total", "endpoint" => endpoint.as_str(), "reason" => "not_an_event")
+                .increment(1);
+            ServiceError::invalid_argument(reason)
+        })?;
+        let payload = String::from_utf8(payload.to_vec())
+            .map_err(|_| ServiceError::invalid_argument("body is not a Stripe event: not UTF-8"))?;
+        let event_id = envelope.id.clone();
+        let event_type = envelope.event_type.clone();
+        metrics::counter!("payouts_webhooks_received_total", "endpoint" => endpoint.as_str(), "type" => event_type.clone())
+            .increment(1);
+
+        let event = InboxEvent::received(endpoint, envelope, payload, now);
+        match self.repository.insert_new(&event).await? {
+            Inserted::New => {
+                tracing::info!(event_id = %event_id, event_type = %event_type, endpoint = endpoint.as_str(), "webhook stored");
+                self.wake.notify_one();
+                Ok(Ingested::Accepted {
+                    event_id,
+                    event_type,
+                })
+            }
+            Inserted::Duplicate(stored) if stored.status == EventStatus::Failed => {
+                // A redelivery of a failed event is another chance, not a duplicate.
+                if self.rearm(*stored).await?.is_some() {
+                    tracing::info!(event_id = %event_id, "failed webhook redelivered; due again");
+                    self.wake.notify_one();
+                    Ok(Ingested::Accepted {
+                        event_id,
+                        event_type,
+                    })
+                } else {
+                    Ok(Ingested::Duplicate {
+                        event_id,
+                        event_type,
+                    })
+                }
+            }
+            Inserted::Duplicate(_) => {
+                metrics::counter!("payouts_webhooks_duplicates_total", "endpoint" => endpoint.as_str()).increment(1);
+                Ok(Ingested::Duplicate {
+                    event_id,
+                    event_type,
+                })
+            }
+        }
+    }
+
+    /// Makes a failed event due again; `None` if it is not failed (any more).
+    async fn rearm(&self, mut event: InboxEvent) -> Result<Option<InboxEvent>, ServiceError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(rearmed) = event.rearm(self.clock.now()) else {
+                return Ok(None);
+            };
+            match self.repository.replace(&rearmed, event.version).await {
+                Ok(()) => return Ok(Some(rearmed)),
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    match self.repository.get(event.endpoint, &event.event_id).await? {
+                        Some(current) => event = current,
+                        None => return Ok(None),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServiceError::conflict(format!(
+            "webhook event {} keeps changing; try again",
+            event.event_id
+        )))
+    }
+
+    /// An admin's retry of failed events with this id (on one endpoint, or on both).
+    pub async fn retry(
+        &self,
+        endpoint: Option<Endpoint>,
+        event_id: &str,
+        requested_by: &str,
+    ) -> Result<Vec<InboxEvent>, ServiceError> {
+        let endpoints = match endpoint {
+            Some(endpoint) => vec![endpoint],
+            None => vec![Endpoint::StripePayouts, Endpoint::StripeSubscription],
+        };
+        let mut found = Vec::new();
+        for endpoint in endpoints {
+            if let Some(event) = self.repository.get(endpoint, event_id).await? {
+                found.push(event);
+            }
+        }
+        if found.is_empty() {
+            return Err(ServiceError::not_found(format!(
+                "webhook event {event_id} not found"
+            )));
+        }
+        let mut retried = Vec::new();
+        for event in &found {
+            if let Some(rearmed) = self.rearm(event.clone()).await? {
+                tracing::info!(
+                    event_id,
+                    requested_by,
+                    endpoint = event.endpoint.as_str(),
+                    "failed webhook retried by admin"
+                );
+                retried.push(rearmed);
+            }
+        }
+        if retried.is_empty() {
+            let statuses: Vec<&str> = found.iter().map(|event| event.status.as_str()).collect();
+            return Err(ServiceError::failed_precondition(format!(
+                "only failed events can be retried; webhook event {event_id} is {}",
+                statuses.join(" and ")
+            )));
+        }
+        self.wake.notify_one();
+        Ok(retried)
+    }
+
+    /// Claims due events: each returned event is leased to the caller.
+    pub async fn claim_due(&self) -> Result<Vec<InboxEvent>, ServiceError> {
+        let now = self.clock.now();
+        let mut claimed = Vec::new();
+        for event in self.repository.due(now, BATCH).await? {
+            let lease = event.claim(now, &self.settings.policy);
+            match self.repository.replace(&lease, event.version).await {
+                Ok(()) => claimed.push(lease),
+                // Another worker claimed it first.
+                Err(error) if error.kind() == ErrorKind::Conflict => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(claimed)
+    }
+
+    /// Processes one claimed event and records the result, unless the lease was lost.
+    pub async fn process_claimed(&self, claimed: InboxEvent) -> Result<InboxEvent, ServiceError> {
+        let started = Instant::now();
+        let result = match route(
+            &claimed.event_type,
+            claimed.livemode,
+            self.settings.livemode,
+        ) {
+            Route::Acknowledge(reason) => Ok(reason.to_owned()),
+            Route::Dispatch(owner) => {
+                let deadline = self
+                    .settings
+                    .policy
+                    .lease
+                    .to_std()
+                    .unwrap_or(StdDuration::from_secs(60))
+                    / 2;
+                match tokio::time::timeout(deadline, self.dispatcher.dispatch(owner, &claimed))
+                    .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(format!(
+                        "{} did not answer within {deadline:?}",
+                        owner_name(owner)
+                    )),
+                }
+            }
+        };
+        let now = self.clock.now();
+        let (next, outcome_label) = match result {
+            Ok(outcome) => (claimed.complete(now, outcome), "completed"),
+            Err(error) => {
+                let next = claimed.fail(now, error, &self.settings.policy);
+                let label = if next.status == EventStatus::Failed {
+                    "parked"
+                } else {
+                    "retry"
+                };
+                (next, label)
+            }
+        };
+        metrics::histogram!("payouts_webhooks_processing_seconds", "type" => claimed.event_type.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("payouts_webhooks_processed_total", "type" => claimed.event_type.clone(), "result" => outcome_label)
+            .increment(1);
+        match self.repository.replace(&next, claimed.version).await {
+            Ok(()) => {
+                match next.status {
+                    EventStatus::Completed => {
+                        tracing::info!(event_id = %next.event_id, outcome = next.outcome.as_deref().unwrap_or(""), "webhook processed")
+                    }
+                    EventStatus::Failed => {
+                        tracing::error!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook parked as failed")
+                    }
+                    EventStatus::Processing => {
+                        tracing::warn!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook processing failed; will retry")
+                    }
+                }
+                Ok(next)
+            }
+            Err(error) if error.kind() == ErrorKind::Conflict => {
+                tracing::warn!(event_id = %claimed.event_id, "lease lost before the result was recorded; another worker owns the event");
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// One pass: claim what is due and process it. Returns how many events were claimed.
+    pub async fn process_due(&self) -> Result<usize, ServiceError> {
+        let claimed = self.claim_due().await?;
+        let count = claimed.len();
+        for event in claimed {
+            // A lost lease or a store failure for one event must not stop the others.
+            let _ = self.process_claimed(event).await;
+        }
+        Ok(count)
+    }
+
+    /// The worker loop; several may run, in this process and in other replicas.
+    pub async fn run_worker(self: Arc<Self>, shutdown: Shutdown) {
+        let stop = shutdown.requested();
+        tokio::pin!(stop);
+        loop {
+            let busy = match self.process_due().await {
+                Ok(count) => count == BATCH,
+                Err(error) => {
+                    tracing::warn!(error = %error, "webhook worker pass failed");
+                    false
+                }
+            };
+            if busy {
+                continue;
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+    }
+}
+
+fn owner_name(owner: Owner) -> &'static str {
+    match owner {
+        Owner::Payouts => "payouts",
+        Owner::Disputes => "disputes",
+    }
+}
+
+fn signature_refused(error: &SignatureError) -> ServiceError {
+    ServiceError::invalid_argument(error.to_string())
+}
