@@ -14,6 +14,7 @@ pub struct Payouts {
     child: Child,
     pub gateway: Option<SocketAddr>,
     pub grpc: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     /// Every stderr line seen so far, for failure messages.
     pub stderr_lines: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -73,6 +74,7 @@ impl Payouts {
             child,
             gateway: None,
             grpc: None,
+            metrics: None,
             stderr_lines: Vec::new(),
             lines,
         };
@@ -89,7 +91,11 @@ impl Payouts {
                         process.stderr_lines.join("\n")
                     )
                 });
-            if let Some(address) = line.strip_prefix("payouts: gateway listening on http://") {
+            if let Some(rest) = line.strip_prefix("payouts: metrics at http://") {
+                let address = rest.trim_end_matches("/metrics");
+                process.metrics = Some(address.parse().expect("a socket address"));
+            } else if let Some(address) = line.strip_prefix("payouts: gateway listening on http://")
+            {
                 process.gateway = Some(address.parse().expect("a socket address"));
             } else if let Some(rest) = line.strip_prefix("payouts: gRPC services [") {
                 let address = rest.rsplit(" listening on ").next().expect("an address");
@@ -108,6 +114,13 @@ impl Payouts {
 
     pub fn gateway_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.gateway.expect("the gateway runs"))
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!(
+            "http://{}/metrics",
+            self.metrics.expect("metrics are served")
+        )
     }
 
     pub fn grpc_url(&self) -> String {
