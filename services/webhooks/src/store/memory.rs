@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -8,15 +8,44 @@ use payouts_runtime::ServiceError;
 use super::{InboxRepository, Inserted, stale, storage_id};
 use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
 
-/// Embedded store: events by storage id.
+/// Embedded store: events by storage id, with an index of processing events by due time
+/// (what the MongoDB store's `{status, nextAttemptAt}` index is), so a worker's pass does
+/// not scan every stored event.
 #[derive(Debug, Default)]
 pub struct MemoryInbox {
-    events: Mutex<HashMap<String, InboxEvent>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    events: HashMap<String, InboxEvent>,
+    due_index: BTreeSet<(DateTime<Utc>, String)>,
+}
+
+impl State {
+    fn index_key(event: &InboxEvent) -> Option<(DateTime<Utc>, String)> {
+        match (event.status, event.next_attempt_at) {
+            (EventStatus::Processing, Some(due)) => {
+                Some((due, storage_id(event.endpoint, &event.event_id)))
+            }
+            _ => None,
+        }
+    }
+
+    fn put(&mut self, id: String, event: InboxEvent) {
+        if let Some(key) = self.events.get(&id).and_then(Self::index_key) {
+            self.due_index.remove(&key);
+        }
+        if let Some(key) = Self::index_key(&event) {
+            self.due_index.insert(key);
+        }
+        self.events.insert(id, event);
+    }
 }
 
 impl MemoryInbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, InboxEvent>> {
-        self.events
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -25,12 +54,12 @@ impl MemoryInbox {
 #[async_trait]
 impl InboxRepository for MemoryInbox {
     async fn insert_new(&self, event: &InboxEvent) -> Result<Inserted, ServiceError> {
-        let mut events = self.lock();
+        let mut state = self.lock();
         let id = storage_id(event.endpoint, &event.event_id);
-        if let Some(existing) = events.get(&id) {
+        if let Some(existing) = state.events.get(&id) {
             return Ok(Inserted::Duplicate(Box::new(existing.clone())));
         }
-        events.insert(id, event.clone());
+        state.put(id, event.clone());
         Ok(Inserted::New)
     }
 
@@ -39,30 +68,30 @@ impl InboxRepository for MemoryInbox {
         endpoint: Endpoint,
         event_id: &str,
     ) -> Result<Option<InboxEvent>, ServiceError> {
-        Ok(self.lock().get(&storage_id(endpoint, event_id)).cloned())
+        Ok(self
+            .lock()
+            .events
+            .get(&storage_id(endpoint, event_id))
+            .cloned())
     }
 
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError> {
-        let mut due: Vec<InboxEvent> = self
-            .lock()
-            .values()
-            .filter(|event| event.is_due(now))
-            .cloned()
-            .collect();
-        due.sort_by(|a, b| {
-            a.next_attempt_at.cmp(&b.next_attempt_at).then_with(|| {
-                storage_id(a.endpoint, &a.event_id).cmp(&storage_id(b.endpoint, &b.event_id))
-            })
-        });
-        due.truncate(limit);
-        Ok(due)
+        let state = self.lock();
+        Ok(state
+            .due_index
+            .iter()
+            .take_while(|(due, _)| *due <= now)
+            .take(limit)
+            .filter_map(|(_, id)| state.events.get(id).cloned())
+            .collect())
     }
 
     async fn replace(&self, event: &InboxEvent, expected_version: i64) -> Result<(), ServiceError> {
-        let mut events = self.lock();
-        match events.get_mut(&storage_id(event.endpoint, &event.event_id)) {
+        let mut state = self.lock();
+        let id = storage_id(event.endpoint, &event.event_id);
+        match state.events.get(&id) {
             Some(stored) if stored.version == expected_version => {
-                *stored = event.clone();
+                state.put(id, event.clone());
                 Ok(())
             }
             _ => Err(stale(event)),
@@ -71,7 +100,7 @@ impl InboxRepository for MemoryInbox {
 
     async fn statistics(&self) -> Result<Statistics, ServiceError> {
         let mut statistics = Statistics::default();
-        for event in self.lock().values() {
+        for event in self.lock().events.values() {
             statistics.count(event.status);
         }
         Ok(statistics)
@@ -84,6 +113,7 @@ impl InboxRepository for MemoryInbox {
     ) -> Result<Vec<InboxEvent>, ServiceError> {
         let mut found: Vec<InboxEvent> = self
             .lock()
+            .events
             .values()
             .filter(|event| status.is_none_or(|status| event.status == status))
             .cloned()
