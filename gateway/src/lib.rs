@@ -234,6 +234,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn service_errors_map_to_the_shared_table_with_the_services_message() {
+        for (code, status) in [
+            (tonic::Code::InvalidArgument, StatusCode::BAD_REQUEST),
+            (tonic::Code::NotFound, StatusCode::NOT_FOUND),
+            (tonic::Code::FailedPrecondition, StatusCode::CONFLICT),
+            (tonic::Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE),
+            (tonic::Code::Internal, StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            let response = grpc_error(&tonic::Status::new(code, "what went wrong"));
+            assert_eq!(response.status(), status, "{code:?}");
+            assert_eq!(json(response).await["error"], "what went wrong");
+        }
+    }
+
+    #[tokio::test]
     async fn unknown_routes_are_a_json_404() {
         let response = gateway(&[])
             .oneshot(Request::get("/nope").body(Body::empty()).unwrap())

@@ -642,3 +642,78 @@ async fn the_worker_loop_processes_new_deliveries_promptly_and_stops_on_shutdown
         .unwrap()
         .unwrap();
 }
+
+/// A store that cannot store anything (MongoDB down).
+struct BrokenStore;
+
+#[async_trait]
+impl InboxRepository for BrokenStore {
+    async fn insert_new(
+        &self,
+        _event: &InboxEvent,
+    ) -> Result<payouts_webhooks::store::Inserted, payouts_runtime::ServiceError> {
+        Err(payouts_runtime::ServiceError::unavailable(
+            "store unavailable",
+            anyhow_error(),
+        ))
+    }
+    async fn get(
+        &self,
+        _endpoint: Endpoint,
+        _event_id: &str,
+    ) -> Result<Option<InboxEvent>, payouts_runtime::ServiceError> {
+        Err(payouts_runtime::ServiceError::unavailable(
+            "store unavailable",
+            anyhow_error(),
+        ))
+    }
+    async fn due(
+        &self,
+        _now: chrono::DateTime<Utc>,
+        _limit: usize,
+    ) -> Result<Vec<InboxEvent>, payouts_runtime::ServiceError> {
+        Ok(Vec::new())
+    }
+    async fn replace(
+        &self,
+        _event: &InboxEvent,
+        _expected_version: i64,
+    ) -> Result<(), payouts_runtime::ServiceError> {
+        Err(payouts_runtime::ServiceError::unavailable(
+            "store unavailable",
+            anyhow_error(),
+        ))
+    }
+    async fn statistics(
+        &self,
+    ) -> Result<payouts_webhooks::domain::Statistics, payouts_runtime::ServiceError> {
+        Ok(payouts_webhooks::domain::Statistics::default())
+    }
+    async fn list(
+        &self,
+        _status: Option<EventStatus>,
+        _limit: usize,
+    ) -> Result<Vec<InboxEvent>, payouts_runtime::ServiceError> {
+        Ok(Vec::new())
+    }
+}
+
+fn anyhow_error() -> std::io::Error {
+    std::io::Error::other("connection refused")
+}
+
+#[tokio::test]
+async fn a_delivery_that_cannot_be_stored_is_not_acknowledged() {
+    let f = Fixture::new(
+        Arc::new(BrokenStore),
+        FakeOwner::default(),
+        RetryPolicy::default(),
+    );
+    let error = f
+        .deliver(Endpoint::StripePayouts, &transfer_event("evt_unstored"))
+        .await
+        .unwrap_err();
+    // UNAVAILABLE becomes 503 at the gateway, so Stripe delivers the event again later.
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    assert_eq!(error.message(), "store unavailable");
+}
