@@ -134,6 +134,8 @@ fn start_payouts() -> (std::process::Child, String) {
             );
         }
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("payouts did not start");
 }
 
