@@ -95,6 +95,45 @@ impl Allocation {
     }
 }
 
+/// A creator's earnings, derived from their allocations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Earnings {
+    /// Everything credited, after refunds (frozen amounts included).
+    pub lifetime: Money,
+    /// Payable now: active and partially refunded allocations.
+    pub active: Money,
+    /// Held by open disputes.
+    pub frozen: Money,
+    /// Taken back by refunds and lost disputes.
+    pub refunded: Money,
+}
+
+impl Earnings {
+    /// Sums the allocations in `currency`; others are ignored.
+    pub fn of(allocations: &[Allocation], currency: &payouts_runtime::Currency) -> Earnings {
+        let mine = || {
+            allocations
+                .iter()
+                .filter(|a| &a.amount.currency == currency)
+        };
+        let sum = |cents: i64| Money::new(cents, currency.clone());
+        Earnings {
+            lifetime: sum(mine().map(|a| a.amount.cents).sum()),
+            active: sum(mine()
+                .filter(|a| {
+                    matches!(
+                        a.status,
+                        AllocationStatus::Active | AllocationStatus::AtRisk
+                    )
+                })
+                .map(|a| a.amount.cents)
+                .sum()),
+            frozen: sum(mine().map(|a| a.frozen_cents).sum()),
+            refunded: sum(mine().map(|a| a.refunded_cents).sum()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +161,37 @@ mod tests {
         assert!(first.same_credit(&retried));
         let different = Allocation::credit("a", "u", "ch_1", Money::usd(501), now()).unwrap();
         assert!(!first.same_credit(&different));
+    }
+
+    #[test]
+    fn earnings_sum_by_status_in_one_currency() {
+        let credit = |id: &str, cents: i64| {
+            Allocation::credit(id, "u", "ch_1", Money::usd(cents), now()).unwrap()
+        };
+        let active = credit("a", 1_000);
+        let mut at_risk = credit("b", 500);
+        at_risk.status = AllocationStatus::AtRisk;
+        at_risk.amount = Money::usd(300);
+        at_risk.refunded_cents = 200;
+        let mut disputed = credit("c", 700);
+        disputed.status = AllocationStatus::Disputed;
+        disputed.frozen_cents = 700;
+        let euros = Allocation::credit(
+            "d",
+            "u",
+            "ch_2",
+            Money::new(9_999, payouts_runtime::Currency::parse("eur").unwrap()),
+            now(),
+        )
+        .unwrap();
+        let earnings = Earnings::of(
+            &[active, at_risk, disputed, euros],
+            &payouts_runtime::Currency::usd(),
+        );
+        assert_eq!(earnings.lifetime, Money::usd(2_000));
+        assert_eq!(earnings.active, Money::usd(1_300));
+        assert_eq!(earnings.frozen, Money::usd(700));
+        assert_eq!(earnings.refunded, Money::usd(200));
     }
 
     #[test]

@@ -7,10 +7,10 @@ use payouts_proto::disputes::v1::disputes_service_server::{
     DisputesService, DisputesServiceServer,
 };
 use payouts_runtime::convert::{page_size, required_id, timestamp};
-use payouts_runtime::{Clock, Money, ServiceError};
+use payouts_runtime::{Clock, Currency, Money, ServiceError};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Allocation, AllocationStatus};
+use crate::domain::{Allocation, AllocationStatus, Earnings};
 use crate::store::AllocationRepository;
 
 /// The tonic service.
@@ -23,6 +23,21 @@ impl DisputesGrpc {
     pub fn new(allocations: Arc<dyn AllocationRepository>, clock: Arc<dyn Clock>) -> Self {
         Self { allocations, clock }
     }
+}
+
+/// What "recent" refunds and disputes means for the admin's user context.
+const RECENT: chrono::Duration = chrono::Duration::days(30);
+
+fn count(
+    allocations: &[Allocation],
+    affected: impl Fn(&Allocation) -> bool,
+    since: chrono::DateTime<chrono::Utc>,
+) -> i64 {
+    let affected = allocations
+        .iter()
+        .filter(|a| affected(a) && a.updated_at >= since)
+        .count();
+    i64::try_from(affected).unwrap_or(i64::MAX)
 }
 
 /// The generated server around the service.
@@ -83,9 +98,27 @@ impl DisputesService for DisputesGrpc {
 
     async fn get_earnings(
         &self,
-        _request: Request<pb::GetEarningsRequest>,
+        request: Request<pb::GetEarningsRequest>,
     ) -> Result<Response<pb::GetEarningsResponse>, Status> {
-        Err(Status::unimplemented("earnings are not built yet"))
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let currency = if r.currency.trim().is_empty() {
+            Currency::usd()
+        } else {
+            Currency::parse(&r.currency)?
+        };
+        let allocations = self.allocations.list_by_user(&user_id, usize::MAX).await?;
+        let earnings = Earnings::of(&allocations, &currency);
+        let recent_since = self.clock.now() - RECENT;
+        Ok(Response::new(pb::GetEarningsResponse {
+            user_id,
+            lifetime: Some(earnings.lifetime.into()),
+            active: Some(earnings.active.into()),
+            frozen: Some(earnings.frozen.into()),
+            refunded: Some(earnings.refunded.into()),
+            recent_refund_count: count(&allocations, |a| a.refunded_cents > 0, recent_since),
+            recent_dispute_count: count(&allocations, |a| a.dispute_id.is_some(), recent_since),
+        }))
     }
 
     async fn list_allocations(

@@ -38,6 +38,73 @@ impl Default for LimitConfig {
     }
 }
 
+impl LimitConfig {
+    /// The defaults with `PAYOUT_LIMITS_<NAME>` overrides applied; names are the spec's
+    /// (`MAX_SINGLE_PAYOUT`, ..., amounts in cents) plus `LARGE_FIRST_PAYOUT`;
+    /// `SUSPICIOUS_AMOUNT_RATIO` is a decimal like `0.8`. Unknown names and bad values are
+    /// errors naming the variable.
+    pub fn from_overrides(overrides: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut config = Self::default();
+        for (name, value) in overrides {
+            let variable = format!("PAYOUT_LIMITS_{name}");
+            let invalid = |problem: &str| {
+                anyhow::anyhow!("invalid setting {variable}: {problem}, got {value:?}")
+            };
+            if name == "SUSPICIOUS_AMOUNT_RATIO" {
+                config.suspicious_amount_ratio_bps = ratio_to_bps(value).ok_or_else(|| {
+                    invalid("must be a decimal from 0 to 1 with at most 4 places")
+                })?;
+                continue;
+            }
+            let number: i64 = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|number| *number >= 0)
+                .ok_or_else(|| invalid("must be a non-negative whole number"))?;
+            let field = match name.as_str() {
+                "MAX_SINGLE_PAYOUT" => &mut config.max_single_payout_cents,
+                "MAX_PAYOUTS_PER_DAY" => &mut config.max_payouts_per_day,
+                "MAX_DAILY_AMOUNT" => &mut config.max_daily_amount_cents,
+                "MAX_MONTHLY_AMOUNT" => &mut config.max_monthly_amount_cents,
+                "NEW_ACCOUNT_MAX_PAYOUT" => &mut config.new_account_max_payout_cents,
+                "NEW_ACCOUNT_DAYS" => &mut config.new_account_days,
+                "REQUIRE_APPROVAL_AMOUNT" => &mut config.require_approval_amount_cents,
+                "MIN_TIME_BETWEEN_PAYOUTS" => &mut config.min_seconds_between_payouts,
+                "SUSPICIOUS_PATTERN_THRESHOLD" => &mut config.suspicious_pattern_threshold,
+                "LARGE_FIRST_PAYOUT" => &mut config.large_first_payout_cents,
+                _ => return Err(anyhow::anyhow!("unknown setting {variable}")),
+            };
+            *field = number;
+        }
+        Ok(config)
+    }
+}
+
+/// "0.8" -> 8000 basis points, exactly (no floating point).
+fn ratio_to_bps(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 4
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+        || whole.is_empty() && fraction.is_empty()
+    {
+        return None;
+    }
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let fraction: i64 = if fraction.is_empty() {
+        0
+    } else {
+        format!("{fraction:0<4}").parse().ok()?
+    };
+    let bps = whole.checked_mul(10_000)?.checked_add(fraction)?;
+    (0..=10_000).contains(&bps).then_some(bps)
+}
+
 /// Spec §6 flag names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
@@ -132,6 +199,34 @@ mod tests {
         assert_eq!(config.suspicious_pattern_threshold, 5);
         assert_eq!(config.suspicious_amount_ratio_bps, 8_000);
         assert_eq!(config.large_first_payout_cents, 200_000);
+    }
+
+    #[test]
+    fn overrides_use_the_spec_names_and_reject_bad_values() {
+        let overrides = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            LimitConfig::from_overrides(&pairs)
+        };
+        let config = overrides(&[
+            ("MAX_PAYOUTS_PER_DAY", "5"),
+            ("SUSPICIOUS_AMOUNT_RATIO", "0.75"),
+        ])
+        .unwrap();
+        assert_eq!(config.max_payouts_per_day, 5);
+        assert_eq!(config.suspicious_amount_ratio_bps, 7_500);
+        for (name, value) in [
+            ("MAX_PAYOUTS_PER_DAY", "-1"),
+            ("MAX_SINGLE_PAYOUT", "10.5"),
+            ("SUSPICIOUS_AMOUNT_RATIO", "1.5"),
+            ("SUSPICIOUS_AMOUNT_RATIO", "0.12345"),
+            ("NO_SUCH_LIMIT", "1"),
+        ] {
+            let error = overrides(&[(name, value)]).unwrap_err().to_string();
+            assert!(error.contains(&format!("PAYOUT_LIMITS_{name}")), "{error}");
+        }
     }
 
     #[test]

@@ -9,21 +9,39 @@ use payouts_proto::limits::v1::payout_limits_service_server::{
 use payouts_runtime::convert::{page_size, required_id, timestamp};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{BlockedAttempt, Flag, LimitConfig, LimitMetadata};
-use crate::store::BlockedAttemptRepository;
+use payouts_runtime::{Money, ServiceError};
+
+use crate::admission::Limits;
+use crate::checks::Decision;
+use crate::domain::{BlockedAttempt, Flag, LimitMetadata};
 
 /// The tonic service.
 pub struct LimitsGrpc {
-    config: LimitConfig,
-    blocked_attempts: Arc<dyn BlockedAttemptRepository>,
+    limits: Arc<Limits>,
 }
 
 impl LimitsGrpc {
-    pub fn new(config: LimitConfig, blocked_attempts: Arc<dyn BlockedAttemptRepository>) -> Self {
-        Self {
-            config,
-            blocked_attempts,
-        }
+    pub fn new(limits: Arc<Limits>) -> Self {
+        Self { limits }
+    }
+}
+
+/// A requested amount: positive cents, at most what fits the contract.
+fn amount(cents: i64) -> Result<i64, ServiceError> {
+    Money::positive(cents, "usd", "amount_cents").map(|money| money.cents)
+}
+
+fn decision_to_proto(d: Decision) -> pb::LimitDecision {
+    pb::LimitDecision {
+        allowed: d.allowed,
+        requires_approval: d.requires_approval,
+        flags: d
+            .flags
+            .into_iter()
+            .map(|flag| flag_to_proto(flag).into())
+            .collect(),
+        reason: d.reason,
+        metadata: Some(metadata_to_proto(d.metadata)),
     }
 }
 
@@ -78,32 +96,74 @@ fn attempt_to_proto(a: BlockedAttempt) -> pb::BlockedAttempt {
 
 #[tonic::async_trait]
 impl PayoutLimitsService for LimitsGrpc {
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn validate_payout_limits(
         &self,
-        _request: Request<pb::ValidatePayoutLimitsRequest>,
+        request: Request<pb::ValidatePayoutLimitsRequest>,
     ) -> Result<Response<pb::ValidatePayoutLimitsResponse>, Status> {
-        Err(Status::unimplemented("limit validation is not built yet"))
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let amount_cents = amount(r.amount_cents)?;
+        let decision = self.limits.validate(&user_id, amount_cents).await?;
+        Ok(Response::new(pb::ValidatePayoutLimitsResponse {
+            decision: Some(decision_to_proto(decision)),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, payout_id = %request.get_ref().payout_id))]
     async fn reserve_payout(
         &self,
-        _request: Request<pb::ReservePayoutRequest>,
+        request: Request<pb::ReservePayoutRequest>,
     ) -> Result<Response<pb::ReservePayoutResponse>, Status> {
-        Err(Status::unimplemented("quota reservation is not built yet"))
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let money = Money::try_from(
+            r.amount
+                .ok_or_else(|| ServiceError::invalid_argument("amount is required"))?,
+        )?;
+        if money.currency.as_str() != "usd" {
+            return Err(ServiceError::invalid_argument(format!(
+                "payout limits are in usd; got {}",
+                money.currency
+            ))
+            .into());
+        }
+        let amount_cents = amount(money.cents)?;
+        let reserved = self
+            .limits
+            .reserve(&user_id, &payout_id, amount_cents)
+            .await?;
+        Ok(Response::new(pb::ReservePayoutResponse {
+            decision: Some(decision_to_proto(reserved.decision)),
+            reserved: reserved.reserved,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, payout_id = %request.get_ref().payout_id))]
     async fn release_payout(
         &self,
-        _request: Request<pb::ReleasePayoutRequest>,
+        request: Request<pb::ReleasePayoutRequest>,
     ) -> Result<Response<pb::ReleasePayoutResponse>, Status> {
-        Err(Status::unimplemented("quota reservation is not built yet"))
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let cents = match r.amount_cents {
+            0 => None,
+            cents => Some(amount(cents)?),
+        };
+        let released = self
+            .limits
+            .release(&user_id, &payout_id, cents, &r.reason)
+            .await?;
+        Ok(Response::new(pb::ReleasePayoutResponse { released }))
     }
 
     async fn get_limit_config(
         &self,
         _request: Request<pb::GetLimitConfigRequest>,
     ) -> Result<Response<pb::GetLimitConfigResponse>, Status> {
-        let c = &self.config;
+        let c = self.limits.config();
         Ok(Response::new(pb::GetLimitConfigResponse {
             max_single_payout_cents: c.max_single_payout_cents,
             max_payouts_per_day: c.max_payouts_per_day,
@@ -131,7 +191,8 @@ impl PayoutLimitsService for LimitsGrpc {
         };
         let limit = page_size(r.limit, 50, 500)?;
         let attempts = self
-            .blocked_attempts
+            .limits
+            .blocked_attempts()
             .list(user_id.as_deref(), limit)
             .await?
             .into_iter()

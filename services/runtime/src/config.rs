@@ -163,6 +163,9 @@ pub struct Settings {
     pub cron_api_key: Option<Secret>,
     /// `ADMIN_JWT_SECRET`: HS256 key of admin tokens.
     pub admin_jwt_secret: Option<Secret>,
+    /// `PAYOUT_LIMITS_<NAME>`: overrides of the spec §6 limits, by name (validated by the
+    /// limits service, which knows the names).
+    pub payout_limit_overrides: Vec<(String, String)>,
     /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
     pub admin_user_ids: Vec<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
@@ -262,6 +265,7 @@ impl Settings {
             cron_secret: values.secret("CRON_SECRET")?,
             cron_api_key: values.secret("CRON_API_KEY")?,
             admin_jwt_secret: values.secret("ADMIN_JWT_SECRET")?,
+            payout_limit_overrides: values.with_prefix("PAYOUT_LIMITS_")?,
             admin_user_ids: values
                 .secret_list("ADMIN_USER_IDS")?
                 .into_iter()
@@ -368,6 +372,22 @@ impl Values {
                 .map(|text| Some(text.trim().to_owned()).filter(|text| !text.is_empty()))
                 .map_err(|error| ConfigError::new(variable, error.to_string())),
         }
+    }
+
+    /// Every `<prefix><NAME>` variable as (NAME, value), sorted by name.
+    fn with_prefix(&self, prefix: &str) -> Result<Vec<(String, String)>, ConfigError> {
+        let lower = prefix.to_ascii_lowercase();
+        let mut found = Vec::new();
+        for key in self.0.keys() {
+            if let Some(name) = key.strip_prefix(&lower) {
+                let variable = format!("{prefix}{}", name.to_ascii_uppercase());
+                if let Some(value) = self.string(&variable)? {
+                    found.push((name.to_ascii_uppercase(), value));
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
     }
 
     fn secret(&self, variable: &str) -> Result<Option<Secret>, ConfigError> {

@@ -57,3 +57,81 @@ async fn mongo_store_conforms() {
     let database = payouts_runtime::testing::mongo_database("limits").await;
     run(&MongoBlockedAttempts::open(&database).await.unwrap()).await;
 }
+
+mod quotas {
+    use std::sync::Arc;
+
+    use chrono::{Duration, Utc};
+    use payouts_runtime::ErrorKind;
+    use payouts_runtime::store::store_precision;
+
+    use crate::checks::{Quota, Reservation};
+    use crate::domain::Flag;
+    use crate::store::{MemoryQuotas, MongoQuotas, QuotaRepository};
+
+    fn quota(user_id: &str, version: i64, payouts: usize) -> Quota {
+        let now = store_precision(Utc::now());
+        Quota {
+            user_id: user_id.to_owned(),
+            reservations: (0..payouts)
+                .map(|i| Reservation {
+                    payout_id: format!("p{i}"),
+                    amount_cents: 100 * (i as i64 + 1),
+                    reserved_at: now - Duration::minutes(i as i64),
+                    requires_approval: i % 2 == 0,
+                    flags: vec![Flag::RequiresAdminApproval, Flag::NewAccount],
+                    released_cents: 50,
+                })
+                .collect(),
+            committed_cents: 12_345,
+            payouts_ever: 7,
+            version,
+        }
+    }
+
+    async fn run(repository: Arc<dyn QuotaRepository>) {
+        // Nothing stored: an empty quota at version 0.
+        assert_eq!(
+            repository.get("q-new").await.unwrap(),
+            Quota::empty("q-new")
+        );
+        let first = quota("q-new", 1, 3);
+        repository.put(&first, 0).await.unwrap();
+        assert_eq!(repository.get("q-new").await.unwrap(), first);
+        let second = quota("q-new", 2, 4);
+        repository.put(&second, 1).await.unwrap();
+        assert_eq!(repository.get("q-new").await.unwrap(), second);
+
+        // A second creation and a stale version both conflict.
+        let error = repository.put(&quota("q-new", 1, 0), 0).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        let error = repository.put(&quota("q-new", 2, 0), 1).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        assert_eq!(repository.get("q-new").await.unwrap(), second);
+
+        // Of concurrent writers of one version, exactly one wins.
+        let writers = (0..20).map(|i| {
+            let repository = Arc::clone(&repository);
+            tokio::spawn(async move { repository.put(&quota("q-new", 3, i), 2).await })
+        });
+        let mut winners = 0;
+        for writer in writers {
+            match writer.await.unwrap() {
+                Ok(()) => winners += 1,
+                Err(error) => assert_eq!(error.kind(), ErrorKind::Conflict),
+            }
+        }
+        assert_eq!(winners, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_conforms() {
+        run(Arc::new(MemoryQuotas::default())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_store_conforms() {
+        let database = payouts_runtime::testing::mongo_database("quotas").await;
+        run(Arc::new(MongoQuotas::open(&database))).await;
+    }
+}

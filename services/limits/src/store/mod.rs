@@ -1,8 +1,9 @@
-//! The `payoutBlockedAttempts` collection: one trait, a MongoDB and an embedded
-//! implementation, and the conformance suite both must pass.
+//! The limits service's collections, `payoutBlockedAttempts` and `payoutQuotas`: a trait
+//! each, a MongoDB and an embedded implementation, and the conformance suite both must pass.
 
 mod memory;
 mod mongo;
+mod quota;
 
 #[cfg(test)]
 mod conformance;
@@ -16,6 +17,7 @@ use crate::domain::BlockedAttempt;
 
 pub use memory::MemoryBlockedAttempts;
 pub use mongo::MongoBlockedAttempts;
+pub use quota::{MemoryQuotas, MongoQuotas, QuotaRepository};
 
 /// Storage of blocked payout attempts: append-only.
 #[async_trait]
@@ -31,10 +33,22 @@ pub trait BlockedAttemptRepository: Send + Sync + 'static {
     ) -> Result<Vec<BlockedAttempt>, ServiceError>;
 }
 
-/// Opens the repository on the process's store, ensuring indexes.
-pub async fn open(store: &Store) -> anyhow::Result<Arc<dyn BlockedAttemptRepository>> {
+/// The limits service's repositories.
+pub struct Repositories {
+    pub blocked_attempts: Arc<dyn BlockedAttemptRepository>,
+    pub quotas: Arc<dyn QuotaRepository>,
+}
+
+/// Opens the repositories on the process's store, ensuring indexes.
+pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
     Ok(match store {
-        Store::Embedded => Arc::new(MemoryBlockedAttempts::default()),
-        Store::Mongo(database) => Arc::new(MongoBlockedAttempts::open(database).await?),
+        Store::Embedded => Repositories {
+            blocked_attempts: Arc::new(MemoryBlockedAttempts::default()),
+            quotas: Arc::new(MemoryQuotas::default()),
+        },
+        Store::Mongo(database) => Repositories {
+            blocked_attempts: Arc::new(MongoBlockedAttempts::open(database).await?),
+            quotas: Arc::new(MongoQuotas::open(database)),
+        },
     })
 }

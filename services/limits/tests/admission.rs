@@ -1,0 +1,239 @@
+//! Atomic admission through the limits service's public API, on the embedded store and on
+//! MongoDB: concurrent requests that each fit but together exceed a limit admit exactly as
+//! many as fit.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{Duration, Utc};
+use payouts_limits::admission::{ContextSource, Limits};
+use payouts_limits::checks::UserContext;
+use payouts_limits::domain::{Flag, LimitConfig};
+use payouts_limits::store::{
+    BlockedAttemptRepository, MemoryBlockedAttempts, MemoryQuotas, MongoBlockedAttempts,
+    MongoQuotas, QuotaRepository,
+};
+use payouts_runtime::clock::ManualClock;
+use payouts_runtime::{Clock as _, ErrorKind, ServiceError};
+
+struct Established {
+    payable_cents: i64,
+}
+
+#[async_trait]
+impl ContextSource for Established {
+    async fn context(&self, _user_id: &str) -> Result<UserContext, ServiceError> {
+        Ok(UserContext {
+            account_created_at: Some(Utc::now() - Duration::days(365)),
+            lifetime_earnings_cents: 10_000_000_00,
+            payable_earnings_cents: self.payable_cents,
+        })
+    }
+}
+
+struct Stores {
+    quotas: Arc<dyn QuotaRepository>,
+    blocked: Arc<dyn BlockedAttemptRepository>,
+}
+
+async fn on_both_stores<F, Fut>(name: &str, scenario: F)
+where
+    F: Fn(Stores) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    scenario(Stores {
+        quotas: Arc::new(MemoryQuotas::default()),
+        blocked: Arc::new(MemoryBlockedAttempts::default()),
+    })
+    .await;
+    let database = payouts_runtime::testing::mongo_database(name).await;
+    scenario(Stores {
+        quotas: Arc::new(MongoQuotas::open(&database)),
+        blocked: Arc::new(MongoBlockedAttempts::open(&database).await.unwrap()),
+    })
+    .await;
+}
+
+fn limits(
+    stores: &Stores,
+    config: LimitConfig,
+    payable_cents: i64,
+    clock: &ManualClock,
+) -> Arc<Limits> {
+    Arc::new(Limits::new(
+        config,
+        Arc::clone(&stores.quotas),
+        Arc::clone(&stores.blocked),
+        Arc::new(Established { payable_cents }),
+        Arc::new(clock.clone()),
+    ))
+}
+
+/// `count` concurrent reservations of `cents` each for one user; the admitted amounts.
+async fn concurrently(limits: &Arc<Limits>, user: &str, count: usize, cents: i64) -> Vec<i64> {
+    let requests: Vec<_> = (0..count)
+        .map(|i| {
+            let limits = Arc::clone(limits);
+            let (user, payout) = (user.to_owned(), format!("{user}_payout_{i}"));
+            tokio::spawn(async move { limits.reserve(&user, &payout, cents).await })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for request in requests {
+        match request.await.unwrap() {
+            Ok(reserved) if reserved.reserved => admitted.push(cents),
+            Ok(_) => {}
+            Err(error) => assert_eq!(error.kind(), ErrorKind::FailedPrecondition, "{error}"),
+        }
+    }
+    admitted
+}
+
+/// Limits that leave one rule to bind: no gap, no approval holds.
+fn only(config: LimitConfig) -> LimitConfig {
+    LimitConfig {
+        min_seconds_between_payouts: 0,
+        ..config
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_requests_against_three_per_day_admit_exactly_three() {
+    on_both_stores("daily_count", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let limits = limits(&stores, only(LimitConfig::default()), 1_000_000_00, &clock);
+        let admitted = concurrently(&limits, "u_count", 20, 100_00).await;
+        assert_eq!(admitted.len(), 3);
+        let blocked = stores.blocked.list(Some("u_count"), 100).await.unwrap();
+        assert_eq!(blocked.len(), 17);
+        assert!(
+            blocked
+                .iter()
+                .all(|b| b.flags.last() == Some(&Flag::ExceedsDailyCountLimit))
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_exceed_the_daily_amount_together() {
+    on_both_stores("daily_amount", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let config = only(LimitConfig {
+            max_payouts_per_day: 100,
+            suspicious_pattern_threshold: 1000,
+            ..LimitConfig::default()
+        });
+        let limits = limits(&stores, config, 1_000_000_00, &clock);
+        let admitted = concurrently(&limits, "u_amount", 20, 3_000_00).await;
+        let total: i64 = admitted.iter().sum();
+        assert!(total <= 25_000_00, "admitted {total}");
+        assert_eq!(admitted.len(), 8, "as many as fit: 8 x $3,000 = $24,000");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_never_exceed_the_available_balance_together() {
+    on_both_stores("balance", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let config = only(LimitConfig {
+            max_payouts_per_day: 100,
+            suspicious_pattern_threshold: 1000,
+            ..LimitConfig::default()
+        });
+        let limits = limits(&stores, config, 1_000_00, &clock);
+        let admitted = concurrently(&limits, "u_balance", 10, 300_00).await;
+        assert_eq!(
+            admitted.iter().sum::<i64>(),
+            900_00,
+            "three of $300 fit in $1,000"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_requests_ten_milliseconds_apart_under_the_five_minute_gap_admit_one() {
+    on_both_stores("gap", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let limits = limits(&stores, LimitConfig::default(), 1_000_000_00, &clock);
+        let first = limits.reserve("u_gap", "gap_1", 100_00).await.unwrap();
+        clock.advance(Duration::milliseconds(10));
+        let second = limits.reserve("u_gap", "gap_2", 100_00).await.unwrap();
+        assert!(first.reserved);
+        assert!(!second.reserved);
+        assert_eq!(second.decision.flags.last(), Some(&Flag::TooSoon));
+        // After the gap it is admitted.
+        clock.advance(Duration::seconds(300));
+        assert!(
+            limits
+                .reserve("u_gap", "gap_3", 100_00)
+                .await
+                .unwrap()
+                .reserved
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_is_read_only_and_reservation_is_idempotent_and_releasable() {
+    on_both_stores("idempotent", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let limits = limits(&stores, only(LimitConfig::default()), 1_000_000_00, &clock);
+        for _ in 0..5 {
+            assert!(limits.validate("u_idem", 100_00).await.unwrap().allowed);
+        }
+        assert_eq!(
+            stores.quotas.get("u_idem").await.unwrap().version,
+            0,
+            "validation reserves nothing"
+        );
+
+        let first = limits.reserve("u_idem", "idem_1", 100_00).await.unwrap();
+        let again = limits.reserve("u_idem", "idem_1", 100_00).await.unwrap();
+        assert!(first.reserved && again.reserved);
+        let quota = stores.quotas.get("u_idem").await.unwrap();
+        assert_eq!(
+            (quota.reservations.len(), quota.committed_cents),
+            (1, 100_00)
+        );
+
+        assert!(
+            limits
+                .release("u_idem", "idem_1", None, "rejected by admin")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !limits
+                .release("u_idem", "idem_1", None, "again")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            stores.quotas.get("u_idem").await.unwrap().committed_cents,
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_blocked_validation_is_recorded() {
+    let stores = Stores {
+        quotas: Arc::new(MemoryQuotas::default()),
+        blocked: Arc::new(MemoryBlockedAttempts::default()),
+    };
+    let clock = ManualClock::new(Utc::now());
+    let limits = limits(&stores, LimitConfig::default(), 1_000_000_00, &clock);
+    let decision = limits.validate("u_blocked", 10_001_00).await.unwrap();
+    assert!(!decision.allowed);
+    let recorded = stores.blocked.list(Some("u_blocked"), 10).await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].amount_cents, 10_001_00);
+    assert_eq!(recorded[0].attempted_at, clock.now());
+}
