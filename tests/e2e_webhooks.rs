@@ -177,8 +177,7 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
     assert!(event["processedAt"].as_str().is_some());
     assert_eq!(event["metadata"]["apiVersion"], "2024-12-18.acacia");
 
-    // A payouts event goes to the payouts service over gRPC; until the payout lifecycle is
-    // built it answers UNIMPLEMENTED, so the event stays due for a retry, never lost.
+    // A payouts event goes to the payouts service over gRPC, which answers for it.
     let transfer = body("evt_e2e_transfer", "transfer.created", "transfer");
     let (status, _) = client
         .deliver(
@@ -190,7 +189,27 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
         .await;
     assert_eq!(status, 200);
     let event = client
-        .wait_for_event(process, "evt_e2e_transfer", |e| {
+        .wait_for_event(process, "evt_e2e_transfer", |e| e["status"] == "completed")
+        .await;
+    assert_eq!(
+        event["outcome"],
+        "no change by payouts: transfer of no known payout"
+    );
+
+    // A disputes event goes to the disputes service; until refunds and disputes are built it
+    // answers UNIMPLEMENTED, so the event stays due for a retry, never lost.
+    let refund = body("evt_e2e_refund", "charge.refunded", "charge");
+    let (status, _) = client
+        .deliver(
+            process,
+            "/api/webhooks/stripe-subscription",
+            &refund,
+            SUBSCRIPTION_SECRET,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let event = client
+        .wait_for_event(process, "evt_e2e_refund", |e| {
             e["attempts"] == 1 && !e["error"].is_null()
         })
         .await;
@@ -199,7 +218,7 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
         event["error"]
             .as_str()
             .unwrap()
-            .starts_with("payouts answered Unimplemented"),
+            .starts_with("disputes answered Unimplemented"),
         "{event}"
     );
 }
@@ -334,13 +353,13 @@ async fn fifty_concurrent_deliveries_over_http_are_stored_and_processed_once() {
 async fn a_parked_event_is_visible_and_retried_by_an_admin() {
     let process = start(StoreChoice::Embedded, &[("WEBHOOK_MAX_ATTEMPTS", "1")]);
     let client = Client::new();
-    let transfer = body("evt_e2e_parked", "transfer.created", "transfer");
+    let refund = body("evt_e2e_parked", "charge.refunded", "charge");
     client
         .deliver(
             &process,
-            "/api/webhooks/stripe-payouts",
-            &transfer,
-            PAYOUTS_SECRET,
+            "/api/webhooks/stripe-subscription",
+            &refund,
+            SUBSCRIPTION_SECRET,
         )
         .await;
     client

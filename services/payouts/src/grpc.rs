@@ -1,37 +1,40 @@
-//! The gRPC surface: parse requests into domain values, call the repository, map back.
+//! The gRPC surface: parse requests into domain values, call the flow, map back.
 
 use std::sync::Arc;
 
 use payouts_proto::payouts::v1 as pb;
 use payouts_proto::payouts::v1::payouts_service_server::{PayoutsService, PayoutsServiceServer};
-use payouts_runtime::convert::{optional_timestamp, required_id, required_time, timestamp};
-use payouts_runtime::{Clock, ErrorKind, ServiceError};
+use payouts_runtime::convert::{
+    optional_timestamp, page_size, required_id, required_time, timestamp,
+};
+use payouts_runtime::{ErrorKind, Money, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Account, Registration};
-use crate::store::AccountRepository;
+use crate::events::Event;
+use crate::flow::PayoutFlow;
+use crate::payout::{AuditEntry, Payout, PayoutStatus};
 
 /// How many times a registration is retried when another writer changed the account.
 const MAX_WRITE_ATTEMPTS: usize = 5;
 
 /// The tonic service.
 pub struct PayoutsGrpc {
-    accounts: Arc<dyn AccountRepository>,
-    clock: Arc<dyn Clock>,
+    flow: Arc<PayoutFlow>,
 }
 
 impl PayoutsGrpc {
-    pub fn new(accounts: Arc<dyn AccountRepository>, clock: Arc<dyn Clock>) -> Self {
-        Self { accounts, clock }
+    pub fn new(flow: Arc<PayoutFlow>) -> Self {
+        Self { flow }
     }
 
     async fn register(&self, registration: Registration) -> Result<Account, ServiceError> {
         let mut last_conflict = None;
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let existing = self.accounts.get(&registration.user_id).await?;
+            let existing = self.flow.accounts.get(&registration.user_id).await?;
             let expected_version = existing.as_ref().map(|account| account.version);
             let account = registration.clone().apply(existing);
-            match self.accounts.put(&account, expected_version).await {
+            match self.flow.accounts.put(&account, expected_version).await {
                 Ok(()) => return Ok(account),
                 Err(error) if error.kind() == ErrorKind::Conflict => last_conflict = Some(error),
                 Err(error) => return Err(error),
@@ -46,7 +49,7 @@ pub fn server(service: PayoutsGrpc) -> PayoutsServiceServer<PayoutsGrpc> {
     PayoutsServiceServer::new(service)
 }
 
-fn to_proto(a: Account) -> pb::Account {
+fn account_to_proto(a: Account) -> pb::Account {
     pb::Account {
         user_id: a.user_id,
         stripe_account_id: a.stripe_account_id,
@@ -61,8 +64,102 @@ fn to_proto(a: Account) -> pb::Account {
     }
 }
 
-fn not_built<T>(what: &str) -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(format!("{what} is not built yet")))
+fn status_to_proto(status: PayoutStatus) -> pb::PayoutStatus {
+    match status {
+        PayoutStatus::Admitting | PayoutStatus::Pending => pb::PayoutStatus::Pending,
+        PayoutStatus::PendingApproval => pb::PayoutStatus::PendingApproval,
+        PayoutStatus::Processing => pb::PayoutStatus::Processing,
+        PayoutStatus::Completed => pb::PayoutStatus::Completed,
+        PayoutStatus::Failed => pb::PayoutStatus::Failed,
+        PayoutStatus::Reversed => pb::PayoutStatus::Reversed,
+    }
+}
+
+fn status_from_proto(value: i32) -> Result<Option<PayoutStatus>, ServiceError> {
+    Ok(match pb::PayoutStatus::try_from(value) {
+        Ok(pb::PayoutStatus::Unspecified) => None,
+        Ok(pb::PayoutStatus::PendingApproval) => Some(PayoutStatus::PendingApproval),
+        Ok(pb::PayoutStatus::Pending) => Some(PayoutStatus::Pending),
+        Ok(pb::PayoutStatus::Processing) => Some(PayoutStatus::Processing),
+        Ok(pb::PayoutStatus::Completed) => Some(PayoutStatus::Completed),
+        Ok(pb::PayoutStatus::Failed) => Some(PayoutStatus::Failed),
+        Ok(pb::PayoutStatus::Reversed) => Some(PayoutStatus::Reversed),
+        Err(_) => {
+            return Err(ServiceError::invalid_argument(format!(
+                "status {value} is not defined"
+            )));
+        }
+    })
+}
+
+fn payout_to_proto(p: Payout) -> pb::Payout {
+    pb::Payout {
+        status: status_to_proto(p.status).into(),
+        amount: Some(p.amount.into()),
+        stripe_transfer_id: p.stripe_transfer_id.unwrap_or_default(),
+        stripe_payout_id: p.stripe_payout_id.unwrap_or_default(),
+        approval_required: p.approval_required,
+        retry_count: i32::try_from(p.retry_count).unwrap_or(i32::MAX),
+        next_retry_at: if p.status == PayoutStatus::Pending {
+            optional_timestamp(p.next_retry_at)
+        } else {
+            None
+        },
+        failure_code: p.failure_code.unwrap_or_default(),
+        failure_reason: p.failure_reason.unwrap_or_default(),
+        flags: p
+            .flags
+            .iter()
+            .filter_map(|flag| {
+                payouts_proto::limits::v1::PayoutFlag::from_str_name(&format!("PAYOUT_FLAG_{flag}"))
+            })
+            .map(i32::from)
+            .collect(),
+        amount_reversed_cents: p.amount_reversed_cents,
+        requested_at: Some(timestamp(p.requested_at)),
+        completed_at: optional_timestamp(p.completed_at),
+        webhook_processed_at: optional_timestamp(p.webhook_processed_at),
+        idempotency_key: p.idempotency_key,
+        id: p.id,
+        user_id: p.user_id,
+    }
+}
+
+fn audit_to_proto(e: AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        id: e.id,
+        payout_id: e.payout_id,
+        event_type: e.event_type,
+        from_status: e
+            .from_status
+            .map_or(pb::PayoutStatus::Unspecified, status_to_proto)
+            .into(),
+        to_status: status_to_proto(e.to_status).into(),
+        reason: e.reason,
+        actor: Some(payouts_proto::common::v1::Actor { id: e.actor }),
+        stripe_event_id: e.stripe_event_id.unwrap_or_default(),
+        transfer_id: e.transfer_id.unwrap_or_default(),
+        amount_cents: e.amount_cents,
+        timestamp: Some(timestamp(e.timestamp)),
+    }
+}
+
+/// A page token: the (requested_at millis, id) of the last payout of a page.
+fn page_token(payout: &Payout) -> String {
+    format!("{}:{}", payout.requested_at.timestamp_millis(), payout.id)
+}
+
+fn parse_page_token(
+    token: &str,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, ServiceError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ServiceError::invalid_argument("page_token is not one this service issued");
+    let (millis, id) = token.split_once(':').ok_or_else(invalid)?;
+    let millis: i64 = millis.parse().map_err(|_| invalid())?;
+    let at = chrono::DateTime::from_timestamp_millis(millis).ok_or_else(invalid)?;
+    Ok(Some((at, id.to_owned())))
 }
 
 #[tonic::async_trait]
@@ -78,12 +175,12 @@ impl PayoutsService for PayoutsGrpc {
             &r.user_id,
             &r.stripe_account_id,
             created_at,
-            self.clock.now(),
+            self.flow.clock.now(),
         )?;
         let account = self.register(registration).await?;
         tracing::info!(stripe_account_id = %account.stripe_account_id, "account registered");
         Ok(Response::new(pb::RegisterAccountResponse {
-            account: Some(to_proto(account)),
+            account: Some(account_to_proto(account)),
         }))
     }
 
@@ -93,54 +190,136 @@ impl PayoutsService for PayoutsGrpc {
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let user_id = required_id(&request.get_ref().user_id, "user_id")?;
         let account = self
+            .flow
             .accounts
             .get(&user_id)
             .await?
             .ok_or_else(|| ServiceError::not_found(format!("account {user_id} not found")))?;
         Ok(Response::new(pb::GetAccountResponse {
-            account: Some(to_proto(account)),
+            account: Some(account_to_proto(account)),
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
     async fn request_payout(
         &self,
-        _request: Request<pb::RequestPayoutRequest>,
+        request: Request<pb::RequestPayoutRequest>,
     ) -> Result<Response<pb::RequestPayoutResponse>, Status> {
-        not_built("requesting a payout")
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let idempotency_key = required_id(&r.idempotency_key, "idempotency_key")?;
+        let amount = r
+            .amount
+            .ok_or_else(|| ServiceError::invalid_argument("amount is required"))?;
+        let amount = Money::positive(amount.cents, &amount.currency, "amount.cents")?;
+        let requested = self
+            .flow
+            .request(&user_id, amount, &idempotency_key)
+            .await?;
+        Ok(Response::new(pb::RequestPayoutResponse {
+            payout: requested.payout.map(payout_to_proto),
+            decision: Some(requested.decision),
+        }))
     }
 
     async fn get_payout(
         &self,
-        _request: Request<pb::GetPayoutRequest>,
+        request: Request<pb::GetPayoutRequest>,
     ) -> Result<Response<pb::GetPayoutResponse>, Status> {
-        not_built("payout history")
+        let payout_id = required_id(&request.get_ref().payout_id, "payout_id")?;
+        let payout = self
+            .flow
+            .payouts
+            .get(&payout_id)
+            .await?
+            .filter(|p| p.status != PayoutStatus::Admitting)
+            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
+        Ok(Response::new(pb::GetPayoutResponse {
+            payout: Some(payout_to_proto(payout)),
+        }))
     }
 
     async fn list_payouts(
         &self,
-        _request: Request<pb::ListPayoutsRequest>,
+        request: Request<pb::ListPayoutsRequest>,
     ) -> Result<Response<pb::ListPayoutsResponse>, Status> {
-        not_built("payout history")
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let status = status_from_proto(r.status)?;
+        let size = page_size(r.page_size, 50, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let mut payouts = self
+            .flow
+            .payouts
+            .list_by_user(&user_id, status, after, size + 1)
+            .await?;
+        let next_page_token = if payouts.len() > size {
+            payouts.truncate(size);
+            payouts.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPayoutsResponse {
+            payouts: payouts.into_iter().map(payout_to_proto).collect(),
+            next_page_token,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(payout_id = %request.get_ref().payout_id))]
     async fn resolve_approval(
         &self,
-        _request: Request<pb::ResolveApprovalRequest>,
+        request: Request<pb::ResolveApprovalRequest>,
     ) -> Result<Response<pb::ResolveApprovalResponse>, Status> {
-        not_built("the approval workflow")
+        let r = request.into_inner();
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let reviewer = required_id(&r.reviewer, "reviewer")?;
+        let payout = self
+            .flow
+            .resolve_approval(&payout_id, r.approved, &reviewer, &r.notes)
+            .await?;
+        Ok(Response::new(pb::ResolveApprovalResponse {
+            transfer_id: payout.stripe_transfer_id.clone().unwrap_or_default(),
+            payout: Some(payout_to_proto(payout)),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(event_id = tracing::field::Empty))]
     async fn handle_stripe_event(
         &self,
-        _request: Request<pb::HandleStripeEventRequest>,
+        request: Request<pb::HandleStripeEventRequest>,
     ) -> Result<Response<pb::HandleStripeEventResponse>, Status> {
-        not_built("the webhook-driven payout lifecycle")
+        let event = request
+            .into_inner()
+            .event
+            .ok_or_else(|| ServiceError::invalid_argument("event is required"))?;
+        tracing::Span::current().record("event_id", event.id.as_str());
+        let parsed = Event::parse(
+            &event.id,
+            &event.r#type,
+            &event.account,
+            event.created,
+            &event.payload_json,
+        )?;
+        let outcome = self.flow.handle_event(&parsed).await?;
+        Ok(Response::new(pb::HandleStripeEventResponse {
+            applied: outcome.applied,
+            detail: outcome.detail,
+        }))
     }
 
     async fn list_audit_log(
         &self,
-        _request: Request<pb::ListAuditLogRequest>,
+        request: Request<pb::ListAuditLogRequest>,
     ) -> Result<Response<pb::ListAuditLogResponse>, Status> {
-        not_built("the payout audit log")
+        let payout_id = required_id(&request.get_ref().payout_id, "payout_id")?;
+        let payout = self
+            .flow
+            .payouts
+            .get(&payout_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
+        Ok(Response::new(pb::ListAuditLogResponse {
+            entries: payout.audit_log.into_iter().map(audit_to_proto).collect(),
+        }))
     }
 }

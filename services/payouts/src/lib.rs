@@ -1,26 +1,51 @@
 //! Payouts service (`payouts.payouts.v1.PayoutsService`): creator accounts, payout requests,
-//! Stripe transfers and the payout lifecycle. Owns `accounts` (and, as the payout flow lands,
-//! `usdPayouts` and `payoutAuditLogs`).
+//! Stripe transfers and the payout lifecycle. Owns `accounts`, `usdPayouts` and
+//! `payoutAuditLogs`.
 //!
-//! - [`domain`]: accounts as values, pure.
-//! - [`store`]: the repository trait, its MongoDB and embedded implementations.
+//! - [`domain`]: accounts, pure.
+//! - [`payout`]: payouts and their forward-only state machine, pure.
+//! - [`store`]: the repository traits, their MongoDB and embedded implementations.
+//! - [`stripe`]: transfers through async-stripe, and how Stripe's errors are classified.
+//! - [`ports`]: the limits and notifications services as the flow sees them.
+//! - [`flow`]: request, admission, transfer, approval decisions, the retry worker.
+//! - [`events`]: the Stripe events this service owns.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod domain;
+pub mod events;
+pub mod flow;
 pub mod grpc;
+pub mod payout;
+pub mod ports;
 pub mod store;
+pub mod stripe;
 
 use std::sync::Arc;
 
 use payouts_runtime::ServiceContext;
 use payouts_runtime::grpc::GrpcServer;
 
-/// Builds the service on the context's store and adds it to `server`.
+/// Builds the service on the context's store, starts its worker, and adds it to `server`.
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
-    let accounts = store::open(&context.store).await?;
-    server.add_service(grpc::server(grpc::PayoutsGrpc::new(
-        accounts,
-        Arc::clone(&context.clock),
-    )));
+    let repositories = store::open(&context.store).await?;
+    let settings = &context.settings;
+    let stripe: Option<Arc<dyn stripe::StripeTransfers>> = match &settings.stripe_secret_key {
+        Some(key) => Some(Arc::new(stripe::StripeClient::new(
+            key,
+            &settings.stripe_api_base,
+        )?)),
+        None => None,
+    };
+    let flow = Arc::new(flow::PayoutFlow {
+        accounts: repositories.accounts,
+        payouts: repositories.payouts,
+        limits: Arc::new(ports::GrpcLimits::new(settings)?),
+        notifier: Arc::new(ports::GrpcNotifier::new(settings)?),
+        stripe,
+        clock: Arc::clone(&context.clock),
+        poll_interval: settings.payout_poll_interval,
+    });
+    tokio::spawn(Arc::clone(&flow).run_worker(context.shutdown.clone()));
+    server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow)));
     Ok(())
 }

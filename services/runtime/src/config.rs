@@ -157,6 +157,8 @@ pub struct Settings {
     pub webhook_lease: Duration,
     /// `WEBHOOK_POLL_MILLISECONDS`: how often an idle worker looks for due events (1000).
     pub webhook_poll_interval: Duration,
+    /// `PAYOUT_POLL_MILLISECONDS`: how often the payout worker looks for due transfers (1000).
+    pub payout_poll_interval: Duration,
     /// `CRON_SECRET`: bearer token of the scheduler calling the cron endpoint.
     pub cron_secret: Option<Secret>,
     /// `CRON_API_KEY`: bearer token for manual cron triggers.
@@ -262,6 +264,9 @@ impl Settings {
             webhook_poll_interval: Duration::from_millis(
                 values.number("WEBHOOK_POLL_MILLISECONDS", 1000)?,
             ),
+            payout_poll_interval: Duration::from_millis(
+                values.number("PAYOUT_POLL_MILLISECONDS", 1000)?,
+            ),
             cron_secret: values.secret("CRON_SECRET")?,
             cron_api_key: values.secret("CRON_API_KEY")?,
             admin_jwt_secret: values.secret("ADMIN_JWT_SECRET")?,
@@ -304,6 +309,12 @@ impl Settings {
         if self.webhook_lease.is_zero() {
             return Err(ConfigError::new(
                 "WEBHOOK_LEASE_SECONDS",
+                "must be at least 1",
+            ));
+        }
+        if self.payout_poll_interval.is_zero() {
+            return Err(ConfigError::new(
+                "PAYOUT_POLL_MILLISECONDS",
                 "must be at least 1",
             ));
         }

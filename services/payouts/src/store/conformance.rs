@@ -36,16 +36,33 @@ async fn run(repository: Arc<dyn AccountRepository>) {
 
 async fn stores_and_reads_back(repository: &dyn AccountRepository) {
     assert_eq!(repository.get("u-read").await.unwrap(), None);
-    let stored = account("u-read", 1);
+    let mut stored = account("u-read", 1);
+    stored.stripe_account_id = "acct_read".to_owned();
     repository.put(&stored, None).await.unwrap();
     assert_eq!(
         repository.get("u-read").await.unwrap(),
         Some(stored.clone())
     );
     let mut no_status = account("u-read", 2);
+    no_status.stripe_account_id = "acct_read".to_owned();
     no_status.stripe_status = None;
     repository.put(&no_status, Some(1)).await.unwrap();
-    assert_eq!(repository.get("u-read").await.unwrap(), Some(no_status));
+    assert_eq!(
+        repository.get("u-read").await.unwrap(),
+        Some(no_status.clone())
+    );
+    let found = repository
+        .find_by_stripe_account("acct_read")
+        .await
+        .unwrap();
+    assert_eq!(found.map(|a| a.user_id).as_deref(), Some("u-read"));
+    assert_eq!(
+        repository
+            .find_by_stripe_account("acct_none")
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn a_second_creation_conflicts(repository: &dyn AccountRepository) {

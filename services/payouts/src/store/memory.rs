@@ -23,6 +23,20 @@ impl AccountRepository for MemoryAccounts {
         Ok(accounts.get(user_id).cloned())
     }
 
+    async fn find_by_stripe_account(
+        &self,
+        stripe_account_id: &str,
+    ) -> Result<Option<Account>, ServiceError> {
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(accounts
+            .values()
+            .find(|a| a.stripe_account_id == stripe_account_id)
+            .cloned())
+    }
+
     async fn put(
         &self,
         account: &Account,

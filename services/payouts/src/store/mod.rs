@@ -3,6 +3,7 @@
 
 mod memory;
 mod mongo;
+mod payouts;
 
 #[cfg(test)]
 mod conformance;
@@ -16,11 +17,18 @@ use crate::domain::Account;
 
 pub use memory::MemoryAccounts;
 pub use mongo::MongoAccounts;
+pub use payouts::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
 
 /// Storage of creator accounts, written by versioned compare-and-set.
 #[async_trait]
 pub trait AccountRepository: Send + Sync + 'static {
     async fn get(&self, user_id: &str) -> Result<Option<Account>, ServiceError>;
+
+    /// The account whose connected Stripe account is `stripe_account_id`.
+    async fn find_by_stripe_account(
+        &self,
+        stripe_account_id: &str,
+    ) -> Result<Option<Account>, ServiceError>;
 
     /// Writes `account` if the stored version is still `expected_version` (`None`: no account
     /// stored yet). Conflict when another writer got there first.
@@ -35,10 +43,22 @@ pub(crate) fn stale(user_id: &str) -> ServiceError {
     ServiceError::conflict(format!("account {user_id} was changed concurrently"))
 }
 
-/// Opens the repository on the process's store, ensuring indexes.
-pub async fn open(store: &Store) -> anyhow::Result<Arc<dyn AccountRepository>> {
+/// The payouts service's repositories.
+pub struct Repositories {
+    pub accounts: Arc<dyn AccountRepository>,
+    pub payouts: Arc<dyn PayoutRepository>,
+}
+
+/// Opens the repositories on the process's store, ensuring indexes.
+pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
     Ok(match store {
-        Store::Embedded => Arc::new(MemoryAccounts::default()),
-        Store::Mongo(database) => Arc::new(MongoAccounts::open(database).await?),
+        Store::Embedded => Repositories {
+            accounts: Arc::new(MemoryAccounts::default()),
+            payouts: Arc::new(MemoryPayouts::default()),
+        },
+        Store::Mongo(database) => Repositories {
+            accounts: Arc::new(MongoAccounts::open(database).await?),
+            payouts: Arc::new(MongoPayouts::open(database).await?),
+        },
     })
 }

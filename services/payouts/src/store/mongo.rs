@@ -99,6 +99,18 @@ impl AccountRepository for MongoAccounts {
             .map(Account::from))
     }
 
+    async fn find_by_stripe_account(
+        &self,
+        stripe_account_id: &str,
+    ) -> Result<Option<Account>, ServiceError> {
+        Ok(self
+            .collection
+            .find_one(doc! { "stripeAccountId": stripe_account_id })
+            .await
+            .map_err(mongo_error)?
+            .map(Account::from))
+    }
+
     async fn put(
         &self,
         account: &Account,

@@ -168,4 +168,5 @@ fn free_port() -> Result<u16, String> {
         .map_err(|error| format!("no free port: {error}"))
 }
 
+pub mod fake_stripe;
 pub mod stripe;

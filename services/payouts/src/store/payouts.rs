@@ -1,0 +1,611 @@
+//! `usdPayouts` (with each payout's audit trail embedded) and the `payoutAuditLogs`
+//! projection: the payout repository, embedded and MongoDB.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use mongodb::bson::{self, doc};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, IndexModel};
+use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::{Currency, Money, ServiceError};
+use serde::{Deserialize, Serialize};
+
+use crate::payout::{AuditEntry, Payout, PayoutStatus};
+
+/// What inserting a payout did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The user already has a payout under this idempotency key.
+    Existing(Box<Payout>),
+}
+
+/// Storage of payouts, written by versioned compare-and-set.
+#[async_trait]
+pub trait PayoutRepository: Send + Sync + 'static {
+    /// Stores a new payout unless the user has one under the same idempotency key.
+    async fn insert(&self, payout: &Payout) -> Result<Inserted, ServiceError>;
+
+    async fn get(&self, payout_id: &str) -> Result<Option<Payout>, ServiceError>;
+
+    /// The user's payout under an idempotency key.
+    async fn find_by_key(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Payout>, ServiceError>;
+
+    async fn find_by_transfer(&self, transfer_id: &str) -> Result<Option<Payout>, ServiceError>;
+
+    /// Payouts to a connected account in one of `statuses`, oldest first.
+    async fn by_destination(
+        &self,
+        destination: &str,
+        statuses: &[PayoutStatus],
+    ) -> Result<Vec<Payout>, ServiceError>;
+
+    /// A user's payouts, newest first, optionally in one status, after a cursor
+    /// (`(requested_at, id)` of the last payout of the previous page).
+    async fn list_by_user(
+        &self,
+        user_id: &str,
+        status: Option<PayoutStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError>;
+
+    /// Payouts in `status` whose `next_retry_at` has come, earliest first.
+    async fn due(
+        &self,
+        status: PayoutStatus,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError>;
+
+    /// Replaces the payout if its stored version is `expected_version`; Conflict otherwise.
+    async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError>;
+
+    /// Deletes a payout still at `expected_version` (a refused admission).
+    async fn delete(&self, payout_id: &str, expected_version: i64) -> Result<(), ServiceError>;
+
+    /// Writes audit entries to the `payoutAuditLogs` projection (idempotent by entry id).
+    async fn project_audit(&self, entries: &[AuditEntry]) -> Result<(), ServiceError>;
+}
+
+fn stale(payout_id: &str) -> ServiceError {
+    ServiceError::conflict(format!("payout {payout_id} was changed concurrently"))
+}
+
+fn newest_first(a: &Payout, b: &Payout) -> std::cmp::Ordering {
+    b.requested_at
+        .cmp(&a.requested_at)
+        .then_with(|| b.id.cmp(&a.id))
+}
+
+/// Embedded store.
+#[derive(Debug, Default)]
+pub struct MemoryPayouts {
+    payouts: Mutex<HashMap<String, Payout>>,
+}
+
+impl MemoryPayouts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Payout>> {
+        self.payouts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl PayoutRepository for MemoryPayouts {
+    async fn insert(&self, payout: &Payout) -> Result<Inserted, ServiceError> {
+        let mut payouts = self.lock();
+        if let Some(existing) = payouts
+            .values()
+            .find(|p| p.user_id == payout.user_id && p.idempotency_key == payout.idempotency_key)
+        {
+            return Ok(Inserted::Existing(Box::new(existing.clone())));
+        }
+        if payouts.contains_key(&payout.id) {
+            return Err(ServiceError::already_exists(format!(
+                "payout {} exists",
+                payout.id
+            )));
+        }
+        payouts.insert(payout.id.clone(), payout.clone());
+        Ok(Inserted::New)
+    }
+
+    async fn get(&self, payout_id: &str) -> Result<Option<Payout>, ServiceError> {
+        Ok(self.lock().get(payout_id).cloned())
+    }
+
+    async fn find_by_key(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Payout>, ServiceError> {
+        Ok(self
+            .lock()
+            .values()
+            .find(|p| p.user_id == user_id && p.idempotency_key == idempotency_key)
+            .cloned())
+    }
+
+    async fn find_by_transfer(&self, transfer_id: &str) -> Result<Option<Payout>, ServiceError> {
+        Ok(self
+            .lock()
+            .values()
+            .find(|p| p.stripe_transfer_id.as_deref() == Some(transfer_id))
+            .cloned())
+    }
+
+    async fn by_destination(
+        &self,
+        destination: &str,
+        statuses: &[PayoutStatus],
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let mut found: Vec<Payout> = self
+            .lock()
+            .values()
+            .filter(|p| p.destination == destination && statuses.contains(&p.status))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| newest_first(b, a));
+        Ok(found)
+    }
+
+    async fn list_by_user(
+        &self,
+        user_id: &str,
+        status: Option<PayoutStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let mut found: Vec<Payout> = self
+            .lock()
+            .values()
+            .filter(|p| p.user_id == user_id && p.status != PayoutStatus::Admitting)
+            .filter(|p| status.is_none_or(|status| p.status == status))
+            .filter(|p| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (p.requested_at, &p.id) < (*at, id))
+            })
+            .cloned()
+            .collect();
+        found.sort_by(newest_first);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn due(
+        &self,
+        status: PayoutStatus,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let mut found: Vec<Payout> = self
+            .lock()
+            .values()
+            .filter(|p| p.status == status && p.next_retry_at.is_some_and(|at| at <= now))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| {
+            a.next_retry_at
+                .cmp(&b.next_retry_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
+        let mut payouts = self.lock();
+        match payouts.get_mut(&payout.id) {
+            Some(stored) if stored.version == expected_version => {
+                *stored = payout.clone();
+                Ok(())
+            }
+            _ => Err(stale(&payout.id)),
+        }
+    }
+
+    async fn delete(&self, payout_id: &str, expected_version: i64) -> Result<(), ServiceError> {
+        let mut payouts = self.lock();
+        match payouts.get(payout_id) {
+            Some(stored) if stored.version == expected_version => {
+                payouts.remove(payout_id);
+                Ok(())
+            }
+            _ => Err(stale(payout_id)),
+        }
+    }
+
+    async fn project_audit(&self, _entries: &[AuditEntry]) -> Result<(), ServiceError> {
+        // The embedded store keeps the trail in the payout only.
+        Ok(())
+    }
+}
+
+/// MongoDB store: `usdPayouts` and the `payoutAuditLogs` projection.
+#[derive(Debug, Clone)]
+pub struct MongoPayouts {
+    payouts: Collection<PayoutDocument>,
+    audit: Collection<AuditDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PayoutDocument {
+    #[serde(rename = "_id")]
+    id: String,
+    user_id: String,
+    amount_cents: i64,
+    currency: String,
+    status: String,
+    idempotency_key: String,
+    destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stripe_transfer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stripe_payout_id: Option<String>,
+    approval_required: bool,
+    flags: Vec<String>,
+    attempt: i64,
+    retry_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_retry_at: Option<bson::DateTime>,
+    outcome_unknown: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure_reason: Option<String>,
+    amount_reversed_cents: i64,
+    requested_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completed_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook_processed_at: Option<bson::DateTime>,
+    updated_at: bson::DateTime,
+    applied_events: Vec<String>,
+    audit_log: Vec<AuditDocument>,
+    version: i64,
+}
+
+/// A payoutAuditLogs document (spec §2 shape, with from -> to, why, who, when).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditDocument {
+    #[serde(rename = "_id")]
+    id: String,
+    payout_id: String,
+    event_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    to: String,
+    reason: String,
+    actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stripe_event_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transfer_id: Option<String>,
+    amount_cents: i64,
+    timestamp: bson::DateTime,
+}
+
+impl From<&AuditEntry> for AuditDocument {
+    fn from(e: &AuditEntry) -> Self {
+        Self {
+            id: e.id.clone(),
+            payout_id: e.payout_id.clone(),
+            event_type: e.event_type.clone(),
+            from: e.from_status.map(|status| status.as_str().to_owned()),
+            to: e.to_status.as_str().to_owned(),
+            reason: e.reason.clone(),
+            actor: e.actor.clone(),
+            stripe_event_id: e.stripe_event_id.clone(),
+            transfer_id: e.transfer_id.clone(),
+            amount_cents: e.amount_cents,
+            timestamp: to_bson_time(e.timestamp),
+        }
+    }
+}
+
+fn corrupt(id: &str, what: &str) -> ServiceError {
+    ServiceError::internal(anyhow::anyhow!("stored payout {id} has {what}"))
+}
+
+impl TryFrom<AuditDocument> for AuditEntry {
+    type Error = ServiceError;
+
+    fn try_from(d: AuditDocument) -> Result<Self, Self::Error> {
+        Ok(Self {
+            from_status: match d.from {
+                Some(from) => Some(
+                    PayoutStatus::parse(&from)
+                        .ok_or_else(|| corrupt(&d.payout_id, "a bad audit status"))?,
+                ),
+                None => None,
+            },
+            to_status: PayoutStatus::parse(&d.to)
+                .ok_or_else(|| corrupt(&d.payout_id, "a bad audit status"))?,
+            id: d.id,
+            payout_id: d.payout_id,
+            event_type: d.event_type,
+            reason: d.reason,
+            actor: d.actor,
+            stripe_event_id: d.stripe_event_id,
+            transfer_id: d.transfer_id,
+            amount_cents: d.amount_cents,
+            timestamp: from_bson_time(d.timestamp),
+        })
+    }
+}
+
+impl From<&Payout> for PayoutDocument {
+    fn from(p: &Payout) -> Self {
+        Self {
+            id: p.id.clone(),
+            user_id: p.user_id.clone(),
+            amount_cents: p.amount.cents,
+            currency: p.amount.currency.to_string(),
+            status: p.status.as_str().to_owned(),
+            idempotency_key: p.idempotency_key.clone(),
+            destination: p.destination.clone(),
+            stripe_transfer_id: p.stripe_transfer_id.clone(),
+            stripe_payout_id: p.stripe_payout_id.clone(),
+            approval_required: p.approval_required,
+            flags: p.flags.clone(),
+            attempt: i64::from(p.attempt),
+            retry_count: i64::from(p.retry_count),
+            next_retry_at: p.next_retry_at.map(to_bson_time),
+            outcome_unknown: p.outcome_unknown,
+            failure_code: p.failure_code.clone(),
+            failure_reason: p.failure_reason.clone(),
+            amount_reversed_cents: p.amount_reversed_cents,
+            requested_at: to_bson_time(p.requested_at),
+            completed_at: p.completed_at.map(to_bson_time),
+            webhook_processed_at: p.webhook_processed_at.map(to_bson_time),
+            updated_at: to_bson_time(p.updated_at),
+            applied_events: p.applied_events.clone(),
+            audit_log: p.audit_log.iter().map(AuditDocument::from).collect(),
+            version: p.version,
+        }
+    }
+}
+
+impl TryFrom<PayoutDocument> for Payout {
+    type Error = ServiceError;
+
+    fn try_from(d: PayoutDocument) -> Result<Self, Self::Error> {
+        Ok(Self {
+            amount: Money::new(d.amount_cents, Currency::parse(&d.currency)?),
+            status: PayoutStatus::parse(&d.status).ok_or_else(|| corrupt(&d.id, "a bad status"))?,
+            attempt: u32::try_from(d.attempt).map_err(|_| corrupt(&d.id, "a bad attempt"))?,
+            retry_count: u32::try_from(d.retry_count)
+                .map_err(|_| corrupt(&d.id, "a bad retry count"))?,
+            audit_log: d
+                .audit_log
+                .into_iter()
+                .map(AuditEntry::try_from)
+                .collect::<Result<_, _>>()?,
+            id: d.id,
+            user_id: d.user_id,
+            idempotency_key: d.idempotency_key,
+            destination: d.destination,
+            stripe_transfer_id: d.stripe_transfer_id,
+            stripe_payout_id: d.stripe_payout_id,
+            approval_required: d.approval_required,
+            flags: d.flags,
+            next_retry_at: d.next_retry_at.map(from_bson_time),
+            outcome_unknown: d.outcome_unknown,
+            failure_code: d.failure_code,
+            failure_reason: d.failure_reason,
+            amount_reversed_cents: d.amount_reversed_cents,
+            requested_at: from_bson_time(d.requested_at),
+            completed_at: d.completed_at.map(from_bson_time),
+            webhook_processed_at: d.webhook_processed_at.map(from_bson_time),
+            updated_at: from_bson_time(d.updated_at),
+            applied_events: d.applied_events,
+            version: d.version,
+        })
+    }
+}
+
+impl MongoPayouts {
+    /// Opens the collections and ensures their indexes (idempotent).
+    pub async fn open(database: &mongodb::Database) -> anyhow::Result<Self> {
+        let payouts = database.collection::<PayoutDocument>("usdPayouts");
+        payouts
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "userId": 1, "idempotencyKey": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "userId": 1, "requestedAt": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "stripeTransferId": 1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "destination": 1, "status": 1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "nextRetryAt": 1 })
+                    .build(),
+            ])
+            .await?;
+        let audit = database.collection::<AuditDocument>("payoutAuditLogs");
+        audit
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "payoutId": 1, "timestamp": 1 })
+                    .build(),
+            )
+            .await?;
+        Ok(Self { payouts, audit })
+    }
+
+    async fn find(
+        &self,
+        filter: bson::Document,
+        sort: bson::Document,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let documents: Vec<PayoutDocument> = self
+            .payouts
+            .find(filter)
+            .sort(sort)
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(mongo_error)?
+            .try_collect()
+            .await
+            .map_err(mongo_error)?;
+        documents.into_iter().map(Payout::try_from).collect()
+    }
+
+    async fn find_one(&self, filter: bson::Document) -> Result<Option<Payout>, ServiceError> {
+        self.payouts
+            .find_one(filter)
+            .await
+            .map_err(mongo_error)?
+            .map(Payout::try_from)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl PayoutRepository for MongoPayouts {
+    async fn insert(&self, payout: &Payout) -> Result<Inserted, ServiceError> {
+        match self.payouts.insert_one(PayoutDocument::from(payout)).await {
+            Ok(_) => Ok(Inserted::New),
+            Err(error) if is_duplicate_key(&error) => {
+                let existing = self
+                    .find_one(doc! { "userId": &payout.user_id, "idempotencyKey": &payout.idempotency_key })
+                    .await?
+                    .ok_or_else(|| ServiceError::already_exists(format!("payout {} exists", payout.id)))?;
+                Ok(Inserted::Existing(Box::new(existing)))
+            }
+            Err(error) => Err(mongo_error(error)),
+        }
+    }
+
+    async fn get(&self, payout_id: &str) -> Result<Option<Payout>, ServiceError> {
+        self.find_one(doc! { "_id": payout_id }).await
+    }
+
+    async fn find_by_key(
+        &self,
+        user_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Payout>, ServiceError> {
+        self.find_one(doc! { "userId": user_id, "idempotencyKey": idempotency_key })
+            .await
+    }
+
+    async fn find_by_transfer(&self, transfer_id: &str) -> Result<Option<Payout>, ServiceError> {
+        self.find_one(doc! { "stripeTransferId": transfer_id })
+            .await
+    }
+
+    async fn by_destination(
+        &self,
+        destination: &str,
+        statuses: &[PayoutStatus],
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let statuses: Vec<&str> = statuses.iter().map(|status| status.as_str()).collect();
+        self.find(
+            doc! { "destination": destination, "status": { "$in": statuses } },
+            doc! { "requestedAt": 1, "_id": 1 },
+            10_000,
+        )
+        .await
+    }
+
+    async fn list_by_user(
+        &self,
+        user_id: &str,
+        status: Option<PayoutStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let mut filter = doc! { "userId": user_id };
+        match status {
+            Some(status) => filter.insert("status", status.as_str()),
+            None => filter.insert("status", doc! { "$ne": PayoutStatus::Admitting.as_str() }),
+        };
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "requestedAt": { "$lt": at } },
+                    doc! { "requestedAt": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
+        self.find(filter, doc! { "requestedAt": -1, "_id": -1 }, limit)
+            .await
+    }
+
+    async fn due(
+        &self,
+        status: PayoutStatus,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.find(
+            doc! { "status": status.as_str(), "nextRetryAt": { "$lte": to_bson_time(now) } },
+            doc! { "nextRetryAt": 1, "_id": 1 },
+            limit,
+        )
+        .await
+    }
+
+    async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
+        let result = self
+            .payouts
+            .replace_one(
+                doc! { "_id": &payout.id, "version": expected_version },
+                PayoutDocument::from(payout),
+            )
+            .await
+            .map_err(mongo_error)?;
+        if result.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(stale(&payout.id))
+        }
+    }
+
+    async fn delete(&self, payout_id: &str, expected_version: i64) -> Result<(), ServiceError> {
+        let result = self
+            .payouts
+            .delete_one(doc! { "_id": payout_id, "version": expected_version })
+            .await
+            .map_err(mongo_error)?;
+        if result.deleted_count == 1 {
+            Ok(())
+        } else {
+            Err(stale(payout_id))
+        }
+    }
+
+    async fn project_audit(&self, entries: &[AuditEntry]) -> Result<(), ServiceError> {
+        for entry in entries {
+            match self.audit.insert_one(AuditDocument::from(entry)).await {
+                Ok(_) => {}
+                Err(error) if is_duplicate_key(&error) => {}
+                Err(error) => return Err(mongo_error(error)),
+            }
+        }
+        Ok(())
+    }
+}
