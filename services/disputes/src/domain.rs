@@ -64,12 +64,7 @@ impl Allocation {
         amount: Money,
         now: DateTime<Utc>,
     ) -> Result<Self, ServiceError> {
-        if amount.cents <= 0 {
-            return Err(ServiceError::invalid_argument(format!(
-                "amount must be a positive number of cents, got {}",
-                amount.cents
-            )));
-        }
+        let amount = Money::positive(amount.cents, amount.currency.as_str(), "amount")?;
         Ok(Self {
             id: required_id(id, "allocation_id")?,
             user_id: required_id(user_id, "user_id")?,

@@ -194,6 +194,9 @@ impl Payout {
         self.stripe_transfer_id.is_some() && self.status != PayoutStatus::Reversed
     }
 
+    /// The payout moved to `to`, with `edit` applied, and the audit record of the move (built
+    /// after the edit, so it names the transfer the move is about).
+    #[allow(clippy::too_many_arguments)]
     fn moved(
         &self,
         to: PayoutStatus,
@@ -202,8 +205,10 @@ impl Payout {
         actor: &str,
         stripe_event_id: Option<&str>,
         now: DateTime<Utc>,
+        edit: impl FnOnce(&mut Payout),
     ) -> Transition {
         let mut payout = self.clone();
+        edit(&mut payout);
         payout.status = to;
         payout.updated_at = now;
         payout.version += 1;
@@ -255,20 +260,21 @@ impl Payout {
         } else {
             PayoutStatus::Pending
         };
-        let mut transition = self.moved(
+        self.moved(
             to,
             "admitted",
             reason.to_owned(),
             "service:limits",
             None,
             now,
-        );
-        transition.payout.approval_required = requires_approval;
-        transition.payout.flags = flags;
-        if !requires_approval {
-            transition.payout.next_retry_at = Some(now);
-        }
-        transition
+            |p| {
+                p.approval_required = requires_approval;
+                p.flags = flags;
+                if !requires_approval {
+                    p.next_retry_at = Some(now);
+                }
+            },
+        )
     }
 
     /// An admin's decision on a held payout.
@@ -284,30 +290,34 @@ impl Payout {
         }
         let actor = format!("admin:{reviewer}");
         Some(if approved {
-            let mut t = self.moved(
+            let t = self.moved(
                 PayoutStatus::Pending,
                 "approved",
                 notes.to_owned(),
                 &actor,
                 None,
                 now,
+                |p| {
+                    p.approval_required = false;
+                    p.next_retry_at = Some(now);
+                },
             );
-            t.payout.approval_required = false;
-            t.payout.next_retry_at = Some(now);
             t
         } else {
             let reason = format!("Rejected by admin: {notes}");
-            let mut t = self.moved(
+            let t = self.moved(
                 PayoutStatus::Failed,
                 "rejected",
                 reason.clone(),
                 &actor,
                 None,
                 now,
+                |p| {
+                    p.failure_reason = Some(reason);
+                    p.completed_at = Some(now);
+                    p.next_retry_at = None;
+                },
             );
-            t.payout.failure_reason = Some(reason);
-            t.payout.completed_at = Some(now);
-            t.payout.next_retry_at = None;
             t
         })
     }
@@ -342,30 +352,34 @@ impl Payout {
         if !self.may_move_to(PayoutStatus::Processing) {
             // Late or duplicate: keep the transfer id if we did not know it.
             if self.stripe_transfer_id.is_none() && self.status != PayoutStatus::Failed {
-                let mut t = self.moved(
+                let t = self.moved(
                     self.status,
                     "transfer_created",
                     "transfer id recorded".to_owned(),
                     actor,
                     stripe_event_id,
                     now,
+                    |p| {
+                        p.stripe_transfer_id = Some(transfer_id.to_owned());
+                    },
                 );
-                t.payout.stripe_transfer_id = Some(transfer_id.to_owned());
                 return Some(t);
             }
             return None;
         }
-        let mut t = self.moved(
+        let t = self.moved(
             PayoutStatus::Processing,
             "transfer_created",
             format!("transfer {transfer_id} created"),
             actor,
             stripe_event_id,
             now,
+            |p| {
+                p.stripe_transfer_id = Some(transfer_id.to_owned());
+                p.outcome_unknown = false;
+                p.next_retry_at = None;
+            },
         );
-        t.payout.stripe_transfer_id = Some(transfer_id.to_owned());
-        t.payout.outcome_unknown = false;
-        t.payout.next_retry_at = None;
         Some(t)
     }
 
@@ -393,54 +407,60 @@ impl Payout {
             TransferFailure::Unknown { message } => {
                 // Never fail a transfer whose outcome is unknown: retry the same attempt (same
                 // idempotency key) after a short delay.
-                let mut t = self.moved(
+                let t = self.moved(
                     PayoutStatus::Pending,
                     "transfer_outcome_unknown",
                     message.clone(),
                     actor,
                     stripe_event_id,
                     now,
+                    |p| {
+                        p.outcome_unknown = true;
+                        p.next_retry_at = Some(now + Duration::minutes(1));
+                    },
                 );
-                t.payout.outcome_unknown = true;
-                t.payout.next_retry_at = Some(now + Duration::minutes(1));
                 Some(t)
             }
             TransferFailure::Retryable { code, message } if self.retry_count < MAX_RETRIES => {
                 let retry_count = self.retry_count + 1;
                 let reason = format!("{code}: {message}; retry {retry_count} of {MAX_RETRIES}");
-                let mut t = self.moved(
+                let t = self.moved(
                     PayoutStatus::Pending,
                     "transfer_failed",
                     reason,
                     actor,
                     stripe_event_id,
                     now,
+                    |p| {
+                        p.retry_count = retry_count;
+                        p.attempt = self.attempt + 1;
+                        p.stripe_transfer_id = None;
+                        p.outcome_unknown = false;
+                        p.failure_code = Some(code.clone());
+                        p.next_retry_at = Some(now + retry_delay(retry_count));
+                    },
                 );
-                t.payout.retry_count = retry_count;
-                t.payout.attempt = self.attempt + 1;
-                t.payout.stripe_transfer_id = None;
-                t.payout.outcome_unknown = false;
-                t.payout.failure_code = Some(code.clone());
-                t.payout.next_retry_at = Some(now + retry_delay(retry_count));
                 Some(t)
             }
             TransferFailure::Retryable { code, message }
             | TransferFailure::Permanent { code, message } => {
                 let reason = format!("{code}: {message}");
-                let mut t = self.moved(
+                let t = self.moved(
                     PayoutStatus::Failed,
                     "transfer_failed",
                     reason.clone(),
                     actor,
                     stripe_event_id,
                     now,
+                    |p| {
+                        p.stripe_transfer_id = None;
+                        p.outcome_unknown = false;
+                        p.failure_code = Some(code.clone());
+                        p.failure_reason = Some(reason);
+                        p.next_retry_at = None;
+                        p.completed_at = Some(now);
+                    },
                 );
-                t.payout.stripe_transfer_id = None;
-                t.payout.outcome_unknown = false;
-                t.payout.failure_code = Some(code.clone());
-                t.payout.failure_reason = Some(reason);
-                t.payout.next_retry_at = None;
-                t.payout.completed_at = Some(now);
                 Some(t)
             }
         }
@@ -466,19 +486,21 @@ impl Payout {
         {
             return None;
         }
-        let mut t = self.moved(
+        let t = self.moved(
             PayoutStatus::Completed,
             "transfer_paid",
             "funds arrived".to_owned(),
             actor,
             stripe_event_id,
             now,
+            |p| {
+                p.completed_at = Some(now);
+                p.next_retry_at = None;
+                if let Some(id) = stripe_payout_id {
+                    p.stripe_payout_id = Some(id.to_owned());
+                }
+            },
         );
-        t.payout.completed_at = Some(now);
-        t.payout.next_retry_at = None;
-        if let Some(id) = stripe_payout_id {
-            t.payout.stripe_payout_id = Some(id.to_owned());
-        }
         Some(t)
     }
 
@@ -505,16 +527,18 @@ impl Payout {
             return None;
         }
         let reason = format!("bank payout failed: {code}");
-        let mut t = self.moved(
+        let t = self.moved(
             PayoutStatus::Failed,
             "payout_failed",
             reason.clone(),
             actor,
             Some(stripe_event_id),
             now,
+            |p| {
+                p.failure_code = Some(code.to_owned());
+                p.failure_reason = Some(reason);
+            },
         );
-        t.payout.failure_code = Some(code.to_owned());
-        t.payout.failure_reason = Some(reason);
         Some(t)
     }
 
@@ -548,15 +572,228 @@ impl Payout {
             "{amount_reversed_cents} of {} cents reversed",
             self.amount.cents
         );
-        let mut t = self.moved(
+        let t = self.moved(
             to,
             "transfer_reversed",
             reason,
             actor,
             Some(stripe_event_id),
             now,
+            |p| {
+                p.amount_reversed_cents = amount_reversed_cents.min(self.amount.cents);
+            },
         );
-        t.payout.amount_reversed_cents = amount_reversed_cents.min(self.amount.cents);
         Some(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn payout(status: PayoutStatus) -> Payout {
+        Payout {
+            id: "payout_1".to_owned(),
+            user_id: "u".to_owned(),
+            amount: Money::usd(1_000_00),
+            status,
+            idempotency_key: "k".to_owned(),
+            destination: "acct_1".to_owned(),
+            stripe_transfer_id: matches!(
+                status,
+                PayoutStatus::Processing | PayoutStatus::Completed
+            )
+            .then(|| "tr_1".to_owned()),
+            stripe_payout_id: None,
+            approval_required: false,
+            flags: Vec::new(),
+            attempt: 0,
+            retry_count: 0,
+            next_retry_at: (status == PayoutStatus::Pending).then(now),
+            outcome_unknown: false,
+            failure_code: None,
+            failure_reason: None,
+            amount_reversed_cents: 0,
+            requested_at: now(),
+            completed_at: None,
+            webhook_processed_at: None,
+            updated_at: now(),
+            applied_events: Vec::new(),
+            audit_log: Vec::new(),
+            version: 1,
+        }
+    }
+
+    const ALL: [PayoutStatus; 7] = [
+        PayoutStatus::Admitting,
+        PayoutStatus::PendingApproval,
+        PayoutStatus::Pending,
+        PayoutStatus::Processing,
+        PayoutStatus::Completed,
+        PayoutStatus::Failed,
+        PayoutStatus::Reversed,
+    ];
+
+    #[test]
+    fn states_only_move_forward_except_the_documented_edges() {
+        use PayoutStatus::*;
+        let edges = [
+            (Processing, Reversed),
+            (Completed, Reversed),
+            (Completed, Failed),
+        ];
+        for from in ALL {
+            for to in ALL {
+                let allowed = payout(from).may_move_to(to);
+                let forward = !from.is_terminal() && to.rank() > from.rank();
+                assert_eq!(
+                    allowed,
+                    forward || edges.contains(&(from, to)),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+        assert!(!payout(Failed).may_move_to(Completed));
+        assert!(!payout(Completed).may_move_to(Processing));
+    }
+
+    #[test]
+    fn every_transition_leaves_its_audit_record_in_the_payout() {
+        let admitted = payout(PayoutStatus::Admitting).admitted(false, Vec::new(), "", now());
+        assert_eq!(admitted.payout.audit_log, vec![admitted.audit.clone()]);
+        assert_eq!(admitted.audit.from_status, Some(PayoutStatus::Admitting));
+        assert_eq!(admitted.audit.to_status, PayoutStatus::Pending);
+        let created = admitted
+            .payout
+            .transfer_created("tr_9", "stripe", Some("evt_1"), now())
+            .unwrap();
+        assert_eq!(created.payout.audit_log.len(), 2);
+        assert_eq!(created.audit.stripe_event_id.as_deref(), Some("evt_1"));
+        assert_eq!(created.audit.transfer_id.as_deref(), Some("tr_9"));
+        assert_eq!(created.payout.version, 3);
+    }
+
+    #[test]
+    fn an_event_is_applied_once() {
+        let created = payout(PayoutStatus::Pending)
+            .transfer_created("tr_1", "stripe", Some("evt_1"), now())
+            .unwrap()
+            .payout;
+        let paid = created
+            .paid(None, "stripe", Some("evt_2"), now())
+            .unwrap()
+            .payout;
+        assert_eq!(paid.paid(None, "stripe", Some("evt_2"), now()), None);
+        assert_eq!(
+            paid.transfer_created("tr_1", "stripe", Some("evt_1"), now()),
+            None
+        );
+        let reversed = paid.reversed(100, "stripe", "evt_3", now()).unwrap().payout;
+        assert_eq!(reversed.reversed(100, "stripe", "evt_3", now()), None);
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_never_a_failure_and_keeps_the_attempt() {
+        let claimed = payout(PayoutStatus::Pending)
+            .claimed_for_transfer(now(), Duration::minutes(2))
+            .unwrap();
+        let unknown = TransferFailure::Unknown {
+            message: "timeout".to_owned(),
+        };
+        let after = claimed
+            .transfer_failed(&unknown, "stripe", None, now())
+            .unwrap()
+            .payout;
+        assert_eq!(after.status, PayoutStatus::Pending);
+        assert!(after.outcome_unknown);
+        assert_eq!(
+            (after.attempt, after.retry_count),
+            (0, 0),
+            "same attempt, same idempotency key"
+        );
+        assert_eq!(
+            transfer_idempotency_key(&after.id, after.attempt),
+            transfer_idempotency_key(&claimed.id, 0)
+        );
+    }
+
+    #[test]
+    fn retryable_failures_follow_the_spec_schedule_then_fail() {
+        assert_eq!(
+            [retry_delay(1), retry_delay(2), retry_delay(3)],
+            [
+                Duration::minutes(5),
+                Duration::minutes(10),
+                Duration::minutes(20)
+            ]
+        );
+        let failure = TransferFailure::Retryable {
+            code: "insufficient_funds".to_owned(),
+            message: String::new(),
+        };
+        let mut current = payout(PayoutStatus::Pending);
+        for retry in 1..=MAX_RETRIES {
+            current = current
+                .transfer_failed(&failure, "stripe", None, now())
+                .unwrap()
+                .payout;
+            assert_eq!(
+                (current.status, current.retry_count, current.attempt),
+                (PayoutStatus::Pending, retry, retry)
+            );
+        }
+        let failed = current
+            .transfer_failed(&failure, "stripe", None, now())
+            .unwrap()
+            .payout;
+        assert_eq!(failed.status, PayoutStatus::Failed);
+        assert!(!failed.money_left(), "no transfer: its quota is released");
+    }
+
+    #[test]
+    fn a_lease_hides_a_claimed_payout_until_it_runs_out() {
+        let claimed = payout(PayoutStatus::Pending)
+            .claimed_for_transfer(now(), Duration::minutes(2))
+            .unwrap();
+        assert_eq!(
+            claimed.claimed_for_transfer(now() + Duration::minutes(1), Duration::minutes(2)),
+            None
+        );
+        assert!(
+            claimed
+                .claimed_for_transfer(now() + Duration::minutes(2), Duration::minutes(2))
+                .is_some()
+        );
+        assert_eq!(
+            payout(PayoutStatus::PendingApproval).claimed_for_transfer(now(), Duration::minutes(2)),
+            None
+        );
+    }
+
+    #[test]
+    fn decisions_apply_only_to_held_payouts() {
+        assert_eq!(
+            payout(PayoutStatus::Pending).decided(true, "a", "", now()),
+            None
+        );
+        let rejected = payout(PayoutStatus::PendingApproval)
+            .decided(false, "a", "fraud", now())
+            .unwrap();
+        assert_eq!(
+            rejected.payout.failure_reason.as_deref(),
+            Some("Rejected by admin: fraud")
+        );
+        assert_eq!(rejected.audit.actor, "admin:a");
+    }
+
+    #[test]
+    fn status_names_round_trip() {
+        for status in ALL {
+            assert_eq!(PayoutStatus::parse(status.as_str()), Some(status));
+        }
     }
 }

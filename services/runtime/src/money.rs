@@ -72,11 +72,22 @@ impl Money {
         Self::new(0, currency)
     }
 
-    /// Parses an amount that must be strictly positive (a payout, an allocation).
+    /// The largest single amount any request may name: one billion dollars. Anything larger
+    /// is a mistake (or an attempt to overflow sums), refused before any arithmetic.
+    pub const MAX_CENTS: i64 = 1_000_000_000_00;
+
+    /// Parses an amount that must be strictly positive (a payout, an allocation) and at most
+    /// [`Money::MAX_CENTS`].
     pub fn positive(cents: i64, currency: &str, field: &str) -> Result<Self, ServiceError> {
         if cents <= 0 {
             return Err(ServiceError::invalid_argument(format!(
                 "{field} must be a positive number of cents, got {cents}"
+            )));
+        }
+        if cents > Self::MAX_CENTS {
+            return Err(ServiceError::invalid_argument(format!(
+                "{field} must be at most {} cents, got {cents}",
+                Self::MAX_CENTS
             )));
         }
         Ok(Self::new(cents, Currency::parse(currency)?))
@@ -166,6 +177,9 @@ mod tests {
         assert!(Money::positive(0, "usd", "amount").is_err());
         assert!(Money::positive(-1, "usd", "amount").is_err());
         assert_eq!(Money::positive(1, "usd", "amount"), Ok(Money::usd(1)));
+        assert!(Money::positive(Money::MAX_CENTS, "usd", "amount").is_ok());
+        assert!(Money::positive(Money::MAX_CENTS + 1, "usd", "amount").is_err());
+        assert!(Money::positive(i64::MAX, "usd", "amount").is_err());
     }
 
     #[test]

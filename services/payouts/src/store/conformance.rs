@@ -117,3 +117,208 @@ async fn mongo_store_conforms() {
     let database = payouts_runtime::testing::mongo_database("payouts").await;
     run(Arc::new(MongoAccounts::open(&database).await.unwrap())).await;
 }
+
+mod payouts {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, Duration, Utc};
+    use payouts_runtime::store::store_precision;
+    use payouts_runtime::{ErrorKind, Money};
+
+    use crate::payout::{Payout, PayoutStatus};
+    use crate::store::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        static BASE: std::sync::OnceLock<DateTime<Utc>> = std::sync::OnceLock::new();
+        *BASE.get_or_init(|| store_precision(Utc::now())) + Duration::minutes(minute)
+    }
+
+    fn payout(id: &str, user: &str, key: &str, status: PayoutStatus, minute: i64) -> Payout {
+        let base = Payout {
+            id: id.to_owned(),
+            user_id: user.to_owned(),
+            amount: Money::usd(1_000_00),
+            status: PayoutStatus::Admitting,
+            idempotency_key: key.to_owned(),
+            destination: format!("acct_{user}"),
+            stripe_transfer_id: None,
+            stripe_payout_id: None,
+            approval_required: false,
+            flags: vec!["NEW_ACCOUNT".to_owned()],
+            attempt: 0,
+            retry_count: 0,
+            next_retry_at: Some(at(minute)),
+            outcome_unknown: false,
+            failure_code: None,
+            failure_reason: None,
+            amount_reversed_cents: 0,
+            requested_at: at(minute),
+            completed_at: None,
+            webhook_processed_at: None,
+            updated_at: at(minute),
+            applied_events: vec!["evt_a".to_owned()],
+            audit_log: Vec::new(),
+            version: 1,
+        };
+        if status == PayoutStatus::Admitting {
+            return base;
+        }
+        // Through the state machine, so the audit trail is real.
+        let mut moved = base
+            .admitted(
+                status == PayoutStatus::PendingApproval,
+                Vec::new(),
+                "",
+                at(minute),
+            )
+            .payout;
+        if status == PayoutStatus::Processing {
+            moved = moved
+                .transfer_created(&format!("tr_{id}"), "stripe", Some("evt_b"), at(minute))
+                .unwrap()
+                .payout;
+        }
+        moved.version = 1;
+        moved
+    }
+
+    async fn run(repository: Arc<dyn PayoutRepository>) {
+        // One payout per (user, idempotency key).
+        let first = payout("p1", "u1", "k1", PayoutStatus::Processing, 1);
+        assert_eq!(repository.insert(&first).await.unwrap(), Inserted::New);
+        let same_key = payout("p1-again", "u1", "k1", PayoutStatus::Pending, 2);
+        assert_eq!(
+            repository.insert(&same_key).await.unwrap(),
+            Inserted::Existing(Box::new(first.clone()))
+        );
+        assert_eq!(repository.get("p1").await.unwrap(), Some(first.clone()));
+        assert_eq!(
+            repository.find_by_key("u1", "k1").await.unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(
+            repository.find_by_transfer("tr_p1").await.unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(repository.find_by_transfer("tr_none").await.unwrap(), None);
+        assert_eq!(first.audit_log.len(), 2, "the audit trail round-trips");
+
+        // Lists: newest first, by status, in pages, without admissions in progress.
+        let pending = payout("p2", "u1", "k2", PayoutStatus::Pending, 2);
+        let held = payout("p3", "u1", "k3", PayoutStatus::PendingApproval, 3);
+        let admitting = payout("p4", "u1", "k4", PayoutStatus::Admitting, 4);
+        for p in [&pending, &held, &admitting] {
+            repository.insert(p).await.unwrap();
+        }
+        let ids = |payouts: Vec<Payout>| payouts.into_iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(repository.list_by_user("u1", None, None, 10).await.unwrap()),
+            ["p3", "p2", "p1"]
+        );
+        let page = repository.list_by_user("u1", None, None, 2).await.unwrap();
+        let last = page.last().unwrap();
+        let cursor = Some((last.requested_at, last.id.clone()));
+        assert_eq!(
+            ids(repository
+                .list_by_user("u1", None, cursor, 2)
+                .await
+                .unwrap()),
+            ["p1"]
+        );
+        assert_eq!(
+            ids(repository
+                .list_by_user("u1", Some(PayoutStatus::Pending), None, 10)
+                .await
+                .unwrap()),
+            ["p2"]
+        );
+        assert_eq!(
+            ids(repository
+                .by_destination(
+                    "acct_u1",
+                    &[PayoutStatus::Processing, PayoutStatus::Pending]
+                )
+                .await
+                .unwrap()),
+            ["p1", "p2"]
+        );
+
+        // Due work, earliest first.
+        assert_eq!(
+            ids(repository
+                .due(PayoutStatus::Pending, at(10), 10)
+                .await
+                .unwrap()),
+            ["p2"]
+        );
+        assert_eq!(
+            ids(repository
+                .due(PayoutStatus::Pending, at(1), 10)
+                .await
+                .unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(repository
+                .due(PayoutStatus::Admitting, at(10), 10)
+                .await
+                .unwrap()),
+            ["p4"]
+        );
+
+        // Versioned writes and deletes.
+        let claimed = pending
+            .claimed_for_transfer(at(10), Duration::minutes(2))
+            .unwrap();
+        repository.replace(&claimed, 1).await.unwrap();
+        let error = repository.replace(&claimed, 1).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        assert_eq!(repository.get("p2").await.unwrap(), Some(claimed));
+        assert_eq!(
+            repository.delete("p4", 7).await.unwrap_err().kind(),
+            ErrorKind::Conflict
+        );
+        repository.delete("p4", 1).await.unwrap();
+        assert_eq!(repository.get("p4").await.unwrap(), None);
+
+        // The audit projection is idempotent.
+        repository.project_audit(&first.audit_log).await.unwrap();
+        repository.project_audit(&first.audit_log).await.unwrap();
+
+        // Concurrent claims: one wins.
+        let contested = payout("p5", "u2", "k5", PayoutStatus::Pending, 5);
+        repository.insert(&contested).await.unwrap();
+        let claims = (0..10).map(|_| {
+            let repository = Arc::clone(&repository);
+            let claimed = contested
+                .claimed_for_transfer(at(10), Duration::minutes(2))
+                .unwrap();
+            tokio::spawn(async move { repository.replace(&claimed, 1).await })
+        });
+        let mut winners = 0;
+        for claim in claims {
+            if claim.await.unwrap().is_ok() {
+                winners += 1;
+            }
+        }
+        assert_eq!(winners, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_store_conforms() {
+        run(Arc::new(MemoryPayouts::default())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mongo_store_conforms() {
+        let database = payouts_runtime::testing::mongo_database("usd_payouts").await;
+        let repository = MongoPayouts::open(&database).await.unwrap();
+        run(Arc::new(repository)).await;
+        let projected = database
+            .collection::<mongodb::bson::Document>("payoutAuditLogs")
+            .count_documents(mongodb::bson::doc! { "payoutId": "p1" })
+            .await
+            .unwrap();
+        assert_eq!(projected, 2, "each audit record once in payoutAuditLogs");
+    }
+}
