@@ -170,7 +170,7 @@ impl PayoutFlow {
                     TransferFailure::Permanent { code, message }
                 };
                 self.apply(payout, |p| {
-                    p.transfer_failed(&failure, &actor, Some(event.id), now)
+                    p.transfer_failed(&failure, self.retry_base, &actor, Some(event.id), now)
                 })
                 .await?
             }

@@ -38,6 +38,8 @@ pub struct PayoutFlow {
     pub stripe: Option<Arc<dyn StripeTransfers>>,
     pub clock: Arc<dyn Clock>,
     pub poll_interval: std::time::Duration,
+    /// First retry delay (spec: 5 minutes), doubling after each failure.
+    pub retry_base: Duration,
 }
 
 fn money_text(amount: &Money) -> String {
@@ -117,6 +119,7 @@ impl PayoutFlow {
             completed_at: None,
             webhook_processed_at: None,
             updated_at: now,
+            failed_transfer_ids: Vec::new(),
             applied_events: Vec::new(),
             audit_log: Vec::new(),
             version: 1,
@@ -245,10 +248,13 @@ impl PayoutFlow {
         }
         let group = transfer_group(&claimed.id);
         let looked_up = if payout.outcome_unknown || payout.attempt > 0 {
-            stripe
-                .find_transfer(&group)
-                .await
-                .map(|found| found.map(|id| (id, "stripe:lookup")))
+            // A transfer Stripe reported failed is not adopted.
+            stripe.find_transfers(&group).await.map(|found| {
+                found
+                    .into_iter()
+                    .find(|id| !claimed.failed_transfer_ids.contains(id))
+                    .map(|id| (id, "stripe:lookup"))
+            })
         } else {
             Ok(None)
         };
@@ -274,7 +280,7 @@ impl PayoutFlow {
         let now = self.clock.now();
         let transition = match &result {
             Ok((transfer_id, actor)) => claimed.transfer_created(transfer_id, actor, None, now),
-            Err(failure) => claimed.transfer_failed(failure, "stripe", None, now),
+            Err(failure) => claimed.transfer_failed(failure, self.retry_base, "stripe", None, now),
         };
         let Some(transition) = transition else {
             return Ok(claimed);

@@ -44,6 +44,8 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         stripe,
         clock: Arc::clone(&context.clock),
         poll_interval: settings.payout_poll_interval,
+        retry_base: chrono::Duration::from_std(settings.payout_retry_base)
+            .unwrap_or(payout::RETRY_BASE),
     });
     tokio::spawn(Arc::clone(&flow).run_worker(context.shutdown.clone()));
     server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow)));

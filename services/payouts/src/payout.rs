@@ -112,6 +112,8 @@ pub struct Payout {
     pub completed_at: Option<DateTime<Utc>>,
     pub webhook_processed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// Transfers Stripe reported failed (legacy `transfer.failed`): never adopted by a lookup.
+    pub failed_transfer_ids: Vec<String>,
     /// Stripe events already applied (the most recent few).
     pub applied_events: Vec<String>,
     /// Every state change, oldest first: written in the same compare-and-set as the change
@@ -182,9 +184,12 @@ pub fn is_retryable_code(code: &str) -> bool {
     )
 }
 
-/// Spec §2 backoff after the n-th failure: 5, 10, 20 minutes.
-pub fn retry_delay(retry_count: u32) -> Duration {
-    Duration::minutes(5 * (1_i64 << retry_count.saturating_sub(1).min(10)))
+/// Spec §2: the first retry comes 5 minutes after the failure, then it doubles.
+pub const RETRY_BASE: Duration = Duration::minutes(5);
+
+/// Backoff after the n-th failure: base, 2 x base, 4 x base (5, 10, 20 minutes by default).
+pub fn retry_delay(base: Duration, retry_count: u32) -> Duration {
+    base * (1_i32 << retry_count.saturating_sub(1).min(10))
 }
 
 impl Payout {
@@ -290,7 +295,7 @@ impl Payout {
         }
         let actor = format!("admin:{reviewer}");
         Some(if approved {
-            let t = self.moved(
+            self.moved(
                 PayoutStatus::Pending,
                 "approved",
                 notes.to_owned(),
@@ -301,11 +306,10 @@ impl Payout {
                     p.approval_required = false;
                     p.next_retry_at = Some(now);
                 },
-            );
-            t
+            )
         } else {
             let reason = format!("Rejected by admin: {notes}");
-            let t = self.moved(
+            self.moved(
                 PayoutStatus::Failed,
                 "rejected",
                 reason.clone(),
@@ -317,8 +321,7 @@ impl Payout {
                     p.completed_at = Some(now);
                     p.next_retry_at = None;
                 },
-            );
-            t
+            )
         })
     }
 
@@ -388,6 +391,7 @@ impl Payout {
     pub fn transfer_failed(
         &self,
         failure: &TransferFailure,
+        retry_base: Duration,
         actor: &str,
         stripe_event_id: Option<&str>,
         now: DateTime<Utc>,
@@ -432,12 +436,12 @@ impl Payout {
                     stripe_event_id,
                     now,
                     |p| {
+                        p.failed_transfer_ids.extend(p.stripe_transfer_id.take());
                         p.retry_count = retry_count;
                         p.attempt = self.attempt + 1;
-                        p.stripe_transfer_id = None;
                         p.outcome_unknown = false;
                         p.failure_code = Some(code.clone());
-                        p.next_retry_at = Some(now + retry_delay(retry_count));
+                        p.next_retry_at = Some(now + retry_delay(retry_base, retry_count));
                     },
                 );
                 Some(t)
@@ -453,7 +457,7 @@ impl Payout {
                     stripe_event_id,
                     now,
                     |p| {
-                        p.stripe_transfer_id = None;
+                        p.failed_transfer_ids.extend(p.stripe_transfer_id.take());
                         p.outcome_unknown = false;
                         p.failure_code = Some(code.clone());
                         p.failure_reason = Some(reason);
@@ -622,6 +626,7 @@ mod tests {
             completed_at: None,
             webhook_processed_at: None,
             updated_at: now(),
+            failed_transfer_ids: Vec::new(),
             applied_events: Vec::new(),
             audit_log: Vec::new(),
             version: 1,
@@ -705,7 +710,7 @@ mod tests {
             message: "timeout".to_owned(),
         };
         let after = claimed
-            .transfer_failed(&unknown, "stripe", None, now())
+            .transfer_failed(&unknown, RETRY_BASE, "stripe", None, now())
             .unwrap()
             .payout;
         assert_eq!(after.status, PayoutStatus::Pending);
@@ -724,7 +729,11 @@ mod tests {
     #[test]
     fn retryable_failures_follow_the_spec_schedule_then_fail() {
         assert_eq!(
-            [retry_delay(1), retry_delay(2), retry_delay(3)],
+            [
+                retry_delay(RETRY_BASE, 1),
+                retry_delay(RETRY_BASE, 2),
+                retry_delay(RETRY_BASE, 3)
+            ],
             [
                 Duration::minutes(5),
                 Duration::minutes(10),
@@ -738,7 +747,7 @@ mod tests {
         let mut current = payout(PayoutStatus::Pending);
         for retry in 1..=MAX_RETRIES {
             current = current
-                .transfer_failed(&failure, "stripe", None, now())
+                .transfer_failed(&failure, RETRY_BASE, "stripe", None, now())
                 .unwrap()
                 .payout;
             assert_eq!(
@@ -747,7 +756,7 @@ mod tests {
             );
         }
         let failed = current
-            .transfer_failed(&failure, "stripe", None, now())
+            .transfer_failed(&failure, RETRY_BASE, "stripe", None, now())
             .unwrap()
             .payout;
         assert_eq!(failed.status, PayoutStatus::Failed);

@@ -29,8 +29,8 @@ pub trait StripeTransfers: Send + Sync + 'static {
     /// Creates the transfer; the same idempotency key never creates a second one.
     async fn create_transfer(&self, request: &TransferRequest) -> Result<String, TransferFailure>;
 
-    /// The id of a transfer in `transfer_group` that was not fully reversed, if any.
-    async fn find_transfer(&self, transfer_group: &str) -> Result<Option<String>, TransferFailure>;
+    /// The ids of the transfers in `transfer_group` that were not fully reversed.
+    async fn find_transfers(&self, transfer_group: &str) -> Result<Vec<String>, TransferFailure>;
 }
 
 /// async-stripe against `STRIPE_API_BASE`.
@@ -119,7 +119,7 @@ impl StripeTransfers for StripeClient {
         Ok(transfer.id.as_str().to_owned())
     }
 
-    async fn find_transfer(&self, transfer_group: &str) -> Result<Option<String>, TransferFailure> {
+    async fn find_transfers(&self, transfer_group: &str) -> Result<Vec<String>, TransferFailure> {
         let transfers = ListTransfer::new()
             .transfer_group(transfer_group)
             .limit(10)
@@ -129,7 +129,8 @@ impl StripeTransfers for StripeClient {
         Ok(transfers
             .data
             .into_iter()
-            .find(|transfer| transfer.amount_reversed < transfer.amount)
-            .map(|transfer| transfer.id.as_str().to_owned()))
+            .filter(|transfer| transfer.amount_reversed < transfer.amount)
+            .map(|transfer| transfer.id.as_str().to_owned())
+            .collect())
     }
 }

@@ -12,7 +12,7 @@ use chrono::{Duration, Utc};
 use payouts_payouts::domain::{Account, StripeAccountStatus};
 use payouts_payouts::events::Event;
 use payouts_payouts::flow::PayoutFlow;
-use payouts_payouts::payout::{Payout, PayoutStatus, retry_delay};
+use payouts_payouts::payout::{Payout, PayoutStatus, RETRY_BASE, retry_delay};
 use payouts_payouts::ports::{Admission, LimitsPort, Notifier, UserNotice};
 use payouts_payouts::store::{
     AccountRepository, MemoryAccounts, MemoryPayouts, MongoAccounts, MongoPayouts, PayoutRepository,
@@ -120,6 +120,7 @@ async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
         stripe: Some(Arc::new(client) as Arc<dyn StripeTransfers>),
         clock: Arc::new(clock.clone()),
         poll_interval: std::time::Duration::from_millis(10),
+        retry_base: RETRY_BASE,
     });
     let account = Account {
         user_id: "creator".to_owned(),
@@ -320,8 +321,11 @@ async fn retryable_failures_are_retried_on_the_spec_schedule_with_new_attempts()
             (payout.status, payout.retry_count, payout.attempt),
             (PayoutStatus::Pending, 1, 1)
         );
-        assert_eq!(payout.next_retry_at, Some(f.clock.now() + retry_delay(1)));
-        assert_eq!(retry_delay(1), Duration::minutes(5));
+        assert_eq!(
+            payout.next_retry_at,
+            Some(f.clock.now() + retry_delay(RETRY_BASE, 1))
+        );
+        assert_eq!(retry_delay(RETRY_BASE, 1), Duration::minutes(5));
 
         f.clock.advance(Duration::minutes(4));
         f.flow.run_due().await.unwrap();
@@ -475,6 +479,7 @@ async fn without_stripe_a_payout_is_refused_and_nothing_is_stored() {
         stripe: None,
         clock: Arc::new(f.clock.clone()),
         poll_interval: std::time::Duration::from_millis(10),
+        retry_base: RETRY_BASE,
     };
     let error = flow
         .request("creator", Money::usd(100_00), "no-stripe")

@@ -159,6 +159,8 @@ pub struct Settings {
     pub webhook_poll_interval: Duration,
     /// `PAYOUT_POLL_MILLISECONDS`: how often the payout worker looks for due transfers (1000).
     pub payout_poll_interval: Duration,
+    /// `PAYOUT_RETRY_BASE_SECONDS`: first transfer retry delay, doubling (spec: 300 = 5 min).
+    pub payout_retry_base: Duration,
     /// `CRON_SECRET`: bearer token of the scheduler calling the cron endpoint.
     pub cron_secret: Option<Secret>,
     /// `CRON_API_KEY`: bearer token for manual cron triggers.
@@ -266,6 +268,9 @@ impl Settings {
             ),
             payout_poll_interval: Duration::from_millis(
                 values.number("PAYOUT_POLL_MILLISECONDS", 1000)?,
+            ),
+            payout_retry_base: Duration::from_secs(
+                values.number("PAYOUT_RETRY_BASE_SECONDS", 300)?,
             ),
             cron_secret: values.secret("CRON_SECRET")?,
             cron_api_key: values.secret("CRON_API_KEY")?,

@@ -156,6 +156,7 @@ mod payouts {
             completed_at: None,
             webhook_processed_at: None,
             updated_at: at(minute),
+            failed_transfer_ids: vec!["tr_failed".to_owned()],
             applied_events: vec!["evt_a".to_owned()],
             audit_log: Vec::new(),
             version: 1,

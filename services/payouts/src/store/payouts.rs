@@ -272,6 +272,8 @@ struct PayoutDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     webhook_processed_at: Option<bson::DateTime>,
     updated_at: bson::DateTime,
+    #[serde(default)]
+    failed_transfer_ids: Vec<String>,
     applied_events: Vec<String>,
     audit_log: Vec<AuditDocument>,
     version: i64,
@@ -372,6 +374,7 @@ impl From<&Payout> for PayoutDocument {
             completed_at: p.completed_at.map(to_bson_time),
             webhook_processed_at: p.webhook_processed_at.map(to_bson_time),
             updated_at: to_bson_time(p.updated_at),
+            failed_transfer_ids: p.failed_transfer_ids.clone(),
             applied_events: p.applied_events.clone(),
             audit_log: p.audit_log.iter().map(AuditDocument::from).collect(),
             version: p.version,
@@ -411,6 +414,7 @@ impl TryFrom<PayoutDocument> for Payout {
             completed_at: d.completed_at.map(from_bson_time),
             webhook_processed_at: d.webhook_processed_at.map(from_bson_time),
             updated_at: from_bson_time(d.updated_at),
+            failed_transfer_ids: d.failed_transfer_ids,
             applied_events: d.applied_events,
             version: d.version,
         })
