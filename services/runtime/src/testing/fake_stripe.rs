@@ -270,6 +270,49 @@ async fn account(headers: HeaderMap, Path(id): Path<String>) -> Response {
     axum::Json(account).into_response()
 }
 
+async fn create_webhook_endpoint(
+    headers: HeaderMap,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    if !authorised(&headers) {
+        return stripe_error(
+            401,
+            "invalid_request_error",
+            "api_key_invalid",
+            "Invalid API Key provided",
+        );
+    }
+    let mut endpoint = fixture("webhook_endpoint");
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    endpoint["url"] = json!(param("url").unwrap_or_default());
+    let events: Vec<&String> = params
+        .iter()
+        .filter(|(key, _)| key.starts_with("enabled_events["))
+        .map(|(_, value)| value)
+        .collect();
+    endpoint["enabled_events"] = json!(events);
+    endpoint["secret"] = json!("whsec_fake_endpoint_secret");
+    axum::Json(endpoint).into_response()
+}
+
+async fn list_webhook_endpoints(headers: HeaderMap) -> Response {
+    if !authorised(&headers) {
+        return stripe_error(
+            401,
+            "invalid_request_error",
+            "api_key_invalid",
+            "Invalid API Key provided",
+        );
+    }
+    axum::Json(json!({ "object": "list", "data": [fixture("webhook_endpoint")], "has_more": false, "url": "/v1/webhook_endpoints" }))
+        .into_response()
+}
+
 impl FakeStripe {
     /// Starts the fake on a free loopback port, on the current Tokio runtime.
     pub async fn start() -> FakeStripe {
@@ -282,6 +325,10 @@ impl FakeStripe {
             .route("/v1/transfers/{id}", get(retrieve_transfer))
             .route("/v1/balance", get(balance))
             .route("/v1/accounts/{id}", get(account))
+            .route(
+                "/v1/webhook_endpoints",
+                post(create_webhook_endpoint).get(list_webhook_endpoints),
+            )
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
