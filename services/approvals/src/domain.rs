@@ -36,6 +36,28 @@ pub enum Action {
     Reject,
 }
 
+/// The limits' figures when the payout was held (spec §7 metadata).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldMetadata {
+    pub is_new_account: bool,
+    pub account_age_days: i64,
+    pub daily_payout_count: i64,
+    pub daily_payout_amount_cents: i64,
+    pub monthly_payout_amount_cents: i64,
+    pub lifetime_earnings_cents: i64,
+}
+
+/// What an admin sees about the requester (spec §7 user context panel), as of the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserContext {
+    pub account_age_days: i64,
+    pub lifetime_earnings_cents: i64,
+    pub completed_payout_count: i64,
+    pub completed_payout_cents: i64,
+    pub recent_refund_count: i64,
+    pub recent_dispute_count: i64,
+}
+
 /// A payout held for review (payoutApprovalQueue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -52,6 +74,10 @@ pub struct Approval {
     pub reviewed_at: Option<DateTime<Utc>>,
     pub reviewed_by: Option<String>,
     pub review_notes: Option<String>,
+    pub metadata: HoldMetadata,
+    pub user_context: UserContext,
+    /// The decision has been carried out by the payouts service.
+    pub applied: bool,
     pub version: i64,
 }
 
@@ -107,6 +133,45 @@ impl Approval {
     }
 }
 
+impl Approval {
+    /// The decision was carried out by the payouts service.
+    pub fn applied(&self) -> Approval {
+        Approval {
+            applied: true,
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the approval passes the admin's filter.
+    pub fn matches(&self, filter: &Filter) -> bool {
+        filter.status.is_none_or(|status| self.status == status)
+            && filter
+                .min_amount_cents
+                .is_none_or(|min| self.amount.cents >= min)
+            && filter
+                .max_amount_cents
+                .is_none_or(|max| self.amount.cents <= max)
+            && filter
+                .flag
+                .as_ref()
+                .is_none_or(|flag| self.flags.contains(flag))
+    }
+}
+
+/// The admin queue's filter and page (oldest request first).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub status: Option<ApprovalStatus>,
+    pub min_amount_cents: Option<i64>,
+    pub max_amount_cents: Option<i64>,
+    /// A spec flag name ("NEW_ACCOUNT").
+    pub flag: Option<String>,
+    /// The (requested_at, id) of the last approval of the previous page.
+    pub after: Option<(DateTime<Utc>, String)>,
+    pub limit: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +190,9 @@ mod tests {
             reviewed_at: None,
             reviewed_by: None,
             review_notes: None,
+            metadata: HoldMetadata::default(),
+            user_context: UserContext::default(),
+            applied: false,
             version: 1,
         }
     }

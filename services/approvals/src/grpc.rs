@@ -1,4 +1,4 @@
-//! The gRPC surface: parse requests into domain values, call the repository, map back.
+//! The gRPC surface: parse requests into domain values, call the workflow, map back.
 
 use std::sync::Arc;
 
@@ -6,21 +6,22 @@ use payouts_proto::approvals::v1 as pb;
 use payouts_proto::approvals::v1::approvals_service_server::{
     ApprovalsService, ApprovalsServiceServer,
 };
-use payouts_runtime::ServiceError;
-use payouts_runtime::convert::{optional_timestamp, required_id, timestamp};
+use payouts_proto::limits::v1::{LimitMetadata, PayoutFlag};
+use payouts_runtime::convert::{optional_timestamp, page_size, required_id, timestamp};
+use payouts_runtime::{Money, ServiceError};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Approval, ApprovalStatus};
-use crate::store::ApprovalRepository;
+use crate::domain::{Action, Approval, ApprovalStatus, Filter, HoldMetadata};
+use crate::workflow::{Hold, Workflow};
 
 /// The tonic service.
 pub struct ApprovalsGrpc {
-    approvals: Arc<dyn ApprovalRepository>,
+    workflow: Arc<Workflow>,
 }
 
 impl ApprovalsGrpc {
-    pub fn new(approvals: Arc<dyn ApprovalRepository>) -> Self {
-        Self { approvals }
+    pub fn new(workflow: Arc<Workflow>) -> Self {
+        Self { workflow }
     }
 }
 
@@ -29,47 +30,125 @@ pub fn server(service: ApprovalsGrpc) -> ApprovalsServiceServer<ApprovalsGrpc> {
     ApprovalsServiceServer::new(service)
 }
 
-fn to_proto(a: Approval) -> pb::Approval {
-    let status = match a.status {
+fn flag_name(flag: i32) -> Option<String> {
+    PayoutFlag::try_from(flag)
+        .ok()
+        .filter(|flag| *flag != PayoutFlag::Unspecified)
+        .map(|flag| {
+            flag.as_str_name()
+                .trim_start_matches("PAYOUT_FLAG_")
+                .to_owned()
+        })
+}
+
+fn status_to_proto(status: ApprovalStatus) -> pb::ApprovalStatus {
+    match status {
         ApprovalStatus::Pending => pb::ApprovalStatus::Pending,
         ApprovalStatus::Approved => pb::ApprovalStatus::Approved,
         ApprovalStatus::Rejected => pb::ApprovalStatus::Rejected,
-    };
+    }
+}
+
+pub fn to_proto(a: Approval) -> pb::Approval {
     pb::Approval {
-        id: a.id,
-        payout_id: a.payout_id,
-        user_id: a.user_id,
+        status: status_to_proto(a.status).into(),
         amount_cents: a.amount.cents,
         currency: a.amount.currency.to_string(),
-        status: status.into(),
-        reason: a.reason,
         flags: a
             .flags
             .iter()
-            .filter_map(|flag| {
-                payouts_proto::limits::v1::PayoutFlag::from_str_name(&format!("PAYOUT_FLAG_{flag}"))
-            })
+            .filter_map(|flag| PayoutFlag::from_str_name(&format!("PAYOUT_FLAG_{flag}")))
             .map(i32::from)
             .collect(),
-        metadata: None,
-        user_context: None,
+        metadata: Some(LimitMetadata {
+            is_new_account: a.metadata.is_new_account,
+            account_age_days: a.metadata.account_age_days,
+            daily_payout_count: a.metadata.daily_payout_count,
+            daily_payout_amount_cents: a.metadata.daily_payout_amount_cents,
+            monthly_payout_amount_cents: a.metadata.monthly_payout_amount_cents,
+            lifetime_earnings_cents: a.metadata.lifetime_earnings_cents,
+        }),
+        user_context: Some(pb::UserContext {
+            account_age_days: a.user_context.account_age_days,
+            lifetime_earnings_cents: a.user_context.lifetime_earnings_cents,
+            completed_payout_count: a.user_context.completed_payout_count,
+            completed_payout_cents: a.user_context.completed_payout_cents,
+            recent_refund_count: a.user_context.recent_refund_count,
+            recent_dispute_count: a.user_context.recent_dispute_count,
+        }),
         requested_at: Some(timestamp(a.requested_at)),
         reviewed_at: optional_timestamp(a.reviewed_at),
         reviewed_by: a.reviewed_by.unwrap_or_default(),
         review_notes: a.review_notes.unwrap_or_default(),
         created_at: Some(timestamp(a.requested_at)),
+        id: a.id,
+        payout_id: a.payout_id,
+        user_id: a.user_id,
+        reason: a.reason,
     }
+}
+
+fn page_token(approval: &Approval) -> String {
+    format!(
+        "{}:{}",
+        approval.requested_at.timestamp_millis(),
+        approval.id
+    )
+}
+
+fn parse_page_token(
+    token: &str,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, ServiceError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ServiceError::invalid_argument("page_token is not one this service issued");
+    let (millis, id) = token.split_once(':').ok_or_else(invalid)?;
+    let at = millis
+        .parse()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .ok_or_else(invalid)?;
+    Ok(Some((at, id.to_owned())))
 }
 
 #[tonic::async_trait]
 impl ApprovalsService for ApprovalsGrpc {
+    #[tracing::instrument(skip_all, fields(payout_id = %request.get_ref().payout_id))]
     async fn create_approval(
         &self,
-        _request: Request<pb::CreateApprovalRequest>,
+        request: Request<pb::CreateApprovalRequest>,
     ) -> Result<Response<pb::CreateApprovalResponse>, Status> {
-        Err(Status::unimplemented(
-            "the approval workflow is not built yet",
-        ))
+        let r = request.into_inner();
+        let metadata = r.metadata.unwrap_or_default();
+        let hold = Hold {
+            payout_id: required_id(&r.payout_id, "payout_id")?,
+            user_id: required_id(&r.user_id, "user_id")?,
+            amount: Money::positive(
+                r.amount_cents,
+                if r.currency.is_empty() {
+                    "usd"
+                } else {
+                    &r.currency
+                },
+                "amount_cents",
+            )?,
+            flags: r.flags.into_iter().filter_map(flag_name).collect(),
+            reason: r.reason,
+            metadata: HoldMetadata {
+                is_new_account: metadata.is_new_account,
+                account_age_days: metadata.account_age_days,
+                daily_payout_count: metadata.daily_payout_count,
+                daily_payout_amount_cents: metadata.daily_payout_amount_cents,
+                monthly_payout_amount_cents: metadata.monthly_payout_amount_cents,
+                lifetime_earnings_cents: metadata.lifetime_earnings_cents,
+            },
+        };
+        let (approval, created) = self.workflow.create(hold).await?;
+        Ok(Response::new(pb::CreateApprovalResponse {
+            approval: Some(to_proto(approval)),
+            created,
+        }))
     }
 
     async fn get_approval(
@@ -77,10 +156,12 @@ impl ApprovalsService for ApprovalsGrpc {
         request: Request<pb::GetApprovalRequest>,
     ) -> Result<Response<pb::GetApprovalResponse>, Status> {
         let approval_id = required_id(&request.get_ref().approval_id, "approval_id")?;
-        let approval =
-            self.approvals.get(&approval_id).await?.ok_or_else(|| {
-                ServiceError::not_found(format!("approval {approval_id} not found"))
-            })?;
+        let approval = self
+            .workflow
+            .approvals
+            .get(&approval_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("approval {approval_id} not found")))?;
         Ok(Response::new(pb::GetApprovalResponse {
             approval: Some(to_proto(approval)),
         }))
@@ -88,17 +169,73 @@ impl ApprovalsService for ApprovalsGrpc {
 
     async fn list_approvals(
         &self,
-        _request: Request<pb::ListApprovalsRequest>,
+        request: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
-        Err(Status::unimplemented("the approval queue is not built yet"))
+        let r = request.into_inner();
+        let status = match pb::ApprovalStatus::try_from(r.status) {
+            Ok(pb::ApprovalStatus::Unspecified) => None,
+            Ok(pb::ApprovalStatus::Pending) => Some(ApprovalStatus::Pending),
+            Ok(pb::ApprovalStatus::Approved) => Some(ApprovalStatus::Approved),
+            Ok(pb::ApprovalStatus::Rejected) => Some(ApprovalStatus::Rejected),
+            Err(_) => {
+                return Err(ServiceError::invalid_argument(format!(
+                    "status {} is not defined",
+                    r.status
+                ))
+                .into());
+            }
+        };
+        if r.min_amount_cents < 0 || r.max_amount_cents < 0 {
+            return Err(
+                ServiceError::invalid_argument("amount bounds must not be negative").into(),
+            );
+        }
+        let limit = page_size(r.page_size, 50, 500)?;
+        let filter = Filter {
+            status,
+            min_amount_cents: Some(r.min_amount_cents).filter(|cents| *cents > 0),
+            max_amount_cents: Some(r.max_amount_cents).filter(|cents| *cents > 0),
+            flag: flag_name(r.flag),
+            after: parse_page_token(&r.page_token)?,
+            limit: limit + 1,
+        };
+        let mut approvals = self.workflow.approvals.list(&filter).await?;
+        let next_page_token = if approvals.len() > limit {
+            approvals.truncate(limit);
+            approvals.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: approvals.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(approval_id = %request.get_ref().approval_id))]
     async fn decide_approval(
         &self,
-        _request: Request<pb::DecideApprovalRequest>,
+        request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
-        Err(Status::unimplemented(
-            "the approval workflow is not built yet",
-        ))
+        let r = request.into_inner();
+        let approval_id = required_id(&r.approval_id, "approval_id")?;
+        let action = match pb::ApprovalAction::try_from(r.action) {
+            Ok(pb::ApprovalAction::Approve) => Action::Approve,
+            Ok(pb::ApprovalAction::Reject) => Action::Reject,
+            _ => {
+                return Err(
+                    ServiceError::invalid_argument("action must be APPROVE or REJECT").into(),
+                );
+            }
+        };
+        let decided = self
+            .workflow
+            .decide(&approval_id, action, &r.reviewer, Some(r.notes.as_str()))
+            .await?;
+        Ok(Response::new(pb::DecideApprovalResponse {
+            approval: Some(to_proto(decided.approval)),
+            transfer_id: decided.transfer_id.unwrap_or_default(),
+            message: decided.message,
+        }))
     }
 }

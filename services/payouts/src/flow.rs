@@ -11,7 +11,7 @@ use payouts_runtime::{Clock, ErrorKind, Money, ServiceError};
 
 use crate::domain::Account;
 use crate::payout::{Payout, PayoutStatus, Transition, transfer_group, transfer_idempotency_key};
-use crate::ports::{LimitsPort, Notifier, UserNotice};
+use crate::ports::{ApprovalsPort, LimitsPort, Notifier, UserNotice};
 use crate::store::{AccountRepository, Inserted, PayoutRepository};
 use crate::stripe::{StripeTransfers, TransferRequest};
 
@@ -33,6 +33,7 @@ pub struct PayoutFlow {
     pub accounts: Arc<dyn AccountRepository>,
     pub payouts: Arc<dyn PayoutRepository>,
     pub limits: Arc<dyn LimitsPort>,
+    pub approvals: Arc<dyn ApprovalsPort>,
     pub notifier: Arc<dyn Notifier>,
     /// `None` when STRIPE_SECRET_KEY is unset.
     pub stripe: Option<Arc<dyn StripeTransfers>>,
@@ -108,6 +109,8 @@ impl PayoutFlow {
             stripe_payout_id: None,
             approval_required: false,
             flags: Vec::new(),
+            hold_reason: None,
+            hold_metadata_json: None,
             attempt: 0,
             retry_count: 0,
             next_retry_at: Some(now + ADMISSION_GRACE),
@@ -207,22 +210,59 @@ impl PayoutFlow {
             })
             .collect();
         let now = self.clock.now();
-        let transition = payout.admitted(
+        let mut transition = payout.admitted(
             admission.decision.requires_approval,
             flags,
             &admission.decision.reason,
             now,
         );
+        if admission.decision.requires_approval {
+            let metadata = admission.decision.metadata.unwrap_or_default();
+            transition.payout.hold_metadata_json = Some(
+                serde_json::json!({
+                    "isNewAccount": metadata.is_new_account,
+                    "accountAgeDays": metadata.account_age_days,
+                    "dailyPayoutCount": metadata.daily_payout_count,
+                    "dailyPayoutAmount": metadata.daily_payout_amount_cents,
+                    "monthlyPayoutAmount": metadata.monthly_payout_amount_cents,
+                    "lifetimeEarnings": metadata.lifetime_earnings_cents,
+                })
+                .to_string(),
+            );
+        }
         let admitted = self.commit(&payout, transition).await?;
         let payout = if admitted.status == PayoutStatus::Pending {
             self.transfer(admitted).await?
         } else {
-            admitted
+            self.hand_off(admitted).await
         };
         Ok(Requested {
             payout: Some(payout),
             decision: admission.decision,
         })
+    }
+
+    /// Hands a held payout to the approval queue. If the approvals service does not answer,
+    /// the payout stays due and the worker hands it off later: no held payout goes unseen.
+    pub async fn hand_off(&self, payout: Payout) -> Payout {
+        if let Err(error) = self.approvals.queue(&payout).await {
+            tracing::warn!(payout_id = %payout.id, error = %error, "approval queue unavailable; will retry");
+            return payout;
+        }
+        let Some(handed) = payout.handed_off(self.clock.now()) else {
+            return payout;
+        };
+        match self.payouts.replace(&handed, payout.version).await {
+            Ok(()) => handed,
+            // Someone else moved it (a decision may already have arrived): that state stands.
+            Err(_) => self
+                .payouts
+                .get(&payout.id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(payout),
+        }
     }
 
     /// Makes the transfer of a due pending payout, unless another worker holds it. Exactly one
@@ -348,6 +388,10 @@ impl PayoutFlow {
             .get(payout_id)
             .await?
             .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
+        if payout.carries_decision(approved) {
+            // A repeat of a decision already carried out (the approvals service re-drives).
+            return Ok(payout);
+        }
         let transition = payout
             .decided(approved, reviewer, notes, self.clock.now())
             .ok_or_else(|| {
@@ -402,6 +446,14 @@ impl PayoutFlow {
             if let Err(error) = self.transfer(payout.clone()).await {
                 tracing::warn!(payout_id = %payout.id, error = %error, "transfer attempt failed");
             }
+        }
+        for payout in self
+            .payouts
+            .due(PayoutStatus::PendingApproval, now, 32)
+            .await?
+        {
+            handled += 1;
+            self.hand_off(payout).await;
         }
         for payout in self.payouts.due(PayoutStatus::Admitting, now, 32).await? {
             handled += 1;

@@ -40,6 +40,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         accounts: repositories.accounts,
         payouts: repositories.payouts,
         limits: Arc::new(ports::GrpcLimits::new(settings)?),
+        approvals: Arc::new(ports::GrpcApprovals::new(settings)?),
         notifier: Arc::new(ports::GrpcNotifier::new(settings)?),
         stripe,
         clock: Arc::clone(&context.clock),

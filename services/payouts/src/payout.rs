@@ -96,6 +96,9 @@ pub struct Payout {
     pub stripe_payout_id: Option<String>,
     pub approval_required: bool,
     pub flags: Vec<String>,
+    /// Why the limits held the payout for approval, and their figures (JSON), for the queue.
+    pub hold_reason: Option<String>,
+    pub hold_metadata_json: Option<String>,
     /// Transfer attempt number; part of the Stripe idempotency key. A definite failure moves
     /// to the next attempt (new key); an unknown outcome keeps it (same key).
     pub attempt: u32,
@@ -275,11 +278,44 @@ impl Payout {
             |p| {
                 p.approval_required = requires_approval;
                 p.flags = flags;
-                if !requires_approval {
-                    p.next_retry_at = Some(now);
+                if requires_approval {
+                    p.hold_reason = Some(reason.to_owned());
                 }
+                // Due at once: for the transfer, or for the hand-off to the approval queue.
+                p.next_retry_at = Some(now);
             },
         )
+    }
+
+    /// The approval queue has the payout: nothing more is due until an admin decides.
+    pub fn handed_off(&self, now: DateTime<Utc>) -> Option<Payout> {
+        (self.status == PayoutStatus::PendingApproval && self.next_retry_at.is_some()).then(|| {
+            Payout {
+                next_retry_at: None,
+                updated_at: now,
+                version: self.version + 1,
+                ..self.clone()
+            }
+        })
+    }
+
+    /// Whether an admin's decision was already carried out on this payout (a repeat of the
+    /// same decision is answered with the payout as it is).
+    pub fn carries_decision(&self, approved: bool) -> bool {
+        if approved {
+            !self.approval_required
+                && matches!(
+                    self.status,
+                    PayoutStatus::Pending
+                        | PayoutStatus::Processing
+                        | PayoutStatus::Completed
+                        | PayoutStatus::Reversed
+                )
+                && self.audit_log.iter().any(|e| e.event_type == "approved")
+        } else {
+            self.status == PayoutStatus::Failed
+                && self.audit_log.iter().any(|e| e.event_type == "rejected")
+        }
     }
 
     /// An admin's decision on a held payout.
@@ -615,6 +651,8 @@ mod tests {
             stripe_payout_id: None,
             approval_required: false,
             flags: Vec::new(),
+            hold_reason: None,
+            hold_metadata_json: None,
             attempt: 0,
             retry_count: 0,
             next_retry_at: (status == PayoutStatus::Pending).then(now),

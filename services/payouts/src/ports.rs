@@ -173,3 +173,78 @@ impl Notifier for GrpcNotifier {
         });
     }
 }
+
+/// The approval queue in the approvals service.
+#[async_trait]
+pub trait ApprovalsPort: Send + Sync + 'static {
+    /// Queues a held payout (idempotent: one approval per payout).
+    async fn queue(&self, payout: &crate::payout::Payout) -> Result<(), ServiceError>;
+}
+
+/// The approvals service over gRPC.
+#[derive(Clone)]
+pub struct GrpcApprovals {
+    client: payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient<
+        TracedChannel,
+    >,
+}
+
+impl GrpcApprovals {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            client:
+                payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient::new(
+                    traced_channel(settings.service_url(ServiceName::Approvals))?,
+                ),
+        })
+    }
+}
+
+#[async_trait]
+impl ApprovalsPort for GrpcApprovals {
+    async fn queue(&self, payout: &crate::payout::Payout) -> Result<(), ServiceError> {
+        let metadata: serde_json::Value = payout
+            .hold_metadata_json
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default();
+        let figure = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(serde_json::Value::as_i64)
+                .unwrap_or(0)
+        };
+        let request = payouts_proto::approvals::v1::CreateApprovalRequest {
+            payout_id: payout.id.clone(),
+            user_id: payout.user_id.clone(),
+            amount_cents: payout.amount.cents,
+            currency: payout.amount.currency.to_string(),
+            flags: payout
+                .flags
+                .iter()
+                .filter_map(|flag| {
+                    limits_pb::PayoutFlag::from_str_name(&format!("PAYOUT_FLAG_{flag}"))
+                })
+                .map(i32::from)
+                .collect(),
+            reason: payout.hold_reason.clone().unwrap_or_default(),
+            metadata: Some(limits_pb::LimitMetadata {
+                is_new_account: metadata
+                    .get("isNewAccount")
+                    .and_then(serde_json::Value::as_bool)
+                    .unwrap_or(false),
+                account_age_days: figure("accountAgeDays"),
+                daily_payout_count: figure("dailyPayoutCount"),
+                daily_payout_amount_cents: figure("dailyPayoutAmount"),
+                monthly_payout_amount_cents: figure("monthlyPayoutAmount"),
+                lifetime_earnings_cents: figure("lifetimeEarnings"),
+            }),
+        };
+        self.client
+            .clone()
+            .create_approval(request)
+            .await
+            .map_err(|status| remote("approvals", &status))?;
+        Ok(())
+    }
+}

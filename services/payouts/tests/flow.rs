@@ -13,7 +13,7 @@ use payouts_payouts::domain::{Account, StripeAccountStatus};
 use payouts_payouts::events::Event;
 use payouts_payouts::flow::PayoutFlow;
 use payouts_payouts::payout::{Payout, PayoutStatus, RETRY_BASE, retry_delay};
-use payouts_payouts::ports::{Admission, LimitsPort, Notifier, UserNotice};
+use payouts_payouts::ports::{Admission, ApprovalsPort, LimitsPort, Notifier, UserNotice};
 use payouts_payouts::store::{
     AccountRepository, MemoryAccounts, MemoryPayouts, MongoAccounts, MongoPayouts, PayoutRepository,
 };
@@ -71,6 +71,20 @@ impl LimitsPort for FakeLimits {
     }
 }
 
+/// An approval queue that records what it was handed.
+#[derive(Default)]
+struct Queue {
+    queued: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl ApprovalsPort for Queue {
+    async fn queue(&self, payout: &Payout) -> Result<(), ServiceError> {
+        self.queued.lock().unwrap().push(payout.id.clone());
+        Ok(())
+    }
+}
+
 #[derive(Default)]
 struct Inbox {
     notices: Mutex<Vec<UserNotice>>,
@@ -116,6 +130,7 @@ async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
         accounts: Arc::clone(&stores.accounts),
         payouts: Arc::clone(&stores.payouts),
         limits: Arc::clone(&limits) as Arc<dyn LimitsPort>,
+        approvals: Arc::new(Queue::default()),
         notifier: Arc::clone(&inbox) as Arc<dyn Notifier>,
         stripe: Some(Arc::new(client) as Arc<dyn StripeTransfers>),
         clock: Arc::new(clock.clone()),
@@ -475,6 +490,7 @@ async fn without_stripe_a_payout_is_refused_and_nothing_is_stored() {
         accounts: Arc::clone(&stores.accounts),
         payouts: Arc::clone(&stores.payouts),
         limits: Arc::clone(&f.limits) as Arc<dyn LimitsPort>,
+        approvals: Arc::new(Queue::default()),
         notifier: Arc::clone(&f.inbox) as Arc<dyn Notifier>,
         stripe: None,
         clock: Arc::new(f.clock.clone()),
@@ -689,6 +705,13 @@ async fn approvals_transfer_on_approve_and_release_on_reject_exactly_once() {
             .await
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Conflict);
+        // The same decision again (a re-drive) answers with the payout as it is.
+        let repeat = f
+            .flow
+            .resolve_approval(&held.id, true, "admin-1", "verified")
+            .await
+            .unwrap();
+        assert_eq!(repeat.status, PayoutStatus::Processing);
         assert_eq!(f.stripe.transfers().len(), 1);
 
         let other = f.request("big-2", 6_000_00).await.unwrap().unwrap();

@@ -8,7 +8,7 @@ use payouts_runtime::store::store_precision;
 use payouts_runtime::{ErrorKind, Money};
 
 use super::*;
-use crate::domain::{Action, approval_id};
+use crate::domain::{Action, ApprovalStatus, Filter, HoldMetadata, UserContext, approval_id};
 
 fn at(minute: i64) -> DateTime<Utc> {
     store_precision(Utc::now()) + Duration::minutes(minute)
@@ -30,7 +30,32 @@ fn approval(payout_id: &str, minute: i64) -> Approval {
         reviewed_at: None,
         reviewed_by: None,
         review_notes: None,
+        metadata: HoldMetadata {
+            is_new_account: true,
+            account_age_days: 15,
+            daily_payout_count: 1,
+            daily_payout_amount_cents: 750_000,
+            monthly_payout_amount_cents: 800_000,
+            lifetime_earnings_cents: 2_000_000,
+        },
+        user_context: UserContext {
+            account_age_days: 15,
+            lifetime_earnings_cents: 2_000_000,
+            completed_payout_count: 2,
+            completed_payout_cents: 30_000,
+            recent_refund_count: 1,
+            recent_dispute_count: 0,
+        },
+        applied: false,
         version: 1,
+    }
+}
+
+fn filter(status: Option<ApprovalStatus>) -> Filter {
+    Filter {
+        status,
+        limit: 100,
+        ..Filter::default()
     }
 }
 
@@ -111,7 +136,7 @@ async fn lists_pending_oldest_first(repository: &dyn ApprovalRepository) {
     repository.create(&newer).await.unwrap();
     repository.create(&older).await.unwrap();
     let pending = repository
-        .list(Some(ApprovalStatus::Pending), 100)
+        .list(&filter(Some(ApprovalStatus::Pending)))
         .await
         .unwrap();
     let ids: Vec<&str> = pending.iter().map(|a| a.payout_id.as_str()).collect();
@@ -119,15 +144,85 @@ async fn lists_pending_oldest_first(repository: &dyn ApprovalRepository) {
     // payout_stale and payout_race were decided; whichever way the race went, both are gone
     // from the pending queue and appear under their decision.
     let approved = repository
-        .list(Some(ApprovalStatus::Approved), 100)
+        .list(&filter(Some(ApprovalStatus::Approved)))
         .await
         .unwrap();
     let rejected = repository
-        .list(Some(ApprovalStatus::Rejected), 100)
+        .list(&filter(Some(ApprovalStatus::Rejected)))
         .await
         .unwrap();
     assert_eq!(approved.len() + rejected.len(), 2);
-    assert_eq!(repository.list(None, 100).await.unwrap().len(), 5);
+    assert_eq!(repository.list(&filter(None)).await.unwrap().len(), 5);
+
+    // Amount range, flag and paging.
+    let mut small = approval("payout_small", 40);
+    small.amount = Money::usd(100_000);
+    small.flags = vec!["LARGE_FIRST_PAYOUT".to_owned()];
+    repository.create(&small).await.unwrap();
+    let ids = |approvals: Vec<Approval>| {
+        approvals
+            .into_iter()
+            .map(|a| a.payout_id)
+            .collect::<Vec<_>>()
+    };
+    let cheap = Filter {
+        max_amount_cents: Some(100_000),
+        limit: 10,
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(repository.list(&cheap).await.unwrap()),
+        ["payout_small"]
+    );
+    let dear = Filter {
+        min_amount_cents: Some(100_001),
+        status: Some(ApprovalStatus::Pending),
+        limit: 10,
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(repository.list(&dear).await.unwrap()),
+        ["payout_once", "payout_list_a", "payout_list_b"]
+    );
+    let flagged = Filter {
+        flag: Some("LARGE_FIRST_PAYOUT".to_owned()),
+        limit: 10,
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(repository.list(&flagged).await.unwrap()),
+        ["payout_small"]
+    );
+    let first_page = repository
+        .list(&Filter {
+            status: Some(ApprovalStatus::Pending),
+            limit: 2,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    let last = first_page.last().unwrap();
+    let next = Filter {
+        status: Some(ApprovalStatus::Pending),
+        after: Some((last.requested_at, last.id.clone())),
+        limit: 2,
+        ..Filter::default()
+    };
+    assert_eq!(
+        ids(repository.list(&next).await.unwrap()),
+        ["payout_list_b", "payout_small"]
+    );
+
+    // Decided approvals wait to be carried out until marked applied.
+    let unapplied = repository.unapplied(10).await.unwrap();
+    assert_eq!(unapplied.len(), 2);
+    let done = unapplied[0].applied();
+    repository
+        .replace(&done, unapplied[0].version)
+        .await
+        .unwrap();
+    assert_eq!(repository.unapplied(10).await.unwrap().len(), 1);
+    assert_eq!(repository.get(&done.id).await.unwrap(), Some(done));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

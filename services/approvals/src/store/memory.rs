@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use payouts_runtime::ServiceError;
 
 use super::{ApprovalRepository, stale};
-use crate::domain::{Approval, ApprovalStatus};
+use crate::domain::{Approval, ApprovalStatus, Filter};
 
 /// Embedded store: approvals by id (the id is derived from the payout id).
 #[derive(Debug, Default)]
@@ -54,20 +54,38 @@ impl ApprovalRepository for MemoryApprovals {
         }
     }
 
-    async fn list(
-        &self,
-        status: Option<ApprovalStatus>,
-        limit: usize,
-    ) -> Result<Vec<Approval>, ServiceError> {
+    async fn list(&self, filter: &Filter) -> Result<Vec<Approval>, ServiceError> {
         let mut found: Vec<Approval> = self
             .lock()
             .values()
-            .filter(|a| status.is_none_or(|status| a.status == status))
+            .filter(|a| a.matches(filter))
+            .filter(|a| {
+                filter
+                    .after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (a.requested_at, &a.id) > (*at, id))
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| {
             a.requested_at
                 .cmp(&b.requested_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        found.truncate(filter.limit);
+        Ok(found)
+    }
+
+    async fn unapplied(&self, limit: usize) -> Result<Vec<Approval>, ServiceError> {
+        let mut found: Vec<Approval> = self
+            .lock()
+            .values()
+            .filter(|a| a.status != ApprovalStatus::Pending && !a.applied)
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| {
+            a.reviewed_at
+                .cmp(&b.reviewed_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
         found.truncate(limit);

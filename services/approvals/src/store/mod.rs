@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use payouts_runtime::{ServiceError, Store};
 
-use crate::domain::{Approval, ApprovalStatus};
+use crate::domain::{Approval, Filter};
 
 pub use memory::MemoryApprovals;
 pub use mongo::MongoApprovals;
@@ -29,12 +29,11 @@ pub trait ApprovalRepository: Send + Sync + 'static {
     async fn replace(&self, approval: &Approval, expected_version: i64)
     -> Result<(), ServiceError>;
 
-    /// Oldest request first; only `status` when given.
-    async fn list(
-        &self,
-        status: Option<ApprovalStatus>,
-        limit: usize,
-    ) -> Result<Vec<Approval>, ServiceError>;
+    /// The queue, oldest request first, filtered and paged.
+    async fn list(&self, filter: &Filter) -> Result<Vec<Approval>, ServiceError>;
+
+    /// Decided approvals whose decision the payouts service has not carried out yet.
+    async fn unapplied(&self, limit: usize) -> Result<Vec<Approval>, ServiceError>;
 }
 
 pub(crate) fn stale(approval_id: &str) -> ServiceError {

@@ -8,7 +8,7 @@ use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
 use super::{ApprovalRepository, stale};
-use crate::domain::{Approval, ApprovalStatus};
+use crate::domain::{Approval, ApprovalStatus, Filter, HoldMetadata, UserContext};
 
 /// MongoDB store: collection `payoutApprovalQueue` (spec §7 document).
 #[derive(Debug, Clone)]
@@ -36,7 +36,33 @@ struct ApprovalDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     review_notes: Option<String>,
     created_at: bson::DateTime,
+    metadata: MetadataDocument,
+    user_context: UserContextDocument,
+    applied: bool,
     version: i64,
+}
+
+/// Spec §7 `metadata`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataDocument {
+    is_new_account: bool,
+    account_age_days: i64,
+    daily_payout_count: i64,
+    daily_payout_amount: i64,
+    monthly_payout_amount: i64,
+    lifetime_earnings: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UserContextDocument {
+    account_age_days: i64,
+    lifetime_earnings: i64,
+    completed_payout_count: i64,
+    completed_payout_amount: i64,
+    recent_refund_count: i64,
+    recent_dispute_count: i64,
 }
 
 impl From<&Approval> for ApprovalDocument {
@@ -55,6 +81,23 @@ impl From<&Approval> for ApprovalDocument {
             reviewed_by: a.reviewed_by.clone(),
             review_notes: a.review_notes.clone(),
             created_at: to_bson_time(a.requested_at),
+            metadata: MetadataDocument {
+                is_new_account: a.metadata.is_new_account,
+                account_age_days: a.metadata.account_age_days,
+                daily_payout_count: a.metadata.daily_payout_count,
+                daily_payout_amount: a.metadata.daily_payout_amount_cents,
+                monthly_payout_amount: a.metadata.monthly_payout_amount_cents,
+                lifetime_earnings: a.metadata.lifetime_earnings_cents,
+            },
+            user_context: UserContextDocument {
+                account_age_days: a.user_context.account_age_days,
+                lifetime_earnings: a.user_context.lifetime_earnings_cents,
+                completed_payout_count: a.user_context.completed_payout_count,
+                completed_payout_amount: a.user_context.completed_payout_cents,
+                recent_refund_count: a.user_context.recent_refund_count,
+                recent_dispute_count: a.user_context.recent_dispute_count,
+            },
+            applied: a.applied,
             version: a.version,
         }
     }
@@ -83,6 +126,23 @@ impl TryFrom<ApprovalDocument> for Approval {
             reviewed_at: d.reviewed_at.map(from_bson_time),
             reviewed_by: d.reviewed_by,
             review_notes: d.review_notes,
+            metadata: HoldMetadata {
+                is_new_account: d.metadata.is_new_account,
+                account_age_days: d.metadata.account_age_days,
+                daily_payout_count: d.metadata.daily_payout_count,
+                daily_payout_amount_cents: d.metadata.daily_payout_amount,
+                monthly_payout_amount_cents: d.metadata.monthly_payout_amount,
+                lifetime_earnings_cents: d.metadata.lifetime_earnings,
+            },
+            user_context: UserContext {
+                account_age_days: d.user_context.account_age_days,
+                lifetime_earnings_cents: d.user_context.lifetime_earnings,
+                completed_payout_count: d.user_context.completed_payout_count,
+                completed_payout_cents: d.user_context.completed_payout_amount,
+                recent_refund_count: d.user_context.recent_refund_count,
+                recent_dispute_count: d.user_context.recent_dispute_count,
+            },
+            applied: d.applied,
             version: d.version,
         })
     }
@@ -167,19 +227,59 @@ impl ApprovalRepository for MongoApprovals {
         }
     }
 
-    async fn list(
+    async fn list(&self, filter: &Filter) -> Result<Vec<Approval>, ServiceError> {
+        let mut query = doc! {};
+        if let Some(status) = filter.status {
+            query.insert("status", status.as_str());
+        }
+        let mut amount = doc! {};
+        if let Some(min) = filter.min_amount_cents {
+            amount.insert("$gte", min);
+        }
+        if let Some(max) = filter.max_amount_cents {
+            amount.insert("$lte", max);
+        }
+        if !amount.is_empty() {
+            query.insert("amountCents", amount);
+        }
+        if let Some(flag) = &filter.flag {
+            query.insert("flags", flag.as_str());
+        }
+        if let Some((at, id)) = &filter.after {
+            let at = to_bson_time(*at);
+            query.insert(
+                "$or",
+                vec![
+                    doc! { "requestedAt": { "$gt": at } },
+                    doc! { "requestedAt": at, "_id": { "$gt": id } },
+                ],
+            );
+        }
+        self.find(query, doc! { "requestedAt": 1, "_id": 1 }, filter.limit)
+            .await
+    }
+
+    async fn unapplied(&self, limit: usize) -> Result<Vec<Approval>, ServiceError> {
+        self.find(
+            doc! { "status": { "$ne": ApprovalStatus::Pending.as_str() }, "applied": false },
+            doc! { "reviewedAt": 1, "_id": 1 },
+            limit,
+        )
+        .await
+    }
+}
+
+impl MongoApprovals {
+    async fn find(
         &self,
-        status: Option<ApprovalStatus>,
+        filter: bson::Document,
+        sort: bson::Document,
         limit: usize,
     ) -> Result<Vec<Approval>, ServiceError> {
-        let filter = match status {
-            Some(status) => doc! { "status": status.as_str() },
-            None => doc! {},
-        };
         let documents: Vec<ApprovalDocument> = self
             .collection
             .find(filter)
-            .sort(doc! { "requestedAt": 1, "_id": 1 })
+            .sort(sort)
             .limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .await
             .map_err(mongo_error)?

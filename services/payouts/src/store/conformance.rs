@@ -145,6 +145,8 @@ mod payouts {
             stripe_payout_id: None,
             approval_required: false,
             flags: vec!["NEW_ACCOUNT".to_owned()],
+            hold_reason: Some("Amount exceeds $5,000.00".to_owned()),
+            hold_metadata_json: Some("{\"isNewAccount\":true}".to_owned()),
             attempt: 0,
             retry_count: 0,
             next_retry_at: Some(at(minute)),

@@ -256,6 +256,10 @@ struct PayoutDocument {
     stripe_payout_id: Option<String>,
     approval_required: bool,
     flags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hold_metadata_json: Option<String>,
     attempt: i64,
     retry_count: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -363,6 +367,8 @@ impl From<&Payout> for PayoutDocument {
             stripe_payout_id: p.stripe_payout_id.clone(),
             approval_required: p.approval_required,
             flags: p.flags.clone(),
+            hold_reason: p.hold_reason.clone(),
+            hold_metadata_json: p.hold_metadata_json.clone(),
             attempt: i64::from(p.attempt),
             retry_count: i64::from(p.retry_count),
             next_retry_at: p.next_retry_at.map(to_bson_time),
@@ -405,6 +411,8 @@ impl TryFrom<PayoutDocument> for Payout {
             stripe_payout_id: d.stripe_payout_id,
             approval_required: d.approval_required,
             flags: d.flags,
+            hold_reason: d.hold_reason,
+            hold_metadata_json: d.hold_metadata_json,
             next_retry_at: d.next_retry_at.map(from_bson_time),
             outcome_unknown: d.outcome_unknown,
             failure_code: d.failure_code,

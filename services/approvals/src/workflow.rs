@@ -1,0 +1,368 @@
+//! The approval workflow: queue a held payout (and tell every admin), decide it exactly once,
+//! and have the payouts service carry the decision out, re-driving it until it has.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use payouts_proto::disputes::v1::GetEarningsRequest;
+use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+use payouts_proto::notifications::v1 as notifications_pb;
+use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
+use payouts_proto::payouts::v1 as payouts_pb;
+use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::shutdown::Shutdown;
+use payouts_runtime::{Clock, ErrorKind, Money, ServiceError, ServiceName, Settings};
+
+use crate::domain::{Action, Approval, ApprovalStatus, HoldMetadata, UserContext, approval_id};
+use crate::store::ApprovalRepository;
+
+/// Carries a decision out on the payout (idempotent).
+#[async_trait]
+pub trait PayoutsPort: Send + Sync + 'static {
+    /// The Stripe transfer id when approved and transferred.
+    async fn resolve(&self, approval: &Approval) -> Result<Option<String>, ServiceError>;
+    /// What an admin should know about the requester.
+    async fn user_context(&self, user_id: &str) -> Result<UserContext, ServiceError>;
+}
+
+/// Tells every admin about a new approval.
+pub trait AdminNotifier: Send + Sync + 'static {
+    fn approval_required(&self, approval: &Approval);
+}
+
+fn remote(service: &str, status: &tonic::Status) -> ServiceError {
+    match ErrorKind::from_grpc_code(status.code()) {
+        ErrorKind::Internal | ErrorKind::Unavailable => ServiceError::unavailable(
+            format!("the {service} service is unavailable"),
+            anyhow::anyhow!(
+                "{service} answered {:?}: {}",
+                status.code(),
+                status.message()
+            ),
+        ),
+        kind => ServiceError::new(kind, status.message()),
+    }
+}
+
+/// The payouts and disputes services over gRPC.
+#[derive(Clone)]
+pub struct GrpcPayouts {
+    payouts: PayoutsServiceClient<TracedChannel>,
+    disputes: DisputesServiceClient<TracedChannel>,
+}
+
+impl GrpcPayouts {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            payouts: PayoutsServiceClient::new(traced_channel(
+                settings.service_url(ServiceName::Payouts),
+            )?),
+            disputes: DisputesServiceClient::new(traced_channel(
+                settings.service_url(ServiceName::Disputes),
+            )?),
+        })
+    }
+}
+
+#[async_trait]
+impl PayoutsPort for GrpcPayouts {
+    async fn resolve(&self, approval: &Approval) -> Result<Option<String>, ServiceError> {
+        let response = self
+            .payouts
+            .clone()
+            .resolve_approval(payouts_pb::ResolveApprovalRequest {
+                payout_id: approval.payout_id.clone(),
+                approved: approval.status == ApprovalStatus::Approved,
+                reviewer: approval.reviewed_by.clone().unwrap_or_default(),
+                notes: approval.review_notes.clone().unwrap_or_default(),
+                approval_id: approval.id.clone(),
+            })
+            .await
+            .map_err(|status| remote("payouts", &status))?
+            .into_inner();
+        Ok(Some(response.transfer_id).filter(|id| !id.is_empty()))
+    }
+
+    async fn user_context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
+        let account = self
+            .payouts
+            .clone()
+            .get_account(payouts_pb::GetAccountRequest {
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .map_err(|status| remote("payouts", &status))?
+            .into_inner()
+            .account;
+        let account_age_days = account
+            .and_then(|account| account.account_created_at)
+            .map_or(0, |created| {
+                (chrono::Utc::now().timestamp() - created.seconds).max(0) / 86_400
+            });
+        let completed = self
+            .payouts
+            .clone()
+            .list_payouts(payouts_pb::ListPayoutsRequest {
+                user_id: user_id.to_owned(),
+                status: payouts_pb::PayoutStatus::Completed.into(),
+                page_size: 500,
+                page_token: String::new(),
+            })
+            .await
+            .map_err(|status| remote("payouts", &status))?
+            .into_inner()
+            .payouts;
+        let earnings = self
+            .disputes
+            .clone()
+            .get_earnings(GetEarningsRequest {
+                user_id: user_id.to_owned(),
+                currency: "usd".to_owned(),
+            })
+            .await
+            .map_err(|status| remote("disputes", &status))?
+            .into_inner();
+        Ok(UserContext {
+            account_age_days,
+            lifetime_earnings_cents: earnings.lifetime.map_or(0, |money| money.cents),
+            completed_payout_count: i64::try_from(completed.len()).unwrap_or(i64::MAX),
+            completed_payout_cents: completed
+                .iter()
+                .filter_map(|p| p.amount.as_ref())
+                .map(|m| m.cents)
+                .sum(),
+            recent_refund_count: earnings.recent_refund_count,
+            recent_dispute_count: earnings.recent_dispute_count,
+        })
+    }
+}
+
+/// The notifications service over gRPC, in the background.
+#[derive(Clone)]
+pub struct GrpcAdminNotifier {
+    client: NotificationsServiceClient<TracedChannel>,
+}
+
+impl GrpcAdminNotifier {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: NotificationsServiceClient::new(traced_channel(
+                settings.service_url(ServiceName::Notifications),
+            )?),
+        })
+    }
+}
+
+/// "$7,500.00"
+fn dollars(cents: i64) -> String {
+    let whole = (cents / 100).to_string();
+    let mut grouped = String::new();
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("${grouped}.{:02}", cents % 100)
+}
+
+impl AdminNotifier for GrpcAdminNotifier {
+    fn approval_required(&self, approval: &Approval) {
+        // Spec §7 admin notification.
+        let request = notifications_pb::NotifyAdminsRequest {
+            r#type: "payout_approval_required".to_owned(),
+            title: "Payout Approval Required".to_owned(),
+            body: format!(
+                "A payout of {} requires your review. Reason: {}",
+                dollars(approval.amount.cents),
+                approval.reason
+            ),
+            metadata_json: serde_json::json!({
+                "approvalId": approval.id,
+                "payoutId": approval.payout_id,
+                "amountCents": approval.amount.cents,
+                "flags": approval.flags,
+            })
+            .to_string(),
+            criticality: notifications_pb::Criticality::High.into(),
+            dedupe_key: format!("{}:created", approval.id),
+        };
+        let mut client = self.client.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=3_u64 {
+                match client.notify_admins(request.clone()).await {
+                    Ok(_) => return,
+                    Err(status) => {
+                        tracing::warn!(attempt, error = %status.message(), "admin notification not delivered");
+                        tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// What deciding answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    pub approval: Approval,
+    pub transfer_id: Option<String>,
+    pub message: String,
+}
+
+/// A held payout to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub payout_id: String,
+    pub user_id: String,
+    pub amount: Money,
+    pub flags: Vec<String>,
+    pub reason: String,
+    pub metadata: HoldMetadata,
+}
+
+/// The approvals service core.
+pub struct Workflow {
+    pub approvals: Arc<dyn ApprovalRepository>,
+    pub payouts: Arc<dyn PayoutsPort>,
+    pub notifier: Arc<dyn AdminNotifier>,
+    pub clock: Arc<dyn Clock>,
+    pub poll_interval: std::time::Duration,
+}
+
+impl Workflow {
+    /// Queues a held payout; one approval per payout (a repeat returns the first).
+    pub async fn create(&self, hold: Hold) -> Result<(Approval, bool), ServiceError> {
+        let user_context = match self.payouts.user_context(&hold.user_id).await {
+            Ok(context) => context,
+            Err(error) => {
+                tracing::warn!(user_id = %hold.user_id, error = %error, "user context unavailable; queued without it");
+                UserContext::default()
+            }
+        };
+        let now = self.clock.now();
+        let approval = Approval {
+            id: approval_id(&hold.payout_id),
+            payout_id: hold.payout_id,
+            user_id: hold.user_id,
+            amount: hold.amount,
+            status: ApprovalStatus::Pending,
+            reason: hold.reason,
+            flags: hold.flags,
+            requested_at: now,
+            reviewed_at: None,
+            reviewed_by: None,
+            review_notes: None,
+            metadata: hold.metadata,
+            user_context,
+            applied: false,
+            version: 1,
+        };
+        let (stored, created) = self.approvals.create(&approval).await?;
+        if created {
+            tracing::info!(approval_id = %stored.id, payout_id = %stored.payout_id, "payout queued for approval");
+            metrics::counter!("payouts_approvals_created_total").increment(1);
+            self.notifier.approval_required(&stored);
+        }
+        Ok((stored, created))
+    }
+
+    /// Decides a pending approval. Exactly one decision wins: a concurrent or repeated one is
+    /// a conflict naming the current state. The payout carries the decision out at once (or,
+    /// if the payouts service is unavailable, as soon as it answers).
+    pub async fn decide(
+        &self,
+        approval_id: &str,
+        action: Action,
+        reviewer: &str,
+        notes: Option<&str>,
+    ) -> Result<Decided, ServiceError> {
+        let approval =
+            self.approvals.get(approval_id).await?.ok_or_else(|| {
+                ServiceError::not_found(format!("approval {approval_id} not found"))
+            })?;
+        let decided = approval.decide(action, reviewer, notes, self.clock.now())?;
+        match self.approvals.replace(&decided, approval.version).await {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::Conflict => {
+                let current = self
+                    .approvals
+                    .get(approval_id)
+                    .await?
+                    .map_or("changed".to_owned(), |a| a.status.as_str().to_owned());
+                return Err(ServiceError::conflict(format!(
+                    "approval {approval_id} was already {current}"
+                )));
+            }
+            Err(error) => return Err(error),
+        }
+        tracing::info!(
+            approval_id,
+            reviewer,
+            decision = decided.status.as_str(),
+            "approval decided"
+        );
+        metrics::counter!("payouts_approvals_decided_total", "decision" => decided.status.as_str())
+            .increment(1);
+        match self.carry_out(&decided).await {
+            Ok((applied, transfer_id)) => {
+                let message = match (action, &transfer_id) {
+                    (Action::Approve, Some(_)) => "Payout approved and processed successfully",
+                    (Action::Approve, None) => "Payout approved; the transfer is being retried",
+                    (Action::Reject, _) => "Payout rejected successfully",
+                };
+                Ok(Decided {
+                    approval: applied,
+                    transfer_id,
+                    message: message.to_owned(),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(approval_id, error = %error, "decision recorded; the payout will follow when the payouts service answers");
+                let message = "Decision recorded; the payout will be updated shortly".to_owned();
+                Ok(Decided {
+                    approval: decided,
+                    transfer_id: None,
+                    message,
+                })
+            }
+        }
+    }
+
+    async fn carry_out(
+        &self,
+        decided: &Approval,
+    ) -> Result<(Approval, Option<String>), ServiceError> {
+        let transfer_id = self.payouts.resolve(decided).await?;
+        let applied = decided.applied();
+        self.approvals.replace(&applied, decided.version).await?;
+        Ok((applied, transfer_id))
+    }
+
+    /// Re-drives decisions the payouts service has not carried out yet.
+    pub async fn run_due(&self) -> Result<usize, ServiceError> {
+        let pending = self.approvals.unapplied(32).await?;
+        let count = pending.len();
+        for decided in pending {
+            if let Err(error) = self.carry_out(&decided).await {
+                tracing::warn!(approval_id = %decided.id, error = %error, "decision not carried out yet");
+            }
+        }
+        Ok(count)
+    }
+
+    pub async fn run_worker(self: Arc<Self>, shutdown: Shutdown) {
+        let stop = shutdown.requested();
+        tokio::pin!(stop);
+        loop {
+            if let Err(error) = self.run_due().await {
+                tracing::warn!(error = %error, "approvals worker pass failed");
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+    }
+}
