@@ -1,28 +1,45 @@
-//! Admin authentication for every `/api/admin` route: `Authorization: Bearer <JWT>`, HS256
-//! with `ADMIN_JWT_SECRET`, the algorithm pinned (a token naming any other algorithm, or
-//! `none`, is refused), `exp` required, `nbf` honoured, and the claim `"admin": true`.
-//! 401 when the token is missing or invalid; 403 when it is valid but not an admin's.
+//! Admin authentication for every `/api/admin` route: `Authorization: Bearer <JWT>`.
+//!
+//! Keys, each with its algorithm pinned: HS256 with `ADMIN_JWT_SECRET`; RS256 or ES256 with
+//! the public key in `ADMIN_JWT_PUBLIC_KEY_FILE` or the keys of `ADMIN_JWT_JWKS_FILE` (chosen
+//! by `kid`), so tokens from an identity provider (e.g. Firebase custom claims) work. A token
+//! naming any other algorithm, or `none`, is refused; a public key is never used as an HMAC
+//! secret (no algorithm confusion). `exp` is required, `nbf` honoured, `iss`/`aud` checked
+//! when configured, and the claim `"admin": true` required. 401 when the token is missing or
+//! invalid; 403 when it is valid but not an admin's; 503 when no key is configured.
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use payouts_runtime::Settings;
 use serde::Deserialize;
 
 use crate::{Gateway, error_response};
 
+/// One verification key with its pinned algorithm.
+#[derive(Clone)]
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
 /// How admin tokens are verified.
 #[derive(Clone)]
 pub struct AdminAuth {
-    key: Option<DecodingKey>,
-    validation: Validation,
+    keys: Vec<Key>,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl std::fmt::Debug for AdminAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algorithms: Vec<Algorithm> = self.keys.iter().map(|key| key.algorithm).collect();
         f.debug_struct("AdminAuth")
-            .field("configured", &self.key.is_some())
+            .field("algorithms", &algorithms)
             .finish()
     }
 }
@@ -34,38 +51,159 @@ struct Claims {
     admin: serde_json::Value,
 }
 
+/// A refused admin request: 401, 403, or 503 when admin auth is not configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthError {
+    pub status: StatusCode,
+    pub message: &'static str,
+}
+
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        error_response(self.status, self.message)
+    }
+}
+
+fn unauthorized(message: &'static str) -> AuthError {
+    AuthError {
+        status: StatusCode::UNAUTHORIZED,
+        message,
+    }
+}
+
+fn read(variable: &str, path: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|error| anyhow::anyhow!("invalid setting {variable}: cannot read {path}: {error}"))
+}
+
 impl AdminAuth {
-    pub fn new(secret: Option<&str>) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp"]);
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.leeway = 5;
+    /// An HS256-only configuration (tests, and deployments with a shared secret).
+    pub fn with_secret(secret: Option<&str>) -> Self {
         Self {
-            key: secret.map(|secret| DecodingKey::from_secret(secret.as_bytes())),
-            validation,
+            keys: secret
+                .map(|secret| Key {
+                    kid: None,
+                    algorithm: Algorithm::HS256,
+                    key: DecodingKey::from_secret(secret.as_bytes()),
+                })
+                .into_iter()
+                .collect(),
+            issuer: None,
+            audience: None,
         }
+    }
+
+    /// Every key the settings name; a bad key file stops the start, naming the variable.
+    pub fn from_settings(settings: &Settings) -> anyhow::Result<Self> {
+        let mut auth = Self::with_secret(
+            settings
+                .admin_jwt_secret
+                .as_ref()
+                .map(|secret| secret.expose()),
+        );
+        if let Some(path) = &settings.admin_jwt_public_key_file {
+            let pem = read("ADMIN_JWT_PUBLIC_KEY_FILE", path)?;
+            let key = if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                Key {
+                    kid: None,
+                    algorithm: Algorithm::RS256,
+                    key,
+                }
+            } else if let Ok(key) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                Key {
+                    kid: None,
+                    algorithm: Algorithm::ES256,
+                    key,
+                }
+            } else {
+                anyhow::bail!(
+                    "invalid setting ADMIN_JWT_PUBLIC_KEY_FILE: {path} is not an RSA or EC public key in PEM"
+                );
+            };
+            auth.keys.push(key);
+        }
+        if let Some(path) = &settings.admin_jwt_jwks_file {
+            let text = read("ADMIN_JWT_JWKS_FILE", path)?;
+            let set: JwkSet = serde_json::from_str(&text).map_err(|error| {
+                anyhow::anyhow!(
+                    "invalid setting ADMIN_JWT_JWKS_FILE: {path} is not a JWKS: {error}"
+                )
+            })?;
+            for jwk in &set.keys {
+                let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                    (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => {
+                        Algorithm::RS256
+                    }
+                    (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
+                    (None, AlgorithmParameters::EllipticCurve(params))
+                        if params.curve == EllipticCurve::P256 =>
+                    {
+                        Algorithm::ES256
+                    }
+                    _ => continue,
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|error| {
+                    anyhow::anyhow!(
+                        "invalid setting ADMIN_JWT_JWKS_FILE: a key of {path} is unusable: {error}"
+                    )
+                })?;
+                auth.keys.push(Key {
+                    kid: jwk.common.key_id.clone(),
+                    algorithm,
+                    key,
+                });
+            }
+        }
+        auth.issuer = settings.admin_jwt_issuer.clone();
+        auth.audience = settings.admin_jwt_audience.clone();
+        Ok(auth)
     }
 
     /// The admin's subject, or why the request is refused.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthError> {
-        let Some(key) = &self.key else {
+        if self.keys.is_empty() {
             return Err(AuthError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "admin authentication is not configured (ADMIN_JWT_SECRET)",
+                message: "admin authentication is not configured (ADMIN_JWT_SECRET, ADMIN_JWT_PUBLIC_KEY_FILE or ADMIN_JWT_JWKS_FILE)",
             });
-        };
-        let unauthorized = |message: &'static str| AuthError {
-            status: StatusCode::UNAUTHORIZED,
-            message,
-        };
+        }
         let header = authorization.ok_or_else(|| unauthorized("missing Authorization header"))?;
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthorized("Authorization must be \"Bearer <token>\""))?;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        let token_header = jsonwebtoken::decode_header(token)
+            .map_err(|_| unauthorized("invalid or expired admin token"))?;
+        // The key is chosen by the token's algorithm (and kid), among the configured ones only.
+        let key = self
+            .keys
+            .iter()
+            .filter(|key| key.algorithm == token_header.alg)
+            .find(|key| match (&token_header.kid, &key.kid) {
+                (Some(wanted), Some(kid)) => wanted == kid,
+                _ => true,
+            })
+            .ok_or_else(|| unauthorized("invalid or expired admin token"))?;
+        let mut validation = Validation::new(key.algorithm);
+        let mut required = vec!["exp"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        validation.validate_nbf = true;
+        validation.leeway = 5;
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
             .map_err(|error| {
                 tracing::info!(reason = %error, "admin token refused");
                 unauthorized("invalid or expired admin token")
@@ -82,19 +220,6 @@ impl AdminAuth {
             });
         }
         Ok(subject)
-    }
-}
-
-/// A refused admin request: 401, 403, or 503 when admin auth is not configured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuthError {
-    pub status: StatusCode,
-    pub message: &'static str,
-}
-
-impl IntoResponse for AuthError {
-    fn into_response(self) -> Response {
-        error_response(self.status, self.message)
     }
 }
 
@@ -125,23 +250,63 @@ impl FromRequestParts<Gateway> for Admin {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use jsonwebtoken::{EncodingKey, Header};
 
     use super::*;
 
     const SECRET: &str = "admin-test-secret";
 
+    fn fixture(name: &str) -> String {
+        format!(
+            "{}/../tests/fixtures/jwt/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
     fn now() -> u64 {
         u64::try_from(chrono::Utc::now().timestamp()).unwrap()
     }
 
-    fn token(claims: serde_json::Value, algorithm: Algorithm, secret: &str) -> String {
+    fn claims(admin: bool) -> serde_json::Value {
+        serde_json::json!({"sub": "admin-1", "admin": admin, "exp": now() + 60})
+    }
+
+    fn hs256(claims: serde_json::Value, algorithm: Algorithm, secret: &str) -> String {
         jsonwebtoken::encode(
             &Header::new(algorithm),
             &claims,
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap()
+    }
+
+    fn signed(claims: &serde_json::Value, algorithm: Algorithm, kid: Option<&str>) -> String {
+        let (pem, key) = match algorithm {
+            Algorithm::RS256 => {
+                let pem = std::fs::read(fixture("rsa_private.pem")).unwrap();
+                let key = EncodingKey::from_rsa_pem(&pem).unwrap();
+                (pem, key)
+            }
+            _ => {
+                let pem = std::fs::read(fixture("ec_private.pem")).unwrap();
+                let key = EncodingKey::from_ec_pem(&pem).unwrap();
+                (pem, key)
+            }
+        };
+        drop(pem);
+        let mut header = Header::new(algorithm);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    fn settings(env: &[(&str, String)]) -> Settings {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        Settings::from_env(env).unwrap()
     }
 
     fn status(auth: &AdminAuth, header: Option<&str>) -> Result<String, StatusCode> {
@@ -152,14 +317,15 @@ mod tests {
         format!("Bearer {token}")
     }
 
+    fn base64_url(text: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
     #[test]
     fn a_valid_admin_token_yields_its_subject() {
-        let auth = AdminAuth::new(Some(SECRET));
-        let valid = token(
-            serde_json::json!({"sub": "admin-1", "admin": true, "exp": now() + 60}),
-            Algorithm::HS256,
-            SECRET,
-        );
+        let auth = AdminAuth::with_secret(Some(SECRET));
+        let valid = hs256(claims(true), Algorithm::HS256, SECRET);
         assert_eq!(
             status(&auth, Some(&bearer(&valid))),
             Ok("admin-1".to_owned())
@@ -168,33 +334,25 @@ mod tests {
 
     #[test]
     fn missing_malformed_expired_and_wrongly_signed_tokens_are_401() {
-        let auth = AdminAuth::new(Some(SECRET));
-        let expired = token(
+        let auth = AdminAuth::with_secret(Some(SECRET));
+        let expired = hs256(
             serde_json::json!({"sub": "a", "admin": true, "exp": now() - 120}),
             Algorithm::HS256,
             SECRET,
         );
-        let no_exp = token(
+        let no_exp = hs256(
             serde_json::json!({"sub": "a", "admin": true}),
             Algorithm::HS256,
             SECRET,
         );
-        let not_yet = token(
+        let not_yet = hs256(
             serde_json::json!({"sub": "a", "admin": true, "exp": now() + 600, "nbf": now() + 300}),
             Algorithm::HS256,
             SECRET,
         );
-        let wrong_key = token(
-            serde_json::json!({"sub": "a", "admin": true, "exp": now() + 60}),
-            Algorithm::HS256,
-            "other",
-        );
-        let other_alg = token(
-            serde_json::json!({"sub": "a", "admin": true, "exp": now() + 60}),
-            Algorithm::HS512,
-            SECRET,
-        );
-        let no_subject = token(
+        let wrong_key = hs256(claims(true), Algorithm::HS256, "other");
+        let other_alg = hs256(claims(true), Algorithm::HS512, SECRET);
+        let no_subject = hs256(
             serde_json::json!({"admin": true, "exp": now() + 60}),
             Algorithm::HS256,
             SECRET,
@@ -202,9 +360,7 @@ mod tests {
         // alg "none": header {"alg":"none","typ":"JWT"}, no signature.
         let unsigned = format!(
             "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
-            base64_url(
-                &serde_json::json!({"sub": "a", "admin": true, "exp": now() + 60}).to_string()
-            )
+            base64_url(&claims(true).to_string())
         );
         for header in [
             None,
@@ -229,13 +385,13 @@ mod tests {
 
     #[test]
     fn a_valid_token_without_the_admin_claim_is_403() {
-        let auth = AdminAuth::new(Some(SECRET));
+        let auth = AdminAuth::with_secret(Some(SECRET));
         for claims in [
             serde_json::json!({"sub": "u", "exp": now() + 60}),
             serde_json::json!({"sub": "u", "admin": false, "exp": now() + 60}),
             serde_json::json!({"sub": "u", "admin": "true", "exp": now() + 60}),
         ] {
-            let valid = token(claims.clone(), Algorithm::HS256, SECRET);
+            let valid = hs256(claims.clone(), Algorithm::HS256, SECRET);
             assert_eq!(
                 status(&auth, Some(&bearer(&valid))),
                 Err(StatusCode::FORBIDDEN),
@@ -245,16 +401,127 @@ mod tests {
     }
 
     #[test]
-    fn without_a_configured_secret_admin_routes_are_unavailable() {
-        let auth = AdminAuth::new(None);
+    fn without_a_configured_key_admin_routes_are_unavailable() {
+        let auth = AdminAuth::with_secret(None);
         assert_eq!(
             status(&auth, Some("Bearer x")),
             Err(StatusCode::SERVICE_UNAVAILABLE)
         );
     }
 
-    fn base64_url(text: &str) -> String {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    #[test]
+    fn identity_provider_tokens_verify_with_a_public_key_or_a_jwks() {
+        let rsa = AdminAuth::from_settings(&settings(&[(
+            "ADMIN_JWT_PUBLIC_KEY_FILE",
+            fixture("rsa_public.pem"),
+        )]))
+        .unwrap();
+        let ec = AdminAuth::from_settings(&settings(&[(
+            "ADMIN_JWT_PUBLIC_KEY_FILE",
+            fixture("ec_public.pem"),
+        )]))
+        .unwrap();
+        let jwks =
+            AdminAuth::from_settings(&settings(&[("ADMIN_JWT_JWKS_FILE", fixture("jwks.json"))]))
+                .unwrap();
+        let rs256 = signed(&claims(true), Algorithm::RS256, Some("test-rsa"));
+        let es256 = signed(&claims(true), Algorithm::ES256, None);
+        assert_eq!(
+            status(&rsa, Some(&bearer(&rs256))),
+            Ok("admin-1".to_owned())
+        );
+        assert_eq!(status(&ec, Some(&bearer(&es256))), Ok("admin-1".to_owned()));
+        assert_eq!(
+            status(&jwks, Some(&bearer(&rs256))),
+            Ok("admin-1".to_owned())
+        );
+        // Each key verifies only its own algorithm.
+        assert_eq!(
+            status(&rsa, Some(&bearer(&es256))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(&ec, Some(&bearer(&rs256))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(
+                &rsa,
+                Some(&bearer(&signed(&claims(false), Algorithm::RS256, None)))
+            ),
+            Err(StatusCode::FORBIDDEN)
+        );
+    }
+
+    #[test]
+    fn an_hmac_token_keyed_with_the_public_key_is_refused() {
+        // Algorithm confusion: HS256 "signed" with the RSA public key's bytes.
+        let public = std::fs::read_to_string(fixture("rsa_public.pem")).unwrap();
+        let auth = AdminAuth::from_settings(&settings(&[(
+            "ADMIN_JWT_PUBLIC_KEY_FILE",
+            fixture("rsa_public.pem"),
+        )]))
+        .unwrap();
+        let confused = hs256(claims(true), Algorithm::HS256, &public);
+        assert_eq!(
+            status(&auth, Some(&bearer(&confused))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_configured() {
+        let auth = AdminAuth::from_settings(&settings(&[
+            ("ADMIN_JWT_SECRET", SECRET.to_owned()),
+            (
+                "ADMIN_JWT_ISSUER",
+                "https://securetoken.google.com/app".to_owned(),
+            ),
+            ("ADMIN_JWT_AUDIENCE", "app".to_owned()),
+        ]))
+        .unwrap();
+        let good = hs256(
+            serde_json::json!({"sub": "a", "admin": true, "exp": now() + 60, "iss": "https://securetoken.google.com/app", "aud": "app"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let wrong_issuer = hs256(
+            serde_json::json!({"sub": "a", "admin": true, "exp": now() + 60, "iss": "https://evil", "aud": "app"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let no_audience = hs256(
+            serde_json::json!({"sub": "a", "admin": true, "exp": now() + 60, "iss": "https://securetoken.google.com/app"}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(status(&auth, Some(&bearer(&good))), Ok("a".to_owned()));
+        assert_eq!(
+            status(&auth, Some(&bearer(&wrong_issuer))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(
+            status(&auth, Some(&bearer(&no_audience))),
+            Err(StatusCode::UNAUTHORIZED)
+        );
+    }
+
+    #[test]
+    fn a_bad_key_file_is_reported_by_its_variable() {
+        let error = AdminAuth::from_settings(&settings(&[(
+            "ADMIN_JWT_PUBLIC_KEY_FILE",
+            fixture("jwks.json"),
+        )]))
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("ADMIN_JWT_PUBLIC_KEY_FILE"),
+            "{error}"
+        );
+        let error = AdminAuth::from_settings(&settings(&[(
+            "ADMIN_JWT_JWKS_FILE",
+            "/nonexistent.json".to_owned(),
+        )]))
+        .unwrap_err();
+        assert!(error.to_string().contains("ADMIN_JWT_JWKS_FILE"), "{error}");
     }
 }

@@ -5,6 +5,7 @@
 //! response and recorded on the request's span, which is parented on the caller's W3C
 //! trace context. Bodies over `GATEWAY_BODY_LIMIT_BYTES` are refused with 413.
 
+mod admin_approvals;
 mod admin_auth;
 mod admin_webhooks;
 mod health;
@@ -16,6 +17,7 @@ use axum::Router;
 use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient;
 use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
 use payouts_runtime::grpc::{TracedChannel, traced_channel};
 use payouts_runtime::shutdown::Shutdown;
@@ -34,6 +36,7 @@ pub use admin_auth::AdminAuth;
 pub struct Gateway {
     settings: Arc<Settings>,
     webhooks: WebhooksServiceClient<TracedChannel>,
+    approvals: ApprovalsServiceClient<TracedChannel>,
     admin_auth: AdminAuth,
 }
 
@@ -43,21 +46,24 @@ impl Gateway {
         let webhooks = WebhooksServiceClient::new(traced_channel(
             settings.service_url(ServiceName::Webhooks),
         )?);
-        let admin_auth = AdminAuth::new(
-            settings
-                .admin_jwt_secret
-                .as_ref()
-                .map(|secret| secret.expose()),
-        );
+        let approvals = ApprovalsServiceClient::new(traced_channel(
+            settings.service_url(ServiceName::Approvals),
+        )?);
+        let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
             settings,
             webhooks,
+            approvals,
             admin_auth,
         })
     }
 
     pub(crate) fn webhooks(&self) -> WebhooksServiceClient<TracedChannel> {
         self.webhooks.clone()
+    }
+
+    pub(crate) fn approvals(&self) -> ApprovalsServiceClient<TracedChannel> {
+        self.approvals.clone()
     }
 
     /// The HTTP routes with their middleware.
@@ -77,6 +83,9 @@ impl Gateway {
                 "/api/admin/webhooks/events/{event_id}/retry",
                 post(admin_webhooks::retry),
             )
+            .route("/api/admin/payout-approval", post(admin_approvals::decide))
+            .route("/api/admin/payout-approvals", get(admin_approvals::queue))
+            .route("/api/openapi.json", get(openapi))
             .route("/healthz", get(health::liveness))
             .fallback(not_found)
             .with_state(self.clone())
@@ -140,6 +149,17 @@ pub(crate) fn rfc3339(timestamp: Option<prost_types::Timestamp>) -> Option<Strin
     let nanos = u32::try_from(timestamp.nanos).ok()?;
     chrono::DateTime::from_timestamp(timestamp.seconds, nanos)
         .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// The OpenAPI document of the HTTP API, kept in the repository (`gateway/openapi.json`).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
@@ -245,6 +265,72 @@ mod tests {
             let response = grpc_error(&tonic::Status::new(code, "what went wrong"));
             assert_eq!(response.status(), status, "{code:?}");
             assert_eq!(json(response).await["error"], "what went wrong");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_is_served_and_names_every_route() {
+        let response = gateway(&[])
+            .oneshot(
+                Request::get("/api/openapi.json")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let document = json(response).await;
+        assert_eq!(document["openapi"], "3.1.0");
+        let paths: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for route in [
+            "/api/webhooks/stripe-payouts",
+            "/api/webhooks/stripe-subscription",
+            "/api/admin/webhooks/stats",
+            "/api/admin/webhooks/events",
+            "/api/admin/webhooks/events/{eventId}/retry",
+            "/api/admin/payout-approval",
+            "/api/admin/payout-approvals",
+            "/api/openapi.json",
+        ] {
+            assert!(paths.contains(&route), "{route} is not documented");
+        }
+        assert_eq!(
+            paths.len(),
+            8,
+            "every documented path is a route: {paths:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_decision_with_a_bad_body_is_400_before_any_service_call() {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "admin-1", "admin": true, "exp": chrono::Utc::now().timestamp() + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        for (body, message) in [
+            ("not json", "invalid body"),
+            ("{}", "approvalId is required"),
+            (r#"{"approvalId":"a","action":"maybe"}"#, "action must be"),
+        ] {
+            let request = Request::post("/api/admin/payout-approval")
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let response = gateway(&[("ADMIN_JWT_SECRET", "secret")])
+                .oneshot(request)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+            let error = json(response).await["error"].as_str().unwrap().to_owned();
+            assert!(error.starts_with(message), "{body}: {error}");
         }
     }
 

@@ -203,6 +203,9 @@ impl AdminNotifier for GrpcAdminNotifier {
     }
 }
 
+/// How long a decision is left to the request that made it before the worker re-drives it.
+pub const REDRIVE_AFTER: chrono::Duration = chrono::Duration::seconds(10);
+
 /// What deciding answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decided {
@@ -340,9 +343,17 @@ impl Workflow {
         Ok((applied, transfer_id))
     }
 
-    /// Re-drives decisions the payouts service has not carried out yet.
+    /// Re-drives decisions the payouts service has not carried out yet (after a grace period
+    /// that leaves the deciding request time to carry its decision out itself).
     pub async fn run_due(&self) -> Result<usize, ServiceError> {
-        let pending = self.approvals.unapplied(32).await?;
+        let settled_before = self.clock.now() - REDRIVE_AFTER;
+        let pending: Vec<Approval> = self
+            .approvals
+            .unapplied(32)
+            .await?
+            .into_iter()
+            .filter(|approval| approval.reviewed_at.is_some_and(|at| at <= settled_before))
+            .collect();
         let count = pending.len();
         for decided in pending {
             if let Err(error) = self.carry_out(&decided).await {

@@ -170,6 +170,15 @@ pub struct Settings {
     /// `PAYOUT_LIMITS_<NAME>`: overrides of the spec §6 limits, by name (validated by the
     /// limits service, which knows the names).
     pub payout_limit_overrides: Vec<(String, String)>,
+    /// `ADMIN_JWT_PUBLIC_KEY_FILE`: PEM public key (RSA for RS256, P-256 for ES256) of an
+    /// identity provider's admin tokens.
+    pub admin_jwt_public_key_file: Option<String>,
+    /// `ADMIN_JWT_JWKS_FILE`: a JWKS file of an identity provider's keys (by `kid`).
+    pub admin_jwt_jwks_file: Option<String>,
+    /// `ADMIN_JWT_ISSUER`: when set, admin tokens must carry this `iss`.
+    pub admin_jwt_issuer: Option<String>,
+    /// `ADMIN_JWT_AUDIENCE`: when set, admin tokens must carry this `aud`.
+    pub admin_jwt_audience: Option<String>,
     /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
     pub admin_user_ids: Vec<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
@@ -276,6 +285,10 @@ impl Settings {
             cron_api_key: values.secret("CRON_API_KEY")?,
             admin_jwt_secret: values.secret("ADMIN_JWT_SECRET")?,
             payout_limit_overrides: values.with_prefix("PAYOUT_LIMITS_")?,
+            admin_jwt_public_key_file: values.string("ADMIN_JWT_PUBLIC_KEY_FILE")?,
+            admin_jwt_jwks_file: values.string("ADMIN_JWT_JWKS_FILE")?,
+            admin_jwt_issuer: values.string("ADMIN_JWT_ISSUER")?,
+            admin_jwt_audience: values.string("ADMIN_JWT_AUDIENCE")?,
             admin_user_ids: values
                 .secret_list("ADMIN_USER_IDS")?
                 .into_iter()

@@ -1,0 +1,441 @@
+//! Spec §8 scenario 3 end to end, the reject path, decisions racing, and who may decide:
+//! the real binary, a fake Stripe, signed webhooks and the JWT-protected admin REST API.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod support;
+
+use std::time::Duration;
+
+use payouts_proto::common::v1::Money;
+use payouts_proto::disputes::v1::RecordAllocationRequest;
+use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+use payouts_proto::notifications::v1::ListNotificationsRequest;
+use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
+use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+use payouts_proto::payouts::v1::{
+    GetPayoutRequest, Payout, PayoutStatus, RegisterAccountRequest, RequestPayoutRequest,
+};
+use payouts_runtime::testing::fake_stripe::FakeStripe;
+use payouts_runtime::testing::stripe;
+use serde_json::{Value, json};
+use support::{Payouts, StoreChoice};
+use tonic::transport::Channel;
+
+const PAYOUTS_SECRET: &str = "whsec_e2e_approvals";
+const ADMIN_SECRET: &str = "e2e-approvals-admin-secret";
+
+struct System {
+    process: Payouts,
+    stripe: FakeStripe,
+    channel: Channel,
+    http: reqwest::Client,
+}
+
+async fn start(store: StoreChoice) -> System {
+    let stripe = FakeStripe::start().await;
+    let env = [
+        ("STRIPE_SECRET_KEY", "sk_test_e2e"),
+        ("STRIPE_API_BASE", stripe.url()),
+        ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+        ("ADMIN_JWT_SECRET", ADMIN_SECRET),
+        ("ADMIN_USER_IDS", "admin-1,admin-2"),
+        ("WEBHOOK_POLL_MILLISECONDS", "20"),
+        ("PAYOUT_POLL_MILLISECONDS", "50"),
+    ];
+    let process = Payouts::start(&[], store, &env);
+    let channel = Channel::from_shared(process.grpc_url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    System {
+        process,
+        stripe,
+        channel,
+        http: reqwest::Client::new(),
+    }
+}
+
+fn token(subject: &str, admin: bool) -> String {
+    let claims =
+        json!({ "sub": subject, "admin": admin, "exp": chrono::Utc::now().timestamp() + 300 });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(ADMIN_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+impl System {
+    async fn creator(&self, user_id: &str) {
+        let created = chrono::Utc::now() - chrono::Duration::days(400);
+        PayoutsServiceClient::new(self.channel.clone())
+            .register_account(RegisterAccountRequest {
+                user_id: user_id.to_owned(),
+                stripe_account_id: format!("acct_{user_id}"),
+                account_created_at: Some(prost_types::Timestamp {
+                    seconds: created.timestamp(),
+                    nanos: 0,
+                }),
+            })
+            .await
+            .unwrap();
+        DisputesServiceClient::new(self.channel.clone())
+            .record_allocation(RecordAllocationRequest {
+                allocation_id: format!("alloc_{user_id}"),
+                user_id: user_id.to_owned(),
+                charge_id: "ch_e2e".to_owned(),
+                amount: Some(Money {
+                    cents: 100_000_00,
+                    currency: "usd".to_owned(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn request(&self, user_id: &str, cents: i64) -> Payout {
+        PayoutsServiceClient::new(self.channel.clone())
+            .request_payout(RequestPayoutRequest {
+                user_id: user_id.to_owned(),
+                amount: Some(Money {
+                    cents,
+                    currency: "usd".to_owned(),
+                }),
+                idempotency_key: format!("{user_id}-{cents}"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payout
+            .unwrap()
+    }
+
+    async fn payout(&self, payout_id: &str) -> Payout {
+        PayoutsServiceClient::new(self.channel.clone())
+            .get_payout(GetPayoutRequest {
+                payout_id: payout_id.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payout
+            .unwrap()
+    }
+
+    async fn decide(&self, subject: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.process.gateway_url("/api/admin/payout-approval"))
+            .bearer_auth(token(subject, true))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// The approval of `payout_id`, once it is in the queue.
+    async fn queued(&self, payout_id: &str) -> Value {
+        for _ in 0..200 {
+            let response = self
+                .http
+                .get(
+                    self.process
+                        .gateway_url("/api/admin/payout-approvals?status=all&limit=500"),
+                )
+                .bearer_auth(token("admin-1", true))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: Value = response.json().await.unwrap();
+            if let Some(found) = body["approvals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["payoutId"] == payout_id)
+            {
+                return found.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("payout {payout_id} never reached the approval queue");
+    }
+
+    async fn notifications(&self, recipient: &str) -> Vec<Value> {
+        NotificationsServiceClient::new(self.channel.clone())
+            .list_notifications(ListNotificationsRequest { recipient_id: recipient.to_owned(), unread_only: false, limit: 100 })
+            .await
+            .unwrap()
+            .into_inner()
+            .notifications
+            .into_iter()
+            .map(|n| json!({ "type": n.r#type, "metadata": serde_json::from_str::<Value>(&n.metadata_json).unwrap_or(Value::Null) }))
+            .collect()
+    }
+
+    async fn wait_for_notification(&self, recipient: &str, kind: &str) -> Value {
+        for _ in 0..200 {
+            if let Some(found) = self
+                .notifications(recipient)
+                .await
+                .into_iter()
+                .find(|n| n["type"] == kind)
+            {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{recipient} never got a {kind} notification");
+    }
+
+    async fn paid_webhook(&self, transfer: &Value) {
+        let mut event = stripe::event(
+            &format!("evt_paid_{}", transfer["id"].as_str().unwrap()),
+            "transfer.paid",
+            "transfer",
+        );
+        event["data"]["object"] = transfer.clone();
+        let body = serde_json::to_vec(&event).unwrap();
+        let header =
+            stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
+        let response = self
+            .http
+            .post(self.process.gateway_url("/api/webhooks/stripe-payouts"))
+            .header("Stripe-Signature", header)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    async fn wait_for_status(&self, payout_id: &str, status: PayoutStatus) -> Payout {
+        for _ in 0..200 {
+            let payout = self.payout(payout_id).await;
+            if payout.status() == status {
+                return payout;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("payout {payout_id} never became {status:?}");
+    }
+}
+
+async fn scenario_3(system: &System) {
+    system.creator("frank").await;
+    // A $7,500 request is held for approval, with no Stripe call.
+    let held = system.request("frank", 7_500_00).await;
+    assert_eq!(held.status(), PayoutStatus::PendingApproval);
+    assert!(system.stripe.transfers().is_empty());
+
+    let approval = system.queued(&held.id).await;
+    assert_eq!(approval["status"], "pending");
+    assert_eq!(approval["amountCents"], 7_500_00);
+    assert!(
+        approval["flags"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("REQUIRES_ADMIN_APPROVAL"))
+    );
+    assert_eq!(approval["userContext"]["lifetimeEarnings"], 100_000_00);
+    assert!(approval["userContext"]["accountAgeDays"].as_i64().unwrap() >= 399);
+
+    // Every admin is told, with the spec §7 metadata.
+    for admin in ["admin-1", "admin-2"] {
+        let notice = system
+            .wait_for_notification(admin, "payout_approval_required")
+            .await;
+        assert_eq!(notice["metadata"]["approvalId"], approval["id"]);
+        assert_eq!(notice["metadata"]["payoutId"], held.id.as_str());
+        assert_eq!(notice["metadata"]["amountCents"], 7_500_00);
+    }
+
+    // The admin approves: the payout is transferred at once.
+    let (status, answer) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": approval["id"], "action": "approve", "notes": "verified" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let transfers = system.stripe.transfers();
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(
+        answer,
+        json!({ "success": true, "message": "Payout approved and processed successfully", "transferId": transfers[0]["id"] })
+    );
+    // Deciding again is a conflict with the current state.
+    let (status, answer) = system
+        .decide(
+            "admin-2",
+            json!({ "approvalId": approval["id"], "action": "reject", "notes": "late" }),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["approval"]["status"], "approved");
+    assert_eq!(answer["approval"]["reviewedBy"], "admin-1");
+
+    // The signed transfer webhook completes it; the user hears of approval and completion.
+    system.paid_webhook(&transfers[0]).await;
+    system
+        .wait_for_status(&held.id, PayoutStatus::Completed)
+        .await;
+    system
+        .wait_for_notification("frank", "payout_approved")
+        .await;
+    system
+        .wait_for_notification("frank", "payout_completed")
+        .await;
+    assert_eq!(system.stripe.transfers().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_a_held_payout_is_approved_transferred_and_completed_on_the_embedded_store() {
+    let system = start(StoreChoice::Embedded).await;
+    scenario_3(&system).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_on_mongodb() {
+    let system = start(StoreChoice::Mongo).await;
+    scenario_3(&system).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_payout_fails_with_the_admins_reason_and_releases_its_quota() {
+    let system = start(StoreChoice::Embedded).await;
+    system.creator("gina").await;
+    let held = system.request("gina", 6_000_00).await;
+    let approval = system.queued(&held.id).await;
+
+    let (status, answer) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": approval["id"], "action": "reject" }),
+        )
+        .await;
+    assert_eq!(status, 400, "notes are required to reject: {answer}");
+    let (status, answer) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": "approval_nope", "action": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 404, "{answer}");
+
+    let (status, answer) = system
+        .decide("admin-1", json!({ "approvalId": approval["id"], "action": "reject", "notes": "Suspicious activity" }))
+        .await;
+    assert_eq!(
+        (status, answer),
+        (
+            200,
+            json!({ "success": true, "message": "Payout rejected successfully" })
+        )
+    );
+    let failed = system.wait_for_status(&held.id, PayoutStatus::Failed).await;
+    assert_eq!(
+        failed.failure_reason,
+        "Rejected by admin: Suspicious activity"
+    );
+    system
+        .wait_for_notification("gina", "payout_rejected")
+        .await;
+    assert!(system.stripe.transfers().is_empty());
+    // The quota came back: the same amount can be requested again (and is held again).
+    let again = PayoutsServiceClient::new(system.channel.clone())
+        .request_payout(RequestPayoutRequest {
+            user_id: "gina".to_owned(),
+            amount: Some(Money {
+                cents: 6_000_00,
+                currency: "usd".to_owned(),
+            }),
+            idempotency_key: "gina-again".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let decision = again.decision.unwrap();
+    assert!(
+        decision.allowed
+            || decision
+                .flags()
+                .any(|f| f == payouts_proto::limits::v1::PayoutFlag::TooSoon),
+        "{decision:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_decisions_make_one_decision_and_at_most_one_transfer() {
+    let system = start(StoreChoice::Mongo).await;
+    for (creator, first, second) in [
+        ("hank", "approve", "approve"),
+        ("iris", "approve", "reject"),
+    ] {
+        system.creator(creator).await;
+        let held = system.request(creator, 8_000_00).await;
+        let approval = system.queued(&held.id).await;
+        let body = |action: &str| json!({ "approvalId": approval["id"], "action": action, "notes": "race" });
+        let (a, b) = tokio::join!(
+            system.decide("admin-1", body(first)),
+            system.decide("admin-2", body(second))
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "{creator}: {a:?} {b:?}");
+        let transfers_to_creator = system
+            .stripe
+            .transfers()
+            .iter()
+            .filter(|t| t["destination"] == format!("acct_{creator}"))
+            .count();
+        assert!(
+            transfers_to_creator <= 1,
+            "{creator}: {transfers_to_creator} transfers"
+        );
+        let payout = system.payout(&held.id).await;
+        assert_eq!(
+            transfers_to_creator,
+            usize::from(payout.status() == PayoutStatus::Processing),
+            "{payout:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_admin_who_is_not_the_payee_decides() {
+    let system = start(StoreChoice::Embedded).await;
+    system.creator("jack").await;
+    let held = system.request("jack", 5_500_00).await;
+    let approval = system.queued(&held.id).await;
+    let body = json!({ "approvalId": approval["id"], "action": "approve" });
+    let url = system.process.gateway_url("/api/admin/payout-approval");
+
+    let response = system.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 401, "no token");
+    let response = system
+        .http
+        .post(&url)
+        .bearer_auth(token("someone", false))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "not an admin");
+    let (status, answer) = system.decide("jack", body.clone()).await;
+    assert_eq!(
+        status, 403,
+        "an admin cannot approve their own payout: {answer}"
+    );
+    assert_eq!(
+        system.payout(&held.id).await.status(),
+        PayoutStatus::PendingApproval
+    );
+}
