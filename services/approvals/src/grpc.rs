@@ -7,7 +7,9 @@ use payouts_proto::approvals::v1::approvals_service_server::{
     ApprovalsService, ApprovalsServiceServer,
 };
 use payouts_proto::limits::v1::{LimitMetadata, PayoutFlag};
-use payouts_runtime::convert::{optional_timestamp, page_size, required_id, timestamp};
+use payouts_runtime::convert::{
+    optional_timestamp, page_size, page_token, parse_page_token, required_id, timestamp,
+};
 use payouts_runtime::{Money, ServiceError};
 use tonic::{Request, Response, Status};
 
@@ -86,30 +88,6 @@ pub fn to_proto(a: Approval) -> pb::Approval {
         user_id: a.user_id,
         reason: a.reason,
     }
-}
-
-fn page_token(approval: &Approval) -> String {
-    format!(
-        "{}:{}",
-        approval.requested_at.timestamp_millis(),
-        approval.id
-    )
-}
-
-fn parse_page_token(
-    token: &str,
-) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, ServiceError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || ServiceError::invalid_argument("page_token is not one this service issued");
-    let (millis, id) = token.split_once(':').ok_or_else(invalid)?;
-    let at = millis
-        .parse()
-        .ok()
-        .and_then(chrono::DateTime::from_timestamp_millis)
-        .ok_or_else(invalid)?;
-    Ok(Some((at, id.to_owned())))
 }
 
 #[tonic::async_trait]
@@ -202,7 +180,10 @@ impl ApprovalsService for ApprovalsGrpc {
         let mut approvals = self.workflow.approvals.list(&filter).await?;
         let next_page_token = if approvals.len() > limit {
             approvals.truncate(limit);
-            approvals.last().map(page_token).unwrap_or_default()
+            approvals
+                .last()
+                .map(|last| page_token(last.requested_at, &last.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };

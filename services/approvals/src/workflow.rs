@@ -11,6 +11,7 @@ use payouts_proto::notifications::v1::notifications_service_client::Notification
 use payouts_proto::payouts::v1 as payouts_pb;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::money::dollars;
 use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{Clock, ErrorKind, Money, ServiceError, ServiceName, Settings};
 
@@ -29,20 +30,6 @@ pub trait PayoutsPort: Send + Sync + 'static {
 /// Tells every admin about a new approval.
 pub trait AdminNotifier: Send + Sync + 'static {
     fn approval_required(&self, approval: &Approval);
-}
-
-fn remote(service: &str, status: &tonic::Status) -> ServiceError {
-    match ErrorKind::from_grpc_code(status.code()) {
-        ErrorKind::Internal | ErrorKind::Unavailable => ServiceError::unavailable(
-            format!("the {service} service is unavailable"),
-            anyhow::anyhow!(
-                "{service} answered {:?}: {}",
-                status.code(),
-                status.message()
-            ),
-        ),
-        kind => ServiceError::new(kind, status.message()),
-    }
 }
 
 /// The payouts and disputes services over gRPC.
@@ -79,7 +66,7 @@ impl PayoutsPort for GrpcPayouts {
                 approval_id: approval.id.clone(),
             })
             .await
-            .map_err(|status| remote("payouts", &status))?
+            .map_err(|status| ServiceError::from_remote("payouts", &status))?
             .into_inner();
         Ok(Some(response.transfer_id).filter(|id| !id.is_empty()))
     }
@@ -92,7 +79,7 @@ impl PayoutsPort for GrpcPayouts {
                 user_id: user_id.to_owned(),
             })
             .await
-            .map_err(|status| remote("payouts", &status))?
+            .map_err(|status| ServiceError::from_remote("payouts", &status))?
             .into_inner()
             .account;
         let account_age_days = account
@@ -110,7 +97,7 @@ impl PayoutsPort for GrpcPayouts {
                 page_token: String::new(),
             })
             .await
-            .map_err(|status| remote("payouts", &status))?
+            .map_err(|status| ServiceError::from_remote("payouts", &status))?
             .into_inner()
             .payouts;
         let earnings = self
@@ -121,7 +108,7 @@ impl PayoutsPort for GrpcPayouts {
                 currency: "usd".to_owned(),
             })
             .await
-            .map_err(|status| remote("disputes", &status))?
+            .map_err(|status| ServiceError::from_remote("disputes", &status))?
             .into_inner();
         Ok(UserContext {
             account_age_days,
@@ -152,19 +139,6 @@ impl GrpcAdminNotifier {
             )?),
         })
     }
-}
-
-/// "$7,500.00"
-fn dollars(cents: i64) -> String {
-    let whole = (cents / 100).to_string();
-    let mut grouped = String::new();
-    for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(digit);
-    }
-    format!("${grouped}.{:02}", cents % 100)
 }
 
 impl AdminNotifier for GrpcAdminNotifier {

@@ -42,17 +42,6 @@ impl GrpcContext {
     }
 }
 
-fn dependency(service: &str, status: &tonic::Status) -> ServiceError {
-    ServiceError::unavailable(
-        format!("the {service} service is unavailable"),
-        anyhow::anyhow!(
-            "{service} answered {:?}: {}",
-            status.code(),
-            status.message()
-        ),
-    )
-}
-
 #[async_trait]
 impl ContextSource for GrpcContext {
     async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
@@ -75,7 +64,7 @@ impl ContextSource for GrpcContext {
                     )
                 }),
             Err(status) if status.code() == tonic::Code::NotFound => None,
-            Err(status) => return Err(dependency("payouts", &status)),
+            Err(status) => return Err(ServiceError::from_remote("payouts", &status)),
         };
         let earnings = self
             .disputes
@@ -85,7 +74,7 @@ impl ContextSource for GrpcContext {
                 currency: "usd".to_owned(),
             })
             .await
-            .map_err(|status| dependency("disputes", &status))?
+            .map_err(|status| ServiceError::from_remote("disputes", &status))?
             .into_inner();
         Ok(UserContext {
             account_created_at,

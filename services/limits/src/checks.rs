@@ -8,6 +8,8 @@
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 
+use payouts_runtime::money::dollars;
+
 use crate::domain::{Flag, LimitConfig, LimitMetadata};
 
 /// How long reservations are kept in the quota document: longer than every window (24 h,
@@ -108,20 +110,6 @@ fn start_of_month(now: DateTime<Utc>) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
         .single()
         .unwrap_or(now)
-}
-
-fn dollars(cents: i64) -> String {
-    let sign = if cents < 0 { "-" } else { "" };
-    let abs = cents.unsigned_abs();
-    let whole = (abs / 100).to_string();
-    let mut grouped = String::new();
-    for (i, digit) in whole.chars().enumerate() {
-        if i > 0 && (whole.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(digit);
-    }
-    format!("{sign}${grouped}.{:02}", abs % 100)
 }
 
 /// Figures of the windows before this payout.
@@ -705,11 +693,5 @@ mod tests {
             "the reservation past retention is dropped"
         );
         assert_eq!(quota.committed_cents, 300, "but its amount stays committed");
-    }
-
-    #[test]
-    fn reasons_show_dollars() {
-        assert_eq!(dollars(1_000_000_00), "$1,000,000.00");
-        assert_eq!(dollars(5), "$0.05");
     }
 }

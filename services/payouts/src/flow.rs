@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use chrono::Duration;
+use payouts_runtime::money::dollars;
 use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{Clock, ErrorKind, Money, ServiceError};
 
@@ -41,10 +42,6 @@ pub struct PayoutFlow {
     pub poll_interval: std::time::Duration,
     /// First retry delay (spec: 5 minutes), doubling after each failure.
     pub retry_base: Duration,
-}
-
-fn money_text(amount: &Money) -> String {
-    format!("${}.{:02}", amount.cents / 100, amount.cents % 100)
 }
 
 impl PayoutFlow {
@@ -353,7 +350,7 @@ impl PayoutFlow {
             title: "Payout failed".to_owned(),
             body: format!(
                 "Your payout of {} could not be completed. {}",
-                money_text(&payout.amount),
+                dollars(payout.amount.cents),
                 payout.failure_reason.clone().unwrap_or_default()
             ),
             metadata_json:
@@ -369,7 +366,7 @@ impl PayoutFlow {
             user_id: payout.user_id.clone(),
             kind: "payout_completed",
             title: "Payout completed".to_owned(),
-            body: format!("Your payout of {} has been sent to your bank account.", money_text(&payout.amount)),
+            body: format!("Your payout of {} has been sent to your bank account.", dollars(payout.amount.cents)),
             metadata_json: serde_json::json!({ "payoutId": payout.id, "transferId": payout.stripe_transfer_id }).to_string(),
             dedupe_key: format!("{}:completed", payout.id),
         });
@@ -408,7 +405,7 @@ impl PayoutFlow {
                 title: "Payout Approved".to_owned(),
                 body: format!(
                     "Your payout of {} has been approved and is being processed.",
-                    money_text(&decided.amount)
+                    dollars(decided.amount.cents)
                 ),
                 metadata_json: serde_json::json!({ "payoutId": decided.id }).to_string(),
                 dedupe_key: format!("{}:approved", decided.id),
@@ -428,7 +425,7 @@ impl PayoutFlow {
                 title: "Payout Rejected".to_owned(),
                 body: format!(
                     "Your payout of {} has been rejected. Reason: {notes}",
-                    money_text(&decided.amount)
+                    dollars(decided.amount.cents)
                 ),
                 metadata_json: serde_json::json!({ "payoutId": decided.id }).to_string(),
                 dedupe_key: format!("{}:rejected", decided.id),

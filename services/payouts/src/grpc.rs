@@ -5,7 +5,8 @@ use std::sync::Arc;
 use payouts_proto::payouts::v1 as pb;
 use payouts_proto::payouts::v1::payouts_service_server::{PayoutsService, PayoutsServiceServer};
 use payouts_runtime::convert::{
-    optional_timestamp, page_size, required_id, required_time, timestamp,
+    optional_timestamp, page_size, page_token, parse_page_token, required_id, required_time,
+    timestamp,
 };
 use payouts_runtime::{ErrorKind, Money, ServiceError};
 use tonic::{Request, Response, Status};
@@ -145,23 +146,6 @@ fn audit_to_proto(e: AuditEntry) -> pb::AuditEntry {
 }
 
 /// A page token: the (requested_at millis, id) of the last payout of a page.
-fn page_token(payout: &Payout) -> String {
-    format!("{}:{}", payout.requested_at.timestamp_millis(), payout.id)
-}
-
-fn parse_page_token(
-    token: &str,
-) -> Result<Option<(chrono::DateTime<chrono::Utc>, String)>, ServiceError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || ServiceError::invalid_argument("page_token is not one this service issued");
-    let (millis, id) = token.split_once(':').ok_or_else(invalid)?;
-    let millis: i64 = millis.parse().map_err(|_| invalid())?;
-    let at = chrono::DateTime::from_timestamp_millis(millis).ok_or_else(invalid)?;
-    Ok(Some((at, id.to_owned())))
-}
-
 #[tonic::async_trait]
 impl PayoutsService for PayoutsGrpc {
     #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
@@ -255,7 +239,10 @@ impl PayoutsService for PayoutsGrpc {
             .await?;
         let next_page_token = if payouts.len() > size {
             payouts.truncate(size);
-            payouts.last().map(page_token).unwrap_or_default()
+            payouts
+                .last()
+                .map(|last| page_token(last.requested_at, &last.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };

@@ -7,7 +7,7 @@ use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsService
 use payouts_proto::notifications::v1 as notifications_pb;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_runtime::grpc::{TracedChannel, traced_channel};
-use payouts_runtime::{ErrorKind, Money, ServiceError, ServiceName, Settings};
+use payouts_runtime::{Money, ServiceError, ServiceName, Settings};
 
 /// The limits' verdict on a payout.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,22 +51,6 @@ pub trait Notifier: Send + Sync + 'static {
     fn notify(&self, notice: UserNotice);
 }
 
-/// A gRPC status from another service as our error, keeping its kind and message.
-pub fn remote(service: &str, status: &tonic::Status) -> ServiceError {
-    let kind = ErrorKind::from_grpc_code(status.code());
-    match kind {
-        ErrorKind::Internal | ErrorKind::Unavailable => ServiceError::unavailable(
-            format!("the {service} service is unavailable"),
-            anyhow::anyhow!(
-                "{service} answered {:?}: {}",
-                status.code(),
-                status.message()
-            ),
-        ),
-        _ => ServiceError::new(kind, status.message()),
-    }
-}
-
 /// The limits service over gRPC.
 #[derive(Clone)]
 pub struct GrpcLimits {
@@ -100,7 +84,7 @@ impl LimitsPort for GrpcLimits {
                 amount: Some(amount.clone().into()),
             })
             .await
-            .map_err(|status| remote("limits", &status))?
+            .map_err(|status| ServiceError::from_remote("limits", &status))?
             .into_inner();
         Ok(Admission {
             decision: response.decision.unwrap_or_default(),
@@ -125,7 +109,7 @@ impl LimitsPort for GrpcLimits {
                 amount_cents: cents.unwrap_or(0),
             })
             .await
-            .map_err(|status| remote("limits", &status))?
+            .map_err(|status| ServiceError::from_remote("limits", &status))?
             .into_inner();
         Ok(response.released)
     }
@@ -244,7 +228,7 @@ impl ApprovalsPort for GrpcApprovals {
             .clone()
             .create_approval(request)
             .await
-            .map_err(|status| remote("approvals", &status))?;
+            .map_err(|status| ServiceError::from_remote("approvals", &status))?;
         Ok(())
     }
 }

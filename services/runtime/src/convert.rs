@@ -46,6 +46,26 @@ pub fn required_id(value: &str, field: &str) -> Result<String, ServiceError> {
     Ok(value.to_owned())
 }
 
+/// An opaque page token naming the last item of a page by (time, id).
+pub fn page_token(at: DateTime<Utc>, id: &str) -> String {
+    format!("{}:{id}", at.timestamp_millis())
+}
+
+/// The (time, id) a page token names; `None` for the first page.
+pub fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, ServiceError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ServiceError::invalid_argument("page_token is not one this service issued");
+    let (millis, id) = token.split_once(':').ok_or_else(invalid)?;
+    let at = millis
+        .parse()
+        .ok()
+        .and_then(DateTime::from_timestamp_millis)
+        .ok_or_else(invalid)?;
+    Ok(Some((at, id.to_owned())))
+}
+
 /// A page size in `1..=max`, with `default` for 0.
 pub fn page_size(requested: i32, default: usize, max: usize) -> Result<usize, ServiceError> {
     match requested {
@@ -95,6 +115,18 @@ mod tests {
         );
         assert!(required_id(&"x".repeat(256), "user_id").is_err());
         assert_eq!(required_id(" u1 ", "user_id"), Ok("u1".to_owned()));
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        let at = DateTime::from_timestamp_millis(1_800_000_000_123).unwrap();
+        assert_eq!(
+            parse_page_token(&page_token(at, "payout_1:x")),
+            Ok(Some((at, "payout_1:x".to_owned())))
+        );
+        assert_eq!(parse_page_token(""), Ok(None));
+        assert!(parse_page_token("garbage").is_err());
+        assert!(parse_page_token("abc:id").is_err());
     }
 
     #[test]

@@ -141,6 +141,23 @@ impl ServiceError {
         }
     }
 
+    /// Another service's gRPC error as ours: its kind and message pass through, except that
+    /// an internal or unavailable peer becomes "the <service> service is unavailable" with the
+    /// peer's answer kept as the (logged, never shown) cause.
+    pub fn from_remote(service: &str, status: &Status) -> Self {
+        match ErrorKind::from_grpc_code(status.code()) {
+            ErrorKind::Internal | ErrorKind::Unavailable => Self::unavailable(
+                format!("the {service} service is unavailable"),
+                anyhow::anyhow!(
+                    "{service} answered {:?}: {}",
+                    status.code(),
+                    status.message()
+                ),
+            ),
+            kind => Self::new(kind, status.message()),
+        }
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -200,6 +217,21 @@ mod tests {
         let status = Status::from(ServiceError::internal(anyhow::anyhow!("password=hunter2")));
         assert_eq!(status.code(), Code::Internal);
         assert_eq!(status.message(), "internal error");
+    }
+
+    #[test]
+    fn a_peers_answer_keeps_its_kind_but_not_its_internals() {
+        let refused =
+            ServiceError::from_remote("limits", &Status::failed_precondition("over the balance"));
+        assert_eq!(
+            (refused.kind(), refused.message()),
+            (ErrorKind::FailedPrecondition, "over the balance")
+        );
+        let down = ServiceError::from_remote("limits", &Status::internal("panic at line 7"));
+        assert_eq!(
+            (down.kind(), down.message()),
+            (ErrorKind::Unavailable, "the limits service is unavailable")
+        );
     }
 
     #[test]

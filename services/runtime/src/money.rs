@@ -137,6 +137,21 @@ impl fmt::Display for Money {
     }
 }
 
+/// Cents as dollars for people: `100000000` -> "$1,000,000.00".
+pub fn dollars(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    let abs = cents.unsigned_abs();
+    let whole = (abs / 100).to_string();
+    let mut grouped = String::new();
+    for (i, digit) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    format!("{sign}${grouped}.{:02}", abs % 100)
+}
+
 impl From<Money> for payouts_proto::common::v1::Money {
     fn from(value: Money) -> Self {
         Self {
@@ -193,6 +208,14 @@ mod tests {
             Money::usd(150).checked_sub(&Money::usd(200)),
             Ok(Money::usd(-50))
         );
+    }
+
+    #[test]
+    fn dollars_group_thousands() {
+        assert_eq!(dollars(1_000_000_00), "$1,000,000.00");
+        assert_eq!(dollars(7_500_00), "$7,500.00");
+        assert_eq!(dollars(5), "$0.05");
+        assert_eq!(dollars(-1_234_56), "-$1,234.56");
     }
 
     #[test]

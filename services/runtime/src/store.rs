@@ -95,6 +95,28 @@ pub fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     }
 }
 
+/// The documents matching `filter`, in `sort` order, at most `limit`.
+pub async fn find_many<T>(
+    collection: &mongodb::Collection<T>,
+    filter: mongodb::bson::Document,
+    sort: mongodb::bson::Document,
+    limit: usize,
+) -> Result<Vec<T>, crate::error::ServiceError>
+where
+    T: serde::de::DeserializeOwned + Send + Sync,
+{
+    use futures::TryStreamExt as _;
+    collection
+        .find(filter)
+        .sort(sort)
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .await
+        .map_err(mongo_error)?
+        .try_collect()
+        .await
+        .map_err(mongo_error)
+}
+
 /// A MongoDB failure as a service error: retryable, cause logged, not shown.
 pub fn mongo_error(error: mongodb::error::Error) -> crate::error::ServiceError {
     crate::error::ServiceError::unavailable("store unavailable", error)

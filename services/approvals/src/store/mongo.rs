@@ -1,9 +1,10 @@
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
@@ -276,16 +277,8 @@ impl MongoApprovals {
         sort: bson::Document,
         limit: usize,
     ) -> Result<Vec<Approval>, ServiceError> {
-        let documents: Vec<ApprovalDocument> = self
-            .collection
-            .find(filter)
-            .sort(sort)
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<ApprovalDocument> =
+            find_many(&self.collection, filter, sort, limit).await?;
         documents.into_iter().map(Approval::try_from).collect()
     }
 }

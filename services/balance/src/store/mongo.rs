@@ -1,8 +1,9 @@
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use payouts_runtime::{Currency, ServiceError};
 use serde::{Deserialize, Serialize};
 
@@ -110,16 +111,13 @@ impl SnapshotRepository for MongoSnapshots {
     }
 
     async fn recent(&self, limit: usize) -> Result<Vec<Snapshot>, ServiceError> {
-        let documents: Vec<SnapshotDocument> = self
-            .collection
-            .find(doc! {})
-            .sort(doc! { "timestamp": -1, "_id": -1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<SnapshotDocument> = find_many(
+            &self.collection,
+            doc! {},
+            doc! { "timestamp": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
         documents.into_iter().map(Snapshot::try_from).collect()
     }
 }

@@ -1,8 +1,9 @@
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
@@ -133,16 +134,13 @@ impl AllocationRepository for MongoAllocations {
         user_id: &str,
         limit: usize,
     ) -> Result<Vec<Allocation>, ServiceError> {
-        let documents: Vec<AllocationDocument> = self
-            .collection
-            .find(doc! { "userId": user_id })
-            .sort(doc! { "createdAt": -1, "_id": -1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<AllocationDocument> = find_many(
+            &self.collection,
+            doc! { "userId": user_id },
+            doc! { "createdAt": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
         documents.into_iter().map(Allocation::try_from).collect()
     }
 }

@@ -1,9 +1,10 @@
 use async_trait::async_trait;
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use serde::{Deserialize, Serialize};
 
 use super::BlockedAttemptRepository;
@@ -130,16 +131,13 @@ impl BlockedAttemptRepository for MongoBlockedAttempts {
             Some(user_id) => doc! { "userId": user_id },
             None => doc! {},
         };
-        let documents: Vec<AttemptDocument> = self
-            .collection
-            .find(filter)
-            .sort(doc! { "attemptedAt": -1, "_id": -1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<AttemptDocument> = find_many(
+            &self.collection,
+            filter,
+            doc! { "attemptedAt": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
         Ok(documents.into_iter().map(BlockedAttempt::from).collect())
     }
 }

@@ -1,11 +1,12 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::options::{FindOneAndReplaceOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{NotificationRepository, storage_id};
@@ -129,16 +130,13 @@ impl NotificationRepository for MongoNotifications {
         if unread_only {
             filter.insert("read", false);
         }
-        let documents: Vec<NotificationDocument> = self
-            .collection
-            .find(filter)
-            .sort(doc! { "createdAt": -1, "_id": -1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<NotificationDocument> = find_many(
+            &self.collection,
+            filter,
+            doc! { "createdAt": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
         Ok(documents.into_iter().map(Notification::from).collect())
     }
 

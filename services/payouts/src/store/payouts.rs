@@ -6,11 +6,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::TryStreamExt;
 use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
@@ -470,16 +471,7 @@ impl MongoPayouts {
         sort: bson::Document,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError> {
-        let documents: Vec<PayoutDocument> = self
-            .payouts
-            .find(filter)
-            .sort(sort)
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<PayoutDocument> = find_many(&self.payouts, filter, sort, limit).await?;
         documents.into_iter().map(Payout::try_from).collect()
     }
 

@@ -72,19 +72,17 @@ fn json_response(status: u16, body: String) -> Response {
     (status, [("content-type", "application/json")], body).into_response()
 }
 
-fn authorised(headers: &HeaderMap) -> bool {
-    headers
+/// Every endpoint wants a secret key, as Stripe's do.
+async fn require_secret_key(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorised = request
+        .headers()
         .get("authorization")
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("Bearer sk_"))
-}
-
-async fn create_transfer(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    axum::Form(params): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    if !authorised(&headers) {
+        .is_some_and(|value| value.starts_with("Bearer sk_"));
+    if !authorised {
         return stripe_error(
             401,
             "invalid_request_error",
@@ -92,6 +90,14 @@ async fn create_transfer(
             "Invalid API Key provided",
         );
     }
+    next.run(request).await
+}
+
+async fn create_transfer(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
     let key = headers
         .get("idempotency-key")
         .and_then(|value| value.to_str().ok())
@@ -186,17 +192,8 @@ async fn create_transfer(
 
 async fn list_transfers(
     State(state): State<Shared>,
-    headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if !authorised(&headers) {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
-    }
     let state = lock(&state);
     let data: Vec<&Value> = state
         .transfers
@@ -211,19 +208,7 @@ async fn list_transfers(
         .into_response()
 }
 
-async fn retrieve_transfer(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !authorised(&headers) {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
-    }
+async fn retrieve_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     let state = lock(&state);
     match state
         .transfers
@@ -240,15 +225,7 @@ async fn retrieve_transfer(
     }
 }
 
-async fn balance(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    if !authorised(&headers) {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
-    }
+async fn balance(State(state): State<Shared>) -> Response {
     let state = lock(&state);
     let mut balance = fixture("balance");
     balance["available"] = json!([{ "amount": state.available_cents, "currency": "usd", "source_types": { "card": state.available_cents } }]);
@@ -256,32 +233,15 @@ async fn balance(State(state): State<Shared>, headers: HeaderMap) -> Response {
     axum::Json(balance).into_response()
 }
 
-async fn account(headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !authorised(&headers) {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
-    }
+async fn account(Path(id): Path<String>) -> Response {
     let mut account = fixture("account");
     account["id"] = json!(id);
     axum::Json(account).into_response()
 }
 
 async fn create_webhook_endpoint(
-    headers: HeaderMap,
     axum::Form(params): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    if !authorised(&headers) {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
-    }
     let mut endpoint = fixture("webhook_endpoint");
     let param = |name: &str| {
         params
@@ -300,15 +260,7 @@ async fn create_webhook_endpoint(
     axum::Json(endpoint).into_response()
 }
 
-async fn list_webhook_endpoints(headers: HeaderMap) -> Response {
-    if !authorised(&headers) {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
-    }
+async fn list_webhook_endpoints() -> Response {
     axum::Json(json!({ "object": "list", "data": [fixture("webhook_endpoint")], "has_more": false, "url": "/v1/webhook_endpoints" }))
         .into_response()
 }
@@ -329,6 +281,7 @@ impl FakeStripe {
                 "/v1/webhook_endpoints",
                 post(create_webhook_endpoint).get(list_webhook_endpoints),
             )
+            .layer(axum::middleware::from_fn(require_secret_key))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

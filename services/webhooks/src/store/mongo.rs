@@ -7,7 +7,9 @@ use mongodb::bson::{self, Document, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{InboxRepository, Inserted, stale, storage_id};
@@ -169,16 +171,7 @@ impl InboxRepository for MongoInbox {
     }
 
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError> {
-        let documents: Vec<EventDocument> = self
-            .collection
-            .find(doc! { "status": EventStatus::Processing.as_str(), "nextAttemptAt": { "$lte": to_bson_time(now) } })
-            .sort(doc! { "nextAttemptAt": 1, "_id": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<EventDocument> = find_many(&self.collection, doc! { "status": EventStatus::Processing.as_str(), "nextAttemptAt": { "$lte": to_bson_time(now) } }, doc! { "nextAttemptAt": 1, "_id": 1 }, limit).await?;
         documents.into_iter().map(InboxEvent::try_from).collect()
     }
 
@@ -227,16 +220,13 @@ impl InboxRepository for MongoInbox {
             Some(status) => doc! { "status": status.as_str() },
             None => doc! {},
         };
-        let documents: Vec<EventDocument> = self
-            .collection
-            .find(filter)
-            .sort(doc! { "processedAt": -1, "_id": -1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(mongo_error)?
-            .try_collect()
-            .await
-            .map_err(mongo_error)?;
+        let documents: Vec<EventDocument> = find_many(
+            &self.collection,
+            filter,
+            doc! { "processedAt": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
         documents.into_iter().map(InboxEvent::try_from).collect()
     }
 }
