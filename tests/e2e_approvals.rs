@@ -8,14 +8,10 @@ mod support;
 use std::time::Duration;
 
 use payouts_proto::common::v1::Money;
-use payouts_proto::disputes::v1::RecordAllocationRequest;
-use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
 use payouts_proto::notifications::v1::ListNotificationsRequest;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_proto::payouts::v1::{
-    GetPayoutRequest, Payout, PayoutStatus, RegisterAccountRequest, RequestPayoutRequest,
-};
+use payouts_proto::payouts::v1::{GetPayoutRequest, Payout, PayoutStatus, RequestPayoutRequest};
 use payouts_runtime::testing::fake_stripe::FakeStripe;
 use payouts_runtime::testing::stripe;
 use serde_json::{Value, json};
@@ -70,30 +66,7 @@ fn token(subject: &str, admin: bool) -> String {
 
 impl System {
     async fn creator(&self, user_id: &str) {
-        let created = chrono::Utc::now() - chrono::Duration::days(400);
-        PayoutsServiceClient::new(self.channel.clone())
-            .register_account(RegisterAccountRequest {
-                user_id: user_id.to_owned(),
-                stripe_account_id: format!("acct_{user_id}"),
-                account_created_at: Some(prost_types::Timestamp {
-                    seconds: created.timestamp(),
-                    nanos: 0,
-                }),
-            })
-            .await
-            .unwrap();
-        DisputesServiceClient::new(self.channel.clone())
-            .record_allocation(RecordAllocationRequest {
-                allocation_id: format!("alloc_{user_id}"),
-                user_id: user_id.to_owned(),
-                charge_id: "ch_e2e".to_owned(),
-                amount: Some(Money {
-                    cents: 100_000_00,
-                    currency: "usd".to_owned(),
-                }),
-            })
-            .await
-            .unwrap();
+        support::register_creator(&self.channel, user_id, 400, 100_000_00).await;
     }
 
     async fn request(&self, user_id: &str, cents: i64) -> Payout {

@@ -9,16 +9,13 @@ mod support;
 use std::time::Duration;
 
 use payouts_proto::common::v1::Money;
-use payouts_proto::disputes::v1::RecordAllocationRequest;
-use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
 use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsServiceClient;
 use payouts_proto::limits::v1::{PayoutFlag, ValidatePayoutLimitsRequest};
 use payouts_proto::notifications::v1::ListNotificationsRequest;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_proto::payouts::v1::{
-    GetPayoutRequest, ListAuditLogRequest, Payout, PayoutStatus, RegisterAccountRequest,
-    RequestPayoutRequest,
+    GetPayoutRequest, ListAuditLogRequest, Payout, PayoutStatus, RequestPayoutRequest,
 };
 use payouts_runtime::testing::fake_stripe::FakeStripe;
 use payouts_runtime::testing::stripe;
@@ -65,30 +62,7 @@ impl System {
 
     /// A creator with an account `age_days` old and `earned_cents` of earnings.
     async fn creator(&self, user_id: &str, age_days: i64, earned_cents: i64) {
-        let created = chrono::Utc::now() - chrono::Duration::days(age_days);
-        self.payouts()
-            .register_account(RegisterAccountRequest {
-                user_id: user_id.to_owned(),
-                stripe_account_id: format!("acct_{user_id}"),
-                account_created_at: Some(prost_types::Timestamp {
-                    seconds: created.timestamp(),
-                    nanos: 0,
-                }),
-            })
-            .await
-            .unwrap();
-        DisputesServiceClient::new(self.channel.clone())
-            .record_allocation(RecordAllocationRequest {
-                allocation_id: format!("alloc_{user_id}"),
-                user_id: user_id.to_owned(),
-                charge_id: "ch_e2e".to_owned(),
-                amount: Some(Money {
-                    cents: earned_cents,
-                    currency: "usd".to_owned(),
-                }),
-            })
-            .await
-            .unwrap();
+        support::register_creator(&self.channel, user_id, age_days, earned_cents).await;
     }
 
     async fn request(

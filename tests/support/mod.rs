@@ -151,3 +151,43 @@ impl Drop for Payouts {
         let _ = self.child.wait();
     }
 }
+
+/// A creator with a connected account `age_days` old (`acct_<user_id>`) and one allocation of
+/// `earned_cents`, registered over gRPC.
+pub async fn register_creator(
+    channel: &tonic::transport::Channel,
+    user_id: &str,
+    age_days: i64,
+    earned_cents: i64,
+) {
+    use payouts_proto::common::v1::Money;
+    use payouts_proto::disputes::v1::RecordAllocationRequest;
+    use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+    use payouts_proto::payouts::v1::RegisterAccountRequest;
+    use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+
+    let created = chrono::Utc::now() - chrono::Duration::days(age_days);
+    PayoutsServiceClient::new(channel.clone())
+        .register_account(RegisterAccountRequest {
+            user_id: user_id.to_owned(),
+            stripe_account_id: format!("acct_{user_id}"),
+            account_created_at: Some(prost_types::Timestamp {
+                seconds: created.timestamp(),
+                nanos: 0,
+            }),
+        })
+        .await
+        .expect("the account is registered");
+    DisputesServiceClient::new(channel.clone())
+        .record_allocation(RecordAllocationRequest {
+            allocation_id: format!("alloc_{user_id}"),
+            user_id: user_id.to_owned(),
+            charge_id: "ch_e2e".to_owned(),
+            amount: Some(Money {
+                cents: earned_cents,
+                currency: "usd".to_owned(),
+            }),
+        })
+        .await
+        .expect("the allocation is recorded");
+}
