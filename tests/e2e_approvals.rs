@@ -115,7 +115,7 @@ impl System {
 
     /// The approval of `payout_id`, once it is in the queue.
     async fn queued(&self, payout_id: &str) -> Value {
-        for _ in 0..200 {
+        for _ in 0..1500 {
             let response = self
                 .http
                 .get(
@@ -154,7 +154,7 @@ impl System {
     }
 
     async fn wait_for_notification(&self, recipient: &str, kind: &str) -> Value {
-        for _ in 0..200 {
+        for _ in 0..1500 {
             if let Some(found) = self
                 .notifications(recipient)
                 .await
@@ -190,7 +190,7 @@ impl System {
     }
 
     async fn wait_for_status(&self, payout_id: &str, status: PayoutStatus) -> Payout {
-        for _ in 0..200 {
+        for _ in 0..1500 {
             let payout = self.payout(payout_id).await;
             if payout.status() == status {
                 return payout;

@@ -60,7 +60,7 @@ async fn assert_webhook_endpoints_answer(process: &Payouts) {
 async fn serving_status(grpc_url: &str, service: &str) -> ServingStatus {
     let mut health = HealthClient::new(channel(grpc_url).await);
     // SERVING is set once the store answers; wait for it rather than sleep.
-    for _ in 0..100 {
+    for _ in 0..600 {
         let response = health
             .check(HealthCheckRequest {
                 service: service.to_owned(),

@@ -99,7 +99,7 @@ impl System {
 
     async fn wait_for(&self, payout_id: &str, done: impl Fn(&Payout) -> bool) -> Payout {
         let mut last = None;
-        for _ in 0..200 {
+        for _ in 0..1500 {
             let payout = self.payout(payout_id).await;
             if done(&payout) {
                 return payout;
@@ -203,7 +203,7 @@ async fn scenario_1_a_normal_payout_completes(system: &System) {
         ]
     );
     assert_eq!(audit[2].stripe_event_id, "evt_s1_paid");
-    for _ in 0..100 {
+    for _ in 0..1500 {
         if system
             .notification_types("alice")
             .await

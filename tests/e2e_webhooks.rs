@@ -115,7 +115,7 @@ impl Client {
     ) -> Value {
         let token = admin_token(true);
         let mut last = Value::Null;
-        for _ in 0..300 {
+        for _ in 0..1500 {
             let (status, body) = self
                 .admin_get(
                     process,

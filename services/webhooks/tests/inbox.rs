@@ -629,7 +629,7 @@ async fn the_worker_loop_processes_new_deliveries_promptly_and_stops_on_shutdown
         .ingest(Endpoint::StripePayouts, &payload, Some(&header))
         .await
         .unwrap();
-    for _ in 0..200 {
+    for _ in 0..3000 {
         if owner.calls("evt_loop") == 1 {
             break;
         }
