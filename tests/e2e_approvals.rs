@@ -40,11 +40,7 @@ async fn start(store: StoreChoice) -> System {
         ("PAYOUT_POLL_MILLISECONDS", "50"),
     ];
     let process = Payouts::start(&[], store, &env);
-    let channel = Channel::from_shared(process.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = process.grpc_channel().await;
     System {
         process,
         stripe,

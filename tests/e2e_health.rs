@@ -27,14 +27,6 @@ const SERVICES: [&str; 7] = [
     "payouts.notifications.v1.NotificationsService",
 ];
 
-async fn channel(url: &str) -> tonic::transport::Channel {
-    tonic::transport::Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 async fn assert_webhook_endpoints_answer(process: &Payouts) {
     let http = reqwest::Client::new();
     for (path, service) in [
@@ -58,7 +50,7 @@ async fn assert_webhook_endpoints_answer(process: &Payouts) {
 }
 
 async fn serving_status(grpc_url: &str, service: &str) -> ServingStatus {
-    let mut health = HealthClient::new(channel(grpc_url).await);
+    let mut health = HealthClient::new(support::connect(grpc_url).await);
     // SERVING is set once the store answers; wait for it rather than sleep.
     for _ in 0..600 {
         let response = health
@@ -78,7 +70,7 @@ async fn serving_status(grpc_url: &str, service: &str) -> ServingStatus {
 }
 
 async fn reflected_services(grpc_url: &str) -> BTreeSet<String> {
-    let mut reflection = ServerReflectionClient::new(channel(grpc_url).await);
+    let mut reflection = ServerReflectionClient::new(support::connect(grpc_url).await);
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -167,7 +159,7 @@ async fn one_service_alone_serves_only_itself() {
         serving_status(&grpc_url, "payouts.limits.v1.PayoutLimitsService").await,
         ServingStatus::Serving
     );
-    let mut health = HealthClient::new(channel(&grpc_url).await);
+    let mut health = HealthClient::new(support::connect(&grpc_url).await);
     let unknown = health
         .check(HealthCheckRequest {
             service: SERVICES[0].to_owned(),

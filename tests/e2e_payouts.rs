@@ -43,11 +43,7 @@ async fn start(store: StoreChoice, extra: &[(&str, &str)]) -> System {
     ];
     env.extend_from_slice(extra);
     let process = Payouts::start(&[], store, &env);
-    let channel = Channel::from_shared(process.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = process.grpc_channel().await;
     System {
         process,
         stripe,
@@ -379,11 +375,7 @@ async fn without_stripe_a_payout_is_refused() {
         StoreChoice::Embedded,
         &[("STRIPE_API_BASE", stripe.url())],
     );
-    let channel = Channel::from_shared(process.grpc_url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = process.grpc_channel().await;
     let system = System {
         process,
         stripe,

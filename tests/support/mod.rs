@@ -127,6 +127,11 @@ impl Payouts {
         format!("http://{}", self.grpc.expect("gRPC services run"))
     }
 
+    /// A connected channel to the process's gRPC services.
+    pub async fn grpc_channel(&self) -> tonic::transport::Channel {
+        connect(&self.grpc_url()).await
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -150,6 +155,15 @@ impl Drop for Payouts {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A connected gRPC channel to `url`.
+pub async fn connect(url: &str) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(url.to_owned())
+        .expect("a gRPC URL")
+        .connect()
+        .await
+        .expect("the gRPC server accepts connections")
 }
 
 /// A creator with a connected account `age_days` old (`acct_<user_id>`) and one allocation of
