@@ -17,6 +17,8 @@ use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_proto::payouts::v1::{
     GetPayoutRequest, ListAuditLogRequest, Payout, PayoutStatus, RequestPayoutRequest,
 };
+use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
+use payouts_proto::webhooks::v1::{EventStatus, GetEventRequest, WebhookEndpoint};
 use payouts_runtime::testing::fake_stripe::FakeStripe;
 use payouts_runtime::testing::stripe;
 use serde_json::json;
@@ -278,7 +280,22 @@ async fn scenario_2_a_failed_transfer_is_retried_and_succeeds() {
             json!({ "failure_code": "insufficient_funds" }),
         )
         .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the inbox has processed the late failure, then check nothing regressed.
+    let mut webhooks = WebhooksServiceClient::new(system.channel.clone());
+    for _ in 0..1500 {
+        let event = webhooks
+            .get_event(GetEventRequest {
+                endpoint: WebhookEndpoint::StripePayouts.into(),
+                event_id: "evt_s2_failed_again".to_owned(),
+            })
+            .await
+            .ok()
+            .and_then(|response| response.into_inner().event);
+        if event.is_some_and(|e| e.status() == EventStatus::Completed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(
         system.payout(&payout.id).await.status(),
         PayoutStatus::Completed
