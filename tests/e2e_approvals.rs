@@ -139,7 +139,7 @@ impl System {
 
     async fn notifications(&self, recipient: &str) -> Vec<Value> {
         NotificationsServiceClient::new(self.channel.clone())
-            .list_notifications(ListNotificationsRequest { recipient_id: recipient.to_owned(), unread_only: false, limit: 100 })
+            .list_notifications(ListNotificationsRequest { recipient_id: recipient.to_owned(), unread_only: false, page_size: 100, page_token: String::new() })
             .await
             .unwrap()
             .into_inner()

@@ -139,7 +139,8 @@ impl System {
             .list_notifications(ListNotificationsRequest {
                 recipient_id: user_id.to_owned(),
                 unread_only: false,
-                limit: 50,
+                page_size: 50,
+                page_token: String::new(),
             })
             .await
             .unwrap()
@@ -183,6 +184,7 @@ async fn scenario_1_a_normal_payout_completes(system: &System) {
         .payouts()
         .list_audit_log(ListAuditLogRequest {
             payout_id: payout.id.clone(),
+            ..ListAuditLogRequest::default()
         })
         .await
         .unwrap()
@@ -195,7 +197,7 @@ async fn scenario_1_a_normal_payout_completes(system: &System) {
     assert_eq!(
         moves,
         [
-            (PayoutStatus::Pending, PayoutStatus::Pending),
+            (PayoutStatus::Admitting, PayoutStatus::Pending),
             (PayoutStatus::Pending, PayoutStatus::Processing),
             (PayoutStatus::Processing, PayoutStatus::Completed),
         ]
@@ -321,7 +323,10 @@ async fn the_spec_limit_cases_over_grpc() {
         let decision = limits
             .validate_payout_limits(ValidatePayoutLimitsRequest {
                 user_id: user.to_owned(),
-                amount_cents: cents,
+                amount: Some(Money {
+                    cents,
+                    currency: "usd".to_owned(),
+                }),
             })
             .await
             .unwrap()
@@ -371,6 +376,31 @@ async fn bad_amounts_are_invalid_arguments() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{cents}");
         assert!(status.message().contains("amount"), "{}", status.message());
     }
+    // Money is one shape everywhere, and a wrong currency is refused naming the field.
+    let euros = Some(Money {
+        cents: 100_00,
+        currency: "eur".to_owned(),
+    });
+    let status = system
+        .payouts()
+        .request_payout(RequestPayoutRequest {
+            user_id: "dave".to_owned(),
+            amount: euros.clone(),
+            idempotency_key: "euros".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "amount must be in usd, got eur");
+    let status = PayoutLimitsServiceClient::new(system.channel.clone())
+        .validate_payout_limits(ValidatePayoutLimitsRequest {
+            user_id: "dave".to_owned(),
+            amount: euros,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "amount must be in usd, got eur");
     let status = system
         .request("dave", "over-balance", 5_000_01)
         .await

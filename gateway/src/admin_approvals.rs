@@ -1,12 +1,14 @@
 //! The approval workflow for admins (spec §7): decide, and the queue.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use payouts_proto::approvals::v1 as pb;
 use payouts_proto::limits::v1::PayoutFlag;
 use serde::Deserialize;
+
+use payouts_runtime::convert::{cents as money_cents, usd};
 
 use crate::admin_auth::Admin;
 use crate::{Gateway, error_response, grpc_error, rfc3339};
@@ -153,8 +155,8 @@ pub(crate) async fn queue(
     };
     let request = pb::ListApprovalsRequest {
         status: status.into(),
-        min_amount_cents: min,
-        max_amount_cents: max,
+        min_amount: (min > 0).then(|| usd(min)),
+        max_amount: (max > 0).then(|| usd(max)),
         flag: flag.into(),
         page_size,
         page_token: query.page_token.unwrap_or_default(),
@@ -185,12 +187,13 @@ fn approval_json(a: pb::Approval) -> serde_json::Value {
         .collect();
     let metadata = a.metadata.unwrap_or_default();
     let context = a.user_context.unwrap_or_default();
+    let amount = a.amount.unwrap_or_default();
     serde_json::json!({
         "id": a.id,
         "payoutId": a.payout_id,
         "userId": a.user_id,
-        "amountCents": a.amount_cents,
-        "currency": a.currency,
+        "amountCents": amount.cents,
+        "currency": amount.currency,
         "requestedAt": rfc3339(a.requested_at),
         "status": status,
         "reason": a.reason,
@@ -199,14 +202,14 @@ fn approval_json(a: pb::Approval) -> serde_json::Value {
             "isNewAccount": metadata.is_new_account,
             "accountAgeDays": metadata.account_age_days,
             "dailyPayoutCount": metadata.daily_payout_count,
-            "dailyPayoutAmount": metadata.daily_payout_amount_cents,
-            "monthlyPayoutAmount": metadata.monthly_payout_amount_cents,
+            "dailyPayoutAmount": money_cents(metadata.daily_payout_amount.as_ref()),
+            "monthlyPayoutAmount": money_cents(metadata.monthly_payout_amount.as_ref()),
         },
         "userContext": {
             "accountAgeDays": context.account_age_days,
-            "lifetimeEarnings": context.lifetime_earnings_cents,
+            "lifetimeEarnings": money_cents(context.lifetime_earnings.as_ref()),
             "completedPayoutCount": context.completed_payout_count,
-            "completedPayoutAmount": context.completed_payout_cents,
+            "completedPayoutAmount": money_cents(context.completed_payout_amount.as_ref()),
             "recentRefundCount": context.recent_refund_count,
             "recentDisputeCount": context.recent_dispute_count,
         },
@@ -214,5 +217,27 @@ fn approval_json(a: pb::Approval) -> serde_json::Value {
         "reviewedBy": Some(a.reviewed_by).filter(|by| !by.is_empty()),
         "reviewNotes": Some(a.review_notes).filter(|notes| !notes.is_empty()),
         "createdAt": rfc3339(a.created_at),
+        "applied": a.applied,
+        "parked": a.parked,
     })
+}
+
+/// `POST /api/admin/payout-approvals/{approvalId}/retry`: a decision the payouts service
+/// refused to carry out too often (parked, with a critical alert) is tried again.
+pub(crate) async fn retry(
+    State(gateway): State<Gateway>,
+    admin: Admin,
+    Path(approval_id): Path<String>,
+) -> Response {
+    let request = pb::RetryDecisionRequest {
+        approval_id,
+        requested_by: format!("admin:{}", admin.subject),
+    };
+    match gateway.approvals().retry_decision(request).await {
+        Ok(response) => {
+            let approval = response.into_inner().approval.map(approval_json);
+            Json(serde_json::json!({ "success": true, "approval": approval })).into_response()
+        }
+        Err(status) => grpc_error(&status),
+    }
 }

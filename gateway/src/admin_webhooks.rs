@@ -31,12 +31,14 @@ pub(crate) async fn stats(State(gateway): State<Gateway>, _admin: Admin) -> Resp
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct EventsQuery {
     status: Option<String>,
     limit: Option<String>,
+    page_token: Option<String>,
 }
 
-/// `GET /api/admin/webhooks/events?status=failed&limit=50`: newest first.
+/// `GET /api/admin/webhooks/events?status=failed&limit=50&pageToken=`: newest first.
 pub(crate) async fn events(
     State(gateway): State<Gateway>,
     _admin: Admin,
@@ -66,17 +68,15 @@ pub(crate) async fn events(
     };
     let request = pb::ListEventsRequest {
         status: status.into(),
-        limit,
+        page_size: limit,
+        page_token: query.page_token.unwrap_or_default(),
     };
     match gateway.webhooks().list_events(request).await {
         Ok(response) => {
-            let events: Vec<_> = response
-                .into_inner()
-                .events
-                .into_iter()
-                .map(event_json)
-                .collect();
-            Json(serde_json::json!({ "events": events })).into_response()
+            let page = response.into_inner();
+            let events: Vec<_> = page.events.into_iter().map(event_json).collect();
+            let next = Some(page.next_page_token).filter(|token| !token.is_empty());
+            Json(serde_json::json!({ "events": events, "nextPageToken": next })).into_response()
         }
         Err(status) => grpc_error(&status),
     }

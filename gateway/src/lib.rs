@@ -7,6 +7,7 @@
 
 mod admin_approvals;
 mod admin_auth;
+mod admin_payouts;
 mod admin_webhooks;
 mod health;
 mod webhooks;
@@ -18,8 +19,9 @@ use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient;
+use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
-use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{ErrorKind, ServiceName, Settings};
 use tokio::net::TcpListener;
@@ -37,23 +39,24 @@ pub struct Gateway {
     settings: Arc<Settings>,
     webhooks: WebhooksServiceClient<TracedChannel>,
     approvals: ApprovalsServiceClient<TracedChannel>,
+    payouts: PayoutsServiceClient<TracedChannel>,
     admin_auth: AdminAuth,
 }
 
 impl Gateway {
     /// Clients to the services at their configured URLs; they connect lazily.
     pub fn new(settings: Arc<Settings>) -> anyhow::Result<Self> {
-        let webhooks = WebhooksServiceClient::new(traced_channel(
-            settings.service_url(ServiceName::Webhooks),
-        )?);
-        let approvals = ApprovalsServiceClient::new(traced_channel(
-            settings.service_url(ServiceName::Approvals),
-        )?);
+        let webhooks =
+            WebhooksServiceClient::new(service_channel(&settings, ServiceName::Webhooks)?);
+        let approvals =
+            ApprovalsServiceClient::new(service_channel(&settings, ServiceName::Approvals)?);
+        let payouts = PayoutsServiceClient::new(service_channel(&settings, ServiceName::Payouts)?);
         let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
             settings,
             webhooks,
             approvals,
+            payouts,
             admin_auth,
         })
     }
@@ -64,6 +67,10 @@ impl Gateway {
 
     pub(crate) fn approvals(&self) -> ApprovalsServiceClient<TracedChannel> {
         self.approvals.clone()
+    }
+
+    pub(crate) fn payouts(&self) -> PayoutsServiceClient<TracedChannel> {
+        self.payouts.clone()
     }
 
     /// The HTTP routes with their middleware.
@@ -85,6 +92,14 @@ impl Gateway {
             )
             .route("/api/admin/payout-approval", post(admin_approvals::decide))
             .route("/api/admin/payout-approvals", get(admin_approvals::queue))
+            .route(
+                "/api/admin/payout-approvals/{approval_id}/retry",
+                post(admin_approvals::retry),
+            )
+            .route(
+                "/api/admin/payouts/{payout_id}/resume",
+                post(admin_payouts::resume),
+            )
             .route("/api/openapi.json", get(openapi))
             .route("/healthz", get(health::liveness))
             .fallback(not_found)
@@ -295,13 +310,15 @@ mod tests {
             "/api/admin/webhooks/events/{eventId}/retry",
             "/api/admin/payout-approval",
             "/api/admin/payout-approvals",
+            "/api/admin/payout-approvals/{approvalId}/retry",
+            "/api/admin/payouts/{payoutId}/resume",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            8,
+            10,
             "every documented path is a route: {paths:?}"
         );
     }

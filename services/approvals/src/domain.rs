@@ -1,7 +1,16 @@
 //! Approvals and the rules of deciding them (spec §7).
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use payouts_runtime::backoff;
 use payouts_runtime::{Money, ServiceError};
+
+/// How long a decision is left to the request that made it before the worker re-drives it.
+pub const REDRIVE_AFTER: Duration = Duration::seconds(10);
+/// Failed tries to carry a decision out before it is parked with a critical alert.
+pub const MAX_CARRY_OUT_ATTEMPTS: u32 = 12;
+/// Backoff between tries: 30 s doubling, capped at 30 minutes, with a deterministic jitter.
+pub const CARRY_OUT_BACKOFF_BASE: Duration = Duration::seconds(30);
+pub const CARRY_OUT_BACKOFF_CAP: Duration = Duration::minutes(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ApprovalStatus {
@@ -78,6 +87,12 @@ pub struct Approval {
     pub user_context: UserContext,
     /// The decision has been carried out by the payouts service.
     pub applied: bool,
+    /// When the worker next tries to carry the decision out (None: nothing to do).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Failed tries to carry the decision out.
+    pub attempts: u32,
+    /// Carrying it out failed too often: stopped, an admin was alerted and resumes it.
+    pub parked: bool,
     pub version: i64,
 }
 
@@ -127,6 +142,50 @@ impl Approval {
             reviewed_at: Some(now),
             reviewed_by: Some(reviewer.to_owned()),
             review_notes: notes.map(str::to_owned),
+            // The deciding request carries it out; the worker only if that did not happen.
+            next_attempt_at: Some(now + REDRIVE_AFTER),
+            attempts: 0,
+            version: self.version + 1,
+            ..self.clone()
+        })
+    }
+
+    /// Carrying the decision out failed: try again after a backoff. `true` when the bound
+    /// is reached (the caller parks it once the admins are alerted).
+    pub fn carry_out_failed(&self, now: DateTime<Utc>) -> (Approval, bool) {
+        let attempts = self.attempts + 1;
+        let approval = Approval {
+            attempts,
+            next_attempt_at: Some(
+                now + backoff::delay(
+                    CARRY_OUT_BACKOFF_BASE,
+                    CARRY_OUT_BACKOFF_CAP,
+                    attempts,
+                    &self.id,
+                ),
+            ),
+            version: self.version + 1,
+            ..self.clone()
+        };
+        (approval, attempts >= MAX_CARRY_OUT_ATTEMPTS)
+    }
+
+    /// Parked after too many failures: the worker leaves it until an admin resumes it.
+    pub fn parked(&self) -> Approval {
+        Approval {
+            parked: true,
+            next_attempt_at: None,
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// An admin resumed a parked decision: due now, with a fresh set of tries.
+    pub fn resumed(&self, now: DateTime<Utc>) -> Option<Approval> {
+        (self.parked && !self.applied).then(|| Approval {
+            parked: false,
+            attempts: 0,
+            next_attempt_at: Some(now),
             version: self.version + 1,
             ..self.clone()
         })
@@ -138,6 +197,8 @@ impl Approval {
     pub fn applied(&self) -> Approval {
         Approval {
             applied: true,
+            next_attempt_at: None,
+            parked: false,
             version: self.version + 1,
             ..self.clone()
         }
@@ -193,6 +254,9 @@ mod tests {
             metadata: HoldMetadata::default(),
             user_context: UserContext::default(),
             applied: false,
+            next_attempt_at: None,
+            attempts: 0,
+            parked: false,
             version: 1,
         }
     }

@@ -8,9 +8,10 @@ use payouts_proto::approvals::v1::approvals_service_server::{
 };
 use payouts_proto::limits::v1::{LimitMetadata, PayoutFlag};
 use payouts_runtime::convert::{
-    optional_timestamp, page_size, page_token, parse_page_token, required_id, timestamp,
+    cents, optional_money, optional_timestamp, page_size, paginate, parse_page_token,
+    positive_money, required_id, timestamp, usd,
 };
-use payouts_runtime::{Money, ServiceError};
+use payouts_runtime::{Currency, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Action, Approval, ApprovalStatus, Filter, HoldMetadata};
@@ -54,8 +55,9 @@ fn status_to_proto(status: ApprovalStatus) -> pb::ApprovalStatus {
 pub fn to_proto(a: Approval) -> pb::Approval {
     pb::Approval {
         status: status_to_proto(a.status).into(),
-        amount_cents: a.amount.cents,
-        currency: a.amount.currency.to_string(),
+        amount: Some(a.amount.clone().into()),
+        applied: a.applied,
+        parked: a.parked,
         flags: a
             .flags
             .iter()
@@ -66,15 +68,16 @@ pub fn to_proto(a: Approval) -> pb::Approval {
             is_new_account: a.metadata.is_new_account,
             account_age_days: a.metadata.account_age_days,
             daily_payout_count: a.metadata.daily_payout_count,
-            daily_payout_amount_cents: a.metadata.daily_payout_amount_cents,
-            monthly_payout_amount_cents: a.metadata.monthly_payout_amount_cents,
-            lifetime_earnings_cents: a.metadata.lifetime_earnings_cents,
+            daily_payout_amount: Some(usd(a.metadata.daily_payout_amount_cents)),
+            monthly_payout_amount: Some(usd(a.metadata.monthly_payout_amount_cents)),
+            lifetime_earnings: Some(usd(a.metadata.lifetime_earnings_cents)),
+            daily_attempt_count: 0,
         }),
         user_context: Some(pb::UserContext {
             account_age_days: a.user_context.account_age_days,
-            lifetime_earnings_cents: a.user_context.lifetime_earnings_cents,
+            lifetime_earnings: Some(usd(a.user_context.lifetime_earnings_cents)),
             completed_payout_count: a.user_context.completed_payout_count,
-            completed_payout_cents: a.user_context.completed_payout_cents,
+            completed_payout_amount: Some(usd(a.user_context.completed_payout_cents)),
             recent_refund_count: a.user_context.recent_refund_count,
             recent_dispute_count: a.user_context.recent_dispute_count,
         }),
@@ -102,24 +105,16 @@ impl ApprovalsService for ApprovalsGrpc {
         let hold = Hold {
             payout_id: required_id(&r.payout_id, "payout_id")?,
             user_id: required_id(&r.user_id, "user_id")?,
-            amount: Money::positive(
-                r.amount_cents,
-                if r.currency.is_empty() {
-                    "usd"
-                } else {
-                    &r.currency
-                },
-                "amount_cents",
-            )?,
+            amount: positive_money(r.amount, "amount", &Currency::usd())?,
             flags: r.flags.into_iter().filter_map(flag_name).collect(),
             reason: r.reason,
             metadata: HoldMetadata {
                 is_new_account: metadata.is_new_account,
                 account_age_days: metadata.account_age_days,
                 daily_payout_count: metadata.daily_payout_count,
-                daily_payout_amount_cents: metadata.daily_payout_amount_cents,
-                monthly_payout_amount_cents: metadata.monthly_payout_amount_cents,
-                lifetime_earnings_cents: metadata.lifetime_earnings_cents,
+                daily_payout_amount_cents: cents(metadata.daily_payout_amount.as_ref()),
+                monthly_payout_amount_cents: cents(metadata.monthly_payout_amount.as_ref()),
+                lifetime_earnings_cents: cents(metadata.lifetime_earnings.as_ref()),
             },
         };
         let (approval, created) = self.workflow.create(hold).await?;
@@ -163,32 +158,22 @@ impl ApprovalsService for ApprovalsGrpc {
                 .into());
             }
         };
-        if r.min_amount_cents < 0 || r.max_amount_cents < 0 {
-            return Err(
-                ServiceError::invalid_argument("amount bounds must not be negative").into(),
-            );
-        }
-        let limit = page_size(r.page_size, 50, 500)?;
+        let usd_currency = Currency::usd();
+        let min = optional_money(r.min_amount, "min_amount", &usd_currency)?;
+        let max = optional_money(r.max_amount, "max_amount", &usd_currency)?;
+        let size = page_size(r.page_size, 50, 500)?;
         let filter = Filter {
             status,
-            min_amount_cents: Some(r.min_amount_cents).filter(|cents| *cents > 0),
-            max_amount_cents: Some(r.max_amount_cents).filter(|cents| *cents > 0),
+            min_amount_cents: min.map(|money| money.cents),
+            max_amount_cents: max.map(|money| money.cents),
             flag: flag_name(r.flag),
             after: parse_page_token(&r.page_token)?,
-            limit: limit + 1,
+            limit: size + 1,
         };
-        let mut approvals = self.workflow.approvals.list(&filter).await?;
-        let next_page_token = if approvals.len() > limit {
-            approvals.truncate(limit);
-            approvals
-                .last()
-                .map(|last| page_token(last.requested_at, &last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let found = self.workflow.approvals.list(&filter).await?;
+        let (page, next_page_token) = paginate(found, size, |a| (a.requested_at, a.id.clone()));
         Ok(Response::new(pb::ListApprovalsResponse {
-            approvals: approvals.into_iter().map(to_proto).collect(),
+            approvals: page.into_iter().map(to_proto).collect(),
             next_page_token,
         }))
     }
@@ -217,6 +202,20 @@ impl ApprovalsService for ApprovalsGrpc {
             approval: Some(to_proto(decided.approval)),
             transfer_id: decided.transfer_id.unwrap_or_default(),
             message: decided.message,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(approval_id = %request.get_ref().approval_id))]
+    async fn retry_decision(
+        &self,
+        request: Request<pb::RetryDecisionRequest>,
+    ) -> Result<Response<pb::RetryDecisionResponse>, Status> {
+        let r = request.into_inner();
+        let approval_id = required_id(&r.approval_id, "approval_id")?;
+        let requested_by = required_id(&r.requested_by, "requested_by")?;
+        let approval = self.workflow.retry(&approval_id, &requested_by).await?;
+        Ok(Response::new(pb::RetryDecisionResponse {
+            approval: Some(to_proto(approval)),
         }))
     }
 }

@@ -1,5 +1,7 @@
 //! The approval workflow: queue a held payout (and tell every admin), decide it exactly once,
-//! and have the payouts service carry the decision out, re-driving it until it has.
+//! and have the payouts service carry the decision out, re-driving it (with a backoff) until
+//! it has; a decision that cannot be carried out after a bounded number of tries is parked
+//! with a critical alert, for an admin to resume.
 
 use std::sync::Arc;
 
@@ -10,12 +12,17 @@ use payouts_proto::notifications::v1 as notifications_pb;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1 as payouts_pb;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::convert::cents;
+use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::money::dollars;
 use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{Clock, ErrorKind, Money, ServiceError, ServiceName, Settings};
 
-use crate::domain::{Action, Approval, ApprovalStatus, HoldMetadata, UserContext, approval_id};
+pub use crate::domain::REDRIVE_AFTER;
+use crate::domain::{
+    Action, Approval, ApprovalStatus, HoldMetadata, MAX_CARRY_OUT_ATTEMPTS, UserContext,
+    approval_id,
+};
 use crate::store::ApprovalRepository;
 
 /// Carries a decision out on the payout (idempotent).
@@ -27,9 +34,19 @@ pub trait PayoutsPort: Send + Sync + 'static {
     async fn user_context(&self, user_id: &str) -> Result<UserContext, ServiceError>;
 }
 
-/// Tells every admin about a new approval.
+/// Tells every admin about a new approval, and raises critical alerts.
+#[async_trait]
 pub trait AdminNotifier: Send + Sync + 'static {
     fn approval_required(&self, approval: &Approval);
+
+    /// Raises a critical alert (idempotent on `key`).
+    async fn critical_alert(
+        &self,
+        key: &str,
+        kind: &str,
+        title: &str,
+        description: &str,
+    ) -> Result<(), ServiceError>;
 }
 
 /// The payouts and disputes services over gRPC.
@@ -42,12 +59,8 @@ pub struct GrpcPayouts {
 impl GrpcPayouts {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            payouts: PayoutsServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Payouts),
-            )?),
-            disputes: DisputesServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Disputes),
-            )?),
+            payouts: PayoutsServiceClient::new(service_channel(settings, ServiceName::Payouts)?),
+            disputes: DisputesServiceClient::new(service_channel(settings, ServiceName::Disputes)?),
         })
     }
 }
@@ -112,7 +125,7 @@ impl PayoutsPort for GrpcPayouts {
             .into_inner();
         Ok(UserContext {
             account_age_days,
-            lifetime_earnings_cents: earnings.lifetime.map_or(0, |money| money.cents),
+            lifetime_earnings_cents: cents(earnings.lifetime.as_ref()),
             completed_payout_count: i64::try_from(completed.len()).unwrap_or(i64::MAX),
             completed_payout_cents: completed
                 .iter()
@@ -134,14 +147,38 @@ pub struct GrpcAdminNotifier {
 impl GrpcAdminNotifier {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: NotificationsServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Notifications),
+            client: NotificationsServiceClient::new(service_channel(
+                settings,
+                ServiceName::Notifications,
             )?),
         })
     }
 }
 
+#[async_trait]
 impl AdminNotifier for GrpcAdminNotifier {
+    async fn critical_alert(
+        &self,
+        key: &str,
+        kind: &str,
+        title: &str,
+        description: &str,
+    ) -> Result<(), ServiceError> {
+        self.client
+            .clone()
+            .create_critical_alert(notifications_pb::CreateCriticalAlertRequest {
+                r#type: kind.to_owned(),
+                severity: notifications_pb::AlertSeverity::Critical.into(),
+                title: title.to_owned(),
+                description: description.to_owned(),
+                data_json: String::new(),
+                dedupe_key: key.to_owned(),
+            })
+            .await
+            .map_err(|status| ServiceError::from_remote("notifications", &status))?;
+        Ok(())
+    }
+
     fn approval_required(&self, approval: &Approval) {
         // Spec §7 admin notification.
         let request = notifications_pb::NotifyAdminsRequest {
@@ -176,9 +213,6 @@ impl AdminNotifier for GrpcAdminNotifier {
         });
     }
 }
-
-/// How long a decision is left to the request that made it before the worker re-drives it.
-pub const REDRIVE_AFTER: chrono::Duration = chrono::Duration::seconds(10);
 
 /// What deciding answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +268,9 @@ impl Workflow {
             metadata: hold.metadata,
             user_context,
             applied: false,
+            next_attempt_at: None,
+            attempts: 0,
+            parked: false,
             version: 1,
         };
         let (stored, created) = self.approvals.create(&approval).await?;
@@ -299,7 +336,7 @@ impl Workflow {
                 tracing::warn!(approval_id, error = %error, "decision recorded; the payout will follow when the payouts service answers");
                 let message = "Decision recorded; the payout will be updated shortly".to_owned();
                 Ok(Decided {
-                    approval: decided,
+                    approval: self.record_failure(&decided).await.unwrap_or(decided),
                     transfer_id: None,
                     message,
                 })
@@ -317,21 +354,84 @@ impl Workflow {
         Ok((applied, transfer_id))
     }
 
-    /// Re-drives decisions the payouts service has not carried out yet (after a grace period
-    /// that leaves the deciding request time to carry its decision out itself).
+    /// Records a failed try to carry a decision out: due again after a backoff, or parked
+    /// once the bound is reached and the admins have been alerted (if the alert cannot be
+    /// raised, it is not parked: the next try raises it).
+    async fn record_failure(&self, decided: &Approval) -> Result<Approval, ServiceError> {
+        let (failed, exhausted) = decided.carry_out_failed(self.clock.now());
+        let updated = if exhausted {
+            let alerted = self
+                .notifier
+                .critical_alert(
+                    &format!("{}:parked:{}", decided.id, decided.reviewed_at.map(|t| t.timestamp()).unwrap_or(0)),
+                    "approval_parked",
+                    &format!("Approval {} could not be carried out", decided.id),
+                    &format!(
+                        "The payouts service refused or did not answer {MAX_CARRY_OUT_ATTEMPTS} tries to carry out the {} decision on payout {}. \
+                         Resume it with POST /api/admin/payout-approvals/{}/retry once the cause is fixed.",
+                        decided.status.as_str(),
+                        decided.payout_id,
+                        decided.id
+                    ),
+                )
+                .await;
+            match alerted {
+                Ok(()) => failed.parked(),
+                Err(error) => {
+                    tracing::error!(approval_id = %decided.id, error = %error, "critical alert not raised; will try again");
+                    failed
+                }
+            }
+        } else {
+            failed
+        };
+        self.approvals.replace(&updated, decided.version).await?;
+        Ok(updated)
+    }
+
+    /// An admin resumes a parked decision: due at once, with a fresh set of tries.
+    pub async fn retry(
+        &self,
+        approval_id: &str,
+        requested_by: &str,
+    ) -> Result<Approval, ServiceError> {
+        let approval =
+            self.approvals.get(approval_id).await?.ok_or_else(|| {
+                ServiceError::not_found(format!("approval {approval_id} not found"))
+            })?;
+        let resumed = approval.resumed(self.clock.now()).ok_or_else(|| {
+            ServiceError::failed_precondition(format!(
+                "approval {approval_id} is not parked; only a parked decision is retried"
+            ))
+        })?;
+        self.approvals.replace(&resumed, approval.version).await?;
+        tracing::info!(approval_id, requested_by, "parked decision resumed");
+        Ok(resumed)
+    }
+
+    /// Re-drives decisions the payouts service has not carried out yet, as they come due
+    /// (the first after a grace period that leaves the deciding request time to carry its
+    /// decision out itself; then with a backoff).
     pub async fn run_due(&self) -> Result<usize, ServiceError> {
-        let settled_before = self.clock.now() - REDRIVE_AFTER;
-        let pending: Vec<Approval> = self
-            .approvals
-            .unapplied(32)
-            .await?
-            .into_iter()
-            .filter(|approval| approval.reviewed_at.is_some_and(|at| at <= settled_before))
-            .collect();
-        let count = pending.len();
-        for decided in pending {
-            if let Err(error) = self.carry_out(&decided).await {
-                tracing::warn!(approval_id = %decided.id, error = %error, "decision not carried out yet");
+        let due = self.approvals.due(self.clock.now(), 32).await?;
+        let count = due.len();
+        for decided in due {
+            match self.payouts.resolve(&decided).await {
+                Ok(_) => {
+                    if let Err(error) = self
+                        .approvals
+                        .replace(&decided.applied(), decided.version)
+                        .await
+                    {
+                        tracing::debug!(approval_id = %decided.id, error = %error, "carried out; recorded by another worker");
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(approval_id = %decided.id, error = %error, "decision not carried out yet");
+                    if let Err(error) = self.record_failure(&decided).await {
+                        tracing::debug!(approval_id = %decided.id, error = %error, "failure not recorded (changed concurrently)");
+                    }
+                }
             }
         }
         Ok(count)

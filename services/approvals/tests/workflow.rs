@@ -9,22 +9,29 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{Duration, Utc};
-use payouts_approvals::domain::{Action, Approval, ApprovalStatus, HoldMetadata, UserContext};
+use payouts_approvals::domain::{
+    Action, Approval, ApprovalStatus, HoldMetadata, MAX_CARRY_OUT_ATTEMPTS, UserContext,
+};
 use payouts_approvals::store::{ApprovalRepository, MemoryApprovals, MongoApprovals};
 use payouts_approvals::workflow::{AdminNotifier, Hold, PayoutsPort, REDRIVE_AFTER, Workflow};
 use payouts_runtime::clock::ManualClock;
-use payouts_runtime::{ErrorKind, Money, ServiceError};
+use payouts_runtime::{Clock as _, ErrorKind, Money, ServiceError};
 
-/// Payouts that fail the first `failures` resolutions, and count the others.
+/// Payouts that fail the first `failures` resolutions and every resolution of the payouts in
+/// `refusing`, and count the others.
 #[derive(Default)]
 struct FakePayouts {
     failures: AtomicUsize,
+    refusing: Mutex<Vec<String>>,
     resolved: Mutex<Vec<(String, ApprovalStatus)>>,
 }
 
 #[async_trait]
 impl PayoutsPort for FakePayouts {
     async fn resolve(&self, approval: &Approval) -> Result<Option<String>, ServiceError> {
+        if self.refusing.lock().unwrap().contains(&approval.payout_id) {
+            return Err(ServiceError::conflict("payout refuses"));
+        }
         if self.failures.load(Ordering::SeqCst) > 0 {
             self.failures.fetch_sub(1, Ordering::SeqCst);
             return Err(ServiceError::unavailable(
@@ -52,11 +59,24 @@ impl PayoutsPort for FakePayouts {
 #[derive(Default)]
 struct Admins {
     told: Mutex<Vec<String>>,
+    alerts: Mutex<Vec<String>>,
 }
 
+#[async_trait]
 impl AdminNotifier for Admins {
     fn approval_required(&self, approval: &Approval) {
         self.told.lock().unwrap().push(approval.id.clone());
+    }
+
+    async fn critical_alert(
+        &self,
+        _key: &str,
+        kind: &str,
+        _title: &str,
+        _description: &str,
+    ) -> Result<(), ServiceError> {
+        self.alerts.lock().unwrap().push(kind.to_owned());
+        Ok(())
     }
 }
 
@@ -181,9 +201,12 @@ async fn a_decision_made_while_payouts_is_down_is_carried_out_later_once() {
         assert_eq!(decided.transfer_id, None);
         assert!(!decided.approval.applied);
 
-        // Not before the grace period: the deciding request may still be carrying it out.
+        // Not at once: the next try waits a backoff (at least the re-drive grace).
         assert_eq!(f.workflow.run_due().await.unwrap(), 0);
-        f.clock.advance(REDRIVE_AFTER + Duration::seconds(1));
+        let stored = repository.get(&approval.id).await.unwrap().unwrap();
+        let next = stored.next_attempt_at.unwrap();
+        assert!(next - f.clock.now() >= REDRIVE_AFTER, "{next}");
+        f.clock.set(next);
         assert_eq!(f.workflow.run_due().await.unwrap(), 1);
         assert_eq!(
             f.payouts.resolved.lock().unwrap().clone(),
@@ -191,6 +214,93 @@ async fn a_decision_made_while_payouts_is_down_is_carried_out_later_once() {
         );
         assert!(repository.get(&approval.id).await.unwrap().unwrap().applied);
         assert_eq!(f.workflow.run_due().await.unwrap(), 0, "carried out once");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_that_keeps_failing_backs_off_then_parks_with_an_alert() {
+    on_both_stores("wf_park", |repository| async move {
+        let attempts = usize::try_from(MAX_CARRY_OUT_ATTEMPTS).unwrap();
+        let f = fixture(Arc::clone(&repository), attempts);
+        let (approval, _) = f.workflow.create(hold("payout_stuck")).await.unwrap();
+        f.workflow
+            .decide(&approval.id, Action::Reject, "admin-1", Some("no"))
+            .await
+            .unwrap();
+        let mut waits = Vec::new();
+        loop {
+            let stored = repository.get(&approval.id).await.unwrap().unwrap();
+            let Some(next) = stored.next_attempt_at else {
+                assert!(stored.parked, "stops only by parking");
+                break;
+            };
+            waits.push(next - f.clock.now());
+            f.clock.set(next);
+            f.workflow.run_due().await.unwrap();
+            assert!(waits.len() <= attempts, "bounded");
+        }
+        assert_eq!(
+            waits.len(),
+            attempts - 1,
+            "the first try was the deciding request's"
+        );
+        assert!(
+            waits
+                .windows(2)
+                .all(|pair| pair[1] >= pair[0] || pair[1] >= Duration::minutes(30))
+        );
+        assert_eq!(
+            f.admins.alerts.lock().unwrap().clone(),
+            vec!["approval_parked".to_owned()]
+        );
+        // Parked: left alone until an admin retries it; then it is carried out once.
+        f.clock.advance(Duration::days(1));
+        assert_eq!(f.workflow.run_due().await.unwrap(), 0);
+        assert!(f.payouts.resolved.lock().unwrap().is_empty());
+        let resumed = f.workflow.retry(&approval.id, "admin:ops").await.unwrap();
+        assert!(!resumed.parked);
+        assert_eq!(f.workflow.run_due().await.unwrap(), 1);
+        assert_eq!(f.payouts.resolved.lock().unwrap().len(), 1);
+        assert!(repository.get(&approval.id).await.unwrap().unwrap().applied);
+        let error = f
+            .workflow
+            .retry(&approval.id, "admin:ops")
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_decisions_do_not_starve_newer_ones() {
+    on_both_stores("wf_starve", |repository| async move {
+        // 40 decisions whose payouts keep refusing, decided first...
+        let f = fixture(Arc::clone(&repository), 0);
+        for i in 0..40 {
+            let payout = format!("payout_bad_{i}");
+            f.payouts.refusing.lock().unwrap().push(payout.clone());
+            let (approval, _) = f.workflow.create(hold(&payout)).await.unwrap();
+            f.workflow
+                .decide(&approval.id, Action::Reject, "admin-1", Some("no"))
+                .await
+                .unwrap();
+        }
+        // ...then one whose carry-out failed only once.
+        f.payouts.failures.store(1, Ordering::SeqCst);
+        let (good, _) = f.workflow.create(hold("payout_good")).await.unwrap();
+        f.workflow
+            .decide(&good.id, Action::Approve, "admin-1", None)
+            .await
+            .unwrap();
+        // The failing ones back off, so within a few passes the newer one gets its turn
+        // (taking the oldest 32 every time, it never would).
+        for _ in 0..4 {
+            f.clock.advance(Duration::minutes(1));
+            f.workflow.run_due().await.unwrap();
+        }
+        assert!(repository.get(&good.id).await.unwrap().unwrap().applied);
     })
     .await;
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use payouts_proto::balance::v1 as pb;
 use payouts_proto::balance::v1::balance_service_server::{BalanceService, BalanceServiceServer};
-use payouts_runtime::convert::{page_size, timestamp};
+use payouts_runtime::Money;
+use payouts_runtime::convert::{page_size, paginate, parse_page_token, timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Snapshot, ThresholdStatus};
@@ -33,15 +34,15 @@ fn to_proto(s: Snapshot) -> pb::BalanceSnapshot {
         ThresholdStatus::Critical => pb::ThresholdStatus::Critical,
         ThresholdStatus::Depleted => pb::ThresholdStatus::Depleted,
     };
+    let money = |cents: i64| Some(Money::new(cents, s.currency.clone()).into());
     pb::BalanceSnapshot {
-        total_balance_cents: s.total_balance_cents(),
+        total_balance: money(s.total_balance_cents()),
+        available_balance: money(s.available_balance_cents),
+        pending_balance: money(s.pending_balance_cents),
+        pending_obligations: money(s.pending_obligations_cents),
+        required_reserve: money(s.required_reserve_cents),
         id: s.id,
         timestamp: Some(timestamp(s.taken_at)),
-        currency: s.currency.to_string(),
-        available_balance_cents: s.available_balance_cents,
-        pending_balance_cents: s.pending_balance_cents,
-        pending_obligations_cents: s.pending_obligations_cents,
-        required_reserve_cents: s.required_reserve_cents,
         threshold_status: status.into(),
         users_with_unpaid_earnings: s.users_with_unpaid_earnings,
         users_without_bank_accounts: s.users_without_bank_accounts,
@@ -61,14 +62,14 @@ impl BalanceService for BalanceGrpc {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        let limit = page_size(request.get_ref().limit, 30, 366)?;
-        let snapshots = self
-            .snapshots
-            .recent(limit)
-            .await?
-            .into_iter()
-            .map(to_proto)
-            .collect();
-        Ok(Response::new(pb::ListSnapshotsResponse { snapshots }))
+        let r = request.into_inner();
+        let size = page_size(r.page_size, 30, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let found = self.snapshots.recent(after, size + 1).await?;
+        let (page, next_page_token) = paginate(found, size, |s| (s.taken_at, s.id.clone()));
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: page.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
     }
 }

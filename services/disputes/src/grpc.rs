@@ -6,7 +6,7 @@ use payouts_proto::disputes::v1 as pb;
 use payouts_proto::disputes::v1::disputes_service_server::{
     DisputesService, DisputesServiceServer,
 };
-use payouts_runtime::convert::{page_size, required_id, timestamp};
+use payouts_runtime::convert::{page_size, paginate, parse_page_token, required_id, timestamp};
 use payouts_runtime::{Clock, Currency, Money, ServiceError};
 use tonic::{Request, Response, Status};
 
@@ -52,6 +52,7 @@ fn to_proto(a: Allocation) -> pb::Allocation {
         AllocationStatus::Disputed => pb::AllocationStatus::Disputed,
         AllocationStatus::Refunded => pb::AllocationStatus::Refunded,
     };
+    let currency = a.amount.currency.clone();
     pb::Allocation {
         id: a.id,
         user_id: a.user_id,
@@ -59,8 +60,8 @@ fn to_proto(a: Allocation) -> pb::Allocation {
         original_amount: Some(a.original_amount.into()),
         amount: Some(a.amount.into()),
         status: status.into(),
-        refunded_cents: a.refunded_cents,
-        frozen_cents: a.frozen_cents,
+        refunded: Some(Money::new(a.refunded_cents, currency.clone()).into()),
+        frozen: Some(Money::new(a.frozen_cents, currency).into()),
         dispute_id: a.dispute_id.unwrap_or_default(),
         created_at: Some(timestamp(a.created_at)),
         updated_at: Some(timestamp(a.updated_at)),
@@ -107,7 +108,10 @@ impl DisputesService for DisputesGrpc {
         } else {
             Currency::parse(&r.currency)?
         };
-        let allocations = self.allocations.list_by_user(&user_id, usize::MAX).await?;
+        let allocations = self
+            .allocations
+            .list_by_user(&user_id, None, usize::MAX)
+            .await?;
         let earnings = Earnings::of(&allocations, &currency);
         let recent_since = self.clock.now() - RECENT;
         Ok(Response::new(pb::GetEarningsResponse {
@@ -127,15 +131,17 @@ impl DisputesService for DisputesGrpc {
     ) -> Result<Response<pb::ListAllocationsResponse>, Status> {
         let r = request.into_inner();
         let user_id = required_id(&r.user_id, "user_id")?;
-        let limit = page_size(r.limit, 50, 500)?;
-        let allocations = self
+        let size = page_size(r.page_size, 50, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let found = self
             .allocations
-            .list_by_user(&user_id, limit)
-            .await?
-            .into_iter()
-            .map(to_proto)
-            .collect();
-        Ok(Response::new(pb::ListAllocationsResponse { allocations }))
+            .list_by_user(&user_id, after, size + 1)
+            .await?;
+        let (page, next_page_token) = paginate(found, size, |a| (a.created_at, a.id.clone()));
+        Ok(Response::new(pb::ListAllocationsResponse {
+            allocations: page.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
     }
 
     async fn handle_stripe_event(

@@ -68,6 +68,7 @@ async fn seed(quotas: &MemoryQuotas, history: usize) -> usize {
                     requires_approval: false,
                     flags: Vec::new(),
                     released_cents: 0,
+                    release_sequence: 0,
                 });
             }
             quota.committed_cents += 100_00;
@@ -89,6 +90,7 @@ async fn run(history: usize, calls: usize, clients: usize) {
         Arc::new(MemoryBlockedAttempts::default()),
         Arc::new(Established),
         Arc::new(SystemClock),
+        Arc::new(payouts_runtime::UuidIds),
     );
     let mut server = GrpcServer::new();
     server.add_service(payouts_limits::grpc::server(
@@ -119,7 +121,7 @@ async fn run(history: usize, calls: usize, clients: usize) {
                     }
                     let request = ValidatePayoutLimitsRequest {
                         user_id: format!("user_{}", (call * 7_919) % USERS),
-                        amount_cents: 50_00,
+                        amount: Some(payouts_runtime::convert::usd(50_00)),
                     };
                     let sent = Instant::now();
                     client.validate_payout_limits(request).await.unwrap();

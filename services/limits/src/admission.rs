@@ -2,17 +2,16 @@
 //! one compare-and-set on the user's quota document.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use payouts_proto::disputes::v1::GetEarningsRequest;
 use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
 use payouts_proto::payouts::v1::GetAccountRequest;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_runtime::grpc::{TracedChannel, traced_channel};
-use payouts_runtime::{Clock, ErrorKind, ServiceError, ServiceName, Settings};
+use payouts_runtime::grpc::{TracedChannel, service_channel};
+use payouts_runtime::{Clock, ErrorKind, IdSource, ServiceError, ServiceName, Settings};
 
-use crate::checks::{self, Admission, Decision, UserContext};
+use crate::checks::{self, Admission, Decision, Release, UserContext};
 use crate::domain::{BlockedAttempt, LimitConfig};
 use crate::store::{BlockedAttemptRepository, QuotaRepository};
 
@@ -32,12 +31,8 @@ pub struct GrpcContext {
 impl GrpcContext {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            payouts: PayoutsServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Payouts),
-            )?),
-            disputes: DisputesServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Disputes),
-            )?),
+            payouts: PayoutsServiceClient::new(service_channel(settings, ServiceName::Payouts)?),
+            disputes: DisputesServiceClient::new(service_channel(settings, ServiceName::Disputes)?),
         })
     }
 }
@@ -45,13 +40,18 @@ impl GrpcContext {
 #[async_trait]
 impl ContextSource for GrpcContext {
     async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
-        let account = self
-            .payouts
-            .clone()
-            .get_account(GetAccountRequest {
+        // Both questions at once: the caller's deadline covers one round trip, not two.
+        let mut payouts = self.payouts.clone();
+        let mut disputes = self.disputes.clone();
+        let (account, earnings) = tokio::join!(
+            payouts.get_account(GetAccountRequest {
                 user_id: user_id.to_owned(),
+            }),
+            disputes.get_earnings(GetEarningsRequest {
+                user_id: user_id.to_owned(),
+                currency: "usd".to_owned(),
             })
-            .await;
+        );
         let account_created_at = match account {
             Ok(response) => response
                 .into_inner()
@@ -66,14 +66,7 @@ impl ContextSource for GrpcContext {
             Err(status) if status.code() == tonic::Code::NotFound => None,
             Err(status) => return Err(ServiceError::from_remote("payouts", &status)),
         };
-        let earnings = self
-            .disputes
-            .clone()
-            .get_earnings(GetEarningsRequest {
-                user_id: user_id.to_owned(),
-                currency: "usd".to_owned(),
-            })
-            .await
+        let earnings = earnings
             .map_err(|status| ServiceError::from_remote("disputes", &status))?
             .into_inner();
         Ok(UserContext {
@@ -92,6 +85,25 @@ pub struct Reserved {
     pub reserved: bool,
 }
 
+/// What setting a release concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    /// The reservation gives back what was asked (now, or already).
+    pub applied: bool,
+    /// A reservation exists for the payout.
+    pub found: bool,
+    /// What the reservation still holds.
+    pub held_cents: i64,
+}
+
+/// What re-checking an admitted payout concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rechecked {
+    pub payable: bool,
+    pub reason: String,
+    pub available_cents: i64,
+}
+
 /// How many times an admission that lost a compare-and-set is retried.
 const MAX_ADMISSION_ATTEMPTS: u32 = 100;
 
@@ -102,6 +114,7 @@ pub struct Limits {
     blocked_attempts: Arc<dyn BlockedAttemptRepository>,
     context: Arc<dyn ContextSource>,
     clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
 }
 
 impl Limits {
@@ -111,6 +124,7 @@ impl Limits {
         blocked_attempts: Arc<dyn BlockedAttemptRepository>,
         context: Arc<dyn ContextSource>,
         clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdSource>,
     ) -> Self {
         Self {
             config,
@@ -118,6 +132,7 @@ impl Limits {
             blocked_attempts,
             context,
             clock,
+            ids,
         }
     }
 
@@ -130,6 +145,8 @@ impl Limits {
     }
 
     /// Would this payout be allowed now? Read-only, except that a blocked attempt is recorded.
+    /// (It does not count as an attempt for the frequency check: a caller may validate
+    /// before it requests, and that is one attempt, not two.)
     pub async fn validate(
         &self,
         user_id: &str,
@@ -145,14 +162,16 @@ impl Limits {
             self.clock.now(),
         );
         if !decision.allowed {
-            self.record_blocked(user_id, amount_cents, &decision)
+            let id = self.ids.next("blocked");
+            self.record_blocked(id, user_id, amount_cents, &decision)
                 .await?;
         }
         Ok(decision)
     }
 
-    /// The checks and the reservation as one atomic step per user; idempotent on the payout.
-    /// An amount above the user's available balance is FAILED_PRECONDITION.
+    /// The checks and the reservation as one atomic step per user; idempotent on the payout,
+    /// refusals included. An amount above the user's available balance is
+    /// FAILED_PRECONDITION (and recorded as a blocked attempt).
     pub async fn reserve(
         &self,
         user_id: &str,
@@ -160,62 +179,60 @@ impl Limits {
         amount_cents: i64,
     ) -> Result<Reserved, ServiceError> {
         let context = self.context.context(user_id).await?;
-        for attempt in 0..MAX_ADMISSION_ATTEMPTS {
+        // A refusal of this payout is recorded under an id of its own, so recording it again
+        // (a retried call that finds the refusal) stores nothing new.
+        let blocked_id = format!("blocked_{payout_id}");
+        for _ in 0..MAX_ADMISSION_ATTEMPTS {
             let quota = self.quotas.get(user_id).await?;
             let now = self.clock.now();
-            match checks::admit(&self.config, &quota, &context, payout_id, amount_cents, now) {
-                Admission::AlreadyAdmitted { decision } => {
-                    return Ok(Reserved {
-                        decision,
-                        reserved: true,
-                    });
-                }
-                Admission::Refused { decision } => {
-                    self.record_blocked(user_id, amount_cents, &decision)
-                        .await?;
-                    return Ok(Reserved {
-                        decision,
-                        reserved: false,
-                    });
-                }
-                Admission::InsufficientBalance {
-                    available_cents, ..
-                } => {
-                    return Err(ServiceError::failed_precondition(format!(
-                        "amount of {amount_cents} cents exceeds the available balance of {} cents",
-                        available_cents.max(0)
-                    )));
-                }
-                Admission::Admitted {
-                    decision,
-                    quota: admitted,
-                } => {
-                    match self.quotas.put(&admitted, quota.version).await {
-                        Ok(()) => {
-                            tracing::info!(
-                                user_id,
-                                payout_id,
-                                amount_cents,
-                                requires_approval = decision.requires_approval,
-                                "payout quota reserved"
-                            );
-                            metrics::counter!("payouts_limits_admitted_total").increment(1);
-                            return Ok(Reserved {
-                                decision,
-                                reserved: true,
-                            });
-                        }
-                        Err(error) if error.kind() == ErrorKind::Conflict => {
-                            // Another admission of this user won; decide again on its result.
-                            tokio::time::sleep(StdDuration::from_micros(
-                                200 * u64::from(attempt % 10 + 1),
-                            ))
-                            .await;
-                        }
-                        Err(error) => return Err(error),
+            let (decision, store, reserved) =
+                match checks::admit(&self.config, &quota, &context, payout_id, amount_cents, now) {
+                    Admission::AlreadyAdmitted { decision } => {
+                        return Ok(Reserved {
+                            decision,
+                            reserved: true,
+                        });
                     }
+                    Admission::AlreadyRefused { decision, refusal } => {
+                        self.record_blocked(blocked_id, user_id, amount_cents, &decision)
+                            .await?;
+                        return refused(decision, refusal.available_cents, amount_cents);
+                    }
+                    Admission::Refused { decision, quota } => (decision, quota, false),
+                    Admission::InsufficientBalance {
+                        decision, quota, ..
+                    } => (decision, quota, false),
+                    Admission::Admitted { decision, quota } => (decision, quota, true),
+                };
+            match self.quotas.put(&store, quota.version).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    // Another admission of this user won; decide again on its result.
+                    tokio::task::yield_now().await;
+                    continue;
                 }
+                Err(error) => return Err(error),
             }
+            if reserved {
+                tracing::info!(
+                    user_id,
+                    payout_id,
+                    amount_cents,
+                    requires_approval = decision.requires_approval,
+                    "payout quota reserved"
+                );
+                metrics::counter!("payouts_limits_admitted_total").increment(1);
+                return Ok(Reserved {
+                    decision,
+                    reserved: true,
+                });
+            }
+            self.record_blocked(blocked_id, user_id, amount_cents, &decision)
+                .await?;
+            let available = store
+                .refusal_of(payout_id)
+                .and_then(|refusal| refusal.available_cents);
+            return refused(decision, available, amount_cents);
         }
         Err(ServiceError::unavailable(
             "too many concurrent payout requests for this user; try again",
@@ -225,25 +242,56 @@ impl Limits {
         ))
     }
 
-    /// Gives back a payout's quota (all of it, or `cents` of it). `false` when nothing was held.
+    /// Sets how much of a payout's reservation is given back, in total, under the payout's
+    /// release sequence (see [`checks::release`]).
     pub async fn release(
         &self,
         user_id: &str,
         payout_id: &str,
-        cents: Option<i64>,
+        total_released_cents: i64,
+        sequence: i64,
         reason: &str,
-    ) -> Result<bool, ServiceError> {
+    ) -> Result<Released, ServiceError> {
         for _ in 0..MAX_ADMISSION_ATTEMPTS {
             let quota = self.quotas.get(user_id).await?;
-            let Some(released) = checks::release(&quota, payout_id, cents) else {
-                return Ok(false);
-            };
-            match self.quotas.put(&released, quota.version).await {
-                Ok(()) => {
-                    tracing::info!(user_id, payout_id, reason, "payout quota released");
-                    return Ok(true);
+            let updated = match checks::release(&quota, payout_id, total_released_cents, sequence) {
+                Release::NotFound => {
+                    return Ok(Released {
+                        applied: false,
+                        found: false,
+                        held_cents: 0,
+                    });
                 }
-                Err(error) if error.kind() == ErrorKind::Conflict => {}
+                Release::Unchanged { held_cents } => {
+                    return Ok(Released {
+                        applied: true,
+                        found: true,
+                        held_cents,
+                    });
+                }
+                Release::Changed(updated) => updated,
+            };
+            match self.quotas.put(&updated, quota.version).await {
+                Ok(()) => {
+                    let held_cents = updated.find(payout_id).map_or(0, |r| r.held_cents());
+                    tracing::info!(
+                        user_id,
+                        payout_id,
+                        total_released_cents,
+                        sequence,
+                        held_cents,
+                        reason,
+                        "payout quota released"
+                    );
+                    return Ok(Released {
+                        applied: true,
+                        found: true,
+                        held_cents,
+                    });
+                }
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    tokio::task::yield_now().await;
+                }
                 Err(error) => return Err(error),
             }
         }
@@ -252,8 +300,37 @@ impl Limits {
         )))
     }
 
+    /// Re-checks an admitted payout just before its money moves.
+    pub async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Rechecked, ServiceError> {
+        let context = self.context.context(user_id).await?;
+        let quota = self.quotas.get(user_id).await?;
+        if quota.find(payout_id).is_none_or(|r| r.is_released()) {
+            return Ok(Rechecked {
+                payable: false,
+                reason: format!("no quota is held for payout {payout_id}"),
+                available_cents: context.payable_earnings_cents - quota.committed_cents,
+            });
+        }
+        Ok(match checks::recheck(&quota, &context) {
+            Ok(available_cents) => Rechecked {
+                payable: true,
+                reason: String::new(),
+                available_cents,
+            },
+            Err((available_cents, reason)) => {
+                tracing::warn!(user_id, payout_id, %reason, "payout no longer covered");
+                Rechecked {
+                    payable: false,
+                    reason,
+                    available_cents,
+                }
+            }
+        })
+    }
+
     async fn record_blocked(
         &self,
+        id: String,
         user_id: &str,
         amount_cents: i64,
         decision: &Decision,
@@ -261,7 +338,7 @@ impl Limits {
         metrics::counter!("payouts_limits_blocked_total", "flag" => decision.flags.last().map_or("", |flag| flag.as_str()))
             .increment(1);
         let attempt = BlockedAttempt {
-            id: uuid::Uuid::now_v7().to_string(),
+            id,
             user_id: user_id.to_owned(),
             amount_cents,
             flags: decision.flags.clone(),
@@ -271,5 +348,23 @@ impl Limits {
         };
         tracing::info!(user_id, amount_cents, reason = %decision.reason, "payout blocked by limits");
         self.blocked_attempts.record(&attempt).await
+    }
+}
+
+/// The answer to a refused reservation: a decision, or FAILED_PRECONDITION for the balance.
+fn refused(
+    decision: Decision,
+    available_cents: Option<i64>,
+    amount_cents: i64,
+) -> Result<Reserved, ServiceError> {
+    match available_cents {
+        Some(available) => Err(ServiceError::failed_precondition(format!(
+            "amount of {amount_cents} cents exceeds the available balance of {} cents",
+            available.max(0)
+        ))),
+        None => Ok(Reserved {
+            decision,
+            reserved: false,
+        }),
     }
 }

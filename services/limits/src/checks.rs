@@ -2,9 +2,16 @@
 //! document. Time is passed in; nothing here does I/O.
 //!
 //! Admission rule (what holds quota): a payout holds quota from the moment it is admitted
-//! (pending, pending approval, processing, completed). A payout rejected by an admin, failed
-//! permanently, or reversed gives its quota back (`release`), so it no longer counts toward
-//! the daily and monthly amounts, the daily count, or the committed balance.
+//! (pending, pending approval, processing, completed). The payouts service says how much of
+//! a reservation is given back, as a total that only its own sequence can change: all of it
+//! for a rejection or a failure before money left, the reversed part for a reversal, none
+//! again if a transfer turns up after all. Released quota no longer counts toward the daily
+//! and monthly amounts, the daily count, or the committed balance.
+//!
+//! Every attempt is remembered for 24 hours, refused ones included: the suspicious-frequency
+//! check counts them (spec §6: "5+ payouts in 24h", i.e. many attempts in a short time), and a
+//! refusal is final for its payout id, so a retried admission of the same payout gets the same
+//! answer and can never reserve quota for a payout its first caller already gave up on.
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 
@@ -17,6 +24,13 @@ use crate::domain::{Flag, LimitConfig, LimitMetadata};
 /// not by a user's history.
 pub const RESERVATION_RETENTION: Duration = Duration::days(400);
 
+/// How long attempts (admitted or refused) are remembered: the suspicious-frequency window.
+pub const ATTEMPT_WINDOW: Duration = Duration::hours(24);
+
+/// At most this many attempts are remembered, newest kept, so a user hammering the API
+/// cannot grow their document without bound.
+pub const MAX_REMEMBERED_ATTEMPTS: usize = 200;
+
 /// One admitted payout in a user's quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -25,8 +39,10 @@ pub struct Reservation {
     pub reserved_at: DateTime<Utc>,
     pub requires_approval: bool,
     pub flags: Vec<Flag>,
-    /// Released quota no longer counts (rejected, permanently failed, reversed).
+    /// Given back (rejected, failed before money left, reversed): no longer counts.
     pub released_cents: i64,
+    /// The payouts service's sequence of the last release applied (0: none yet).
+    pub release_sequence: i64,
 }
 
 impl Reservation {
@@ -40,11 +56,31 @@ impl Reservation {
     }
 }
 
-/// A user's quota document: recent reservations and the running committed total.
+/// One payout attempt: admitted, or refused (and why, so a retry gets the same answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub payout_id: String,
+    pub at: DateTime<Utc>,
+    pub refusal: Option<Refusal>,
+}
+
+/// Why an attempt was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub flags: Vec<Flag>,
+    pub reason: String,
+    /// Set when the refusal was for the available balance (the RPC answers
+    /// FAILED_PRECONDITION for it): what was available then.
+    pub available_cents: Option<i64>,
+}
+
+/// A user's quota document: recent reservations, recent attempts, the committed total.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quota {
     pub user_id: String,
     pub reservations: Vec<Reservation>,
+    /// Attempts of the last 24 hours, oldest first.
+    pub attempts: Vec<Attempt>,
     /// Cents held by every reservation ever made (paid or in flight), minus releases.
     pub committed_cents: i64,
     /// Admitted payouts ever, released or not (the "first payout" check).
@@ -58,6 +94,7 @@ impl Quota {
         Self {
             user_id: user_id.to_owned(),
             reservations: Vec::new(),
+            attempts: Vec::new(),
             committed_cents: 0,
             payouts_ever: 0,
             version: 0,
@@ -66,6 +103,28 @@ impl Quota {
 
     pub fn find(&self, payout_id: &str) -> Option<&Reservation> {
         self.reservations.iter().find(|r| r.payout_id == payout_id)
+    }
+
+    /// The refusal recorded for this payout id, if its attempt was refused.
+    pub fn refusal_of(&self, payout_id: &str) -> Option<&Refusal> {
+        self.attempts
+            .iter()
+            .find(|attempt| attempt.payout_id == payout_id)
+            .and_then(|attempt| attempt.refusal.as_ref())
+    }
+
+    /// The quota with one more attempt remembered (and the ones out of the window dropped).
+    fn with_attempt(&self, attempt: Attempt, now: DateTime<Utc>) -> Vec<Attempt> {
+        let mut attempts: Vec<Attempt> = self
+            .attempts
+            .iter()
+            .filter(|a| a.at > now - ATTEMPT_WINDOW)
+            .cloned()
+            .collect();
+        attempts.push(attempt);
+        let excess = attempts.len().saturating_sub(MAX_REMEMBERED_ATTEMPTS);
+        attempts.drain(..excess);
+        attempts
     }
 }
 
@@ -97,12 +156,18 @@ pub enum Admission {
     Admitted { decision: Decision, quota: Quota },
     /// This payout was admitted before: nothing to store, same answer.
     AlreadyAdmitted { decision: Decision },
-    /// Refused by a limit.
-    Refused { decision: Decision },
-    /// The amount exceeds what the user can be paid now.
+    /// Refused by a limit now: store `quota` (it remembers the refusal).
+    Refused { decision: Decision, quota: Quota },
+    /// The amount exceeds what the user can be paid now: store `quota` (it remembers).
     InsufficientBalance {
         available_cents: i64,
         decision: Decision,
+        quota: Quota,
+    },
+    /// This payout was refused before (either way): nothing to store, same answer.
+    AlreadyRefused {
+        decision: Decision,
+        refusal: Refusal,
     },
 }
 
@@ -126,11 +191,11 @@ pub fn metadata(
         .account_created_at
         .map(|created| (now - created).num_days().max(0))
         .unwrap_or(0);
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     LimitMetadata {
         is_new_account: account_age_days < config.new_account_days,
         account_age_days,
-        daily_payout_count: i64::try_from(held().filter(|r| r.reserved_at > day_start).count())
-            .unwrap_or(i64::MAX),
+        daily_payout_count: count(held().filter(|r| r.reserved_at > day_start).count()),
         daily_payout_amount_cents: held()
             .filter(|r| r.reserved_at > day_start)
             .map(Reservation::held_cents)
@@ -140,6 +205,7 @@ pub fn metadata(
             .map(Reservation::held_cents)
             .sum(),
         lifetime_earnings_cents: context.lifetime_earnings_cents,
+        daily_attempt_count: count(quota.attempts.iter().filter(|a| a.at > day_start).count()),
     }
 }
 
@@ -249,11 +315,13 @@ pub fn evaluate(
         );
         return blocked(flags, Flag::TooSoon, reason, metadata);
     }
-    // 7. Suspicious patterns: held for approval.
-    if metadata.daily_payout_count + 1 >= config.suspicious_pattern_threshold {
+    // 7. Suspicious patterns: held for approval. Frequency counts attempts, refused ones
+    // included: with the defaults (3 payouts a day), five attempts in 24 hours can only be
+    // reached through refusals, which is exactly the pattern worth a human look.
+    if metadata.daily_attempt_count + 1 >= config.suspicious_pattern_threshold {
         flags.push(Flag::SuspiciousFrequency);
         reasons.push(format!(
-            "{} or more payouts in 24 hours",
+            "{} or more payout attempts in 24 hours",
             config.suspicious_pattern_threshold
         ));
     }
@@ -298,7 +366,8 @@ pub fn evaluate(
 }
 
 /// The checks and the reservation as one step on one user's quota. Idempotent on the payout
-/// id. The caller stores `Admitted.quota` with a compare-and-set on the version it read, so
+/// id, both ways: an admitted payout stays admitted and a refused one stays refused. The
+/// caller stores the returned quota with a compare-and-set on the version it read, so
 /// concurrent admissions of one user serialise and together never exceed a limit.
 pub fn admit(
     config: &LimitConfig,
@@ -319,15 +388,64 @@ pub fn admit(
             },
         };
     }
+    if let Some(refusal) = quota.refusal_of(payout_id) {
+        return Admission::AlreadyRefused {
+            decision: Decision {
+                allowed: false,
+                requires_approval: false,
+                flags: refusal.flags.clone(),
+                reason: refusal.reason.clone(),
+                metadata: metadata(quota, context, config, now),
+            },
+            refusal: refusal.clone(),
+        };
+    }
     let decision = evaluate(config, quota, context, amount_cents, now);
+    let refused = |refusal: Refusal| Quota {
+        attempts: quota.with_attempt(
+            Attempt {
+                payout_id: payout_id.to_owned(),
+                at: now,
+                refusal: Some(refusal),
+            },
+            now,
+        ),
+        version: quota.version + 1,
+        ..quota.clone()
+    };
     if !decision.allowed {
-        return Admission::Refused { decision };
+        let quota = refused(Refusal {
+            flags: decision.flags.clone(),
+            reason: decision.reason.clone(),
+            available_cents: None,
+        });
+        return Admission::Refused { decision, quota };
     }
     let available_cents = context.payable_earnings_cents - quota.committed_cents;
     if amount_cents > available_cents {
+        let reason = format!(
+            "Amount {} exceeds the available balance of {}",
+            dollars(amount_cents),
+            dollars(available_cents.max(0))
+        );
+        let mut flags = decision.flags.clone();
+        flags.push(Flag::InsufficientBalance);
+        let decision = Decision {
+            allowed: false,
+            requires_approval: false,
+            flags: flags.clone(),
+            reason: reason.clone(),
+            metadata: decision.metadata,
+        };
+        let quota = refused(Refusal {
+            flags,
+            reason,
+            available_cents: Some(available_cents),
+        });
         return Admission::InsufficientBalance {
             available_cents,
             decision,
+            quota,
         };
     }
     let retention_start = now - RESERVATION_RETENTION;
@@ -344,10 +462,19 @@ pub fn admit(
         requires_approval: decision.requires_approval,
         flags: decision.flags.clone(),
         released_cents: 0,
+        release_sequence: 0,
     });
     let quota = Quota {
         user_id: quota.user_id.clone(),
         reservations,
+        attempts: quota.with_attempt(
+            Attempt {
+                payout_id: payout_id.to_owned(),
+                at: now,
+                refusal: None,
+            },
+            now,
+        ),
         committed_cents: quota.committed_cents + amount_cents,
         payouts_ever: quota.payouts_ever + 1,
         version: quota.version + 1,
@@ -355,23 +482,68 @@ pub fn admit(
     Admission::Admitted { decision, quota }
 }
 
-/// Gives back `cents` of a payout's quota (all of it for a rejection or a permanent failure,
-/// part of it for a partial reversal). `None` when there is nothing (more) to release.
-pub fn release(quota: &Quota, payout_id: &str, cents: Option<i64>) -> Option<Quota> {
-    let index = quota
+/// What setting a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// Store this quota: the reservation now gives back the total asked for.
+    Changed(Quota),
+    /// Nothing to store: the reservation already gives it back, or the sequence is stale.
+    Unchanged { held_cents: i64 },
+    /// No reservation for this payout in the document.
+    NotFound,
+}
+
+/// Sets how much of a payout's reservation is given back, in total (0 up to its amount).
+/// Absolute and sequenced: a repeated call changes nothing, and a late call carrying an
+/// older sequence never undoes a newer total.
+pub fn release(
+    quota: &Quota,
+    payout_id: &str,
+    total_released_cents: i64,
+    sequence: i64,
+) -> Release {
+    let Some(index) = quota
         .reservations
         .iter()
-        .position(|r| r.payout_id == payout_id)?;
-    let held = quota.reservations[index].held_cents();
-    let releasing = cents.map_or(held, |cents| cents.clamp(0, held));
-    if releasing == 0 {
-        return None;
+        .position(|r| r.payout_id == payout_id)
+    else {
+        return Release::NotFound;
+    };
+    let reservation = &quota.reservations[index];
+    let total = total_released_cents.clamp(0, reservation.amount_cents);
+    if sequence <= reservation.release_sequence {
+        return Release::Unchanged {
+            held_cents: reservation.held_cents(),
+        };
     }
+    // A newer sequence is stored even when the total is the same, so that an older call
+    // still on its way can no longer change anything.
+    let delta = total - reservation.released_cents;
     let mut updated = quota.clone();
-    updated.reservations[index].released_cents += releasing;
-    updated.committed_cents -= releasing;
+    updated.reservations[index].released_cents = total;
+    updated.reservations[index].release_sequence = sequence;
+    updated.committed_cents -= delta;
     updated.version += 1;
-    Some(updated)
+    Release::Changed(updated)
+}
+
+/// Whether the user's payable earnings still cover everything their payouts hold (checked
+/// again just before money moves: frozen or refunded earnings may have shrunk them).
+pub fn recheck(quota: &Quota, context: &UserContext) -> Result<i64, (i64, String)> {
+    let available = context.payable_earnings_cents - quota.committed_cents;
+    if available >= 0 {
+        Ok(available)
+    } else {
+        Err((
+            available,
+            format!(
+                "payable earnings of {} no longer cover the {} held by payouts ({} short)",
+                dollars(context.payable_earnings_cents),
+                dollars(quota.committed_cents),
+                dollars(-available)
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -415,6 +587,12 @@ mod tests {
                 requires_approval: false,
                 flags: Vec::new(),
                 released_cents: 0,
+                release_sequence: 0,
+            });
+            quota.attempts.push(Attempt {
+                payout_id: format!("earlier_{i}"),
+                at: now() - *ago,
+                refusal: None,
             });
             quota.committed_cents += cents;
             quota.payouts_ever += 1;
@@ -608,6 +786,65 @@ mod tests {
         );
     }
 
+    /// Refused attempts `ago` before now, for the frequency window.
+    fn with_refusals(mut quota: Quota, agos: &[Duration]) -> Quota {
+        for (i, ago) in agos.iter().enumerate() {
+            quota.attempts.push(Attempt {
+                payout_id: format!("refused_{i}"),
+                at: now() - *ago,
+                refusal: Some(Refusal {
+                    flags: vec![Flag::TooSoon],
+                    reason: "Too soon".to_owned(),
+                    available_cents: None,
+                }),
+            });
+        }
+        quota.attempts.sort_by_key(|attempt| attempt.at);
+        quota
+    }
+
+    #[test]
+    fn suspicious_frequency_fires_with_the_default_limits_when_refused_attempts_count() {
+        // Two payouts and two refused attempts in 24 hours: the fifth attempt is suspicious
+        // (spec §6: 5+ in 24 h). Counting only admitted payouts, as before, it never could
+        // be: the daily count of 3 refuses long before 5 admitted payouts exist.
+        let busy = with_refusals(
+            with(
+                veteran(),
+                &[(100, Duration::hours(6)), (100, Duration::hours(5))],
+            ),
+            &[
+                Duration::hours(5) - Duration::minutes(1),
+                Duration::hours(4),
+            ],
+        );
+        let decision = check(&busy, &established(), 100);
+        assert!(
+            decision.allowed && decision.requires_approval,
+            "{decision:?}"
+        );
+        assert_eq!(decision.flags, vec![Flag::SuspiciousFrequency]);
+        assert_eq!(decision.metadata.daily_attempt_count, 4);
+        // Four attempts with this one are not yet suspicious.
+        let calmer = with_refusals(
+            with(
+                veteran(),
+                &[(100, Duration::hours(6)), (100, Duration::hours(5))],
+            ),
+            &[Duration::hours(4)],
+        );
+        assert!(!check(&calmer, &established(), 100).requires_approval);
+        // Attempts older than 24 hours have left the window.
+        let old = with_refusals(
+            with(
+                veteran(),
+                &[(100, Duration::hours(6)), (100, Duration::hours(5))],
+            ),
+            &[Duration::hours(25), Duration::hours(24)],
+        );
+        assert!(!check(&old, &established(), 100).requires_approval);
+    }
+
     #[test]
     fn admission_reserves_once_per_payout_and_respects_the_balance() {
         let config = LimitConfig::default();
@@ -625,48 +862,170 @@ mod tests {
             (
                 quota.committed_cents,
                 quota.version,
-                quota.reservations.len()
+                quota.reservations.len(),
+                quota.attempts.len()
             ),
-            (600_00, 1, 1)
+            (600_00, 1, 1, 1)
         );
         // The same payout again: same answer, nothing new to store.
         assert!(matches!(
             admit(&config, &quota, &context, "p1", 600_00, now()),
             Admission::AlreadyAdmitted { .. }
         ));
-        // Another payout beyond what is left: 400 available.
+        // Another payout beyond what is left: 400 available; the refusal is remembered.
         let later = now() + Duration::hours(1);
-        match admit(&config, &quota, &context, "p2", 400_01, later) {
+        let refused = match admit(&config, &quota, &context, "p2", 400_01, later) {
             Admission::InsufficientBalance {
-                available_cents, ..
-            } => assert_eq!(available_cents, 400_00),
+                available_cents,
+                decision,
+                quota,
+            } => {
+                assert_eq!(available_cents, 400_00);
+                assert_eq!(decision.flags.last(), Some(&Flag::InsufficientBalance));
+                quota
+            }
             other => panic!("expected insufficient balance, got {other:?}"),
-        }
+        };
+        assert_eq!(refused.committed_cents, 600_00);
         assert!(matches!(
-            admit(&config, &quota, &context, "p2", 400_00, later),
+            admit(&config, &refused, &context, "p3", 400_00, later),
             Admission::Admitted { .. }
         ));
     }
 
     #[test]
-    fn release_gives_quota_back_once() {
+    fn a_refusal_is_final_for_its_payout() {
+        let config = LimitConfig::default();
+        let soon = with(veteran(), &[(100, Duration::seconds(10))]);
+        let Admission::Refused { quota, decision } =
+            admit(&config, &soon, &established(), "p", 100, now())
+        else {
+            panic!("too soon");
+        };
+        assert_eq!(decision.flags.last(), Some(&Flag::TooSoon));
+        // Later the same payout would pass the checks, but its first answer stands: a retried
+        // admission can never reserve quota for a payout its first caller deleted.
+        let later = now() + Duration::hours(1);
+        match admit(&config, &quota, &established(), "p", 100, later) {
+            Admission::AlreadyRefused { decision, refusal } => {
+                assert!(!decision.allowed);
+                assert_eq!(refusal.flags, vec![Flag::TooSoon]);
+            }
+            other => panic!("expected the same refusal, got {other:?}"),
+        }
+        assert!(matches!(
+            admit(&config, &quota, &established(), "other", 100, later),
+            Admission::Admitted { .. }
+        ));
+    }
+
+    #[test]
+    fn attempts_are_bounded() {
+        let mut quota = veteran();
+        for i in 0..(MAX_REMEMBERED_ATTEMPTS + 50) {
+            quota.attempts = quota.with_attempt(
+                Attempt {
+                    payout_id: format!("p{i}"),
+                    at: now(),
+                    refusal: None,
+                },
+                now(),
+            );
+        }
+        assert_eq!(quota.attempts.len(), MAX_REMEMBERED_ATTEMPTS);
+        assert_eq!(quota.attempts.last().unwrap().payout_id, "p249");
+    }
+
+    fn released_cents(quota: &Quota, payout_id: &str) -> i64 {
+        quota.find(payout_id).unwrap().released_cents
+    }
+
+    #[test]
+    fn release_sets_a_sequenced_total_and_never_gives_back_twice() {
         let config = LimitConfig::default();
         let Admission::Admitted { quota, .. } =
             admit(&config, &veteran(), &established(), "p1", 600_00, now())
         else {
             panic!("admitted");
         };
-        let partly = release(&quota, "p1", Some(100_00)).unwrap();
+        // A partial reversal of 100.
+        let Release::Changed(partly) = release(&quota, "p1", 100_00, 1) else {
+            panic!("changed");
+        };
         assert_eq!(partly.committed_cents, 500_00);
-        let fully = release(&partly, "p1", None).unwrap();
+        // The same call again (a retry after a lost answer) changes nothing.
+        assert_eq!(
+            release(&partly, "p1", 100_00, 1),
+            Release::Unchanged { held_cents: 500_00 }
+        );
+        // The full reversal: the total is 600, not 600 more.
+        let Release::Changed(fully) = release(&partly, "p1", 600_00, 2) else {
+            panic!("changed");
+        };
         assert_eq!(fully.committed_cents, 0);
-        assert_eq!(release(&fully, "p1", None), None, "nothing left to release");
-        assert_eq!(release(&fully, "unknown", None), None);
+        assert_eq!(released_cents(&fully, "p1"), 600_00);
+        // A late call of an older sequence does not undo the newer total.
+        assert_eq!(
+            release(&fully, "p1", 100_00, 1),
+            Release::Unchanged { held_cents: 0 }
+        );
+        // Totals are clamped to the reservation.
+        let Release::Changed(restored) = release(&fully, "p1", -5, 3) else {
+            panic!("changed");
+        };
+        assert_eq!(
+            restored.committed_cents, 600_00,
+            "a transfer turned up: held again"
+        );
+        assert_eq!(release(&fully, "unknown", 0, 1), Release::NotFound);
         // A released payout no longer counts toward the windows.
         assert_eq!(
             metadata(&fully, &established(), &config, now()).daily_payout_count,
             0
         );
+    }
+
+    #[test]
+    fn an_equal_total_under_a_newer_sequence_still_fences_older_calls() {
+        let config = LimitConfig::default();
+        let Admission::Admitted { quota, .. } =
+            admit(&config, &veteran(), &established(), "p1", 600_00, now())
+        else {
+            panic!("admitted");
+        };
+        let Release::Changed(first) = release(&quota, "p1", 600_00, 1) else {
+            panic!("changed");
+        };
+        let Release::Changed(fenced) = release(&first, "p1", 600_00, 3) else {
+            panic!("the newer sequence is stored");
+        };
+        assert_eq!(fenced.committed_cents, 0);
+        assert!(matches!(
+            release(&fenced, "p1", 0, 2),
+            Release::Unchanged { .. }
+        ));
+    }
+
+    #[test]
+    fn recheck_compares_payable_earnings_with_everything_held() {
+        let config = LimitConfig::default();
+        let context = UserContext {
+            payable_earnings_cents: 1_000_00,
+            ..established()
+        };
+        let Admission::Admitted { quota, .. } =
+            admit(&config, &veteran(), &context, "p1", 600_00, now())
+        else {
+            panic!("admitted");
+        };
+        assert_eq!(recheck(&quota, &context), Ok(400_00));
+        let frozen = UserContext {
+            payable_earnings_cents: 500_00,
+            ..context
+        };
+        let (available, reason) = recheck(&quota, &frozen).unwrap_err();
+        assert_eq!(available, -100_00);
+        assert!(reason.contains("$100.00 short"), "{reason}");
     }
 
     #[test]

@@ -119,10 +119,12 @@ pub enum Flag {
     SuspiciousFrequency,
     LargePercentageOfEarnings,
     LargeFirstPayout,
+    /// The amount exceeds the user's available balance (blocks).
+    InsufficientBalance,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 11] = [
+    pub const ALL: [Flag; 12] = [
         Flag::ExceedsSingleLimit,
         Flag::RequiresAdminApproval,
         Flag::NewAccount,
@@ -134,6 +136,7 @@ impl Flag {
         Flag::SuspiciousFrequency,
         Flag::LargePercentageOfEarnings,
         Flag::LargeFirstPayout,
+        Flag::InsufficientBalance,
     ];
 
     /// The name stored in documents and shown to admins (the spec's names).
@@ -150,6 +153,7 @@ impl Flag {
             Flag::SuspiciousFrequency => "SUSPICIOUS_FREQUENCY",
             Flag::LargePercentageOfEarnings => "LARGE_PERCENTAGE_OF_EARNINGS",
             Flag::LargeFirstPayout => "LARGE_FIRST_PAYOUT",
+            Flag::InsufficientBalance => "INSUFFICIENT_BALANCE",
         }
     }
 
@@ -167,6 +171,8 @@ pub struct LimitMetadata {
     pub daily_payout_amount_cents: i64,
     pub monthly_payout_amount_cents: i64,
     pub lifetime_earnings_cents: i64,
+    /// Attempts in the last 24 hours before this one, refused ones included.
+    pub daily_attempt_count: i64,
 }
 
 /// A payout attempt the limits refused (payoutBlockedAttempts).

@@ -6,10 +6,12 @@ use payouts_proto::limits::v1 as pb;
 use payouts_proto::limits::v1::payout_limits_service_server::{
     PayoutLimitsService, PayoutLimitsServiceServer,
 };
-use payouts_runtime::convert::{page_size, required_id, timestamp};
+use payouts_runtime::convert::{
+    page_size, paginate, parse_page_token, positive_money, required_id, required_money, timestamp,
+    usd,
+};
+use payouts_runtime::{Currency, ServiceError};
 use tonic::{Request, Response, Status};
-
-use payouts_runtime::{Money, ServiceError};
 
 use crate::admission::Limits;
 use crate::checks::Decision;
@@ -26,9 +28,10 @@ impl LimitsGrpc {
     }
 }
 
-/// A requested amount: positive cents, at most what fits the contract.
-fn amount(cents: i64) -> Result<i64, ServiceError> {
-    Money::positive(cents, "usd", "amount_cents").map(|money| money.cents)
+/// A requested amount: positive, in usd (the limits are in usd), at most what fits the
+/// contract.
+fn amount(value: Option<payouts_proto::common::v1::Money>) -> Result<i64, ServiceError> {
+    positive_money(value, "amount", &Currency::usd()).map(|money| money.cents)
 }
 
 fn decision_to_proto(d: Decision) -> pb::LimitDecision {
@@ -64,6 +67,7 @@ pub fn flag_to_proto(flag: Flag) -> pb::PayoutFlag {
         Flag::SuspiciousFrequency => pb::PayoutFlag::SuspiciousFrequency,
         Flag::LargePercentageOfEarnings => pb::PayoutFlag::LargePercentageOfEarnings,
         Flag::LargeFirstPayout => pb::PayoutFlag::LargeFirstPayout,
+        Flag::InsufficientBalance => pb::PayoutFlag::InsufficientBalance,
     }
 }
 
@@ -72,9 +76,10 @@ fn metadata_to_proto(m: LimitMetadata) -> pb::LimitMetadata {
         is_new_account: m.is_new_account,
         account_age_days: m.account_age_days,
         daily_payout_count: m.daily_payout_count,
-        daily_payout_amount_cents: m.daily_payout_amount_cents,
-        monthly_payout_amount_cents: m.monthly_payout_amount_cents,
-        lifetime_earnings_cents: m.lifetime_earnings_cents,
+        daily_payout_amount: Some(usd(m.daily_payout_amount_cents)),
+        monthly_payout_amount: Some(usd(m.monthly_payout_amount_cents)),
+        lifetime_earnings: Some(usd(m.lifetime_earnings_cents)),
+        daily_attempt_count: m.daily_attempt_count,
     }
 }
 
@@ -82,7 +87,7 @@ fn attempt_to_proto(a: BlockedAttempt) -> pb::BlockedAttempt {
     pb::BlockedAttempt {
         id: a.id,
         user_id: a.user_id,
-        amount_cents: a.amount_cents,
+        amount: Some(usd(a.amount_cents)),
         flags: a
             .flags
             .into_iter()
@@ -103,7 +108,7 @@ impl PayoutLimitsService for LimitsGrpc {
     ) -> Result<Response<pb::ValidatePayoutLimitsResponse>, Status> {
         let r = request.into_inner();
         let user_id = required_id(&r.user_id, "user_id")?;
-        let amount_cents = amount(r.amount_cents)?;
+        let amount_cents = amount(r.amount)?;
         let decision = self.limits.validate(&user_id, amount_cents).await?;
         Ok(Response::new(pb::ValidatePayoutLimitsResponse {
             decision: Some(decision_to_proto(decision)),
@@ -118,18 +123,7 @@ impl PayoutLimitsService for LimitsGrpc {
         let r = request.into_inner();
         let user_id = required_id(&r.user_id, "user_id")?;
         let payout_id = required_id(&r.payout_id, "payout_id")?;
-        let money = Money::try_from(
-            r.amount
-                .ok_or_else(|| ServiceError::invalid_argument("amount is required"))?,
-        )?;
-        if money.currency.as_str() != "usd" {
-            return Err(ServiceError::invalid_argument(format!(
-                "payout limits are in usd; got {}",
-                money.currency
-            ))
-            .into());
-        }
-        let amount_cents = amount(money.cents)?;
+        let amount_cents = amount(r.amount)?;
         let reserved = self
             .limits
             .reserve(&user_id, &payout_id, amount_cents)
@@ -148,15 +142,39 @@ impl PayoutLimitsService for LimitsGrpc {
         let r = request.into_inner();
         let user_id = required_id(&r.user_id, "user_id")?;
         let payout_id = required_id(&r.payout_id, "payout_id")?;
-        let cents = match r.amount_cents {
-            0 => None,
-            cents => Some(amount(cents)?),
-        };
+        let total = required_money(r.total_released, "total_released", &Currency::usd())?;
+        if r.sequence <= 0 {
+            return Err(ServiceError::invalid_argument(format!(
+                "sequence must be positive, got {}",
+                r.sequence
+            ))
+            .into());
+        }
         let released = self
             .limits
-            .release(&user_id, &payout_id, cents, &r.reason)
+            .release(&user_id, &payout_id, total.cents, r.sequence, &r.reason)
             .await?;
-        Ok(Response::new(pb::ReleasePayoutResponse { released }))
+        Ok(Response::new(pb::ReleasePayoutResponse {
+            applied: released.applied,
+            found: released.found,
+            held: Some(usd(released.held_cents)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, payout_id = %request.get_ref().payout_id))]
+    async fn recheck_payout(
+        &self,
+        request: Request<pb::RecheckPayoutRequest>,
+    ) -> Result<Response<pb::RecheckPayoutResponse>, Status> {
+        let r = request.into_inner();
+        let user_id = required_id(&r.user_id, "user_id")?;
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let rechecked = self.limits.recheck(&user_id, &payout_id).await?;
+        Ok(Response::new(pb::RecheckPayoutResponse {
+            payable: rechecked.payable,
+            reason: rechecked.reason,
+            available: Some(usd(rechecked.available_cents)),
+        }))
     }
 
     async fn get_limit_config(
@@ -165,17 +183,17 @@ impl PayoutLimitsService for LimitsGrpc {
     ) -> Result<Response<pb::GetLimitConfigResponse>, Status> {
         let c = self.limits.config();
         Ok(Response::new(pb::GetLimitConfigResponse {
-            max_single_payout_cents: c.max_single_payout_cents,
+            max_single_payout: Some(usd(c.max_single_payout_cents)),
             max_payouts_per_day: c.max_payouts_per_day,
-            max_daily_amount_cents: c.max_daily_amount_cents,
-            max_monthly_amount_cents: c.max_monthly_amount_cents,
-            new_account_max_payout_cents: c.new_account_max_payout_cents,
+            max_daily_amount: Some(usd(c.max_daily_amount_cents)),
+            max_monthly_amount: Some(usd(c.max_monthly_amount_cents)),
+            new_account_max_payout: Some(usd(c.new_account_max_payout_cents)),
             new_account_days: c.new_account_days,
-            require_approval_amount_cents: c.require_approval_amount_cents,
+            require_approval_amount: Some(usd(c.require_approval_amount_cents)),
             min_seconds_between_payouts: c.min_seconds_between_payouts,
             suspicious_pattern_threshold: c.suspicious_pattern_threshold,
             suspicious_amount_ratio_bps: c.suspicious_amount_ratio_bps,
-            large_first_payout_cents: c.large_first_payout_cents,
+            large_first_payout: Some(usd(c.large_first_payout_cents)),
         }))
     }
 
@@ -189,15 +207,17 @@ impl PayoutLimitsService for LimitsGrpc {
         } else {
             Some(required_id(&r.user_id, "user_id")?)
         };
-        let limit = page_size(r.limit, 50, 500)?;
-        let attempts = self
+        let size = page_size(r.page_size, 50, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let found = self
             .limits
             .blocked_attempts()
-            .list(user_id.as_deref(), limit)
-            .await?
-            .into_iter()
-            .map(attempt_to_proto)
-            .collect();
-        Ok(Response::new(pb::ListBlockedAttemptsResponse { attempts }))
+            .list(user_id.as_deref(), after, size + 1)
+            .await?;
+        let (page, next_page_token) = paginate(found, size, |a| (a.attempted_at, a.id.clone()));
+        Ok(Response::new(pb::ListBlockedAttemptsResponse {
+            attempts: page.into_iter().map(attempt_to_proto).collect(),
+            next_page_token,
+        }))
     }
 }

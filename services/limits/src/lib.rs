@@ -28,6 +28,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         repositories.blocked_attempts,
         Arc::new(admission::GrpcContext::new(&context.settings)?),
         Arc::clone(&context.clock),
+        Arc::clone(&context.ids),
     );
     server.add_service(grpc::server(grpc::LimitsGrpc::new(Arc::new(limits))));
     Ok(())

@@ -16,6 +16,7 @@ use payouts_limits::store::{
     MongoQuotas, QuotaRepository,
 };
 use payouts_runtime::clock::ManualClock;
+use payouts_runtime::ids::SequentialIds;
 use payouts_runtime::{Clock as _, ErrorKind, ServiceError};
 
 struct Established {
@@ -68,6 +69,7 @@ fn limits(
         Arc::clone(&stores.blocked),
         Arc::new(Established { payable_cents }),
         Arc::new(clock.clone()),
+        Arc::new(SequentialIds::default()),
     ))
 }
 
@@ -106,7 +108,11 @@ async fn twenty_concurrent_requests_against_three_per_day_admit_exactly_three() 
         let limits = limits(&stores, only(LimitConfig::default()), 1_000_000_00, &clock);
         let admitted = concurrently(&limits, "u_count", 20, 100_00).await;
         assert_eq!(admitted.len(), 3);
-        let blocked = stores.blocked.list(Some("u_count"), 100).await.unwrap();
+        let blocked = stores
+            .blocked
+            .list(Some("u_count"), None, 100)
+            .await
+            .unwrap();
         assert_eq!(blocked.len(), 17);
         assert!(
             blocked
@@ -150,6 +156,19 @@ async fn concurrent_requests_never_exceed_the_available_balance_together() {
             admitted.iter().sum::<i64>(),
             900_00,
             "three of $300 fit in $1,000"
+        );
+        // Every refusal for the balance is a blocked attempt like any other.
+        let blocked = stores
+            .blocked
+            .list(Some("u_balance"), None, 100)
+            .await
+            .unwrap();
+        assert_eq!(blocked.len(), 7);
+        assert!(
+            blocked
+                .iter()
+                .all(|b| b.flags.last() == Some(&Flag::InsufficientBalance)),
+            "{blocked:?}"
         );
     })
     .await;
@@ -202,22 +221,27 @@ async fn validation_is_read_only_and_reservation_is_idempotent_and_releasable() 
             (1, 100_00)
         );
 
-        assert!(
-            limits
-                .release("u_idem", "idem_1", None, "rejected by admin")
-                .await
-                .unwrap()
-        );
-        assert!(
-            !limits
-                .release("u_idem", "idem_1", None, "again")
-                .await
-                .unwrap()
-        );
+        let released = limits
+            .release("u_idem", "idem_1", 100_00, 1, "rejected by admin")
+            .await
+            .unwrap();
+        assert!(released.applied && released.found);
+        assert_eq!(released.held_cents, 0);
+        // The same call again gives nothing back twice.
+        let again = limits
+            .release("u_idem", "idem_1", 100_00, 1, "again")
+            .await
+            .unwrap();
+        assert!(again.applied);
         assert_eq!(
             stores.quotas.get("u_idem").await.unwrap().committed_cents,
             0
         );
+        let unknown = limits
+            .release("u_idem", "nothing", 100_00, 1, "?")
+            .await
+            .unwrap();
+        assert!(!unknown.found);
     })
     .await;
 }
@@ -232,8 +256,122 @@ async fn a_blocked_validation_is_recorded() {
     let limits = limits(&stores, LimitConfig::default(), 1_000_000_00, &clock);
     let decision = limits.validate("u_blocked", 10_001_00).await.unwrap();
     assert!(!decision.allowed);
-    let recorded = stores.blocked.list(Some("u_blocked"), 10).await.unwrap();
+    let recorded = stores
+        .blocked
+        .list(Some("u_blocked"), None, 10)
+        .await
+        .unwrap();
     assert_eq!(recorded.len(), 1);
     assert_eq!(recorded[0].amount_cents, 10_001_00);
     assert_eq!(recorded[0].attempted_at, clock.now());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_for_the_balance_is_recorded_and_final_for_its_payout() {
+    on_both_stores("balance_blocked", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let limits = limits(&stores, only(LimitConfig::default()), 500_00, &clock);
+        let error = limits
+            .reserve("u_poor", "poor_1", 600_00)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
+        assert!(
+            error.message().contains("available balance of 50000 cents"),
+            "{error}"
+        );
+        let recorded = stores.blocked.list(Some("u_poor"), None, 10).await.unwrap();
+        assert_eq!(recorded.len(), 1);
+        assert_eq!(recorded[0].flags.last(), Some(&Flag::InsufficientBalance));
+        assert_eq!(recorded[0].amount_cents, 600_00);
+        // A retry of the same payout gets the same answer and records nothing new.
+        let again = limits
+            .reserve("u_poor", "poor_1", 600_00)
+            .await
+            .unwrap_err();
+        assert_eq!(again.kind(), ErrorKind::FailedPrecondition);
+        assert_eq!(
+            stores
+                .blocked
+                .list(Some("u_poor"), None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            stores.quotas.get("u_poor").await.unwrap().committed_cents,
+            0
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_attempts_in_a_day_are_held_as_suspicious_with_the_default_limits() {
+    on_both_stores("frequency", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let config = LimitConfig {
+            // Keep the other approval triggers out of the way.
+            large_first_payout_cents: 1_000_000_00,
+            ..LimitConfig::default()
+        };
+        let limits = limits(&stores, config, 1_000_000_00, &clock);
+        assert!(
+            limits
+                .reserve("u_freq", "f1", 100_00)
+                .await
+                .unwrap()
+                .reserved
+        );
+        for (minutes, payout) in [(1, "f2"), (2, "f3")] {
+            clock.advance(Duration::minutes(minutes));
+            let refused = limits.reserve("u_freq", payout, 100_00).await.unwrap();
+            assert_eq!(refused.decision.flags.last(), Some(&Flag::TooSoon));
+        }
+        clock.advance(Duration::minutes(5));
+        let fourth = limits.reserve("u_freq", "f4", 100_00).await.unwrap();
+        assert!(fourth.reserved && !fourth.decision.requires_approval);
+        clock.advance(Duration::minutes(5));
+        let fifth = limits.reserve("u_freq", "f5", 100_00).await.unwrap();
+        assert!(
+            fifth.reserved,
+            "two payouts today: the daily count allows it"
+        );
+        assert!(fifth.decision.requires_approval);
+        assert_eq!(fifth.decision.flags, vec![Flag::SuspiciousFrequency]);
+        assert_eq!(fifth.decision.metadata.daily_attempt_count, 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recheck_sees_earnings_that_shrank_after_admission() {
+    on_both_stores("recheck", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let generous = limits(&stores, only(LimitConfig::default()), 1_000_00, &clock);
+        assert!(
+            generous
+                .reserve("u_re", "re_1", 800_00)
+                .await
+                .unwrap()
+                .reserved
+        );
+        let rechecked = generous.recheck("u_re", "re_1").await.unwrap();
+        assert!(rechecked.payable);
+        assert_eq!(rechecked.available_cents, 200_00);
+        // A dispute froze $500 of the earnings: the same payout is no longer covered.
+        let frozen = limits(&stores, only(LimitConfig::default()), 500_00, &clock);
+        let rechecked = frozen.recheck("u_re", "re_1").await.unwrap();
+        assert!(!rechecked.payable);
+        assert_eq!(rechecked.available_cents, -300_00);
+        assert!(
+            rechecked.reason.contains("no longer cover"),
+            "{}",
+            rechecked.reason
+        );
+        // A payout holding nothing is not payable either.
+        assert!(!frozen.recheck("u_re", "unknown").await.unwrap().payable);
+    })
+    .await;
 }

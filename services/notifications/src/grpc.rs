@@ -6,36 +6,70 @@ use payouts_proto::notifications::v1 as pb;
 use payouts_proto::notifications::v1::notifications_service_server::{
     NotificationsService, NotificationsServiceServer,
 };
-use payouts_runtime::convert::{optional_timestamp, page_size, required_id, timestamp};
-use payouts_runtime::{Clock, ServiceError};
+use payouts_runtime::convert::{
+    optional_timestamp, page_size, paginate, parse_page_token, required_id, timestamp,
+};
+use payouts_runtime::{Clock, ErrorKind, IdSource, ServiceError};
 use tonic::{Request, Response, Status};
 
+use crate::alerts::{Alert, AlertStatus, Severity};
 use crate::domain::{Criticality, NewNotification, Notification};
-use crate::store::NotificationRepository;
+use crate::store::{AlertRepository, NotificationRepository, Repositories};
 
 /// The tonic service.
 pub struct NotificationsGrpc {
     repository: Arc<dyn NotificationRepository>,
+    alerts: Arc<dyn AlertRepository>,
     clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
     admin_ids: Vec<String>,
 }
 
 impl NotificationsGrpc {
     pub fn new(
-        repository: Arc<dyn NotificationRepository>,
+        repositories: Repositories,
         clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdSource>,
         admin_ids: Vec<String>,
     ) -> Self {
         Self {
-            repository,
+            repository: repositories.notifications,
+            alerts: repositories.alerts,
             clock,
+            ids,
             admin_ids,
         }
     }
 
+    /// Moves an alert forward, retrying when another writer got there first.
+    async fn move_alert(&self, alert_id: &str, to: AlertStatus) -> Result<Alert, ServiceError> {
+        for _ in 0..8 {
+            let alert =
+                self.alerts.get(alert_id).await?.ok_or_else(|| {
+                    ServiceError::not_found(format!("alert {alert_id} not found"))
+                })?;
+            let Some(moved) = alert.moved_to(to, self.clock.now()) else {
+                if alert.status == to {
+                    return Ok(alert);
+                }
+                return Err(ServiceError::failed_precondition(format!(
+                    "alert {alert_id} is {}; alerts only move forward",
+                    alert.status.as_str()
+                )));
+            };
+            match self.alerts.replace(&moved, alert.version).await {
+                Ok(()) => return Ok(moved),
+                Err(error) if error.kind() == ErrorKind::Conflict => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServiceError::conflict(format!(
+            "alert {alert_id} keeps changing; try again"
+        )))
+    }
+
     async fn notify(&self, new: NewNotification) -> Result<Notification, ServiceError> {
-        let notification =
-            new.into_notification(uuid::Uuid::now_v7().to_string(), self.clock.now());
+        let notification = new.into_notification(self.ids.next("notification"), self.clock.now());
         let (stored, created) = self.repository.insert(notification).await?;
         if created {
             tracing::info!(
@@ -64,6 +98,57 @@ fn criticality(value: i32) -> Result<Criticality, ServiceError> {
         Err(_) => Err(ServiceError::invalid_argument(format!(
             "criticality {value} is not defined"
         ))),
+    }
+}
+
+fn severity(value: i32) -> Result<Severity, ServiceError> {
+    match pb::AlertSeverity::try_from(value) {
+        Ok(pb::AlertSeverity::Info) => Ok(Severity::Info),
+        Ok(pb::AlertSeverity::Warning) => Ok(Severity::Warning),
+        Ok(pb::AlertSeverity::Critical) => Ok(Severity::Critical),
+        Ok(pb::AlertSeverity::Unspecified) => {
+            Err(ServiceError::invalid_argument("severity is required"))
+        }
+        Err(_) => Err(ServiceError::invalid_argument(format!(
+            "severity {value} is not defined"
+        ))),
+    }
+}
+
+fn alert_status(value: i32) -> Result<Option<AlertStatus>, ServiceError> {
+    match pb::AlertStatus::try_from(value) {
+        Ok(pb::AlertStatus::Unspecified) => Ok(None),
+        Ok(pb::AlertStatus::Active) => Ok(Some(AlertStatus::Active)),
+        Ok(pb::AlertStatus::Acknowledged) => Ok(Some(AlertStatus::Acknowledged)),
+        Ok(pb::AlertStatus::Resolved) => Ok(Some(AlertStatus::Resolved)),
+        Err(_) => Err(ServiceError::invalid_argument(format!(
+            "status {value} is not defined"
+        ))),
+    }
+}
+
+fn alert_to_proto(a: Alert) -> pb::CriticalAlert {
+    let severity = match a.severity {
+        Severity::Info => pb::AlertSeverity::Info,
+        Severity::Warning => pb::AlertSeverity::Warning,
+        Severity::Critical => pb::AlertSeverity::Critical,
+    };
+    let status = match a.status {
+        AlertStatus::Active => pb::AlertStatus::Active,
+        AlertStatus::Acknowledged => pb::AlertStatus::Acknowledged,
+        AlertStatus::Resolved => pb::AlertStatus::Resolved,
+    };
+    pb::CriticalAlert {
+        id: a.id,
+        r#type: a.kind,
+        severity: severity.into(),
+        title: a.title,
+        description: a.description,
+        data_json: a.data_json,
+        status: status.into(),
+        created_at: Some(timestamp(a.created_at)),
+        acknowledged_at: optional_timestamp(a.acknowledged_at),
+        resolved_at: optional_timestamp(a.resolved_at),
     }
 }
 
@@ -143,16 +228,16 @@ impl NotificationsService for NotificationsGrpc {
     ) -> Result<Response<pb::ListNotificationsResponse>, Status> {
         let r = request.into_inner();
         let recipient_id = required_id(&r.recipient_id, "recipient_id")?;
-        let limit = page_size(r.limit, 50, 500)?;
-        let notifications = self
+        let size = page_size(r.page_size, 50, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let found = self
             .repository
-            .list(&recipient_id, r.unread_only, limit)
-            .await?
-            .into_iter()
-            .map(to_proto)
-            .collect();
+            .list(&recipient_id, r.unread_only, after, size + 1)
+            .await?;
+        let (page, next_page_token) = paginate(found, size, |n| (n.created_at, n.id.clone()));
         Ok(Response::new(pb::ListNotificationsResponse {
-            notifications,
+            notifications: page.into_iter().map(to_proto).collect(),
+            next_page_token,
         }))
     }
 
@@ -172,30 +257,73 @@ impl NotificationsService for NotificationsGrpc {
         }))
     }
 
+    #[tracing::instrument(skip_all, fields(kind = %request.get_ref().r#type))]
     async fn create_critical_alert(
         &self,
-        _request: Request<pb::CreateCriticalAlertRequest>,
+        request: Request<pb::CreateCriticalAlertRequest>,
     ) -> Result<Response<pb::CreateCriticalAlertResponse>, Status> {
-        Err(Status::unimplemented(
-            "critical alerts arrive with balance monitoring",
-        ))
+        let r = request.into_inner();
+        let alert = Alert::raise(
+            self.ids.next("alert"),
+            &r.r#type,
+            severity(r.severity)?,
+            &r.title,
+            &r.description,
+            &r.data_json,
+            &r.dedupe_key,
+            self.clock.now(),
+        )?;
+        let (stored, created) = self.alerts.create(&alert).await?;
+        if created {
+            // An alert is for people: it is logged loudly as well as stored.
+            tracing::error!(
+                alert_id = %stored.id,
+                kind = %stored.kind,
+                severity = stored.severity.as_str(),
+                title = %stored.title,
+                "critical alert raised"
+            );
+        }
+        Ok(Response::new(pb::CreateCriticalAlertResponse {
+            alert: Some(alert_to_proto(stored)),
+            created,
+        }))
     }
 
     async fn list_critical_alerts(
         &self,
-        _request: Request<pb::ListCriticalAlertsRequest>,
+        request: Request<pb::ListCriticalAlertsRequest>,
     ) -> Result<Response<pb::ListCriticalAlertsResponse>, Status> {
-        Err(Status::unimplemented(
-            "critical alerts arrive with balance monitoring",
-        ))
+        let r = request.into_inner();
+        let status = alert_status(r.status)?;
+        let size = page_size(r.page_size, 50, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let found = self.alerts.list(status, after, size + 1).await?;
+        let (page, next_page_token) = paginate(found, size, |a| (a.created_at, a.id.clone()));
+        Ok(Response::new(pb::ListCriticalAlertsResponse {
+            alerts: page.into_iter().map(alert_to_proto).collect(),
+            next_page_token,
+        }))
     }
 
     async fn update_critical_alert(
         &self,
-        _request: Request<pb::UpdateCriticalAlertRequest>,
+        request: Request<pb::UpdateCriticalAlertRequest>,
     ) -> Result<Response<pb::UpdateCriticalAlertResponse>, Status> {
-        Err(Status::unimplemented(
-            "critical alerts arrive with balance monitoring",
-        ))
+        let r = request.into_inner();
+        let alert_id = required_id(&r.alert_id, "alert_id")?;
+        let to = match alert_status(r.status)? {
+            Some(to @ (AlertStatus::Acknowledged | AlertStatus::Resolved)) => to,
+            _ => {
+                return Err(ServiceError::invalid_argument(
+                    "status must be ACKNOWLEDGED or RESOLVED",
+                )
+                .into());
+            }
+        };
+        let alert = self.move_alert(&alert_id, to).await?;
+        Ok(Response::new(pb::UpdateCriticalAlertResponse {
+            alert: Some(alert_to_proto(alert)),
+        }))
     }
 }

@@ -22,7 +22,8 @@ pub struct Account {
     pub stripe_account_id: String,
     /// When the creator's account was created (drives new-account limits).
     pub account_created_at: DateTime<Utc>,
-    /// Unknown until the first `account.updated` arrives.
+    /// Unknown until Stripe tells us (`account.updated`, or `GET /v1/accounts/{id}` asked
+    /// before the first payout). Unknown is never taken for "payouts enabled".
     pub stripe_status: Option<StripeAccountStatus>,
     pub version: i64,
 }
@@ -61,7 +62,9 @@ impl Registration {
     }
 
     /// The account after this registration: a new one, or the existing one re-pointed, with
-    /// the Stripe status kept only when the connected account is the same.
+    /// the Stripe status kept only when the connected account is the same. The first
+    /// creation time is kept: re-registering never makes an account younger or older, so it
+    /// cannot be used to step around (or into) the new-account limits.
     pub fn apply(self, existing: Option<Account>) -> Account {
         match existing {
             None => Account {
@@ -79,7 +82,7 @@ impl Registration {
                 },
                 user_id: self.user_id,
                 stripe_account_id: self.stripe_account_id,
-                account_created_at: self.account_created_at,
+                account_created_at: existing.account_created_at,
                 version: existing.version + 1,
             },
         }
@@ -127,5 +130,19 @@ mod tests {
             .unwrap()
             .apply(Some(known));
         assert_eq!(other.stripe_status, None);
+    }
+
+    #[test]
+    fn re_registering_keeps_the_first_creation_time() {
+        let first = Registration::parse("u", "acct_1", now() - chrono::Duration::days(3), now())
+            .unwrap()
+            .apply(None);
+        // Claiming an older account now would skip the new-account limits.
+        let older = now() - chrono::Duration::days(400);
+        let again = Registration::parse("u", "acct_2", older, now())
+            .unwrap()
+            .apply(Some(first.clone()));
+        assert_eq!(again.account_created_at, first.account_created_at);
+        assert_eq!(again.stripe_account_id, "acct_2");
     }
 }

@@ -1,14 +1,15 @@
 //! Stripe events the payouts service owns: `transfer.*`, `payout.*` (the creator's bank
 //! payouts, from connected accounts) and `account.updated`. Each is idempotent on the event
-//! id and never moves a payout backwards.
+//! id, acts only on the transfer it names, and never moves a payout backwards.
 
 use payouts_runtime::{ErrorKind, ServiceError};
 use serde_json::Value;
 
 use crate::domain::{Account, StripeAccountStatus};
 use crate::flow::PayoutFlow;
-use crate::payout::{Payout, PayoutStatus, TransferFailure, Transition, is_retryable_code};
+use crate::payout::{Cause, Payout, PayoutStatus, StripeFailure, TransferNews};
 use crate::ports::UserNotice;
+use crate::stripe::{account_status_from_json, seen_from_json};
 
 /// What applying an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,12 @@ impl<'a> Event<'a> {
     }
 }
 
+/// Which of a connected account's payouts a bank payout carried, and by which rule.
+struct Attribution {
+    carried: Vec<Payout>,
+    rule: String,
+}
+
 impl PayoutFlow {
     /// Applies one Stripe event. Retried by the webhook inbox on error, so every path is
     /// idempotent.
@@ -113,99 +120,46 @@ impl PayoutFlow {
         }
     }
 
-    /// Applies `change` to the payout, retrying on concurrent writes with a fresh read.
-    async fn apply(
-        &self,
-        payout: Payout,
-        change: impl Fn(&Payout) -> Option<Transition>,
-    ) -> Result<Option<Payout>, ServiceError> {
-        let mut current = payout;
-        for _ in 0..8 {
-            let Some(transition) = change(&current) else {
-                return Ok(None);
-            };
-            match self.commit(&current, transition).await {
-                Ok(updated) => return Ok(Some(updated)),
-                Err(error) if error.kind() == ErrorKind::Conflict => {
-                    current = self.payouts.get(&current.id).await?.ok_or_else(|| {
-                        ServiceError::not_found(format!("payout {} vanished", current.id))
-                    })?;
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(ServiceError::conflict(
-            "payout keeps changing; the event will be retried",
-        ))
-    }
-
     async fn handle_transfer(&self, event: &Event<'_>) -> Result<Applied, ServiceError> {
+        let Some(seen) = seen_from_json(&event.object) else {
+            return Err(ServiceError::invalid_argument(
+                "a transfer event without a transfer id",
+            ));
+        };
         let Some(payout) = self.payout_of_transfer(event).await? else {
             return Ok(ignored("transfer of no known payout"));
         };
-        let transfer_id = event.str("id").unwrap_or_default().to_owned();
-        let actor = event.actor();
-        let now = self.clock.now();
-        let updated = match event.event_type {
-            "transfer.created" | "transfer.updated" => {
-                self.apply(payout, |p| {
-                    p.transfer_created(&transfer_id, &actor, Some(event.id), now)
-                })
-                .await?
-            }
+        let news = match event.event_type {
             // Legacy events (API versions before 2017-04-06 / removed from SDKs in 2022).
-            "transfer.paid" => {
-                self.apply(payout, |p| p.paid(None, &actor, Some(event.id), now))
-                    .await?
-            }
-            "transfer.failed" => {
-                let code = event
+            "transfer.paid" => TransferNews::Paid,
+            "transfer.failed" => TransferNews::Failed {
+                code: event
                     .str("failure_code")
                     .unwrap_or("transfer_failed")
-                    .to_owned();
-                let message = event.str("failure_message").unwrap_or_default().to_owned();
-                let failure = if is_retryable_code(&code) {
-                    TransferFailure::Retryable { code, message }
-                } else {
-                    TransferFailure::Permanent { code, message }
-                };
-                self.apply(payout, |p| {
-                    p.transfer_failed(&failure, self.retry_base, &actor, Some(event.id), now)
-                })
-                .await?
-            }
-            _ => {
-                let reversed = event
-                    .object
-                    .get("amount_reversed")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                let before = payout.amount_reversed_cents;
-                let updated = self
-                    .apply(payout, |p| p.reversed(reversed, &actor, event.id, now))
-                    .await?;
-                if let Some(updated) = &updated {
-                    // Money that came back can be paid again: give its quota back.
-                    let delta = updated.amount_reversed_cents - before;
-                    if delta > 0 {
-                        self.limits
-                            .release(
-                                &updated.user_id,
-                                &updated.id,
-                                Some(delta),
-                                "transfer reversed",
-                            )
-                            .await?;
-                    }
-                }
-                updated
-            }
+                    .to_owned(),
+                message: event.str("failure_message").unwrap_or_default().to_owned(),
+            },
+            "transfer.reversed" => TransferNews::Reversed,
+            _ => TransferNews::Exists,
         };
+        let actor = event.actor();
+        let now = self.clock.now();
+        let retry_base = self.retry_base;
+        let updated = self
+            .apply(payout, |p| {
+                p.transfer_seen(
+                    &seen,
+                    &news,
+                    retry_base,
+                    Cause::event(&actor, event.id, now),
+                )
+            })
+            .await?;
         Ok(match updated {
             Some(updated) => {
                 match updated.status {
                     PayoutStatus::Completed => self.after_completion(&updated),
-                    PayoutStatus::Failed => self.after_failure(&updated).await,
+                    PayoutStatus::Failed => self.after_failure(&updated),
                     _ => {}
                 }
                 applied(format!(
@@ -215,6 +169,73 @@ impl PayoutFlow {
                 ))
             }
             None => ignored("late, duplicate or out-of-order event: nothing changed"),
+        })
+    }
+
+    /// Which of `candidates` the bank payout carried: asked of Stripe (the bank payout's
+    /// balance transactions on the connected account, matched to each transfer's
+    /// destination payment). Only when Stripe cannot be asked (not configured, or it refuses
+    /// us the account's records) does `fallback` decide, and the audit log says so. An
+    /// answer that does not come is an error: the event is retried, nothing is guessed.
+    async fn attribute(
+        &self,
+        account: &str,
+        bank_payout_id: &str,
+        candidates: Vec<Payout>,
+        fallback: impl Fn(&Payout) -> bool,
+        fallback_rule: &str,
+    ) -> Result<Attribution, ServiceError> {
+        let old_rule = |why: String| Attribution {
+            carried: candidates.iter().filter(|p| fallback(p)).cloned().collect(),
+            rule: format!("{fallback_rule} ({why})"),
+        };
+        let Some(stripe) = &self.stripe else {
+            return Ok(old_rule("Stripe is not configured".to_owned()));
+        };
+        let sources = match stripe.bank_payout_sources(account, bank_payout_id).await {
+            Ok(sources) => sources,
+            Err(StripeFailure::Unknown { message }) => {
+                return Err(ServiceError::unavailable(
+                    format!(
+                        "Stripe did not list what bank payout {bank_payout_id} carried; the event will be retried"
+                    ),
+                    anyhow::anyhow!("{message}"),
+                ));
+            }
+            Err(failure) => {
+                return Ok(old_rule(format!(
+                    "Stripe could not be asked: {}",
+                    failure.describe()
+                )));
+            }
+        };
+        let mut carried = Vec::new();
+        for payout in candidates {
+            let payment = match (&payout.destination_payment_id, &payout.stripe_transfer_id) {
+                (Some(payment), _) => payment.clone(),
+                (None, Some(transfer_id)) => match stripe.retrieve_transfer(transfer_id).await {
+                    Ok(seen) => match seen.destination_payment {
+                        Some(payment) => payment,
+                        None => continue,
+                    },
+                    Err(failure) => {
+                        return Err(ServiceError::unavailable(
+                            format!(
+                                "Stripe did not show transfer {transfer_id}; the event will be retried"
+                            ),
+                            anyhow::anyhow!("{}", failure.describe()),
+                        ));
+                    }
+                },
+                (None, None) => continue,
+            };
+            if sources.contains(&payment) {
+                carried.push(payout);
+            }
+        }
+        Ok(Attribution {
+            carried,
+            rule: format!("the balance transactions of {bank_payout_id}"),
         })
     }
 
@@ -229,15 +250,27 @@ impl PayoutFlow {
         let mut changed = Vec::new();
         match event.event_type {
             "payout.paid" => {
-                // Transfers to this account still in flight were carried by this bank payout.
-                for payout in self
+                let processing = self
                     .payouts
                     .by_destination(account, &[PayoutStatus::Processing])
-                    .await?
-                {
+                    .await?;
+                let attribution = self
+                    .attribute(
+                        account,
+                        &bank_payout_id,
+                        processing,
+                        |_| true,
+                        "account: every transfer to it still processing",
+                    )
+                    .await?;
+                for payout in attribution.carried {
                     if let Some(updated) = self
                         .apply(payout, |p| {
-                            p.paid(Some(&bank_payout_id), &actor, Some(event.id), now)
+                            p.paid(
+                                Some(&bank_payout_id),
+                                &attribution.rule,
+                                Cause::event(&actor, event.id, now),
+                            )
                         })
                         .await?
                     {
@@ -251,24 +284,35 @@ impl PayoutFlow {
                     .str("failure_code")
                     .unwrap_or("could_not_process")
                     .to_owned();
-                let carried: Vec<Payout> = self
+                let candidates = self
                     .payouts
                     .by_destination(
                         account,
                         &[PayoutStatus::Processing, PayoutStatus::Completed],
                     )
-                    .await?
-                    .into_iter()
-                    .filter(|p| p.stripe_payout_id.as_deref() == Some(bank_payout_id.as_str()))
-                    .collect();
-                for payout in carried {
+                    .await?;
+                let attribution = self
+                    .attribute(
+                        account,
+                        &bank_payout_id,
+                        candidates,
+                        |p| p.stripe_payout_id.as_deref() == Some(bank_payout_id.as_str()),
+                        "the bank payout recorded when it was paid",
+                    )
+                    .await?;
+                for payout in attribution.carried {
                     if let Some(updated) = self
                         .apply(payout, |p| {
-                            p.bank_payout_failed(&code, &actor, event.id, now)
+                            p.bank_payout_failed(
+                                &code,
+                                &bank_payout_id,
+                                &attribution.rule,
+                                Cause::event(&actor, event.id, now),
+                            )
                         })
                         .await?
                     {
-                        self.after_failure(&updated).await;
+                        self.after_failure(&updated);
                         changed.push(updated.id);
                     }
                 }
@@ -303,34 +347,9 @@ impl PayoutFlow {
     async fn handle_account(&self, event: &Event<'_>) -> Result<Applied, ServiceError> {
         let stripe_account_id = event.str("id").unwrap_or_default();
         let status = StripeAccountStatus {
-            charges_enabled: event
-                .object
-                .get("charges_enabled")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            payouts_enabled: event
-                .object
-                .get("payouts_enabled")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            details_submitted: event
-                .object
-                .get("details_submitted")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            requirements_currently_due: event
-                .object
-                .pointer("/requirements/currently_due")
-                .and_then(Value::as_array)
-                .map(|due| {
-                    due.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
             updated_at: chrono::DateTime::from_timestamp(event.created, 0)
                 .or(Some(self.clock.now())),
+            ..account_status_from_json(&event.object)
         };
         for _ in 0..8 {
             let Some(account) = self
@@ -350,10 +369,11 @@ impl PayoutFlow {
             {
                 return Ok(ignored("an older account snapshot than the one we have"));
             }
-            let was_enabled = account
+            // Unknown is not "enabled": a first status that is disabled is news for the user.
+            let was_disabled = account
                 .stripe_status
                 .as_ref()
-                .is_none_or(|s| s.payouts_enabled);
+                .is_some_and(|s| !s.payouts_enabled);
             let updated = Account {
                 stripe_status: Some(status.clone()),
                 version: account.version + 1,
@@ -361,7 +381,7 @@ impl PayoutFlow {
             };
             match self.accounts.put(&updated, Some(account.version)).await {
                 Ok(()) => {
-                    if was_enabled && !status.payouts_enabled {
+                    if !was_disabled && !status.payouts_enabled {
                         self.notifier.notify(UserNotice {
                             user_id: account.user_id.clone(),
                             kind: "payout_account_disabled",

@@ -1,25 +1,34 @@
 //! The payout flow: request (admission against the limits), transfer (exactly one Stripe
-//! transfer per attempt), approval decisions, and the worker that retries due transfers and
-//! recovers interrupted admissions. Every state change is a compare-and-set on the payout,
-//! carrying its audit record in the same write.
+//! transfer per attempt, re-checked just before money moves), approval decisions, owed side
+//! effects, and the worker that drives what is due. Every state change is a compare-and-set
+//! on the payout, carrying its audit record and what it owes other services in the same
+//! write.
 
 use std::sync::Arc;
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::money::dollars;
 use payouts_runtime::shutdown::Shutdown;
-use payouts_runtime::{Clock, ErrorKind, Money, ServiceError};
+use payouts_runtime::{Clock, ErrorKind, IdSource, Money, ServiceError};
 
-use crate::domain::Account;
-use crate::payout::{Payout, PayoutStatus, Transition, transfer_group, transfer_idempotency_key};
-use crate::ports::{ApprovalsPort, LimitsPort, Notifier, UserNotice};
+use crate::domain::{Account, StripeAccountStatus};
+use crate::payout::{
+    Cause, IDEMPOTENCY_WINDOW, Payout, PayoutStatus, SeenTransfer, StripeFailure, TransferNews,
+    transfer_group, transfer_idempotency_key,
+};
+use crate::ports::{AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, UserNotice};
 use crate::store::{AccountRepository, Inserted, PayoutRepository};
-use crate::stripe::{StripeTransfers, TransferRequest};
+use crate::stripe::{StripeApi, TransferRequest};
 
 /// How long a transfer worker holds a payout before another may take it over.
 pub const TRANSFER_LEASE: Duration = Duration::minutes(2);
 /// How long an admission may be in progress before the worker resumes it.
 pub const ADMISSION_GRACE: Duration = Duration::minutes(1);
+/// How many due payouts of each kind a worker pass takes. Due work is ordered by due time
+/// and failing work backs off, so the same few stuck payouts never starve the others.
+const DUE_BATCH: usize = 32;
+/// How often a change lost to a concurrent writer is re-applied on a fresh read.
+const MAX_CAS_ATTEMPTS: usize = 8;
 
 /// The answer to a payout request.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +38,18 @@ pub struct Requested {
     pub decision: payouts_proto::limits::v1::LimitDecision,
 }
 
+/// Whether an admitted payout can still be paid, just before its money moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Payable {
+    Yes,
+    No {
+        code: &'static str,
+        reason: String,
+    },
+    /// The question could not be answered now: nothing is sent, nothing is failed.
+    Unknown(String),
+}
+
 /// The payouts service core.
 pub struct PayoutFlow {
     pub accounts: Arc<dyn AccountRepository>,
@@ -36,43 +57,147 @@ pub struct PayoutFlow {
     pub limits: Arc<dyn LimitsPort>,
     pub approvals: Arc<dyn ApprovalsPort>,
     pub notifier: Arc<dyn Notifier>,
+    pub alerts: Arc<dyn AlertsPort>,
     /// `None` when STRIPE_SECRET_KEY is unset.
-    pub stripe: Option<Arc<dyn StripeTransfers>>,
+    pub stripe: Option<Arc<dyn StripeApi>>,
     pub clock: Arc<dyn Clock>,
+    pub ids: Arc<dyn IdSource>,
     pub poll_interval: std::time::Duration,
     /// First retry delay (spec: 5 minutes), doubling after each failure.
     pub retry_base: Duration,
+    /// How long a transfer's outcome may stay unknown before a critical alert.
+    pub unknown_alert_after: Duration,
 }
 
 impl PayoutFlow {
-    /// Writes a transition (compare-and-set on the version it started from) and projects
-    /// its audit record.
-    pub async fn commit(
-        &self,
-        from: &Payout,
-        transition: Transition,
-    ) -> Result<Payout, ServiceError> {
-        self.payouts
-            .replace(&transition.payout, from.version)
-            .await?;
-        if let Err(error) = self
-            .payouts
-            .project_audit(std::slice::from_ref(&transition.audit))
-            .await
+    /// Writes `to` if the payout is still at `from`'s version, then settles what the change
+    /// owes other services (quota, alerts) at once when it can; what it cannot settle now
+    /// the worker settles later. Returns the payout as last written.
+    pub async fn commit(&self, from: &Payout, to: Payout) -> Result<Payout, ServiceError> {
+        self.payouts.replace(&to, from.version).await?;
+        if to.audit_log.len() > from.audit_log.len()
+            && let Some(entry) = to.audit_log.last()
         {
-            // The audit record is already in the payout itself; the projection catches up on
-            // the payout's next write.
-            tracing::warn!(payout_id = %from.id, error = %error, "audit projection lagging");
+            tracing::info!(
+                payout_id = %to.id,
+                from = from.status.as_str(),
+                to = to.status.as_str(),
+                event = %entry.event_type,
+                reason = %entry.reason,
+                "payout state changed"
+            );
+            metrics::counter!("payouts_payout_transitions_total", "to" => to.status.as_str())
+                .increment(1);
         }
-        tracing::info!(
-            payout_id = %from.id,
-            from = from.status.as_str(),
-            to = transition.payout.status.as_str(),
-            event = %transition.audit.event_type,
-            "payout state changed"
-        );
-        metrics::counter!("payouts_payout_transitions_total", "to" => transition.payout.status.as_str()).increment(1);
-        Ok(transition.payout)
+        if !to.quota.is_settled() || !to.owed_alerts.is_empty() {
+            return Ok(match self.settle(&to).await {
+                Ok(settled) => settled,
+                Err(error) => {
+                    tracing::warn!(payout_id = %to.id, error = %error, "side effects not settled yet; the worker will");
+                    to
+                }
+            });
+        }
+        Ok(to)
+    }
+
+    /// Applies `change` to the payout, re-reading it whenever a concurrent writer got there
+    /// first. `None` when the change does not apply (any more).
+    pub async fn apply(
+        &self,
+        payout: Payout,
+        change: impl Fn(&Payout) -> Option<Payout>,
+    ) -> Result<Option<Payout>, ServiceError> {
+        let mut current = payout;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(changed) = change(&current) else {
+                return Ok(None);
+            };
+            match self.commit(&current, changed).await {
+                Ok(updated) => return Ok(Some(updated)),
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    current = self.fresh(&current.id).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServiceError::conflict(
+            "payout keeps changing; the change will be retried",
+        ))
+    }
+
+    async fn fresh(&self, payout_id: &str) -> Result<Payout, ServiceError> {
+        self.payouts
+            .get(payout_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} vanished")))
+    }
+
+    /// Settles what the payout owes: audit entries projected into `payoutAuditLogs`, the
+    /// quota release confirmed by the limits service, critical alerts raised. Each is
+    /// idempotent; what fails stays owed (due again after a backoff).
+    pub async fn settle(&self, payout: &Payout) -> Result<Payout, ServiceError> {
+        let mut projected = payout.audit_projected;
+        let start = usize::try_from(projected).unwrap_or(usize::MAX);
+        if let Some(unprojected) = payout.audit_log.get(start..)
+            && !unprojected.is_empty()
+        {
+            match self.payouts.project_audit(unprojected).await {
+                Ok(()) => projected = u32::try_from(payout.audit_log.len()).unwrap_or(u32::MAX),
+                Err(error) => {
+                    tracing::warn!(payout_id = %payout.id, error = %error, "audit projection lagging")
+                }
+            }
+        }
+        let mut confirmed = None;
+        if !payout.quota.is_settled() {
+            let target = Money::new(payout.quota.target_cents, payout.amount.currency.clone());
+            let reason = payout
+                .failure_reason
+                .clone()
+                .unwrap_or_else(|| format!("payout {}", payout.status.as_str()));
+            match self
+                .limits
+                .release(
+                    &payout.user_id,
+                    &payout.id,
+                    &target,
+                    payout.quota.sequence,
+                    &reason,
+                )
+                .await
+            {
+                Ok(answer) => {
+                    if !answer.found {
+                        tracing::error!(payout_id = %payout.id, "the limits service holds no reservation for this payout");
+                    }
+                    confirmed = Some((payout.quota.target_cents, payout.quota.sequence));
+                }
+                Err(error) => {
+                    tracing::warn!(payout_id = %payout.id, error = %error, "quota release not confirmed yet")
+                }
+            }
+        }
+        let mut raised = Vec::new();
+        for alert in &payout.owed_alerts {
+            let data = serde_json::json!({
+                "payoutId": payout.id,
+                "userId": payout.user_id,
+                "amountCents": payout.amount.cents,
+                "status": payout.status.as_str(),
+                "transferId": payout.stripe_transfer_id,
+                "attempt": payout.attempt,
+            });
+            match self.alerts.raise(alert, data.to_string()).await {
+                Ok(()) => raised.push(alert.key.clone()),
+                Err(error) => {
+                    tracing::error!(payout_id = %payout.id, alert = %alert.key, error = %error, "critical alert not raised yet")
+                }
+            }
+        }
+        let settled = payout.effects_settled(projected, confirmed, &raised, self.clock.now());
+        self.payouts.replace(&settled, payout.version).await?;
+        Ok(settled)
     }
 
     /// Requests a payout: validated, idempotent on (user, key), admitted atomically by the
@@ -95,63 +220,89 @@ impl PayoutFlow {
             ))
         })?;
         let now = self.clock.now();
-        let candidate = Payout {
-            id: format!("payout_{}", uuid::Uuid::now_v7().simple()),
-            user_id: user_id.to_owned(),
+        let candidate = Payout::requested(
+            self.ids.next("payout"),
+            user_id,
             amount,
-            status: PayoutStatus::Admitting,
-            idempotency_key: idempotency_key.to_owned(),
-            destination: account.stripe_account_id.clone(),
-            stripe_transfer_id: None,
-            stripe_payout_id: None,
-            approval_required: false,
-            flags: Vec::new(),
-            hold_reason: None,
-            hold_metadata_json: None,
-            attempt: 0,
-            retry_count: 0,
-            next_retry_at: Some(now + ADMISSION_GRACE),
-            outcome_unknown: false,
-            failure_code: None,
-            failure_reason: None,
-            amount_reversed_cents: 0,
-            requested_at: now,
-            completed_at: None,
-            webhook_processed_at: None,
-            updated_at: now,
-            failed_transfer_ids: Vec::new(),
-            applied_events: Vec::new(),
-            audit_log: Vec::new(),
-            version: 1,
-        };
+            idempotency_key,
+            &account.stripe_account_id,
+            now,
+            ADMISSION_GRACE,
+        );
         // The same key returns the same payout; the same key for another amount is refused.
-        if let Some(existing) = self.existing(&candidate).await? {
-            return Ok(existing);
+        if let Some(existing) = self
+            .payouts
+            .find_by_key(&candidate.user_id, &candidate.idempotency_key)
+            .await?
+        {
+            return self.same_request(existing, &candidate).await;
         }
-        check_account(&account)?;
         if self.stripe.is_none() {
             return Err(ServiceError::failed_precondition(
                 "Stripe is not configured (STRIPE_SECRET_KEY)",
             ));
         }
+        let status = self.known_status(&account).await?;
+        check_account(&account.stripe_account_id, &status)?;
         match self.payouts.insert(&candidate).await? {
             Inserted::New => {}
-            Inserted::Existing(existing) => return self.same_request(*existing, &candidate),
+            Inserted::Existing(existing) => return self.same_request(*existing, &candidate).await,
         }
         self.admit(candidate).await
     }
 
-    async fn existing(&self, candidate: &Payout) -> Result<Option<Requested>, ServiceError> {
-        let found = self
-            .payouts
-            .find_by_key(&candidate.user_id, &candidate.idempotency_key)
-            .await?;
-        found
-            .map(|existing| self.same_request(existing, candidate))
-            .transpose()
+    /// The account's Stripe status; asked of Stripe when we have not heard it yet (unknown
+    /// is not "enabled").
+    async fn known_status(&self, account: &Account) -> Result<StripeAccountStatus, ServiceError> {
+        if let Some(status) = &account.stripe_status {
+            return Ok(status.clone());
+        }
+        self.status_from_stripe(account, &account.stripe_account_id)
+            .await
     }
 
-    fn same_request(
+    async fn status_from_stripe(
+        &self,
+        account: &Account,
+        stripe_account_id: &str,
+    ) -> Result<StripeAccountStatus, ServiceError> {
+        let Some(stripe) = &self.stripe else {
+            return Err(ServiceError::failed_precondition(
+                "Stripe is not configured (STRIPE_SECRET_KEY)",
+            ));
+        };
+        let mut status = match stripe.retrieve_account(stripe_account_id).await {
+            Ok(status) => status,
+            Err(StripeFailure::Declined { code, message, .. }) => {
+                return Err(ServiceError::failed_precondition(format!(
+                    "Stripe refused to show connected account {stripe_account_id} ({code}: {message})"
+                )));
+            }
+            Err(failure) => {
+                return Err(ServiceError::unavailable(
+                    format!(
+                        "the status of connected account {stripe_account_id} is not known yet and Stripe did not answer; try again"
+                    ),
+                    anyhow::anyhow!("{}", failure.describe()),
+                ));
+            }
+        };
+        status.updated_at = Some(self.clock.now());
+        if account.stripe_account_id == stripe_account_id {
+            // Kept like an account.updated (an older snapshot never replaces a newer one).
+            let mut updated = account.clone();
+            updated.stripe_status = Some(status.clone());
+            updated.version += 1;
+            if let Err(error) = self.accounts.put(&updated, Some(account.version)).await {
+                tracing::info!(user_id = %account.user_id, error = %error, "account status not stored (changed concurrently)");
+            }
+        }
+        Ok(status)
+    }
+
+    /// The answer to a repeated key: the stored payout and its decision as it stands, or the
+    /// admission resumed when the first request has not finished it.
+    async fn same_request(
         &self,
         existing: Payout,
         candidate: &Payout,
@@ -162,14 +313,14 @@ impl PayoutFlow {
                 candidate.idempotency_key, existing.amount.cents, candidate.amount.cents
             )));
         }
-        let decision = payouts_proto::limits::v1::LimitDecision {
-            allowed: true,
-            requires_approval: existing.approval_required,
-            ..Default::default()
-        };
+        if existing.status == PayoutStatus::Admitting {
+            // The first request is still being admitted (or died doing so): resume it. The
+            // admission is idempotent on the payout, so this answers what the limits decided.
+            return self.admit(existing).await;
+        }
         Ok(Requested {
+            decision: stored_decision(&existing),
             payout: Some(existing),
-            decision,
         })
     }
 
@@ -181,23 +332,32 @@ impl PayoutFlow {
             .await
         {
             Ok(admission) => admission,
+            Err(error) if error.kind() == ErrorKind::Unavailable => {
+                // Maybe reserved, maybe not: the payout stays admitting and the worker
+                // resumes it after a backoff (the reservation is idempotent).
+                let _ = self
+                    .apply(payout, |p| {
+                        (p.status == PayoutStatus::Admitting)
+                            .then(|| p.work_failed("admission", error.message(), self.clock.now()))
+                    })
+                    .await;
+                return Err(error);
+            }
             Err(error) => {
-                // Nothing is held for a payout whose admission failed: forget it.
-                if error.kind() != ErrorKind::Unavailable {
-                    let _ = self.payouts.delete(&payout.id, payout.version).await;
-                }
+                // A definite refusal (the balance, bad input): nothing is held; forget it.
+                self.forget(&payout).await;
                 return Err(error);
             }
         };
         if !admission.reserved {
-            self.payouts.delete(&payout.id, payout.version).await?;
+            self.forget(&payout).await;
             metrics::counter!("payouts_payout_refused_total").increment(1);
             return Ok(Requested {
                 payout: None,
                 decision: admission.decision,
             });
         }
-        let flags = admission
+        let flags: Vec<String> = admission
             .decision
             .flags()
             .map(|flag| {
@@ -206,32 +366,30 @@ impl PayoutFlow {
                     .to_owned()
             })
             .collect();
+        let requires_approval = admission.decision.requires_approval;
+        let metadata_json = requires_approval.then(|| hold_metadata_json(&admission.decision));
         let now = self.clock.now();
-        let mut transition = payout.admitted(
-            admission.decision.requires_approval,
-            flags,
-            &admission.decision.reason,
-            now,
-        );
-        if admission.decision.requires_approval {
-            let metadata = admission.decision.metadata.unwrap_or_default();
-            transition.payout.hold_metadata_json = Some(
-                serde_json::json!({
-                    "isNewAccount": metadata.is_new_account,
-                    "accountAgeDays": metadata.account_age_days,
-                    "dailyPayoutCount": metadata.daily_payout_count,
-                    "dailyPayoutAmount": metadata.daily_payout_amount_cents,
-                    "monthlyPayoutAmount": metadata.monthly_payout_amount_cents,
-                    "lifetimeEarnings": metadata.lifetime_earnings_cents,
-                })
-                .to_string(),
-            );
-        }
-        let admitted = self.commit(&payout, transition).await?;
-        let payout = if admitted.status == PayoutStatus::Pending {
-            self.transfer(admitted).await?
-        } else {
-            self.hand_off(admitted).await
+        let admitted = self
+            .apply(payout.clone(), |p| {
+                let mut admitted = p.admitted(
+                    requires_approval,
+                    flags.clone(),
+                    &admission.decision.reason,
+                    now,
+                )?;
+                admitted.hold_metadata_json = metadata_json.clone();
+                Some(admitted)
+            })
+            .await?;
+        let admitted = match admitted {
+            Some(admitted) => admitted,
+            // Someone else admitted it first (a resumed admission): that state stands.
+            None => self.fresh(&payout.id).await?,
+        };
+        let payout = match admitted.status {
+            PayoutStatus::Pending => self.transfer(admitted).await?,
+            PayoutStatus::PendingApproval => self.hand_off(admitted).await,
+            _ => admitted,
         };
         Ok(Requested {
             payout: Some(payout),
@@ -239,20 +397,38 @@ impl PayoutFlow {
         })
     }
 
-    /// Hands a held payout to the approval queue. If the approvals service does not answer,
-    /// the payout stays due and the worker hands it off later: no held payout goes unseen.
-    pub async fn hand_off(&self, payout: Payout) -> Payout {
-        if let Err(error) = self.approvals.queue(&payout).await {
-            tracing::warn!(payout_id = %payout.id, error = %error, "approval queue unavailable; will retry");
-            return payout;
+    /// Deletes a refused payout still being admitted (nothing is held for it).
+    async fn forget(&self, payout: &Payout) {
+        if let Err(error) = self.payouts.delete(&payout.id, payout.version).await {
+            // It changed meanwhile (a backoff was recorded): try once more on a fresh read.
+            if let Ok(Some(current)) = self.payouts.get(&payout.id).await
+                && current.status == PayoutStatus::Admitting
+            {
+                let _ = self.payouts.delete(&current.id, current.version).await;
+            } else {
+                tracing::debug!(payout_id = %payout.id, error = %error, "refused payout already gone");
+            }
         }
-        let Some(handed) = payout.handed_off(self.clock.now()) else {
-            return payout;
+    }
+
+    /// Hands a held payout to the approval queue. If the approvals service does not answer,
+    /// the payout stays due and the worker hands it off later (with a backoff, and a
+    /// critical alert once it has failed too often): no held payout goes unseen.
+    pub async fn hand_off(&self, payout: Payout) -> Payout {
+        let queued = self.approvals.queue(&payout).await;
+        let now = self.clock.now();
+        let change = |p: &Payout| match &queued {
+            Ok(()) => p.handed_off(now),
+            Err(error) => (p.status == PayoutStatus::PendingApproval && p.next_retry_at.is_some())
+                .then(|| p.work_failed("approval hand-off", error.message(), now)),
         };
-        match self.payouts.replace(&handed, payout.version).await {
-            Ok(()) => handed,
+        if let Err(error) = &queued {
+            tracing::warn!(payout_id = %payout.id, error = %error, "approval queue unavailable; will retry");
+        }
+        match self.apply(payout.clone(), change).await {
+            Ok(Some(updated)) => updated,
             // Someone else moved it (a decision may already have arrived): that state stands.
-            Err(_) => self
+            _ => self
                 .payouts
                 .get(&payout.id)
                 .await
@@ -263,16 +439,17 @@ impl PayoutFlow {
     }
 
     /// Makes the transfer of a due pending payout, unless another worker holds it. Exactly one
-    /// Stripe transfer per attempt: the idempotency key names the payout and the attempt, and
-    /// an attempt whose outcome is unknown is looked up before anything is created again.
+    /// Stripe transfer per attempt: the idempotency key names the payout and the attempt; an
+    /// attempt whose outcome is unknown is looked up before anything else and is never
+    /// failed; money moves only if it is still payable at that moment.
     pub async fn transfer(&self, payout: Payout) -> Result<Payout, ServiceError> {
-        let Some(stripe) = &self.stripe else {
+        let Some(stripe) = self.stripe.clone() else {
             return Err(ServiceError::failed_precondition(
                 "Stripe is not configured (STRIPE_SECRET_KEY)",
             ));
         };
-        let now = self.clock.now();
-        let Some(claimed) = payout.claimed_for_transfer(now, TRANSFER_LEASE) else {
+        let prior_unknown = payout.outcome_unknown;
+        let Some(claimed) = payout.claimed_for_transfer(self.clock.now(), TRANSFER_LEASE) else {
             return Ok(payout);
         };
         match self.payouts.replace(&claimed, payout.version).await {
@@ -284,66 +461,265 @@ impl PayoutFlow {
             Err(error) => return Err(error),
         }
         let group = transfer_group(&claimed.id);
-        let looked_up = if payout.outcome_unknown || payout.attempt > 0 {
-            // A transfer Stripe reported failed is not adopted.
-            stripe.find_transfers(&group).await.map(|found| {
-                found
-                    .into_iter()
-                    .find(|id| !claimed.failed_transfer_ids.contains(id))
-                    .map(|id| (id, "stripe:lookup"))
-            })
-        } else {
-            Ok(None)
-        };
-        let result = match looked_up {
-            Ok(Some(found)) => Ok(found),
-            Ok(None) => {
-                let request = TransferRequest {
-                    payout_id: claimed.id.clone(),
-                    user_id: claimed.user_id.clone(),
-                    amount: claimed.amount.clone(),
-                    destination: claimed.destination.clone(),
-                    idempotency_key: transfer_idempotency_key(&claimed.id, claimed.attempt),
-                    transfer_group: group,
-                };
-                metrics::counter!("payouts_stripe_transfer_requests_total").increment(1);
-                stripe
-                    .create_transfer(&request)
-                    .await
-                    .map(|id| (id, "stripe"))
+        if prior_unknown {
+            // An earlier request may have made the transfer: ask Stripe before anything else.
+            match stripe.find_transfers(&group).await {
+                Err(failure) => {
+                    let message = format!("lookup failed: {}", failure.describe());
+                    return self
+                        .attempt_answered(&claimed, None, |p, now| {
+                            p.outcome_still_unknown(
+                                &message,
+                                self.unknown_alert_after,
+                                Cause::new("worker", now),
+                            )
+                        })
+                        .await;
+                }
+                Ok(found) => {
+                    let candidates: Vec<SeenTransfer> = found
+                        .into_iter()
+                        .filter(|t| !claimed.failed_transfer_ids.contains(&t.id))
+                        .collect();
+                    if !candidates.is_empty() {
+                        return self.adopt_found(&claimed, candidates).await;
+                    }
+                }
             }
-            Err(failure) => Err(failure),
-        };
+        }
         let now = self.clock.now();
-        let transition = match &result {
-            Ok((transfer_id, actor)) => claimed.transfer_created(transfer_id, actor, None, now),
-            Err(failure) => claimed.transfer_failed(failure, self.retry_base, "stripe", None, now),
+        match self.payable(&claimed).await {
+            Payable::Yes => {}
+            Payable::Unknown(message) => {
+                tracing::warn!(payout_id = %claimed.id, %message, "re-check unanswered; transfer deferred");
+                return self
+                    .attempt_answered(&claimed, None, |p, now| {
+                        p.attempt_deferred(prior_unknown, None, now)
+                    })
+                    .await;
+            }
+            Payable::No { code, reason } => {
+                let settling = claimed
+                    .unknown_since
+                    .is_some_and(|since| now - since < IDEMPOTENCY_WINDOW);
+                if prior_unknown && settling {
+                    // An earlier request may still turn into a transfer: never fail it, never
+                    // send again; look it up until Stripe's idempotency window has passed.
+                    let message = format!(
+                        "not sending ({reason}); waiting for Stripe to settle the earlier request"
+                    );
+                    return self
+                        .attempt_answered(&claimed, None, |p, now| {
+                            p.outcome_still_unknown(
+                                &message,
+                                self.unknown_alert_after,
+                                Cause::new("worker", now),
+                            )
+                        })
+                        .await;
+                }
+                return self
+                    .attempt_answered(&claimed, None, |p, now| {
+                        p.no_longer_payable(code, &reason, now)
+                    })
+                    .await;
+            }
+        }
+        let request = TransferRequest {
+            payout_id: claimed.id.clone(),
+            user_id: claimed.user_id.clone(),
+            attempt: claimed.attempt,
+            amount: claimed.amount.clone(),
+            destination: claimed.destination.clone(),
+            idempotency_key: transfer_idempotency_key(&claimed.id, claimed.attempt),
+            transfer_group: group,
         };
-        let Some(transition) = transition else {
-            return Ok(claimed);
+        metrics::counter!("payouts_stripe_transfer_requests_total").increment(1);
+        let result = stripe.create_transfer(&request).await;
+        let retry_base = self.retry_base;
+        match result {
+            Ok(seen) => {
+                self.attempt_answered(&claimed, Some(&seen.id), |p, now| {
+                    p.transfer_seen(
+                        &seen,
+                        &TransferNews::Exists,
+                        retry_base,
+                        Cause::new("stripe", now),
+                    )
+                })
+                .await
+            }
+            Err(StripeFailure::Declined {
+                code,
+                message,
+                retryable,
+            }) => {
+                self.attempt_answered(&claimed, None, |p, now| {
+                    p.attempt_declined(
+                        &code,
+                        &message,
+                        retryable,
+                        None,
+                        retry_base,
+                        Cause::new("stripe", now),
+                    )
+                })
+                .await
+            }
+            Err(StripeFailure::Unauthorized { code, message }) => {
+                tracing::error!(payout_id = %claimed.id, %code, %message, "Stripe refused our credentials");
+                let description = format!(
+                    "Stripe refused the transfer request of payout {} with {code}: {message}. \
+                     Nothing was sent; the payout waits until STRIPE_SECRET_KEY is fixed.",
+                    claimed.id
+                );
+                self.attempt_answered(&claimed, None, |p, now| {
+                    p.attempt_deferred(
+                        prior_unknown,
+                        Some(("stripe_credentials_refused", description.clone())),
+                        now,
+                    )
+                })
+                .await
+            }
+            Err(StripeFailure::Unknown { message }) => {
+                tracing::warn!(payout_id = %claimed.id, %message, "transfer outcome unknown");
+                self.attempt_answered(&claimed, None, |p, now| {
+                    p.outcome_still_unknown(
+                        &message,
+                        self.unknown_alert_after,
+                        Cause::new("stripe", now),
+                    )
+                })
+                .await
+            }
+        }
+    }
+
+    /// Records what an attempt concluded on the claimed payout. If the payout changed
+    /// meanwhile, a transfer Stripe made is still recorded (adoption is idempotent); any
+    /// other answer applies only while the payout is still pending at the same attempt.
+    async fn attempt_answered(
+        &self,
+        claimed: &Payout,
+        transfer: Option<&str>,
+        outcome: impl Fn(&Payout, DateTime<Utc>) -> Option<Payout>,
+    ) -> Result<Payout, ServiceError> {
+        let attempt = claimed.attempt;
+        let updated = self
+            .apply(claimed.clone(), |p| {
+                let same_attempt = p.status == PayoutStatus::Pending && p.attempt == attempt;
+                if transfer.is_none() && !same_attempt {
+                    return None;
+                }
+                outcome(p, self.clock.now())
+            })
+            .await?;
+        let Some(updated) = updated else {
+            return self.fresh(&claimed.id).await;
         };
-        let updated = self.commit(&claimed, transition).await?;
-        if updated.status == PayoutStatus::Failed {
-            self.after_failure(&updated).await;
+        match updated.status {
+            PayoutStatus::Failed => self.after_failure(&updated),
+            PayoutStatus::Completed => self.after_completion(&updated),
+            _ => {}
         }
         Ok(updated)
     }
 
-    /// A payout failed: give back its quota unless money left the platform, tell the user.
-    pub async fn after_failure(&self, payout: &Payout) {
-        if !payout.money_left()
-            && let Err(error) = self
-                .limits
-                .release(
-                    &payout.user_id,
-                    &payout.id,
-                    None,
-                    payout.failure_reason.as_deref().unwrap_or("failed"),
+    /// A lookup found transfers of this payout: adopt the one of the current attempt (or the
+    /// first), and flag any other as a second payment.
+    async fn adopt_found(
+        &self,
+        claimed: &Payout,
+        mut candidates: Vec<SeenTransfer>,
+    ) -> Result<Payout, ServiceError> {
+        let preferred = candidates
+            .iter()
+            .position(|t| t.attempt == Some(claimed.attempt))
+            .unwrap_or(0);
+        let pick = candidates.remove(preferred);
+        let retry_base = self.retry_base;
+        let mut current = self
+            .attempt_answered(claimed, Some(&pick.id), |p, now| {
+                p.transfer_seen(
+                    &pick,
+                    &TransferNews::Exists,
+                    retry_base,
+                    Cause::new("stripe:lookup", now),
                 )
-                .await
-        {
-            tracing::error!(payout_id = %payout.id, error = %error, "quota of a failed payout not released; will not be retried automatically");
+            })
+            .await?;
+        for other in candidates {
+            if let Some(updated) = self
+                .apply(current.clone(), |p| {
+                    p.transfer_seen(
+                        &other,
+                        &TransferNews::Exists,
+                        retry_base,
+                        Cause::new("stripe:lookup", self.clock.now()),
+                    )
+                })
+                .await?
+            {
+                current = updated;
+            }
         }
+        Ok(current)
+    }
+
+    /// Re-checks just before money moves: the account still takes payouts, and the user's
+    /// payable earnings (frozen or refunded ones no longer count) still cover what their
+    /// payouts hold.
+    async fn payable(&self, payout: &Payout) -> Payable {
+        let account = match self.accounts.get(&payout.user_id).await {
+            Ok(Some(account)) => account,
+            Ok(None) => {
+                return Payable::No {
+                    code: "no_account",
+                    reason: format!("no connected account is registered for {}", payout.user_id),
+                };
+            }
+            Err(error) => return Payable::Unknown(error.to_string()),
+        };
+        let known = (account.stripe_account_id == payout.destination)
+            .then(|| account.stripe_status.clone())
+            .flatten();
+        let status = match known {
+            Some(status) => status,
+            None => match self.status_from_stripe(&account, &payout.destination).await {
+                Ok(status) => status,
+                Err(error) if error.kind() == ErrorKind::Unavailable => {
+                    return Payable::Unknown(error.to_string());
+                }
+                Err(error) => {
+                    return Payable::No {
+                        code: "account_unknown",
+                        reason: error.message().to_owned(),
+                    };
+                }
+            },
+        };
+        if !status.payouts_enabled {
+            return Payable::No {
+                code: "payouts_disabled",
+                reason: format!(
+                    "payouts are disabled on connected account {}",
+                    payout.destination
+                ),
+            };
+        }
+        match self.limits.recheck(&payout.user_id, &payout.id).await {
+            Ok(Recheck::Payable) => Payable::Yes,
+            Ok(Recheck::NotPayable { reason }) => Payable::No {
+                code: "earnings_not_payable",
+                reason,
+            },
+            Err(error) => Payable::Unknown(error.to_string()),
+        }
+    }
+
+    /// A payout failed: tell the user (its quota is given back through its owed effects).
+    pub fn after_failure(&self, payout: &Payout) {
         self.notifier.notify(UserNotice {
             user_id: payout.user_id.clone(),
             kind: "payout_failed",
@@ -372,7 +748,8 @@ impl PayoutFlow {
         });
     }
 
-    /// An admin's decision on a payout held for approval. Exactly one decision applies.
+    /// An admin's decision on a payout held for approval. Exactly one decision applies; a
+    /// repeat of the decision carried out answers with the payout as it is now.
     pub async fn resolve_approval(
         &self,
         payout_id: &str,
@@ -386,18 +763,26 @@ impl PayoutFlow {
             .await?
             .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
         if payout.carries_decision(approved) {
-            // A repeat of a decision already carried out (the approvals service re-drives).
             return Ok(payout);
         }
-        let transition = payout
-            .decided(approved, reviewer, notes, self.clock.now())
+        if payout.carries_decision(!approved) {
+            return Err(ServiceError::conflict(format!(
+                "payout {payout_id} was already {}",
+                if approved { "rejected" } else { "approved" }
+            )));
+        }
+        let now = self.clock.now();
+        let decided = self
+            .apply(payout.clone(), |p| {
+                p.decided(approved, reviewer, notes, now)
+            })
+            .await?
             .ok_or_else(|| {
                 ServiceError::conflict(format!(
                     "payout {payout_id} is {}, not pending approval",
                     payout.status.as_str()
                 ))
             })?;
-        let decided = self.commit(&payout, transition).await?;
         if approved {
             self.notifier.notify(UserNotice {
                 user_id: decided.user_id.clone(),
@@ -410,15 +795,9 @@ impl PayoutFlow {
                 metadata_json: serde_json::json!({ "payoutId": decided.id }).to_string(),
                 dedupe_key: format!("{}:approved", decided.id),
             });
+            // The transfer re-checks that the money is still payable before it moves.
             self.transfer(decided).await
         } else {
-            if let Err(error) = self
-                .limits
-                .release(&decided.user_id, &decided.id, None, "rejected by admin")
-                .await
-            {
-                tracing::error!(payout_id = %decided.id, error = %error, "quota of a rejected payout not released");
-            }
             self.notifier.notify(UserNotice {
                 user_id: decided.user_id.clone(),
                 kind: "payout_rejected",
@@ -434,11 +813,34 @@ impl PayoutFlow {
         }
     }
 
-    /// One pass of the worker: due transfers, and admissions interrupted by a crash.
+    /// An admin resumes a parked payout.
+    pub async fn resume(&self, payout_id: &str, by: &str) -> Result<Payout, ServiceError> {
+        let payout = self
+            .payouts
+            .get(payout_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
+        let now = self.clock.now();
+        self.apply(payout.clone(), |p| p.resumed(by, now))
+            .await?
+            .ok_or_else(|| {
+                ServiceError::failed_precondition(format!(
+                    "payout {payout_id} is not parked (it is {})",
+                    payout.status.as_str()
+                ))
+            })
+    }
+
+    /// One pass of the worker: due transfers, hand-offs, interrupted admissions, and owed
+    /// side effects. Returns how many payouts it worked on.
     pub async fn run_due(&self) -> Result<usize, ServiceError> {
         let now = self.clock.now();
         let mut handled = 0;
-        for payout in self.payouts.due(PayoutStatus::Pending, now, 32).await? {
+        for payout in self
+            .payouts
+            .due(PayoutStatus::Pending, now, DUE_BATCH)
+            .await?
+        {
             handled += 1;
             if let Err(error) = self.transfer(payout.clone()).await {
                 tracing::warn!(payout_id = %payout.id, error = %error, "transfer attempt failed");
@@ -446,16 +848,26 @@ impl PayoutFlow {
         }
         for payout in self
             .payouts
-            .due(PayoutStatus::PendingApproval, now, 32)
+            .due(PayoutStatus::PendingApproval, now, DUE_BATCH)
             .await?
         {
             handled += 1;
             self.hand_off(payout).await;
         }
-        for payout in self.payouts.due(PayoutStatus::Admitting, now, 32).await? {
+        for payout in self
+            .payouts
+            .due(PayoutStatus::Admitting, now, DUE_BATCH)
+            .await?
+        {
             handled += 1;
             if let Err(error) = self.admit(payout.clone()).await {
                 tracing::warn!(payout_id = %payout.id, error = %error, "resumed admission failed");
+            }
+        }
+        for payout in self.payouts.due_effects(now, DUE_BATCH).await? {
+            handled += 1;
+            if let Err(error) = self.settle(&payout).await {
+                tracing::debug!(payout_id = %payout.id, error = %error, "side effects not settled in this pass");
             }
         }
         Ok(handled)
@@ -477,23 +889,56 @@ impl PayoutFlow {
     }
 }
 
-/// A payout to an account whose payouts Stripe disabled is refused with the reason.
-fn check_account(account: &Account) -> Result<(), ServiceError> {
-    match &account.stripe_status {
-        Some(status) if !status.payouts_enabled => {
-            let due = if status.requirements_currently_due.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; requirements currently due: {}",
-                    status.requirements_currently_due.join(", ")
-                )
-            };
-            Err(ServiceError::failed_precondition(format!(
-                "payouts are disabled on connected account {}{due}",
-                account.stripe_account_id
-            )))
-        }
-        _ => Ok(()),
+/// The limits' figures of a held payout, for the approval queue (spec §7 metadata).
+fn hold_metadata_json(decision: &payouts_proto::limits::v1::LimitDecision) -> String {
+    use payouts_runtime::convert::cents;
+    let metadata = decision.metadata.clone().unwrap_or_default();
+    serde_json::json!({
+        "isNewAccount": metadata.is_new_account,
+        "accountAgeDays": metadata.account_age_days,
+        "dailyPayoutCount": metadata.daily_payout_count,
+        "dailyPayoutAmount": cents(metadata.daily_payout_amount.as_ref()),
+        "monthlyPayoutAmount": cents(metadata.monthly_payout_amount.as_ref()),
+        "lifetimeEarnings": cents(metadata.lifetime_earnings.as_ref()),
+        "dailyAttemptCount": metadata.daily_attempt_count,
+    })
+    .to_string()
+}
+
+/// The decision a stored payout was admitted with (for a repeated request).
+fn stored_decision(payout: &Payout) -> payouts_proto::limits::v1::LimitDecision {
+    use payouts_proto::limits::v1::PayoutFlag;
+    payouts_proto::limits::v1::LimitDecision {
+        allowed: true,
+        requires_approval: payout.held,
+        flags: payout
+            .flags
+            .iter()
+            .filter_map(|flag| PayoutFlag::from_str_name(&format!("PAYOUT_FLAG_{flag}")))
+            .map(i32::from)
+            .collect(),
+        reason: payout.hold_reason.clone().unwrap_or_default(),
+        metadata: None,
     }
+}
+
+/// A payout to an account whose payouts Stripe disabled is refused with the reason.
+fn check_account(
+    stripe_account_id: &str,
+    status: &StripeAccountStatus,
+) -> Result<(), ServiceError> {
+    if status.payouts_enabled {
+        return Ok(());
+    }
+    let due = if status.requirements_currently_due.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; requirements currently due: {}",
+            status.requirements_currently_due.join(", ")
+        )
+    };
+    Err(ServiceError::failed_precondition(format!(
+        "payouts are disabled on connected account {stripe_account_id}{due}"
+    )))
 }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use payouts_proto::payouts::v1 as pb;
 use payouts_proto::payouts::v1::payouts_service_server::{PayoutsService, PayoutsServiceServer};
 use payouts_runtime::convert::{
-    optional_timestamp, page_size, page_token, parse_page_token, required_id, required_time,
-    timestamp,
+    optional_timestamp, page_size, paginate, parse_page_token, positive_money, required_id,
+    required_time, timestamp,
 };
-use payouts_runtime::{ErrorKind, Money, ServiceError};
+use payouts_runtime::{Currency, ErrorKind, Money, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Account, Registration};
@@ -67,7 +67,8 @@ fn account_to_proto(a: Account) -> pb::Account {
 
 fn status_to_proto(status: PayoutStatus) -> pb::PayoutStatus {
     match status {
-        PayoutStatus::Admitting | PayoutStatus::Pending => pb::PayoutStatus::Pending,
+        PayoutStatus::Admitting => pb::PayoutStatus::Admitting,
+        PayoutStatus::Pending => pb::PayoutStatus::Pending,
         PayoutStatus::PendingApproval => pb::PayoutStatus::PendingApproval,
         PayoutStatus::Processing => pb::PayoutStatus::Processing,
         PayoutStatus::Completed => pb::PayoutStatus::Completed,
@@ -79,6 +80,7 @@ fn status_to_proto(status: PayoutStatus) -> pb::PayoutStatus {
 fn status_from_proto(value: i32) -> Result<Option<PayoutStatus>, ServiceError> {
     Ok(match pb::PayoutStatus::try_from(value) {
         Ok(pb::PayoutStatus::Unspecified) => None,
+        Ok(pb::PayoutStatus::Admitting) => Some(PayoutStatus::Admitting),
         Ok(pb::PayoutStatus::PendingApproval) => Some(PayoutStatus::PendingApproval),
         Ok(pb::PayoutStatus::Pending) => Some(PayoutStatus::Pending),
         Ok(pb::PayoutStatus::Processing) => Some(PayoutStatus::Processing),
@@ -96,7 +98,12 @@ fn status_from_proto(value: i32) -> Result<Option<PayoutStatus>, ServiceError> {
 fn payout_to_proto(p: Payout) -> pb::Payout {
     pb::Payout {
         status: status_to_proto(p.status).into(),
+        amount_reversed: Some(
+            Money::new(p.amount_reversed_cents, p.amount.currency.clone()).into(),
+        ),
         amount: Some(p.amount.into()),
+        outcome_unknown: p.outcome_unknown,
+        parked: p.parked,
         stripe_transfer_id: p.stripe_transfer_id.unwrap_or_default(),
         stripe_payout_id: p.stripe_payout_id.unwrap_or_default(),
         approval_required: p.approval_required,
@@ -116,7 +123,6 @@ fn payout_to_proto(p: Payout) -> pb::Payout {
             })
             .map(i32::from)
             .collect(),
-        amount_reversed_cents: p.amount_reversed_cents,
         requested_at: Some(timestamp(p.requested_at)),
         completed_at: optional_timestamp(p.completed_at),
         webhook_processed_at: optional_timestamp(p.webhook_processed_at),
@@ -126,7 +132,7 @@ fn payout_to_proto(p: Payout) -> pb::Payout {
     }
 }
 
-fn audit_to_proto(e: AuditEntry) -> pb::AuditEntry {
+fn audit_to_proto(e: AuditEntry, currency: &Currency) -> pb::AuditEntry {
     pb::AuditEntry {
         id: e.id,
         payout_id: e.payout_id,
@@ -140,7 +146,7 @@ fn audit_to_proto(e: AuditEntry) -> pb::AuditEntry {
         actor: Some(payouts_proto::common::v1::Actor { id: e.actor }),
         stripe_event_id: e.stripe_event_id.unwrap_or_default(),
         transfer_id: e.transfer_id.unwrap_or_default(),
-        amount_cents: e.amount_cents,
+        amount: Some(Money::new(e.amount_cents, currency.clone()).into()),
         timestamp: Some(timestamp(e.timestamp)),
     }
 }
@@ -192,10 +198,7 @@ impl PayoutsService for PayoutsGrpc {
         let r = request.into_inner();
         let user_id = required_id(&r.user_id, "user_id")?;
         let idempotency_key = required_id(&r.idempotency_key, "idempotency_key")?;
-        let amount = r
-            .amount
-            .ok_or_else(|| ServiceError::invalid_argument("amount is required"))?;
-        let amount = Money::positive(amount.cents, &amount.currency, "amount.cents")?;
+        let amount = positive_money(r.amount, "amount", &Currency::usd())?;
         let requested = self
             .flow
             .request(&user_id, amount, &idempotency_key)
@@ -216,7 +219,6 @@ impl PayoutsService for PayoutsGrpc {
             .payouts
             .get(&payout_id)
             .await?
-            .filter(|p| p.status != PayoutStatus::Admitting)
             .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
         Ok(Response::new(pb::GetPayoutResponse {
             payout: Some(payout_to_proto(payout)),
@@ -232,22 +234,14 @@ impl PayoutsService for PayoutsGrpc {
         let status = status_from_proto(r.status)?;
         let size = page_size(r.page_size, 50, 500)?;
         let after = parse_page_token(&r.page_token)?;
-        let mut payouts = self
+        let found = self
             .flow
             .payouts
             .list_by_user(&user_id, status, after, size + 1)
             .await?;
-        let next_page_token = if payouts.len() > size {
-            payouts.truncate(size);
-            payouts
-                .last()
-                .map(|last| page_token(last.requested_at, &last.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (page, next_page_token) = paginate(found, size, |p| (p.requested_at, p.id.clone()));
         Ok(Response::new(pb::ListPayoutsResponse {
-            payouts: payouts.into_iter().map(payout_to_proto).collect(),
+            payouts: page.into_iter().map(payout_to_proto).collect(),
             next_page_token,
         }))
     }
@@ -298,15 +292,54 @@ impl PayoutsService for PayoutsGrpc {
         &self,
         request: Request<pb::ListAuditLogRequest>,
     ) -> Result<Response<pb::ListAuditLogResponse>, Status> {
-        let payout_id = required_id(&request.get_ref().payout_id, "payout_id")?;
+        let r = request.into_inner();
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let size = page_size(r.page_size, 100, 500)?;
+        // The trail lives in the payout (written with each change); a token is a position.
+        let start: usize = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse().map_err(|_| {
+                ServiceError::invalid_argument("page_token is not one this service issued")
+            })?
+        };
         let payout = self
             .flow
             .payouts
             .get(&payout_id)
             .await?
             .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
+        let currency = payout.amount.currency.clone();
+        let total = payout.audit_log.len();
+        let end = start.saturating_add(size).min(total);
+        let entries = payout
+            .audit_log
+            .into_iter()
+            .skip(start)
+            .take(end.saturating_sub(start))
+            .map(|entry| audit_to_proto(entry, &currency))
+            .collect();
         Ok(Response::new(pb::ListAuditLogResponse {
-            entries: payout.audit_log.into_iter().map(audit_to_proto).collect(),
+            entries,
+            next_page_token: if end < total {
+                end.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(payout_id = %request.get_ref().payout_id))]
+    async fn resume_payout(
+        &self,
+        request: Request<pb::ResumePayoutRequest>,
+    ) -> Result<Response<pb::ResumePayoutResponse>, Status> {
+        let r = request.into_inner();
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let requested_by = required_id(&r.requested_by, "requested_by")?;
+        let payout = self.flow.resume(&payout_id, &requested_by).await?;
+        Ok(Response::new(pb::ResumePayoutResponse {
+            payout: Some(payout_to_proto(payout)),
         }))
     }
 }

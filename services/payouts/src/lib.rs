@@ -5,9 +5,10 @@
 //! - [`domain`]: accounts, pure.
 //! - [`payout`]: payouts and their forward-only state machine, pure.
 //! - [`store`]: the repository traits, their MongoDB and embedded implementations.
-//! - [`stripe`]: transfers through async-stripe, and how Stripe's errors are classified.
-//! - [`ports`]: the limits and notifications services as the flow sees them.
-//! - [`flow`]: request, admission, transfer, approval decisions, the retry worker.
+//! - [`stripe`]: Stripe through async-stripe, and how Stripe's errors are classified.
+//! - [`ports`]: the limits, approvals and notifications services as the flow sees them.
+//! - [`flow`]: request, admission, transfer, approval decisions, owed side effects, the
+//!   worker.
 //! - [`events`]: the Stripe events this service owns.
 //! - [`grpc`]: the gRPC surface.
 
@@ -29,7 +30,7 @@ use payouts_runtime::grpc::GrpcServer;
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
     let repositories = store::open(&context.store).await?;
     let settings = &context.settings;
-    let stripe: Option<Arc<dyn stripe::StripeTransfers>> = match &settings.stripe_secret_key {
+    let stripe: Option<Arc<dyn stripe::StripeApi>> = match &settings.stripe_secret_key {
         Some(key) => Some(Arc::new(stripe::StripeClient::new(
             key,
             &settings.stripe_api_base,
@@ -42,11 +43,15 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         limits: Arc::new(ports::GrpcLimits::new(settings)?),
         approvals: Arc::new(ports::GrpcApprovals::new(settings)?),
         notifier: Arc::new(ports::GrpcNotifier::new(settings)?),
+        alerts: Arc::new(ports::GrpcAlerts::new(settings)?),
         stripe,
         clock: Arc::clone(&context.clock),
+        ids: Arc::clone(&context.ids),
         poll_interval: settings.payout_poll_interval,
         retry_base: chrono::Duration::from_std(settings.payout_retry_base)
             .unwrap_or(payout::RETRY_BASE),
+        unknown_alert_after: chrono::Duration::from_std(settings.payout_unknown_alert)
+            .unwrap_or(chrono::Duration::hours(1)),
     });
     tokio::spawn(Arc::clone(&flow).run_worker(context.shutdown.clone()));
     server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow)));

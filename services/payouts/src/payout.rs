@@ -4,17 +4,34 @@
 //!  admitting ──> pending_approval ──approve──> pending ──transfer──> processing ──> completed
 //!      │               │                        │  ^                     │              │
 //!      │               └──reject──> failed <────┘  └─retry (backoff)─────┘              │
-//!      └──refused: deleted                                                               │
+//!      └──refused: deleted            │                                                  │
 //!  processing | completed ──transfer.reversed (full)──> reversed                         │
 //!  processing | completed ──bank payout failed──> failed  (money stays with the creator's │
 //!                                                         Stripe account)  <─────────────┘
+//!  failed (no money left) ──a transfer for it turns up after all──> processing  (adopted,
+//!                                                                   critical alert)
 //! ```
 //!
 //! States only move forward (by rank); the documented edges above are the only others. A late
 //! or out-of-order Stripe event that would move a payout backwards changes nothing.
+//!
+//! **The unknown-outcome rule.** A transfer request that got no definite answer (a timeout, a
+//! 5xx, a lost connection, an unreadable answer, a failed lookup) leaves the payout
+//! `outcome_unknown`: it is never failed and its quota never given back while that holds. It
+//! is resolved only by Stripe: a lookup that finds the transfer (adopted), the same request
+//! again under the same idempotency key (Stripe replays its first answer), or an event naming
+//! the transfer. Only a definite refusal (a 4xx with an error code, a legacy `transfer.failed`,
+//! a full reversal) fails an attempt.
+//!
+//! **Side effects owed to other services are state.** Every change records what it owes: the
+//! audit entries not yet projected into `payoutAuditLogs`, the quota the limits service must
+//! give back (a total under a sequence number), the critical alerts not yet raised. They are
+//! settled right away when possible and otherwise by the worker (`effects_due_at`), until
+//! each is confirmed: a crash or an unavailable service never loses one.
 
 use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::Money;
+use payouts_runtime::backoff;
 
 /// Transfer attempts before a payout fails for good (spec §2: at most 3 retries).
 pub const MAX_RETRIES: u32 = 3;
@@ -22,9 +39,32 @@ pub const MAX_RETRIES: u32 = 3;
 /// How many applied Stripe event ids a payout remembers, to ignore redeliveries.
 const REMEMBERED_EVENTS: usize = 32;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Failed tries of a payout's work (admission, hand-off to the approval queue) before it is
+/// parked with a critical alert for an admin to resume.
+pub const MAX_WORK_ATTEMPTS: u32 = 12;
+
+/// Backoff of a payout's work after a failure: 30 s doubling, capped at 30 minutes (with
+/// [`MAX_WORK_ATTEMPTS`] that is about four hours of trying before it is parked).
+pub const WORK_BACKOFF_BASE: Duration = Duration::seconds(30);
+pub const WORK_BACKOFF_CAP: Duration = Duration::minutes(30);
+
+/// Backoff of an unresolved unknown outcome: a minute doubling, capped at an hour; never
+/// parked (only Stripe can resolve it).
+pub const UNKNOWN_BACKOFF_BASE: Duration = Duration::minutes(1);
+pub const UNKNOWN_BACKOFF_CAP: Duration = Duration::hours(1);
+
+/// Backoff of owed side effects (audit projection, quota, alerts): 5 s doubling, capped at
+/// 10 minutes; retried for as long as it takes.
+pub const EFFECTS_BACKOFF_BASE: Duration = Duration::seconds(5);
+pub const EFFECTS_BACKOFF_CAP: Duration = Duration::minutes(10);
+
+/// Stripe's idempotency window: after it, a request still in flight when the outcome became
+/// unknown has long finished, so a lookup that finds nothing is a definite "no transfer".
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::hours(24);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PayoutStatus {
-    /// Stored, limits not yet decided (internal; a crash here is recovered by re-admission).
+    /// Stored, limits not yet decided (a crash here is recovered by re-admission).
     Admitting,
     PendingApproval,
     /// Admitted; a transfer is being made or will be retried.
@@ -37,6 +77,16 @@ pub enum PayoutStatus {
 }
 
 impl PayoutStatus {
+    pub const ALL: [PayoutStatus; 7] = [
+        PayoutStatus::Admitting,
+        PayoutStatus::PendingApproval,
+        PayoutStatus::Pending,
+        PayoutStatus::Processing,
+        PayoutStatus::Completed,
+        PayoutStatus::Failed,
+        PayoutStatus::Reversed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PayoutStatus::Admitting => "admitting",
@@ -50,21 +100,11 @@ impl PayoutStatus {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [
-            PayoutStatus::Admitting,
-            PayoutStatus::PendingApproval,
-            PayoutStatus::Pending,
-            PayoutStatus::Processing,
-            PayoutStatus::Completed,
-            PayoutStatus::Failed,
-            PayoutStatus::Reversed,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == text)
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
     }
 
     /// Position in the forward order; terminal states rank highest.
-    fn rank(self) -> u8 {
+    pub fn rank(self) -> u8 {
         match self {
             PayoutStatus::Admitting => 0,
             PayoutStatus::PendingApproval => 1,
@@ -78,6 +118,46 @@ impl PayoutStatus {
     pub fn is_terminal(self) -> bool {
         matches!(self, PayoutStatus::Failed | PayoutStatus::Reversed)
     }
+
+    /// Whether `self -> to` is a forward move or one of the documented edges (the adoption
+    /// edge `failed -> processing` is separate: see [`Payout::transfer_seen`]).
+    pub fn may_move_to(self, to: PayoutStatus) -> bool {
+        use PayoutStatus::*;
+        match (self, to) {
+            (Processing | Completed, Reversed) => true,
+            (Completed, Failed) => true,
+            (from, _) if from.is_terminal() => false,
+            (from, to) => to.rank() > from.rank(),
+        }
+    }
+}
+
+/// What the limits service has confirmed about this payout's reservation, and what it owes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuotaRelease {
+    /// How much of the reservation should be given back, in total (derived from the state).
+    pub target_cents: i64,
+    /// Increases whenever the target changes; the limits service ignores older sequences.
+    pub sequence: i64,
+    /// The total the limits service confirmed, and under which sequence.
+    pub confirmed_cents: i64,
+    pub confirmed_sequence: i64,
+}
+
+impl QuotaRelease {
+    pub fn is_settled(&self) -> bool {
+        self.confirmed_sequence == self.sequence
+    }
+}
+
+/// A critical alert the payout owes an admin, raised through the notifications service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedAlert {
+    /// Dedupe key: the same alert is raised once.
+    pub key: String,
+    pub kind: String,
+    pub title: String,
+    pub description: String,
 }
 
 /// A payout (usdPayouts).
@@ -92,9 +172,15 @@ pub struct Payout {
     /// The connected account the money goes to.
     pub destination: String,
     pub stripe_transfer_id: Option<String>,
+    /// The payment the transfer made on the connected account ("py_..."): how a bank
+    /// payout's balance transactions name it.
+    pub destination_payment_id: Option<String>,
     /// The creator's bank payout that carried the money, when known.
     pub stripe_payout_id: Option<String>,
+    /// Waiting for an admin (cleared by an approval).
     pub approval_required: bool,
+    /// The limits held it for approval when it was admitted.
+    pub held: bool,
     pub flags: Vec<String>,
     /// Why the limits held the payout for approval, and their figures (JSON), for the queue.
     pub hold_reason: Option<String>,
@@ -104,10 +190,17 @@ pub struct Payout {
     pub attempt: u32,
     /// Failed transfer attempts so far (spec: retryCount).
     pub retry_count: u32,
-    /// When a transfer is due (a retry, or a lease that ran out).
+    /// When the payout's work is due: the admission to resume, the hand-off to the approval
+    /// queue, the transfer (a retry, or a lease that ran out).
     pub next_retry_at: Option<DateTime<Utc>>,
-    /// A transfer request whose outcome we do not know yet (timeout, lost response).
+    /// Consecutive failed tries of the due work (backoff, and the bound before parking).
+    pub work_attempts: u32,
+    /// The work failed [`MAX_WORK_ATTEMPTS`] times and stopped: an admin resumes it.
+    pub parked: bool,
+    /// A transfer request may have reached Stripe and we do not know what it did.
     pub outcome_unknown: bool,
+    /// Since when the current attempt's outcome has been unknown.
+    pub unknown_since: Option<DateTime<Utc>>,
     pub failure_code: Option<String>,
     pub failure_reason: Option<String>,
     pub amount_reversed_cents: i64,
@@ -115,13 +208,26 @@ pub struct Payout {
     pub completed_at: Option<DateTime<Utc>>,
     pub webhook_processed_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
-    /// Transfers Stripe reported failed (legacy `transfer.failed`): never adopted by a lookup.
+    /// Transfers Stripe reported failed (legacy `transfer.failed`): never adopted.
     pub failed_transfer_ids: Vec<String>,
+    /// Transfers naming this payout besides the one it has: money that should not have
+    /// moved, flagged with a critical alert, never dropped.
+    pub stray_transfer_ids: Vec<String>,
     /// Stripe events already applied (the most recent few).
     pub applied_events: Vec<String>,
     /// Every state change, oldest first: written in the same compare-and-set as the change
     /// itself, so no change is ever without its record.
     pub audit_log: Vec<AuditEntry>,
+    /// How many entries of `audit_log` are in `payoutAuditLogs` already.
+    pub audit_projected: u32,
+    pub quota: QuotaRelease,
+    pub owed_alerts: Vec<OwedAlert>,
+    /// Keys of the alerts raised already (so an alert is owed once).
+    pub raised_alerts: Vec<String>,
+    /// When owed side effects are due (None: nothing owed).
+    pub effects_due_at: Option<DateTime<Utc>>,
+    /// Consecutive failed tries to settle them.
+    pub effects_attempts: u32,
     pub version: i64,
 }
 
@@ -139,6 +245,7 @@ pub fn transfer_group(payout_id: &str) -> String {
 /// One audit record: what, from -> to, why, who/which event, when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
+    /// "<payout id>:<position>": unique, and the same however often it is projected.
     pub id: String,
     pub payout_id: String,
     pub event_type: String,
@@ -152,22 +259,59 @@ pub struct AuditEntry {
     pub timestamp: DateTime<Utc>,
 }
 
-/// A change to apply, and the audit record it leaves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    pub payout: Payout,
-    pub audit: AuditEntry,
+/// Who or what causes a change, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Cause<'a> {
+    /// "stripe", "stripe:<event id>", "admin:<subject>", "service:limits", "worker".
+    pub actor: &'a str,
+    /// The Stripe event that carried the news, when one did (applied once).
+    pub stripe_event_id: Option<&'a str>,
+    pub now: DateTime<Utc>,
 }
 
-/// Why a transfer attempt did not create a transfer.
+impl<'a> Cause<'a> {
+    pub fn new(actor: &'a str, now: DateTime<Utc>) -> Self {
+        Self {
+            actor,
+            stripe_event_id: None,
+            now,
+        }
+    }
+
+    pub fn event(actor: &'a str, stripe_event_id: &'a str, now: DateTime<Utc>) -> Self {
+        Self {
+            actor,
+            stripe_event_id: Some(stripe_event_id),
+            now,
+        }
+    }
+}
+
+/// What Stripe said about a transfer attempt it did not carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TransferFailure {
-    /// Stripe refused for good (e.g. `account_invalid`).
-    Permanent { code: String, message: String },
-    /// Stripe refused but a later attempt may pass (spec §2 codes, 429, 5xx).
-    Retryable { code: String, message: String },
-    /// No answer, or an answer we could not read: the transfer may exist.
+pub enum StripeFailure {
+    /// A definite refusal: nothing was done. `retryable` follows spec §2's list of codes.
+    Declined {
+        code: String,
+        message: String,
+        retryable: bool,
+    },
+    /// Our credentials or permissions were refused (401, 403): nothing was done, and nothing
+    /// will be until an operator fixes the configuration.
+    Unauthorized { code: String, message: String },
+    /// No answer, a 5xx, an unreadable answer, or a concurrent request under the same key:
+    /// Stripe may have acted.
     Unknown { message: String },
+}
+
+impl StripeFailure {
+    pub fn describe(&self) -> String {
+        match self {
+            StripeFailure::Declined { code, message, .. }
+            | StripeFailure::Unauthorized { code, message } => format!("{code}: {message}"),
+            StripeFailure::Unknown { message } => format!("outcome unknown: {message}"),
+        }
+    }
 }
 
 /// Stripe error codes the spec retries (plus Stripe's own transient ones).
@@ -182,7 +326,6 @@ pub fn is_retryable_code(code: &str) -> bool {
             | "processing_error"
             | "rate_limit"
             | "lock_timeout"
-            | "api_error"
             | "could_not_process"
     )
 }
@@ -195,64 +338,199 @@ pub fn retry_delay(base: Duration, retry_count: u32) -> Duration {
     base * (1_i32 << retry_count.saturating_sub(1).min(10))
 }
 
+/// A transfer as Stripe shows it (an API answer, a lookup, or an event's object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenTransfer {
+    pub id: String,
+    /// The attempt its metadata names (transfers made before attempts were recorded: None).
+    pub attempt: Option<u32>,
+    pub destination_payment: Option<String>,
+    pub amount_reversed_cents: i64,
+}
+
+impl SeenTransfer {
+    pub fn new(id: &str) -> Self {
+        Self {
+            id: id.to_owned(),
+            attempt: None,
+            destination_payment: None,
+            amount_reversed_cents: 0,
+        }
+    }
+}
+
+/// What Stripe says happened to a transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferNews {
+    /// It exists (our request's answer, a lookup, `transfer.created`, `transfer.updated`).
+    Exists,
+    /// Legacy `transfer.paid`.
+    Paid,
+    /// Legacy `transfer.failed`: the money did not arrive and came back.
+    Failed { code: String, message: String },
+    /// `transfer.reversed`: `amount_reversed` is Stripe's running total.
+    Reversed,
+}
+
 impl Payout {
+    /// A new payout, stored as admitting until the limits decide.
+    #[allow(clippy::too_many_arguments)]
+    pub fn requested(
+        id: String,
+        user_id: &str,
+        amount: Money,
+        idempotency_key: &str,
+        destination: &str,
+        now: DateTime<Utc>,
+        admission_grace: Duration,
+    ) -> Payout {
+        Payout {
+            id,
+            user_id: user_id.to_owned(),
+            amount,
+            status: PayoutStatus::Admitting,
+            idempotency_key: idempotency_key.to_owned(),
+            destination: destination.to_owned(),
+            stripe_transfer_id: None,
+            destination_payment_id: None,
+            stripe_payout_id: None,
+            approval_required: false,
+            held: false,
+            flags: Vec::new(),
+            hold_reason: None,
+            hold_metadata_json: None,
+            attempt: 0,
+            retry_count: 0,
+            next_retry_at: Some(now + admission_grace),
+            work_attempts: 0,
+            parked: false,
+            outcome_unknown: false,
+            unknown_since: None,
+            failure_code: None,
+            failure_reason: None,
+            amount_reversed_cents: 0,
+            requested_at: now,
+            completed_at: None,
+            webhook_processed_at: None,
+            updated_at: now,
+            failed_transfer_ids: Vec::new(),
+            stray_transfer_ids: Vec::new(),
+            applied_events: Vec::new(),
+            audit_log: Vec::new(),
+            audit_projected: 0,
+            quota: QuotaRelease::default(),
+            owed_alerts: Vec::new(),
+            raised_alerts: Vec::new(),
+            effects_due_at: None,
+            effects_attempts: 0,
+            version: 1,
+        }
+    }
+
     /// Whether money left the platform for good: a transfer exists and was not reversed.
-    /// Quota is released only when it did not (rejected, failed before a transfer, reversed).
     pub fn money_left(&self) -> bool {
         self.stripe_transfer_id.is_some() && self.status != PayoutStatus::Reversed
     }
 
-    /// The payout moved to `to`, with `edit` applied, and the audit record of the move (built
-    /// after the edit, so it names the transfer the move is about).
-    #[allow(clippy::too_many_arguments)]
+    /// How much of the reservation the state says should be given back: all of it when no
+    /// money left (rejected, failed before a transfer, fully reversed), the reversed part
+    /// otherwise. Admitting payouts hold nothing yet, so there is nothing to give back.
+    pub fn release_target_cents(&self) -> i64 {
+        match self.status {
+            PayoutStatus::Admitting => 0,
+            PayoutStatus::Failed if self.stripe_transfer_id.is_none() => self.amount.cents,
+            PayoutStatus::Reversed => self.amount.cents,
+            _ => self.amount_reversed_cents.clamp(0, self.amount.cents),
+        }
+    }
+
+    /// What the reservation must still hold for this payout.
+    pub fn quota_needed_cents(&self) -> i64 {
+        self.amount.cents - self.release_target_cents()
+    }
+
+    /// Whether a Stripe event was applied to this payout already.
+    pub fn has_applied(&self, stripe_event_id: Option<&str>) -> bool {
+        stripe_event_id.is_some_and(|id| self.applied_events.iter().any(|seen| seen == id))
+    }
+
+    /// Whether side effects are owed (audit projection, quota, alerts).
+    pub fn owes_effects(&self) -> bool {
+        usize::try_from(self.audit_projected).unwrap_or(usize::MAX) < self.audit_log.len()
+            || !self.quota.is_settled()
+            || !self.owed_alerts.is_empty()
+    }
+
+    /// A copy for an internal update (a claim, a backoff): new version, no audit record.
+    fn touched(&self, now: DateTime<Utc>) -> Payout {
+        let mut payout = self.clone();
+        payout.updated_at = now;
+        payout.version += 1;
+        payout
+    }
+
+    /// Recomputes what is owed after a change: the quota target (a new sequence when it
+    /// changed) and when the effects are due.
+    fn settle_bookkeeping(&mut self, now: DateTime<Utc>) {
+        let target = self.release_target_cents();
+        if target != self.quota.target_cents {
+            self.quota.target_cents = target;
+            self.quota.sequence += 1;
+        }
+        if self.owes_effects() {
+            self.effects_due_at = Some(self.effects_due_at.map_or(now, |due| due.min(now)));
+        }
+    }
+
+    /// The payout moved to `to` (or stayed, with a record), with `edit` applied, recording
+    /// its audit entry (built after the edit, so it names the transfer the move is about).
     fn moved(
         &self,
         to: PayoutStatus,
         event_type: &str,
         reason: String,
-        actor: &str,
-        stripe_event_id: Option<&str>,
-        now: DateTime<Utc>,
+        cause: Cause<'_>,
         edit: impl FnOnce(&mut Payout),
-    ) -> Transition {
-        let mut payout = self.clone();
+    ) -> Payout {
+        let mut payout = self.touched(cause.now);
         edit(&mut payout);
         payout.status = to;
-        payout.updated_at = now;
-        payout.version += 1;
-        if let Some(event_id) = stripe_event_id {
+        if let Some(event_id) = cause.stripe_event_id {
             payout.applied_events.push(event_id.to_owned());
             if payout.applied_events.len() > REMEMBERED_EVENTS {
                 payout.applied_events.remove(0);
             }
-            payout.webhook_processed_at = Some(now);
+            payout.webhook_processed_at = Some(cause.now);
         }
-        let audit = AuditEntry {
-            id: uuid::Uuid::now_v7().to_string(),
+        let entry = AuditEntry {
+            id: format!("{}:{}", self.id, payout.audit_log.len()),
             payout_id: self.id.clone(),
             event_type: event_type.to_owned(),
             from_status: Some(self.status),
             to_status: to,
             reason,
-            actor: actor.to_owned(),
-            stripe_event_id: stripe_event_id.map(str::to_owned),
+            actor: cause.actor.to_owned(),
+            stripe_event_id: cause.stripe_event_id.map(str::to_owned),
             transfer_id: payout.stripe_transfer_id.clone(),
             amount_cents: self.amount.cents,
-            timestamp: now,
+            timestamp: cause.now,
         };
-        payout.audit_log.push(audit.clone());
-        Transition { payout, audit }
+        payout.audit_log.push(entry);
+        payout.settle_bookkeeping(cause.now);
+        payout
     }
 
-    /// Whether a move to `to` is allowed: forward by rank, or a documented edge.
-    pub fn may_move_to(&self, to: PayoutStatus) -> bool {
-        use PayoutStatus::*;
-        match (self.status, to) {
-            (Processing | Completed, Reversed) => true,
-            (Completed, Failed) => true,
-            (from, _) if from.is_terminal() => false,
-            (from, to) => to.rank() > from.rank(),
+    /// Records an alert the payout owes (once per key).
+    fn owe_alert(&mut self, key: String, kind: &str, title: String, description: String) {
+        if self.raised_alerts.contains(&key) || self.owed_alerts.iter().any(|a| a.key == key) {
+            return;
         }
+        self.owed_alerts.push(OwedAlert {
+            key,
+            kind: kind.to_owned(),
+            title,
+            description,
+        });
     }
 
     /// Limits decided: admitted to pending or held for approval.
@@ -262,60 +540,94 @@ impl Payout {
         flags: Vec<String>,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> Transition {
+    ) -> Option<Payout> {
+        if self.status != PayoutStatus::Admitting {
+            return None;
+        }
         let to = if requires_approval {
             PayoutStatus::PendingApproval
         } else {
             PayoutStatus::Pending
         };
-        self.moved(
-            to,
-            "admitted",
-            reason.to_owned(),
-            "service:limits",
-            None,
-            now,
+        let cause = Cause::new("service:limits", now);
+        Some(self.moved(to, "admitted", reason.to_owned(), cause, |p| {
+            p.approval_required = requires_approval;
+            p.held = requires_approval;
+            p.flags = flags;
+            if requires_approval {
+                p.hold_reason = Some(reason.to_owned());
+            }
+            // Due at once: for the transfer, or for the hand-off to the approval queue.
+            p.next_retry_at = Some(now);
+            p.work_attempts = 0;
+        }))
+    }
+
+    /// The payout's due work (resuming its admission, handing it to the approval queue)
+    /// failed: try again after a backoff, or park it with a critical alert after
+    /// [`MAX_WORK_ATTEMPTS`] tries.
+    pub fn work_failed(&self, what: &str, message: &str, now: DateTime<Utc>) -> Payout {
+        let attempts = self.work_attempts + 1;
+        if attempts >= MAX_WORK_ATTEMPTS {
+            let reason = format!("{what} failed {attempts} times ({message}); parked for an admin");
+            let cause = Cause::new("worker", now);
+            return self.moved(self.status, "parked", reason.clone(), cause, |p| {
+                p.work_attempts = attempts;
+                p.parked = true;
+                p.next_retry_at = None;
+                p.owe_alert(
+                    format!("{}:parked:{}", p.id, p.audit_log.len()),
+                    "payout_parked",
+                    format!("Payout {} needs an admin: {what} keeps failing", p.id),
+                    format!(
+                        "{reason}. Resume it with POST /api/admin/payouts/{}/resume once the cause is fixed.",
+                        p.id
+                    ),
+                );
+            });
+        }
+        let mut payout = self.touched(now);
+        payout.work_attempts = attempts;
+        payout.next_retry_at =
+            Some(now + backoff::delay(WORK_BACKOFF_BASE, WORK_BACKOFF_CAP, attempts, &self.id));
+        payout
+    }
+
+    /// An admin resumed a parked payout: its work is due again with a fresh set of tries.
+    pub fn resumed(&self, by: &str, now: DateTime<Utc>) -> Option<Payout> {
+        if !self.parked {
+            return None;
+        }
+        let cause = Cause::new(by, now);
+        Some(self.moved(
+            self.status,
+            "resumed",
+            "resumed by an admin".to_owned(),
+            cause,
             |p| {
-                p.approval_required = requires_approval;
-                p.flags = flags;
-                if requires_approval {
-                    p.hold_reason = Some(reason.to_owned());
-                }
-                // Due at once: for the transfer, or for the hand-off to the approval queue.
+                p.parked = false;
+                p.work_attempts = 0;
                 p.next_retry_at = Some(now);
             },
-        )
+        ))
     }
 
     /// The approval queue has the payout: nothing more is due until an admin decides.
     pub fn handed_off(&self, now: DateTime<Utc>) -> Option<Payout> {
         (self.status == PayoutStatus::PendingApproval && self.next_retry_at.is_some()).then(|| {
-            Payout {
-                next_retry_at: None,
-                updated_at: now,
-                version: self.version + 1,
-                ..self.clone()
-            }
+            let mut payout = self.touched(now);
+            payout.next_retry_at = None;
+            payout.work_attempts = 0;
+            payout
         })
     }
 
-    /// Whether an admin's decision was already carried out on this payout (a repeat of the
-    /// same decision is answered with the payout as it is).
+    /// Whether an admin's decision was already carried out on this payout, whatever happened
+    /// to the payout since (an approved payout may have failed later: the decision was still
+    /// carried out).
     pub fn carries_decision(&self, approved: bool) -> bool {
-        if approved {
-            !self.approval_required
-                && matches!(
-                    self.status,
-                    PayoutStatus::Pending
-                        | PayoutStatus::Processing
-                        | PayoutStatus::Completed
-                        | PayoutStatus::Reversed
-                )
-                && self.audit_log.iter().any(|e| e.event_type == "approved")
-        } else {
-            self.status == PayoutStatus::Failed
-                && self.audit_log.iter().any(|e| e.event_type == "rejected")
-        }
+        let decision = if approved { "approved" } else { "rejected" };
+        self.audit_log.iter().any(|e| e.event_type == decision)
     }
 
     /// An admin's decision on a held payout.
@@ -325,21 +637,22 @@ impl Payout {
         reviewer: &str,
         notes: &str,
         now: DateTime<Utc>,
-    ) -> Option<Transition> {
+    ) -> Option<Payout> {
         if self.status != PayoutStatus::PendingApproval {
             return None;
         }
         let actor = format!("admin:{reviewer}");
+        let cause = Cause::new(&actor, now);
         Some(if approved {
             self.moved(
                 PayoutStatus::Pending,
                 "approved",
                 notes.to_owned(),
-                &actor,
-                None,
-                now,
+                cause,
                 |p| {
                     p.approval_required = false;
+                    p.parked = false;
+                    p.work_attempts = 0;
                     p.next_retry_at = Some(now);
                 },
             )
@@ -349,190 +662,434 @@ impl Payout {
                 PayoutStatus::Failed,
                 "rejected",
                 reason.clone(),
-                &actor,
-                None,
-                now,
+                cause,
                 |p| {
+                    p.failure_code = Some("rejected".to_owned());
                     p.failure_reason = Some(reason);
                     p.completed_at = Some(now);
                     p.next_retry_at = None;
+                    p.parked = false;
                 },
             )
         })
     }
 
-    /// A transfer worker took the payout: leased until `now + lease`, outcome unknown until
-    /// Stripe answers.
+    /// A transfer worker took the payout: leased until `now + lease`. From here until Stripe
+    /// answers, the attempt's outcome is unknown (a crash leaves it so, and the next worker
+    /// looks the transfer up before anything else).
     pub fn claimed_for_transfer(&self, now: DateTime<Utc>, lease: Duration) -> Option<Payout> {
-        let due =
-            self.status == PayoutStatus::Pending && self.next_retry_at.is_some_and(|at| at <= now);
-        due.then(|| Payout {
-            next_retry_at: Some(now + lease),
-            outcome_unknown: true,
-            updated_at: now,
-            version: self.version + 1,
-            ..self.clone()
+        let due = self.status == PayoutStatus::Pending
+            && !self.parked
+            && self.next_retry_at.is_some_and(|at| at <= now);
+        due.then(|| {
+            let mut payout = self.touched(now);
+            payout.next_retry_at = Some(now + lease);
+            payout.outcome_unknown = true;
+            payout.unknown_since = Some(self.unknown_since.unwrap_or(now));
+            payout
         })
     }
 
-    /// Stripe created the transfer (answered the request, or a lookup found it).
-    pub fn transfer_created(
+    /// The attempt's outcome is (still) unknown: the same attempt, under the same key, after a
+    /// backoff; a critical alert once it has been unknown for `alert_after`. Never a failure.
+    pub fn outcome_still_unknown(
         &self,
-        transfer_id: &str,
-        actor: &str,
-        stripe_event_id: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Option<Transition> {
-        if let Some(event_id) = stripe_event_id
-            && self.applied_events.iter().any(|seen| seen == event_id)
-        {
+        message: &str,
+        alert_after: Duration,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if self.status != PayoutStatus::Pending {
             return None;
         }
-        if !self.may_move_to(PayoutStatus::Processing) {
-            // Late or duplicate: keep the transfer id if we did not know it.
-            if self.stripe_transfer_id.is_none() && self.status != PayoutStatus::Failed {
-                let t = self.moved(
-                    self.status,
-                    "transfer_created",
-                    "transfer id recorded".to_owned(),
-                    actor,
-                    stripe_event_id,
-                    now,
-                    |p| {
-                        p.stripe_transfer_id = Some(transfer_id.to_owned());
-                    },
+        let now = cause.now;
+        let attempts = self.work_attempts + 1;
+        let edit = |p: &mut Payout| {
+            p.outcome_unknown = true;
+            p.unknown_since = Some(self.unknown_since.unwrap_or(now));
+            p.work_attempts = attempts;
+            p.next_retry_at = Some(
+                now + backoff::delay(UNKNOWN_BACKOFF_BASE, UNKNOWN_BACKOFF_CAP, attempts, &p.id),
+            );
+            if p.unknown_since
+                .is_some_and(|since| now - since >= alert_after)
+            {
+                p.owe_alert(
+                    format!("{}:unknown:{}", p.id, p.attempt),
+                    "payout_outcome_unknown",
+                    format!("Payout {}: Stripe has not said what became of its transfer", p.id),
+                    format!(
+                        "Attempt {} of payout {} ({} to {}) has had no definite answer since {}: {message}. \
+                         It is never failed while unknown; it is looked up again every hour at most.",
+                        p.attempt,
+                        p.id,
+                        p.amount,
+                        p.destination,
+                        p.unknown_since.map(|t| t.to_rfc3339()).unwrap_or_default()
+                    ),
                 );
-                return Some(t);
             }
-            return None;
-        }
-        let t = self.moved(
-            PayoutStatus::Processing,
-            "transfer_created",
-            format!("transfer {transfer_id} created"),
-            actor,
-            stripe_event_id,
-            now,
-            |p| {
-                p.stripe_transfer_id = Some(transfer_id.to_owned());
-                p.outcome_unknown = false;
-                p.next_retry_at = None;
-            },
-        );
-        Some(t)
+        };
+        // The first unknown answer of an attempt is a change worth a record; the retries of
+        // the same unknown are not.
+        Some(if self.work_attempts == 0 {
+            self.moved(
+                PayoutStatus::Pending,
+                "transfer_outcome_unknown",
+                message.to_owned(),
+                cause,
+                edit,
+            )
+        } else {
+            let mut payout = self.touched(now);
+            edit(&mut payout);
+            payout.settle_bookkeeping(now);
+            payout
+        })
     }
 
-    /// A transfer attempt failed (Stripe's answer, or a legacy `transfer.failed` event):
-    /// retried on the spec's schedule with a new attempt, or failed for good.
-    pub fn transfer_failed(
+    /// Stripe did nothing, for a reason that is not the payout's (our credentials, a
+    /// re-check that could not be answered): the same attempt later, nothing failed. The
+    /// attempt's outcome goes back to what it was before this try (`prior_unknown`).
+    pub fn attempt_deferred(
         &self,
-        failure: &TransferFailure,
+        prior_unknown: bool,
+        alert: Option<(&str, String)>,
+        now: DateTime<Utc>,
+    ) -> Option<Payout> {
+        if self.status != PayoutStatus::Pending {
+            return None;
+        }
+        let attempts = self.work_attempts + 1;
+        let mut payout = self.touched(now);
+        payout.outcome_unknown = prior_unknown;
+        if !prior_unknown {
+            payout.unknown_since = None;
+        }
+        payout.work_attempts = attempts;
+        payout.next_retry_at =
+            Some(now + backoff::delay(WORK_BACKOFF_BASE, WORK_BACKOFF_CAP, attempts, &self.id));
+        if let Some((kind, description)) = alert {
+            payout.owe_alert(
+                format!("{}:{kind}:{}", self.id, self.attempt),
+                kind,
+                format!("Payout {} is waiting: {kind}", self.id),
+                description,
+            );
+        }
+        payout.settle_bookkeeping(now);
+        Some(payout)
+    }
+
+    /// The attempt was definitely refused (a 4xx with an error code, a legacy
+    /// `transfer.failed`): retried on the spec's schedule with a new attempt (a new key), or
+    /// failed for good.
+    pub fn attempt_declined(
+        &self,
+        code: &str,
+        message: &str,
+        retryable: bool,
+        failed_transfer: Option<&str>,
         retry_base: Duration,
-        actor: &str,
-        stripe_event_id: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Option<Transition> {
-        if let Some(event_id) = stripe_event_id
-            && self.applied_events.iter().any(|seen| seen == event_id)
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if self.has_applied(cause.stripe_event_id)
+            || !matches!(
+                self.status,
+                PayoutStatus::Pending | PayoutStatus::Processing
+            )
         {
             return None;
         }
-        if !matches!(
-            self.status,
-            PayoutStatus::Pending | PayoutStatus::Processing
-        ) {
-            return None;
-        }
-        match failure {
-            TransferFailure::Unknown { message } => {
-                // Never fail a transfer whose outcome is unknown: retry the same attempt (same
-                // idempotency key) after a short delay.
-                let t = self.moved(
-                    PayoutStatus::Pending,
-                    "transfer_outcome_unknown",
-                    message.clone(),
-                    actor,
-                    stripe_event_id,
-                    now,
-                    |p| {
-                        p.outcome_unknown = true;
-                        p.next_retry_at = Some(now + Duration::minutes(1));
-                    },
-                );
-                Some(t)
-            }
-            TransferFailure::Retryable { code, message } if self.retry_count < MAX_RETRIES => {
-                let retry_count = self.retry_count + 1;
-                let reason = format!("{code}: {message}; retry {retry_count} of {MAX_RETRIES}");
-                let t = self.moved(
-                    PayoutStatus::Pending,
-                    "transfer_failed",
-                    reason,
-                    actor,
-                    stripe_event_id,
-                    now,
-                    |p| {
-                        p.failed_transfer_ids.extend(p.stripe_transfer_id.take());
-                        p.retry_count = retry_count;
-                        p.attempt = self.attempt + 1;
-                        p.outcome_unknown = false;
-                        p.failure_code = Some(code.clone());
-                        p.next_retry_at = Some(now + retry_delay(retry_base, retry_count));
-                    },
-                );
-                Some(t)
-            }
-            TransferFailure::Retryable { code, message }
-            | TransferFailure::Permanent { code, message } => {
-                let reason = format!("{code}: {message}");
-                let t = self.moved(
-                    PayoutStatus::Failed,
-                    "transfer_failed",
-                    reason.clone(),
-                    actor,
-                    stripe_event_id,
-                    now,
-                    |p| {
-                        p.failed_transfer_ids.extend(p.stripe_transfer_id.take());
-                        p.outcome_unknown = false;
-                        p.failure_code = Some(code.clone());
-                        p.failure_reason = Some(reason);
-                        p.next_retry_at = None;
-                        p.completed_at = Some(now);
-                    },
-                );
-                Some(t)
-            }
+        let now = cause.now;
+        let forget_transfer = |p: &mut Payout| {
+            p.failed_transfer_ids.extend(p.stripe_transfer_id.take());
+            p.failed_transfer_ids
+                .extend(failed_transfer.map(str::to_owned));
+            p.failed_transfer_ids.dedup();
+            p.destination_payment_id = None;
+            p.outcome_unknown = false;
+            p.unknown_since = None;
+            p.work_attempts = 0;
+            p.failure_code = Some(code.to_owned());
+        };
+        if retryable && self.retry_count < MAX_RETRIES {
+            let retry_count = self.retry_count + 1;
+            let reason = format!("{code}: {message}; retry {retry_count} of {MAX_RETRIES}");
+            Some(self.moved(
+                PayoutStatus::Pending,
+                "transfer_failed",
+                reason,
+                cause,
+                |p| {
+                    forget_transfer(p);
+                    p.retry_count = retry_count;
+                    p.attempt = self.attempt + 1;
+                    p.next_retry_at = Some(now + retry_delay(retry_base, retry_count));
+                },
+            ))
+        } else {
+            let reason = format!("{code}: {message}");
+            Some(self.moved(
+                PayoutStatus::Failed,
+                "transfer_failed",
+                reason.clone(),
+                cause,
+                |p| {
+                    forget_transfer(p);
+                    p.failure_reason = Some(reason);
+                    p.next_retry_at = None;
+                    p.completed_at = Some(now);
+                },
+            ))
         }
     }
 
-    /// The money arrived (legacy `transfer.paid`, or the creator's bank payout was paid).
+    /// The re-check before the transfer found the payout no longer payable (earnings frozen
+    /// or refunded, payouts disabled on the account). Only for an attempt nothing was sent
+    /// for: an attempt whose outcome is unknown is never failed (see [`IDEMPOTENCY_WINDOW`]).
+    pub fn no_longer_payable(
+        &self,
+        code: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Payout> {
+        if self.status != PayoutStatus::Pending {
+            return None;
+        }
+        let cause = Cause::new("service:payouts", now);
+        let reason = format!("no longer payable: {reason}");
+        Some(self.moved(
+            PayoutStatus::Failed,
+            "not_payable",
+            reason.clone(),
+            cause,
+            |p| {
+                p.outcome_unknown = false;
+                p.unknown_since = None;
+                p.failure_code = Some(code.to_owned());
+                p.failure_reason = Some(reason);
+                p.next_retry_at = None;
+                p.completed_at = Some(now);
+            },
+        ))
+    }
+
+    /// Stripe shows a transfer naming this payout: the answer to our request, a lookup, or an
+    /// event's object. Acts only on the transfer the payout has; adopts one only when the
+    /// payout has none; never adopts a transfer Stripe reported failed; flags a second live
+    /// transfer (money that should not have moved) with a critical alert.
+    pub fn transfer_seen(
+        &self,
+        seen: &SeenTransfer,
+        news: &TransferNews,
+        retry_base: Duration,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if self.has_applied(cause.stripe_event_id)
+            || self.failed_transfer_ids.contains(&seen.id)
+            || self.stray_transfer_ids.contains(&seen.id)
+        {
+            return None;
+        }
+        match self.stripe_transfer_id.as_deref() {
+            Some(current) if current == seen.id => {
+                self.news_of_current(seen, news, retry_base, cause)
+            }
+            Some(current) => {
+                if let TransferNews::Failed { .. } = news {
+                    // A failed transfer moved no money: nothing to flag.
+                    return None;
+                }
+                let current = current.to_owned();
+                Some(self.moved(
+                    self.status,
+                    "stray_transfer",
+                    format!("a second transfer {} names this payout (it has {current})", seen.id),
+                    cause,
+                    |p| {
+                        p.stray_transfer_ids.push(seen.id.clone());
+                        p.owe_alert(
+                            format!("{}:stray:{}", p.id, seen.id),
+                            "payout_stray_transfer",
+                            format!("Payout {} was paid twice", p.id),
+                            format!(
+                                "Stripe transfer {} names payout {} ({} to {}), which already has transfer {current}. \
+                                 Reverse one of them in Stripe.",
+                                seen.id, p.id, p.amount, p.destination
+                            ),
+                        );
+                    },
+                ))
+            }
+            None => self.news_without_transfer(seen, news, retry_base, cause),
+        }
+    }
+
+    fn news_of_current(
+        &self,
+        seen: &SeenTransfer,
+        news: &TransferNews,
+        retry_base: Duration,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        match news {
+            TransferNews::Exists => {
+                // Only worth a write if it tells us the destination payment we lacked.
+                let learned =
+                    seen.destination_payment.is_some() && self.destination_payment_id.is_none();
+                learned.then(|| {
+                    let mut payout = self.touched(cause.now);
+                    payout.destination_payment_id = seen.destination_payment.clone();
+                    payout
+                })
+            }
+            TransferNews::Paid => self.paid(None, "legacy transfer.paid", cause),
+            TransferNews::Failed { code, message } => {
+                // Only while the money has not arrived (legacy API): a retry or a failure.
+                if self.status != PayoutStatus::Processing {
+                    return None;
+                }
+                self.attempt_declined(
+                    code,
+                    message,
+                    is_retryable_code(code),
+                    Some(&seen.id),
+                    retry_base,
+                    cause,
+                )
+            }
+            TransferNews::Reversed => self.reversed(seen.amount_reversed_cents, cause),
+        }
+    }
+
+    fn news_without_transfer(
+        &self,
+        seen: &SeenTransfer,
+        news: &TransferNews,
+        retry_base: Duration,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if let TransferNews::Failed { code, message } = news {
+            // The attempt this transfer belongs to failed: definite news of the current
+            // attempt while it is pending; otherwise it only joins the failed list.
+            let current_attempt = seen.attempt.is_none_or(|attempt| attempt == self.attempt);
+            if current_attempt && self.status == PayoutStatus::Pending {
+                return self.attempt_declined(
+                    code,
+                    message,
+                    is_retryable_code(code),
+                    Some(&seen.id),
+                    retry_base,
+                    cause,
+                );
+            }
+            let mut payout = self.touched(cause.now);
+            payout.failed_transfer_ids.push(seen.id.clone());
+            return Some(payout);
+        }
+        // The transfer exists, so the money moved: adopt it.
+        let expected = self.status == PayoutStatus::Pending
+            && seen.attempt.is_none_or(|attempt| attempt == self.attempt);
+        let unexpected = match self.status {
+            PayoutStatus::Pending if expected => None,
+            PayoutStatus::Pending => Some(format!(
+                "it belongs to attempt {} while the payout is at attempt {}",
+                seen.attempt.unwrap_or_default(),
+                self.attempt
+            )),
+            PayoutStatus::Failed => Some("the payout had failed".to_owned()),
+            PayoutStatus::Admitting | PayoutStatus::PendingApproval => {
+                Some(format!("the payout was {}", self.status.as_str()))
+            }
+            // Processing/Completed always have a transfer; Reversed is final.
+            _ => return None,
+        };
+        let reason = match &unexpected {
+            None => format!("transfer {} created", seen.id),
+            Some(why) => format!("transfer {} adopted although {why}", seen.id),
+        };
+        let event_type = if unexpected.is_some() {
+            "transfer_adopted"
+        } else {
+            "transfer_created"
+        };
+        let now = cause.now;
+        let adopted = self.moved(PayoutStatus::Processing, event_type, reason, cause, |p| {
+            p.stripe_transfer_id = Some(seen.id.clone());
+            p.destination_payment_id = seen.destination_payment.clone();
+            p.outcome_unknown = false;
+            p.unknown_since = None;
+            p.work_attempts = 0;
+            p.next_retry_at = None;
+            p.approval_required = false;
+            if unexpected.is_some() {
+                p.failure_code = None;
+                p.failure_reason = None;
+                p.completed_at = None;
+            }
+            if let Some(why) = &unexpected {
+                p.owe_alert(
+                    format!("{}:adopted:{}", p.id, seen.id),
+                    "payout_transfer_adopted",
+                    format!("Payout {}: Stripe made a transfer we did not expect", p.id),
+                    format!(
+                        "Stripe transfer {} ({} to {}) names payout {}, and {why}. The payout now \
+                         follows that transfer and holds its quota again; check whether it \
+                         should be reversed.",
+                        seen.id, p.amount, p.destination, p.id
+                    ),
+                );
+            }
+        });
+        // The news may already say more than "it exists".
+        let follow_up = match news {
+            TransferNews::Paid => adopted.paid(
+                None,
+                "legacy transfer.paid",
+                Cause {
+                    stripe_event_id: None,
+                    ..cause
+                },
+            ),
+            TransferNews::Reversed | TransferNews::Exists if seen.amount_reversed_cents > 0 => {
+                adopted.reversed(
+                    seen.amount_reversed_cents,
+                    Cause {
+                        stripe_event_id: None,
+                        now,
+                        ..cause
+                    },
+                )
+            }
+            _ => None,
+        };
+        Some(follow_up.unwrap_or(adopted))
+    }
+
+    /// The money arrived (legacy `transfer.paid`, or the creator's bank payout was paid);
+    /// `rule` says how the bank payout was attributed to this payout.
     pub fn paid(
         &self,
         stripe_payout_id: Option<&str>,
-        actor: &str,
-        stripe_event_id: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Option<Transition> {
-        if let Some(event_id) = stripe_event_id
-            && self.applied_events.iter().any(|seen| seen == event_id)
-        {
-            return None;
-        }
-        if !self.may_move_to(PayoutStatus::Completed)
+        rule: &str,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if self.has_applied(cause.stripe_event_id)
+            || self.status != PayoutStatus::Processing
             || self.stripe_transfer_id.is_none()
-                && stripe_payout_id.is_none()
-                && self.status != PayoutStatus::Processing
         {
             return None;
         }
-        let t = self.moved(
+        let now = cause.now;
+        let reason = match stripe_payout_id {
+            Some(po) => format!("funds arrived with bank payout {po} (attributed by {rule})"),
+            None => format!("funds arrived ({rule})"),
+        };
+        Some(self.moved(
             PayoutStatus::Completed,
             "transfer_paid",
-            "funds arrived".to_owned(),
-            actor,
-            stripe_event_id,
-            now,
+            reason,
+            cause,
             |p| {
                 p.completed_at = Some(now);
                 p.next_retry_at = None;
@@ -540,8 +1097,7 @@ impl Payout {
                     p.stripe_payout_id = Some(id.to_owned());
                 }
             },
-        );
-        Some(t)
+        ))
     }
 
     /// The creator's bank payout failed (also after it was paid): the money stays in their
@@ -549,61 +1105,45 @@ impl Payout {
     pub fn bank_payout_failed(
         &self,
         code: &str,
-        actor: &str,
-        stripe_event_id: &str,
-        now: DateTime<Utc>,
-    ) -> Option<Transition> {
-        if self
-            .applied_events
-            .iter()
-            .any(|seen| seen == stripe_event_id)
+        stripe_payout_id: &str,
+        rule: &str,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if self.has_applied(cause.stripe_event_id)
+            || !matches!(
+                self.status,
+                PayoutStatus::Processing | PayoutStatus::Completed
+            )
         {
             return None;
         }
-        if !matches!(
-            self.status,
-            PayoutStatus::Processing | PayoutStatus::Completed
-        ) {
-            return None;
-        }
-        let reason = format!("bank payout failed: {code}");
-        let t = self.moved(
+        let reason =
+            format!("bank payout {stripe_payout_id} failed: {code} (attributed by {rule})");
+        Some(self.moved(
             PayoutStatus::Failed,
             "payout_failed",
             reason.clone(),
-            actor,
-            Some(stripe_event_id),
-            now,
+            cause,
             |p| {
+                p.stripe_payout_id = Some(stripe_payout_id.to_owned());
                 p.failure_code = Some(code.to_owned());
                 p.failure_reason = Some(reason);
             },
-        );
-        Some(t)
+        ))
     }
 
-    /// Stripe reversed (part of) the transfer. A full reversal ends the payout as reversed.
-    pub fn reversed(
-        &self,
-        amount_reversed_cents: i64,
-        actor: &str,
-        stripe_event_id: &str,
-        now: DateTime<Utc>,
-    ) -> Option<Transition> {
-        if self
-            .applied_events
-            .iter()
-            .any(|seen| seen == stripe_event_id)
-        {
-            return None;
-        }
+    /// Stripe reversed (part of) the transfer; `amount_reversed_cents` is Stripe's running
+    /// total. A full reversal ends the payout as reversed.
+    pub fn reversed(&self, amount_reversed_cents: i64, cause: Cause<'_>) -> Option<Payout> {
         // Reversals only grow; a stale event with a smaller total changes nothing.
-        if amount_reversed_cents <= self.amount_reversed_cents || self.stripe_transfer_id.is_none()
+        if self.has_applied(cause.stripe_event_id)
+            || amount_reversed_cents <= self.amount_reversed_cents
+            || self.stripe_transfer_id.is_none()
         {
             return None;
         }
         let full = amount_reversed_cents >= self.amount.cents;
-        let to = if full && self.may_move_to(PayoutStatus::Reversed) {
+        let to = if full && self.status.may_move_to(PayoutStatus::Reversed) {
             PayoutStatus::Reversed
         } else {
             self.status
@@ -612,18 +1152,50 @@ impl Payout {
             "{amount_reversed_cents} of {} cents reversed",
             self.amount.cents
         );
-        let t = self.moved(
-            to,
-            "transfer_reversed",
-            reason,
-            actor,
-            Some(stripe_event_id),
-            now,
-            |p| {
-                p.amount_reversed_cents = amount_reversed_cents.min(self.amount.cents);
-            },
-        );
-        Some(t)
+        Some(self.moved(to, "transfer_reversed", reason, cause, |p| {
+            p.amount_reversed_cents = amount_reversed_cents.min(self.amount.cents);
+        }))
+    }
+
+    /// Records what settling the owed effects achieved: audit entries projected, the quota
+    /// release confirmed under a sequence, alerts raised. Whatever is still owed is due
+    /// again after a backoff.
+    pub fn effects_settled(
+        &self,
+        projected: u32,
+        confirmed: Option<(i64, i64)>,
+        raised: &[String],
+        now: DateTime<Utc>,
+    ) -> Payout {
+        let mut payout = self.touched(now);
+        payout.audit_projected = payout.audit_projected.max(projected);
+        if let Some((cents, sequence)) = confirmed
+            && sequence >= payout.quota.confirmed_sequence
+        {
+            payout.quota.confirmed_cents = cents;
+            payout.quota.confirmed_sequence = sequence;
+        }
+        for key in raised {
+            if let Some(position) = payout.owed_alerts.iter().position(|a| &a.key == key) {
+                payout.owed_alerts.remove(position);
+                payout.raised_alerts.push(key.clone());
+            }
+        }
+        if payout.owes_effects() {
+            payout.effects_attempts += 1;
+            payout.effects_due_at = Some(
+                now + backoff::delay(
+                    EFFECTS_BACKOFF_BASE,
+                    EFFECTS_BACKOFF_CAP,
+                    payout.effects_attempts,
+                    &payout.id,
+                ),
+            );
+        } else {
+            payout.effects_attempts = 0;
+            payout.effects_due_at = None;
+        }
+        payout
     }
 }
 
@@ -635,51 +1207,40 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
     }
 
+    fn cause() -> Cause<'static> {
+        Cause::new("stripe", now())
+    }
+
     fn payout(status: PayoutStatus) -> Payout {
-        Payout {
-            id: "payout_1".to_owned(),
-            user_id: "u".to_owned(),
-            amount: Money::usd(1_000_00),
-            status,
-            idempotency_key: "k".to_owned(),
-            destination: "acct_1".to_owned(),
-            stripe_transfer_id: matches!(
-                status,
-                PayoutStatus::Processing | PayoutStatus::Completed
-            )
-            .then(|| "tr_1".to_owned()),
-            stripe_payout_id: None,
-            approval_required: false,
-            flags: Vec::new(),
-            hold_reason: None,
-            hold_metadata_json: None,
-            attempt: 0,
-            retry_count: 0,
-            next_retry_at: (status == PayoutStatus::Pending).then(now),
-            outcome_unknown: false,
-            failure_code: None,
-            failure_reason: None,
+        let mut payout = Payout::requested(
+            "payout_1".to_owned(),
+            "u",
+            Money::usd(1_000_00),
+            "k",
+            "acct_1",
+            now(),
+            Duration::minutes(1),
+        );
+        payout.status = status;
+        payout.stripe_transfer_id =
+            matches!(status, PayoutStatus::Processing | PayoutStatus::Completed)
+                .then(|| "tr_1".to_owned());
+        payout.next_retry_at = (status == PayoutStatus::Pending).then(now);
+        payout
+    }
+
+    fn seen(id: &str) -> SeenTransfer {
+        SeenTransfer {
+            id: id.to_owned(),
+            attempt: Some(0),
+            destination_payment: Some(format!("py_{id}")),
             amount_reversed_cents: 0,
-            requested_at: now(),
-            completed_at: None,
-            webhook_processed_at: None,
-            updated_at: now(),
-            failed_transfer_ids: Vec::new(),
-            applied_events: Vec::new(),
-            audit_log: Vec::new(),
-            version: 1,
         }
     }
 
-    const ALL: [PayoutStatus; 7] = [
-        PayoutStatus::Admitting,
-        PayoutStatus::PendingApproval,
-        PayoutStatus::Pending,
-        PayoutStatus::Processing,
-        PayoutStatus::Completed,
-        PayoutStatus::Failed,
-        PayoutStatus::Reversed,
-    ];
+    fn event(id: &'static str) -> Cause<'static> {
+        Cause::event("stripe", id, now())
+    }
 
     #[test]
     fn states_only_move_forward_except_the_documented_edges() {
@@ -689,9 +1250,9 @@ mod tests {
             (Completed, Reversed),
             (Completed, Failed),
         ];
-        for from in ALL {
-            for to in ALL {
-                let allowed = payout(from).may_move_to(to);
+        for from in PayoutStatus::ALL {
+            for to in PayoutStatus::ALL {
+                let allowed = from.may_move_to(to);
                 let forward = !from.is_terminal() && to.rank() > from.rank();
                 assert_eq!(
                     allowed,
@@ -700,43 +1261,92 @@ mod tests {
                 );
             }
         }
-        assert!(!payout(Failed).may_move_to(Completed));
-        assert!(!payout(Completed).may_move_to(Processing));
+        assert!(!Failed.may_move_to(Completed));
+        assert!(!Completed.may_move_to(Processing));
     }
 
     #[test]
-    fn every_transition_leaves_its_audit_record_in_the_payout() {
-        let admitted = payout(PayoutStatus::Admitting).admitted(false, Vec::new(), "", now());
-        assert_eq!(admitted.payout.audit_log, vec![admitted.audit.clone()]);
-        assert_eq!(admitted.audit.from_status, Some(PayoutStatus::Admitting));
-        assert_eq!(admitted.audit.to_status, PayoutStatus::Pending);
-        let created = admitted
-            .payout
-            .transfer_created("tr_9", "stripe", Some("evt_1"), now())
+    fn every_change_leaves_its_audit_record_with_a_stable_id_and_owes_its_projection() {
+        let admitted = payout(PayoutStatus::Admitting)
+            .admitted(false, Vec::new(), "", now())
             .unwrap();
-        assert_eq!(created.payout.audit_log.len(), 2);
-        assert_eq!(created.audit.stripe_event_id.as_deref(), Some("evt_1"));
-        assert_eq!(created.audit.transfer_id.as_deref(), Some("tr_9"));
-        assert_eq!(created.payout.version, 3);
+        assert_eq!(admitted.audit_log.len(), 1);
+        assert_eq!(admitted.audit_log[0].id, "payout_1:0");
+        assert_eq!(
+            admitted.audit_log[0].from_status,
+            Some(PayoutStatus::Admitting)
+        );
+        assert_eq!(admitted.audit_log[0].to_status, PayoutStatus::Pending);
+        assert!(admitted.owes_effects());
+        assert_eq!(admitted.effects_due_at, Some(now()));
+        let created = admitted
+            .transfer_seen(
+                &seen("tr_9"),
+                &TransferNews::Exists,
+                RETRY_BASE,
+                event("evt_1"),
+            )
+            .unwrap();
+        assert_eq!(created.audit_log.len(), 2);
+        assert_eq!(created.audit_log[1].id, "payout_1:1");
+        assert_eq!(
+            created.audit_log[1].stripe_event_id.as_deref(),
+            Some("evt_1")
+        );
+        assert_eq!(created.audit_log[1].transfer_id.as_deref(), Some("tr_9"));
+        assert_eq!(created.destination_payment_id.as_deref(), Some("py_tr_9"));
+        let settled = created.effects_settled(2, Some((0, 0)), &[], now());
+        assert!(!settled.owes_effects());
+        assert_eq!(settled.effects_due_at, None);
     }
 
     #[test]
     fn an_event_is_applied_once() {
         let created = payout(PayoutStatus::Pending)
-            .transfer_created("tr_1", "stripe", Some("evt_1"), now())
-            .unwrap()
-            .payout;
+            .transfer_seen(
+                &seen("tr_1"),
+                &TransferNews::Exists,
+                RETRY_BASE,
+                event("evt_1"),
+            )
+            .unwrap();
         let paid = created
-            .paid(None, "stripe", Some("evt_2"), now())
-            .unwrap()
-            .payout;
-        assert_eq!(paid.paid(None, "stripe", Some("evt_2"), now()), None);
+            .transfer_seen(
+                &seen("tr_1"),
+                &TransferNews::Paid,
+                RETRY_BASE,
+                event("evt_2"),
+            )
+            .unwrap();
+        assert_eq!(paid.status, PayoutStatus::Completed);
         assert_eq!(
-            paid.transfer_created("tr_1", "stripe", Some("evt_1"), now()),
+            paid.transfer_seen(
+                &seen("tr_1"),
+                &TransferNews::Paid,
+                RETRY_BASE,
+                event("evt_2")
+            ),
             None
         );
-        let reversed = paid.reversed(100, "stripe", "evt_3", now()).unwrap().payout;
-        assert_eq!(reversed.reversed(100, "stripe", "evt_3", now()), None);
+        let mut reversal = seen("tr_1");
+        reversal.amount_reversed_cents = 100;
+        let reversed = paid
+            .transfer_seen(
+                &reversal,
+                &TransferNews::Reversed,
+                RETRY_BASE,
+                event("evt_3"),
+            )
+            .unwrap();
+        assert_eq!(
+            reversed.transfer_seen(
+                &reversal,
+                &TransferNews::Reversed,
+                RETRY_BASE,
+                event("evt_3")
+            ),
+            None
+        );
     }
 
     #[test]
@@ -744,28 +1354,52 @@ mod tests {
         let claimed = payout(PayoutStatus::Pending)
             .claimed_for_transfer(now(), Duration::minutes(2))
             .unwrap();
-        let unknown = TransferFailure::Unknown {
-            message: "timeout".to_owned(),
-        };
-        let after = claimed
-            .transfer_failed(&unknown, RETRY_BASE, "stripe", None, now())
-            .unwrap()
-            .payout;
-        assert_eq!(after.status, PayoutStatus::Pending);
-        assert!(after.outcome_unknown);
+        assert!(claimed.outcome_unknown, "a claim is an attempt in flight");
+        let mut current = claimed.clone();
+        for round in 1..=20 {
+            current = current
+                .outcome_still_unknown("timeout", Duration::hours(1), cause())
+                .unwrap();
+            assert_eq!(current.status, PayoutStatus::Pending, "round {round}");
+            assert!(current.outcome_unknown);
+            assert_eq!((current.attempt, current.retry_count), (0, 0));
+            assert_eq!(current.release_target_cents(), 0, "quota kept");
+        }
         assert_eq!(
-            (after.attempt, after.retry_count),
-            (0, 0),
+            transfer_idempotency_key(&current.id, current.attempt),
+            transfer_idempotency_key(&claimed.id, 0),
             "same attempt, same idempotency key"
         );
-        assert_eq!(
-            transfer_idempotency_key(&after.id, after.attempt),
-            transfer_idempotency_key(&claimed.id, 0)
-        );
+        // Retries back off up to an hour, and only the first unknown answer is audited.
+        assert!(current.next_retry_at.unwrap() - now() <= Duration::minutes(75));
+        assert!(current.next_retry_at.unwrap() - now() >= Duration::hours(1));
+        assert_eq!(current.audit_log.len(), 1);
     }
 
     #[test]
-    fn retryable_failures_follow_the_spec_schedule_then_fail() {
+    fn an_unknown_outcome_raises_one_alert_after_the_threshold() {
+        let claimed = payout(PayoutStatus::Pending)
+            .claimed_for_transfer(now(), Duration::minutes(2))
+            .unwrap();
+        let early = claimed
+            .outcome_still_unknown("timeout", Duration::hours(1), cause())
+            .unwrap();
+        assert!(early.owed_alerts.is_empty());
+        let later = Cause::new("stripe", now() + Duration::minutes(61));
+        let alerted = early
+            .outcome_still_unknown("timeout", Duration::hours(1), later)
+            .unwrap();
+        assert_eq!(alerted.owed_alerts.len(), 1);
+        assert_eq!(alerted.owed_alerts[0].kind, "payout_outcome_unknown");
+        let raised = alerted.effects_settled(0, None, &[alerted.owed_alerts[0].key.clone()], now());
+        let again = raised
+            .outcome_still_unknown("timeout", Duration::hours(1), later)
+            .unwrap();
+        assert!(again.owed_alerts.is_empty(), "raised once");
+    }
+
+    #[test]
+    fn definite_refusals_follow_the_spec_schedule_then_fail_and_give_the_quota_back() {
         assert_eq!(
             [
                 retry_delay(RETRY_BASE, 1),
@@ -778,27 +1412,33 @@ mod tests {
                 Duration::minutes(20)
             ]
         );
-        let failure = TransferFailure::Retryable {
-            code: "insufficient_funds".to_owned(),
-            message: String::new(),
-        };
         let mut current = payout(PayoutStatus::Pending);
         for retry in 1..=MAX_RETRIES {
             current = current
-                .transfer_failed(&failure, RETRY_BASE, "stripe", None, now())
-                .unwrap()
-                .payout;
+                .attempt_declined("insufficient_funds", "", true, None, RETRY_BASE, cause())
+                .unwrap();
             assert_eq!(
                 (current.status, current.retry_count, current.attempt),
                 (PayoutStatus::Pending, retry, retry)
             );
+            assert_eq!(current.quota.sequence, 0, "nothing to give back yet");
         }
         let failed = current
-            .transfer_failed(&failure, RETRY_BASE, "stripe", None, now())
-            .unwrap()
-            .payout;
+            .attempt_declined("insufficient_funds", "", true, None, RETRY_BASE, cause())
+            .unwrap();
         assert_eq!(failed.status, PayoutStatus::Failed);
-        assert!(!failed.money_left(), "no transfer: its quota is released");
+        assert!(!failed.money_left());
+        assert_eq!(failed.release_target_cents(), failed.amount.cents);
+        assert_eq!(failed.quota.target_cents, failed.amount.cents);
+        assert_eq!(failed.quota.sequence, 1);
+        assert!(!failed.quota.is_settled(), "owed until the limits confirm");
+        let settled = failed.effects_settled(
+            u32::try_from(failed.audit_log.len()).unwrap(),
+            Some((failed.amount.cents, 1)),
+            &[],
+            now(),
+        );
+        assert!(settled.quota.is_settled() && !settled.owes_effects());
     }
 
     #[test]
@@ -822,7 +1462,7 @@ mod tests {
     }
 
     #[test]
-    fn decisions_apply_only_to_held_payouts() {
+    fn decisions_apply_only_to_held_payouts_and_count_as_carried_out_forever() {
         assert_eq!(
             payout(PayoutStatus::Pending).decided(true, "a", "", now()),
             None
@@ -831,15 +1471,223 @@ mod tests {
             .decided(false, "a", "fraud", now())
             .unwrap();
         assert_eq!(
-            rejected.payout.failure_reason.as_deref(),
+            rejected.failure_reason.as_deref(),
             Some("Rejected by admin: fraud")
         );
-        assert_eq!(rejected.audit.actor, "admin:a");
+        assert_eq!(rejected.audit_log[0].actor, "admin:a");
+        assert_eq!(rejected.release_target_cents(), rejected.amount.cents);
+        assert!(rejected.carries_decision(false));
+        // An approved payout that failed later still carries its approval.
+        let approved = payout(PayoutStatus::PendingApproval)
+            .decided(true, "a", "ok", now())
+            .unwrap();
+        let failed_later = approved
+            .attempt_declined("account_invalid", "", false, None, RETRY_BASE, cause())
+            .unwrap();
+        assert_eq!(failed_later.status, PayoutStatus::Failed);
+        assert!(failed_later.carries_decision(true));
+        assert!(!failed_later.carries_decision(false));
+    }
+
+    #[test]
+    fn late_events_act_only_on_the_transfer_they_name() {
+        // Attempt 0's transfer failed (legacy); attempt 1 made tr_2.
+        let first = payout(PayoutStatus::Pending)
+            .transfer_seen(&seen("tr_1"), &TransferNews::Exists, RETRY_BASE, cause())
+            .unwrap();
+        let failed_first = first
+            .transfer_seen(
+                &seen("tr_1"),
+                &TransferNews::Failed {
+                    code: "insufficient_funds".to_owned(),
+                    message: String::new(),
+                },
+                RETRY_BASE,
+                event("evt_failed"),
+            )
+            .unwrap();
+        assert_eq!(
+            (failed_first.status, failed_first.attempt),
+            (PayoutStatus::Pending, 1)
+        );
+        let mut second = seen("tr_2");
+        second.attempt = Some(1);
+        let processing = failed_first
+            .transfer_seen(&second, &TransferNews::Exists, RETRY_BASE, cause())
+            .unwrap();
+        assert_eq!(processing.stripe_transfer_id.as_deref(), Some("tr_2"));
+        // Late news of the failed transfer changes nothing at all.
+        for news in [
+            TransferNews::Exists,
+            TransferNews::Paid,
+            TransferNews::Failed {
+                code: "account_closed".to_owned(),
+                message: String::new(),
+            },
+            TransferNews::Reversed,
+        ] {
+            assert_eq!(
+                processing.transfer_seen(&seen("tr_1"), &news, RETRY_BASE, event("evt_late")),
+                None,
+                "{news:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_live_transfer_is_flagged_never_dropped() {
+        let processing = payout(PayoutStatus::Processing);
+        let flagged = processing
+            .transfer_seen(
+                &seen("tr_other"),
+                &TransferNews::Exists,
+                RETRY_BASE,
+                cause(),
+            )
+            .unwrap();
+        assert_eq!(flagged.status, PayoutStatus::Processing);
+        assert_eq!(flagged.stripe_transfer_id.as_deref(), Some("tr_1"));
+        assert_eq!(flagged.stray_transfer_ids, vec!["tr_other".to_owned()]);
+        assert_eq!(flagged.owed_alerts[0].kind, "payout_stray_transfer");
+        assert_eq!(
+            flagged.transfer_seen(
+                &seen("tr_other"),
+                &TransferNews::Exists,
+                RETRY_BASE,
+                cause()
+            ),
+            None,
+            "flagged once"
+        );
+    }
+
+    #[test]
+    fn a_transfer_for_a_failed_payout_is_adopted_with_an_alert_and_holds_quota_again() {
+        let failed = payout(PayoutStatus::Pending)
+            .attempt_declined("account_invalid", "", false, None, RETRY_BASE, cause())
+            .unwrap();
+        assert_eq!(failed.quota.target_cents, failed.amount.cents);
+        let adopted = failed
+            .transfer_seen(
+                &seen("tr_late"),
+                &TransferNews::Exists,
+                RETRY_BASE,
+                event("evt_c"),
+            )
+            .unwrap();
+        assert_eq!(adopted.status, PayoutStatus::Processing);
+        assert_eq!(adopted.stripe_transfer_id.as_deref(), Some("tr_late"));
+        assert_eq!(
+            adopted.audit_log.last().unwrap().event_type,
+            "transfer_adopted"
+        );
+        assert_eq!(adopted.owed_alerts[0].kind, "payout_transfer_adopted");
+        assert_eq!(
+            adopted.quota.target_cents, 0,
+            "the money left: quota held again"
+        );
+        assert_eq!(adopted.quota.sequence, 2);
+        assert_eq!(adopted.failure_code, None);
+    }
+
+    #[test]
+    fn a_reversal_that_arrives_before_the_transfer_is_known_is_applied_by_adopting_it() {
+        let claimed = payout(PayoutStatus::Pending)
+            .claimed_for_transfer(now(), Duration::minutes(2))
+            .unwrap();
+        let mut reversal = seen("tr_1");
+        reversal.amount_reversed_cents = 1_000_00;
+        let reversed = claimed
+            .transfer_seen(
+                &reversal,
+                &TransferNews::Reversed,
+                RETRY_BASE,
+                event("evt_rev"),
+            )
+            .unwrap();
+        assert_eq!(reversed.status, PayoutStatus::Reversed);
+        assert_eq!(reversed.stripe_transfer_id.as_deref(), Some("tr_1"));
+        assert!(!reversed.outcome_unknown);
+        assert_eq!(reversed.release_target_cents(), reversed.amount.cents);
+        // The worker's late answer for the same transfer changes nothing.
+        assert_eq!(
+            reversed.transfer_seen(&seen("tr_1"), &TransferNews::Exists, RETRY_BASE, cause()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_legacy_failure_of_the_unknown_attempt_resolves_it() {
+        let claimed = payout(PayoutStatus::Pending)
+            .claimed_for_transfer(now(), Duration::minutes(2))
+            .unwrap();
+        let failed = claimed
+            .transfer_seen(
+                &seen("tr_x"),
+                &TransferNews::Failed {
+                    code: "account_closed".to_owned(),
+                    message: "closed".to_owned(),
+                },
+                RETRY_BASE,
+                event("evt_f"),
+            )
+            .unwrap();
+        assert_eq!((failed.status, failed.attempt), (PayoutStatus::Pending, 1));
+        assert!(!failed.outcome_unknown);
+        assert_eq!(failed.failed_transfer_ids, vec!["tr_x".to_owned()]);
+    }
+
+    #[test]
+    fn partial_and_full_reversals_set_the_release_target() {
+        let processing = payout(PayoutStatus::Processing);
+        let partly = processing.reversed(300_00, cause()).unwrap();
+        assert_eq!(partly.status, PayoutStatus::Processing);
+        assert_eq!(
+            (partly.quota.target_cents, partly.quota.sequence),
+            (300_00, 1)
+        );
+        assert_eq!(partly.reversed(300_00, cause()), None, "stale total");
+        let fully = partly.reversed(1_000_00, cause()).unwrap();
+        assert_eq!(fully.status, PayoutStatus::Reversed);
+        assert_eq!(
+            (fully.quota.target_cents, fully.quota.sequence),
+            (1_000_00, 2)
+        );
+    }
+
+    #[test]
+    fn work_backs_off_with_jitter_then_parks_with_an_alert() {
+        let mut current = payout(PayoutStatus::Admitting);
+        for attempt in 1..MAX_WORK_ATTEMPTS {
+            current = current.work_failed("admission", "limits unavailable", now());
+            let waited = current.next_retry_at.unwrap() - now();
+            let nominal = (WORK_BACKOFF_BASE * (1 << (attempt - 1))).min(WORK_BACKOFF_CAP);
+            assert!(waited >= nominal, "attempt {attempt}: backs off");
+            assert!(
+                waited <= nominal + nominal / 4,
+                "attempt {attempt}: bounded jitter"
+            );
+            assert!(!current.parked);
+        }
+        let parked = current.work_failed("admission", "limits unavailable", now());
+        assert!(parked.parked);
+        assert_eq!(parked.next_retry_at, None);
+        assert_eq!(parked.owed_alerts[0].kind, "payout_parked");
+        let resumed = parked.resumed("admin:a", now()).unwrap();
+        assert!(!resumed.parked);
+        assert_eq!(
+            (resumed.work_attempts, resumed.next_retry_at),
+            (0, Some(now()))
+        );
+        assert_eq!(
+            payout(PayoutStatus::Admitting).resumed("admin:a", now()),
+            None
+        );
     }
 
     #[test]
     fn status_names_round_trip() {
-        for status in ALL {
+        for status in PayoutStatus::ALL {
             assert_eq!(PayoutStatus::parse(status.as_str()), Some(status));
         }
     }

@@ -1,19 +1,42 @@
 //! What the payout flow needs from other services, as traits (gRPC implementations here;
-//! tests substitute their own).
+//! tests and the simulation substitute their own). Every gRPC call has the configured
+//! deadline; an answer that does not come is `Unavailable`, which the flow treats as
+//! "unknown", never as "no".
 
 use async_trait::async_trait;
 use payouts_proto::limits::v1 as limits_pb;
 use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsServiceClient;
 use payouts_proto::notifications::v1 as notifications_pb;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
-use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::convert::cents;
+use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::{Money, ServiceError, ServiceName, Settings};
+
+use crate::payout::OwedAlert;
 
 /// The limits' verdict on a payout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Admission {
     pub decision: limits_pb::LimitDecision,
     pub reserved: bool,
+}
+
+/// What the limits service did with a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReleaseAnswer {
+    /// The reservation gives back what was asked (now, or already).
+    pub applied: bool,
+    /// A reservation exists for the payout.
+    pub found: bool,
+    /// What the reservation still holds.
+    pub held_cents: i64,
+}
+
+/// The re-check of an admitted payout just before its money moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    Payable,
+    NotPayable { reason: String },
 }
 
 /// Quota reservation in the limits service.
@@ -25,13 +48,26 @@ pub trait LimitsPort: Send + Sync + 'static {
         payout_id: &str,
         amount: &Money,
     ) -> Result<Admission, ServiceError>;
+
+    /// Sets how much of the payout's reservation is given back, in total, under the
+    /// payout's release sequence (idempotent, and an older sequence never wins).
     async fn release(
         &self,
         user_id: &str,
         payout_id: &str,
-        cents: Option<i64>,
+        total_released: &Money,
+        sequence: i64,
         reason: &str,
-    ) -> Result<bool, ServiceError>;
+    ) -> Result<ReleaseAnswer, ServiceError>;
+
+    async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Recheck, ServiceError>;
+}
+
+/// Critical alerts for admins (the notifications service's `criticalAlerts`).
+#[async_trait]
+pub trait AlertsPort: Send + Sync + 'static {
+    /// Raises the alert; raising the same key again stores nothing new.
+    async fn raise(&self, alert: &OwedAlert, data_json: String) -> Result<(), ServiceError>;
 }
 
 /// A message for a user.
@@ -60,9 +96,7 @@ pub struct GrpcLimits {
 impl GrpcLimits {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: PayoutLimitsServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Limits),
-            )?),
+            client: PayoutLimitsServiceClient::new(service_channel(settings, ServiceName::Limits)?),
         })
     }
 }
@@ -96,9 +130,10 @@ impl LimitsPort for GrpcLimits {
         &self,
         user_id: &str,
         payout_id: &str,
-        cents: Option<i64>,
+        total_released: &Money,
+        sequence: i64,
         reason: &str,
-    ) -> Result<bool, ServiceError> {
+    ) -> Result<ReleaseAnswer, ServiceError> {
         let response = self
             .client
             .clone()
@@ -106,12 +141,73 @@ impl LimitsPort for GrpcLimits {
                 user_id: user_id.to_owned(),
                 payout_id: payout_id.to_owned(),
                 reason: reason.to_owned(),
-                amount_cents: cents.unwrap_or(0),
+                total_released: Some(total_released.clone().into()),
+                sequence,
             })
             .await
             .map_err(|status| ServiceError::from_remote("limits", &status))?
             .into_inner();
-        Ok(response.released)
+        Ok(ReleaseAnswer {
+            applied: response.applied,
+            found: response.found,
+            held_cents: cents(response.held.as_ref()),
+        })
+    }
+
+    async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Recheck, ServiceError> {
+        let response = self
+            .client
+            .clone()
+            .recheck_payout(limits_pb::RecheckPayoutRequest {
+                user_id: user_id.to_owned(),
+                payout_id: payout_id.to_owned(),
+            })
+            .await
+            .map_err(|status| ServiceError::from_remote("limits", &status))?
+            .into_inner();
+        Ok(if response.payable {
+            Recheck::Payable
+        } else {
+            Recheck::NotPayable {
+                reason: response.reason,
+            }
+        })
+    }
+}
+
+/// The notifications service's critical alerts over gRPC.
+#[derive(Clone)]
+pub struct GrpcAlerts {
+    client: NotificationsServiceClient<TracedChannel>,
+}
+
+impl GrpcAlerts {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            client: NotificationsServiceClient::new(service_channel(
+                settings,
+                ServiceName::Notifications,
+            )?),
+        })
+    }
+}
+
+#[async_trait]
+impl AlertsPort for GrpcAlerts {
+    async fn raise(&self, alert: &OwedAlert, data_json: String) -> Result<(), ServiceError> {
+        self.client
+            .clone()
+            .create_critical_alert(notifications_pb::CreateCriticalAlertRequest {
+                r#type: alert.kind.clone(),
+                severity: notifications_pb::AlertSeverity::Critical.into(),
+                title: alert.title.clone(),
+                description: alert.description.clone(),
+                data_json,
+                dedupe_key: alert.key.clone(),
+            })
+            .await
+            .map_err(|status| ServiceError::from_remote("notifications", &status))?;
+        Ok(())
     }
 }
 
@@ -124,8 +220,9 @@ pub struct GrpcNotifier {
 impl GrpcNotifier {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            client: NotificationsServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Notifications),
+            client: NotificationsServiceClient::new(service_channel(
+                settings,
+                ServiceName::Notifications,
             )?),
         })
     }
@@ -178,7 +275,7 @@ impl GrpcApprovals {
         Ok(Self {
             client:
                 payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient::new(
-                    traced_channel(settings.service_url(ServiceName::Approvals))?,
+                    service_channel(settings, ServiceName::Approvals)?,
                 ),
         })
     }
@@ -198,11 +295,11 @@ impl ApprovalsPort for GrpcApprovals {
                 .and_then(serde_json::Value::as_i64)
                 .unwrap_or(0)
         };
+        let money = |name: &str| Some(payouts_runtime::convert::usd(figure(name)));
         let request = payouts_proto::approvals::v1::CreateApprovalRequest {
             payout_id: payout.id.clone(),
             user_id: payout.user_id.clone(),
-            amount_cents: payout.amount.cents,
-            currency: payout.amount.currency.to_string(),
+            amount: Some(payout.amount.clone().into()),
             flags: payout
                 .flags
                 .iter()
@@ -219,9 +316,10 @@ impl ApprovalsPort for GrpcApprovals {
                     .unwrap_or(false),
                 account_age_days: figure("accountAgeDays"),
                 daily_payout_count: figure("dailyPayoutCount"),
-                daily_payout_amount_cents: figure("dailyPayoutAmount"),
-                monthly_payout_amount_cents: figure("monthlyPayoutAmount"),
-                lifetime_earnings_cents: figure("lifetimeEarnings"),
+                daily_payout_amount: money("dailyPayoutAmount"),
+                monthly_payout_amount: money("monthlyPayoutAmount"),
+                lifetime_earnings: money("lifetimeEarnings"),
+                daily_attempt_count: figure("dailyAttemptCount"),
             }),
         };
         self.client

@@ -1,36 +1,66 @@
-//! Stripe, as the payout flow needs it: create a transfer under an idempotency key, look a
-//! transfer up by its transfer group, and classify every failure as permanent, retryable or
-//! unknown. The real client is async-stripe pointed at `STRIPE_API_BASE`.
+//! Stripe, as the payouts service needs it: create a transfer under an idempotency key, look
+//! transfers up by their transfer group, read a transfer, a connected account's status, and
+//! which payments a creator's bank payout carried. Every failure is classified as a definite
+//! refusal, refused credentials, or an unknown outcome (see [`crate::payout::StripeFailure`]).
+//! The real client is async-stripe pointed at `STRIPE_API_BASE`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use payouts_runtime::{Money, Secret};
-use stripe::{IdempotencyKey, RequestStrategy, StripeError, StripeRequest as _};
-use stripe_connect::transfer::{CreateTransfer, ListTransfer};
+use serde_json::Value;
+use stripe::{AccountId, IdempotencyKey, RequestStrategy, StripeError, StripeRequest as _};
+use stripe_client_core::{RequestBuilder, StripeMethod};
+use stripe_connect::transfer::{CreateTransfer, ListTransfer, RetrieveTransfer};
 
-use crate::payout::{TransferFailure, is_retryable_code};
+use crate::domain::StripeAccountStatus;
+use crate::payout::{SeenTransfer, StripeFailure, is_retryable_code};
 
 /// A transfer to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferRequest {
     pub payout_id: String,
     pub user_id: String,
+    pub attempt: u32,
     pub amount: Money,
     pub destination: String,
     pub idempotency_key: String,
     pub transfer_group: String,
 }
 
-/// The Stripe calls the payout flow makes.
+/// The Stripe calls the payouts service makes.
 #[async_trait]
-pub trait StripeTransfers: Send + Sync + 'static {
+pub trait StripeApi: Send + Sync + 'static {
     /// Creates the transfer; the same idempotency key never creates a second one.
-    async fn create_transfer(&self, request: &TransferRequest) -> Result<String, TransferFailure>;
+    async fn create_transfer(
+        &self,
+        request: &TransferRequest,
+    ) -> Result<SeenTransfer, StripeFailure>;
 
-    /// The ids of the transfers in `transfer_group` that were not fully reversed.
-    async fn find_transfers(&self, transfer_group: &str) -> Result<Vec<String>, TransferFailure>;
+    /// Every transfer in `transfer_group` (reversed ones included).
+    async fn find_transfers(
+        &self,
+        transfer_group: &str,
+    ) -> Result<Vec<SeenTransfer>, StripeFailure>;
+
+    /// One transfer.
+    async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure>;
+
+    /// A connected account's status (`GET /v1/accounts/{id}`).
+    async fn retrieve_account(
+        &self,
+        account_id: &str,
+    ) -> Result<StripeAccountStatus, StripeFailure>;
+
+    /// The sources ("py_..." payments, among others) of the balance transactions a bank
+    /// payout of a connected account carried (`GET /v1/balance_transactions?payout=po_...`
+    /// with `Stripe-Account`), every page.
+    async fn bank_payout_sources(
+        &self,
+        account_id: &str,
+        bank_payout_id: &str,
+    ) -> Result<Vec<String>, StripeFailure>;
 }
 
 /// async-stripe against `STRIPE_API_BASE`.
@@ -47,10 +77,41 @@ impl StripeClient {
             .map_err(|error| anyhow::anyhow!("invalid Stripe configuration: {error}"))?;
         Ok(Self { client })
     }
+
+    /// A GET of `path` as JSON, on behalf of a connected account when one is given.
+    async fn get_json(
+        &self,
+        path: &str,
+        query: &BTreeMap<&str, String>,
+        account: Option<&str>,
+    ) -> Result<Value, StripeFailure> {
+        let mut builder = RequestBuilder::new(StripeMethod::Get, path);
+        if !query.is_empty() {
+            builder = builder.query(query);
+        }
+        let mut request = builder.customize::<miniserde::json::Value>();
+        if let Some(account) = account {
+            let account: AccountId = account.parse().map_err(|_| StripeFailure::Declined {
+                code: "invalid_account".to_owned(),
+                message: format!("{account:?} is not a Stripe account id"),
+                retryable: false,
+            })?;
+            request = request.account_id(account);
+        }
+        let value = request.send(&self.client).await.map_err(classify)?;
+        serde_json::from_str(&miniserde::json::to_string(&value)).map_err(|error| {
+            StripeFailure::Unknown {
+                message: format!("unreadable answer from Stripe: {error}"),
+            }
+        })
+    }
 }
 
-/// How a Stripe error is treated.
-pub fn classify(error: StripeError) -> TransferFailure {
+/// How a Stripe error is treated. A 5xx, a timeout, an unreadable answer, a concurrent
+/// request under the same key (409) or the same key with other parameters are *unknown*:
+/// Stripe may have acted. 401/403 mean our credentials were refused: nothing was done. Every
+/// other 4xx with its code is a definite refusal (429 included: Stripe did not process it).
+pub fn classify(error: StripeError) -> StripeFailure {
     match error {
         StripeError::Stripe(errors, status) => {
             let code = errors
@@ -63,41 +124,117 @@ pub fn classify(error: StripeError) -> TransferFailure {
                     _ => format!("http_{status}"),
                 });
             let message = errors.message.clone().unwrap_or_default();
-            if status == 429 || status >= 500 || is_retryable_code(&code) {
-                TransferFailure::Retryable { code, message }
-            } else {
-                TransferFailure::Permanent { code, message }
+            let idempotency_error = errors.type_.as_str() == "idempotency_error";
+            match status {
+                500.. | 409 => StripeFailure::Unknown {
+                    message: format!("Stripe answered {status} {code}: {message}"),
+                },
+                _ if idempotency_error => StripeFailure::Unknown {
+                    message: format!("Stripe refused the idempotency key ({code}): {message}"),
+                },
+                401 | 403 => StripeFailure::Unauthorized { code, message },
+                429 => StripeFailure::Declined {
+                    code,
+                    message,
+                    retryable: true,
+                },
+                _ => StripeFailure::Declined {
+                    retryable: is_retryable_code(&code),
+                    code,
+                    message,
+                },
             }
         }
         // No answer, or one we could not read: the transfer may exist.
         StripeError::ClientError(message) | StripeError::JSONDeserialize(message) => {
-            TransferFailure::Unknown { message }
+            StripeFailure::Unknown { message }
         }
-        StripeError::Timeout => TransferFailure::Unknown {
+        StripeError::Timeout => StripeFailure::Unknown {
             message: "timeout communicating with Stripe".to_owned(),
         },
-        StripeError::ConfigError(message) => TransferFailure::Permanent {
+        // The request could not even be built: nothing was sent, and nothing will be until
+        // the configuration is fixed.
+        StripeError::ConfigError(message) => StripeFailure::Unauthorized {
             code: "configuration".to_owned(),
             message,
         },
     }
 }
 
+fn seen(transfer: &stripe_shared::Transfer) -> SeenTransfer {
+    SeenTransfer {
+        id: transfer.id.as_str().to_owned(),
+        attempt: transfer
+            .metadata
+            .get("attempt")
+            .and_then(|attempt| attempt.parse().ok()),
+        destination_payment: transfer
+            .destination_payment
+            .as_ref()
+            .map(|payment| payment.id().as_str().to_owned()),
+        amount_reversed_cents: transfer.amount_reversed,
+    }
+}
+
+/// A transfer object of an event or an answer, as JSON.
+pub fn seen_from_json(transfer: &Value) -> Option<SeenTransfer> {
+    Some(SeenTransfer {
+        id: transfer.get("id")?.as_str()?.to_owned(),
+        attempt: transfer
+            .pointer("/metadata/attempt")
+            .and_then(Value::as_str)
+            .and_then(|attempt| attempt.parse().ok()),
+        destination_payment: transfer
+            .get("destination_payment")
+            .and_then(|payment| payment.as_str().or_else(|| payment.get("id")?.as_str()))
+            .map(str::to_owned),
+        amount_reversed_cents: transfer
+            .get("amount_reversed")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+    })
+}
+
+/// A connected account object as its status.
+pub fn account_status_from_json(account: &Value) -> StripeAccountStatus {
+    let flag = |name: &str| account.get(name).and_then(Value::as_bool).unwrap_or(false);
+    StripeAccountStatus {
+        charges_enabled: flag("charges_enabled"),
+        payouts_enabled: flag("payouts_enabled"),
+        details_submitted: flag("details_submitted"),
+        requirements_currently_due: account
+            .pointer("/requirements/currently_due")
+            .and_then(Value::as_array)
+            .map(|due| {
+                due.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        updated_at: None,
+    }
+}
+
 #[async_trait]
-impl StripeTransfers for StripeClient {
-    async fn create_transfer(&self, request: &TransferRequest) -> Result<String, TransferFailure> {
+impl StripeApi for StripeClient {
+    async fn create_transfer(
+        &self,
+        request: &TransferRequest,
+    ) -> Result<SeenTransfer, StripeFailure> {
         let currency: stripe_types::Currency =
             request
                 .amount
                 .currency
                 .as_str()
                 .parse()
-                .map_err(|_| TransferFailure::Permanent {
+                .map_err(|_| StripeFailure::Declined {
                     code: "invalid_currency".to_owned(),
                     message: format!("Stripe does not know currency {}", request.amount.currency),
+                    retryable: false,
                 })?;
         let key = IdempotencyKey::new(&request.idempotency_key).map_err(|error| {
-            TransferFailure::Permanent {
+            StripeFailure::Unauthorized {
                 code: "idempotency_key".to_owned(),
                 message: error.to_string(),
             }
@@ -105,6 +242,7 @@ impl StripeTransfers for StripeClient {
         let metadata = HashMap::from([
             ("payout_id".to_owned(), request.payout_id.clone()),
             ("user_id".to_owned(), request.user_id.clone()),
+            ("attempt".to_owned(), request.attempt.to_string()),
         ]);
         let transfer = CreateTransfer::new(currency, request.destination.clone())
             .amount(request.amount.cents)
@@ -116,21 +254,120 @@ impl StripeTransfers for StripeClient {
             .send(&self.client)
             .await
             .map_err(classify)?;
-        Ok(transfer.id.as_str().to_owned())
+        Ok(seen(&transfer))
     }
 
-    async fn find_transfers(&self, transfer_group: &str) -> Result<Vec<String>, TransferFailure> {
+    async fn find_transfers(
+        &self,
+        transfer_group: &str,
+    ) -> Result<Vec<SeenTransfer>, StripeFailure> {
         let transfers = ListTransfer::new()
             .transfer_group(transfer_group)
-            .limit(10)
+            .limit(100)
             .send(&self.client)
             .await
             .map_err(classify)?;
-        Ok(transfers
-            .data
-            .into_iter()
-            .filter(|transfer| transfer.amount_reversed < transfer.amount)
-            .map(|transfer| transfer.id.as_str().to_owned())
-            .collect())
+        Ok(transfers.data.iter().map(seen).collect())
+    }
+
+    async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure> {
+        let transfer = RetrieveTransfer::new(transfer_id)
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(seen(&transfer))
+    }
+
+    async fn retrieve_account(
+        &self,
+        account_id: &str,
+    ) -> Result<StripeAccountStatus, StripeFailure> {
+        let account = self
+            .get_json(&format!("/accounts/{account_id}"), &BTreeMap::new(), None)
+            .await?;
+        Ok(account_status_from_json(&account))
+    }
+
+    async fn bank_payout_sources(
+        &self,
+        account_id: &str,
+        bank_payout_id: &str,
+    ) -> Result<Vec<String>, StripeFailure> {
+        let mut sources = Vec::new();
+        let mut query = BTreeMap::from([
+            ("payout", bank_payout_id.to_owned()),
+            ("limit", "100".to_owned()),
+        ]);
+        // Pages until Stripe says there are no more (bounded, in case it never does).
+        for _ in 0..1_000 {
+            let page = self
+                .get_json("/balance_transactions", &query, Some(account_id))
+                .await?;
+            let data = page
+                .get("data")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for transaction in &data {
+                let source = transaction
+                    .get("source")
+                    .and_then(|source| source.as_str().or_else(|| source.get("id")?.as_str()));
+                sources.extend(source.map(str::to_owned));
+            }
+            let more = page.get("has_more").and_then(Value::as_bool) == Some(true);
+            let last = data
+                .last()
+                .and_then(|transaction| transaction.get("id"))
+                .and_then(Value::as_str);
+            match (more, last) {
+                (true, Some(last)) => {
+                    query.insert("starting_after", last.to_owned());
+                }
+                _ => return Ok(sources),
+            }
+        }
+        Err(StripeFailure::Unknown {
+            message: format!("balance transactions of {bank_payout_id} never ended"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfers_and_accounts_are_read_from_stripe_shapes() {
+        let transfer = serde_json::json!({
+            "id": "tr_1", "object": "transfer", "amount_reversed": 250,
+            "destination_payment": "py_1", "metadata": { "payout_id": "p", "attempt": "2" }
+        });
+        assert_eq!(
+            seen_from_json(&transfer),
+            Some(SeenTransfer {
+                id: "tr_1".to_owned(),
+                attempt: Some(2),
+                destination_payment: Some("py_1".to_owned()),
+                amount_reversed_cents: 250,
+            })
+        );
+        let expanded = serde_json::json!({ "id": "tr_2", "destination_payment": { "id": "py_2" } });
+        assert_eq!(
+            seen_from_json(&expanded)
+                .unwrap()
+                .destination_payment
+                .as_deref(),
+            Some("py_2")
+        );
+        let account = serde_json::json!({
+            "id": "acct_1", "payouts_enabled": true,
+            "requirements": { "currently_due": ["external_account"] }
+        });
+        let status = account_status_from_json(&account);
+        assert!(status.payouts_enabled && !status.charges_enabled);
+        assert_eq!(
+            status.requirements_currently_due,
+            vec!["external_account".to_owned()]
+        );
     }
 }

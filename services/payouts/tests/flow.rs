@@ -1,36 +1,50 @@
 //! The payout flow through its public API against a fake Stripe over real HTTP, on the
-//! embedded store and on MongoDB: at most one transfer per attempt, retries, failures that
-//! release quota, the webhook-driven lifecycle, late and duplicate events.
+//! embedded store and on MongoDB: at most one transfer per attempt, unknown outcomes that are
+//! never failures, retries, owed side effects that survive failures, the re-check before
+//! money moves, the webhook-driven lifecycle, late and duplicate events.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use payouts_payouts::domain::{Account, StripeAccountStatus};
 use payouts_payouts::events::Event;
 use payouts_payouts::flow::PayoutFlow;
-use payouts_payouts::payout::{Payout, PayoutStatus, RETRY_BASE, retry_delay};
-use payouts_payouts::ports::{Admission, ApprovalsPort, LimitsPort, Notifier, UserNotice};
-use payouts_payouts::store::{
-    AccountRepository, MemoryAccounts, MemoryPayouts, MongoAccounts, MongoPayouts, PayoutRepository,
+use payouts_payouts::payout::{
+    MAX_RETRIES, MAX_WORK_ATTEMPTS, OwedAlert, Payout, PayoutStatus, RETRY_BASE, retry_delay,
 };
-use payouts_payouts::stripe::{StripeClient, StripeTransfers};
+use payouts_payouts::ports::{
+    Admission, AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, ReleaseAnswer, UserNotice,
+};
+use payouts_payouts::store::{
+    AccountRepository, Inserted, MemoryAccounts, MemoryPayouts, MongoAccounts, MongoPayouts,
+    PayoutRepository,
+};
+use payouts_payouts::stripe::{StripeApi, StripeClient};
 use payouts_proto::limits::v1::LimitDecision;
 use payouts_runtime::clock::ManualClock;
+use payouts_runtime::ids::SequentialIds;
 use payouts_runtime::testing::fake_stripe::{Behaviour, FakeStripe};
 use payouts_runtime::testing::stripe;
 use payouts_runtime::{Clock as _, ErrorKind, Money, Secret, ServiceError};
 use serde_json::json;
 
-/// Limits that admit everything (optionally for approval) and record releases.
+/// Limits that admit everything (optionally for approval), answer re-checks as told, and
+/// record releases; releases fail while `release_failures` lasts.
 #[derive(Default)]
 struct FakeLimits {
     requires_approval: bool,
     refuse: bool,
-    released: Mutex<Vec<(String, Option<i64>)>>,
+    /// `None`: payable. `Some(Ok(reason))`: not payable. `Some(Err(()))`: unavailable.
+    recheck: Mutex<Option<Result<String, ()>>>,
+    rechecks: AtomicUsize,
+    release_failures: AtomicUsize,
+    /// (payout id, total released, sequence) of every release that got through.
+    released: Mutex<Vec<(String, i64, i64)>>,
 }
 
 #[async_trait]
@@ -47,6 +61,8 @@ impl LimitsPort for FakeLimits {
                 requires_approval: self.requires_approval,
                 reason: if self.refuse {
                     "Daily payout limit reached".to_owned()
+                } else if self.requires_approval {
+                    "Amount exceeds $5,000.00".to_owned()
                 } else {
                     String::new()
                 },
@@ -60,26 +76,74 @@ impl LimitsPort for FakeLimits {
         &self,
         _user_id: &str,
         payout_id: &str,
-        cents: Option<i64>,
+        total_released: &Money,
+        sequence: i64,
         _reason: &str,
-    ) -> Result<bool, ServiceError> {
+    ) -> Result<ReleaseAnswer, ServiceError> {
+        if self
+            .release_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ServiceError::unavailable(
+                "the limits service is unavailable",
+                anyhow::anyhow!("down"),
+            ));
+        }
         self.released
             .lock()
             .unwrap()
-            .push((payout_id.to_owned(), cents));
-        Ok(true)
+            .push((payout_id.to_owned(), total_released.cents, sequence));
+        Ok(ReleaseAnswer {
+            applied: true,
+            found: true,
+            held_cents: 0,
+        })
+    }
+
+    async fn recheck(&self, _user_id: &str, _payout_id: &str) -> Result<Recheck, ServiceError> {
+        self.rechecks.fetch_add(1, Ordering::SeqCst);
+        match self.recheck.lock().unwrap().clone() {
+            None => Ok(Recheck::Payable),
+            Some(Ok(reason)) => Ok(Recheck::NotPayable { reason }),
+            Some(Err(())) => Err(ServiceError::unavailable(
+                "the limits service is unavailable",
+                anyhow::anyhow!("down"),
+            )),
+        }
     }
 }
 
-/// An approval queue that records what it was handed.
+impl FakeLimits {
+    fn released(&self) -> Vec<(String, i64, i64)> {
+        self.released.lock().unwrap().clone()
+    }
+
+    fn set_recheck(&self, answer: Option<Result<String, ()>>) {
+        *self.recheck.lock().unwrap() = answer;
+    }
+}
+
+/// An approval queue that records what it was handed, failing while `failures` lasts.
 #[derive(Default)]
 struct Queue {
     queued: Mutex<Vec<String>>,
+    failures: AtomicUsize,
 }
 
 #[async_trait]
 impl ApprovalsPort for Queue {
     async fn queue(&self, payout: &Payout) -> Result<(), ServiceError> {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ServiceError::unavailable(
+                "the approvals service is unavailable",
+                anyhow::anyhow!("down"),
+            ));
+        }
         self.queued.lock().unwrap().push(payout.id.clone());
         Ok(())
     }
@@ -107,36 +171,90 @@ impl Inbox {
     }
 }
 
+/// The critical alerts raised.
+#[derive(Default)]
+struct Alerts {
+    raised: Mutex<Vec<OwedAlert>>,
+}
+
+#[async_trait]
+impl AlertsPort for Alerts {
+    async fn raise(&self, alert: &OwedAlert, _data_json: String) -> Result<(), ServiceError> {
+        self.raised.lock().unwrap().push(alert.clone());
+        Ok(())
+    }
+}
+
+impl Alerts {
+    fn kinds(&self) -> Vec<String> {
+        self.raised
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.kind.clone())
+            .collect()
+    }
+}
+
 struct Fixture {
     flow: Arc<PayoutFlow>,
     stripe: FakeStripe,
     limits: Arc<FakeLimits>,
+    queue: Arc<Queue>,
     inbox: Arc<Inbox>,
+    alerts: Arc<Alerts>,
     clock: ManualClock,
 }
 
+#[derive(Clone)]
 struct Stores {
     accounts: Arc<dyn AccountRepository>,
     payouts: Arc<dyn PayoutRepository>,
+}
+
+fn flow(
+    stores: &Stores,
+    stripe: Option<Arc<dyn StripeApi>>,
+    limits: Arc<FakeLimits>,
+    queue: Arc<Queue>,
+    inbox: Arc<Inbox>,
+    alerts: Arc<Alerts>,
+    clock: &ManualClock,
+) -> PayoutFlow {
+    PayoutFlow {
+        accounts: Arc::clone(&stores.accounts),
+        payouts: Arc::clone(&stores.payouts),
+        limits,
+        approvals: queue,
+        notifier: inbox,
+        alerts,
+        stripe,
+        clock: Arc::new(clock.clone()),
+        ids: Arc::new(SequentialIds::default()),
+        poll_interval: std::time::Duration::from_millis(10),
+        retry_base: RETRY_BASE,
+        unknown_alert_after: Duration::minutes(30),
+    }
 }
 
 async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
     let stripe_fake = FakeStripe::start().await;
     let clock = ManualClock::new(payouts_runtime::store::store_precision(Utc::now()));
     let limits = Arc::new(limits);
+    let queue = Arc::new(Queue::default());
     let inbox = Arc::new(Inbox::default());
+    let alerts = Arc::new(Alerts::default());
     let client = StripeClient::new(&Secret::new("sk_test_fake"), stripe_fake.url()).unwrap();
-    let flow = Arc::new(PayoutFlow {
-        accounts: Arc::clone(&stores.accounts),
-        payouts: Arc::clone(&stores.payouts),
-        limits: Arc::clone(&limits) as Arc<dyn LimitsPort>,
-        approvals: Arc::new(Queue::default()),
-        notifier: Arc::clone(&inbox) as Arc<dyn Notifier>,
-        stripe: Some(Arc::new(client) as Arc<dyn StripeTransfers>),
-        clock: Arc::new(clock.clone()),
-        poll_interval: std::time::Duration::from_millis(10),
-        retry_base: RETRY_BASE,
-    });
+    let flow = Arc::new(flow(
+        stores,
+        Some(Arc::new(client)),
+        Arc::clone(&limits),
+        Arc::clone(&queue),
+        Arc::clone(&inbox),
+        Arc::clone(&alerts),
+        &clock,
+    ));
+    // Registered without a Stripe status: the first request asks Stripe for it.
     let account = Account {
         user_id: "creator".to_owned(),
         stripe_account_id: "acct_creator".to_owned(),
@@ -149,7 +267,9 @@ async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
         flow,
         stripe: stripe_fake,
         limits,
+        queue,
         inbox,
+        alerts,
         clock,
     }
 }
@@ -185,24 +305,31 @@ impl Fixture {
         self.flow.payouts.get(payout_id).await.unwrap().unwrap()
     }
 
-    /// A Stripe event about the transfer of `payout`, with `changes` applied to the transfer.
+    /// Time passes and the worker runs (as often as it takes to drain what is due now).
+    async fn after(&self, by: Duration) {
+        self.clock.advance(by);
+        for _ in 0..5 {
+            if self.flow.run_due().await.unwrap() == 0 {
+                break;
+            }
+        }
+    }
+
+    /// A Stripe event about transfer `transfer_id` of `payout`, with `changes` applied to it.
     async fn transfer_event(
         &self,
         id: &str,
         event_type: &str,
         payout: &Payout,
+        transfer_id: &str,
         changes: serde_json::Value,
     ) -> bool {
         let mut event = stripe::event(id, event_type, "transfer");
         let transfer = &mut event["data"]["object"];
-        transfer["id"] = json!(
-            payout
-                .stripe_transfer_id
-                .clone()
-                .unwrap_or_else(|| "tr_unknown".to_owned())
-        );
+        transfer["id"] = json!(transfer_id);
         transfer["amount"] = json!(payout.amount.cents);
-        transfer["metadata"] = json!({ "payout_id": payout.id });
+        transfer["metadata"] =
+            json!({ "payout_id": payout.id, "attempt": payout.attempt.to_string() });
         transfer["transfer_group"] = json!(format!("payout_{}", payout.id));
         for (key, value) in changes.as_object().unwrap() {
             transfer[key] = value.clone();
@@ -217,11 +344,44 @@ impl Fixture {
         account: &str,
         event: &serde_json::Value,
     ) -> bool {
+        self.try_apply(id, event_type, account, event)
+            .await
+            .unwrap()
+    }
+
+    async fn try_apply(
+        &self,
+        id: &str,
+        event_type: &str,
+        account: &str,
+        event: &serde_json::Value,
+    ) -> Result<bool, ServiceError> {
         let payload = serde_json::to_vec(event).unwrap();
         let created = event["created"].as_i64().unwrap_or(0);
         let parsed = Event::parse(id, event_type, account, created, &payload).unwrap();
-        self.flow.handle_event(&parsed).await.unwrap().applied
+        Ok(self.flow.handle_event(&parsed).await?.applied)
     }
+
+    /// `payout.paid` of a bank payout on the creator's connected account.
+    async fn bank_payout_event(
+        &self,
+        id: &str,
+        event_type: &str,
+        bank_payout: &serde_json::Value,
+    ) -> bool {
+        let mut event = stripe::event(id, event_type, "payout");
+        event["account"] = json!("acct_creator");
+        event["data"]["object"] = bank_payout.clone();
+        self.apply(id, event_type, "acct_creator", &event).await
+    }
+}
+
+fn trail(payout: &Payout) -> Vec<(Option<PayoutStatus>, PayoutStatus)> {
+    payout
+        .audit_log
+        .iter()
+        .map(|e| (e.from_status, e.to_status))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,32 +395,44 @@ async fn a_normal_payout_transfers_once_and_completes_from_webhooks() {
         assert_eq!(transfers[0]["amount"], 1_000_00);
         assert_eq!(transfers[0]["destination"], "acct_creator");
         assert_eq!(transfers[0]["metadata"]["payout_id"], payout.id.as_str());
+        assert_eq!(transfers[0]["metadata"]["attempt"], "0");
         assert_eq!(
             transfers[0]["transfer_group"],
             format!("payout_{}", payout.id)
         );
+        let transfer_id = transfers[0]["id"].as_str().unwrap();
+        assert_eq!(
+            payout.destination_payment_id.as_deref(),
+            transfers[0]["destination_payment"].as_str()
+        );
+        assert_eq!(
+            f.limits.rechecks.load(Ordering::SeqCst),
+            1,
+            "re-checked once"
+        );
 
         // Spec §8 scenario 1: transfer.created, then transfer.paid.
         assert!(
-            !f.transfer_event("evt_created", "transfer.created", &payout, json!({}))
-                .await,
+            !f.transfer_event(
+                "evt_created",
+                "transfer.created",
+                &payout,
+                transfer_id,
+                json!({})
+            )
+            .await,
             "already processing"
         );
         assert!(
-            f.transfer_event("evt_paid", "transfer.paid", &payout, json!({}))
+            f.transfer_event("evt_paid", "transfer.paid", &payout, transfer_id, json!({}))
                 .await
         );
         let done = f.stored(&payout.id).await;
         assert_eq!(done.status, PayoutStatus::Completed);
         assert!(done.completed_at.is_some());
         assert_eq!(f.inbox.kinds(), vec!["payout_completed"]);
-        let trail: Vec<(Option<PayoutStatus>, PayoutStatus)> = done
-            .audit_log
-            .iter()
-            .map(|e| (e.from_status, e.to_status))
-            .collect();
         assert_eq!(
-            trail,
+            trail(&done),
             vec![
                 (Some(PayoutStatus::Admitting), PayoutStatus::Pending),
                 (Some(PayoutStatus::Pending), PayoutStatus::Processing),
@@ -274,14 +446,27 @@ async fn a_normal_payout_transfers_once_and_completes_from_webhooks() {
 
         // A duplicate and a late event change nothing.
         assert!(
-            !f.transfer_event("evt_paid", "transfer.paid", &payout, json!({}))
+            !f.transfer_event("evt_paid", "transfer.paid", &payout, transfer_id, json!({}))
                 .await
         );
         assert!(
-            !f.transfer_event("evt_created_late", "transfer.created", &payout, json!({}))
-                .await
+            !f.transfer_event(
+                "evt_created_late",
+                "transfer.created",
+                &payout,
+                transfer_id,
+                json!({})
+            )
+            .await
         );
         assert_eq!(f.stored(&payout.id).await, done);
+        // The worker projects the trail into payoutAuditLogs.
+        f.after(Duration::seconds(1)).await;
+        assert_eq!(
+            f.flow.payouts.projected_audit(&payout.id).await.unwrap(),
+            done.audit_log
+        );
+        assert!(f.limits.released().is_empty(), "money left: no quota back");
     })
     .await;
 }
@@ -301,6 +486,102 @@ async fn the_same_idempotency_key_returns_the_same_payout_and_another_amount_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_key_while_the_first_request_is_admitting_answers_the_real_decision() {
+    on_both_stores("admitting_key", |stores| async move {
+        // The first request stored its payout and died before the limits answered.
+        let held = FakeLimits {
+            requires_approval: true,
+            ..FakeLimits::default()
+        };
+        let f = fixture(&stores, held).await;
+        let stranded = Payout::requested(
+            "payout_stranded".to_owned(),
+            "creator",
+            Money::usd(7_000_00),
+            "stranded-key",
+            "acct_creator",
+            f.clock.now(),
+            Duration::minutes(1),
+        );
+        assert_eq!(
+            f.flow.payouts.insert(&stranded).await.unwrap(),
+            Inserted::New
+        );
+        // The retry resumes the admission and answers what the limits decided (held for
+        // approval), not a hard-coded "allowed".
+        let answer = f
+            .flow
+            .request("creator", Money::usd(7_000_00), "stranded-key")
+            .await
+            .unwrap();
+        assert!(answer.decision.requires_approval);
+        assert_eq!(answer.decision.reason, "Amount exceeds $5,000.00");
+        let payout = answer.payout.unwrap();
+        assert_eq!(payout.id, "payout_stranded");
+        assert_eq!(payout.status, PayoutStatus::PendingApproval);
+        assert_eq!(
+            f.queue.queued.lock().unwrap().clone(),
+            vec!["payout_stranded"]
+        );
+        // Asked again later, the stored decision is the answer.
+        let again = f
+            .flow
+            .request("creator", Money::usd(7_000_00), "stranded-key")
+            .await
+            .unwrap();
+        assert!(again.decision.requires_approval);
+        assert!(f.stripe.transfers().is_empty());
+
+        // A stranded payout the limits refuse disappears, and the retry says so.
+        let refusing = fixture_with(
+            &stores,
+            &f,
+            FakeLimits {
+                refuse: true,
+                ..FakeLimits::default()
+            },
+        );
+        let stranded = Payout::requested(
+            "payout_refused".to_owned(),
+            "creator",
+            Money::usd(100_00),
+            "refused-key",
+            "acct_creator",
+            f.clock.now(),
+            Duration::minutes(1),
+        );
+        refusing.payouts.insert(&stranded).await.unwrap();
+        let answer = refusing
+            .request("creator", Money::usd(100_00), "refused-key")
+            .await
+            .unwrap();
+        assert_eq!(answer.payout, None);
+        assert!(!answer.decision.allowed);
+        assert_eq!(refusing.payouts.get("payout_refused").await.unwrap(), None);
+    })
+    .await;
+}
+
+/// Another flow on the same stores and Stripe, with other limits.
+fn fixture_with(stores: &Stores, f: &Fixture, limits: FakeLimits) -> PayoutFlow {
+    let client = StripeClient::new(&Secret::new("sk_test_fake"), f.stripe.url()).unwrap();
+    let other = flow(
+        stores,
+        Some(Arc::new(client)),
+        Arc::new(limits),
+        Arc::new(Queue::default()),
+        Arc::new(Inbox::default()),
+        Arc::new(Alerts::default()),
+        &f.clock,
+    );
+    // Its own ids, so they never collide with the first flow's.
+    PayoutFlow {
+        ids: Arc::new(payouts_runtime::UuidIds),
+        ..other
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_stripe_response_is_recovered_by_lookup_and_makes_exactly_one_transfer() {
     on_both_stores("lost", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
@@ -311,21 +592,125 @@ async fn a_lost_stripe_response_is_recovered_by_lookup_and_makes_exactly_one_tra
         assert!(payout.outcome_unknown);
         assert_eq!(f.stripe.transfers().len(), 1, "Stripe made the transfer");
 
-        f.clock.advance(Duration::minutes(1));
-        f.flow.run_due().await.unwrap();
+        f.after(Duration::minutes(2)).await;
         let recovered = f.stored(&payout.id).await;
         assert_eq!(recovered.status, PayoutStatus::Processing);
         assert_eq!(
             recovered.stripe_transfer_id.as_deref(),
             f.stripe.transfers()[0]["id"].as_str()
         );
+        assert!(!recovered.outcome_unknown);
         assert_eq!(f.stripe.transfers().len(), 1, "exactly one transfer");
+        assert_eq!(
+            f.stripe.create_calls(),
+            1,
+            "found by lookup, not made again"
+        );
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retryable_failures_are_retried_on_the_spec_schedule_with_new_attempts() {
+async fn a_5xx_is_an_unknown_outcome_never_a_failure_and_never_gives_quota_back() {
+    on_both_stores("unknown_5xx", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        // Stripe answers 500 and stores that answer under the key: every retry of the same
+        // attempt gets the same 500 back, for as long as Stripe keeps the key.
+        f.stripe.fail_next(500, "api_error");
+        let payout = f.request("five-hundred", 400_00).await.unwrap().unwrap();
+        assert_eq!(payout.status, PayoutStatus::Pending);
+        assert!(payout.outcome_unknown);
+        // Far more rounds than the retry budget of definite failures (3): still unknown.
+        for _ in 0..(MAX_RETRIES + 3) {
+            f.after(Duration::hours(1) + Duration::minutes(16)).await;
+            let current = f.stored(&payout.id).await;
+            assert_eq!(current.status, PayoutStatus::Pending);
+            assert!(current.outcome_unknown);
+            assert_eq!(
+                (current.attempt, current.retry_count),
+                (0, 0),
+                "same attempt, same key"
+            );
+        }
+        assert!(
+            f.limits.released().is_empty(),
+            "the quota is kept while unknown"
+        );
+        assert!(f.stripe.transfers().is_empty());
+        assert!(f.inbox.kinds().is_empty(), "the user is not told it failed");
+        // After the threshold an admin is alerted, once.
+        assert_eq!(f.alerts.kinds(), vec!["payout_outcome_unknown".to_owned()]);
+        // Stripe forgets the key after 24 hours; the lookup still finds nothing, so the same
+        // attempt is sent again and goes through: one transfer, of attempt 0.
+        f.stripe.forget_idempotency_keys();
+        f.after(Duration::hours(2)).await;
+        let done = f.stored(&payout.id).await;
+        assert_eq!(done.status, PayoutStatus::Processing);
+        assert_eq!(f.stripe.transfers().len(), 1);
+        assert_eq!(f.stripe.transfers()[0]["metadata"]["attempt"], "0");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5xx_after_stripe_made_the_transfer_is_resolved_by_the_lookup() {
+    on_both_stores("unknown_made", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.stripe.then(Behaviour::ErrorAfterCreate { status: 502 });
+        let payout = f.request("made-then-502", 400_00).await.unwrap().unwrap();
+        assert!(payout.outcome_unknown);
+        assert_eq!(payout.status, PayoutStatus::Pending);
+        f.after(Duration::minutes(2)).await;
+        let found = f.stored(&payout.id).await;
+        assert_eq!(found.status, PayoutStatus::Processing);
+        assert_eq!(
+            found.stripe_transfer_id.as_deref(),
+            f.stripe.transfers()[0]["id"].as_str()
+        );
+        assert_eq!(f.stripe.transfers().len(), 1);
+        assert!(f.limits.released().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lookup_is_not_a_failure_and_consumes_no_attempt() {
+    on_both_stores("lookup", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.stripe.then(Behaviour::LoseResponse);
+        let payout = f.request("lookups", 300_00).await.unwrap().unwrap();
+        for (status, code) in [
+            (429, "rate_limit"),
+            (500, "api_error"),
+            (401, "api_key_invalid"),
+        ] {
+            f.stripe.fail_next_lookup(status, code);
+            f.after(Duration::hours(2)).await;
+            let current = f.stored(&payout.id).await;
+            assert_eq!(
+                current.status,
+                PayoutStatus::Pending,
+                "after a {status} lookup"
+            );
+            assert!(current.outcome_unknown);
+            assert_eq!((current.attempt, current.retry_count), (0, 0));
+        }
+        assert_eq!(
+            f.stripe.create_calls(),
+            1,
+            "nothing is created while the lookup fails"
+        );
+        f.after(Duration::hours(2)).await;
+        let found = f.stored(&payout.id).await;
+        assert_eq!(found.status, PayoutStatus::Processing);
+        assert_eq!(f.stripe.transfers().len(), 1);
+        assert!(f.limits.released().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definite_refusals_are_retried_on_the_spec_schedule_with_new_attempts() {
     on_both_stores("retry", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
         // Spec §8 scenario 2: insufficient funds, then a 429, then success.
@@ -336,21 +721,19 @@ async fn retryable_failures_are_retried_on_the_spec_schedule_with_new_attempts()
             (payout.status, payout.retry_count, payout.attempt),
             (PayoutStatus::Pending, 1, 1)
         );
+        assert!(!payout.outcome_unknown, "a definite refusal is not unknown");
         assert_eq!(
             payout.next_retry_at,
             Some(f.clock.now() + retry_delay(RETRY_BASE, 1))
         );
-        assert_eq!(retry_delay(RETRY_BASE, 1), Duration::minutes(5));
 
-        f.clock.advance(Duration::minutes(4));
-        f.flow.run_due().await.unwrap();
+        f.after(Duration::minutes(4)).await;
         assert_eq!(
             f.stored(&payout.id).await.retry_count,
             1,
             "not before 5 minutes"
         );
-        f.clock.advance(Duration::minutes(1));
-        f.flow.run_due().await.unwrap();
+        f.after(Duration::minutes(1)).await;
         let second = f.stored(&payout.id).await;
         assert_eq!((second.retry_count, second.attempt), (2, 2));
         assert_eq!(
@@ -358,38 +741,35 @@ async fn retryable_failures_are_retried_on_the_spec_schedule_with_new_attempts()
             Some(f.clock.now() + Duration::minutes(10))
         );
 
-        f.clock.advance(Duration::minutes(10));
-        f.flow.run_due().await.unwrap();
+        f.after(Duration::minutes(10)).await;
         let done = f.stored(&payout.id).await;
         assert_eq!(done.status, PayoutStatus::Processing);
         assert_eq!(f.stripe.transfers().len(), 1);
+        assert_eq!(f.stripe.transfers()[0]["metadata"]["attempt"], "2");
         assert_eq!(f.stripe.create_calls(), 3, "one call per attempt");
     })
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_permanent_failure_fails_the_payout_releases_its_quota_and_tells_the_user() {
+async fn a_permanent_refusal_fails_the_payout_gives_its_quota_back_and_tells_the_user() {
     on_both_stores("permanent", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
         f.stripe.fail_next(400, "account_invalid");
         let payout = f.request("permanent", 500_00).await.unwrap().unwrap();
         assert_eq!(payout.status, PayoutStatus::Failed);
         assert_eq!(payout.failure_code.as_deref(), Some("account_invalid"));
-        assert_eq!(
-            f.limits.released.lock().unwrap().clone(),
-            vec![(payout.id.clone(), None)]
-        );
+        assert_eq!(f.limits.released(), vec![(payout.id.clone(), 500_00, 1)]);
+        assert!(payout.quota.is_settled());
         assert_eq!(f.inbox.kinds(), vec!["payout_failed"]);
 
-        // After the last retry, a retryable failure is permanent too.
+        // After the last retry, a retryable refusal is final too.
         for _ in 0..4 {
             f.stripe.fail_next(400, "insufficient_funds");
         }
         let payout = f.request("exhausted", 400_00).await.unwrap().unwrap();
         for minutes in [5, 10, 20] {
-            f.clock.advance(Duration::minutes(minutes));
-            f.flow.run_due().await.unwrap();
+            f.after(Duration::minutes(minutes)).await;
         }
         let failed = f.stored(&payout.id).await;
         assert_eq!(
@@ -402,7 +782,137 @@ async fn a_permanent_failure_fails_the_payout_releases_its_quota_and_tells_the_u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_retry_workers_make_one_stripe_call() {
+async fn giving_quota_back_is_durable_and_retried_until_the_limits_confirm() {
+    on_both_stores("durable_release", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.limits.release_failures.store(3, Ordering::SeqCst);
+        f.stripe.fail_next(400, "account_invalid");
+        let payout = f.request("release-later", 500_00).await.unwrap().unwrap();
+        assert_eq!(payout.status, PayoutStatus::Failed);
+        assert!(
+            f.limits.released().is_empty(),
+            "the limits service was down"
+        );
+        let owed = f.stored(&payout.id).await;
+        assert!(!owed.quota.is_settled(), "the release is owed, durably");
+        assert!(owed.effects_due_at.is_some());
+        // The worker keeps trying (with a backoff) until the limits service confirms.
+        for _ in 0..4 {
+            f.after(Duration::minutes(10)).await;
+        }
+        assert_eq!(f.limits.released(), vec![(payout.id.clone(), 500_00, 1)]);
+        let settled = f.stored(&payout.id).await;
+        assert!(settled.quota.is_settled() && !settled.owes_effects());
+        assert_eq!(settled.effects_due_at, None);
+
+        // A reversal applied while the limits service is down: the event is applied, and the
+        // release it owes still happens later.
+        let live = f.request("reversed-later", 600_00).await.unwrap().unwrap();
+        let transfer_id = live.stripe_transfer_id.clone().unwrap();
+        f.limits.release_failures.store(1, Ordering::SeqCst);
+        assert!(
+            f.transfer_event(
+                "evt_rev_down",
+                "transfer.reversed",
+                &live,
+                &transfer_id,
+                json!({ "amount_reversed": 600_00, "reversed": true })
+            )
+            .await
+        );
+        assert_eq!(f.stored(&live.id).await.status, PayoutStatus::Reversed);
+        f.after(Duration::minutes(10)).await;
+        assert!(f.limits.released().contains(&(live.id.clone(), 600_00, 1)));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_moves_only_if_still_payable_when_it_moves() {
+    on_both_stores("recheck", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        // Earnings were frozen after admission: the re-check refuses, nothing is sent.
+        f.limits.set_recheck(Some(Ok(
+            "payable earnings no longer cover the $500.00 held".to_owned(),
+        )));
+        let frozen = f.request("frozen", 500_00).await.unwrap().unwrap();
+        assert_eq!(frozen.status, PayoutStatus::Failed);
+        assert_eq!(frozen.failure_code.as_deref(), Some("earnings_not_payable"));
+        assert!(frozen.failure_reason.unwrap().contains("no longer cover"));
+        assert_eq!(f.stripe.create_calls(), 0);
+        assert_eq!(f.limits.released(), vec![(frozen.id.clone(), 500_00, 1)]);
+
+        // The re-check cannot be answered: nothing is sent, nothing failed; later it is.
+        f.limits.set_recheck(Some(Err(())));
+        let waiting = f.request("waiting", 300_00).await.unwrap().unwrap();
+        assert_eq!(waiting.status, PayoutStatus::Pending);
+        assert!(!waiting.outcome_unknown, "nothing was sent");
+        assert_eq!(f.stripe.create_calls(), 0);
+        f.limits.set_recheck(None);
+        f.after(Duration::minutes(2)).await;
+        assert_eq!(f.stored(&waiting.id).await.status, PayoutStatus::Processing);
+
+        // Stripe disabled payouts on the account after admission: failed before money moves.
+        let held = fixture_with(
+            &stores,
+            &f,
+            FakeLimits {
+                requires_approval: true,
+                ..FakeLimits::default()
+            },
+        );
+        let on_hold = held
+            .request("creator", Money::usd(6_000_00), "held")
+            .await
+            .unwrap()
+            .payout
+            .unwrap();
+        assert_eq!(on_hold.status, PayoutStatus::PendingApproval);
+        let mut disabled = stripe::event("evt_disabled", "account.updated", "account");
+        disabled["data"]["object"]["id"] = json!("acct_creator");
+        disabled["data"]["object"]["payouts_enabled"] = json!(false);
+        disabled["created"] = json!((f.clock.now() + Duration::minutes(1)).timestamp());
+        assert!(
+            f.apply("evt_disabled", "account.updated", "", &disabled)
+                .await
+        );
+        let calls = f.stripe.create_calls();
+        let approved = held
+            .resolve_approval(&on_hold.id, true, "admin-1", "ok")
+            .await
+            .unwrap();
+        assert_eq!(approved.status, PayoutStatus::Failed);
+        assert_eq!(approved.failure_code.as_deref(), Some("payouts_disabled"));
+        assert_eq!(
+            f.stripe.create_calls(),
+            calls,
+            "the approval re-checked first"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_account_status_is_asked_of_stripe_never_assumed_enabled() {
+    on_both_stores("account_status", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.stripe.set_payouts_enabled("acct_creator", false);
+        let error = f.request("disabled", 100_00).await.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
+        assert!(error.message().contains("payouts are disabled"), "{error}");
+        let account = f.flow.accounts.get("creator").await.unwrap().unwrap();
+        assert_eq!(
+            account.stripe_status.map(|s| s.payouts_enabled),
+            Some(false),
+            "Stripe's answer is kept"
+        );
+        assert!(f.stripe.transfers().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_make_one_stripe_call() {
     on_both_stores("workers", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
         f.stripe.fail_next(429, "rate_limit");
@@ -486,17 +996,15 @@ async fn without_stripe_a_payout_is_refused_and_nothing_is_stored() {
         payouts: Arc::new(MemoryPayouts::default()),
     };
     let f = fixture(&stores, FakeLimits::default()).await;
-    let flow = PayoutFlow {
-        accounts: Arc::clone(&stores.accounts),
-        payouts: Arc::clone(&stores.payouts),
-        limits: Arc::clone(&f.limits) as Arc<dyn LimitsPort>,
-        approvals: Arc::new(Queue::default()),
-        notifier: Arc::clone(&f.inbox) as Arc<dyn Notifier>,
-        stripe: None,
-        clock: Arc::new(f.clock.clone()),
-        poll_interval: std::time::Duration::from_millis(10),
-        retry_base: RETRY_BASE,
-    };
+    let flow = flow(
+        &stores,
+        None,
+        Arc::clone(&f.limits),
+        Arc::new(Queue::default()),
+        Arc::clone(&f.inbox),
+        Arc::new(Alerts::default()),
+        &f.clock,
+    );
     let error = flow
         .request("creator", Money::usd(100_00), "no-stripe")
         .await
@@ -521,20 +1029,28 @@ async fn out_of_order_events_never_regress_a_payout() {
     on_both_stores("order", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
         let payout = f.request("order", 800_00).await.unwrap().unwrap();
+        let tr = payout.stripe_transfer_id.clone().unwrap();
         // Paid arrives first, then the created event of the same transfer: still completed.
         assert!(
-            f.transfer_event("evt_paid_first", "transfer.paid", &payout, json!({}))
+            f.transfer_event("evt_paid_first", "transfer.paid", &payout, &tr, json!({}))
                 .await
         );
         assert!(
-            !f.transfer_event("evt_created_second", "transfer.created", &payout, json!({}))
-                .await
+            !f.transfer_event(
+                "evt_created_second",
+                "transfer.created",
+                &payout,
+                &tr,
+                json!({})
+            )
+            .await
         );
         assert!(
             !f.transfer_event(
                 "evt_failed_late",
                 "transfer.failed",
                 &payout,
+                &tr,
                 json!({ "failure_code": "account_closed" })
             )
             .await
@@ -548,6 +1064,7 @@ async fn out_of_order_events_never_regress_a_payout() {
                 "evt_rev_1",
                 "transfer.reversed",
                 &payout,
+                &tr,
                 json!({ "amount_reversed": 300_00 })
             )
             .await
@@ -562,6 +1079,7 @@ async fn out_of_order_events_never_regress_a_payout() {
                 "evt_rev_2",
                 "transfer.reversed",
                 &payout,
+                &tr,
                 json!({ "amount_reversed": 800_00, "reversed": true })
             )
             .await
@@ -571,17 +1089,19 @@ async fn out_of_order_events_never_regress_a_payout() {
                 "evt_rev_old",
                 "transfer.reversed",
                 &payout,
+                &tr,
                 json!({ "amount_reversed": 300_00 })
             )
             .await
         );
         let reversed = f.stored(&payout.id).await;
         assert_eq!(reversed.status, PayoutStatus::Reversed);
+        // Totals under a sequence: 300, then all 800 (never 300 + 800).
         assert_eq!(
-            f.limits.released.lock().unwrap().clone(),
+            f.limits.released(),
             vec![
-                (payout.id.clone(), Some(300_00)),
-                (payout.id.clone(), Some(500_00))
+                (payout.id.clone(), 300_00, 1),
+                (payout.id.clone(), 800_00, 2)
             ]
         );
         assert!(
@@ -589,6 +1109,7 @@ async fn out_of_order_events_never_regress_a_payout() {
                 "evt_paid_after_reversal",
                 "transfer.paid",
                 &payout,
+                &tr,
                 json!({})
             )
             .await
@@ -598,34 +1119,225 @@ async fn out_of_order_events_never_regress_a_payout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bank_payouts_complete_payouts_and_a_paid_one_can_turn_failed() {
+async fn late_events_act_only_on_the_transfer_they_name() {
+    on_both_stores("late_events", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("legacy", 900_00).await.unwrap().unwrap();
+        let first = payout.stripe_transfer_id.clone().unwrap();
+        // Legacy API: the first transfer failed; the payout retries with a new attempt.
+        assert!(
+            f.transfer_event(
+                "evt_failed_1",
+                "transfer.failed",
+                &payout,
+                &first,
+                json!({ "failure_code": "insufficient_funds" })
+            )
+            .await
+        );
+        let retrying = f.stored(&payout.id).await;
+        assert_eq!(
+            (retrying.status, retrying.attempt),
+            (PayoutStatus::Pending, 1)
+        );
+        f.after(Duration::minutes(5)).await;
+        let second = f.stored(&payout.id).await;
+        assert_eq!(second.status, PayoutStatus::Processing);
+        let second_id = second.stripe_transfer_id.clone().unwrap();
+        assert_ne!(second_id, first);
+        // Late news of the failed transfer (paid, reversed, updated) changes nothing.
+        for (id, event_type) in [
+            ("evt_late_paid", "transfer.paid"),
+            ("evt_late_updated", "transfer.updated"),
+            ("evt_late_reversed", "transfer.reversed"),
+        ] {
+            assert!(
+                !f.transfer_event(
+                    id,
+                    event_type,
+                    &payout,
+                    &first,
+                    json!({ "amount_reversed": 900_00 })
+                )
+                .await,
+                "{event_type}"
+            );
+        }
+        let still = f.stored(&payout.id).await;
+        assert_eq!(still.status, PayoutStatus::Processing);
+        assert_eq!(
+            still.stripe_transfer_id.as_deref(),
+            Some(second_id.as_str())
+        );
+        // And a failure of the current transfer fails only the current attempt.
+        assert_eq!(still.attempt, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_that_arrives_before_the_transfer_is_known_is_applied() {
+    on_both_stores("early_reversal", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.stripe.then(Behaviour::LoseResponse);
+        let payout = f.request("early", 450_00).await.unwrap().unwrap();
+        assert!(payout.outcome_unknown && payout.stripe_transfer_id.is_none());
+        let made = f.stripe.transfers()[0]["id"].as_str().unwrap().to_owned();
+        // Stripe reverses the transfer before we learned its id.
+        assert!(
+            f.transfer_event(
+                "evt_rev_early",
+                "transfer.reversed",
+                &payout,
+                &made,
+                json!({ "amount_reversed": 450_00, "reversed": true })
+            )
+            .await
+        );
+        let reversed = f.stored(&payout.id).await;
+        assert_eq!(reversed.status, PayoutStatus::Reversed);
+        assert_eq!(reversed.stripe_transfer_id.as_deref(), Some(made.as_str()));
+        assert_eq!(f.limits.released(), vec![(payout.id.clone(), 450_00, 1)]);
+        // The worker has nothing left to do for it, and makes nothing new.
+        f.after(Duration::minutes(3)).await;
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Reversed);
+        assert_eq!(f.stripe.transfers().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_for_a_failed_payout_is_adopted_with_a_critical_alert() {
+    on_both_stores("adopted", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.stripe.fail_next(400, "account_invalid");
+        let payout = f
+            .request("failed-then-found", 250_00)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(payout.status, PayoutStatus::Failed);
+        assert_eq!(f.limits.released(), vec![(payout.id.clone(), 250_00, 1)]);
+        // Yet Stripe reports a transfer of this payout (made outside, or by a Stripe bug).
+        assert!(
+            f.transfer_event(
+                "evt_surprise",
+                "transfer.created",
+                &payout,
+                "tr_surprise",
+                json!({})
+            )
+            .await
+        );
+        let adopted = f.stored(&payout.id).await;
+        assert_eq!(adopted.status, PayoutStatus::Processing);
+        assert_eq!(adopted.stripe_transfer_id.as_deref(), Some("tr_surprise"));
+        assert_eq!(f.alerts.kinds(), vec!["payout_transfer_adopted".to_owned()]);
+        // The money left: its quota is held again (a total of 0 released, a newer sequence).
+        assert_eq!(f.limits.released().last(), Some(&(payout.id.clone(), 0, 2)));
+        // A second transfer naming the same payout is flagged, never dropped or adopted.
+        assert!(
+            f.transfer_event(
+                "evt_second",
+                "transfer.created",
+                &payout,
+                "tr_second",
+                json!({})
+            )
+            .await
+        );
+        let flagged = f.stored(&payout.id).await;
+        assert_eq!(flagged.stripe_transfer_id.as_deref(), Some("tr_surprise"));
+        assert_eq!(flagged.stray_transfer_ids, vec!["tr_second".to_owned()]);
+        assert!(
+            f.alerts
+                .kinds()
+                .contains(&"payout_stray_transfer".to_owned())
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_payout_completes_only_the_payouts_it_carried() {
     on_both_stores("bank", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
-        let payout = f.request("bank", 900_00).await.unwrap().unwrap();
-        let mut paid = stripe::event("evt_po_paid", "payout.paid", "payout");
-        paid["account"] = json!("acct_creator");
-        paid["data"]["object"]["id"] = json!("po_bank_1");
-        assert!(
-            f.apply("evt_po_paid", "payout.paid", "acct_creator", &paid)
-                .await
-        );
-        let completed = f.stored(&payout.id).await;
-        assert_eq!(completed.status, PayoutStatus::Completed);
-        assert_eq!(completed.stripe_payout_id.as_deref(), Some("po_bank_1"));
+        let first = f.request("bank-1", 900_00).await.unwrap().unwrap();
+        let bank_payout = f.stripe.pay_out("acct_creator").unwrap();
+        // A second transfer after the bank payout left: not carried by it.
+        f.clock.advance(Duration::minutes(10));
+        let second = f.request("bank-2", 100_00).await.unwrap().unwrap();
+        assert_eq!(second.status, PayoutStatus::Processing);
 
-        let mut failed = stripe::event("evt_po_failed", "payout.failed", "payout");
-        failed["data"]["object"]["id"] = json!("po_bank_1");
-        failed["data"]["object"]["failure_code"] = json!("account_closed");
         assert!(
-            f.apply("evt_po_failed", "payout.failed", "acct_creator", &failed)
+            f.bank_payout_event("evt_po_paid", "payout.paid", &bank_payout)
                 .await
         );
-        let turned = f.stored(&payout.id).await;
+        let completed = f.stored(&first.id).await;
+        assert_eq!(completed.status, PayoutStatus::Completed);
+        assert_eq!(
+            completed.stripe_payout_id,
+            bank_payout["id"].as_str().map(str::to_owned)
+        );
+        assert!(
+            completed
+                .audit_log
+                .last()
+                .unwrap()
+                .reason
+                .contains("balance transactions"),
+            "{}",
+            completed.audit_log.last().unwrap().reason
+        );
+        assert_eq!(f.stored(&second.id).await.status, PayoutStatus::Processing);
+
+        // The bank payout that did carry the second completes it.
+        let later = f.stripe.pay_out("acct_creator").unwrap();
+        assert!(
+            f.bank_payout_event("evt_po_paid_2", "payout.paid", &later)
+                .await
+        );
+        assert_eq!(f.stored(&second.id).await.status, PayoutStatus::Completed);
+
+        // The first bank payout fails after it was paid: only the payout it carried fails,
+        // and its quota stays held (the money is in the creator's Stripe account).
+        let mut failed = bank_payout.clone();
+        failed["status"] = json!("failed");
+        failed["failure_code"] = json!("account_closed");
+        assert!(
+            f.bank_payout_event("evt_po_failed", "payout.failed", &failed)
+                .await
+        );
+        let turned = f.stored(&first.id).await;
         assert_eq!(turned.status, PayoutStatus::Failed);
         assert_eq!(turned.failure_code.as_deref(), Some("account_closed"));
-        // The transfer stands (the money is in the creator's Stripe account): no quota back.
-        assert!(f.limits.released.lock().unwrap().is_empty());
-        assert_eq!(f.inbox.kinds(), vec!["payout_completed", "payout_failed"]);
+        assert_eq!(f.stored(&second.id).await.status, PayoutStatus::Completed);
+        assert!(f.limits.released().is_empty());
+        assert_eq!(
+            f.inbox.kinds(),
+            vec!["payout_completed", "payout_completed", "payout_failed"]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_stripe_cannot_be_asked_the_old_rule_decides_and_the_audit_log_says_so() {
+    on_both_stores("bank_fallback", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("bank-unknown", 500_00).await.unwrap().unwrap();
+        // A bank payout Stripe will not show us (404): every processing payout completes.
+        let mut unknown = stripe::fixture("payout");
+        unknown["id"] = json!("po_not_visible");
+        unknown["status"] = json!("paid");
+        assert!(
+            f.bank_payout_event("evt_po_unknown", "payout.paid", &unknown)
+                .await
+        );
+        let done = f.stored(&payout.id).await;
+        assert_eq!(done.status, PayoutStatus::Completed);
+        let reason = &done.audit_log.last().unwrap().reason;
+        assert!(reason.contains("Stripe could not be asked"), "{reason}");
     })
     .await;
 }
@@ -725,12 +1437,220 @@ async fn approvals_transfer_on_approve_and_release_on_reject_exactly_once() {
             rejected.failure_reason.as_deref(),
             Some("Rejected by admin: suspicious")
         );
-        assert_eq!(
-            f.limits.released.lock().unwrap().clone(),
-            vec![(other.id.clone(), None)]
-        );
+        assert_eq!(f.limits.released(), vec![(other.id.clone(), 6_000_00, 1)]);
         let kinds: HashSet<&str> = f.inbox.kinds().into_iter().collect();
         assert!(kinds.contains("payout_approved") && kinds.contains("payout_rejected"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_payout_that_failed_later_still_counts_as_carried_out() {
+    on_both_stores("approved_failed", |stores| async move {
+        let f = fixture(
+            &stores,
+            FakeLimits {
+                requires_approval: true,
+                ..FakeLimits::default()
+            },
+        )
+        .await;
+        let held = f.request("approve-fail", 7_000_00).await.unwrap().unwrap();
+        f.stripe.fail_next(400, "account_invalid");
+        let failed = f
+            .flow
+            .resolve_approval(&held.id, true, "admin-1", "ok")
+            .await
+            .unwrap();
+        assert_eq!(failed.status, PayoutStatus::Failed);
+        // The approvals service re-drives the decision: it is carried out, not a conflict
+        // (which made it re-drive forever).
+        let again = f
+            .flow
+            .resolve_approval(&held.id, true, "admin-1", "ok")
+            .await
+            .unwrap();
+        assert_eq!(again.status, PayoutStatus::Failed);
+        assert_eq!(f.stripe.create_calls(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hand_off_backs_off_then_parks_with_an_alert_and_resumes() {
+    on_both_stores("hand_off", |stores| async move {
+        let f = fixture(
+            &stores,
+            FakeLimits {
+                requires_approval: true,
+                ..FakeLimits::default()
+            },
+        )
+        .await;
+        f.queue.failures.store(
+            usize::try_from(MAX_WORK_ATTEMPTS).unwrap(),
+            Ordering::SeqCst,
+        );
+        let held = f.request("queue-down", 6_500_00).await.unwrap().unwrap();
+        let mut due: Vec<DateTime<Utc>> = Vec::new();
+        let mut current = f.stored(&held.id).await;
+        while !current.parked {
+            let next = current.next_retry_at.unwrap();
+            assert!(
+                due.last()
+                    .is_none_or(|previous| next - *previous >= Duration::seconds(30)),
+                "retries back off"
+            );
+            due.push(next);
+            f.clock.set(next);
+            f.flow.run_due().await.unwrap();
+            current = f.stored(&held.id).await;
+            assert!(
+                due.len() <= usize::try_from(MAX_WORK_ATTEMPTS).unwrap(),
+                "bounded"
+            );
+        }
+        assert_eq!(current.work_attempts, MAX_WORK_ATTEMPTS);
+        assert_eq!(current.next_retry_at, None);
+        assert_eq!(f.alerts.kinds(), vec!["payout_parked".to_owned()]);
+        // Parked: the worker leaves it alone until an admin resumes it.
+        f.after(Duration::days(1)).await;
+        assert!(f.queue.queued.lock().unwrap().is_empty());
+        let resumed = f.flow.resume(&held.id, "admin:ops").await.unwrap();
+        assert!(!resumed.parked);
+        f.after(Duration::seconds(1)).await;
+        assert_eq!(
+            f.queue.queued.lock().unwrap().clone(),
+            vec![held.id.clone()]
+        );
+        assert_eq!(
+            f.flow
+                .resume(&held.id, "admin:ops")
+                .await
+                .unwrap_err()
+                .kind(),
+            ErrorKind::FailedPrecondition
+        );
+    })
+    .await;
+}
+
+/// A payout store whose `payoutAuditLogs` projection fails the first `failures` times.
+struct FlakyProjection {
+    inner: Arc<dyn PayoutRepository>,
+    failures: AtomicUsize,
+}
+
+#[async_trait]
+impl PayoutRepository for FlakyProjection {
+    async fn insert(&self, payout: &Payout) -> Result<Inserted, ServiceError> {
+        self.inner.insert(payout).await
+    }
+    async fn get(&self, payout_id: &str) -> Result<Option<Payout>, ServiceError> {
+        self.inner.get(payout_id).await
+    }
+    async fn find_by_key(&self, user_id: &str, key: &str) -> Result<Option<Payout>, ServiceError> {
+        self.inner.find_by_key(user_id, key).await
+    }
+    async fn find_by_transfer(&self, transfer_id: &str) -> Result<Option<Payout>, ServiceError> {
+        self.inner.find_by_transfer(transfer_id).await
+    }
+    async fn by_destination(
+        &self,
+        destination: &str,
+        statuses: &[PayoutStatus],
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.inner.by_destination(destination, statuses).await
+    }
+    async fn list_by_user(
+        &self,
+        user_id: &str,
+        status: Option<PayoutStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.inner.list_by_user(user_id, status, after, limit).await
+    }
+    async fn due(
+        &self,
+        status: PayoutStatus,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.inner.due(status, now, limit).await
+    }
+    async fn due_effects(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.inner.due_effects(now, limit).await
+    }
+    async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
+        self.inner.replace(payout, expected_version).await
+    }
+    async fn delete(&self, payout_id: &str, expected_version: i64) -> Result<(), ServiceError> {
+        self.inner.delete(payout_id, expected_version).await
+    }
+    async fn project_audit(
+        &self,
+        entries: &[payouts_payouts::payout::AuditEntry],
+    ) -> Result<(), ServiceError> {
+        if self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ServiceError::unavailable(
+                "store unavailable",
+                anyhow::anyhow!("down"),
+            ));
+        }
+        self.inner.project_audit(entries).await
+    }
+    async fn projected_audit(
+        &self,
+        payout_id: &str,
+    ) -> Result<Vec<payouts_payouts::payout::AuditEntry>, ServiceError> {
+        self.inner.projected_audit(payout_id).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_projection_catches_up_after_it_failed() {
+    on_both_stores("projection", |stores| async move {
+        let flaky = Stores {
+            accounts: Arc::clone(&stores.accounts),
+            payouts: Arc::new(FlakyProjection {
+                inner: Arc::clone(&stores.payouts),
+                failures: AtomicUsize::new(3),
+            }),
+        };
+        let f = fixture(&flaky, FakeLimits::default()).await;
+        let payout = f.request("projected", 200_00).await.unwrap().unwrap();
+        f.after(Duration::seconds(1)).await;
+        assert!(
+            f.flow
+                .payouts
+                .projected_audit(&payout.id)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the projection failed"
+        );
+        assert!(
+            f.stored(&payout.id).await.owes_effects(),
+            "and is still owed"
+        );
+        for _ in 0..4 {
+            f.after(Duration::minutes(1)).await;
+        }
+        let current = f.stored(&payout.id).await;
+        assert_eq!(
+            f.flow.payouts.projected_audit(&payout.id).await.unwrap(),
+            current.audit_log
+        );
+        assert!(!current.owes_effects());
     })
     .await;
 }

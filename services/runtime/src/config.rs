@@ -161,6 +161,13 @@ pub struct Settings {
     pub payout_poll_interval: Duration,
     /// `PAYOUT_RETRY_BASE_SECONDS`: first transfer retry delay, doubling (spec: 300 = 5 min).
     pub payout_retry_base: Duration,
+    /// `PAYOUT_UNKNOWN_ALERT_SECONDS`: how long a transfer's outcome may stay unknown before
+    /// a critical alert is raised (3600). The payout is never failed for it.
+    pub payout_unknown_alert: Duration,
+    /// `GRPC_TIMEOUT_MILLISECONDS`: deadline of every call from one service to another (10000).
+    pub grpc_timeout: Duration,
+    /// `MONGODB_WRITE_TIMEOUT_MILLISECONDS`: `wtimeout` of majority writes (10000).
+    pub mongodb_write_timeout: Duration,
     /// `CRON_SECRET`: bearer token of the scheduler calling the cron endpoint.
     pub cron_secret: Option<Secret>,
     /// `CRON_API_KEY`: bearer token for manual cron triggers.
@@ -281,6 +288,15 @@ impl Settings {
             payout_retry_base: Duration::from_secs(
                 values.number("PAYOUT_RETRY_BASE_SECONDS", 300)?,
             ),
+            payout_unknown_alert: Duration::from_secs(
+                values.number("PAYOUT_UNKNOWN_ALERT_SECONDS", 3600)?,
+            ),
+            grpc_timeout: Duration::from_millis(
+                values.number("GRPC_TIMEOUT_MILLISECONDS", 10_000)?,
+            ),
+            mongodb_write_timeout: Duration::from_millis(
+                values.number("MONGODB_WRITE_TIMEOUT_MILLISECONDS", 10_000)?,
+            ),
             cron_secret: values.secret("CRON_SECRET")?,
             cron_api_key: values.secret("CRON_API_KEY")?,
             admin_jwt_secret: values.secret("ADMIN_JWT_SECRET")?,
@@ -340,6 +356,18 @@ impl Settings {
             return Err(ConfigError::new(
                 "WEBHOOK_POLL_MILLISECONDS",
                 "must be at least 1",
+            ));
+        }
+        if self.grpc_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "GRPC_TIMEOUT_MILLISECONDS",
+                "must be at least 1: a call between services without a deadline can hang its caller forever",
+            ));
+        }
+        if self.mongodb_write_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "MONGODB_WRITE_TIMEOUT_MILLISECONDS",
+                "must be at least 1: a majority write without wtimeout can hang forever",
             ));
         }
         if self.gateway_body_limit_bytes == 0 {
@@ -522,6 +550,9 @@ mod tests {
             ("MONGODB_URI", "postgres://x"),
             ("STRIPE_LIVEMODE", "maybe"),
             ("PAYOUTS_SERVICE_URL", "payouts:50051"),
+            ("GRPC_TIMEOUT_MILLISECONDS", "0"),
+            ("MONGODB_WRITE_TIMEOUT_MILLISECONDS", "0"),
+            ("PAYOUT_UNKNOWN_ALERT_SECONDS", "soon"),
         ];
         for (variable, value) in cases {
             let error = Settings::from_env(env(&[(variable, value)])).unwrap_err();

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
+use crate::ids::{IdSource, UuidIds};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -13,6 +14,8 @@ pub struct ServiceContext {
     pub settings: Arc<Settings>,
     pub store: Store,
     pub clock: Arc<dyn Clock>,
+    /// Where new ids come from.
+    pub ids: Arc<dyn IdSource>,
     /// Background workers stop when this resolves.
     pub shutdown: Shutdown,
 }
@@ -23,6 +26,7 @@ impl ServiceContext {
             settings,
             store,
             clock: Arc::new(SystemClock),
+            ids: Arc::new(UuidIds),
             shutdown,
         }
     }

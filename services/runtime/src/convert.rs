@@ -1,8 +1,80 @@
 //! Conversions at the gRPC edge shared by every service.
 
 use chrono::{DateTime, Utc};
+use payouts_proto::common::v1 as common_pb;
 
 use crate::error::ServiceError;
+use crate::money::{Currency, Money};
+
+/// A money field that must be present, in `currency`, and between 0 and
+/// [`Money::MAX_CENTS`]. Every problem is INVALID_ARGUMENT naming the field.
+pub fn required_money(
+    value: Option<common_pb::Money>,
+    field: &str,
+    currency: &Currency,
+) -> Result<Money, ServiceError> {
+    let value =
+        value.ok_or_else(|| ServiceError::invalid_argument(format!("{field} is required")))?;
+    let money = Money::new(
+        value.cents,
+        Currency::parse(&value.currency).map_err(|_| {
+            ServiceError::invalid_argument(format!(
+                "{field}.currency must be a three-letter ISO 4217 code, got {:?}",
+                value.currency
+            ))
+        })?,
+    );
+    if &money.currency != currency {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field} must be in {currency}, got {}",
+            money.currency
+        )));
+    }
+    if !(0..=Money::MAX_CENTS).contains(&money.cents) {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field}.cents must be between 0 and {}, got {}",
+            Money::MAX_CENTS,
+            money.cents
+        )));
+    }
+    Ok(money)
+}
+
+/// Like [`required_money`], and strictly positive (a payout, an allocation).
+pub fn positive_money(
+    value: Option<common_pb::Money>,
+    field: &str,
+    currency: &Currency,
+) -> Result<Money, ServiceError> {
+    let money = required_money(value, field, currency)?;
+    if money.cents == 0 {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field}.cents must be a positive number of cents, got 0"
+        )));
+    }
+    Ok(money)
+}
+
+/// An optional money field (unset is `None`), checked like [`required_money`].
+pub fn optional_money(
+    value: Option<common_pb::Money>,
+    field: &str,
+    currency: &Currency,
+) -> Result<Option<Money>, ServiceError> {
+    value
+        .map(|value| required_money(Some(value), field, currency))
+        .transpose()
+}
+
+/// US dollar cents as the contract's money.
+pub fn usd(cents: i64) -> common_pb::Money {
+    Money::usd(cents).into()
+}
+
+/// The cents of a money field, 0 when unset (for figures a service produced itself).
+pub fn cents(value: Option<&common_pb::Money>) -> i64 {
+    value.map_or(0, |money| money.cents)
+}
 
 /// A protobuf timestamp of a point in time.
 pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
@@ -71,18 +143,40 @@ pub fn page_size(requested: i32, default: usize, max: usize) -> Result<usize, Se
     match requested {
         0 => Ok(default),
         size if size < 0 => Err(ServiceError::invalid_argument(format!(
-            "limit must be between 1 and {max}, got {size}"
+            "page_size must be between 1 and {max}, got {size}"
         ))),
         size => {
             let size = usize::try_from(size).unwrap_or(usize::MAX);
             if size > max {
                 Err(ServiceError::invalid_argument(format!(
-                    "limit must be between 1 and {max}, got {size}"
+                    "page_size must be between 1 and {max}, got {size}"
                 )))
             } else {
                 Ok(size)
             }
         }
+    }
+}
+
+/// One page of a list read with one item more than asked for: the page, and the token of
+/// the next page when there is one (named by `key` of the page's last item).
+pub fn paginate<T>(
+    mut items: Vec<T>,
+    size: usize,
+    key: impl Fn(&T) -> (DateTime<Utc>, String),
+) -> (Vec<T>, String) {
+    if items.len() > size {
+        items.truncate(size);
+        let token = items
+            .last()
+            .map(|last| {
+                let (at, id) = key(last);
+                page_token(at, &id)
+            })
+            .unwrap_or_default();
+        (items, token)
+    } else {
+        (items, String::new())
     }
 }
 
@@ -127,6 +221,32 @@ mod tests {
         assert_eq!(parse_page_token(""), Ok(None));
         assert!(parse_page_token("garbage").is_err());
         assert!(parse_page_token("abc:id").is_err());
+    }
+
+    #[test]
+    fn money_fields_name_the_field_and_refuse_other_currencies() {
+        let usd_currency = Currency::usd();
+        assert_eq!(
+            required_money(Some(usd(500)), "amount", &usd_currency),
+            Ok(Money::usd(500))
+        );
+        let error = required_money(None, "amount", &usd_currency).unwrap_err();
+        assert_eq!(error.message(), "amount is required");
+        let euros = common_pb::Money {
+            cents: 500,
+            currency: "EUR".to_owned(),
+        };
+        let error = required_money(Some(euros), "amount", &usd_currency).unwrap_err();
+        assert_eq!(error.message(), "amount must be in usd, got eur");
+        let bad = common_pb::Money {
+            cents: 5,
+            currency: "dollars".to_owned(),
+        };
+        assert!(required_money(Some(bad), "amount", &usd_currency).is_err());
+        assert!(required_money(Some(usd(-1)), "amount", &usd_currency).is_err());
+        assert!(required_money(Some(usd(Money::MAX_CENTS + 1)), "amount", &usd_currency).is_err());
+        assert!(positive_money(Some(usd(0)), "amount", &usd_currency).is_err());
+        assert_eq!(optional_money(None, "amount", &usd_currency), Ok(None));
     }
 
     #[test]

@@ -137,14 +137,71 @@ pub type TraceInterceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>,
 /// A channel to another service that carries W3C trace context on every call.
 pub type TracedChannel = InterceptedService<Channel, TraceInterceptor>;
 
-/// A lazily connected channel to `url`: the peer need not be up yet.
-pub fn traced_channel(url: &str) -> anyhow::Result<TracedChannel> {
+/// A lazily connected channel to `url`: the peer need not be up yet. Every call on it has
+/// `deadline`: a peer that hangs fails the call (DEADLINE_EXCEEDED, which callers treat as an
+/// unknown outcome) instead of stalling the caller without bound.
+pub fn traced_channel(url: &str, deadline: Duration) -> anyhow::Result<TracedChannel> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|error| anyhow::anyhow!("invalid gRPC URL {url:?}: {error}"))?
         .connect_timeout(Duration::from_secs(5))
+        .timeout(deadline)
         .tcp_nodelay(true);
     Ok(InterceptedService::new(
         endpoint.connect_lazy(),
         telemetry::inject_trace_context as TraceInterceptor,
     ))
+}
+
+/// The channel to `service` at its configured URL, with the configured call deadline
+/// (`GRPC_TIMEOUT_MILLISECONDS`).
+pub fn service_channel(
+    settings: &crate::config::Settings,
+    service: crate::config::ServiceName,
+) -> anyhow::Result<TracedChannel> {
+    traced_channel(settings.service_url(service), settings.grpc_timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_fails_the_call_at_its_deadline() {
+        // A peer that accepts connections and then says nothing: a hung service.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                open.push(socket);
+            }
+        });
+        let channel =
+            traced_channel(&format!("http://{address}"), Duration::from_millis(200)).unwrap();
+        let mut client = HealthClient::new(channel);
+        let call = client.check(HealthCheckRequest::default());
+        // Without a deadline the call would wait forever; this guard only turns that hang into
+        // a failure instead of a stuck test.
+        let answer = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call returned at its deadline instead of hanging");
+        let status = answer.unwrap_err();
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::DeadlineExceeded | tonic::Code::Cancelled | tonic::Code::Unavailable
+            ),
+            "{status:?}"
+        );
+        assert_eq!(
+            crate::ErrorKind::from_grpc_code(status.code()),
+            crate::ErrorKind::Unavailable,
+            "callers treat it as unknown, not as a refusal"
+        );
+        held.abort();
+    }
 }

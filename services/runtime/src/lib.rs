@@ -8,15 +8,19 @@
 //! - [`money`]: integer minor units with a currency.
 //! - [`context`]: what a service is built from (settings, store, clock).
 //! - [`clock`]: injectable time, so domain logic and tests never read the wall clock directly.
+//! - [`ids`]: injectable ids, so a simulation makes the same ids from the same seed.
+//! - [`backoff`]: capped exponential retry delays with a deterministic jitter.
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod context;
 pub mod convert;
 pub mod error;
 pub mod grpc;
+pub mod ids;
 pub mod money;
 pub mod shutdown;
 pub mod store;
@@ -29,5 +33,6 @@ pub use clock::{Clock, SystemClock};
 pub use config::{Secret, ServiceName, Settings};
 pub use context::ServiceContext;
 pub use error::{ErrorKind, ServiceError};
+pub use ids::{IdSource, UuidIds};
 pub use money::{Currency, Money};
 pub use store::Store;

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use mongodb::bson::doc;
-use mongodb::options::{ClientOptions, ReadConcern, WriteConcern};
+use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, WriteConcern};
 
 use crate::config::Settings;
 
@@ -34,7 +34,12 @@ impl Store {
         match &settings.mongodb_uri {
             None => Ok(Store::Embedded),
             Some(uri) => {
-                let database = connect_mongo(uri.expose(), &settings.mongodb_database).await?;
+                let database = connect_mongo(
+                    uri.expose(),
+                    &settings.mongodb_database,
+                    settings.mongodb_write_timeout,
+                )
+                .await?;
                 Ok(Store::Mongo(database))
             }
         }
@@ -62,13 +67,24 @@ impl Store {
     }
 }
 
-/// Connects to MongoDB with majority write and read concerns and checks it answers.
-pub async fn connect_mongo(uri: &str, database: &str) -> anyhow::Result<mongodb::Database> {
+/// Connects to MongoDB with majority write and read concerns and checks it answers. A
+/// majority write that the replica set cannot confirm within `write_timeout` fails
+/// (`wtimeout`) instead of blocking its caller without bound.
+pub async fn connect_mongo(
+    uri: &str,
+    database: &str,
+    write_timeout: Duration,
+) -> anyhow::Result<mongodb::Database> {
     let mut options = ClientOptions::parse(uri)
         .await
         .map_err(|error| anyhow::anyhow!("invalid setting MONGODB_URI: {error}"))?;
     options.app_name = Some("payouts".to_owned());
-    options.write_concern = Some(WriteConcern::majority());
+    options.write_concern = Some(
+        WriteConcern::builder()
+            .w(Acknowledgment::Majority)
+            .w_timeout(write_timeout)
+            .build(),
+    );
     options.read_concern = Some(ReadConcern::majority());
     options.server_selection_timeout = Some(Duration::from_secs(10));
     let client = mongodb::Client::with_options(options)?;

@@ -6,7 +6,7 @@ use payouts_proto::disputes::v1::HandleStripeEventRequest as DisputesRequest;
 use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
 use payouts_proto::payouts::v1::HandleStripeEventRequest as PayoutsRequest;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_runtime::grpc::{TracedChannel, traced_channel};
+use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::{ServiceName, Settings};
 
 use crate::domain::{InboxEvent, Owner};
@@ -23,12 +23,8 @@ impl GrpcDispatcher {
     /// Clients to the owners at their configured URLs (connected lazily).
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
         Ok(Self {
-            payouts: PayoutsServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Payouts),
-            )?),
-            disputes: DisputesServiceClient::new(traced_channel(
-                settings.service_url(ServiceName::Disputes),
-            )?),
+            payouts: PayoutsServiceClient::new(service_channel(settings, ServiceName::Payouts)?),
+            disputes: DisputesServiceClient::new(service_channel(settings, ServiceName::Disputes)?),
         })
     }
 }

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-/// How long a stored event is kept (spec §4: 30 days), enforced by a TTL index.
+/// How long a completed event is kept (spec §4: 30 days), enforced by a TTL index. Events
+/// still processing or parked as failed never expire: they stay until resolved.
 pub const RETENTION: Duration = Duration::days(30);
 
 /// The two Stripe webhook endpoints; each has its own signing secrets.
@@ -116,9 +117,20 @@ impl InboxEvent {
         }
     }
 
-    /// When the TTL index removes the event.
-    pub fn expires_at(&self) -> DateTime<Utc> {
-        self.received_at + RETENTION
+    /// When the TTL index removes the event: 30 days after it completed. An event being
+    /// processed, retried or parked as failed has no expiry (a failed event must stay
+    /// visible and retryable until someone resolves it).
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match (self.status, self.completed_at) {
+            (EventStatus::Completed, Some(completed)) => Some(completed + RETENTION),
+            _ => None,
+        }
+    }
+
+    /// Whether a claim made at `claimed` still holds at `now` (the lease has not run out).
+    pub fn lease_holds(&self, now: DateTime<Utc>) -> bool {
+        self.status == EventStatus::Processing
+            && self.next_attempt_at.is_some_and(|until| now < until)
     }
 
     /// Whether a worker may claim it now: processing, and due (a claim pushes the due time

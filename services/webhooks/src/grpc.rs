@@ -7,7 +7,9 @@ use payouts_proto::webhooks::v1::webhooks_service_server::{
     WebhooksService, WebhooksServiceServer,
 };
 use payouts_runtime::ServiceError;
-use payouts_runtime::convert::{optional_timestamp, page_size, required_id, timestamp};
+use payouts_runtime::convert::{
+    optional_timestamp, page_size, paginate, parse_page_token, required_id, timestamp,
+};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Endpoint, EventStatus, InboxEvent};
@@ -137,15 +139,19 @@ impl WebhooksService for WebhooksGrpc {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         let r = request.into_inner();
         let status = status_filter(r.status)?;
-        let limit = page_size(r.limit, 50, 500)?;
-        let events = self
-            .repository()
-            .list(status, limit)
-            .await?
-            .into_iter()
-            .map(to_proto)
-            .collect();
-        Ok(Response::new(pb::ListEventsResponse { events }))
+        let size = page_size(r.page_size, 50, 500)?;
+        let after = parse_page_token(&r.page_token)?;
+        let found = self.repository().list(status, after, size + 1).await?;
+        let (page, next_page_token) = paginate(found, size, |e| {
+            (
+                e.received_at,
+                crate::store::storage_id(e.endpoint, &e.event_id),
+            )
+        });
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_event(

@@ -3,10 +3,14 @@
 //!
 //! Exactly once, precisely: the unique (endpoint, event id) key lets exactly one delivery
 //! store an event; a worker processes an event only after winning a versioned claim, which
-//! leases it (`next_attempt_at = now + lease`); a worker that dies mid-processing loses the
-//! lease when it runs out and another worker claims the event; a worker whose lease ran out
-//! cannot record its result (its version is stale). The owners' handlers are idempotent on
-//! the Stripe event id, so even the one remaining window (a handler that outlives its lease)
+//! leases it (`next_attempt_at = now + lease`). A worker claims one event at a time, just
+//! before it processes it, and checks again right before the dispatch that its claim is the
+//! stored version and its lease has not run out: a slow owner can no longer let a batch of
+//! leases expire behind it while a second replica dispatches the same events. A worker that
+//! dies mid-processing loses the lease when it runs out and another worker claims the event;
+//! a worker whose lease ran out cannot record its result (its version is stale). The
+//! dispatch itself is bounded by half the lease. The owners' handlers are idempotent on the
+//! Stripe event id, so even the one remaining window (a dispatch that outlives its lease)
 //! cannot apply an effect twice.
 
 use std::sync::Arc;
@@ -68,7 +72,7 @@ pub struct Inbox {
     wake: Notify,
 }
 
-/// How many due events a worker claims per pass.
+/// How many events a worker processes per pass (claiming each just before processing it).
 const BATCH: usize = 16;
 /// How often a compare-and-set lost to a concurrent writer is retried.
 const MAX_CAS_ATTEMPTS: usize = 8;
@@ -250,24 +254,46 @@ impl Inbox {
         Ok(retried)
     }
 
-    /// Claims due events: each returned event is leased to the caller.
-    pub async fn claim_due(&self) -> Result<Vec<InboxEvent>, ServiceError> {
+    /// Claims the next due event: the returned event is leased to the caller. `None` when
+    /// nothing is due (or every due event was claimed by another worker first).
+    pub async fn claim_next(&self) -> Result<Option<InboxEvent>, ServiceError> {
         let now = self.clock.now();
-        let mut claimed = Vec::new();
-        for event in self.repository.due(now, BATCH).await? {
+        // A few candidates, so that losing a race to another replica does not end the pass.
+        for event in self.repository.due(now, 4).await? {
             let lease = event.claim(now, &self.settings.policy);
             match self.repository.replace(&lease, event.version).await {
-                Ok(()) => claimed.push(lease),
+                Ok(()) => return Ok(Some(lease)),
                 // Another worker claimed it first.
                 Err(error) if error.kind() == ErrorKind::Conflict => {}
                 Err(error) => return Err(error),
             }
         }
-        Ok(claimed)
+        Ok(None)
     }
 
-    /// Processes one claimed event and records the result, unless the lease was lost.
+    /// Whether the claim is still ours: the stored event is the claimed version and the
+    /// lease has not run out. Checked right before the dispatch.
+    async fn still_ours(&self, claimed: &InboxEvent) -> Result<bool, ServiceError> {
+        let stored = self
+            .repository
+            .get(claimed.endpoint, &claimed.event_id)
+            .await?;
+        Ok(
+            stored.is_some_and(|stored| stored.version == claimed.version)
+                && claimed.lease_holds(self.clock.now()),
+        )
+    }
+
+    /// Processes one claimed event and records the result, unless the lease was lost (then
+    /// the owner is not called at all).
     pub async fn process_claimed(&self, claimed: InboxEvent) -> Result<InboxEvent, ServiceError> {
+        if !self.still_ours(&claimed).await? {
+            tracing::warn!(event_id = %claimed.event_id, "lease lost before the dispatch; another worker owns the event");
+            return Err(ServiceError::conflict(format!(
+                "the claim on webhook event {} is no longer held",
+                claimed.event_id
+            )));
+        }
         let started = Instant::now();
         let result = match route(
             &claimed.event_type,
@@ -334,11 +360,15 @@ impl Inbox {
         }
     }
 
-    /// One pass: claim what is due and process it. Returns how many events were claimed.
+    /// One pass: claim the next due event and process it, up to a batch. Returns how many
+    /// events were claimed.
     pub async fn process_due(&self) -> Result<usize, ServiceError> {
-        let claimed = self.claim_due().await?;
-        let count = claimed.len();
-        for event in claimed {
+        let mut count = 0;
+        while count < BATCH {
+            let Some(event) = self.claim_next().await? else {
+                break;
+            };
+            count += 1;
             // A lost lease or a store failure for one event must not stop the others.
             let _ = self.process_claimed(event).await;
         }

@@ -21,17 +21,22 @@ const PAYOUTS_SECRET: &str = "whsec_payouts_test";
 const SUBSCRIPTION_SECRET: &str = "whsec_subscription_test";
 
 /// A dispatcher that counts calls per event and fails the first `failures` calls of each.
+/// It can be slow: each call moves the clock on by `slowness`, and the call for
+/// `interleave.0` first lets another replica claim and process one event (as a second
+/// worker would while the owner is busy).
 #[derive(Default)]
 struct FakeOwner {
     calls: Mutex<HashMap<String, usize>>,
     failures: AtomicUsize,
+    slowness: Mutex<Option<(ManualClock, Duration)>>,
+    interleave: Mutex<Option<(String, Arc<Inbox>)>>,
 }
 
 impl FakeOwner {
     fn failing(failures: usize) -> Self {
         Self {
-            calls: Mutex::default(),
             failures: AtomicUsize::new(failures),
+            ..Self::default()
         }
     }
 
@@ -52,6 +57,22 @@ impl FakeOwner {
 #[async_trait]
 impl Dispatcher for FakeOwner {
     async fn dispatch(&self, _owner: Owner, event: &InboxEvent) -> Result<String, String> {
+        let slowness = self.slowness.lock().unwrap().clone();
+        if let Some((clock, by)) = slowness {
+            clock.advance(by);
+        }
+        let other = {
+            let mut interleave = self.interleave.lock().unwrap();
+            match interleave.as_ref() {
+                Some((id, _)) if *id == event.event_id => interleave.take().map(|(_, inbox)| inbox),
+                _ => None,
+            }
+        };
+        if let Some(other) = other
+            && let Some(claimed) = other.claim_next().await.unwrap()
+        {
+            let _ = other.process_claimed(claimed).await;
+        }
         let call = {
             let mut calls = self.calls.lock().unwrap();
             let count = calls.entry(event.event_id.clone()).or_default();
@@ -546,8 +567,8 @@ async fn a_worker_killed_mid_processing_is_taken_over_and_the_event_is_processed
             .unwrap();
 
         // Worker A claims the event and dies before processing it.
-        let claimed_by_a = f.inbox.claim_due().await.unwrap();
-        assert_eq!(claimed_by_a.len(), 1);
+        let claimed_by_a = f.inbox.claim_next().await.unwrap();
+        assert!(claimed_by_a.is_some());
         let survivor = f.replica();
         assert_eq!(
             survivor.process_due().await.unwrap(),
@@ -562,12 +583,15 @@ async fn a_worker_killed_mid_processing_is_taken_over_and_the_event_is_processed
         let done = f.stored(Endpoint::StripePayouts, "evt_killed").await;
         assert_eq!(done.status, EventStatus::Completed);
 
-        // A late result from the dead worker is refused: its claim is stale.
-        let late = f
-            .inbox
-            .process_claimed(claimed_by_a.into_iter().next().unwrap())
-            .await;
+        // The dead worker waking up late is refused before it calls the owner: its claim is
+        // stale, so the owner was called exactly once.
+        let late = f.inbox.process_claimed(claimed_by_a.unwrap()).await;
         assert_eq!(late.unwrap_err().kind(), ErrorKind::Conflict);
+        assert_eq!(
+            f.owner.calls("evt_killed"),
+            1,
+            "the stale claim never reached the owner"
+        );
         assert_eq!(f.stored(Endpoint::StripePayouts, "evt_killed").await, done);
     })
     .await;
@@ -692,6 +716,7 @@ impl InboxRepository for BrokenStore {
     async fn list(
         &self,
         _status: Option<EventStatus>,
+        _after: Option<(chrono::DateTime<Utc>, String)>,
         _limit: usize,
     ) -> Result<Vec<InboxEvent>, payouts_runtime::ServiceError> {
         Ok(Vec::new())
@@ -716,4 +741,40 @@ async fn a_delivery_that_cannot_be_stored_is_not_acknowledged() {
     // UNAVAILABLE becomes 503 at the gateway, so Stripe delivers the event again later.
     assert_eq!(error.kind(), ErrorKind::Unavailable);
     assert_eq!(error.message(), "store unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_owner_never_lets_a_second_replica_dispatch_an_event_twice() {
+    on_both_stores("slow_owner", |repository| async move {
+        let policy = RetryPolicy::default();
+        let f = Fixture::new(repository, FakeOwner::default(), policy.clone());
+        for i in 1..=3 {
+            f.deliver(
+                Endpoint::StripePayouts,
+                &transfer_event(&format!("evt_slow_{i}")),
+            )
+            .await
+            .unwrap();
+        }
+        // Each dispatch takes 35 s of a 60 s lease; while the owner handles the second event,
+        // another replica claims the next due event (70 s after the start). Had the first
+        // worker claimed the whole batch up front, the third event's lease would have run out
+        // by then: the other replica would take it, and the first would dispatch it again.
+        *f.owner.slowness.lock().unwrap() = Some((f.clock.clone(), Duration::seconds(35)));
+        *f.owner.interleave.lock().unwrap() = Some(("evt_slow_2".to_owned(), f.replica()));
+        assert_eq!(
+            f.inbox.process_due().await.unwrap(),
+            2,
+            "the other replica took one"
+        );
+        for i in 1..=3 {
+            let id = format!("evt_slow_{i}");
+            assert_eq!(f.owner.calls(&id), 1, "{id} dispatched once");
+            assert_eq!(
+                f.stored(Endpoint::StripePayouts, &id).await.status,
+                EventStatus::Completed
+            );
+        }
+    })
+    .await;
 }

@@ -47,6 +47,9 @@ fn approval(payout_id: &str, minute: i64) -> Approval {
             recent_dispute_count: 0,
         },
         applied: false,
+        next_attempt_at: None,
+        attempts: 0,
+        parked: false,
         version: 1,
     }
 }
@@ -213,16 +216,28 @@ async fn lists_pending_oldest_first(repository: &dyn ApprovalRepository) {
         ["payout_list_b", "payout_small"]
     );
 
-    // Decided approvals wait to be carried out until marked applied.
-    let unapplied = repository.unapplied(10).await.unwrap();
-    assert_eq!(unapplied.len(), 2);
-    let done = unapplied[0].applied();
-    repository
-        .replace(&done, unapplied[0].version)
-        .await
-        .unwrap();
-    assert_eq!(repository.unapplied(10).await.unwrap().len(), 1);
+    // Decided approvals are due to be carried out from their next attempt on, earliest
+    // first, until marked applied; a parked one is not due.
+    let due = repository.due(at(60), 10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(due[0].next_attempt_at <= due[1].next_attempt_at);
+    assert!(
+        repository.due(at(-60), 10).await.unwrap().is_empty(),
+        "not yet"
+    );
+    let done = due[0].applied();
+    repository.replace(&done, due[0].version).await.unwrap();
+    assert_eq!(repository.due(at(60), 10).await.unwrap().len(), 1);
     assert_eq!(repository.get(&done.id).await.unwrap(), Some(done));
+    let (failed, _) = due[1].carry_out_failed(at(0));
+    let parked = failed.parked();
+    repository.replace(&parked, due[1].version).await.unwrap();
+    assert_eq!(
+        repository.get(&parked.id).await.unwrap(),
+        Some(parked.clone())
+    );
+    assert!(repository.due(at(10_000), 10).await.unwrap().is_empty());
+    assert_eq!(parked.attempts, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

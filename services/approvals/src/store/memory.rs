@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
 use super::{ApprovalRepository, stale};
@@ -76,16 +77,20 @@ impl ApprovalRepository for MemoryApprovals {
         Ok(found)
     }
 
-    async fn unapplied(&self, limit: usize) -> Result<Vec<Approval>, ServiceError> {
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Approval>, ServiceError> {
         let mut found: Vec<Approval> = self
             .lock()
             .values()
-            .filter(|a| a.status != ApprovalStatus::Pending && !a.applied)
+            .filter(|a| {
+                a.status != ApprovalStatus::Pending
+                    && !a.applied
+                    && a.next_attempt_at.is_some_and(|at| at <= now)
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| {
-            a.reviewed_at
-                .cmp(&b.reviewed_at)
+            a.next_attempt_at
+                .cmp(&b.next_attempt_at)
                 .then_with(|| a.id.cmp(&b.id))
         });
         found.truncate(limit);

@@ -10,6 +10,7 @@ mod conformance;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::{Approval, Filter};
@@ -32,8 +33,10 @@ pub trait ApprovalRepository: Send + Sync + 'static {
     /// The queue, oldest request first, filtered and paged.
     async fn list(&self, filter: &Filter) -> Result<Vec<Approval>, ServiceError>;
 
-    /// Decided approvals whose decision the payouts service has not carried out yet.
-    async fn unapplied(&self, limit: usize) -> Result<Vec<Approval>, ServiceError>;
+    /// Decided approvals whose decision is due to be carried out (`next_attempt_at` has
+    /// come), earliest first: a decision that keeps failing backs off and never starves
+    /// the others.
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Approval>, ServiceError>;
 }
 
 pub(crate) fn stale(approval_id: &str) -> ServiceError {

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
@@ -40,6 +41,12 @@ struct ApprovalDocument {
     metadata: MetadataDocument,
     user_context: UserContextDocument,
     applied: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next_attempt_at: Option<bson::DateTime>,
+    #[serde(default)]
+    attempts: i64,
+    #[serde(default)]
+    parked: bool,
     version: i64,
 }
 
@@ -99,6 +106,9 @@ impl From<&Approval> for ApprovalDocument {
                 recent_dispute_count: a.user_context.recent_dispute_count,
             },
             applied: a.applied,
+            next_attempt_at: a.next_attempt_at.map(to_bson_time),
+            attempts: i64::from(a.attempts),
+            parked: a.parked,
             version: a.version,
         }
     }
@@ -144,6 +154,9 @@ impl TryFrom<ApprovalDocument> for Approval {
                 recent_dispute_count: d.user_context.recent_dispute_count,
             },
             applied: d.applied,
+            next_attempt_at: d.next_attempt_at.map(from_bson_time),
+            attempts: u32::try_from(d.attempts).unwrap_or(u32::MAX),
+            parked: d.parked,
             version: d.version,
         })
     }
@@ -161,6 +174,9 @@ impl MongoApprovals {
                     .build(),
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "requestedAt": 1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "applied": 1, "nextAttemptAt": 1 })
                     .build(),
             ])
             .await?;
@@ -260,10 +276,14 @@ impl ApprovalRepository for MongoApprovals {
             .await
     }
 
-    async fn unapplied(&self, limit: usize) -> Result<Vec<Approval>, ServiceError> {
+    async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Approval>, ServiceError> {
         self.find(
-            doc! { "status": { "$ne": ApprovalStatus::Pending.as_str() }, "applied": false },
-            doc! { "reviewedAt": 1, "_id": 1 },
+            doc! {
+                "status": { "$ne": ApprovalStatus::Pending.as_str() },
+                "applied": false,
+                "nextAttemptAt": { "$lte": to_bson_time(now) },
+            },
+            doc! { "nextAttemptAt": 1, "_id": 1 },
             limit,
         )
         .await

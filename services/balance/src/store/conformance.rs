@@ -35,12 +35,17 @@ async fn run(repository: &dyn SnapshotRepository) {
     changed.available_balance_cents = 1;
     repository.insert(&changed).await.unwrap();
 
-    let recent = repository.recent(3).await.unwrap();
+    let recent = repository.recent(None, 3).await.unwrap();
     assert_eq!(
         recent,
         vec![days[4].clone(), days[3].clone(), days[2].clone()]
     );
-    assert_eq!(repository.recent(100).await.unwrap().len(), 5);
+    assert_eq!(repository.recent(None, 100).await.unwrap().len(), 5);
+    let cursor = Some((days[2].taken_at, days[2].id.clone()));
+    assert_eq!(
+        repository.recent(cursor, 100).await.unwrap(),
+        vec![days[1].clone(), days[0].clone()]
+    );
     assert_eq!(recent[0].total_balance_cents(), 2_500_004 + 500_000);
 }
 

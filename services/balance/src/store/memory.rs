@@ -1,6 +1,7 @@
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
 use super::SnapshotRepository;
@@ -25,12 +26,24 @@ impl SnapshotRepository for MemorySnapshots {
         Ok(())
     }
 
-    async fn recent(&self, limit: usize) -> Result<Vec<Snapshot>, ServiceError> {
+    async fn recent(
+        &self,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Snapshot>, ServiceError> {
         let snapshots = self
             .snapshots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut found = snapshots.clone();
+        let mut found: Vec<Snapshot> = snapshots
+            .iter()
+            .filter(|s| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (s.taken_at, &s.id) < (*at, id))
+            })
+            .cloned()
+            .collect();
         found.sort_by(|a, b| b.taken_at.cmp(&a.taken_at).then_with(|| b.id.cmp(&a.id)));
         found.truncate(limit);
         Ok(found)

@@ -10,6 +10,7 @@ mod conformance;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::Snapshot;
@@ -23,8 +24,12 @@ pub trait SnapshotRepository: Send + Sync + 'static {
     /// Records a snapshot; recording the same id again changes nothing.
     async fn insert(&self, snapshot: &Snapshot) -> Result<(), ServiceError>;
 
-    /// Newest first.
-    async fn recent(&self, limit: usize) -> Result<Vec<Snapshot>, ServiceError>;
+    /// Newest first, after the (taken_at, id) cursor.
+    async fn recent(
+        &self,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Snapshot>, ServiceError>;
 }
 
 /// Opens the repository on the process's store, ensuring indexes.

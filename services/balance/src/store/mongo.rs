@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
@@ -110,10 +111,25 @@ impl SnapshotRepository for MongoSnapshots {
         }
     }
 
-    async fn recent(&self, limit: usize) -> Result<Vec<Snapshot>, ServiceError> {
+    async fn recent(
+        &self,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Snapshot>, ServiceError> {
+        let mut filter = doc! {};
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "timestamp": { "$lt": at } },
+                    doc! { "timestamp": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
         let documents: Vec<SnapshotDocument> = find_many(
             &self.collection,
-            doc! {},
+            filter,
             doc! { "timestamp": -1, "_id": -1 },
             limit,
         )

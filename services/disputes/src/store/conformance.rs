@@ -75,7 +75,11 @@ async fn concurrent_credits_of_one_id_store_one(repository: Arc<dyn AllocationRe
     }
     assert_eq!(created, 1);
     assert_eq!(
-        repository.list_by_user("u-race", 10).await.unwrap().len(),
+        repository
+            .list_by_user("u-race", None, 10)
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -90,12 +94,17 @@ async fn lists_a_creators_allocations_newest_first(repository: &dyn AllocationRe
         .await
         .unwrap();
     assert_eq!(
-        repository.list_by_user("u-list", 10).await.unwrap(),
-        vec![new.clone(), old]
+        repository.list_by_user("u-list", None, 10).await.unwrap(),
+        vec![new.clone(), old.clone()]
     );
     assert_eq!(
-        repository.list_by_user("u-list", 1).await.unwrap(),
-        vec![new]
+        repository.list_by_user("u-list", None, 1).await.unwrap(),
+        vec![new.clone()]
+    );
+    let cursor = Some((new.created_at, new.id.clone()));
+    assert_eq!(
+        repository.list_by_user("u-list", cursor, 10).await.unwrap(),
+        vec![old]
     );
 }
 

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
 use super::{AllocationRepository, repeated};
@@ -39,12 +40,18 @@ impl AllocationRepository for MemoryAllocations {
     async fn list_by_user(
         &self,
         user_id: &str,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Allocation>, ServiceError> {
         let mut found: Vec<Allocation> = self
             .lock()
             .values()
             .filter(|a| a.user_id == user_id)
+            .filter(|a| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (a.created_at, &a.id) < (*at, id))
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| {

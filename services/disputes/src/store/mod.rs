@@ -10,6 +10,7 @@ mod conformance;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::Allocation;
@@ -26,10 +27,11 @@ pub trait AllocationRepository: Send + Sync + 'static {
 
     async fn get(&self, allocation_id: &str) -> Result<Option<Allocation>, ServiceError>;
 
-    /// A creator's allocations, newest first.
+    /// A creator's allocations, newest first, after the (created_at, id) cursor.
     async fn list_by_user(
         &self,
         user_id: &str,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Allocation>, ServiceError>;
 }

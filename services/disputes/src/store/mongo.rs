@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
@@ -132,11 +133,23 @@ impl AllocationRepository for MongoAllocations {
     async fn list_by_user(
         &self,
         user_id: &str,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Allocation>, ServiceError> {
+        let mut filter = doc! { "userId": user_id };
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "createdAt": { "$lt": at } },
+                    doc! { "createdAt": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
         let documents: Vec<AllocationDocument> = find_many(
             &self.collection,
-            doc! { "userId": user_id },
+            filter,
             doc! { "createdAt": -1, "_id": -1 },
             limit,
         )

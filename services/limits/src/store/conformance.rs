@@ -22,6 +22,7 @@ fn attempt(id: &str, user_id: &str, minute: i64) -> BlockedAttempt {
             daily_payout_amount_cents: 500_00,
             monthly_payout_amount_cents: 900_00,
             lifetime_earnings_cents: 12_000_00,
+            daily_attempt_count: 4,
         },
         attempted_at: base + Duration::minutes(minute),
     }
@@ -40,11 +41,20 @@ async fn run(repository: &dyn BlockedAttemptRepository) {
     repository.record(&changed).await.unwrap();
 
     assert_eq!(
-        repository.list(Some("u1"), 10).await.unwrap(),
-        vec![new.clone(), old]
+        repository.list(Some("u1"), None, 10).await.unwrap(),
+        vec![new.clone(), old.clone()]
     );
-    assert_eq!(repository.list(None, 2).await.unwrap(), vec![other, new]);
-    assert_eq!(repository.list(Some("nobody"), 10).await.unwrap(), vec![]);
+    assert_eq!(
+        repository.list(None, None, 2).await.unwrap(),
+        vec![other, new.clone()]
+    );
+    // The next page starts after the cursor (the last attempt of the previous page).
+    let cursor = Some((new.attempted_at, new.id.clone()));
+    assert_eq!(repository.list(None, cursor, 10).await.unwrap(), vec![old]);
+    assert_eq!(
+        repository.list(Some("nobody"), None, 10).await.unwrap(),
+        vec![]
+    );
 }
 
 #[tokio::test]
@@ -65,7 +75,7 @@ mod quotas {
     use payouts_runtime::ErrorKind;
     use payouts_runtime::store::store_precision;
 
-    use crate::checks::{Quota, Reservation};
+    use crate::checks::{Attempt, Quota, Refusal, Reservation};
     use crate::domain::Flag;
     use crate::store::{MemoryQuotas, MongoQuotas, QuotaRepository};
 
@@ -81,8 +91,25 @@ mod quotas {
                     requires_approval: i % 2 == 0,
                     flags: vec![Flag::RequiresAdminApproval, Flag::NewAccount],
                     released_cents: 50,
+                    release_sequence: i as i64,
                 })
                 .collect(),
+            attempts: vec![
+                Attempt {
+                    payout_id: "refused".to_owned(),
+                    at: now - Duration::hours(2),
+                    refusal: Some(Refusal {
+                        flags: vec![Flag::InsufficientBalance],
+                        reason: "Amount exceeds the available balance".to_owned(),
+                        available_cents: Some(-5),
+                    }),
+                },
+                Attempt {
+                    payout_id: "p0".to_owned(),
+                    at: now,
+                    refusal: None,
+                },
+            ],
             committed_cents: 12_345,
             payouts_ever: 7,
             version,

@@ -2,6 +2,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
 use super::BlockedAttemptRepository;
@@ -29,6 +30,7 @@ impl BlockedAttemptRepository for MemoryBlockedAttempts {
     async fn list(
         &self,
         user_id: Option<&str>,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<BlockedAttempt>, ServiceError> {
         let attempts = self
@@ -38,6 +40,11 @@ impl BlockedAttemptRepository for MemoryBlockedAttempts {
         let mut found: Vec<BlockedAttempt> = attempts
             .values()
             .filter(|attempt| user_id.is_none_or(|user_id| attempt.user_id == user_id))
+            .filter(|attempt| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (attempt.attempted_at, &attempt.id) < (*at, id))
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| {

@@ -11,6 +11,7 @@ mod conformance;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::BlockedAttempt;
@@ -25,10 +26,11 @@ pub trait BlockedAttemptRepository: Send + Sync + 'static {
     /// Records an attempt; recording the same id again changes nothing.
     async fn record(&self, attempt: &BlockedAttempt) -> Result<(), ServiceError>;
 
-    /// Newest first; one user's when `user_id` is given.
+    /// Newest first; one user's when `user_id` is given; after the (attempted_at, id) cursor.
     async fn list(
         &self,
         user_id: Option<&str>,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<BlockedAttempt>, ServiceError>;
 }

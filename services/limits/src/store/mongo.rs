@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
@@ -38,6 +39,8 @@ struct MetadataDocument {
     daily_payout_amount: i64,
     monthly_payout_amount: i64,
     lifetime_earnings: i64,
+    #[serde(default)]
+    daily_attempt_count: i64,
 }
 
 impl From<&BlockedAttempt> for AttemptDocument {
@@ -59,6 +62,7 @@ impl From<&BlockedAttempt> for AttemptDocument {
                 daily_payout_amount: a.metadata.daily_payout_amount_cents,
                 monthly_payout_amount: a.metadata.monthly_payout_amount_cents,
                 lifetime_earnings: a.metadata.lifetime_earnings_cents,
+                daily_attempt_count: a.metadata.daily_attempt_count,
             },
             attempted_at: to_bson_time(a.attempted_at),
         }
@@ -84,6 +88,7 @@ impl From<AttemptDocument> for BlockedAttempt {
                 daily_payout_amount_cents: d.metadata.daily_payout_amount,
                 monthly_payout_amount_cents: d.metadata.monthly_payout_amount,
                 lifetime_earnings_cents: d.metadata.lifetime_earnings,
+                daily_attempt_count: d.metadata.daily_attempt_count,
             },
             attempted_at: from_bson_time(d.attempted_at),
         }
@@ -125,12 +130,23 @@ impl BlockedAttemptRepository for MongoBlockedAttempts {
     async fn list(
         &self,
         user_id: Option<&str>,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<BlockedAttempt>, ServiceError> {
-        let filter = match user_id {
+        let mut filter = match user_id {
             Some(user_id) => doc! { "userId": user_id },
             None => doc! {},
         };
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "attemptedAt": { "$lt": at } },
+                    doc! { "attemptedAt": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
         let documents: Vec<AttemptDocument> = find_many(
             &self.collection,
             filter,

@@ -11,7 +11,7 @@ use payouts_runtime::ServiceError;
 use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{Quota, Reservation};
+use crate::checks::{Attempt, Quota, Refusal, Reservation};
 use crate::domain::Flag;
 
 /// Storage of quotas.
@@ -76,6 +76,8 @@ struct QuotaDocument {
     #[serde(rename = "_id")]
     user_id: String,
     reservations: Vec<ReservationDocument>,
+    #[serde(default)]
+    attempts: Vec<AttemptDocument>,
     committed_cents: i64,
     payouts_ever: i64,
     version: i64,
@@ -90,6 +92,30 @@ struct ReservationDocument {
     requires_approval: bool,
     flags: Vec<String>,
     released_cents: i64,
+    #[serde(default)]
+    release_sequence: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AttemptDocument {
+    payout_id: String,
+    at: bson::DateTime,
+    /// Present when the attempt was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused_flags: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    available_cents: Option<i64>,
+}
+
+fn flag_names(flags: &[Flag]) -> Vec<String> {
+    flags.iter().map(|flag| flag.as_str().to_owned()).collect()
+}
+
+fn parse_flags(names: &[String]) -> Vec<Flag> {
+    names.iter().filter_map(|flag| Flag::parse(flag)).collect()
 }
 
 impl From<&Quota> for QuotaDocument {
@@ -104,12 +130,20 @@ impl From<&Quota> for QuotaDocument {
                     amount_cents: r.amount_cents,
                     reserved_at: to_bson_time(r.reserved_at),
                     requires_approval: r.requires_approval,
-                    flags: r
-                        .flags
-                        .iter()
-                        .map(|flag| flag.as_str().to_owned())
-                        .collect(),
+                    flags: flag_names(&r.flags),
                     released_cents: r.released_cents,
+                    release_sequence: r.release_sequence,
+                })
+                .collect(),
+            attempts: q
+                .attempts
+                .iter()
+                .map(|a| AttemptDocument {
+                    payout_id: a.payout_id.clone(),
+                    at: to_bson_time(a.at),
+                    refused_flags: a.refusal.as_ref().map(|r| flag_names(&r.flags)),
+                    refused_reason: a.refusal.as_ref().map(|r| r.reason.clone()),
+                    available_cents: a.refusal.as_ref().and_then(|r| r.available_cents),
                 })
                 .collect(),
             committed_cents: q.committed_cents,
@@ -131,12 +165,22 @@ impl From<QuotaDocument> for Quota {
                     amount_cents: r.amount_cents,
                     reserved_at: from_bson_time(r.reserved_at),
                     requires_approval: r.requires_approval,
-                    flags: r
-                        .flags
-                        .iter()
-                        .filter_map(|flag| Flag::parse(flag))
-                        .collect(),
+                    flags: parse_flags(&r.flags),
                     released_cents: r.released_cents,
+                    release_sequence: r.release_sequence,
+                })
+                .collect(),
+            attempts: d
+                .attempts
+                .into_iter()
+                .map(|a| Attempt {
+                    payout_id: a.payout_id,
+                    at: from_bson_time(a.at),
+                    refusal: a.refused_flags.map(|flags| Refusal {
+                        flags: parse_flags(&flags),
+                        reason: a.refused_reason.unwrap_or_default(),
+                        available_cents: a.available_cents,
+                    }),
                 })
                 .collect(),
             committed_cents: d.committed_cents,

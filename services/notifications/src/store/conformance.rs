@@ -27,6 +27,7 @@ fn notification(recipient: &str, kind: &str, dedupe: &str, minute: i64) -> Notif
 }
 
 async fn run(repository: &dyn NotificationRepository) {
+    pages_follow_the_cursor(repository).await;
     stores_and_lists_newest_first(repository).await;
     dedupe_key_stores_once(repository).await;
     unread_filter_and_mark_read(repository).await;
@@ -42,11 +43,31 @@ async fn stores_and_lists_newest_first(repository: &dyn NotificationRepository) 
         assert!(created);
         assert_eq!(&stored, n);
     }
-    let listed = repository.list("list-user", false, 10).await.unwrap();
+    let listed = repository.list("list-user", false, None, 10).await.unwrap();
     assert_eq!(listed, vec![newer.clone(), older]);
     assert_eq!(
-        repository.list("list-user", false, 1).await.unwrap(),
+        repository.list("list-user", false, None, 1).await.unwrap(),
         vec![newer]
+    );
+}
+
+async fn pages_follow_the_cursor(repository: &dyn NotificationRepository) {
+    let items: Vec<Notification> = (0..5)
+        .map(|minute| notification("page-user", "k", "", minute))
+        .collect();
+    for n in &items {
+        repository.insert(n.clone()).await.unwrap();
+    }
+    let first = repository.list("page-user", false, None, 2).await.unwrap();
+    assert_eq!(first, vec![items[4].clone(), items[3].clone()]);
+    let cursor = Some((first[1].created_at, first[1].id.clone()));
+    let second = repository
+        .list("page-user", false, cursor, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        second,
+        vec![items[2].clone(), items[1].clone(), items[0].clone()]
     );
 }
 
@@ -71,7 +92,7 @@ async fn dedupe_key_stores_once(repository: &dyn NotificationRepository) {
     assert!(created_other);
     assert_eq!(
         repository
-            .list("dedupe-user", false, 10)
+            .list("dedupe-user", false, None, 10)
             .await
             .unwrap()
             .len(),
@@ -95,7 +116,7 @@ async fn unread_filter_and_mark_read(repository: &dyn NotificationRepository) {
         .await
         .unwrap();
     assert_eq!(again.read_at, Some(at(10)));
-    let unread = repository.list("read-user", true, 10).await.unwrap();
+    let unread = repository.list("read-user", true, None, 10).await.unwrap();
     assert_eq!(
         unread.iter().map(|n| n.id.as_str()).collect::<Vec<_>>(),
         vec![b.id.as_str()]
@@ -117,7 +138,14 @@ async fn mark_read_of_someone_elses_notification_is_not_found(
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::NotFound);
-    assert_eq!(repository.list("owner", true, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        repository
+            .list("owner", true, None, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -129,4 +157,84 @@ async fn embedded_store_conforms() {
 async fn mongo_store_conforms() {
     let database = payouts_runtime::testing::mongo_database("notifications").await;
     run(&MongoNotifications::open(&database).await.unwrap()).await;
+}
+
+mod alerts {
+    use super::*;
+    use crate::alerts::{Alert, AlertStatus, Severity};
+
+    fn alert(key: &str, minute: i64) -> Alert {
+        Alert::raise(
+            uuid::Uuid::new_v4().to_string(),
+            "payout_outcome_unknown",
+            Severity::Critical,
+            "Payout outcome unknown",
+            "no answer from Stripe",
+            "{\"payoutId\":\"p\"}",
+            key,
+            at(minute),
+        )
+        .unwrap()
+    }
+
+    async fn run(repository: &dyn AlertRepository) {
+        let first = alert("payout_1:unknown", 1);
+        let (stored, created) = repository.create(&first).await.unwrap();
+        assert!(created);
+        assert_eq!(stored, first);
+        // The same key again (a retried raise) stores nothing new.
+        let (again, created) = repository
+            .create(&alert("payout_1:unknown", 5))
+            .await
+            .unwrap();
+        assert!(!created);
+        assert_eq!(again, first);
+        let second = alert("", 2);
+        let third = alert("payout_3:stray", 3);
+        repository.create(&second).await.unwrap();
+        repository.create(&third).await.unwrap();
+
+        let page = repository.list(None, None, 2).await.unwrap();
+        assert_eq!(page, vec![third.clone(), second.clone()]);
+        let cursor = Some((page[1].created_at, page[1].id.clone()));
+        assert_eq!(
+            repository.list(None, cursor, 10).await.unwrap(),
+            vec![first.clone()]
+        );
+
+        let resolved = first.moved_to(AlertStatus::Resolved, at(9)).unwrap();
+        repository.replace(&resolved, first.version).await.unwrap();
+        let error = repository
+            .replace(&resolved, first.version)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        assert_eq!(
+            repository
+                .list(Some(AlertStatus::Resolved), None, 10)
+                .await
+                .unwrap(),
+            vec![resolved.clone()]
+        );
+        assert_eq!(
+            repository
+                .list(Some(AlertStatus::Active), None, 10)
+                .await
+                .unwrap(),
+            vec![third, second]
+        );
+        assert_eq!(repository.get(&resolved.id).await.unwrap(), Some(resolved));
+        assert_eq!(repository.get("alert_nothing").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn embedded_alerts_conform() {
+        run(&MemoryAlerts::default()).await;
+    }
+
+    #[tokio::test]
+    async fn mongo_alerts_conform() {
+        let database = payouts_runtime::testing::mongo_database("alerts").await;
+        run(&MongoAlerts::open(&database).await.unwrap()).await;
+    }
 }

@@ -41,12 +41,18 @@ impl NotificationRepository for MemoryNotifications {
         &self,
         recipient_id: &str,
         unread_only: bool,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Notification>, ServiceError> {
         let by_id = self.lock();
         let mut found: Vec<Notification> = by_id
             .values()
             .filter(|n| n.recipient_id == recipient_id && !(unread_only && n.is_read()))
+            .filter(|n| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (n.created_at, &n.id) < (*at, id))
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| {

@@ -1,6 +1,7 @@
 //! The `notifications` collection: one trait, a MongoDB and an embedded implementation,
 //! and the conformance suite both must pass.
 
+mod alerts;
 mod memory;
 mod mongo;
 
@@ -15,6 +16,7 @@ use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::Notification;
 
+pub use alerts::{AlertRepository, MemoryAlerts, MongoAlerts};
 pub use memory::MemoryNotifications;
 pub use mongo::MongoNotifications;
 
@@ -28,11 +30,12 @@ pub trait NotificationRepository: Send + Sync + 'static {
         notification: Notification,
     ) -> Result<(Notification, bool), ServiceError>;
 
-    /// A recipient's notifications, newest first.
+    /// A recipient's notifications, newest first, after the (created_at, id) cursor.
     async fn list(
         &self,
         recipient_id: &str,
         unread_only: bool,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Notification>, ServiceError>;
 
@@ -54,10 +57,22 @@ pub(crate) fn storage_id(notification: &Notification) -> String {
     }
 }
 
-/// Opens the repository on the process's store, ensuring indexes.
-pub async fn open(store: &Store) -> anyhow::Result<Arc<dyn NotificationRepository>> {
+/// The notifications service's repositories.
+pub struct Repositories {
+    pub notifications: Arc<dyn NotificationRepository>,
+    pub alerts: Arc<dyn AlertRepository>,
+}
+
+/// Opens the repositories on the process's store, ensuring indexes.
+pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
     Ok(match store {
-        Store::Embedded => Arc::new(MemoryNotifications::default()),
-        Store::Mongo(database) => Arc::new(MongoNotifications::open(database).await?),
+        Store::Embedded => Repositories {
+            notifications: Arc::new(MemoryNotifications::default()),
+            alerts: Arc::new(MemoryAlerts::default()),
+        },
+        Store::Mongo(database) => Repositories {
+            notifications: Arc::new(MongoNotifications::open(database).await?),
+            alerts: Arc::new(MongoAlerts::open(database).await?),
+        },
     })
 }

@@ -124,11 +124,22 @@ impl NotificationRepository for MongoNotifications {
         &self,
         recipient_id: &str,
         unread_only: bool,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Notification>, ServiceError> {
         let mut filter = doc! { "recipientId": recipient_id };
         if unread_only {
             filter.insert("read", false);
+        }
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "createdAt": { "$lt": at } },
+                    doc! { "createdAt": at, "_id": { "$lt": id } },
+                ],
+            );
         }
         let documents: Vec<NotificationDocument> = find_many(
             &self.collection,

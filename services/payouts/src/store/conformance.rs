@@ -125,7 +125,7 @@ mod payouts {
     use payouts_runtime::store::store_precision;
     use payouts_runtime::{ErrorKind, Money};
 
-    use crate::payout::{Payout, PayoutStatus};
+    use crate::payout::{Cause, Payout, PayoutStatus, RETRY_BASE, SeenTransfer, TransferNews};
     use crate::store::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
 
     fn at(minute: i64) -> DateTime<Utc> {
@@ -134,39 +134,24 @@ mod payouts {
     }
 
     fn payout(id: &str, user: &str, key: &str, status: PayoutStatus, minute: i64) -> Payout {
-        let base = Payout {
-            id: id.to_owned(),
-            user_id: user.to_owned(),
-            amount: Money::usd(1_000_00),
-            status: PayoutStatus::Admitting,
-            idempotency_key: key.to_owned(),
-            destination: format!("acct_{user}"),
-            stripe_transfer_id: None,
-            stripe_payout_id: None,
-            approval_required: false,
-            flags: vec!["NEW_ACCOUNT".to_owned()],
-            hold_reason: Some("Amount exceeds $5,000.00".to_owned()),
-            hold_metadata_json: Some("{\"isNewAccount\":true}".to_owned()),
-            attempt: 0,
-            retry_count: 0,
-            next_retry_at: Some(at(minute)),
-            outcome_unknown: false,
-            failure_code: None,
-            failure_reason: None,
-            amount_reversed_cents: 0,
-            requested_at: at(minute),
-            completed_at: None,
-            webhook_processed_at: None,
-            updated_at: at(minute),
-            failed_transfer_ids: vec!["tr_failed".to_owned()],
-            applied_events: vec!["evt_a".to_owned()],
-            audit_log: Vec::new(),
-            version: 1,
-        };
+        let mut base = Payout::requested(
+            id.to_owned(),
+            user,
+            Money::usd(1_000_00),
+            key,
+            &format!("acct_{user}"),
+            at(minute),
+            Duration::zero(),
+        );
+        base.flags = vec!["NEW_ACCOUNT".to_owned()];
+        base.hold_reason = Some("Amount exceeds $5,000.00".to_owned());
+        base.hold_metadata_json = Some("{\"isNewAccount\":true}".to_owned());
+        base.failed_transfer_ids = vec!["tr_failed".to_owned()];
+        base.applied_events = vec!["evt_a".to_owned()];
         if status == PayoutStatus::Admitting {
             return base;
         }
-        // Through the state machine, so the audit trail is real.
+        // Through the state machine, so the audit trail and what it owes are real.
         let mut moved = base
             .admitted(
                 status == PayoutStatus::PendingApproval,
@@ -174,15 +159,45 @@ mod payouts {
                 "",
                 at(minute),
             )
-            .payout;
+            .unwrap();
         if status == PayoutStatus::Processing {
+            let seen = SeenTransfer {
+                id: format!("tr_{id}"),
+                attempt: Some(0),
+                destination_payment: Some(format!("py_{id}")),
+                amount_reversed_cents: 0,
+            };
             moved = moved
-                .transfer_created(&format!("tr_{id}"), "stripe", Some("evt_b"), at(minute))
-                .unwrap()
-                .payout;
+                .transfer_seen(
+                    &seen,
+                    &TransferNews::Exists,
+                    RETRY_BASE,
+                    Cause::event("stripe", "evt_b", at(minute)),
+                )
+                .unwrap();
         }
         moved.version = 1;
         moved
+    }
+
+    /// A payout with every owed and remembered thing set, to check they all round-trip.
+    fn busy(id: &str, minute: i64) -> Payout {
+        let claimed = payout(id, "u9", id, PayoutStatus::Pending, minute)
+            .claimed_for_transfer(at(minute), Duration::minutes(2))
+            .unwrap();
+        let later = Cause::new("stripe", at(minute + 120));
+        let mut unknown = claimed
+            .outcome_still_unknown("timeout", Duration::hours(1), later)
+            .unwrap();
+        unknown.stray_transfer_ids = vec!["tr_stray".to_owned()];
+        unknown.parked = true;
+        unknown.held = true;
+        unknown.raised_alerts = vec!["older".to_owned()];
+        unknown.quota.confirmed_sequence = 3;
+        unknown.quota.sequence = 4;
+        unknown.quota.target_cents = 25;
+        unknown.version = 1;
+        unknown
     }
 
     async fn run(repository: Arc<dyn PayoutRepository>) {
@@ -284,9 +299,29 @@ mod payouts {
         repository.delete("p4", 1).await.unwrap();
         assert_eq!(repository.get("p4").await.unwrap(), None);
 
-        // The audit projection is idempotent.
+        // The audit projection is idempotent and keeps the trail's order.
         repository.project_audit(&first.audit_log).await.unwrap();
         repository.project_audit(&first.audit_log).await.unwrap();
+        assert_eq!(
+            repository.projected_audit("p1").await.unwrap(),
+            first.audit_log
+        );
+        assert_eq!(repository.projected_audit("nothing").await.unwrap(), vec![]);
+
+        // What a payout owes and remembers round-trips; owed effects are due by time.
+        let busy = busy("p6", 6);
+        assert!(!busy.owed_alerts.is_empty() && busy.unknown_since.is_some());
+        repository.insert(&busy).await.unwrap();
+        assert_eq!(repository.get("p6").await.unwrap(), Some(busy.clone()));
+        let due_effects = repository.due_effects(at(500), 100).await.unwrap();
+        assert!(
+            ids(due_effects.clone()).contains(&"p6".to_owned()),
+            "{:?}",
+            ids(due_effects)
+        );
+        assert!(
+            !ids(repository.due_effects(at(-100), 100).await.unwrap()).contains(&"p6".to_owned())
+        );
 
         // Concurrent claims: one wins.
         let contested = payout("p5", "u2", "k5", PayoutStatus::Pending, 5);

@@ -15,7 +15,7 @@ use payouts_runtime::store::{
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
-use crate::payout::{AuditEntry, Payout, PayoutStatus};
+use crate::payout::{AuditEntry, OwedAlert, Payout, PayoutStatus, QuotaRelease};
 
 /// What inserting a payout did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +67,13 @@ pub trait PayoutRepository: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError>;
 
+    /// Payouts whose owed side effects are due (`effects_due_at` has come), earliest first.
+    async fn due_effects(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError>;
+
     /// Replaces the payout if its stored version is `expected_version`; Conflict otherwise.
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError>;
 
@@ -75,6 +82,18 @@ pub trait PayoutRepository: Send + Sync + 'static {
 
     /// Writes audit entries to the `payoutAuditLogs` projection (idempotent by entry id).
     async fn project_audit(&self, entries: &[AuditEntry]) -> Result<(), ServiceError>;
+
+    /// What the `payoutAuditLogs` projection holds for a payout, oldest first.
+    async fn projected_audit(&self, payout_id: &str) -> Result<Vec<AuditEntry>, ServiceError>;
+}
+
+/// An audit entry's position in its payout's trail (its id is "<payout id>:<position>").
+fn position(entry: &AuditEntry) -> i64 {
+    entry
+        .id
+        .rsplit_once(':')
+        .and_then(|(_, position)| position.parse().ok())
+        .unwrap_or(0)
 }
 
 fn stale(payout_id: &str) -> ServiceError {
@@ -91,6 +110,7 @@ fn newest_first(a: &Payout, b: &Payout) -> std::cmp::Ordering {
 #[derive(Debug, Default)]
 pub struct MemoryPayouts {
     payouts: Mutex<HashMap<String, Payout>>,
+    audit: Mutex<HashMap<String, AuditEntry>>,
 }
 
 impl MemoryPayouts {
@@ -205,6 +225,26 @@ impl PayoutRepository for MemoryPayouts {
         Ok(found)
     }
 
+    async fn due_effects(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let mut found: Vec<Payout> = self
+            .lock()
+            .values()
+            .filter(|p| p.effects_due_at.is_some_and(|at| at <= now))
+            .cloned()
+            .collect();
+        found.sort_by(|a, b| {
+            a.effects_due_at
+                .cmp(&b.effects_due_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        found.truncate(limit);
+        Ok(found)
+    }
+
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
         let mut payouts = self.lock();
         match payouts.get_mut(&payout.id) {
@@ -227,9 +267,31 @@ impl PayoutRepository for MemoryPayouts {
         }
     }
 
-    async fn project_audit(&self, _entries: &[AuditEntry]) -> Result<(), ServiceError> {
-        // The embedded store keeps the trail in the payout only.
+    async fn project_audit(&self, entries: &[AuditEntry]) -> Result<(), ServiceError> {
+        let mut audit = self
+            .audit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for entry in entries {
+            audit
+                .entry(entry.id.clone())
+                .or_insert_with(|| entry.clone());
+        }
         Ok(())
+    }
+
+    async fn projected_audit(&self, payout_id: &str) -> Result<Vec<AuditEntry>, ServiceError> {
+        let audit = self
+            .audit
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut found: Vec<AuditEntry> = audit
+            .values()
+            .filter(|entry| entry.payout_id == payout_id)
+            .cloned()
+            .collect();
+        found.sort_by_key(position);
+        Ok(found)
     }
 }
 
@@ -254,8 +316,12 @@ struct PayoutDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stripe_transfer_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    destination_payment_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     stripe_payout_id: Option<String>,
     approval_required: bool,
+    #[serde(default)]
+    held: bool,
     flags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     hold_reason: Option<String>,
@@ -265,7 +331,13 @@ struct PayoutDocument {
     retry_count: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_retry_at: Option<bson::DateTime>,
+    #[serde(default)]
+    work_attempts: i64,
+    #[serde(default)]
+    parked: bool,
     outcome_unknown: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unknown_since: Option<bson::DateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     failure_code: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -279,9 +351,43 @@ struct PayoutDocument {
     updated_at: bson::DateTime,
     #[serde(default)]
     failed_transfer_ids: Vec<String>,
+    #[serde(default)]
+    stray_transfer_ids: Vec<String>,
     applied_events: Vec<String>,
     audit_log: Vec<AuditDocument>,
+    #[serde(default)]
+    audit_projected: i64,
+    #[serde(default)]
+    quota: QuotaDocument,
+    #[serde(default)]
+    owed_alerts: Vec<AlertDocument>,
+    #[serde(default)]
+    raised_alerts: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    effects_due_at: Option<bson::DateTime>,
+    #[serde(default)]
+    effects_attempts: i64,
     version: i64,
+}
+
+/// What the payout owes the limits service, and what it confirmed.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct QuotaDocument {
+    target_cents: i64,
+    sequence: i64,
+    confirmed_cents: i64,
+    confirmed_sequence: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AlertDocument {
+    key: String,
+    #[serde(rename = "type")]
+    kind: String,
+    title: String,
+    description: String,
 }
 
 /// A payoutAuditLogs document (spec §2 shape, with from -> to, why, who, when).
@@ -291,6 +397,9 @@ struct AuditDocument {
     #[serde(rename = "_id")]
     id: String,
     payout_id: String,
+    /// Position in the payout's trail (oldest first).
+    #[serde(default)]
+    position: i64,
     event_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     from: Option<String>,
@@ -310,6 +419,7 @@ impl From<&AuditEntry> for AuditDocument {
         Self {
             id: e.id.clone(),
             payout_id: e.payout_id.clone(),
+            position: position(e),
             event_type: e.event_type.clone(),
             from: e.from_status.map(|status| status.as_str().to_owned()),
             to: e.to_status.as_str().to_owned(),
@@ -365,15 +475,20 @@ impl From<&Payout> for PayoutDocument {
             idempotency_key: p.idempotency_key.clone(),
             destination: p.destination.clone(),
             stripe_transfer_id: p.stripe_transfer_id.clone(),
+            destination_payment_id: p.destination_payment_id.clone(),
             stripe_payout_id: p.stripe_payout_id.clone(),
             approval_required: p.approval_required,
+            held: p.held,
             flags: p.flags.clone(),
             hold_reason: p.hold_reason.clone(),
             hold_metadata_json: p.hold_metadata_json.clone(),
             attempt: i64::from(p.attempt),
             retry_count: i64::from(p.retry_count),
             next_retry_at: p.next_retry_at.map(to_bson_time),
+            work_attempts: i64::from(p.work_attempts),
+            parked: p.parked,
             outcome_unknown: p.outcome_unknown,
+            unknown_since: p.unknown_since.map(to_bson_time),
             failure_code: p.failure_code.clone(),
             failure_reason: p.failure_reason.clone(),
             amount_reversed_cents: p.amount_reversed_cents,
@@ -382,8 +497,29 @@ impl From<&Payout> for PayoutDocument {
             webhook_processed_at: p.webhook_processed_at.map(to_bson_time),
             updated_at: to_bson_time(p.updated_at),
             failed_transfer_ids: p.failed_transfer_ids.clone(),
+            stray_transfer_ids: p.stray_transfer_ids.clone(),
             applied_events: p.applied_events.clone(),
             audit_log: p.audit_log.iter().map(AuditDocument::from).collect(),
+            audit_projected: i64::from(p.audit_projected),
+            quota: QuotaDocument {
+                target_cents: p.quota.target_cents,
+                sequence: p.quota.sequence,
+                confirmed_cents: p.quota.confirmed_cents,
+                confirmed_sequence: p.quota.confirmed_sequence,
+            },
+            owed_alerts: p
+                .owed_alerts
+                .iter()
+                .map(|a| AlertDocument {
+                    key: a.key.clone(),
+                    kind: a.kind.clone(),
+                    title: a.title.clone(),
+                    description: a.description.clone(),
+                })
+                .collect(),
+            raised_alerts: p.raised_alerts.clone(),
+            effects_due_at: p.effects_due_at.map(to_bson_time),
+            effects_attempts: i64::from(p.effects_attempts),
             version: p.version,
         }
     }
@@ -399,6 +535,12 @@ impl TryFrom<PayoutDocument> for Payout {
             attempt: u32::try_from(d.attempt).map_err(|_| corrupt(&d.id, "a bad attempt"))?,
             retry_count: u32::try_from(d.retry_count)
                 .map_err(|_| corrupt(&d.id, "a bad retry count"))?,
+            work_attempts: u32::try_from(d.work_attempts)
+                .map_err(|_| corrupt(&d.id, "a bad work attempt count"))?,
+            audit_projected: u32::try_from(d.audit_projected)
+                .map_err(|_| corrupt(&d.id, "a bad audit count"))?,
+            effects_attempts: u32::try_from(d.effects_attempts)
+                .map_err(|_| corrupt(&d.id, "a bad effects attempt count"))?,
             audit_log: d
                 .audit_log
                 .into_iter()
@@ -409,13 +551,17 @@ impl TryFrom<PayoutDocument> for Payout {
             idempotency_key: d.idempotency_key,
             destination: d.destination,
             stripe_transfer_id: d.stripe_transfer_id,
+            destination_payment_id: d.destination_payment_id,
             stripe_payout_id: d.stripe_payout_id,
             approval_required: d.approval_required,
+            held: d.held,
             flags: d.flags,
             hold_reason: d.hold_reason,
             hold_metadata_json: d.hold_metadata_json,
             next_retry_at: d.next_retry_at.map(from_bson_time),
+            parked: d.parked,
             outcome_unknown: d.outcome_unknown,
+            unknown_since: d.unknown_since.map(from_bson_time),
             failure_code: d.failure_code,
             failure_reason: d.failure_reason,
             amount_reversed_cents: d.amount_reversed_cents,
@@ -424,7 +570,26 @@ impl TryFrom<PayoutDocument> for Payout {
             webhook_processed_at: d.webhook_processed_at.map(from_bson_time),
             updated_at: from_bson_time(d.updated_at),
             failed_transfer_ids: d.failed_transfer_ids,
+            stray_transfer_ids: d.stray_transfer_ids,
             applied_events: d.applied_events,
+            quota: QuotaRelease {
+                target_cents: d.quota.target_cents,
+                sequence: d.quota.sequence,
+                confirmed_cents: d.quota.confirmed_cents,
+                confirmed_sequence: d.quota.confirmed_sequence,
+            },
+            owed_alerts: d
+                .owed_alerts
+                .into_iter()
+                .map(|a| OwedAlert {
+                    key: a.key,
+                    kind: a.kind,
+                    title: a.title,
+                    description: a.description,
+                })
+                .collect(),
+            raised_alerts: d.raised_alerts,
+            effects_due_at: d.effects_due_at.map(from_bson_time),
             version: d.version,
         })
     }
@@ -452,13 +617,16 @@ impl MongoPayouts {
                 IndexModel::builder()
                     .keys(doc! { "status": 1, "nextRetryAt": 1 })
                     .build(),
+                IndexModel::builder()
+                    .keys(doc! { "effectsDueAt": 1 })
+                    .build(),
             ])
             .await?;
         let audit = database.collection::<AuditDocument>("payoutAuditLogs");
         audit
             .create_index(
                 IndexModel::builder()
-                    .keys(doc! { "payoutId": 1, "timestamp": 1 })
+                    .keys(doc! { "payoutId": 1, "position": 1 })
                     .build(),
             )
             .await?;
@@ -573,6 +741,19 @@ impl PayoutRepository for MongoPayouts {
         .await
     }
 
+    async fn due_effects(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.find(
+            doc! { "effectsDueAt": { "$lte": to_bson_time(now) } },
+            doc! { "effectsDueAt": 1, "_id": 1 },
+            limit,
+        )
+        .await
+    }
+
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
         let result = self
             .payouts
@@ -611,5 +792,16 @@ impl PayoutRepository for MongoPayouts {
             }
         }
         Ok(())
+    }
+
+    async fn projected_audit(&self, payout_id: &str) -> Result<Vec<AuditEntry>, ServiceError> {
+        let documents: Vec<AuditDocument> = find_many(
+            &self.audit,
+            doc! { "payoutId": payout_id },
+            doc! { "position": 1 },
+            100_000,
+        )
+        .await?;
+        documents.into_iter().map(AuditEntry::try_from).collect()
     }
 }

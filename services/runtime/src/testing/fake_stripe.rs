@@ -1,7 +1,9 @@
 //! A fake Stripe API on loopback for tests: the endpoints Payouts calls, answering with the
 //! shapes of Stripe's fixtures, honouring `Idempotency-Key` as Stripe does (the first result
-//! for a key is replayed; the same key with other parameters is an error), and programmable
-//! to fail: error codes, 429, 5xx, or a response lost after the transfer was made.
+//! for a key is replayed, errors included; the same key with other parameters is an
+//! error), and programmable to fail: error codes, 429, 5xx before or after the transfer is
+//! made, a response lost after the transfer was made, failed lookups. Its state is a
+//! [`Ledger`], the same model the deterministic simulation uses.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,34 +16,33 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::stripe::fixture;
+use super::stripe_ledger::{Ledger, error_body};
 
 /// What the next `POST /v1/transfers` does instead of succeeding.
 #[derive(Debug, Clone)]
 pub enum Behaviour {
-    /// Answer with a Stripe error: status, `error.code`, message. Nothing is created.
+    /// Answer with a Stripe error: status, `error.code`, message. Nothing is created. The
+    /// answer is stored under the key (Stripe stores the first result, also a 500), except a
+    /// 429, which Stripe never executed.
     Error {
         status: u16,
         code: String,
         message: String,
     },
+    /// Create the transfer, then answer with a 5xx (stored under the key, as Stripe would).
+    ErrorAfterCreate { status: u16 },
     /// Create the transfer (and remember it under the key), then answer with a garbled body,
     /// as if the response was lost on the way.
     LoseResponse,
 }
 
-/// The first answer Stripe gave under an idempotency key, with the parameters it was for.
-struct Reply {
-    params: Vec<(String, String)>,
-    status: u16,
-    body: String,
-}
-
 #[derive(Default)]
 struct StripeState {
-    transfers: Vec<Value>,
-    replies: HashMap<String, Reply>,
+    ledger: Ledger,
     script: VecDeque<Behaviour>,
+    lookup_failures: VecDeque<(u16, String)>,
     create_calls: usize,
+    lookup_calls: usize,
     available_cents: i64,
     pending_cents: i64,
 }
@@ -61,15 +62,17 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, StripeState> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn stripe_error(status: u16, kind: &str, code: &str, message: &str) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = json!({ "error": { "type": kind, "code": code, "message": message } });
-    (status, axum::Json(body)).into_response()
-}
-
 fn json_response(status: u16, body: String) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     (status, [("content-type", "application/json")], body).into_response()
+}
+
+fn stripe_error(status: u16, code: &str, message: &str) -> Response {
+    json_response(status, error_body(status, code, message))
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 /// Every endpoint wants a secret key, as Stripe's do.
@@ -83,12 +86,7 @@ async fn require_secret_key(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("Bearer sk_"));
     if !authorised {
-        return stripe_error(
-            401,
-            "invalid_request_error",
-            "api_key_invalid",
-            "Invalid API Key provided",
-        );
+        return stripe_error(401, "api_key_invalid", "Invalid API Key provided");
     }
     next.run(request).await
 }
@@ -105,17 +103,9 @@ async fn create_transfer(
     let mut state = lock(&state);
     state.create_calls += 1;
     if let Some(key) = &key
-        && let Some(reply) = state.replies.get(key)
+        && let Some((status, body)) = state.ledger.replay(key, &params)
     {
-        if reply.params != params {
-            return stripe_error(
-                400,
-                "idempotency_error",
-                "idempotency_key_in_use",
-                "Keys for idempotent requests can only be used with the same parameters they were first used with.",
-            );
-        }
-        return json_response(reply.status, reply.body.clone());
+        return json_response(status, body);
     }
     let behaviour = state.script.pop_front();
     if let Some(Behaviour::Error {
@@ -124,101 +114,57 @@ async fn create_transfer(
         message,
     }) = &behaviour
     {
-        let kind = if *status >= 500 {
-            "api_error"
-        } else {
-            "invalid_request_error"
-        };
-        let response =
-            json!({ "error": { "type": kind, "code": code, "message": message } }).to_string();
-        if let Some(key) = key {
-            // Stripe stores the first result for a key, errors included.
-            state.replies.insert(
-                key,
-                Reply {
-                    params,
-                    status: *status,
-                    body: response.clone(),
-                },
-            );
+        let body = error_body(*status, code, message);
+        if let Some(key) = &key
+            && *status != 429
+        {
+            state.ledger.remember(key, &params, *status, &body);
         }
-        return json_response(*status, response);
+        return json_response(*status, body);
     }
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-    };
-    let mut transfer = fixture("transfer");
-    let id = format!("tr_fake_{}", state.transfers.len() + 1);
-    transfer["id"] = json!(id);
-    transfer["amount"] = json!(
-        param("amount")
-            .and_then(|amount| amount.parse::<i64>().ok())
-            .unwrap_or(0)
-    );
-    transfer["currency"] = json!(param("currency").unwrap_or_default());
-    transfer["destination"] = json!(param("destination").unwrap_or_default());
-    transfer["transfer_group"] = param("transfer_group").map_or(Value::Null, |group| json!(group));
-    transfer["description"] = param("description").map_or(Value::Null, |text| json!(text));
-    transfer["created"] = json!(chrono::Utc::now().timestamp());
-    transfer["reversals"]["url"] = json!(format!("/v1/transfers/{id}/reversals"));
-    let metadata: serde_json::Map<String, Value> = params
-        .iter()
-        .filter_map(|(key, value)| {
-            let name = key.strip_prefix("metadata[")?.strip_suffix(']')?;
-            Some((name.to_owned(), json!(value)))
-        })
-        .collect();
-    transfer["metadata"] = Value::Object(metadata);
+    let transfer = state.ledger.create_transfer(&params, now());
     let body = transfer.to_string();
-    state.transfers.push(transfer);
-    if let Some(key) = key {
-        state.replies.insert(
-            key,
-            Reply {
-                params,
-                status: 200,
-                body: body.clone(),
-            },
-        );
+    let (status, stored) = match behaviour {
+        Some(Behaviour::ErrorAfterCreate { status }) => (
+            status,
+            error_body(status, "api_error", "fake failure after create"),
+        ),
+        _ => (200, body.clone()),
+    };
+    if let Some(key) = &key {
+        state.ledger.remember(key, &params, status, &stored);
     }
     match behaviour {
         Some(Behaviour::LoseResponse) => json_response(200, body[..body.len() / 2].to_owned()),
-        _ => json_response(200, body),
+        _ => json_response(status, stored),
     }
+}
+
+fn list(data: Vec<Value>, url: &str, has_more: bool) -> Response {
+    axum::Json(json!({ "object": "list", "data": data, "has_more": has_more, "url": url }))
+        .into_response()
 }
 
 async fn list_transfers(
     State(state): State<Shared>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let state = lock(&state);
-    let data: Vec<&Value> = state
-        .transfers
-        .iter()
-        .filter(|transfer| {
-            query
-                .get("transfer_group")
-                .is_none_or(|group| transfer["transfer_group"].as_str() == Some(group.as_str()))
-        })
-        .collect();
-    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/transfers" }))
-        .into_response()
+    let mut state = lock(&state);
+    state.lookup_calls += 1;
+    if let Some((status, code)) = state.lookup_failures.pop_front() {
+        return stripe_error(status, &code, "fake lookup failure");
+    }
+    let data = state
+        .ledger
+        .list_transfers(query.get("transfer_group").map(String::as_str));
+    list(data, "/v1/transfers", false)
 }
 
 async fn retrieve_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
-    let state = lock(&state);
-    match state
-        .transfers
-        .iter()
-        .find(|transfer| transfer["id"] == id.as_str())
-    {
-        Some(transfer) => axum::Json(transfer.clone()).into_response(),
+    match lock(&state).ledger.transfer(&id) {
+        Some(transfer) => axum::Json(transfer).into_response(),
         None => stripe_error(
             404,
-            "invalid_request_error",
             "resource_missing",
             &format!("No such transfer: '{id}'"),
         ),
@@ -233,10 +179,49 @@ async fn balance(State(state): State<Shared>) -> Response {
     axum::Json(balance).into_response()
 }
 
-async fn account(Path(id): Path<String>) -> Response {
-    let mut account = fixture("account");
-    account["id"] = json!(id);
-    axum::Json(account).into_response()
+async fn account(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    axum::Json(lock(&state).ledger.account(&id)).into_response()
+}
+
+/// `GET /v1/balance_transactions?payout=po_...` on behalf of a connected account
+/// (`Stripe-Account`), paginated with `limit` and `starting_after` as Stripe does.
+async fn balance_transactions(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(account) = headers
+        .get("stripe-account")
+        .and_then(|value| value.to_str().ok())
+    else {
+        return stripe_error(
+            400,
+            "parameter_missing",
+            "a payout's transactions are listed on its connected account (Stripe-Account)",
+        );
+    };
+    let Some(payout) = query.get("payout") else {
+        return stripe_error(400, "parameter_missing", "payout is required");
+    };
+    let Some(all) = lock(&state).ledger.balance_transactions(account, payout) else {
+        return stripe_error(
+            404,
+            "resource_missing",
+            &format!("No such payout: '{payout}'"),
+        );
+    };
+    let limit: usize = query
+        .get("limit")
+        .and_then(|limit| limit.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let start = query
+        .get("starting_after")
+        .and_then(|after| all.iter().position(|t| t["id"] == after.as_str()))
+        .map_or(0, |position| position + 1);
+    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let has_more = start + page.len() < all.len();
+    list(page, "/v1/balance_transactions", has_more)
 }
 
 async fn create_webhook_endpoint(
@@ -261,8 +246,11 @@ async fn create_webhook_endpoint(
 }
 
 async fn list_webhook_endpoints() -> Response {
-    axum::Json(json!({ "object": "list", "data": [fixture("webhook_endpoint")], "has_more": false, "url": "/v1/webhook_endpoints" }))
-        .into_response()
+    list(
+        vec![fixture("webhook_endpoint")],
+        "/v1/webhook_endpoints",
+        false,
+    )
 }
 
 impl FakeStripe {
@@ -276,6 +264,7 @@ impl FakeStripe {
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
             .route("/v1/transfers/{id}", get(retrieve_transfer))
             .route("/v1/balance", get(balance))
+            .route("/v1/balance_transactions", get(balance_transactions))
             .route("/v1/accounts/{id}", get(account))
             .route(
                 "/v1/webhook_endpoints",
@@ -312,9 +301,16 @@ impl FakeStripe {
         });
     }
 
+    /// The next transfer lookup (`GET /v1/transfers`) answers with this error.
+    pub fn fail_next_lookup(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .lookup_failures
+            .push_back((status, code.to_owned()));
+    }
+
     /// Every transfer made so far.
     pub fn transfers(&self) -> Vec<Value> {
-        lock(&self.state).transfers.clone()
+        lock(&self.state).ledger.transfers().to_vec()
     }
 
     /// How many transfer creations were requested (replays included).
@@ -322,10 +318,37 @@ impl FakeStripe {
         lock(&self.state).create_calls
     }
 
+    /// How many transfer lookups were requested.
+    pub fn lookup_calls(&self) -> usize {
+        lock(&self.state).lookup_calls
+    }
+
     /// Sets the platform balance `GET /v1/balance` reports.
     pub fn set_balance(&self, available_cents: i64, pending_cents: i64) {
         let mut state = lock(&self.state);
         state.available_cents = available_cents;
         state.pending_cents = pending_cents;
+    }
+
+    /// Sets whether a connected account takes payouts (`GET /v1/accounts/{id}`).
+    pub fn set_payouts_enabled(&self, account: &str, enabled: bool) {
+        lock(&self.state)
+            .ledger
+            .set_payouts_enabled(account, enabled);
+    }
+
+    /// Reverses `cents` more of a transfer; the transfer after it.
+    pub fn reverse(&self, transfer_id: &str, cents: i64) -> Option<Value> {
+        lock(&self.state).ledger.reverse(transfer_id, cents)
+    }
+
+    /// Pays the connected account's balance out to its bank: the bank payout object.
+    pub fn pay_out(&self, account: &str) -> Option<Value> {
+        lock(&self.state).ledger.pay_out(account, now())
+    }
+
+    /// Forgets every idempotency key (Stripe prunes them after 24 hours).
+    pub fn forget_idempotency_keys(&self) {
+        lock(&self.state).ledger.forget_replies();
     }
 }

@@ -26,11 +26,24 @@ static SERVER_PROCESS: Mutex<Option<Child>> = Mutex::new(None);
 pub async fn mongo_database(prefix: &str) -> mongodb::Database {
     let uri = mongo_uri();
     let name = unique_database_name(prefix);
-    crate::store::connect_mongo(&uri, &name)
+    crate::store::connect_mongo(&uri, &name, Duration::from_secs(10))
         .await
         .unwrap_or_else(|error| {
             panic!("cannot connect to the MongoDB test server {uri}: {error:#}")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn majority_writes_carry_a_wtimeout() {
+        let database = super::mongo_database("wtimeout").await;
+        let concern = database.write_concern().cloned().unwrap_or_default();
+        assert_eq!(concern.w, Some(mongodb::options::Acknowledgment::Majority));
+        assert_eq!(concern.w_timeout, Some(Duration::from_secs(10)));
+    }
 }
 
 /// A unique database name (MongoDB allows 63 bytes).
@@ -170,3 +183,4 @@ fn free_port() -> Result<u16, String> {
 
 pub mod fake_stripe;
 pub mod stripe;
+pub mod stripe_ledger;

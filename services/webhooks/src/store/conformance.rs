@@ -31,7 +31,7 @@ fn event(endpoint: Endpoint, id: &str, status: EventStatus, minute: i64) -> Inbo
         deliveries: 1,
         received_at: at(minute),
         next_attempt_at: Some(at(minute)),
-        completed_at: None,
+        completed_at: (status == EventStatus::Completed).then(|| at(minute)),
         failed_at: None,
         last_error: None,
         outcome: None,
@@ -250,16 +250,34 @@ async fn statistics_and_lists_by_status(repository: &dyn InboxRepository) {
     assert_eq!(after.processing, before.processing);
 
     let failed = repository
-        .list(Some(EventStatus::Failed), 10)
+        .list(Some(EventStatus::Failed), None, 10)
         .await
         .unwrap();
     assert_eq!(failed, vec![failed_new.clone(), failed_old]);
     assert_eq!(
-        repository.list(Some(EventStatus::Failed), 1).await.unwrap(),
+        repository
+            .list(Some(EventStatus::Failed), None, 1)
+            .await
+            .unwrap(),
         vec![failed_new.clone()]
     );
-    let recent = repository.list(None, 2).await.unwrap();
-    assert_eq!(recent, vec![failed_new, failed_old_again(repository).await]);
+    let recent = repository.list(None, None, 2).await.unwrap();
+    assert_eq!(
+        recent,
+        vec![failed_new.clone(), failed_old_again(repository).await]
+    );
+    // The next page starts after the cursor of the last event of the previous one.
+    let cursor = Some((
+        failed_new.received_at,
+        storage_id(failed_new.endpoint, &failed_new.event_id),
+    ));
+    assert_eq!(
+        repository
+            .list(Some(EventStatus::Failed), cursor, 10)
+            .await
+            .unwrap(),
+        vec![failed_old_again(repository).await]
+    );
 }
 
 async fn failed_old_again(repository: &dyn InboxRepository) -> InboxEvent {
@@ -282,13 +300,13 @@ async fn mongo_store_conforms() {
 }
 
 #[tokio::test]
-async fn mongo_store_expires_events_after_thirty_days() {
+async fn mongo_store_expires_only_completed_events_thirty_days_after_completion() {
     let database = payouts_runtime::testing::mongo_database("webhooks_ttl").await;
-    MongoInbox::open(&database).await.unwrap();
+    let repository = MongoInbox::open(&database).await.unwrap();
     // Opening twice is fine: indexes are ensured idempotently.
     MongoInbox::open(&database).await.unwrap();
-    let indexes: Vec<_> = database
-        .collection::<mongodb::bson::Document>("processedWebhookEvents")
+    let collection = database.collection::<mongodb::bson::Document>("processedWebhookEvents");
+    let indexes: Vec<_> = collection
         .list_indexes()
         .await
         .unwrap()
@@ -305,14 +323,39 @@ async fn mongo_store_expires_events_after_thirty_days() {
             .and_then(|options| options.expire_after),
         Some(std::time::Duration::ZERO)
     );
-    let stored = event(
-        Endpoint::StripePayouts,
-        "evt_ttl",
-        EventStatus::Completed,
-        0,
-    );
-    assert_eq!(
-        stored.expires_at() - stored.received_at,
-        crate::domain::RETENTION
-    );
+    // A parked failed event and one still being retried carry no expiry: the TTL index
+    // never removes them. A completed one expires 30 days after it completed.
+    for (id, status) in [
+        ("evt_ttl_failed", EventStatus::Failed),
+        ("evt_ttl_processing", EventStatus::Processing),
+        ("evt_ttl_completed", EventStatus::Completed),
+    ] {
+        let stored = event(Endpoint::StripePayouts, id, status, 0);
+        repository.insert_new(&stored).await.unwrap();
+        let document = collection
+            .find_one(mongodb::bson::doc! { "eventId": id })
+            .await
+            .unwrap()
+            .unwrap();
+        match status {
+            EventStatus::Completed => {
+                let completed = stored.completed_at.unwrap();
+                assert_eq!(
+                    stored.expires_at(),
+                    Some(completed + crate::domain::RETENTION)
+                );
+                assert_eq!(
+                    document
+                        .get_datetime("expiresAt")
+                        .unwrap()
+                        .timestamp_millis(),
+                    (completed + crate::domain::RETENTION).timestamp_millis()
+                );
+            }
+            _ => {
+                assert_eq!(stored.expires_at(), None, "{id}");
+                assert!(!document.contains_key("expiresAt"), "{id}: {document:?}");
+            }
+        }
+    }
 }

@@ -109,6 +109,7 @@ impl InboxRepository for MemoryInbox {
     async fn list(
         &self,
         status: Option<EventStatus>,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<InboxEvent>, ServiceError> {
         let mut found: Vec<InboxEvent> = self
@@ -116,6 +117,14 @@ impl InboxRepository for MemoryInbox {
             .events
             .values()
             .filter(|event| status.is_none_or(|status| event.status == status))
+            .filter(|event| {
+                after.as_ref().is_none_or(|(at, id)| {
+                    (
+                        event.received_at,
+                        storage_id(event.endpoint, &event.event_id),
+                    ) < (*at, id.clone())
+                })
+            })
             .cloned()
             .collect();
         found.sort_by(|a, b| {

@@ -49,10 +49,12 @@ pub trait InboxRepository: Send + Sync + 'static {
     /// Counts by status.
     async fn statistics(&self) -> Result<Statistics, ServiceError>;
 
-    /// Most recently received first; only `status` when given.
+    /// Most recently received first; only `status` when given; after the
+    /// (received_at, storage id) cursor.
     async fn list(
         &self,
         status: Option<EventStatus>,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<InboxEvent>, ServiceError>;
 }
@@ -64,8 +66,8 @@ pub(crate) fn stale(event: &InboxEvent) -> ServiceError {
     ))
 }
 
-/// The storage id of an event.
-pub(crate) fn storage_id(endpoint: Endpoint, event_id: &str) -> String {
+/// The storage id of an event ("<endpoint>:<event id>"), also its list cursor.
+pub fn storage_id(endpoint: Endpoint, event_id: &str) -> String {
     format!("{}:{}", endpoint.as_str(), event_id)
 }
 

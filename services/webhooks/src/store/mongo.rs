@@ -53,7 +53,10 @@ struct EventDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<String>,
     version: i64,
-    expires_at: bson::DateTime,
+    /// Set once the event completed; the TTL index removes it 30 days later. Absent while
+    /// processing or failed, so those are never removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at: Option<bson::DateTime>,
 }
 
 impl From<&InboxEvent> for EventDocument {
@@ -78,7 +81,7 @@ impl From<&InboxEvent> for EventDocument {
             error: e.last_error.clone(),
             outcome: e.outcome.clone(),
             version: e.version,
-            expires_at: to_bson_time(e.expires_at()),
+            expires_at: e.expires_at().map(to_bson_time),
         }
     }
 }
@@ -214,12 +217,23 @@ impl InboxRepository for MongoInbox {
     async fn list(
         &self,
         status: Option<EventStatus>,
+        after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<InboxEvent>, ServiceError> {
-        let filter = match status {
+        let mut filter = match status {
             Some(status) => doc! { "status": status.as_str() },
             None => doc! {},
         };
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "processedAt": { "$lt": at } },
+                    doc! { "processedAt": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
         let documents: Vec<EventDocument> = find_many(
             &self.collection,
             filter,

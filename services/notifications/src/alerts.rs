@@ -1,0 +1,214 @@
+//! Critical alerts (spec §10 `criticalAlerts`) as values: what needs an admin's attention,
+//! raised once per dedupe key, and moved only forward (active -> acknowledged -> resolved).
+//!
+//! This is the store that services raise their alerts in (a payout whose outcome stays
+//! unknown, work that failed too often, a transfer Stripe shows that we did not expect).
+//! Email delivery and balance alerts build on it.
+
+use chrono::{DateTime, Utc};
+use payouts_runtime::ServiceError;
+use payouts_runtime::convert::required_id;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Severity::Info, Severity::Warning, Severity::Critical]
+            .into_iter()
+            .find(|severity| severity.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertStatus {
+    Active,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Active => "active",
+            AlertStatus::Acknowledged => "acknowledged",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            AlertStatus::Active,
+            AlertStatus::Acknowledged,
+            AlertStatus::Resolved,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            AlertStatus::Active => 0,
+            AlertStatus::Acknowledged => 1,
+            AlertStatus::Resolved => 2,
+        }
+    }
+}
+
+/// A stored alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    /// "alert_<dedupe key>" when raised with a key, so a retried raise stores nothing new.
+    pub id: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub title: String,
+    pub description: String,
+    /// JSON object text.
+    pub data_json: String,
+    pub status: AlertStatus,
+    pub dedupe_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub version: i64,
+}
+
+/// The id an alert is stored under: its dedupe key decides it when there is one.
+pub fn alert_id(dedupe_key: Option<&str>, generated: String) -> String {
+    match dedupe_key {
+        Some(key) => format!("alert_{key}"),
+        None => generated,
+    }
+}
+
+impl Alert {
+    /// A new alert from caller input; every problem names its field.
+    #[allow(clippy::too_many_arguments)]
+    pub fn raise(
+        generated_id: String,
+        kind: &str,
+        severity: Severity,
+        title: &str,
+        description: &str,
+        data_json: &str,
+        dedupe_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Self, ServiceError> {
+        let data_json = if data_json.trim().is_empty() {
+            "{}".to_owned()
+        } else {
+            data_json.to_owned()
+        };
+        if !(data_json.trim_start().starts_with('{') && data_json.trim_end().ends_with('}')) {
+            return Err(ServiceError::invalid_argument(
+                "data_json must be a JSON object",
+            ));
+        }
+        if title.trim().is_empty() {
+            return Err(ServiceError::invalid_argument("title is required"));
+        }
+        let dedupe_key = Some(dedupe_key.trim().to_owned()).filter(|key| !key.is_empty());
+        if dedupe_key.as_ref().is_some_and(|key| key.len() > 200) {
+            return Err(ServiceError::invalid_argument(
+                "dedupe_key is longer than 200 characters",
+            ));
+        }
+        Ok(Self {
+            id: alert_id(dedupe_key.as_deref(), generated_id),
+            kind: required_id(kind, "type")?,
+            severity,
+            title: title.trim().to_owned(),
+            description: description.to_owned(),
+            data_json,
+            status: AlertStatus::Active,
+            dedupe_key,
+            created_at: now,
+            acknowledged_at: None,
+            resolved_at: None,
+            version: 1,
+        })
+    }
+
+    /// The alert moved to `to`; `None` when that would move it backwards (or nowhere).
+    pub fn moved_to(&self, to: AlertStatus, now: DateTime<Utc>) -> Option<Alert> {
+        if to.rank() <= self.status.rank() {
+            return None;
+        }
+        let mut moved = self.clone();
+        moved.status = to;
+        moved.version += 1;
+        match to {
+            AlertStatus::Acknowledged => moved.acknowledged_at = Some(now),
+            AlertStatus::Resolved => {
+                moved.acknowledged_at.get_or_insert(now);
+                moved.resolved_at = Some(now);
+            }
+            AlertStatus::Active => {}
+        }
+        Some(moved)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    fn alert(key: &str) -> Alert {
+        Alert::raise(
+            "generated".to_owned(),
+            "payout_outcome_unknown",
+            Severity::Critical,
+            "Payout outcome unknown",
+            "",
+            "",
+            key,
+            now(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_dedupe_key_decides_the_id() {
+        assert_eq!(alert("payout_1:unknown").id, "alert_payout_1:unknown");
+        assert_eq!(alert(" ").id, "generated");
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let error =
+            Alert::raise("g".into(), "", Severity::Info, "T", "", "", "", now()).unwrap_err();
+        assert_eq!(error.message(), "type is required");
+        let error =
+            Alert::raise("g".into(), "t", Severity::Info, "T", "", "[]", "", now()).unwrap_err();
+        assert_eq!(error.message(), "data_json must be a JSON object");
+    }
+
+    #[test]
+    fn alerts_only_move_forward() {
+        let active = alert("k");
+        let acknowledged = active.moved_to(AlertStatus::Acknowledged, now()).unwrap();
+        assert_eq!(acknowledged.acknowledged_at, Some(now()));
+        let resolved = acknowledged.moved_to(AlertStatus::Resolved, now()).unwrap();
+        assert_eq!(resolved.resolved_at, Some(now()));
+        assert_eq!(resolved.moved_to(AlertStatus::Acknowledged, now()), None);
+        assert_eq!(resolved.moved_to(AlertStatus::Active, now()), None);
+        assert_eq!(active.moved_to(AlertStatus::Active, now()), None);
+    }
+}

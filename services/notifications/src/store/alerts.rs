@@ -1,0 +1,268 @@
+//! `criticalAlerts`: the alert repository, embedded and MongoDB.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mongodb::bson::{self, doc};
+use mongodb::{Collection, IndexModel};
+use payouts_runtime::ServiceError;
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::alerts::{Alert, AlertStatus, Severity};
+
+/// Storage of critical alerts.
+#[async_trait]
+pub trait AlertRepository: Send + Sync + 'static {
+    /// Stores a new alert; one already stored under the same id (the same dedupe key) is
+    /// returned instead (`false`).
+    async fn create(&self, alert: &Alert) -> Result<(Alert, bool), ServiceError>;
+
+    async fn get(&self, alert_id: &str) -> Result<Option<Alert>, ServiceError>;
+
+    /// Newest first; only `status` when given; after the (created_at, id) cursor.
+    async fn list(
+        &self,
+        status: Option<AlertStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError>;
+
+    /// Replaces the alert if its stored version is `expected_version`; Conflict otherwise.
+    async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError>;
+}
+
+fn stale(alert_id: &str) -> ServiceError {
+    ServiceError::conflict(format!("alert {alert_id} was changed concurrently"))
+}
+
+fn newest_first(a: &Alert, b: &Alert) -> std::cmp::Ordering {
+    b.created_at
+        .cmp(&a.created_at)
+        .then_with(|| b.id.cmp(&a.id))
+}
+
+/// Embedded store.
+#[derive(Debug, Default)]
+pub struct MemoryAlerts {
+    alerts: Mutex<HashMap<String, Alert>>,
+}
+
+impl MemoryAlerts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Alert>> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl AlertRepository for MemoryAlerts {
+    async fn create(&self, alert: &Alert) -> Result<(Alert, bool), ServiceError> {
+        let mut alerts = self.lock();
+        if let Some(existing) = alerts.get(&alert.id) {
+            return Ok((existing.clone(), false));
+        }
+        alerts.insert(alert.id.clone(), alert.clone());
+        Ok((alert.clone(), true))
+    }
+
+    async fn get(&self, alert_id: &str) -> Result<Option<Alert>, ServiceError> {
+        Ok(self.lock().get(alert_id).cloned())
+    }
+
+    async fn list(
+        &self,
+        status: Option<AlertStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let mut found: Vec<Alert> = self
+            .lock()
+            .values()
+            .filter(|a| status.is_none_or(|status| a.status == status))
+            .filter(|a| {
+                after
+                    .as_ref()
+                    .is_none_or(|(at, id)| (a.created_at, &a.id) < (*at, id))
+            })
+            .cloned()
+            .collect();
+        found.sort_by(newest_first);
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError> {
+        let mut alerts = self.lock();
+        match alerts.get_mut(&alert.id) {
+            Some(stored) if stored.version == expected_version => {
+                *stored = alert.clone();
+                Ok(())
+            }
+            _ => Err(stale(&alert.id)),
+        }
+    }
+}
+
+/// MongoDB store: collection `criticalAlerts` (spec §10 shape).
+#[derive(Debug, Clone)]
+pub struct MongoAlerts {
+    collection: Collection<AlertDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AlertDocument {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    severity: String,
+    title: String,
+    description: String,
+    data_json: String,
+    status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dedupe_key: Option<String>,
+    created_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acknowledged_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resolved_at: Option<bson::DateTime>,
+    version: i64,
+}
+
+impl From<&Alert> for AlertDocument {
+    fn from(a: &Alert) -> Self {
+        Self {
+            id: a.id.clone(),
+            kind: a.kind.clone(),
+            severity: a.severity.as_str().to_owned(),
+            title: a.title.clone(),
+            description: a.description.clone(),
+            data_json: a.data_json.clone(),
+            status: a.status.as_str().to_owned(),
+            dedupe_key: a.dedupe_key.clone(),
+            created_at: to_bson_time(a.created_at),
+            acknowledged_at: a.acknowledged_at.map(to_bson_time),
+            resolved_at: a.resolved_at.map(to_bson_time),
+            version: a.version,
+        }
+    }
+}
+
+impl TryFrom<AlertDocument> for Alert {
+    type Error = ServiceError;
+
+    fn try_from(d: AlertDocument) -> Result<Self, Self::Error> {
+        let corrupt = |what: &str| {
+            ServiceError::internal(anyhow::anyhow!("stored alert {} has {what}", d.id))
+        };
+        Ok(Self {
+            severity: Severity::parse(&d.severity).ok_or_else(|| corrupt("a bad severity"))?,
+            status: AlertStatus::parse(&d.status).ok_or_else(|| corrupt("a bad status"))?,
+            id: d.id,
+            kind: d.kind,
+            title: d.title,
+            description: d.description,
+            data_json: d.data_json,
+            dedupe_key: d.dedupe_key,
+            created_at: from_bson_time(d.created_at),
+            acknowledged_at: d.acknowledged_at.map(from_bson_time),
+            resolved_at: d.resolved_at.map(from_bson_time),
+            version: d.version,
+        })
+    }
+}
+
+impl MongoAlerts {
+    /// Opens the collection and ensures its indexes (idempotent).
+    pub async fn open(database: &mongodb::Database) -> anyhow::Result<Self> {
+        let collection = database.collection::<AlertDocument>("criticalAlerts");
+        collection
+            .create_indexes([
+                IndexModel::builder().keys(doc! { "createdAt": -1 }).build(),
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "createdAt": -1 })
+                    .build(),
+            ])
+            .await?;
+        Ok(Self { collection })
+    }
+}
+
+#[async_trait]
+impl AlertRepository for MongoAlerts {
+    async fn create(&self, alert: &Alert) -> Result<(Alert, bool), ServiceError> {
+        match self.collection.insert_one(AlertDocument::from(alert)).await {
+            Ok(_) => Ok((alert.clone(), true)),
+            Err(error) if is_duplicate_key(&error) => {
+                let existing = self.get(&alert.id).await?.ok_or_else(|| {
+                    ServiceError::internal(anyhow::anyhow!("duplicate alert vanished"))
+                })?;
+                Ok((existing, false))
+            }
+            Err(error) => Err(mongo_error(error)),
+        }
+    }
+
+    async fn get(&self, alert_id: &str) -> Result<Option<Alert>, ServiceError> {
+        self.collection
+            .find_one(doc! { "_id": alert_id })
+            .await
+            .map_err(mongo_error)?
+            .map(Alert::try_from)
+            .transpose()
+    }
+
+    async fn list(
+        &self,
+        status: Option<AlertStatus>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let mut filter = doc! {};
+        if let Some(status) = status {
+            filter.insert("status", status.as_str());
+        }
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "createdAt": { "$lt": at } },
+                    doc! { "createdAt": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
+        let documents: Vec<AlertDocument> = find_many(
+            &self.collection,
+            filter,
+            doc! { "createdAt": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
+        documents.into_iter().map(Alert::try_from).collect()
+    }
+
+    async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError> {
+        let result = self
+            .collection
+            .replace_one(
+                doc! { "_id": &alert.id, "version": expected_version },
+                AlertDocument::from(alert),
+            )
+            .await
+            .map_err(mongo_error)?;
+        if result.matched_count == 1 {
+            Ok(())
+        } else {
+            Err(stale(&alert.id))
+        }
+    }
+}
