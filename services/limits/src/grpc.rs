@@ -34,7 +34,8 @@ fn amount(value: Option<payouts_proto::common::v1::Money>) -> Result<i64, Servic
     positive_money(value, "amount", &Currency::usd()).map(|money| money.cents)
 }
 
-fn decision_to_proto(d: Decision) -> pb::LimitDecision {
+/// The contract's decision for a domain decision.
+pub fn decision_to_proto(d: Decision) -> pb::LimitDecision {
     pb::LimitDecision {
         allowed: d.allowed,
         requires_approval: d.requires_approval,

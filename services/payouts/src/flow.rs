@@ -566,6 +566,38 @@ impl PayoutFlow {
                 })
                 .await
             }
+            Err(StripeFailure::NotExecuted { code, message }) if prior_unknown => {
+                // This request was not executed, but an earlier one under the same key may
+                // still arrive and be: the attempt's outcome stays unknown.
+                let message = format!(
+                    "{code}: {message}; an earlier request of this attempt may still be executed"
+                );
+                self.attempt_answered(&claimed, None, |p, now| {
+                    p.outcome_still_unknown(
+                        &message,
+                        self.unknown_alert_after,
+                        Cause::new("stripe", now),
+                    )
+                })
+                .await
+            }
+            Err(StripeFailure::NotExecuted { code, message }) => {
+                // Nothing was sent under this key before our claim: a definite "not now"
+                // (spec §2 retries rate_limit with a new attempt), as long as nobody else has
+                // claimed the payout since and sent the same attempt (their request may yet
+                // be executed; Stripe stored nothing under the key for ours).
+                self.attempt_answered_if_unchanged(&claimed, |p, now| {
+                    p.attempt_declined(
+                        &code,
+                        &message,
+                        true,
+                        None,
+                        retry_base,
+                        Cause::new("stripe", now),
+                    )
+                })
+                .await
+            }
             Err(StripeFailure::Unauthorized { code, message }) => {
                 tracing::error!(payout_id = %claimed.id, %code, %message, "Stripe refused our credentials");
                 let description = format!(
@@ -624,6 +656,24 @@ impl PayoutFlow {
             _ => {}
         }
         Ok(updated)
+    }
+
+    /// Like [`Self::attempt_answered`] for an answer that speaks only for our own request: it
+    /// applies only if the payout is still exactly as we claimed it.
+    async fn attempt_answered_if_unchanged(
+        &self,
+        claimed: &Payout,
+        outcome: impl Fn(&Payout, DateTime<Utc>) -> Option<Payout>,
+    ) -> Result<Payout, ServiceError> {
+        let Some(updated) = outcome(claimed, self.clock.now()) else {
+            return Ok(claimed.clone());
+        };
+        match self.commit(claimed, updated).await {
+            Ok(updated) => Ok(updated),
+            // Someone else holds the payout now; their request decides.
+            Err(error) if error.kind() == ErrorKind::Conflict => self.fresh(&claimed.id).await,
+            Err(error) => Err(error),
+        }
     }
 
     /// A lookup found transfers of this payout: adopt the one of the current attempt (or the

@@ -8,6 +8,7 @@
 //!  processing | completed ──transfer.reversed (full)──> reversed                         │
 //!  processing | completed ──bank payout failed──> failed  (money stays with the creator's │
 //!                                                         Stripe account)  <─────────────┘
+//!  processing ──legacy transfer.failed (money came back)──> pending (a new attempt)
 //!  failed (no money left) ──a transfer for it turns up after all──> processing  (adopted,
 //!                                                                   critical alert)
 //! ```
@@ -126,6 +127,9 @@ impl PayoutStatus {
         match (self, to) {
             (Processing | Completed, Reversed) => true,
             (Completed, Failed) => true,
+            // A legacy transfer.failed: the transfer's money came back before it reached the
+            // bank, and the payout retries with a new attempt (spec §2).
+            (Processing, Pending) => true,
             (from, _) if from.is_terminal() => false,
             (from, to) => to.rank() > from.rank(),
         }
@@ -299,6 +303,10 @@ pub enum StripeFailure {
     /// Our credentials or permissions were refused (401, 403): nothing was done, and nothing
     /// will be until an operator fixes the configuration.
     Unauthorized { code: String, message: String },
+    /// Stripe did not execute this request (429: rate limited) and stored nothing under its
+    /// key. It is a definite "no" only when no earlier request under the same key may still
+    /// arrive; after an unknown outcome it says nothing about that earlier request.
+    NotExecuted { code: String, message: String },
     /// No answer, a 5xx, an unreadable answer, or a concurrent request under the same key:
     /// Stripe may have acted.
     Unknown { message: String },
@@ -308,7 +316,8 @@ impl StripeFailure {
     pub fn describe(&self) -> String {
         match self {
             StripeFailure::Declined { code, message, .. }
-            | StripeFailure::Unauthorized { code, message } => format!("{code}: {message}"),
+            | StripeFailure::Unauthorized { code, message }
+            | StripeFailure::NotExecuted { code, message } => format!("{code}: {message}"),
             StripeFailure::Unknown { message } => format!("outcome unknown: {message}"),
         }
     }
@@ -1249,6 +1258,7 @@ mod tests {
             (Processing, Reversed),
             (Completed, Reversed),
             (Completed, Failed),
+            (Processing, Pending),
         ];
         for from in PayoutStatus::ALL {
             for to in PayoutStatus::ALL {

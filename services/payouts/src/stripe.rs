@@ -109,8 +109,9 @@ impl StripeClient {
 
 /// How a Stripe error is treated. A 5xx, a timeout, an unreadable answer, a concurrent
 /// request under the same key (409) or the same key with other parameters are *unknown*:
-/// Stripe may have acted. 401/403 mean our credentials were refused: nothing was done. Every
-/// other 4xx with its code is a definite refusal (429 included: Stripe did not process it).
+/// Stripe may have acted. 401/403 mean our credentials were refused: nothing was done. A 429
+/// means this request was not executed (nothing is stored under its key). Every other 4xx
+/// with its code is a definite refusal, the key's answer.
 pub fn classify(error: StripeError) -> StripeFailure {
     match error {
         StripeError::Stripe(errors, status) => {
@@ -133,11 +134,7 @@ pub fn classify(error: StripeError) -> StripeFailure {
                     message: format!("Stripe refused the idempotency key ({code}): {message}"),
                 },
                 401 | 403 => StripeFailure::Unauthorized { code, message },
-                429 => StripeFailure::Declined {
-                    code,
-                    message,
-                    retryable: true,
-                },
+                429 => StripeFailure::NotExecuted { code, message },
                 _ => StripeFailure::Declined {
                     retryable: is_retryable_code(&code),
                     code,

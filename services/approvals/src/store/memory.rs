@@ -20,6 +20,13 @@ impl MemoryApprovals {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Every approval, by id (a snapshot for invariant checks).
+    pub fn all(&self) -> Vec<Approval> {
+        let mut all: Vec<Approval> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
 }
 
 #[async_trait]

@@ -35,6 +35,19 @@ pub struct MemoryQuotas {
     quotas: Mutex<HashMap<String, Quota>>,
 }
 
+impl MemoryQuotas {
+    /// Every quota document, by user (a snapshot for invariant checks).
+    pub fn all(&self) -> Vec<Quota> {
+        let quotas = self
+            .quotas
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut all: Vec<Quota> = quotas.values().cloned().collect();
+        all.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        all
+    }
+}
+
 #[async_trait]
 impl QuotaRepository for MemoryQuotas {
     async fn get(&self, user_id: &str) -> Result<Quota, ServiceError> {

@@ -119,6 +119,13 @@ impl MemoryPayouts {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Every payout, by id (a snapshot for invariant checks in tests and the simulation).
+    pub fn all(&self) -> Vec<Payout> {
+        let mut all: Vec<Payout> = self.lock().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
 }
 
 #[async_trait]

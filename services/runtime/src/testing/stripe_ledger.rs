@@ -101,6 +101,16 @@ impl Ledger {
         self.replies.clear();
     }
 
+    /// Forgets the answer stored under one key.
+    pub fn forget_reply(&mut self, key: &str) {
+        self.replies.remove(key);
+    }
+
+    /// Whether a bank payout already carried this destination payment.
+    pub fn paid_out(&self, payment: &str) -> bool {
+        self.paid_out.contains(payment)
+    }
+
     /// Makes a transfer from `POST /v1/transfers` parameters (form fields, `metadata[...]`).
     pub fn create_transfer(&mut self, params: &[(String, String)], created: i64) -> Value {
         let id = self.next("tr");

@@ -49,6 +49,14 @@ impl MemoryInbox {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Every stored event, by storage id (a snapshot for invariant checks).
+    pub fn all(&self) -> Vec<InboxEvent> {
+        let state = self.lock();
+        let mut all: Vec<(&String, &InboxEvent)> = state.events.iter().collect();
+        all.sort_by(|a, b| a.0.cmp(b.0));
+        all.into_iter().map(|(_, event)| event.clone()).collect()
+    }
 }
 
 #[async_trait]

@@ -1,0 +1,331 @@
+//! The money invariants, checked after every step, and the end state, checked once faults
+//! are off and everything has settled.
+
+use std::collections::BTreeMap;
+
+use payouts_payouts::payout::{Payout, PayoutStatus};
+use payouts_webhooks::domain::EventStatus;
+use serde_json::Value;
+
+use crate::ports::Earnings;
+use crate::stripe::SimStripe;
+use crate::world::Stores;
+
+/// What the checks remember between steps: the last status seen of every payout, and how
+/// much of its audit trail is already in the simulation's trace.
+#[derive(Default)]
+pub struct Observed {
+    statuses: BTreeMap<String, PayoutStatus>,
+    audited: BTreeMap<String, usize>,
+    shapes: BTreeMap<String, String>,
+}
+
+impl Observed {
+    /// The audit entries written since the last step, as trace lines.
+    pub fn news(&mut self, stores: &Stores) -> Vec<String> {
+        let mut lines = Vec::new();
+        for payout in stores.payouts.all() {
+            let seen = self.audited.entry(payout.id.clone()).or_default();
+            for entry in payout.audit_log.iter().skip(*seen) {
+                lines.push(format!(
+                    "  {} {} {}->{} by {}: {}",
+                    payout.id,
+                    entry.event_type,
+                    entry.from_status.map_or("-", |s| s.as_str()),
+                    entry.to_status.as_str(),
+                    entry.actor,
+                    entry.reason
+                ));
+            }
+            *seen = payout.audit_log.len();
+            let shape = format!(
+                "{} attempt {} unknown={} parked={} transfer={}",
+                payout.status.as_str(),
+                payout.attempt,
+                payout.outcome_unknown,
+                payout.parked,
+                payout.stripe_transfer_id.as_deref().unwrap_or("-")
+            );
+            if self.shapes.get(&payout.id) != Some(&shape) {
+                lines.push(format!("  {} is {shape}", payout.id));
+                self.shapes.insert(payout.id.clone(), shape);
+            }
+        }
+        lines
+    }
+}
+
+fn live(transfer: &Value) -> bool {
+    transfer["amount_reversed"].as_i64().unwrap_or(0) < transfer["amount"].as_i64().unwrap_or(0)
+}
+
+fn metadata<'a>(transfer: &'a Value, key: &str) -> &'a str {
+    transfer["metadata"][key].as_str().unwrap_or_default()
+}
+
+/// Whether a payout may move from `from` to `to`: forward, or a documented edge. The
+/// adoption edge (failed -> processing) is documented too, but in the simulation it would
+/// mean a transfer was made for a payout we had failed: a broken rule, so it counts here.
+fn may_move(from: PayoutStatus, to: PayoutStatus) -> bool {
+    from == to || from.may_move_to(to)
+}
+
+/// Invariants that hold after every step, faults or not.
+pub fn always(
+    stores: &Stores,
+    stripe: &SimStripe,
+    earnings: &BTreeMap<String, Earnings>,
+    observed: &mut Observed,
+) -> Result<(), String> {
+    let payouts: BTreeMap<String, Payout> = stores
+        .payouts
+        .all()
+        .into_iter()
+        .map(|p| (p.id.clone(), p))
+        .collect();
+    let transfers = stripe.transfers();
+
+    // At most one live (not reversed) Stripe transfer per payout.
+    let mut live_by_payout: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for transfer in transfers.iter().filter(|t| live(t)) {
+        live_by_payout
+            .entry(metadata(transfer, "payout_id"))
+            .or_default()
+            .push(transfer["id"].as_str().unwrap_or_default());
+    }
+    for (payout, live) in &live_by_payout {
+        if live.len() > 1 {
+            return Err(format!(
+                "payout {payout} has {} live transfers: {live:?}",
+                live.len()
+            ));
+        }
+    }
+
+    // The money Stripe moved to a creator never exceeds what they earned.
+    let mut moved: BTreeMap<&str, i64> = BTreeMap::new();
+    for transfer in &transfers {
+        let left = transfer["amount"].as_i64().unwrap_or(0)
+            - transfer["amount_reversed"].as_i64().unwrap_or(0);
+        *moved.entry(metadata(transfer, "user_id")).or_default() += left;
+    }
+    for (user, cents) in &moved {
+        let earned = earnings.get(*user).map_or(0, |e| e.lifetime_cents);
+        if *cents > earned {
+            return Err(format!("{user} was paid {cents} cents but earned {earned}"));
+        }
+    }
+
+    // No payout state moves backwards (and only a payout still admitting may vanish: a
+    // refused admission is deleted).
+    for (id, previous) in &observed.statuses {
+        match payouts.get(id) {
+            None if *previous != PayoutStatus::Admitting => {
+                return Err(format!("payout {id} vanished while {}", previous.as_str()));
+            }
+            Some(payout) if !may_move(*previous, payout.status) => {
+                return Err(format!(
+                    "payout {id} moved backwards: {} -> {}",
+                    previous.as_str(),
+                    payout.status.as_str()
+                ));
+            }
+            _ => {}
+        }
+    }
+    observed.statuses = payouts
+        .iter()
+        .map(|(id, payout)| (id.clone(), payout.status))
+        .collect();
+
+    // Quota held covers what the holding payouts need (never less: that would let a user
+    // be paid more than their limits and balance allow), and the documents add up.
+    let quotas: BTreeMap<String, _> = stores
+        .quotas
+        .all()
+        .into_iter()
+        .map(|q| (q.user_id.clone(), q))
+        .collect();
+    for quota in quotas.values() {
+        let held: i64 = quota.reservations.iter().map(|r| r.held_cents()).sum();
+        if held != quota.committed_cents {
+            return Err(format!(
+                "quota of {} commits {} but its reservations hold {held}",
+                quota.user_id, quota.committed_cents
+            ));
+        }
+        for reservation in &quota.reservations {
+            if !payouts.contains_key(&reservation.payout_id) {
+                return Err(format!(
+                    "quota of {} holds {} for payout {}, which does not exist",
+                    quota.user_id,
+                    reservation.held_cents(),
+                    reservation.payout_id
+                ));
+            }
+        }
+    }
+    for payout in payouts.values() {
+        if payout.status == PayoutStatus::Admitting {
+            continue;
+        }
+        let reservation = quotas
+            .get(&payout.user_id)
+            .and_then(|quota| quota.find(&payout.id));
+        let Some(reservation) = reservation else {
+            return Err(format!(
+                "payout {} is {} without a reservation",
+                payout.id,
+                payout.status.as_str()
+            ));
+        };
+        if reservation.held_cents() < payout.quota_needed_cents() {
+            return Err(format!(
+                "payout {} ({}) needs {} of quota but only {} is held",
+                payout.id,
+                payout.status.as_str(),
+                payout.quota_needed_cents(),
+                reservation.held_cents()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn is_final(status: PayoutStatus) -> bool {
+    matches!(
+        status,
+        PayoutStatus::Completed | PayoutStatus::Failed | PayoutStatus::Reversed
+    )
+}
+
+/// Whether everything has come to rest.
+pub fn settled(stores: &Stores, stripe: &SimStripe) -> bool {
+    stripe.outbox().is_empty()
+        && stores
+            .payouts
+            .all()
+            .iter()
+            .all(|p| is_final(p.status) && !p.owes_effects())
+        && stores
+            .inbox
+            .all()
+            .iter()
+            .all(|e| e.status == EventStatus::Completed)
+        && stores.approvals.all().iter().all(|a| a.applied)
+}
+
+/// The end state, faults off and time advanced: nothing stuck, every owed effect settled,
+/// quota exactly what the payouts need, every event processed, every transfer Stripe made
+/// belonging to exactly one payout.
+pub fn at_end(stores: &Stores, stripe: &SimStripe) -> Result<(), String> {
+    let payouts: BTreeMap<String, Payout> = stores
+        .payouts
+        .all()
+        .into_iter()
+        .map(|p| (p.id.clone(), p))
+        .collect();
+    for payout in payouts.values() {
+        if !is_final(payout.status) {
+            return Err(format!(
+                "payout {} is stuck in {} (outcome unknown: {}, parked: {})",
+                payout.id,
+                payout.status.as_str(),
+                payout.outcome_unknown,
+                payout.parked
+            ));
+        }
+        if payout.owes_effects() {
+            return Err(format!(
+                "payout {} still owes side effects (projected {}/{}, quota {:?}, alerts {})",
+                payout.id,
+                payout.audit_projected,
+                payout.audit_log.len(),
+                payout.quota,
+                payout.owed_alerts.len()
+            ));
+        }
+        if !payout.stray_transfer_ids.is_empty() {
+            return Err(format!(
+                "payout {} was paid twice: {:?}",
+                payout.id, payout.stray_transfer_ids
+            ));
+        }
+    }
+    for quota in stores.quotas.all() {
+        for reservation in &quota.reservations {
+            if let Some(payout) = payouts.get(&reservation.payout_id)
+                && reservation.held_cents() != payout.quota_needed_cents()
+            {
+                return Err(format!(
+                    "payout {} ({}) holds {} of quota at rest but needs {}",
+                    payout.id,
+                    payout.status.as_str(),
+                    reservation.held_cents(),
+                    payout.quota_needed_cents()
+                ));
+            }
+        }
+    }
+    for event in stores.inbox.all() {
+        if event.status != EventStatus::Completed {
+            return Err(format!(
+                "webhook event {} ({}) ended {}: {:?}",
+                event.event_id,
+                event.event_type,
+                event.status.as_str(),
+                event.last_error
+            ));
+        }
+    }
+    for approval in stores.approvals.all() {
+        if !approval.applied {
+            return Err(format!(
+                "approval {} ({}) was never carried out",
+                approval.id,
+                approval.status.as_str()
+            ));
+        }
+    }
+    if !stripe.outbox().is_empty() {
+        return Err(format!(
+            "{} Stripe events never delivered",
+            stripe.outbox().len()
+        ));
+    }
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for transfer in stripe.transfers() {
+        let id = transfer["id"].as_str().unwrap_or_default().to_owned();
+        let payout_id = metadata(&transfer, "payout_id");
+        let Some(payout) = payouts.get(payout_id) else {
+            return Err(format!(
+                "transfer {id} names payout {payout_id}, which does not exist"
+            ));
+        };
+        let current = payout.stripe_transfer_id.as_deref() == Some(id.as_str());
+        let failed = payout.failed_transfer_ids.contains(&id) && !live(&transfer);
+        if !current && !failed {
+            return Err(format!(
+                "transfer {id} of payout {payout_id} is not the payout's ({:?}) nor a failed one",
+                payout.stripe_transfer_id
+            ));
+        }
+        if let Some(other) = owners.insert(id.clone(), payout.id.clone()) {
+            return Err(format!(
+                "transfer {id} belongs to {other} and {}",
+                payout.id
+            ));
+        }
+    }
+    for payout in payouts.values() {
+        if let Some(transfer) = &payout.stripe_transfer_id
+            && !owners.contains_key(transfer)
+        {
+            return Err(format!(
+                "payout {} names transfer {transfer}, which Stripe never made",
+                payout.id
+            ));
+        }
+    }
+    Ok(())
+}

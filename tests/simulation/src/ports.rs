@@ -1,0 +1,299 @@
+//! The services as they call each other, without a network: each call parks at a point
+//! before it reaches the other service and after it returns, and may fail either way: the
+//! service is down (nothing happened), or it acted and its answer was lost (the caller's
+//! deadline ran out). The callee is the real service core of a randomly chosen replica.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use payouts_approvals::domain::{Approval, ApprovalStatus, HoldMetadata, UserContext as HeldUser};
+use payouts_approvals::workflow::{AdminNotifier, Hold, PayoutsPort, Workflow};
+use payouts_limits::admission::{ContextSource, Limits};
+use payouts_limits::checks::UserContext;
+use payouts_payouts::events::Event;
+use payouts_payouts::flow::PayoutFlow;
+use payouts_payouts::payout::{OwedAlert, Payout};
+use payouts_payouts::ports::{
+    Admission, AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, ReleaseAnswer, UserNotice,
+};
+use payouts_runtime::{Money, ServiceError};
+use payouts_webhooks::domain::{InboxEvent, Owner};
+use payouts_webhooks::inbox::Dispatcher;
+
+use crate::chaos::unavailable;
+use crate::stores::Hazard;
+
+/// Faults of calls between services, in a thousand calls.
+const SERVICE_DOWN: u32 = 10;
+const ANSWER_LOST: u32 = 6;
+
+/// The replicas of every service, filled in once they are all built (they call each other).
+#[derive(Default)]
+pub struct Replicas {
+    pub payouts: OnceLock<Vec<Arc<PayoutFlow>>>,
+    pub limits: OnceLock<Vec<Arc<Limits>>>,
+    pub approvals: OnceLock<Vec<Arc<Workflow>>>,
+}
+
+/// A call to another service: it may not get there, or its answer may not come back.
+async fn call<T>(
+    hazard: &Hazard,
+    service: &'static str,
+    request: impl Future<Output = Result<T, ServiceError>>,
+) -> Result<T, ServiceError> {
+    hazard.gate.point(service).await;
+    if hazard.chaos.fault("service down", SERVICE_DOWN) {
+        return Err(unavailable(service));
+    }
+    let answer = request.await;
+    hazard.gate.point(service).await;
+    match answer {
+        Ok(_) if hazard.chaos.fault("service answer lost", ANSWER_LOST) => {
+            Err(unavailable(service))
+        }
+        other => other,
+    }
+}
+
+fn pick<T: Clone>(hazard: &Hazard, replicas: &OnceLock<Vec<T>>) -> Result<T, ServiceError> {
+    let replicas = replicas
+        .get()
+        .ok_or_else(|| unavailable("a service not built yet"))?;
+    Ok(replicas[hazard.chaos.below(replicas.len())].clone())
+}
+
+/// The limits service, as the payouts service calls it.
+pub struct LimitsCalls {
+    pub hazard: Hazard,
+    pub replicas: Arc<Replicas>,
+}
+
+#[async_trait]
+impl LimitsPort for LimitsCalls {
+    async fn reserve(
+        &self,
+        user_id: &str,
+        payout_id: &str,
+        amount: &Money,
+    ) -> Result<Admission, ServiceError> {
+        let limits = pick(&self.hazard, &self.replicas.limits)?;
+        let reserved = call(
+            &self.hazard,
+            "limits.reserve",
+            limits.reserve(user_id, payout_id, amount.cents),
+        )
+        .await?;
+        Ok(Admission {
+            decision: payouts_limits::grpc::decision_to_proto(reserved.decision),
+            reserved: reserved.reserved,
+        })
+    }
+
+    async fn release(
+        &self,
+        user_id: &str,
+        payout_id: &str,
+        total_released: &Money,
+        sequence: i64,
+        reason: &str,
+    ) -> Result<ReleaseAnswer, ServiceError> {
+        let limits = pick(&self.hazard, &self.replicas.limits)?;
+        let released = call(
+            &self.hazard,
+            "limits.release",
+            limits.release(user_id, payout_id, total_released.cents, sequence, reason),
+        )
+        .await?;
+        Ok(ReleaseAnswer {
+            applied: released.applied,
+            found: released.found,
+            held_cents: released.held_cents,
+        })
+    }
+
+    async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Recheck, ServiceError> {
+        let limits = pick(&self.hazard, &self.replicas.limits)?;
+        let rechecked = call(
+            &self.hazard,
+            "limits.recheck",
+            limits.recheck(user_id, payout_id),
+        )
+        .await?;
+        Ok(if rechecked.payable {
+            Recheck::Payable
+        } else {
+            Recheck::NotPayable {
+                reason: rechecked.reason,
+            }
+        })
+    }
+}
+
+/// A creator's earnings as the disputes service would answer them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Earnings {
+    pub lifetime_cents: i64,
+    pub frozen_cents: i64,
+}
+
+/// The earnings every creator has (changed by the scheduler: disputes freeze some).
+pub type EarningsBook = Arc<Mutex<BTreeMap<String, Earnings>>>;
+
+/// The payouts and disputes services, as the limits service asks them about a user.
+pub struct ContextCalls {
+    pub hazard: Hazard,
+    pub earnings: EarningsBook,
+    pub account_created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+impl ContextSource for ContextCalls {
+    async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
+        let earnings = call(&self.hazard, "disputes.get_earnings", async {
+            Ok(self
+                .earnings
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(user_id)
+                .copied()
+                .unwrap_or_default())
+        })
+        .await?;
+        Ok(UserContext {
+            account_created_at: Some(self.account_created_at),
+            lifetime_earnings_cents: earnings.lifetime_cents,
+            payable_earnings_cents: earnings.lifetime_cents - earnings.frozen_cents,
+        })
+    }
+}
+
+/// The approvals service, as the payouts service hands it held payouts.
+pub struct ApprovalCalls {
+    pub hazard: Hazard,
+    pub replicas: Arc<Replicas>,
+}
+
+#[async_trait]
+impl ApprovalsPort for ApprovalCalls {
+    async fn queue(&self, payout: &Payout) -> Result<(), ServiceError> {
+        let workflow = pick(&self.hazard, &self.replicas.approvals)?;
+        let hold = Hold {
+            payout_id: payout.id.clone(),
+            user_id: payout.user_id.clone(),
+            amount: payout.amount.clone(),
+            flags: payout.flags.clone(),
+            reason: payout.hold_reason.clone().unwrap_or_default(),
+            metadata: HoldMetadata::default(),
+        };
+        call(&self.hazard, "approvals.create", workflow.create(hold)).await?;
+        Ok(())
+    }
+}
+
+/// The payouts service, as the approvals service carries decisions out.
+pub struct DecisionCalls {
+    pub hazard: Hazard,
+    pub replicas: Arc<Replicas>,
+}
+
+#[async_trait]
+impl PayoutsPort for DecisionCalls {
+    async fn resolve(&self, approval: &Approval) -> Result<Option<String>, ServiceError> {
+        let flow = pick(&self.hazard, &self.replicas.payouts)?;
+        let payout = call(
+            &self.hazard,
+            "payouts.resolve_approval",
+            flow.resolve_approval(
+                &approval.payout_id,
+                approval.status == ApprovalStatus::Approved,
+                approval.reviewed_by.as_deref().unwrap_or("admin"),
+                approval.review_notes.as_deref().unwrap_or(""),
+            ),
+        )
+        .await?;
+        Ok(payout.stripe_transfer_id)
+    }
+
+    async fn user_context(&self, _user_id: &str) -> Result<HeldUser, ServiceError> {
+        Ok(HeldUser::default())
+    }
+}
+
+/// The payouts service, as the webhook inbox dispatches events to it.
+pub struct EventCalls {
+    pub hazard: Hazard,
+    pub replicas: Arc<Replicas>,
+}
+
+#[async_trait]
+impl Dispatcher for EventCalls {
+    async fn dispatch(&self, _owner: Owner, event: &InboxEvent) -> Result<String, String> {
+        let flow = pick(&self.hazard, &self.replicas.payouts).map_err(|e| e.to_string())?;
+        let parsed = Event::parse(
+            &event.event_id,
+            &event.event_type,
+            event.account.as_deref().unwrap_or(""),
+            event.created,
+            event.payload.as_bytes(),
+        )
+        .map_err(|error| error.to_string())?;
+        call(
+            &self.hazard,
+            "payouts.handle_stripe_event",
+            flow.handle_event(&parsed),
+        )
+        .await
+        .map(|applied| applied.detail)
+        .map_err(|error| error.to_string())
+    }
+}
+
+/// Critical alerts and admin notifications: recorded, and sometimes not delivered.
+pub struct AlertCalls {
+    pub hazard: Hazard,
+    pub raised: Arc<Mutex<Vec<String>>>,
+}
+
+impl AlertCalls {
+    async fn raise_key(&self, key: &str, kind: &str) -> Result<(), ServiceError> {
+        call(&self.hazard, "notifications.alert", async {
+            self.raised
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(format!("{kind} {key}"));
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AlertsPort for AlertCalls {
+    async fn raise(&self, alert: &OwedAlert, _data_json: String) -> Result<(), ServiceError> {
+        self.raise_key(&alert.key, &alert.kind).await
+    }
+}
+
+#[async_trait]
+impl AdminNotifier for AlertCalls {
+    fn approval_required(&self, _approval: &Approval) {}
+
+    async fn critical_alert(
+        &self,
+        key: &str,
+        kind: &str,
+        _title: &str,
+        _description: &str,
+    ) -> Result<(), ServiceError> {
+        self.raise_key(key, kind).await
+    }
+}
+
+/// User notifications: nothing to simulate (they never block or fail a payout).
+pub struct Silent;
+
+impl Notifier for Silent {
+    fn notify(&self, _notice: UserNotice) {}
+}

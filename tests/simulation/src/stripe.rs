@@ -1,0 +1,472 @@
+//! A simulated Stripe: the same ledger the HTTP fake uses (transfers in the fixtures' shape,
+//! idempotency keys replayed as Stripe does, pruned after 24 hours; connected accounts and
+//! their bank payouts), reached without a network and able to fail every way Stripe fails:
+//! a definite refusal, a 429, a 5xx before or after the transfer is made, a timeout, an
+//! answer lost after the transfer was made, a lookup that fails. Every change it makes is an
+//! event in its outbox, which the scheduler delivers late, reordered, duplicated, or (for
+//! the events the flow must never depend on) not at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use payouts_payouts::domain::StripeAccountStatus;
+use payouts_payouts::payout::{SeenTransfer, StripeFailure, is_retryable_code};
+use payouts_payouts::stripe::{
+    StripeApi, TransferRequest, account_status_from_json, seen_from_json,
+};
+use payouts_runtime::Clock as _;
+use payouts_runtime::clock::ManualClock;
+use payouts_runtime::testing::stripe::fixture;
+use payouts_runtime::testing::stripe_ledger::{Ledger, error_body};
+use serde_json::{Value, json};
+
+use crate::chaos::Chaos;
+use crate::stores::Hazard;
+
+/// Stripe faults, in a thousand requests.
+const RATE_LIMITED: u32 = 50;
+const TIMEOUT_BEFORE: u32 = 40;
+const DECLINED: u32 = 50;
+const REFUSED: u32 = 10;
+const ERROR_BEFORE: u32 = 40;
+const ERROR_AFTER: u32 = 40;
+const ANSWER_LOST: u32 = 50;
+const LOOKUP_FAILS: u32 = 80;
+
+/// An event Stripe has to deliver.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: String,
+    pub event_type: String,
+    pub payload: String,
+    /// Events the flow must not depend on (it learns the same from Stripe's answers and
+    /// lookups): these may be lost for good. Every other event is retried by Stripe until
+    /// it is acknowledged, however late.
+    pub droppable: bool,
+}
+
+#[derive(Default)]
+struct State {
+    ledger: Ledger,
+    outbox: Vec<Outgoing>,
+    events: u64,
+    /// When each idempotency key was first used (Stripe prunes keys after 24 hours).
+    keys: BTreeMap<String, DateTime<Utc>>,
+    /// Transfers that failed (legacy API): their money came back.
+    failed: BTreeSet<String>,
+    /// What Stripe did, for the trace.
+    log: Vec<String>,
+}
+
+/// The simulated Stripe.
+#[derive(Clone)]
+pub struct SimStripe {
+    state: Arc<Mutex<State>>,
+    hazard: Hazard,
+    clock: ManualClock,
+}
+
+fn declined(code: &str, retryable: bool) -> StripeFailure {
+    StripeFailure::Declined {
+        code: code.to_owned(),
+        message: format!("simulated {code}"),
+        retryable,
+    }
+}
+
+fn unknown(what: &str) -> StripeFailure {
+    StripeFailure::Unknown {
+        message: format!("simulated {what}"),
+    }
+}
+
+/// What the client makes of a stored answer.
+fn answer(status: u16, body: &str) -> Result<SeenTransfer, StripeFailure> {
+    let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if status == 200 {
+        return seen_from_json(&body).ok_or_else(|| unknown("unreadable answer"));
+    }
+    let code = body["error"]["code"].as_str().unwrap_or("api_error");
+    if status >= 500 || body["error"]["type"] == "idempotency_error" {
+        return Err(unknown(&format!("{status} {code}")));
+    }
+    Err(declined(code, is_retryable_code(code)))
+}
+
+impl SimStripe {
+    pub fn new(hazard: Hazard, clock: ManualClock) -> Self {
+        Self {
+            state: Arc::new(Mutex::new(State::default())),
+            hazard,
+            clock,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn chaos(&self) -> &Chaos {
+        &self.hazard.chaos
+    }
+
+    /// Queues an event about `object`.
+    fn emit(
+        state: &mut State,
+        event_type: &str,
+        account: Option<&str>,
+        object: Value,
+        now: DateTime<Utc>,
+        droppable: bool,
+    ) {
+        state.events += 1;
+        let id = format!("evt_sim_{:05}", state.events);
+        let mut event = fixture("event");
+        event["id"] = json!(id);
+        event["type"] = json!(event_type);
+        event["created"] = json!(now.timestamp());
+        event["livemode"] = json!(false);
+        event["api_version"] = json!("2024-12-18.acacia");
+        event["data"] = json!({ "object": object });
+        event["account"] = account.map_or(Value::Null, |account| json!(account));
+        state.outbox.push(Outgoing {
+            id,
+            event_type: event_type.to_owned(),
+            payload: event.to_string(),
+            droppable,
+        });
+    }
+
+    /// What Stripe did since the last call, for the trace.
+    pub fn drain_log(&self) -> Vec<String> {
+        std::mem::take(&mut self.lock().log)
+    }
+
+    // ---- What Stripe does on its own (steps of the scheduler) ----
+
+    /// Events waiting for delivery.
+    pub fn outbox(&self) -> Vec<Outgoing> {
+        self.lock().outbox.clone()
+    }
+
+    /// The event was acknowledged: Stripe stops delivering it.
+    pub fn acknowledged(&self, event_id: &str) {
+        self.lock().outbox.retain(|event| event.id != event_id);
+    }
+
+    /// Every transfer Stripe made.
+    pub fn transfers(&self) -> Vec<Value> {
+        self.lock().ledger.transfers().to_vec()
+    }
+
+    pub fn is_failed(&self, transfer_id: &str) -> bool {
+        self.lock().failed.contains(transfer_id)
+    }
+
+    /// Pays a connected account's balance out to its bank (status paid): `payout.paid`, and
+    /// for some of the transfers it carried a legacy `transfer.paid`.
+    pub fn pay_out(&self, account: &str) -> Option<String> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let payout = state.ledger.pay_out(account, now.timestamp())?;
+        let id = payout["id"].as_str().unwrap_or_default().to_owned();
+        let carried: Vec<Value> = state
+            .ledger
+            .transfers()
+            .iter()
+            .filter(|t| t["destination"] == account)
+            .filter(|t| {
+                t["destination_payment"]
+                    .as_str()
+                    .is_some_and(|payment| state.ledger.paid_out(payment))
+            })
+            .cloned()
+            .collect();
+        Self::emit(&mut state, "payout.paid", Some(account), payout, now, false);
+        for transfer in carried {
+            if self.chaos().chance(200) {
+                Self::emit(&mut state, "transfer.paid", None, transfer, now, false);
+            }
+        }
+        Some(id)
+    }
+
+    /// A bank payout fails (also after it was paid).
+    pub fn fail_bank_payout(&self, bank_payout_id: &str, account: &str) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let Some(payout) = state
+            .ledger
+            .fail_bank_payout(bank_payout_id, "account_closed")
+        else {
+            return false;
+        };
+        Self::emit(
+            &mut state,
+            "payout.failed",
+            Some(account),
+            payout,
+            now,
+            false,
+        );
+        true
+    }
+
+    /// Reverses part (or all) of a transfer.
+    pub fn reverse(&self, transfer_id: &str, cents: i64) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if state.failed.contains(transfer_id) {
+            return false;
+        }
+        let Some(transfer) = state.ledger.reverse(transfer_id, cents) else {
+            return false;
+        };
+        Self::emit(&mut state, "transfer.reversed", None, transfer, now, false);
+        true
+    }
+
+    /// A transfer fails before its money reached the bank (legacy API): the money comes
+    /// back and `transfer.failed` is sent.
+    pub fn fail_transfer(&self, transfer_id: &str) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let Some(transfer) = state.ledger.transfer(transfer_id) else {
+            return false;
+        };
+        let payment = transfer["destination_payment"].as_str().unwrap_or_default();
+        let amount = transfer["amount"].as_i64().unwrap_or(0);
+        let live = transfer["amount_reversed"].as_i64().unwrap_or(0) < amount;
+        if !live || state.ledger.paid_out(payment) || state.failed.contains(transfer_id) {
+            return false;
+        }
+        state.failed.insert(transfer_id.to_owned());
+        let mut failed = state
+            .ledger
+            .reverse(transfer_id, amount)
+            .unwrap_or(transfer);
+        failed["failure_code"] = json!("insufficient_funds");
+        failed["failure_message"] = json!("simulated failure");
+        Self::emit(&mut state, "transfer.failed", None, failed, now, false);
+        true
+    }
+
+    /// Stripe turns payouts of a connected account on or off: `account.updated`.
+    pub fn set_payouts_enabled(&self, account: &str, enabled: bool) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        state.ledger.set_payouts_enabled(account, enabled);
+        let object = state.ledger.account(account);
+        Self::emit(&mut state, "account.updated", None, object, now, false);
+    }
+
+    /// Forgets idempotency keys older than 24 hours, as Stripe does.
+    fn prune_keys(state: &mut State, now: DateTime<Utc>) {
+        let old: Vec<String> = state
+            .keys
+            .iter()
+            .filter(|(_, first)| now - **first > Duration::hours(24))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in old {
+            state.keys.remove(&key);
+            state.ledger.forget_reply(&key);
+        }
+    }
+
+    fn params(request: &TransferRequest) -> Vec<(String, String)> {
+        vec![
+            ("amount".to_owned(), request.amount.cents.to_string()),
+            ("currency".to_owned(), request.amount.currency.to_string()),
+            ("destination".to_owned(), request.destination.clone()),
+            ("transfer_group".to_owned(), request.transfer_group.clone()),
+            (
+                "description".to_owned(),
+                format!("Payout {}", request.payout_id),
+            ),
+            ("metadata[payout_id]".to_owned(), request.payout_id.clone()),
+            ("metadata[user_id]".to_owned(), request.user_id.clone()),
+            ("metadata[attempt]".to_owned(), request.attempt.to_string()),
+        ]
+    }
+
+    fn create(
+        state: &mut State,
+        params: &[(String, String)],
+        key: &str,
+        status: u16,
+        now: DateTime<Utc>,
+    ) -> Value {
+        let transfer = state.ledger.create_transfer(params, now.timestamp());
+        let line = format!(
+            "  stripe makes {} under {key}",
+            transfer["id"].as_str().unwrap_or_default()
+        );
+        state.log.push(line);
+        let body = if status == 200 {
+            transfer.to_string()
+        } else {
+            error_body(
+                status,
+                "api_error",
+                "simulated failure after the transfer was made",
+            )
+        };
+        state.ledger.remember(key, params, status, &body);
+        Self::emit(state, "transfer.created", None, transfer.clone(), now, true);
+        transfer
+    }
+}
+
+#[async_trait]
+impl StripeApi for SimStripe {
+    async fn create_transfer(
+        &self,
+        request: &TransferRequest,
+    ) -> Result<SeenTransfer, StripeFailure> {
+        self.hazard.gate.point("stripe.create_transfer").await;
+        let now = self.clock.now();
+        let params = Self::params(request);
+        let key = request.idempotency_key.as_str();
+        let replayed = self.lock().ledger.replay(key, &params).is_some();
+        let result = {
+            let mut state = self.lock();
+            Self::prune_keys(&mut state, now);
+            state.keys.entry(key.to_owned()).or_insert(now);
+            if let Some((status, body)) = state.ledger.replay(key, &params) {
+                answer(status, &body)
+            } else if self.chaos().fault("stripe 429", RATE_LIMITED) {
+                Err(StripeFailure::NotExecuted {
+                    code: "rate_limit".to_owned(),
+                    message: "simulated 429".to_owned(),
+                })
+            } else if self
+                .chaos()
+                .fault("stripe timeout before the request", TIMEOUT_BEFORE)
+            {
+                state.keys.remove(key);
+                Err(unknown("timeout"))
+            } else if self.chaos().fault("stripe declined", DECLINED) {
+                let body = error_body(400, "balance_insufficient", "simulated");
+                state.ledger.remember(key, &params, 400, &body);
+                Err(declined("balance_insufficient", true))
+            } else if self.chaos().fault("stripe refused", REFUSED) {
+                let body = error_body(400, "account_invalid", "simulated");
+                state.ledger.remember(key, &params, 400, &body);
+                Err(declined("account_invalid", false))
+            } else if self
+                .chaos()
+                .fault("stripe 500 before the transfer", ERROR_BEFORE)
+            {
+                let body = error_body(500, "api_error", "simulated");
+                state.ledger.remember(key, &params, 500, &body);
+                Err(unknown("500"))
+            } else if self
+                .chaos()
+                .fault("stripe 500 after the transfer", ERROR_AFTER)
+            {
+                Self::create(&mut state, &params, key, 500, now);
+                Err(unknown("500 after the transfer was made"))
+            } else if self.chaos().fault("stripe answer lost", ANSWER_LOST) {
+                Self::create(&mut state, &params, key, 200, now);
+                Err(unknown("lost answer"))
+            } else {
+                let transfer = Self::create(&mut state, &params, key, 200, now);
+                seen_from_json(&transfer).ok_or_else(|| unknown("unreadable answer"))
+            }
+        };
+        {
+            let mut state = self.lock();
+            let line = format!(
+                "  stripe {} {key}: {}",
+                if replayed { "replays" } else { "answers" },
+                match &result {
+                    Ok(seen) => format!("created {}", seen.id),
+                    Err(failure) => failure.describe(),
+                }
+            );
+            state.log.push(line);
+        }
+        // A crash here is an answer lost after Stripe acted.
+        self.hazard
+            .gate
+            .point("stripe.create_transfer.answer")
+            .await;
+        result
+    }
+
+    async fn find_transfers(
+        &self,
+        transfer_group: &str,
+    ) -> Result<Vec<SeenTransfer>, StripeFailure> {
+        self.hazard.gate.point("stripe.find_transfers").await;
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(if self.chaos().chance(500) {
+                StripeFailure::NotExecuted {
+                    code: "rate_limit".to_owned(),
+                    message: "simulated 429".to_owned(),
+                }
+            } else {
+                unknown("lookup timeout")
+            });
+        }
+        Ok(self
+            .lock()
+            .ledger
+            .list_transfers(Some(transfer_group))
+            .iter()
+            .filter_map(seen_from_json)
+            .collect())
+    }
+
+    async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure> {
+        self.hazard.gate.point("stripe.retrieve_transfer").await;
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(unknown("timeout"));
+        }
+        let transfer = self.lock().ledger.transfer(transfer_id);
+        match transfer {
+            Some(transfer) => seen_from_json(&transfer).ok_or_else(|| unknown("unreadable")),
+            None => Err(declined("resource_missing", false)),
+        }
+    }
+
+    async fn retrieve_account(
+        &self,
+        account_id: &str,
+    ) -> Result<StripeAccountStatus, StripeFailure> {
+        self.hazard.gate.point("stripe.retrieve_account").await;
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(unknown("timeout"));
+        }
+        Ok(account_status_from_json(
+            &self.lock().ledger.account(account_id),
+        ))
+    }
+
+    async fn bank_payout_sources(
+        &self,
+        account_id: &str,
+        bank_payout_id: &str,
+    ) -> Result<Vec<String>, StripeFailure> {
+        self.hazard.gate.point("stripe.balance_transactions").await;
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(unknown("timeout"));
+        }
+        match self
+            .lock()
+            .ledger
+            .balance_transactions(account_id, bank_payout_id)
+        {
+            Some(transactions) => Ok(transactions
+                .iter()
+                .filter_map(|t| t["source"].as_str().map(str::to_owned))
+                .collect()),
+            None => Err(declined("resource_missing", false)),
+        }
+    }
+}

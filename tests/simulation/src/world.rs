@@ -1,0 +1,861 @@
+//! The simulated world: every service built from its real core on embedded stores, several
+//! replicas of each, users and admins, a simulated Stripe; the scheduler that drives them
+//! one step at a time; and the final drain, once faults are off.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use chrono::{DateTime, Duration};
+use payouts_approvals::domain::{Action, ApprovalStatus};
+use payouts_approvals::store::{ApprovalRepository, MemoryApprovals};
+use payouts_approvals::workflow::Workflow;
+use payouts_limits::admission::Limits;
+use payouts_limits::domain::LimitConfig;
+use payouts_limits::store::{
+    BlockedAttemptRepository, MemoryBlockedAttempts, MemoryQuotas, QuotaRepository,
+};
+use payouts_payouts::domain::Account;
+use payouts_payouts::flow::PayoutFlow;
+use payouts_payouts::payout::RETRY_BASE;
+use payouts_payouts::store::{AccountRepository, MemoryAccounts, MemoryPayouts, PayoutRepository};
+use payouts_runtime::clock::ManualClock;
+use payouts_runtime::ids::SequentialIds;
+use payouts_runtime::testing::stripe::signature_header;
+use payouts_runtime::{Clock as _, IdSource, Money, Secret};
+use payouts_webhooks::domain::{Endpoint, EventStatus, RetryPolicy};
+use payouts_webhooks::inbox::{Inbox, InboxSettings, Ingested};
+use payouts_webhooks::store::{InboxRepository, MemoryInbox};
+
+use crate::chaos::Chaos;
+use crate::executor::{Executor, Gate, Progress, TaskFuture};
+use crate::invariants::{self, Observed};
+use crate::ports::{
+    AlertCalls, ApprovalCalls, ContextCalls, DecisionCalls, Earnings, EarningsBook, EventCalls,
+    LimitsCalls, Replicas, Silent,
+};
+use crate::stores::{Hazard, Hazardous};
+use crate::stripe::SimStripe;
+
+const WEBHOOK_SECRET: &str = "whsec_simulation";
+/// Crashes of a parked task, in a thousand resumptions.
+const CRASH: u32 = 15;
+
+/// How a run is shaped.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Steps with faults on, before the drain.
+    pub steps: usize,
+    /// Replicas of every service.
+    pub replicas: usize,
+    pub users: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            steps: 500,
+            replicas: 2,
+            users: 5,
+        }
+    }
+}
+
+/// What a clean run did.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub steps: usize,
+    pub payouts: BTreeMap<&'static str, usize>,
+    pub transfers: usize,
+    pub crashes: u64,
+    pub faults: BTreeMap<&'static str, u64>,
+    pub alerts: usize,
+    pub trace: Vec<String>,
+}
+
+/// A broken invariant.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub seed: u64,
+    pub step: usize,
+    pub problem: String,
+    pub trace: Vec<String>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "seed {} broke an invariant at step {}: {}",
+            self.seed, self.step, self.problem
+        )?;
+        writeln!(f, "last steps:")?;
+        for line in self.trace.iter().rev().take(40).rev() {
+            writeln!(f, "  {line}")?;
+        }
+        write!(
+            f,
+            "replay: cargo run -p payouts-simulation -- --seed {} --trace",
+            self.seed
+        )
+    }
+}
+
+/// Polls a future that cannot wait (an embedded store read outside any task).
+pub fn now<T>(future: impl Future<Output = T>) -> T {
+    let mut future = std::pin::pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..1_000 {
+        if let Poll::Ready(value) = future.as_mut().poll(&mut cx) {
+            return value;
+        }
+    }
+    panic!("a store call outside the simulation did not complete");
+}
+
+struct User {
+    id: String,
+    account: String,
+    keys: Vec<(String, i64)>,
+}
+
+/// The embedded stores themselves, read directly by the invariant checks.
+pub struct Stores {
+    pub payouts: Arc<MemoryPayouts>,
+    pub accounts: Arc<MemoryAccounts>,
+    pub quotas: Arc<MemoryQuotas>,
+    pub inbox: Arc<MemoryInbox>,
+    pub approvals: Arc<MemoryApprovals>,
+}
+
+pub struct World {
+    seed: u64,
+    options: Options,
+    chaos: Chaos,
+    clock: ManualClock,
+    executor: Executor,
+    stripe: SimStripe,
+    stores: Stores,
+    payouts: Vec<Arc<PayoutFlow>>,
+    inboxes: Vec<Arc<Inbox>>,
+    approvals: Vec<Arc<Workflow>>,
+    users: Vec<User>,
+    earnings: EarningsBook,
+    alerts: Arc<Mutex<Vec<String>>>,
+    bank_payouts: Vec<(String, String)>,
+    observed: Observed,
+    trace: Vec<String>,
+    step: usize,
+    crashes: u64,
+}
+
+impl World {
+    pub fn new(seed: u64, options: &Options) -> Self {
+        let chaos = Chaos::new(seed);
+        let gate = Gate::default();
+        let hazard = Hazard {
+            gate: gate.clone(),
+            chaos: chaos.clone(),
+        };
+        let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        let clock = ManualClock::new(start);
+        let ids: Arc<dyn IdSource> = Arc::new(SequentialIds::default());
+        let stores = Stores {
+            payouts: Arc::new(MemoryPayouts::default()),
+            accounts: Arc::new(MemoryAccounts::default()),
+            quotas: Arc::new(MemoryQuotas::default()),
+            inbox: Arc::new(MemoryInbox::default()),
+            approvals: Arc::new(MemoryApprovals::default()),
+        };
+        let payouts_store: Arc<dyn PayoutRepository> = Hazardous::new(
+            Arc::clone(&stores.payouts) as Arc<dyn PayoutRepository>,
+            &hazard,
+        );
+        let accounts_store: Arc<dyn AccountRepository> = Hazardous::new(
+            Arc::clone(&stores.accounts) as Arc<dyn AccountRepository>,
+            &hazard,
+        );
+        let quotas_store: Arc<dyn QuotaRepository> = Hazardous::new(
+            Arc::clone(&stores.quotas) as Arc<dyn QuotaRepository>,
+            &hazard,
+        );
+        let blocked_store: Arc<dyn BlockedAttemptRepository> = Hazardous::new(
+            Arc::new(MemoryBlockedAttempts::default()) as Arc<dyn BlockedAttemptRepository>,
+            &hazard,
+        );
+        let inbox_store: Arc<dyn InboxRepository> = Hazardous::new(
+            Arc::clone(&stores.inbox) as Arc<dyn InboxRepository>,
+            &hazard,
+        );
+        let approvals_store: Arc<dyn ApprovalRepository> = Hazardous::new(
+            Arc::clone(&stores.approvals) as Arc<dyn ApprovalRepository>,
+            &hazard,
+        );
+        let stripe = SimStripe::new(hazard.clone(), clock.clone());
+        let replicas = Arc::new(Replicas::default());
+        let earnings: EarningsBook = Arc::default();
+        let alerts = Arc::new(Mutex::new(Vec::new()));
+        let count = options.replicas.max(1);
+
+        let limits: Vec<Arc<Limits>> = (0..count)
+            .map(|_| {
+                Arc::new(Limits::new(
+                    LimitConfig::default(),
+                    Arc::clone(&quotas_store),
+                    Arc::clone(&blocked_store),
+                    Arc::new(ContextCalls {
+                        hazard: hazard.clone(),
+                        earnings: Arc::clone(&earnings),
+                        account_created_at: start - Duration::days(400),
+                    }),
+                    Arc::new(clock.clone()),
+                    Arc::clone(&ids),
+                ))
+            })
+            .collect();
+        let payouts: Vec<Arc<PayoutFlow>> = (0..count)
+            .map(|_| {
+                Arc::new(PayoutFlow {
+                    accounts: Arc::clone(&accounts_store),
+                    payouts: Arc::clone(&payouts_store),
+                    limits: Arc::new(LimitsCalls {
+                        hazard: hazard.clone(),
+                        replicas: Arc::clone(&replicas),
+                    }),
+                    approvals: Arc::new(ApprovalCalls {
+                        hazard: hazard.clone(),
+                        replicas: Arc::clone(&replicas),
+                    }),
+                    notifier: Arc::new(Silent),
+                    alerts: Arc::new(AlertCalls {
+                        hazard: hazard.clone(),
+                        raised: Arc::clone(&alerts),
+                    }),
+                    stripe: Some(Arc::new(stripe.clone())),
+                    clock: Arc::new(clock.clone()),
+                    ids: Arc::clone(&ids),
+                    poll_interval: std::time::Duration::from_secs(1),
+                    retry_base: RETRY_BASE,
+                    unknown_alert_after: Duration::hours(1),
+                })
+            })
+            .collect();
+        let approvals: Vec<Arc<Workflow>> = (0..count)
+            .map(|_| {
+                Arc::new(Workflow {
+                    approvals: Arc::clone(&approvals_store),
+                    payouts: Arc::new(DecisionCalls {
+                        hazard: hazard.clone(),
+                        replicas: Arc::clone(&replicas),
+                    }),
+                    notifier: Arc::new(AlertCalls {
+                        hazard: hazard.clone(),
+                        raised: Arc::clone(&alerts),
+                    }),
+                    clock: Arc::new(clock.clone()),
+                    poll_interval: std::time::Duration::from_secs(1),
+                })
+            })
+            .collect();
+        let inboxes: Vec<Arc<Inbox>> = (0..count)
+            .map(|_| {
+                Arc::new(Inbox::new(
+                    Arc::clone(&inbox_store),
+                    Arc::new(EventCalls {
+                        hazard: hazard.clone(),
+                        replicas: Arc::clone(&replicas),
+                    }),
+                    Arc::new(clock.clone()),
+                    InboxSettings {
+                        payouts_secrets: vec![Secret::new(WEBHOOK_SECRET)],
+                        subscription_secrets: vec![Secret::new(WEBHOOK_SECRET)],
+                        tolerance_seconds: 300,
+                        livemode: false,
+                        policy: RetryPolicy::default(),
+                        poll_interval: std::time::Duration::from_secs(1),
+                    },
+                ))
+            })
+            .collect();
+        let _ = replicas.limits.set(limits);
+        let _ = replicas.payouts.set(payouts.clone());
+        let _ = replicas.approvals.set(approvals.clone());
+
+        let mut users = Vec::new();
+        for i in 0..options.users.max(1) {
+            let user = User {
+                id: format!("user_{i}"),
+                account: format!("acct_sim_{i}"),
+                keys: Vec::new(),
+            };
+            let account = Account {
+                user_id: user.id.clone(),
+                stripe_account_id: user.account.clone(),
+                account_created_at: start - Duration::days(400),
+                stripe_status: None,
+                version: 1,
+            };
+            now(stores.accounts.put(&account, None)).unwrap_or_default();
+            let lifetime = chaos.between(10_000_00, 60_000_00);
+            earnings
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(
+                    user.id.clone(),
+                    Earnings {
+                        lifetime_cents: lifetime,
+                        frozen_cents: 0,
+                    },
+                );
+            users.push(user);
+        }
+        Self {
+            seed,
+            options: options.clone(),
+            chaos,
+            clock,
+            executor: Executor::new(gate),
+            stripe,
+            stores,
+            payouts,
+            inboxes,
+            approvals,
+            users,
+            earnings,
+            alerts,
+            bank_payouts: Vec::new(),
+            observed: Observed::default(),
+            trace: Vec::new(),
+            step: 0,
+            crashes: 0,
+        }
+    }
+
+    fn note(&mut self, line: String) {
+        let at = self.clock.now().format("%m-%d %H:%M:%S");
+        self.trace.push(format!("{:>4} {at} {line}", self.step));
+    }
+
+    fn failure(&self, problem: String) -> Failure {
+        Failure {
+            seed: self.seed,
+            step: self.step,
+            problem,
+            trace: self.trace.clone(),
+        }
+    }
+
+    /// Runs the chaotic steps, then the drain, checking the invariants throughout.
+    pub fn run(mut self) -> Result<Report, Failure> {
+        for _ in 0..self.options.steps {
+            self.step += 1;
+            self.chaotic_step();
+            self.check_now()?;
+        }
+        self.drain()?;
+        let mut payouts = BTreeMap::new();
+        for payout in self.stores.payouts.all() {
+            *payouts.entry(payout.status.as_str()).or_default() += 1;
+        }
+        Ok(Report {
+            seed: self.seed,
+            steps: self.step,
+            payouts,
+            transfers: self.stripe.transfers().len(),
+            crashes: self.crashes,
+            faults: self.chaos.injected(),
+            alerts: self.alerts.lock().map(|a| a.len()).unwrap_or(0),
+            trace: self.trace,
+        })
+    }
+
+    fn check_now(&mut self) -> Result<(), Failure> {
+        for line in self.stripe.drain_log() {
+            self.trace.push(line);
+        }
+        for line in self.observed.news(&self.stores) {
+            self.trace.push(line);
+        }
+        let earnings = self
+            .earnings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        invariants::always(&self.stores, &self.stripe, &earnings, &mut self.observed)
+            .map_err(|problem| self.failure(problem))
+    }
+
+    fn start(&mut self, label: String, future: TaskFuture) {
+        let (id, progress) = self.executor.start(label.clone(), future);
+        let line = match progress {
+            Progress::Done(line) => format!("task {id} {label}: {line}"),
+            Progress::Parked(point) => format!("task {id} {label} waits at {point}"),
+        };
+        self.note(line);
+    }
+
+    fn chaotic_step(&mut self) {
+        let parked = self.executor.parked();
+        if !parked.is_empty() && self.chaos.chance(550) {
+            // One task runs on for a few await points; it may die at any of them.
+            let (id, label, mut point) = parked[self.chaos.below(parked.len())].clone();
+            for _ in 0..self.chaos.between(1, 6) {
+                if self.chaos.fault("crash", CRASH) {
+                    self.executor.crash(id);
+                    self.crashes += 1;
+                    self.note(format!("task {id} {label} CRASHED at {point}"));
+                    return;
+                }
+                match self.executor.resume(id) {
+                    Progress::Done(line) => {
+                        self.note(format!("task {id} {label}: {line}"));
+                        return;
+                    }
+                    Progress::Parked(next) => point = next,
+                }
+            }
+            self.note(format!("task {id} {label} waits at {point}"));
+            return;
+        }
+        let room = self.executor.in_flight() < 8;
+        match self.chaos.below(100) {
+            0..=17 if room => self.request(),
+            18..=31 if room => self.payouts_pass(),
+            32..=43 if room => self.inbox_pass(),
+            44..=49 if room => self.approvals_pass(),
+            50..=55 if room => self.decide(),
+            56..=69 if room => self.deliver(),
+            70..=79 => self.advance(),
+            80..=85 => self.pay_out(),
+            86..=87 => self.fail_bank_payout(),
+            88..=90 => self.reverse(),
+            91..=92 => self.fail_transfer(),
+            93..=94 => self.toggle_account(),
+            95..=96 => self.freeze(),
+            _ => self.advance(),
+        }
+    }
+
+    fn request(&mut self) {
+        let user_index = self.chaos.below(self.users.len());
+        let reuse = !self.users[user_index].keys.is_empty() && self.chaos.chance(150);
+        let (key, cents) = if reuse {
+            let keys = &self.users[user_index].keys;
+            let (key, cents) = keys[self.chaos.below(keys.len())].clone();
+            // Mostly a retry of the same request; sometimes the same key for another amount.
+            let cents = if self.chaos.chance(800) {
+                cents
+            } else {
+                cents + 1
+            };
+            (key, cents)
+        } else {
+            let key = format!("key_{}_{}", user_index, self.users[user_index].keys.len());
+            // Mostly ordinary amounts; some above the approval threshold.
+            let cents = if self.chaos.chance(150) {
+                self.chaos.between(5_000_01, 9_000_00)
+            } else {
+                self.chaos.between(20_00, 1_900_00)
+            };
+            self.users[user_index].keys.push((key.clone(), cents));
+            (key, cents)
+        };
+        let user = self.users[user_index].id.clone();
+        let flow = Arc::clone(&self.payouts[self.chaos.below(self.payouts.len())]);
+        let label = format!("request {user} {key} {cents}");
+        self.start(
+            label,
+            Box::pin(async move {
+                match flow.request(&user, Money::usd(cents), &key).await {
+                    Ok(requested) => match requested.payout {
+                        Some(payout) => format!("{} {}", payout.id, payout.status.as_str()),
+                        None => format!("refused: {}", requested.decision.reason),
+                    },
+                    Err(error) => format!("error {:?}: {}", error.kind(), error.message()),
+                }
+            }),
+        );
+    }
+
+    fn payouts_pass(&mut self) {
+        let replica = self.chaos.below(self.payouts.len());
+        let flow = Arc::clone(&self.payouts[replica]);
+        self.start(
+            format!("payouts worker {replica}"),
+            Box::pin(async move {
+                match flow.run_due().await {
+                    Ok(count) => format!("worked on {count}"),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    fn inbox_pass(&mut self) {
+        let replica = self.chaos.below(self.inboxes.len());
+        let inbox = Arc::clone(&self.inboxes[replica]);
+        self.start(
+            format!("webhooks worker {replica}"),
+            Box::pin(async move {
+                match inbox.process_due().await {
+                    Ok(count) => format!("processed {count}"),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    fn approvals_pass(&mut self) {
+        let replica = self.chaos.below(self.approvals.len());
+        let workflow = Arc::clone(&self.approvals[replica]);
+        self.start(
+            format!("approvals worker {replica}"),
+            Box::pin(async move {
+                match workflow.run_due().await {
+                    Ok(count) => format!("carried out {count}"),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    fn decide(&mut self) {
+        let pending: Vec<String> = self
+            .stores
+            .approvals
+            .all()
+            .into_iter()
+            .filter(|a| a.status == ApprovalStatus::Pending)
+            .map(|a| a.id)
+            .collect();
+        if pending.is_empty() {
+            return self.advance();
+        }
+        let approval = pending[self.chaos.below(pending.len())].clone();
+        // Sometimes two admins decide at once.
+        let admins = if self.chaos.chance(300) { 2 } else { 1 };
+        for admin in 0..admins {
+            let action = if self.chaos.chance(700) {
+                Action::Approve
+            } else {
+                Action::Reject
+            };
+            let workflow = Arc::clone(&self.approvals[self.chaos.below(self.approvals.len())]);
+            let approval = approval.clone();
+            self.start(
+                format!("admin_{admin} {action:?} {approval}"),
+                Box::pin(async move {
+                    match workflow
+                        .decide(
+                            &approval,
+                            action,
+                            &format!("admin_{admin}"),
+                            Some("checked"),
+                        )
+                        .await
+                    {
+                        Ok(decided) => decided.message,
+                        Err(error) => format!("error {:?}: {}", error.kind(), error.message()),
+                    }
+                }),
+            );
+        }
+    }
+
+    fn deliver(&mut self) {
+        let outbox = self.stripe.outbox();
+        if outbox.is_empty() {
+            return self.advance();
+        }
+        let event = outbox[self.chaos.below(outbox.len())].clone();
+        if event.droppable && self.chaos.fault("event never delivered", 100) {
+            self.stripe.acknowledged(&event.id);
+            self.note(format!("stripe loses {} {}", event.id, event.event_type));
+            return;
+        }
+        let redeliver = self.chaos.fault("event delivered twice", 150);
+        let inbox = Arc::clone(&self.inboxes[self.chaos.below(self.inboxes.len())]);
+        let stripe = self.stripe.clone();
+        let header = signature_header(
+            event.payload.as_bytes(),
+            WEBHOOK_SECRET,
+            self.clock.now().timestamp(),
+        );
+        self.start(
+            format!("deliver {} {}", event.id, event.event_type),
+            Box::pin(async move {
+                match inbox
+                    .ingest(
+                        Endpoint::StripePayouts,
+                        event.payload.as_bytes(),
+                        Some(&header),
+                    )
+                    .await
+                {
+                    Ok(ingested) => {
+                        if !redeliver {
+                            stripe.acknowledged(&event.id);
+                        }
+                        match ingested {
+                            Ingested::Accepted { .. } => "accepted".to_owned(),
+                            Ingested::Duplicate { .. } => "duplicate".to_owned(),
+                        }
+                    }
+                    Err(error) => format!("not acknowledged: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    fn advance(&mut self) {
+        let seconds = if self.chaos.chance(200) {
+            self.chaos.between(600, 7_200)
+        } else {
+            self.chaos.between(1, 400)
+        };
+        self.clock.advance(Duration::seconds(seconds));
+        self.note(format!("time +{seconds}s"));
+    }
+
+    fn pay_out(&mut self) {
+        let user = &self.users[self.chaos.below(self.users.len())];
+        let account = user.account.clone();
+        match self.stripe.pay_out(&account) {
+            Some(bank_payout) => {
+                self.note(format!("stripe pays out {account}: {bank_payout}"));
+                self.bank_payouts.push((bank_payout, account));
+            }
+            None => self.advance(),
+        }
+    }
+
+    fn fail_bank_payout(&mut self) {
+        if self.bank_payouts.is_empty() {
+            return self.advance();
+        }
+        let (bank_payout, account) =
+            self.bank_payouts[self.chaos.below(self.bank_payouts.len())].clone();
+        if self.stripe.fail_bank_payout(&bank_payout, &account) {
+            self.note(format!("stripe: bank payout {bank_payout} failed"));
+        }
+    }
+
+    fn live_transfers(&self) -> Vec<(String, i64)> {
+        self.stripe
+            .transfers()
+            .iter()
+            .filter_map(|t| {
+                let left = t["amount"].as_i64()? - t["amount_reversed"].as_i64()?;
+                (left > 0).then(|| (t["id"].as_str().unwrap_or_default().to_owned(), left))
+            })
+            .collect()
+    }
+
+    fn reverse(&mut self) {
+        let live = self.live_transfers();
+        if live.is_empty() {
+            return self.advance();
+        }
+        let (transfer, left) = live[self.chaos.below(live.len())].clone();
+        let cents = if self.chaos.chance(500) {
+            left
+        } else {
+            self.chaos.between(1, left)
+        };
+        if self.stripe.reverse(&transfer, cents) {
+            self.note(format!("stripe reverses {cents} of {transfer}"));
+        }
+    }
+
+    fn fail_transfer(&mut self) {
+        let live = self.live_transfers();
+        if live.is_empty() {
+            return self.advance();
+        }
+        let (transfer, _) = live[self.chaos.below(live.len())].clone();
+        if self.stripe.fail_transfer(&transfer) {
+            self.note(format!("stripe: transfer {transfer} failed (legacy)"));
+        }
+    }
+
+    fn toggle_account(&mut self) {
+        let account = self.users[self.chaos.below(self.users.len())]
+            .account
+            .clone();
+        let enabled = self.chaos.chance(600);
+        self.stripe.set_payouts_enabled(&account, enabled);
+        self.note(format!("stripe: payouts on {account} enabled={enabled}"));
+    }
+
+    fn freeze(&mut self) {
+        let user = self.users[self.chaos.below(self.users.len())].id.clone();
+        let mut book = self
+            .earnings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let lifetime = book.get(&user).map_or(0, |e| e.lifetime_cents);
+        let frozen = if self.chaos.chance(500) {
+            0
+        } else {
+            self.chaos.between(0, lifetime / 2)
+        };
+        if let Some(earnings) = book.get_mut(&user) {
+            earnings.frozen_cents = frozen;
+        }
+        drop(book);
+        self.note(format!("disputes: {user} has {frozen} frozen"));
+    }
+
+    /// Runs a task to its end (no faults are injected once the drain has begun).
+    fn complete(&mut self, label: String, future: TaskFuture) -> String {
+        let (id, mut progress) = self.executor.start(label.clone(), future);
+        loop {
+            match progress {
+                Progress::Done(line) => {
+                    self.note(format!("task {id} {label}: {line}"));
+                    return line;
+                }
+                Progress::Parked(_) => progress = self.executor.resume(id),
+            }
+        }
+    }
+
+    /// Faults off: what an operator and Stripe's retries would do until nothing is left in
+    /// flight, then the end-state invariants.
+    fn drain(&mut self) -> Result<(), Failure> {
+        self.chaos.set_faults(false);
+        self.note("drain: faults off".to_owned());
+        while let Some((id, label, _)) = self.executor.parked().first().cloned() {
+            let line = loop {
+                match self.executor.resume(id) {
+                    Progress::Done(line) => break line,
+                    Progress::Parked(_) => {}
+                }
+            };
+            self.note(format!("task {id} {label}: {line}"));
+        }
+        for round in 0..80 {
+            self.step += 1;
+            self.operator_round();
+            for event in self.stripe.outbox() {
+                let inbox = Arc::clone(&self.inboxes[0]);
+                let stripe = self.stripe.clone();
+                let header = signature_header(
+                    event.payload.as_bytes(),
+                    WEBHOOK_SECRET,
+                    self.clock.now().timestamp(),
+                );
+                self.complete(
+                    format!("deliver {} {}", event.id, event.event_type),
+                    Box::pin(async move {
+                        let result = inbox
+                            .ingest(
+                                Endpoint::StripePayouts,
+                                event.payload.as_bytes(),
+                                Some(&header),
+                            )
+                            .await;
+                        if result.is_ok() {
+                            stripe.acknowledged(&event.id);
+                        }
+                        format!("{:?}", result.map(|_| "acknowledged"))
+                    }),
+                );
+            }
+            for _ in 0..4 {
+                let inbox = Arc::clone(&self.inboxes[0]);
+                let flow = Arc::clone(&self.payouts[0]);
+                let workflow = Arc::clone(&self.approvals[0]);
+                self.complete(
+                    "drain passes".to_owned(),
+                    Box::pin(async move {
+                        let events = inbox.process_due().await.unwrap_or(0);
+                        let payouts = flow.run_due().await.unwrap_or(0);
+                        let approvals = workflow.run_due().await.unwrap_or(0);
+                        format!("{events} events, {payouts} payouts, {approvals} approvals")
+                    }),
+                );
+            }
+            let accounts: Vec<String> = self.users.iter().map(|u| u.account.clone()).collect();
+            for account in accounts {
+                if let Some(bank_payout) = self.stripe.pay_out(&account) {
+                    self.note(format!("stripe pays out {account}: {bank_payout}"));
+                }
+            }
+            self.check_now()?;
+            if round > 2 && invariants::settled(&self.stores, &self.stripe) {
+                break;
+            }
+            // Long enough for every backoff, lease and Stripe's idempotency window to pass.
+            let hours = if round % 6 == 5 { 25 } else { 2 };
+            self.clock.advance(Duration::hours(hours));
+            self.note(format!("time +{hours}h"));
+        }
+        invariants::at_end(&self.stores, &self.stripe).map_err(|problem| self.failure(problem))
+    }
+
+    /// What an admin does once alerted: resume parked work, retry parked events, decide
+    /// what waits for a decision.
+    fn operator_round(&mut self) {
+        for payout in self.stores.payouts.all() {
+            if payout.parked {
+                let flow = Arc::clone(&self.payouts[0]);
+                self.complete(
+                    format!("admin resumes {}", payout.id),
+                    Box::pin(async move {
+                        format!(
+                            "{:?}",
+                            flow.resume(&payout.id, "admin:sim").await.map(|p| p.status)
+                        )
+                    }),
+                );
+            }
+        }
+        for approval in self.stores.approvals.all() {
+            let workflow = Arc::clone(&self.approvals[0]);
+            if approval.parked {
+                self.complete(
+                    format!("admin retries {}", approval.id),
+                    Box::pin(async move {
+                        format!(
+                            "{:?}",
+                            workflow
+                                .retry(&approval.id, "admin:sim")
+                                .await
+                                .map(|a| a.applied)
+                        )
+                    }),
+                );
+            } else if approval.status == ApprovalStatus::Pending {
+                self.complete(
+                    format!("admin approves {}", approval.id),
+                    Box::pin(async move {
+                        match workflow
+                            .decide(&approval.id, Action::Approve, "admin_end", Some("ok"))
+                            .await
+                        {
+                            Ok(decided) => decided.message,
+                            Err(error) => format!("error: {}", error.message()),
+                        }
+                    }),
+                );
+            }
+        }
+        for event in self.stores.inbox.all() {
+            if event.status == EventStatus::Failed {
+                let inbox = Arc::clone(&self.inboxes[0]);
+                self.complete(
+                    format!("admin retries {}", event.event_id),
+                    Box::pin(async move {
+                        let retried = inbox
+                            .retry(Some(event.endpoint), &event.event_id, "admin:sim")
+                            .await;
+                        format!("{:?}", retried.map(|events| events.len()))
+                    }),
+                );
+            }
+        }
+    }
+}
