@@ -177,6 +177,7 @@ impl Limits {
         user_id: &str,
         payout_id: &str,
         amount_cents: i64,
+        requested_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Reserved, ServiceError> {
         let context = self.context.context(user_id).await?;
         // A refusal of this payout is recorded under an id of its own, so recording it again
@@ -185,25 +186,49 @@ impl Limits {
         for _ in 0..MAX_ADMISSION_ATTEMPTS {
             let quota = self.quotas.get(user_id).await?;
             let now = self.clock.now();
-            let (decision, store, reserved) =
-                match checks::admit(&self.config, &quota, &context, payout_id, amount_cents, now) {
-                    Admission::AlreadyAdmitted { decision } => {
-                        return Ok(Reserved {
-                            decision,
-                            reserved: true,
-                        });
+            let admission = checks::admit(
+                &self.config,
+                &quota,
+                &context,
+                payout_id,
+                amount_cents,
+                requested_at,
+                now,
+            );
+            let (decision, store, reserved) = match admission {
+                Admission::AlreadyAdmitted { decision } => {
+                    return Ok(Reserved {
+                        decision,
+                        reserved: true,
+                    });
+                }
+                Admission::AlreadyRefused { decision, refusal } => {
+                    self.record_blocked(blocked_id, user_id, amount_cents, &decision)
+                        .await?;
+                    return refused(decision, refusal.available_cents, amount_cents);
+                }
+                Admission::Refused { decision, quota } => (decision, quota, false),
+                Admission::InsufficientBalance {
+                    decision, quota, ..
+                } => (decision, quota, false),
+                Admission::Admitted { decision, quota } => (decision, quota, true),
+                Admission::Expired {
+                    decision,
+                    quota: fenced,
+                } => {
+                    // Written only to move the version: see checks::ADMISSION_WINDOW.
+                    match self.quotas.put(&fenced, quota.version).await {
+                        Ok(()) => {
+                            return Ok(Reserved {
+                                decision,
+                                reserved: false,
+                            });
+                        }
+                        Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                        Err(error) => return Err(error),
                     }
-                    Admission::AlreadyRefused { decision, refusal } => {
-                        self.record_blocked(blocked_id, user_id, amount_cents, &decision)
-                            .await?;
-                        return refused(decision, refusal.available_cents, amount_cents);
-                    }
-                    Admission::Refused { decision, quota } => (decision, quota, false),
-                    Admission::InsufficientBalance {
-                        decision, quota, ..
-                    } => (decision, quota, false),
-                    Admission::Admitted { decision, quota } => (decision, quota, true),
-                };
+                }
+            };
             match self.quotas.put(&store, quota.version).await {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::Conflict => {

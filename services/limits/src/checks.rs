@@ -31,6 +31,14 @@ pub const ATTEMPT_WINDOW: Duration = Duration::hours(24);
 /// cannot grow their document without bound.
 pub const MAX_REMEMBERED_ATTEMPTS: usize = 200;
 
+/// A payout requested longer ago than this is no longer admitted: refusals are remembered
+/// for [`ATTEMPT_WINDOW`], so an admission resumed later than that (a worker that stalled
+/// for a day) could otherwise reserve quota for a payout its first caller was refused and
+/// deleted long ago. Such a request is refused; the user asks again. The refusal is written
+/// (it moves the quota's version), so an admission of the same payout that read the quota
+/// earlier and writes later loses its compare-and-set and decides again: refused.
+pub const ADMISSION_WINDOW: Duration = ATTEMPT_WINDOW;
+
 /// One admitted payout in a user's quota.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
@@ -169,6 +177,9 @@ pub enum Admission {
         decision: Decision,
         refusal: Refusal,
     },
+    /// The payout was requested longer ago than [`ADMISSION_WINDOW`]: refused. The quota to
+    /// store is unchanged but for its version, which fences admissions read before it.
+    Expired { decision: Decision, quota: Quota },
 }
 
 fn start_of_month(now: DateTime<Utc>) -> DateTime<Utc> {
@@ -375,6 +386,7 @@ pub fn admit(
     context: &UserContext,
     payout_id: &str,
     amount_cents: i64,
+    requested_at: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Admission {
     if let Some(existing) = quota.find(payout_id) {
@@ -398,6 +410,22 @@ pub fn admit(
                 metadata: metadata(quota, context, config, now),
             },
             refusal: refusal.clone(),
+        };
+    }
+    if now - requested_at > ADMISSION_WINDOW {
+        return Admission::Expired {
+            decision: Decision {
+                allowed: false,
+                requires_approval: false,
+                flags: Vec::new(),
+                reason: "The request is more than 24 hours old; request the payout again"
+                    .to_owned(),
+                metadata: metadata(quota, context, config, now),
+            },
+            quota: Quota {
+                version: quota.version + 1,
+                ..quota.clone()
+            },
         };
     }
     let decision = evaluate(config, quota, context, amount_cents, now);
@@ -853,7 +881,7 @@ mod tests {
             ..established()
         };
         let Admission::Admitted { quota, decision } =
-            admit(&config, &veteran(), &context, "p1", 600_00, now())
+            admit(&config, &veteran(), &context, "p1", 600_00, now(), now())
         else {
             panic!("admitted");
         };
@@ -869,12 +897,12 @@ mod tests {
         );
         // The same payout again: same answer, nothing new to store.
         assert!(matches!(
-            admit(&config, &quota, &context, "p1", 600_00, now()),
+            admit(&config, &quota, &context, "p1", 600_00, now(), now()),
             Admission::AlreadyAdmitted { .. }
         ));
         // Another payout beyond what is left: 400 available; the refusal is remembered.
         let later = now() + Duration::hours(1);
-        let refused = match admit(&config, &quota, &context, "p2", 400_01, later) {
+        let refused = match admit(&config, &quota, &context, "p2", 400_01, later, later) {
             Admission::InsufficientBalance {
                 available_cents,
                 decision,
@@ -888,7 +916,7 @@ mod tests {
         };
         assert_eq!(refused.committed_cents, 600_00);
         assert!(matches!(
-            admit(&config, &refused, &context, "p3", 400_00, later),
+            admit(&config, &refused, &context, "p3", 400_00, later, later),
             Admission::Admitted { .. }
         ));
     }
@@ -898,7 +926,7 @@ mod tests {
         let config = LimitConfig::default();
         let soon = with(veteran(), &[(100, Duration::seconds(10))]);
         let Admission::Refused { quota, decision } =
-            admit(&config, &soon, &established(), "p", 100, now())
+            admit(&config, &soon, &established(), "p", 100, now(), now())
         else {
             panic!("too soon");
         };
@@ -906,7 +934,7 @@ mod tests {
         // Later the same payout would pass the checks, but its first answer stands: a retried
         // admission can never reserve quota for a payout its first caller deleted.
         let later = now() + Duration::hours(1);
-        match admit(&config, &quota, &established(), "p", 100, later) {
+        match admit(&config, &quota, &established(), "p", 100, later, later) {
             Admission::AlreadyRefused { decision, refusal } => {
                 assert!(!decision.allowed);
                 assert_eq!(refusal.flags, vec![Flag::TooSoon]);
@@ -914,8 +942,48 @@ mod tests {
             other => panic!("expected the same refusal, got {other:?}"),
         }
         assert!(matches!(
-            admit(&config, &quota, &established(), "other", 100, later),
+            admit(&config, &quota, &established(), "other", 100, later, later),
             Admission::Admitted { .. }
+        ));
+    }
+
+    #[test]
+    fn an_admission_resumed_after_the_refusal_memory_is_refused() {
+        let config = LimitConfig::default();
+        let requested = now() - Duration::hours(25);
+        match admit(
+            &config,
+            &veteran(),
+            &established(),
+            "stale",
+            100,
+            requested,
+            now(),
+        ) {
+            Admission::Expired { decision, quota } => {
+                assert!(!decision.allowed);
+                // Nothing reserved, nothing counted; only the version moves.
+                assert_eq!(quota.committed_cents, veteran().committed_cents);
+                assert_eq!(quota.attempts, veteran().attempts);
+                assert_eq!(quota.version, veteran().version + 1);
+            }
+            other => panic!("expected expired, got {other:?}"),
+        }
+        // An admitted payout stays admitted, however late the retry.
+        let Admission::Admitted { quota, .. } = admit(
+            &config,
+            &veteran(),
+            &established(),
+            "p",
+            100,
+            requested,
+            requested,
+        ) else {
+            panic!("admitted");
+        };
+        assert!(matches!(
+            admit(&config, &quota, &established(), "p", 100, requested, now()),
+            Admission::AlreadyAdmitted { .. }
         ));
     }
 
@@ -943,9 +1011,15 @@ mod tests {
     #[test]
     fn release_sets_a_sequenced_total_and_never_gives_back_twice() {
         let config = LimitConfig::default();
-        let Admission::Admitted { quota, .. } =
-            admit(&config, &veteran(), &established(), "p1", 600_00, now())
-        else {
+        let Admission::Admitted { quota, .. } = admit(
+            &config,
+            &veteran(),
+            &established(),
+            "p1",
+            600_00,
+            now(),
+            now(),
+        ) else {
             panic!("admitted");
         };
         // A partial reversal of 100.
@@ -988,9 +1062,15 @@ mod tests {
     #[test]
     fn an_equal_total_under_a_newer_sequence_still_fences_older_calls() {
         let config = LimitConfig::default();
-        let Admission::Admitted { quota, .. } =
-            admit(&config, &veteran(), &established(), "p1", 600_00, now())
-        else {
+        let Admission::Admitted { quota, .. } = admit(
+            &config,
+            &veteran(),
+            &established(),
+            "p1",
+            600_00,
+            now(),
+            now(),
+        ) else {
             panic!("admitted");
         };
         let Release::Changed(first) = release(&quota, "p1", 600_00, 1) else {
@@ -1014,7 +1094,7 @@ mod tests {
             ..established()
         };
         let Admission::Admitted { quota, .. } =
-            admit(&config, &veteran(), &context, "p1", 600_00, now())
+            admit(&config, &veteran(), &context, "p1", 600_00, now(), now())
         else {
             panic!("admitted");
         };
@@ -1042,7 +1122,7 @@ mod tests {
             ],
         );
         let Admission::Admitted { quota, .. } =
-            admit(&config, &old, &established(), "p", 100, now())
+            admit(&config, &old, &established(), "p", 100, now(), now())
         else {
             panic!("admitted");
         };

@@ -7,8 +7,8 @@ use payouts_proto::limits::v1::payout_limits_service_server::{
     PayoutLimitsService, PayoutLimitsServiceServer,
 };
 use payouts_runtime::convert::{
-    page_size, paginate, parse_page_token, positive_money, required_id, required_money, timestamp,
-    usd,
+    page_size, paginate, parse_page_token, positive_money, required_id, required_money,
+    required_time, timestamp, usd,
 };
 use payouts_runtime::{Currency, ServiceError};
 use tonic::{Request, Response, Status};
@@ -125,9 +125,10 @@ impl PayoutLimitsService for LimitsGrpc {
         let user_id = required_id(&r.user_id, "user_id")?;
         let payout_id = required_id(&r.payout_id, "payout_id")?;
         let amount_cents = amount(r.amount)?;
+        let requested_at = required_time(r.requested_at, "requested_at")?;
         let reserved = self
             .limits
-            .reserve(&user_id, &payout_id, amount_cents)
+            .reserve(&user_id, &payout_id, amount_cents, requested_at)
             .await?;
         Ok(Response::new(pb::ReservePayoutResponse {
             decision: Some(decision_to_proto(reserved.decision)),

@@ -79,7 +79,7 @@ async fn concurrently(limits: &Arc<Limits>, user: &str, count: usize, cents: i64
         .map(|i| {
             let limits = Arc::clone(limits);
             let (user, payout) = (user.to_owned(), format!("{user}_payout_{i}"));
-            tokio::spawn(async move { limits.reserve(&user, &payout, cents).await })
+            tokio::spawn(async move { limits.reserve(&user, &payout, cents, Utc::now()).await })
         })
         .collect();
     let mut admitted = Vec::new();
@@ -179,9 +179,15 @@ async fn two_requests_ten_milliseconds_apart_under_the_five_minute_gap_admit_one
     on_both_stores("gap", |stores| async move {
         let clock = ManualClock::new(Utc::now());
         let limits = limits(&stores, LimitConfig::default(), 1_000_000_00, &clock);
-        let first = limits.reserve("u_gap", "gap_1", 100_00).await.unwrap();
+        let first = limits
+            .reserve("u_gap", "gap_1", 100_00, Utc::now())
+            .await
+            .unwrap();
         clock.advance(Duration::milliseconds(10));
-        let second = limits.reserve("u_gap", "gap_2", 100_00).await.unwrap();
+        let second = limits
+            .reserve("u_gap", "gap_2", 100_00, Utc::now())
+            .await
+            .unwrap();
         assert!(first.reserved);
         assert!(!second.reserved);
         assert_eq!(second.decision.flags.last(), Some(&Flag::TooSoon));
@@ -189,7 +195,62 @@ async fn two_requests_ten_milliseconds_apart_under_the_five_minute_gap_admit_one
         clock.advance(Duration::seconds(300));
         assert!(
             limits
-                .reserve("u_gap", "gap_3", 100_00)
+                .reserve("u_gap", "gap_3", 100_00, Utc::now())
+                .await
+                .unwrap()
+                .reserved
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_older_than_a_day_is_refused_and_fences_older_writers() {
+    on_both_stores("expired", |stores| async move {
+        let clock = ManualClock::new(Utc::now());
+        let limits = limits(&stores, LimitConfig::default(), 1_000_000_00, &clock);
+        let requested_at = clock.now();
+        assert!(
+            limits
+                .reserve("u_late", "late_1", 100_00, requested_at)
+                .await
+                .unwrap()
+                .reserved
+        );
+        // A second payout's admission reads the quota, then stalls past the day.
+        let read_before = stores.quotas.get("u_late").await.unwrap();
+        clock.advance(Duration::hours(24) + Duration::seconds(1));
+        let late = limits
+            .reserve("u_late", "late_2", 100_00, requested_at)
+            .await
+            .unwrap();
+        assert!(!late.reserved, "a day-old request is not admitted");
+        assert!(
+            late.decision.reason.contains("24 hours"),
+            "{}",
+            late.decision.reason
+        );
+        let after = stores.quotas.get("u_late").await.unwrap();
+        assert_eq!(after.committed_cents, 100_00, "nothing reserved");
+        assert_eq!(
+            after.version,
+            read_before.version + 1,
+            "the refusal is written"
+        );
+        // The stalled admission now writes what it decided before: it loses.
+        let mut stale = read_before.clone();
+        stale.committed_cents += 100_00;
+        stale.version += 1;
+        let error = stores
+            .quotas
+            .put(&stale, read_before.version)
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        // An admitted payout stays admitted, however late its retry.
+        assert!(
+            limits
+                .reserve("u_late", "late_1", 100_00, requested_at)
                 .await
                 .unwrap()
                 .reserved
@@ -212,8 +273,14 @@ async fn validation_is_read_only_and_reservation_is_idempotent_and_releasable() 
             "validation reserves nothing"
         );
 
-        let first = limits.reserve("u_idem", "idem_1", 100_00).await.unwrap();
-        let again = limits.reserve("u_idem", "idem_1", 100_00).await.unwrap();
+        let first = limits
+            .reserve("u_idem", "idem_1", 100_00, Utc::now())
+            .await
+            .unwrap();
+        let again = limits
+            .reserve("u_idem", "idem_1", 100_00, Utc::now())
+            .await
+            .unwrap();
         assert!(first.reserved && again.reserved);
         let quota = stores.quotas.get("u_idem").await.unwrap();
         assert_eq!(
@@ -272,7 +339,7 @@ async fn a_refusal_for_the_balance_is_recorded_and_final_for_its_payout() {
         let clock = ManualClock::new(Utc::now());
         let limits = limits(&stores, only(LimitConfig::default()), 500_00, &clock);
         let error = limits
-            .reserve("u_poor", "poor_1", 600_00)
+            .reserve("u_poor", "poor_1", 600_00, Utc::now())
             .await
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
@@ -286,7 +353,7 @@ async fn a_refusal_for_the_balance_is_recorded_and_final_for_its_payout() {
         assert_eq!(recorded[0].amount_cents, 600_00);
         // A retry of the same payout gets the same answer and records nothing new.
         let again = limits
-            .reserve("u_poor", "poor_1", 600_00)
+            .reserve("u_poor", "poor_1", 600_00, Utc::now())
             .await
             .unwrap_err();
         assert_eq!(again.kind(), ErrorKind::FailedPrecondition);
@@ -319,21 +386,30 @@ async fn five_attempts_in_a_day_are_held_as_suspicious_with_the_default_limits()
         let limits = limits(&stores, config, 1_000_000_00, &clock);
         assert!(
             limits
-                .reserve("u_freq", "f1", 100_00)
+                .reserve("u_freq", "f1", 100_00, Utc::now())
                 .await
                 .unwrap()
                 .reserved
         );
         for (minutes, payout) in [(1, "f2"), (2, "f3")] {
             clock.advance(Duration::minutes(minutes));
-            let refused = limits.reserve("u_freq", payout, 100_00).await.unwrap();
+            let refused = limits
+                .reserve("u_freq", payout, 100_00, Utc::now())
+                .await
+                .unwrap();
             assert_eq!(refused.decision.flags.last(), Some(&Flag::TooSoon));
         }
         clock.advance(Duration::minutes(5));
-        let fourth = limits.reserve("u_freq", "f4", 100_00).await.unwrap();
+        let fourth = limits
+            .reserve("u_freq", "f4", 100_00, Utc::now())
+            .await
+            .unwrap();
         assert!(fourth.reserved && !fourth.decision.requires_approval);
         clock.advance(Duration::minutes(5));
-        let fifth = limits.reserve("u_freq", "f5", 100_00).await.unwrap();
+        let fifth = limits
+            .reserve("u_freq", "f5", 100_00, Utc::now())
+            .await
+            .unwrap();
         assert!(
             fifth.reserved,
             "two payouts today: the daily count allows it"
@@ -352,7 +428,7 @@ async fn recheck_sees_earnings_that_shrank_after_admission() {
         let generous = limits(&stores, only(LimitConfig::default()), 1_000_00, &clock);
         assert!(
             generous
-                .reserve("u_re", "re_1", 800_00)
+                .reserve("u_re", "re_1", 800_00, Utc::now())
                 .await
                 .unwrap()
                 .reserved

@@ -25,7 +25,74 @@ pub struct Account {
     /// Unknown until Stripe tells us (`account.updated`, or `GET /v1/accounts/{id}` asked
     /// before the first payout). Unknown is never taken for "payouts enabled".
     pub stripe_status: Option<StripeAccountStatus>,
+    /// The payments recent bank payouts of the account carried (newest last): a payout whose
+    /// transfer becomes known only after its bank payout's event was processed (Stripe does
+    /// not order events) still learns that its money reached the bank.
+    pub bank_payments: Vec<CarriedPayment>,
     pub version: i64,
+}
+
+/// A payment (`py_...`) a bank payout carried, and whether that bank payout failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedPayment {
+    pub payment: String,
+    pub bank_payout: String,
+    pub failure_code: Option<String>,
+}
+
+/// How many carried payments an account remembers (weeks of bank payouts), so the document
+/// stays bounded.
+pub const REMEMBERED_BANK_PAYMENTS: usize = 500;
+
+impl Account {
+    /// The payment's bank payout, if a recent one carried it.
+    pub fn carried(&self, payment: &str) -> Option<&CarriedPayment> {
+        self.bank_payments
+            .iter()
+            .rev()
+            .find(|c| c.payment == payment)
+    }
+
+    /// The account with what a bank payout carried recorded (a failure marks the bank
+    /// payout's payments failed); `None` when that changes nothing.
+    pub fn with_bank_payout(
+        &self,
+        bank_payout: &str,
+        payments: &[String],
+        failure_code: Option<&str>,
+    ) -> Option<Account> {
+        let mut updated = self.clone();
+        let mut changed = false;
+        for payment in payments.iter().filter(|p| p.starts_with("py_")) {
+            match updated
+                .bank_payments
+                .iter_mut()
+                .find(|c| c.payment == *payment && c.bank_payout == bank_payout)
+            {
+                Some(known) => {
+                    if failure_code.is_some() && known.failure_code.is_none() {
+                        known.failure_code = failure_code.map(str::to_owned);
+                        changed = true;
+                    }
+                }
+                None => {
+                    updated.bank_payments.push(CarriedPayment {
+                        payment: payment.clone(),
+                        bank_payout: bank_payout.to_owned(),
+                        failure_code: failure_code.map(str::to_owned),
+                    });
+                    changed = true;
+                }
+            }
+        }
+        let excess = updated
+            .bank_payments
+            .len()
+            .saturating_sub(REMEMBERED_BANK_PAYMENTS);
+        updated.bank_payments.drain(..excess);
+        updated.version += 1;
+        changed.then_some(updated)
+    }
 }
 
 /// A registration request, validated.
@@ -72,6 +139,7 @@ impl Registration {
                 stripe_account_id: self.stripe_account_id,
                 account_created_at: self.account_created_at,
                 stripe_status: None,
+                bank_payments: Vec::new(),
                 version: 1,
             },
             Some(existing) => Account {
@@ -80,6 +148,7 @@ impl Registration {
                 } else {
                     None
                 },
+                bank_payments: existing.bank_payments,
                 user_id: self.user_id,
                 stripe_account_id: self.stripe_account_id,
                 account_created_at: existing.account_created_at,
@@ -130,6 +199,41 @@ mod tests {
             .unwrap()
             .apply(Some(known));
         assert_eq!(other.stripe_status, None);
+    }
+
+    #[test]
+    fn an_account_remembers_what_its_bank_payouts_carried() {
+        let account = Registration::parse("u", "acct_1", now(), now())
+            .unwrap()
+            .apply(None);
+        let paid = account
+            .with_bank_payout("po_1", &["py_1".to_owned(), "txn_x".to_owned()], None)
+            .unwrap();
+        assert_eq!(
+            paid.carried("py_1").map(|c| c.bank_payout.as_str()),
+            Some("po_1")
+        );
+        assert_eq!(paid.carried("txn_x"), None, "only payments are kept");
+        assert_eq!(
+            paid.with_bank_payout("po_1", &["py_1".to_owned()], None),
+            None
+        );
+        let failed = paid
+            .with_bank_payout("po_1", &["py_1".to_owned()], Some("account_closed"))
+            .unwrap();
+        assert_eq!(
+            failed
+                .carried("py_1")
+                .and_then(|c| c.failure_code.as_deref()),
+            Some("account_closed")
+        );
+        let mut many = failed;
+        for i in 0..(REMEMBERED_BANK_PAYMENTS + 10) {
+            many = many
+                .with_bank_payout(&format!("po_{i}"), &[format!("py_n{i}")], None)
+                .unwrap();
+        }
+        assert_eq!(many.bank_payments.len(), REMEMBERED_BANK_PAYMENTS);
     }
 
     #[test]

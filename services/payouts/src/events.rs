@@ -77,12 +77,6 @@ impl<'a> Event<'a> {
     }
 }
 
-/// Which of a connected account's payouts a bank payout carried, and by which rule.
-struct Attribution {
-    carried: Vec<Payout>,
-    rule: String,
-}
-
 impl PayoutFlow {
     /// Applies one Stripe event. Retried by the webhook inbox on error, so every path is
     /// idempotent.
@@ -172,71 +166,97 @@ impl PayoutFlow {
         })
     }
 
-    /// Which of `candidates` the bank payout carried: asked of Stripe (the bank payout's
-    /// balance transactions on the connected account, matched to each transfer's
-    /// destination payment). Only when Stripe cannot be asked (not configured, or it refuses
-    /// us the account's records) does `fallback` decide, and the audit log says so. An
-    /// answer that does not come is an error: the event is retried, nothing is guessed.
-    async fn attribute(
+    /// The payments a bank payout carried, asked of Stripe (its balance transactions on the
+    /// connected account). `None` when Stripe cannot be asked (not configured, or it refuses
+    /// us the account's records): the old rule decides then. An answer that does not come is
+    /// an error: the event is retried, nothing is guessed.
+    async fn bank_payout_payments(
         &self,
         account: &str,
         bank_payout_id: &str,
-        candidates: Vec<Payout>,
-        fallback: impl Fn(&Payout) -> bool,
-        fallback_rule: &str,
-    ) -> Result<Attribution, ServiceError> {
-        let old_rule = |why: String| Attribution {
-            carried: candidates.iter().filter(|p| fallback(p)).cloned().collect(),
-            rule: format!("{fallback_rule} ({why})"),
-        };
+    ) -> Result<Result<Vec<String>, String>, ServiceError> {
         let Some(stripe) = &self.stripe else {
-            return Ok(old_rule("Stripe is not configured".to_owned()));
+            return Ok(Err("Stripe is not configured".to_owned()));
         };
-        let sources = match stripe.bank_payout_sources(account, bank_payout_id).await {
-            Ok(sources) => sources,
-            Err(StripeFailure::Unknown { message }) => {
-                return Err(ServiceError::unavailable(
-                    format!(
-                        "Stripe did not list what bank payout {bank_payout_id} carried; the event will be retried"
-                    ),
-                    anyhow::anyhow!("{message}"),
-                ));
+        match stripe.bank_payout_sources(account, bank_payout_id).await {
+            Ok(sources) => Ok(Ok(sources)),
+            Err(StripeFailure::Unknown { message }) => Err(ServiceError::unavailable(
+                format!(
+                    "Stripe did not list what bank payout {bank_payout_id} carried; the event will be retried"
+                ),
+                anyhow::anyhow!("{message}"),
+            )),
+            Err(failure) => Ok(Err(format!(
+                "Stripe could not be asked: {}",
+                failure.describe()
+            ))),
+        }
+    }
+
+    /// Remembers on the account what the bank payout carried, before looking for the payouts
+    /// it carried: a payout whose transfer becomes known later owes a look here
+    /// ([`Payout::bank_check_owed`]). One of the two always sees the other.
+    async fn record_bank_payout(
+        &self,
+        account: &str,
+        bank_payout_id: &str,
+        payments: &[String],
+        failure_code: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        for _ in 0..8 {
+            let Some(owner) = self.accounts.find_by_stripe_account(account).await? else {
+                return Ok(());
+            };
+            let Some(updated) = owner.with_bank_payout(bank_payout_id, payments, failure_code)
+            else {
+                return Ok(());
+            };
+            match self.accounts.put(&updated, Some(owner.version)).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Conflict => {}
+                Err(error) => return Err(error),
             }
-            Err(failure) => {
-                return Ok(old_rule(format!(
-                    "Stripe could not be asked: {}",
-                    failure.describe()
-                )));
-            }
-        };
+        }
+        Err(ServiceError::conflict(
+            "account keeps changing; the event will be retried",
+        ))
+    }
+
+    /// Which of `candidates` carry one of `payments` (a payout's destination payment is read
+    /// from Stripe when we did not keep it).
+    async fn carrying(
+        &self,
+        candidates: Vec<Payout>,
+        payments: &[String],
+    ) -> Result<Vec<Payout>, ServiceError> {
         let mut carried = Vec::new();
         for payout in candidates {
             let payment = match (&payout.destination_payment_id, &payout.stripe_transfer_id) {
                 (Some(payment), _) => payment.clone(),
-                (None, Some(transfer_id)) => match stripe.retrieve_transfer(transfer_id).await {
-                    Ok(seen) => match seen.destination_payment {
-                        Some(payment) => payment,
-                        None => continue,
-                    },
-                    Err(failure) => {
-                        return Err(ServiceError::unavailable(
-                            format!(
-                                "Stripe did not show transfer {transfer_id}; the event will be retried"
-                            ),
-                            anyhow::anyhow!("{}", failure.describe()),
-                        ));
+                (None, Some(transfer_id)) => {
+                    let Some(stripe) = &self.stripe else { continue };
+                    match stripe.retrieve_transfer(transfer_id).await {
+                        Ok(seen) => match seen.destination_payment {
+                            Some(payment) => payment,
+                            None => continue,
+                        },
+                        Err(failure) => {
+                            return Err(ServiceError::unavailable(
+                                format!(
+                                    "Stripe did not show transfer {transfer_id}; the event will be retried"
+                                ),
+                                anyhow::anyhow!("{}", failure.describe()),
+                            ));
+                        }
                     }
-                },
+                }
                 (None, None) => continue,
             };
-            if sources.contains(&payment) {
+            if payments.contains(&payment) {
                 carried.push(payout);
             }
         }
-        Ok(Attribution {
-            carried,
-            rule: format!("the balance transactions of {bank_payout_id}"),
-        })
+        Ok(carried)
     }
 
     /// The creator's bank payout on their connected account (event `account`).
@@ -245,90 +265,14 @@ impl PayoutFlow {
             return Ok(ignored("a platform payout, not a creator's"));
         };
         let bank_payout_id = event.str("id").unwrap_or_default().to_owned();
-        let actor = event.actor();
-        let now = self.clock.now();
-        let mut changed = Vec::new();
-        match event.event_type {
-            "payout.paid" => {
-                let processing = self
-                    .payouts
-                    .by_destination(account, &[PayoutStatus::Processing])
-                    .await?;
-                let attribution = self
-                    .attribute(
-                        account,
-                        &bank_payout_id,
-                        processing,
-                        |_| true,
-                        "account: every transfer to it still processing",
-                    )
-                    .await?;
-                for payout in attribution.carried {
-                    if let Some(updated) = self
-                        .apply(payout, |p| {
-                            p.paid(
-                                Some(&bank_payout_id),
-                                &attribution.rule,
-                                Cause::event(&actor, event.id, now),
-                            )
-                        })
-                        .await?
-                    {
-                        self.after_completion(&updated);
-                        changed.push(updated.id);
-                    }
-                }
-            }
-            "payout.failed" => {
-                let code = event
+        let failure_code = match event.event_type {
+            "payout.paid" => None,
+            "payout.failed" => Some(
+                event
                     .str("failure_code")
                     .unwrap_or("could_not_process")
-                    .to_owned();
-                let candidates = self
-                    .payouts
-                    .by_destination(
-                        account,
-                        &[PayoutStatus::Processing, PayoutStatus::Completed],
-                    )
-                    .await?;
-                let attribution = self
-                    .attribute(
-                        account,
-                        &bank_payout_id,
-                        candidates,
-                        |p| p.stripe_payout_id.as_deref() == Some(bank_payout_id.as_str()),
-                        "the bank payout recorded when it was paid",
-                    )
-                    .await?;
-                for payout in attribution.carried {
-                    if let Some(updated) = self
-                        .apply(payout, |p| {
-                            p.bank_payout_failed(
-                                &code,
-                                &bank_payout_id,
-                                &attribution.rule,
-                                Cause::event(&actor, event.id, now),
-                            )
-                        })
-                        .await?
-                    {
-                        self.after_failure(&updated);
-                        changed.push(updated.id);
-                    }
-                }
-                if changed.is_empty()
-                    && let Some(owner) = self.accounts.find_by_stripe_account(account).await?
-                {
-                    self.notifier.notify(UserNotice {
-                        user_id: owner.user_id,
-                        kind: "payout_failed",
-                        title: "Bank payout failed".to_owned(),
-                        body: format!("Your bank could not receive a payout ({code}). Please check your bank details."),
-                        metadata_json: serde_json::json!({ "stripePayoutId": bank_payout_id, "failureCode": code }).to_string(),
-                        dedupe_key: format!("{bank_payout_id}:failed"),
-                    });
-                }
-            }
+                    .to_owned(),
+            ),
             // created / updated / canceled change no payout of ours.
             _ => {
                 return Ok(ignored(format!(
@@ -336,9 +280,82 @@ impl PayoutFlow {
                     event.event_type
                 )));
             }
+        };
+        let statuses: &[PayoutStatus] = if failure_code.is_some() {
+            &[PayoutStatus::Processing, PayoutStatus::Completed]
+        } else {
+            &[PayoutStatus::Processing]
+        };
+        let payments = self.bank_payout_payments(account, &bank_payout_id).await?;
+        if let Ok(payments) = &payments {
+            self.record_bank_payout(account, &bank_payout_id, payments, failure_code.as_deref())
+                .await?;
+        }
+        let candidates = self.payouts.by_destination(account, statuses).await?;
+        let (carried, rule) = match &payments {
+            Ok(payments) => (
+                self.carrying(candidates, payments).await?,
+                format!("the balance transactions of {bank_payout_id}"),
+            ),
+            Err(why) => match &failure_code {
+                None => (
+                    candidates,
+                    format!("account: every transfer to it still processing ({why})"),
+                ),
+                Some(_) => (
+                    candidates
+                        .into_iter()
+                        .filter(|p| p.stripe_payout_id.as_deref() == Some(bank_payout_id.as_str()))
+                        .collect(),
+                    format!("the bank payout recorded when it was paid ({why})"),
+                ),
+            },
+        };
+        let actor = event.actor();
+        let now = self.clock.now();
+        let mut changed = Vec::new();
+        for payout in carried {
+            let updated = self
+                .apply(payout, |p| {
+                    let cause = Cause::event(&actor, event.id, now);
+                    match &failure_code {
+                        None => p.paid(Some(&bank_payout_id), &rule, cause),
+                        Some(code) => p.bank_payout_failed(code, &bank_payout_id, &rule, cause),
+                    }
+                })
+                .await?;
+            if let Some(updated) = updated {
+                if failure_code.is_some() {
+                    self.after_failure(&updated);
+                } else {
+                    self.after_completion(&updated);
+                }
+                changed.push(updated.id);
+            }
+        }
+        if let Some(code) = &failure_code
+            && changed.is_empty()
+            && let Some(owner) = self.accounts.find_by_stripe_account(account).await?
+        {
+            self.notifier.notify(UserNotice {
+                user_id: owner.user_id,
+                kind: "payout_failed",
+                title: "Bank payout failed".to_owned(),
+                body: format!(
+                    "Your bank could not receive a payout ({code}). Please check your bank details."
+                ),
+                metadata_json:
+                    serde_json::json!({ "stripePayoutId": bank_payout_id, "failureCode": code })
+                        .to_string(),
+                dedupe_key: format!("{bank_payout_id}:failed"),
+            });
         }
         Ok(if changed.is_empty() {
-            ignored("no payout of ours changed")
+            ignored(if payments.is_ok() {
+                "recorded for the account; no payout of ours changed (yet)"
+            } else {
+                "no payout of ours changed"
+            })
         } else {
             applied(format!("payouts {} updated", changed.join(", ")))
         })

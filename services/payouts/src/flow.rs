@@ -89,7 +89,7 @@ impl PayoutFlow {
             metrics::counter!("payouts_payout_transitions_total", "to" => to.status.as_str())
                 .increment(1);
         }
-        if !to.quota.is_settled() || !to.owed_alerts.is_empty() {
+        if !to.quota.is_settled() || !to.owed_alerts.is_empty() || to.bank_check_owed {
             return Ok(match self.settle(&to).await {
                 Ok(settled) => settled,
                 Err(error) => {
@@ -137,6 +137,13 @@ impl PayoutFlow {
     /// quota release confirmed by the limits service, critical alerts raised. Each is
     /// idempotent; what fails stays owed (due again after a backoff).
     pub async fn settle(&self, payout: &Payout) -> Result<Payout, ServiceError> {
+        let checked;
+        let payout = if payout.bank_check_owed {
+            checked = self.check_bank_payouts(payout).await;
+            &checked
+        } else {
+            payout
+        };
         let mut projected = payout.audit_projected;
         let start = usize::try_from(projected).unwrap_or(usize::MAX);
         if let Some(unprojected) = payout.audit_log.get(start..)
@@ -198,6 +205,52 @@ impl PayoutFlow {
         let settled = payout.effects_settled(projected, confirmed, &raised, self.clock.now());
         self.payouts.replace(&settled, payout.version).await?;
         Ok(settled)
+    }
+
+    /// The owed look at the bank payouts recorded for the account (see
+    /// [`Payout::bank_check_owed`]): a payout whose transfer became known after its bank
+    /// payout's event was processed completes (or fails) now. Returns the payout as it is
+    /// after the look, or unchanged when the account could not be read (still owed).
+    async fn check_bank_payouts(&self, payout: &Payout) -> Payout {
+        let carried = match (
+            &payout.destination_payment_id,
+            self.accounts
+                .find_by_stripe_account(&payout.destination)
+                .await,
+        ) {
+            (Some(payment), Ok(account)) => {
+                account.and_then(|account| account.carried(payment).cloned())
+            }
+            (None, Ok(_)) => None,
+            (_, Err(error)) => {
+                tracing::warn!(payout_id = %payout.id, error = %error, "bank payouts not checked yet");
+                return payout.clone();
+            }
+        };
+        let cause = Cause::new("service:payouts", self.clock.now());
+        let Some(updated) = payout.bank_payouts_checked(carried.as_ref(), cause) else {
+            return payout.clone();
+        };
+        // Written here, not through `commit` (which settles, which brought us here); the
+        // rest of `settle` goes on from it. A concurrent writer wins and the look is retried.
+        match self.payouts.replace(&updated, payout.version).await {
+            Ok(()) => {
+                match (payout.status, updated.status) {
+                    (PayoutStatus::Processing, PayoutStatus::Completed) => {
+                        self.after_completion(&updated);
+                    }
+                    (_, PayoutStatus::Failed) if payout.status != PayoutStatus::Failed => {
+                        self.after_failure(&updated);
+                    }
+                    _ => {}
+                }
+                updated
+            }
+            Err(error) => {
+                tracing::warn!(payout_id = %payout.id, error = %error, "bank payouts not checked yet");
+                payout.clone()
+            }
+        }
     }
 
     /// Requests a payout: validated, idempotent on (user, key), admitted atomically by the
@@ -328,7 +381,12 @@ impl PayoutFlow {
     async fn admit(&self, payout: Payout) -> Result<Requested, ServiceError> {
         let admission = match self
             .limits
-            .reserve(&payout.user_id, &payout.id, &payout.amount)
+            .reserve(
+                &payout.user_id,
+                &payout.id,
+                &payout.amount,
+                payout.requested_at,
+            )
             .await
         {
             Ok(admission) => admission,
@@ -583,10 +641,9 @@ impl PayoutFlow {
             }
             Err(StripeFailure::NotExecuted { code, message }) => {
                 // Nothing was sent under this key before our claim: a definite "not now"
-                // (spec §2 retries rate_limit with a new attempt), as long as nobody else has
-                // claimed the payout since and sent the same attempt (their request may yet
-                // be executed; Stripe stored nothing under the key for ours).
-                self.attempt_answered_if_unchanged(&claimed, |p, now| {
+                // (spec §2 retries rate_limit with a new attempt), as long as our claim is still
+                // the latest (another worker's request of the attempt may yet be executed).
+                self.attempt_answered(&claimed, None, |p, now| {
                     p.attempt_declined(
                         &code,
                         &message,
@@ -628,20 +685,22 @@ impl PayoutFlow {
         }
     }
 
-    /// Records what an attempt concluded on the claimed payout. If the payout changed
-    /// meanwhile, a transfer Stripe made is still recorded (adoption is idempotent); any
-    /// other answer applies only while the payout is still pending at the same attempt.
+    /// Records what an attempt concluded on the claimed payout. A transfer Stripe made is
+    /// always recorded (adoption is idempotent, whatever happened meanwhile). Any other answer
+    /// speaks only for this worker's request: it applies only while this worker's claim is the
+    /// payout's latest (once the lease ran out, another worker may have claimed the payout and
+    /// sent the same attempt; that worker's answer decides).
     async fn attempt_answered(
         &self,
         claimed: &Payout,
         transfer: Option<&str>,
         outcome: impl Fn(&Payout, DateTime<Utc>) -> Option<Payout>,
     ) -> Result<Payout, ServiceError> {
-        let attempt = claimed.attempt;
+        let claim = claimed.claims;
         let updated = self
             .apply(claimed.clone(), |p| {
-                let same_attempt = p.status == PayoutStatus::Pending && p.attempt == attempt;
-                if transfer.is_none() && !same_attempt {
+                let same_claim = p.status == PayoutStatus::Pending && p.claims == claim;
+                if transfer.is_none() && !same_claim {
                     return None;
                 }
                 outcome(p, self.clock.now())
@@ -656,24 +715,6 @@ impl PayoutFlow {
             _ => {}
         }
         Ok(updated)
-    }
-
-    /// Like [`Self::attempt_answered`] for an answer that speaks only for our own request: it
-    /// applies only if the payout is still exactly as we claimed it.
-    async fn attempt_answered_if_unchanged(
-        &self,
-        claimed: &Payout,
-        outcome: impl Fn(&Payout, DateTime<Utc>) -> Option<Payout>,
-    ) -> Result<Payout, ServiceError> {
-        let Some(updated) = outcome(claimed, self.clock.now()) else {
-            return Ok(claimed.clone());
-        };
-        match self.commit(claimed, updated).await {
-            Ok(updated) => Ok(updated),
-            // Someone else holds the payout now; their request decides.
-            Err(error) if error.kind() == ErrorKind::Conflict => self.fresh(&claimed.id).await,
-            Err(error) => Err(error),
-        }
     }
 
     /// A lookup found transfers of this payout: adopt the one of the current attempt (or the
@@ -721,6 +762,16 @@ impl PayoutFlow {
     /// payable earnings (frozen or refunded ones no longer count) still cover what their
     /// payouts hold.
     async fn payable(&self, payout: &Payout) -> Payable {
+        // A change of the quota this payout holds is not confirmed: the limits may have
+        // given back part of it (a release sent, its answer not recorded) that must be held
+        // again (a transfer failed after a partial reversal). Until they confirm, the re-check
+        // could not see it: no money moves.
+        if !payout.quota.is_settled() {
+            return Payable::Unknown(format!(
+                "the limits have not confirmed this payout's quota yet (give back {} cents in total)",
+                payout.quota.target_cents
+            ));
+        }
         let account = match self.accounts.get(&payout.user_id).await {
             Ok(Some(account)) => account,
             Ok(None) => {

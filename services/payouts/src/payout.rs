@@ -34,6 +34,8 @@ use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::Money;
 use payouts_runtime::backoff;
 
+use crate::domain::CarriedPayment;
+
 /// Transfer attempts before a payout fails for good (spec §2: at most 3 retries).
 pub const MAX_RETRIES: u32 = 3;
 
@@ -232,6 +234,15 @@ pub struct Payout {
     pub effects_due_at: Option<DateTime<Utc>>,
     /// Consecutive failed tries to settle them.
     pub effects_attempts: u32,
+    /// Transfer claims so far: identifies a worker's claim. A worker's answer other than a
+    /// transfer applies only while its claim is the latest (after its lease ran out, another
+    /// worker may have claimed the payout and sent the same attempt).
+    pub claims: u32,
+    /// The transfer's destination payment became known: whether a bank payout processed
+    /// before that carried it is still to be looked up in the account's record (Stripe does
+    /// not order events, so `payout.paid` can come first). Owed like the other effects, so a
+    /// crash between learning the transfer and looking cannot lose the bank payout.
+    pub bank_check_owed: bool,
     pub version: i64,
 }
 
@@ -430,8 +441,10 @@ impl Payout {
             quota: QuotaRelease::default(),
             owed_alerts: Vec::new(),
             raised_alerts: Vec::new(),
+            bank_check_owed: false,
             effects_due_at: None,
             effects_attempts: 0,
+            claims: 0,
             version: 1,
         }
     }
@@ -468,6 +481,7 @@ impl Payout {
         usize::try_from(self.audit_projected).unwrap_or(usize::MAX) < self.audit_log.len()
             || !self.quota.is_settled()
             || !self.owed_alerts.is_empty()
+            || self.bank_check_owed
     }
 
     /// A copy for an internal update (a claim, a backoff): new version, no audit record.
@@ -693,6 +707,7 @@ impl Payout {
         due.then(|| {
             let mut payout = self.touched(now);
             payout.next_retry_at = Some(now + lease);
+            payout.claims = self.claims + 1;
             payout.outcome_unknown = true;
             payout.unknown_since = Some(self.unknown_since.unwrap_or(now));
             payout
@@ -816,6 +831,9 @@ impl Payout {
                 .extend(failed_transfer.map(str::to_owned));
             p.failed_transfer_ids.dedup();
             p.destination_payment_id = None;
+            // Reversals were of the forgotten transfer: the next attempt's starts at none.
+            p.amount_reversed_cents = 0;
+            p.bank_check_owed = false;
             p.outcome_unknown = false;
             p.unknown_since = None;
             p.work_attempts = 0;
@@ -949,6 +967,8 @@ impl Payout {
                 learned.then(|| {
                     let mut payout = self.touched(cause.now);
                     payout.destination_payment_id = seen.destination_payment.clone();
+                    payout.bank_check_owed = true;
+                    payout.settle_bookkeeping(cause.now);
                     payout
                 })
             }
@@ -1026,6 +1046,7 @@ impl Payout {
         let adopted = self.moved(PayoutStatus::Processing, event_type, reason, cause, |p| {
             p.stripe_transfer_id = Some(seen.id.clone());
             p.destination_payment_id = seen.destination_payment.clone();
+            p.bank_check_owed = p.destination_payment_id.is_some();
             p.outcome_unknown = false;
             p.unknown_since = None;
             p.work_attempts = 0;
@@ -1107,6 +1128,32 @@ impl Payout {
                 }
             },
         ))
+    }
+
+    /// The owed look at the account's bank payouts is done: `carried` is the bank payout that
+    /// carried this payout's destination payment, if one did. A paid one completes the
+    /// payout, a failed one fails it (as its event would have); either way nothing is owed.
+    pub fn bank_payouts_checked(
+        &self,
+        carried: Option<&CarriedPayment>,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        if !self.bank_check_owed {
+            return None;
+        }
+        let moved = carried.and_then(|carried| {
+            let rule = format!(
+                "the balance transactions of {}, recorded before the transfer was known",
+                carried.bank_payout
+            );
+            match &carried.failure_code {
+                None => self.paid(Some(&carried.bank_payout), &rule, cause),
+                Some(code) => self.bank_payout_failed(code, &carried.bank_payout, &rule, cause),
+            }
+        });
+        let mut payout = moved.unwrap_or_else(|| self.touched(cause.now));
+        payout.bank_check_owed = false;
+        Some(payout)
     }
 
     /// The creator's bank payout failed (also after it was paid): the money stays in their
@@ -1305,9 +1352,53 @@ mod tests {
         );
         assert_eq!(created.audit_log[1].transfer_id.as_deref(), Some("tr_9"));
         assert_eq!(created.destination_payment_id.as_deref(), Some("py_tr_9"));
-        let settled = created.effects_settled(2, Some((0, 0)), &[], now());
+        assert!(
+            created.bank_check_owed,
+            "a known payment owes a look at bank payouts"
+        );
+        let checked = created
+            .bank_payouts_checked(None, Cause::new("service:payouts", now()))
+            .unwrap();
+        assert_eq!(checked.status, PayoutStatus::Processing);
+        let settled = checked.effects_settled(2, Some((0, 0)), &[], now());
         assert!(!settled.owes_effects());
         assert_eq!(settled.effects_due_at, None);
+    }
+
+    #[test]
+    fn a_bank_payout_recorded_before_the_transfer_was_known_decides_the_payout() {
+        let created = payout(PayoutStatus::Pending)
+            .transfer_seen(&seen("tr_9"), &TransferNews::Exists, RETRY_BASE, event("e"))
+            .unwrap();
+        let cause = Cause::new("service:payouts", now());
+        let paid = CarriedPayment {
+            payment: "py_tr_9".to_owned(),
+            bank_payout: "po_1".to_owned(),
+            failure_code: None,
+        };
+        let completed = created.bank_payouts_checked(Some(&paid), cause).unwrap();
+        assert_eq!(completed.status, PayoutStatus::Completed);
+        assert_eq!(completed.stripe_payout_id.as_deref(), Some("po_1"));
+        assert!(!completed.bank_check_owed);
+        assert_eq!(
+            completed.audit_log.last().unwrap().event_type,
+            "transfer_paid"
+        );
+        // Looked at once: nothing owed any more, a second look changes nothing.
+        assert!(completed.bank_payouts_checked(Some(&paid), cause).is_none());
+
+        let failed = CarriedPayment {
+            failure_code: Some("account_closed".to_owned()),
+            ..paid
+        };
+        let turned = created.bank_payouts_checked(Some(&failed), cause).unwrap();
+        assert_eq!(turned.status, PayoutStatus::Failed);
+        assert_eq!(turned.failure_code.as_deref(), Some("account_closed"));
+        assert_eq!(
+            turned.quota_needed_cents(),
+            created.amount.cents,
+            "quota stays held"
+        );
     }
 
     #[test]
@@ -1497,6 +1588,33 @@ mod tests {
         assert_eq!(failed_later.status, PayoutStatus::Failed);
         assert!(failed_later.carries_decision(true));
         assert!(!failed_later.carries_decision(false));
+    }
+
+    #[test]
+    fn a_failed_transfer_takes_its_reversals_with_it() {
+        let first = payout(PayoutStatus::Pending)
+            .transfer_seen(&seen("tr_1"), &TransferNews::Exists, RETRY_BASE, cause())
+            .unwrap();
+        let partly = first.reversed(300_00, event("evt_rev")).unwrap();
+        assert_eq!(partly.release_target_cents(), 300_00);
+        let failed = partly
+            .transfer_seen(
+                &seen("tr_1"),
+                &TransferNews::Failed {
+                    code: "insufficient_funds".to_owned(),
+                    message: String::new(),
+                },
+                RETRY_BASE,
+                event("evt_failed"),
+            )
+            .unwrap();
+        assert_eq!((failed.status, failed.attempt), (PayoutStatus::Pending, 1));
+        // The next attempt moves the whole amount: its quota is held in full again, under a
+        // newer sequence than the partial release.
+        assert_eq!(failed.amount_reversed_cents, 0);
+        assert_eq!(failed.quota_needed_cents(), failed.amount.cents);
+        assert!(failed.quota.sequence > partly.quota.sequence);
+        assert!(!failed.quota.is_settled(), "owed until the limits confirm");
     }
 
     #[test]

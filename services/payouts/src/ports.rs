@@ -47,6 +47,7 @@ pub trait LimitsPort: Send + Sync + 'static {
         user_id: &str,
         payout_id: &str,
         amount: &Money,
+        requested_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Admission, ServiceError>;
 
     /// Sets how much of the payout's reservation is given back, in total, under the
@@ -108,6 +109,7 @@ impl LimitsPort for GrpcLimits {
         user_id: &str,
         payout_id: &str,
         amount: &Money,
+        requested_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Admission, ServiceError> {
         let response = self
             .client
@@ -116,6 +118,7 @@ impl LimitsPort for GrpcLimits {
                 user_id: user_id.to_owned(),
                 payout_id: payout_id.to_owned(),
                 amount: Some(amount.clone().into()),
+                requested_at: Some(payouts_runtime::convert::timestamp(requested_at)),
             })
             .await
             .map_err(|status| ServiceError::from_remote("limits", &status))?

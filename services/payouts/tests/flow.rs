@@ -54,6 +54,7 @@ impl LimitsPort for FakeLimits {
         _user_id: &str,
         _payout_id: &str,
         _amount: &Money,
+        _requested_at: DateTime<Utc>,
     ) -> Result<Admission, ServiceError> {
         Ok(Admission {
             decision: LimitDecision {
@@ -155,8 +156,12 @@ struct Inbox {
 }
 
 impl Notifier for Inbox {
+    /// Stored once per dedupe key, as the notifications service stores them.
     fn notify(&self, notice: UserNotice) {
-        self.notices.lock().unwrap().push(notice);
+        let mut notices = self.notices.lock().unwrap();
+        if !notices.iter().any(|n| n.dedupe_key == notice.dedupe_key) {
+            notices.push(notice);
+        }
     }
 }
 
@@ -260,6 +265,7 @@ async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
         stripe_account_id: "acct_creator".to_owned(),
         account_created_at: Utc::now() - Duration::days(400),
         stripe_status: None,
+        bank_payments: Vec::new(),
         version: 1,
     };
     stores.accounts.put(&account, None).await.unwrap();
@@ -828,6 +834,67 @@ async fn giving_quota_back_is_durable_and_retried_until_the_limits_confirm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_money_moves_while_quota_given_back_is_not_held_again() {
+    on_both_stores("rehold", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("rehold", 800_00).await.unwrap().unwrap();
+        let first = payout.stripe_transfer_id.clone().unwrap();
+        // Part of the transfer is reversed: that part of the quota is given back.
+        assert!(
+            f.transfer_event(
+                "evt_part",
+                "transfer.reversed",
+                &payout,
+                &first,
+                json!({ "amount_reversed": 300_00 })
+            )
+            .await
+        );
+        assert_eq!(f.limits.released(), vec![(payout.id.clone(), 300_00, 1)]);
+        // Then the transfer fails (legacy): a new attempt will move all 800 again, so the
+        // 300 must be held again first. The limits service is down.
+        f.limits.release_failures.store(2, Ordering::SeqCst);
+        assert!(
+            f.transfer_event(
+                "evt_legacy_failed",
+                "transfer.failed",
+                &payout,
+                &first,
+                json!({ "failure_code": "insufficient_funds" })
+            )
+            .await
+        );
+        let retrying = f.stored(&payout.id).await;
+        assert_eq!(
+            (retrying.status, retrying.attempt),
+            (PayoutStatus::Pending, 1)
+        );
+        assert_eq!(retrying.amount_reversed_cents, 0);
+        assert!(!retrying.quota.is_settled());
+        // The retry is due, but no transfer is made while the limits have not held it again.
+        f.after(Duration::minutes(6)).await;
+        assert_eq!(f.stripe.transfers().len(), 1, "nothing sent");
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Pending);
+        // The limits come back: the quota is held again (a total of 0 given back, a newer
+        // sequence), and then the new attempt moves the money.
+        for _ in 0..6 {
+            f.after(Duration::minutes(10)).await;
+        }
+        assert_eq!(f.limits.released().last(), Some(&(payout.id.clone(), 0, 2)));
+        let moved = f.stored(&payout.id).await;
+        assert_eq!(
+            moved.status,
+            PayoutStatus::Processing,
+            "{:?}",
+            trail(&moved)
+        );
+        assert_eq!(f.stripe.transfers().len(), 2);
+        assert_eq!(f.stripe.transfers()[1]["metadata"]["attempt"], "1");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn money_moves_only_if_still_payable_when_it_moves() {
     on_both_stores("recheck", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
@@ -1317,6 +1384,42 @@ async fn a_bank_payout_completes_only_the_payouts_it_carried() {
             f.inbox.kinds(),
             vec!["payout_completed", "payout_completed", "payout_failed"]
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_payout_paid_before_its_transfer_is_known_completes_the_payout_later() {
+    on_both_stores("bank_early", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        f.stripe.then(Behaviour::LoseResponse);
+        let payout = f.request("bank-early", 700_00).await.unwrap().unwrap();
+        assert!(payout.outcome_unknown && payout.stripe_transfer_id.is_none());
+        // Stripe made the transfer, paid it out to the bank and says so before we learned
+        // the transfer's id: no payout of ours is processing on it yet, so the event changes
+        // none (it is recorded for the account).
+        let bank_payout = f.stripe.pay_out("acct_creator").unwrap();
+        assert!(
+            !f.bank_payout_event("evt_po_early", "payout.paid", &bank_payout)
+                .await
+        );
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Pending);
+        // The worker's lookup finds the transfer, and the bank payout already recorded for
+        // the account completes the payout: the event is not needed a second time.
+        f.after(Duration::minutes(3)).await;
+        let completed = f.stored(&payout.id).await;
+        assert_eq!(
+            completed.status,
+            PayoutStatus::Completed,
+            "{:?}",
+            trail(&completed)
+        );
+        assert_eq!(
+            completed.stripe_payout_id,
+            bank_payout["id"].as_str().map(str::to_owned)
+        );
+        assert_eq!(f.stripe.transfers().len(), 1);
+        assert_eq!(f.inbox.kinds(), vec!["payout_completed"]);
     })
     .await;
 }

@@ -250,6 +250,22 @@ mod tests {
     }
 
     #[test]
+    fn a_page_read_with_one_item_more_names_the_next_page() {
+        let at = |minute: i64| DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap();
+        let key = |item: &(i64, &str)| (at(item.0), item.1.to_owned());
+        let items = vec![(3, "c"), (2, "b"), (1, "a")];
+        let (page, token) = paginate(items.clone(), 2, key);
+        assert_eq!(page, vec![(3, "c"), (2, "b")]);
+        assert_eq!(parse_page_token(&token), Ok(Some((at(2), "b".to_owned()))));
+        let (last, token) = paginate(items[2..].to_vec(), 2, key);
+        assert_eq!(
+            (last, token),
+            (vec![(1, "a")], String::new()),
+            "the last page has no token"
+        );
+    }
+
+    #[test]
     fn page_sizes_are_bounded() {
         assert_eq!(page_size(0, 50, 500), Ok(50));
         assert_eq!(page_size(500, 50, 500), Ok(500));

@@ -179,7 +179,10 @@ pub fn always(
                 payout.status.as_str()
             ));
         };
-        if reservation.held_cents() < payout.quota_needed_cents() {
+        // Quota given back and to be held again (a transfer failed after a partial reversal)
+        // is short until the limits confirm; no money moves for the payout until then.
+        let rehold_pending = !payout.quota.is_settled() && payout.stripe_transfer_id.is_none();
+        if reservation.held_cents() < payout.quota_needed_cents() && !rehold_pending {
             return Err(format!(
                 "payout {} ({}) needs {} of quota but only {} is held",
                 payout.id,

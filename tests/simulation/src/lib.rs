@@ -69,7 +69,12 @@ pub fn run_many(from: u64, to: u64, threads: usize, options: &Options) -> (usize
                     while seed < to {
                         match run(seed, options) {
                             Ok(_) => clean += 1,
-                            Err(failure) => failures.push(failure),
+                            Err(mut failure) => {
+                                // Enough to see what happened; the seed replays in full.
+                                let keep = failure.trace.len().saturating_sub(60);
+                                failure.trace.drain(..keep);
+                                failures.push(failure);
+                            }
                         }
                         seed += threads;
                     }

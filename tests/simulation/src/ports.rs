@@ -18,7 +18,8 @@ use payouts_payouts::payout::{OwedAlert, Payout};
 use payouts_payouts::ports::{
     Admission, AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, ReleaseAnswer, UserNotice,
 };
-use payouts_runtime::{Money, ServiceError};
+use payouts_runtime::clock::ManualClock;
+use payouts_runtime::{Clock as _, Money, ServiceError};
 use payouts_webhooks::domain::{InboxEvent, Owner};
 use payouts_webhooks::inbox::Dispatcher;
 
@@ -28,6 +29,8 @@ use crate::stores::Hazard;
 /// Faults of calls between services, in a thousand calls.
 const SERVICE_DOWN: u32 = 10;
 const ANSWER_LOST: u32 = 6;
+/// The deadline of a call between services (GRPC_TIMEOUT_MILLISECONDS).
+const DEADLINE: chrono::Duration = chrono::Duration::seconds(10);
 
 /// The replicas of every service, filled in once they are all built (they call each other).
 #[derive(Default)]
@@ -37,20 +40,27 @@ pub struct Replicas {
     pub approvals: OnceLock<Vec<Arc<Workflow>>>,
 }
 
-/// A call to another service: it may not get there, or its answer may not come back.
+/// A call to another service: it may not get there, or its answer may not come back. A
+/// call carries a deadline: one that has not reached the service by then never does, and an
+/// answer later than that is never read (DEADLINE_EXCEEDED, an unknown outcome).
 async fn call<T>(
     hazard: &Hazard,
+    clock: &ManualClock,
     service: &'static str,
     request: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<T, ServiceError> {
+    let sent = clock.now();
     hazard.gate.point(service).await;
-    if hazard.chaos.fault("service down", SERVICE_DOWN) {
+    if clock.now() - sent > DEADLINE || hazard.chaos.fault("service down", SERVICE_DOWN) {
         return Err(unavailable(service));
     }
     let answer = request.await;
     hazard.gate.point(service).await;
     match answer {
-        Ok(_) if hazard.chaos.fault("service answer lost", ANSWER_LOST) => {
+        Ok(_)
+            if clock.now() - sent > DEADLINE
+                || hazard.chaos.fault("service answer lost", ANSWER_LOST) =>
+        {
             Err(unavailable(service))
         }
         other => other,
@@ -67,7 +77,19 @@ fn pick<T: Clone>(hazard: &Hazard, replicas: &OnceLock<Vec<T>>) -> Result<T, Ser
 /// The limits service, as the payouts service calls it.
 pub struct LimitsCalls {
     pub hazard: Hazard,
+    pub clock: ManualClock,
     pub replicas: Arc<Replicas>,
+    /// What the limits answered, for the trace.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl LimitsCalls {
+    fn note(&self, line: String) {
+        self.log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(line);
+    }
 }
 
 #[async_trait]
@@ -77,13 +99,23 @@ impl LimitsPort for LimitsCalls {
         user_id: &str,
         payout_id: &str,
         amount: &Money,
+        requested_at: DateTime<Utc>,
     ) -> Result<Admission, ServiceError> {
         let limits = pick(&self.hazard, &self.replicas.limits)?;
-        let reserved = call(
-            &self.hazard,
-            "limits.reserve",
-            limits.reserve(user_id, payout_id, amount.cents),
-        )
+        let reserved = limits.reserve(user_id, payout_id, amount.cents, requested_at);
+        let reserved = call(&self.hazard, &self.clock, "limits.reserve", async {
+            let answer = reserved.await;
+            self.note(format!(
+                "  limits: reserve {payout_id} {} -> {}",
+                amount.cents,
+                match &answer {
+                    Ok(r) if r.reserved => "reserved".to_owned(),
+                    Ok(r) => format!("refused ({})", r.decision.reason),
+                    Err(e) => format!("error {:?}", e.kind()),
+                }
+            ));
+            answer
+        })
         .await?;
         Ok(Admission {
             decision: payouts_limits::grpc::decision_to_proto(reserved.decision),
@@ -100,11 +132,16 @@ impl LimitsPort for LimitsCalls {
         reason: &str,
     ) -> Result<ReleaseAnswer, ServiceError> {
         let limits = pick(&self.hazard, &self.replicas.limits)?;
-        let released = call(
-            &self.hazard,
-            "limits.release",
-            limits.release(user_id, payout_id, total_released.cents, sequence, reason),
-        )
+        let released = limits.release(user_id, payout_id, total_released.cents, sequence, reason);
+        let released = call(&self.hazard, &self.clock, "limits.release", async {
+            let answer = released.await;
+            self.note(format!(
+                "  limits: release {payout_id} total {} seq {sequence} -> {:?}",
+                total_released.cents,
+                answer.as_ref().map(|r| r.held_cents)
+            ));
+            answer
+        })
         .await?;
         Ok(ReleaseAnswer {
             applied: released.applied,
@@ -117,6 +154,7 @@ impl LimitsPort for LimitsCalls {
         let limits = pick(&self.hazard, &self.replicas.limits)?;
         let rechecked = call(
             &self.hazard,
+            &self.clock,
             "limits.recheck",
             limits.recheck(user_id, payout_id),
         )
@@ -144,6 +182,7 @@ pub type EarningsBook = Arc<Mutex<BTreeMap<String, Earnings>>>;
 /// The payouts and disputes services, as the limits service asks them about a user.
 pub struct ContextCalls {
     pub hazard: Hazard,
+    pub clock: ManualClock,
     pub earnings: EarningsBook,
     pub account_created_at: DateTime<Utc>,
 }
@@ -151,7 +190,7 @@ pub struct ContextCalls {
 #[async_trait]
 impl ContextSource for ContextCalls {
     async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
-        let earnings = call(&self.hazard, "disputes.get_earnings", async {
+        let earnings = call(&self.hazard, &self.clock, "disputes.get_earnings", async {
             Ok(self
                 .earnings
                 .lock()
@@ -172,6 +211,7 @@ impl ContextSource for ContextCalls {
 /// The approvals service, as the payouts service hands it held payouts.
 pub struct ApprovalCalls {
     pub hazard: Hazard,
+    pub clock: ManualClock,
     pub replicas: Arc<Replicas>,
 }
 
@@ -187,7 +227,13 @@ impl ApprovalsPort for ApprovalCalls {
             reason: payout.hold_reason.clone().unwrap_or_default(),
             metadata: HoldMetadata::default(),
         };
-        call(&self.hazard, "approvals.create", workflow.create(hold)).await?;
+        call(
+            &self.hazard,
+            &self.clock,
+            "approvals.create",
+            workflow.create(hold),
+        )
+        .await?;
         Ok(())
     }
 }
@@ -195,6 +241,7 @@ impl ApprovalsPort for ApprovalCalls {
 /// The payouts service, as the approvals service carries decisions out.
 pub struct DecisionCalls {
     pub hazard: Hazard,
+    pub clock: ManualClock,
     pub replicas: Arc<Replicas>,
 }
 
@@ -204,6 +251,7 @@ impl PayoutsPort for DecisionCalls {
         let flow = pick(&self.hazard, &self.replicas.payouts)?;
         let payout = call(
             &self.hazard,
+            &self.clock,
             "payouts.resolve_approval",
             flow.resolve_approval(
                 &approval.payout_id,
@@ -224,6 +272,7 @@ impl PayoutsPort for DecisionCalls {
 /// The payouts service, as the webhook inbox dispatches events to it.
 pub struct EventCalls {
     pub hazard: Hazard,
+    pub clock: ManualClock,
     pub replicas: Arc<Replicas>,
 }
 
@@ -241,6 +290,7 @@ impl Dispatcher for EventCalls {
         .map_err(|error| error.to_string())?;
         call(
             &self.hazard,
+            &self.clock,
             "payouts.handle_stripe_event",
             flow.handle_event(&parsed),
         )
@@ -253,12 +303,13 @@ impl Dispatcher for EventCalls {
 /// Critical alerts and admin notifications: recorded, and sometimes not delivered.
 pub struct AlertCalls {
     pub hazard: Hazard,
+    pub clock: ManualClock,
     pub raised: Arc<Mutex<Vec<String>>>,
 }
 
 impl AlertCalls {
     async fn raise_key(&self, key: &str, kind: &str) -> Result<(), ServiceError> {
-        call(&self.hazard, "notifications.alert", async {
+        call(&self.hazard, &self.clock, "notifications.alert", async {
             self.raised
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -35,6 +35,11 @@ const ERROR_AFTER: u32 = 40;
 const ANSWER_LOST: u32 = 50;
 const LOOKUP_FAILS: u32 = 80;
 
+/// A request Stripe has not received this long after it was sent never reaches it, and an
+/// answer that comes later than this is never read: the client has given up (its timeout is
+/// 20 s). Without this, a request could wander in the network for days.
+const REQUEST_TIMEOUT: Duration = Duration::seconds(60);
+
 /// An event Stripe has to deliver.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
@@ -278,6 +283,12 @@ impl SimStripe {
         }
     }
 
+    /// Parks at `point` (the request on its way); whether the client had given up by then.
+    async fn late(&self, sent: DateTime<Utc>, point: &'static str) -> bool {
+        self.hazard.gate.point(point).await;
+        self.clock.now() - sent > REQUEST_TIMEOUT
+    }
+
     fn params(request: &TransferRequest) -> Vec<(String, String)> {
         vec![
             ("amount".to_owned(), request.amount.cents.to_string()),
@@ -328,8 +339,12 @@ impl StripeApi for SimStripe {
         &self,
         request: &TransferRequest,
     ) -> Result<SeenTransfer, StripeFailure> {
+        let sent = self.clock.now();
         self.hazard.gate.point("stripe.create_transfer").await;
         let now = self.clock.now();
+        if now - sent > REQUEST_TIMEOUT {
+            return Err(unknown("timeout: the request never reached Stripe"));
+        }
         let params = Self::params(request);
         let key = request.idempotency_key.as_str();
         let replayed = self.lock().ledger.replay(key, &params).is_some();
@@ -403,7 +418,9 @@ impl StripeApi for SimStripe {
         &self,
         transfer_group: &str,
     ) -> Result<Vec<SeenTransfer>, StripeFailure> {
-        self.hazard.gate.point("stripe.find_transfers").await;
+        if self.late(self.clock.now(), "stripe.find_transfers").await {
+            return Err(unknown("timeout"));
+        }
         if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
             return Err(if self.chaos().chance(500) {
                 StripeFailure::NotExecuted {
@@ -424,7 +441,12 @@ impl StripeApi for SimStripe {
     }
 
     async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure> {
-        self.hazard.gate.point("stripe.retrieve_transfer").await;
+        if self
+            .late(self.clock.now(), "stripe.retrieve_transfer")
+            .await
+        {
+            return Err(unknown("timeout"));
+        }
         if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
             return Err(unknown("timeout"));
         }
@@ -439,7 +461,9 @@ impl StripeApi for SimStripe {
         &self,
         account_id: &str,
     ) -> Result<StripeAccountStatus, StripeFailure> {
-        self.hazard.gate.point("stripe.retrieve_account").await;
+        if self.late(self.clock.now(), "stripe.retrieve_account").await {
+            return Err(unknown("timeout"));
+        }
         if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
             return Err(unknown("timeout"));
         }
@@ -453,7 +477,12 @@ impl StripeApi for SimStripe {
         account_id: &str,
         bank_payout_id: &str,
     ) -> Result<Vec<String>, StripeFailure> {
-        self.hazard.gate.point("stripe.balance_transactions").await;
+        if self
+            .late(self.clock.now(), "stripe.balance_transactions")
+            .await
+        {
+            return Err(unknown("timeout"));
+        }
         if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
             return Err(unknown("timeout"));
         }

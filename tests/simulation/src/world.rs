@@ -144,6 +144,8 @@ pub struct World {
     users: Vec<User>,
     earnings: EarningsBook,
     alerts: Arc<Mutex<Vec<String>>>,
+    /// What the services answered each other, for the trace.
+    service_log: Arc<Mutex<Vec<String>>>,
     bank_payouts: Vec<(String, String)>,
     observed: Observed,
     trace: Vec<String>,
@@ -197,6 +199,7 @@ impl World {
         let replicas = Arc::new(Replicas::default());
         let earnings: EarningsBook = Arc::default();
         let alerts = Arc::new(Mutex::new(Vec::new()));
+        let service_log = Arc::new(Mutex::new(Vec::new()));
         let count = options.replicas.max(1);
 
         let limits: Vec<Arc<Limits>> = (0..count)
@@ -207,6 +210,7 @@ impl World {
                     Arc::clone(&blocked_store),
                     Arc::new(ContextCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         earnings: Arc::clone(&earnings),
                         account_created_at: start - Duration::days(400),
                     }),
@@ -222,15 +226,19 @@ impl World {
                     payouts: Arc::clone(&payouts_store),
                     limits: Arc::new(LimitsCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         replicas: Arc::clone(&replicas),
+                        log: Arc::clone(&service_log),
                     }),
                     approvals: Arc::new(ApprovalCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         replicas: Arc::clone(&replicas),
                     }),
                     notifier: Arc::new(Silent),
                     alerts: Arc::new(AlertCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         raised: Arc::clone(&alerts),
                     }),
                     stripe: Some(Arc::new(stripe.clone())),
@@ -248,10 +256,12 @@ impl World {
                     approvals: Arc::clone(&approvals_store),
                     payouts: Arc::new(DecisionCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         replicas: Arc::clone(&replicas),
                     }),
                     notifier: Arc::new(AlertCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         raised: Arc::clone(&alerts),
                     }),
                     clock: Arc::new(clock.clone()),
@@ -265,6 +275,7 @@ impl World {
                     Arc::clone(&inbox_store),
                     Arc::new(EventCalls {
                         hazard: hazard.clone(),
+                        clock: clock.clone(),
                         replicas: Arc::clone(&replicas),
                     }),
                     Arc::new(clock.clone()),
@@ -295,6 +306,7 @@ impl World {
                 stripe_account_id: user.account.clone(),
                 account_created_at: start - Duration::days(400),
                 stripe_status: None,
+                bank_payments: Vec::new(),
                 version: 1,
             };
             now(stores.accounts.put(&account, None)).unwrap_or_default();
@@ -325,6 +337,7 @@ impl World {
             users,
             earnings,
             alerts,
+            service_log,
             bank_payouts: Vec::new(),
             observed: Observed::default(),
             trace: Vec::new(),
@@ -375,6 +388,13 @@ impl World {
         for line in self.stripe.drain_log() {
             self.trace.push(line);
         }
+        let service_lines = std::mem::take(
+            &mut *self
+                .service_log
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        self.trace.extend(service_lines);
         for line in self.observed.news(&self.stores) {
             self.trace.push(line);
         }

@@ -23,6 +23,11 @@ fn account(user_id: &str, version: i64) -> Account {
             requirements_currently_due: vec!["external_account".to_owned()],
             updated_at: Some(created),
         }),
+        bank_payments: vec![crate::domain::CarriedPayment {
+            payment: "py_1".to_owned(),
+            bank_payout: "po_1".to_owned(),
+            failure_code: Some("account_closed".to_owned()),
+        }],
         version,
     }
 }

@@ -6,7 +6,7 @@ use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_b
 use serde::{Deserialize, Serialize};
 
 use super::{AccountRepository, stale};
-use crate::domain::{Account, StripeAccountStatus};
+use crate::domain::{Account, CarriedPayment, StripeAccountStatus};
 
 /// MongoDB store: collection `accounts`, keyed by user id.
 #[derive(Debug, Clone)]
@@ -23,7 +23,18 @@ struct AccountDocument {
     account_created_at: bson::DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     stripe_account_status: Option<StatusDocument>,
+    #[serde(default)]
+    bank_payments: Vec<CarriedDocument>,
     version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CarriedDocument {
+    payment: String,
+    bank_payout: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    failure_code: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,6 +61,15 @@ impl From<&Account> for AccountDocument {
                 requirements_currently_due: s.requirements_currently_due.clone(),
                 updated_at: s.updated_at.map(to_bson_time),
             }),
+            bank_payments: a
+                .bank_payments
+                .iter()
+                .map(|c| CarriedDocument {
+                    payment: c.payment.clone(),
+                    bank_payout: c.bank_payout.clone(),
+                    failure_code: c.failure_code.clone(),
+                })
+                .collect(),
             version: a.version,
         }
     }
@@ -68,6 +88,15 @@ impl From<AccountDocument> for Account {
                 requirements_currently_due: s.requirements_currently_due,
                 updated_at: s.updated_at.map(from_bson_time),
             }),
+            bank_payments: d
+                .bank_payments
+                .into_iter()
+                .map(|c| CarriedPayment {
+                    payment: c.payment,
+                    bank_payout: c.bank_payout,
+                    failure_code: c.failure_code,
+                })
+                .collect(),
             version: d.version,
         }
     }

@@ -374,6 +374,10 @@ struct PayoutDocument {
     effects_due_at: Option<bson::DateTime>,
     #[serde(default)]
     effects_attempts: i64,
+    #[serde(default)]
+    claims: i64,
+    #[serde(default)]
+    bank_check_owed: bool,
     version: i64,
 }
 
@@ -527,6 +531,8 @@ impl From<&Payout> for PayoutDocument {
             raised_alerts: p.raised_alerts.clone(),
             effects_due_at: p.effects_due_at.map(to_bson_time),
             effects_attempts: i64::from(p.effects_attempts),
+            claims: i64::from(p.claims),
+            bank_check_owed: p.bank_check_owed,
             version: p.version,
         }
     }
@@ -548,6 +554,7 @@ impl TryFrom<PayoutDocument> for Payout {
                 .map_err(|_| corrupt(&d.id, "a bad audit count"))?,
             effects_attempts: u32::try_from(d.effects_attempts)
                 .map_err(|_| corrupt(&d.id, "a bad effects attempt count"))?,
+            claims: u32::try_from(d.claims).map_err(|_| corrupt(&d.id, "a bad claim count"))?,
             audit_log: d
                 .audit_log
                 .into_iter()
@@ -596,6 +603,7 @@ impl TryFrom<PayoutDocument> for Payout {
                 })
                 .collect(),
             raised_alerts: d.raised_alerts,
+            bank_check_owed: d.bank_check_owed,
             effects_due_at: d.effects_due_at.map(from_bson_time),
             version: d.version,
         })
