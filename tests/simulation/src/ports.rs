@@ -4,7 +4,7 @@
 //! deadline ran out). The callee is the real service core of a randomly chosen replica.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -67,8 +67,15 @@ async fn call<T>(
     }
 }
 
-fn pick<T: Clone>(hazard: &Hazard, replicas: &OnceLock<Vec<T>>) -> Result<T, ServiceError> {
+fn pick<T: Clone>(
+    hazard: &Hazard,
+    replicas: &Weak<Replicas>,
+    service: impl Fn(&Replicas) -> &OnceLock<Vec<T>>,
+) -> Result<T, ServiceError> {
     let replicas = replicas
+        .upgrade()
+        .ok_or_else(|| unavailable("a world that has ended"))?;
+    let replicas = service(&replicas)
         .get()
         .ok_or_else(|| unavailable("a service not built yet"))?;
     Ok(replicas[hazard.chaos.below(replicas.len())].clone())
@@ -78,7 +85,8 @@ fn pick<T: Clone>(hazard: &Hazard, replicas: &OnceLock<Vec<T>>) -> Result<T, Ser
 pub struct LimitsCalls {
     pub hazard: Hazard,
     pub clock: ManualClock,
-    pub replicas: Arc<Replicas>,
+    /// Weak: the replicas hold these calls (a strong cycle would never be freed).
+    pub replicas: Weak<Replicas>,
     /// What the limits answered, for the trace.
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -101,7 +109,7 @@ impl LimitsPort for LimitsCalls {
         amount: &Money,
         requested_at: DateTime<Utc>,
     ) -> Result<Admission, ServiceError> {
-        let limits = pick(&self.hazard, &self.replicas.limits)?;
+        let limits = pick(&self.hazard, &self.replicas, |r| &r.limits)?;
         let reserved = limits.reserve(user_id, payout_id, amount.cents, requested_at);
         let reserved = call(&self.hazard, &self.clock, "limits.reserve", async {
             let answer = reserved.await;
@@ -131,7 +139,7 @@ impl LimitsPort for LimitsCalls {
         sequence: i64,
         reason: &str,
     ) -> Result<ReleaseAnswer, ServiceError> {
-        let limits = pick(&self.hazard, &self.replicas.limits)?;
+        let limits = pick(&self.hazard, &self.replicas, |r| &r.limits)?;
         let released = limits.release(user_id, payout_id, total_released.cents, sequence, reason);
         let released = call(&self.hazard, &self.clock, "limits.release", async {
             let answer = released.await;
@@ -151,7 +159,7 @@ impl LimitsPort for LimitsCalls {
     }
 
     async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Recheck, ServiceError> {
-        let limits = pick(&self.hazard, &self.replicas.limits)?;
+        let limits = pick(&self.hazard, &self.replicas, |r| &r.limits)?;
         let rechecked = call(
             &self.hazard,
             &self.clock,
@@ -212,13 +220,14 @@ impl ContextSource for ContextCalls {
 pub struct ApprovalCalls {
     pub hazard: Hazard,
     pub clock: ManualClock,
-    pub replicas: Arc<Replicas>,
+    /// Weak: the replicas hold these calls (a strong cycle would never be freed).
+    pub replicas: Weak<Replicas>,
 }
 
 #[async_trait]
 impl ApprovalsPort for ApprovalCalls {
     async fn queue(&self, payout: &Payout) -> Result<(), ServiceError> {
-        let workflow = pick(&self.hazard, &self.replicas.approvals)?;
+        let workflow = pick(&self.hazard, &self.replicas, |r| &r.approvals)?;
         let hold = Hold {
             payout_id: payout.id.clone(),
             user_id: payout.user_id.clone(),
@@ -242,13 +251,14 @@ impl ApprovalsPort for ApprovalCalls {
 pub struct DecisionCalls {
     pub hazard: Hazard,
     pub clock: ManualClock,
-    pub replicas: Arc<Replicas>,
+    /// Weak: the replicas hold these calls (a strong cycle would never be freed).
+    pub replicas: Weak<Replicas>,
 }
 
 #[async_trait]
 impl PayoutsPort for DecisionCalls {
     async fn resolve(&self, approval: &Approval) -> Result<Option<String>, ServiceError> {
-        let flow = pick(&self.hazard, &self.replicas.payouts)?;
+        let flow = pick(&self.hazard, &self.replicas, |r| &r.payouts)?;
         let payout = call(
             &self.hazard,
             &self.clock,
@@ -273,13 +283,14 @@ impl PayoutsPort for DecisionCalls {
 pub struct EventCalls {
     pub hazard: Hazard,
     pub clock: ManualClock,
-    pub replicas: Arc<Replicas>,
+    /// Weak: the replicas hold these calls (a strong cycle would never be freed).
+    pub replicas: Weak<Replicas>,
 }
 
 #[async_trait]
 impl Dispatcher for EventCalls {
     async fn dispatch(&self, _owner: Owner, event: &InboxEvent) -> Result<String, String> {
-        let flow = pick(&self.hazard, &self.replicas.payouts).map_err(|e| e.to_string())?;
+        let flow = pick(&self.hazard, &self.replicas, |r| &r.payouts).map_err(|e| e.to_string())?;
         let parsed = Event::parse(
             &event.event_id,
             &event.event_type,

@@ -138,6 +138,8 @@ pub struct World {
     executor: Executor,
     stripe: SimStripe,
     stores: Stores,
+    /// Keeps every service's replicas alive; the calls between services hold them weakly.
+    _replicas: Arc<Replicas>,
     payouts: Vec<Arc<PayoutFlow>>,
     inboxes: Vec<Arc<Inbox>>,
     approvals: Vec<Arc<Workflow>>,
@@ -227,13 +229,13 @@ impl World {
                     limits: Arc::new(LimitsCalls {
                         hazard: hazard.clone(),
                         clock: clock.clone(),
-                        replicas: Arc::clone(&replicas),
+                        replicas: Arc::downgrade(&replicas),
                         log: Arc::clone(&service_log),
                     }),
                     approvals: Arc::new(ApprovalCalls {
                         hazard: hazard.clone(),
                         clock: clock.clone(),
-                        replicas: Arc::clone(&replicas),
+                        replicas: Arc::downgrade(&replicas),
                     }),
                     notifier: Arc::new(Silent),
                     alerts: Arc::new(AlertCalls {
@@ -257,7 +259,7 @@ impl World {
                     payouts: Arc::new(DecisionCalls {
                         hazard: hazard.clone(),
                         clock: clock.clone(),
-                        replicas: Arc::clone(&replicas),
+                        replicas: Arc::downgrade(&replicas),
                     }),
                     notifier: Arc::new(AlertCalls {
                         hazard: hazard.clone(),
@@ -276,7 +278,7 @@ impl World {
                     Arc::new(EventCalls {
                         hazard: hazard.clone(),
                         clock: clock.clone(),
-                        replicas: Arc::clone(&replicas),
+                        replicas: Arc::downgrade(&replicas),
                     }),
                     Arc::new(clock.clone()),
                     InboxSettings {
@@ -331,6 +333,7 @@ impl World {
             executor: Executor::new(gate),
             stripe,
             stores,
+            _replicas: replicas,
             payouts,
             inboxes,
             approvals,
