@@ -106,7 +106,11 @@ async fn bare_endpoint() -> String {
             axum::Json(serde_json::json!({ "received": true }))
         }),
     );
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    tokio::spawn(async move {
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(payouts_runtime::grpc::set_nodelay);
+        axum::serve(listener, router).await.unwrap()
+    });
     format!("http://{address}/api/webhooks/stripe-payouts")
 }
 

@@ -62,6 +62,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         for service in &services {
             mount(*service, &context, &mut server).await?;
         }
+        settings.in_process.connect(server.local_service());
         announce(&format!(
             "gRPC services [{}] listening on {}",
             services
@@ -73,6 +74,18 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
             local_addr(&listener)?,
         ));
         announce(&format!("store: {}", store.describe()));
+        let in_process = settings.in_process.services();
+        if !in_process.is_empty() {
+            announce(&format!(
+                "calls to [{}] stay in process (no socket)",
+                in_process
+                    .iter()
+                    .copied()
+                    .map(ServiceName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         let shutdown = shutdown.clone();
         tasks.spawn(async move { server.serve(listener, store, shutdown).await });
     }

@@ -34,7 +34,8 @@ pub async fn serve(
         }
     });
     let router = Router::new().route("/metrics", get(move || std::future::ready(handle.render())));
-    let served = axum::serve(listener, router)
+    use axum::serve::ListenerExt as _;
+    let served = axum::serve(listener.tap_io(payouts_runtime::grpc::set_nodelay), router)
         .with_graceful_shutdown(shutdown.requested())
         .await
         .map_err(|error| anyhow::anyhow!("metrics server failed: {error}"));

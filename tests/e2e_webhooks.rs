@@ -230,6 +230,69 @@ async fn webhooks_are_acknowledged_deduplicated_and_dispatched_on_the_embedded_s
     assert!(process.terminate().success());
 }
 
+/// The all-in-one process calls its own services in process; as separate processes the same
+/// path goes over gRPC: gateway -> webhooks -> payouts, each in a process of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_reach_each_other_over_grpc() {
+    let all = start(StoreChoice::Embedded, &[]);
+    assert!(
+        all.stderr_lines.iter().any(|line| line
+            == "payouts: calls to [webhooks, payouts, limits, approvals, disputes, balance, notifications] stay in process (no socket)"),
+        "{:#?}",
+        all.stderr_lines
+    );
+    drop(all);
+
+    let payouts = Payouts::start(&["serve", "payouts"], StoreChoice::Embedded, &[]);
+    let payouts_url = payouts.grpc_url();
+    let webhooks = Payouts::start(
+        &["serve", "webhooks"],
+        StoreChoice::Embedded,
+        &[
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("WEBHOOK_POLL_MILLISECONDS", "20"),
+            ("PAYOUTS_SERVICE_URL", &payouts_url),
+        ],
+    );
+    let webhooks_url = webhooks.grpc_url();
+    let gateway = Payouts::start(
+        &["gateway"],
+        StoreChoice::Embedded,
+        &[
+            ("ADMIN_JWT_SECRET", ADMIN_SECRET),
+            ("WEBHOOKS_SERVICE_URL", &webhooks_url),
+        ],
+    );
+    for process in [&payouts, &webhooks, &gateway] {
+        assert!(
+            !process
+                .stderr_lines
+                .iter()
+                .any(|line| line.contains("stay in process")),
+            "{:#?}",
+            process.stderr_lines
+        );
+    }
+    let client = Client::new();
+    let transfer = body("evt_e2e_apart", "transfer.created", "transfer");
+    let (status, answer) = client
+        .deliver(
+            &gateway,
+            "/api/webhooks/stripe-payouts",
+            &transfer,
+            PAYOUTS_SECRET,
+        )
+        .await;
+    assert_eq!((status, answer), (200, json!({ "received": true })));
+    let event = client
+        .wait_for_event(&gateway, "evt_e2e_apart", |e| e["status"] == "completed")
+        .await;
+    assert_eq!(
+        event["outcome"],
+        "no change by payouts: transfer of no known payout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_acknowledged_deduplicated_and_dispatched_on_mongodb() {
     let process = start(StoreChoice::Mongo, &[]);

@@ -114,10 +114,14 @@ impl Gateway {
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown.requested())
-            .await
-            .map_err(|error| anyhow::anyhow!("gateway failed: {error}"))
+        use axum::serve::ListenerExt as _;
+        axum::serve(
+            listener.tap_io(payouts_runtime::grpc::set_nodelay),
+            self.router(),
+        )
+        .with_graceful_shutdown(shutdown.requested())
+        .await
+        .map_err(|error| anyhow::anyhow!("gateway failed: {error}"))
     }
 }
 

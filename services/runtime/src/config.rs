@@ -201,6 +201,9 @@ pub struct Settings {
     /// `<SERVICE>_SERVICE_URL`: gRPC URL of each service for its clients
     /// (default `http://<GRPC_ADDR>`, the all-in-one process).
     pub service_urls: HashMap<ServiceName, String>,
+    /// In the all-in-one process: the services its clients reach without a socket (see
+    /// [`crate::grpc::InProcess`]). Empty otherwise.
+    pub in_process: crate::grpc::InProcess,
 }
 
 /// Raw values as strings, by lower-cased environment variable name (as `config` sees them).
@@ -328,6 +331,7 @@ impl Settings {
             gateway_body_limit_bytes: values.number("GATEWAY_BODY_LIMIT_BYTES", 512 * 1024)?,
             shutdown_grace: Duration::from_secs(values.number("SHUTDOWN_GRACE_SECONDS", 30)?),
             service_urls,
+            in_process: crate::grpc::InProcess::default(),
         };
         settings.validate()?;
         Ok(settings)
@@ -397,12 +401,15 @@ impl Settings {
     }
 
     /// In the all-in-one process: services whose URL was left at its default (GRPC_ADDR) are
-    /// reached at the address the gRPC listener actually got (GRPC_ADDR may name port 0).
+    /// served by this process. Its clients call them in process, without a socket
+    /// ([`crate::grpc::InProcess`]); their URL becomes the address the gRPC listener actually
+    /// got (GRPC_ADDR may name port 0), which is where other processes reach them.
     pub fn with_local_services(mut self, bound: SocketAddr) -> Self {
         let default = format!("http://{}", self.grpc_addr);
-        for url in self.service_urls.values_mut() {
+        for (service, url) in &mut self.service_urls {
             if *url == default {
                 *url = format!("http://{bound}");
+                self.in_process.add(*service);
             }
         }
         self
@@ -538,6 +545,10 @@ mod tests {
             settings.service_url(ServiceName::Limits),
             "http://limits:50051"
         );
+        assert!(
+            settings.in_process.services().is_empty(),
+            "only the all-in-one process calls in process"
+        );
     }
 
     #[test]
@@ -576,6 +587,11 @@ mod tests {
         assert_eq!(
             settings.service_url(ServiceName::Limits),
             "http://limits:50051"
+        );
+        assert!(settings.in_process.serves(ServiceName::Payouts));
+        assert!(
+            !settings.in_process.serves(ServiceName::Limits),
+            "set elsewhere"
         );
     }
 

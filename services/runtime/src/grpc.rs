@@ -1,18 +1,30 @@
 //! The gRPC server every service runs on: tonic-health (SERVING once the store answers),
 //! server reflection (v1 and v1alpha, so grpcurl and grpc_health_probe work), a tracing
 //! span per request parented on the caller's trace context, graceful shutdown.
-//! Also the client side: lazily connected channels that carry trace context.
+//! Also the client side: channels that carry trace context and a deadline, connected lazily
+//! over the network, or, in the all-in-one process, straight into this process's own
+//! services ([`InProcess`]).
 
+use std::collections::BTreeSet;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::ServingStatus;
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
+
+use crate::config::ServiceName;
 
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -30,6 +42,15 @@ pub async fn bind(addr: SocketAddr, variable: &str) -> anyhow::Result<TcpListene
             anyhow::anyhow!("cannot listen on {variable} {addr}: {error}")
         }
     })
+}
+
+/// Sets `TCP_NODELAY` on an accepted connection. Without it, a small response written after
+/// another (HTTP/2 frames, a gRPC trailer) waits for the peer's delayed ACK: Nagle's
+/// algorithm meeting delayed ACKs costs about 40 ms. Clients set it on their side already.
+pub fn set_nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY on an accepted connection");
+    }
 }
 
 /// A set of tonic services to serve together on one listener.
@@ -68,6 +89,18 @@ impl GrpcServer {
         &self.names
     }
 
+    /// The services added so far as one in-process service: the same routes behind the same
+    /// server layers (a span per request, parented on the caller's trace context), without
+    /// HTTP/2 or a socket. Health and reflection are for other processes and stay out.
+    pub fn local_service(&self) -> LocalService {
+        let routes = self.routes.clone().routes().prepare();
+        let service = tower::ServiceBuilder::new()
+            .layer(server_trace_layer())
+            .service(routes)
+            .map_response(|response| response.map(Body::new));
+        BoxCloneSyncService::new(service)
+    }
+
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn serve(
         self,
@@ -87,22 +120,35 @@ impl GrpcServer {
 
         let health_task = tokio::spawn(report_store_health(reporter, self.names.clone(), store));
 
-        let trace_layer = tower_http::trace::TraceLayer::new_for_grpc()
-            .make_span_with(|request: &http::Request<_>| telemetry::grpc_request_span(request));
         let result = tonic::transport::Server::builder()
-            .layer(trace_layer)
+            .layer(server_trace_layer())
             .add_routes(self.routes.routes())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.requested(),
             )
             .await;
         health_task.abort();
         result.map_err(|error| anyhow::anyhow!("gRPC server failed: {error}"))
     }
+}
+
+/// How the server names a request's span.
+type MakeSpan = fn(&http::Request<Body>) -> tracing::Span;
+
+/// The server's tracing layer.
+type ServerTraceLayer = tower_http::trace::TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    MakeSpan,
+>;
+
+/// The server's span per request, parented on the caller's W3C trace context.
+fn server_trace_layer() -> ServerTraceLayer {
+    tower_http::trace::TraceLayer::new_for_grpc()
+        .make_span_with(telemetry::grpc_request_span as MakeSpan)
 }
 
 /// Keeps every service's health in step with its store: SERVING while the store answers.
@@ -134,8 +180,129 @@ async fn report_store_health(
 /// The trace-context interceptor's function type.
 pub type TraceInterceptor = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
 
-/// A channel to another service that carries W3C trace context on every call.
-pub type TracedChannel = InterceptedService<Channel, TraceInterceptor>;
+/// A channel to another service that carries W3C trace context and a deadline on every call.
+pub type TracedChannel = InterceptedService<Transport, TraceInterceptor>;
+
+/// A process's own gRPC services as one in-process service (see [`GrpcServer::local_service`]).
+pub type LocalService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// The services of the all-in-one process that its own clients (the gateway, and services
+/// calling each other) reach in process: a tonic client over the server's tower service, so
+/// the same contracts, interceptors, server layers, deadlines and error mapping apply, with no
+/// socket, no HTTP/2 framing and no second trip through the kernel. Other processes still
+/// reach them over gRPC on GRPC_ADDR. Filled in once every service is mounted; clients built
+/// before that look it up on each call.
+#[derive(Clone, Default)]
+pub struct InProcess {
+    services: Arc<Mutex<BTreeSet<ServiceName>>>,
+    routes: Arc<OnceLock<LocalService>>,
+}
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("services", &self.services())
+            .field("ready", &self.routes.get().is_some())
+            .finish()
+    }
+}
+
+impl InProcess {
+    /// `service` runs in this process and is called in process.
+    pub fn add(&mut self, service: ServiceName) {
+        self.services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(service);
+    }
+
+    /// Whether calls to `service` stay in this process.
+    pub fn serves(&self, service: ServiceName) -> bool {
+        self.services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(&service)
+    }
+
+    /// The services called in process.
+    pub fn services(&self) -> Vec<ServiceName> {
+        self.services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Connects the in-process clients to the mounted services (once).
+    pub fn connect(&self, service: LocalService) {
+        let _ = self.routes.set(service);
+    }
+}
+
+/// Where a client's calls go: over the network, or into this process's own services.
+#[derive(Clone)]
+pub enum Transport {
+    Remote(Channel),
+    Local {
+        routes: Arc<OnceLock<LocalService>>,
+        deadline: Duration,
+    },
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Remote(channel) => f.debug_tuple("Remote").field(channel).finish(),
+            Transport::Local { deadline, .. } => {
+                f.debug_struct("Local").field("deadline", deadline).finish()
+            }
+        }
+    }
+}
+
+impl tower::Service<http::Request<Body>> for Transport {
+    type Response = http::Response<Body>;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self {
+            Transport::Remote(channel) => {
+                tower::Service::<http::Request<Body>>::poll_ready(channel, cx).map_err(Into::into)
+            }
+            Transport::Local { .. } => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        match self {
+            Transport::Remote(channel) => {
+                let call = channel.call(request);
+                Box::pin(async move { call.await.map_err(Into::into) })
+            }
+            Transport::Local { routes, deadline } => {
+                let service = routes.get().cloned();
+                let deadline = *deadline;
+                Box::pin(async move {
+                    let Some(service) = service else {
+                        return Err(tonic::Status::unavailable(
+                            "the service is not mounted in this process yet",
+                        )
+                        .into());
+                    };
+                    // The deadline as the network channel applies it: a call not answered
+                    // in time is abandoned (CANCELLED, an unknown outcome to its caller).
+                    match tokio::time::timeout(deadline, service.oneshot(request)).await {
+                        Ok(Ok(response)) => Ok(response),
+                        Ok(Err(never)) => match never {},
+                        Err(_) => Err(tonic::TimeoutExpired(()).into()),
+                    }
+                })
+            }
+        }
+    }
+}
 
 /// A lazily connected channel to `url`: the peer need not be up yet. Every call on it has
 /// `deadline`: a peer that hangs fails the call (DEADLINE_EXCEEDED, which callers treat as an
@@ -146,18 +313,29 @@ pub fn traced_channel(url: &str, deadline: Duration) -> anyhow::Result<TracedCha
         .connect_timeout(Duration::from_secs(5))
         .timeout(deadline)
         .tcp_nodelay(true);
-    Ok(InterceptedService::new(
-        endpoint.connect_lazy(),
-        telemetry::inject_trace_context as TraceInterceptor,
-    ))
+    Ok(traced(Transport::Remote(endpoint.connect_lazy())))
 }
 
-/// The channel to `service` at its configured URL, with the configured call deadline
-/// (`GRPC_TIMEOUT_MILLISECONDS`).
+fn traced(transport: Transport) -> TracedChannel {
+    InterceptedService::new(
+        transport,
+        telemetry::inject_trace_context as TraceInterceptor,
+    )
+}
+
+/// The channel to `service`: in process when this process serves it
+/// ([`crate::Settings::in_process`]), else at its configured URL; either way with the
+/// configured call deadline (`GRPC_TIMEOUT_MILLISECONDS`).
 pub fn service_channel(
     settings: &crate::config::Settings,
-    service: crate::config::ServiceName,
+    service: ServiceName,
 ) -> anyhow::Result<TracedChannel> {
+    if settings.in_process.serves(service) {
+        return Ok(traced(Transport::Local {
+            routes: Arc::clone(&settings.in_process.routes),
+            deadline: settings.grpc_timeout,
+        }));
+    }
     traced_channel(settings.service_url(service), settings.grpc_timeout)
 }
 
@@ -167,6 +345,90 @@ mod tests {
     use tonic_health::pb::health_client::HealthClient;
 
     use super::*;
+
+    fn in_process(server: &GrpcServer, deadline: Duration) -> TracedChannel {
+        let mut settings = crate::Settings::from_env(std::collections::HashMap::new())
+            .unwrap()
+            .with_local_services("127.0.0.1:1".parse().unwrap());
+        settings.grpc_timeout = deadline;
+        settings.in_process.connect(server.local_service());
+        assert!(settings.in_process.serves(ServiceName::Limits));
+        service_channel(&settings, ServiceName::Limits).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_service_of_this_process_is_called_without_a_socket() {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status(
+                "payouts.limits.v1.PayoutLimitsService",
+                ServingStatus::NotServing,
+            )
+            .await;
+        let mut server = GrpcServer::new();
+        server.add_service(health);
+        // Nothing listens at 127.0.0.1:1; the call never leaves the process.
+        let mut client = HealthClient::new(in_process(&server, Duration::from_secs(5)));
+        let answer = client
+            .check(HealthCheckRequest {
+                service: "payouts.limits.v1.PayoutLimitsService".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            answer.status,
+            i32::from(tonic_health::pb::health_check_response::ServingStatus::NotServing)
+        );
+        // The server's own answers keep their codes.
+        let unknown = client
+            .check(HealthCheckRequest {
+                service: "no.such.Service".to_owned(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+    }
+
+    /// A service that accepts every call and never answers.
+    #[derive(Clone)]
+    struct Hung;
+
+    impl NamedService for Hung {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    impl tower::Service<http::Request<Body>> for Hung {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = std::future::Pending<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<Body>) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_in_process_call_has_the_same_deadline() {
+        let mut server = GrpcServer::new();
+        server.add_service(Hung);
+        let mut client = HealthClient::new(in_process(&server, Duration::from_millis(200)));
+        let call = client.check(HealthCheckRequest::default());
+        let status = tokio::time::timeout(Duration::from_secs(60), call)
+            .await
+            .expect("the call returned at its deadline instead of hanging")
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Cancelled, "{status:?}");
+        assert_eq!(
+            crate::ErrorKind::from_grpc_code(status.code()),
+            crate::ErrorKind::Unavailable,
+            "callers treat it as unknown, not as a refusal"
+        );
+    }
 
     #[tokio::test]
     async fn a_peer_that_never_answers_fails_the_call_at_its_deadline() {
