@@ -129,6 +129,140 @@ impl Earnings {
     }
 }
 
+/// One currency's running totals of a creator's allocations, in cents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Everything credited, after refunds (frozen amounts included).
+    pub lifetime: i64,
+    /// Payable now: active and partially refunded allocations.
+    pub active: i64,
+    /// Held by open disputes.
+    pub frozen: i64,
+    /// Taken back by refunds and lost disputes.
+    pub refunded: i64,
+    /// How many allocations.
+    pub allocations: i64,
+}
+
+impl Totals {
+    /// What one allocation adds to its currency's totals.
+    pub fn of(allocation: &Allocation) -> Totals {
+        let payable = matches!(
+            allocation.status,
+            AllocationStatus::Active | AllocationStatus::AtRisk
+        );
+        Totals {
+            lifetime: allocation.amount.cents,
+            active: if payable { allocation.amount.cents } else { 0 },
+            frozen: allocation.frozen_cents,
+            refunded: allocation.refunded_cents,
+            allocations: 1,
+        }
+    }
+
+    fn plus(self, other: Totals) -> Totals {
+        Totals {
+            lifetime: self.lifetime + other.lifetime,
+            active: self.active + other.active,
+            frozen: self.frozen + other.frozen,
+            refunded: self.refunded + other.refunded,
+            allocations: self.allocations + other.allocations,
+        }
+    }
+
+    fn minus(self, other: Totals) -> Totals {
+        Totals {
+            lifetime: self.lifetime - other.lifetime,
+            active: self.active - other.active,
+            frozen: self.frozen - other.frozen,
+            refunded: self.refunded - other.refunded,
+            allocations: self.allocations - other.allocations,
+        }
+    }
+}
+
+/// A creator's earnings book: running totals of their allocations, per currency, kept in one
+/// document so that reading earnings costs one read however long the creator's history.
+///
+/// Exact without multi-document transactions: an allocation change is first written here as
+/// an intent (`pending`, counted in the totals in the same compare-and-set), then applied to
+/// the allocation, then cleared. Whoever finds an intent finishes it (rolls it forward), or
+/// takes it back out of the totals if it cannot be applied (its id was taken by another
+/// creator's allocation). Earnings are reported without pending intents, so a total never
+/// counts an allocation that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarningsBook {
+    pub user_id: String,
+    pub totals: std::collections::BTreeMap<payouts_runtime::Currency, Totals>,
+    /// Allocations counted in `totals` and not yet known to be stored, oldest first.
+    pub pending: Vec<Allocation>,
+    /// Compare-and-set version; 0 for a book not stored yet.
+    pub version: i64,
+}
+
+impl EarningsBook {
+    pub fn empty(user_id: &str) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            totals: std::collections::BTreeMap::new(),
+            pending: Vec::new(),
+            version: 0,
+        }
+    }
+
+    /// The book with `allocation` counted and pending (the intent of a credit).
+    pub fn with_credit(&self, allocation: &Allocation) -> EarningsBook {
+        let mut book = self.clone();
+        let totals = book
+            .totals
+            .entry(allocation.amount.currency.clone())
+            .or_default();
+        *totals = totals.plus(Totals::of(allocation));
+        book.pending.push(allocation.clone());
+        book.version += 1;
+        book
+    }
+
+    /// The book once the pending allocations were dealt with: `stored` ones are settled;
+    /// the others could not be stored and are taken back out of the totals.
+    pub fn with_pending_settled(&self, stored: &[String]) -> EarningsBook {
+        let mut book = self.clone();
+        for allocation in std::mem::take(&mut book.pending) {
+            if !stored.contains(&allocation.id) {
+                let totals = book
+                    .totals
+                    .entry(allocation.amount.currency.clone())
+                    .or_default();
+                *totals = totals.minus(Totals::of(&allocation));
+            }
+        }
+        book.version += 1;
+        book
+    }
+
+    /// Earnings in `currency`: the totals without pending intents.
+    pub fn earnings(&self, currency: &payouts_runtime::Currency) -> Earnings {
+        let pending = self
+            .pending
+            .iter()
+            .filter(|a| &a.amount.currency == currency)
+            .fold(Totals::default(), |sum, a| sum.plus(Totals::of(a)));
+        let totals = self
+            .totals
+            .get(currency)
+            .copied()
+            .unwrap_or_default()
+            .minus(pending);
+        let money = |cents: i64| Money::new(cents, currency.clone());
+        Earnings {
+            lifetime: money(totals.lifetime),
+            active: money(totals.active),
+            frozen: money(totals.frozen),
+            refunded: money(totals.refunded),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +321,34 @@ mod tests {
         assert_eq!(earnings.active, Money::usd(1_300));
         assert_eq!(earnings.frozen, Money::usd(700));
         assert_eq!(earnings.refunded, Money::usd(200));
+    }
+
+    #[test]
+    fn a_book_counts_credits_reports_only_settled_ones_and_takes_back_failed_ones() {
+        let usd = payouts_runtime::Currency::usd();
+        let credit = |id: &str, cents: i64| {
+            Allocation::credit(id, "u", "ch_1", Money::usd(cents), now()).unwrap()
+        };
+        let book = EarningsBook::empty("u");
+        let one = book.with_credit(&credit("a", 1_000));
+        assert_eq!(one.version, 1);
+        assert_eq!(one.totals[&usd].lifetime, 1_000);
+        // Pending: counted in the totals, not reported.
+        assert_eq!(one.earnings(&usd).lifetime, Money::usd(0));
+        let two = one.with_credit(&credit("b", 500));
+        let settled = two.with_pending_settled(&["a".to_owned()]);
+        assert!(settled.pending.is_empty());
+        assert_eq!(settled.version, 3);
+        // "b" could not be stored: taken back.
+        let earnings = settled.earnings(&usd);
+        assert_eq!(earnings.lifetime, Money::usd(1_000));
+        assert_eq!(earnings.active, Money::usd(1_000));
+        assert_eq!(settled.totals[&usd].allocations, 1);
+        assert_eq!(
+            earnings,
+            Earnings::of(&[credit("a", 1_000)], &usd),
+            "the totals are what the allocations add up to"
+        );
     }
 
     #[test]

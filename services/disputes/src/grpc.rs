@@ -1,43 +1,25 @@
 //! The gRPC surface: parse requests into domain values, call the repository, map back.
 
-use std::sync::Arc;
-
 use payouts_proto::disputes::v1 as pb;
 use payouts_proto::disputes::v1::disputes_service_server::{
     DisputesService, DisputesServiceServer,
 };
 use payouts_runtime::convert::{page_size, paginate, parse_page_token, required_id, timestamp};
-use payouts_runtime::{Clock, Currency, Money, ServiceError};
+use payouts_runtime::{Currency, Money, ServiceError};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Allocation, AllocationStatus, Earnings};
-use crate::store::AllocationRepository;
+use crate::domain::{Allocation, AllocationStatus};
+use crate::earnings::Ledger;
 
 /// The tonic service.
 pub struct DisputesGrpc {
-    allocations: Arc<dyn AllocationRepository>,
-    clock: Arc<dyn Clock>,
+    ledger: Ledger,
 }
 
 impl DisputesGrpc {
-    pub fn new(allocations: Arc<dyn AllocationRepository>, clock: Arc<dyn Clock>) -> Self {
-        Self { allocations, clock }
+    pub fn new(ledger: Ledger) -> Self {
+        Self { ledger }
     }
-}
-
-/// What "recent" refunds and disputes means for the admin's user context.
-const RECENT: chrono::Duration = chrono::Duration::days(30);
-
-fn count(
-    allocations: &[Allocation],
-    affected: impl Fn(&Allocation) -> bool,
-    since: chrono::DateTime<chrono::Utc>,
-) -> i64 {
-    let affected = allocations
-        .iter()
-        .filter(|a| affected(a) && a.updated_at >= since)
-        .count();
-    i64::try_from(affected).unwrap_or(i64::MAX)
 }
 
 /// The generated server around the service.
@@ -85,9 +67,9 @@ impl DisputesService for DisputesGrpc {
             &r.user_id,
             &r.charge_id,
             amount,
-            self.clock.now(),
+            self.ledger.clock.now(),
         )?;
-        let (allocation, created) = self.allocations.record(&allocation).await?;
+        let (allocation, created) = self.ledger.record(&allocation).await?;
         if created {
             tracing::info!(user_id = %allocation.user_id, cents = allocation.amount.cents, "allocation credited");
         }
@@ -108,20 +90,17 @@ impl DisputesService for DisputesGrpc {
         } else {
             Currency::parse(&r.currency)?
         };
-        let allocations = self
-            .allocations
-            .list_by_user(&user_id, None, usize::MAX)
-            .await?;
-        let earnings = Earnings::of(&allocations, &currency);
-        let recent_since = self.clock.now() - RECENT;
+        let earnings = self.ledger.earnings(&user_id, &currency).await?;
         Ok(Response::new(pb::GetEarningsResponse {
             user_id,
             lifetime: Some(earnings.lifetime.into()),
             active: Some(earnings.active.into()),
             frozen: Some(earnings.frozen.into()),
             refunded: Some(earnings.refunded.into()),
-            recent_refund_count: count(&allocations, |a| a.refunded_cents > 0, recent_since),
-            recent_dispute_count: count(&allocations, |a| a.dispute_id.is_some(), recent_since),
+            // Allocations are only credited until refunds and disputes are built (issue 11),
+            // which will count them in the earnings book as they happen.
+            recent_refund_count: 0,
+            recent_dispute_count: 0,
         }))
     }
 
@@ -134,6 +113,7 @@ impl DisputesService for DisputesGrpc {
         let size = page_size(r.page_size, 50, 500)?;
         let after = parse_page_token(&r.page_token)?;
         let found = self
+            .ledger
             .allocations
             .list_by_user(&user_id, after, size + 1)
             .await?;

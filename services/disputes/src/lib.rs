@@ -1,11 +1,13 @@
 //! Disputes service (`payouts.disputes.v1.DisputesService`): creator allocations (earnings)
 //! and the effect of refunds and disputes on them (spec §3). Owns `usdAllocations`.
 //!
-//! - [`domain`]: allocations, pure.
-//! - [`store`]: the repository trait, its MongoDB and embedded implementations.
+//! - [`domain`]: allocations and earnings books, pure.
+//! - [`earnings`]: recording allocations and reading earnings through the books.
+//! - [`store`]: the repository traits, their MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod domain;
+pub mod earnings;
 pub mod grpc;
 pub mod store;
 
@@ -16,10 +18,11 @@ use payouts_runtime::grpc::GrpcServer;
 
 /// Builds the service on the context's store and adds it to `server`.
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
-    let allocations = store::open(&context.store).await?;
-    server.add_service(grpc::server(grpc::DisputesGrpc::new(
-        allocations,
-        Arc::clone(&context.clock),
-    )));
+    let repositories = store::open(&context.store).await?;
+    server.add_service(grpc::server(grpc::DisputesGrpc::new(earnings::Ledger {
+        allocations: repositories.allocations,
+        books: repositories.books,
+        clock: Arc::clone(&context.clock),
+    })));
     Ok(())
 }

@@ -4,6 +4,9 @@
 //!
 //!     cargo bench -p payouts-limits --bench validate     # BENCH_CALLS (50000), BENCH_CLIENTS (16)
 //!
+//! Beside it, in the same run, an empty unary RPC (a gRPC health check) on the same server
+//! with the same clients: what any call costs on this stack.
+//!
 //! The limits service runs on the embedded store; the account age and earnings, which come
 //! from the payouts and disputes services in production, come from an in-process source, so
 //! the figures are the limits service's own cost.
@@ -11,8 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use chrono::{Duration, Utc};
@@ -24,7 +26,10 @@ use payouts_proto::limits::v1::ValidatePayoutLimitsRequest;
 use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsServiceClient;
 use payouts_runtime::grpc::GrpcServer;
 use payouts_runtime::shutdown::Shutdown;
+use payouts_runtime::testing::bench::{drive, report, report_value, setting, title};
 use payouts_runtime::{ServiceError, Store, SystemClock};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 const USERS: usize = 10_000;
 
@@ -39,13 +44,6 @@ impl ContextSource for Established {
             payable_earnings_cents: 1_000_000_00,
         })
     }
-}
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Quotas for `USERS` users sharing `history` payouts spread over the last 1,000 days; a
@@ -81,7 +79,9 @@ async fn seed(quotas: &MemoryQuotas, history: usize) -> usize {
     kept
 }
 
-async fn run(history: usize, calls: usize, clients: usize) {
+/// Runs the limits service on a fresh store with `history` payouts; measures an empty unary
+/// RPC (a health check) on the same server, then ValidatePayoutLimits. Returns the p50s.
+async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdDuration) {
     let quotas = Arc::new(MemoryQuotas::default());
     let kept = seed(&quotas, history).await;
     let limits = Limits::new(
@@ -100,53 +100,50 @@ async fn run(history: usize, calls: usize, clients: usize) {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (shutdown, trigger) = Shutdown::manual();
     let served = tokio::spawn(server.serve(listener, Store::Embedded, shutdown));
-
     let channel = tonic::transport::Channel::from_shared(url)
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let mut client = PayoutLimitsServiceClient::new(channel.clone());
-            let next = Arc::clone(&next);
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let call = next.fetch_add(1, Ordering::Relaxed);
-                    if call >= calls {
-                        return latencies;
-                    }
-                    let request = ValidatePayoutLimitsRequest {
-                        user_id: format!("user_{}", (call * 7_919) % USERS),
-                        amount: Some(payouts_runtime::convert::usd(50_00)),
-                    };
-                    let sent = Instant::now();
-                    client.validate_payout_limits(request).await.unwrap();
-                    latencies.push(sent.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies: Vec<StdDuration> = Vec::with_capacity(calls);
-    for worker in workers {
-        latencies.extend(worker.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{:>12} {:>14} {:>12.0} {:>10.2?} {:>10.2?}",
-        history,
-        kept,
-        calls as f64 / elapsed.as_secs_f64(),
-        at(0.50),
-        at(0.99)
+
+    let health = HealthClient::new(channel.clone());
+    let empty = drive(calls, clients, move |_| {
+        let mut health = health.clone();
+        async move {
+            health.check(HealthCheckRequest::default()).await.unwrap();
+        }
+    })
+    .await;
+    report(
+        "limits",
+        &format!("empty unary RPC (health check), {history} payouts"),
+        &empty,
+        "baseline: the same server and clients",
+    );
+    let client = PayoutLimitsServiceClient::new(channel);
+    let validate = drive(calls, clients, move |call| {
+        let mut client = client.clone();
+        async move {
+            let request = ValidatePayoutLimitsRequest {
+                user_id: format!("user_{}", (call * 7_919) % USERS),
+                amount: Some(payouts_runtime::convert::usd(50_00)),
+            };
+            client.validate_payout_limits(request).await.unwrap();
+        }
+    })
+    .await;
+    report(
+        "limits",
+        &format!("ValidatePayoutLimits, {history} payouts"),
+        &validate,
+        &format!(
+            "{kept} reservations in quota documents; p50 {:.2}x the empty RPC",
+            validate.p50.as_secs_f64() / empty.p50.as_secs_f64()
+        ),
     );
     trigger.trigger();
     let _ = served.await;
+    (empty.p50, validate.p50)
 }
 
 fn main() {
@@ -157,11 +154,15 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        println!();
-        println!("ValidatePayoutLimits over gRPC: {USERS} users, {calls} calls, {clients} concurrent clients, embedded store");
-        println!("{:>12} {:>14} {:>12} {:>10} {:>10}", "payouts", "kept in docs", "calls/s", "p50", "p99");
-        for history in [1_000, 1_000_000] {
-            run(history, calls, clients).await;
-        }
+        title(&format!(
+            "limits: gRPC on loopback, {USERS} users, {calls} calls per case, {clients} concurrent clients, embedded store"
+        ));
+        let (_, small) = run(1_000, calls, clients).await;
+        let (_, large) = run(1_000_000, calls, clients).await;
+        report_value(
+            "limits",
+            "ValidatePayoutLimits p50, 1,000,000 / 1,000 payouts",
+            &format!("{:.2}x", large.as_secs_f64() / small.as_secs_f64()),
+        );
     });
 }

@@ -133,6 +133,35 @@ where
         .map_err(mongo_error)
 }
 
+/// Stores `document` under `id` if the stored document is still at `expected_version` (0:
+/// none is stored yet): a versioned compare-and-set. `Ok(false)` when another writer got
+/// there first.
+pub async fn put_versioned<T>(
+    collection: &mongodb::Collection<T>,
+    id: &str,
+    document: T,
+    expected_version: i64,
+) -> Result<bool, crate::error::ServiceError>
+where
+    T: serde::Serialize + Send + Sync,
+{
+    if expected_version == 0 {
+        return match collection.insert_one(document).await {
+            Ok(_) => Ok(true),
+            Err(error) if is_duplicate_key(&error) => Ok(false),
+            Err(error) => Err(mongo_error(error)),
+        };
+    }
+    let replaced = collection
+        .replace_one(
+            mongodb::bson::doc! { "_id": id, "version": expected_version },
+            document,
+        )
+        .await
+        .map_err(mongo_error)?;
+    Ok(replaced.matched_count == 1)
+}
+
 /// A MongoDB failure as a service error: retryable, cause logged, not shown.
 pub fn mongo_error(error: mongodb::error::Error) -> crate::error::ServiceError {
     crate::error::ServiceError::unavailable("store unavailable", error)

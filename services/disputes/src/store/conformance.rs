@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::store::store_precision;
-use payouts_runtime::{ErrorKind, Money};
+use payouts_runtime::{Clock as _, ErrorKind, Money};
 
 use super::*;
 
@@ -108,13 +108,204 @@ async fn lists_a_creators_allocations_newest_first(repository: &dyn AllocationRe
     );
 }
 
+/// The ledger on the two repositories: the books' running totals stay exactly what the
+/// allocations add up to, whatever interleaves and wherever a writer stops.
+async fn run_ledger(
+    allocations: Arc<dyn AllocationRepository>,
+    books: Arc<dyn EarningsBookRepository>,
+) {
+    let clock = payouts_runtime::clock::ManualClock::new(at(0));
+    let ledger = Arc::new(crate::earnings::Ledger {
+        allocations,
+        books,
+        clock: Arc::new(clock.clone()),
+    });
+    the_totals_are_what_the_allocations_add_up_to(Arc::clone(&ledger)).await;
+    an_intent_left_by_a_stopped_writer_is_finished(&ledger, &clock).await;
+    an_intent_whose_id_another_credit_holds_is_taken_back(&ledger).await;
+}
+
+/// Rebuilds a creator's earnings from their allocations and compares with their book.
+async fn assert_exact(ledger: &crate::earnings::Ledger, user_id: &str) {
+    let usd = payouts_runtime::Currency::usd();
+    let allocations = ledger
+        .allocations
+        .list_by_user(user_id, None, usize::MAX)
+        .await
+        .unwrap();
+    let book = ledger.books.get(user_id).await.unwrap();
+    assert!(book.pending.is_empty(), "{book:?}");
+    assert_eq!(
+        book.earnings(&usd),
+        crate::domain::Earnings::of(&allocations, &usd),
+        "{user_id}"
+    );
+    assert_eq!(
+        book.totals.get(&usd).map_or(0, |t| t.allocations),
+        i64::try_from(allocations.len()).unwrap()
+    );
+}
+
+async fn the_totals_are_what_the_allocations_add_up_to(ledger: Arc<crate::earnings::Ledger>) {
+    // Three creators credited at once; every credit sent twice; one id claimed by two
+    // creators (one of them must be refused).
+    let mut credits = Vec::new();
+    for i in 0..30 {
+        let user = format!("u-book-{}", i % 3);
+        credits.push(credit(&format!("alloc_book_{i}"), &user, 100 + i, 1));
+    }
+    credits.push(credit("alloc_book_0", "u-book-1", 999, 1));
+    let writers: Vec<_> = credits
+        .iter()
+        .chain(credits.iter())
+        .cloned()
+        .map(|allocation| {
+            let ledger = Arc::clone(&ledger);
+            tokio::spawn(async move { ledger.record(&allocation).await })
+        })
+        .collect();
+    let mut created = 0;
+    let mut refused = 0;
+    for writer in writers {
+        match writer.await.unwrap() {
+            Ok((_, true)) => created += 1,
+            Ok((_, false)) => {}
+            Err(error) => {
+                assert_eq!(error.kind(), ErrorKind::AlreadyExists);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(created, 30);
+    assert!(refused >= 2, "the second claim of alloc_book_0, twice");
+    for user in ["u-book-0", "u-book-1", "u-book-2"] {
+        assert_exact(&ledger, user).await;
+    }
+    // Whichever creator's credit was stored first holds the id; the other's is not counted.
+    let usd = payouts_runtime::Currency::usd();
+    let holder = ledger
+        .allocations
+        .get("alloc_book_0")
+        .await
+        .unwrap()
+        .unwrap()
+        .user_id;
+    let own: i64 = (1..30).filter(|i| i % 3 == 0).map(|i| 100 + i).sum();
+    let expected = if holder == "u-book-0" { own + 100 } else { own };
+    assert_eq!(
+        ledger.earnings("u-book-0", &usd).await.unwrap().lifetime,
+        Money::usd(expected)
+    );
+}
+
+async fn an_intent_left_by_a_stopped_writer_is_finished(
+    ledger: &crate::earnings::Ledger,
+    clock: &payouts_runtime::clock::ManualClock,
+) {
+    let usd = payouts_runtime::Currency::usd();
+    // Credited at the ledger's clock, so that moving it makes them stale.
+    let credit = |id: &str, cents: i64| {
+        Allocation::credit(id, "u-stop", "ch_1", Money::usd(cents), clock.now()).unwrap()
+    };
+    let first = credit("alloc_stop_1", 300);
+    ledger.record(&first).await.unwrap();
+    // A writer counted a credit in the book and stopped before storing the allocation.
+    let stopped = credit("alloc_stop_2", 700);
+    let book = ledger.books.get("u-stop").await.unwrap();
+    ledger
+        .books
+        .put(&book.with_credit(&stopped), book.version)
+        .await
+        .unwrap();
+    // Not stored yet: not reported.
+    assert_eq!(
+        ledger.earnings("u-stop", &usd).await.unwrap().lifetime,
+        Money::usd(300)
+    );
+    // Once stale, a read finishes it.
+    clock.advance(crate::earnings::STALE_INTENT + Duration::seconds(1));
+    assert_eq!(
+        ledger.earnings("u-stop", &usd).await.unwrap().lifetime,
+        Money::usd(1_000)
+    );
+    assert_eq!(
+        ledger.allocations.get("alloc_stop_2").await.unwrap(),
+        Some(stopped.clone())
+    );
+    assert_exact(ledger, "u-stop").await;
+    // The caller's retry finds it stored.
+    assert_eq!(
+        ledger.record(&stopped).await.unwrap(),
+        (stopped.clone(), false)
+    );
+    // A writer that stops again is finished by the creator's next credit.
+    let book = ledger.books.get("u-stop").await.unwrap();
+    let stopped_again = credit("alloc_stop_3", 50);
+    ledger
+        .books
+        .put(&book.with_credit(&stopped_again), book.version)
+        .await
+        .unwrap();
+    ledger.record(&credit("alloc_stop_4", 5)).await.unwrap();
+    assert_exact(ledger, "u-stop").await;
+    assert_eq!(
+        ledger.earnings("u-stop", &usd).await.unwrap().lifetime,
+        Money::usd(1_055)
+    );
+}
+
+async fn an_intent_whose_id_another_credit_holds_is_taken_back(ledger: &crate::earnings::Ledger) {
+    let usd = payouts_runtime::Currency::usd();
+    ledger
+        .record(&credit("alloc_taken", "u-owner", 400, 0))
+        .await
+        .unwrap();
+    // Another creator's writer counted a credit under the same id, then stopped.
+    let clash = credit("alloc_taken", "u-clash", 900, 0);
+    let book = ledger.books.get("u-clash").await.unwrap();
+    ledger
+        .books
+        .put(&book.with_credit(&clash), book.version)
+        .await
+        .unwrap();
+    ledger
+        .record(&credit("alloc_clash_ok", "u-clash", 10, 0))
+        .await
+        .unwrap();
+    assert_exact(ledger, "u-clash").await;
+    assert_eq!(
+        ledger.earnings("u-clash", &usd).await.unwrap().lifetime,
+        Money::usd(10)
+    );
+    assert_eq!(
+        ledger
+            .allocations
+            .get("alloc_taken")
+            .await
+            .unwrap()
+            .map(|a| a.user_id),
+        Some("u-owner".to_owned())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {
     run(Arc::new(MemoryAllocations::default())).await;
+    run_ledger(
+        Arc::new(MemoryAllocations::default()),
+        Arc::new(MemoryEarningsBooks::default()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mongo_store_conforms() {
     let database = payouts_runtime::testing::mongo_database("disputes").await;
     run(Arc::new(MongoAllocations::open(&database).await.unwrap())).await;
+    let database = payouts_runtime::testing::mongo_database("earnings").await;
+    run_ledger(
+        Arc::new(MongoAllocations::open(&database).await.unwrap()),
+        Arc::new(MongoEarningsBooks::open(&database)),
+    )
+    .await;
 }

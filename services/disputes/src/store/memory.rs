@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
-use super::{AllocationRepository, repeated};
-use crate::domain::Allocation;
+use super::{AllocationRepository, EarningsBookRepository, repeated, stale_book};
+use crate::domain::{Allocation, EarningsBook};
 
 /// Embedded store: allocations by id.
 #[derive(Debug, Default)]
@@ -61,5 +61,37 @@ impl AllocationRepository for MemoryAllocations {
         });
         found.truncate(limit);
         Ok(found)
+    }
+}
+
+/// Embedded store: earnings books by creator.
+#[derive(Debug, Default)]
+pub struct MemoryEarningsBooks {
+    books: Mutex<HashMap<String, EarningsBook>>,
+}
+
+#[async_trait]
+impl EarningsBookRepository for MemoryEarningsBooks {
+    async fn get(&self, user_id: &str) -> Result<EarningsBook, ServiceError> {
+        Ok(self
+            .books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(user_id)
+            .cloned()
+            .unwrap_or_else(|| EarningsBook::empty(user_id)))
+    }
+
+    async fn put(&self, book: &EarningsBook, expected_version: i64) -> Result<(), ServiceError> {
+        let mut books = self
+            .books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let stored = books.get(&book.user_id).map_or(0, |stored| stored.version);
+        if stored != expected_version {
+            return Err(stale_book(&book.user_id));
+        }
+        books.insert(book.user_id.clone(), book.clone());
+        Ok(())
     }
 }

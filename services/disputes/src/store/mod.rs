@@ -1,5 +1,5 @@
-//! The `usdAllocations` collection: one trait, a MongoDB and an embedded implementation,
-//! and the conformance suite both must pass.
+//! The `usdAllocations` and `creatorEarnings` collections: one trait each, a MongoDB and an
+//! embedded implementation of each, and the conformance suite both must pass.
 
 mod memory;
 mod mongo;
@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
-use crate::domain::Allocation;
+use crate::domain::{Allocation, EarningsBook};
 
-pub use memory::MemoryAllocations;
-pub use mongo::MongoAllocations;
+pub use memory::{MemoryAllocations, MemoryEarningsBooks};
+pub use mongo::{MongoAllocations, MongoEarningsBooks};
 
 /// Storage of allocations.
 #[async_trait]
@@ -36,6 +36,23 @@ pub trait AllocationRepository: Send + Sync + 'static {
     ) -> Result<Vec<Allocation>, ServiceError>;
 }
 
+/// Storage of earnings books (`creatorEarnings`): one document per creator.
+#[async_trait]
+pub trait EarningsBookRepository: Send + Sync + 'static {
+    /// The creator's book; an empty one (version 0) when none is stored.
+    async fn get(&self, user_id: &str) -> Result<EarningsBook, ServiceError>;
+
+    /// Stores `book` if the stored one is still at `expected_version` (0: none stored yet);
+    /// Conflict otherwise.
+    async fn put(&self, book: &EarningsBook, expected_version: i64) -> Result<(), ServiceError>;
+}
+
+pub(crate) fn stale_book(user_id: &str) -> ServiceError {
+    ServiceError::conflict(format!(
+        "the earnings book of {user_id} was changed concurrently"
+    ))
+}
+
 /// The answer to a repeated credit: the stored allocation, or AlreadyExists if it differs.
 pub(crate) fn repeated(
     stored: Allocation,
@@ -51,10 +68,22 @@ pub(crate) fn repeated(
     }
 }
 
-/// Opens the repository on the process's store, ensuring indexes.
-pub async fn open(store: &Store) -> anyhow::Result<Arc<dyn AllocationRepository>> {
+/// The service's repositories.
+pub struct Repositories {
+    pub allocations: Arc<dyn AllocationRepository>,
+    pub books: Arc<dyn EarningsBookRepository>,
+}
+
+/// Opens the repositories on the process's store, ensuring indexes.
+pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
     Ok(match store {
-        Store::Embedded => Arc::new(MemoryAllocations::default()),
-        Store::Mongo(database) => Arc::new(MongoAllocations::open(database).await?),
+        Store::Embedded => Repositories {
+            allocations: Arc::new(MemoryAllocations::default()),
+            books: Arc::new(MemoryEarningsBooks::default()),
+        },
+        Store::Mongo(database) => Repositories {
+            allocations: Arc::new(MongoAllocations::open(database).await?),
+            books: Arc::new(MongoEarningsBooks::open(database)),
+        },
     })
 }

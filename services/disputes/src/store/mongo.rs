@@ -3,13 +3,13 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    find_many, from_bson_time, is_duplicate_key, mongo_error, put_versioned, to_bson_time,
 };
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
-use super::{AllocationRepository, repeated};
-use crate::domain::{Allocation, AllocationStatus};
+use super::{AllocationRepository, EarningsBookRepository, repeated, stale_book};
+use crate::domain::{Allocation, AllocationStatus, EarningsBook, Totals};
 
 /// MongoDB store: collection `usdAllocations` (spec §3 and §11 fields).
 #[derive(Debug, Clone)]
@@ -155,5 +155,118 @@ impl AllocationRepository for MongoAllocations {
         )
         .await?;
         documents.into_iter().map(Allocation::try_from).collect()
+    }
+}
+
+/// MongoDB store: collection `creatorEarnings`, one document per creator.
+#[derive(Debug, Clone)]
+pub struct MongoEarningsBooks {
+    collection: Collection<BookDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BookDocument {
+    /// The creator's user id.
+    #[serde(rename = "_id")]
+    id: String,
+    totals: Vec<TotalsDocument>,
+    #[serde(default)]
+    pending: Vec<AllocationDocument>,
+    version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TotalsDocument {
+    currency: String,
+    lifetime_cents: i64,
+    active_cents: i64,
+    frozen_cents: i64,
+    refunded_cents: i64,
+    allocations: i64,
+}
+
+impl From<&EarningsBook> for BookDocument {
+    fn from(book: &EarningsBook) -> Self {
+        Self {
+            id: book.user_id.clone(),
+            totals: book
+                .totals
+                .iter()
+                .map(|(currency, t)| TotalsDocument {
+                    currency: currency.to_string(),
+                    lifetime_cents: t.lifetime,
+                    active_cents: t.active,
+                    frozen_cents: t.frozen,
+                    refunded_cents: t.refunded,
+                    allocations: t.allocations,
+                })
+                .collect(),
+            pending: book.pending.iter().map(AllocationDocument::from).collect(),
+            version: book.version,
+        }
+    }
+}
+
+impl TryFrom<BookDocument> for EarningsBook {
+    type Error = ServiceError;
+
+    fn try_from(d: BookDocument) -> Result<Self, Self::Error> {
+        let mut totals = std::collections::BTreeMap::new();
+        for t in d.totals {
+            totals.insert(
+                Currency::parse(&t.currency)?,
+                Totals {
+                    lifetime: t.lifetime_cents,
+                    active: t.active_cents,
+                    frozen: t.frozen_cents,
+                    refunded: t.refunded_cents,
+                    allocations: t.allocations,
+                },
+            );
+        }
+        Ok(Self {
+            user_id: d.id,
+            totals,
+            pending: d
+                .pending
+                .into_iter()
+                .map(Allocation::try_from)
+                .collect::<Result<_, _>>()?,
+            version: d.version,
+        })
+    }
+}
+
+impl MongoEarningsBooks {
+    pub fn open(database: &mongodb::Database) -> Self {
+        Self {
+            collection: database.collection::<BookDocument>("creatorEarnings"),
+        }
+    }
+}
+
+#[async_trait]
+impl EarningsBookRepository for MongoEarningsBooks {
+    async fn get(&self, user_id: &str) -> Result<EarningsBook, ServiceError> {
+        match self
+            .collection
+            .find_one(doc! { "_id": user_id })
+            .await
+            .map_err(mongo_error)?
+        {
+            Some(document) => EarningsBook::try_from(document),
+            None => Ok(EarningsBook::empty(user_id)),
+        }
+    }
+
+    async fn put(&self, book: &EarningsBook, expected_version: i64) -> Result<(), ServiceError> {
+        let document = BookDocument::from(book);
+        if put_versioned(&self.collection, &book.user_id, document, expected_version).await? {
+            Ok(())
+        } else {
+            Err(stale_book(&book.user_id))
+        }
     }
 }

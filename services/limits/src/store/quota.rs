@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use mongodb::Collection;
 use mongodb::bson::{self, doc};
 use payouts_runtime::ServiceError;
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{from_bson_time, mongo_error, put_versioned, to_bson_time};
 use serde::{Deserialize, Serialize};
 
 use crate::checks::{Attempt, Quota, Refusal, Reservation};
@@ -225,22 +225,7 @@ impl QuotaRepository for MongoQuotas {
 
     async fn put(&self, quota: &Quota, expected_version: i64) -> Result<(), ServiceError> {
         let document = QuotaDocument::from(quota);
-        if expected_version == 0 {
-            return match self.collection.insert_one(document).await {
-                Ok(_) => Ok(()),
-                Err(error) if is_duplicate_key(&error) => Err(stale(&quota.user_id)),
-                Err(error) => Err(mongo_error(error)),
-            };
-        }
-        let result = self
-            .collection
-            .replace_one(
-                doc! { "_id": &quota.user_id, "version": expected_version },
-                document,
-            )
-            .await
-            .map_err(mongo_error)?;
-        if result.matched_count == 1 {
+        if put_versioned(&self.collection, &quota.user_id, document, expected_version).await? {
             Ok(())
         } else {
             Err(stale(&quota.user_id))

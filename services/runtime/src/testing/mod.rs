@@ -181,6 +181,7 @@ fn free_port() -> Result<u16, String> {
         .map_err(|error| format!("no free port: {error}"))
 }
 
+pub mod bench;
 pub mod fake_stripe;
 pub mod stripe;
 pub mod stripe_ledger;

@@ -1,0 +1,113 @@
+//! Recording allocations and reading earnings through each creator's [`EarningsBook`]: running
+//! totals kept exact without multi-document transactions, so reading a creator's earnings is
+//! one document read however long their history.
+//!
+//! A credit is written to the book first, as an intent counted in the totals (one
+//! compare-and-set), then stored as an allocation, then the intent is cleared. Any step can
+//! be cut short by a crash: whoever finds an intent finishes it (the next change of that
+//! creator's book, a retry of the same credit, or a read that finds it stale). An intent whose
+//! allocation id turns out to belong to another credit is taken back out of the totals.
+//! Earnings are reported without intents, so a total never counts money not stored.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use payouts_runtime::{Clock, Currency, ErrorKind, ServiceError};
+
+use crate::domain::{Allocation, Earnings, EarningsBook};
+use crate::store::{AllocationRepository, EarningsBookRepository, repeated};
+
+/// Compare-and-set rounds before a change gives up (the caller retries).
+const MAX_ROUNDS: usize = 32;
+
+/// An intent older than this was left by a writer that stopped; a read finishes it.
+pub const STALE_INTENT: Duration = Duration::seconds(30);
+
+/// Allocations and the earnings books that total them.
+pub struct Ledger {
+    pub allocations: Arc<dyn AllocationRepository>,
+    pub books: Arc<dyn EarningsBookRepository>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Ledger {
+    /// Records a credit, idempotent on its id: the same credit again returns the stored one
+    /// (`false`); another credit under a used id is AlreadyExists.
+    pub async fn record(
+        &self,
+        allocation: &Allocation,
+    ) -> Result<(Allocation, bool), ServiceError> {
+        for _ in 0..MAX_ROUNDS {
+            let book = self.books.get(&allocation.user_id).await?;
+            if !book.pending.is_empty() {
+                self.finish(&book).await?;
+                continue;
+            }
+            if let Some(stored) = self.allocations.get(&allocation.id).await? {
+                return repeated(stored, allocation);
+            }
+            let intent = book.with_credit(allocation);
+            match self.books.put(&intent, book.version).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                Err(error) => return Err(error),
+            }
+            self.finish(&intent).await?;
+            return match self.allocations.get(&allocation.id).await? {
+                Some(stored) if stored.same_credit(allocation) => Ok((stored, true)),
+                _ => Err(ServiceError::already_exists(format!(
+                    "allocation {} already exists with a different credit",
+                    allocation.id
+                ))),
+            };
+        }
+        Err(ServiceError::unavailable(
+            "too many concurrent changes to this creator's earnings; try again",
+            anyhow::anyhow!("{MAX_ROUNDS} compare-and-set rounds lost"),
+        ))
+    }
+
+    /// A creator's earnings in `currency`: one read of their book (two if a writer left an
+    /// intent behind long enough ago that it must be finished first).
+    pub async fn earnings(
+        &self,
+        user_id: &str,
+        currency: &Currency,
+    ) -> Result<Earnings, ServiceError> {
+        let book = self.books.get(user_id).await?;
+        let now = self.clock.now();
+        if !book
+            .pending
+            .iter()
+            .any(|intent| now - intent.created_at > STALE_INTENT)
+        {
+            return Ok(book.earnings(currency));
+        }
+        self.finish(&book).await?;
+        Ok(self.books.get(user_id).await?.earnings(currency))
+    }
+
+    /// Finishes the book's intents: stores each allocation (or finds it stored), takes back
+    /// those whose id another credit holds, and clears them. Someone else finishing them
+    /// first is as good.
+    async fn finish(&self, book: &EarningsBook) -> Result<(), ServiceError> {
+        let mut stored = Vec::new();
+        for intent in &book.pending {
+            match self.allocations.record(intent).await {
+                Ok(_) => stored.push(intent.id.clone()),
+                Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+                    tracing::warn!(allocation_id = %intent.id, user_id = %book.user_id, "allocation id held by another credit; the intent is taken back");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        match self
+            .books
+            .put(&book.with_pending_settled(&stored), book.version)
+            .await
+        {
+            Err(error) if error.kind() != ErrorKind::Conflict => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
