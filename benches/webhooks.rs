@@ -1,103 +1,78 @@
-//! Webhook ingestion throughput and latency, printed as figures (not a test).
+//! Webhook ingestion through the real `payouts` binary, printed as figures (not a test).
 //!
-//! Signed Stripe webhooks through the real `payouts` binary (gateway -> gRPC -> webhooks
-//! service -> embedded store, with the worker processing them) over HTTP on loopback, with N
-//! concurrent clients; next to the same load on a bare endpoint of the same HTTP stack (axum
-//! on hyper) that does nothing, so the ratio shows what verification, storage and the gRPC
-//! hop cost.
+//! Signed Stripe webhooks over HTTP/1.1 on loopback into the all-in-one process (gateway ->
+//! webhooks service in process -> embedded store, its worker processing them as they arrive),
+//! with N concurrent clients; in the same run, the same load on a bare endpoint of the same
+//! HTTP stack (axum on hyper, TCP_NODELAY) that does nothing, so the ratio shows what
+//! verification, storage, the service call and processing cost. Also the process's resident
+//! memory: idle, right after the events were acknowledged, and once they were all processed.
 //!
-//!     cargo bench --bench webhooks                # defaults: 20000 events, 16 clients
-//!     BENCH_EVENTS=50000 BENCH_CLIENTS=32 cargo bench --bench webhooks
+//!     cargo bench --bench webhooks          # BENCH_EVENTS (100000), BENCH_CLIENTS (64)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use payouts_runtime::testing::bench::{
+    Figures, drive, report, report_value, rss_mib, setting, title,
+};
 use payouts_runtime::testing::stripe;
 
 const SECRET: &str = "whsec_bench";
+const ADMIN_SECRET: &str = "bench-admin-jwt-secret";
 
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
+type Payloads = Arc<Vec<(Vec<u8>, String)>>;
 
-struct Figures {
-    events_per_second: f64,
-    p50: Duration,
-    p99: Duration,
-}
+/// Sends every payload to `url` from `clients` concurrent clients, each on a keep-alive
+/// connection of its own; each delivery must be acknowledged. The client is hyper's own
+/// HTTP/1.1 connection, the leanest standard one: the load generator shares the two cores
+/// with the server, so every microsecond it spends is one the server does not get.
+async fn load(url: &str, clients: usize, payloads: Payloads) -> Figures {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::TokioIo;
 
-/// Sends `events` signed deliveries from `clients` concurrent clients; returns the figures.
-async fn load(
-    url: &str,
-    events: usize,
-    clients: usize,
-    payloads: Arc<Vec<(Vec<u8>, String)>>,
-) -> Figures {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..clients)
-        .map(|_| {
-            let (http, next, payloads, url) = (
-                http.clone(),
-                Arc::clone(&next),
-                Arc::clone(&payloads),
-                url.to_owned(),
-            );
-            tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    if index >= events {
-                        return latencies;
-                    }
-                    let (body, header) = &payloads[index];
-                    let sent = Instant::now();
-                    let response = http
-                        .post(&url)
-                        .header("Stripe-Signature", header)
-                        .header("Content-Type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert_eq!(response.status(), 200);
-                    response.bytes().await.unwrap();
-                    latencies.push(sent.elapsed());
-                }
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(events);
-    for worker in workers {
-        latencies.extend(worker.await.unwrap());
+    let uri: hyper::Uri = url.parse().unwrap();
+    let authority = uri.authority().unwrap().to_string();
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let stream = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        connections.push(tokio::sync::Mutex::new(sender));
     }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let at = |quantile: f64| {
-        let index = ((latencies.len() as f64 - 1.0) * quantile).round() as usize;
-        latencies[index]
-    };
-    Figures {
-        events_per_second: events as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
+    let connections = Arc::new(connections);
+    let path: Arc<str> = Arc::from(uri.path());
+    let authority: Arc<str> = Arc::from(authority.as_str());
+    drive(payloads.len(), clients, move |client, index| {
+        let (connections, payloads) = (Arc::clone(&connections), Arc::clone(&payloads));
+        let (path, authority) = (Arc::clone(&path), Arc::clone(&authority));
+        async move {
+            let (body, header) = &payloads[index];
+            let request = hyper::Request::post(&*path)
+                .header("host", &*authority)
+                .header("stripe-signature", header)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::copy_from_slice(body)))
+                .unwrap();
+            let mut sender = connections[client].lock().await;
+            let response = sender.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.into_body().collect().await.unwrap();
+        }
+    })
+    .await
 }
 
 /// A bare endpoint on the same HTTP stack: accepts the body, answers `{"received":true}`.
 async fn bare_endpoint() -> String {
+    use axum::serve::ListenerExt as _;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let router = axum::Router::new().route(
@@ -106,15 +81,12 @@ async fn bare_endpoint() -> String {
             axum::Json(serde_json::json!({ "received": true }))
         }),
     );
-    tokio::spawn(async move {
-        use axum::serve::ListenerExt as _;
-        let listener = listener.tap_io(payouts_runtime::grpc::set_nodelay);
-        axum::serve(listener, router).await.unwrap()
-    });
+    let listener = listener.tap_io(payouts_runtime::grpc::set_nodelay);
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     format!("http://{address}/api/webhooks/stripe-payouts")
 }
 
-/// The real binary, all in one process on the embedded store.
+/// The real binary, all in one process on the embedded store; its gateway's address.
 fn start_payouts() -> (std::process::Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_payouts"))
         .env_remove("MONGODB_URI")
@@ -122,6 +94,8 @@ fn start_payouts() -> (std::process::Child, String) {
         .env("GRPC_ADDR", "127.0.0.1:0")
         .env("METRICS_ADDR", "off")
         .env("STRIPE_WEBHOOK_SECRET_PAYOUTS", SECRET)
+        .env("ADMIN_JWT_SECRET", ADMIN_SECRET)
+        .env("WEBHOOK_POLL_MILLISECONDS", "50")
         .env("RUST_LOG", "error")
         .env("LOG_FORMAT", "json")
         .stdout(Stdio::null())
@@ -132,10 +106,7 @@ fn start_payouts() -> (std::process::Child, String) {
     for line in stderr.lines() {
         let line = line.unwrap();
         if let Some(address) = line.strip_prefix("payouts: gateway listening on http://") {
-            return (
-                child,
-                format!("http://{address}/api/webhooks/stripe-payouts"),
-            );
+            return (child, format!("http://{address}"));
         }
     }
     let _ = child.kill();
@@ -143,7 +114,7 @@ fn start_payouts() -> (std::process::Child, String) {
     panic!("payouts did not start");
 }
 
-fn payloads(run: &str, events: usize) -> Arc<Vec<(Vec<u8>, String)>> {
+fn payloads(run: &str, events: usize) -> Payloads {
     let template = stripe::event("evt_template", "payout.paid", "payout");
     let now = chrono::Utc::now().timestamp();
     Arc::new(
@@ -159,36 +130,92 @@ fn payloads(run: &str, events: usize) -> Arc<Vec<(Vec<u8>, String)>> {
     )
 }
 
+/// Waits until the process has processed every event it stored; how long that took.
+async fn drained(gateway: &str, total: i64) -> Duration {
+    let claims = serde_json::json!({
+        "sub": "bench",
+        "admin": true,
+        "exp": chrono::Utc::now().timestamp() + 3_600,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(ADMIN_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        let stats: serde_json::Value = http
+            .get(format!("{gateway}/api/admin/webhooks/stats"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if std::env::var("BENCH_NO_WORKER").is_ok() || stats["completed"].as_i64() == Some(total) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "events not processed: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn main() {
-    let events = setting("BENCH_EVENTS", 20_000);
-    let clients = setting("BENCH_CLIENTS", 16);
+    let events = setting("BENCH_EVENTS", 100_000);
+    let clients = setting("BENCH_CLIENTS", 64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (mut child, payouts_url) = start_payouts();
+    let (mut child, gateway) = start_payouts();
+    let payouts_url = format!("{gateway}/api/webhooks/stripe-payouts");
     runtime.block_on(async {
         let bare_url = bare_endpoint().await;
-        // Warm up both (connections, allocator, lazy gRPC channel).
-        load(&bare_url, 500, clients, payloads("warm_bare", 500)).await;
-        load(&payouts_url, 500, clients, payloads("warm_payouts", 500)).await;
-
-        let bare = load(&bare_url, events, clients, payloads("bare", events)).await;
-        let ours = load(&payouts_url, events, clients, payloads("payouts", events)).await;
         let size = payloads("size", 1)[0].0.len();
-        println!();
-        println!("webhook ingestion: {events} signed events of {size} bytes, {clients} concurrent clients, loopback HTTP/1.1");
-        println!("{:<44} {:>10} {:>10} {:>10}", "endpoint", "events/s", "p50", "p99");
-        for (name, figures) in [("bare axum endpoint (does nothing)", &bare), ("payouts gateway -> webhooks (embedded)", &ours)] {
-            println!(
-                "{:<44} {:>10.0} {:>10.2?} {:>10.2?}",
-                name, figures.events_per_second, figures.p50, figures.p99
-            );
-        }
-        println!(
-            "overhead: {:.2}x the bare endpoint's time per event at p50, {:.1}% of its throughput",
-            ours.p50.as_secs_f64() / bare.p50.as_secs_f64(),
-            100.0 * ours.events_per_second / bare.events_per_second
+        title(&format!(
+            "webhooks: {events} signed events of {size} bytes, {clients} concurrent clients, loopback HTTP/1.1, all-in-one binary, embedded store"
+        ));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = rss_mib(child.id()).unwrap_or_default();
+        // Warm up both (connections, allocator).
+        let warm = 1_000.min(events);
+        load(&bare_url, clients, payloads("warm_bare", warm)).await;
+        load(&payouts_url, clients, payloads("warm_payouts", warm)).await;
+
+        let bare = load(&bare_url, clients, payloads("bare", events)).await;
+        report("webhooks", "bare axum endpoint (does nothing)", &bare, "baseline");
+        let ours = load(&payouts_url, clients, payloads("payouts", events)).await;
+        report(
+            "webhooks",
+            "gateway -> webhooks in process -> embedded store",
+            &ours,
+            &format!(
+                "{:.2}x the bare rate; p50 {:.2}x",
+                ours.per_second / bare.per_second,
+                ours.p50.as_secs_f64() / bare.p50.as_secs_f64()
+            ),
+        );
+        let acknowledged = rss_mib(child.id()).unwrap_or_default();
+        let total = i64::try_from(events + warm).unwrap();
+        let processing = drained(&gateway, total).await;
+        let processed = rss_mib(child.id()).unwrap_or_default();
+        report_value(
+            "webhooks",
+            "processing after the last acknowledgement",
+            &format!("all {total} processed {:.1} s later", processing.as_secs_f64()),
+        );
+        report_value(
+            "webhooks",
+            "resident memory of the process",
+            &format!(
+                "idle {idle:.1} MiB; {acknowledged:.1} MiB after {events} events; {processed:.1} MiB once processed"
+            ),
         );
     });
     let _ = child.kill();

@@ -8,6 +8,12 @@ mod app;
 mod cli;
 mod metrics;
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// buffers on every thread, and glibc's arenas spent a fifth of the process's time on it
+/// under load, with lock waits (see the README's benchmarks).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let command = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -241,7 +241,7 @@ impl FromRequestParts<Gateway> for Admin {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
         let subject = gateway
-            .admin_auth
+            .admin_auth()
             .authenticate(authorization)
             .map_err(IntoResponse::into_response)?;
         Ok(Admin { subject })

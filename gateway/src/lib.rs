@@ -33,9 +33,15 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub use admin_auth::AdminAuth;
 
-/// The gateway's shared state: what its handlers need to call the services.
+/// The gateway's shared state: what its handlers need to call the services. Cloned for
+/// every request (axum's `State`), so it is one reference-counted pointer.
 #[derive(Clone, Debug)]
 pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     settings: Arc<Settings>,
     webhooks: WebhooksServiceClient<TracedChannel>,
     approvals: ApprovalsServiceClient<TracedChannel>,
@@ -53,24 +59,30 @@ impl Gateway {
         let payouts = PayoutsServiceClient::new(service_channel(&settings, ServiceName::Payouts)?);
         let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
-            settings,
-            webhooks,
-            approvals,
-            payouts,
-            admin_auth,
+            inner: Arc::new(Inner {
+                settings,
+                webhooks,
+                approvals,
+                payouts,
+                admin_auth,
+            }),
         })
     }
 
     pub(crate) fn webhooks(&self) -> WebhooksServiceClient<TracedChannel> {
-        self.webhooks.clone()
+        self.inner.webhooks.clone()
     }
 
     pub(crate) fn approvals(&self) -> ApprovalsServiceClient<TracedChannel> {
-        self.approvals.clone()
+        self.inner.approvals.clone()
     }
 
     pub(crate) fn payouts(&self) -> PayoutsServiceClient<TracedChannel> {
-        self.payouts.clone()
+        self.inner.payouts.clone()
+    }
+
+    pub(crate) fn admin_auth(&self) -> &AdminAuth {
+        &self.inner.admin_auth
     }
 
     /// The HTTP routes with their middleware.
@@ -105,7 +117,7 @@ impl Gateway {
             .fallback(not_found)
             .with_state(self.clone())
             .layer(RequestBodyLimitLayer::new(
-                self.settings.gateway_body_limit_bytes,
+                self.inner.settings.gateway_body_limit_bytes,
             ))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(TraceLayer::new_for_http().make_span_with(http_request_span))

@@ -63,7 +63,7 @@ fn main() {
             "disputes: GetEarnings over gRPC on loopback, {calls} calls per case, {clients} concurrent clients, embedded store"
         ));
         let health = HealthClient::new(channel.clone());
-        let empty = drive(calls, clients, move |_| {
+        let empty = drive(calls, clients, move |_, _| {
             let mut health = health.clone();
             async move {
                 health.check(HealthCheckRequest::default()).await.unwrap();
@@ -74,7 +74,7 @@ fn main() {
         let mut p50s = Vec::new();
         for (user, allocations) in [("creator_one", 1), ("creator_many", history)] {
             let client = DisputesServiceClient::new(channel.clone());
-            let figures = drive(calls, clients, move |_| {
+            let figures = drive(calls, clients, move |_, _| {
                 let mut client = client.clone();
                 async move {
                     let earnings = client

@@ -107,7 +107,7 @@ async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdD
         .unwrap();
 
     let health = HealthClient::new(channel.clone());
-    let empty = drive(calls, clients, move |_| {
+    let empty = drive(calls, clients, move |_, _| {
         let mut health = health.clone();
         async move {
             health.check(HealthCheckRequest::default()).await.unwrap();
@@ -121,7 +121,7 @@ async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdD
         "baseline: the same server and clients",
     );
     let client = PayoutLimitsServiceClient::new(channel);
-    let validate = drive(calls, clients, move |call| {
+    let validate = drive(calls, clients, move |_, call| {
         let mut client = client.clone();
         async move {
             let request = ValidatePayoutLimitsRequest {

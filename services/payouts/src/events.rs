@@ -51,12 +51,21 @@ impl<'a> Event<'a> {
         created: i64,
         payload: &[u8],
     ) -> Result<Self, ServiceError> {
-        let event: Value = serde_json::from_slice(payload).map_err(|error| {
+        /// Only `data.object` is read: the rest of the event is skipped, not built.
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            data: Option<Data>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Data {
+            object: Option<Value>,
+        }
+        let event: Envelope = serde_json::from_slice(payload).map_err(|error| {
             ServiceError::invalid_argument(format!("event payload is not JSON: {error}"))
         })?;
         let object = event
-            .pointer("/data/object")
-            .cloned()
+            .data
+            .and_then(|data| data.object)
             .filter(Value::is_object)
             .ok_or_else(|| ServiceError::invalid_argument("event payload has no data.object"))?;
         Ok(Self {

@@ -103,7 +103,7 @@ impl WebhooksService for WebhooksGrpc {
         let endpoint = endpoint(r.endpoint)?;
         let header = Some(r.signature_header.as_str()).filter(|header| !header.is_empty());
         let (outcome, event_id, event_type) =
-            match self.inbox.ingest(endpoint, &r.payload, header).await? {
+            match self.inbox.ingest(endpoint, r.payload, header).await? {
                 Ingested::Accepted {
                     event_id,
                     event_type,

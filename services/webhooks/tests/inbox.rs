@@ -269,7 +269,7 @@ async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_nothing_is_stored
         for (case, body, header) in cases {
             let error = f
                 .inbox
-                .ingest(Endpoint::StripePayouts, &body, header.as_deref())
+                .ingest(Endpoint::StripePayouts, body.as_slice(), header.as_deref())
                 .await
                 .unwrap_err();
             assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{case}: {error}");
@@ -305,7 +305,7 @@ async fn two_v1_signatures_with_one_valid_are_accepted() {
     );
     let ingested = f
         .inbox
-        .ingest(Endpoint::StripePayouts, &payload, Some(&header))
+        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
         .await
         .unwrap();
     assert!(matches!(ingested, Ingested::Accepted { .. }));
@@ -325,7 +325,7 @@ async fn an_endpoint_without_a_secret_refuses_with_unavailable_so_stripe_retries
     let payload = transfer_event("evt_no_secret");
     let header = stripe::signature_header(&payload, PAYOUTS_SECRET, Utc::now().timestamp());
     let error = inbox
-        .ingest(Endpoint::StripePayouts, &payload, Some(&header))
+        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable);
@@ -400,7 +400,7 @@ async fn fifty_concurrent_deliveries_of_one_event_are_processed_once() {
                 let (payload, header) = (payload.clone(), header.clone());
                 tokio::spawn(async move {
                     inbox
-                        .ingest(Endpoint::StripePayouts, &payload, Some(&header))
+                        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
                         .await
                 })
             })
@@ -650,7 +650,7 @@ async fn the_worker_loop_processes_new_deliveries_promptly_and_stops_on_shutdown
     let payload = transfer_event("evt_loop");
     let header = stripe::signature_header(&payload, PAYOUTS_SECRET, Utc::now().timestamp());
     inbox
-        .ingest(Endpoint::StripePayouts, &payload, Some(&header))
+        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
         .await
         .unwrap();
     for _ in 0..3000 {
@@ -674,7 +674,7 @@ struct BrokenStore;
 impl InboxRepository for BrokenStore {
     async fn insert_new(
         &self,
-        _event: &InboxEvent,
+        _event: InboxEvent,
     ) -> Result<payouts_webhooks::store::Inserted, payouts_runtime::ServiceError> {
         Err(payouts_runtime::ServiceError::unavailable(
             "store unavailable",

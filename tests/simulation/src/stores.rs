@@ -251,7 +251,7 @@ impl BlockedAttemptRepository for Hazardous<dyn BlockedAttemptRepository> {
 
 #[async_trait]
 impl InboxRepository for Hazardous<dyn InboxRepository> {
-    async fn insert_new(&self, event: &InboxEvent) -> Result<InboxInserted, ServiceError> {
+    async fn insert_new(&self, event: InboxEvent) -> Result<InboxInserted, ServiceError> {
         self.hazard
             .write("inbox.insert", self.inner.insert_new(event))
             .await

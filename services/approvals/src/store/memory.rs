@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -11,11 +11,11 @@ use crate::domain::{Approval, ApprovalStatus, Filter};
 /// Embedded store: approvals by id (the id is derived from the payout id).
 #[derive(Debug, Default)]
 pub struct MemoryApprovals {
-    approvals: Mutex<HashMap<String, Approval>>,
+    approvals: Mutex<BTreeMap<String, Approval>>,
 }
 
 impl MemoryApprovals {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Approval>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Approval>> {
         self.approvals
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

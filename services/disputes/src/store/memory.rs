@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -11,11 +11,11 @@ use crate::domain::{Allocation, EarningsBook};
 /// Embedded store: allocations by id.
 #[derive(Debug, Default)]
 pub struct MemoryAllocations {
-    allocations: Mutex<HashMap<String, Allocation>>,
+    allocations: Mutex<BTreeMap<String, Allocation>>,
 }
 
 impl MemoryAllocations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Allocation>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Allocation>> {
         self.allocations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -67,7 +67,7 @@ impl AllocationRepository for MemoryAllocations {
 /// Embedded store: earnings books by creator.
 #[derive(Debug, Default)]
 pub struct MemoryEarningsBooks {
-    books: Mutex<HashMap<String, EarningsBook>>,
+    books: Mutex<BTreeMap<String, EarningsBook>>,
 }
 
 #[async_trait]

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use crate::domain::BlockedAttempt;
 /// Embedded store: attempts by id.
 #[derive(Debug, Default)]
 pub struct MemoryBlockedAttempts {
-    attempts: Mutex<HashMap<String, BlockedAttempt>>,
+    attempts: Mutex<BTreeMap<String, BlockedAttempt>>,
 }
 
 #[async_trait]

@@ -1,7 +1,7 @@
 //! The per-user quota documents (`payoutQuotas`): one document per user, written only by
 //! versioned compare-and-set, which is what makes admission atomic per user.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -32,7 +32,7 @@ fn stale(user_id: &str) -> ServiceError {
 /// Embedded store.
 #[derive(Debug, Default)]
 pub struct MemoryQuotas {
-    quotas: Mutex<HashMap<String, Quota>>,
+    quotas: Mutex<BTreeMap<String, Quota>>,
 }
 
 impl MemoryQuotas {

@@ -1,6 +1,6 @@
 //! `criticalAlerts`: the alert repository, embedded and MongoDB.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -49,11 +49,11 @@ fn newest_first(a: &Alert, b: &Alert) -> std::cmp::Ordering {
 /// Embedded store.
 #[derive(Debug, Default)]
 pub struct MemoryAlerts {
-    alerts: Mutex<HashMap<String, Alert>>,
+    alerts: Mutex<BTreeMap<String, Alert>>,
 }
 
 impl MemoryAlerts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Alert>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Alert>> {
         self.alerts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

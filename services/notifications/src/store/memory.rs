@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -11,11 +11,11 @@ use crate::domain::Notification;
 /// Embedded store: notifications by storage id.
 #[derive(Debug, Default)]
 pub struct MemoryNotifications {
-    by_id: Mutex<HashMap<String, Notification>>,
+    by_id: Mutex<BTreeMap<String, Notification>>,
 }
 
 impl MemoryNotifications {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Notification>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Notification>> {
         self.by_id
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -1,4 +1,4 @@
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -10,7 +10,7 @@ use crate::domain::Account;
 /// Embedded store: accounts by user id.
 #[derive(Debug, Default)]
 pub struct MemoryAccounts {
-    accounts: Mutex<HashMap<String, Account>>,
+    accounts: Mutex<BTreeMap<String, Account>>,
 }
 
 #[async_trait]

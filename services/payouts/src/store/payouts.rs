@@ -1,7 +1,7 @@
 //! `usdPayouts` (with each payout's audit trail embedded) and the `payoutAuditLogs`
 //! projection: the payout repository, embedded and MongoDB.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -109,12 +109,12 @@ fn newest_first(a: &Payout, b: &Payout) -> std::cmp::Ordering {
 /// Embedded store.
 #[derive(Debug, Default)]
 pub struct MemoryPayouts {
-    payouts: Mutex<HashMap<String, Payout>>,
-    audit: Mutex<HashMap<String, AuditEntry>>,
+    payouts: Mutex<BTreeMap<String, Payout>>,
+    audit: Mutex<BTreeMap<String, AuditEntry>>,
 }
 
 impl MemoryPayouts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Payout>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Payout>> {
         self.payouts
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

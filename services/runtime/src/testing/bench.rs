@@ -62,17 +62,17 @@ impl Figures {
     }
 }
 
-/// Makes `calls` calls from `clients` concurrent tasks (`call(i)` makes call `i`) and
-/// measures each one.
+/// Makes `calls` calls from `clients` concurrent tasks (`call(client, i)` makes call `i`
+/// from client `client`) and measures each one.
 pub async fn drive<F, Fut>(calls: usize, clients: usize, call: F) -> Figures
 where
-    F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(usize, usize) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..clients.max(1))
-        .map(|_| {
+        .map(|client| {
             let (next, call) = (Arc::clone(&next), call.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
@@ -82,7 +82,7 @@ where
                         return latencies;
                     }
                     let sent = Instant::now();
-                    call(index).await;
+                    call(client, index).await;
                     latencies.push(sent.elapsed());
                 }
             })

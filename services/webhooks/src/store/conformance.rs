@@ -71,7 +71,7 @@ async fn due_events_and_versioned_replacement(repository: &dyn InboxRepository) 
         100,
     );
     for e in [&due_later, &due_first, &due_second] {
-        repository.insert_new(e).await.unwrap();
+        repository.insert_new(e.clone()).await.unwrap();
     }
     let due: Vec<String> = repository
         .due(now, 100)
@@ -131,7 +131,7 @@ async fn concurrent_claims_of_one_event_one_wins(repository: Arc<dyn InboxReposi
         EventStatus::Processing,
         1,
     );
-    repository.insert_new(&contested).await.unwrap();
+    repository.insert_new(contested.clone()).await.unwrap();
     let claims = (0..20).map(|_| {
         let repository = Arc::clone(&repository);
         let claimed = contested.claim(at(2), &policy);
@@ -153,10 +153,13 @@ async fn first_insert_is_new_and_second_is_a_duplicate(repository: &dyn InboxRep
         EventStatus::Processing,
         1,
     );
-    assert_eq!(repository.insert_new(&first).await.unwrap(), Inserted::New);
+    assert_eq!(
+        repository.insert_new(first.clone()).await.unwrap(),
+        Inserted::New
+    );
     let mut again = first.clone();
     again.payload = "{\"id\":\"evt_dup\",\"changed\":true}".to_owned();
-    match repository.insert_new(&again).await.unwrap() {
+    match repository.insert_new(again.clone()).await.unwrap() {
         Inserted::Duplicate(stored) => assert_eq!(*stored, first),
         Inserted::New => panic!("a second insert of evt_dup was stored"),
     }
@@ -190,11 +193,11 @@ async fn the_same_id_on_the_other_endpoint_is_another_event(repository: &dyn Inb
         1,
     );
     assert_eq!(
-        repository.insert_new(&payouts).await.unwrap(),
+        repository.insert_new(payouts.clone()).await.unwrap(),
         Inserted::New
     );
     assert_eq!(
-        repository.insert_new(&subscription).await.unwrap(),
+        repository.insert_new(subscription.clone()).await.unwrap(),
         Inserted::New
     );
 }
@@ -209,7 +212,7 @@ async fn concurrent_inserts_of_one_event_store_it_once(repository: Arc<dyn Inbox
     let attempts = (0..20).map(|_| {
         let repository = Arc::clone(&repository);
         let contested = contested.clone();
-        tokio::spawn(async move { repository.insert_new(&contested).await })
+        tokio::spawn(async move { repository.insert_new(contested.clone()).await })
     });
     let mut new = 0;
     for attempt in attempts {
@@ -241,7 +244,7 @@ async fn statistics_and_lists_by_status(repository: &dyn InboxRepository) {
         12,
     );
     for e in [&completed, &failed_old, &failed_new] {
-        repository.insert_new(e).await.unwrap();
+        repository.insert_new(e.clone()).await.unwrap();
     }
     let after = repository.statistics().await.unwrap();
     assert_eq!(after.total, before.total + 3);
@@ -331,7 +334,7 @@ async fn mongo_store_expires_only_completed_events_thirty_days_after_completion(
         ("evt_ttl_completed", EventStatus::Completed),
     ] {
         let stored = event(Endpoint::StripePayouts, id, status, 0);
-        repository.insert_new(&stored).await.unwrap();
+        repository.insert_new(stored.clone()).await.unwrap();
         let document = collection
             .find_one(mongodb::bson::doc! { "eventId": id })
             .await

@@ -32,7 +32,7 @@ pub enum Inserted {
 pub trait InboxRepository: Send + Sync + 'static {
     /// Stores an event unless one with the same (endpoint, event id) exists. Atomic: of any
     /// number of concurrent inserts of one event, exactly one sees `New`.
-    async fn insert_new(&self, event: &InboxEvent) -> Result<Inserted, ServiceError>;
+    async fn insert_new(&self, event: InboxEvent) -> Result<Inserted, ServiceError>;
 
     async fn get(
         &self,

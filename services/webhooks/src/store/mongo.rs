@@ -140,9 +140,13 @@ impl MongoInbox {
 
 #[async_trait]
 impl InboxRepository for MongoInbox {
-    async fn insert_new(&self, event: &InboxEvent) -> Result<Inserted, ServiceError> {
+    async fn insert_new(&self, event: InboxEvent) -> Result<Inserted, ServiceError> {
         // The unique `_id` makes the insert the atomic check-and-mark.
-        match self.collection.insert_one(EventDocument::from(event)).await {
+        match self
+            .collection
+            .insert_one(EventDocument::from(&event))
+            .await
+        {
             Ok(_) => Ok(Inserted::New),
             Err(error) if is_duplicate_key(&error) => {
                 let existing = self
