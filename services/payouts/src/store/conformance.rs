@@ -61,6 +61,22 @@ async fn stores_and_reads_back(repository: &dyn AccountRepository) {
         .await
         .unwrap();
     assert_eq!(found.map(|a| a.user_id).as_deref(), Some("u-read"));
+    // The lookup follows the account to its new connected account.
+    let mut moved = account("u-read", 3);
+    moved.stripe_account_id = "acct_moved".to_owned();
+    repository.put(&moved, Some(2)).await.unwrap();
+    let found = repository
+        .find_by_stripe_account("acct_moved")
+        .await
+        .unwrap();
+    assert_eq!(found.map(|a| a.user_id).as_deref(), Some("u-read"));
+    assert_eq!(
+        repository
+            .find_by_stripe_account("acct_read")
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         repository
             .find_by_stripe_account("acct_none")
@@ -296,13 +312,45 @@ mod payouts {
         repository.replace(&claimed, 1).await.unwrap();
         let error = repository.replace(&claimed, 1).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Conflict);
-        assert_eq!(repository.get("p2").await.unwrap(), Some(claimed));
+        assert_eq!(repository.get("p2").await.unwrap(), Some(claimed.clone()));
+        // Lookups follow writes: the claim moved p2's due time past its lease.
+        assert_eq!(
+            ids(repository
+                .due(PayoutStatus::Pending, at(10), 10)
+                .await
+                .unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(repository
+                .due(PayoutStatus::Pending, at(12), 10)
+                .await
+                .unwrap()),
+            ["p2"]
+        );
+        let mut moved = claimed.clone();
+        moved.stripe_transfer_id = Some("tr_moved".to_owned());
+        moved.version = claimed.version + 1;
+        repository.replace(&moved, claimed.version).await.unwrap();
+        assert_eq!(
+            repository.find_by_transfer("tr_moved").await.unwrap(),
+            Some(moved.clone())
+        );
         assert_eq!(
             repository.delete("p4", 7).await.unwrap_err().kind(),
             ErrorKind::Conflict
         );
         repository.delete("p4", 1).await.unwrap();
         assert_eq!(repository.get("p4").await.unwrap(), None);
+        // A refused admission's key is free again, and it left no trace in the lists.
+        assert_eq!(repository.find_by_key("u1", "k4").await.unwrap(), None);
+        assert_eq!(
+            ids(repository
+                .due(PayoutStatus::Admitting, at(10), 10)
+                .await
+                .unwrap()),
+            Vec::<String>::new()
+        );
 
         // The audit projection is idempotent and keeps the trail's order.
         repository.project_audit(&first.audit_log).await.unwrap();

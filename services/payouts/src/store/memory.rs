@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -7,34 +7,45 @@ use payouts_runtime::ServiceError;
 use super::{AccountRepository, stale};
 use crate::domain::Account;
 
-/// Embedded store: accounts by user id.
+/// Embedded store: accounts by user id, and an index by connected account (what the MongoDB
+/// store's `stripeAccountId` index is), so events find their account without a scan.
 #[derive(Debug, Default)]
 pub struct MemoryAccounts {
-    accounts: Mutex<BTreeMap<String, Account>>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: BTreeMap<String, Account>,
+    /// (connected account, user id).
+    by_stripe_account: BTreeSet<(String, String)>,
+}
+
+impl MemoryAccounts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[async_trait]
 impl AccountRepository for MemoryAccounts {
     async fn get(&self, user_id: &str) -> Result<Option<Account>, ServiceError> {
-        let accounts = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(accounts.get(user_id).cloned())
+        Ok(self.lock().accounts.get(user_id).cloned())
     }
 
     async fn find_by_stripe_account(
         &self,
         stripe_account_id: &str,
     ) -> Result<Option<Account>, ServiceError> {
-        let accounts = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Ok(accounts
-            .values()
-            .find(|a| a.stripe_account_id == stripe_account_id)
-            .cloned())
+        let state = self.lock();
+        Ok(state
+            .by_stripe_account
+            .range((stripe_account_id.to_owned(), String::new())..)
+            .next()
+            .filter(|(stored, _)| stored == stripe_account_id)
+            .and_then(|(_, user_id)| state.accounts.get(user_id).cloned()))
     }
 
     async fn put(
@@ -42,15 +53,25 @@ impl AccountRepository for MemoryAccounts {
         account: &Account,
         expected_version: Option<i64>,
     ) -> Result<(), ServiceError> {
-        let mut accounts = self
+        let mut state = self.lock();
+        let stored_version = state
             .accounts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let stored_version = accounts.get(&account.user_id).map(|stored| stored.version);
+            .get(&account.user_id)
+            .map(|stored| stored.version);
         if stored_version != expected_version {
             return Err(stale(&account.user_id));
         }
-        accounts.insert(account.user_id.clone(), account.clone());
+        if let Some(old) = state
+            .accounts
+            .insert(account.user_id.clone(), account.clone())
+        {
+            state
+                .by_stripe_account
+                .remove(&(old.stripe_account_id, old.user_id));
+        }
+        state
+            .by_stripe_account
+            .insert((account.stripe_account_id.clone(), account.user_id.clone()));
         Ok(())
     }
 }

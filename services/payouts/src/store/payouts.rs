@@ -1,7 +1,8 @@
 //! `usdPayouts` (with each payout's audit trail embedded) and the `payoutAuditLogs`
 //! projection: the payout repository, embedded and MongoDB.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -106,50 +107,119 @@ fn newest_first(a: &Payout, b: &Payout) -> std::cmp::Ordering {
         .then_with(|| b.id.cmp(&a.id))
 }
 
-/// Embedded store.
+/// Embedded store: payouts by id, with the same indexes the MongoDB store declares (the
+/// user's idempotency key, the transfer, the user's history by time, the destination, the
+/// worker's due times), so no call's cost grows with how many payouts were ever made.
 #[derive(Debug, Default)]
 pub struct MemoryPayouts {
-    payouts: Mutex<BTreeMap<String, Payout>>,
+    state: Mutex<State>,
     audit: Mutex<BTreeMap<String, AuditEntry>>,
 }
 
+type Time = DateTime<Utc>;
+
+#[derive(Debug, Default)]
+struct State {
+    payouts: BTreeMap<String, Payout>,
+    by_key: BTreeMap<(String, String), String>,
+    by_transfer: BTreeSet<(String, String)>,
+    by_user: BTreeSet<(String, Time, String)>,
+    by_destination: BTreeSet<(String, String)>,
+    due: BTreeSet<(PayoutStatus, Time, String)>,
+    effects_due: BTreeSet<(Time, String)>,
+}
+
+impl State {
+    /// Adds (`add`) or removes the index entries of `payout`.
+    fn index(&mut self, payout: &Payout, add: bool) {
+        fn apply<K: Ord>(set: &mut BTreeSet<K>, key: K, add: bool) {
+            if add {
+                set.insert(key);
+            } else {
+                set.remove(&key);
+            }
+        }
+        let id = payout.id.clone();
+        let key = (payout.user_id.clone(), payout.idempotency_key.clone());
+        if add {
+            self.by_key.insert(key, id.clone());
+        } else if self.by_key.get(&key) == Some(&id) {
+            self.by_key.remove(&key);
+        }
+        if let Some(transfer) = &payout.stripe_transfer_id {
+            apply(&mut self.by_transfer, (transfer.clone(), id.clone()), add);
+        }
+        let user = (payout.user_id.clone(), payout.requested_at, id.clone());
+        apply(&mut self.by_user, user, add);
+        let destination = (payout.destination.clone(), id.clone());
+        apply(&mut self.by_destination, destination, add);
+        if let Some(at) = payout.next_retry_at {
+            apply(&mut self.due, (payout.status, at, id.clone()), add);
+        }
+        if let Some(at) = payout.effects_due_at {
+            apply(&mut self.effects_due, (at, id), add);
+        }
+    }
+
+    fn put(&mut self, payout: Payout) {
+        if let Some(old) = self.payouts.remove(&payout.id) {
+            self.index(&old, false);
+        }
+        self.index(&payout, true);
+        self.payouts.insert(payout.id.clone(), payout);
+    }
+
+    fn remove(&mut self, payout_id: &str) {
+        if let Some(old) = self.payouts.remove(payout_id) {
+            self.index(&old, false);
+        }
+    }
+
+    fn find_by_key(&self, user_id: &str, idempotency_key: &str) -> Option<&Payout> {
+        let id = self
+            .by_key
+            .get(&(user_id.to_owned(), idempotency_key.to_owned()))?;
+        self.payouts.get(id)
+    }
+
+    fn cloned(&self, ids: impl Iterator<Item = String>) -> Vec<Payout> {
+        ids.filter_map(|id| self.payouts.get(&id).cloned())
+            .collect()
+    }
+}
+
 impl MemoryPayouts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Payout>> {
-        self.payouts
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Every payout, by id (a snapshot for invariant checks in tests and the simulation).
     pub fn all(&self) -> Vec<Payout> {
-        let mut all: Vec<Payout> = self.lock().values().cloned().collect();
-        all.sort_by(|a, b| a.id.cmp(&b.id));
-        all
+        self.lock().payouts.values().cloned().collect()
     }
 }
 
 #[async_trait]
 impl PayoutRepository for MemoryPayouts {
     async fn insert(&self, payout: &Payout) -> Result<Inserted, ServiceError> {
-        let mut payouts = self.lock();
-        if let Some(existing) = payouts
-            .values()
-            .find(|p| p.user_id == payout.user_id && p.idempotency_key == payout.idempotency_key)
-        {
+        let mut state = self.lock();
+        if let Some(existing) = state.find_by_key(&payout.user_id, &payout.idempotency_key) {
             return Ok(Inserted::Existing(Box::new(existing.clone())));
         }
-        if payouts.contains_key(&payout.id) {
+        if state.payouts.contains_key(&payout.id) {
             return Err(ServiceError::already_exists(format!(
                 "payout {} exists",
                 payout.id
             )));
         }
-        payouts.insert(payout.id.clone(), payout.clone());
+        state.put(payout.clone());
         Ok(Inserted::New)
     }
 
     async fn get(&self, payout_id: &str) -> Result<Option<Payout>, ServiceError> {
-        Ok(self.lock().get(payout_id).cloned())
+        Ok(self.lock().payouts.get(payout_id).cloned())
     }
 
     async fn find_by_key(
@@ -157,19 +227,18 @@ impl PayoutRepository for MemoryPayouts {
         user_id: &str,
         idempotency_key: &str,
     ) -> Result<Option<Payout>, ServiceError> {
-        Ok(self
-            .lock()
-            .values()
-            .find(|p| p.user_id == user_id && p.idempotency_key == idempotency_key)
-            .cloned())
+        Ok(self.lock().find_by_key(user_id, idempotency_key).cloned())
     }
 
     async fn find_by_transfer(&self, transfer_id: &str) -> Result<Option<Payout>, ServiceError> {
-        Ok(self
-            .lock()
-            .values()
-            .find(|p| p.stripe_transfer_id.as_deref() == Some(transfer_id))
-            .cloned())
+        let state = self.lock();
+        let found = state
+            .by_transfer
+            .range((transfer_id.to_owned(), String::new())..)
+            .next()
+            .filter(|(transfer, _)| transfer == transfer_id)
+            .and_then(|(_, id)| state.payouts.get(id).cloned());
+        Ok(found)
     }
 
     async fn by_destination(
@@ -177,11 +246,16 @@ impl PayoutRepository for MemoryPayouts {
         destination: &str,
         statuses: &[PayoutStatus],
     ) -> Result<Vec<Payout>, ServiceError> {
-        let mut found: Vec<Payout> = self
-            .lock()
-            .values()
-            .filter(|p| p.destination == destination && statuses.contains(&p.status))
-            .cloned()
+        let state = self.lock();
+        let ids = state
+            .by_destination
+            .range((destination.to_owned(), String::new())..)
+            .take_while(|(stored, _)| stored == destination)
+            .map(|(_, id)| id.clone());
+        let mut found: Vec<Payout> = state
+            .cloned(ids)
+            .into_iter()
+            .filter(|p| statuses.contains(&p.status))
             .collect();
         found.sort_by(|a, b| newest_first(b, a));
         Ok(found)
@@ -194,20 +268,28 @@ impl PayoutRepository for MemoryPayouts {
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError> {
-        let mut found: Vec<Payout> = self
-            .lock()
-            .values()
-            .filter(|p| p.user_id == user_id && p.status != PayoutStatus::Admitting)
-            .filter(|p| status.is_none_or(|status| p.status == status))
-            .filter(|p| {
-                after
-                    .as_ref()
-                    .is_none_or(|(at, id)| (p.requested_at, &p.id) < (*at, id))
-            })
-            .cloned()
-            .collect();
-        found.sort_by(newest_first);
-        found.truncate(limit);
+        let state = self.lock();
+        // The user's history is one key range; newest first is that range backwards, from
+        // just before the cursor.
+        let lower = Bound::Included((user_id.to_owned(), Time::MIN_UTC, String::new()));
+        let upper = match &after {
+            Some((at, id)) => Bound::Excluded((user_id.to_owned(), *at, id.clone())),
+            None => Bound::Included((user_id.to_owned(), Time::MAX_UTC, String::new())),
+        };
+        let mut found = Vec::new();
+        for (_, _, id) in state.by_user.range((lower, upper)).rev() {
+            if found.len() == limit {
+                break;
+            }
+            let Some(payout) = state.payouts.get(id) else {
+                continue;
+            };
+            if payout.status != PayoutStatus::Admitting
+                && status.is_none_or(|status| payout.status == status)
+            {
+                found.push(payout.clone());
+            }
+        }
         Ok(found)
     }
 
@@ -217,19 +299,14 @@ impl PayoutRepository for MemoryPayouts {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError> {
-        let mut found: Vec<Payout> = self
-            .lock()
-            .values()
-            .filter(|p| p.status == status && p.next_retry_at.is_some_and(|at| at <= now))
-            .cloned()
-            .collect();
-        found.sort_by(|a, b| {
-            a.next_retry_at
-                .cmp(&b.next_retry_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        found.truncate(limit);
-        Ok(found)
+        let state = self.lock();
+        let ids = state
+            .due
+            .range((status, Time::MIN_UTC, String::new())..)
+            .take_while(|(stored, at, _)| *stored == status && *at <= now)
+            .take(limit)
+            .map(|(_, _, id)| id.clone());
+        Ok(state.cloned(ids))
     }
 
     async fn due_effects(
@@ -237,26 +314,21 @@ impl PayoutRepository for MemoryPayouts {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError> {
-        let mut found: Vec<Payout> = self
-            .lock()
-            .values()
-            .filter(|p| p.effects_due_at.is_some_and(|at| at <= now))
-            .cloned()
-            .collect();
-        found.sort_by(|a, b| {
-            a.effects_due_at
-                .cmp(&b.effects_due_at)
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        found.truncate(limit);
-        Ok(found)
+        let state = self.lock();
+        let ids = state
+            .effects_due
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|(_, id)| id.clone());
+        Ok(state.cloned(ids))
     }
 
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
-        let mut payouts = self.lock();
-        match payouts.get_mut(&payout.id) {
+        let mut state = self.lock();
+        match state.payouts.get(&payout.id) {
             Some(stored) if stored.version == expected_version => {
-                *stored = payout.clone();
+                state.put(payout.clone());
                 Ok(())
             }
             _ => Err(stale(&payout.id)),
@@ -264,10 +336,10 @@ impl PayoutRepository for MemoryPayouts {
     }
 
     async fn delete(&self, payout_id: &str, expected_version: i64) -> Result<(), ServiceError> {
-        let mut payouts = self.lock();
-        match payouts.get(payout_id) {
+        let mut state = self.lock();
+        match state.payouts.get(payout_id) {
             Some(stored) if stored.version == expected_version => {
-                payouts.remove(payout_id);
+                state.remove(payout_id);
                 Ok(())
             }
             _ => Err(stale(payout_id)),
@@ -292,8 +364,12 @@ impl PayoutRepository for MemoryPayouts {
             .audit
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Entry ids are "<payout id>:<position>": the payout's entries are one key range.
+        let prefix = format!("{payout_id}:");
         let mut found: Vec<AuditEntry> = audit
-            .values()
+            .range(prefix.clone()..)
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .map(|(_, entry)| entry)
             .filter(|entry| entry.payout_id == payout_id)
             .cloned()
             .collect();
