@@ -11,8 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,34 +86,6 @@ async fn bare_endpoint() -> String {
     format!("http://{address}/api/webhooks/stripe-payouts")
 }
 
-/// The real binary, all in one process on the embedded store; its gateway's address.
-fn start_payouts() -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_payouts"))
-        .env_remove("MONGODB_URI")
-        .env("GATEWAY_ADDR", "127.0.0.1:0")
-        .env("GRPC_ADDR", "127.0.0.1:0")
-        .env("METRICS_ADDR", "off")
-        .env("STRIPE_WEBHOOK_SECRET_PAYOUTS", SECRET)
-        .env("ADMIN_JWT_SECRET", ADMIN_SECRET)
-        .env("WEBHOOK_POLL_MILLISECONDS", "50")
-        .env("RUST_LOG", "error")
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if let Some(address) = line.strip_prefix("payouts: gateway listening on http://") {
-            return (child, format!("http://{address}"));
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("payouts did not start");
-}
-
 fn payloads(run: &str, events: usize) -> Payloads {
     let template = stripe::event("evt_template", "payout.paid", "payout");
     let now = chrono::Utc::now().timestamp();
@@ -173,7 +145,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut child, gateway) = start_payouts();
+    let payouts = support::Payouts::start(&[
+        ("STRIPE_WEBHOOK_SECRET_PAYOUTS", SECRET),
+        ("ADMIN_JWT_SECRET", ADMIN_SECRET),
+        ("WEBHOOK_POLL_MILLISECONDS", "50"),
+    ]);
+    let gateway = payouts.announced("gateway listening on ").to_owned();
     let payouts_url = format!("{gateway}/api/webhooks/stripe-payouts");
     runtime.block_on(async {
         let bare_url = bare_endpoint().await;
@@ -182,7 +159,7 @@ fn main() {
             "webhooks: {events} signed events of {size} bytes, {clients} concurrent clients, loopback HTTP/1.1, all-in-one binary, embedded store"
         ));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let idle = rss_mib(child.id()).unwrap_or_default();
+        let idle = rss_mib(payouts.pid()).unwrap_or_default();
         // Warm up both (connections, allocator).
         let warm = 1_000.min(events);
         load(&bare_url, clients, payloads("warm_bare", warm)).await;
@@ -201,10 +178,10 @@ fn main() {
                 ours.p50.as_secs_f64() / bare.p50.as_secs_f64()
             ),
         );
-        let acknowledged = rss_mib(child.id()).unwrap_or_default();
+        let acknowledged = rss_mib(payouts.pid()).unwrap_or_default();
         let total = i64::try_from(events + warm).unwrap();
         let processing = drained(&gateway, total).await;
-        let processed = rss_mib(child.id()).unwrap_or_default();
+        let processed = rss_mib(payouts.pid()).unwrap_or_default();
         report_value(
             "webhooks",
             "processing after the last acknowledgement",
@@ -218,6 +195,4 @@ fn main() {
             ),
         );
     });
-    let _ = child.kill();
-    let _ = child.wait();
 }

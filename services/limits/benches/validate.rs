@@ -18,8 +18,8 @@ use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use chrono::{Duration, Utc};
-use payouts_limits::admission::{ContextSource, Limits};
-use payouts_limits::checks::{Quota, RESERVATION_RETENTION, Reservation, UserContext};
+use payouts_limits::admission::{ContextSource, Limits, UserEarnings};
+use payouts_limits::checks::{Quota, RESERVATION_RETENTION, Reservation};
 use payouts_limits::domain::LimitConfig;
 use payouts_limits::store::{MemoryBlockedAttempts, MemoryQuotas, QuotaRepository};
 use payouts_proto::limits::v1::ValidatePayoutLimitsRequest;
@@ -37,11 +37,17 @@ struct Established;
 
 #[async_trait]
 impl ContextSource for Established {
-    async fn context(&self, _user_id: &str) -> Result<UserContext, ServiceError> {
-        Ok(UserContext {
-            account_created_at: Some(Utc::now() - Duration::days(1_000)),
-            lifetime_earnings_cents: 1_000_000_00,
-            payable_earnings_cents: 1_000_000_00,
+    async fn account_created_at(
+        &self,
+        _user_id: &str,
+    ) -> Result<Option<chrono::DateTime<Utc>>, ServiceError> {
+        Ok(Some(Utc::now() - Duration::days(1_000)))
+    }
+
+    async fn earnings(&self, _user_id: &str) -> Result<UserEarnings, ServiceError> {
+        Ok(UserEarnings {
+            lifetime_cents: 1_000_000_00,
+            payable_cents: 1_000_000_00,
         })
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_proto::disputes::v1::GetEarningsRequest;
 use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
 use payouts_proto::payouts::v1::GetAccountRequest;
@@ -15,10 +16,25 @@ use crate::checks::{self, Admission, Decision, Release, UserContext};
 use crate::domain::{BlockedAttempt, LimitConfig};
 use crate::store::{BlockedAttemptRepository, QuotaRepository};
 
+/// A user's earnings as the checks need them, in cents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserEarnings {
+    /// Everything ever credited, after refunds.
+    pub lifetime_cents: i64,
+    /// Payable now: active allocations, not frozen, not refunded.
+    pub payable_cents: i64,
+}
+
 /// Where the checks learn a user's account age and earnings.
 #[async_trait]
 pub trait ContextSource: Send + Sync + 'static {
-    async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError>;
+    /// When the user's account was created; `None` when none is registered.
+    async fn account_created_at(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ServiceError>;
+
+    async fn earnings(&self, user_id: &str) -> Result<UserEarnings, ServiceError>;
 }
 
 /// The context from the payouts service (accounts) and the disputes service (earnings).
@@ -39,40 +55,44 @@ impl GrpcContext {
 
 #[async_trait]
 impl ContextSource for GrpcContext {
-    async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
-        // Both questions at once: the caller's deadline covers one round trip, not two.
-        let mut payouts = self.payouts.clone();
-        let mut disputes = self.disputes.clone();
-        let (account, earnings) = tokio::join!(
-            payouts.get_account(GetAccountRequest {
+    async fn account_created_at(
+        &self,
+        user_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ServiceError> {
+        let answer = self
+            .payouts
+            .clone()
+            .get_account(GetAccountRequest {
                 user_id: user_id.to_owned(),
-            }),
-            disputes.get_earnings(GetEarningsRequest {
-                user_id: user_id.to_owned(),
-                currency: "usd".to_owned(),
             })
-        );
-        let account_created_at = match account {
-            Ok(response) => response
+            .await;
+        match answer {
+            Ok(response) => Ok(response
                 .into_inner()
                 .account
                 .and_then(|account| account.account_created_at)
                 .and_then(|at| {
-                    chrono::DateTime::from_timestamp(
-                        at.seconds,
-                        u32::try_from(at.nanos).unwrap_or(0),
-                    )
-                }),
-            Err(status) if status.code() == tonic::Code::NotFound => None,
-            Err(status) => return Err(ServiceError::from_remote("payouts", &status)),
-        };
-        let earnings = earnings
+                    DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).unwrap_or(0))
+                })),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(ServiceError::from_remote("payouts", &status)),
+        }
+    }
+
+    async fn earnings(&self, user_id: &str) -> Result<UserEarnings, ServiceError> {
+        let earnings = self
+            .disputes
+            .clone()
+            .get_earnings(GetEarningsRequest {
+                user_id: user_id.to_owned(),
+                currency: "usd".to_owned(),
+            })
+            .await
             .map_err(|status| ServiceError::from_remote("disputes", &status))?
             .into_inner();
-        Ok(UserContext {
-            account_created_at,
-            lifetime_earnings_cents: earnings.lifetime.map_or(0, |money| money.cents),
-            payable_earnings_cents: earnings.active.map_or(0, |money| money.cents),
+        Ok(UserEarnings {
+            lifetime_cents: earnings.lifetime.map_or(0, |money| money.cents),
+            payable_cents: earnings.active.map_or(0, |money| money.cents),
         })
     }
 }
@@ -152,7 +172,7 @@ impl Limits {
         user_id: &str,
         amount_cents: i64,
     ) -> Result<Decision, ServiceError> {
-        let context = self.context.context(user_id).await?;
+        let context = self.user_context(user_id, None).await?;
         let quota = self.quotas.get(user_id).await?;
         let decision = checks::evaluate(
             &self.config,
@@ -169,17 +189,47 @@ impl Limits {
         Ok(decision)
     }
 
+    /// What the checks know of a user. The account's creation time is asked of the payouts
+    /// service unless the caller already said (`known_account`: the payouts service owns
+    /// accounts and says when it asks); both questions go at once, so the caller's deadline
+    /// covers one round trip, not two.
+    async fn user_context(
+        &self,
+        user_id: &str,
+        known_account: Option<Option<DateTime<Utc>>>,
+    ) -> Result<UserContext, ServiceError> {
+        let (account_created_at, earnings) = match known_account {
+            Some(known) => (known, self.context.earnings(user_id).await?),
+            None => {
+                let (account, earnings) = tokio::join!(
+                    self.context.account_created_at(user_id),
+                    self.context.earnings(user_id)
+                );
+                (account?, earnings?)
+            }
+        };
+        Ok(UserContext {
+            account_created_at,
+            lifetime_earnings_cents: earnings.lifetime_cents,
+            payable_earnings_cents: earnings.payable_cents,
+        })
+    }
+
     /// The checks and the reservation as one atomic step per user; idempotent on the payout,
     /// refusals included. An amount above the user's available balance is
-    /// FAILED_PRECONDITION (and recorded as a blocked attempt).
+    /// FAILED_PRECONDITION (and recorded as a blocked attempt). `account_created_at` is the
+    /// account's creation time when the caller knows it (else it is asked of payouts).
     pub async fn reserve(
         &self,
         user_id: &str,
         payout_id: &str,
         amount_cents: i64,
-        requested_at: chrono::DateTime<chrono::Utc>,
+        requested_at: DateTime<Utc>,
+        account_created_at: Option<DateTime<Utc>>,
     ) -> Result<Reserved, ServiceError> {
-        let context = self.context.context(user_id).await?;
+        let context = self
+            .user_context(user_id, account_created_at.map(Some))
+            .await?;
         // A refusal of this payout is recorded under an id of its own, so recording it again
         // (a retried call that finds the refusal) stores nothing new.
         let blocked_id = format!("blocked_{payout_id}");
@@ -327,16 +377,17 @@ impl Limits {
 
     /// Re-checks an admitted payout just before its money moves.
     pub async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Rechecked, ServiceError> {
-        let context = self.context.context(user_id).await?;
+        // Only earnings matter here: the account's age was the admission's question.
+        let earnings = self.context.earnings(user_id).await?;
         let quota = self.quotas.get(user_id).await?;
         if quota.find(payout_id).is_none_or(|r| r.is_released()) {
             return Ok(Rechecked {
                 payable: false,
                 reason: format!("no quota is held for payout {payout_id}"),
-                available_cents: context.payable_earnings_cents - quota.committed_cents,
+                available_cents: earnings.payable_cents - quota.committed_cents,
             });
         }
-        Ok(match checks::recheck(&quota, &context) {
+        Ok(match checks::recheck(&quota, earnings.payable_cents) {
             Ok(available_cents) => Rechecked {
                 payable: true,
                 reason: String::new(),

@@ -557,8 +557,8 @@ pub fn release(
 
 /// Whether the user's payable earnings still cover everything their payouts hold (checked
 /// again just before money moves: frozen or refunded earnings may have shrunk them).
-pub fn recheck(quota: &Quota, context: &UserContext) -> Result<i64, (i64, String)> {
-    let available = context.payable_earnings_cents - quota.committed_cents;
+pub fn recheck(quota: &Quota, payable_earnings_cents: i64) -> Result<i64, (i64, String)> {
+    let available = payable_earnings_cents - quota.committed_cents;
     if available >= 0 {
         Ok(available)
     } else {
@@ -566,7 +566,7 @@ pub fn recheck(quota: &Quota, context: &UserContext) -> Result<i64, (i64, String
             available,
             format!(
                 "payable earnings of {} no longer cover the {} held by payouts ({} short)",
-                dollars(context.payable_earnings_cents),
+                dollars(payable_earnings_cents),
                 dollars(quota.committed_cents),
                 dollars(-available)
             ),
@@ -1098,12 +1098,9 @@ mod tests {
         else {
             panic!("admitted");
         };
-        assert_eq!(recheck(&quota, &context), Ok(400_00));
-        let frozen = UserContext {
-            payable_earnings_cents: 500_00,
-            ..context
-        };
-        let (available, reason) = recheck(&quota, &frozen).unwrap_err();
+        assert_eq!(recheck(&quota, context.payable_earnings_cents), Ok(400_00));
+        // Earnings frozen since: 500 payable no longer cover the 600 held.
+        let (available, reason) = recheck(&quota, 500_00).unwrap_err();
         assert_eq!(available, -100_00);
         assert!(reason.contains("$100.00 short"), "{reason}");
     }

@@ -126,9 +126,19 @@ impl PayoutLimitsService for LimitsGrpc {
         let payout_id = required_id(&r.payout_id, "payout_id")?;
         let amount_cents = amount(r.amount)?;
         let requested_at = required_time(r.requested_at, "requested_at")?;
+        let account_created_at = r
+            .account_created_at
+            .map(|at| required_time(Some(at), "account_created_at"))
+            .transpose()?;
         let reserved = self
             .limits
-            .reserve(&user_id, &payout_id, amount_cents, requested_at)
+            .reserve(
+                &user_id,
+                &payout_id,
+                amount_cents,
+                requested_at,
+                account_created_at,
+            )
             .await?;
         Ok(Response::new(pb::ReservePayoutResponse {
             decision: Some(decision_to_proto(reserved.decision)),

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{Duration, Utc};
-use payouts_limits::admission::{ContextSource, Limits};
-use payouts_limits::checks::UserContext;
+use payouts_limits::admission::{ContextSource, Limits, UserEarnings};
 use payouts_limits::domain::{Flag, LimitConfig};
 use payouts_limits::store::{
     BlockedAttemptRepository, MemoryBlockedAttempts, MemoryQuotas, MongoBlockedAttempts,
@@ -25,11 +24,17 @@ struct Established {
 
 #[async_trait]
 impl ContextSource for Established {
-    async fn context(&self, _user_id: &str) -> Result<UserContext, ServiceError> {
-        Ok(UserContext {
-            account_created_at: Some(Utc::now() - Duration::days(365)),
-            lifetime_earnings_cents: 10_000_000_00,
-            payable_earnings_cents: self.payable_cents,
+    async fn account_created_at(
+        &self,
+        _user_id: &str,
+    ) -> Result<Option<chrono::DateTime<Utc>>, ServiceError> {
+        Ok(Some(Utc::now() - Duration::days(365)))
+    }
+
+    async fn earnings(&self, _user_id: &str) -> Result<UserEarnings, ServiceError> {
+        Ok(UserEarnings {
+            lifetime_cents: 10_000_000_00,
+            payable_cents: self.payable_cents,
         })
     }
 }
@@ -79,7 +84,11 @@ async fn concurrently(limits: &Arc<Limits>, user: &str, count: usize, cents: i64
         .map(|i| {
             let limits = Arc::clone(limits);
             let (user, payout) = (user.to_owned(), format!("{user}_payout_{i}"));
-            tokio::spawn(async move { limits.reserve(&user, &payout, cents, Utc::now()).await })
+            tokio::spawn(async move {
+                limits
+                    .reserve(&user, &payout, cents, Utc::now(), None)
+                    .await
+            })
         })
         .collect();
     let mut admitted = Vec::new();
@@ -180,12 +189,12 @@ async fn two_requests_ten_milliseconds_apart_under_the_five_minute_gap_admit_one
         let clock = ManualClock::new(Utc::now());
         let limits = limits(&stores, LimitConfig::default(), 1_000_000_00, &clock);
         let first = limits
-            .reserve("u_gap", "gap_1", 100_00, Utc::now())
+            .reserve("u_gap", "gap_1", 100_00, Utc::now(), None)
             .await
             .unwrap();
         clock.advance(Duration::milliseconds(10));
         let second = limits
-            .reserve("u_gap", "gap_2", 100_00, Utc::now())
+            .reserve("u_gap", "gap_2", 100_00, Utc::now(), None)
             .await
             .unwrap();
         assert!(first.reserved);
@@ -195,7 +204,7 @@ async fn two_requests_ten_milliseconds_apart_under_the_five_minute_gap_admit_one
         clock.advance(Duration::seconds(300));
         assert!(
             limits
-                .reserve("u_gap", "gap_3", 100_00, Utc::now())
+                .reserve("u_gap", "gap_3", 100_00, Utc::now(), None)
                 .await
                 .unwrap()
                 .reserved
@@ -212,7 +221,7 @@ async fn an_admission_older_than_a_day_is_refused_and_fences_older_writers() {
         let requested_at = clock.now();
         assert!(
             limits
-                .reserve("u_late", "late_1", 100_00, requested_at)
+                .reserve("u_late", "late_1", 100_00, requested_at, None)
                 .await
                 .unwrap()
                 .reserved
@@ -221,7 +230,7 @@ async fn an_admission_older_than_a_day_is_refused_and_fences_older_writers() {
         let read_before = stores.quotas.get("u_late").await.unwrap();
         clock.advance(Duration::hours(24) + Duration::seconds(1));
         let late = limits
-            .reserve("u_late", "late_2", 100_00, requested_at)
+            .reserve("u_late", "late_2", 100_00, requested_at, None)
             .await
             .unwrap();
         assert!(!late.reserved, "a day-old request is not admitted");
@@ -250,7 +259,7 @@ async fn an_admission_older_than_a_day_is_refused_and_fences_older_writers() {
         // An admitted payout stays admitted, however late its retry.
         assert!(
             limits
-                .reserve("u_late", "late_1", 100_00, requested_at)
+                .reserve("u_late", "late_1", 100_00, requested_at, None)
                 .await
                 .unwrap()
                 .reserved
@@ -274,11 +283,11 @@ async fn validation_is_read_only_and_reservation_is_idempotent_and_releasable() 
         );
 
         let first = limits
-            .reserve("u_idem", "idem_1", 100_00, Utc::now())
+            .reserve("u_idem", "idem_1", 100_00, Utc::now(), None)
             .await
             .unwrap();
         let again = limits
-            .reserve("u_idem", "idem_1", 100_00, Utc::now())
+            .reserve("u_idem", "idem_1", 100_00, Utc::now(), None)
             .await
             .unwrap();
         assert!(first.reserved && again.reserved);
@@ -339,7 +348,7 @@ async fn a_refusal_for_the_balance_is_recorded_and_final_for_its_payout() {
         let clock = ManualClock::new(Utc::now());
         let limits = limits(&stores, only(LimitConfig::default()), 500_00, &clock);
         let error = limits
-            .reserve("u_poor", "poor_1", 600_00, Utc::now())
+            .reserve("u_poor", "poor_1", 600_00, Utc::now(), None)
             .await
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
@@ -353,7 +362,7 @@ async fn a_refusal_for_the_balance_is_recorded_and_final_for_its_payout() {
         assert_eq!(recorded[0].amount_cents, 600_00);
         // A retry of the same payout gets the same answer and records nothing new.
         let again = limits
-            .reserve("u_poor", "poor_1", 600_00, Utc::now())
+            .reserve("u_poor", "poor_1", 600_00, Utc::now(), None)
             .await
             .unwrap_err();
         assert_eq!(again.kind(), ErrorKind::FailedPrecondition);
@@ -386,7 +395,7 @@ async fn five_attempts_in_a_day_are_held_as_suspicious_with_the_default_limits()
         let limits = limits(&stores, config, 1_000_000_00, &clock);
         assert!(
             limits
-                .reserve("u_freq", "f1", 100_00, Utc::now())
+                .reserve("u_freq", "f1", 100_00, Utc::now(), None)
                 .await
                 .unwrap()
                 .reserved
@@ -394,20 +403,20 @@ async fn five_attempts_in_a_day_are_held_as_suspicious_with_the_default_limits()
         for (minutes, payout) in [(1, "f2"), (2, "f3")] {
             clock.advance(Duration::minutes(minutes));
             let refused = limits
-                .reserve("u_freq", payout, 100_00, Utc::now())
+                .reserve("u_freq", payout, 100_00, Utc::now(), None)
                 .await
                 .unwrap();
             assert_eq!(refused.decision.flags.last(), Some(&Flag::TooSoon));
         }
         clock.advance(Duration::minutes(5));
         let fourth = limits
-            .reserve("u_freq", "f4", 100_00, Utc::now())
+            .reserve("u_freq", "f4", 100_00, Utc::now(), None)
             .await
             .unwrap();
         assert!(fourth.reserved && !fourth.decision.requires_approval);
         clock.advance(Duration::minutes(5));
         let fifth = limits
-            .reserve("u_freq", "f5", 100_00, Utc::now())
+            .reserve("u_freq", "f5", 100_00, Utc::now(), None)
             .await
             .unwrap();
         assert!(
@@ -428,7 +437,7 @@ async fn recheck_sees_earnings_that_shrank_after_admission() {
         let generous = limits(&stores, only(LimitConfig::default()), 1_000_00, &clock);
         assert!(
             generous
-                .reserve("u_re", "re_1", 800_00, Utc::now())
+                .reserve("u_re", "re_1", 800_00, Utc::now(), None)
                 .await
                 .unwrap()
                 .reserved
@@ -450,4 +459,79 @@ async fn recheck_sees_earnings_that_shrank_after_admission() {
         assert!(!frozen.recheck("u_re", "unknown").await.unwrap().payable);
     })
     .await;
+}
+
+/// A context source that counts what it is asked.
+#[derive(Default)]
+struct Counting {
+    accounts: std::sync::atomic::AtomicUsize,
+    earnings: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl ContextSource for Counting {
+    async fn account_created_at(
+        &self,
+        _user_id: &str,
+    ) -> Result<Option<chrono::DateTime<Utc>>, ServiceError> {
+        self.accounts
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Some(Utc::now() - Duration::days(365)))
+    }
+
+    async fn earnings(&self, _user_id: &str) -> Result<UserEarnings, ServiceError> {
+        self.earnings
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(UserEarnings {
+            lifetime_cents: 10_000_000_00,
+            payable_cents: 10_000_000_00,
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_limits_ask_only_what_their_caller_did_not_say() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let context = Arc::new(Counting::default());
+    let clock = ManualClock::new(Utc::now());
+    let limits = Limits::new(
+        only(LimitConfig::default()),
+        Arc::new(MemoryQuotas::default()),
+        Arc::new(MemoryBlockedAttempts::default()),
+        Arc::clone(&context) as Arc<dyn ContextSource>,
+        Arc::new(clock.clone()),
+        Arc::new(SequentialIds::default()),
+    );
+    let asked = || (context.accounts.load(SeqCst), context.earnings.load(SeqCst));
+    // The payouts service says when the account was created: only earnings are asked.
+    let created = clock.now() - Duration::days(400);
+    assert!(
+        limits
+            .reserve("u_hops", "hops_1", 100_00, clock.now(), Some(created))
+            .await
+            .unwrap()
+            .reserved
+    );
+    assert_eq!(asked(), (0, 1));
+    // A re-check needs earnings only.
+    assert!(limits.recheck("u_hops", "hops_1").await.unwrap().payable);
+    assert_eq!(asked(), (0, 2));
+    // Not said: both asked.
+    limits
+        .reserve("u_hops", "hops_2", 100_00, clock.now(), None)
+        .await
+        .unwrap();
+    limits.validate("u_hops", 100_00).await.unwrap();
+    assert_eq!(asked(), (2, 4));
+    // What the caller says is what the checks use: a new account's limit applies.
+    let young = clock.now() - Duration::days(2);
+    let held = limits
+        .reserve("u_young", "young_1", 150_00, clock.now(), Some(young))
+        .await
+        .unwrap();
+    assert!(
+        held.decision.flags.contains(&Flag::NewAccount),
+        "{:?}",
+        held.decision
+    );
 }

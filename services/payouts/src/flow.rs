@@ -301,7 +301,8 @@ impl PayoutFlow {
             Inserted::New => {}
             Inserted::Existing(existing) => return self.same_request(*existing, &candidate).await,
         }
-        self.admit(candidate).await
+        self.admit(candidate, Some(account.account_created_at))
+            .await
     }
 
     /// The account's Stripe status; asked of Stripe when we have not heard it yet (unknown
@@ -369,7 +370,7 @@ impl PayoutFlow {
         if existing.status == PayoutStatus::Admitting {
             // The first request is still being admitted (or died doing so): resume it. The
             // admission is idempotent on the payout, so this answers what the limits decided.
-            return self.admit(existing).await;
+            return self.admit(existing, None).await;
         }
         Ok(Requested {
             decision: stored_decision(&existing),
@@ -377,8 +378,13 @@ impl PayoutFlow {
         })
     }
 
-    /// Runs (or resumes) the admission of a stored payout.
-    async fn admit(&self, payout: Payout) -> Result<Requested, ServiceError> {
+    /// Runs (or resumes) the admission of a stored payout; `account_created_at` when the
+    /// account is at hand.
+    async fn admit(
+        &self,
+        payout: Payout,
+        account_created_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Requested, ServiceError> {
         let admission = match self
             .limits
             .reserve(
@@ -386,6 +392,7 @@ impl PayoutFlow {
                 &payout.id,
                 &payout.amount,
                 payout.requested_at,
+                account_created_at,
             )
             .await
         {
@@ -961,7 +968,7 @@ impl PayoutFlow {
             .await?
         {
             handled += 1;
-            if let Err(error) = self.admit(payout.clone()).await {
+            if let Err(error) = self.admit(payout.clone(), None).await {
                 tracing::warn!(payout_id = %payout.id, error = %error, "resumed admission failed");
             }
         }

@@ -42,12 +42,15 @@ pub enum Recheck {
 /// Quota reservation in the limits service.
 #[async_trait]
 pub trait LimitsPort: Send + Sync + 'static {
+    /// Admits the payout and reserves its quota. `account_created_at`: the account's
+    /// creation time when the caller has the account at hand (the limits need not ask).
     async fn reserve(
         &self,
         user_id: &str,
         payout_id: &str,
         amount: &Money,
         requested_at: chrono::DateTime<chrono::Utc>,
+        account_created_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Admission, ServiceError>;
 
     /// Sets how much of the payout's reservation is given back, in total, under the
@@ -110,6 +113,7 @@ impl LimitsPort for GrpcLimits {
         payout_id: &str,
         amount: &Money,
         requested_at: chrono::DateTime<chrono::Utc>,
+        account_created_at: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Admission, ServiceError> {
         let response = self
             .client
@@ -119,6 +123,7 @@ impl LimitsPort for GrpcLimits {
                 payout_id: payout_id.to_owned(),
                 amount: Some(amount.clone().into()),
                 requested_at: Some(payouts_runtime::convert::timestamp(requested_at)),
+                account_created_at: account_created_at.map(payouts_runtime::convert::timestamp),
             })
             .await
             .map_err(|status| ServiceError::from_remote("limits", &status))?

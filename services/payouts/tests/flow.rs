@@ -45,6 +45,8 @@ struct FakeLimits {
     release_failures: AtomicUsize,
     /// (payout id, total released, sequence) of every release that got through.
     released: Mutex<Vec<(String, i64, i64)>>,
+    /// The account creation time each reservation was told.
+    told_account_created_at: Mutex<Vec<Option<DateTime<Utc>>>>,
 }
 
 #[async_trait]
@@ -55,7 +57,12 @@ impl LimitsPort for FakeLimits {
         _payout_id: &str,
         _amount: &Money,
         _requested_at: DateTime<Utc>,
+        account_created_at: Option<DateTime<Utc>>,
     ) -> Result<Admission, ServiceError> {
+        self.told_account_created_at
+            .lock()
+            .unwrap()
+            .push(account_created_at);
         Ok(Admission {
             decision: LimitDecision {
                 allowed: !self.refuse,
@@ -399,6 +406,12 @@ async fn a_normal_payout_transfers_once_and_completes_from_webhooks() {
         let transfers = f.stripe.transfers();
         assert_eq!(transfers.len(), 1);
         assert_eq!(transfers[0]["amount"], 1_000_00);
+        // The limits were told the account's age: they need not ask it back.
+        let account = stores.accounts.get("creator").await.unwrap().unwrap();
+        assert_eq!(
+            *f.limits.told_account_created_at.lock().unwrap(),
+            vec![Some(account.account_created_at)]
+        );
         assert_eq!(transfers[0]["destination"], "acct_creator");
         assert_eq!(transfers[0]["metadata"]["payout_id"], payout.id.as_str());
         assert_eq!(transfers[0]["metadata"]["attempt"], "0");

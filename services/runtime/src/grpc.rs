@@ -96,6 +96,7 @@ impl GrpcServer {
         let routes = self.routes.clone().routes().prepare();
         let service = tower::ServiceBuilder::new()
             .layer(server_trace_layer())
+            .map_request(count_request as fn(http::Request<Body>) -> http::Request<Body>)
             .service(routes)
             .map_response(|response| response.map(Body::new));
         BoxCloneSyncService::new(service)
@@ -122,6 +123,9 @@ impl GrpcServer {
 
         let result = tonic::transport::Server::builder()
             .layer(server_trace_layer())
+            .layer(tower::util::MapRequestLayer::new(
+                count_request as fn(http::Request<Body>) -> http::Request<Body>,
+            ))
             .add_routes(self.routes.routes())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -134,6 +138,18 @@ impl GrpcServer {
         health_task.abort();
         result.map_err(|error| anyhow::anyhow!("gRPC server failed: {error}"))
     }
+}
+
+/// Counts every request a server takes, by method, whether it came over the network or in
+/// process (`payouts_grpc_server_requests_total{method}`): how many calls one request to the
+/// system makes inside it.
+fn count_request(request: http::Request<Body>) -> http::Request<Body> {
+    metrics::counter!(
+        "payouts_grpc_server_requests_total",
+        "method" => request.uri().path().to_owned()
+    )
+    .increment(1);
+    request
 }
 
 /// How the server names a request's span.

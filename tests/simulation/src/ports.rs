@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use payouts_approvals::domain::{Approval, ApprovalStatus, HoldMetadata, UserContext as HeldUser};
 use payouts_approvals::workflow::{AdminNotifier, Hold, PayoutsPort, Workflow};
-use payouts_limits::admission::{ContextSource, Limits};
-use payouts_limits::checks::UserContext;
+use payouts_limits::admission::{ContextSource, Limits, UserEarnings};
 use payouts_payouts::events::Event;
 use payouts_payouts::flow::PayoutFlow;
 use payouts_payouts::payout::{OwedAlert, Payout};
@@ -108,9 +107,16 @@ impl LimitsPort for LimitsCalls {
         payout_id: &str,
         amount: &Money,
         requested_at: DateTime<Utc>,
+        account_created_at: Option<DateTime<Utc>>,
     ) -> Result<Admission, ServiceError> {
         let limits = pick(&self.hazard, &self.replicas, |r| &r.limits)?;
-        let reserved = limits.reserve(user_id, payout_id, amount.cents, requested_at);
+        let reserved = limits.reserve(
+            user_id,
+            payout_id,
+            amount.cents,
+            requested_at,
+            account_created_at,
+        );
         let reserved = call(&self.hazard, &self.clock, "limits.reserve", async {
             let answer = reserved.await;
             self.note(format!(
@@ -197,7 +203,16 @@ pub struct ContextCalls {
 
 #[async_trait]
 impl ContextSource for ContextCalls {
-    async fn context(&self, user_id: &str) -> Result<UserContext, ServiceError> {
+    async fn account_created_at(
+        &self,
+        _user_id: &str,
+    ) -> Result<Option<DateTime<Utc>>, ServiceError> {
+        // Not a simulation point: the limits service asks it together with the earnings
+        // (one task, two calls at once), and the payouts service usually says it itself.
+        Ok(Some(self.account_created_at))
+    }
+
+    async fn earnings(&self, user_id: &str) -> Result<UserEarnings, ServiceError> {
         let earnings = call(&self.hazard, &self.clock, "disputes.get_earnings", async {
             Ok(self
                 .earnings
@@ -208,10 +223,9 @@ impl ContextSource for ContextCalls {
                 .unwrap_or_default())
         })
         .await?;
-        Ok(UserContext {
-            account_created_at: Some(self.account_created_at),
-            lifetime_earnings_cents: earnings.lifetime_cents,
-            payable_earnings_cents: earnings.lifetime_cents - earnings.frozen_cents,
+        Ok(UserEarnings {
+            lifetime_cents: earnings.lifetime_cents,
+            payable_cents: earnings.lifetime_cents - earnings.frozen_cents,
         })
     }
 }
