@@ -124,6 +124,41 @@ impl DisputesService for DisputesGrpc {
         }))
     }
 
+    async fn list_payable_earnings(
+        &self,
+        request: Request<pb::ListPayableEarningsRequest>,
+    ) -> Result<Response<pb::ListPayableEarningsResponse>, Status> {
+        let r = request.into_inner();
+        let currency = if r.currency.trim().is_empty() {
+            Currency::usd()
+        } else {
+            Currency::parse(&r.currency)?
+        };
+        let size = page_size(r.page_size, 500, 1_000)?;
+        // The token is the last user id of the previous page.
+        let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let mut books = self.ledger.books.list(after, size + 1).await?;
+        let next_page_token = if books.len() > size {
+            books.truncate(size);
+            books
+                .last()
+                .map(|book| book.user_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListPayableEarningsResponse {
+            earnings: books
+                .into_iter()
+                .map(|book| pb::PayableEarnings {
+                    payable: Some(book.earnings(&currency).active.into()),
+                    user_id: book.user_id,
+                })
+                .collect(),
+            next_page_token,
+        }))
+    }
+
     async fn handle_stripe_event(
         &self,
         _request: Request<pb::HandleStripeEventRequest>,

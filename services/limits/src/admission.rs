@@ -156,6 +156,16 @@ impl Limits {
         }
     }
 
+    /// What each user's payouts hold (admitted, not given back), in the given order.
+    pub async fn held(&self, user_ids: &[String]) -> Result<Vec<(String, i64)>, ServiceError> {
+        let mut held = Vec::with_capacity(user_ids.len());
+        for user_id in user_ids {
+            let quota = self.quotas.get(user_id).await?;
+            held.push((user_id.clone(), quota.committed_cents));
+        }
+        Ok(held)
+    }
+
     pub fn config(&self) -> &LimitConfig {
         &self.config
     }

@@ -7,8 +7,8 @@ use payouts_proto::limits::v1::payout_limits_service_server::{
     PayoutLimitsService, PayoutLimitsServiceServer,
 };
 use payouts_runtime::convert::{
-    page_size, paginate, parse_page_token, positive_money, required_id, required_money,
-    required_time, timestamp, usd,
+    page_size, paginate, parse_page_token, positive_money, required_id, required_ids,
+    required_money, required_time, timestamp, usd,
 };
 use payouts_runtime::{Currency, ServiceError};
 use tonic::{Request, Response, Status};
@@ -186,6 +186,23 @@ impl PayoutLimitsService for LimitsGrpc {
             payable: rechecked.payable,
             reason: rechecked.reason,
             available: Some(usd(rechecked.available_cents)),
+        }))
+    }
+
+    async fn get_held_amounts(
+        &self,
+        request: Request<pb::GetHeldAmountsRequest>,
+    ) -> Result<Response<pb::GetHeldAmountsResponse>, Status> {
+        let user_ids = required_ids(&request.into_inner().user_ids, "user_ids", 1_000)?;
+        let held = self.limits.held(&user_ids).await?;
+        Ok(Response::new(pb::GetHeldAmountsResponse {
+            held_amounts: held
+                .into_iter()
+                .map(|(user_id, cents)| pb::HeldAmount {
+                    user_id,
+                    held: Some(usd(cents)),
+                })
+                .collect(),
         }))
     }
 

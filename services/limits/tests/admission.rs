@@ -534,4 +534,12 @@ async fn the_limits_ask_only_what_their_caller_did_not_say() {
         "{:?}",
         held.decision
     );
+    // What each user's payouts hold, for the balance check: admitted and not given back.
+    assert_eq!(
+        limits
+            .held(&["u_hops".to_owned(), "u_nobody".to_owned()])
+            .await
+            .unwrap(),
+        [("u_hops".to_owned(), 200_00), ("u_nobody".to_owned(), 0)]
+    );
 }

@@ -6,7 +6,7 @@ use payouts_proto::payouts::v1 as pb;
 use payouts_proto::payouts::v1::payouts_service_server::{PayoutsService, PayoutsServiceServer};
 use payouts_runtime::convert::{
     optional_timestamp, page_size, paginate, parse_page_token, positive_money, required_id,
-    required_time, timestamp,
+    required_ids, required_time, timestamp, usd,
 };
 use payouts_runtime::{Currency, ErrorKind, Money, ServiceError};
 use tonic::{Request, Response, Status};
@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::domain::{Account, Registration};
 use crate::events::Event;
 use crate::flow::PayoutFlow;
+use crate::obligations;
 use crate::payout::{AuditEntry, Payout, PayoutStatus};
 
 /// How many times a registration is retried when another writer changed the account.
@@ -327,6 +328,34 @@ impl PayoutsService for PayoutsGrpc {
                 String::new()
             },
         }))
+    }
+
+    async fn summarize_obligations(
+        &self,
+        _request: Request<pb::SummarizeObligationsRequest>,
+    ) -> Result<Response<pb::SummarizeObligationsResponse>, Status> {
+        let owed = obligations::owed(&*self.flow.payouts).await?;
+        Ok(Response::new(pb::SummarizeObligationsResponse {
+            awaiting_transfer: Some(usd(owed.awaiting_transfer_cents)),
+            awaiting_transfer_count: owed.awaiting_transfer_count,
+            pending_approval: Some(usd(owed.pending_approval_cents)),
+            pending_approval_count: owed.pending_approval_count,
+        }))
+    }
+
+    async fn count_unpayable_users(
+        &self,
+        request: Request<pb::CountUnpayableUsersRequest>,
+    ) -> Result<Response<pb::CountUnpayableUsersResponse>, Status> {
+        let user_ids = required_ids(&request.into_inner().user_ids, "user_ids", 1_000)?;
+        let mut unpayable = 0;
+        for user_id in &user_ids {
+            let account = self.flow.accounts.get(user_id).await?;
+            if !obligations::can_be_paid(account.as_ref()) {
+                unpayable += 1;
+            }
+        }
+        Ok(Response::new(pb::CountUnpayableUsersResponse { unpayable }))
     }
 
     #[tracing::instrument(skip_all, fields(payout_id = %request.get_ref().payout_id))]

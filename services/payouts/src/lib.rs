@@ -10,12 +10,14 @@
 //! - [`flow`]: request, admission, transfer, approval decisions, owed side effects, the
 //!   worker.
 //! - [`events`]: the Stripe events this service owns.
+//! - [`obligations`]: what payouts still owe, for the balance check.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod domain;
 pub mod events;
 pub mod flow;
 pub mod grpc;
+pub mod obligations;
 pub mod payout;
 pub mod ports;
 pub mod store;

@@ -1702,6 +1702,14 @@ impl PayoutRepository for FlakyProjection {
     ) -> Result<Vec<Payout>, ServiceError> {
         self.inner.due_effects(now, limit).await
     }
+    async fn in_status(
+        &self,
+        status: PayoutStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.inner.in_status(status, after, limit).await
+    }
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
         self.inner.replace(payout, expected_version).await
     }

@@ -118,6 +118,30 @@ pub fn required_id(value: &str, field: &str) -> Result<String, ServiceError> {
     Ok(value.to_owned())
 }
 
+/// A batch of identifiers (1..=`max`, each like [`required_id`]), duplicates removed,
+/// in the request's order.
+pub fn required_ids(
+    values: &[String],
+    field: &str,
+    max: usize,
+) -> Result<Vec<String>, ServiceError> {
+    if values.is_empty() || values.len() > max {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field} must hold between 1 and {max} ids, got {}",
+            values.len()
+        )));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut ids = Vec::with_capacity(values.len());
+    for (index, value) in values.iter().enumerate() {
+        let id = required_id(value, &format!("{field}[{index}]"))?;
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
+}
+
 /// An opaque page token naming the last item of a page by (time, id).
 pub fn page_token(at: DateTime<Utc>, id: &str) -> String {
     format!("{}:{id}", at.timestamp_millis())
@@ -183,6 +207,23 @@ pub fn paginate<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_of_ids_is_bounded_named_and_deduplicated() {
+        let ids = |values: &[&str]| values.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            required_ids(&ids(&["a", " b ", "a"]), "user_ids", 3).unwrap(),
+            ["a", "b"]
+        );
+        let message = |values: &[&str], max| {
+            required_ids(&ids(values), "user_ids", max)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(message(&[], 3).contains("between 1 and 3 ids, got 0"));
+        assert!(message(&["a", "b"], 1).contains("got 2"));
+        assert!(message(&["a", " "], 3).contains("user_ids[1] is required"));
+    }
 
     #[test]
     fn timestamps_round_trip() {

@@ -156,6 +156,19 @@ impl PayoutRepository for Hazardous<dyn PayoutRepository> {
             .read("payouts.due_effects", self.inner.due_effects(now, limit))
             .await
     }
+    async fn in_status(
+        &self,
+        status: PayoutStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        self.hazard
+            .read(
+                "payouts.in_status",
+                self.inner.in_status(status, after, limit),
+            )
+            .await
+    }
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
         self.hazard
             .write(

@@ -123,6 +123,26 @@ async fn run_ledger(
     the_totals_are_what_the_allocations_add_up_to(Arc::clone(&ledger)).await;
     an_intent_left_by_a_stopped_writer_is_finished(&ledger, &clock).await;
     an_intent_whose_id_another_credit_holds_is_taken_back(&ledger).await;
+    books_are_listed_by_creator_in_pages(&*ledger.books).await;
+}
+
+async fn books_are_listed_by_creator_in_pages(books: &dyn EarningsBookRepository) {
+    for user in ["list-c", "list-a", "list-b"] {
+        books.put(&EarningsBook::empty(user), 0).await.unwrap();
+    }
+    let ids = |page: Vec<EarningsBook>| page.into_iter().map(|b| b.user_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(books.list(Some("list-"), 2).await.unwrap()),
+        ["list-a", "list-b"]
+    );
+    let next = ids(books.list(Some("list-b"), 1).await.unwrap());
+    assert_eq!(next, ["list-c"]);
+    let all = ids(books.list(None, usize::MAX).await.unwrap());
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(all, sorted, "every creator once, by id");
+    assert!(all.len() >= 3);
 }
 
 /// Rebuilds a creator's earnings from their allocations and compares with their book.

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -93,5 +94,22 @@ impl EarningsBookRepository for MemoryEarningsBooks {
         }
         books.insert(book.user_id.clone(), book.clone());
         Ok(())
+    }
+
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EarningsBook>, ServiceError> {
+        let books = self
+            .books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let start = after.map_or(Bound::Unbounded, |after| Bound::Excluded(after.to_owned()));
+        Ok(books
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, book)| book.clone())
+            .collect())
     }
 }

@@ -45,6 +45,13 @@ pub trait EarningsBookRepository: Send + Sync + 'static {
     /// Stores `book` if the stored one is still at `expected_version` (0: none stored yet);
     /// Conflict otherwise.
     async fn put(&self, book: &EarningsBook, expected_version: i64) -> Result<(), ServiceError>;
+
+    /// Stored books by creator id, after `after` (a page of every creator's earnings).
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EarningsBook>, ServiceError>;
 }
 
 pub(crate) fn stale_book(user_id: &str) -> ServiceError {

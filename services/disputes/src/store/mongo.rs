@@ -269,4 +269,20 @@ impl EarningsBookRepository for MongoEarningsBooks {
             Err(stale_book(&book.user_id))
         }
     }
+
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EarningsBook>, ServiceError> {
+        let filter = match after {
+            Some(after) => doc! { "_id": { "$gt": after } },
+            None => doc! {},
+        };
+        find_many(&self.collection, filter, doc! { "_id": 1 }, limit)
+            .await?
+            .into_iter()
+            .map(EarningsBook::try_from)
+            .collect()
+    }
 }

@@ -282,6 +282,29 @@ mod payouts {
             ["p1", "p2"]
         );
 
+        // By status, by id, in pages.
+        assert_eq!(
+            ids(repository
+                .in_status(PayoutStatus::Pending, None, 10)
+                .await
+                .unwrap()),
+            ["p2"]
+        );
+        assert_eq!(
+            ids(repository
+                .in_status(PayoutStatus::PendingApproval, None, 10)
+                .await
+                .unwrap()),
+            ["p3"]
+        );
+        assert_eq!(
+            ids(repository
+                .in_status(PayoutStatus::PendingApproval, Some("p3"), 10)
+                .await
+                .unwrap()),
+            Vec::<String>::new()
+        );
+
         // Due work, earliest first.
         assert_eq!(
             ids(repository

@@ -68,6 +68,14 @@ pub trait PayoutRepository: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError>;
 
+    /// Payouts in `status` by id, after the id `after` (a page of them all).
+    async fn in_status(
+        &self,
+        status: PayoutStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError>;
+
     /// Payouts whose owed side effects are due (`effects_due_at` has come), earliest first.
     async fn due_effects(
         &self,
@@ -125,6 +133,7 @@ struct State {
     by_transfer: BTreeSet<(String, String)>,
     by_user: BTreeSet<(String, Time, String)>,
     by_destination: BTreeSet<(String, String)>,
+    by_status: BTreeSet<(PayoutStatus, String)>,
     due: BTreeSet<(PayoutStatus, Time, String)>,
     effects_due: BTreeSet<(Time, String)>,
 }
@@ -153,6 +162,7 @@ impl State {
         apply(&mut self.by_user, user, add);
         let destination = (payout.destination.clone(), id.clone());
         apply(&mut self.by_destination, destination, add);
+        apply(&mut self.by_status, (payout.status, id.clone()), add);
         if let Some(at) = payout.next_retry_at {
             apply(&mut self.due, (payout.status, at, id.clone()), add);
         }
@@ -306,6 +316,26 @@ impl PayoutRepository for MemoryPayouts {
             .take_while(|(stored, at, _)| *stored == status && *at <= now)
             .take(limit)
             .map(|(_, _, id)| id.clone());
+        Ok(state.cloned(ids))
+    }
+
+    async fn in_status(
+        &self,
+        status: PayoutStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let state = self.lock();
+        let start = match after {
+            Some(after) => Bound::Excluded((status, after.to_owned())),
+            None => Bound::Included((status, String::new())),
+        };
+        let ids = state
+            .by_status
+            .range((start, Bound::Unbounded))
+            .take_while(|(stored, _)| *stored == status)
+            .take(limit)
+            .map(|(_, id)| id.clone());
         Ok(state.cloned(ids))
     }
 
@@ -830,6 +860,19 @@ impl PayoutRepository for MongoPayouts {
             limit,
         )
         .await
+    }
+
+    async fn in_status(
+        &self,
+        status: PayoutStatus,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Payout>, ServiceError> {
+        let mut filter = doc! { "status": status.as_str() };
+        if let Some(after) = after {
+            filter.insert("_id", doc! { "$gt": after });
+        }
+        self.find(filter, doc! { "_id": 1 }, limit).await
     }
 
     async fn due_effects(
