@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::Currency;
+use payouts_runtime::money::dollars;
 
 /// Spec §5 threshold status, from best to worst (the order is the severity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +48,8 @@ pub struct Snapshot {
     pub threshold_status: ThresholdStatus,
     pub users_with_unpaid_earnings: i64,
     pub users_without_bank_accounts: i64,
+    /// Whole days since the previous snapshot; 0 for the first.
+    pub days_since_last_snapshot: i64,
 }
 
 impl Snapshot {
@@ -221,6 +224,148 @@ impl BalanceStatus {
             available_for_payouts_cents: available_cents.saturating_sub(required_reserve_cents),
             days_of_coverage: trend.days_of_coverage(available_cents),
         }
+    }
+}
+
+/// The kinds of alert a balance check raises, one open alert per kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AlertKind {
+    /// The balance is under a threshold (warning, critical, depleted).
+    Balance,
+    /// The balance falls by more than $1,000 a day.
+    DepletionRisk,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 2] = [AlertKind::Balance, AlertKind::DepletionRisk];
+
+    /// The alert's `type` in `criticalAlerts`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Balance => "platform_balance",
+            AlertKind::DepletionRisk => "platform_balance_depletion_risk",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    /// The level this kind is at now: healthy means no alert is needed.
+    pub fn level(self, status: &BalanceStatus, trend: &Trend) -> ThresholdStatus {
+        match self {
+            AlertKind::Balance => status.threshold_status,
+            AlertKind::DepletionRisk if trend.direction == TrendDirection::Decreasing => {
+                ThresholdStatus::Warning
+            }
+            AlertKind::DepletionRisk => ThresholdStatus::Healthy,
+        }
+    }
+}
+
+/// The alert a check opens for `kind` at `level` (spec §5's subjects and actions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceAlert {
+    pub kind: AlertKind,
+    pub level: ThresholdStatus,
+    /// "critical" or "warning".
+    pub severity: &'static str,
+    pub title: String,
+    pub message: String,
+}
+
+impl BalanceAlert {
+    pub fn new(
+        kind: AlertKind,
+        level: ThresholdStatus,
+        status: &BalanceStatus,
+        trend: &Trend,
+    ) -> Self {
+        let figures = format!(
+            "Available balance {}, pending obligations {}, required reserve {} (available for payouts {}).",
+            dollars(status.available_cents),
+            dollars(status.obligations_cents),
+            dollars(status.required_reserve_cents),
+            dollars(status.available_for_payouts_cents),
+        );
+        match (kind, level) {
+            (AlertKind::DepletionRisk, _) => {
+                let days = status
+                    .days_of_coverage
+                    .map_or_else(|| "?".to_owned(), |days| days.to_string());
+                BalanceAlert {
+                    kind,
+                    level,
+                    severity: "warning",
+                    title: format!("Risk: Platform Balance May Deplete in {days} Days"),
+                    message: format!(
+                        "The balance falls by {} a day on average over the last 7 days. {figures} \
+                         Calculate the amount needed, plan a transfer before the depletion date, \
+                         check the balance every 4-8 hours, and consider holding non-urgent payouts.",
+                        dollars(-trend.average_change_cents),
+                    ),
+                }
+            }
+            (AlertKind::Balance, ThresholdStatus::Warning) => BalanceAlert {
+                kind,
+                level,
+                severity: "warning",
+                title: "Warning: Platform Balance Below Recommended Level".to_owned(),
+                message: format!(
+                    "{figures} Schedule a fund transfer within 48 hours, monitor daily until the \
+                     balance is healthy, review the upcoming payout schedule, prepare contingency plans."
+                ),
+            },
+            (AlertKind::Balance, _) => BalanceAlert {
+                kind,
+                level,
+                severity: "critical",
+                // Spec §5's subject for both; the message says when it is gone.
+                title: "Critical: Platform Balance Below Minimum Threshold".to_owned(),
+                message: format!(
+                    "{}{figures} Add funds to the Stripe balance now (enough to exceed $10,000 plus \
+                     pending obligations), review pending payouts and delay non-urgent ones, check \
+                     recent refunds and chargebacks for unusual activity, notify the finance team.",
+                    if level == ThresholdStatus::Depleted {
+                        "The platform balance is depleted. "
+                    } else {
+                        ""
+                    }
+                ),
+            },
+        }
+    }
+}
+
+/// The alert open for one kind, as the balance service remembers it
+/// (`platformBalanceAlerts`, one document per kind).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAlert {
+    pub kind: AlertKind,
+    /// `None` when no alert of this kind is open.
+    pub open: Option<(ThresholdStatus, String)>,
+    /// Bumped by every change; the alerts a change opens are keyed by it, so two checks
+    /// that race open the same alert, not two.
+    pub version: i64,
+}
+
+impl OpenAlert {
+    pub fn none(kind: AlertKind) -> Self {
+        Self {
+            kind,
+            open: None,
+            version: 0,
+        }
+    }
+
+    /// The key an alert opened from this state is raised under (idempotent per change).
+    pub fn dedupe_key(&self, level: ThresholdStatus) -> String {
+        format!(
+            "{}:{}:{}",
+            self.kind.as_str(),
+            self.version + 1,
+            level.as_str()
+        )
     }
 }
 

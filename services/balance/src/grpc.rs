@@ -4,21 +4,76 @@ use std::sync::Arc;
 
 use payouts_proto::balance::v1 as pb;
 use payouts_proto::balance::v1::balance_service_server::{BalanceService, BalanceServiceServer};
-use payouts_runtime::Money;
-use payouts_runtime::convert::{page_size, paginate, parse_page_token, timestamp};
+use payouts_runtime::convert::{
+    page_size, paginate, parse_page_token, required_id, timestamp, usd,
+};
+use payouts_runtime::{Money, ServiceError};
 use tonic::{Request, Response, Status};
 
-use crate::domain::{Snapshot, ThresholdStatus};
+use crate::check::{BalanceCheck, CheckOutcome, CheckRequest};
+use crate::domain::{Snapshot, ThresholdStatus, TrendDirection};
 use crate::store::SnapshotRepository;
 
 /// The tonic service.
 pub struct BalanceGrpc {
     snapshots: Arc<dyn SnapshotRepository>,
+    /// `None` when Stripe is not configured (STRIPE_SECRET_KEY unset).
+    check: Option<Arc<BalanceCheck>>,
 }
 
 impl BalanceGrpc {
-    pub fn new(snapshots: Arc<dyn SnapshotRepository>) -> Self {
-        Self { snapshots }
+    pub fn new(snapshots: Arc<dyn SnapshotRepository>, check: Option<Arc<BalanceCheck>>) -> Self {
+        Self { snapshots, check }
+    }
+}
+
+fn status_to_proto(status: ThresholdStatus) -> pb::ThresholdStatus {
+    match status {
+        ThresholdStatus::Healthy => pb::ThresholdStatus::Healthy,
+        ThresholdStatus::Warning => pb::ThresholdStatus::Warning,
+        ThresholdStatus::Critical => pb::ThresholdStatus::Critical,
+        ThresholdStatus::Depleted => pb::ThresholdStatus::Depleted,
+    }
+}
+
+fn outcome_to_proto(outcome: CheckOutcome) -> pb::RunBalanceCheckResponse {
+    let status = outcome.status;
+    pb::RunBalanceCheckResponse {
+        balance_status: Some(pb::BalanceStatus {
+            threshold_status: status_to_proto(status.threshold_status).into(),
+            available_balance: Some(usd(status.available_cents)),
+            pending_obligations: Some(usd(status.obligations_cents)),
+            required_reserve: Some(usd(status.required_reserve_cents)),
+            available_for_payouts: Some(usd(status.available_for_payouts_cents)),
+            days_of_coverage: status.days_of_coverage.unwrap_or(-1),
+            pending_balance: Some(usd(status.pending_cents)),
+        }),
+        trend: Some(pb::Trend {
+            direction: match outcome.trend.direction {
+                TrendDirection::Increasing => pb::TrendDirection::Increasing,
+                TrendDirection::Stable => pb::TrendDirection::Stable,
+                TrendDirection::Decreasing => pb::TrendDirection::Decreasing,
+            }
+            .into(),
+            average_change: Some(usd(outcome.trend.average_change_cents)),
+        }),
+        alert_ids: outcome
+            .alerts
+            .iter()
+            .map(|raised| raised.id.clone())
+            .collect(),
+        snapshot: outcome.snapshot.map(to_proto),
+        alerts: outcome
+            .alerts
+            .into_iter()
+            .map(|raised| pb::BalanceAlert {
+                id: raised.id,
+                r#type: raised.alert.kind.as_str().to_owned(),
+                severity: raised.alert.severity.to_owned(),
+                title: raised.alert.title,
+                message: raised.alert.message,
+            })
+            .collect(),
     }
 }
 
@@ -28,12 +83,7 @@ pub fn server(service: BalanceGrpc) -> BalanceServiceServer<BalanceGrpc> {
 }
 
 fn to_proto(s: Snapshot) -> pb::BalanceSnapshot {
-    let status = match s.threshold_status {
-        ThresholdStatus::Healthy => pb::ThresholdStatus::Healthy,
-        ThresholdStatus::Warning => pb::ThresholdStatus::Warning,
-        ThresholdStatus::Critical => pb::ThresholdStatus::Critical,
-        ThresholdStatus::Depleted => pb::ThresholdStatus::Depleted,
-    };
+    let status = status_to_proto(s.threshold_status);
     let money = |cents: i64| Some(Money::new(cents, s.currency.clone()).into());
     pb::BalanceSnapshot {
         total_balance: money(s.total_balance_cents()),
@@ -46,6 +96,7 @@ fn to_proto(s: Snapshot) -> pb::BalanceSnapshot {
         threshold_status: status.into(),
         users_with_unpaid_earnings: s.users_with_unpaid_earnings,
         users_without_bank_accounts: s.users_without_bank_accounts,
+        days_since_last_snapshot: s.days_since_last_snapshot,
     }
 }
 
@@ -53,9 +104,20 @@ fn to_proto(s: Snapshot) -> pb::BalanceSnapshot {
 impl BalanceService for BalanceGrpc {
     async fn run_balance_check(
         &self,
-        _request: Request<pb::RunBalanceCheckRequest>,
+        request: Request<pb::RunBalanceCheckRequest>,
     ) -> Result<Response<pb::RunBalanceCheckResponse>, Status> {
-        Err(Status::unimplemented("the balance check is not built yet"))
+        let r = request.into_inner();
+        let check = self.check.as_ref().ok_or_else(|| {
+            ServiceError::failed_precondition(
+                "the balance check needs Stripe: STRIPE_SECRET_KEY is not set",
+            )
+        })?;
+        let request = CheckRequest {
+            create_snapshot: r.create_snapshot.unwrap_or(true),
+            check_trend: r.check_trend.unwrap_or(true),
+            triggered_by: required_id(&r.triggered_by, "triggered_by")?,
+        };
+        Ok(Response::new(outcome_to_proto(check.run(&request).await?)))
     }
 
     async fn list_snapshots(

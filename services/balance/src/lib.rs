@@ -1,20 +1,52 @@
 //! Balance service (`payouts.balance.v1.BalanceService`): platform balance monitoring
 //! (spec §5). Owns `platformBalanceSnapshots`.
 //!
-//! - [`domain`]: snapshots and threshold statuses, pure.
+//! - [`domain`]: thresholds, the reserve, the trend, snapshots and alert levels, pure.
+//! - [`check`]: the balance check and the ports it reads (Stripe, the owners of what is
+//!   owed) and raises alerts through.
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.
+//! - [`ports`]: the owners of what is owed and the notifications service over gRPC, Stripe.
 //! - [`grpc`]: the gRPC surface.
 
+pub mod check;
 pub mod domain;
 pub mod grpc;
+pub mod ports;
 pub mod store;
+
+use std::sync::Arc;
 
 use payouts_runtime::ServiceContext;
 use payouts_runtime::grpc::GrpcServer;
 
 /// Builds the service on the context's store and adds it to `server`.
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
-    let snapshots = store::open(&context.store).await?;
-    server.add_service(grpc::server(grpc::BalanceGrpc::new(snapshots)));
+    let repositories = store::open(&context.store).await?;
+    let settings = &context.settings;
+    let [critical_cents, warning_cents, healthy_cents] = settings.balance_thresholds_cents;
+    let check = match &settings.stripe_secret_key {
+        Some(key) => Some(Arc::new(check::BalanceCheck {
+            thresholds: domain::Thresholds {
+                critical_cents,
+                warning_cents,
+                healthy_cents,
+                reserve_multiplier_bps: settings.reserve_multiplier_bps,
+            },
+            stripe: Arc::new(ports::StripeBalanceClient::new(
+                key,
+                &settings.stripe_api_base,
+            )?),
+            obligations: Arc::new(ports::GrpcObligations::new(settings)?),
+            alerts: Arc::new(ports::GrpcAlerts::new(settings)?),
+            snapshots: Arc::clone(&repositories.snapshots),
+            open_alerts: repositories.alerts,
+            clock: Arc::clone(&context.clock),
+        })),
+        None => None,
+    };
+    server.add_service(grpc::server(grpc::BalanceGrpc::new(
+        repositories.snapshots,
+        check,
+    )));
     Ok(())
 }

@@ -186,6 +186,12 @@ pub struct Settings {
     pub admin_jwt_issuer: Option<String>,
     /// `ADMIN_JWT_AUDIENCE`: when set, admin tokens must carry this `aud`.
     pub admin_jwt_audience: Option<String>,
+    /// `BALANCE_CRITICAL_CENTS`, `BALANCE_WARNING_CENTS`, `BALANCE_HEALTHY_CENTS`: spec §5's
+    /// balance thresholds ($1,000, $5,000, $10,000).
+    pub balance_thresholds_cents: [i64; 3],
+    /// `RESERVE_MULTIPLIER`: the reserve kept against obligations, in basis points (spec: 1.2
+    /// = 12000); below 10000 (less than what is owed) is refused.
+    pub reserve_multiplier_bps: i64,
     /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
     pub admin_user_ids: Vec<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
@@ -308,6 +314,12 @@ impl Settings {
             admin_jwt_jwks_file: values.string("ADMIN_JWT_JWKS_FILE")?,
             admin_jwt_issuer: values.string("ADMIN_JWT_ISSUER")?,
             admin_jwt_audience: values.string("ADMIN_JWT_AUDIENCE")?,
+            balance_thresholds_cents: [
+                values.number("BALANCE_CRITICAL_CENTS", 1_000_00)?,
+                values.number("BALANCE_WARNING_CENTS", 5_000_00)?,
+                values.number("BALANCE_HEALTHY_CENTS", 10_000_00)?,
+            ],
+            reserve_multiplier_bps: values.number("RESERVE_MULTIPLIER", 12_000)?,
             admin_user_ids: values
                 .secret_list("ADMIN_USER_IDS")?
                 .into_iter()
@@ -372,6 +384,34 @@ impl Settings {
             return Err(ConfigError::new(
                 "MONGODB_WRITE_TIMEOUT_MILLISECONDS",
                 "must be at least 1: a majority write without wtimeout can hang forever",
+            ));
+        }
+        let [critical, warning, healthy] = self.balance_thresholds_cents;
+        if critical < 0 {
+            return Err(ConfigError::new(
+                "BALANCE_CRITICAL_CENTS",
+                format!("must not be negative, got {critical}"),
+            ));
+        }
+        if warning < critical {
+            return Err(ConfigError::new(
+                "BALANCE_WARNING_CENTS",
+                format!("must be at least BALANCE_CRITICAL_CENTS ({critical}), got {warning}"),
+            ));
+        }
+        if healthy < warning {
+            return Err(ConfigError::new(
+                "BALANCE_HEALTHY_CENTS",
+                format!("must be at least BALANCE_WARNING_CENTS ({warning}), got {healthy}"),
+            ));
+        }
+        if !(10_000..=100_000).contains(&self.reserve_multiplier_bps) {
+            return Err(ConfigError::new(
+                "RESERVE_MULTIPLIER",
+                format!(
+                    "must be between 10000 (1x what is owed) and 100000 basis points, got {}: a reserve below the obligations would let the balance run short",
+                    self.reserve_multiplier_bps
+                ),
             ));
         }
         if self.gateway_body_limit_bytes == 0 {
@@ -564,6 +604,10 @@ mod tests {
             ("GRPC_TIMEOUT_MILLISECONDS", "0"),
             ("MONGODB_WRITE_TIMEOUT_MILLISECONDS", "0"),
             ("PAYOUT_UNKNOWN_ALERT_SECONDS", "soon"),
+            ("RESERVE_MULTIPLIER", "9999"),
+            ("RESERVE_MULTIPLIER", "1.2"),
+            ("BALANCE_WARNING_CENTS", "1"),
+            ("BALANCE_HEALTHY_CENTS", "100"),
         ];
         for (variable, value) in cases {
             let error = Settings::from_env(env(&[(variable, value)])).unwrap_err();

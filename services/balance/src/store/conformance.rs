@@ -6,7 +6,7 @@ use payouts_runtime::Currency;
 use payouts_runtime::store::store_precision;
 
 use super::*;
-use crate::domain::ThresholdStatus;
+use crate::domain::{AlertKind, OpenAlert, ThresholdStatus};
 
 fn snapshot(id: &str, day: i64, available: i64) -> Snapshot {
     Snapshot {
@@ -20,6 +20,7 @@ fn snapshot(id: &str, day: i64, available: i64) -> Snapshot {
         threshold_status: ThresholdStatus::Healthy,
         users_with_unpaid_earnings: 42,
         users_without_bank_accounts: 8,
+        days_since_last_snapshot: day,
     }
 }
 
@@ -49,13 +50,46 @@ async fn run(repository: &dyn SnapshotRepository) {
     assert_eq!(recent[0].total_balance_cents(), 2_500_004 + 500_000);
 }
 
+/// One state per kind, moved by compare-and-set: of two writers of one version, one wins.
+async fn run_alerts(repository: &dyn OpenAlertRepository) {
+    let none = repository.get(AlertKind::Balance).await.unwrap();
+    assert_eq!(none, OpenAlert::none(AlertKind::Balance));
+    let opened = OpenAlert {
+        kind: AlertKind::Balance,
+        open: Some((ThresholdStatus::Critical, "alert_1".to_owned())),
+        version: 1,
+    };
+    repository.put(&opened, 0).await.unwrap();
+    let error = repository.put(&opened, 0).await.unwrap_err();
+    assert_eq!(error.kind(), payouts_runtime::ErrorKind::Conflict);
+    assert_eq!(repository.get(AlertKind::Balance).await.unwrap(), opened);
+    assert_eq!(
+        repository.get(AlertKind::DepletionRisk).await.unwrap(),
+        OpenAlert::none(AlertKind::DepletionRisk),
+        "kinds are separate"
+    );
+    let resolved = OpenAlert {
+        open: None,
+        version: 2,
+        ..opened.clone()
+    };
+    repository.put(&resolved, 1).await.unwrap();
+    assert_eq!(
+        repository.put(&opened, 1).await.unwrap_err().kind(),
+        payouts_runtime::ErrorKind::Conflict
+    );
+    assert_eq!(repository.get(AlertKind::Balance).await.unwrap(), resolved);
+}
+
 #[tokio::test]
 async fn embedded_store_conforms() {
     run(&MemorySnapshots::default()).await;
+    run_alerts(&MemoryOpenAlerts::default()).await;
 }
 
 #[tokio::test]
 async fn mongo_store_conforms() {
     let database = payouts_runtime::testing::mongo_database("balance").await;
     run(&MongoSnapshots::open(&database).await.unwrap()).await;
+    run_alerts(&MongoOpenAlerts::open(&database)).await;
 }

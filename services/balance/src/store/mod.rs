@@ -1,6 +1,7 @@
-//! The `platformBalanceSnapshots` collection: one trait, a MongoDB and an embedded
-//! implementation, and the conformance suite both must pass.
+//! The `platformBalanceSnapshots` and `platformBalanceAlerts` collections: a trait each, a
+//! MongoDB and an embedded implementation, and the conformance suite both must pass.
 
+mod alerts;
 mod memory;
 mod mongo;
 
@@ -15,6 +16,7 @@ use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::Snapshot;
 
+pub use alerts::{MemoryOpenAlerts, MongoOpenAlerts, OpenAlertRepository};
 pub use memory::MemorySnapshots;
 pub use mongo::MongoSnapshots;
 
@@ -32,10 +34,22 @@ pub trait SnapshotRepository: Send + Sync + 'static {
     ) -> Result<Vec<Snapshot>, ServiceError>;
 }
 
-/// Opens the repository on the process's store, ensuring indexes.
-pub async fn open(store: &Store) -> anyhow::Result<Arc<dyn SnapshotRepository>> {
+/// The balance service's collections.
+pub struct Repositories {
+    pub snapshots: Arc<dyn SnapshotRepository>,
+    pub alerts: Arc<dyn OpenAlertRepository>,
+}
+
+/// Opens the repositories on the process's store, ensuring indexes.
+pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
     Ok(match store {
-        Store::Embedded => Arc::new(MemorySnapshots::default()),
-        Store::Mongo(database) => Arc::new(MongoSnapshots::open(database).await?),
+        Store::Embedded => Repositories {
+            snapshots: Arc::new(MemorySnapshots::default()),
+            alerts: Arc::new(MemoryOpenAlerts::default()),
+        },
+        Store::Mongo(database) => Repositories {
+            snapshots: Arc::new(MongoSnapshots::open(database).await?),
+            alerts: Arc::new(MongoOpenAlerts::open(database)),
+        },
     })
 }

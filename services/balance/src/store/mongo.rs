@@ -38,6 +38,8 @@ struct SnapshotDocument {
 struct SnapshotMetadata {
     users_with_unpaid_earnings: i64,
     users_without_bank_accounts: i64,
+    #[serde(default)]
+    days_since_last_snapshot: i64,
 }
 
 impl From<&Snapshot> for SnapshotDocument {
@@ -55,6 +57,7 @@ impl From<&Snapshot> for SnapshotDocument {
             metadata: SnapshotMetadata {
                 users_with_unpaid_earnings: s.users_with_unpaid_earnings,
                 users_without_bank_accounts: s.users_without_bank_accounts,
+                days_since_last_snapshot: s.days_since_last_snapshot,
             },
         }
     }
@@ -82,6 +85,7 @@ impl TryFrom<SnapshotDocument> for Snapshot {
             threshold_status,
             users_with_unpaid_earnings: d.metadata.users_with_unpaid_earnings,
             users_without_bank_accounts: d.metadata.users_without_bank_accounts,
+            days_since_last_snapshot: d.metadata.days_since_last_snapshot,
         })
     }
 }
