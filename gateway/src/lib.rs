@@ -9,6 +9,7 @@ mod admin_approvals;
 mod admin_auth;
 mod admin_payouts;
 mod admin_webhooks;
+mod cron;
 mod health;
 mod webhooks;
 
@@ -19,6 +20,7 @@ use axum::http::{HeaderName, Request, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient;
+use payouts_proto::balance::v1::balance_service_client::BalanceServiceClient;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
 use payouts_runtime::grpc::{TracedChannel, service_channel};
@@ -46,6 +48,7 @@ struct Inner {
     webhooks: WebhooksServiceClient<TracedChannel>,
     approvals: ApprovalsServiceClient<TracedChannel>,
     payouts: PayoutsServiceClient<TracedChannel>,
+    balance: BalanceServiceClient<TracedChannel>,
     admin_auth: AdminAuth,
 }
 
@@ -57,6 +60,7 @@ impl Gateway {
         let approvals =
             ApprovalsServiceClient::new(service_channel(&settings, ServiceName::Approvals)?);
         let payouts = PayoutsServiceClient::new(service_channel(&settings, ServiceName::Payouts)?);
+        let balance = BalanceServiceClient::new(service_channel(&settings, ServiceName::Balance)?);
         let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -64,6 +68,7 @@ impl Gateway {
                 webhooks,
                 approvals,
                 payouts,
+                balance,
                 admin_auth,
             }),
         })
@@ -79,6 +84,14 @@ impl Gateway {
 
     pub(crate) fn payouts(&self) -> PayoutsServiceClient<TracedChannel> {
         self.inner.payouts.clone()
+    }
+
+    pub(crate) fn balance(&self) -> BalanceServiceClient<TracedChannel> {
+        self.inner.balance.clone()
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
     }
 
     pub(crate) fn admin_auth(&self) -> &AdminAuth {
@@ -111,6 +124,10 @@ impl Gateway {
             .route(
                 "/api/admin/payouts/{payout_id}/resume",
                 post(admin_payouts::resume),
+            )
+            .route(
+                "/api/cron/platform-balance-check",
+                get(cron::platform_balance_check).post(cron::platform_balance_check),
             )
             .route("/api/openapi.json", get(openapi))
             .route("/healthz", get(health::liveness))
@@ -328,15 +345,53 @@ mod tests {
             "/api/admin/payout-approvals",
             "/api/admin/payout-approvals/{approvalId}/retry",
             "/api/admin/payouts/{payoutId}/resume",
+            "/api/cron/platform-balance-check",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            10,
+            11,
             "every documented path is a route: {paths:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_cron_endpoint_needs_a_configured_token_and_the_right_one() {
+        let call = |env: &'static [(&'static str, &'static str)], auth: Option<&'static str>| async move {
+            let mut request = Request::get("/api/cron/platform-balance-check");
+            if let Some(auth) = auth {
+                request = request.header("authorization", auth);
+            }
+            let response = gateway(env)
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            (
+                status,
+                json(response).await["error"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        };
+        let (status, message) = call(&[], Some("Bearer anything")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(message.contains("CRON_SECRET"), "{message}");
+        let both: &[(&str, &str)] = &[("CRON_SECRET", "s3cret"), ("CRON_API_KEY", "k3y")];
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("s3cret"),
+            Some("Basic s3cret"),
+            Some("Bearer "),
+        ] {
+            let (status, message) = call(both, auth).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+            assert!(message.contains("Bearer"), "{message}");
+        }
     }
 
     #[tokio::test]

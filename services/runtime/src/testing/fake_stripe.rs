@@ -41,6 +41,7 @@ struct StripeState {
     ledger: Ledger,
     script: VecDeque<Behaviour>,
     lookup_failures: VecDeque<(u16, String)>,
+    balance_failures: VecDeque<(u16, String)>,
     create_calls: usize,
     lookup_calls: usize,
     available_cents: i64,
@@ -172,7 +173,10 @@ async fn retrieve_transfer(State(state): State<Shared>, Path(id): Path<String>) 
 }
 
 async fn balance(State(state): State<Shared>) -> Response {
-    let state = lock(&state);
+    let mut state = lock(&state);
+    if let Some((status, code)) = state.balance_failures.pop_front() {
+        return stripe_error(status, &code, "fake balance failure");
+    }
     let mut balance = fixture("balance");
     balance["available"] = json!([{ "amount": state.available_cents, "currency": "usd", "source_types": { "card": state.available_cents } }]);
     balance["pending"] = json!([{ "amount": state.pending_cents, "currency": "usd", "source_types": { "card": state.pending_cents } }]);
@@ -321,6 +325,13 @@ impl FakeStripe {
     /// How many transfer lookups were requested.
     pub fn lookup_calls(&self) -> usize {
         lock(&self.state).lookup_calls
+    }
+
+    /// The next balance read (`GET /v1/balance`) answers with this error.
+    pub fn fail_next_balance(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .balance_failures
+            .push_back((status, code.to_owned()));
     }
 
     /// Sets the platform balance `GET /v1/balance` reports.

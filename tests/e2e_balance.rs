@@ -1,0 +1,217 @@
+//! The platform balance check end to end (spec §5): the real binary, the fake Stripe's
+//! `/v1/balance` scripted to each level, the cron endpoint over HTTP, snapshots and alerts
+//! read back over gRPC.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod support;
+
+use payouts_proto::balance::v1::ListSnapshotsRequest;
+use payouts_proto::balance::v1::balance_service_client::BalanceServiceClient;
+use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
+use payouts_proto::notifications::v1::{AlertStatus, CriticalAlert, ListCriticalAlertsRequest};
+use payouts_runtime::testing::fake_stripe::FakeStripe;
+use serde_json::{Value, json};
+use support::{Payouts, StoreChoice, register_creator};
+use tonic::transport::Channel;
+
+const CRON_SECRET: &str = "cron-e2e-secret";
+const CRON_API_KEY: &str = "cron-e2e-key";
+
+struct System {
+    process: Payouts,
+    stripe: FakeStripe,
+    channel: Channel,
+    http: reqwest::Client,
+}
+
+async fn start(store: StoreChoice) -> System {
+    let stripe = FakeStripe::start().await;
+    let env = [
+        ("STRIPE_SECRET_KEY", "sk_test_e2e"),
+        ("STRIPE_API_BASE", stripe.url()),
+        ("CRON_SECRET", CRON_SECRET),
+        ("CRON_API_KEY", CRON_API_KEY),
+    ];
+    let process = Payouts::start(&[], store, &env);
+    let channel = process.grpc_channel().await;
+    System {
+        process,
+        stripe,
+        channel,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl System {
+    /// Runs the cron with `token`; the status and the JSON body.
+    async fn cron(&self, method: reqwest::Method, token: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .request(
+                method,
+                self.process.gateway_url("/api/cron/platform-balance-check"),
+            )
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    async fn check(&self, available_dollars: i64) -> Value {
+        self.stripe.set_balance(available_dollars * 100, 5_000_00);
+        let (status, body) = self.cron(reqwest::Method::GET, CRON_SECRET).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    async fn alerts(&self, status: AlertStatus) -> Vec<CriticalAlert> {
+        NotificationsServiceClient::new(self.channel.clone())
+            .list_critical_alerts(ListCriticalAlertsRequest {
+                status: status.into(),
+                page_size: 100,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts
+    }
+
+    async fn snapshots(&self) -> usize {
+        BalanceServiceClient::new(self.channel.clone())
+            .list_snapshots(ListSnapshotsRequest {
+                page_size: 500,
+                page_token: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshots
+            .len()
+    }
+}
+
+fn titles(body: &Value) -> Vec<String> {
+    body["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|alert| alert["title"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
+    let system = start(StoreChoice::Embedded).await;
+    // A creator with $3,000 of earnings not yet requested, on an account Stripe has not
+    // enabled yet: $3,000 owed, a $3,600 reserve.
+    register_creator(&system.channel, "creator_owed", 400, 3_000_00).await;
+
+    // Healthy: spec §5's body exactly.
+    let body = system.check(25_000).await;
+    assert_eq!(
+        body,
+        json!({
+            "success": true,
+            "data": {
+                "balanceStatus": {
+                    "thresholdStatus": "healthy",
+                    "availableBalance": 2_500_000,
+                    "pendingObligations": 300_000,
+                    "requiredReserve": 360_000,
+                    "availableForPayouts": 2_140_000,
+                    "daysOfCoverage": null,
+                    "isHealthy": true,
+                    "isWarning": false,
+                    "isCritical": false
+                },
+                "alerts": [],
+                "alertsCreated": 0,
+                "trend": { "direction": "stable", "averageChange": 0 }
+            }
+        })
+    );
+    let snapshot = BalanceServiceClient::new(system.channel.clone())
+        .list_snapshots(ListSnapshotsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots
+        .remove(0);
+    assert_eq!(snapshot.users_with_unpaid_earnings, 1);
+    assert_eq!(snapshot.users_without_bank_accounts, 1);
+    assert_eq!(snapshot.total_balance.unwrap().cents, 3_000_000);
+
+    // Warning, and the fall of $18,000 since the last check is a depletion risk.
+    let body = system.check(7_000).await;
+    let status = &body["data"]["balanceStatus"];
+    assert_eq!(status["thresholdStatus"], "warning");
+    assert_eq!(status["isWarning"], true);
+    assert_eq!(body["data"]["trend"]["direction"], "decreasing");
+    assert_eq!(body["data"]["alertsCreated"], 2);
+    let mut raised = titles(&body);
+    raised.sort();
+    assert_eq!(
+        raised,
+        [
+            "Risk: Platform Balance May Deplete in 0 Days",
+            "Warning: Platform Balance Below Recommended Level"
+        ]
+    );
+    // The cron again, and with the other token, by POST: nothing new.
+    let body = system.check(7_000).await;
+    assert_eq!(body["data"]["alertsCreated"], 0);
+    system.stripe.set_balance(7_000_00, 5_000_00);
+    let (status, body) = system.cron(reqwest::Method::POST, CRON_API_KEY).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["data"]["alertsCreated"], 0);
+
+    // Critical: the warning escalates (resolved, a critical one opened).
+    let body = system.check(500).await;
+    assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "critical");
+    assert_eq!(body["data"]["balanceStatus"]["isCritical"], true);
+    assert_eq!(
+        titles(&body),
+        ["Critical: Platform Balance Below Minimum Threshold"]
+    );
+    assert_eq!(body["data"]["alerts"][0]["severity"], "critical");
+    let active = system.alerts(AlertStatus::Active).await;
+    assert_eq!(active.len(), 2, "{active:?}");
+    let resolved = system.alerts(AlertStatus::Resolved).await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(
+        resolved[0].title,
+        "Warning: Platform Balance Below Recommended Level"
+    );
+
+    // Depleted: worse again, one more alert.
+    let body = system.check(0).await;
+    assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "depleted");
+    assert_eq!(body["data"]["alertsCreated"], 1);
+
+    // Funds added: healthy and rising, every alert resolved.
+    let body = system.check(60_000).await;
+    assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "healthy");
+    assert_eq!(body["data"]["trend"]["direction"], "increasing");
+    assert_eq!(body["data"]["alertsCreated"], 0);
+    assert!(system.alerts(AlertStatus::Active).await.is_empty());
+    assert_eq!(system.alerts(AlertStatus::Resolved).await.len(), 4);
+    assert_eq!(system.snapshots().await, 7, "one snapshot per check");
+
+    // Stripe does not answer: 502, nothing recorded.
+    system.stripe.fail_next_balance(500, "api_error");
+    let (status, body) = system.cron(reqwest::Method::GET, CRON_SECRET).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["success"], false);
+    assert_eq!(system.snapshots().await, 7);
+
+    // A wrong token.
+    let (status, _) = system.cron(reqwest::Method::GET, "not-the-secret").await;
+    assert_eq!(status, 401);
+}
