@@ -215,3 +215,49 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     let (status, _) = system.cron(reqwest::Method::GET, "not-the-secret").await;
     assert_eq!(status, 401);
 }
+
+/// Two replicas on one MongoDB database, the check scheduled every second: each slot is run
+/// by one of them (two runs of one slot would be two snapshots a few milliseconds apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_check_runs_once_per_slot_with_two_replicas() {
+    let stripe = FakeStripe::start().await;
+    stripe.set_balance(25_000_00, 0);
+    let uri = payouts_runtime::testing::mongo_uri();
+    let database = payouts_runtime::testing::unique_database_name("e2e_schedule");
+    let env = [
+        ("STRIPE_SECRET_KEY", "sk_test_e2e"),
+        ("STRIPE_API_BASE", stripe.url()),
+        ("MONGODB_URI", uri.as_str()),
+        ("MONGODB_DATABASE", database.as_str()),
+        ("BALANCE_CHECK_SCHEDULE", "* * * * * *"),
+    ];
+    let first = Payouts::start(&[], StoreChoice::Embedded, &env);
+    let second = Payouts::start(&[], StoreChoice::Embedded, &env);
+    tokio::time::sleep(std::time::Duration::from_millis(4_500)).await;
+    let channel = first.grpc_channel().await;
+    let mut taken: Vec<i64> = BalanceServiceClient::new(channel)
+        .list_snapshots(ListSnapshotsRequest {
+            page_size: 500,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots
+        .into_iter()
+        .map(|snapshot| {
+            let at = snapshot.timestamp.unwrap();
+            at.seconds * 1_000 + i64::from(at.nanos / 1_000_000)
+        })
+        .collect();
+    drop(second);
+    drop(first);
+    taken.sort_unstable();
+    assert!(taken.len() >= 2, "the schedule ran: {taken:?}");
+    for pair in taken.windows(2) {
+        assert!(
+            pair[1] - pair[0] >= 500,
+            "one run per slot, not one per replica: {taken:?}"
+        );
+    }
+}

@@ -204,7 +204,7 @@ impl BalanceCheck {
                                 "recovered: the balance is healthy ({} available)",
                                 status.available_cents
                             ),
-                            AlertKind::DepletionRisk => format!(
+                            AlertKind::DepletionRisk | AlertKind::CheckFailing => format!(
                                 "recovered: the balance is {} ({} cents a day)",
                                 trend.direction.as_str(),
                                 trend.average_change_cents

@@ -234,6 +234,9 @@ pub enum AlertKind {
     Balance,
     /// The balance falls by more than $1,000 a day.
     DepletionRisk,
+    /// The scheduled check could not run (Stripe or an owner did not answer) after its
+    /// retries. Raised once per slot; never followed like the others.
+    CheckFailing,
 }
 
 impl AlertKind {
@@ -244,11 +247,18 @@ impl AlertKind {
         match self {
             AlertKind::Balance => "platform_balance",
             AlertKind::DepletionRisk => "platform_balance_depletion_risk",
+            AlertKind::CheckFailing => "platform_balance_check_failing",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+        [
+            AlertKind::Balance,
+            AlertKind::DepletionRisk,
+            AlertKind::CheckFailing,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
     }
 
     /// The level this kind is at now: healthy means no alert is needed.
@@ -258,7 +268,7 @@ impl AlertKind {
             AlertKind::DepletionRisk if trend.direction == TrendDirection::Decreasing => {
                 ThresholdStatus::Warning
             }
-            AlertKind::DepletionRisk => ThresholdStatus::Healthy,
+            AlertKind::DepletionRisk | AlertKind::CheckFailing => ThresholdStatus::Healthy,
         }
     }
 }
@@ -275,6 +285,20 @@ pub struct BalanceAlert {
 }
 
 impl BalanceAlert {
+    /// The alert of a scheduled check that could not run.
+    pub fn check_failing() -> BalanceAlert {
+        BalanceAlert {
+            kind: AlertKind::CheckFailing,
+            level: ThresholdStatus::Critical,
+            severity: "critical",
+            title: "Platform Balance Check Failing".to_owned(),
+            message: "The scheduled balance check could not read Stripe's balance or what is \
+                      owed, after its retries. The balance is not being watched: check \
+                      Stripe's status and the services, then run the check by hand."
+                .to_owned(),
+        }
+    }
+
     pub fn new(
         kind: AlertKind,
         level: ThresholdStatus,
@@ -289,6 +313,7 @@ impl BalanceAlert {
             dollars(status.available_for_payouts_cents),
         );
         match (kind, level) {
+            (AlertKind::CheckFailing, _) => Self::check_failing(),
             (AlertKind::DepletionRisk, _) => {
                 let days = status
                     .days_of_coverage
@@ -398,6 +423,60 @@ pub fn alert_step(open: Option<ThresholdStatus>, now: ThresholdStatus) -> AlertS
             to: level,
         },
         (Some(_), _) => AlertStep::Keep,
+    }
+}
+
+/// A scheduled balance check's slot, claimed by one replica under a lease
+/// (`balanceCheckRuns`): however many replicas run the scheduler, one check runs per slot,
+/// and a replica that dies mid-run leaves the slot to another once its lease is over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledRun {
+    /// The time the schedule named.
+    pub slot: DateTime<Utc>,
+    /// The replica running it.
+    pub holder: String,
+    pub lease_until: DateTime<Utc>,
+    pub done: bool,
+    pub version: i64,
+}
+
+impl ScheduledRun {
+    /// The stored id of a slot's run.
+    pub fn id_of(slot: DateTime<Utc>) -> String {
+        format!(
+            "balance-check:{}",
+            slot.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+
+    /// The run `holder` may start for `slot`: none when the slot is done or another replica's
+    /// lease on it still holds.
+    pub fn claim(
+        existing: Option<&ScheduledRun>,
+        slot: DateTime<Utc>,
+        holder: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Option<ScheduledRun> {
+        match existing {
+            Some(run) if run.done || (run.lease_until > now && run.holder != holder) => None,
+            _ => Some(ScheduledRun {
+                slot,
+                holder: holder.to_owned(),
+                lease_until: now + lease,
+                done: false,
+                version: existing.map_or(0, |run| run.version) + 1,
+            }),
+        }
+    }
+
+    /// The run, done.
+    pub fn finished(&self) -> ScheduledRun {
+        ScheduledRun {
+            done: true,
+            version: self.version + 1,
+            ..self.clone()
+        }
     }
 }
 
@@ -536,6 +615,32 @@ mod tests {
         assert_eq!(
             alert_step(Some(Critical), Healthy),
             AlertStep::Resolve(Critical)
+        );
+    }
+
+    #[test]
+    fn one_replica_holds_a_slot_until_done_or_its_lease_ends() {
+        let slot = Utc::now();
+        let lease = Duration::minutes(10);
+        let first = ScheduledRun::claim(None, slot, "a", slot, lease).unwrap();
+        assert_eq!(first.version, 1);
+        assert_eq!(
+            ScheduledRun::claim(Some(&first), slot, "b", slot, lease),
+            None
+        );
+        // The holder dies; once its lease is over another replica takes the slot.
+        let later = slot + lease + Duration::seconds(1);
+        let taken = ScheduledRun::claim(Some(&first), slot, "b", later, lease).unwrap();
+        assert_eq!((taken.holder.as_str(), taken.version), ("b", 2));
+        // Done is done, for everyone.
+        let done = taken.finished();
+        assert_eq!(
+            ScheduledRun::claim(Some(&done), slot, "b", later, lease),
+            None
+        );
+        assert_eq!(
+            ScheduledRun::claim(Some(&done), slot, "c", later + lease * 2, lease),
+            None
         );
     }
 

@@ -6,12 +6,14 @@
 //!   owed) and raises alerts through.
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.
 //! - [`ports`]: the owners of what is owed and the notifications service over gRPC, Stripe.
+//! - [`schedule`]: the check on `BALANCE_CHECK_SCHEDULE`, once per slot across replicas.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod check;
 pub mod domain;
 pub mod grpc;
 pub mod ports;
+pub mod schedule;
 pub mod store;
 
 use std::sync::Arc;
@@ -44,6 +46,19 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         })),
         None => None,
     };
+    if let (Some(check), Some(schedule)) = (&check, &settings.balance_check_schedule) {
+        let scheduler = Arc::new(schedule::Scheduler {
+            check: Arc::clone(check),
+            runs: Arc::clone(&repositories.runs),
+            schedule: schedule.clone(),
+            holder: context.ids.next("replica"),
+            clock: Arc::clone(&context.clock),
+            lease: chrono::Duration::minutes(10),
+            tries: 5,
+            retry_after: std::time::Duration::from_secs(60),
+        });
+        tokio::spawn(scheduler.run(context.shutdown.clone()));
+    }
     server.add_service(grpc::server(grpc::BalanceGrpc::new(
         repositories.snapshots,
         check,

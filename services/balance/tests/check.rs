@@ -280,3 +280,81 @@ async fn checks_that_race_open_one_alert() {
     }
     assert_eq!(w.raised().len(), 1, "{:?}", w.raised());
 }
+
+mod scheduled {
+    use payouts_balance::schedule::{Fired, Scheduler};
+    use payouts_balance::store::{MemoryRuns, RunRepository};
+    use payouts_runtime::Clock as _;
+
+    use super::*;
+
+    fn replicas(w: World, count: usize) -> (Arc<World>, Vec<Arc<Scheduler>>) {
+        let runs: Arc<dyn RunRepository> = Arc::new(MemoryRuns::default());
+        let w = Arc::new(w);
+        let check = Arc::new(BalanceCheck {
+            thresholds: Thresholds::default(),
+            stripe: Arc::clone(&w.sources) as Arc<dyn StripeBalance>,
+            obligations: Arc::clone(&w.sources) as Arc<dyn Obligations>,
+            alerts: Arc::clone(&w.alerts) as Arc<dyn Alerts>,
+            snapshots: Arc::clone(&w.snapshots) as Arc<dyn SnapshotRepository>,
+            open_alerts: Arc::new(MemoryOpenAlerts::default()),
+            clock: Arc::new(w.clock.clone()),
+        });
+        let schedulers = (0..count)
+            .map(|n| {
+                Arc::new(Scheduler {
+                    check: Arc::clone(&check),
+                    runs: Arc::clone(&runs),
+                    schedule: "0 0 6 * * *".parse().unwrap(),
+                    holder: format!("replica-{n}"),
+                    clock: Arc::new(w.clock.clone()),
+                    lease: Duration::minutes(10),
+                    tries: 2,
+                    retry_after: std::time::Duration::ZERO,
+                })
+            })
+            .collect();
+        (w, schedulers)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_replicas_run_each_slot_once() {
+        let w = world();
+        w.script(25_000, 0);
+        let (w, schedulers) = replicas(w, 2);
+        for day in 0..3 {
+            w.clock.advance(Duration::days(1));
+            let slot = w.clock.now();
+            let fired: Vec<_> = schedulers
+                .iter()
+                .map(|scheduler| {
+                    let scheduler = Arc::clone(scheduler);
+                    tokio::spawn(async move { scheduler.fire(slot).await.unwrap() })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for fire in fired {
+                outcomes.push(fire.await.unwrap());
+            }
+            outcomes.sort_by_key(|fired| format!("{fired:?}"));
+            assert_eq!(outcomes, [Fired::Ran, Fired::Skipped], "day {day}");
+            // Late, the slot is done for everyone.
+            assert_eq!(schedulers[1].fire(slot).await.unwrap(), Fired::Skipped);
+        }
+        assert_eq!(w.snapshots.recent(None, 10).await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_slot_that_cannot_run_raises_one_critical_alert() {
+        let w = world();
+        let (w, schedulers) = replicas(w, 1);
+        // Stripe does not answer, try after try.
+        let slot = w.clock.now();
+        assert_eq!(schedulers[0].fire(slot).await.unwrap(), Fired::Failed);
+        assert_eq!(schedulers[0].fire(slot).await.unwrap(), Fired::Skipped);
+        let raised = w.raised();
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].1, "Platform Balance Check Failing");
+        assert!(w.snapshots.recent(None, 10).await.unwrap().is_empty());
+    }
+}

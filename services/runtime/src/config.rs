@@ -192,6 +192,10 @@ pub struct Settings {
     /// `RESERVE_MULTIPLIER`: the reserve kept against obligations, in basis points (spec: 1.2
     /// = 12000); below 10000 (less than what is owed) is refused.
     pub reserve_multiplier_bps: i64,
+    /// `BALANCE_CHECK_SCHEDULE`: when the balance check runs by itself (cron syntax, UTC;
+    /// five fields as in the spec, `0 6 * * *`, or six with seconds first); `None` (`off`)
+    /// disables it.
+    pub balance_check_schedule: Option<cron::Schedule>,
     /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
     pub admin_user_ids: Vec<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
@@ -320,6 +324,13 @@ impl Settings {
                 values.number("BALANCE_HEALTHY_CENTS", 10_000_00)?,
             ],
             reserve_multiplier_bps: values.number("RESERVE_MULTIPLIER", 12_000)?,
+            balance_check_schedule: schedule(
+                "BALANCE_CHECK_SCHEDULE",
+                values
+                    .string("BALANCE_CHECK_SCHEDULE")?
+                    .as_deref()
+                    .unwrap_or("0 6 * * *"),
+            )?,
             admin_user_ids: values
                 .secret_list("ADMIN_USER_IDS")?
                 .into_iter()
@@ -464,6 +475,31 @@ impl Settings {
     }
 }
 
+/// A cron expression (UTC), or `None` for `off`. Five fields (minute first, as crontab and
+/// the spec write it) get a leading `0` for the seconds; six or seven are taken as they are.
+fn schedule(variable: &str, text: &str) -> Result<Option<cron::Schedule>, ConfigError> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let expression = if text.split_whitespace().count() == 5 {
+        format!("0 {text}")
+    } else {
+        text.to_owned()
+    };
+    expression
+        .parse::<cron::Schedule>()
+        .map(Some)
+        .map_err(|error| {
+            ConfigError::new(
+                variable,
+                format!(
+                    "must be a cron expression (e.g. \"0 6 * * *\") or off, got {text:?}: {error}"
+                ),
+            )
+        })
+}
+
 struct Values(HashMap<String, config::Value>);
 
 impl Values {
@@ -571,6 +607,37 @@ mod tests {
     }
 
     #[test]
+    fn the_balance_check_runs_daily_at_six_utc_unless_told_otherwise() {
+        use chrono::TimeZone as _;
+        let next = |settings: &Settings, after: chrono::DateTime<chrono::Utc>| {
+            settings
+                .balance_check_schedule
+                .as_ref()
+                .and_then(|schedule| schedule.after(&after).next())
+        };
+        let evening = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 2, 18, 30, 0)
+            .unwrap();
+        let settings = Settings::from_env(HashMap::new()).unwrap();
+        assert_eq!(
+            next(&settings, evening),
+            Some(chrono::Utc.with_ymd_and_hms(2026, 12, 3, 6, 0, 0).unwrap())
+        );
+        let settings =
+            Settings::from_env(env(&[("BALANCE_CHECK_SCHEDULE", "*/15 * * * *")])).unwrap();
+        assert_eq!(
+            next(&settings, evening),
+            Some(
+                chrono::Utc
+                    .with_ymd_and_hms(2026, 12, 2, 18, 45, 0)
+                    .unwrap()
+            )
+        );
+        let settings = Settings::from_env(env(&[("BALANCE_CHECK_SCHEDULE", "off")])).unwrap();
+        assert!(settings.balance_check_schedule.is_none());
+    }
+
+    #[test]
     fn service_urls_follow_grpc_addr_unless_set() {
         let settings = Settings::from_env(env(&[
             ("GRPC_ADDR", "127.0.0.1:7000"),
@@ -605,6 +672,8 @@ mod tests {
             ("MONGODB_WRITE_TIMEOUT_MILLISECONDS", "0"),
             ("PAYOUT_UNKNOWN_ALERT_SECONDS", "soon"),
             ("RESERVE_MULTIPLIER", "9999"),
+            ("BALANCE_CHECK_SCHEDULE", "every morning"),
+            ("BALANCE_CHECK_SCHEDULE", "61 6 * * *"),
             ("RESERVE_MULTIPLIER", "1.2"),
             ("BALANCE_WARNING_CENTS", "1"),
             ("BALANCE_HEALTHY_CENTS", "100"),

@@ -81,10 +81,34 @@ async fn run_alerts(repository: &dyn OpenAlertRepository) {
     assert_eq!(repository.get(AlertKind::Balance).await.unwrap(), resolved);
 }
 
+/// A slot is claimed by one writer of each version; what is read back is what was stored.
+async fn run_runs(repository: &dyn RunRepository) {
+    let slot = store_precision(Utc::now());
+    assert_eq!(repository.get(slot).await.unwrap(), None);
+    let claimed =
+        crate::domain::ScheduledRun::claim(None, slot, "replica-a", slot, Duration::minutes(10))
+            .unwrap();
+    repository.put(&claimed, 0).await.unwrap();
+    assert_eq!(
+        repository.put(&claimed, 0).await.unwrap_err().kind(),
+        payouts_runtime::ErrorKind::Conflict,
+        "a second replica's claim of the same slot loses"
+    );
+    assert_eq!(repository.get(slot).await.unwrap(), Some(claimed.clone()));
+    let done = claimed.finished();
+    repository.put(&done, claimed.version).await.unwrap();
+    assert_eq!(repository.get(slot).await.unwrap(), Some(done));
+    assert_eq!(
+        repository.get(slot + Duration::minutes(1)).await.unwrap(),
+        None
+    );
+}
+
 #[tokio::test]
 async fn embedded_store_conforms() {
     run(&MemorySnapshots::default()).await;
     run_alerts(&MemoryOpenAlerts::default()).await;
+    run_runs(&MemoryRuns::default()).await;
 }
 
 #[tokio::test]
@@ -92,4 +116,5 @@ async fn mongo_store_conforms() {
     let database = payouts_runtime::testing::mongo_database("balance").await;
     run(&MongoSnapshots::open(&database).await.unwrap()).await;
     run_alerts(&MongoOpenAlerts::open(&database)).await;
+    run_runs(&MongoRuns::open(&database)).await;
 }

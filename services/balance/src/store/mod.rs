@@ -1,9 +1,10 @@
-//! The `platformBalanceSnapshots` and `platformBalanceAlerts` collections: a trait each, a
+//! The `platformBalanceSnapshots`, `platformBalanceAlerts` and `balanceCheckRuns` collections: a trait each, a
 //! MongoDB and an embedded implementation, and the conformance suite both must pass.
 
 mod alerts;
 mod memory;
 mod mongo;
+mod runs;
 
 #[cfg(test)]
 mod conformance;
@@ -19,6 +20,7 @@ use crate::domain::Snapshot;
 pub use alerts::{MemoryOpenAlerts, MongoOpenAlerts, OpenAlertRepository};
 pub use memory::MemorySnapshots;
 pub use mongo::MongoSnapshots;
+pub use runs::{MemoryRuns, MongoRuns, RunRepository};
 
 /// Storage of balance snapshots: append-only.
 #[async_trait]
@@ -38,6 +40,7 @@ pub trait SnapshotRepository: Send + Sync + 'static {
 pub struct Repositories {
     pub snapshots: Arc<dyn SnapshotRepository>,
     pub alerts: Arc<dyn OpenAlertRepository>,
+    pub runs: Arc<dyn RunRepository>,
 }
 
 /// Opens the repositories on the process's store, ensuring indexes.
@@ -46,10 +49,12 @@ pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
         Store::Embedded => Repositories {
             snapshots: Arc::new(MemorySnapshots::default()),
             alerts: Arc::new(MemoryOpenAlerts::default()),
+            runs: Arc::new(MemoryRuns::default()),
         },
         Store::Mongo(database) => Repositories {
             snapshots: Arc::new(MongoSnapshots::open(database).await?),
             alerts: Arc::new(MongoOpenAlerts::open(database)),
+            runs: Arc::new(MongoRuns::open(database)),
         },
     })
 }
