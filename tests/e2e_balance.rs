@@ -73,6 +73,7 @@ impl System {
                 status: status.into(),
                 page_size: 100,
                 page_token: String::new(),
+                r#type: String::new(),
             })
             .await
             .unwrap()
@@ -188,6 +189,14 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     assert_eq!(
         resolved[0].title,
         "Warning: Platform Balance Below Recommended Level"
+    );
+    assert_eq!(resolved[0].resolved_by, "balance");
+    assert!(
+        resolved[0]
+            .resolution_notes
+            .starts_with("escalated from warning to critical"),
+        "{:?}",
+        resolved[0].resolution_notes
     );
 
     // Depleted: worse again, one more alert.

@@ -181,12 +181,13 @@ impl Alerts for GrpcAlerts {
     }
 
     async fn resolve(&self, alert_id: &str, note: &str) -> Result<(), ServiceError> {
-        tracing::info!(alert_id, note, "balance alert resolved");
         self.client
             .clone()
             .update_critical_alert(notifications_pb::UpdateCriticalAlertRequest {
                 alert_id: alert_id.to_owned(),
                 status: notifications_pb::AlertStatus::Resolved.into(),
+                actor: "balance".to_owned(),
+                notes: note.to_owned(),
             })
             .await
             .map_err(|status| ServiceError::from_remote("notifications", &status))?;

@@ -82,7 +82,12 @@ pub struct Alert {
     pub dedupe_key: Option<String>,
     pub created_at: DateTime<Utc>,
     pub acknowledged_at: Option<DateTime<Utc>>,
+    /// Who acknowledged it ("admin:<subject>", a service).
+    pub acknowledged_by: Option<String>,
     pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<String>,
+    /// What the resolver wrote (why it is over).
+    pub resolution_notes: Option<String>,
     pub version: i64,
 }
 
@@ -112,7 +117,10 @@ impl Alert {
         } else {
             data_json.to_owned()
         };
-        if !(data_json.trim_start().starts_with('{') && data_json.trim_end().ends_with('}')) {
+        if !matches!(
+            serde_json::from_str::<serde_json::Value>(&data_json),
+            Ok(serde_json::Value::Object(_))
+        ) {
             return Err(ServiceError::invalid_argument(
                 "data_json must be a JSON object",
             ));
@@ -137,13 +145,23 @@ impl Alert {
             dedupe_key,
             created_at: now,
             acknowledged_at: None,
+            acknowledged_by: None,
             resolved_at: None,
+            resolved_by: None,
+            resolution_notes: None,
             version: 1,
         })
     }
 
-    /// The alert moved to `to`; `None` when that would move it backwards (or nowhere).
-    pub fn moved_to(&self, to: AlertStatus, now: DateTime<Utc>) -> Option<Alert> {
+    /// The alert moved to `to` by `actor` (with `notes` when resolving); `None` when that
+    /// would move it backwards (or nowhere).
+    pub fn moved_to(
+        &self,
+        to: AlertStatus,
+        now: DateTime<Utc>,
+        actor: &str,
+        notes: Option<&str>,
+    ) -> Option<Alert> {
         if to.rank() <= self.status.rank() {
             return None;
         }
@@ -151,14 +169,30 @@ impl Alert {
         moved.status = to;
         moved.version += 1;
         match to {
-            AlertStatus::Acknowledged => moved.acknowledged_at = Some(now),
+            AlertStatus::Acknowledged => {
+                moved.acknowledged_at = Some(now);
+                moved.acknowledged_by = Some(actor.to_owned());
+            }
             AlertStatus::Resolved => {
-                moved.acknowledged_at.get_or_insert(now);
+                if moved.acknowledged_at.is_none() {
+                    moved.acknowledged_at = Some(now);
+                    moved.acknowledged_by = Some(actor.to_owned());
+                }
                 moved.resolved_at = Some(now);
+                moved.resolved_by = Some(actor.to_owned());
+                moved.resolution_notes = notes
+                    .map(str::trim)
+                    .filter(|notes| !notes.is_empty())
+                    .map(str::to_owned);
             }
             AlertStatus::Active => {}
         }
         Some(moved)
+    }
+
+    /// Spec §3 `requiresAttention`: nobody has taken it up yet.
+    pub fn requires_attention(&self) -> bool {
+        self.status == AlertStatus::Active
     }
 }
 
@@ -195,20 +229,47 @@ mod tests {
         let error =
             Alert::raise("g".into(), "", Severity::Info, "T", "", "", "", now()).unwrap_err();
         assert_eq!(error.message(), "type is required");
-        let error =
-            Alert::raise("g".into(), "t", Severity::Info, "T", "", "[]", "", now()).unwrap_err();
-        assert_eq!(error.message(), "data_json must be a JSON object");
+        for bad in ["[]", "{not json}", "{\"a\":1"] {
+            let error =
+                Alert::raise("g".into(), "t", Severity::Info, "T", "", bad, "", now()).unwrap_err();
+            assert_eq!(error.message(), "data_json must be a JSON object", "{bad}");
+        }
     }
 
     #[test]
     fn alerts_only_move_forward() {
         let active = alert("k");
-        let acknowledged = active.moved_to(AlertStatus::Acknowledged, now()).unwrap();
+        let acknowledged = active
+            .moved_to(AlertStatus::Acknowledged, now(), "admin:ops", None)
+            .unwrap();
         assert_eq!(acknowledged.acknowledged_at, Some(now()));
-        let resolved = acknowledged.moved_to(AlertStatus::Resolved, now()).unwrap();
+        assert_eq!(acknowledged.acknowledged_by.as_deref(), Some("admin:ops"));
+        assert!(!acknowledged.requires_attention());
+        let resolved = acknowledged
+            .moved_to(
+                AlertStatus::Resolved,
+                now(),
+                "admin:lead",
+                Some(" funds added "),
+            )
+            .unwrap();
         assert_eq!(resolved.resolved_at, Some(now()));
-        assert_eq!(resolved.moved_to(AlertStatus::Acknowledged, now()), None);
-        assert_eq!(resolved.moved_to(AlertStatus::Active, now()), None);
-        assert_eq!(active.moved_to(AlertStatus::Active, now()), None);
+        assert_eq!(resolved.resolved_by.as_deref(), Some("admin:lead"));
+        assert_eq!(resolved.resolution_notes.as_deref(), Some("funds added"));
+        assert_eq!(
+            resolved.acknowledged_by.as_deref(),
+            Some("admin:ops"),
+            "who acknowledged it stays"
+        );
+        for backwards in [AlertStatus::Acknowledged, AlertStatus::Active] {
+            assert_eq!(resolved.moved_to(backwards, now(), "x", None), None);
+        }
+        assert_eq!(active.moved_to(AlertStatus::Active, now(), "x", None), None);
+        // Resolved straight away: acknowledged by the resolver too.
+        let direct = active
+            .moved_to(AlertStatus::Resolved, now(), "balance", None)
+            .unwrap();
+        assert_eq!(direct.acknowledged_by.as_deref(), Some("balance"));
+        assert_eq!(direct.resolution_notes, None);
     }
 }

@@ -42,13 +42,19 @@ impl NotificationsGrpc {
     }
 
     /// Moves an alert forward, retrying when another writer got there first.
-    async fn move_alert(&self, alert_id: &str, to: AlertStatus) -> Result<Alert, ServiceError> {
+    async fn move_alert(
+        &self,
+        alert_id: &str,
+        to: AlertStatus,
+        actor: &str,
+        notes: Option<&str>,
+    ) -> Result<Alert, ServiceError> {
         for _ in 0..8 {
             let alert =
                 self.alerts.get(alert_id).await?.ok_or_else(|| {
                     ServiceError::not_found(format!("alert {alert_id} not found"))
                 })?;
-            let Some(moved) = alert.moved_to(to, self.clock.now()) else {
+            let Some(moved) = alert.moved_to(to, self.clock.now(), actor, notes) else {
                 if alert.status == to {
                     return Ok(alert);
                 }
@@ -128,6 +134,7 @@ fn alert_status(value: i32) -> Result<Option<AlertStatus>, ServiceError> {
 }
 
 fn alert_to_proto(a: Alert) -> pb::CriticalAlert {
+    let requires_attention = a.requires_attention();
     let severity = match a.severity {
         Severity::Info => pb::AlertSeverity::Info,
         Severity::Warning => pb::AlertSeverity::Warning,
@@ -149,6 +156,11 @@ fn alert_to_proto(a: Alert) -> pb::CriticalAlert {
         created_at: Some(timestamp(a.created_at)),
         acknowledged_at: optional_timestamp(a.acknowledged_at),
         resolved_at: optional_timestamp(a.resolved_at),
+        requires_attention,
+        resolved: a.status == AlertStatus::Resolved,
+        acknowledged_by: a.acknowledged_by.unwrap_or_default(),
+        resolved_by: a.resolved_by.unwrap_or_default(),
+        resolution_notes: a.resolution_notes.unwrap_or_default(),
     }
 }
 
@@ -298,7 +310,8 @@ impl NotificationsService for NotificationsGrpc {
         let status = alert_status(r.status)?;
         let size = page_size(r.page_size, 50, 500)?;
         let after = parse_page_token(&r.page_token)?;
-        let found = self.alerts.list(status, after, size + 1).await?;
+        let kind = Some(r.r#type.trim()).filter(|kind| !kind.is_empty());
+        let found = self.alerts.list(status, kind, after, size + 1).await?;
         let (page, next_page_token) = paginate(found, size, |a| (a.created_at, a.id.clone()));
         Ok(Response::new(pb::ListCriticalAlertsResponse {
             alerts: page.into_iter().map(alert_to_proto).collect(),
@@ -321,7 +334,14 @@ impl NotificationsService for NotificationsGrpc {
                 .into());
             }
         };
-        let alert = self.move_alert(&alert_id, to).await?;
+        let actor = required_id(&r.actor, "actor")?;
+        let notes = Some(r.notes.trim()).filter(|notes| !notes.is_empty());
+        if notes.is_some_and(|notes| notes.len() > 2_000) {
+            return Err(
+                ServiceError::invalid_argument("notes is longer than 2000 characters").into(),
+            );
+        }
+        let alert = self.move_alert(&alert_id, to, &actor, notes).await?;
         Ok(Response::new(pb::UpdateCriticalAlertResponse {
             alert: Some(alert_to_proto(alert)),
         }))

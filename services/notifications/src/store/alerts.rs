@@ -24,10 +24,11 @@ pub trait AlertRepository: Send + Sync + 'static {
 
     async fn get(&self, alert_id: &str) -> Result<Option<Alert>, ServiceError>;
 
-    /// Newest first; only `status` when given; after the (created_at, id) cursor.
+    /// Newest first; only `status` and `kind` when given; after the (created_at, id) cursor.
     async fn list(
         &self,
         status: Option<AlertStatus>,
+        kind: Option<&str>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServiceError>;
@@ -78,6 +79,7 @@ impl AlertRepository for MemoryAlerts {
     async fn list(
         &self,
         status: Option<AlertStatus>,
+        kind: Option<&str>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServiceError> {
@@ -85,6 +87,7 @@ impl AlertRepository for MemoryAlerts {
             .lock()
             .values()
             .filter(|a| status.is_none_or(|status| a.status == status))
+            .filter(|a| kind.is_none_or(|kind| a.kind == kind))
             .filter(|a| {
                 after
                     .as_ref()
@@ -124,35 +127,65 @@ struct AlertDocument {
     kind: String,
     severity: String,
     title: String,
-    description: String,
-    data_json: String,
+    message: String,
+    /// The alert's structured context (spec §3 `metadata`), a JSON object stored as one.
+    #[serde(default)]
+    metadata: bson::Document,
     status: String,
+    /// Spec §3: nobody has taken it up yet (status active).
+    requires_attention: bool,
+    /// Spec §3: it is over (status resolved).
+    resolved: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dedupe_key: Option<String>,
-    created_at: bson::DateTime,
+    /// When it was raised (spec §3 `timestamp`).
+    timestamp: bson::DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     acknowledged_at: Option<bson::DateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    acknowledged_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     resolved_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resolved_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resolution_notes: Option<String>,
     version: i64,
 }
 
-impl From<&Alert> for AlertDocument {
-    fn from(a: &Alert) -> Self {
-        Self {
+impl TryFrom<&Alert> for AlertDocument {
+    type Error = ServiceError;
+
+    fn try_from(a: &Alert) -> Result<Self, Self::Error> {
+        let metadata: serde_json::Value = serde_json::from_str(&a.data_json)
+            .map_err(|_| ServiceError::invalid_argument("data_json must be a JSON object"))?;
+        let metadata = match bson::to_bson(&metadata) {
+            Ok(bson::Bson::Document(document)) => document,
+            _ => {
+                return Err(ServiceError::invalid_argument(
+                    "data_json must be a JSON object",
+                ));
+            }
+        };
+        Ok(Self {
             id: a.id.clone(),
             kind: a.kind.clone(),
             severity: a.severity.as_str().to_owned(),
             title: a.title.clone(),
-            description: a.description.clone(),
-            data_json: a.data_json.clone(),
+            message: a.description.clone(),
+            metadata,
             status: a.status.as_str().to_owned(),
+            requires_attention: a.requires_attention(),
+            resolved: a.status == AlertStatus::Resolved,
             dedupe_key: a.dedupe_key.clone(),
-            created_at: to_bson_time(a.created_at),
+            timestamp: to_bson_time(a.created_at),
             acknowledged_at: a.acknowledged_at.map(to_bson_time),
+            acknowledged_by: a.acknowledged_by.clone(),
             resolved_at: a.resolved_at.map(to_bson_time),
+            resolved_by: a.resolved_by.clone(),
+            resolution_notes: a.resolution_notes.clone(),
             version: a.version,
-        }
+        })
     }
 }
 
@@ -166,15 +199,20 @@ impl TryFrom<AlertDocument> for Alert {
         Ok(Self {
             severity: Severity::parse(&d.severity).ok_or_else(|| corrupt("a bad severity"))?,
             status: AlertStatus::parse(&d.status).ok_or_else(|| corrupt("a bad status"))?,
+            data_json: bson::Bson::Document(d.metadata)
+                .into_relaxed_extjson()
+                .to_string(),
             id: d.id,
             kind: d.kind,
             title: d.title,
-            description: d.description,
-            data_json: d.data_json,
+            description: d.message,
             dedupe_key: d.dedupe_key,
-            created_at: from_bson_time(d.created_at),
+            created_at: from_bson_time(d.timestamp),
             acknowledged_at: d.acknowledged_at.map(from_bson_time),
+            acknowledged_by: d.acknowledged_by,
             resolved_at: d.resolved_at.map(from_bson_time),
+            resolved_by: d.resolved_by,
+            resolution_notes: d.resolution_notes,
             version: d.version,
         })
     }
@@ -186,9 +224,12 @@ impl MongoAlerts {
         let collection = database.collection::<AlertDocument>("criticalAlerts");
         collection
             .create_indexes([
-                IndexModel::builder().keys(doc! { "createdAt": -1 }).build(),
+                IndexModel::builder().keys(doc! { "timestamp": -1 }).build(),
                 IndexModel::builder()
-                    .keys(doc! { "status": 1, "createdAt": -1 })
+                    .keys(doc! { "status": 1, "timestamp": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "type": 1, "timestamp": -1 })
                     .build(),
             ])
             .await?;
@@ -199,7 +240,11 @@ impl MongoAlerts {
 #[async_trait]
 impl AlertRepository for MongoAlerts {
     async fn create(&self, alert: &Alert) -> Result<(Alert, bool), ServiceError> {
-        match self.collection.insert_one(AlertDocument::from(alert)).await {
+        match self
+            .collection
+            .insert_one(AlertDocument::try_from(alert)?)
+            .await
+        {
             Ok(_) => Ok((alert.clone(), true)),
             Err(error) if is_duplicate_key(&error) => {
                 let existing = self.get(&alert.id).await?.ok_or_else(|| {
@@ -223,6 +268,7 @@ impl AlertRepository for MongoAlerts {
     async fn list(
         &self,
         status: Option<AlertStatus>,
+        kind: Option<&str>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServiceError> {
@@ -230,20 +276,23 @@ impl AlertRepository for MongoAlerts {
         if let Some(status) = status {
             filter.insert("status", status.as_str());
         }
+        if let Some(kind) = kind {
+            filter.insert("type", kind);
+        }
         if let Some((at, id)) = after {
             let at = to_bson_time(at);
             filter.insert(
                 "$or",
                 vec![
-                    doc! { "createdAt": { "$lt": at } },
-                    doc! { "createdAt": at, "_id": { "$lt": id } },
+                    doc! { "timestamp": { "$lt": at } },
+                    doc! { "timestamp": at, "_id": { "$lt": id } },
                 ],
             );
         }
         let documents: Vec<AlertDocument> = find_many(
             &self.collection,
             filter,
-            doc! { "createdAt": -1, "_id": -1 },
+            doc! { "timestamp": -1, "_id": -1 },
             limit,
         )
         .await?;
@@ -255,7 +304,7 @@ impl AlertRepository for MongoAlerts {
             .collection
             .replace_one(
                 doc! { "_id": &alert.id, "version": expected_version },
-                AlertDocument::from(alert),
+                AlertDocument::try_from(alert)?,
             )
             .await
             .map_err(mongo_error)?;

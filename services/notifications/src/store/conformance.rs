@@ -194,15 +194,17 @@ mod alerts {
         repository.create(&second).await.unwrap();
         repository.create(&third).await.unwrap();
 
-        let page = repository.list(None, None, 2).await.unwrap();
+        let page = repository.list(None, None, None, 2).await.unwrap();
         assert_eq!(page, vec![third.clone(), second.clone()]);
         let cursor = Some((page[1].created_at, page[1].id.clone()));
         assert_eq!(
-            repository.list(None, cursor, 10).await.unwrap(),
+            repository.list(None, None, cursor, 10).await.unwrap(),
             vec![first.clone()]
         );
 
-        let resolved = first.moved_to(AlertStatus::Resolved, at(9)).unwrap();
+        let resolved = first
+            .moved_to(AlertStatus::Resolved, at(9), "admin:ops", Some("handled"))
+            .unwrap();
         repository.replace(&resolved, first.version).await.unwrap();
         let error = repository
             .replace(&resolved, first.version)
@@ -211,19 +213,55 @@ mod alerts {
         assert_eq!(error.kind(), ErrorKind::Conflict);
         assert_eq!(
             repository
-                .list(Some(AlertStatus::Resolved), None, 10)
+                .list(Some(AlertStatus::Resolved), None, None, 10)
                 .await
                 .unwrap(),
             vec![resolved.clone()]
         );
         assert_eq!(
             repository
-                .list(Some(AlertStatus::Active), None, 10)
+                .list(Some(AlertStatus::Active), None, None, 10)
                 .await
                 .unwrap(),
             vec![third, second]
         );
-        assert_eq!(repository.get(&resolved.id).await.unwrap(), Some(resolved));
+        assert_eq!(
+            repository.get(&resolved.id).await.unwrap(),
+            Some(resolved.clone())
+        );
+        // By type.
+        let other = Alert::raise(
+            uuid::Uuid::new_v4().to_string(),
+            "platform_balance",
+            Severity::Warning,
+            "Warning: Platform Balance Below Recommended Level",
+            "low",
+            "{\"level\":\"warning\",\"nested\":{\"n\":2}}",
+            "balance:1",
+            at(4),
+        )
+        .unwrap();
+        repository.create(&other).await.unwrap();
+        assert_eq!(
+            repository
+                .list(None, Some("platform_balance"), None, 10)
+                .await
+                .unwrap(),
+            vec![other.clone()],
+            "the metadata round-trips"
+        );
+        assert_eq!(
+            repository
+                .list(
+                    Some(AlertStatus::Resolved),
+                    Some("payout_outcome_unknown"),
+                    None,
+                    10
+                )
+                .await
+                .unwrap(),
+            vec![resolved]
+        );
         assert_eq!(repository.get("alert_nothing").await.unwrap(), None);
     }
 
