@@ -50,14 +50,7 @@ async fn start(store: StoreChoice) -> System {
 }
 
 fn token(subject: &str, admin: bool) -> String {
-    let claims =
-        json!({ "sub": subject, "admin": admin, "exp": chrono::Utc::now().timestamp() + 300 });
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(ADMIN_SECRET.as_bytes()),
-    )
-    .unwrap()
+    support::admin_token(ADMIN_SECRET, subject, admin)
 }
 
 impl System {

@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 
 const CRON_SECRET: &str = "cron-e2e-secret";
 const CRON_API_KEY: &str = "cron-e2e-key";
+const ADMIN_SECRET: &str = "admin-e2e-secret";
 
 struct System {
     process: Payouts,
@@ -32,6 +33,7 @@ async fn start(store: StoreChoice) -> System {
         ("STRIPE_API_BASE", stripe.url()),
         ("CRON_SECRET", CRON_SECRET),
         ("CRON_API_KEY", CRON_API_KEY),
+        ("ADMIN_JWT_SECRET", ADMIN_SECRET),
     ];
     let process = Payouts::start(&[], store, &env);
     let channel = process.grpc_channel().await;
@@ -65,6 +67,25 @@ impl System {
         let (status, body) = self.cron(reqwest::Method::GET, CRON_SECRET).await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// An admin call: the status and the JSON body.
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, self.process.gateway_url(path))
+            .bearer_auth(support::admin_token(ADMIN_SECRET, "ops@example.com", true));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
     }
 
     async fn alerts(&self, status: AlertStatus) -> Vec<CriticalAlert> {
@@ -204,6 +225,57 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "depleted");
     assert_eq!(body["data"]["alertsCreated"], 1);
 
+    // Admins see the open alerts, acknowledge the depletion risk; the balance as last seen.
+    let (status, open) = system
+        .admin(
+            reqwest::Method::GET,
+            "/api/admin/alerts?type=platform_balance_depletion_risk",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{open}");
+    let risk = &open["alerts"][0];
+    assert_eq!(open["alerts"].as_array().unwrap().len(), 1);
+    assert_eq!(risk["requiresAttention"], true);
+    assert_eq!(risk["resolved"], false);
+    let risk_id = risk["id"].as_str().unwrap().to_owned();
+    let (status, acknowledged) = system
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/admin/alerts/{risk_id}/acknowledge"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{acknowledged}");
+    assert_eq!(acknowledged["alert"]["status"], "acknowledged");
+    assert_eq!(
+        acknowledged["alert"]["acknowledgedBy"],
+        "admin:ops@example.com"
+    );
+    assert_eq!(acknowledged["alert"]["requiresAttention"], false);
+    let (status, bad) = system
+        .admin(
+            reqwest::Method::GET,
+            "/api/admin/alerts?status=closed",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(bad["error"].as_str().unwrap().contains("status must be"));
+    let (status, overview) = system
+        .admin(reqwest::Method::GET, "/api/admin/balance", None)
+        .await;
+    assert_eq!(status, 200, "{overview}");
+    assert_eq!(
+        overview["data"]["balanceStatus"]["thresholdStatus"],
+        "depleted"
+    );
+    assert_eq!(overview["data"]["snapshots"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        overview["data"]["snapshots"][0]["metadata"]["usersWithUnpaidEarnings"],
+        1
+    );
+
     // Funds added: healthy and rising, every alert resolved.
     let body = system.check(60_000).await;
     assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "healthy");
@@ -211,6 +283,37 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     assert_eq!(body["data"]["alertsCreated"], 0);
     assert!(system.alerts(AlertStatus::Active).await.is_empty());
     assert_eq!(system.alerts(AlertStatus::Resolved).await.len(), 4);
+    // An admin's resolution keeps their notes; resolving again changes nothing.
+    let (_, all) = system
+        .admin(
+            reqwest::Method::GET,
+            "/api/admin/alerts?status=all&limit=2",
+            None,
+        )
+        .await;
+    assert_eq!(all["alerts"].as_array().unwrap().len(), 2);
+    assert!(all["nextPageToken"].is_string());
+    let (status, resolved) = system
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/admin/alerts/{risk_id}/resolve"),
+            Some(json!({ "notes": "funds added" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{resolved}");
+    assert_eq!(resolved["alert"]["status"], "resolved");
+    assert_eq!(
+        resolved["alert"]["resolvedBy"], "balance",
+        "balance resolved it first"
+    );
+    let (status, missing) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/alerts/alert_nothing/acknowledge",
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{missing}");
     assert_eq!(system.snapshots().await, 7, "one snapshot per check");
 
     // Stripe does not answer: 502, nothing recorded.

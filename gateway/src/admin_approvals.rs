@@ -11,7 +11,7 @@ use serde::Deserialize;
 use payouts_runtime::convert::{cents as money_cents, usd};
 
 use crate::admin_auth::Admin;
-use crate::{Gateway, error_response, grpc_error, rfc3339};
+use crate::{Gateway, error_response, grpc_error, page_limit, rfc3339};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,15 +143,9 @@ pub(crate) async fn queue(
             }
         },
     };
-    let page_size = match query.limit.as_deref().map(str::parse::<i32>) {
-        None => 50,
-        Some(Ok(limit)) if (1..=500).contains(&limit) => limit,
-        Some(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "limit must be a whole number from 1 to 500",
-            );
-        }
+    let page_size = match page_limit(query.limit.as_deref()) {
+        Ok(limit) => limit,
+        Err(response) => return response,
     };
     let request = pb::ListApprovalsRequest {
         status: status.into(),

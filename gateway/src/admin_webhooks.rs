@@ -7,7 +7,7 @@ use payouts_proto::webhooks::v1 as pb;
 use serde::Deserialize;
 
 use crate::admin_auth::Admin;
-use crate::{Gateway, error_response, grpc_error, rfc3339};
+use crate::{Gateway, error_response, grpc_error, page_limit, rfc3339};
 
 /// `GET /api/admin/webhooks/stats`: spec §4 statistics.
 pub(crate) async fn stats(State(gateway): State<Gateway>, _admin: Admin) -> Response {
@@ -56,15 +56,9 @@ pub(crate) async fn events(
             );
         }
     };
-    let limit = match query.limit.as_deref().map(str::parse::<i32>) {
-        None => 50,
-        Some(Ok(limit)) if (1..=500).contains(&limit) => limit,
-        Some(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                "limit must be a whole number from 1 to 500",
-            );
-        }
+    let limit = match page_limit(query.limit.as_deref()) {
+        Ok(limit) => limit,
+        Err(response) => return response,
     };
     let request = pb::ListEventsRequest {
         status: status.into(),

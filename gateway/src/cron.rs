@@ -67,7 +67,7 @@ pub(crate) async fn platform_balance_check(
     }
 }
 
-fn threshold_status(status: pb::ThresholdStatus) -> &'static str {
+pub(crate) fn threshold_status(status: pb::ThresholdStatus) -> &'static str {
     match status {
         pb::ThresholdStatus::Healthy => "healthy",
         pb::ThresholdStatus::Warning => "warning",

@@ -5,6 +5,7 @@
 //! response and recorded on the request's span, which is parented on the caller's W3C
 //! trace context. Bodies over `GATEWAY_BODY_LIMIT_BYTES` are refused with 413.
 
+mod admin_alerts;
 mod admin_approvals;
 mod admin_auth;
 mod admin_payouts;
@@ -21,6 +22,7 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient;
 use payouts_proto::balance::v1::balance_service_client::BalanceServiceClient;
+use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
 use payouts_runtime::grpc::{TracedChannel, service_channel};
@@ -49,6 +51,7 @@ struct Inner {
     approvals: ApprovalsServiceClient<TracedChannel>,
     payouts: PayoutsServiceClient<TracedChannel>,
     balance: BalanceServiceClient<TracedChannel>,
+    notifications: NotificationsServiceClient<TracedChannel>,
     admin_auth: AdminAuth,
 }
 
@@ -61,6 +64,10 @@ impl Gateway {
             ApprovalsServiceClient::new(service_channel(&settings, ServiceName::Approvals)?);
         let payouts = PayoutsServiceClient::new(service_channel(&settings, ServiceName::Payouts)?);
         let balance = BalanceServiceClient::new(service_channel(&settings, ServiceName::Balance)?);
+        let notifications = NotificationsServiceClient::new(service_channel(
+            &settings,
+            ServiceName::Notifications,
+        )?);
         let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -69,6 +76,7 @@ impl Gateway {
                 approvals,
                 payouts,
                 balance,
+                notifications,
                 admin_auth,
             }),
         })
@@ -88,6 +96,10 @@ impl Gateway {
 
     pub(crate) fn balance(&self) -> BalanceServiceClient<TracedChannel> {
         self.inner.balance.clone()
+    }
+
+    pub(crate) fn notifications(&self) -> NotificationsServiceClient<TracedChannel> {
+        self.inner.notifications.clone()
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -125,6 +137,16 @@ impl Gateway {
                 "/api/admin/payouts/{payout_id}/resume",
                 post(admin_payouts::resume),
             )
+            .route("/api/admin/alerts", get(admin_alerts::list))
+            .route(
+                "/api/admin/alerts/{alert_id}/acknowledge",
+                post(admin_alerts::acknowledge),
+            )
+            .route(
+                "/api/admin/alerts/{alert_id}/resolve",
+                post(admin_alerts::resolve),
+            )
+            .route("/api/admin/balance", get(admin_alerts::balance))
             .route(
                 "/api/cron/platform-balance-check",
                 get(cron::platform_balance_check).post(cron::platform_balance_check),
@@ -189,6 +211,19 @@ pub(crate) fn grpc_error(status: &tonic::Status) -> Response {
         status.message().to_owned()
     };
     error_response(kind.http_status(), message)
+}
+
+/// The `limit` query parameter of an admin list: 1..=500, 50 when absent; 400 otherwise.
+#[allow(clippy::result_large_err)] // the error is the answer itself
+pub(crate) fn page_limit(value: Option<&str>) -> Result<i32, Response> {
+    match value.map(str::parse::<i32>) {
+        None => Ok(50),
+        Some(Ok(limit)) if (1..=500).contains(&limit) => Ok(limit),
+        Some(_) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "limit must be a whole number from 1 to 500",
+        )),
+    }
 }
 
 /// A protobuf timestamp as RFC 3339 (UTC, milliseconds), or null.
@@ -346,13 +381,17 @@ mod tests {
             "/api/admin/payout-approvals/{approvalId}/retry",
             "/api/admin/payouts/{payoutId}/resume",
             "/api/cron/platform-balance-check",
+            "/api/admin/alerts",
+            "/api/admin/alerts/{alertId}/acknowledge",
+            "/api/admin/alerts/{alertId}/resolve",
+            "/api/admin/balance",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            11,
+            15,
             "every documented path is a route: {paths:?}"
         );
     }

@@ -205,3 +205,18 @@ pub async fn register_creator(
         .await
         .expect("the allocation is recorded");
 }
+
+/// An admin JWT (HS256 with `secret`) for `subject`, valid five minutes.
+pub fn admin_token(secret: &str, subject: &str, admin: bool) -> String {
+    let claims = serde_json::json!({
+        "sub": subject,
+        "admin": admin,
+        "exp": chrono::Utc::now().timestamp() + 300,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("a token")
+}

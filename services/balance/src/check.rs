@@ -167,6 +167,40 @@ impl BalanceCheck {
         })
     }
 
+    /// The latest recorded status: the newest snapshot assessed as a check would have, with
+    /// the trend as it stood then, and the newest `count` snapshots. `None` before any check.
+    pub async fn overview(
+        &self,
+        count: usize,
+    ) -> Result<Option<(BalanceStatus, Trend, Vec<Snapshot>)>, ServiceError> {
+        let recent = self
+            .snapshots
+            .recent(None, TREND_SNAPSHOTS.max(count))
+            .await?;
+        let Some(latest) = recent.first() else {
+            return Ok(None);
+        };
+        let earlier: Vec<_> = recent
+            .iter()
+            .skip(1)
+            .filter(|s| latest.taken_at - s.taken_at <= TREND_WINDOW)
+            .map(|s| (s.taken_at, s.available_balance_cents))
+            .collect();
+        let trend = Trend::over(latest.taken_at, latest.available_balance_cents, &earlier);
+        let status = BalanceStatus::assess(
+            &self.thresholds,
+            latest.available_balance_cents,
+            latest.pending_balance_cents,
+            latest.pending_obligations_cents,
+            &trend,
+        );
+        Ok(Some((
+            status,
+            trend,
+            recent.into_iter().take(count).collect(),
+        )))
+    }
+
     /// Brings one kind's alert in line with the level now: opens, escalates or resolves it,
     /// then records what is open. The alert is raised before the state is written, under a
     /// key derived from the state's version, so a crash between the two, or a second check

@@ -11,7 +11,7 @@ use payouts_runtime::{Money, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::check::{BalanceCheck, CheckOutcome, CheckRequest};
-use crate::domain::{Snapshot, ThresholdStatus, TrendDirection};
+use crate::domain::{BalanceStatus, Snapshot, ThresholdStatus, Trend, TrendDirection};
 use crate::store::SnapshotRepository;
 
 /// The tonic service.
@@ -36,27 +36,34 @@ fn status_to_proto(status: ThresholdStatus) -> pb::ThresholdStatus {
     }
 }
 
+fn balance_status_to_proto(status: &BalanceStatus) -> pb::BalanceStatus {
+    pb::BalanceStatus {
+        threshold_status: status_to_proto(status.threshold_status).into(),
+        available_balance: Some(usd(status.available_cents)),
+        pending_obligations: Some(usd(status.obligations_cents)),
+        required_reserve: Some(usd(status.required_reserve_cents)),
+        available_for_payouts: Some(usd(status.available_for_payouts_cents)),
+        days_of_coverage: status.days_of_coverage.unwrap_or(-1),
+        pending_balance: Some(usd(status.pending_cents)),
+    }
+}
+
+fn trend_to_proto(trend: &Trend) -> pb::Trend {
+    pb::Trend {
+        direction: match trend.direction {
+            TrendDirection::Increasing => pb::TrendDirection::Increasing,
+            TrendDirection::Stable => pb::TrendDirection::Stable,
+            TrendDirection::Decreasing => pb::TrendDirection::Decreasing,
+        }
+        .into(),
+        average_change: Some(usd(trend.average_change_cents)),
+    }
+}
+
 fn outcome_to_proto(outcome: CheckOutcome) -> pb::RunBalanceCheckResponse {
-    let status = outcome.status;
     pb::RunBalanceCheckResponse {
-        balance_status: Some(pb::BalanceStatus {
-            threshold_status: status_to_proto(status.threshold_status).into(),
-            available_balance: Some(usd(status.available_cents)),
-            pending_obligations: Some(usd(status.obligations_cents)),
-            required_reserve: Some(usd(status.required_reserve_cents)),
-            available_for_payouts: Some(usd(status.available_for_payouts_cents)),
-            days_of_coverage: status.days_of_coverage.unwrap_or(-1),
-            pending_balance: Some(usd(status.pending_cents)),
-        }),
-        trend: Some(pb::Trend {
-            direction: match outcome.trend.direction {
-                TrendDirection::Increasing => pb::TrendDirection::Increasing,
-                TrendDirection::Stable => pb::TrendDirection::Stable,
-                TrendDirection::Decreasing => pb::TrendDirection::Decreasing,
-            }
-            .into(),
-            average_change: Some(usd(outcome.trend.average_change_cents)),
-        }),
+        balance_status: Some(balance_status_to_proto(&outcome.status)),
+        trend: Some(trend_to_proto(&outcome.trend)),
         alert_ids: outcome
             .alerts
             .iter()
@@ -118,6 +125,26 @@ impl BalanceService for BalanceGrpc {
             triggered_by: required_id(&r.triggered_by, "triggered_by")?,
         };
         Ok(Response::new(outcome_to_proto(check.run(&request).await?)))
+    }
+
+    async fn get_balance_overview(
+        &self,
+        _request: Request<pb::GetBalanceOverviewRequest>,
+    ) -> Result<Response<pb::GetBalanceOverviewResponse>, Status> {
+        let check = self.check.as_ref().ok_or_else(|| {
+            ServiceError::failed_precondition(
+                "balance monitoring needs Stripe: STRIPE_SECRET_KEY is not set",
+            )
+        })?;
+        let (status, trend, snapshots) = check
+            .overview(30)
+            .await?
+            .ok_or_else(|| ServiceError::not_found("no balance check has run yet"))?;
+        Ok(Response::new(pb::GetBalanceOverviewResponse {
+            balance_status: Some(balance_status_to_proto(&status)),
+            trend: Some(trend_to_proto(&trend)),
+            snapshots: snapshots.into_iter().map(to_proto).collect(),
+        }))
     }
 
     async fn list_snapshots(

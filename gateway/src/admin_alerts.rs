@@ -1,0 +1,210 @@
+//! Admin REST over critical alerts and the platform balance.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use payouts_proto::balance::v1 as balance_pb;
+use payouts_proto::notifications::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::admin_auth::Admin;
+use crate::{Gateway, error_response, grpc_error, page_limit, rfc3339};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AlertsQuery {
+    status: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    limit: Option<String>,
+    page_token: Option<String>,
+}
+
+/// An alert as admins see it (spec §3's fields, and who took it up).
+fn alert_json(alert: pb::CriticalAlert) -> Value {
+    let severity = match alert.severity() {
+        pb::AlertSeverity::Critical => "critical",
+        pb::AlertSeverity::Warning => "warning",
+        _ => "info",
+    };
+    let status = match alert.status() {
+        pb::AlertStatus::Acknowledged => "acknowledged",
+        pb::AlertStatus::Resolved => "resolved",
+        _ => "open",
+    };
+    let metadata: Value = serde_json::from_str(&alert.data_json).unwrap_or_else(|_| json!({}));
+    let text = |value: String| Some(value).filter(|value| !value.is_empty());
+    json!({
+        "id": alert.id,
+        "type": alert.r#type,
+        "severity": severity,
+        "title": alert.title,
+        "message": alert.description,
+        "metadata": metadata,
+        "status": status,
+        "requiresAttention": alert.requires_attention,
+        "resolved": alert.resolved,
+        "timestamp": rfc3339(alert.created_at),
+        "acknowledgedAt": rfc3339(alert.acknowledged_at),
+        "acknowledgedBy": text(alert.acknowledged_by),
+        "resolvedAt": rfc3339(alert.resolved_at),
+        "resolvedBy": text(alert.resolved_by),
+        "resolutionNotes": text(alert.resolution_notes),
+    })
+}
+
+/// `GET /api/admin/alerts?status=open|acknowledged|resolved|all&type=&limit=&pageToken=`:
+/// newest first; `open` (the default) is what nobody has taken up yet.
+pub(crate) async fn list(
+    State(gateway): State<Gateway>,
+    _admin: Admin,
+    Query(query): Query<AlertsQuery>,
+) -> Response {
+    let status = match query.status.as_deref() {
+        None | Some("" | "open") => pb::AlertStatus::Active,
+        Some("acknowledged") => pb::AlertStatus::Acknowledged,
+        Some("resolved") => pb::AlertStatus::Resolved,
+        Some("all") => pb::AlertStatus::Unspecified,
+        Some(other) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("status must be open, acknowledged, resolved or all, got {other:?}"),
+            );
+        }
+    };
+    let page_size = match page_limit(query.limit.as_deref()) {
+        Ok(limit) => limit,
+        Err(response) => return response,
+    };
+    let request = pb::ListCriticalAlertsRequest {
+        status: status.into(),
+        page_size,
+        page_token: query.page_token.unwrap_or_default(),
+        r#type: query.kind.unwrap_or_default(),
+    };
+    match gateway.notifications().list_critical_alerts(request).await {
+        Ok(response) => {
+            let page = response.into_inner();
+            let alerts: Vec<Value> = page.alerts.into_iter().map(alert_json).collect();
+            let next = Some(page.next_page_token).filter(|token| !token.is_empty());
+            Json(json!({ "alerts": alerts, "nextPageToken": next })).into_response()
+        }
+        Err(status) => grpc_error(&status),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ResolveBody {
+    notes: Option<String>,
+}
+
+async fn move_alert(
+    gateway: &Gateway,
+    admin: Admin,
+    alert_id: String,
+    status: pb::AlertStatus,
+    notes: String,
+) -> Response {
+    let request = pb::UpdateCriticalAlertRequest {
+        alert_id,
+        status: status.into(),
+        actor: format!("admin:{}", admin.subject),
+        notes,
+    };
+    match gateway.notifications().update_critical_alert(request).await {
+        Ok(response) => {
+            let alert = response.into_inner().alert.unwrap_or_default();
+            Json(json!({ "success": true, "alert": alert_json(alert) })).into_response()
+        }
+        Err(status) => grpc_error(&status),
+    }
+}
+
+/// `POST /api/admin/alerts/{id}/acknowledge`.
+pub(crate) async fn acknowledge(
+    State(gateway): State<Gateway>,
+    admin: Admin,
+    Path(alert_id): Path<String>,
+) -> Response {
+    move_alert(
+        &gateway,
+        admin,
+        alert_id,
+        pb::AlertStatus::Acknowledged,
+        String::new(),
+    )
+    .await
+}
+
+/// `POST /api/admin/alerts/{id}/resolve` with `{"notes": "..."}` (the body is optional).
+pub(crate) async fn resolve(
+    State(gateway): State<Gateway>,
+    admin: Admin,
+    Path(alert_id): Path<String>,
+    body: Result<Json<ResolveBody>, JsonRejection>,
+) -> Response {
+    let notes = match body {
+        Ok(Json(body)) => body.notes.unwrap_or_default(),
+        Err(JsonRejection::MissingJsonContentType(_)) => String::new(),
+        Err(rejection) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: {}", rejection.body_text()),
+            );
+        }
+    };
+    move_alert(&gateway, admin, alert_id, pb::AlertStatus::Resolved, notes).await
+}
+
+/// `GET /api/admin/balance`: the latest recorded status in the cron answer's shape, its
+/// trend, and the last 30 snapshots (newest first). 404 before the first check.
+pub(crate) async fn balance(State(gateway): State<Gateway>, _admin: Admin) -> Response {
+    match gateway
+        .balance()
+        .get_balance_overview(balance_pb::GetBalanceOverviewRequest {})
+        .await
+    {
+        Ok(response) => {
+            let overview = response.into_inner();
+            let as_check = balance_pb::RunBalanceCheckResponse {
+                balance_status: overview.balance_status,
+                trend: overview.trend,
+                ..Default::default()
+            };
+            let data = crate::cron::body(&as_check)["data"].clone();
+            let snapshots: Vec<Value> = overview.snapshots.into_iter().map(snapshot_json).collect();
+            Json(json!({
+                "success": true,
+                "data": {
+                    "balanceStatus": data["balanceStatus"],
+                    "trend": data["trend"],
+                    "snapshots": snapshots,
+                }
+            }))
+            .into_response()
+        }
+        Err(status) => grpc_error(&status),
+    }
+}
+
+/// A snapshot in spec §5's shape.
+fn snapshot_json(snapshot: balance_pb::BalanceSnapshot) -> Value {
+    use payouts_runtime::convert::cents;
+    json!({
+        "id": snapshot.id,
+        "timestamp": rfc3339(snapshot.timestamp),
+        "availableBalance": cents(snapshot.available_balance.as_ref()),
+        "pendingBalance": cents(snapshot.pending_balance.as_ref()),
+        "totalBalance": cents(snapshot.total_balance.as_ref()),
+        "pendingObligations": cents(snapshot.pending_obligations.as_ref()),
+        "requiredReserve": cents(snapshot.required_reserve.as_ref()),
+        "thresholdStatus": crate::cron::threshold_status(snapshot.threshold_status()),
+        "metadata": {
+            "usersWithUnpaidEarnings": snapshot.users_with_unpaid_earnings,
+            "usersWithoutBankAccounts": snapshot.users_without_bank_accounts,
+            "daysSinceLastSnapshot": snapshot.days_since_last_snapshot,
+        }
+    })
+}
