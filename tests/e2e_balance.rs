@@ -27,14 +27,19 @@ struct System {
 }
 
 async fn start(store: StoreChoice) -> System {
+    start_with(store, &[]).await
+}
+
+async fn start_with(store: StoreChoice, extra: &[(&str, &str)]) -> System {
     let stripe = FakeStripe::start().await;
-    let env = [
+    let mut env = vec![
         ("STRIPE_SECRET_KEY", "sk_test_e2e"),
         ("STRIPE_API_BASE", stripe.url()),
         ("CRON_SECRET", CRON_SECRET),
         ("CRON_API_KEY", CRON_API_KEY),
         ("ADMIN_JWT_SECRET", ADMIN_SECRET),
     ];
+    env.extend_from_slice(extra);
     let process = Payouts::start(&[], store, &env);
     let channel = process.grpc_channel().await;
     System {
@@ -127,7 +132,8 @@ fn titles(body: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
-    let system = start(StoreChoice::Embedded).await;
+    // The balance's own alerts only (the transfer pause and its alerts are the next test's).
+    let system = start_with(StoreChoice::Embedded, &[("BALANCE_PAUSE_AT", "off")]).await;
     // A creator with $3,000 of earnings not yet requested, on an account Stripe has not
     // enabled yet: $3,000 owed, a $3,600 reserve.
     register_creator(&system.channel, "creator_owed", 400, 3_000_00).await;
@@ -372,4 +378,121 @@ async fn the_scheduled_check_runs_once_per_slot_with_two_replicas() {
             "one run per slot, not one per replica: {taken:?}"
         );
     }
+}
+
+/// At depleted, new transfers pause by themselves: a payout requested then is admitted and
+/// waits; when a check finds the balance healthy again it is transferred. An admin can pause
+/// and resume by hand, and the balance does not undo an admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
+    use payouts_proto::common::v1::Money;
+    use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+    use payouts_proto::payouts::v1::{GetPayoutRequest, PayoutStatus, RequestPayoutRequest};
+
+    let system = start(StoreChoice::Embedded).await;
+    register_creator(&system.channel, "creator_waits", 400, 1_000_00).await;
+    system
+        .stripe
+        .set_payouts_enabled("acct_creator_waits", true);
+    let body = system.check(0).await;
+    assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "depleted");
+    let (_, overview) = system
+        .admin(reqwest::Method::GET, "/api/admin/balance", None)
+        .await;
+    let pause = &overview["data"]["transferPause"];
+    assert_eq!(pause["paused"], true, "{overview}");
+    assert_eq!(pause["cause"], "automatic");
+    assert_eq!(pause["changedBy"], "balance");
+
+    let mut payouts = PayoutsServiceClient::new(system.channel.clone());
+    let payout = payouts
+        .request_payout(RequestPayoutRequest {
+            user_id: "creator_waits".to_owned(),
+            amount: Some(Money {
+                cents: 100_00,
+                currency: "usd".to_owned(),
+            }),
+            idempotency_key: "waits_1".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payout
+        .unwrap();
+    assert_eq!(payout.status(), PayoutStatus::Pending, "admitted, waiting");
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        system.stripe.transfers().is_empty(),
+        "no transfer while paused"
+    );
+
+    // An admin resumes by hand; the next (still depleted) check does not re-pause.
+    let (status, resumed) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/balance/resume",
+            Some(json!({ "reason": "funds are on their way" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["transferPause"]["paused"], false);
+    assert_eq!(resumed["transferPause"]["overridden"], true);
+    system.check(0).await;
+    let (_, overview) = system
+        .admin(reqwest::Method::GET, "/api/admin/balance", None)
+        .await;
+    assert_eq!(overview["data"]["transferPause"]["paused"], false);
+    // The payout goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let now = payouts
+            .get_payout(GetPayoutRequest {
+                payout_id: payout.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payout
+            .unwrap();
+        if now.status() == PayoutStatus::Processing {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {:?}",
+            now.status()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(system.stripe.transfers().len(), 1);
+
+    // An admin's pause outlasts a healthy balance; every change raised an alert.
+    let (status, _) = system
+        .admin(reqwest::Method::POST, "/api/admin/balance/pause", None)
+        .await;
+    assert_eq!(status, 200);
+    system.check(50_000).await;
+    let (_, overview) = system
+        .admin(reqwest::Method::GET, "/api/admin/balance", None)
+        .await;
+    let pause = &overview["data"]["transferPause"];
+    assert_eq!(pause["paused"], true);
+    assert_eq!(pause["cause"], "manual");
+    assert_eq!(pause["changedBy"], "admin:ops@example.com");
+    let (_, alerts) = system
+        .admin(
+            reqwest::Method::GET,
+            "/api/admin/alerts?status=all&type=payout_transfers_paused",
+            None,
+        )
+        .await;
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 2, "{alerts}");
+    let (_, alerts) = system
+        .admin(
+            reqwest::Method::GET,
+            "/api/admin/alerts?status=all&type=payout_transfers_resumed",
+            None,
+        )
+        .await;
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "{alerts}");
 }

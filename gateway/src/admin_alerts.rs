@@ -1,4 +1,4 @@
-//! Admin REST over critical alerts and the platform balance.
+//! Admin REST over critical alerts, the platform balance and the transfer pause.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use payouts_proto::balance::v1 as balance_pb;
 use payouts_proto::notifications::v1 as pb;
+use payouts_proto::payouts::v1 as payouts_pb;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -175,11 +176,20 @@ pub(crate) async fn balance(State(gateway): State<Gateway>, _admin: Admin) -> Re
             };
             let data = crate::cron::body(&as_check)["data"].clone();
             let snapshots: Vec<Value> = overview.snapshots.into_iter().map(snapshot_json).collect();
+            let pause = match gateway
+                .payouts()
+                .get_transfer_pause(payouts_pb::GetTransferPauseRequest {})
+                .await
+            {
+                Ok(response) => pause_json(response.into_inner().pause.unwrap_or_default()),
+                Err(status) => return grpc_error(&status),
+            };
             Json(json!({
                 "success": true,
                 "data": {
                     "balanceStatus": data["balanceStatus"],
                     "trend": data["trend"],
+                    "transferPause": pause,
                     "snapshots": snapshots,
                 }
             }))
@@ -207,4 +217,87 @@ fn snapshot_json(snapshot: balance_pb::BalanceSnapshot) -> Value {
             "daysSinceLastSnapshot": snapshot.days_since_last_snapshot,
         }
     })
+}
+
+fn pause_json(pause: payouts_pb::TransferPause) -> Value {
+    let cause = match pause.cause() {
+        payouts_pb::PauseCause::Automatic => Some("automatic"),
+        payouts_pb::PauseCause::Manual => Some("manual"),
+        payouts_pb::PauseCause::Unspecified => None,
+    };
+    json!({
+        "paused": pause.paused,
+        "cause": cause,
+        "overridden": pause.overridden,
+        "reason": Some(pause.reason).filter(|reason| !reason.is_empty()),
+        "changedBy": Some(pause.changed_by).filter(|by| !by.is_empty()),
+        "changedAt": rfc3339(pause.changed_at),
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct PauseBody {
+    reason: Option<String>,
+}
+
+async fn set_pause(
+    gateway: &Gateway,
+    admin: Admin,
+    paused: bool,
+    body: Result<Json<PauseBody>, JsonRejection>,
+) -> Response {
+    let reason = match body {
+        Ok(Json(body)) => body.reason.unwrap_or_default(),
+        Err(JsonRejection::MissingJsonContentType(_)) => String::new(),
+        Err(rejection) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("invalid body: {}", rejection.body_text()),
+            );
+        }
+    };
+    let reason = if reason.trim().is_empty() {
+        if paused {
+            "paused by an admin"
+        } else {
+            "resumed by an admin"
+        }
+        .to_owned()
+    } else {
+        reason
+    };
+    let request = payouts_pb::SetTransferPauseRequest {
+        paused,
+        cause: payouts_pb::PauseCause::Manual.into(),
+        reason,
+        actor: format!("admin:{}", admin.subject),
+    };
+    match gateway.payouts().set_transfer_pause(request).await {
+        Ok(response) => Json(json!({
+            "success": true,
+            "transferPause": pause_json(response.into_inner().pause.unwrap_or_default()),
+        }))
+        .into_response(),
+        Err(status) => grpc_error(&status),
+    }
+}
+
+/// `POST /api/admin/balance/pause` with `{"reason": "..."}` (optional): no new transfer starts
+/// until an admin resumes; the balance check's recovery does not lift an admin's pause.
+pub(crate) async fn pause(
+    State(gateway): State<Gateway>,
+    admin: Admin,
+    body: Result<Json<PauseBody>, JsonRejection>,
+) -> Response {
+    set_pause(&gateway, admin, true, body).await
+}
+
+/// `POST /api/admin/balance/resume`: lifts any pause; an automatic one stays lifted until the
+/// balance has recovered once (the next low check does not re-pause what an admin lifted).
+pub(crate) async fn resume(
+    State(gateway): State<Gateway>,
+    admin: Admin,
+    body: Result<Json<PauseBody>, JsonRejection>,
+) -> Response {
+    set_pause(&gateway, admin, false, body).await
 }

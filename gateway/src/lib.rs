@@ -147,6 +147,8 @@ impl Gateway {
                 post(admin_alerts::resolve),
             )
             .route("/api/admin/balance", get(admin_alerts::balance))
+            .route("/api/admin/balance/pause", post(admin_alerts::pause))
+            .route("/api/admin/balance/resume", post(admin_alerts::resume))
             .route(
                 "/api/cron/platform-balance-check",
                 get(cron::platform_balance_check).post(cron::platform_balance_check),
@@ -385,13 +387,15 @@ mod tests {
             "/api/admin/alerts/{alertId}/acknowledge",
             "/api/admin/alerts/{alertId}/resolve",
             "/api/admin/balance",
+            "/api/admin/balance/pause",
+            "/api/admin/balance/resume",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            15,
+            17,
             "every documented path is a route: {paths:?}"
         );
     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use payouts_runtime::clock::Clock;
+use payouts_runtime::money::dollars;
 use payouts_runtime::{Currency, ErrorKind, ServiceError};
 
 use crate::domain::{
@@ -51,6 +52,14 @@ pub trait Alerts: Send + Sync + 'static {
     async fn resolve(&self, alert_id: &str, note: &str) -> Result<(), ServiceError>;
 }
 
+/// New transfers (the payouts service's transfer pause).
+#[async_trait]
+pub trait Transfers: Send + Sync + 'static {
+    /// Pauses (or lifts the balance's own pause on) new transfers; an admin's pause or
+    /// resume is never overridden (the payouts service keeps those rules).
+    async fn pause(&self, paused: bool, reason: &str) -> Result<(), ServiceError>;
+}
+
 /// What the caller asks of a check (spec: createSnapshot, checkTrend).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckRequest {
@@ -90,6 +99,9 @@ pub struct BalanceCheck {
     pub snapshots: Arc<dyn SnapshotRepository>,
     pub open_alerts: Arc<dyn OpenAlertRepository>,
     pub clock: Arc<dyn Clock>,
+    pub transfers: Arc<dyn Transfers>,
+    /// The status at which new transfers pause (`BALANCE_PAUSE_AT`); `None` never.
+    pub pause_at: Option<ThresholdStatus>,
 }
 
 impl BalanceCheck {
@@ -150,6 +162,7 @@ impl BalanceCheck {
                 alerts.push(raised);
             }
         }
+        self.follow_pause(&status).await?;
         tracing::info!(
             status = status.threshold_status.as_str(),
             available_cents = status.available_cents,
@@ -165,6 +178,30 @@ impl BalanceCheck {
             snapshot,
             alerts,
         })
+    }
+
+    /// Pauses new transfers at `pause_at` or worse, and lifts its own pause once the balance
+    /// is healthy enough (warning or better); in between, nothing changes (no flapping
+    /// around the threshold).
+    async fn follow_pause(&self, status: &BalanceStatus) -> Result<(), ServiceError> {
+        let Some(pause_at) = self.pause_at else {
+            return Ok(());
+        };
+        let level = status.threshold_status;
+        let figures = format!(
+            "{} available against {} owed",
+            dollars(status.available_cents),
+            dollars(status.obligations_cents)
+        );
+        if level >= pause_at {
+            let reason = format!("platform balance {}: {figures}", level.as_str());
+            self.transfers.pause(true, &reason).await
+        } else if level <= ThresholdStatus::Warning {
+            let reason = format!("platform balance {} again: {figures}", level.as_str());
+            self.transfers.pause(false, &reason).await
+        } else {
+            Ok(())
+        }
     }
 
     /// The latest recorded status: the newest snapshot assessed as a check would have, with

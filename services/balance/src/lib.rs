@@ -43,6 +43,11 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
             snapshots: Arc::clone(&repositories.snapshots),
             open_alerts: repositories.alerts,
             clock: Arc::clone(&context.clock),
+            transfers: Arc::new(ports::GrpcTransfers::new(settings)?),
+            pause_at: settings
+                .balance_pause_at
+                .as_deref()
+                .and_then(domain::ThresholdStatus::parse),
         })),
         None => None,
     };

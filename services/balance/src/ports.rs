@@ -12,13 +12,15 @@ use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsService
 use payouts_proto::notifications::v1 as notifications_pb;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_proto::payouts::v1::{CountUnpayableUsersRequest, SummarizeObligationsRequest};
+use payouts_proto::payouts::v1::{
+    CountUnpayableUsersRequest, PauseCause, SetTransferPauseRequest, SummarizeObligationsRequest,
+};
 use payouts_runtime::config::Secret;
 use payouts_runtime::convert::cents;
 use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::{ServiceError, ServiceName, Settings};
 
-use crate::check::{Alerts, Obligations, Owed, PlatformBalance, StripeBalance};
+use crate::check::{Alerts, Obligations, Owed, PlatformBalance, StripeBalance, Transfers};
 use crate::domain::BalanceAlert;
 
 /// How many creators one page of the obligations walk covers.
@@ -134,6 +136,37 @@ pub fn unrequested(
         })
         .filter(|(_, unrequested)| *unrequested > 0)
         .collect()
+}
+
+/// The payouts service's transfer pause.
+#[derive(Clone)]
+pub struct GrpcTransfers {
+    payouts: PayoutsServiceClient<TracedChannel>,
+}
+
+impl GrpcTransfers {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            payouts: PayoutsServiceClient::new(service_channel(settings, ServiceName::Payouts)?),
+        })
+    }
+}
+
+#[async_trait]
+impl Transfers for GrpcTransfers {
+    async fn pause(&self, paused: bool, reason: &str) -> Result<(), ServiceError> {
+        self.payouts
+            .clone()
+            .set_transfer_pause(SetTransferPauseRequest {
+                paused,
+                cause: PauseCause::Automatic.into(),
+                reason: reason.to_owned(),
+                actor: "balance".to_owned(),
+            })
+            .await
+            .map_err(|status| ServiceError::from_remote("payouts", &status))?;
+        Ok(())
+    }
 }
 
 /// Balance alerts in the notifications service's `criticalAlerts`.

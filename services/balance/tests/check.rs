@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use chrono::{Duration, Utc};
 use payouts_balance::check::{
     Alerts, BalanceCheck, CheckRequest, Obligations, Owed, PlatformBalance, StripeBalance,
+    Transfers,
 };
 use payouts_balance::domain::{
     AlertKind, BalanceAlert, ThresholdStatus, Thresholds, TrendDirection,
@@ -24,6 +25,16 @@ struct Scripted {
     /// `None`: Stripe cannot be reached.
     balance: Mutex<Option<PlatformBalance>>,
     owed: Mutex<Owed>,
+    /// What the check asked of the transfer pause.
+    pauses: Mutex<Vec<bool>>,
+}
+
+#[async_trait]
+impl Transfers for Scripted {
+    async fn pause(&self, paused: bool, _reason: &str) -> Result<(), ServiceError> {
+        self.pauses.lock().unwrap().push(paused);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -90,6 +101,8 @@ fn world() -> World {
         snapshots: Arc::clone(&snapshots) as Arc<dyn SnapshotRepository>,
         open_alerts: Arc::new(MemoryOpenAlerts::default()),
         clock: Arc::new(clock.clone()),
+        transfers: Arc::clone(&sources) as Arc<dyn Transfers>,
+        pause_at: Some(ThresholdStatus::Depleted),
     };
     World {
         sources,
@@ -255,6 +268,33 @@ async fn a_falling_balance_raises_a_depletion_risk_until_it_stops() {
 }
 
 #[tokio::test]
+async fn transfers_pause_when_depleted_and_resume_when_healthy_enough() {
+    let w = world();
+    let pauses = |w: &World| w.sources.pauses.lock().unwrap().clone();
+    // Critical is not enough (BALANCE_PAUSE_AT=depleted), and nothing is lifted either.
+    w.script(500, 0);
+    w.check.run(&levels_only()).await.unwrap();
+    assert_eq!(pauses(&w), Vec::<bool>::new());
+    w.script(0, 0);
+    w.check.run(&levels_only()).await.unwrap();
+    assert_eq!(pauses(&w), [true]);
+    // Back to critical: still paused (no flapping around zero).
+    w.script(500, 0);
+    w.check.run(&levels_only()).await.unwrap();
+    assert_eq!(pauses(&w), [true]);
+    // A warning is healthy enough: the balance lifts its pause.
+    w.script(7_000, 0);
+    w.check.run(&levels_only()).await.unwrap();
+    assert_eq!(pauses(&w), [true, false]);
+    // Off: never.
+    let mut w = w;
+    w.check.pause_at = None;
+    w.script(0, 0);
+    w.check.run(&levels_only()).await.unwrap();
+    assert_eq!(pauses(&w), [true, false]);
+}
+
+#[tokio::test]
 async fn stripe_unreachable_is_an_error_that_changes_nothing() {
     let w = world();
     w.script(500, 0);
@@ -263,6 +303,10 @@ async fn stripe_unreachable_is_an_error_that_changes_nothing() {
     assert_eq!(error.kind(), ErrorKind::Unavailable);
     assert!(w.snapshots.recent(None, 10).await.unwrap().is_empty());
     assert!(w.raised().is_empty(), "no balance is not a zero balance");
+    assert!(
+        w.sources.pauses.lock().unwrap().is_empty(),
+        "nor a reason to pause"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,6 +343,8 @@ mod scheduled {
             snapshots: Arc::clone(&w.snapshots) as Arc<dyn SnapshotRepository>,
             open_alerts: Arc::new(MemoryOpenAlerts::default()),
             clock: Arc::new(w.clock.clone()),
+            transfers: Arc::clone(&w.sources) as Arc<dyn Transfers>,
+            pause_at: Some(ThresholdStatus::Depleted),
         });
         let schedulers = (0..count)
             .map(|n| {

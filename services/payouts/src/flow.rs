@@ -12,12 +12,13 @@ use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{Clock, ErrorKind, IdSource, Money, ServiceError};
 
 use crate::domain::{Account, StripeAccountStatus};
+use crate::pause::{PauseChange, TransferPause};
 use crate::payout::{
     Cause, IDEMPOTENCY_WINDOW, Payout, PayoutStatus, SeenTransfer, StripeFailure, TransferNews,
     transfer_group, transfer_idempotency_key,
 };
 use crate::ports::{AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, UserNotice};
-use crate::store::{AccountRepository, Inserted, PayoutRepository};
+use crate::store::{AccountRepository, Inserted, PauseRepository, PayoutRepository};
 use crate::stripe::{StripeApi, TransferRequest};
 
 /// How long a transfer worker holds a payout before another may take it over.
@@ -54,6 +55,8 @@ enum Payable {
 pub struct PayoutFlow {
     pub accounts: Arc<dyn AccountRepository>,
     pub payouts: Arc<dyn PayoutRepository>,
+    /// Whether new transfers may start ([`crate::pause`]).
+    pub pause: Arc<dyn PauseRepository>,
     pub limits: Arc<dyn LimitsPort>,
     pub approvals: Arc<dyn ApprovalsPort>,
     pub notifier: Arc<dyn Notifier>,
@@ -513,6 +516,12 @@ impl PayoutFlow {
                 "Stripe is not configured (STRIPE_SECRET_KEY)",
             ));
         };
+        // Paused: the payout stays as it is, admitted and due, and is transferred once the
+        // pause is lifted. Not a failure, not a try. (A pause that cannot be read stops the
+        // transfer too: this pass ends with the error and the next one asks again.)
+        if self.pause.get().await?.paused() {
+            return Ok(payout);
+        }
         let prior_unknown = payout.outcome_unknown;
         let Some(claimed) = payout.claimed_for_transfer(self.clock.now(), TRANSFER_LEASE) else {
             return Ok(payout);
@@ -939,11 +948,70 @@ impl PayoutFlow {
             })
     }
 
+    /// Changes the transfer pause (see [`crate::pause`] for who overrides whom) and raises
+    /// its alert. The pause as it is afterwards.
+    pub async fn set_pause(&self, change: &PauseChange) -> Result<TransferPause, ServiceError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let pause = self.pause.get().await?;
+            let Some(changed) = pause.changed(change, self.clock.now()) else {
+                return self.settle_pause_alert(pause).await;
+            };
+            match self.pause.put(&changed, pause.version).await {
+                Ok(()) => {
+                    tracing::warn!(
+                        paused = changed.paused(),
+                        by = %changed.changed_by,
+                        reason = %changed.reason,
+                        "transfer pause changed"
+                    );
+                    return self.settle_pause_alert(changed).await;
+                }
+                Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServiceError::unavailable(
+            "the transfer pause keeps changing; try again",
+            anyhow::anyhow!("{MAX_CAS_ATTEMPTS} compare-and-set rounds lost"),
+        ))
+    }
+
+    /// Raises the alert the pause's last change owes, if it is still owed. An alert that
+    /// cannot be raised now stays owed (the next worker pass tries again).
+    async fn settle_pause_alert(
+        &self,
+        pause: TransferPause,
+    ) -> Result<TransferPause, ServiceError> {
+        if !pause.alert_owed() {
+            return Ok(pause);
+        }
+        let alert = pause.alert();
+        let data = serde_json::json!({
+            "paused": pause.paused(),
+            "cause": pause.cause.map(|cause| cause.as_str()),
+            "changedBy": pause.changed_by,
+            "reason": pause.reason,
+        })
+        .to_string();
+        if let Err(error) = self.alerts.raise(&alert, data).await {
+            tracing::warn!(%error, "the transfer pause's alert is owed");
+            return Ok(pause);
+        }
+        let alerted = pause.alerted();
+        match self.pause.put(&alerted, pause.version).await {
+            Ok(()) => Ok(alerted),
+            // Changed meanwhile: the newer change owes its own alert.
+            Err(error) if error.kind() == ErrorKind::Conflict => Ok(pause),
+            Err(error) => Err(error),
+        }
+    }
+
     /// One pass of the worker: due transfers, hand-offs, interrupted admissions, and owed
     /// side effects. Returns how many payouts it worked on.
     pub async fn run_due(&self) -> Result<usize, ServiceError> {
         let now = self.clock.now();
         let mut handled = 0;
+        self.settle_pause_alert(self.pause.get().await?).await?;
         for payout in self
             .payouts
             .due(PayoutStatus::Pending, now, DUE_BATCH)

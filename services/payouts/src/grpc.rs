@@ -15,6 +15,7 @@ use crate::domain::{Account, Registration};
 use crate::events::Event;
 use crate::flow::PayoutFlow;
 use crate::obligations;
+use crate::pause::{PauseCause, PauseChange, TransferPause};
 use crate::payout::{AuditEntry, Payout, PayoutStatus};
 
 /// How many times a registration is retried when another writer changed the account.
@@ -358,6 +359,42 @@ impl PayoutsService for PayoutsGrpc {
         Ok(Response::new(pb::CountUnpayableUsersResponse { unpayable }))
     }
 
+    async fn set_transfer_pause(
+        &self,
+        request: Request<pb::SetTransferPauseRequest>,
+    ) -> Result<Response<pb::SetTransferPauseResponse>, Status> {
+        let r = request.into_inner();
+        let cause = match r.cause() {
+            pb::PauseCause::Automatic => PauseCause::Automatic,
+            pb::PauseCause::Manual => PauseCause::Manual,
+            pb::PauseCause::Unspecified => {
+                return Err(
+                    ServiceError::invalid_argument("cause must be AUTOMATIC or MANUAL").into(),
+                );
+            }
+        };
+        let change = PauseChange {
+            paused: r.paused,
+            cause,
+            reason: required_id(&r.reason, "reason")?,
+            actor: required_id(&r.actor, "actor")?,
+        };
+        let pause = self.flow.set_pause(&change).await?;
+        Ok(Response::new(pb::SetTransferPauseResponse {
+            pause: Some(pause_to_proto(pause)),
+        }))
+    }
+
+    async fn get_transfer_pause(
+        &self,
+        _request: Request<pb::GetTransferPauseRequest>,
+    ) -> Result<Response<pb::GetTransferPauseResponse>, Status> {
+        let pause = self.flow.pause.get().await?;
+        Ok(Response::new(pb::GetTransferPauseResponse {
+            pause: Some(pause_to_proto(pause)),
+        }))
+    }
+
     #[tracing::instrument(skip_all, fields(payout_id = %request.get_ref().payout_id))]
     async fn resume_payout(
         &self,
@@ -370,5 +407,21 @@ impl PayoutsService for PayoutsGrpc {
         Ok(Response::new(pb::ResumePayoutResponse {
             payout: Some(payout_to_proto(payout)),
         }))
+    }
+}
+
+fn pause_to_proto(pause: TransferPause) -> pb::TransferPause {
+    pb::TransferPause {
+        paused: pause.paused(),
+        cause: match pause.cause {
+            None => pb::PauseCause::Unspecified,
+            Some(PauseCause::Automatic) => pb::PauseCause::Automatic,
+            Some(PauseCause::Manual) => pb::PauseCause::Manual,
+        }
+        .into(),
+        overridden: pause.overridden,
+        reason: pause.reason,
+        changed_by: pause.changed_by,
+        changed_at: optional_timestamp(pause.changed_at),
     }
 }

@@ -11,6 +11,7 @@
 //!   worker.
 //! - [`events`]: the Stripe events this service owns.
 //! - [`obligations`]: what payouts still owe, for the balance check.
+//! - [`pause`]: the transfer pause (automatic from the balance check, or an admin's).
 //! - [`grpc`]: the gRPC surface.
 
 pub mod domain;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod flow;
 pub mod grpc;
 pub mod obligations;
+pub mod pause;
 pub mod payout;
 pub mod ports;
 pub mod store;
@@ -42,6 +44,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     let flow = Arc::new(flow::PayoutFlow {
         accounts: repositories.accounts,
         payouts: repositories.payouts,
+        pause: repositories.pause,
         limits: Arc::new(ports::GrpcLimits::new(settings)?),
         approvals: Arc::new(ports::GrpcApprovals::new(settings)?),
         notifier: Arc::new(ports::GrpcNotifier::new(settings)?),

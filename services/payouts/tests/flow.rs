@@ -21,8 +21,8 @@ use payouts_payouts::ports::{
     Admission, AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, ReleaseAnswer, UserNotice,
 };
 use payouts_payouts::store::{
-    AccountRepository, Inserted, MemoryAccounts, MemoryPayouts, MongoAccounts, MongoPayouts,
-    PayoutRepository,
+    AccountRepository, Inserted, MemoryAccounts, MemoryPause, MemoryPayouts, MongoAccounts,
+    MongoPause, MongoPayouts, PauseRepository, PayoutRepository,
 };
 use payouts_payouts::stripe::{StripeApi, StripeClient};
 use payouts_proto::limits::v1::LimitDecision;
@@ -222,6 +222,7 @@ struct Fixture {
 struct Stores {
     accounts: Arc<dyn AccountRepository>,
     payouts: Arc<dyn PayoutRepository>,
+    pause: Arc<dyn PauseRepository>,
 }
 
 fn flow(
@@ -236,6 +237,7 @@ fn flow(
     PayoutFlow {
         accounts: Arc::clone(&stores.accounts),
         payouts: Arc::clone(&stores.payouts),
+        pause: Arc::clone(&stores.pause),
         limits,
         approvals: queue,
         notifier: inbox,
@@ -295,12 +297,14 @@ where
     scenario(Stores {
         accounts: Arc::new(MemoryAccounts::default()),
         payouts: Arc::new(MemoryPayouts::default()),
+        pause: Arc::new(MemoryPause::default()),
     })
     .await;
     let database = payouts_runtime::testing::mongo_database(name).await;
     scenario(Stores {
         accounts: Arc::new(MongoAccounts::open(&database).await.unwrap()),
         payouts: Arc::new(MongoPayouts::open(&database).await.unwrap()),
+        pause: Arc::new(MongoPause::open(&database)),
     })
     .await;
 }
@@ -1074,6 +1078,7 @@ async fn without_stripe_a_payout_is_refused_and_nothing_is_stored() {
     let stores = Stores {
         accounts: Arc::new(MemoryAccounts::default()),
         payouts: Arc::new(MemoryPayouts::default()),
+        pause: Arc::new(MemoryPause::default()),
     };
     let f = fixture(&stores, FakeLimits::default()).await;
     let flow = flow(
@@ -1749,6 +1754,7 @@ async fn the_audit_projection_catches_up_after_it_failed() {
                 inner: Arc::clone(&stores.payouts),
                 failures: AtomicUsize::new(3),
             }),
+            pause: Arc::clone(&stores.pause),
         };
         let f = fixture(&flaky, FakeLimits::default()).await;
         let payout = f.request("projected", 200_00).await.unwrap().unwrap();
@@ -1775,6 +1781,64 @@ async fn the_audit_projection_catches_up_after_it_failed() {
             current.audit_log
         );
         assert!(!current.owes_effects());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_transfer_waits_admitted_and_goes_when_the_pause_is_lifted() {
+    use payouts_payouts::pause::{PauseCause, PauseChange};
+    on_both_stores("pause", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let change = |paused: bool, cause: PauseCause| PauseChange {
+            paused,
+            cause,
+            reason: "balance depleted".to_owned(),
+            actor: "balance".to_owned(),
+        };
+        let paused = f
+            .flow
+            .set_pause(&change(true, PauseCause::Automatic))
+            .await
+            .unwrap();
+        assert!(paused.paused() && !paused.alert_owed());
+        // Requested while paused: admitted, waiting, no transfer, nothing failed.
+        let payout = f.request("paused", 300_00).await.unwrap().unwrap();
+        assert_eq!(payout.status, PayoutStatus::Pending);
+        for _ in 0..3 {
+            f.after(Duration::minutes(10)).await;
+        }
+        let waiting = f.stored(&payout.id).await;
+        assert_eq!(waiting.status, PayoutStatus::Pending);
+        assert_eq!(waiting.work_attempts, 0, "waiting is not a try");
+        assert!(f.stripe.transfers().is_empty());
+        assert!(f.limits.released().is_empty(), "its quota stays held");
+        // The balance recovers: its own pause is lifted, the payout goes.
+        f.flow
+            .set_pause(&change(false, PauseCause::Automatic))
+            .await
+            .unwrap();
+        f.after(Duration::minutes(10)).await;
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+        assert_eq!(f.stripe.transfers().len(), 1);
+        // Each change raised its alert, once.
+        let kinds = f.alerts.kinds();
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|kind| *kind == "payout_transfers_paused")
+                .count(),
+            1,
+            "{kinds:?}"
+        );
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|kind| *kind == "payout_transfers_resumed")
+                .count(),
+            1,
+            "{kinds:?}"
+        );
     })
     .await;
 }

@@ -192,6 +192,9 @@ pub struct Settings {
     /// `RESERVE_MULTIPLIER`: the reserve kept against obligations, in basis points (spec: 1.2
     /// = 12000); below 10000 (less than what is owed) is refused.
     pub reserve_multiplier_bps: i64,
+    /// `BALANCE_PAUSE_AT`: the balance status at which new transfers pause by themselves
+    /// (`depleted`, the default, or `critical`); `off` never pauses.
+    pub balance_pause_at: Option<String>,
     /// `BALANCE_CHECK_SCHEDULE`: when the balance check runs by itself (cron syntax, UTC;
     /// five fields as in the spec, `0 6 * * *`, or six with seconds first); `None` (`off`)
     /// disables it.
@@ -324,6 +327,17 @@ impl Settings {
                 values.number("BALANCE_HEALTHY_CENTS", 10_000_00)?,
             ],
             reserve_multiplier_bps: values.number("RESERVE_MULTIPLIER", 12_000)?,
+            balance_pause_at: match values.string("BALANCE_PAUSE_AT")?.as_deref() {
+                None | Some("depleted") => Some("depleted".to_owned()),
+                Some("critical") => Some("critical".to_owned()),
+                Some("off") => None,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "BALANCE_PAUSE_AT",
+                        format!("must be depleted, critical or off, got {other:?}"),
+                    ));
+                }
+            },
             balance_check_schedule: schedule(
                 "BALANCE_CHECK_SCHEDULE",
                 values
@@ -673,6 +687,7 @@ mod tests {
             ("PAYOUT_UNKNOWN_ALERT_SECONDS", "soon"),
             ("RESERVE_MULTIPLIER", "9999"),
             ("BALANCE_CHECK_SCHEDULE", "every morning"),
+            ("BALANCE_PAUSE_AT", "warning"),
             ("BALANCE_CHECK_SCHEDULE", "61 6 * * *"),
             ("RESERVE_MULTIPLIER", "1.2"),
             ("BALANCE_WARNING_CENTS", "1"),

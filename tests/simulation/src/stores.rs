@@ -12,8 +12,9 @@ use payouts_limits::checks::Quota;
 use payouts_limits::domain::BlockedAttempt;
 use payouts_limits::store::{BlockedAttemptRepository, QuotaRepository};
 use payouts_payouts::domain::Account;
+use payouts_payouts::pause::TransferPause;
 use payouts_payouts::payout::{AuditEntry, Payout, PayoutStatus};
-use payouts_payouts::store::{AccountRepository, Inserted, PayoutRepository};
+use payouts_payouts::store::{AccountRepository, Inserted, PauseRepository, PayoutRepository};
 use payouts_runtime::ServiceError;
 use payouts_webhooks::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
 use payouts_webhooks::store::{InboxRepository, Inserted as InboxInserted};
@@ -225,6 +226,18 @@ impl AccountRepository for Hazardous<dyn AccountRepository> {
     ) -> Result<(), ServiceError> {
         self.hazard
             .write("accounts.put", self.inner.put(account, expected_version))
+            .await
+    }
+}
+
+#[async_trait]
+impl PauseRepository for Hazardous<dyn PauseRepository> {
+    async fn get(&self) -> Result<TransferPause, ServiceError> {
+        self.hazard.read("pause.get", self.inner.get()).await
+    }
+    async fn put(&self, pause: &TransferPause, expected_version: i64) -> Result<(), ServiceError> {
+        self.hazard
+            .write("pause.put", self.inner.put(pause, expected_version))
             .await
     }
 }

@@ -18,8 +18,12 @@ use payouts_limits::store::{
 };
 use payouts_payouts::domain::Account;
 use payouts_payouts::flow::PayoutFlow;
+use payouts_payouts::pause::{PauseCause, PauseChange};
 use payouts_payouts::payout::RETRY_BASE;
-use payouts_payouts::store::{AccountRepository, MemoryAccounts, MemoryPayouts, PayoutRepository};
+use payouts_payouts::store::{
+    AccountRepository, MemoryAccounts, MemoryPause, MemoryPayouts, PauseRepository,
+    PayoutRepository,
+};
 use payouts_runtime::clock::ManualClock;
 use payouts_runtime::ids::SequentialIds;
 use payouts_runtime::testing::stripe::signature_header;
@@ -181,6 +185,10 @@ impl World {
             Arc::clone(&stores.accounts) as Arc<dyn AccountRepository>,
             &hazard,
         );
+        let pause_store: Arc<dyn PauseRepository> = Hazardous::new(
+            Arc::new(MemoryPause::default()) as Arc<dyn PauseRepository>,
+            &hazard,
+        );
         let quotas_store: Arc<dyn QuotaRepository> = Hazardous::new(
             Arc::clone(&stores.quotas) as Arc<dyn QuotaRepository>,
             &hazard,
@@ -226,6 +234,7 @@ impl World {
                 Arc::new(PayoutFlow {
                     accounts: Arc::clone(&accounts_store),
                     payouts: Arc::clone(&payouts_store),
+                    pause: Arc::clone(&pause_store),
                     limits: Arc::new(LimitsCalls {
                         hazard: hazard.clone(),
                         clock: clock.clone(),
@@ -457,6 +466,7 @@ impl World {
             91..=92 => self.fail_transfer(),
             93..=94 => self.toggle_account(),
             95..=96 => self.freeze(),
+            97 if room => self.toggle_pause(),
             _ => self.advance(),
         }
     }
@@ -712,6 +722,34 @@ impl World {
         self.note(format!("stripe: payouts on {account} enabled={enabled}"));
     }
 
+    /// The balance check or an admin pauses or resumes transfers, as a task (it can be cut
+    /// short anywhere, like any other).
+    fn toggle_pause(&mut self) {
+        // Mostly lifts (pauses are short episodes, so transfers still happen in most runs);
+        // either hand, so the rules between them are exercised.
+        let paused = self.chaos.chance(150);
+        let change = PauseChange {
+            paused,
+            cause: if self.chaos.chance(if paused { 500 } else { 300 }) {
+                PauseCause::Automatic
+            } else {
+                PauseCause::Manual
+            },
+            reason: "simulated".to_owned(),
+            actor: "sim".to_owned(),
+        };
+        let flow = Arc::clone(&self.payouts[self.chaos.below(self.payouts.len())]);
+        self.start(
+            format!("pause {} {}", change.cause.as_str(), change.paused),
+            Box::pin(async move {
+                match flow.set_pause(&change).await {
+                    Ok(pause) => format!("paused={}", pause.paused()),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
     fn freeze(&mut self) {
         let user = self.users[self.chaos.below(self.users.len())].id.clone();
         let mut book = self
@@ -759,6 +797,24 @@ impl World {
             };
             self.note(format!("task {id} {label}: {line}"));
         }
+        // Transfers run again: an admin lifts any pause (as the runbook says).
+        let flow = Arc::clone(&self.payouts[0]);
+        let lifted = self.complete(
+            "lift the transfer pause".to_owned(),
+            Box::pin(async move {
+                let change = PauseChange {
+                    paused: false,
+                    cause: PauseCause::Manual,
+                    reason: "drain".to_owned(),
+                    actor: "admin:sim".to_owned(),
+                };
+                match flow.set_pause(&change).await {
+                    Ok(pause) => format!("paused={}", pause.paused()),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+        self.note(format!("drain: {lifted}"));
         for round in 0..80 {
             self.step += 1;
             self.operator_round();

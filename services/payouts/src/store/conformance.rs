@@ -436,3 +436,58 @@ mod payouts {
         assert_eq!(projected, 2, "each audit record once in payoutAuditLogs");
     }
 }
+
+mod pause {
+    use chrono::Utc;
+    use payouts_runtime::ErrorKind;
+
+    use crate::pause::{PauseCause, PauseChange, TransferPause};
+    use crate::store::{MemoryPause, MongoPause, PauseRepository};
+
+    async fn run(repository: &dyn PauseRepository) {
+        let running = repository.get().await.unwrap();
+        assert_eq!(running, TransferPause::default());
+        let change = PauseChange {
+            paused: true,
+            cause: PauseCause::Automatic,
+            reason: "depleted".to_owned(),
+            actor: "balance".to_owned(),
+        };
+        let paused = running
+            .changed(&change, payouts_runtime::store::store_precision(Utc::now()))
+            .unwrap();
+        repository.put(&paused, 0).await.unwrap();
+        assert_eq!(
+            repository.put(&paused, 0).await.unwrap_err().kind(),
+            ErrorKind::Conflict,
+            "two writers of one version: one wins"
+        );
+        assert_eq!(repository.get().await.unwrap(), paused);
+        let lifted = paused
+            .changed(
+                &PauseChange {
+                    paused: false,
+                    cause: PauseCause::Manual,
+                    reason: "funds added".to_owned(),
+                    actor: "admin:ops".to_owned(),
+                },
+                payouts_runtime::store::store_precision(Utc::now()),
+            )
+            .unwrap();
+        repository.put(&lifted, paused.version).await.unwrap();
+        let stored = repository.get().await.unwrap();
+        assert_eq!(stored, lifted);
+        assert!(!stored.paused() && stored.overridden);
+    }
+
+    #[tokio::test]
+    async fn embedded_pause_conforms() {
+        run(&MemoryPause::default()).await;
+    }
+
+    #[tokio::test]
+    async fn mongo_pause_conforms() {
+        let database = payouts_runtime::testing::mongo_database("pause").await;
+        run(&MongoPause::open(&database)).await;
+    }
+}

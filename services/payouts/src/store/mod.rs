@@ -1,8 +1,10 @@
-//! The `accounts` collection: one trait, a MongoDB and an embedded implementation, and the
-//! conformance suite both must pass.
+//! The payouts service's collections (`accounts` here; `usdPayouts`, `payoutAuditLogs` and
+//! `payoutTransferPause` in their modules): one trait each, a MongoDB and an embedded
+//! implementation, and the conformance suite both must pass.
 
 mod memory;
 mod mongo;
+mod pause;
 mod payouts;
 
 #[cfg(test)]
@@ -17,6 +19,7 @@ use crate::domain::Account;
 
 pub use memory::MemoryAccounts;
 pub use mongo::MongoAccounts;
+pub use pause::{MemoryPause, MongoPause, PauseRepository};
 pub use payouts::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
 
 /// Storage of creator accounts, written by versioned compare-and-set.
@@ -47,6 +50,7 @@ pub(crate) fn stale(user_id: &str) -> ServiceError {
 pub struct Repositories {
     pub accounts: Arc<dyn AccountRepository>,
     pub payouts: Arc<dyn PayoutRepository>,
+    pub pause: Arc<dyn PauseRepository>,
 }
 
 /// Opens the repositories on the process's store, ensuring indexes.
@@ -55,10 +59,12 @@ pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
         Store::Embedded => Repositories {
             accounts: Arc::new(MemoryAccounts::default()),
             payouts: Arc::new(MemoryPayouts::default()),
+            pause: Arc::new(MemoryPause::default()),
         },
         Store::Mongo(database) => Repositories {
             accounts: Arc::new(MongoAccounts::open(database).await?),
             payouts: Arc::new(MongoPayouts::open(database).await?),
+            pause: Arc::new(MongoPause::open(database)),
         },
     })
 }
