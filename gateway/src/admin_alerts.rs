@@ -37,6 +37,14 @@ fn alert_json(alert: pb::CriticalAlert) -> Value {
     };
     let metadata: Value = serde_json::from_str(&alert.data_json).unwrap_or_else(|_| json!({}));
     let text = |value: String| Some(value).filter(|value| !value.is_empty());
+    let email = (!alert.email_status.is_empty()).then(|| {
+        json!({
+            "status": alert.email_status,
+            "attempts": alert.email_attempts,
+            "lastError": text(alert.email_last_error.clone()),
+            "sentAt": rfc3339(alert.email_sent_at),
+        })
+    });
     json!({
         "id": alert.id,
         "type": alert.r#type,
@@ -53,6 +61,7 @@ fn alert_json(alert: pb::CriticalAlert) -> Value {
         "resolvedAt": rfc3339(alert.resolved_at),
         "resolvedBy": text(alert.resolved_by),
         "resolutionNotes": text(alert.resolution_notes),
+        "email": email,
     })
 }
 

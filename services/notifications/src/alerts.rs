@@ -88,6 +88,8 @@ pub struct Alert {
     pub resolved_by: Option<String>,
     /// What the resolver wrote (why it is over).
     pub resolution_notes: Option<String>,
+    /// The alert's email, when it owes one ([`crate::email`]).
+    pub email: Option<crate::email::EmailDelivery>,
     pub version: i64,
 }
 
@@ -149,6 +151,7 @@ impl Alert {
             resolved_at: None,
             resolved_by: None,
             resolution_notes: None,
+            email: None,
             version: 1,
         })
     }

@@ -23,6 +23,8 @@ pub struct NotificationsGrpc {
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     admin_ids: Vec<String>,
+    /// Whether critical and warning alerts owe an email (`SMTP_URL` set).
+    emails: bool,
 }
 
 impl NotificationsGrpc {
@@ -38,7 +40,14 @@ impl NotificationsGrpc {
             clock,
             ids,
             admin_ids,
+            emails: false,
         }
+    }
+
+    /// Critical and warning alerts owe an email (the email worker runs).
+    pub fn with_emails(mut self, emails: bool) -> Self {
+        self.emails = emails;
+        self
     }
 
     /// Moves an alert forward, retrying when another writer got there first.
@@ -161,6 +170,18 @@ fn alert_to_proto(a: Alert) -> pb::CriticalAlert {
         acknowledged_by: a.acknowledged_by.unwrap_or_default(),
         resolved_by: a.resolved_by.unwrap_or_default(),
         resolution_notes: a.resolution_notes.unwrap_or_default(),
+        email_status: a
+            .email
+            .as_ref()
+            .map(|email| email.status.as_str().to_owned())
+            .unwrap_or_default(),
+        email_attempts: a.email.as_ref().map_or(0, |email| email.attempts),
+        email_last_error: a
+            .email
+            .as_ref()
+            .and_then(|email| email.last_error.clone())
+            .unwrap_or_default(),
+        email_sent_at: optional_timestamp(a.email.as_ref().and_then(|email| email.sent_at)),
     }
 }
 
@@ -285,6 +306,11 @@ impl NotificationsService for NotificationsGrpc {
             &r.dedupe_key,
             self.clock.now(),
         )?;
+        let alert = if self.emails && crate::email::emailed(alert.severity) {
+            alert.owing_email(self.clock.now())
+        } else {
+            alert
+        };
         let (stored, created) = self.alerts.create(&alert).await?;
         if created {
             // An alert is for people: it is logged loudly as well as stored.

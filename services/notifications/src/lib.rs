@@ -1,16 +1,20 @@
 //! Notifications service: stores in-app notifications for users and admins and serves them
 //! over gRPC (`payouts.notifications.v1.NotificationsService`), and the critical alerts
-//! every service raises. Owns `notifications` and `criticalAlerts` (the email outbox arrives
-//! with balance monitoring).
+//! every service raises, and their emails. Owns `notifications` and `criticalAlerts` (each
+//! alert carries its own email outbox entry).
 //!
 //! - [`domain`]: notifications as values, pure.
 //! - [`alerts`]: critical alerts as values, pure.
+//! - [`email`]: which alerts are emailed, their retries and their text, pure.
+//! - [`outbox`]: the email worker (SMTP through lettre).
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod alerts;
 pub mod domain;
+pub mod email;
 pub mod grpc;
+pub mod outbox;
 pub mod store;
 
 use std::sync::Arc;
@@ -18,15 +22,35 @@ use std::sync::Arc;
 use payouts_runtime::ServiceContext;
 use payouts_runtime::grpc::GrpcServer;
 
-/// Builds the service on the context's store and adds it to `server`.
+/// Builds the service on the context's store, starts its email worker when `SMTP_URL` is
+/// set, and adds it to `server`.
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
     let repositories = store::open(&context.store).await?;
+    let settings = &context.settings;
+    let emails = match &settings.smtp_url {
+        Some(url) => {
+            let outbox = Arc::new(outbox::Outbox {
+                alerts: Arc::clone(&repositories.alerts),
+                mailer: Arc::new(outbox::SmtpMailer::new(url)?),
+                clock: Arc::clone(&context.clock),
+                from: settings.alert_email_from.clone(),
+                to: settings.alert_email_to.clone(),
+                dashboard_url: settings.dashboard_url.clone(),
+                policy: email::EmailPolicy::default(),
+                poll_interval: std::time::Duration::from_secs(1),
+            });
+            tokio::spawn(outbox.run(context.shutdown.clone()));
+            true
+        }
+        None => false,
+    };
     let service = grpc::NotificationsGrpc::new(
         repositories,
         Arc::clone(&context.clock),
         Arc::clone(&context.ids),
-        context.settings.admin_user_ids.clone(),
-    );
+        settings.admin_user_ids.clone(),
+    )
+    .with_emails(emails);
     server.add_service(grpc::server(service));
     Ok(())
 }

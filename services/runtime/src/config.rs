@@ -199,6 +199,16 @@ pub struct Settings {
     /// five fields as in the spec, `0 6 * * *`, or six with seconds first); `None` (`off`)
     /// disables it.
     pub balance_check_schedule: Option<cron::Schedule>,
+    /// `SMTP_URL`: where alert emails go, in lettre's URL form (`smtp://user:pass@host:587?tls=required`
+    /// for STARTTLS, `smtps://...` for implicit TLS; plain `smtp://` only to a local relay).
+    /// `None`: no emails.
+    pub smtp_url: Option<Secret>,
+    /// `ALERT_EMAIL_TO`: comma-separated recipients of critical and warning alerts.
+    pub alert_email_to: Vec<String>,
+    /// `ALERT_EMAIL_FROM`: the sender of alert emails.
+    pub alert_email_from: String,
+    /// `DASHBOARD_URL`: the admin dashboard, linked from alert emails.
+    pub dashboard_url: Option<String>,
     /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
     pub admin_user_ids: Vec<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
@@ -345,6 +355,16 @@ impl Settings {
                     .as_deref()
                     .unwrap_or("0 6 * * *"),
             )?,
+            smtp_url: values.secret("SMTP_URL")?,
+            alert_email_to: values
+                .secret_list("ALERT_EMAIL_TO")?
+                .into_iter()
+                .map(|address| address.0)
+                .collect(),
+            alert_email_from: values
+                .string("ALERT_EMAIL_FROM")?
+                .unwrap_or_else(|| "Payouts <payouts@localhost>".to_owned()),
+            dashboard_url: values.string("DASHBOARD_URL")?,
             admin_user_ids: values
                 .secret_list("ADMIN_USER_IDS")?
                 .into_iter()
@@ -439,6 +459,7 @@ impl Settings {
                 ),
             ));
         }
+        self.validate_email()?;
         if self.gateway_body_limit_bytes == 0 {
             return Err(ConfigError::new(
                 "GATEWAY_BODY_LIMIT_BYTES",
@@ -512,6 +533,73 @@ fn schedule(variable: &str, text: &str) -> Result<Option<cron::Schedule>, Config
                 ),
             )
         })
+}
+
+impl Settings {
+    /// Emails go somewhere safe, to someone: an SMTP URL without recipients (or recipients
+    /// without an SMTP URL) would drop every alert email silently, and plain SMTP to a
+    /// remote host would send credentials and alerts in the clear.
+    fn validate_email(&self) -> Result<(), ConfigError> {
+        match (&self.smtp_url, self.alert_email_to.is_empty()) {
+            (None, true) => return Ok(()),
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    "ALERT_EMAIL_TO",
+                    "is required when SMTP_URL is set: who receives the alert emails?",
+                ));
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    "SMTP_URL",
+                    "is required when ALERT_EMAIL_TO is set: alert emails would never be sent",
+                ));
+            }
+            (Some(_), false) => {}
+        }
+        for address in &self.alert_email_to {
+            if !address.contains('@') {
+                return Err(ConfigError::new(
+                    "ALERT_EMAIL_TO",
+                    format!("{address:?} is not an email address"),
+                ));
+            }
+        }
+        let url = self
+            .smtp_url
+            .as_ref()
+            .map(Secret::expose)
+            .unwrap_or_default();
+        let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+        let host = rest
+            .rsplit_once('@')
+            .map_or(rest, |(_, host)| host)
+            .split(['/', '?'])
+            .next()
+            .unwrap_or_default();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|host| host.split_once(']'))
+            .map_or_else(
+                || host.split(':').next().unwrap_or_default(),
+                |(host, _)| host,
+            );
+        let local = matches!(host, "localhost" | "127.0.0.1" | "::1");
+        let starttls = url.contains("tls=required");
+        match scheme {
+            "smtps" => Ok(()),
+            "smtp" if starttls || local => Ok(()),
+            "smtp" => Err(ConfigError::new(
+                "SMTP_URL",
+                format!(
+                    "plain smtp:// to {host} would send alerts and credentials in the clear: use smtps:// or add ?tls=required (plain smtp:// only to a local relay)"
+                ),
+            )),
+            _ => Err(ConfigError::new(
+                "SMTP_URL",
+                "must start with smtp:// or smtps://",
+            )),
+        }
+    }
 }
 
 struct Values(HashMap<String, config::Value>);
@@ -649,6 +737,44 @@ mod tests {
         );
         let settings = Settings::from_env(env(&[("BALANCE_CHECK_SCHEDULE", "off")])).unwrap();
         assert!(settings.balance_check_schedule.is_none());
+    }
+
+    #[test]
+    fn alert_emails_need_a_safe_relay_and_recipients() {
+        let check = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).map(|_| ());
+        let to = ("ALERT_EMAIL_TO", "ops@example.com, finance@example.com");
+        assert!(check(&[to, ("SMTP_URL", "smtps://u:p@mail.example.com:465")]).is_ok());
+        assert!(
+            check(&[
+                to,
+                ("SMTP_URL", "smtp://u:p@mail.example.com:587?tls=required")
+            ])
+            .is_ok()
+        );
+        assert!(check(&[to, ("SMTP_URL", "smtp://127.0.0.1:2525")]).is_ok());
+        let refused = |pairs: &[(&str, &str)]| check(pairs).unwrap_err().variable;
+        assert_eq!(
+            refused(&[to, ("SMTP_URL", "smtp://u:p@mail.example.com:25")]),
+            "SMTP_URL"
+        );
+        assert_eq!(
+            refused(&[("SMTP_URL", "smtps://mail.example.com")]),
+            "ALERT_EMAIL_TO"
+        );
+        assert_eq!(refused(&[to]), "SMTP_URL");
+        assert_eq!(
+            refused(&[
+                ("ALERT_EMAIL_TO", "ops"),
+                ("SMTP_URL", "smtps://mail.example.com")
+            ]),
+            "ALERT_EMAIL_TO"
+        );
+        let settings =
+            Settings::from_env(env(&[to, ("SMTP_URL", "smtps://mail.example.com")])).unwrap();
+        assert_eq!(
+            settings.alert_email_to,
+            ["ops@example.com", "finance@example.com"]
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use payouts_runtime::store::{
 use serde::{Deserialize, Serialize};
 
 use crate::alerts::{Alert, AlertStatus, Severity};
+use crate::email::{EmailDelivery, EmailStatus};
 
 /// Storage of critical alerts.
 #[async_trait]
@@ -35,6 +36,13 @@ pub trait AlertRepository: Send + Sync + 'static {
 
     /// Replaces the alert if its stored version is `expected_version`; Conflict otherwise.
     async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError>;
+
+    /// Alerts whose email is pending and due (`next_attempt_at` has come), earliest first.
+    async fn emails_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError>;
 }
 
 fn stale(alert_id: &str) -> ServiceError {
@@ -100,6 +108,32 @@ impl AlertRepository for MemoryAlerts {
         Ok(found)
     }
 
+    async fn emails_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let mut due: Vec<Alert> = self
+            .lock()
+            .values()
+            .filter(|a| {
+                a.email.as_ref().is_some_and(|email| {
+                    email.status == EmailStatus::Pending
+                        && email.next_attempt_at.is_none_or(|at| at <= now)
+                })
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|a| {
+            (
+                a.email.as_ref().and_then(|email| email.next_attempt_at),
+                a.id.clone(),
+            )
+        });
+        due.truncate(limit);
+        Ok(due)
+    }
+
     async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError> {
         let mut alerts = self.lock();
         match alerts.get_mut(&alert.id) {
@@ -150,6 +184,18 @@ struct AlertDocument {
     resolved_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     resolution_notes: Option<String>,
+    /// The owed email (the outbox entry): top-level fields, so the worker's query and its
+    /// index are plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email_status: Option<String>,
+    #[serde(default)]
+    email_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email_next_attempt_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email_last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    email_sent_at: Option<bson::DateTime>,
     version: i64,
 }
 
@@ -184,6 +230,15 @@ impl TryFrom<&Alert> for AlertDocument {
             resolved_at: a.resolved_at.map(to_bson_time),
             resolved_by: a.resolved_by.clone(),
             resolution_notes: a.resolution_notes.clone(),
+            email_status: a.email.as_ref().map(|e| e.status.as_str().to_owned()),
+            email_attempts: a.email.as_ref().map_or(0, |e| e.attempts),
+            email_next_attempt_at: a
+                .email
+                .as_ref()
+                .and_then(|e| e.next_attempt_at)
+                .map(to_bson_time),
+            email_last_error: a.email.as_ref().and_then(|e| e.last_error.clone()),
+            email_sent_at: a.email.as_ref().and_then(|e| e.sent_at).map(to_bson_time),
             version: a.version,
         })
     }
@@ -196,6 +251,11 @@ impl TryFrom<AlertDocument> for Alert {
         let corrupt = |what: &str| {
             ServiceError::internal(anyhow::anyhow!("stored alert {} has {what}", d.id))
         };
+        let email_status = d
+            .email_status
+            .as_deref()
+            .map(|text| EmailStatus::parse(text).ok_or_else(|| corrupt("a bad email status")))
+            .transpose()?;
         Ok(Self {
             severity: Severity::parse(&d.severity).ok_or_else(|| corrupt("a bad severity"))?,
             status: AlertStatus::parse(&d.status).ok_or_else(|| corrupt("a bad status"))?,
@@ -213,6 +273,16 @@ impl TryFrom<AlertDocument> for Alert {
             resolved_at: d.resolved_at.map(from_bson_time),
             resolved_by: d.resolved_by,
             resolution_notes: d.resolution_notes,
+            email: match email_status {
+                None => None,
+                Some(status) => Some(EmailDelivery {
+                    status,
+                    attempts: d.email_attempts,
+                    next_attempt_at: d.email_next_attempt_at.map(from_bson_time),
+                    last_error: d.email_last_error,
+                    sent_at: d.email_sent_at.map(from_bson_time),
+                }),
+            },
             version: d.version,
         })
     }
@@ -230,6 +300,9 @@ impl MongoAlerts {
                     .build(),
                 IndexModel::builder()
                     .keys(doc! { "type": 1, "timestamp": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "emailStatus": 1, "emailNextAttemptAt": 1 })
                     .build(),
             ])
             .await?;
@@ -293,6 +366,24 @@ impl AlertRepository for MongoAlerts {
             &self.collection,
             filter,
             doc! { "timestamp": -1, "_id": -1 },
+            limit,
+        )
+        .await?;
+        documents.into_iter().map(Alert::try_from).collect()
+    }
+
+    async fn emails_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let documents: Vec<AlertDocument> = find_many(
+            &self.collection,
+            doc! {
+                "emailStatus": EmailStatus::Pending.as_str(),
+                "emailNextAttemptAt": { "$lte": to_bson_time(now) },
+            },
+            doc! { "emailNextAttemptAt": 1, "_id": 1 },
             limit,
         )
         .await?;

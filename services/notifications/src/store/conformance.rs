@@ -263,6 +263,39 @@ mod alerts {
             vec![resolved]
         );
         assert_eq!(repository.get("alert_nothing").await.unwrap(), None);
+
+        // The email outbox: due when pending and its time has come; its state round-trips.
+        let policy = crate::email::EmailPolicy::default();
+        let mailed = alert("balance:mail", 20).owing_email(at(20));
+        repository.create(&mailed).await.unwrap();
+        let due = |minute| async move {
+            repository
+                .emails_due(at(minute), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(due(19).await, Vec::<String>::new());
+        assert_eq!(due(20).await, vec![mailed.id.clone()]);
+        let claimed = mailed.claimed_for_email(at(20), &policy).unwrap();
+        repository.replace(&claimed, mailed.version).await.unwrap();
+        assert_eq!(due(21).await, Vec::<String>::new(), "leased to its sender");
+        let failed = claimed.email_failed(at(21), "refused", &policy).unwrap();
+        repository.replace(&failed, claimed.version).await.unwrap();
+        assert_eq!(
+            repository.get(&mailed.id).await.unwrap(),
+            Some(failed.clone())
+        );
+        let sent = failed
+            .claimed_for_email(at(30), &policy)
+            .unwrap()
+            .email_sent(at(30))
+            .unwrap();
+        repository.replace(&sent, failed.version).await.unwrap();
+        assert_eq!(due(1_000).await, Vec::<String>::new());
+        assert_eq!(repository.get(&mailed.id).await.unwrap(), Some(sent));
     }
 
     #[tokio::test]

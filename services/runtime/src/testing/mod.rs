@@ -73,7 +73,7 @@ pub fn mongo_uri() -> String {
         })
 }
 
-fn workspace_target_dir() -> PathBuf {
+pub(crate) fn workspace_target_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
 }
 
@@ -133,6 +133,17 @@ fn start_test_server() -> Result<String, String> {
 
 /// Installs nx-27017 into a virtual environment once; concurrent test processes wait on a lock.
 fn install(install_dir: &Path) -> Result<PathBuf, String> {
+    let venv = install_package(install_dir, "nx-27017", NX_27017_VERSION)?;
+    Ok(venv.join("bin/nx-27017"))
+}
+
+/// Installs `package==version` from PyPI into `<install_dir>/venv` once (a marker file records
+/// it); concurrent test processes wait on a lock. The virtual environment's directory.
+pub(crate) fn install_package(
+    install_dir: &Path,
+    package: &str,
+    version: &str,
+) -> Result<PathBuf, String> {
     std::fs::create_dir_all(install_dir)
         .map_err(|error| format!("cannot create {install_dir:?}: {error}"))?;
     let lock_path = install_dir.join("install.lock");
@@ -142,19 +153,18 @@ fn install(install_dir: &Path) -> Result<PathBuf, String> {
         .map_err(|error| format!("cannot lock {lock_path:?}: {error}"))?;
 
     let venv = install_dir.join("venv");
-    let server_bin = venv.join("bin/nx-27017");
-    let marker = install_dir.join(format!("installed-{NX_27017_VERSION}"));
-    if server_bin.exists() && marker.exists() {
-        return Ok(server_bin);
+    let marker = install_dir.join(format!("installed-{version}"));
+    if marker.exists() {
+        return Ok(venv);
     }
     run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
     run(Command::new(venv.join("bin/pip"))
         .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("nx-27017=={NX_27017_VERSION}")))?;
+        .arg(format!("{package}=={version}")))?;
     let mut marker_file = std::fs::File::create(&marker)
         .map_err(|error| format!("cannot write {marker:?}: {error}"))?;
-    let _ = writeln!(marker_file, "nx-27017 {NX_27017_VERSION}");
-    Ok(server_bin)
+    let _ = writeln!(marker_file, "{package} {version}");
+    Ok(venv)
 }
 
 fn run(command: &mut Command) -> Result<(), String> {
@@ -172,7 +182,7 @@ fn run(command: &mut Command) -> Result<(), String> {
     }
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener =
         TcpListener::bind(("127.0.0.1", 0)).map_err(|error| format!("no free port: {error}"))?;
     listener
@@ -183,5 +193,6 @@ fn free_port() -> Result<u16, String> {
 
 pub mod bench;
 pub mod fake_stripe;
+pub mod smtp;
 pub mod stripe;
 pub mod stripe_ledger;
