@@ -332,6 +332,37 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     // A wrong token.
     let (status, _) = system.cron(reqwest::Method::GET, "not-the-secret").await;
     assert_eq!(status, 401);
+
+    // Spec §10's figures on /metrics: the last check's balance, and the HTTP routes by
+    // template.
+    let metrics = system
+        .http
+        .get(system.process.metrics_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "payouts_balance_available_cents 6000000",
+        "payouts_balance_pending_obligations_cents 300000",
+        "payouts_balance_threshold_status 0",
+        "payouts_balance_days_of_coverage -1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("payouts_http_requests_total")
+                && l.contains("route=\"/api/cron/platform-balance-check\"")
+                && l.contains("status=\"401\"")),
+        "{metrics}"
+    );
 }
 
 /// Two replicas on one MongoDB database, the check scheduled every second: each slot is run

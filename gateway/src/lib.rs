@@ -155,6 +155,7 @@ impl Gateway {
             )
             .route("/api/openapi.json", get(openapi))
             .route("/healthz", get(health::liveness))
+            .route_layer(axum::middleware::from_fn(http_metrics))
             .fallback(not_found)
             .with_state(self.clone())
             .layer(RequestBodyLimitLayer::new(
@@ -193,6 +194,34 @@ fn http_request_span<B>(request: &Request<B>) -> tracing::Span {
     );
     payouts_runtime::telemetry::set_parent_from_headers(&span, request.headers());
     span
+}
+
+/// Spec §10's rate, errors and duration of every HTTP route, by route template (never the
+/// raw path, so ids do not make new series): `payouts_http_requests_total{method, route,
+/// status}` and `payouts_http_request_duration_seconds{method, route}`.
+async fn http_metrics(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::histogram!(
+        "payouts_http_request_duration_seconds",
+        "method" => method.clone(),
+        "route" => route.clone()
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "payouts_http_requests_total",
+        "method" => method,
+        "route" => route,
+        "status" => status
+    )
+    .increment(1);
+    response
 }
 
 /// A JSON error body `{"error": "..."}` with a status.

@@ -277,6 +277,10 @@ impl Workflow {
         if created {
             tracing::info!(approval_id = %stored.id, payout_id = %stored.payout_id, "payout queued for approval");
             metrics::counter!("payouts_approvals_created_total").increment(1);
+            for flag in &stored.flags {
+                metrics::counter!("payouts_approvals_flags_total", "flag" => flag.clone())
+                    .increment(1);
+            }
             self.notifier.approval_required(&stored);
         }
         Ok((stored, created))
@@ -319,6 +323,15 @@ impl Workflow {
         );
         metrics::counter!("payouts_approvals_decided_total", "decision" => decided.status.as_str())
             .increment(1);
+        if let Some(reviewed_at) = decided.reviewed_at {
+            // Time to decision (spec §10): from the request to the admin's decision.
+            let waited = (reviewed_at - decided.requested_at)
+                .num_milliseconds()
+                .max(0);
+            #[allow(clippy::cast_precision_loss)] // milliseconds: exact far beyond any wait
+            metrics::histogram!("payouts_approvals_decision_seconds", "decision" => decided.status.as_str())
+                .record(waited as f64 / 1_000.0);
+        }
         match self.carry_out(&decided).await {
             Ok((applied, transfer_id)) => {
                 let message = match (action, &transfer_id) {

@@ -163,6 +163,7 @@ impl BalanceCheck {
             }
         }
         self.follow_pause(&status).await?;
+        record_metrics(&status);
         tracing::info!(
             status = status.threshold_status.as_str(),
             available_cents = status.available_cents,
@@ -311,4 +312,27 @@ pub fn flags(status: ThresholdStatus) -> (bool, bool, bool) {
         status == ThresholdStatus::Warning,
         status >= ThresholdStatus::Critical,
     )
+}
+
+/// Spec §10's balance figures as gauges (the replica that ran the check holds the latest):
+/// available balance, pending obligations, required reserve, days of coverage (-1 when not
+/// falling) and the threshold status (0 healthy, 1 warning, 2 critical, 3 depleted).
+#[allow(clippy::cast_precision_loss)] // cents as a gauge: f64 is exact to 2^53 cents
+fn record_metrics(status: &BalanceStatus) {
+    metrics::gauge!("payouts_balance_available_cents").set(status.available_cents as f64);
+    metrics::gauge!("payouts_balance_pending_obligations_cents")
+        .set(status.obligations_cents as f64);
+    metrics::gauge!("payouts_balance_required_reserve_cents")
+        .set(status.required_reserve_cents as f64);
+    metrics::gauge!("payouts_balance_days_of_coverage")
+        .set(status.days_of_coverage.map_or(-1.0, |days| days as f64));
+    let level = match status.threshold_status {
+        ThresholdStatus::Healthy => 0.0,
+        ThresholdStatus::Warning => 1.0,
+        ThresholdStatus::Critical => 2.0,
+        ThresholdStatus::Depleted => 3.0,
+    };
+    metrics::gauge!("payouts_balance_threshold_status").set(level);
+    metrics::counter!("payouts_balance_checks_total", "status" => status.threshold_status.as_str())
+        .increment(1);
 }
