@@ -363,6 +363,21 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
                 && l.contains("status=\"401\"")),
         "{metrics}"
     );
+    // And every gRPC method's answers by status code (the failed check was Unavailable).
+    let answered = |code: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("payouts_grpc_server_responses_total")
+                && l.contains("method=\"/payouts.balance.v1.BalanceService/RunBalanceCheck\"")
+                && l.contains(&format!("code=\"{code}\""))
+        })
+    };
+    assert!(answered("Ok") && answered("Unavailable"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("payouts_grpc_server_duration_seconds")),
+        "{metrics}"
+    );
 }
 
 /// Two replicas on one MongoDB database, the check scheduled every second: each slot is run

@@ -96,7 +96,7 @@ impl GrpcServer {
         let routes = self.routes.clone().routes().prepare();
         let service = tower::ServiceBuilder::new()
             .layer(server_trace_layer())
-            .map_request(count_request as fn(http::Request<Body>) -> http::Request<Body>)
+            .layer(GrpcMetricsLayer)
             .service(routes)
             .map_response(|response| response.map(Body::new));
         BoxCloneSyncService::new(service)
@@ -123,9 +123,7 @@ impl GrpcServer {
 
         let result = tonic::transport::Server::builder()
             .layer(server_trace_layer())
-            .layer(tower::util::MapRequestLayer::new(
-                count_request as fn(http::Request<Body>) -> http::Request<Body>,
-            ))
+            .layer(GrpcMetricsLayer)
             .add_routes(self.routes.routes())
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -140,16 +138,72 @@ impl GrpcServer {
     }
 }
 
-/// Counts every request a server takes, by method, whether it came over the network or in
-/// process (`payouts_grpc_server_requests_total{method}`): how many calls one request to the
-/// system makes inside it.
-fn count_request(request: http::Request<Body>) -> http::Request<Body> {
-    metrics::counter!(
-        "payouts_grpc_server_requests_total",
-        "method" => request.uri().path().to_owned()
-    )
-    .increment(1);
-    request
+/// Spec §10's rate, errors and duration of every gRPC method a server serves, whether the
+/// call came over the network or in process: `payouts_grpc_server_requests_total{method}`
+/// (how many calls one request to the system makes inside it),
+/// `payouts_grpc_server_responses_total{method, code}` (the gRPC status code; an error
+/// travels in the headers of a trailers-only response, and its absence means OK) and
+/// `payouts_grpc_server_duration_seconds{method}`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+/// See [`GrpcMetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, RequestBody, ResponseBody> tower::Service<http::Request<RequestBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<ResponseBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResponseBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        metrics::counter!("payouts_grpc_server_requests_total", "method" => method.clone())
+            .increment(1);
+        let started = std::time::Instant::now();
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let result = call.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .map(|code| tonic::Code::from_bytes(code.as_bytes()))
+                    .unwrap_or(tonic::Code::Ok),
+                Err(_) => tonic::Code::Unavailable,
+            };
+            metrics::histogram!("payouts_grpc_server_duration_seconds", "method" => method.clone())
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!(
+                "payouts_grpc_server_responses_total",
+                "method" => method,
+                "code" => format!("{code:?}")
+            )
+            .increment(1);
+            result
+        })
+    }
 }
 
 /// How the server names a request's span.
