@@ -457,6 +457,12 @@ impl Workflow {
             if let Err(error) = self.run_due().await {
                 tracing::warn!(error = %error, "approvals worker pass failed");
             }
+            // Spec §10: pending approvals, as the store counts them (every replica agrees).
+            match self.approvals.count_pending().await {
+                #[allow(clippy::cast_precision_loss)] // a count far below 2^53
+                Ok(pending) => metrics::gauge!("payouts_approvals_pending").set(pending as f64),
+                Err(error) => tracing::debug!(%error, "pending approvals not counted"),
+            }
             tokio::select! {
                 () = &mut stop => return,
                 () = tokio::time::sleep(self.poll_interval) => {}

@@ -44,6 +44,10 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         }
         None => false,
     };
+    tokio::spawn(open_alerts_gauge(
+        Arc::clone(&repositories.alerts),
+        context.shutdown.clone(),
+    ));
     let service = grpc::NotificationsGrpc::new(
         repositories,
         Arc::clone(&context.clock),
@@ -53,4 +57,32 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     .with_emails(emails);
     server.add_service(grpc::server(service));
     Ok(())
+}
+
+/// Spec §10's open alerts by type, as the store counts them (every replica agrees), every
+/// 15 seconds: `payouts_alerts_open{type}` (a type with none left reads 0).
+async fn open_alerts_gauge(
+    alerts: Arc<dyn store::AlertRepository>,
+    shutdown: payouts_runtime::shutdown::Shutdown,
+) {
+    let stop = shutdown.requested();
+    tokio::pin!(stop);
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        match alerts.open_by_type().await {
+            Ok(open) => {
+                seen.extend(open.keys().cloned());
+                for kind in &seen {
+                    #[allow(clippy::cast_precision_loss)] // a count far below 2^53
+                    let count = open.get(kind).copied().unwrap_or(0) as f64;
+                    metrics::gauge!("payouts_alerts_open", "type" => kind.clone()).set(count);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "open alerts not counted"),
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+        }
+    }
 }

@@ -133,6 +133,31 @@ where
         .map_err(mongo_error)
 }
 
+/// The `field` values of the documents matching `filter` (a projection of that one field;
+/// documents without it count as ""): counts for gauges, without an aggregation pipeline
+/// (the MongoDB test server has none).
+pub async fn field_values<T>(
+    collection: &mongodb::Collection<T>,
+    filter: mongodb::bson::Document,
+    field: &str,
+) -> Result<Vec<String>, crate::error::ServiceError>
+where
+    T: Send + Sync,
+{
+    use futures::TryStreamExt as _;
+    let mut cursor = collection
+        .clone_with_type::<mongodb::bson::Document>()
+        .find(filter)
+        .projection(mongodb::bson::doc! { field: 1 })
+        .await
+        .map_err(mongo_error)?;
+    let mut values = Vec::new();
+    while let Some(document) = cursor.try_next().await.map_err(mongo_error)? {
+        values.push(document.get_str(field).unwrap_or_default().to_owned());
+    }
+    Ok(values)
+}
+
 /// Stores `document` under `id` if the stored document is still at `expected_version` (0:
 /// none is stored yet): a versioned compare-and-set. `Ok(false)` when another writer got
 /// there first.

@@ -352,4 +352,9 @@ impl ApprovalRepository for Hazardous<dyn ApprovalRepository> {
             .read("approvals.due", self.inner.due(now, limit))
             .await
     }
+    async fn count_pending(&self) -> Result<u64, ServiceError> {
+        self.hazard
+            .read("approvals.count_pending", self.inner.count_pending())
+            .await
+    }
 }

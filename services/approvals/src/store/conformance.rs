@@ -144,6 +144,11 @@ async fn lists_pending_oldest_first(repository: &dyn ApprovalRepository) {
         .unwrap();
     let ids: Vec<&str> = pending.iter().map(|a| a.payout_id.as_str()).collect();
     assert_eq!(ids, ["payout_once", "payout_list_a", "payout_list_b"]);
+    assert_eq!(
+        repository.count_pending().await.unwrap(),
+        3,
+        "decided ones are not pending"
+    );
     // payout_stale and payout_race were decided; whichever way the race went, both are gone
     // from the pending queue and appear under their decision.
     let approved = repository

@@ -84,6 +84,15 @@ impl ApprovalRepository for MemoryApprovals {
         Ok(found)
     }
 
+    async fn count_pending(&self) -> Result<u64, ServiceError> {
+        let pending = self
+            .lock()
+            .values()
+            .filter(|a| a.status == ApprovalStatus::Pending)
+            .count();
+        Ok(u64::try_from(pending).unwrap_or(u64::MAX))
+    }
+
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Approval>, ServiceError> {
         let mut found: Vec<Approval> = self
             .lock()

@@ -37,6 +37,9 @@ pub trait ApprovalRepository: Send + Sync + 'static {
     /// come), earliest first: a decision that keeps failing backs off and never starves
     /// the others.
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Approval>, ServiceError>;
+
+    /// How many approvals wait for an admin's decision (the pending-approvals gauge).
+    async fn count_pending(&self) -> Result<u64, ServiceError>;
 }
 
 pub(crate) fn stale(approval_id: &str) -> ServiceError {

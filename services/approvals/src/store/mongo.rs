@@ -288,9 +288,23 @@ impl ApprovalRepository for MongoApprovals {
         )
         .await
     }
+
+    async fn count_pending(&self) -> Result<u64, ServiceError> {
+        self.count_pending_documents().await
+    }
 }
 
 impl MongoApprovals {
+    async fn count_pending_documents(&self) -> Result<u64, ServiceError> {
+        let pending = payouts_runtime::store::field_values(
+            &self.collection,
+            doc! { "status": ApprovalStatus::Pending.as_str() },
+            "_id",
+        )
+        .await?;
+        Ok(u64::try_from(pending.len()).unwrap_or(u64::MAX))
+    }
+
     async fn find(
         &self,
         filter: bson::Document,

@@ -37,6 +37,9 @@ pub trait AlertRepository: Send + Sync + 'static {
     /// Replaces the alert if its stored version is `expected_version`; Conflict otherwise.
     async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError>;
 
+    /// How many alerts nobody has taken up yet, by type (the open-alerts gauge).
+    async fn open_by_type(&self) -> Result<BTreeMap<String, u64>, ServiceError>;
+
     /// Alerts whose email is pending and due (`next_attempt_at` has come), earliest first.
     async fn emails_due(
         &self,
@@ -106,6 +109,16 @@ impl AlertRepository for MemoryAlerts {
         found.sort_by(newest_first);
         found.truncate(limit);
         Ok(found)
+    }
+
+    async fn open_by_type(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
+        let mut open = BTreeMap::new();
+        for alert in self.lock().values() {
+            if alert.status == AlertStatus::Active {
+                *open.entry(alert.kind.clone()).or_insert(0) += 1;
+            }
+        }
+        Ok(open)
     }
 
     async fn emails_due(
@@ -370,6 +383,20 @@ impl AlertRepository for MongoAlerts {
         )
         .await?;
         documents.into_iter().map(Alert::try_from).collect()
+    }
+
+    async fn open_by_type(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
+        let mut open = BTreeMap::new();
+        for kind in payouts_runtime::store::field_values(
+            &self.collection,
+            doc! { "status": AlertStatus::Active.as_str() },
+            "type",
+        )
+        .await?
+        {
+            *open.entry(kind).or_insert(0) += 1;
+        }
+        Ok(open)
     }
 
     async fn emails_due(

@@ -264,6 +264,11 @@ mod alerts {
         );
         assert_eq!(repository.get("alert_nothing").await.unwrap(), None);
 
+        // Open alerts by type: active ones only.
+        let open = repository.open_by_type().await.unwrap();
+        assert_eq!(open.get("payout_outcome_unknown"), Some(&2), "{open:?}");
+        assert_eq!(open.get("platform_balance"), Some(&1), "{open:?}");
+
         // The email outbox: due when pending and its time has come; its state round-trips.
         let policy = crate::email::EmailPolicy::default();
         let mailed = alert("balance:mail", 20).owing_email(at(20));
