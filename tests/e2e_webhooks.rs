@@ -462,6 +462,26 @@ async fn a_parked_event_is_visible_and_retried_by_an_admin() {
             e["status"] == "failed" && e["deliveries"] == 2
         })
         .await;
+    // Each parking raised a critical alert in the one alert store.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, alerts) = client
+            .admin_get(
+                &process,
+                "/api/admin/alerts?status=all&type=webhook_event_parked",
+                Some(&token),
+            )
+            .await;
+        assert_eq!(status, 200, "{alerts}");
+        let alerts = alerts["alerts"].as_array().unwrap().clone();
+        if alerts.len() == 2 {
+            assert_eq!(alerts[0]["severity"], "critical");
+            assert_eq!(alerts[0]["metadata"]["eventId"], "evt_e2e_parked");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{alerts:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let (status, _) = client
         .admin_post(

@@ -4,6 +4,8 @@ use async_trait::async_trait;
 use payouts_proto::common::v1::StripeEvent;
 use payouts_proto::disputes::v1::HandleStripeEventRequest as DisputesRequest;
 use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+use payouts_proto::notifications::v1 as notifications_pb;
+use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1::HandleStripeEventRequest as PayoutsRequest;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_runtime::grpc::{TracedChannel, service_channel};
@@ -11,12 +13,14 @@ use payouts_runtime::{ServiceName, Settings};
 
 use crate::domain::{InboxEvent, Owner};
 use crate::inbox::Dispatcher;
+use crate::store::storage_id;
 
 /// Calls `HandleStripeEvent` on payouts or disputes.
 #[derive(Clone)]
 pub struct GrpcDispatcher {
     payouts: PayoutsServiceClient<TracedChannel>,
     disputes: DisputesServiceClient<TracedChannel>,
+    notifications: NotificationsServiceClient<TracedChannel>,
 }
 
 impl GrpcDispatcher {
@@ -25,6 +29,10 @@ impl GrpcDispatcher {
         Ok(Self {
             payouts: PayoutsServiceClient::new(service_channel(settings, ServiceName::Payouts)?),
             disputes: DisputesServiceClient::new(service_channel(settings, ServiceName::Disputes)?),
+            notifications: NotificationsServiceClient::new(service_channel(
+                settings,
+                ServiceName::Notifications,
+            )?),
         })
     }
 }
@@ -43,6 +51,48 @@ fn stripe_event(event: &InboxEvent) -> StripeEvent {
 
 #[async_trait]
 impl Dispatcher for GrpcDispatcher {
+    async fn alert_parked(&self, event: &InboxEvent) -> Result<(), String> {
+        let id = storage_id(event.endpoint, &event.event_id);
+        let data = serde_json::json!({
+            "eventId": event.event_id,
+            "eventType": event.event_type,
+            "endpoint": event.endpoint.as_str(),
+            "attempts": event.attempts,
+            "lastError": event.last_error,
+        });
+        self.notifications
+            .clone()
+            .create_critical_alert(notifications_pb::CreateCriticalAlertRequest {
+                r#type: "webhook_event_parked".to_owned(),
+                severity: notifications_pb::AlertSeverity::Critical.into(),
+                title: "Stripe Webhook Event Failed".to_owned(),
+                description: format!(
+                    "{} {} failed {} times and is parked: {}. Fix the cause, then retry it \
+                     (POST /api/admin/webhooks/events/{}/retry).",
+                    event.event_type,
+                    event.event_id,
+                    event.attempts,
+                    event.last_error.as_deref().unwrap_or("no error recorded"),
+                    event.event_id
+                ),
+                data_json: data.to_string(),
+                // One alert per parking: a retried event that parks again alerts again.
+                dedupe_key: format!(
+                    "webhook_parked:{id}:{}",
+                    event.failed_at.map_or(0, |at| at.timestamp_millis())
+                ),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|status| {
+                format!(
+                    "notifications answered {:?}: {}",
+                    status.code(),
+                    status.message()
+                )
+            })
+    }
+
     #[tracing::instrument(skip_all, fields(event_id = %event.event_id, event_type = %event.event_type))]
     async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String> {
         let answer = match owner {

@@ -33,6 +33,13 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// `Ok(outcome)` when the owner applied (or deliberately ignored) the event; `Err(reason)`
     /// when it must be retried.
     async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String>;
+
+    /// Raises the critical alert of an event parked as failed after its last try
+    /// (`webhook_event_parked`, once per parking). Best effort: the event stays visible as
+    /// failed in the admin REST whatever happens to its alert.
+    async fn alert_parked(&self, _event: &InboxEvent) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// How the inbox is configured.
@@ -345,7 +352,10 @@ impl Inbox {
                         tracing::info!(event_id = %next.event_id, outcome = next.outcome.as_deref().unwrap_or(""), "webhook processed")
                     }
                     EventStatus::Failed => {
-                        tracing::error!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook parked as failed")
+                        tracing::error!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook parked as failed");
+                        if let Err(error) = self.dispatcher.alert_parked(&next).await {
+                            tracing::error!(event_id = %next.event_id, %error, "the parked event's alert was not raised");
+                        }
                     }
                     EventStatus::Processing => {
                         tracing::warn!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook processing failed; will retry")
