@@ -472,22 +472,15 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         "no transfer while paused"
     );
 
-    // An admin resumes by hand; the next (still depleted) check does not re-pause.
-    let (status, resumed) = system
-        .admin(
-            reqwest::Method::POST,
-            "/api/admin/balance/resume",
-            Some(json!({ "reason": "funds are on their way" })),
-        )
-        .await;
-    assert_eq!(status, 200, "{resumed}");
-    assert_eq!(resumed["transferPause"]["paused"], false);
-    assert_eq!(resumed["transferPause"]["overridden"], true);
-    system.check(0).await;
+    // The balance recovers: the check lifts its own pause.
+    system.check(50_000).await;
     let (_, overview) = system
         .admin(reqwest::Method::GET, "/api/admin/balance", None)
         .await;
-    assert_eq!(overview["data"]["transferPause"]["paused"], false);
+    assert_eq!(
+        overview["data"]["transferPause"]["paused"], false,
+        "{overview}"
+    );
     // The payout goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -512,6 +505,25 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     }
     assert_eq!(system.stripe.transfers().len(), 1);
 
+    // Depleted again, and an admin lifts the pause by hand: the next still-depleted check
+    // does not pause again what the admin lifted.
+    system.check(0).await;
+    let (status, resumed) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/balance/resume",
+            Some(json!({ "reason": "funds are on their way" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["transferPause"]["paused"], false);
+    assert_eq!(resumed["transferPause"]["overridden"], true);
+    system.check(0).await;
+    let (_, overview) = system
+        .admin(reqwest::Method::GET, "/api/admin/balance", None)
+        .await;
+    assert_eq!(overview["data"]["transferPause"]["paused"], false);
+
     // An admin's pause outlasts a healthy balance; every change raised an alert.
     let (status, _) = system
         .admin(reqwest::Method::POST, "/api/admin/balance/pause", None)
@@ -532,7 +544,7 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
             None,
         )
         .await;
-    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 2, "{alerts}");
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 3, "{alerts}");
     let (_, alerts) = system
         .admin(
             reqwest::Method::GET,
@@ -540,7 +552,7 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
             None,
         )
         .await;
-    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 1, "{alerts}");
+    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 2, "{alerts}");
 }
 
 /// Alert emails reach a real SMTP server (aiosmtpd) with spec §5's subjects, each once, to
