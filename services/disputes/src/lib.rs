@@ -3,12 +3,14 @@
 //!
 //! - [`domain`]: allocations and earnings books, pure.
 //! - [`earnings`]: recording allocations and reading earnings through the books.
+//! - [`split`]: exact proportional reductions (largest remainder), pure.
 //! - [`store`]: the repository traits, their MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod domain;
 pub mod earnings;
 pub mod grpc;
+pub mod split;
 pub mod store;
 
 use std::sync::Arc;
