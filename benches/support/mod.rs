@@ -33,7 +33,8 @@ impl Payouts {
             child,
             announced: Vec::new(),
         };
-        for line in stderr.lines() {
+        let mut lines = stderr.lines();
+        for line in lines.by_ref() {
             let Some(line) = line
                 .ok()
                 .and_then(|line| line.strip_prefix("payouts: ").map(str::to_owned))
@@ -43,6 +44,8 @@ impl Payouts {
             let ready = line.starts_with("gateway listening on ");
             payouts.announced.push(line);
             if ready {
+                // Keep reading what it logs: a closed pipe would fail its next log line.
+                std::thread::spawn(move || lines.for_each(drop));
                 return payouts;
             }
         }
