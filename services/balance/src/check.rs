@@ -9,8 +9,8 @@ use payouts_runtime::money::dollars;
 use payouts_runtime::{Currency, ErrorKind, ServiceError};
 
 use crate::domain::{
-    AlertKind, AlertStep, BalanceAlert, BalanceStatus, OpenAlert, Snapshot, TREND_WINDOW,
-    ThresholdStatus, Thresholds, Trend, TrendDirection, alert_step,
+    AlertKind, AlertStep, BalanceAlert, BalanceStatus, OpenAlert, Snapshot, ThresholdStatus,
+    Thresholds, Trend, TrendDirection, alert_step,
 };
 use crate::store::{OpenAlertRepository, SnapshotRepository};
 
@@ -112,13 +112,8 @@ impl BalanceCheck {
         let owed = self.obligations.owed().await?;
         let now = self.clock.now();
         let recent = self.snapshots.recent(None, TREND_SNAPSHOTS).await?;
-        let earlier: Vec<_> = recent
-            .iter()
-            .filter(|s| now - s.taken_at <= TREND_WINDOW)
-            .map(|s| (s.taken_at, s.available_balance_cents))
-            .collect();
         let trend = if request.check_trend {
-            Trend::over(now, balance.available_cents, &earlier)
+            Trend::over(now, balance.available_cents, &readings(&recent))
         } else {
             Trend {
                 direction: TrendDirection::Stable,
@@ -218,13 +213,11 @@ impl BalanceCheck {
         let Some(latest) = recent.first() else {
             return Ok(None);
         };
-        let earlier: Vec<_> = recent
-            .iter()
-            .skip(1)
-            .filter(|s| latest.taken_at - s.taken_at <= TREND_WINDOW)
-            .map(|s| (s.taken_at, s.available_balance_cents))
-            .collect();
-        let trend = Trend::over(latest.taken_at, latest.available_balance_cents, &earlier);
+        let trend = Trend::over(
+            latest.taken_at,
+            latest.available_balance_cents,
+            &readings(&recent),
+        );
         let status = BalanceStatus::assess(
             &self.thresholds,
             latest.available_balance_cents,
@@ -305,13 +298,13 @@ impl BalanceCheck {
     }
 }
 
-/// Spec §5 `balanceStatus.isHealthy` / `isWarning` / `isCritical` (depleted is critical).
-pub fn flags(status: ThresholdStatus) -> (bool, bool, bool) {
-    (
-        status == ThresholdStatus::Healthy,
-        status == ThresholdStatus::Warning,
-        status >= ThresholdStatus::Critical,
-    )
+/// The available balance of each snapshot, for [`Trend::over`] (which keeps those of the
+/// 7 days before the moment it looks from).
+fn readings(snapshots: &[Snapshot]) -> Vec<(chrono::DateTime<chrono::Utc>, i64)> {
+    snapshots
+        .iter()
+        .map(|s| (s.taken_at, s.available_balance_cents))
+        .collect()
 }
 
 /// Spec §10's balance figures as gauges (the replica that ran the check holds the latest):

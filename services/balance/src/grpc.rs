@@ -84,6 +84,17 @@ fn outcome_to_proto(outcome: CheckOutcome) -> pb::RunBalanceCheckResponse {
     }
 }
 
+impl BalanceGrpc {
+    /// The balance check, or FAILED_PRECONDITION when Stripe is not configured.
+    fn check(&self) -> Result<&BalanceCheck, ServiceError> {
+        self.check.as_deref().ok_or_else(|| {
+            ServiceError::failed_precondition(
+                "balance monitoring needs Stripe: STRIPE_SECRET_KEY is not set",
+            )
+        })
+    }
+}
+
 /// The generated server around the service.
 pub fn server(service: BalanceGrpc) -> BalanceServiceServer<BalanceGrpc> {
     BalanceServiceServer::new(service)
@@ -114,11 +125,7 @@ impl BalanceService for BalanceGrpc {
         request: Request<pb::RunBalanceCheckRequest>,
     ) -> Result<Response<pb::RunBalanceCheckResponse>, Status> {
         let r = request.into_inner();
-        let check = self.check.as_ref().ok_or_else(|| {
-            ServiceError::failed_precondition(
-                "the balance check needs Stripe: STRIPE_SECRET_KEY is not set",
-            )
-        })?;
+        let check = self.check()?;
         let request = CheckRequest {
             create_snapshot: r.create_snapshot.unwrap_or(true),
             check_trend: r.check_trend.unwrap_or(true),
@@ -131,11 +138,7 @@ impl BalanceService for BalanceGrpc {
         &self,
         _request: Request<pb::GetBalanceOverviewRequest>,
     ) -> Result<Response<pb::GetBalanceOverviewResponse>, Status> {
-        let check = self.check.as_ref().ok_or_else(|| {
-            ServiceError::failed_precondition(
-                "balance monitoring needs Stripe: STRIPE_SECRET_KEY is not set",
-            )
-        })?;
+        let check = self.check()?;
         let (status, trend, snapshots) = check
             .overview(30)
             .await?
