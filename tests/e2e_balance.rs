@@ -6,8 +6,8 @@
 
 mod support;
 
-use payouts_proto::balance::v1::ListSnapshotsRequest;
 use payouts_proto::balance::v1::balance_service_client::BalanceServiceClient;
+use payouts_proto::balance::v1::{BalanceSnapshot, ListSnapshotsRequest};
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::notifications::v1::{AlertStatus, CriticalAlert, ListCriticalAlertsRequest};
 use payouts_runtime::testing::fake_stripe::FakeStripe;
@@ -108,17 +108,30 @@ impl System {
     }
 
     async fn snapshots(&self) -> usize {
-        BalanceServiceClient::new(self.channel.clone())
-            .list_snapshots(ListSnapshotsRequest {
-                page_size: 500,
-                page_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .snapshots
-            .len()
+        snapshots(&self.channel, 500).await.len()
     }
+
+    /// Whether new transfers are paused, as `GET /api/admin/balance` shows it.
+    async fn transfer_pause(&self) -> Value {
+        let (status, overview) = self
+            .admin(reqwest::Method::GET, "/api/admin/balance", None)
+            .await;
+        assert_eq!(status, 200, "{overview}");
+        overview["data"]["transferPause"].clone()
+    }
+}
+
+/// The newest `count` snapshots, newest first.
+async fn snapshots(channel: &Channel, count: i32) -> Vec<BalanceSnapshot> {
+    BalanceServiceClient::new(channel.clone())
+        .list_snapshots(ListSnapshotsRequest {
+            page_size: count,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshots
 }
 
 fn titles(body: &Value) -> Vec<String> {
@@ -162,16 +175,7 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
             }
         })
     );
-    let snapshot = BalanceServiceClient::new(system.channel.clone())
-        .list_snapshots(ListSnapshotsRequest {
-            page_size: 1,
-            page_token: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .snapshots
-        .remove(0);
+    let snapshot = snapshots(&system.channel, 1).await.remove(0);
     assert_eq!(snapshot.users_with_unpaid_earnings, 1);
     assert_eq!(snapshot.users_without_bank_accounts, 1);
     assert_eq!(snapshot.total_balance.unwrap().cents, 3_000_000);
@@ -399,15 +403,8 @@ async fn the_scheduled_check_runs_once_per_slot_with_two_replicas() {
     let second = Payouts::start(&[], StoreChoice::Embedded, &env);
     tokio::time::sleep(std::time::Duration::from_millis(4_500)).await;
     let channel = first.grpc_channel().await;
-    let mut taken: Vec<i64> = BalanceServiceClient::new(channel)
-        .list_snapshots(ListSnapshotsRequest {
-            page_size: 500,
-            page_token: String::new(),
-        })
+    let mut taken: Vec<i64> = snapshots(&channel, 500)
         .await
-        .unwrap()
-        .into_inner()
-        .snapshots
         .into_iter()
         .map(|snapshot| {
             let at = snapshot.timestamp.unwrap();
@@ -442,11 +439,8 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         .set_payouts_enabled("acct_creator_waits", true);
     let body = system.check(0).await;
     assert_eq!(body["data"]["balanceStatus"]["thresholdStatus"], "depleted");
-    let (_, overview) = system
-        .admin(reqwest::Method::GET, "/api/admin/balance", None)
-        .await;
-    let pause = &overview["data"]["transferPause"];
-    assert_eq!(pause["paused"], true, "{overview}");
+    let pause = &system.transfer_pause().await;
+    assert_eq!(pause["paused"], true, "{pause}");
     assert_eq!(pause["cause"], "automatic");
     assert_eq!(pause["changedBy"], "balance");
 
@@ -474,13 +468,7 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
 
     // The balance recovers: the check lifts its own pause.
     system.check(50_000).await;
-    let (_, overview) = system
-        .admin(reqwest::Method::GET, "/api/admin/balance", None)
-        .await;
-    assert_eq!(
-        overview["data"]["transferPause"]["paused"], false,
-        "{overview}"
-    );
+    assert_eq!(system.transfer_pause().await["paused"], false);
     // The payout goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -519,10 +507,7 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     assert_eq!(resumed["transferPause"]["paused"], false);
     assert_eq!(resumed["transferPause"]["overridden"], true);
     system.check(0).await;
-    let (_, overview) = system
-        .admin(reqwest::Method::GET, "/api/admin/balance", None)
-        .await;
-    assert_eq!(overview["data"]["transferPause"]["paused"], false);
+    assert_eq!(system.transfer_pause().await["paused"], false);
 
     // An admin's pause outlasts a healthy balance; every change raised an alert.
     let (status, _) = system
@@ -530,10 +515,7 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         .await;
     assert_eq!(status, 200);
     system.check(50_000).await;
-    let (_, overview) = system
-        .admin(reqwest::Method::GET, "/api/admin/balance", None)
-        .await;
-    let pause = &overview["data"]["transferPause"];
+    let pause = &system.transfer_pause().await;
     assert_eq!(pause["paused"], true);
     assert_eq!(pause["cause"], "manual");
     assert_eq!(pause["changedBy"], "admin:ops@example.com");
