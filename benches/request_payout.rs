@@ -93,11 +93,12 @@ fn main() {
                 .record_allocation(RecordAllocationRequest {
                     allocation_id: format!("alloc_{user}"),
                     user_id: format!("creator_{user}"),
-                    charge_id: "ch_bench".to_owned(),
+                    charge_id: format!("ch_bench_{user}"),
                     amount: Some(Money {
                         cents: 100_000_000_00,
                         currency: "usd".to_owned(),
                     }),
+                    payer_id: format!("supporter_{user}"),
                 })
                 .await
                 .unwrap();

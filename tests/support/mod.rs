@@ -196,11 +196,12 @@ pub async fn register_creator(
         .record_allocation(RecordAllocationRequest {
             allocation_id: format!("alloc_{user_id}"),
             user_id: user_id.to_owned(),
-            charge_id: "ch_e2e".to_owned(),
+            charge_id: format!("ch_{user_id}"),
             amount: Some(Money {
                 cents: earned_cents,
                 currency: "usd".to_owned(),
             }),
+            payer_id: format!("supporter_of_{user_id}"),
         })
         .await
         .expect("the allocation is recorded");

@@ -30,13 +30,13 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let ledger = Ledger {
+        let ledger = Arc::new(Ledger {
             allocations: Arc::new(MemoryAllocations::default()),
             books: Arc::new(MemoryEarningsBooks::default()),
             clock: Arc::new(SystemClock),
-        };
+        });
         let credit = |id: String, user: &str| {
-            Allocation::credit(&id, user, "ch_bench", Money::usd(1_00), SystemClock.now()).unwrap()
+            Allocation::credit(&id, user, "ch_bench", "payer_bench", Money::usd(1_00), SystemClock.now()).unwrap()
         };
         ledger.record(&credit("one_0".to_owned(), "creator_one")).await.unwrap();
         for i in 0..history {
@@ -47,7 +47,11 @@ fn main() {
         }
         let mut server = GrpcServer::new();
         server.add_service(payouts_disputes::grpc::server(
-            payouts_disputes::grpc::DisputesGrpc::new(ledger),
+            payouts_disputes::grpc::DisputesGrpc::new(payouts_disputes::cases::Cases {
+                ledger,
+                cases: Arc::new(payouts_disputes::store::MemoryChargeCases::default()),
+                notices: Arc::new(NoNotices),
+            }),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -111,4 +115,25 @@ fn main() {
         trigger.trigger();
         let _ = served.await;
     });
+}
+
+/// The bench reads earnings only: nothing to notify.
+struct NoNotices;
+
+#[async_trait::async_trait]
+impl payouts_disputes::ports::NoticesPort for NoNotices {
+    async fn alert(
+        &self,
+        _: &payouts_disputes::ports::Message,
+    ) -> Result<(), payouts_runtime::ServiceError> {
+        Ok(())
+    }
+
+    async fn notify_user(
+        &self,
+        _: &str,
+        _: &payouts_disputes::ports::Message,
+    ) -> Result<(), payouts_runtime::ServiceError> {
+        Ok(())
+    }
 }

@@ -50,9 +50,38 @@ pub struct Allocation {
     pub refunded_cents: i64,
     pub frozen_cents: i64,
     pub dispute_id: Option<String>,
+    /// The supporter whose charge funded it (None for allocations recorded before it was
+    /// asked for).
+    pub payer_id: Option<String>,
+    /// When a refund last took from it.
+    pub refunded_at: Option<DateTime<Utc>>,
+    /// When a dispute froze it.
+    pub disputed_at: Option<DateTime<Utc>>,
+    /// "won", "lost", "warning_closed", ...: how the dispute that froze it ended.
+    pub dispute_outcome: Option<String>,
+    pub dispute_resolved_at: Option<DateTime<Utc>>,
+    /// Every change after the credit, oldest first (DESIGN invariant 8).
+    pub audit: Vec<AllocationAudit>,
+    /// The version of its charge's case it reflects (0: none): never settled back to an
+    /// older one by a writer that read the case before another event was merged.
+    pub case_version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub version: i64,
+}
+
+/// One change of an allocation: what, from -> to, why, which event, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocationAudit {
+    pub at: DateTime<Utc>,
+    /// The Stripe event that caused it ("evt_..."), or the caller ("record" for a late
+    /// allocation that met its charge's refunds and disputes).
+    pub event_id: String,
+    pub from_status: AllocationStatus,
+    pub to_status: AllocationStatus,
+    pub from_cents: i64,
+    pub to_cents: i64,
+    pub reason: String,
 }
 
 impl Allocation {
@@ -61,6 +90,7 @@ impl Allocation {
         id: &str,
         user_id: &str,
         charge_id: &str,
+        payer_id: &str,
         amount: Money,
         now: DateTime<Utc>,
     ) -> Result<Self, ServiceError> {
@@ -69,6 +99,13 @@ impl Allocation {
             id: required_id(id, "allocation_id")?,
             user_id: required_id(user_id, "user_id")?,
             charge_id: required_id(charge_id, "charge_id")?,
+            payer_id: Some(required_id(payer_id, "payer_id")?),
+            refunded_at: None,
+            disputed_at: None,
+            dispute_outcome: None,
+            dispute_resolved_at: None,
+            audit: Vec::new(),
+            case_version: 0,
             original_amount: amount.clone(),
             amount,
             status: AllocationStatus::Active,
@@ -87,6 +124,8 @@ impl Allocation {
             && self.user_id == other.user_id
             && self.charge_id == other.charge_id
             && self.original_amount == other.original_amount
+            // Stored before the payer was asked for: the rest says it is the same credit.
+            && (self.payer_id.is_none() || self.payer_id == other.payer_id)
     }
 }
 
@@ -181,21 +220,78 @@ impl Totals {
     }
 }
 
+/// One allocation change counted in a book before it is stored: a credit (`before` None) or a
+/// change of a stored allocation (refund, freeze, outcome).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub before: Option<Allocation>,
+    pub after: Allocation,
+}
+
+impl Change {
+    /// What the change adds to its currency's totals.
+    pub fn delta(&self) -> Totals {
+        let after = Totals::of(&self.after);
+        match &self.before {
+            Some(before) => after.minus(Totals::of(before)),
+            None => after,
+        }
+    }
+}
+
+/// Something that happened to a creator's earnings that admissions look back on (spec §7:
+/// payouts of creators with recent refunds or disputes are held for approval).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecentMark {
+    pub kind: MarkKind,
+    pub charge_id: String,
+    /// When the refund or dispute happened (Stripe's time).
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MarkKind {
+    Refund,
+    Dispute,
+}
+
+impl MarkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MarkKind::Refund => "refund",
+            MarkKind::Dispute => "dispute",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "refund" => Some(MarkKind::Refund),
+            "dispute" => Some(MarkKind::Dispute),
+            _ => None,
+        }
+    }
+}
+
+/// How long a book remembers refunds and disputes (longer than the 30-day look-back).
+pub const MARK_RETENTION: chrono::Duration = chrono::Duration::days(90);
+
 /// A creator's earnings book: running totals of their allocations, per currency, kept in one
 /// document so that reading earnings costs one read however long the creator's history.
 ///
-/// Exact without multi-document transactions: an allocation change is first written here as
-/// an intent (`pending`, counted in the totals in the same compare-and-set), then applied to
-/// the allocation, then cleared. Whoever finds an intent finishes it (rolls it forward), or
-/// takes it back out of the totals if it cannot be applied (its id was taken by another
-/// creator's allocation). Earnings are reported without pending intents, so a total never
-/// counts an allocation that does not exist.
+/// Exact without multi-document transactions: allocation changes (credits, refunds, freezes,
+/// outcomes) are first written here as intents (`pending`, counted in the totals in the same
+/// compare-and-set), then applied to the allocations, then cleared. Whoever finds an intent
+/// finishes it (rolls it forward), or takes it back out of the totals if it cannot be applied
+/// (its id was taken by another creator's allocation). Earnings are reported without pending
+/// intents, so a total never counts a change that is not stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EarningsBook {
     pub user_id: String,
     pub totals: std::collections::BTreeMap<payouts_runtime::Currency, Totals>,
-    /// Allocations counted in `totals` and not yet known to be stored, oldest first.
-    pub pending: Vec<Allocation>,
+    /// Changes counted in `totals` and not yet known to be stored, oldest first.
+    pub pending: Vec<Change>,
+    /// Refunds and disputes of the last [`MARK_RETENTION`], one per charge and kind.
+    pub recent: Vec<RecentMark>,
     /// Compare-and-set version; 0 for a book not stored yet.
     pub version: i64,
 }
@@ -206,34 +302,68 @@ impl EarningsBook {
             user_id: user_id.to_owned(),
             totals: std::collections::BTreeMap::new(),
             pending: Vec::new(),
+            recent: Vec::new(),
             version: 0,
         }
     }
 
     /// The book with `allocation` counted and pending (the intent of a credit).
     pub fn with_credit(&self, allocation: &Allocation) -> EarningsBook {
+        self.with_changes(
+            vec![Change {
+                before: None,
+                after: allocation.clone(),
+            }],
+            &[],
+            allocation.created_at,
+        )
+    }
+
+    /// The book with `changes` counted and pending, `marks` remembered (one per charge and
+    /// kind) and marks older than [`MARK_RETENTION`] before `now` forgotten.
+    pub fn with_changes(
+        &self,
+        changes: Vec<Change>,
+        marks: &[RecentMark],
+        now: DateTime<Utc>,
+    ) -> EarningsBook {
         let mut book = self.clone();
-        let totals = book
-            .totals
-            .entry(allocation.amount.currency.clone())
-            .or_default();
-        *totals = totals.plus(Totals::of(allocation));
-        book.pending.push(allocation.clone());
+        for change in changes {
+            let totals = book
+                .totals
+                .entry(change.after.amount.currency.clone())
+                .or_default();
+            *totals = totals.plus(change.delta());
+            book.pending.push(change);
+        }
+        for mark in marks {
+            if !book.has_mark(mark) {
+                book.recent.push(mark.clone());
+            }
+        }
+        book.recent.retain(|mark| now - mark.at <= MARK_RETENTION);
         book.version += 1;
         book
     }
 
-    /// The book once the pending allocations were dealt with: `stored` ones are settled;
-    /// the others could not be stored and are taken back out of the totals.
+    /// Whether the book remembers a mark of this kind for this charge.
+    pub fn has_mark(&self, mark: &RecentMark) -> bool {
+        self.recent
+            .iter()
+            .any(|known| known.kind == mark.kind && known.charge_id == mark.charge_id)
+    }
+
+    /// The book once the pending changes were dealt with: `stored` ones (by allocation id)
+    /// are settled; the others could not be stored and are taken back out of the totals.
     pub fn with_pending_settled(&self, stored: &[String]) -> EarningsBook {
         let mut book = self.clone();
-        for allocation in std::mem::take(&mut book.pending) {
-            if !stored.contains(&allocation.id) {
+        for change in std::mem::take(&mut book.pending) {
+            if !stored.contains(&change.after.id) {
                 let totals = book
                     .totals
-                    .entry(allocation.amount.currency.clone())
+                    .entry(change.after.amount.currency.clone())
                     .or_default();
-                *totals = totals.minus(Totals::of(&allocation));
+                *totals = totals.minus(change.delta());
             }
         }
         book.version += 1;
@@ -245,8 +375,8 @@ impl EarningsBook {
         let pending = self
             .pending
             .iter()
-            .filter(|a| &a.amount.currency == currency)
-            .fold(Totals::default(), |sum, a| sum.plus(Totals::of(a)));
+            .filter(|change| &change.after.amount.currency == currency)
+            .fold(Totals::default(), |sum, change| sum.plus(change.delta()));
         let totals = self
             .totals
             .get(currency)
@@ -261,6 +391,19 @@ impl EarningsBook {
             refunded: money(totals.refunded),
         }
     }
+
+    /// How many charges of each kind touched these earnings in the `window` before `now`.
+    pub fn recent_count(
+        &self,
+        kind: MarkKind,
+        now: DateTime<Utc>,
+        window: chrono::Duration,
+    ) -> i64 {
+        self.recent
+            .iter()
+            .filter(|mark| mark.kind == kind && now - mark.at <= window)
+            .count() as i64
+    }
 }
 
 #[cfg(test)]
@@ -273,29 +416,32 @@ mod tests {
 
     #[test]
     fn a_credit_must_be_positive_and_named() {
-        assert!(Allocation::credit("a", "u", "ch_1", Money::usd(0), now()).is_err());
-        assert!(Allocation::credit("a", "u", "ch_1", Money::usd(-5), now()).is_err());
-        let error = Allocation::credit("a", "", "ch_1", Money::usd(5), now()).unwrap_err();
+        assert!(Allocation::credit("a", "u", "ch_1", "payer", Money::usd(0), now()).is_err());
+        assert!(Allocation::credit("a", "u", "ch_1", "payer", Money::usd(-5), now()).is_err());
+        let error = Allocation::credit("a", "", "ch_1", "payer", Money::usd(5), now()).unwrap_err();
         assert_eq!(error.message(), "user_id is required");
-        let credited = Allocation::credit("a", "u", "ch_1", Money::usd(500), now()).unwrap();
+        let credited =
+            Allocation::credit("a", "u", "ch_1", "payer", Money::usd(500), now()).unwrap();
         assert_eq!(credited.status, AllocationStatus::Active);
         assert_eq!(credited.amount, credited.original_amount);
     }
 
     #[test]
     fn a_retried_credit_is_recognised_by_its_content() {
-        let first = Allocation::credit("a", "u", "ch_1", Money::usd(500), now()).unwrap();
+        let first = Allocation::credit("a", "u", "ch_1", "payer", Money::usd(500), now()).unwrap();
         let later = now() + chrono::Duration::minutes(1);
-        let retried = Allocation::credit("a", "u", "ch_1", Money::usd(500), later).unwrap();
+        let retried =
+            Allocation::credit("a", "u", "ch_1", "payer", Money::usd(500), later).unwrap();
         assert!(first.same_credit(&retried));
-        let different = Allocation::credit("a", "u", "ch_1", Money::usd(501), now()).unwrap();
+        let different =
+            Allocation::credit("a", "u", "ch_1", "payer", Money::usd(501), now()).unwrap();
         assert!(!first.same_credit(&different));
     }
 
     #[test]
     fn earnings_sum_by_status_in_one_currency() {
         let credit = |id: &str, cents: i64| {
-            Allocation::credit(id, "u", "ch_1", Money::usd(cents), now()).unwrap()
+            Allocation::credit(id, "u", "ch_1", "payer", Money::usd(cents), now()).unwrap()
         };
         let active = credit("a", 1_000);
         let mut at_risk = credit("b", 500);
@@ -309,6 +455,7 @@ mod tests {
             "d",
             "u",
             "ch_2",
+            "payer",
             Money::new(9_999, payouts_runtime::Currency::parse("eur").unwrap()),
             now(),
         )
@@ -327,7 +474,7 @@ mod tests {
     fn a_book_counts_credits_reports_only_settled_ones_and_takes_back_failed_ones() {
         let usd = payouts_runtime::Currency::usd();
         let credit = |id: &str, cents: i64| {
-            Allocation::credit(id, "u", "ch_1", Money::usd(cents), now()).unwrap()
+            Allocation::credit(id, "u", "ch_1", "payer", Money::usd(cents), now()).unwrap()
         };
         let book = EarningsBook::empty("u");
         let one = book.with_credit(&credit("a", 1_000));

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use payouts_runtime::{Clock, Currency, ErrorKind, ServiceError};
 
-use crate::domain::{Allocation, Earnings, EarningsBook};
+use crate::domain::{Allocation, Change, Earnings, EarningsBook, RecentMark};
 use crate::store::{AllocationRepository, EarningsBookRepository, repeated};
 
 /// Compare-and-set rounds before a change gives up (the caller retries).
@@ -67,6 +67,59 @@ impl Ledger {
         ))
     }
 
+    /// Applies changes of one creator's stored allocations (each `before` as read) and
+    /// remembers `marks`, through the book. Conflict when an allocation is no longer as
+    /// read: the caller reads again and recomputes.
+    pub async fn change(
+        &self,
+        user_id: &str,
+        changes: &[(Allocation, Allocation)],
+        marks: &[RecentMark],
+    ) -> Result<(), ServiceError> {
+        for _ in 0..MAX_ROUNDS {
+            let book = self.books.get(user_id).await?;
+            if !book.pending.is_empty() {
+                self.finish(&book).await?;
+                continue;
+            }
+            for (before, _) in changes {
+                let stored = self.allocations.get(&before.id).await?;
+                if stored.as_ref().map(|a| a.version) != Some(before.version) {
+                    return Err(crate::store::stale_allocation(&before.id));
+                }
+            }
+            let new_marks: Vec<RecentMark> = marks
+                .iter()
+                .filter(|mark| !book.has_mark(mark))
+                .cloned()
+                .collect();
+            if changes.is_empty() && new_marks.is_empty() {
+                return Ok(());
+            }
+            let intent = book.with_changes(
+                changes
+                    .iter()
+                    .map(|(before, after)| Change {
+                        before: Some(before.clone()),
+                        after: after.clone(),
+                    })
+                    .collect(),
+                &new_marks,
+                self.clock.now(),
+            );
+            match self.books.put(&intent, book.version).await {
+                Ok(()) => {}
+                Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                Err(error) => return Err(error),
+            }
+            return self.finish(&intent).await;
+        }
+        Err(ServiceError::unavailable(
+            "too many concurrent changes to this creator's earnings; try again",
+            anyhow::anyhow!("{MAX_ROUNDS} compare-and-set rounds lost"),
+        ))
+    }
+
     /// A creator's earnings in `currency`: one read of their book (two if a writer left an
     /// intent behind long enough ago that it must be finished first).
     pub async fn earnings(
@@ -74,29 +127,54 @@ impl Ledger {
         user_id: &str,
         currency: &Currency,
     ) -> Result<Earnings, ServiceError> {
+        Ok(self.earnings_and_book(user_id, currency).await?.0)
+    }
+
+    /// [`Ledger::earnings`] and the book they were read from (its recent refunds and
+    /// disputes).
+    pub async fn earnings_and_book(
+        &self,
+        user_id: &str,
+        currency: &Currency,
+    ) -> Result<(Earnings, EarningsBook), ServiceError> {
         let book = self.books.get(user_id).await?;
         let now = self.clock.now();
         if !book
             .pending
             .iter()
-            .any(|intent| now - intent.created_at > STALE_INTENT)
+            .any(|intent| now - intent.after.updated_at > STALE_INTENT)
         {
-            return Ok(book.earnings(currency));
+            return Ok((book.earnings(currency), book));
         }
         self.finish(&book).await?;
-        Ok(self.books.get(user_id).await?.earnings(currency))
+        let book = self.books.get(user_id).await?;
+        Ok((book.earnings(currency), book))
     }
 
-    /// Finishes the book's intents: stores each allocation (or finds it stored), takes back
-    /// those whose id another credit holds, and clears them. Someone else finishing them
-    /// first is as good.
+    /// Finishes the book's intents: stores each credit or change (or finds it stored),
+    /// takes back those that cannot be (an id another credit holds, an allocation changed
+    /// otherwise), and clears them. Someone else finishing them first is as good.
     async fn finish(&self, book: &EarningsBook) -> Result<(), ServiceError> {
         let mut stored = Vec::new();
         for intent in &book.pending {
-            match self.allocations.record(intent).await {
-                Ok(_) => stored.push(intent.id.clone()),
+            let after = &intent.after;
+            let outcome = match &intent.before {
+                None => self.allocations.record(after).await.map(|_| ()),
+                Some(before) => self.allocations.replace(after, before.version).await,
+            };
+            match outcome {
+                Ok(()) => stored.push(after.id.clone()),
                 Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-                    tracing::warn!(allocation_id = %intent.id, user_id = %book.user_id, "allocation id held by another credit; the intent is taken back");
+                    tracing::warn!(allocation_id = %after.id, user_id = %book.user_id, "allocation id held by another credit; the intent is taken back");
+                }
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    // Applied by whoever finished it first, or changed otherwise.
+                    let now = self.allocations.get(&after.id).await?;
+                    if now.is_some_and(|now| now.version == after.version) {
+                        stored.push(after.id.clone());
+                    } else {
+                        tracing::warn!(allocation_id = %after.id, user_id = %book.user_id, "allocation changed under a pending change; the intent is taken back");
+                    }
                 }
                 Err(error) => return Err(error),
             }

@@ -1,15 +1,23 @@
 //! Disputes service (`payouts.disputes.v1.DisputesService`): creator allocations (earnings)
-//! and the effect of refunds and disputes on them (spec §3). Owns `usdAllocations`.
+//! and the effect of refunds and disputes on them (spec §3). Owns `usdAllocations`,
+//! `creatorEarnings` and `chargeCases`.
 //!
 //! - [`domain`]: allocations and earnings books, pure.
+//! - [`charges`]: what refunds and disputes do to a charge's allocations, pure.
 //! - [`earnings`]: recording allocations and reading earnings through the books.
+//! - [`cases`]: applying refund and dispute events (merge, settle, notify).
+//! - [`ports`]: the notifications service.
 //! - [`split`]: exact proportional reductions (largest remainder), pure.
 //! - [`store`]: the repository traits, their MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
 
+pub mod cases;
+pub mod charges;
 pub mod domain;
 pub mod earnings;
 pub mod grpc;
+pub mod metrics_refresh;
+pub mod ports;
 pub mod split;
 pub mod store;
 
@@ -21,10 +29,21 @@ use payouts_runtime::grpc::GrpcServer;
 /// Builds the service on the context's store and adds it to `server`.
 pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow::Result<()> {
     let repositories = store::open(&context.store).await?;
-    server.add_service(grpc::server(grpc::DisputesGrpc::new(earnings::Ledger {
+    let ledger = Arc::new(earnings::Ledger {
         allocations: repositories.allocations,
         books: repositories.books,
         clock: Arc::clone(&context.clock),
-    })));
+    });
+    let cases = cases::Cases {
+        ledger: Arc::clone(&ledger),
+        cases: Arc::clone(&repositories.cases),
+        notices: Arc::new(ports::GrpcNotices::new(&context.settings)?),
+    };
+    tokio::spawn(metrics_refresh::run(
+        Arc::clone(&ledger),
+        repositories.cases,
+        context.shutdown.clone(),
+    ));
+    server.add_service(grpc::server(grpc::DisputesGrpc::new(cases)));
     Ok(())
 }

@@ -48,6 +48,7 @@ impl ContextSource for Established {
         Ok(UserEarnings {
             lifetime_cents: 1_000_000_00,
             payable_cents: 1_000_000_00,
+            recent_refunds_and_disputes: 0,
         })
     }
 }

@@ -23,6 +23,8 @@ pub struct UserEarnings {
     pub lifetime_cents: i64,
     /// Payable now: active allocations, not frozen, not refunded.
     pub payable_cents: i64,
+    /// Charges that funded them refunded or disputed in the last 30 days.
+    pub recent_refunds_and_disputes: i64,
 }
 
 /// Where the checks learn a user's account age and earnings.
@@ -93,6 +95,8 @@ impl ContextSource for GrpcContext {
         Ok(UserEarnings {
             lifetime_cents: earnings.lifetime.map_or(0, |money| money.cents),
             payable_cents: earnings.active.map_or(0, |money| money.cents),
+            recent_refunds_and_disputes: earnings.recent_refund_count
+                + earnings.recent_dispute_count,
         })
     }
 }
@@ -222,6 +226,7 @@ impl Limits {
             account_created_at,
             lifetime_earnings_cents: earnings.lifetime_cents,
             payable_earnings_cents: earnings.payable_cents,
+            recent_refunds_and_disputes: earnings.recent_refunds_and_disputes,
         })
     }
 

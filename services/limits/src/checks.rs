@@ -145,6 +145,8 @@ pub struct UserContext {
     pub lifetime_earnings_cents: i64,
     /// Payable now: active allocations, not frozen, not refunded.
     pub payable_earnings_cents: i64,
+    /// Charges that funded the earnings refunded or disputed in the last 30 days.
+    pub recent_refunds_and_disputes: i64,
 }
 
 /// The result of the checks (spec §6 validation result).
@@ -354,6 +356,13 @@ pub fn evaluate(
             dollars(config.large_first_payout_cents)
         ));
     }
+    if context.recent_refunds_and_disputes > 0 {
+        flags.push(Flag::RecentRefundOrDispute);
+        reasons.push(format!(
+            "{} refund(s) or dispute(s) of supporters' payments in the last 30 days",
+            context.recent_refunds_and_disputes
+        ));
+    }
     let requires_approval = flags.iter().any(|flag| {
         matches!(
             flag,
@@ -361,6 +370,7 @@ pub fn evaluate(
                 | Flag::SuspiciousFrequency
                 | Flag::LargePercentageOfEarnings
                 | Flag::LargeFirstPayout
+                | Flag::RecentRefundOrDispute
         )
     });
     Decision {
@@ -588,6 +598,7 @@ mod tests {
             account_created_at: Some(now() - Duration::days(365)),
             lifetime_earnings_cents: 1_000_000_00,
             payable_earnings_cents: 1_000_000_00,
+            recent_refunds_and_disputes: 0,
         }
     }
 
@@ -630,6 +641,20 @@ mod tests {
 
     fn check(quota: &Quota, context: &UserContext, cents: i64) -> Decision {
         evaluate(&LimitConfig::default(), quota, context, cents, now())
+    }
+
+    #[test]
+    fn a_recent_refund_or_dispute_holds_the_payout_for_approval() {
+        let calm = check(&veteran(), &established(), 100_00);
+        assert!(calm.allowed && !calm.requires_approval);
+        let touched = UserContext {
+            recent_refunds_and_disputes: 2,
+            ..established()
+        };
+        let held = check(&veteran(), &touched, 100_00);
+        assert!(held.allowed && held.requires_approval);
+        assert_eq!(held.flags, [Flag::RecentRefundOrDispute]);
+        assert!(held.reason.contains("2 refund(s) or dispute(s)"), "{}", held.reason);
     }
 
     #[test]
@@ -878,6 +903,7 @@ mod tests {
         let config = LimitConfig::default();
         let context = UserContext {
             payable_earnings_cents: 1_000_00,
+            recent_refunds_and_disputes: 0,
             ..established()
         };
         let Admission::Admitted { quota, decision } =
@@ -1091,6 +1117,7 @@ mod tests {
         let config = LimitConfig::default();
         let context = UserContext {
             payable_earnings_cents: 1_000_00,
+            recent_refunds_and_disputes: 0,
             ..established()
         };
         let Admission::Admitted { quota, .. } =

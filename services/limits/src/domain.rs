@@ -121,10 +121,13 @@ pub enum Flag {
     LargeFirstPayout,
     /// The amount exceeds the user's available balance (blocks).
     InsufficientBalance,
+    /// A charge that funded the earnings was refunded or disputed in the last 30 days
+    /// (spec §7; needs approval).
+    RecentRefundOrDispute,
 }
 
 impl Flag {
-    pub const ALL: [Flag; 12] = [
+    pub const ALL: [Flag; 13] = [
         Flag::ExceedsSingleLimit,
         Flag::RequiresAdminApproval,
         Flag::NewAccount,
@@ -137,6 +140,7 @@ impl Flag {
         Flag::LargePercentageOfEarnings,
         Flag::LargeFirstPayout,
         Flag::InsufficientBalance,
+        Flag::RecentRefundOrDispute,
     ];
 
     /// The name stored in documents and shown to admins (the spec's names).
@@ -154,6 +158,7 @@ impl Flag {
             Flag::LargePercentageOfEarnings => "LARGE_PERCENTAGE_OF_EARNINGS",
             Flag::LargeFirstPayout => "LARGE_FIRST_PAYOUT",
             Flag::InsufficientBalance => "INSUFFICIENT_BALANCE",
+            Flag::RecentRefundOrDispute => "RECENT_REFUND_OR_DISPUTE",
         }
     }
 

@@ -69,6 +69,7 @@ pub fn flag_to_proto(flag: Flag) -> pb::PayoutFlag {
         Flag::LargePercentageOfEarnings => pb::PayoutFlag::LargePercentageOfEarnings,
         Flag::LargeFirstPayout => pb::PayoutFlag::LargeFirstPayout,
         Flag::InsufficientBalance => pb::PayoutFlag::InsufficientBalance,
+        Flag::RecentRefundOrDispute => pb::PayoutFlag::RecentRefundOrDispute,
     }
 }
 

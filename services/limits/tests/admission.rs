@@ -35,6 +35,7 @@ impl ContextSource for Established {
         Ok(UserEarnings {
             lifetime_cents: 10_000_000_00,
             payable_cents: self.payable_cents,
+            recent_refunds_and_disputes: 0,
         })
     }
 }
@@ -485,6 +486,7 @@ impl ContextSource for Counting {
         Ok(UserEarnings {
             lifetime_cents: 10_000_000_00,
             payable_cents: 10_000_000_00,
+            recent_refunds_and_disputes: 0,
         })
     }
 }

@@ -27,6 +27,7 @@ fn established(now: DateTime<Utc>) -> UserContext {
         account_created_at: Some(now - Duration::days(3_650)),
         lifetime_earnings_cents: 1_000_000_000_00,
         payable_earnings_cents: 1_000_000_000_00,
+        recent_refunds_and_disputes: 0,
     }
 }
 

@@ -292,7 +292,7 @@ impl Envelope {
 pub enum Owner {
     /// transfer.*, payout.*, account.updated
     Payouts,
-    /// charge.refunded, charge.dispute.*
+    /// charge.refunded, charge.dispute.*, refund.*
     Disputes,
 }
 
@@ -317,7 +317,10 @@ pub fn route(event_type: &str, event_livemode: bool, our_livemode: bool) -> Rout
     {
         return Route::Dispatch(Owner::Payouts);
     }
-    if event_type == "charge.refunded" || event_type.starts_with("charge.dispute.") {
+    if event_type == "charge.refunded"
+        || event_type.starts_with("charge.dispute.")
+        || event_type.starts_with("refund.")
+    {
         return Route::Dispatch(Owner::Disputes);
     }
     if event_type.starts_with("invoice.")
@@ -411,6 +414,10 @@ mod tests {
         );
         assert_eq!(
             route("charge.dispute.closed", false, false),
+            Route::Dispatch(Owner::Disputes)
+        );
+        assert_eq!(
+            route("refund.failed", false, false),
             Route::Dispatch(Owner::Disputes)
         );
         assert!(matches!(

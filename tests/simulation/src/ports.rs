@@ -226,6 +226,7 @@ impl ContextSource for ContextCalls {
         Ok(UserEarnings {
             lifetime_cents: earnings.lifetime_cents,
             payable_cents: earnings.lifetime_cents - earnings.frozen_cents,
+            recent_refunds_and_disputes: 0,
         })
     }
 }

@@ -8,13 +8,14 @@ use payouts_runtime::store::store_precision;
 use payouts_runtime::{Clock as _, ErrorKind, Money};
 
 use super::*;
+use crate::domain::AllocationStatus;
 
 fn at(minute: i64) -> DateTime<Utc> {
     store_precision(Utc::now()) + Duration::minutes(minute)
 }
 
 fn credit(id: &str, user_id: &str, cents: i64, minute: i64) -> Allocation {
-    Allocation::credit(id, user_id, "ch_1", Money::usd(cents), at(minute)).unwrap()
+    Allocation::credit(id, user_id, "ch_1", "payer", Money::usd(cents), at(minute)).unwrap()
 }
 
 async fn run(repository: Arc<dyn AllocationRepository>) {
@@ -225,7 +226,15 @@ async fn an_intent_left_by_a_stopped_writer_is_finished(
     let usd = payouts_runtime::Currency::usd();
     // Credited at the ledger's clock, so that moving it makes them stale.
     let credit = |id: &str, cents: i64| {
-        Allocation::credit(id, "u-stop", "ch_1", Money::usd(cents), clock.now()).unwrap()
+        Allocation::credit(
+            id,
+            "u-stop",
+            "ch_1",
+            "payer",
+            Money::usd(cents),
+            clock.now(),
+        )
+        .unwrap()
     };
     let first = credit("alloc_stop_1", 300);
     ledger.record(&first).await.unwrap();
@@ -308,12 +317,371 @@ async fn an_intent_whose_id_another_credit_holds_is_taken_back(ledger: &crate::e
     );
 }
 
+/// Alerts and notifications as the notifications service would keep them: by key.
+#[derive(Default)]
+struct Notices {
+    sent: std::sync::Mutex<Vec<(Option<String>, crate::ports::Message)>>,
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Notices {
+    fn sent(&self) -> Vec<(Option<String>, crate::ports::Message)> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::ports::NoticesPort for Notices {
+    async fn alert(&self, message: &crate::ports::Message) -> Result<(), ServiceError> {
+        self.notify(None, message)
+    }
+
+    async fn notify_user(
+        &self,
+        user_id: &str,
+        message: &crate::ports::Message,
+    ) -> Result<(), ServiceError> {
+        self.notify(Some(user_id.to_owned()), message)
+    }
+}
+
+impl Notices {
+    fn notify(
+        &self,
+        user: Option<String>,
+        message: &crate::ports::Message,
+    ) -> Result<(), ServiceError> {
+        if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ServiceError::unavailable(
+                "notifications down",
+                anyhow::anyhow!("test"),
+            ));
+        }
+        let mut sent = self.sent.lock().unwrap();
+        if !sent.iter().any(|(_, known)| known.key == message.key) {
+            sent.push((user, message.clone()));
+        }
+        Ok(())
+    }
+}
+
+async fn run_cases(
+    allocations: Arc<dyn AllocationRepository>,
+    books: Arc<dyn EarningsBookRepository>,
+    cases: Arc<dyn ChargeCaseRepository>,
+) {
+    let clock = payouts_runtime::clock::ManualClock::new(at(0));
+    let ledger = Arc::new(crate::earnings::Ledger {
+        allocations,
+        books,
+        clock: Arc::new(clock.clone()),
+    });
+    let notices = Arc::new(Notices::default());
+    let service = crate::cases::Cases {
+        ledger: Arc::clone(&ledger),
+        cases: Arc::clone(&cases),
+        notices: Arc::clone(&notices) as Arc<dyn crate::ports::NoticesPort>,
+    };
+    cases_are_stored_versioned_and_listed(cases.as_ref()).await;
+    an_allocation_is_replaced_only_from_the_version_read(ledger.allocations.as_ref()).await;
+    events_change_allocations_books_and_notices_exactly_once(&service, &notices).await;
+    a_late_credit_meets_its_charges_case(&service).await;
+    a_settlement_from_an_older_case_never_wins(&service).await;
+}
+
+fn charge_credit(id: &str, user_id: &str, charge_id: &str, cents: i64) -> Allocation {
+    Allocation::credit(id, user_id, charge_id, "payer", Money::usd(cents), at(0)).unwrap()
+}
+
+fn refund_object(charge_id: &str, amount_refunded: i64) -> serde_json::Value {
+    serde_json::json!({"object": "charge", "id": charge_id, "amount": 1000,
+        "amount_refunded": amount_refunded, "currency": "usd"})
+}
+
+fn dispute_object(charge_id: &str, status: &str) -> serde_json::Value {
+    serde_json::json!({"object": "dispute", "id": format!("dp_{charge_id}"), "charge": charge_id,
+        "amount": 1000, "currency": "usd", "status": status, "reason": "fraudulent"})
+}
+
+async fn cases_are_stored_versioned_and_listed(cases: &dyn ChargeCaseRepository) {
+    use crate::charges::{ChargeCase, ChargeNews, DisputeEvent, DisputeNews};
+    let refunded = ChargeCase::new("ch_list_a", at(1))
+        .merge(
+            "evt_a",
+            &crate::charges::parse("charge.refunded", &refund_object("ch_list_a", 5)).unwrap(),
+            at(1),
+            at(1),
+        )
+        .unwrap();
+    cases.put(&refunded, 0).await.unwrap();
+    assert_eq!(
+        cases.get("ch_list_a").await.unwrap(),
+        Some(refunded.clone())
+    );
+    assert_eq!(
+        cases.put(&refunded, 0).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    let news = |charge: &str| {
+        ChargeNews::Dispute(DisputeNews {
+            id: format!("dp_{charge}"),
+            charge_id: charge.to_owned(),
+            amount: 1000,
+            currency: payouts_runtime::Currency::usd(),
+            status: "needs_response".into(),
+            reason: "fraudulent".into(),
+            kind: DisputeEvent::Created,
+        })
+    };
+    for (minute, charge) in [(2, "ch_list_b"), (3, "ch_list_c")] {
+        let case = ChargeCase::new(charge, at(minute))
+            .merge("evt", &news(charge), at(minute), at(minute))
+            .unwrap();
+        cases.put(&case, 0).await.unwrap();
+        assert_eq!(cases.get(charge).await.unwrap(), Some(case));
+    }
+    let ids = |page: Vec<ChargeCase>| page.into_iter().map(|c| c.charge_id).collect::<Vec<_>>();
+    let first = cases.list_disputed(None, 1).await.unwrap();
+    assert_eq!(
+        ids(first.clone()),
+        ["ch_list_c"],
+        "newest first, disputed only"
+    );
+    let cursor = Some((first[0].created_at, first[0].charge_id.clone()));
+    let rest = ids(cases.list_disputed(cursor, 10).await.unwrap());
+    assert!(rest.contains(&"ch_list_b".to_owned()));
+    assert!(!rest.contains(&"ch_list_a".to_owned()), "{rest:?}");
+}
+
+async fn an_allocation_is_replaced_only_from_the_version_read(
+    allocations: &dyn AllocationRepository,
+) {
+    let credited = charge_credit("alloc_replace", "u-replace", "ch_replace", 700);
+    allocations.record(&credited).await.unwrap();
+    let mut changed = credited.clone();
+    changed.status = AllocationStatus::Disputed;
+    changed.frozen_cents = 700;
+    changed.disputed_at = Some(at(1));
+    changed.dispute_id = Some("dp_1".into());
+    changed.audit.push(crate::domain::AllocationAudit {
+        at: at(1),
+        event_id: "evt_1".into(),
+        from_status: AllocationStatus::Active,
+        to_status: AllocationStatus::Disputed,
+        from_cents: 700,
+        to_cents: 700,
+        reason: "dispute".into(),
+    });
+    changed.case_version = 1;
+    changed.version = 2;
+    allocations.replace(&changed, 1).await.unwrap();
+    assert_eq!(
+        allocations.get("alloc_replace").await.unwrap(),
+        Some(changed.clone())
+    );
+    assert_eq!(
+        allocations.replace(&changed, 1).await.unwrap_err().kind(),
+        ErrorKind::Conflict
+    );
+    let mut missing = changed.clone();
+    missing.id = "alloc_missing".into();
+    assert_eq!(
+        allocations.replace(&missing, 1).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let by_charge = allocations.list_by_charge("ch_replace", 10).await.unwrap();
+    assert_eq!(by_charge, [changed]);
+}
+
+async fn events_change_allocations_books_and_notices_exactly_once(
+    service: &crate::cases::Cases,
+    notices: &Notices,
+) {
+    let ledger = &service.ledger;
+    for (id, user, cents) in [
+        ("e1", "u-case-1", 600),
+        ("e2", "u-case-2", 300),
+        ("e3", "u-case-1", 100),
+    ] {
+        ledger
+            .record(&charge_credit(id, user, "ch_case", cents))
+            .await
+            .unwrap();
+    }
+    let refund = refund_object("ch_case", 250);
+    // The notifications service is down: the event fails after the money changed, and its
+    // retry delivers what is owed without changing the money again.
+    notices
+        .failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = service
+        .handle("evt_refund", "charge.refunded", at(1), &refund)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    notices
+        .failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..2 {
+        service
+            .handle("evt_refund", "charge.refunded", at(1), &refund)
+            .await
+            .unwrap();
+    }
+    let taken: i64 = ledger
+        .allocations
+        .list_by_charge("ch_case", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a.status, AllocationStatus::AtRisk);
+            assert_eq!(a.audit.len(), 1, "{a:?}");
+            a.refunded_cents
+        })
+        .sum();
+    assert_eq!(taken, 250);
+    for user in ["u-case-1", "u-case-2"] {
+        assert_exact(ledger, user).await;
+        let (_, book) = ledger
+            .earnings_and_book(user, &payouts_runtime::Currency::usd())
+            .await
+            .unwrap();
+        assert_eq!(
+            book.recent_count(crate::domain::MarkKind::Refund, at(2), Duration::days(30)),
+            1
+        );
+    }
+    let sent = notices.sent();
+    let alerts = sent
+        .iter()
+        .filter(|(user, m)| user.is_none() && m.kind == "refund_processed");
+    assert_eq!(
+        alerts.count(),
+        2,
+        "one alert per affected creator: {sent:?}"
+    );
+    assert_eq!(
+        sent.iter()
+            .filter(|(user, _)| user.as_deref() == Some("u-case-2"))
+            .count(),
+        1
+    );
+    assert!(
+        service
+            .cases
+            .get("ch_case")
+            .await
+            .unwrap()
+            .unwrap()
+            .notices
+            .is_empty()
+    );
+
+    // A dispute freezes what is left; lost, it takes all of it.
+    service
+        .handle(
+            "evt_dp",
+            "charge.dispute.created",
+            at(2),
+            &dispute_object("ch_case", "needs_response"),
+        )
+        .await
+        .unwrap();
+    let usd = payouts_runtime::Currency::usd();
+    let frozen = ledger.earnings("u-case-1", &usd).await.unwrap();
+    assert_eq!(frozen.active, Money::usd(0));
+    assert_eq!(frozen.frozen.cents + frozen.refunded.cents, 700);
+    service
+        .handle(
+            "evt_lost",
+            "charge.dispute.closed",
+            at(3),
+            &dispute_object("ch_case", "lost"),
+        )
+        .await
+        .unwrap();
+    for user in ["u-case-1", "u-case-2"] {
+        assert_exact(ledger, user).await;
+        let earnings = ledger.earnings(user, &usd).await.unwrap();
+        assert_eq!(earnings.lifetime, Money::usd(0));
+        assert_eq!(earnings.frozen, Money::usd(0));
+    }
+    assert_eq!(
+        ledger.earnings("u-case-1", &usd).await.unwrap().refunded,
+        Money::usd(700)
+    );
+}
+
+async fn a_late_credit_meets_its_charges_case(service: &crate::cases::Cases) {
+    service
+        .handle(
+            "evt_early",
+            "charge.dispute.created",
+            at(1),
+            &dispute_object("ch_late", "needs_response"),
+        )
+        .await
+        .unwrap();
+    let ledger = &service.ledger;
+    ledger
+        .record(&charge_credit("late_1", "u-late", "ch_late", 400))
+        .await
+        .unwrap();
+    assert_eq!(service.settle("ch_late", "record").await.unwrap(), 1);
+    let settled = ledger.allocations.get("late_1").await.unwrap().unwrap();
+    assert_eq!(settled.status, AllocationStatus::Disputed);
+    assert_eq!(settled.frozen_cents, 400);
+    assert_exact(ledger, "u-late").await;
+}
+
+async fn a_settlement_from_an_older_case_never_wins(service: &crate::cases::Cases) {
+    let ledger = &service.ledger;
+    ledger
+        .record(&charge_credit("old_1", "u-old", "ch_old", 1000))
+        .await
+        .unwrap();
+    service
+        .handle(
+            "evt_o1",
+            "charge.refunded",
+            at(1),
+            &refund_object("ch_old", 100),
+        )
+        .await
+        .unwrap();
+    let older = service.cases.get("ch_old").await.unwrap().unwrap();
+    service
+        .handle(
+            "evt_o2",
+            "charge.refunded",
+            at(2),
+            &refund_object("ch_old", 400),
+        )
+        .await
+        .unwrap();
+    // A writer that read the case before the second refund settles now: nothing to do.
+    let current = ledger
+        .allocations
+        .list_by_charge("ch_old", 10)
+        .await
+        .unwrap();
+    assert!(crate::charges::settle(&older, &current, "evt_o1", at(3)).is_empty());
+    assert_eq!(current[0].refunded_cents, 400);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_conforms() {
     run(Arc::new(MemoryAllocations::default())).await;
     run_ledger(
         Arc::new(MemoryAllocations::default()),
         Arc::new(MemoryEarningsBooks::default()),
+    )
+    .await;
+    run_cases(
+        Arc::new(MemoryAllocations::default()),
+        Arc::new(MemoryEarningsBooks::default()),
+        Arc::new(MemoryChargeCases::default()),
     )
     .await;
 }
@@ -326,6 +694,13 @@ async fn mongo_store_conforms() {
     run_ledger(
         Arc::new(MongoAllocations::open(&database).await.unwrap()),
         Arc::new(MongoEarningsBooks::open(&database)),
+    )
+    .await;
+    let database = payouts_runtime::testing::mongo_database("cases").await;
+    run_cases(
+        Arc::new(MongoAllocations::open(&database).await.unwrap()),
+        Arc::new(MongoEarningsBooks::open(&database)),
+        Arc::new(MongoChargeCases::open(&database).await.unwrap()),
     )
     .await;
 }

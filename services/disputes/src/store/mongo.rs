@@ -8,8 +8,23 @@ use payouts_runtime::store::{
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
-use super::{AllocationRepository, EarningsBookRepository, repeated, stale_book};
-use crate::domain::{Allocation, AllocationStatus, EarningsBook, Totals};
+use super::{
+    AllocationRepository, ChargeCaseRepository, EarningsBookRepository, repeated, stale_allocation,
+    stale_book, stale_case,
+};
+use crate::charges::{ChargeCase, Dispute, Notice, NoticeKind, Refund};
+use crate::domain::{
+    Allocation, AllocationAudit, AllocationStatus, Change, EarningsBook, MarkKind, RecentMark,
+    Totals,
+};
+
+fn opt_time(time: Option<DateTime<Utc>>) -> Option<bson::DateTime> {
+    time.map(to_bson_time)
+}
+
+fn corrupt(what: &str, id: &str, value: &str) -> ServiceError {
+    ServiceError::internal(anyhow::anyhow!("{what} {id} has {value:?}"))
+}
 
 /// MongoDB store: collection `usdAllocations` (spec §3 and §11 fields).
 #[derive(Debug, Clone)]
@@ -32,9 +47,35 @@ struct AllocationDocument {
     frozen_amount: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dispute_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    payer_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refunded_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disputed_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispute_outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispute_resolved_at: Option<bson::DateTime>,
+    #[serde(default)]
+    audit: Vec<AuditDocument>,
+    #[serde(default)]
+    charge_case_version: i64,
     created_at: bson::DateTime,
     updated_at: bson::DateTime,
     version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AuditDocument {
+    at: bson::DateTime,
+    event_id: String,
+    from_status: String,
+    to_status: String,
+    from_cents: i64,
+    to_cents: i64,
+    reason: String,
 }
 
 impl From<&Allocation> for AllocationDocument {
@@ -50,6 +91,25 @@ impl From<&Allocation> for AllocationDocument {
             refunded_amount: a.refunded_cents,
             frozen_amount: a.frozen_cents,
             dispute_id: a.dispute_id.clone(),
+            payer_id: a.payer_id.clone(),
+            refunded_at: opt_time(a.refunded_at),
+            disputed_at: opt_time(a.disputed_at),
+            dispute_outcome: a.dispute_outcome.clone(),
+            dispute_resolved_at: opt_time(a.dispute_resolved_at),
+            audit: a
+                .audit
+                .iter()
+                .map(|entry| AuditDocument {
+                    at: to_bson_time(entry.at),
+                    event_id: entry.event_id.clone(),
+                    from_status: entry.from_status.as_str().to_owned(),
+                    to_status: entry.to_status.as_str().to_owned(),
+                    from_cents: entry.from_cents,
+                    to_cents: entry.to_cents,
+                    reason: entry.reason.clone(),
+                })
+                .collect(),
+            charge_case_version: a.case_version,
             created_at: to_bson_time(a.created_at),
             updated_at: to_bson_time(a.updated_at),
             version: a.version,
@@ -62,13 +122,25 @@ impl TryFrom<AllocationDocument> for Allocation {
 
     fn try_from(d: AllocationDocument) -> Result<Self, Self::Error> {
         let currency = Currency::parse(&d.currency)?;
-        let status = AllocationStatus::parse(&d.status).ok_or_else(|| {
-            ServiceError::internal(anyhow::anyhow!(
-                "allocation {} has status {:?}",
-                d.id,
-                d.status
-            ))
-        })?;
+        let status = |text: &str| {
+            AllocationStatus::parse(text).ok_or_else(|| corrupt("allocation", &d.id, text))
+        };
+        let audit = d
+            .audit
+            .iter()
+            .map(|entry| {
+                Ok(AllocationAudit {
+                    at: from_bson_time(entry.at),
+                    event_id: entry.event_id.clone(),
+                    from_status: status(&entry.from_status)?,
+                    to_status: status(&entry.to_status)?,
+                    from_cents: entry.from_cents,
+                    to_cents: entry.to_cents,
+                    reason: entry.reason.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let status = status(&d.status)?;
         Ok(Self {
             original_amount: Money::new(d.original_usd_cents, currency.clone()),
             amount: Money::new(d.usd_cents, currency),
@@ -79,6 +151,13 @@ impl TryFrom<AllocationDocument> for Allocation {
             refunded_cents: d.refunded_amount,
             frozen_cents: d.frozen_amount,
             dispute_id: d.dispute_id,
+            payer_id: d.payer_id,
+            refunded_at: d.refunded_at.map(from_bson_time),
+            disputed_at: d.disputed_at.map(from_bson_time),
+            dispute_outcome: d.dispute_outcome,
+            dispute_resolved_at: d.dispute_resolved_at.map(from_bson_time),
+            audit,
+            case_version: d.charge_case_version,
             created_at: from_bson_time(d.created_at),
             updated_at: from_bson_time(d.updated_at),
             version: d.version,
@@ -130,6 +209,46 @@ impl AllocationRepository for MongoAllocations {
             .transpose()
     }
 
+    async fn replace(
+        &self,
+        allocation: &Allocation,
+        expected_version: i64,
+    ) -> Result<(), ServiceError> {
+        let replaced = self
+            .collection
+            .replace_one(
+                doc! { "_id": &allocation.id, "version": expected_version },
+                AllocationDocument::from(allocation),
+            )
+            .await
+            .map_err(mongo_error)?;
+        if replaced.matched_count == 1 {
+            return Ok(());
+        }
+        match self.get(&allocation.id).await? {
+            Some(_) => Err(stale_allocation(&allocation.id)),
+            None => Err(ServiceError::not_found(format!(
+                "allocation {} not found",
+                allocation.id
+            ))),
+        }
+    }
+
+    async fn list_by_charge(
+        &self,
+        charge_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Allocation>, ServiceError> {
+        let documents: Vec<AllocationDocument> = find_many(
+            &self.collection,
+            doc! { "chargeId": charge_id },
+            doc! { "_id": 1 },
+            limit,
+        )
+        .await?;
+        documents.into_iter().map(Allocation::try_from).collect()
+    }
+
     async fn list_by_user(
         &self,
         user_id: &str,
@@ -172,8 +291,28 @@ struct BookDocument {
     id: String,
     totals: Vec<TotalsDocument>,
     #[serde(default)]
-    pending: Vec<AllocationDocument>,
+    pending: Vec<PendingDocument>,
+    #[serde(default)]
+    recent: Vec<MarkDocument>,
     version: i64,
+}
+
+/// A pending change: the allocation after it, and before it (none for a credit).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingDocument {
+    #[serde(flatten)]
+    after: AllocationDocument,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    before: Option<AllocationDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MarkDocument {
+    kind: String,
+    charge_id: String,
+    at: bson::DateTime,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -203,7 +342,23 @@ impl From<&EarningsBook> for BookDocument {
                     allocations: t.allocations,
                 })
                 .collect(),
-            pending: book.pending.iter().map(AllocationDocument::from).collect(),
+            pending: book
+                .pending
+                .iter()
+                .map(|change| PendingDocument {
+                    after: AllocationDocument::from(&change.after),
+                    before: change.before.as_ref().map(AllocationDocument::from),
+                })
+                .collect(),
+            recent: book
+                .recent
+                .iter()
+                .map(|mark| MarkDocument {
+                    kind: mark.kind.as_str().to_owned(),
+                    charge_id: mark.charge_id.clone(),
+                    at: to_bson_time(mark.at),
+                })
+                .collect(),
             version: book.version,
         }
     }
@@ -226,14 +381,32 @@ impl TryFrom<BookDocument> for EarningsBook {
                 },
             );
         }
+        let user_id = d.id.clone();
         Ok(Self {
-            user_id: d.id,
+            user_id,
             totals,
             pending: d
                 .pending
                 .into_iter()
-                .map(Allocation::try_from)
-                .collect::<Result<_, _>>()?,
+                .map(|pending| {
+                    Ok(Change {
+                        after: Allocation::try_from(pending.after)?,
+                        before: pending.before.map(Allocation::try_from).transpose()?,
+                    })
+                })
+                .collect::<Result<_, ServiceError>>()?,
+            recent: d
+                .recent
+                .into_iter()
+                .map(|mark| {
+                    Ok(RecentMark {
+                        kind: MarkKind::parse(&mark.kind)
+                            .ok_or_else(|| corrupt("earnings book", &d.id, &mark.kind))?,
+                        charge_id: mark.charge_id,
+                        at: from_bson_time(mark.at),
+                    })
+                })
+                .collect::<Result<_, ServiceError>>()?,
             version: d.version,
         })
     }
@@ -284,5 +457,256 @@ impl EarningsBookRepository for MongoEarningsBooks {
             .into_iter()
             .map(EarningsBook::try_from)
             .collect()
+    }
+}
+
+/// MongoDB store: collection `chargeCases`, one document per charge with refunds or disputes.
+#[derive(Debug, Clone)]
+pub struct MongoChargeCases {
+    collection: Collection<CaseDocument>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CaseDocument {
+    /// The charge id.
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    currency: Option<String>,
+    amount_refunded: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refunded_at: Option<bson::DateTime>,
+    refunds: Vec<RefundDocument>,
+    disputes: Vec<DisputeDocument>,
+    /// Whether any dispute is recorded (the disputes list's filter).
+    disputed: bool,
+    events: Vec<String>,
+    notices: Vec<NoticeDocument>,
+    created_at: bson::DateTime,
+    updated_at: bson::DateTime,
+    version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RefundDocument {
+    id: String,
+    amount: i64,
+    status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DisputeDocument {
+    id: String,
+    amount: i64,
+    currency: String,
+    status: String,
+    reason: String,
+    opened_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    closed_at: Option<bson::DateTime>,
+    funds_withdrawn: bool,
+    funds_reinstated: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NoticeDocument {
+    kind: String,
+    event_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dispute_id: Option<String>,
+}
+
+impl From<&ChargeCase> for CaseDocument {
+    fn from(case: &ChargeCase) -> Self {
+        Self {
+            id: case.charge_id.clone(),
+            amount: case.amount.as_ref().map(|(cents, _)| *cents),
+            currency: case
+                .amount
+                .as_ref()
+                .map(|(_, currency)| currency.to_string()),
+            amount_refunded: case.amount_refunded,
+            refunded_at: opt_time(case.refunded_at),
+            refunds: case
+                .refunds
+                .iter()
+                .map(|(id, refund)| RefundDocument {
+                    id: id.clone(),
+                    amount: refund.amount,
+                    status: refund.status.clone(),
+                })
+                .collect(),
+            disputes: case
+                .disputes
+                .values()
+                .map(|dispute| DisputeDocument {
+                    id: dispute.id.clone(),
+                    amount: dispute.amount,
+                    currency: dispute.currency.to_string(),
+                    status: dispute.status.clone(),
+                    reason: dispute.reason.clone(),
+                    opened_at: to_bson_time(dispute.opened_at),
+                    closed_at: opt_time(dispute.closed_at),
+                    funds_withdrawn: dispute.funds_withdrawn,
+                    funds_reinstated: dispute.funds_reinstated,
+                })
+                .collect(),
+            disputed: !case.disputes.is_empty(),
+            events: case.events.clone(),
+            notices: case
+                .notices
+                .iter()
+                .map(|notice| NoticeDocument {
+                    kind: notice.kind.as_str().to_owned(),
+                    event_id: notice.event_id.clone(),
+                    dispute_id: notice.dispute_id.clone(),
+                })
+                .collect(),
+            created_at: to_bson_time(case.created_at),
+            updated_at: to_bson_time(case.updated_at),
+            version: case.version,
+        }
+    }
+}
+
+impl TryFrom<CaseDocument> for ChargeCase {
+    type Error = ServiceError;
+
+    fn try_from(d: CaseDocument) -> Result<Self, Self::Error> {
+        let amount = match (d.amount, d.currency.as_deref()) {
+            (Some(cents), Some(currency)) => Some((cents, Currency::parse(currency)?)),
+            _ => None,
+        };
+        let mut disputes = std::collections::BTreeMap::new();
+        for dispute in d.disputes {
+            disputes.insert(
+                dispute.id.clone(),
+                Dispute {
+                    currency: Currency::parse(&dispute.currency)?,
+                    id: dispute.id,
+                    amount: dispute.amount,
+                    status: dispute.status,
+                    reason: dispute.reason,
+                    opened_at: from_bson_time(dispute.opened_at),
+                    closed_at: dispute.closed_at.map(from_bson_time),
+                    funds_withdrawn: dispute.funds_withdrawn,
+                    funds_reinstated: dispute.funds_reinstated,
+                },
+            );
+        }
+        let notices = d
+            .notices
+            .into_iter()
+            .map(|notice| {
+                Ok(Notice {
+                    kind: NoticeKind::parse(&notice.kind)
+                        .ok_or_else(|| corrupt("charge case", &d.id, &notice.kind))?,
+                    event_id: notice.event_id,
+                    dispute_id: notice.dispute_id,
+                })
+            })
+            .collect::<Result<_, ServiceError>>()?;
+        Ok(Self {
+            amount,
+            amount_refunded: d.amount_refunded,
+            refunded_at: d.refunded_at.map(from_bson_time),
+            refunds: d
+                .refunds
+                .into_iter()
+                .map(|refund| {
+                    (
+                        refund.id,
+                        Refund {
+                            amount: refund.amount,
+                            status: refund.status,
+                        },
+                    )
+                })
+                .collect(),
+            disputes,
+            events: d.events,
+            notices,
+            created_at: from_bson_time(d.created_at),
+            updated_at: from_bson_time(d.updated_at),
+            version: d.version,
+            charge_id: d.id,
+        })
+    }
+}
+
+impl MongoChargeCases {
+    /// Opens the collection and ensures its index (idempotent).
+    pub async fn open(database: &mongodb::Database) -> anyhow::Result<Self> {
+        let collection = database.collection::<CaseDocument>("chargeCases");
+        collection
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "disputed": 1, "createdAt": -1 })
+                    .build(),
+            )
+            .await?;
+        Ok(Self { collection })
+    }
+}
+
+#[async_trait]
+impl ChargeCaseRepository for MongoChargeCases {
+    async fn get(&self, charge_id: &str) -> Result<Option<ChargeCase>, ServiceError> {
+        self.collection
+            .find_one(doc! { "_id": charge_id })
+            .await
+            .map_err(mongo_error)?
+            .map(ChargeCase::try_from)
+            .transpose()
+    }
+
+    async fn put(&self, case: &ChargeCase, expected_version: i64) -> Result<(), ServiceError> {
+        let document = CaseDocument::from(case);
+        if put_versioned(
+            &self.collection,
+            &case.charge_id,
+            document,
+            expected_version,
+        )
+        .await?
+        {
+            Ok(())
+        } else {
+            Err(stale_case(&case.charge_id))
+        }
+    }
+
+    async fn list_disputed(
+        &self,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<ChargeCase>, ServiceError> {
+        let mut filter = doc! { "disputed": true };
+        if let Some((at, id)) = after {
+            let at = to_bson_time(at);
+            filter.insert(
+                "$or",
+                vec![
+                    doc! { "createdAt": { "$lt": at } },
+                    doc! { "createdAt": at, "_id": { "$lt": id } },
+                ],
+            );
+        }
+        find_many(
+            &self.collection,
+            filter,
+            doc! { "createdAt": -1, "_id": -1 },
+            limit,
+        )
+        .await?
+        .into_iter()
+        .map(ChargeCase::try_from)
+        .collect()
     }
 }

@@ -1,0 +1,1051 @@
+//! What refunds and disputes do to the allocations a charge funded (spec §3), pure.
+//!
+//! Every Stripe event about a charge is merged into one [`ChargeCase`]: the highest
+//! cumulative `amount_refunded` seen, the refunds known to have failed, and each dispute's
+//! furthest status. Merging is commutative and idempotent (a maximum, a union, a status that
+//! only moves forward), so any order of the same events, duplicates included, gives the same
+//! case. The allocations' state is then a function of the case ([`settle`]): it never depends
+//! on the order the events came in, and an older event arriving late changes nothing.
+//!
+//! Decisions (docs/disputes.md):
+//! - Refunded: `amount_refunded − failed refunds` of the charge, as a fraction of its amount,
+//!   of what the charge's allocations were credited, rounded down to the cent, split over the
+//!   allocations by largest remainder of their original amounts. The split is of the
+//!   cumulative total, not of each increment: that is what makes it order-independent. A
+//!   larger refund can leave one allocation a cent less reduced than a smaller one did
+//!   (Hamilton's "Alabama paradox"); sums stay exact and nothing goes below zero.
+//! - A dispute freezes every allocation of the charge whole (spec §3), whatever its amount.
+//!   `lost` zeroes them; `won`, `warning_closed` (an inquiry that never became a
+//!   chargeback), `prevented` and `charge_refunded` (the refund does the taking) unfreeze
+//!   them; any other closing status keeps them frozen for an admin (unknown is not a "no").
+//! - A closed dispute stays closed: a `created` or `updated` event arriving after it only
+//!   fills in what it did not know.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use payouts_runtime::{Currency, ServiceError};
+use serde_json::Value;
+
+use crate::domain::{Allocation, AllocationAudit, AllocationStatus, MarkKind, RecentMark};
+use crate::split::{proportional, refunded_share};
+
+/// At most this many event ids are remembered per charge (a charge sees a handful).
+pub const MAX_EVENTS: usize = 200;
+
+/// What one Stripe event says about a charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeNews {
+    /// `charge.refunded`: the charge with its cumulative `amount_refunded`.
+    Refunded {
+        charge_id: String,
+        currency: Currency,
+        amount: i64,
+        amount_refunded: i64,
+        /// Refunds listed on the charge (`refunds.data`), when Stripe included them.
+        refunds: Vec<RefundNews>,
+    },
+    /// `refund.created` / `refund.updated` / `refund.failed`.
+    Refund(RefundNews),
+    /// `charge.dispute.*`.
+    Dispute(DisputeNews),
+}
+
+impl ChargeNews {
+    pub fn charge_id(&self) -> &str {
+        match self {
+            ChargeNews::Refunded { charge_id, .. } => charge_id,
+            ChargeNews::Refund(refund) => &refund.charge_id,
+            ChargeNews::Dispute(dispute) => &dispute.charge_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundNews {
+    pub id: String,
+    pub charge_id: String,
+    pub amount: i64,
+    /// "pending", "succeeded", "failed", "canceled", "requires_action".
+    pub status: String,
+}
+
+impl RefundNews {
+    /// Whether the refund gave the money back to nobody: it no longer counts.
+    pub fn failed(&self) -> bool {
+        matches!(self.status.as_str(), "failed" | "canceled")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisputeNews {
+    pub id: String,
+    pub charge_id: String,
+    pub amount: i64,
+    pub currency: Currency,
+    pub status: String,
+    pub reason: String,
+    pub kind: DisputeEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisputeEvent {
+    Created,
+    Updated,
+    Closed,
+    FundsWithdrawn,
+    FundsReinstated,
+}
+
+/// The event types this service applies.
+pub fn handles(event_type: &str) -> bool {
+    event_type == "charge.refunded"
+        || event_type.starts_with("charge.dispute.")
+        || event_type.starts_with("refund.")
+}
+
+fn text<'a>(object: &'a Value, field: &str) -> &'a str {
+    object[field].as_str().unwrap_or_default()
+}
+
+/// The charge a field names: an id, or an expanded object with one.
+fn charge_of(object: &Value) -> &str {
+    match &object["charge"] {
+        Value::String(id) => id,
+        Value::Object(charge) => charge.get("id").and_then(Value::as_str).unwrap_or_default(),
+        _ => "",
+    }
+}
+
+fn amount(object: &Value, field: &str) -> Result<i64, ServiceError> {
+    object[field]
+        .as_i64()
+        .filter(|cents| *cents >= 0)
+        .ok_or_else(|| {
+            ServiceError::invalid_argument(format!(
+                "{} {} has no {field} in cents",
+                text(object, "object"),
+                text(object, "id")
+            ))
+        })
+}
+
+fn refund_news(object: &Value, charge_id: &str) -> Result<RefundNews, ServiceError> {
+    let id = text(object, "id");
+    if id.is_empty() {
+        return Err(ServiceError::invalid_argument("refund has no id"));
+    }
+    Ok(RefundNews {
+        id: id.to_owned(),
+        charge_id: charge_id.to_owned(),
+        amount: amount(object, "amount")?,
+        status: text(object, "status").to_owned(),
+    })
+}
+
+/// Reads an event's `data.object` (InvalidArgument when it is not what the type says: the
+/// event is parked as failed, visible, not silently dropped).
+pub fn parse(event_type: &str, object: &Value) -> Result<ChargeNews, ServiceError> {
+    let kind = text(object, "object");
+    let expect = |wanted: &str| {
+        if kind == wanted {
+            Ok(())
+        } else {
+            Err(ServiceError::invalid_argument(format!(
+                "{event_type} carries a {kind:?} object, not a {wanted}"
+            )))
+        }
+    };
+    let charge_id = |id: &str| {
+        if id.is_empty() {
+            Err(ServiceError::invalid_argument(format!(
+                "{event_type} names no charge"
+            )))
+        } else {
+            Ok(id.to_owned())
+        }
+    };
+    if event_type == "charge.refunded" {
+        expect("charge")?;
+        let charge_id = charge_id(text(object, "id"))?;
+        let refunds = object["refunds"]["data"]
+            .as_array()
+            .map(|refunds| {
+                refunds
+                    .iter()
+                    .map(|refund| refund_news(refund, &charge_id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let (amount, amount_refunded) = (
+            amount(object, "amount")?,
+            amount(object, "amount_refunded")?,
+        );
+        return Ok(ChargeNews::Refunded {
+            currency: Currency::parse(text(object, "currency"))?,
+            amount,
+            amount_refunded,
+            refunds,
+            charge_id,
+        });
+    }
+    if event_type.starts_with("refund.") {
+        expect("refund")?;
+        let charge_id = charge_id(charge_of(object))?;
+        return Ok(ChargeNews::Refund(refund_news(object, &charge_id)?));
+    }
+    if let Some(what) = event_type.strip_prefix("charge.dispute.") {
+        expect("dispute")?;
+        let id = text(object, "id");
+        if id.is_empty() {
+            return Err(ServiceError::invalid_argument("dispute has no id"));
+        }
+        let kind = match what {
+            "created" => DisputeEvent::Created,
+            "closed" => DisputeEvent::Closed,
+            "funds_withdrawn" => DisputeEvent::FundsWithdrawn,
+            "funds_reinstated" => DisputeEvent::FundsReinstated,
+            _ => DisputeEvent::Updated,
+        };
+        return Ok(ChargeNews::Dispute(DisputeNews {
+            id: id.to_owned(),
+            charge_id: charge_id(charge_of(object))?,
+            amount: amount(object, "amount")?,
+            currency: Currency::parse(text(object, "currency"))?,
+            status: text(object, "status").to_owned(),
+            reason: text(object, "reason").to_owned(),
+            kind,
+        }));
+    }
+    Err(ServiceError::invalid_argument(format!(
+        "{event_type} is not a refund or dispute event"
+    )))
+}
+
+/// A refund of the charge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    pub amount: i64,
+    pub status: String,
+}
+
+/// A dispute of the charge, as far as it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dispute {
+    pub id: String,
+    pub amount: i64,
+    pub currency: Currency,
+    pub status: String,
+    pub reason: String,
+    /// When we first heard of it (Stripe's event time).
+    pub opened_at: DateTime<Utc>,
+    /// When a `closed` event came (Stripe's event time).
+    pub closed_at: Option<DateTime<Utc>>,
+    pub funds_withdrawn: bool,
+    pub funds_reinstated: bool,
+}
+
+/// Where a dispute stands for the money.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Open: allocations frozen.
+    Open,
+    /// Closed in the creator's favour (won, warning_closed, prevented, charge_refunded).
+    Released,
+    /// Closed with a status we do not know what to do with: stays frozen for an admin.
+    Unresolved,
+    /// Lost: allocations zeroed.
+    Lost,
+}
+
+impl Dispute {
+    pub fn is_closed(&self) -> bool {
+        self.closed_at.is_some() || is_closing_status(&self.status)
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        if !self.is_closed() {
+            return Outcome::Open;
+        }
+        match self.status.as_str() {
+            "lost" => Outcome::Lost,
+            "won" | "warning_closed" | "prevented" | "charge_refunded" => Outcome::Released,
+            _ => Outcome::Unresolved,
+        }
+    }
+
+    /// "open", "won", "lost", or the closing status itself.
+    pub fn state(&self) -> &str {
+        match self.outcome() {
+            Outcome::Open => "open",
+            _ => &self.status,
+        }
+    }
+}
+
+/// Statuses only a closed dispute has.
+fn is_closing_status(status: &str) -> bool {
+    matches!(
+        status,
+        "won" | "lost" | "warning_closed" | "prevented" | "charge_refunded"
+    )
+}
+
+/// An alert and the creators' notifications owed for an event, delivered after the
+/// allocations are settled (kept in the case so that a crash in between cannot lose them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub kind: NoticeKind,
+    pub event_id: String,
+    /// The dispute it is about (dispute notices).
+    pub dispute_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    RefundProcessed,
+    DisputeCreated,
+    DisputeClosed,
+}
+
+impl NoticeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeKind::RefundProcessed => "refund_processed",
+            NoticeKind::DisputeCreated => "dispute_created",
+            NoticeKind::DisputeClosed => "dispute_closed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "refund_processed" => Some(NoticeKind::RefundProcessed),
+            "dispute_created" => Some(NoticeKind::DisputeCreated),
+            "dispute_closed" => Some(NoticeKind::DisputeClosed),
+            _ => None,
+        }
+    }
+}
+
+/// Everything known about one charge's refunds and disputes (collection `chargeCases`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeCase {
+    pub charge_id: String,
+    /// The charge's amount and currency, once a `charge.refunded` told us.
+    pub amount: Option<(i64, Currency)>,
+    /// The highest cumulative `amount_refunded` seen.
+    pub amount_refunded: i64,
+    /// When the refunded amount last grew (Stripe's event time).
+    pub refunded_at: Option<DateTime<Utc>>,
+    pub refunds: BTreeMap<String, Refund>,
+    pub disputes: BTreeMap<String, Dispute>,
+    /// Event ids applied, oldest first (at most [`MAX_EVENTS`]).
+    pub events: Vec<String>,
+    /// Alerts and notifications owed.
+    pub notices: Vec<Notice>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Compare-and-set version; 0 for a case not stored yet.
+    pub version: i64,
+}
+
+impl ChargeCase {
+    pub fn new(charge_id: &str, now: DateTime<Utc>) -> Self {
+        Self {
+            charge_id: charge_id.to_owned(),
+            amount: None,
+            amount_refunded: 0,
+            refunded_at: None,
+            refunds: BTreeMap::new(),
+            disputes: BTreeMap::new(),
+            events: Vec::new(),
+            notices: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        }
+    }
+
+    /// The case with the event merged and its notices owed; None when the event was
+    /// merged before (idempotent on the Stripe event id). `at` is Stripe's event time.
+    pub fn merge(
+        &self,
+        event_id: &str,
+        news: &ChargeNews,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<ChargeCase> {
+        if self.events.iter().any(|seen| seen == event_id) {
+            return None;
+        }
+        let mut case = self.clone();
+        let refunded_before = case.refunded_cents();
+        let notice = |kind, dispute_id: Option<&str>| Notice {
+            kind,
+            event_id: event_id.to_owned(),
+            dispute_id: dispute_id.map(str::to_owned),
+        };
+        match news {
+            ChargeNews::Refunded {
+                currency,
+                amount,
+                amount_refunded,
+                refunds,
+                ..
+            } => {
+                case.amount = Some((*amount, currency.clone()));
+                case.amount_refunded = case.amount_refunded.max(*amount_refunded);
+                for refund in refunds {
+                    case.merge_refund(refund);
+                }
+            }
+            ChargeNews::Refund(refund) => case.merge_refund(refund),
+            ChargeNews::Dispute(news) => {
+                let dispute = case
+                    .disputes
+                    .entry(news.id.clone())
+                    .or_insert_with(|| Dispute {
+                        id: news.id.clone(),
+                        amount: news.amount,
+                        currency: news.currency.clone(),
+                        status: news.status.clone(),
+                        reason: news.reason.clone(),
+                        opened_at: at,
+                        closed_at: None,
+                        funds_withdrawn: false,
+                        funds_reinstated: false,
+                    });
+                dispute.opened_at = dispute.opened_at.min(at);
+                if !dispute.is_closed() {
+                    // Open statuses move among themselves; a closing status is final.
+                    dispute.status = news.status.clone();
+                    dispute.amount = news.amount;
+                    dispute.reason = news.reason.clone();
+                }
+                let closing = news.kind == DisputeEvent::Closed || is_closing_status(&news.status);
+                if closing && dispute.closed_at.is_none() {
+                    dispute.closed_at = Some(at);
+                    if news.kind == DisputeEvent::Closed && !is_closing_status(&dispute.status) {
+                        dispute.status = news.status.clone();
+                    }
+                }
+                match news.kind {
+                    DisputeEvent::Created => {
+                        case.notices
+                            .push(notice(NoticeKind::DisputeCreated, Some(&news.id)));
+                    }
+                    DisputeEvent::Closed => {
+                        case.notices
+                            .push(notice(NoticeKind::DisputeClosed, Some(&news.id)));
+                    }
+                    DisputeEvent::FundsWithdrawn => dispute.funds_withdrawn = true,
+                    DisputeEvent::FundsReinstated => dispute.funds_reinstated = true,
+                    DisputeEvent::Updated => {}
+                }
+            }
+        }
+        let refunded_after = case.refunded_cents();
+        if refunded_after != refunded_before {
+            case.refunded_at = Some(case.refunded_at.map_or(at, |known| known.max(at)));
+            case.notices.push(notice(NoticeKind::RefundProcessed, None));
+        }
+        case.events.push(event_id.to_owned());
+        let excess = case.events.len().saturating_sub(MAX_EVENTS);
+        case.events.drain(..excess);
+        case.updated_at = now;
+        case.version += 1;
+        Some(case)
+    }
+
+    fn merge_refund(&mut self, news: &RefundNews) {
+        let refund = self.refunds.entry(news.id.clone()).or_insert(Refund {
+            amount: news.amount,
+            status: news.status.clone(),
+        });
+        // A failed or canceled refund stays so (final in Stripe); a refund's amount never
+        // changes, so the largest seen is it (and the merge stays order-independent).
+        let was_failed = matches!(refund.status.as_str(), "failed" | "canceled");
+        if !was_failed {
+            refund.status = news.status.clone();
+        }
+        refund.amount = refund.amount.max(news.amount);
+    }
+
+    /// What the charge has refunded and not taken back: the highest cumulative amount seen,
+    /// less refunds that failed, within `0..=amount`.
+    pub fn refunded_cents(&self) -> i64 {
+        let failed: i64 = self
+            .refunds
+            .values()
+            .filter(|refund| matches!(refund.status.as_str(), "failed" | "canceled"))
+            .map(|refund| refund.amount)
+            .sum();
+        let refunded = (self.amount_refunded - failed).max(0);
+        match &self.amount {
+            Some((amount, _)) => refunded.min(*amount),
+            None => refunded,
+        }
+    }
+
+    /// The dispute state for the money: lost beats everything, then open or unresolved
+    /// (frozen), then released.
+    pub fn outcome(&self) -> Option<(Outcome, &Dispute)> {
+        self.disputes
+            .values()
+            .map(|dispute| (dispute.outcome(), dispute))
+            .max_by_key(|(outcome, dispute)| {
+                let rank = match outcome {
+                    Outcome::Released => 0,
+                    Outcome::Open => 1,
+                    Outcome::Unresolved => 2,
+                    Outcome::Lost => 3,
+                };
+                (rank, dispute.opened_at, dispute.id.clone())
+            })
+    }
+
+    /// The marks a creator with allocations on this charge gets.
+    pub fn marks(&self) -> Vec<RecentMark> {
+        let mut marks = Vec::new();
+        if let Some(at) = self.refunded_at.filter(|_| self.refunded_cents() > 0) {
+            marks.push(RecentMark {
+                kind: MarkKind::Refund,
+                charge_id: self.charge_id.clone(),
+                at,
+            });
+        }
+        if let Some(opened) = self.disputes.values().map(|d| d.opened_at).min() {
+            marks.push(RecentMark {
+                kind: MarkKind::Dispute,
+                charge_id: self.charge_id.clone(),
+                at: opened,
+            });
+        }
+        marks
+    }
+
+    /// The case with a delivered notice removed.
+    pub fn without_notice(&self, delivered: &Notice, now: DateTime<Utc>) -> ChargeCase {
+        let mut case = self.clone();
+        case.notices.retain(|notice| notice != delivered);
+        case.updated_at = now;
+        case.version += 1;
+        case
+    }
+}
+
+/// What the case makes of one allocation: its target state, or None when it already is.
+fn target(
+    allocation: &Allocation,
+    reduction: i64,
+    full_refund: bool,
+    dispute: Option<(Outcome, &Dispute)>,
+    case: &ChargeCase,
+    event_id: &str,
+    now: DateTime<Utc>,
+) -> Option<Allocation> {
+    if allocation.case_version >= case.version {
+        return None;
+    }
+    let original = allocation.original_amount.cents;
+    let mut next = allocation.clone();
+    let left = original - reduction;
+    next.refunded_cents = reduction;
+    next.amount.cents = left;
+    next.frozen_cents = 0;
+    next.status = if reduction >= original || (full_refund && left == 0) {
+        AllocationStatus::Refunded
+    } else if reduction > 0 {
+        AllocationStatus::AtRisk
+    } else {
+        AllocationStatus::Active
+    };
+    next.refunded_at = (reduction > 0).then_some(case.refunded_at).flatten();
+    let mut reason = if reduction > 0 {
+        format!(
+            "charge {} refunded {} of {} cents: {reduction} of {original} taken",
+            case.charge_id,
+            case.refunded_cents(),
+            case.amount.as_ref().map_or(0, |(amount, _)| *amount)
+        )
+    } else {
+        String::from("no refund")
+    };
+    if let Some((outcome, dispute)) = dispute {
+        next.dispute_id = Some(dispute.id.clone());
+        next.disputed_at = Some(dispute.opened_at);
+        match outcome {
+            Outcome::Open | Outcome::Unresolved => {
+                next.status = if left == 0 {
+                    AllocationStatus::Refunded
+                } else {
+                    AllocationStatus::Disputed
+                };
+                next.frozen_cents = left;
+                next.dispute_outcome =
+                    (outcome == Outcome::Unresolved).then(|| dispute.status.clone());
+                next.dispute_resolved_at = None;
+                reason = format!(
+                    "{reason}; dispute {} {} freezes it",
+                    dispute.id,
+                    dispute.state()
+                );
+            }
+            Outcome::Released => {
+                next.dispute_outcome = Some(dispute.status.clone());
+                next.dispute_resolved_at = dispute.closed_at;
+                reason = format!("{reason}; dispute {} closed {}", dispute.id, dispute.status);
+            }
+            Outcome::Lost => {
+                next.status = AllocationStatus::Refunded;
+                next.amount.cents = 0;
+                next.refunded_cents = original;
+                next.refunded_at = dispute.closed_at;
+                next.dispute_outcome = Some(dispute.status.clone());
+                next.dispute_resolved_at = dispute.closed_at;
+                reason = format!(
+                    "{reason}; dispute {} lost: all {original} taken",
+                    dispute.id
+                );
+            }
+        }
+    }
+    let unchanged = next.status == allocation.status
+        && next.amount == allocation.amount
+        && next.refunded_cents == allocation.refunded_cents
+        && next.frozen_cents == allocation.frozen_cents
+        && next.dispute_id == allocation.dispute_id
+        && next.dispute_outcome == allocation.dispute_outcome
+        && next.dispute_resolved_at == allocation.dispute_resolved_at
+        && next.disputed_at == allocation.disputed_at
+        && next.refunded_at == allocation.refunded_at;
+    if unchanged {
+        return None;
+    }
+    next.audit.push(AllocationAudit {
+        at: now,
+        event_id: event_id.to_owned(),
+        from_status: allocation.status,
+        to_status: next.status,
+        from_cents: allocation.amount.cents,
+        to_cents: next.amount.cents,
+        reason,
+    });
+    next.case_version = case.version;
+    next.updated_at = now;
+    next.version += 1;
+    Some(next)
+}
+
+/// The changes the case makes to the charge's allocations (any order in, by id out), each
+/// with the audit entry saying why (`event_id`: the event being applied). Allocations of
+/// each currency share the refund of their own credited total.
+pub fn settle(
+    case: &ChargeCase,
+    allocations: &[Allocation],
+    event_id: &str,
+    now: DateTime<Utc>,
+) -> Vec<(Allocation, Allocation)> {
+    let mut sorted: Vec<&Allocation> = allocations
+        .iter()
+        .filter(|a| a.charge_id == case.charge_id)
+        .collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut by_currency: BTreeMap<&Currency, Vec<&Allocation>> = BTreeMap::new();
+    for allocation in sorted {
+        by_currency
+            .entry(&allocation.original_amount.currency)
+            .or_default()
+            .push(allocation);
+    }
+    let refunded = case.refunded_cents();
+    let full_refund = case
+        .amount
+        .as_ref()
+        .is_some_and(|(amount, _)| *amount > 0 && refunded >= *amount);
+    let dispute = case.outcome();
+    let mut changes = Vec::new();
+    for group in by_currency.values() {
+        let originals: Vec<i64> = group.iter().map(|a| a.original_amount.cents).collect();
+        let funded: i64 = originals.iter().sum();
+        let share = case
+            .amount
+            .as_ref()
+            .and_then(|(amount, _)| refunded_share(funded, refunded, *amount))
+            .unwrap_or(0);
+        let reductions = proportional(share, &originals);
+        for (allocation, reduction) in group.iter().zip(reductions) {
+            if let Some(next) = target(
+                allocation,
+                reduction,
+                full_refund,
+                dispute,
+                case,
+                event_id,
+                now,
+            ) {
+                changes.push(((*allocation).clone(), next));
+            }
+        }
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use payouts_runtime::Money;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + minute * 60, 0).unwrap()
+    }
+
+    fn allocations(amounts: &[i64]) -> Vec<Allocation> {
+        amounts
+            .iter()
+            .enumerate()
+            .map(|(i, cents)| {
+                Allocation::credit(
+                    &format!("a{i}"),
+                    &format!("creator{}", i % 2),
+                    "ch_1",
+                    "payer",
+                    Money::usd(*cents),
+                    at(0),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    fn refunded(amount_refunded: i64) -> ChargeNews {
+        ChargeNews::Refunded {
+            charge_id: "ch_1".into(),
+            currency: Currency::usd(),
+            amount: 1_000,
+            amount_refunded,
+            refunds: Vec::new(),
+        }
+    }
+
+    fn refund(id: &str, amount: i64, status: &str) -> ChargeNews {
+        ChargeNews::Refund(RefundNews {
+            id: id.into(),
+            charge_id: "ch_1".into(),
+            amount,
+            status: status.into(),
+        })
+    }
+
+    fn dispute(kind: DisputeEvent, status: &str) -> ChargeNews {
+        ChargeNews::Dispute(DisputeNews {
+            id: "dp_1".into(),
+            charge_id: "ch_1".into(),
+            amount: 1_000,
+            currency: Currency::usd(),
+            status: status.into(),
+            reason: "fraudulent".into(),
+            kind,
+        })
+    }
+
+    /// Applies the events in order, settling after each as the service does; the case and
+    /// the allocations at the end.
+    fn run(events: &[(&str, ChargeNews)], amounts: &[i64]) -> (ChargeCase, Vec<Allocation>) {
+        let mut case = ChargeCase::new("ch_1", at(0));
+        let mut stored = allocations(amounts);
+        for (minute, (id, news)) in events.iter().enumerate() {
+            if let Some(merged) = case.merge(id, news, at(minute as i64 + 1), at(100)) {
+                case = merged;
+            }
+            for (before, after) in settle(&case, &stored, id, at(100)) {
+                assert_eq!(after.version, before.version + 1);
+                let slot = stored.iter_mut().find(|a| a.id == before.id).unwrap();
+                *slot = after;
+            }
+        }
+        (case, stored)
+    }
+
+    /// What an allocation is for the money (not how it got there).
+    fn money(allocations: &[Allocation]) -> Vec<(String, i64, i64, i64, AllocationStatus)> {
+        allocations
+            .iter()
+            .map(|a| {
+                (
+                    a.id.clone(),
+                    a.amount.cents,
+                    a.refunded_cents,
+                    a.frozen_cents,
+                    a.status,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_refund_takes_its_exact_share_and_leaves_them_at_risk() {
+        // 30% of a $10 charge that funded 333 + 333 + 334 = 1000.
+        let (_, after) = run(&[("evt_1", refunded(300))], &[333, 333, 334]);
+        let taken: i64 = after.iter().map(|a| a.refunded_cents).sum();
+        assert_eq!(taken, 300);
+        assert!(after.iter().all(|a| a.status == AllocationStatus::AtRisk));
+        assert!(
+            after
+                .iter()
+                .all(|a| a.amount.cents + a.refunded_cents == a.original_amount.cents)
+        );
+        assert_eq!(after[0].audit.len(), 1);
+        assert_eq!(after[0].audit[0].event_id, "evt_1");
+        assert_eq!(after[0].audit[0].from_status, AllocationStatus::Active);
+        assert_eq!(after[0].refunded_at, Some(at(1)));
+    }
+
+    #[test]
+    fn a_second_refund_applies_the_difference_and_an_older_one_late_changes_nothing() {
+        let (_, twice) = run(
+            &[("evt_1", refunded(300)), ("evt_2", refunded(500))],
+            &[600, 400],
+        );
+        assert_eq!(money(&twice)[0].2 + money(&twice)[1].2, 500);
+        let (_, late) = run(
+            &[("evt_2", refunded(500)), ("evt_1", refunded(300))],
+            &[600, 400],
+        );
+        assert_eq!(money(&twice), money(&late));
+        assert_eq!(late[0].audit.len(), 1, "the late event changed nothing");
+    }
+
+    #[test]
+    fn a_full_refund_zeroes_them_and_a_failed_refund_gives_back_what_it_took() {
+        let (_, full) = run(&[("evt_1", refunded(1_000))], &[700, 300]);
+        assert!(
+            full.iter()
+                .all(|a| a.status == AllocationStatus::Refunded && a.amount.cents == 0)
+        );
+        let (case, restored) = run(
+            &[
+                ("evt_1", refunded(400)),
+                ("evt_2", refund("re_1", 400, "failed")),
+            ],
+            &[700, 300],
+        );
+        assert_eq!(case.refunded_cents(), 0);
+        assert!(
+            restored
+                .iter()
+                .all(|a| a.status == AllocationStatus::Active)
+        );
+        assert_eq!(money(&restored), money(&allocations(&[700, 300])));
+        // A failed refund stays failed whatever comes after.
+        let (case, _) = run(
+            &[
+                ("evt_2", refund("re_1", 400, "failed")),
+                ("evt_3", refund("re_1", 400, "succeeded")),
+                ("evt_1", refunded(400)),
+            ],
+            &[700, 300],
+        );
+        assert_eq!(case.refunded_cents(), 0);
+    }
+
+    #[test]
+    fn a_dispute_freezes_everything_and_its_outcome_restores_or_zeroes_it() {
+        let (_, open) = run(
+            &[("evt_1", dispute(DisputeEvent::Created, "needs_response"))],
+            &[700, 300],
+        );
+        for a in &open {
+            assert_eq!(a.status, AllocationStatus::Disputed);
+            assert_eq!(a.frozen_cents, a.original_amount.cents);
+            assert_eq!(a.dispute_id.as_deref(), Some("dp_1"));
+        }
+        let (_, won) = run(
+            &[
+                ("evt_1", dispute(DisputeEvent::Created, "needs_response")),
+                ("evt_2", dispute(DisputeEvent::Closed, "won")),
+            ],
+            &[700, 300],
+        );
+        for a in &won {
+            assert_eq!(a.status, AllocationStatus::Active);
+            assert_eq!(a.frozen_cents, 0);
+            assert_eq!(a.dispute_outcome.as_deref(), Some("won"));
+            assert_eq!(a.dispute_resolved_at, Some(at(2)));
+        }
+        let (_, lost) = run(
+            &[
+                ("evt_1", dispute(DisputeEvent::Created, "needs_response")),
+                ("evt_2", dispute(DisputeEvent::Closed, "lost")),
+            ],
+            &[700, 300],
+        );
+        for a in &lost {
+            assert_eq!(a.status, AllocationStatus::Refunded);
+            assert_eq!(a.amount.cents, 0);
+            assert_eq!(a.refunded_cents, a.original_amount.cents);
+        }
+        let (_, inquiry) = run(
+            &[("evt_1", dispute(DisputeEvent::Closed, "warning_closed"))],
+            &[700],
+        );
+        assert_eq!(inquiry[0].status, AllocationStatus::Active);
+        let (_, odd) = run(
+            &[("evt_1", dispute(DisputeEvent::Closed, "something_new"))],
+            &[700],
+        );
+        assert_eq!(
+            odd[0].status,
+            AllocationStatus::Disputed,
+            "unknown is not a no"
+        );
+    }
+
+    #[test]
+    fn an_event_is_merged_once() {
+        let case = ChargeCase::new("ch_1", at(0));
+        let once = case.merge("evt_1", &refunded(100), at(1), at(1)).unwrap();
+        assert!(once.merge("evt_1", &refunded(100), at(1), at(2)).is_none());
+        assert_eq!(once.notices.len(), 1);
+        assert_eq!(once.notices[0].kind, NoticeKind::RefundProcessed);
+    }
+
+    #[test]
+    fn each_out_of_order_pair_ends_as_the_right_order() {
+        let events = [
+            ("evt_r1", refunded(250)),
+            ("evt_r2", refunded(600)),
+            ("evt_f", refund("re_2", 350, "failed")),
+            ("evt_dc", dispute(DisputeEvent::Created, "needs_response")),
+            ("evt_du", dispute(DisputeEvent::Updated, "under_review")),
+            (
+                "evt_fw",
+                dispute(DisputeEvent::FundsWithdrawn, "needs_response"),
+            ),
+            ("evt_won", dispute(DisputeEvent::Closed, "won")),
+            ("evt_lost", dispute(DisputeEvent::Closed, "lost")),
+        ];
+        for first in 0..events.len() {
+            for second in first + 1..events.len() {
+                // The lost and won closings are different histories, not an order.
+                if events[first].0 == "evt_won" && events[second].0 == "evt_lost" {
+                    continue;
+                }
+                let right = [events[first].clone(), events[second].clone()];
+                let wrong = [events[second].clone(), events[first].clone()];
+                let (_, a) = run(&right, &[500, 300, 200]);
+                let (_, b) = run(&wrong, &[500, 300, 200]);
+                assert_eq!(money(&a), money(&b), "{} then {}", right[0].0, right[1].0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_refund_after_a_lost_dispute_changes_nothing() {
+        let (_, lost) = run(
+            &[
+                ("evt_1", dispute(DisputeEvent::Closed, "lost")),
+                ("evt_2", refunded(1_000)),
+            ],
+            &[700, 300],
+        );
+        assert!(
+            lost.iter()
+                .all(|a| a.amount.cents == 0 && a.refunded_cents == a.original_amount.cents)
+        );
+        assert_eq!(lost[0].audit.len(), 1);
+    }
+
+    #[test]
+    fn events_parse_from_stripe_shapes_and_bad_ones_are_named() {
+        let charge = serde_json::json!({
+            "object": "charge", "id": "ch_1", "amount": 1000, "amount_refunded": 300,
+            "currency": "usd",
+            "refunds": {"object": "list", "data": [
+                {"object": "refund", "id": "re_1", "amount": 300, "charge": "ch_1", "status": "succeeded"}
+            ]}
+        });
+        let news = parse("charge.refunded", &charge).unwrap();
+        assert_eq!(news.charge_id(), "ch_1");
+        let ChargeNews::Refunded { refunds, .. } = news else {
+            panic!()
+        };
+        assert_eq!(refunds.len(), 1);
+        let dispute = serde_json::json!({
+            "object": "dispute", "id": "dp_1", "charge": "ch_1", "amount": 1000,
+            "currency": "usd", "status": "lost", "reason": "fraudulent"
+        });
+        let ChargeNews::Dispute(d) = parse("charge.dispute.closed", &dispute).unwrap() else {
+            panic!()
+        };
+        assert_eq!(d.kind, DisputeEvent::Closed);
+        let error = parse("charge.dispute.created", &charge).unwrap_err();
+        assert!(
+            error.message().contains("not a dispute"),
+            "{}",
+            error.message()
+        );
+        let error = parse(
+            "charge.refunded",
+            &serde_json::json!({"object":"charge","id":"ch_1"}),
+        )
+        .unwrap_err();
+        assert!(error.message().contains("amount"), "{}", error.message());
+    }
+
+    fn any_event() -> impl Strategy<Value = ChargeNews> {
+        prop_oneof![
+            (0i64..=1_000).prop_map(refunded),
+            (0i64..=1_000, prop::bool::ANY).prop_map(|(cents, failed)| refund(
+                "re_x",
+                cents,
+                if failed { "failed" } else { "succeeded" }
+            )),
+            Just(dispute(DisputeEvent::Created, "needs_response")),
+            Just(dispute(DisputeEvent::Updated, "under_review")),
+            Just(dispute(DisputeEvent::Closed, "won")),
+        ]
+    }
+
+    proptest! {
+        /// Any order of the same events ends in the same money, sums exact, nothing negative.
+        #[test]
+        fn order_never_matters(
+            events in prop::collection::vec(any_event(), 1..6),
+            amounts in prop::collection::vec(1i64..10_000, 1..6),
+            seed in any::<u64>(),
+        ) {
+            let named: Vec<(String, ChargeNews)> = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| (format!("evt_{i}"), e))
+                .collect();
+            let mut shuffled = named.clone();
+            // A deterministic shuffle from the seed.
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            fn borrow(list: &[(String, ChargeNews)]) -> Vec<(&str, ChargeNews)> {
+                list.iter().map(|(id, e)| (id.as_str(), e.clone())).collect()
+            }
+            let (case, a) = run(&borrow(&named), &amounts);
+            let (_, b) = run(&borrow(&shuffled), &amounts);
+            prop_assert_eq!(money(&a), money(&b));
+            let funded: i64 = amounts.iter().sum();
+            let taken: i64 = a.iter().map(|x| x.refunded_cents).sum();
+            let lost = matches!(case.outcome(), Some((Outcome::Lost, _)));
+            if !lost {
+                prop_assert_eq!(taken, refunded_share(funded, case.refunded_cents(), 1_000).unwrap());
+            }
+            for x in &a {
+                prop_assert!(x.amount.cents >= 0 && x.refunded_cents >= 0 && x.frozen_cents >= 0);
+                prop_assert_eq!(x.amount.cents + x.refunded_cents, x.original_amount.cents);
+            }
+        }
+    }
+}
