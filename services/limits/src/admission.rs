@@ -390,6 +390,18 @@ impl Limits {
         )))
     }
 
+    /// A creator's balance: earnings against what their payouts hold, and their debt.
+    pub async fn balance(
+        &self,
+        user_id: &str,
+    ) -> Result<(UserEarnings, checks::Balance), ServiceError> {
+        let (earnings, quota) =
+            tokio::join!(self.context.earnings(user_id), self.quotas.get(user_id));
+        let earnings = earnings?;
+        let balance = checks::balance(&quota?, earnings.lifetime_cents, earnings.payable_cents);
+        Ok((earnings, balance))
+    }
+
     /// Re-checks an admitted payout just before its money moves.
     pub async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Rechecked, ServiceError> {
         // Only earnings matter here: the account's age was the admission's question.

@@ -565,6 +565,26 @@ pub fn release(
     Release::Changed(updated)
 }
 
+/// A creator's balance against their earnings, in cents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    pub committed_cents: i64,
+    /// Payable earnings less committed, at least zero.
+    pub available_cents: i64,
+    /// Committed beyond everything earned (frozen included): money paid out and then taken
+    /// back by refunds or lost disputes. Netted against future earnings (a payout needs
+    /// payable earnings above everything committed), never paid as a negative payout.
+    pub debt_cents: i64,
+}
+
+pub fn balance(quota: &Quota, lifetime_earnings_cents: i64, payable_earnings_cents: i64) -> Balance {
+    Balance {
+        committed_cents: quota.committed_cents,
+        available_cents: (payable_earnings_cents - quota.committed_cents).max(0),
+        debt_cents: (quota.committed_cents - lifetime_earnings_cents).max(0),
+    }
+}
+
 /// Whether the user's payable earnings still cover everything their payouts hold (checked
 /// again just before money moves: frozen or refunded earnings may have shrunk them).
 pub fn recheck(quota: &Quota, payable_earnings_cents: i64) -> Result<i64, (i64, String)> {
@@ -641,6 +661,26 @@ mod tests {
 
     fn check(quota: &Quota, context: &UserContext, cents: i64) -> Decision {
         evaluate(&LimitConfig::default(), quota, context, cents, now())
+    }
+
+    #[test]
+    fn debt_is_what_was_paid_beyond_earnings_and_future_earnings_net_it() {
+        let paid = Quota {
+            committed_cents: 100_00,
+            ..veteran()
+        };
+        // Paid 100, then 30 refunded: 30 of debt, nothing available.
+        let refunded = balance(&paid, 70_00, 70_00);
+        assert_eq!(refunded.debt_cents, 30_00);
+        assert_eq!(refunded.available_cents, 0);
+        // 50 earned since: the debt is netted first, 20 is available.
+        let earned = balance(&paid, 120_00, 120_00);
+        assert_eq!((earned.debt_cents, earned.available_cents), (0, 20_00));
+        // Frozen is not debt: it may come back.
+        let frozen = balance(&paid, 100_00, 60_00);
+        assert_eq!((frozen.debt_cents, frozen.available_cents), (0, 0));
+        // A payout against the debt is refused at admission and at the re-check.
+        assert!(recheck(&paid, 70_00).is_err());
     }
 
     #[test]

@@ -190,6 +190,22 @@ impl PayoutLimitsService for LimitsGrpc {
         }))
     }
 
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let user_id = required_id(&request.into_inner().user_id, "user_id")?;
+        let (earnings, balance) = self.limits.balance(&user_id).await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            user_id,
+            lifetime_earnings: Some(usd(earnings.lifetime_cents)),
+            payable_earnings: Some(usd(earnings.payable_cents)),
+            committed: Some(usd(balance.committed_cents)),
+            available: Some(usd(balance.available_cents)),
+            debt: Some(usd(balance.debt_cents)),
+        }))
+    }
+
     async fn get_held_amounts(
         &self,
         request: Request<pb::GetHeldAmountsRequest>,

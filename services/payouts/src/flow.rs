@@ -930,6 +930,96 @@ impl PayoutFlow {
         }
     }
 
+    /// An admin takes (part of) a payout's money back from the creator's Stripe account: a
+    /// transfer reversal under an idempotency key made of the payout id, what was reversed
+    /// before and the amount, so a repeated request after a lost answer cannot reverse twice.
+    /// FailedPrecondition when nothing is left to reverse; Unavailable when Stripe's answer
+    /// was lost (nothing recorded; the same request again is safe).
+    pub async fn reverse(
+        &self,
+        payout_id: &str,
+        cents: i64,
+        notes: &str,
+        actor: &str,
+    ) -> Result<Payout, ServiceError> {
+        let Some(stripe) = self.stripe.clone() else {
+            return Err(ServiceError::failed_precondition(
+                "Stripe is not configured (STRIPE_SECRET_KEY): nothing can be reversed",
+            ));
+        };
+        let payout = self
+            .payouts
+            .get(payout_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
+        let Some(transfer_id) = payout.stripe_transfer_id.clone() else {
+            return Err(ServiceError::failed_precondition(format!(
+                "nothing to reverse: payout {payout_id} has no Stripe transfer (it is {})",
+                payout.status.as_str()
+            )));
+        };
+        let left = payout.amount.cents - payout.amount_reversed_cents;
+        if left <= 0 || payout.status == PayoutStatus::Reversed {
+            return Err(ServiceError::failed_precondition(format!(
+                "nothing left to reverse: all {} cents of payout {payout_id} are reversed",
+                payout.amount.cents
+            )));
+        }
+        if !(1..=left).contains(&cents) {
+            return Err(ServiceError::invalid_argument(format!(
+                "amountCents must be between 1 and {left} (what is left to reverse of payout {payout_id})"
+            )));
+        }
+        if notes.trim().is_empty() {
+            return Err(ServiceError::invalid_argument(
+                "notes are required: say why the money is taken back",
+            ));
+        }
+        let request = crate::stripe::ReversalRequest {
+            transfer_id: transfer_id.clone(),
+            cents,
+            idempotency_key: format!(
+                "reversal_{payout_id}_{}_{cents}",
+                payout.amount_reversed_cents
+            ),
+            payout_id: payout_id.to_owned(),
+            actor: actor.to_owned(),
+        };
+        let reversal_id = stripe.reverse_transfer(&request).await.map_err(|failure| {
+            match failure {
+                StripeFailure::Unknown { message } => ServiceError::unavailable(
+                    "Stripe's answer was lost, so the reversal's outcome is unknown and nothing \
+                     is recorded; send the same request again (it cannot reverse twice)",
+                    anyhow::anyhow!(message),
+                ),
+                other => ServiceError::failed_precondition(format!(
+                    "Stripe refused the reversal: {}",
+                    other.describe()
+                )),
+            }
+        })?;
+        // Stripe's running total after it; if the lookup fails, at least this reversal's.
+        let total = match stripe.retrieve_transfer(&transfer_id).await {
+            Ok(seen) => seen
+                .amount_reversed_cents
+                .max(payout.amount_reversed_cents + cents),
+            Err(_) => payout.amount_reversed_cents + cents,
+        };
+        tracing::info!(payout_id, reversal_id = %reversal_id, cents, actor, "transfer reversed by an admin");
+        metrics::counter!("payouts_admin_reversals_total").increment(1);
+        metrics::counter!("payouts_admin_reversed_cents_total").increment(cents.unsigned_abs());
+        let now = self.clock.now();
+        let updated = self
+            .apply(payout, |p| {
+                p.reversed_by_admin(total, &reversal_id, cents, notes, Cause::new(actor, now))
+            })
+            .await?;
+        match updated {
+            Some(updated) => Ok(updated),
+            None => self.fresh(payout_id).await,
+        }
+    }
+
     /// An admin resumes a parked payout.
     pub async fn resume(&self, payout_id: &str, by: &str) -> Result<Payout, ServiceError> {
         let payout = self

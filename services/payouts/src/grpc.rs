@@ -408,6 +408,23 @@ impl PayoutsService for PayoutsGrpc {
             payout: Some(payout_to_proto(payout)),
         }))
     }
+
+    #[tracing::instrument(skip_all, fields(payout_id = %request.get_ref().payout_id))]
+    async fn reverse_payout(
+        &self,
+        request: Request<pb::ReversePayoutRequest>,
+    ) -> Result<Response<pb::ReversePayoutResponse>, Status> {
+        let r = request.into_inner();
+        let payout_id = required_id(&r.payout_id, "payout_id")?;
+        let requested_by = required_id(&r.requested_by, "requested_by")?;
+        let payout = self
+            .flow
+            .reverse(&payout_id, r.amount_cents, &r.notes, &requested_by)
+            .await?;
+        Ok(Response::new(pb::ReversePayoutResponse {
+            payout: Some(payout_to_proto(payout)),
+        }))
+    }
 }
 
 fn pause_to_proto(pause: TransferPause) -> pb::TransferPause {

@@ -1213,6 +1213,47 @@ impl Payout {
         }))
     }
 
+    /// An admin's reversal went through: Stripe's running total is now
+    /// `amount_reversed_cents` (as the transfer says after it). Recorded in the audit log with
+    /// who asked, the reversal and the notes, also when a `transfer.reversed` event got here
+    /// first (then only the record is added).
+    pub fn reversed_by_admin(
+        &self,
+        amount_reversed_cents: i64,
+        reversal_id: &str,
+        cents: i64,
+        notes: &str,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        let record = format!(
+            "admin reversal {reversal_id} of {cents} cents ({amount_reversed_cents} of {} reversed in all): {notes}",
+            self.amount.cents
+        );
+        let already = self
+            .audit_log
+            .iter()
+            .any(|entry| entry.reason.starts_with(&format!("admin reversal {reversal_id} ")));
+        if already {
+            return None;
+        }
+        Some(match self.reversed(amount_reversed_cents, cause) {
+            Some(mut payout) => {
+                if let Some(entry) = payout.audit_log.last_mut() {
+                    entry.event_type = "transfer_reversed_by_admin".to_owned();
+                    entry.reason = record;
+                }
+                payout
+            }
+            None => self.moved(
+                self.status,
+                "transfer_reversed_by_admin",
+                record,
+                cause,
+                |_| {},
+            ),
+        })
+    }
+
     /// Records what settling the owed effects achieved: audit entries projected, the quota
     /// release confirmed under a sequence, alerts raised. Whatever is still owed is due
     /// again after a backoff.

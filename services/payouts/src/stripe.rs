@@ -13,6 +13,7 @@ use serde_json::Value;
 use stripe::{AccountId, IdempotencyKey, RequestStrategy, StripeError, StripeRequest as _};
 use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_connect::transfer::{CreateTransfer, ListTransfer, RetrieveTransfer};
+use stripe_connect::transfer_reversal::CreateIdTransferReversal;
 
 use crate::domain::StripeAccountStatus;
 use crate::payout::{SeenTransfer, StripeFailure, is_retryable_code};
@@ -29,6 +30,16 @@ pub struct TransferRequest {
     pub transfer_group: String,
 }
 
+/// A transfer reversal to create (an admin taking money back from a creator's account).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReversalRequest {
+    pub transfer_id: String,
+    pub cents: i64,
+    pub idempotency_key: String,
+    pub payout_id: String,
+    pub actor: String,
+}
+
 /// The Stripe calls the payouts service makes.
 #[async_trait]
 pub trait StripeApi: Send + Sync + 'static {
@@ -43,6 +54,10 @@ pub trait StripeApi: Send + Sync + 'static {
         &self,
         transfer_group: &str,
     ) -> Result<Vec<SeenTransfer>, StripeFailure>;
+
+    /// Reverses part of a transfer (`POST /v1/transfers/{id}/reversals`); the same key never
+    /// reverses twice. The reversal's id.
+    async fn reverse_transfer(&self, request: &ReversalRequest) -> Result<String, StripeFailure>;
 
     /// One transfer.
     async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure>;
@@ -265,6 +280,28 @@ impl StripeApi for StripeClient {
             .await
             .map_err(classify)?;
         Ok(transfers.data.iter().map(seen).collect())
+    }
+
+    async fn reverse_transfer(&self, request: &ReversalRequest) -> Result<String, StripeFailure> {
+        let key = IdempotencyKey::new(&request.idempotency_key).map_err(|error| {
+            StripeFailure::Unauthorized {
+                code: "idempotency_key".to_owned(),
+                message: error.to_string(),
+            }
+        })?;
+        let metadata = HashMap::from([
+            ("payout_id".to_owned(), request.payout_id.clone()),
+            ("requested_by".to_owned(), request.actor.clone()),
+        ]);
+        let reversal = CreateIdTransferReversal::new(request.transfer_id.as_str())
+            .amount(request.cents)
+            .metadata(metadata)
+            .customize()
+            .request_strategy(RequestStrategy::Idempotent(key))
+            .send(&self.client)
+            .await
+            .map_err(classify)?;
+        Ok(reversal.id.to_string())
     }
 
     async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure> {

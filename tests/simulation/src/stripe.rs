@@ -414,6 +414,49 @@ impl StripeApi for SimStripe {
         result
     }
 
+    async fn reverse_transfer(
+        &self,
+        request: &payouts_payouts::stripe::ReversalRequest,
+    ) -> Result<String, StripeFailure> {
+        self.hazard.gate.point("stripe.reverse_transfer").await;
+        let now = self.clock.now();
+        let params = vec![("amount".to_owned(), request.cents.to_string())];
+        let key = format!("reversal:{}", request.idempotency_key);
+        let mut state = self.lock();
+        let (status, body) = match state.ledger.replay(&key, &params) {
+            Some(replayed) => replayed,
+            None => {
+                let answer = match state.ledger.create_reversal(
+                    &request.transfer_id,
+                    &params,
+                    now.timestamp(),
+                ) {
+                    Ok(reversal) => (200, reversal.to_string()),
+                    Err((status, code, message)) => (status, error_body(status, code, &message)),
+                };
+                state.ledger.remember(&key, &params, answer.0, &answer.1);
+                if answer.0 == 200
+                    && let Some(transfer) = state
+                        .ledger
+                        .transfers()
+                        .iter()
+                        .find(|t| t["id"] == request.transfer_id.as_str())
+                        .cloned()
+                {
+                    Self::emit(&mut state, "transfer.reversed", None, transfer, now, false);
+                }
+                answer
+            }
+        };
+        state.log.push(format!("  stripe reversal {key}: {status}"));
+        if status != 200 {
+            return Err(declined("parameter_invalid_integer", false));
+        }
+        let reversal: serde_json::Value =
+            serde_json::from_str(&body).map_err(|_| unknown("unreadable answer"))?;
+        Ok(reversal["id"].as_str().unwrap_or_default().to_owned())
+    }
+
     async fn find_transfers(
         &self,
         transfer_group: &str,

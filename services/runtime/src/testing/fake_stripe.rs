@@ -141,6 +141,32 @@ async fn create_transfer(
     }
 }
 
+async fn create_reversal(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .map(|key| format!("reversal:{key}"));
+    let mut state = lock(&state);
+    if let Some(key) = &key
+        && let Some((status, body)) = state.ledger.replay(key, &params)
+    {
+        return json_response(status, body);
+    }
+    let (status, body) = match state.ledger.create_reversal(&id, &params, now()) {
+        Ok(reversal) => (200, reversal.to_string()),
+        Err((status, code, message)) => (status, error_body(status, code, &message)),
+    };
+    if let Some(key) = &key {
+        state.ledger.remember(key, &params, status, &body);
+    }
+    json_response(status, body)
+}
+
 fn list(data: Vec<Value>, url: &str, has_more: bool) -> Response {
     axum::Json(json!({ "object": "list", "data": data, "has_more": has_more, "url": url }))
         .into_response()
@@ -267,6 +293,7 @@ impl FakeStripe {
         let router = Router::new()
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
             .route("/v1/transfers/{id}", get(retrieve_transfer))
+            .route("/v1/transfers/{id}/reversals", post(create_reversal))
             .route("/v1/balance", get(balance))
             .route("/v1/balance_transactions", get(balance_transactions))
             .route("/v1/accounts/{id}", get(account))

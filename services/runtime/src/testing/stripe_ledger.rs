@@ -173,6 +173,54 @@ impl Ledger {
         Some(transfer.clone())
     }
 
+    /// `POST /v1/transfers/{id}/reversals`: the reversal object, or Stripe's error (status,
+    /// code, message) when the transfer is unknown or the amount is more than is left.
+    pub fn create_reversal(
+        &mut self,
+        transfer_id: &str,
+        params: &[(String, String)],
+        created: i64,
+    ) -> Result<Value, (u16, &'static str, String)> {
+        let id = self.next("trr");
+        let transfer = self
+            .transfers
+            .iter_mut()
+            .find(|t| t["id"] == transfer_id)
+            .ok_or((404, "resource_missing", format!("No such transfer: '{transfer_id}'")))?;
+        let amount = transfer["amount"].as_i64().unwrap_or(0);
+        let reversed = transfer["amount_reversed"].as_i64().unwrap_or(0);
+        let left = amount - reversed;
+        let cents = params
+            .iter()
+            .find(|(name, _)| name == "amount")
+            .map_or(Ok(left), |(_, value)| value.parse::<i64>())
+            .map_err(|_| (400, "parameter_invalid_integer", "Invalid integer: amount".to_owned()))?;
+        if cents <= 0 || cents > left {
+            return Err((
+                400,
+                "parameter_invalid_integer",
+                format!("Amount must be no more than {left} (the transfer's unreversed amount)"),
+            ));
+        }
+        transfer["amount_reversed"] = json!(reversed + cents);
+        transfer["reversed"] = json!(reversed + cents >= amount);
+        let mut reversal = fixture("transfer_reversal");
+        reversal["id"] = json!(id);
+        reversal["amount"] = json!(cents);
+        reversal["created"] = json!(created);
+        reversal["currency"] = transfer["currency"].clone();
+        reversal["transfer"] = json!(transfer_id);
+        let metadata: serde_json::Map<String, Value> = params
+            .iter()
+            .filter_map(|(name, value)| {
+                let key = name.strip_prefix("metadata[")?.strip_suffix(']')?;
+                Some((key.to_owned(), json!(value)))
+            })
+            .collect();
+        reversal["metadata"] = Value::Object(metadata);
+        Ok(reversal)
+    }
+
     /// Sets whether a connected account takes payouts (accounts not set do).
     pub fn set_payouts_enabled(&mut self, account: &str, enabled: bool) {
         self.accounts.insert(
