@@ -33,7 +33,7 @@ pub(crate) async fn resume(
     }
 }
 
-fn payout_status(status: pb::PayoutStatus) -> &'static str {
+pub(crate) fn payout_status(status: pb::PayoutStatus) -> &'static str {
     match status {
         pb::PayoutStatus::Admitting => "admitting",
         pb::PayoutStatus::PendingApproval => "pending_approval",

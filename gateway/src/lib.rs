@@ -8,6 +8,7 @@
 mod admin_alerts;
 mod admin_approvals;
 mod admin_auth;
+mod admin_disputes;
 mod admin_payouts;
 mod admin_webhooks;
 mod cron;
@@ -22,6 +23,8 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use payouts_proto::approvals::v1::approvals_service_client::ApprovalsServiceClient;
 use payouts_proto::balance::v1::balance_service_client::BalanceServiceClient;
+use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsServiceClient;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient;
@@ -52,6 +55,8 @@ struct Inner {
     payouts: PayoutsServiceClient<TracedChannel>,
     balance: BalanceServiceClient<TracedChannel>,
     notifications: NotificationsServiceClient<TracedChannel>,
+    disputes: DisputesServiceClient<TracedChannel>,
+    limits: PayoutLimitsServiceClient<TracedChannel>,
     admin_auth: AdminAuth,
 }
 
@@ -68,6 +73,10 @@ impl Gateway {
             &settings,
             ServiceName::Notifications,
         )?);
+        let disputes =
+            DisputesServiceClient::new(service_channel(&settings, ServiceName::Disputes)?);
+        let limits =
+            PayoutLimitsServiceClient::new(service_channel(&settings, ServiceName::Limits)?);
         let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -77,6 +86,8 @@ impl Gateway {
                 payouts,
                 balance,
                 notifications,
+                disputes,
+                limits,
                 admin_auth,
             }),
         })
@@ -100,6 +111,14 @@ impl Gateway {
 
     pub(crate) fn notifications(&self) -> NotificationsServiceClient<TracedChannel> {
         self.inner.notifications.clone()
+    }
+
+    pub(crate) fn disputes(&self) -> DisputesServiceClient<TracedChannel> {
+        self.inner.disputes.clone()
+    }
+
+    pub(crate) fn limits(&self) -> PayoutLimitsServiceClient<TracedChannel> {
+        self.inner.limits.clone()
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -147,6 +166,15 @@ impl Gateway {
                 post(admin_alerts::resolve),
             )
             .route("/api/admin/balance", get(admin_alerts::balance))
+            .route(
+                "/api/admin/users/{user_id}/earnings",
+                get(admin_disputes::earnings),
+            )
+            .route("/api/admin/disputes", get(admin_disputes::disputes))
+            .route(
+                "/api/admin/payouts/{payout_id}/reverse",
+                post(admin_disputes::reverse),
+            )
             .route("/api/admin/balance/pause", post(admin_alerts::pause))
             .route("/api/admin/balance/resume", post(admin_alerts::resume))
             .route(
@@ -418,13 +446,16 @@ mod tests {
             "/api/admin/balance",
             "/api/admin/balance/pause",
             "/api/admin/balance/resume",
+            "/api/admin/users/{userId}/earnings",
+            "/api/admin/disputes",
+            "/api/admin/payouts/{payoutId}/reverse",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            17,
+            20,
             "every documented path is a route: {paths:?}"
         );
     }
@@ -463,6 +494,70 @@ mod tests {
             let (status, message) = call(both, auth).await;
             assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
             assert!(message.contains("Bearer"), "{message}");
+        }
+    }
+
+    #[tokio::test]
+    async fn earnings_disputes_and_reversals_need_an_admin_and_a_valid_body() {
+        let env = &[("ADMIN_JWT_SECRET", "secret")];
+        for (method, path) in [
+            ("GET", "/api/admin/users/u1/earnings"),
+            ("GET", "/api/admin/disputes"),
+            ("POST", "/api/admin/payouts/p1/reverse"),
+        ] {
+            let request = Request::builder().method(method).uri(path);
+            let response = gateway(env)
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{path}");
+        }
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &serde_json::json!({"sub": "admin-1", "admin": true, "exp": chrono::Utc::now().timestamp() + 60}),
+            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        for (method, path, body, message) in [
+            (
+                "GET",
+                "/api/admin/disputes?status=pending",
+                "",
+                "status must be open, won, lost or all",
+            ),
+            (
+                "GET",
+                "/api/admin/users/u1/earnings?limit=0",
+                "",
+                "limit must be",
+            ),
+            (
+                "POST",
+                "/api/admin/payouts/p1/reverse",
+                "{}",
+                "invalid body",
+            ),
+            (
+                "POST",
+                "/api/admin/payouts/p1/reverse",
+                r#"{"amountCents":"5","notes":"x"}"#,
+                "invalid body",
+            ),
+        ] {
+            let request = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            let response = gateway(env).oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path} {body}");
+            let error = json(response).await["error"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(error.contains(message), "{error}");
         }
     }
 

@@ -577,7 +577,11 @@ pub struct Balance {
     pub debt_cents: i64,
 }
 
-pub fn balance(quota: &Quota, lifetime_earnings_cents: i64, payable_earnings_cents: i64) -> Balance {
+pub fn balance(
+    quota: &Quota,
+    lifetime_earnings_cents: i64,
+    payable_earnings_cents: i64,
+) -> Balance {
     Balance {
         committed_cents: quota.committed_cents,
         available_cents: (payable_earnings_cents - quota.committed_cents).max(0),
@@ -694,7 +698,11 @@ mod tests {
         let held = check(&veteran(), &touched, 100_00);
         assert!(held.allowed && held.requires_approval);
         assert_eq!(held.flags, [Flag::RecentRefundOrDispute]);
-        assert!(held.reason.contains("2 refund(s) or dispute(s)"), "{}", held.reason);
+        assert!(
+            held.reason.contains("2 refund(s) or dispute(s)"),
+            "{}",
+            held.reason
+        );
     }
 
     #[test]

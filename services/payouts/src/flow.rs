@@ -985,8 +985,8 @@ impl PayoutFlow {
             payout_id: payout_id.to_owned(),
             actor: actor.to_owned(),
         };
-        let reversal_id = stripe.reverse_transfer(&request).await.map_err(|failure| {
-            match failure {
+        let reversal_id = stripe.reverse_transfer(&request).await.map_err(
+            |failure| match failure {
                 StripeFailure::Unknown { message } => ServiceError::unavailable(
                     "Stripe's answer was lost, so the reversal's outcome is unknown and nothing \
                      is recorded; send the same request again (it cannot reverse twice)",
@@ -996,8 +996,8 @@ impl PayoutFlow {
                     "Stripe refused the reversal: {}",
                     other.describe()
                 )),
-            }
-        })?;
+            },
+        )?;
         // Stripe's running total after it; if the lookup fails, at least this reversal's.
         let total = match stripe.retrieve_transfer(&transfer_id).await {
             Ok(seen) => seen

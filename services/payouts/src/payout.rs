@@ -1229,10 +1229,11 @@ impl Payout {
             "admin reversal {reversal_id} of {cents} cents ({amount_reversed_cents} of {} reversed in all): {notes}",
             self.amount.cents
         );
-        let already = self
-            .audit_log
-            .iter()
-            .any(|entry| entry.reason.starts_with(&format!("admin reversal {reversal_id} ")));
+        let already = self.audit_log.iter().any(|entry| {
+            entry
+                .reason
+                .starts_with(&format!("admin reversal {reversal_id} "))
+        });
         if already {
             return None;
         }

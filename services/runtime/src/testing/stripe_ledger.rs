@@ -186,7 +186,11 @@ impl Ledger {
             .transfers
             .iter_mut()
             .find(|t| t["id"] == transfer_id)
-            .ok_or((404, "resource_missing", format!("No such transfer: '{transfer_id}'")))?;
+            .ok_or((
+                404,
+                "resource_missing",
+                format!("No such transfer: '{transfer_id}'"),
+            ))?;
         let amount = transfer["amount"].as_i64().unwrap_or(0);
         let reversed = transfer["amount_reversed"].as_i64().unwrap_or(0);
         let left = amount - reversed;
@@ -194,7 +198,13 @@ impl Ledger {
             .iter()
             .find(|(name, _)| name == "amount")
             .map_or(Ok(left), |(_, value)| value.parse::<i64>())
-            .map_err(|_| (400, "parameter_invalid_integer", "Invalid integer: amount".to_owned()))?;
+            .map_err(|_| {
+                (
+                    400,
+                    "parameter_invalid_integer",
+                    "Invalid integer: amount".to_owned(),
+                )
+            })?;
         if cents <= 0 || cents > left {
             return Err((
                 400,
