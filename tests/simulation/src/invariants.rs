@@ -7,7 +7,7 @@ use payouts_payouts::payout::{Payout, PayoutStatus};
 use payouts_webhooks::domain::EventStatus;
 use serde_json::Value;
 
-use crate::ports::Earnings;
+use crate::ports::Windows;
 use crate::stripe::SimStripe;
 use crate::world::Stores;
 
@@ -18,6 +18,8 @@ pub struct Observed {
     statuses: BTreeMap<String, PayoutStatus>,
     audited: BTreeMap<String, usize>,
     shapes: BTreeMap<String, String>,
+    /// Transfers already checked against their creator's earnings.
+    transfers: std::collections::BTreeSet<String>,
 }
 
 impl Observed {
@@ -74,7 +76,7 @@ fn may_move(from: PayoutStatus, to: PayoutStatus) -> bool {
 pub fn always(
     stores: &Stores,
     stripe: &SimStripe,
-    earnings: &BTreeMap<String, Earnings>,
+    windows: &Windows,
     observed: &mut Observed,
 ) -> Result<(), String> {
     let payouts: BTreeMap<String, Payout> = stores
@@ -102,17 +104,40 @@ pub fn always(
         }
     }
 
-    // The money Stripe moved to a creator never exceeds what they earned.
+    // Money Stripe moved to a creator <= earnings - refunds + debt repaid: when a transfer
+    // is made, what the creator holds from Stripe (transfers less reversals, which repay
+    // debt) is within what they had earned after refunds at some moment since that
+    // transfer's re-check began. Refunds and lost disputes landing after it make a debt,
+    // not an overpayment; a transfer that was never re-checked is a broken rule by itself.
     let mut moved: BTreeMap<&str, i64> = BTreeMap::new();
     for transfer in &transfers {
         let left = transfer["amount"].as_i64().unwrap_or(0)
             - transfer["amount_reversed"].as_i64().unwrap_or(0);
         *moved.entry(metadata(transfer, "user_id")).or_default() += left;
     }
-    for (user, cents) in &moved {
-        let earned = earnings.get(*user).map_or(0, |e| e.lifetime_cents);
-        if *cents > earned {
-            return Err(format!("{user} was paid {cents} cents but earned {earned}"));
+    let mut ceilings: BTreeMap<&str, i64> = BTreeMap::new();
+    for transfer in &transfers {
+        let id = transfer["id"].as_str().unwrap_or_default();
+        if observed.transfers.contains(id) {
+            continue;
+        }
+        let payout = metadata(transfer, "payout_id");
+        let Some(ceiling) = windows.ceiling(payout) else {
+            return Err(format!(
+                "transfer {id} of payout {payout} was made without a re-check of earnings"
+            ));
+        };
+        let user = metadata(transfer, "user_id");
+        let entry = ceilings.entry(user).or_insert(ceiling);
+        *entry = (*entry).min(ceiling);
+        observed.transfers.insert(id.to_owned());
+    }
+    for (user, ceiling) in &ceilings {
+        let cents = moved.get(user).copied().unwrap_or(0);
+        if cents > *ceiling {
+            return Err(format!(
+                "{user} holds {cents} cents from Stripe but earned at most {ceiling} (after refunds) since the transfer's re-check"
+            ));
         }
     }
 
@@ -222,6 +247,7 @@ pub fn settled(stores: &Stores, stripe: &SimStripe) -> bool {
 /// quota exactly what the payouts need, every event processed, every transfer Stripe made
 /// belonging to exactly one payout.
 pub fn at_end(stores: &Stores, stripe: &SimStripe) -> Result<(), String> {
+    earnings_add_up(stores)?;
     let payouts: BTreeMap<String, Payout> = stores
         .payouts
         .all()
@@ -327,6 +353,61 @@ pub fn at_end(stores: &Stores, stripe: &SimStripe) -> Result<(), String> {
             return Err(format!(
                 "payout {} names transfer {transfer}, which Stripe never made",
                 payout.id
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every creator's book is settled and says what their allocations add up to, and every
+/// charge's allocations are what its case says (nothing left to settle, nothing owed).
+fn earnings_add_up(stores: &Stores) -> Result<(), String> {
+    use payouts_disputes::store::{AllocationRepository, ChargeCaseRepository, EarningsBookRepository};
+    let usd = payouts_runtime::Currency::usd();
+    let books = crate::world::now(stores.books.list(None, usize::MAX)).map_err(|e| e.to_string())?;
+    let mut charges = std::collections::BTreeSet::new();
+    for book in books {
+        if !book.pending.is_empty() {
+            return Err(format!("the earnings book of {} still has intents", book.user_id));
+        }
+        let allocations =
+            crate::world::now(stores.allocations.list_by_user(&book.user_id, None, usize::MAX))
+                .map_err(|e| e.to_string())?;
+        let rebuilt = payouts_disputes::domain::Earnings::of(&allocations, &usd);
+        if book.earnings(&usd) != rebuilt {
+            return Err(format!(
+                "the earnings book of {} says {:?}, its allocations {:?}",
+                book.user_id,
+                book.earnings(&usd),
+                rebuilt
+            ));
+        }
+        for allocation in &allocations {
+            if allocation.amount.cents < 0
+                || allocation.amount.cents + allocation.refunded_cents
+                    != allocation.original_amount.cents
+            {
+                return Err(format!("allocation {} does not add up: {allocation:?}", allocation.id));
+            }
+            charges.insert(allocation.charge_id.clone());
+        }
+    }
+    for charge in charges {
+        let Some(case) = crate::world::now(stores.cases.get(&charge)).map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        if !case.notices.is_empty() {
+            return Err(format!("charge {charge} still owes {} notices", case.notices.len()));
+        }
+        let allocations = crate::world::now(stores.allocations.list_by_charge(&charge, 1_000))
+            .map_err(|e| e.to_string())?;
+        let now = case.updated_at;
+        let unsettled = payouts_disputes::charges::settle(&case, &allocations, "check", now);
+        if !unsettled.is_empty() {
+            return Err(format!(
+                "charge {charge}'s allocations are not what its case says: {:?}",
+                unsettled.iter().map(|(_, after)| &after.id).collect::<Vec<_>>()
             ));
         }
     }

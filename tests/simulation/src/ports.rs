@@ -10,6 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use payouts_approvals::domain::{Approval, ApprovalStatus, HoldMetadata, UserContext as HeldUser};
 use payouts_approvals::workflow::{AdminNotifier, Hold, PayoutsPort, Workflow};
+use payouts_disputes::cases::Cases;
+use payouts_disputes::domain::MarkKind;
+use payouts_disputes::store::{EarningsBookRepository, MemoryEarningsBooks};
 use payouts_limits::admission::{ContextSource, Limits, UserEarnings};
 use payouts_payouts::events::Event;
 use payouts_payouts::flow::PayoutFlow;
@@ -34,6 +37,7 @@ const DEADLINE: chrono::Duration = chrono::Duration::seconds(10);
 /// The replicas of every service, filled in once they are all built (they call each other).
 #[derive(Default)]
 pub struct Replicas {
+    pub disputes: OnceLock<Vec<Arc<Cases>>>,
     pub payouts: OnceLock<Vec<Arc<PayoutFlow>>>,
     pub limits: OnceLock<Vec<Arc<Limits>>>,
     pub approvals: OnceLock<Vec<Arc<Workflow>>>,
@@ -88,6 +92,8 @@ pub struct LimitsCalls {
     pub replicas: Weak<Replicas>,
     /// What the limits answered, for the trace.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The re-check windows the money invariant reads (see [`Windows`]).
+    pub windows: Windows,
 }
 
 impl LimitsCalls {
@@ -165,6 +171,8 @@ impl LimitsPort for LimitsCalls {
     }
 
     async fn recheck(&self, user_id: &str, payout_id: &str) -> Result<Recheck, ServiceError> {
+        // A transfer may follow: its window opens before the limits read the earnings.
+        self.windows.open(user_id, payout_id);
         let limits = pick(&self.hazard, &self.replicas, |r| &r.limits)?;
         let rechecked = call(
             &self.hazard,
@@ -183,21 +191,72 @@ impl LimitsPort for LimitsCalls {
     }
 }
 
-/// A creator's earnings as the disputes service would answer them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Earnings {
-    pub lifetime_cents: i64,
-    pub frozen_cents: i64,
+/// For each payout whose transfer was re-checked, the most its creator's earnings (as the
+/// disputes service reports them: lifetime after refunds) were from the start of that
+/// re-check until now. A transfer made after it is covered by earnings of that window: the
+/// limits admit and re-check only while payable earnings cover everything committed, and
+/// refunds that land after that moment are the creator's debt, not an overpayment.
+#[derive(Clone)]
+pub struct Windows {
+    books: Arc<MemoryEarningsBooks>,
+    open: Arc<Mutex<BTreeMap<String, (String, i64)>>>,
 }
 
-/// The earnings every creator has (changed by the scheduler: disputes freeze some).
-pub type EarningsBook = Arc<Mutex<BTreeMap<String, Earnings>>>;
+impl Windows {
+    pub fn new(books: Arc<MemoryEarningsBooks>) -> Self {
+        Self {
+            books,
+            open: Arc::default(),
+        }
+    }
+
+    /// Lifetime earnings after refunds, as reported now.
+    pub fn lifetime(&self, user_id: &str) -> i64 {
+        crate::world::now(self.books.get(user_id))
+            .map(|book| book.earnings(&payouts_runtime::Currency::usd()).lifetime.cents)
+            .unwrap_or(0)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn open(&self, user_id: &str, payout_id: &str) {
+        let lifetime = self.lifetime(user_id);
+        self.lock()
+            .insert(payout_id.to_owned(), (user_id.to_owned(), lifetime));
+    }
+
+    /// After every step: each window keeps the most its creator's earnings reached.
+    pub fn observe(&self) {
+        let users: Vec<String> = self.lock().values().map(|(user, _)| user.clone()).collect();
+        let now: BTreeMap<String, i64> = users
+            .into_iter()
+            .map(|user| {
+                let lifetime = self.lifetime(&user);
+                (user, lifetime)
+            })
+            .collect();
+        for (user, most) in self.lock().values_mut() {
+            *most = (*most).max(now.get(user).copied().unwrap_or(0));
+        }
+    }
+
+    /// The most the payout's creator earned since its last re-check began; None when its
+    /// transfer was never re-checked.
+    pub fn ceiling(&self, payout_id: &str) -> Option<i64> {
+        self.lock().get(payout_id).map(|(_, most)| *most)
+    }
+}
 
 /// The payouts and disputes services, as the limits service asks them about a user.
 pub struct ContextCalls {
     pub hazard: Hazard,
     pub clock: ManualClock,
-    pub earnings: EarningsBook,
+    /// Weak: the replicas hold these calls (a strong cycle would never be freed).
+    pub replicas: Weak<Replicas>,
     pub account_created_at: DateTime<Utc>,
 }
 
@@ -213,20 +272,23 @@ impl ContextSource for ContextCalls {
     }
 
     async fn earnings(&self, user_id: &str) -> Result<UserEarnings, ServiceError> {
-        let earnings = call(&self.hazard, &self.clock, "disputes.get_earnings", async {
-            Ok(self
-                .earnings
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .get(user_id)
-                .copied()
-                .unwrap_or_default())
-        })
+        let cases = pick(&self.hazard, &self.replicas, |r| &r.disputes)?;
+        let (earnings, book) = call(
+            &self.hazard,
+            &self.clock,
+            "disputes.get_earnings",
+            cases
+                .ledger
+                .earnings_and_book(user_id, &payouts_runtime::Currency::usd()),
+        )
         .await?;
+        let now = self.clock.now();
+        let window = payouts_disputes::grpc::RECENT_WINDOW;
         Ok(UserEarnings {
-            lifetime_cents: earnings.lifetime_cents,
-            payable_cents: earnings.lifetime_cents - earnings.frozen_cents,
-            recent_refunds_and_disputes: 0,
+            lifetime_cents: earnings.lifetime.cents,
+            payable_cents: earnings.active.cents,
+            recent_refunds_and_disputes: book.recent_count(MarkKind::Refund, now, window)
+                + book.recent_count(MarkKind::Dispute, now, window),
         })
     }
 }
@@ -304,7 +366,28 @@ pub struct EventCalls {
 
 #[async_trait]
 impl Dispatcher for EventCalls {
-    async fn dispatch(&self, _owner: Owner, event: &InboxEvent) -> Result<String, String> {
+    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String> {
+        if owner == Owner::Disputes {
+            let cases =
+                pick(&self.hazard, &self.replicas, |r| &r.disputes).map_err(|e| e.to_string())?;
+            let payload: serde_json::Value =
+                serde_json::from_str(&event.payload).map_err(|error| error.to_string())?;
+            let created = DateTime::from_timestamp(event.created, 0).unwrap_or_default();
+            return call(
+                &self.hazard,
+                &self.clock,
+                "disputes.handle_stripe_event",
+                cases.handle(
+                    &event.event_id,
+                    &event.event_type,
+                    created,
+                    &payload["data"]["object"],
+                ),
+            )
+            .await
+            .map(|applied| applied.detail)
+            .map_err(|error| error.to_string());
+        }
         let flow = pick(&self.hazard, &self.replicas, |r| &r.payouts).map_err(|e| e.to_string())?;
         let parsed = Event::parse(
             &event.event_id,
@@ -365,6 +448,25 @@ impl AdminNotifier for AlertCalls {
         _description: &str,
     ) -> Result<(), ServiceError> {
         self.raise_key(key, kind).await
+    }
+}
+
+#[async_trait]
+impl payouts_disputes::ports::NoticesPort for AlertCalls {
+    async fn alert(&self, message: &payouts_disputes::ports::Message) -> Result<(), ServiceError> {
+        self.raise_key(&message.key, &message.kind).await
+    }
+
+    async fn notify_user(
+        &self,
+        _user_id: &str,
+        message: &payouts_disputes::ports::Message,
+    ) -> Result<(), ServiceError> {
+        call(&self.hazard, &self.clock, "notifications.notify_user", async {
+            let _ = &message.key;
+            Ok(())
+        })
+        .await
     }
 }
 

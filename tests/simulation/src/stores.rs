@@ -8,6 +8,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use payouts_approvals::domain::{Approval, Filter};
 use payouts_approvals::store::ApprovalRepository;
+use payouts_disputes::charges::ChargeCase;
+use payouts_disputes::domain::{Allocation, EarningsBook};
+use payouts_disputes::store::{AllocationRepository, ChargeCaseRepository, EarningsBookRepository};
 use payouts_limits::checks::Quota;
 use payouts_limits::domain::BlockedAttempt;
 use payouts_limits::store::{BlockedAttemptRepository, QuotaRepository};
@@ -355,6 +358,99 @@ impl ApprovalRepository for Hazardous<dyn ApprovalRepository> {
     async fn count_pending(&self) -> Result<u64, ServiceError> {
         self.hazard
             .read("approvals.count_pending", self.inner.count_pending())
+            .await
+    }
+}
+
+#[async_trait]
+impl AllocationRepository for Hazardous<dyn AllocationRepository> {
+    async fn record(&self, allocation: &Allocation) -> Result<(Allocation, bool), ServiceError> {
+        self.hazard
+            .write("allocations.record", self.inner.record(allocation))
+            .await
+    }
+    async fn get(&self, allocation_id: &str) -> Result<Option<Allocation>, ServiceError> {
+        self.hazard
+            .read("allocations.get", self.inner.get(allocation_id))
+            .await
+    }
+    async fn replace(
+        &self,
+        allocation: &Allocation,
+        expected_version: i64,
+    ) -> Result<(), ServiceError> {
+        self.hazard
+            .write(
+                "allocations.replace",
+                self.inner.replace(allocation, expected_version),
+            )
+            .await
+    }
+    async fn list_by_charge(
+        &self,
+        charge_id: &str,
+        limit: usize,
+    ) -> Result<Vec<Allocation>, ServiceError> {
+        self.hazard
+            .read(
+                "allocations.list_by_charge",
+                self.inner.list_by_charge(charge_id, limit),
+            )
+            .await
+    }
+    async fn list_by_user(
+        &self,
+        user_id: &str,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Allocation>, ServiceError> {
+        self.hazard
+            .read(
+                "allocations.list_by_user",
+                self.inner.list_by_user(user_id, after, limit),
+            )
+            .await
+    }
+}
+
+#[async_trait]
+impl EarningsBookRepository for Hazardous<dyn EarningsBookRepository> {
+    async fn get(&self, user_id: &str) -> Result<EarningsBook, ServiceError> {
+        self.hazard.read("books.get", self.inner.get(user_id)).await
+    }
+    async fn put(&self, book: &EarningsBook, expected_version: i64) -> Result<(), ServiceError> {
+        self.hazard
+            .write("books.put", self.inner.put(book, expected_version))
+            .await
+    }
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EarningsBook>, ServiceError> {
+        self.hazard
+            .read("books.list", self.inner.list(after, limit))
+            .await
+    }
+}
+
+#[async_trait]
+impl ChargeCaseRepository for Hazardous<dyn ChargeCaseRepository> {
+    async fn get(&self, charge_id: &str) -> Result<Option<ChargeCase>, ServiceError> {
+        self.hazard.read("cases.get", self.inner.get(charge_id)).await
+    }
+    async fn put(&self, case: &ChargeCase, expected_version: i64) -> Result<(), ServiceError> {
+        self.hazard
+            .write("cases.put", self.inner.put(case, expected_version))
+            .await
+    }
+    async fn list_disputed(
+        &self,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<ChargeCase>, ServiceError> {
+        self.hazard
+            .read("cases.list_disputed", self.inner.list_disputed(after, limit))
             .await
     }
 }

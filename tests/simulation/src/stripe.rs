@@ -146,6 +146,13 @@ impl SimStripe {
         });
     }
 
+    /// Stripe sends news of a supporter's charge (a platform event: refunds, disputes).
+    pub fn charge_event(&self, event_type: &str, object: Value) {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        Self::emit(&mut state, event_type, None, object, now, true);
+    }
+
     /// What Stripe did since the last call, for the trace.
     pub fn drain_log(&self) -> Vec<String> {
         std::mem::take(&mut self.lock().log)

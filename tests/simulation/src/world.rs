@@ -11,6 +11,13 @@ use chrono::{DateTime, Duration};
 use payouts_approvals::domain::{Action, ApprovalStatus};
 use payouts_approvals::store::{ApprovalRepository, MemoryApprovals};
 use payouts_approvals::workflow::Workflow;
+use payouts_disputes::cases::Cases;
+use payouts_disputes::domain::Allocation;
+use payouts_disputes::earnings::Ledger;
+use payouts_disputes::store::{
+    AllocationRepository, ChargeCaseRepository, EarningsBookRepository, MemoryAllocations,
+    MemoryChargeCases, MemoryEarningsBooks,
+};
 use payouts_limits::admission::Limits;
 use payouts_limits::domain::LimitConfig;
 use payouts_limits::store::{
@@ -26,7 +33,7 @@ use payouts_payouts::store::{
 };
 use payouts_runtime::clock::ManualClock;
 use payouts_runtime::ids::SequentialIds;
-use payouts_runtime::testing::stripe::signature_header;
+use payouts_runtime::testing::stripe::{fixture, signature_header};
 use payouts_runtime::{Clock as _, IdSource, Money, Secret};
 use payouts_webhooks::domain::{Endpoint, EventStatus, RetryPolicy};
 use payouts_webhooks::inbox::{Inbox, InboxSettings, Ingested};
@@ -36,8 +43,8 @@ use crate::chaos::Chaos;
 use crate::executor::{Executor, Gate, Progress, TaskFuture};
 use crate::invariants::{self, Observed};
 use crate::ports::{
-    AlertCalls, ApprovalCalls, ContextCalls, DecisionCalls, Earnings, EarningsBook, EventCalls,
-    LimitsCalls, Replicas, Silent,
+    AlertCalls, ApprovalCalls, ContextCalls, DecisionCalls, EventCalls, LimitsCalls, Replicas,
+    Silent, Windows,
 };
 use crate::stores::{Hazard, Hazardous};
 use crate::stripe::SimStripe;
@@ -132,6 +139,21 @@ pub struct Stores {
     pub quotas: Arc<MemoryQuotas>,
     pub inbox: Arc<MemoryInbox>,
     pub approvals: Arc<MemoryApprovals>,
+    pub allocations: Arc<MemoryAllocations>,
+    pub books: Arc<MemoryEarningsBooks>,
+    pub cases: Arc<MemoryChargeCases>,
+}
+
+/// A supporter's charge that funded allocations, and what Stripe has said about it.
+struct Charge {
+    id: String,
+    amount: i64,
+    /// The highest cumulative refund Stripe reported.
+    refunded: i64,
+    /// Refunds made (id, amount), for `refund.failed`.
+    refunds: Vec<(String, i64)>,
+    /// The dispute's status, once there is one.
+    dispute: Option<&'static str>,
 }
 
 pub struct World {
@@ -148,7 +170,8 @@ pub struct World {
     inboxes: Vec<Arc<Inbox>>,
     approvals: Vec<Arc<Workflow>>,
     users: Vec<User>,
-    earnings: EarningsBook,
+    charges: Vec<Charge>,
+    windows: Windows,
     alerts: Arc<Mutex<Vec<String>>>,
     /// What the services answered each other, for the trace.
     service_log: Arc<Mutex<Vec<String>>>,
@@ -176,7 +199,23 @@ impl World {
             quotas: Arc::new(MemoryQuotas::default()),
             inbox: Arc::new(MemoryInbox::default()),
             approvals: Arc::new(MemoryApprovals::default()),
+            allocations: Arc::new(MemoryAllocations::default()),
+            books: Arc::new(MemoryEarningsBooks::default()),
+            cases: Arc::new(MemoryChargeCases::default()),
         };
+        let allocations_store: Arc<dyn AllocationRepository> = Hazardous::new(
+            Arc::clone(&stores.allocations) as Arc<dyn AllocationRepository>,
+            &hazard,
+        );
+        let books_store: Arc<dyn EarningsBookRepository> = Hazardous::new(
+            Arc::clone(&stores.books) as Arc<dyn EarningsBookRepository>,
+            &hazard,
+        );
+        let cases_store: Arc<dyn ChargeCaseRepository> = Hazardous::new(
+            Arc::clone(&stores.cases) as Arc<dyn ChargeCaseRepository>,
+            &hazard,
+        );
+        let windows = Windows::new(Arc::clone(&stores.books));
         let payouts_store: Arc<dyn PayoutRepository> = Hazardous::new(
             Arc::clone(&stores.payouts) as Arc<dyn PayoutRepository>,
             &hazard,
@@ -207,7 +246,6 @@ impl World {
         );
         let stripe = SimStripe::new(hazard.clone(), clock.clone());
         let replicas = Arc::new(Replicas::default());
-        let earnings: EarningsBook = Arc::default();
         let alerts = Arc::new(Mutex::new(Vec::new()));
         let service_log = Arc::new(Mutex::new(Vec::new()));
         let count = options.replicas.max(1);
@@ -221,7 +259,7 @@ impl World {
                     Arc::new(ContextCalls {
                         hazard: hazard.clone(),
                         clock: clock.clone(),
-                        earnings: Arc::clone(&earnings),
+                        replicas: Arc::downgrade(&replicas),
                         account_created_at: start - Duration::days(400),
                     }),
                     Arc::new(clock.clone()),
@@ -240,6 +278,7 @@ impl World {
                         clock: clock.clone(),
                         replicas: Arc::downgrade(&replicas),
                         log: Arc::clone(&service_log),
+                        windows: windows.clone(),
                     }),
                     approvals: Arc::new(ApprovalCalls {
                         hazard: hazard.clone(),
@@ -301,6 +340,24 @@ impl World {
                 ))
             })
             .collect();
+        let disputes: Vec<Arc<Cases>> = (0..count)
+            .map(|_| {
+                Arc::new(Cases {
+                    ledger: Arc::new(Ledger {
+                        allocations: Arc::clone(&allocations_store),
+                        books: Arc::clone(&books_store),
+                        clock: Arc::new(clock.clone()),
+                    }),
+                    cases: Arc::clone(&cases_store),
+                    notices: Arc::new(AlertCalls {
+                        hazard: hazard.clone(),
+                        clock: clock.clone(),
+                        raised: Arc::clone(&alerts),
+                    }),
+                })
+            })
+            .collect();
+        let _ = replicas.disputes.set(disputes);
         let _ = replicas.limits.set(limits);
         let _ = replicas.payouts.set(payouts.clone());
         let _ = replicas.approvals.set(approvals.clone());
@@ -321,18 +378,59 @@ impl World {
                 version: 1,
             };
             now(stores.accounts.put(&account, None)).unwrap_or_default();
-            let lifetime = chaos.between(10_000_00, 60_000_00);
-            earnings
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(
-                    user.id.clone(),
-                    Earnings {
-                        lifetime_cents: lifetime,
-                        frozen_cents: 0,
-                    },
-                );
             users.push(user);
+        }
+        // Earnings: each creator's own supporters' charges, and charges that funded several
+        // creators at once; every charge is a little more than it funded (the platform's
+        // share), as real ones are.
+        let setup = Ledger {
+            allocations: Arc::clone(&stores.allocations) as Arc<dyn AllocationRepository>,
+            books: Arc::clone(&stores.books) as Arc<dyn EarningsBookRepository>,
+            clock: Arc::new(clock.clone()),
+        };
+        let mut charges = Vec::new();
+        let mut fund = |charge_id: String, shares: Vec<(&User, i64)>| {
+            let mut funded = 0;
+            for (n, (user, cents)) in shares.into_iter().enumerate() {
+                let allocation = Allocation::credit(
+                    &format!("alloc_{charge_id}_{n}"),
+                    &user.id,
+                    &charge_id,
+                    "supporter",
+                    Money::usd(cents),
+                    start,
+                );
+                if let Ok(allocation) = allocation {
+                    funded += cents;
+                    now(setup.record(&allocation)).unwrap_or_else(|error| {
+                        panic!("setting up allocations failed: {error}")
+                    });
+                }
+            }
+            charges.push(Charge {
+                id: charge_id,
+                amount: funded + funded / 10,
+                refunded: 0,
+                refunds: Vec::new(),
+                dispute: None,
+            });
+        };
+        for (i, user) in users.iter().enumerate() {
+            for c in 0..chaos.between(1, 3) {
+                fund(
+                    format!("ch_sim_{i}_{c}"),
+                    vec![(user, chaos.between(5_000_00, 30_000_00))],
+                );
+            }
+        }
+        for c in 0..2 {
+            let first = chaos.below(users.len());
+            let second = (first + 1 + chaos.below(users.len().max(2) - 1)) % users.len();
+            let mut shares = vec![(&users[first], chaos.between(1_000_00, 8_000_00))];
+            if second != first {
+                shares.push((&users[second], chaos.between(1_000_00, 8_000_00)));
+            }
+            fund(format!("ch_sim_shared_{c}"), shares);
         }
         Self {
             seed,
@@ -347,7 +445,8 @@ impl World {
             inboxes,
             approvals,
             users,
-            earnings,
+            charges,
+            windows,
             alerts,
             service_log,
             bank_payouts: Vec::new(),
@@ -410,12 +509,8 @@ impl World {
         for line in self.observed.news(&self.stores) {
             self.trace.push(line);
         }
-        let earnings = self
-            .earnings
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        invariants::always(&self.stores, &self.stripe, &earnings, &mut self.observed)
+        self.windows.observe();
+        invariants::always(&self.stores, &self.stripe, &self.windows, &mut self.observed)
             .map_err(|problem| self.failure(problem))
     }
 
@@ -465,8 +560,9 @@ impl World {
             88..=90 => self.reverse(),
             91..=92 => self.fail_transfer(),
             93..=94 => self.toggle_account(),
-            95..=96 => self.freeze(),
+            95..=96 => self.charge_news(),
             97 if room => self.toggle_pause(),
+            98 if room => self.admin_reverse(),
             _ => self.advance(),
         }
     }
@@ -750,23 +846,92 @@ impl World {
         );
     }
 
-    fn freeze(&mut self) {
-        let user = self.users[self.chaos.below(self.users.len())].id.clone();
-        let mut book = self
-            .earnings
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let lifetime = book.get(&user).map_or(0, |e| e.lifetime_cents);
-        let frozen = if self.chaos.chance(500) {
-            0
-        } else {
-            self.chaos.between(0, lifetime / 2)
+    /// Stripe tells us about a supporter's charge: a (further) refund, a late copy of an
+    /// older refund total, a refund that failed, or a dispute opening, closing or moving
+    /// money. Delivered like every other event: late, twice, out of order.
+    fn charge_news(&mut self) {
+        let index = self.chaos.below(self.charges.len());
+        let pick = self.chaos.below(100);
+        let charge = &mut self.charges[index];
+        let (event_type, object) = match pick {
+            0..=39 => {
+                let more = self.chaos.between(1, (charge.amount - charge.refunded).max(1));
+                let total = (charge.refunded + more).min(charge.amount);
+                let refund_id = format!("re_{}_{}", charge.id, charge.refunds.len());
+                charge.refunds.push((refund_id, total - charge.refunded));
+                charge.refunded = total;
+                ("charge.refunded", charge_object(charge, total))
+            }
+            40..=49 => {
+                let older = self.chaos.between(0, charge.refunded);
+                ("charge.refunded", charge_object(charge, older))
+            }
+            50..=59 if !charge.refunds.is_empty() => {
+                let (id, amount) = charge.refunds[self.chaos.below(charge.refunds.len())].clone();
+                let mut refund = fixture("refund");
+                refund["id"] = serde_json::json!(id);
+                refund["charge"] = serde_json::json!(charge.id);
+                refund["amount"] = serde_json::json!(amount);
+                refund["status"] = serde_json::json!("failed");
+                ("refund.failed", refund)
+            }
+            _ => {
+                let (event_type, status) = match (charge.dispute, self.chaos.below(4)) {
+                    (None, _) => ("charge.dispute.created", "needs_response"),
+                    (Some(_), 0) => ("charge.dispute.funds_withdrawn", "under_review"),
+                    (Some(_), 1) => ("charge.dispute.closed", "won"),
+                    (Some(_), 2) => ("charge.dispute.closed", "lost"),
+                    (Some(status), _) => ("charge.dispute.updated", status),
+                };
+                // Stripe closes a dispute once; later news repeats its final status.
+                let status = match charge.dispute {
+                    Some(closed @ ("won" | "lost")) => closed,
+                    _ => status,
+                };
+                charge.dispute = Some(status);
+                let mut dispute = fixture("dispute");
+                dispute["id"] = serde_json::json!(format!("dp_{}", charge.id));
+                dispute["charge"] = serde_json::json!(charge.id);
+                dispute["amount"] = serde_json::json!(charge.amount);
+                dispute["status"] = serde_json::json!(status);
+                (event_type, dispute)
+            }
         };
-        if let Some(earnings) = book.get_mut(&user) {
-            earnings.frozen_cents = frozen;
+        let charge_id = charge.id.clone();
+        self.stripe.charge_event(event_type, object);
+        self.note(format!("stripe: {event_type} for {charge_id}"));
+    }
+
+    /// An admin takes part of a paid payout back from the creator's Stripe account.
+    fn admin_reverse(&mut self) {
+        let paid: Vec<_> = self
+            .stores
+            .payouts
+            .all()
+            .into_iter()
+            .filter(|p| p.stripe_transfer_id.is_some() && p.amount_reversed_cents < p.amount.cents)
+            .collect();
+        if paid.is_empty() {
+            return self.advance();
         }
-        drop(book);
-        self.note(format!("disputes: {user} has {frozen} frozen"));
+        let payout = &paid[self.chaos.below(paid.len())];
+        let cents = self
+            .chaos
+            .between(1, payout.amount.cents - payout.amount_reversed_cents);
+        let flow = Arc::clone(&self.payouts[self.chaos.below(self.payouts.len())]);
+        let payout_id = payout.id.clone();
+        self.start(
+            format!("admin reverses {cents} of {payout_id}"),
+            Box::pin(async move {
+                match flow
+                    .reverse(&payout_id, cents, "simulated clawback", "admin:sim")
+                    .await
+                {
+                    Ok(payout) => format!("reversed {}", payout.amount_reversed_cents),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
     }
 
     /// Runs a task to its end (no faults are injected once the drain has begun).
@@ -937,4 +1102,16 @@ impl World {
             }
         }
     }
+}
+
+/// A `charge.refunded` event's charge with `amount_refunded` (cumulative).
+fn charge_object(charge: &Charge, amount_refunded: i64) -> serde_json::Value {
+    let mut object = fixture("charge");
+    object["id"] = serde_json::json!(charge.id);
+    object["amount"] = serde_json::json!(charge.amount);
+    object["amount_captured"] = serde_json::json!(charge.amount);
+    object["amount_refunded"] = serde_json::json!(amount_refunded);
+    object["refunded"] = serde_json::json!(amount_refunded >= charge.amount);
+    object["refunds"] = serde_json::json!({"object": "list", "data": [], "has_more": false});
+    object
 }
