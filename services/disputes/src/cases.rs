@@ -59,8 +59,7 @@ impl Cases {
         let changed = self.settle(&charge_id, event_id).await?;
         self.deliver(&charge_id).await?;
         let detail = match merged {
-            Some(case) => {
-                record_metrics(&news, &case);
+            Some(_) => {
                 format!("{event_type} for charge {charge_id}: {changed} allocation(s) changed")
             }
             None => format!("{event_type} {event_id} was applied before"),
@@ -86,7 +85,10 @@ impl Cases {
                 return Ok(None);
             };
             match self.cases.put(&merged, case.version).await {
-                Ok(()) => return Ok(Some(merged)),
+                Ok(()) => {
+                    record_metrics(news, &case, &merged);
+                    return Ok(Some(merged));
+                }
                 Err(error) if error.kind() == ErrorKind::Conflict => continue,
                 Err(error) => return Err(error),
             }
@@ -180,15 +182,20 @@ impl Cases {
     }
 }
 
-fn record_metrics(news: &ChargeNews, case: &ChargeCase) {
+/// Refunds (how many changed a charge's refunded amount, and by how much in all, failed
+/// refunds giving back) and dispute events by kind (spec §10); the gauges of disputes by
+/// state, frozen money and the win ratio are in [`crate::metrics_refresh`].
+fn record_metrics(news: &ChargeNews, before: &ChargeCase, after: &ChargeCase) {
     match news {
         ChargeNews::Refunded { .. } | ChargeNews::Refund(_) => {
-            if case
-                .notices
-                .iter()
-                .any(|n| n.kind == NoticeKind::RefundProcessed)
-            {
-                metrics::counter!("payouts_refund_events_total").increment(1);
+            let change = after.refunded_cents() - before.refunded_cents();
+            if change > 0 {
+                metrics::counter!("payouts_refunds_total").increment(1);
+                metrics::counter!("payouts_refunded_cents_total").increment(change.unsigned_abs());
+            } else if change < 0 {
+                metrics::counter!("payouts_refunds_failed_total").increment(1);
+                metrics::counter!("payouts_refund_failed_cents_total")
+                    .increment(change.unsigned_abs());
             }
         }
         ChargeNews::Dispute(dispute) => {

@@ -362,17 +362,26 @@ pub fn at_end(stores: &Stores, stripe: &SimStripe) -> Result<(), String> {
 /// Every creator's book is settled and says what their allocations add up to, and every
 /// charge's allocations are what its case says (nothing left to settle, nothing owed).
 fn earnings_add_up(stores: &Stores) -> Result<(), String> {
-    use payouts_disputes::store::{AllocationRepository, ChargeCaseRepository, EarningsBookRepository};
+    use payouts_disputes::store::{
+        AllocationRepository, ChargeCaseRepository, EarningsBookRepository,
+    };
     let usd = payouts_runtime::Currency::usd();
-    let books = crate::world::now(stores.books.list(None, usize::MAX)).map_err(|e| e.to_string())?;
+    let books =
+        crate::world::now(stores.books.list(None, usize::MAX)).map_err(|e| e.to_string())?;
     let mut charges = std::collections::BTreeSet::new();
     for book in books {
         if !book.pending.is_empty() {
-            return Err(format!("the earnings book of {} still has intents", book.user_id));
+            return Err(format!(
+                "the earnings book of {} still has intents",
+                book.user_id
+            ));
         }
-        let allocations =
-            crate::world::now(stores.allocations.list_by_user(&book.user_id, None, usize::MAX))
-                .map_err(|e| e.to_string())?;
+        let allocations = crate::world::now(stores.allocations.list_by_user(
+            &book.user_id,
+            None,
+            usize::MAX,
+        ))
+        .map_err(|e| e.to_string())?;
         let rebuilt = payouts_disputes::domain::Earnings::of(&allocations, &usd);
         if book.earnings(&usd) != rebuilt {
             return Err(format!(
@@ -387,7 +396,10 @@ fn earnings_add_up(stores: &Stores) -> Result<(), String> {
                 || allocation.amount.cents + allocation.refunded_cents
                     != allocation.original_amount.cents
             {
-                return Err(format!("allocation {} does not add up: {allocation:?}", allocation.id));
+                return Err(format!(
+                    "allocation {} does not add up: {allocation:?}",
+                    allocation.id
+                ));
             }
             charges.insert(allocation.charge_id.clone());
         }
@@ -398,7 +410,10 @@ fn earnings_add_up(stores: &Stores) -> Result<(), String> {
             continue;
         };
         if !case.notices.is_empty() {
-            return Err(format!("charge {charge} still owes {} notices", case.notices.len()));
+            return Err(format!(
+                "charge {charge} still owes {} notices",
+                case.notices.len()
+            ));
         }
         let allocations = crate::world::now(stores.allocations.list_by_charge(&charge, 1_000))
             .map_err(|e| e.to_string())?;
@@ -407,7 +422,10 @@ fn earnings_add_up(stores: &Stores) -> Result<(), String> {
         if !unsettled.is_empty() {
             return Err(format!(
                 "charge {charge}'s allocations are not what its case says: {:?}",
-                unsettled.iter().map(|(_, after)| &after.id).collect::<Vec<_>>()
+                unsettled
+                    .iter()
+                    .map(|(_, after)| &after.id)
+                    .collect::<Vec<_>>()
             ));
         }
     }

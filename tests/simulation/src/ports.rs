@@ -213,7 +213,11 @@ impl Windows {
     /// Lifetime earnings after refunds, as reported now.
     pub fn lifetime(&self, user_id: &str) -> i64 {
         crate::world::now(self.books.get(user_id))
-            .map(|book| book.earnings(&payouts_runtime::Currency::usd()).lifetime.cents)
+            .map(|book| {
+                book.earnings(&payouts_runtime::Currency::usd())
+                    .lifetime
+                    .cents
+            })
             .unwrap_or(0)
     }
 
@@ -462,10 +466,15 @@ impl payouts_disputes::ports::NoticesPort for AlertCalls {
         _user_id: &str,
         message: &payouts_disputes::ports::Message,
     ) -> Result<(), ServiceError> {
-        call(&self.hazard, &self.clock, "notifications.notify_user", async {
-            let _ = &message.key;
-            Ok(())
-        })
+        call(
+            &self.hazard,
+            &self.clock,
+            "notifications.notify_user",
+            async {
+                let _ = &message.key;
+                Ok(())
+            },
+        )
         .await
     }
 }

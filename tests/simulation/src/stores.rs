@@ -437,7 +437,9 @@ impl EarningsBookRepository for Hazardous<dyn EarningsBookRepository> {
 #[async_trait]
 impl ChargeCaseRepository for Hazardous<dyn ChargeCaseRepository> {
     async fn get(&self, charge_id: &str) -> Result<Option<ChargeCase>, ServiceError> {
-        self.hazard.read("cases.get", self.inner.get(charge_id)).await
+        self.hazard
+            .read("cases.get", self.inner.get(charge_id))
+            .await
     }
     async fn put(&self, case: &ChargeCase, expected_version: i64) -> Result<(), ServiceError> {
         self.hazard
@@ -450,7 +452,10 @@ impl ChargeCaseRepository for Hazardous<dyn ChargeCaseRepository> {
         limit: usize,
     ) -> Result<Vec<ChargeCase>, ServiceError> {
         self.hazard
-            .read("cases.list_disputed", self.inner.list_disputed(after, limit))
+            .read(
+                "cases.list_disputed",
+                self.inner.list_disputed(after, limit),
+            )
             .await
     }
 }

@@ -402,9 +402,8 @@ impl World {
                 );
                 if let Ok(allocation) = allocation {
                     funded += cents;
-                    now(setup.record(&allocation)).unwrap_or_else(|error| {
-                        panic!("setting up allocations failed: {error}")
-                    });
+                    now(setup.record(&allocation))
+                        .unwrap_or_else(|error| panic!("setting up allocations failed: {error}"));
                 }
             }
             charges.push(Charge {
@@ -510,8 +509,13 @@ impl World {
             self.trace.push(line);
         }
         self.windows.observe();
-        invariants::always(&self.stores, &self.stripe, &self.windows, &mut self.observed)
-            .map_err(|problem| self.failure(problem))
+        invariants::always(
+            &self.stores,
+            &self.stripe,
+            &self.windows,
+            &mut self.observed,
+        )
+        .map_err(|problem| self.failure(problem))
     }
 
     fn start(&mut self, label: String, future: TaskFuture) {
@@ -855,7 +859,9 @@ impl World {
         let charge = &mut self.charges[index];
         let (event_type, object) = match pick {
             0..=39 => {
-                let more = self.chaos.between(1, (charge.amount - charge.refunded).max(1));
+                let more = self
+                    .chaos
+                    .between(1, (charge.amount - charge.refunded).max(1));
                 let total = (charge.refunded + more).min(charge.amount);
                 let refund_id = format!("re_{}_{}", charge.id, charge.refunds.len());
                 charge.refunds.push((refund_id, total - charge.refunded));
