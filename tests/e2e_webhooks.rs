@@ -196,8 +196,7 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
         "no change by payouts: transfer of no known payout"
     );
 
-    // A disputes event goes to the disputes service; until refunds and disputes are built it
-    // answers UNIMPLEMENTED, so the event stays due for a retry, never lost.
+    // A refund goes to the disputes service, which applies it (this charge funded nobody).
     let refund = body("evt_e2e_refund", "charge.refunded", "charge");
     let (status, _) = client
         .deliver(
@@ -209,7 +208,30 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
         .await;
     assert_eq!(status, 200);
     let event = client
-        .wait_for_event(process, "evt_e2e_refund", |e| {
+        .wait_for_event(process, "evt_e2e_refund", |e| e["status"] == "completed")
+        .await;
+    assert!(
+        event["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("charge.refunded for charge ch_"),
+        "{event}"
+    );
+
+    // An event its owner refuses (a dispute event carrying a charge) stays due for a retry,
+    // with the owner's reason, never lost.
+    let wrong = body("evt_e2e_wrong", "charge.dispute.created", "charge");
+    let (status, _) = client
+        .deliver(
+            process,
+            "/api/webhooks/stripe-subscription",
+            &wrong,
+            SUBSCRIPTION_SECRET,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let event = client
+        .wait_for_event(process, "evt_e2e_wrong", |e| {
             e["attempts"] == 1 && !e["error"].is_null()
         })
         .await;
@@ -218,7 +240,7 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
         event["error"]
             .as_str()
             .unwrap()
-            .starts_with("disputes answered Unimplemented"),
+            .contains("carries a \"charge\" object, not a dispute"),
         "{event}"
     );
 }
@@ -418,7 +440,8 @@ async fn fifty_concurrent_deliveries_over_http_are_stored_and_processed_once() {
 async fn a_parked_event_is_visible_and_retried_by_an_admin() {
     let process = start(StoreChoice::Embedded, &[("WEBHOOK_MAX_ATTEMPTS", "1")]);
     let client = Client::new();
-    let refund = body("evt_e2e_parked", "charge.refunded", "charge");
+    // The disputes service refuses it (a dispute event carrying a charge object).
+    let refund = body("evt_e2e_parked", "charge.dispute.created", "charge");
     client
         .deliver(
             &process,
