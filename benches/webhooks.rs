@@ -22,7 +22,7 @@ use payouts_runtime::testing::bench::{
 use payouts_runtime::testing::stripe;
 
 const SECRET: &str = "whsec_bench";
-const ADMIN_SECRET: &str = "bench-admin-jwt-secret";
+const ADMIN_SECRET: &str = "bench-admin-jwt-secret-at-least-32-bytes";
 
 type Payloads = Arc<Vec<(Vec<u8>, String)>>;
 

@@ -4,15 +4,54 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use payouts_gateway::Gateway;
+use payouts_runtime::config::Role;
 use payouts_runtime::grpc::{self, GrpcServer};
 use payouts_runtime::shutdown::{Shutdown, ShutdownTrigger};
 use payouts_runtime::{ServiceContext, ServiceName, Settings, Store};
 
 use crate::cli::Mode;
 
+/// The role the settings are checked for.
+fn role_of(mode: &Mode) -> Role {
+    match mode {
+        Mode::All => Role::AllInOne,
+        Mode::Gateway => Role::Gateway,
+        Mode::Service(service) => Role::Service(*service),
+    }
+}
+
+/// `payouts config check`: the effective configuration, secrets redacted, on stdout; an
+/// error (the setting named) when the process would refuse to start with it.
+pub fn config_check(role: &crate::cli::Role) -> anyhow::Result<()> {
+    let role = match role {
+        crate::cli::Role::All => Role::AllInOne,
+        crate::cli::Role::Gateway => Role::Gateway,
+        crate::cli::Role::Service(service) => Role::Service(*service),
+        crate::cli::Role::Unknown(name) => anyhow::bail!(
+            "cannot check the configuration for {name:?}: say all, gateway or a service ({})",
+            ServiceName::ALL
+                .iter()
+                .map(|service| service.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let settings = Settings::from_process_env()?;
+    println!("{settings:#?}");
+    settings.check_role(role)?;
+    if role == Role::AllInOne
+        && let Some(reason) = settings.webhooks_unready_reason()
+    {
+        println!("warning: the webhooks service will report NOT_SERVING: {reason}");
+    }
+    println!("configuration OK for {role:?}");
+    Ok(())
+}
+
 /// Runs the process until SIGTERM or Ctrl-C.
 pub async fn run(mode: Mode) -> anyhow::Result<()> {
     let settings = Settings::from_process_env()?;
+    settings.check_role(role_of(&mode))?;
     let telemetry_name = match &mode {
         Mode::All => "payouts".to_owned(),
         Mode::Service(service) => format!("payouts-{service}"),

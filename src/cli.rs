@@ -31,6 +31,22 @@ enum Command {
     /// Run the HTTP gateway alone on GATEWAY_ADDR; it reaches the services at
     /// <SERVICE>_SERVICE_URL (e.g. WEBHOOKS_SERVICE_URL=http://webhooks:50051).
     Gateway,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print the effective configuration (secrets redacted) and exit non-zero if the process
+    /// would refuse to start with it.
+    Check {
+        /// What the process would run: `all` (the default), `gateway`, or a service name.
+        #[arg(default_value = "all")]
+        role: String,
+    },
 }
 
 /// The services `payouts serve` can run.
@@ -77,12 +93,39 @@ pub enum Mode {
     Gateway,
 }
 
+/// What was asked: run the process, or check the configuration for a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    Run(Mode),
+    /// `payouts config check <role>`: check the configuration for that role, run nothing.
+    ConfigCheck(Role),
+}
+
+/// What `payouts config check` checks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    All,
+    Gateway,
+    Service(ServiceName),
+    /// A name that is none of those (reported as an error).
+    Unknown(String),
+}
+
 impl Cli {
-    pub fn mode(&self) -> Mode {
+    pub fn invocation(&self) -> Invocation {
         match &self.command {
-            None | Some(Command::All) => Mode::All,
-            Some(Command::Serve { service }) => Mode::Service((*service).into()),
-            Some(Command::Gateway) => Mode::Gateway,
+            None | Some(Command::All) => Invocation::Run(Mode::All),
+            Some(Command::Serve { service }) => Invocation::Run(Mode::Service((*service).into())),
+            Some(Command::Gateway) => Invocation::Run(Mode::Gateway),
+            Some(Command::Config {
+                action: ConfigAction::Check { role },
+            }) => Invocation::ConfigCheck(match role.as_str() {
+                "all" => Role::All,
+                "gateway" => Role::Gateway,
+                name => Service::from_str(name, true)
+                    .map(|service| Role::Service(service.into()))
+                    .unwrap_or_else(|_| Role::Unknown(name.to_owned())),
+            }),
         }
     }
 }
@@ -100,14 +143,41 @@ mod tests {
 
     #[test]
     fn no_arguments_run_everything() {
-        assert_eq!(Cli::try_parse_from(["payouts"]).unwrap().mode(), Mode::All);
+        assert_eq!(
+            Cli::try_parse_from(["payouts"]).unwrap().invocation(),
+            Invocation::Run(Mode::All)
+        );
     }
 
     #[test]
     fn serve_names_one_service() {
         let cli = Cli::try_parse_from(["payouts", "serve", "limits"]).unwrap();
-        assert_eq!(cli.mode(), Mode::Service(ServiceName::Limits));
+        assert_eq!(
+            cli.invocation(),
+            Invocation::Run(Mode::Service(ServiceName::Limits))
+        );
         assert!(Cli::try_parse_from(["payouts", "serve", "ledger"]).is_err());
         assert!(Cli::try_parse_from(["payouts", "launch"]).is_err());
+    }
+
+    #[test]
+    fn config_check_names_a_role() {
+        let role = |args: &[&str]| Cli::try_parse_from(args).unwrap().invocation();
+        assert_eq!(
+            role(&["payouts", "config", "check"]),
+            Invocation::ConfigCheck(Role::All)
+        );
+        assert_eq!(
+            role(&["payouts", "config", "check", "webhooks"]),
+            Invocation::ConfigCheck(Role::Service(ServiceName::Webhooks))
+        );
+        assert_eq!(
+            role(&["payouts", "config", "check", "gateway"]),
+            Invocation::ConfigCheck(Role::Gateway)
+        );
+        assert_eq!(
+            role(&["payouts", "config", "check", "ledger"]),
+            Invocation::ConfigCheck(Role::Unknown("ledger".into()))
+        );
     }
 }

@@ -16,6 +16,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let command = cli::Cli::parse();
+    let mode = match command.invocation() {
+        cli::Invocation::Run(mode) => mode,
+        cli::Invocation::ConfigCheck(role) => {
+            return match app::config_check(&role) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("payouts: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -26,7 +38,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(app::run(command.mode())) {
+    match runtime.block_on(app::run(mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("payouts: {error:#}");

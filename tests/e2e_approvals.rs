@@ -19,7 +19,7 @@ use support::{Payouts, StoreChoice};
 use tonic::transport::Channel;
 
 const PAYOUTS_SECRET: &str = "whsec_e2e_approvals";
-const ADMIN_SECRET: &str = "e2e-approvals-admin-secret";
+const ADMIN_SECRET: &str = "e2e-approvals-admin-secret-of-32-bytes+";
 
 struct System {
     process: Payouts,

@@ -17,7 +17,7 @@ use tonic::transport::Channel;
 
 const CRON_SECRET: &str = "cron-e2e-secret";
 const CRON_API_KEY: &str = "cron-e2e-key";
-const ADMIN_SECRET: &str = "admin-e2e-secret";
+const ADMIN_SECRET: &str = "admin-e2e-secret-long-enough-for-hs256";
 
 struct System {
     process: Payouts,

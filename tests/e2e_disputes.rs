@@ -29,7 +29,7 @@ use tonic::transport::Channel;
 
 const SUBSCRIPTION_SECRET: &str = "whsec_e2e_subscription";
 const PAYOUTS_SECRET: &str = "whsec_e2e_payouts";
-const ADMIN_SECRET: &str = "admin-secret-for-disputes-e2e";
+const ADMIN_SECRET: &str = "admin-secret-for-disputes-e2e-32-bytes";
 
 struct System {
     process: Payouts,
@@ -745,6 +745,7 @@ async fn events_parked_while_unhandled_are_applied_by_an_admin_retry() {
         StoreChoice::Embedded,
         &[
             ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
             ("DISPUTES_SERVICE_URL", &disputes_url),

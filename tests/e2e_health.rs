@@ -116,9 +116,15 @@ async fn assert_every_service_serves(process: &Payouts) {
 
 // Multi-threaded: `terminate` blocks one thread while the clients' connections, driven by the
 // other, answer the server's shutdown.
+/// Both endpoints' signing secrets: without them the webhooks service cannot take deliveries.
+const WEBHOOK_SECRETS: [(&str, &str); 2] = [
+    ("STRIPE_WEBHOOK_SECRET_PAYOUTS", "whsec_health_payouts"),
+    ("STRIPE_WEBHOOK_SECRET", "whsec_health_subscription"),
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_on_the_embedded_store_serves_health_everywhere() {
-    let process = Payouts::start(&[], StoreChoice::Embedded, &[]);
+    let process = Payouts::start(&[], StoreChoice::Embedded, &WEBHOOK_SECRETS);
     assert!(
         process
             .stderr_lines
@@ -137,7 +143,7 @@ async fn all_in_one_on_the_embedded_store_serves_health_everywhere() {
 // other, answer the server's shutdown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_in_one_on_mongodb_serves_health_everywhere() {
-    let process = Payouts::start(&[], StoreChoice::Mongo, &[]);
+    let process = Payouts::start(&[], StoreChoice::Mongo, &WEBHOOK_SECRETS);
     assert!(
         process
             .stderr_lines
@@ -148,6 +154,29 @@ async fn all_in_one_on_mongodb_serves_health_everywhere() {
     );
     assert_webhook_endpoints_answer(&process).await;
     assert_every_service_serves(&process).await;
+    assert!(process.terminate().success());
+}
+
+/// All in one without the webhook secrets starts (the other services work), but the
+/// webhooks service's health says it cannot take deliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_webhook_secrets_the_webhooks_service_is_not_ready() {
+    let process = Payouts::start(&[], StoreChoice::Embedded, &WEBHOOK_SECRETS[..1]);
+    let grpc_url = process.grpc_url();
+    assert_eq!(
+        serving_status(&grpc_url, SERVICES[1]).await,
+        ServingStatus::Serving
+    );
+    let mut health = HealthClient::new(support::connect(&grpc_url).await);
+    let status = health
+        .check(HealthCheckRequest {
+            service: SERVICES[0].to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::NotServing);
     assert!(process.terminate().success());
 }
 
@@ -192,6 +221,88 @@ fn an_unknown_command_is_named() {
     );
     let stderr = failed_start(&["serve", "ledger"], &[]);
     assert!(stderr.contains("invalid value 'ledger'"), "{stderr}");
+}
+
+/// A refused configuration: the command, its environment, and what the refusal says.
+type Refused<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
+/// Each configuration that would lose or mis-handle money is refused at start, naming the
+/// setting; `payouts config check` says the same without starting anything.
+#[test]
+fn configurations_that_would_lose_money_are_refused() {
+    let long_secret = "x".repeat(32);
+    let cases: Vec<Refused> = vec![
+        (
+            vec!["serve", "limits"],
+            vec![],
+            "invalid setting MONGODB_URI",
+        ),
+        (
+            vec!["serve", "webhooks"],
+            vec![("PAYOUTS_ALLOW_EMBEDDED", "true"), WEBHOOK_SECRETS[1]],
+            "invalid setting STRIPE_WEBHOOK_SECRET_PAYOUTS",
+        ),
+        (
+            vec![],
+            vec![("STRIPE_SECRET_KEY", "sk_live_123")],
+            "invalid setting STRIPE_LIVEMODE",
+        ),
+        (
+            vec![],
+            vec![
+                ("STRIPE_SECRET_KEY", "sk_test_123"),
+                ("STRIPE_LIVEMODE", "true"),
+            ],
+            "invalid setting STRIPE_LIVEMODE",
+        ),
+        (
+            vec!["gateway"],
+            vec![("ADMIN_JWT_JWKS_FILE", "/etc/jwks.json")],
+            "invalid setting ADMIN_JWT_ISSUER",
+        ),
+        (
+            vec!["gateway"],
+            vec![("ADMIN_JWT_SECRET", "too-short")],
+            "invalid setting ADMIN_JWT_SECRET",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let stderr = failed_start(&args, &env);
+        assert!(stderr.contains(expected), "{args:?} {env:?}: {stderr}");
+        let role = args.last().copied().unwrap_or("all");
+        let output = support::command(&["config", "check", role], &env)
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "config check {role} {env:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    // A good configuration: printed with its secrets redacted, exit 0.
+    let output = support::command(
+        &["config", "check", "webhooks"],
+        &[
+            ("MONGODB_URI", "mongodb://user:hunter2@db:27017"),
+            ("ADMIN_JWT_SECRET", &long_secret),
+            WEBHOOK_SECRETS[0],
+            WEBHOOK_SECRETS[1],
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(stdout.contains("mongodb_uri"), "{stdout}");
+    for secret in ["hunter2", long_secret.as_str(), "whsec_health_payouts"] {
+        assert!(!stdout.contains(secret), "{secret} printed");
+    }
+    let unknown = failed_start(&["config", "check", "ledger"], &[]);
+    assert!(
+        unknown.contains("say all, gateway or a service"),
+        "{unknown}"
+    );
 }
 
 #[test]

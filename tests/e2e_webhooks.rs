@@ -14,7 +14,7 @@ use support::{Payouts, StoreChoice};
 
 const PAYOUTS_SECRET: &str = "whsec_e2e_payouts";
 const SUBSCRIPTION_SECRET: &str = "whsec_e2e_subscription";
-const ADMIN_SECRET: &str = "e2e-admin-jwt-secret";
+const ADMIN_SECRET: &str = "e2e-admin-jwt-secret-at-least-32-bytes";
 
 fn start(store: StoreChoice, extra: &[(&str, &str)]) -> Payouts {
     let mut env = vec![
@@ -272,6 +272,7 @@ async fn separate_processes_reach_each_other_over_grpc() {
         StoreChoice::Embedded,
         &[
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("PAYOUTS_SERVICE_URL", &payouts_url),
         ],

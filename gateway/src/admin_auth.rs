@@ -5,8 +5,11 @@
 //! by `kid`), so tokens from an identity provider (e.g. Firebase custom claims) work. A token
 //! naming any other algorithm, or `none`, is refused; a public key is never used as an HMAC
 //! secret (no algorithm confusion). `exp` is required, `nbf` honoured, `iss`/`aud` checked
-//! when configured, and the claim `"admin": true` required. 401 when the token is missing or
-//! invalid; 403 when it is valid but not an admin's; 503 when no key is configured.
+//! when configured (and required with an identity provider's keys, see `Settings`), and the
+//! claim `"admin": true` required. 401 when the token is missing or invalid; 403 when it is
+//! valid but not an admin's; 503 when no key is configured. The JWKS file is read again every
+//! minute (and its keys swapped when it changed), so the identity provider's keys rotate
+//! without a restart; a file that has become unreadable keeps the keys last read.
 
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
@@ -27,10 +30,20 @@ struct Key {
     key: DecodingKey,
 }
 
+/// How often the JWKS file is read again.
+pub const JWKS_RELOAD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The keys of `ADMIN_JWT_JWKS_FILE`, as last read, with the text they were read from.
+struct JwksFile {
+    path: String,
+    keys: std::sync::RwLock<(String, Vec<Key>)>,
+}
+
 /// How admin tokens are verified.
 #[derive(Clone)]
 pub struct AdminAuth {
     keys: Vec<Key>,
+    jwks: Option<std::sync::Arc<JwksFile>>,
     issuer: Option<String>,
     audience: Option<String>,
 }
@@ -88,9 +101,65 @@ impl AdminAuth {
                 })
                 .into_iter()
                 .collect(),
+            jwks: None,
             issuer: None,
             audience: None,
         }
+    }
+
+    /// Reads the JWKS file again; `true` when its keys changed. On an error the keys last
+    /// read stay in use.
+    pub fn reload_jwks(&self) -> anyhow::Result<bool> {
+        let Some(jwks) = &self.jwks else {
+            return Ok(false);
+        };
+        let text = read("ADMIN_JWT_JWKS_FILE", &jwks.path)?;
+        let unchanged = jwks
+            .keys
+            .read()
+            .map(|current| current.0 == text)
+            .unwrap_or(false);
+        if unchanged {
+            return Ok(false);
+        }
+        let keys = parse_jwks(&jwks.path, &text)?;
+        if let Ok(mut current) = jwks.keys.write() {
+            *current = (text, keys);
+        }
+        Ok(true)
+    }
+
+    /// Reloads the JWKS file every [`JWKS_RELOAD`] until `shutdown`.
+    pub async fn keep_jwks_fresh(self, shutdown: payouts_runtime::shutdown::Shutdown) {
+        if self.jwks.is_none() {
+            return;
+        }
+        let stop = shutdown.requested();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(JWKS_RELOAD) => {}
+            }
+            match self.reload_jwks() {
+                Ok(true) => tracing::info!("admin JWKS reloaded: its keys changed"),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error, "admin JWKS not reloaded; keeping the keys last read");
+                }
+            }
+        }
+    }
+
+    /// Every configured key (the JWKS's as last read).
+    fn all_keys(&self) -> Vec<Key> {
+        let mut keys = self.keys.clone();
+        if let Some(jwks) = &self.jwks
+            && let Ok(current) = jwks.keys.read()
+        {
+            keys.extend(current.1.iter().cloned());
+        }
+        keys
     }
 
     /// Every key the settings name; a bad key file stops the start, naming the variable.
@@ -124,35 +193,11 @@ impl AdminAuth {
         }
         if let Some(path) = &settings.admin_jwt_jwks_file {
             let text = read("ADMIN_JWT_JWKS_FILE", path)?;
-            let set: JwkSet = serde_json::from_str(&text).map_err(|error| {
-                anyhow::anyhow!(
-                    "invalid setting ADMIN_JWT_JWKS_FILE: {path} is not a JWKS: {error}"
-                )
-            })?;
-            for jwk in &set.keys {
-                let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
-                    (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => {
-                        Algorithm::RS256
-                    }
-                    (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
-                    (None, AlgorithmParameters::EllipticCurve(params))
-                        if params.curve == EllipticCurve::P256 =>
-                    {
-                        Algorithm::ES256
-                    }
-                    _ => continue,
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|error| {
-                    anyhow::anyhow!(
-                        "invalid setting ADMIN_JWT_JWKS_FILE: a key of {path} is unusable: {error}"
-                    )
-                })?;
-                auth.keys.push(Key {
-                    kid: jwk.common.key_id.clone(),
-                    algorithm,
-                    key,
-                });
-            }
+            let keys = parse_jwks(path, &text)?;
+            auth.jwks = Some(std::sync::Arc::new(JwksFile {
+                path: path.clone(),
+                keys: std::sync::RwLock::new((text, keys)),
+            }));
         }
         auth.issuer = settings.admin_jwt_issuer.clone();
         auth.audience = settings.admin_jwt_audience.clone();
@@ -161,7 +206,7 @@ impl AdminAuth {
 
     /// The admin's subject, or why the request is refused.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<String, AuthError> {
-        if self.keys.is_empty() {
+        if self.keys.is_empty() && self.jwks.is_none() {
             return Err(AuthError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: "admin authentication is not configured (ADMIN_JWT_SECRET, ADMIN_JWT_PUBLIC_KEY_FILE or ADMIN_JWT_JWKS_FILE)",
@@ -176,8 +221,8 @@ impl AdminAuth {
         let token_header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("invalid or expired admin token"))?;
         // The key is chosen by the token's algorithm (and kid), among the configured ones only.
-        let key = self
-            .keys
+        let keys = self.all_keys();
+        let key = keys
             .iter()
             .filter(|key| key.algorithm == token_header.alg)
             .find(|key| match (&token_header.kid, &key.kid) {
@@ -223,6 +268,39 @@ impl AdminAuth {
     }
 }
 
+/// The RS256 and ES256 (P-256) keys of a JWKS; other kinds are skipped.
+fn parse_jwks(path: &str, text: &str) -> anyhow::Result<Vec<Key>> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|error| {
+        anyhow::anyhow!("invalid setting ADMIN_JWT_JWKS_FILE: {path} is not a JWKS: {error}")
+    })?;
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+            (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => {
+                Algorithm::RS256
+            }
+            (Some(KeyAlgorithm::ES256), _) => Algorithm::ES256,
+            (None, AlgorithmParameters::EllipticCurve(params))
+                if params.curve == EllipticCurve::P256 =>
+            {
+                Algorithm::ES256
+            }
+            _ => continue,
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|error| {
+            anyhow::anyhow!(
+                "invalid setting ADMIN_JWT_JWKS_FILE: a key of {path} is unusable: {error}"
+            )
+        })?;
+        keys.push(Key {
+            kid: jwk.common.key_id.clone(),
+            algorithm,
+            key,
+        });
+    }
+    Ok(keys)
+}
+
 /// An authenticated admin; extracting it refuses everyone else.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -256,7 +334,7 @@ mod tests {
 
     use super::*;
 
-    const SECRET: &str = "admin-test-secret";
+    const SECRET: &str = "admin-test-secret-of-at-least-32-bytes";
 
     fn fixture(name: &str) -> String {
         format!(
@@ -301,12 +379,32 @@ mod tests {
         jsonwebtoken::encode(&header, claims, &key).unwrap()
     }
 
+    const ISSUER: &str = "https://idp.example.test";
+    const AUDIENCE: &str = "payouts";
+
+    /// Settings from `env`; with an identity provider's keys, our issuer and audience too
+    /// (required with them) unless `env` names its own.
     fn settings(env: &[(&str, String)]) -> Settings {
-        let env: HashMap<String, String> = env
+        let mut map: HashMap<String, String> = HashMap::new();
+        if env
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        Settings::from_env(env).unwrap()
+            .any(|(k, _)| *k == "ADMIN_JWT_PUBLIC_KEY_FILE" || *k == "ADMIN_JWT_JWKS_FILE")
+        {
+            map.insert("ADMIN_JWT_ISSUER".to_owned(), ISSUER.to_owned());
+            map.insert("ADMIN_JWT_AUDIENCE".to_owned(), AUDIENCE.to_owned());
+        }
+        for (k, v) in env {
+            map.insert((*k).to_owned(), v.clone());
+        }
+        Settings::from_env(map).unwrap()
+    }
+
+    /// An identity provider's admin claims: ours as issuer and audience.
+    fn idp_claims() -> serde_json::Value {
+        let mut claims = claims(true);
+        claims["iss"] = serde_json::json!(ISSUER);
+        claims["aud"] = serde_json::json!(AUDIENCE);
+        claims
     }
 
     fn status(auth: &AdminAuth, header: Option<&str>) -> Result<String, StatusCode> {
@@ -424,8 +522,8 @@ mod tests {
         let jwks =
             AdminAuth::from_settings(&settings(&[("ADMIN_JWT_JWKS_FILE", fixture("jwks.json"))]))
                 .unwrap();
-        let rs256 = signed(&claims(true), Algorithm::RS256, Some("test-rsa"));
-        let es256 = signed(&claims(true), Algorithm::ES256, None);
+        let rs256 = signed(&idp_claims(), Algorithm::RS256, Some("test-rsa"));
+        let es256 = signed(&idp_claims(), Algorithm::ES256, None);
         assert_eq!(
             status(&rsa, Some(&bearer(&rs256))),
             Ok("admin-1".to_owned())
@@ -447,7 +545,15 @@ mod tests {
         assert_eq!(
             status(
                 &rsa,
-                Some(&bearer(&signed(&claims(false), Algorithm::RS256, None)))
+                Some(&bearer(&signed(
+                    &{
+                        let mut claims = idp_claims();
+                        claims["admin"] = serde_json::json!(false);
+                        claims
+                    },
+                    Algorithm::RS256,
+                    None
+                )))
             ),
             Err(StatusCode::FORBIDDEN)
         );
@@ -504,6 +610,32 @@ mod tests {
             status(&auth, Some(&bearer(&no_audience))),
             Err(StatusCode::UNAUTHORIZED)
         );
+    }
+
+    #[test]
+    fn the_jwks_is_read_again_so_keys_rotate_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("payouts-jwks-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        let current = std::fs::read_to_string(fixture("jwks.json")).unwrap();
+        // Before the rotation the provider publishes the same key under an older kid.
+        std::fs::write(&path, current.replace("test-rsa", "retired-kid")).unwrap();
+        let auth = AdminAuth::from_settings(&settings(&[(
+            "ADMIN_JWT_JWKS_FILE",
+            path.to_str().unwrap().to_owned(),
+        )]))
+        .unwrap();
+        let token = bearer(&signed(&idp_claims(), Algorithm::RS256, Some("test-rsa")));
+        assert_eq!(status(&auth, Some(&token)), Err(StatusCode::UNAUTHORIZED));
+        assert!(!auth.reload_jwks().unwrap(), "nothing changed yet");
+        std::fs::write(&path, &current).unwrap();
+        assert!(auth.reload_jwks().unwrap());
+        assert_eq!(status(&auth, Some(&token)), Ok("admin-1".to_owned()));
+        // A broken file keeps the keys last read.
+        std::fs::write(&path, "not json").unwrap();
+        assert!(auth.reload_jwks().is_err());
+        assert_eq!(status(&auth, Some(&token)), Ok("admin-1".to_owned()));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

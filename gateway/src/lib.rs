@@ -197,6 +197,7 @@ impl Gateway {
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
         use axum::serve::ListenerExt as _;
+        tokio::spawn(self.admin_auth().clone().keep_jwks_fresh(shutdown.clone()));
         axum::serve(
             listener.tap_io(payouts_runtime::grpc::set_nodelay),
             self.router(),
@@ -499,7 +500,10 @@ mod tests {
 
     #[tokio::test]
     async fn earnings_disputes_and_reversals_need_an_admin_and_a_valid_body() {
-        let env = &[("ADMIN_JWT_SECRET", "secret")];
+        let env = &[(
+            "ADMIN_JWT_SECRET",
+            "gateway-test-secret-of-32-bytes-or-more",
+        )];
         for (method, path) in [
             ("GET", "/api/admin/users/u1/earnings"),
             ("GET", "/api/admin/disputes"),
@@ -515,7 +519,7 @@ mod tests {
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &serde_json::json!({"sub": "admin-1", "admin": true, "exp": chrono::Utc::now().timestamp() + 60}),
-            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+            &jsonwebtoken::EncodingKey::from_secret(b"gateway-test-secret-of-32-bytes-or-more"),
         )
         .unwrap();
         for (method, path, body, message) in [
@@ -566,7 +570,7 @@ mod tests {
         let token = jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
             &serde_json::json!({"sub": "admin-1", "admin": true, "exp": chrono::Utc::now().timestamp() + 60}),
-            &jsonwebtoken::EncodingKey::from_secret(b"secret"),
+            &jsonwebtoken::EncodingKey::from_secret(b"gateway-test-secret-of-32-bytes-or-more"),
         )
         .unwrap();
         for (body, message) in [
@@ -579,10 +583,13 @@ mod tests {
                 .header("content-type", "application/json")
                 .body(Body::from(body))
                 .unwrap();
-            let response = gateway(&[("ADMIN_JWT_SECRET", "secret")])
-                .oneshot(request)
-                .await
-                .unwrap();
+            let response = gateway(&[(
+                "ADMIN_JWT_SECRET",
+                "gateway-test-secret-of-32-bytes-or-more",
+            )])
+            .oneshot(request)
+            .await
+            .unwrap();
             assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
             let error = json(response).await["error"].as_str().unwrap().to_owned();
             assert!(error.starts_with(message), "{body}: {error}");

@@ -52,6 +52,13 @@ impl Payouts {
     /// Starts `payouts <args>` and waits until it has announced every listener it opens.
     pub fn start(args: &[&str], store: StoreChoice, env: &[(&str, &str)]) -> Payouts {
         let mut command = command(args, env);
+        if matches!(store, StoreChoice::Embedded) && args.contains(&"serve") {
+            // A service alone on the embedded store is refused unless allowed: the tests
+            // that run services apart on it allow it, as a developer would.
+            if !env.iter().any(|(key, _)| *key == "PAYOUTS_ALLOW_EMBEDDED") {
+                command.env("PAYOUTS_ALLOW_EMBEDDED", "true");
+            }
+        }
         if let StoreChoice::Mongo = store {
             command
                 .env("MONGODB_URI", payouts_runtime::testing::mongo_uri())

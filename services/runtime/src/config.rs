@@ -137,6 +137,9 @@ pub struct Settings {
     pub mongodb_uri: Option<Secret>,
     /// `MONGODB_DATABASE`: database name (default `payouts`).
     pub mongodb_database: String,
+    /// `PAYOUTS_ALLOW_EMBEDDED`: lets `payouts serve <service>` run on the embedded store
+    /// (development only: it cannot be shared between pods and loses everything on restart).
+    pub allow_embedded: bool,
     /// `STRIPE_SECRET_KEY`: `None` runs without Stripe (payouts needing it are refused).
     pub stripe_secret_key: Option<Secret>,
     /// `STRIPE_API_BASE`: Stripe's API base URL (a fake Stripe in tests).
@@ -229,6 +232,138 @@ pub struct Settings {
     pub in_process: crate::grpc::InProcess,
 }
 
+/// What a process runs, for the checks that depend on it ([`Settings::check_role`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every service and the gateway in one process (`payouts`).
+    AllInOne,
+    /// One service alone (`payouts serve <service>`): a Kubernetes Deployment.
+    Service(ServiceName),
+    /// The HTTP gateway alone (`payouts gateway`).
+    Gateway,
+}
+
+/// Shortest HS256 key accepted: 256 bits, the hash's size (RFC 7518 §3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+impl Settings {
+    /// A live key with test events expected, or a test key with live ones: the events Stripe
+    /// sends would be acknowledged and never applied.
+    fn validate_stripe_mode(&self) -> Result<(), ConfigError> {
+        let Some(key) = &self.stripe_secret_key else {
+            return Ok(());
+        };
+        let key = key.expose();
+        let live = key.starts_with("sk_live_") || key.starts_with("rk_live_");
+        let test = key.starts_with("sk_test_") || key.starts_with("rk_test_");
+        if live && !self.stripe_livemode {
+            return Err(ConfigError::new(
+                "STRIPE_LIVEMODE",
+                "is false but STRIPE_SECRET_KEY is a live key: live events would be acknowledged and never applied; set STRIPE_LIVEMODE=true",
+            ));
+        }
+        if test && self.stripe_livemode {
+            return Err(ConfigError::new(
+                "STRIPE_LIVEMODE",
+                "is true but STRIPE_SECRET_KEY is a test key: test events would be acknowledged and never applied; set STRIPE_LIVEMODE=false",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An identity provider's keys sign tokens of every tenant: without both the issuer and
+    /// the audience checked, another project's admin would be ours. A short HS256 secret can
+    /// be guessed offline from one token.
+    fn validate_admin_keys(&self) -> Result<(), ConfigError> {
+        let provider_keys = [
+            ("ADMIN_JWT_PUBLIC_KEY_FILE", &self.admin_jwt_public_key_file),
+            ("ADMIN_JWT_JWKS_FILE", &self.admin_jwt_jwks_file),
+        ];
+        for (variable, file) in provider_keys {
+            if file.is_none() {
+                continue;
+            }
+            for (needed, value) in [
+                ("ADMIN_JWT_ISSUER", &self.admin_jwt_issuer),
+                ("ADMIN_JWT_AUDIENCE", &self.admin_jwt_audience),
+            ] {
+                if value.as_deref().is_none_or(|v| v.trim().is_empty()) {
+                    return Err(ConfigError::new(
+                        needed,
+                        format!(
+                            "is required with {variable}: an identity provider signs the tokens of every tenant with the same keys, so without the issuer and the audience checked another project's admin would be accepted"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(secret) = &self.admin_jwt_secret
+            && secret.expose().len() < MIN_HS256_SECRET_BYTES
+        {
+            return Err(ConfigError::new(
+                "ADMIN_JWT_SECRET",
+                format!(
+                    "must be at least {MIN_HS256_SECRET_BYTES} bytes for HS256, got {}: a short key can be guessed offline from a single token",
+                    secret.expose().len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses what would lose or mis-handle money in this role: a service alone on the
+    /// embedded store (not shared between pods, gone on restart) unless
+    /// `PAYOUTS_ALLOW_EMBEDDED=true`; the webhooks service alone without both endpoints'
+    /// signing secrets (every delivery would be refused until Stripe gives up). The gateway
+    /// opens no store, so it needs no `MONGODB_URI`.
+    pub fn check_role(&self, role: Role) -> Result<(), ConfigError> {
+        let Role::Service(service) = role else {
+            return Ok(());
+        };
+        if self.mongodb_uri.is_none() && !self.allow_embedded {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                format!(
+                    "is required by `payouts serve {}`: the embedded store cannot be shared between pods and loses everything on restart (PAYOUTS_ALLOW_EMBEDDED=true allows it for development only)",
+                    service.as_str()
+                ),
+            ));
+        }
+        if service == ServiceName::Webhooks
+            && let Some(reason) = self.webhooks_unready_reason()
+        {
+            return Err(reason);
+        }
+        Ok(())
+    }
+
+    /// Why the webhooks service cannot take deliveries: a signing secret is missing.
+    pub fn webhooks_unready_reason(&self) -> Option<ConfigError> {
+        for (variable, secrets, endpoint) in [
+            (
+                "STRIPE_WEBHOOK_SECRET_PAYOUTS",
+                &self.stripe_webhook_secrets_payouts,
+                "/api/webhooks/stripe-payouts",
+            ),
+            (
+                "STRIPE_WEBHOOK_SECRET",
+                &self.stripe_webhook_secrets_subscription,
+                "/api/webhooks/stripe-subscription",
+            ),
+        ] {
+            if secrets.is_empty() {
+                return Some(ConfigError::new(
+                    variable,
+                    format!(
+                        "is required by the webhooks service: without it every delivery to {endpoint} is refused, and Stripe gives up after 3 days"
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// Raw values as strings, by lower-cased environment variable name (as `config` sees them).
 #[derive(Debug, Default, Deserialize)]
 struct Raw {
@@ -288,6 +423,7 @@ impl Settings {
             mongodb_database: values
                 .string("MONGODB_DATABASE")?
                 .unwrap_or_else(|| "payouts".to_owned()),
+            allow_embedded: values.boolean("PAYOUTS_ALLOW_EMBEDDED", false)?,
             stripe_secret_key: values.secret("STRIPE_SECRET_KEY")?,
             stripe_api_base: values
                 .string("STRIPE_API_BASE")?
@@ -460,6 +596,8 @@ impl Settings {
             ));
         }
         self.validate_email()?;
+        self.validate_stripe_mode()?;
+        self.validate_admin_keys()?;
         if self.gateway_body_limit_bytes == 0 {
             return Err(ConfigError::new(
                 "GATEWAY_BODY_LIMIT_BYTES",
@@ -865,10 +1003,112 @@ mod tests {
     }
 
     #[test]
+    fn a_stripe_key_of_the_other_mode_is_refused() {
+        let refused = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap_err();
+        for key in ["sk_live_abc", "rk_live_abc"] {
+            let error = refused(&[("STRIPE_SECRET_KEY", key)]);
+            assert_eq!(error.variable, "STRIPE_LIVEMODE");
+            assert!(error.problem.contains("live key"), "{}", error.problem);
+        }
+        let error = refused(&[
+            ("STRIPE_SECRET_KEY", "sk_test_abc"),
+            ("STRIPE_LIVEMODE", "true"),
+        ]);
+        assert_eq!(error.variable, "STRIPE_LIVEMODE");
+        assert!(error.problem.contains("test key"), "{}", error.problem);
+        for ok in [
+            vec![
+                ("STRIPE_SECRET_KEY", "sk_live_abc"),
+                ("STRIPE_LIVEMODE", "true"),
+            ],
+            vec![("STRIPE_SECRET_KEY", "rk_test_abc")],
+        ] {
+            assert!(Settings::from_env(env(&ok)).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn admin_keys_must_be_pinned_to_us() {
+        let refused = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap_err();
+        let error = refused(&[("ADMIN_JWT_SECRET", "short")]);
+        assert_eq!(error.variable, "ADMIN_JWT_SECRET");
+        assert!(
+            error.problem.contains("at least 32 bytes"),
+            "{}",
+            error.problem
+        );
+        for file in ["ADMIN_JWT_PUBLIC_KEY_FILE", "ADMIN_JWT_JWKS_FILE"] {
+            assert_eq!(refused(&[(file, "/keys")]).variable, "ADMIN_JWT_ISSUER");
+            assert_eq!(
+                refused(&[(file, "/keys"), ("ADMIN_JWT_ISSUER", "https://idp")]).variable,
+                "ADMIN_JWT_AUDIENCE"
+            );
+            let pinned = [
+                (file, "/keys"),
+                ("ADMIN_JWT_ISSUER", "https://idp"),
+                ("ADMIN_JWT_AUDIENCE", "payouts"),
+            ];
+            assert!(Settings::from_env(env(&pinned)).is_ok());
+        }
+        assert!(Settings::from_env(env(&[("ADMIN_JWT_SECRET", &"k".repeat(32))])).is_ok());
+    }
+
+    #[test]
+    fn a_role_that_would_lose_money_is_refused() {
+        let settings = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap();
+        let embedded = settings(&[]);
+        let error = embedded
+            .check_role(Role::Service(ServiceName::Limits))
+            .unwrap_err();
+        assert_eq!(error.variable, "MONGODB_URI");
+        assert!(
+            error.problem.contains("payouts serve limits"),
+            "{}",
+            error.problem
+        );
+        assert!(embedded.check_role(Role::AllInOne).is_ok());
+        assert!(
+            embedded.check_role(Role::Gateway).is_ok(),
+            "the gateway opens no store"
+        );
+        let allowed = settings(&[("PAYOUTS_ALLOW_EMBEDDED", "true")]);
+        assert!(
+            allowed
+                .check_role(Role::Service(ServiceName::Limits))
+                .is_ok()
+        );
+        let error = allowed
+            .check_role(Role::Service(ServiceName::Webhooks))
+            .unwrap_err();
+        assert_eq!(error.variable, "STRIPE_WEBHOOK_SECRET_PAYOUTS");
+        let one = settings(&[
+            ("PAYOUTS_ALLOW_EMBEDDED", "true"),
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", "whsec_a"),
+        ]);
+        assert_eq!(
+            one.check_role(Role::Service(ServiceName::Webhooks))
+                .unwrap_err()
+                .variable,
+            "STRIPE_WEBHOOK_SECRET"
+        );
+        let both = settings(&[
+            ("MONGODB_URI", "mongodb://db:27017"),
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", "whsec_a"),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_b"),
+        ]);
+        assert!(
+            both.check_role(Role::Service(ServiceName::Webhooks))
+                .is_ok()
+        );
+        assert!(both.webhooks_unready_reason().is_none());
+        assert!(embedded.webhooks_unready_reason().is_some());
+    }
+
+    #[test]
     fn secrets_never_print() {
         let settings = Settings::from_env(env(&[
             ("STRIPE_SECRET_KEY", "sk_test_supersecret"),
-            ("ADMIN_JWT_SECRET", "jwt-supersecret"),
+            ("ADMIN_JWT_SECRET", "jwt-supersecret-of-at-least-32-bytes"),
             ("MONGODB_URI", "mongodb://user:supersecret@db:27017"),
         ]))
         .unwrap();

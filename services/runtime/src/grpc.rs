@@ -58,6 +58,8 @@ pub fn set_nodelay(stream: &mut tokio::net::TcpStream) {
 pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
+    /// Services that answer but cannot do their work (their health stays NOT_SERVING).
+    unready: Vec<&'static str>,
 }
 
 impl GrpcServer {
@@ -81,6 +83,18 @@ impl GrpcServer {
     {
         self.names.push(S::NAME);
         self.routes.add_service(service);
+        self
+    }
+
+    /// Keeps `name`'s health NOT_SERVING whatever the store says: it is mounted (it answers)
+    /// but cannot do its work; `reason` is logged.
+    pub fn mark_unready(&mut self, name: &'static str, reason: &str) -> &mut Self {
+        tracing::warn!(
+            service = name,
+            reason,
+            "service not ready: its health stays NOT_SERVING"
+        );
+        self.unready.push(name);
         self
     }
 
@@ -119,7 +133,12 @@ impl GrpcServer {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let health_task = tokio::spawn(report_store_health(reporter, self.names.clone(), store));
+        let health_task = tokio::spawn(report_store_health(
+            reporter,
+            self.names.clone(),
+            self.unready.clone(),
+            store,
+        ));
 
         let result = tonic::transport::Server::builder()
             .layer(server_trace_layer())
@@ -225,6 +244,7 @@ fn server_trace_layer() -> ServerTraceLayer {
 async fn report_store_health(
     reporter: tonic_health::server::HealthReporter,
     names: Vec<&'static str>,
+    unready: Vec<&'static str>,
     store: Store,
 ) {
     let mut last = None;
@@ -238,6 +258,11 @@ async fn report_store_health(
         };
         if last != Some(status) {
             for name in &names {
+                let status = if unready.contains(name) {
+                    ServingStatus::NotServing
+                } else {
+                    status
+                };
                 reporter.set_service_status(*name, status).await;
             }
             reporter.set_service_status("", status).await;

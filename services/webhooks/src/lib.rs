@@ -53,5 +53,13 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     ));
     tokio::spawn(Arc::clone(&inbox).run_worker(context.shutdown.clone()));
     server.add_service(grpc::server(grpc::WebhooksGrpc::new(inbox)));
+    // Alone, the process refuses to start without its secrets (Settings::check_role); in
+    // the all-in-one process it starts, and its health says it cannot take deliveries.
+    if let Some(reason) = context.settings.webhooks_unready_reason() {
+        server.mark_unready(
+            payouts_proto::webhooks::v1::webhooks_service_server::SERVICE_NAME,
+            &reason.to_string(),
+        );
+    }
     Ok(())
 }
