@@ -47,6 +47,10 @@ enum ConfigAction {
         #[arg(default_value = "all")]
         role: String,
     },
+    /// Print every environment variable the process reads, one per line (prefixes end in `*`).
+    Variables,
+    /// Print the gRPC name each service registers (and reports its health under).
+    Services,
 }
 
 /// The services `payouts serve` can run.
@@ -99,6 +103,10 @@ pub enum Invocation {
     Run(Mode),
     /// `payouts config check <role>`: check the configuration for that role, run nothing.
     ConfigCheck(Role),
+    /// `payouts config variables`.
+    ConfigVariables,
+    /// `payouts config services`.
+    ConfigServices,
 }
 
 /// What `payouts config check` checks for.
@@ -117,6 +125,12 @@ impl Cli {
             None | Some(Command::All) => Invocation::Run(Mode::All),
             Some(Command::Serve { service }) => Invocation::Run(Mode::Service((*service).into())),
             Some(Command::Gateway) => Invocation::Run(Mode::Gateway),
+            Some(Command::Config {
+                action: ConfigAction::Variables,
+            }) => Invocation::ConfigVariables,
+            Some(Command::Config {
+                action: ConfigAction::Services,
+            }) => Invocation::ConfigServices,
             Some(Command::Config {
                 action: ConfigAction::Check { role },
             }) => Invocation::ConfigCheck(match role.as_str() {

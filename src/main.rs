@@ -18,6 +18,25 @@ fn main() -> ExitCode {
     let command = cli::Cli::parse();
     let mode = match command.invocation() {
         cli::Invocation::Run(mode) => mode,
+        cli::Invocation::ConfigVariables => {
+            use payouts_runtime::config::{ServiceName, VARIABLE_PREFIXES, VARIABLES};
+            for name in VARIABLES {
+                println!("{name}");
+            }
+            for service in ServiceName::ALL {
+                println!("{}", service.url_variable());
+            }
+            for prefix in VARIABLE_PREFIXES {
+                println!("{prefix}*");
+            }
+            return ExitCode::SUCCESS;
+        }
+        cli::Invocation::ConfigServices => {
+            for service in payouts_runtime::ServiceName::ALL {
+                println!("{} {}", service.as_str(), service.grpc_name());
+            }
+            return ExitCode::SUCCESS;
+        }
         cli::Invocation::ConfigCheck(role) => {
             return match app::config_check(&role) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -6,6 +6,8 @@
 
 mod support;
 
+use serde_json::Value;
+
 use std::collections::BTreeSet;
 
 use support::{Payouts, StoreChoice};
@@ -112,6 +114,20 @@ async fn assert_every_service_serves(process: &Payouts) {
         );
     }
     assert!(reflected.contains("grpc.health.v1.Health"));
+    // What `payouts config services` says (the chart's probes use it) is what is registered.
+    let output = support::command(&["config", "services"], &[])
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let listed: BTreeSet<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1).map(str::to_owned))
+        .collect();
+    let ours: BTreeSet<String> = reflected
+        .into_iter()
+        .filter(|name| name.starts_with("payouts."))
+        .collect();
+    assert_eq!(listed, ours);
 }
 
 // Multi-threaded: `terminate` blocks one thread while the clients' connections, driven by the
@@ -135,6 +151,10 @@ async fn all_in_one_on_the_embedded_store_serves_health_everywhere() {
     );
     assert_webhook_endpoints_answer(&process).await;
     assert_every_service_serves(&process).await;
+    let ready = reqwest::get(process.gateway_url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
     let exit = process.terminate();
     assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
 }
@@ -201,9 +221,45 @@ async fn one_service_alone_serves_only_itself() {
 
 #[tokio::test]
 async fn the_gateway_alone_answers_health() {
-    let process = Payouts::start(&["gateway"], StoreChoice::Embedded, &[]);
+    // One service up, the others nowhere: live, not ready, and it says which.
+    let limits = Payouts::start(&["serve", "limits"], StoreChoice::Embedded, &[]);
+    let process = Payouts::start(
+        &["gateway"],
+        StoreChoice::Embedded,
+        &[("LIMITS_SERVICE_URL", &limits.grpc_url())],
+    );
     assert_webhook_endpoints_answer(&process).await;
     assert!(process.grpc.is_none());
+    let http = reqwest::Client::new();
+    let live = http
+        .get(process.gateway_url("/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let mut ready = Value::Null;
+    for _ in 0..200 {
+        let response = http
+            .get(process.gateway_url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503);
+        ready = response.json().await.unwrap();
+        if ready["services"]["limits"] == "SERVING" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready["status"], "not ready", "{ready}");
+    assert_eq!(ready["services"]["limits"], "SERVING", "{ready}");
+    assert!(
+        ready["services"]["payouts"]
+            .as_str()
+            .unwrap()
+            .starts_with("unreachable"),
+        "{ready}"
+    );
 }
 
 fn failed_start(args: &[&str], env: &[(&str, &str)]) -> String {

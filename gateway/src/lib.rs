@@ -32,6 +32,7 @@ use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{ErrorKind, ServiceName, Settings};
 use tokio::net::TcpListener;
+use tonic_health::pb::health_client::HealthClient;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -57,6 +58,8 @@ struct Inner {
     notifications: NotificationsServiceClient<TracedChannel>,
     disputes: DisputesServiceClient<TracedChannel>,
     limits: PayoutLimitsServiceClient<TracedChannel>,
+    /// A health client per service it calls; None for those in this process.
+    health: Vec<(ServiceName, Option<HealthClient<TracedChannel>>)>,
     admin_auth: AdminAuth,
 }
 
@@ -77,6 +80,16 @@ impl Gateway {
             DisputesServiceClient::new(service_channel(&settings, ServiceName::Disputes)?);
         let limits =
             PayoutLimitsServiceClient::new(service_channel(&settings, ServiceName::Limits)?);
+        let in_process = settings.in_process.services();
+        let mut health = Vec::new();
+        for service in ServiceName::ALL {
+            let client = if in_process.contains(&service) {
+                None
+            } else {
+                Some(HealthClient::new(service_channel(&settings, service)?))
+            };
+            health.push((service, client));
+        }
         let admin_auth = AdminAuth::from_settings(&settings)?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -88,6 +101,7 @@ impl Gateway {
                 notifications,
                 disputes,
                 limits,
+                health,
                 admin_auth,
             }),
         })
@@ -119,6 +133,10 @@ impl Gateway {
 
     pub(crate) fn limits(&self) -> PayoutLimitsServiceClient<TracedChannel> {
         self.inner.limits.clone()
+    }
+
+    pub(crate) fn health_clients(&self) -> Vec<(ServiceName, Option<HealthClient<TracedChannel>>)> {
+        self.inner.health.clone()
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -183,6 +201,8 @@ impl Gateway {
             )
             .route("/api/openapi.json", get(openapi))
             .route("/healthz", get(health::liveness))
+            .route("/livez", get(health::liveness))
+            .route("/readyz", get(health::readiness))
             .route_layer(axum::middleware::from_fn(http_metrics))
             .fallback(not_found)
             .with_state(self.clone())

@@ -111,6 +111,22 @@ impl ServiceName {
         }
     }
 
+    /// The fully qualified gRPC service name it registers (and its health reports under).
+    pub fn grpc_name(self) -> &'static str {
+        use payouts_proto as pb;
+        match self {
+            ServiceName::Webhooks => pb::webhooks::v1::webhooks_service_server::SERVICE_NAME,
+            ServiceName::Payouts => pb::payouts::v1::payouts_service_server::SERVICE_NAME,
+            ServiceName::Limits => pb::limits::v1::payout_limits_service_server::SERVICE_NAME,
+            ServiceName::Approvals => pb::approvals::v1::approvals_service_server::SERVICE_NAME,
+            ServiceName::Disputes => pb::disputes::v1::disputes_service_server::SERVICE_NAME,
+            ServiceName::Balance => pb::balance::v1::balance_service_server::SERVICE_NAME,
+            ServiceName::Notifications => {
+                pb::notifications::v1::notifications_service_server::SERVICE_NAME
+            }
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL
             .into_iter()
@@ -230,6 +246,72 @@ pub struct Settings {
     /// In the all-in-one process: the services its clients reach without a socket (see
     /// [`crate::grpc::InProcess`]). Empty otherwise.
     pub in_process: crate::grpc::InProcess,
+}
+
+/// Every environment variable the process reads (besides the `<SERVICE>_SERVICE_URL`s of
+/// [`ServiceName::url_variable`] and the prefixes of [`VARIABLE_PREFIXES`]). A unit test
+/// keeps it equal to what `from_values` reads; `payouts config variables` prints it, and the
+/// Helm chart's check refuses a variable that is not here.
+pub const VARIABLES: &[&str] = &[
+    "PAYOUTS_CONFIG",
+    "GATEWAY_ADDR",
+    "GRPC_ADDR",
+    "METRICS_ADDR",
+    "MONGODB_URI",
+    "MONGODB_DATABASE",
+    "MONGODB_WRITE_TIMEOUT_MILLISECONDS",
+    "PAYOUTS_ALLOW_EMBEDDED",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_API_BASE",
+    "STRIPE_WEBHOOK_SECRET_PAYOUTS",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+    "STRIPE_LIVEMODE",
+    "WEBHOOK_MAX_ATTEMPTS",
+    "WEBHOOK_RETRY_BASE_SECONDS",
+    "WEBHOOK_LEASE_SECONDS",
+    "WEBHOOK_POLL_MILLISECONDS",
+    "PAYOUT_POLL_MILLISECONDS",
+    "PAYOUT_RETRY_BASE_SECONDS",
+    "PAYOUT_UNKNOWN_ALERT_SECONDS",
+    "GRPC_TIMEOUT_MILLISECONDS",
+    "CRON_SECRET",
+    "CRON_API_KEY",
+    "ADMIN_JWT_SECRET",
+    "ADMIN_JWT_PUBLIC_KEY_FILE",
+    "ADMIN_JWT_JWKS_FILE",
+    "ADMIN_JWT_ISSUER",
+    "ADMIN_JWT_AUDIENCE",
+    "BALANCE_CRITICAL_CENTS",
+    "BALANCE_WARNING_CENTS",
+    "BALANCE_HEALTHY_CENTS",
+    "RESERVE_MULTIPLIER",
+    "BALANCE_PAUSE_AT",
+    "BALANCE_CHECK_SCHEDULE",
+    "SMTP_URL",
+    "ALERT_EMAIL_TO",
+    "ALERT_EMAIL_FROM",
+    "DASHBOARD_URL",
+    "ADMIN_USER_IDS",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "LOG_FORMAT",
+    "RUST_LOG",
+    "GATEWAY_BODY_LIMIT_BYTES",
+    "SHUTDOWN_GRACE_SECONDS",
+];
+
+/// Families of variables read by prefix (`PAYOUT_LIMITS_MAX_SINGLE_PAYOUT`, ...).
+pub const VARIABLE_PREFIXES: &[&str] = &["PAYOUT_LIMITS_"];
+
+/// Whether the process reads `name`.
+pub fn is_known_variable(name: &str) -> bool {
+    VARIABLES.contains(&name)
+        || VARIABLE_PREFIXES
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        || ServiceName::ALL
+            .iter()
+            .any(|service| service.url_variable() == name)
 }
 
 /// What a process runs, for the checks that depend on it ([`Settings::check_role`]).
@@ -1000,6 +1082,45 @@ mod tests {
             .map(Secret::expose)
             .collect();
         assert_eq!(secrets, ["whsec_new", "whsec_old"]);
+    }
+
+    #[test]
+    fn the_list_of_variables_is_what_is_read() {
+        let source = include_str!("config.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        let mut read = std::collections::BTreeSet::new();
+        for method in [
+            ".string(",
+            ".secret(",
+            ".secret_list(",
+            ".socket_addr(",
+            ".number(",
+            ".boolean(",
+            ".with_prefix(",
+        ] {
+            for (at, _) in code.match_indices(method) {
+                let rest = code[at + method.len()..].trim_start();
+                if let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    read.insert(name.to_owned());
+                }
+            }
+        }
+        assert!(read.len() > 40, "{read:?}");
+        for name in &read {
+            assert!(
+                VARIABLES.contains(&name.as_str()) || VARIABLE_PREFIXES.contains(&name.as_str()),
+                "{name} is read but not listed in VARIABLES"
+            );
+        }
+        for name in VARIABLES {
+            assert!(
+                read.contains(*name) || *name == "PAYOUTS_CONFIG",
+                "{name} is listed but never read"
+            );
+        }
+        assert!(is_known_variable("PAYOUT_LIMITS_MAX_SINGLE_PAYOUT"));
+        assert!(is_known_variable("DISPUTES_SERVICE_URL"));
+        assert!(!is_known_variable("STRIPE_SECRET"));
     }
 
     #[test]
