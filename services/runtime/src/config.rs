@@ -399,6 +399,16 @@ impl Settings {
     /// signing secrets (every delivery would be refused until Stripe gives up). The gateway
     /// opens no store, so it needs no `MONGODB_URI`.
     pub fn check_role(&self, role: Role) -> Result<(), ConfigError> {
+        let sends_email = matches!(
+            role,
+            Role::AllInOne | Role::Service(ServiceName::Notifications)
+        );
+        if sends_email && self.smtp_url.is_none() && !self.alert_email_to.is_empty() {
+            return Err(ConfigError::new(
+                "SMTP_URL",
+                "is required when ALERT_EMAIL_TO is set: alert emails would never be sent",
+            ));
+        }
         let Role::Service(service) = role else {
             return Ok(());
         };
@@ -768,12 +778,9 @@ impl Settings {
                     "is required when SMTP_URL is set: who receives the alert emails?",
                 ));
             }
-            (None, false) => {
-                return Err(ConfigError::new(
-                    "SMTP_URL",
-                    "is required when ALERT_EMAIL_TO is set: alert emails would never be sent",
-                ));
-            }
+            // Checked where emails are sent (check_role): in a split deployment only the
+            // notifications service is given SMTP_URL.
+            (None, false) => return Ok(()),
             (Some(_), false) => {}
         }
         for address in &self.alert_email_to {
@@ -981,7 +988,16 @@ mod tests {
             refused(&[("SMTP_URL", "smtps://mail.example.com")]),
             "ALERT_EMAIL_TO"
         );
-        assert_eq!(refused(&[to]), "SMTP_URL");
+        // Recipients without a relay: refused where emails are sent (all in one, or the
+        // notifications service alone), accepted where they are not.
+        let recipients_only = Settings::from_env(env(&[to])).unwrap();
+        for role in [Role::AllInOne, Role::Service(ServiceName::Notifications)] {
+            assert_eq!(
+                recipients_only.check_role(role).unwrap_err().variable,
+                "SMTP_URL"
+            );
+        }
+        assert!(recipients_only.check_role(Role::Gateway).is_ok());
         assert_eq!(
             refused(&[
                 ("ALERT_EMAIL_TO", "ops"),
