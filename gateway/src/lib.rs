@@ -147,8 +147,26 @@ impl Gateway {
         &self.inner.admin_auth
     }
 
-    /// The HTTP routes with their middleware.
+    /// The HTTP routes with their middleware. The concurrency limit wraps the whole router
+    /// once (a layer on a router would give each route its own limit).
     pub fn router(&self) -> Router {
+        let settings = &self.inner.settings;
+        let limited = tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
+            .load_shed()
+            .concurrency_limit(settings.gateway_max_concurrent_requests)
+            .service(self.routes());
+        Router::new()
+            .fallback_service(limited)
+            .layer(axum::middleware::map_response(json_errors))
+            .layer(cors(&settings.admin_cors_origins))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+            .layer(TraceLayer::new_for_http().make_span_with(http_request_span))
+            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+    }
+
+    /// The routes, each with its metrics, the body limit and the request timeout.
+    fn routes(&self) -> Router {
         Router::new()
             .route(
                 "/api/webhooks/stripe-payouts",
@@ -205,13 +223,15 @@ impl Gateway {
             .route("/readyz", get(health::readiness))
             .route_layer(axum::middleware::from_fn(http_metrics))
             .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
             .with_state(self.clone())
             .layer(RequestBodyLimitLayer::new(
                 self.inner.settings.gateway_body_limit_bytes,
             ))
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(TraceLayer::new_for_http().make_span_with(http_request_span))
-            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                self.inner.settings.gateway_request_timeout,
+            ))
     }
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
@@ -329,6 +349,76 @@ async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no such route")
 }
 
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+/// Requests beyond `GATEWAY_MAX_CONCURRENT_REQUESTS` are shed: 503 with `Retry-After`, so
+/// Stripe (and any well-behaved client) tries again shortly.
+async fn overloaded(_: tower::BoxError) -> Response {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the gateway is at capacity; retry shortly",
+    );
+    response.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    metrics::counter!("payouts_http_shed_total").increment(1);
+    response
+}
+
+/// Every error answer is JSON (`{"error": ...}`), also those the middleware writes in plain
+/// text (413 from the body limit, 504 from the timeout).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .ok()
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .filter(|text| !text.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_lowercase());
+    let mut json = error_response(status, text);
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            json.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    json
+}
+
+/// CORS for the admin origins only (`ADMIN_CORS_ORIGINS`); without any, no CORS headers.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins: Vec<axum::http::HeaderValue> = origins
+        .iter()
+        .filter_map(|origin| axum::http::HeaderValue::from_str(origin).ok())
+        .collect();
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+        ])
+        .max_age(std::time::Duration::from_secs(600))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -353,6 +443,122 @@ mod tests {
             .await
             .unwrap();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// A TCP listener that never answers: a service that hangs.
+    fn black_hole() -> (std::net::TcpListener, String) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        (listener, url)
+    }
+
+    #[tokio::test]
+    async fn every_error_is_json_405_413_and_504_included() {
+        let response = gateway(&[])
+            .oneshot(
+                Request::delete("/api/admin/balance")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            json(response).await["error"],
+            "method not allowed on this route"
+        );
+
+        let request = Request::post("/api/webhooks/stripe-payouts")
+            .header("stripe-signature", "t=1,v1=00")
+            .body(Body::from(vec![b'x'; 2048]))
+            .unwrap();
+        let response = gateway(&[("GATEWAY_BODY_LIMIT_BYTES", "1024")])
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(json(response).await["error"].as_str().is_some());
+
+        // A service that never answers: the request times out with a JSON 504.
+        let (_hole, url) = black_hole();
+        let request = Request::get("/readyz").body(Body::empty()).unwrap();
+        let response = gateway(&[
+            ("GATEWAY_REQUEST_TIMEOUT_SECONDS", "1"),
+            ("PAYOUTS_SERVICE_URL", &url),
+        ])
+        .oneshot(request)
+        .await
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(json(response).await["error"].as_str().is_some());
+    }
+
+    #[tokio::test]
+    async fn requests_beyond_the_limit_are_shed_with_retry_after() {
+        let (_hole, url) = black_hole();
+        let router = gateway(&[
+            ("GATEWAY_MAX_CONCURRENT_REQUESTS", "1"),
+            ("PAYOUTS_SERVICE_URL", &url),
+        ]);
+        // The first request waits on the silent service (readiness waits up to 2 s).
+        let first = tokio::spawn(
+            router
+                .clone()
+                .oneshot(Request::get("/readyz").body(Body::empty()).unwrap()),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let second = router
+            .oneshot(Request::get("/livez").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(second.headers()["retry-after"], "1");
+        assert!(
+            json(second).await["error"]
+                .as_str()
+                .unwrap()
+                .contains("capacity")
+        );
+        assert_eq!(
+            first.await.unwrap().unwrap().status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: a service did not answer"
+        );
+    }
+
+    #[tokio::test]
+    async fn cors_answers_only_the_configured_admin_origins() {
+        let preflight = |origin: &str| {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/api/admin/balance")
+                .header("origin", origin)
+                .header("access-control-request-method", "GET")
+                .header("access-control-request-headers", "authorization")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let configured = &[("ADMIN_CORS_ORIGINS", "https://admin.example.com")];
+        let allowed = gateway(configured)
+            .oneshot(preflight("https://admin.example.com"))
+            .await
+            .unwrap();
+        assert_eq!(
+            allowed.headers()["access-control-allow-origin"],
+            "https://admin.example.com"
+        );
+        for (env, origin) in [
+            (&configured[..], "https://evil.example.com"),
+            (&[][..], "https://admin.example.com"),
+        ] {
+            let response = gateway(env).oneshot(preflight(origin)).await.unwrap();
+            assert!(
+                !response
+                    .headers()
+                    .contains_key("access-control-allow-origin"),
+                "{env:?} {origin}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -238,6 +238,14 @@ pub struct Settings {
     pub log_filter: String,
     /// `GATEWAY_BODY_LIMIT_BYTES`: largest accepted request body (default 512 KiB).
     pub gateway_body_limit_bytes: usize,
+    /// `GATEWAY_REQUEST_TIMEOUT_SECONDS`: longest a request may take; then 504 (30).
+    pub gateway_request_timeout: Duration,
+    /// `GATEWAY_MAX_CONCURRENT_REQUESTS`: requests handled at once; more are shed with 503
+    /// and `Retry-After` (Stripe retries a refused delivery) (512).
+    pub gateway_max_concurrent_requests: usize,
+    /// `ADMIN_CORS_ORIGINS`: comma-separated origins (`https://admin.example.com`) whose
+    /// browsers may call the API; none by default.
+    pub admin_cors_origins: Vec<String>,
     /// `SHUTDOWN_GRACE_SECONDS`: how long in-flight requests may take after SIGTERM.
     pub shutdown_grace: Duration,
     /// `<SERVICE>_SERVICE_URL`: gRPC URL of each service for its clients
@@ -297,6 +305,9 @@ pub const VARIABLES: &[&str] = &[
     "LOG_FORMAT",
     "RUST_LOG",
     "GATEWAY_BODY_LIMIT_BYTES",
+    "GATEWAY_REQUEST_TIMEOUT_SECONDS",
+    "GATEWAY_MAX_CONCURRENT_REQUESTS",
+    "ADMIN_CORS_ORIGINS",
     "SHUTDOWN_GRACE_SECONDS",
 ];
 
@@ -614,6 +625,20 @@ impl Settings {
                 .string("RUST_LOG")?
                 .unwrap_or_else(|| "info".to_owned()),
             gateway_body_limit_bytes: values.number("GATEWAY_BODY_LIMIT_BYTES", 512 * 1024)?,
+            gateway_request_timeout: Duration::from_secs(
+                values.number("GATEWAY_REQUEST_TIMEOUT_SECONDS", 30)?,
+            ),
+            gateway_max_concurrent_requests: values
+                .number("GATEWAY_MAX_CONCURRENT_REQUESTS", 512)?,
+            admin_cors_origins: values
+                .string("ADMIN_CORS_ORIGINS")?
+                .map(|list| {
+                    list.split(',')
+                        .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                        .filter(|origin| !origin.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
             shutdown_grace: Duration::from_secs(values.number("SHUTDOWN_GRACE_SECONDS", 30)?),
             service_urls,
             in_process: crate::grpc::InProcess::default(),
@@ -690,6 +715,33 @@ impl Settings {
         self.validate_email()?;
         self.validate_stripe_mode()?;
         self.validate_admin_keys()?;
+        if self.gateway_request_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "GATEWAY_REQUEST_TIMEOUT_SECONDS",
+                "must be at least 1",
+            ));
+        }
+        if self.gateway_max_concurrent_requests == 0 {
+            return Err(ConfigError::new(
+                "GATEWAY_MAX_CONCURRENT_REQUESTS",
+                "must be at least 1",
+            ));
+        }
+        for origin in &self.admin_cors_origins {
+            let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.contains('*')
+                && origin.split("://").nth(1).is_some_and(|rest| {
+                    !rest.is_empty() && !rest.contains('/') && !rest.contains('?')
+                });
+            if !valid {
+                return Err(ConfigError::new(
+                    "ADMIN_CORS_ORIGINS",
+                    format!(
+                        "{origin:?} is not an origin (scheme://host[:port], no wildcard, no path)"
+                    ),
+                ));
+            }
+        }
         if self.gateway_body_limit_bytes == 0 {
             return Err(ConfigError::new(
                 "GATEWAY_BODY_LIMIT_BYTES",
@@ -1137,6 +1189,40 @@ mod tests {
         assert!(is_known_variable("PAYOUT_LIMITS_MAX_SINGLE_PAYOUT"));
         assert!(is_known_variable("DISPUTES_SERVICE_URL"));
         assert!(!is_known_variable("STRIPE_SECRET"));
+    }
+
+    #[test]
+    fn gateway_limits_and_cors_origins_are_checked() {
+        let refused = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap_err().variable;
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "https://admin.example.com/path",
+            "admin.example.com",
+        ] {
+            assert_eq!(
+                refused(&[("ADMIN_CORS_ORIGINS", bad)]),
+                "ADMIN_CORS_ORIGINS",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            refused(&[("GATEWAY_MAX_CONCURRENT_REQUESTS", "0")]),
+            "GATEWAY_MAX_CONCURRENT_REQUESTS"
+        );
+        assert_eq!(
+            refused(&[("GATEWAY_REQUEST_TIMEOUT_SECONDS", "0")]),
+            "GATEWAY_REQUEST_TIMEOUT_SECONDS"
+        );
+        let settings = Settings::from_env(env(&[(
+            "ADMIN_CORS_ORIGINS",
+            "https://admin.example.com/, http://localhost:5173",
+        )]))
+        .unwrap();
+        assert_eq!(
+            settings.admin_cors_origins,
+            ["https://admin.example.com", "http://localhost:5173"]
+        );
     }
 
     #[test]
