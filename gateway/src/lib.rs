@@ -159,6 +159,7 @@ impl Gateway {
         Router::new()
             .fallback_service(limited)
             .layer(axum::middleware::map_response(json_errors))
+            .layer(axum::middleware::from_fn(scope_request_id))
             .layer(cors(&settings.admin_cors_origins))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(TraceLayer::new_for_http().make_span_with(http_request_span))
@@ -347,6 +348,20 @@ async fn openapi() -> Response {
 
 async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// Serves the request inside the scope of its `x-request-id` (set or kept by the outermost
+/// layer), so every gRPC call it makes carries the id to the services.
+async fn scope_request_id(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    payouts_runtime::telemetry::with_request_id(id, next.run(request)).await
 }
 
 async fn method_not_allowed() -> Response {

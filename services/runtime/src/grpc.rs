@@ -110,6 +110,7 @@ impl GrpcServer {
         let routes = self.routes.clone().routes().prepare();
         let service = tower::ServiceBuilder::new()
             .layer(server_trace_layer())
+            .layer(telemetry::RequestIdScopeLayer)
             .layer(GrpcMetricsLayer)
             .service(routes)
             .map_response(|response| response.map(Body::new));
@@ -142,6 +143,7 @@ impl GrpcServer {
 
         let result = tonic::transport::Server::builder()
             .layer(server_trace_layer())
+            .layer(telemetry::RequestIdScopeLayer)
             .layer(GrpcMetricsLayer)
             .add_routes(self.routes.routes())
             .add_service(health_service)

@@ -108,7 +108,27 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-/// gRPC client interceptor: writes the current span's context as `traceparent`/`tracestate`.
+tokio::task_local! {
+    /// The `x-request-id` of the request being served (HTTP at the gateway, gRPC in a
+    /// service), carried on every gRPC call made while serving it.
+    static REQUEST_ID: String;
+}
+
+/// Runs `future` as part of the request `id` (calls it makes carry the id).
+pub async fn with_request_id<F: std::future::Future>(id: Option<String>, future: F) -> F::Output {
+    match id {
+        Some(id) => REQUEST_ID.scope(id, future).await,
+        None => future.await,
+    }
+}
+
+/// The `x-request-id` of the request being served, if any.
+pub fn current_request_id() -> Option<String> {
+    REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// gRPC client interceptor: writes the current span's context as `traceparent`/`tracestate`,
+/// and the request id being served as `x-request-id`.
 pub fn inject_trace_context(
     mut request: tonic::Request<()>,
 ) -> Result<tonic::Request<()>, tonic::Status> {
@@ -116,7 +136,58 @@ pub fn inject_trace_context(
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(request.metadata_mut()));
     });
+    if let Some(id) = current_request_id()
+        && let Ok(value) = tonic::metadata::MetadataValue::try_from(id.as_str())
+    {
+        request.metadata_mut().insert("x-request-id", value);
+    }
     Ok(request)
+}
+
+/// Serves each request inside the scope of its `x-request-id`, so the calls it makes carry it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdScopeLayer;
+
+impl<S> tower::Layer<S> for RequestIdScopeLayer {
+    type Service = RequestIdScope<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdScope { inner }
+    }
+}
+
+/// See [`RequestIdScopeLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdScope<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RequestIdScope<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let id = request
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let future = self.inner.call(request);
+        Box::pin(with_request_id(id, future))
+    }
 }
 
 /// The span a gRPC server opens for a request, parented on the caller's trace context.
@@ -156,6 +227,32 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_request_id_crosses_a_grpc_hop() {
+        use tower::{Layer as _, ServiceExt as _};
+        // The caller serves request "req-1": its calls carry the id...
+        let request = with_request_id(Some("req-1".to_owned()), async {
+            inject_trace_context(tonic::Request::new(())).unwrap()
+        })
+        .await;
+        assert_eq!(request.metadata().get("x-request-id").unwrap(), "req-1");
+        // ...outside a request, none.
+        let request = inject_trace_context(tonic::Request::new(())).unwrap();
+        assert!(request.metadata().get("x-request-id").is_none());
+        // The callee serves the call inside the id's scope, so its own calls carry it on.
+        let callee = RequestIdScopeLayer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(current_request_id())
+        }));
+        let call = http::Request::builder()
+            .header("x-request-id", "req-1")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            callee.oneshot(call).await.unwrap().as_deref(),
+            Some("req-1")
+        );
+    }
 
     #[test]
     fn trace_context_crosses_a_grpc_hop() {
