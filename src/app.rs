@@ -98,6 +98,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
             _ => ServiceName::ALL.to_vec(),
         };
         let mut server = GrpcServer::new();
+        server.set_readiness(context.readiness.clone());
         for service in &services {
             mount(*service, &context, &mut server).await?;
         }

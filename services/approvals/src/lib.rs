@@ -25,7 +25,11 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         clock: Arc::clone(&context.clock),
         poll_interval: context.settings.payout_poll_interval,
     });
-    tokio::spawn(Arc::clone(&workflow).run_worker(context.shutdown.clone()));
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Approvals.grpc_name(),
+        "approval hand-offs",
+        Arc::clone(&workflow).run_worker(context.shutdown.clone()),
+    );
     server.add_service(grpc::server(grpc::ApprovalsGrpc::new(workflow)));
     Ok(())
 }

@@ -62,7 +62,11 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
             tries: 5,
             retry_after: std::time::Duration::from_secs(60),
         });
-        tokio::spawn(scheduler.run(context.shutdown.clone()));
+        context.spawn_worker(
+            payouts_runtime::ServiceName::Balance.grpc_name(),
+            "balance check schedule",
+            scheduler.run(context.shutdown.clone()),
+        );
     }
     server.add_service(grpc::server(grpc::BalanceGrpc::new(
         repositories.snapshots,

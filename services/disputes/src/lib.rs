@@ -39,11 +39,15 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         cases: Arc::clone(&repositories.cases),
         notices: Arc::new(ports::GrpcNotices::new(&context.settings)?),
     };
-    tokio::spawn(metrics_refresh::run(
-        Arc::clone(&ledger),
-        repositories.cases,
-        context.shutdown.clone(),
-    ));
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Disputes.grpc_name(),
+        "dispute figures",
+        metrics_refresh::run(
+            Arc::clone(&ledger),
+            repositories.cases,
+            context.shutdown.clone(),
+        ),
+    );
     server.add_service(grpc::server(grpc::DisputesGrpc::new(cases)));
     Ok(())
 }

@@ -39,15 +39,20 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
                 policy: email::EmailPolicy::default(),
                 poll_interval: std::time::Duration::from_secs(1),
             });
-            tokio::spawn(outbox.run(context.shutdown.clone()));
+            context.spawn_worker(
+                payouts_runtime::ServiceName::Notifications.grpc_name(),
+                "alert email outbox",
+                outbox.run(context.shutdown.clone()),
+            );
             true
         }
         None => false,
     };
-    tokio::spawn(open_alerts_gauge(
-        Arc::clone(&repositories.alerts),
-        context.shutdown.clone(),
-    ));
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Notifications.grpc_name(),
+        "open alerts gauge",
+        open_alerts_gauge(Arc::clone(&repositories.alerts), context.shutdown.clone()),
+    );
     let service = grpc::NotificationsGrpc::new(
         repositories,
         Arc::clone(&context.clock),

@@ -58,7 +58,11 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         unknown_alert_after: chrono::Duration::from_std(settings.payout_unknown_alert)
             .unwrap_or(chrono::Duration::hours(1)),
     });
-    tokio::spawn(Arc::clone(&flow).run_worker(context.shutdown.clone()));
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Payouts.grpc_name(),
+        "payout worker",
+        Arc::clone(&flow).run_worker(context.shutdown.clone()),
+    );
     server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow)));
     Ok(())
 }

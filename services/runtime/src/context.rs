@@ -18,6 +18,8 @@ pub struct ServiceContext {
     pub ids: Arc<dyn IdSource>,
     /// Background workers stop when this resolves.
     pub shutdown: Shutdown,
+    /// Services that cannot work (shared with the gRPC server's health reporting).
+    pub readiness: crate::grpc::Readiness,
 }
 
 impl ServiceContext {
@@ -28,7 +30,32 @@ impl ServiceContext {
             clock: Arc::new(SystemClock),
             ids: Arc::new(UuidIds),
             shutdown,
+            readiness: crate::grpc::Readiness::default(),
         }
+    }
+
+    /// Runs a service's background worker. If it stops (returns or panics) before shutdown,
+    /// the service (`service`: its gRPC name) reports NOT_SERVING from then on: a payout
+    /// worker that died must not leave a pod that looks healthy and moves no money.
+    pub fn spawn_worker<F>(&self, service: &'static str, worker: &'static str, future: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let readiness = self.readiness.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let outcome = tokio::spawn(future).await;
+            if shutdown.is_requested() {
+                return;
+            }
+            let reason = match outcome {
+                Ok(()) => format!("background worker {worker} stopped"),
+                Err(error) if error.is_panic() => format!("background worker {worker} panicked"),
+                Err(_) => format!("background worker {worker} was cancelled"),
+            };
+            tracing::error!(service, worker, reason = %reason, "a background worker died; the service reports NOT_SERVING");
+            readiness.mark(service, reason);
+        });
     }
 
     /// The same context with another clock (tests move time by hand).

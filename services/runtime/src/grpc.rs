@@ -58,8 +58,35 @@ pub fn set_nodelay(stream: &mut tokio::net::TcpStream) {
 pub struct GrpcServer {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
-    /// Services that answer but cannot do their work (their health stays NOT_SERVING).
-    unready: Vec<&'static str>,
+    /// Services that answer but cannot do their work (their health says NOT_SERVING).
+    readiness: Readiness,
+}
+
+/// Services of this process that cannot do their work, and why: a missing setting, or a
+/// background worker that stopped. Their health reports NOT_SERVING (so Kubernetes takes the
+/// pod out of rotation and, through the liveness probe, restarts it).
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    unready: Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>>,
+}
+
+impl Readiness {
+    /// `service` (its gRPC name) cannot work, for `reason`.
+    pub fn mark(&self, service: &'static str, reason: String) {
+        self.unready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(service, reason);
+    }
+
+    /// Why `service` cannot work, if it cannot.
+    pub fn reason(&self, service: &str) -> Option<String> {
+        self.unready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(service)
+            .cloned()
+    }
 }
 
 impl GrpcServer {
@@ -94,7 +121,13 @@ impl GrpcServer {
             reason,
             "service not ready: its health stays NOT_SERVING"
         );
-        self.unready.push(name);
+        self.readiness.mark(name, reason.to_owned());
+        self
+    }
+
+    /// Shares `readiness` with the services' workers (see [`crate::ServiceContext::spawn_worker`]).
+    pub fn set_readiness(&mut self, readiness: Readiness) -> &mut Self {
+        self.readiness = readiness;
         self
     }
 
@@ -137,8 +170,9 @@ impl GrpcServer {
         let health_task = tokio::spawn(report_store_health(
             reporter,
             self.names.clone(),
-            self.unready.clone(),
+            self.readiness.clone(),
             store,
+            shutdown.clone(),
         ));
 
         let result = tonic::transport::Server::builder()
@@ -242,35 +276,50 @@ fn server_trace_layer() -> ServerTraceLayer {
         .make_span_with(telemetry::grpc_request_span as MakeSpan)
 }
 
-/// Keeps every service's health in step with its store: SERVING while the store answers.
+/// Keeps every service's health in step: SERVING while the store answers, NOT_SERVING for a
+/// service that cannot work ([`Readiness`]), and NOT_SERVING for all once shutdown begins (the
+/// process drains: clients watching health move away while in-flight calls finish).
 async fn report_store_health(
     reporter: tonic_health::server::HealthReporter,
     names: Vec<&'static str>,
-    unready: Vec<&'static str>,
+    readiness: Readiness,
     store: Store,
+    shutdown: Shutdown,
 ) {
-    let mut last = None;
+    let mut last: std::collections::BTreeMap<&'static str, ServingStatus> =
+        std::collections::BTreeMap::new();
+    let stop = shutdown.clone().requested();
+    tokio::pin!(stop);
     loop {
-        let status = match store.ping().await {
-            Ok(()) => ServingStatus::Serving,
-            Err(error) => {
-                tracing::warn!(%error, "store does not answer; reporting NOT_SERVING");
-                ServingStatus::NotServing
+        let store_status = if shutdown.is_requested() {
+            ServingStatus::NotServing
+        } else {
+            match store.ping().await {
+                Ok(()) => ServingStatus::Serving,
+                Err(error) => {
+                    tracing::warn!(%error, "store does not answer; reporting NOT_SERVING");
+                    ServingStatus::NotServing
+                }
             }
         };
-        if last != Some(status) {
-            for name in &names {
-                let status = if unready.contains(name) {
-                    ServingStatus::NotServing
-                } else {
-                    status
-                };
-                reporter.set_service_status(*name, status).await;
+        for name in names.iter().copied().chain([""]) {
+            let status = if readiness.reason(name).is_some() {
+                ServingStatus::NotServing
+            } else {
+                store_status
+            };
+            if last.get(name) != Some(&status) {
+                reporter.set_service_status(name, status).await;
+                last.insert(name, status);
             }
-            reporter.set_service_status("", status).await;
-            last = Some(status);
         }
-        tokio::time::sleep(STORE_CHECK_INTERVAL).await;
+        if shutdown.is_requested() {
+            return;
+        }
+        tokio::select! {
+            () = &mut stop => {}
+            () = tokio::time::sleep(STORE_CHECK_INTERVAL) => {}
+        }
     }
 }
 
@@ -451,6 +500,67 @@ mod tests {
         settings.in_process.connect(server.local_service());
         assert!(settings.in_process.serves(ServiceName::Limits));
         service_channel(&settings, ServiceName::Limits).unwrap()
+    }
+
+    use tonic_health::pb::health_check_response::ServingStatus as Answer;
+
+    async fn status_of(client: &mut HealthClient<TracedChannel>, service: &str) -> Option<Answer> {
+        let answer = client
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .ok()?;
+        Some(answer.into_inner().status())
+    }
+
+    async fn wait_for(client: &mut HealthClient<TracedChannel>, service: &str, wanted: Answer) {
+        for _ in 0..200 {
+            if status_of(client, service).await == Some(wanted) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{service} never became {wanted:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dead_worker_or_a_shutdown_makes_health_not_serving() {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let mut server = GrpcServer::new();
+        server.add_service(health);
+        let mut client = HealthClient::new(in_process(&server, Duration::from_secs(5)));
+        let (shutdown, trigger) = Shutdown::manual();
+        let context = crate::ServiceContext::new(
+            Arc::new(crate::Settings::from_env(std::collections::HashMap::new()).unwrap()),
+            Store::Embedded,
+            shutdown.clone(),
+        );
+        tokio::spawn(report_store_health(
+            reporter,
+            vec!["test.Worker", "test.Other"],
+            context.readiness.clone(),
+            Store::Embedded,
+            shutdown,
+        ));
+        wait_for(&mut client, "test.Worker", Answer::Serving).await;
+        // A worker that stops before shutdown (here at once) takes its service out.
+        context.spawn_worker("test.Worker", "test worker", async {});
+        wait_for(&mut client, "test.Worker", Answer::NotServing).await;
+        assert!(
+            context
+                .readiness
+                .reason("test.Worker")
+                .is_some_and(|reason| reason.contains("test worker stopped"))
+        );
+        assert_eq!(
+            status_of(&mut client, "test.Other").await,
+            Some(Answer::Serving)
+        );
+        // Draining: everything reports NOT_SERVING at once.
+        trigger.trigger();
+        wait_for(&mut client, "test.Other", Answer::NotServing).await;
+        wait_for(&mut client, "", Answer::NotServing).await;
     }
 
     #[tokio::test]

@@ -44,6 +44,11 @@ impl Shutdown {
         (shutdown, trigger)
     }
 
+    /// Whether shutdown has been requested.
+    pub fn is_requested(&self) -> bool {
+        *self.receiver.borrow()
+    }
+
     /// Resolves once shutdown has been requested.
     pub async fn requested(mut self) {
         // An error means every trigger is gone: nothing can ask any more, so shut down.

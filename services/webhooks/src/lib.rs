@@ -51,7 +51,11 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         Arc::clone(&context.clock),
         inbox_settings(&context.settings),
     ));
-    tokio::spawn(Arc::clone(&inbox).run_worker(context.shutdown.clone()));
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Webhooks.grpc_name(),
+        "event processing",
+        Arc::clone(&inbox).run_worker(context.shutdown.clone()),
+    );
     server.add_service(grpc::server(grpc::WebhooksGrpc::new(inbox)));
     // Alone, the process refuses to start without its secrets (Settings::check_role); in
     // the all-in-one process it starts, and its health says it cannot take deliveries.
