@@ -255,11 +255,16 @@ fn http_request_span<B>(request: &Request<B>) -> tracing::Span {
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
+    // OpenTelemetry names an HTTP server span "METHOD /route/template"; the template is only
+    // known once routed, so `http_metrics` records it (unmatched requests keep the method).
     let span = tracing::info_span!(
         "http request",
+        otel.name = %request.method(),
         otel.kind = "server",
-        http.method = %request.method(),
-        http.route = %request.uri().path(),
+        http.request.method = %request.method(),
+        http.route = tracing::field::Empty,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
     );
     payouts_runtime::telemetry::set_parent_from_headers(&span, request.headers());
@@ -275,9 +280,13 @@ async fn http_metrics(request: axum::extract::Request, next: axum::middleware::N
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
     let method = request.method().as_str().to_owned();
+    let span = tracing::Span::current();
+    span.record("otel.name", format!("{method} {route}"));
+    span.record("http.route", route.as_str());
     let started = std::time::Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
+    span.record("http.response.status_code", response.status().as_u16());
     metrics::histogram!(
         "payouts_http_request_duration_seconds",
         "method" => method.clone(),
@@ -465,6 +474,54 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         (listener, url)
+    }
+
+    #[tokio::test]
+    async fn spans_are_named_as_opentelemetry_names_them() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let fields = payouts_runtime::testing::spans::SpanFields::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(fields.clone()));
+        let response = gateway(&[])
+            .oneshot(
+                Request::post("/api/admin/alerts/alert_42/resolve")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let spans = fields.all();
+        let http = spans
+            .iter()
+            .find(|span| {
+                span.get("url.path")
+                    .is_some_and(|path| path.contains("alert_42"))
+            })
+            .unwrap_or_else(|| panic!("{spans:?}"));
+        assert_eq!(
+            http["otel.name"],
+            "POST /api/admin/alerts/{alert_id}/resolve"
+        );
+        assert_eq!(http["http.route"], "/api/admin/alerts/{alert_id}/resolve");
+        assert_eq!(http["http.response.status_code"], "503");
+
+        let call =
+            http::Request::post("/payouts.limits.v1.PayoutLimitsService/ValidatePayoutLimits")
+                .body(())
+                .unwrap();
+        let _span = payouts_runtime::telemetry::grpc_request_span(&call);
+        let spans = fields.all();
+        let grpc = spans
+            .iter()
+            .find(|span| span.get("rpc.system").is_some())
+            .unwrap_or_else(|| panic!("{spans:?}"));
+        assert_eq!(
+            grpc["otel.name"],
+            "payouts.limits.v1.PayoutLimitsService/ValidatePayoutLimits"
+        );
+        assert_eq!(grpc["rpc.service"], "payouts.limits.v1.PayoutLimitsService");
+        assert_eq!(grpc["rpc.method"], "ValidatePayoutLimits");
     }
 
     #[tokio::test]

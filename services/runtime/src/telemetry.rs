@@ -192,10 +192,16 @@ where
 
 /// The span a gRPC server opens for a request, parented on the caller's trace context.
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
+    // OpenTelemetry's RPC conventions: the span is named "package.Service/Method".
+    let path = request.uri().path().trim_start_matches('/');
+    let (service, method) = path.split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc request",
+        otel.name = %path,
         otel.kind = "server",
-        rpc.method = %request.uri().path(),
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
         request_id = tracing::field::Empty,
     );
     if let Some(request_id) = request

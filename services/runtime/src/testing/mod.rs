@@ -194,5 +194,6 @@ pub(crate) fn free_port() -> Result<u16, String> {
 pub mod bench;
 pub mod fake_stripe;
 pub mod smtp;
+pub mod spans;
 pub mod stripe;
 pub mod stripe_ledger;
