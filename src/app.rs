@@ -99,6 +99,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         };
         let mut server = GrpcServer::new();
         server.set_readiness(context.readiness.clone());
+        server.set_reflection(settings.grpc_reflection);
         for service in &services {
             mount(*service, &context, &mut server).await?;
         }

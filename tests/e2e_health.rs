@@ -200,6 +200,30 @@ async fn without_webhook_secrets_the_webhooks_service_is_not_ready() {
     assert!(process.terminate().success());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_can_be_turned_off() {
+    let process = Payouts::start(
+        &["serve", "limits"],
+        StoreChoice::Embedded,
+        &[("GRPC_REFLECTION", "false")],
+    );
+    let mut reflection = ServerReflectionClient::new(support::connect(&process.grpc_url()).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let refused = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unimplemented);
+    assert_eq!(
+        serving_status(&process.grpc_url(), "payouts.limits.v1.PayoutLimitsService").await,
+        ServingStatus::Serving,
+        "health stays open"
+    );
+}
+
 #[tokio::test]
 async fn one_service_alone_serves_only_itself() {
     let process = Payouts::start(&["serve", "limits"], StoreChoice::Embedded, &[]);

@@ -238,6 +238,9 @@ pub struct Settings {
     pub log_filter: String,
     /// `GATEWAY_BODY_LIMIT_BYTES`: largest accepted request body (default 512 KiB).
     pub gateway_body_limit_bytes: usize,
+    /// `GRPC_REFLECTION`: whether the gRPC servers serve reflection (default true; the chart
+    /// turns it off: it lists every RPC to whoever can connect).
+    pub grpc_reflection: bool,
     /// `GATEWAY_REQUEST_TIMEOUT_SECONDS`: longest a request may take; then 504 (30).
     pub gateway_request_timeout: Duration,
     /// `GATEWAY_MAX_CONCURRENT_REQUESTS`: requests handled at once; more are shed with 503
@@ -307,6 +310,7 @@ pub const VARIABLES: &[&str] = &[
     "GATEWAY_BODY_LIMIT_BYTES",
     "GATEWAY_REQUEST_TIMEOUT_SECONDS",
     "GATEWAY_MAX_CONCURRENT_REQUESTS",
+    "GRPC_REFLECTION",
     "ADMIN_CORS_ORIGINS",
     "SHUTDOWN_GRACE_SECONDS",
 ];
@@ -625,6 +629,7 @@ impl Settings {
                 .string("RUST_LOG")?
                 .unwrap_or_else(|| "info".to_owned()),
             gateway_body_limit_bytes: values.number("GATEWAY_BODY_LIMIT_BYTES", 512 * 1024)?,
+            grpc_reflection: values.boolean("GRPC_REFLECTION", true)?,
             gateway_request_timeout: Duration::from_secs(
                 values.number("GATEWAY_REQUEST_TIMEOUT_SECONDS", 30)?,
             ),

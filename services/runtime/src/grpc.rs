@@ -60,6 +60,8 @@ pub struct GrpcServer {
     names: Vec<&'static str>,
     /// Services that answer but cannot do their work (their health says NOT_SERVING).
     readiness: Readiness,
+    /// Whether server reflection is off (`GRPC_REFLECTION=false`).
+    no_reflection: bool,
 }
 
 /// Services of this process that cannot do their work, and why: a missing setting, or a
@@ -125,6 +127,12 @@ impl GrpcServer {
         self
     }
 
+    /// Serves server reflection or not (`GRPC_REFLECTION`; on by default, off in the chart).
+    pub fn set_reflection(&mut self, on: bool) -> &mut Self {
+        self.no_reflection = !on;
+        self
+    }
+
     /// Shares `readiness` with the services' workers (see [`crate::ServiceContext::spawn_worker`]).
     pub fn set_readiness(&mut self, readiness: Readiness) -> &mut Self {
         self.readiness = readiness;
@@ -181,8 +189,8 @@ impl GrpcServer {
             .layer(GrpcMetricsLayer)
             .add_routes(self.routes.routes())
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service((!self.no_reflection).then_some(reflection_v1))
+            .add_optional_service((!self.no_reflection).then_some(reflection_v1alpha))
             .serve_with_incoming_shutdown(
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 shutdown.requested(),
