@@ -190,6 +190,36 @@ where
     }
 }
 
+/// The current span's W3C `traceparent`, to be stored with work done later (a webhook
+/// event processed after its delivery was acknowledged); None without an OpenTelemetry layer.
+pub fn current_traceparent() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut carrier);
+    });
+    carrier.remove("traceparent")
+}
+
+/// The span context a stored `traceparent` names, if it is valid.
+pub fn remote_span_context(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let context =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier));
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}
+
+/// Links `span` to the trace of a stored `traceparent` (the processing of a webhook event
+/// to the delivery that stored it: another trace, related).
+pub fn link_to(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(context) = traceparent.and_then(remote_span_context) {
+        span.add_link(context);
+    }
+}
+
 /// The span a gRPC server opens for a request, parented on the caller's trace context.
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     // OpenTelemetry's RPC conventions: the span is named "package.Service/Method".
@@ -233,6 +263,34 @@ mod tests {
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_stored_traceparent_names_the_span_that_stored_it() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let delivery = tracing::info_span!("delivery");
+            let trace_id = delivery.context().span().span_context().trace_id();
+            let stored = delivery
+                .in_scope(current_traceparent)
+                .expect("a traceparent");
+            assert!(stored.contains(&trace_id.to_string()), "{stored}");
+            let remote = remote_span_context(&stored).expect("a valid span context");
+            assert_eq!(remote.trace_id(), trace_id);
+            assert!(remote_span_context("garbage").is_none());
+            // Linking a later span to it is accepted (the link is exported with the span).
+            let processing = tracing::info_span!("processing");
+            link_to(&processing, Some(&stored));
+            assert_ne!(
+                processing.context().span().span_context().trace_id(),
+                trace_id,
+                "processing is its own trace"
+            );
+        });
+        assert!(current_traceparent().is_none(), "no span, no traceparent");
+    }
 
     #[tokio::test]
     async fn the_request_id_crosses_a_grpc_hop() {

@@ -83,6 +83,8 @@ pub struct InboxEvent {
     pub last_error: Option<String>,
     /// What processing concluded ("applied by payouts", "not ours", ...).
     pub outcome: Option<String>,
+    /// The W3C `traceparent` of the delivery that stored it: its processing links to it.
+    pub trace_parent: Option<String>,
     /// Compare-and-set version, bumped by every write.
     pub version: i64,
 }
@@ -113,6 +115,7 @@ impl InboxEvent {
             failed_at: None,
             last_error: None,
             outcome: None,
+            trace_parent: None,
             version: 1,
         }
     }

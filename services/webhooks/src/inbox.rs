@@ -158,7 +158,8 @@ impl Inbox {
         metrics::counter!("payouts_webhooks_received_total", "endpoint" => endpoint.as_str(), "type" => event_type.clone())
             .increment(1);
 
-        let event = InboxEvent::received(endpoint, envelope, payload, now);
+        let mut event = InboxEvent::received(endpoint, envelope, payload, now);
+        event.trace_parent = payouts_runtime::telemetry::current_traceparent();
         match self.repository.insert_new(event).await? {
             Inserted::New => {
                 tracing::info!(event_id = %event_id, event_type = %event_type, endpoint = endpoint.as_str(), "webhook stored");
@@ -380,8 +381,18 @@ impl Inbox {
                 break;
             };
             count += 1;
+            // Its own trace, linked to the delivery's (which ended at the acknowledgement).
+            let span = tracing::info_span!(
+                "webhook event",
+                otel.name = %format!("process {}", event.event_type),
+                otel.kind = "consumer",
+                messaging.system = "stripe",
+                messaging.message.id = %event.event_id,
+                event_type = %event.event_type,
+            );
+            payouts_runtime::telemetry::link_to(&span, event.trace_parent.as_deref());
             // A lost lease or a store failure for one event must not stop the others.
-            let _ = self.process_claimed(event).await;
+            let _ = tracing::Instrument::instrument(self.process_claimed(event), span).await;
             // On the embedded store and with in-process owners nothing above ever waits, so
             // a busy worker would keep its thread from the deliveries being acknowledged.
             tokio::task::yield_now().await;

@@ -35,6 +35,7 @@ fn event(endpoint: Endpoint, id: &str, status: EventStatus, minute: i64) -> Inbo
         failed_at: None,
         last_error: None,
         outcome: None,
+        trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
         version: 1,
     }
 }

@@ -52,6 +52,8 @@ struct EventDocument {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace_parent: Option<String>,
     version: i64,
     /// Set once the event completed; the TTL index removes it 30 days later. Absent while
     /// processing or failed, so those are never removed.
@@ -80,6 +82,7 @@ impl From<&InboxEvent> for EventDocument {
             failed_at: e.failed_at.map(to_bson_time),
             error: e.last_error.clone(),
             outcome: e.outcome.clone(),
+            trace_parent: e.trace_parent.clone(),
             version: e.version,
             expires_at: e.expires_at().map(to_bson_time),
         }
@@ -112,6 +115,7 @@ impl TryFrom<EventDocument> for InboxEvent {
             failed_at: d.failed_at.map(from_bson_time),
             last_error: d.error,
             outcome: d.outcome,
+            trace_parent: d.trace_parent,
             version: d.version,
         })
     }
