@@ -605,6 +605,60 @@ fn fixture_with(stores: &Stores, f: &Fixture, limits: FakeLimits) -> PayoutFlow 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_reversal_whose_answer_was_lost_is_repeated_without_reversing_twice() {
+    on_both_stores("reverse", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("key-rev", 1_000_00).await.unwrap().unwrap();
+        let transfer_id = payout.stripe_transfer_id.clone().unwrap();
+        let reversed = |f: &Fixture| {
+            f.stripe
+                .transfers()
+                .into_iter()
+                .find(|t| t["id"] == transfer_id.as_str())
+                .unwrap()["amount_reversed"]
+                .as_i64()
+                .unwrap()
+        };
+        // Stripe reverses, and its answer is lost: unknown, so nothing is recorded.
+        f.stripe.then(Behaviour::LoseResponse);
+        let error = f
+            .flow
+            .reverse(&payout.id, 300_00, "refund clawback", "admin:ops")
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unavailable, "{}", error.message());
+        assert_eq!(reversed(&f), 300_00, "Stripe did reverse");
+        assert_eq!(f.stored(&payout.id).await.amount_reversed_cents, 0);
+        // The same request again: the same key, Stripe's replayed answer, recorded once.
+        let done = f
+            .flow
+            .reverse(&payout.id, 300_00, "refund clawback", "admin:ops")
+            .await
+            .unwrap();
+        assert_eq!(done.amount_reversed_cents, 300_00);
+        assert_eq!(reversed(&f), 300_00, "never reversed twice");
+        let entry = done.audit_log.last().unwrap();
+        assert_eq!(entry.event_type, "transfer_reversed_by_admin");
+        assert_eq!(entry.actor, "admin:ops");
+        // Bad amounts and missing notes are refused before Stripe is asked.
+        for (cents, notes) in [(0, "x"), (700_01, "x"), (1, " ")] {
+            let error = f
+                .flow
+                .reverse(&payout.id, cents, notes, "admin:ops")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                error.kind(),
+                ErrorKind::InvalidArgument,
+                "{cents} {notes:?}"
+            );
+        }
+        assert_eq!(reversed(&f), 300_00);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_stripe_response_is_recovered_by_lookup_and_makes_exactly_one_transfer() {
     on_both_stores("lost", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;

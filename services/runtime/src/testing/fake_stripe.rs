@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use super::stripe::fixture;
 use super::stripe_ledger::{Ledger, error_body};
 
-/// What the next `POST /v1/transfers` does instead of succeeding.
+/// What the next `POST /v1/transfers` (or `/v1/transfers/{id}/reversals`) does instead of
+/// succeeding.
 #[derive(Debug, Clone)]
 pub enum Behaviour {
     /// Answer with a Stripe error: status, `error.code`, message. Nothing is created. The
@@ -157,6 +158,21 @@ async fn create_reversal(
     {
         return json_response(status, body);
     }
+    let behaviour = state.script.pop_front();
+    if let Some(Behaviour::Error {
+        status,
+        code,
+        message,
+    }) = &behaviour
+    {
+        let body = error_body(*status, code, message);
+        if let Some(key) = &key
+            && *status != 429
+        {
+            state.ledger.remember(key, &params, *status, &body);
+        }
+        return json_response(*status, body);
+    }
     let (status, body) = match state.ledger.create_reversal(&id, &params, now()) {
         Ok(reversal) => (200, reversal.to_string()),
         Err((status, code, message)) => (status, error_body(status, code, &message)),
@@ -164,7 +180,14 @@ async fn create_reversal(
     if let Some(key) = &key {
         state.ledger.remember(key, &params, status, &body);
     }
-    json_response(status, body)
+    match behaviour {
+        Some(Behaviour::LoseResponse) => json_response(200, body[..body.len() / 2].to_owned()),
+        Some(Behaviour::ErrorAfterCreate { status }) => json_response(
+            status,
+            error_body(status, "api_error", "fake failure after create"),
+        ),
+        _ => json_response(status, body),
+    }
 }
 
 fn list(data: Vec<Value>, url: &str, has_more: bool) -> Response {
