@@ -63,6 +63,12 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
+fn sorted(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut params = params.to_vec();
+    params.sort();
+    params
+}
+
 impl Ledger {
     fn next(&mut self, prefix: &str) -> String {
         self.counter += 1;
@@ -70,10 +76,12 @@ impl Ledger {
     }
 
     /// The answer stored under `key`, to replay: the first answer for the same parameters, an
-    /// `idempotency_error` for other ones; `None` when the key is new.
+    /// `idempotency_error` for other ones; `None` when the key is new. Parameters compare as
+    /// Stripe compares them, by name and value, not by order (clients send `metadata` from a
+    /// hash map, in any order).
     pub fn replay(&self, key: &str, params: &[(String, String)]) -> Option<(u16, String)> {
         let reply = self.replies.get(key)?;
-        if reply.params != params {
+        if reply.params != sorted(params) {
             return Some((
                 400,
                 json!({ "error": {
@@ -90,7 +98,7 @@ impl Ledger {
     /// Stores the first answer under `key` (Stripe stores errors too).
     pub fn remember(&mut self, key: &str, params: &[(String, String)], status: u16, body: &str) {
         self.replies.entry(key.to_owned()).or_insert_with(|| Reply {
-            params: params.to_vec(),
+            params: sorted(params),
             status,
             body: body.to_owned(),
         });
