@@ -187,6 +187,27 @@ where
     Ok(replaced.matched_count == 1)
 }
 
+/// Adds the page cursor of a list ordered by (`field`, `_id`) to `filter`: the items after
+/// `after` (an item's time and id), newest first (`descending`) or oldest first.
+pub fn after_cursor(
+    filter: &mut mongodb::bson::Document,
+    field: &str,
+    after: Option<(chrono::DateTime<chrono::Utc>, String)>,
+    descending: bool,
+) {
+    let Some((at, id)) = after else {
+        return;
+    };
+    let at = to_bson_time(at);
+    let op = if descending { "$lt" } else { "$gt" };
+    let mut tie = mongodb::bson::Document::new();
+    tie.insert(field, at);
+    tie.insert("_id", mongodb::bson::doc! { op: id });
+    let mut beyond = mongodb::bson::Document::new();
+    beyond.insert(field, mongodb::bson::doc! { op: at });
+    filter.insert("$or", vec![beyond, tie]);
+}
+
 /// A MongoDB failure as a service error: retryable, cause logged, not shown.
 pub fn mongo_error(error: mongodb::error::Error) -> crate::error::ServiceError {
     crate::error::ServiceError::unavailable("store unavailable", error)

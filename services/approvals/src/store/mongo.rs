@@ -4,7 +4,7 @@ use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
@@ -262,16 +262,7 @@ impl ApprovalRepository for MongoApprovals {
         if let Some(flag) = &filter.flag {
             query.insert("flags", flag.as_str());
         }
-        if let Some((at, id)) = &filter.after {
-            let at = to_bson_time(*at);
-            query.insert(
-                "$or",
-                vec![
-                    doc! { "requestedAt": { "$gt": at } },
-                    doc! { "requestedAt": at, "_id": { "$gt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut query, "requestedAt", filter.after.clone(), false);
         self.find(query, doc! { "requestedAt": 1, "_id": 1 }, filter.limit)
             .await
     }

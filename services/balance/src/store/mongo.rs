@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use payouts_runtime::{Currency, ServiceError};
 use serde::{Deserialize, Serialize};
@@ -121,16 +121,7 @@ impl SnapshotRepository for MongoSnapshots {
         limit: usize,
     ) -> Result<Vec<Snapshot>, ServiceError> {
         let mut filter = doc! {};
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "timestamp": { "$lt": at } },
-                    doc! { "timestamp": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "timestamp", after, true);
         let documents: Vec<SnapshotDocument> = find_many(
             &self.collection,
             filter,

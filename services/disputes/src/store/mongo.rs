@@ -3,7 +3,8 @@ use chrono::{DateTime, Utc};
 use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, put_versioned, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, put_versioned,
+    to_bson_time,
 };
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
@@ -256,16 +257,7 @@ impl AllocationRepository for MongoAllocations {
         limit: usize,
     ) -> Result<Vec<Allocation>, ServiceError> {
         let mut filter = doc! { "userId": user_id };
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "createdAt": { "$lt": at } },
-                    doc! { "createdAt": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "createdAt", after, true);
         let documents: Vec<AllocationDocument> = find_many(
             &self.collection,
             filter,
@@ -688,16 +680,7 @@ impl ChargeCaseRepository for MongoChargeCases {
         limit: usize,
     ) -> Result<Vec<ChargeCase>, ServiceError> {
         let mut filter = doc! { "disputed": true };
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "createdAt": { "$lt": at } },
-                    doc! { "createdAt": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "createdAt", after, true);
         find_many(
             &self.collection,
             filter,

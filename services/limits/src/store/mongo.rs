@@ -4,7 +4,7 @@ use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use serde::{Deserialize, Serialize};
 
@@ -137,16 +137,7 @@ impl BlockedAttemptRepository for MongoBlockedAttempts {
             Some(user_id) => doc! { "userId": user_id },
             None => doc! {},
         };
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "attemptedAt": { "$lt": at } },
-                    doc! { "attemptedAt": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "attemptedAt", after, true);
         let documents: Vec<AttemptDocument> = find_many(
             &self.collection,
             filter,

@@ -9,7 +9,7 @@ use mongodb::bson::{self, doc};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use serde::{Deserialize, Serialize};
 
@@ -365,16 +365,7 @@ impl AlertRepository for MongoAlerts {
         if let Some(kind) = kind {
             filter.insert("type", kind);
         }
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "timestamp": { "$lt": at } },
-                    doc! { "timestamp": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "timestamp", after, true);
         let documents: Vec<AlertDocument> = find_many(
             &self.collection,
             filter,

@@ -5,7 +5,7 @@ use mongodb::options::{FindOneAndReplaceOptions, ReturnDocument};
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use serde::{Deserialize, Serialize};
 
@@ -131,16 +131,7 @@ impl NotificationRepository for MongoNotifications {
         if unread_only {
             filter.insert("read", false);
         }
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "createdAt": { "$lt": at } },
-                    doc! { "createdAt": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "createdAt", after, true);
         let documents: Vec<NotificationDocument> = find_many(
             &self.collection,
             filter,

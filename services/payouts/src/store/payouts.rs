@@ -11,7 +11,7 @@ use mongodb::bson::{self, doc};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
@@ -834,16 +834,7 @@ impl PayoutRepository for MongoPayouts {
             Some(status) => filter.insert("status", status.as_str()),
             None => filter.insert("status", doc! { "$ne": PayoutStatus::Admitting.as_str() }),
         };
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "requestedAt": { "$lt": at } },
-                    doc! { "requestedAt": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "requestedAt", after, true);
         self.find(filter, doc! { "requestedAt": -1, "_id": -1 }, limit)
             .await
     }

@@ -8,7 +8,7 @@ use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 use payouts_runtime::ServiceError;
 use payouts_runtime::store::{
-    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+    after_cursor, find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
 };
 use serde::{Deserialize, Serialize};
 
@@ -232,16 +232,7 @@ impl InboxRepository for MongoInbox {
             Some(status) => doc! { "status": status.as_str() },
             None => doc! {},
         };
-        if let Some((at, id)) = after {
-            let at = to_bson_time(at);
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "processedAt": { "$lt": at } },
-                    doc! { "processedAt": at, "_id": { "$lt": id } },
-                ],
-            );
-        }
+        after_cursor(&mut filter, "processedAt", after, true);
         let documents: Vec<EventDocument> = find_many(
             &self.collection,
             filter,
