@@ -23,6 +23,10 @@ use crate::store::{ChargeCaseRepository, MAX_ALLOCATIONS_PER_CHARGE};
 /// Compare-and-set rounds before giving up (the inbox retries the event).
 const MAX_ROUNDS: usize = 32;
 
+fn lost_rounds() -> ServiceError {
+    crate::earnings::lost_rounds("this charge")
+}
+
 /// What applying an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -35,13 +39,6 @@ pub struct Cases {
     pub ledger: Arc<Ledger>,
     pub cases: Arc<dyn ChargeCaseRepository>,
     pub notices: Arc<dyn NoticesPort>,
-}
-
-fn lost_rounds() -> ServiceError {
-    ServiceError::unavailable(
-        "too many concurrent changes to this charge; try again",
-        anyhow::anyhow!("{MAX_ROUNDS} compare-and-set rounds lost"),
-    )
 }
 
 impl Cases {

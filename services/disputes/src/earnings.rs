@@ -23,6 +23,14 @@ const MAX_ROUNDS: usize = 32;
 /// An intent older than this was left by a writer that stopped; a read finishes it.
 pub const STALE_INTENT: Duration = Duration::seconds(30);
 
+/// Too many compare-and-set rounds lost to concurrent writers of `what`: the caller retries.
+pub(crate) fn lost_rounds(what: &str) -> ServiceError {
+    ServiceError::unavailable(
+        format!("too many concurrent changes to {what}; try again"),
+        anyhow::anyhow!("{MAX_ROUNDS} compare-and-set rounds lost"),
+    )
+}
+
 /// Allocations and the earnings books that total them.
 pub struct Ledger {
     pub allocations: Arc<dyn AllocationRepository>,
@@ -61,10 +69,7 @@ impl Ledger {
                 ))),
             };
         }
-        Err(ServiceError::unavailable(
-            "too many concurrent changes to this creator's earnings; try again",
-            anyhow::anyhow!("{MAX_ROUNDS} compare-and-set rounds lost"),
-        ))
+        Err(lost_rounds("this creator's earnings"))
     }
 
     /// Applies changes of one creator's stored allocations (each `before` as read) and
@@ -114,10 +119,7 @@ impl Ledger {
             }
             return self.finish(&intent).await;
         }
-        Err(ServiceError::unavailable(
-            "too many concurrent changes to this creator's earnings; try again",
-            anyhow::anyhow!("{MAX_ROUNDS} compare-and-set rounds lost"),
-        ))
+        Err(lost_rounds("this creator's earnings"))
     }
 
     /// A creator's earnings in `currency`: one read of their book (two if a writer left an

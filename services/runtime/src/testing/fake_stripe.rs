@@ -93,19 +93,17 @@ async fn require_secret_key(
     next.run(request).await
 }
 
-async fn create_transfer(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    axum::Form(params): axum::Form<Vec<(String, String)>>,
+/// A creating `POST` under `key` as Stripe answers it: the stored answer replayed, else what
+/// the script says (an error stored under the key, except a 429; or the object made, then
+/// its answer replaced by a 5xx or garbled), else the object `create` makes (or its error).
+fn create_scripted(
+    state: &mut StripeState,
+    key: Option<&str>,
+    params: &[(String, String)],
+    create: impl FnOnce(&mut Ledger) -> (u16, String),
 ) -> Response {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    let mut state = lock(&state);
-    state.create_calls += 1;
-    if let Some(key) = &key
-        && let Some((status, body)) = state.ledger.replay(key, &params)
+    if let Some(key) = key
+        && let Some((status, body)) = state.ledger.replay(key, params)
     {
         return json_response(status, body);
     }
@@ -117,29 +115,46 @@ async fn create_transfer(
     }) = &behaviour
     {
         let body = error_body(*status, code, message);
-        if let Some(key) = &key
+        if let Some(key) = key
             && *status != 429
         {
-            state.ledger.remember(key, &params, *status, &body);
+            state.ledger.remember(key, params, *status, &body);
         }
         return json_response(*status, body);
     }
-    let transfer = state.ledger.create_transfer(&params, now());
-    let body = transfer.to_string();
+    let (status, body) = create(&mut state.ledger);
     let (status, stored) = match behaviour {
-        Some(Behaviour::ErrorAfterCreate { status }) => (
-            status,
-            error_body(status, "api_error", "fake failure after create"),
+        Some(Behaviour::ErrorAfterCreate { status: failed }) if status == 200 => (
+            failed,
+            error_body(failed, "api_error", "fake failure after create"),
         ),
-        _ => (200, body.clone()),
+        _ => (status, body.clone()),
     };
-    if let Some(key) = &key {
-        state.ledger.remember(key, &params, status, &stored);
+    if let Some(key) = key {
+        state.ledger.remember(key, params, status, &stored);
     }
     match behaviour {
         Some(Behaviour::LoseResponse) => json_response(200, body[..body.len() / 2].to_owned()),
         _ => json_response(status, stored),
     }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+}
+
+async fn create_transfer(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let mut state = lock(&state);
+    state.create_calls += 1;
+    create_scripted(&mut state, idempotency_key(&headers), &params, |ledger| {
+        (200, ledger.create_transfer(&params, now()).to_string())
+    })
 }
 
 async fn create_reversal(
@@ -148,46 +163,15 @@ async fn create_reversal(
     headers: HeaderMap,
     axum::Form(params): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|value| value.to_str().ok())
-        .map(|key| format!("reversal:{key}"));
+    // Keys are per endpoint at Stripe: a reversal's never replays a transfer's.
+    let key = idempotency_key(&headers).map(|key| format!("reversal:{key}"));
     let mut state = lock(&state);
-    if let Some(key) = &key
-        && let Some((status, body)) = state.ledger.replay(key, &params)
-    {
-        return json_response(status, body);
-    }
-    let behaviour = state.script.pop_front();
-    if let Some(Behaviour::Error {
-        status,
-        code,
-        message,
-    }) = &behaviour
-    {
-        let body = error_body(*status, code, message);
-        if let Some(key) = &key
-            && *status != 429
-        {
-            state.ledger.remember(key, &params, *status, &body);
+    create_scripted(&mut state, key.as_deref(), &params, |ledger| {
+        match ledger.create_reversal(&id, &params, now()) {
+            Ok(reversal) => (200, reversal.to_string()),
+            Err((status, code, message)) => (status, error_body(status, code, &message)),
         }
-        return json_response(*status, body);
-    }
-    let (status, body) = match state.ledger.create_reversal(&id, &params, now()) {
-        Ok(reversal) => (200, reversal.to_string()),
-        Err((status, code, message)) => (status, error_body(status, code, &message)),
-    };
-    if let Some(key) = &key {
-        state.ledger.remember(key, &params, status, &body);
-    }
-    match behaviour {
-        Some(Behaviour::LoseResponse) => json_response(200, body[..body.len() / 2].to_owned()),
-        Some(Behaviour::ErrorAfterCreate { status }) => json_response(
-            status,
-            error_body(status, "api_error", "fake failure after create"),
-        ),
-        _ => json_response(status, body),
-    }
+    })
 }
 
 fn list(data: Vec<Value>, url: &str, has_more: bool) -> Response {
