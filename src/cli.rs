@@ -31,6 +31,11 @@ enum Command {
     /// Run the HTTP gateway alone on GATEWAY_ADDR; it reaches the services at
     /// <SERVICE>_SERVICE_URL (e.g. WEBHOOKS_SERVICE_URL=http://webhooks:50051).
     Gateway,
+    /// Admin tools.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -51,6 +56,41 @@ enum ConfigAction {
     Variables,
     /// Print the gRPC name each service registers (and reports its health under).
     Services,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Print a short-lived HS256 admin token signed with ADMIN_JWT_SECRET (with
+    /// ADMIN_JWT_ISSUER and ADMIN_JWT_AUDIENCE when set), for development and the dashboard
+    /// walkthrough. Production admins get theirs from the identity provider.
+    Token {
+        /// The admin's id, recorded with every decision made with the token.
+        #[arg(long)]
+        sub: String,
+        /// How long the token is valid: seconds, or a number with s, m or h (at most 24h).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: std::time::Duration,
+    },
+}
+
+/// `90`, `90s`, `15m`, `1h`.
+fn parse_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 900, 15m or 1h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(format!("{text:?}: the unit must be s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs(
+        number.saturating_mul(seconds),
+    ))
 }
 
 /// The services `payouts serve` can run.
@@ -107,6 +147,11 @@ pub enum Invocation {
     ConfigVariables,
     /// `payouts config services`.
     ConfigServices,
+    /// `payouts admin token`.
+    AdminToken {
+        subject: String,
+        ttl: std::time::Duration,
+    },
 }
 
 /// What `payouts config check` checks for.
@@ -125,6 +170,12 @@ impl Cli {
             None | Some(Command::All) => Invocation::Run(Mode::All),
             Some(Command::Serve { service }) => Invocation::Run(Mode::Service((*service).into())),
             Some(Command::Gateway) => Invocation::Run(Mode::Gateway),
+            Some(Command::Admin {
+                action: AdminAction::Token { sub, ttl },
+            }) => Invocation::AdminToken {
+                subject: sub.clone(),
+                ttl: *ttl,
+            },
             Some(Command::Config {
                 action: ConfigAction::Variables,
             }) => Invocation::ConfigVariables,
@@ -172,6 +223,34 @@ mod tests {
         );
         assert!(Cli::try_parse_from(["payouts", "serve", "ledger"]).is_err());
         assert!(Cli::try_parse_from(["payouts", "launch"]).is_err());
+    }
+
+    #[test]
+    fn admin_token_takes_a_subject_and_a_lifetime() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.invocation());
+        assert_eq!(
+            parse(&["payouts", "admin", "token", "--sub", "alice"]).unwrap(),
+            Invocation::AdminToken {
+                subject: "alice".into(),
+                ttl: std::time::Duration::from_secs(3600)
+            }
+        );
+        for (ttl, seconds) in [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200)] {
+            assert_eq!(
+                parse(&["payouts", "admin", "token", "--sub", "a", "--ttl", ttl]).unwrap(),
+                Invocation::AdminToken {
+                    subject: "a".into(),
+                    ttl: std::time::Duration::from_secs(seconds)
+                }
+            );
+        }
+        for bad in ["", "h", "1d", "-5m", "1.5h"] {
+            assert!(
+                parse(&["payouts", "admin", "token", "--sub", "a", "--ttl", bad]).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(parse(&["payouts", "admin", "token"]).is_err());
     }
 
     #[test]

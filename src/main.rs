@@ -37,6 +37,21 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
+        cli::Invocation::AdminToken { subject, ttl } => {
+            let token = payouts_runtime::Settings::from_process_env()
+                .map_err(anyhow::Error::from)
+                .and_then(|settings| payouts_gateway::mint_admin_token(&settings, &subject, ttl));
+            return match token {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("payouts: {error:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         cli::Invocation::ConfigCheck(role) => {
             return match app::config_check(&role) {
                 Ok(()) => ExitCode::SUCCESS,

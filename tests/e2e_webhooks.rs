@@ -338,12 +338,12 @@ async fn bad_deliveries_get_clear_4xx_answers() {
         .await;
     assert_eq!(
         (status, answer["error"].as_str()),
-        (400, Some("missing Stripe-Signature header"))
+        (401, Some("missing Stripe-Signature header"))
     );
     let (status, answer) = client
         .post_raw(&process, path, transfer.clone(), Some("t=1".to_owned()))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 401);
     assert!(
         answer["error"]
             .as_str()
@@ -354,7 +354,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
         .deliver(&process, path, &transfer, SUBSCRIPTION_SECRET)
         .await;
     assert_eq!(
-        status, 400,
+        status, 401,
         "the other endpoint's secret does not sign for this one"
     );
     let stale = stripe::signature_header(
@@ -365,7 +365,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
     let (status, answer) = client
         .post_raw(&process, path, transfer.clone(), Some(stale))
         .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 401);
     assert!(
         answer["error"].as_str().unwrap().contains("tolerance"),
         "{answer}"

@@ -1,6 +1,6 @@
 //! Admin REST over critical alerts, the platform balance and the transfer pause.
 
-use axum::extract::rejection::JsonRejection;
+use crate::body::OptionalJsonBody;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
@@ -73,7 +73,7 @@ pub(crate) async fn list(
     Query(query): Query<AlertsQuery>,
 ) -> Response {
     let status = match query.status.as_deref() {
-        None | Some("" | "open") => pb::AlertStatus::Active,
+        None | Some("open") => pb::AlertStatus::Active,
         Some("acknowledged") => pb::AlertStatus::Acknowledged,
         Some("resolved") => pb::AlertStatus::Resolved,
         Some("all") => pb::AlertStatus::Unspecified,
@@ -153,18 +153,9 @@ pub(crate) async fn resolve(
     State(gateway): State<Gateway>,
     admin: Admin,
     Path(alert_id): Path<String>,
-    body: Result<Json<ResolveBody>, JsonRejection>,
+    OptionalJsonBody(body): OptionalJsonBody<ResolveBody>,
 ) -> Response {
-    let notes = match body {
-        Ok(Json(body)) => body.notes.unwrap_or_default(),
-        Err(JsonRejection::MissingJsonContentType(_)) => String::new(),
-        Err(rejection) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("invalid body: {}", rejection.body_text()),
-            );
-        }
-    };
+    let notes = body.notes.unwrap_or_default();
     move_alert(&gateway, admin, alert_id, pb::AlertStatus::Resolved, notes).await
 }
 
@@ -249,22 +240,8 @@ pub(crate) struct PauseBody {
     reason: Option<String>,
 }
 
-async fn set_pause(
-    gateway: &Gateway,
-    admin: Admin,
-    paused: bool,
-    body: Result<Json<PauseBody>, JsonRejection>,
-) -> Response {
-    let reason = match body {
-        Ok(Json(body)) => body.reason.unwrap_or_default(),
-        Err(JsonRejection::MissingJsonContentType(_)) => String::new(),
-        Err(rejection) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("invalid body: {}", rejection.body_text()),
-            );
-        }
-    };
+async fn set_pause(gateway: &Gateway, admin: Admin, paused: bool, body: PauseBody) -> Response {
+    let reason = body.reason.unwrap_or_default();
     let reason = if reason.trim().is_empty() {
         if paused {
             "paused by an admin"
@@ -296,7 +273,7 @@ async fn set_pause(
 pub(crate) async fn pause(
     State(gateway): State<Gateway>,
     admin: Admin,
-    body: Result<Json<PauseBody>, JsonRejection>,
+    OptionalJsonBody(body): OptionalJsonBody<PauseBody>,
 ) -> Response {
     set_pause(&gateway, admin, true, body).await
 }
@@ -306,7 +283,7 @@ pub(crate) async fn pause(
 pub(crate) async fn resume(
     State(gateway): State<Gateway>,
     admin: Admin,
-    body: Result<Json<PauseBody>, JsonRejection>,
+    OptionalJsonBody(body): OptionalJsonBody<PauseBody>,
 ) -> Response {
     set_pause(&gateway, admin, false, body).await
 }

@@ -1,6 +1,6 @@
 //! The approval workflow for admins (spec §7): decide, and the queue.
 
-use axum::extract::rejection::JsonRejection;
+use crate::body::JsonBody;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
@@ -25,17 +25,8 @@ pub(crate) struct DecisionBody {
 pub(crate) async fn decide(
     State(gateway): State<Gateway>,
     admin: Admin,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    JsonBody(body): JsonBody<DecisionBody>,
 ) -> Response {
-    let Json(body) = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("invalid body: {}", rejection.body_text()),
-            );
-        }
-    };
     let Some(approval_id) = body.approval_id.filter(|id| !id.trim().is_empty()) else {
         return error_response(StatusCode::BAD_REQUEST, "approvalId is required");
     };
@@ -95,12 +86,17 @@ pub(crate) struct QueueQuery {
 /// A positive amount in cents from the query; the message names the parameter.
 fn cents(name: &str, value: Option<&str>) -> Result<i64, String> {
     match value {
-        None | Some("") => Ok(0),
+        None => Ok(0),
         Some(text) => text
             .parse::<i64>()
             .ok()
-            .filter(|cents| *cents > 0)
-            .ok_or_else(|| format!("{name} must be a positive number of cents")),
+            .filter(|cents| (1..=payouts_runtime::Money::MAX_CENTS).contains(cents))
+            .ok_or_else(|| {
+                format!(
+                    "{name} must be a whole number of cents from 1 to {}",
+                    payouts_runtime::Money::MAX_CENTS
+                )
+            }),
     }
 }
 
@@ -111,7 +107,7 @@ pub(crate) async fn queue(
     Query(query): Query<QueueQuery>,
 ) -> Response {
     let status = match query.status.as_deref() {
-        None | Some("") | Some("pending") => pb::ApprovalStatus::Pending,
+        None | Some("pending") => pb::ApprovalStatus::Pending,
         Some("approved") => pb::ApprovalStatus::Approved,
         Some("rejected") => pb::ApprovalStatus::Rejected,
         Some("all") => pb::ApprovalStatus::Unspecified,
@@ -132,7 +128,7 @@ pub(crate) async fn queue(
         }
     };
     let flag = match query.flag.as_deref() {
-        None | Some("") => PayoutFlag::Unspecified,
+        None => PayoutFlag::Unspecified,
         Some(name) => match PayoutFlag::from_str_name(&format!("PAYOUT_FLAG_{name}")) {
             Some(flag) => flag,
             None => {

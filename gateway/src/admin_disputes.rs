@@ -1,7 +1,7 @@
 //! Admin REST over earnings and disputes: a creator's earnings with their debt, the
 //! disputes, and taking paid money back (a transfer reversal).
 
-use axum::extract::rejection::JsonRejection;
+use crate::body::JsonBody;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
@@ -183,6 +183,7 @@ pub(crate) async fn disputes(
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct ReverseBody {
+    #[serde(deserialize_with = "crate::body::whole_cents")]
     amount_cents: i64,
     notes: String,
 }
@@ -193,17 +194,8 @@ pub(crate) async fn reverse(
     State(gateway): State<Gateway>,
     admin: Admin,
     Path(payout_id): Path<String>,
-    body: Result<Json<ReverseBody>, JsonRejection>,
+    JsonBody(body): JsonBody<ReverseBody>,
 ) -> Response {
-    let body = match body {
-        Ok(Json(body)) => body,
-        Err(rejection) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                format!("invalid body: {}", rejection.body_text()),
-            );
-        }
-    };
     let request = payouts_pb::ReversePayoutRequest {
         payout_id,
         amount_cents: body.amount_cents,

@@ -45,7 +45,7 @@ pub(crate) async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Response {
     let status = match query.status.as_deref() {
-        None | Some("") => pb::EventStatus::Unspecified,
+        None => pb::EventStatus::Unspecified,
         Some("processing") => pb::EventStatus::Processing,
         Some("completed") => pb::EventStatus::Completed,
         Some("failed") => pb::EventStatus::Failed,
@@ -89,7 +89,7 @@ pub(crate) async fn retry(
     Query(query): Query<RetryQuery>,
 ) -> Response {
     let endpoint = match query.endpoint.as_deref() {
-        None | Some("") => pb::WebhookEndpoint::Unspecified,
+        None => pb::WebhookEndpoint::Unspecified,
         Some("stripe-payouts") => pb::WebhookEndpoint::StripePayouts,
         Some("stripe-subscription") => pb::WebhookEndpoint::StripeSubscription,
         Some(other) => {

@@ -8,9 +8,11 @@
 mod admin_alerts;
 mod admin_approvals;
 mod admin_auth;
+pub use admin_auth::mint_admin_token;
 mod admin_disputes;
 mod admin_payouts;
 mod admin_webhooks;
+mod body;
 mod cron;
 mod health;
 mod webhooks;

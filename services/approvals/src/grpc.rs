@@ -8,8 +8,8 @@ use payouts_proto::approvals::v1::approvals_service_server::{
 };
 use payouts_proto::limits::v1::{LimitMetadata, PayoutFlag};
 use payouts_runtime::convert::{
-    cents, optional_money, optional_timestamp, page_size, paginate, parse_page_token,
-    positive_money, required_id, timestamp, usd,
+    cents, optional_money, optional_notes, optional_timestamp, page_size, paginate,
+    parse_page_token, positive_money, required_id, timestamp, usd,
 };
 use payouts_runtime::{Currency, ServiceError};
 use tonic::{Request, Response, Status};
@@ -194,9 +194,10 @@ impl ApprovalsService for ApprovalsGrpc {
                 );
             }
         };
+        let notes = optional_notes(&r.notes, "notes")?;
         let decided = self
             .workflow
-            .decide(&approval_id, action, &r.reviewer, Some(r.notes.as_str()))
+            .decide(&approval_id, action, &r.reviewer, notes.as_deref())
             .await?;
         Ok(Response::new(pb::DecideApprovalResponse {
             approval: Some(to_proto(decided.approval)),

@@ -7,7 +7,8 @@ use payouts_proto::notifications::v1::notifications_service_server::{
     NotificationsService, NotificationsServiceServer,
 };
 use payouts_runtime::convert::{
-    optional_timestamp, page_size, paginate, parse_page_token, required_id, timestamp,
+    optional_notes, optional_timestamp, page_size, paginate, parse_page_token, required_id,
+    timestamp,
 };
 use payouts_runtime::{Clock, ErrorKind, IdSource, ServiceError};
 use tonic::{Request, Response, Status};
@@ -361,13 +362,10 @@ impl NotificationsService for NotificationsGrpc {
             }
         };
         let actor = required_id(&r.actor, "actor")?;
-        let notes = Some(r.notes.trim()).filter(|notes| !notes.is_empty());
-        if notes.is_some_and(|notes| notes.len() > 2_000) {
-            return Err(
-                ServiceError::invalid_argument("notes is longer than 2000 characters").into(),
-            );
-        }
-        let alert = self.move_alert(&alert_id, to, &actor, notes).await?;
+        let notes = optional_notes(&r.notes, "notes")?;
+        let alert = self
+            .move_alert(&alert_id, to, &actor, notes.as_deref())
+            .await?;
         Ok(Response::new(pb::UpdateCriticalAlertResponse {
             alert: Some(alert_to_proto(alert)),
         }))

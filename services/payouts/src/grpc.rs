@@ -5,8 +5,8 @@ use std::sync::Arc;
 use payouts_proto::payouts::v1 as pb;
 use payouts_proto::payouts::v1::payouts_service_server::{PayoutsService, PayoutsServiceServer};
 use payouts_runtime::convert::{
-    optional_timestamp, page_size, paginate, parse_page_token, positive_money, required_id,
-    required_ids, required_time, timestamp, usd,
+    optional_notes, optional_timestamp, page_size, paginate, parse_page_token, positive_money,
+    required_id, required_ids, required_time, timestamp, usd,
 };
 use payouts_runtime::{Currency, ErrorKind, Money, ServiceError};
 use tonic::{Request, Response, Status};
@@ -256,6 +256,7 @@ impl PayoutsService for PayoutsGrpc {
         let r = request.into_inner();
         let payout_id = required_id(&r.payout_id, "payout_id")?;
         let reviewer = required_id(&r.reviewer, "reviewer")?;
+        optional_notes(&r.notes, "notes")?;
         let payout = self
             .flow
             .resolve_approval(&payout_id, r.approved, &reviewer, &r.notes)
@@ -417,6 +418,7 @@ impl PayoutsService for PayoutsGrpc {
         let r = request.into_inner();
         let payout_id = required_id(&r.payout_id, "payout_id")?;
         let requested_by = required_id(&r.requested_by, "requested_by")?;
+        optional_notes(&r.notes, "notes")?;
         let payout = self
             .flow
             .reverse(&payout_id, r.amount_cents, &r.notes, &requested_by)

@@ -104,18 +104,34 @@ pub fn required_time(
 
 /// A required, non-blank identifier field, trimmed; at most 255 characters.
 pub fn required_id(value: &str, field: &str) -> Result<String, ServiceError> {
+    if value.chars().count() > 255 {
+        return Err(ServiceError::invalid_argument(format!(
+            "{field} is longer than 255 characters"
+        )));
+    }
     let value = value.trim();
     if value.is_empty() {
         return Err(ServiceError::invalid_argument(format!(
             "{field} is required"
         )));
     }
-    if value.len() > 255 {
+    Ok(value.to_owned())
+}
+
+/// The most characters an admin's notes (or a reason) may hold.
+pub const MAX_NOTES_CHARS: usize = 2_000;
+
+/// Free-text notes: `None` when blank, trimmed otherwise; more than [`MAX_NOTES_CHARS`]
+/// characters (counted as sent, as the OpenAPI document's `maxLength` counts) is refused.
+pub fn optional_notes(value: &str, field: &str) -> Result<Option<String>, ServiceError> {
+    if value.chars().count() > MAX_NOTES_CHARS {
         return Err(ServiceError::invalid_argument(format!(
-            "{field} is longer than 255 characters"
+            "{field} is longer than {MAX_NOTES_CHARS} characters"
         )));
     }
-    Ok(value.to_owned())
+    Ok(Some(value.trim())
+        .filter(|notes| !notes.is_empty())
+        .map(str::to_owned))
 }
 
 /// A batch of identifiers (1..=`max`, each like [`required_id`]), duplicates removed,
@@ -147,13 +163,23 @@ pub fn page_token(at: DateTime<Utc>, id: &str) -> String {
     format!("{}:{id}", at.timestamp_millis())
 }
 
-/// The (time, id) a page token names; `None` for the first page.
+/// The (time, id) a page token names; `None` for the first page. Exactly the tokens
+/// [`page_token`] makes: 1 to 15 digits of epoch milliseconds, `:`, an id of at most 255
+/// characters without control characters (the OpenAPI document's pattern says the same).
 pub fn parse_page_token(token: &str) -> Result<Option<(DateTime<Utc>, String)>, ServiceError> {
     if token.is_empty() {
         return Ok(None);
     }
     let invalid = || ServiceError::invalid_argument("page_token is not one this service issued");
     let (millis, id) = token.split_once(':').ok_or_else(invalid)?;
+    if millis.is_empty()
+        || millis.len() > 15
+        || !millis.bytes().all(|b| b.is_ascii_digit())
+        || id.chars().count() > 255
+        || id.chars().any(char::is_control)
+    {
+        return Err(invalid());
+    }
     let at = millis
         .parse()
         .ok()
@@ -262,6 +288,19 @@ mod tests {
         assert_eq!(parse_page_token(""), Ok(None));
         assert!(parse_page_token("garbage").is_err());
         assert!(parse_page_token("abc:id").is_err());
+        for forged in [
+            "-5:id",
+            "+5:id",
+            ":id",
+            "1234567890123456:id",
+            "5:line\nbreak",
+            "5:tab\there",
+        ] {
+            assert!(parse_page_token(forged).is_err(), "{forged:?} accepted");
+        }
+        let longest = format!("5:{}", "é".repeat(255));
+        assert!(parse_page_token(&longest).unwrap().is_some());
+        assert!(parse_page_token(&format!("{longest}é")).is_err());
     }
 
     #[test]

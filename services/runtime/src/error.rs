@@ -107,6 +107,16 @@ impl ServiceError {
         Self::new(ErrorKind::InvalidArgument, message)
     }
 
+    /// The caller did not prove who it is (no or a bad credential, a bad signature).
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, message)
+    }
+
+    /// The caller is known but may not do this.
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, message)
     }

@@ -431,6 +431,7 @@ fn owner_name(owner: Owner) -> &'static str {
     }
 }
 
+/// A delivery whose signature does not prove it comes from Stripe: unauthenticated (401).
 fn signature_refused(error: &SignatureError) -> ServiceError {
-    ServiceError::invalid_argument(error.to_string())
+    ServiceError::unauthenticated(error.to_string())
 }

@@ -272,7 +272,7 @@ async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_nothing_is_stored
                 .ingest(Endpoint::StripePayouts, body.as_slice(), header.as_deref())
                 .await
                 .unwrap_err();
-            assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{case}: {error}");
+            assert_eq!(error.kind(), ErrorKind::Unauthenticated, "{case}: {error}");
         }
         let not_json = b"this is not json".to_vec();
         let error = f
