@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use payouts_gateway::Gateway;
+use payouts_runtime::authz::Identities;
 use payouts_runtime::config::Role;
 use payouts_runtime::grpc::{self, GrpcServer};
 use payouts_runtime::shutdown::{Shutdown, ShutdownTrigger};
+use payouts_runtime::tls::{MutualTls, component_identity};
 use payouts_runtime::{ServiceContext, ServiceName, Settings, Store};
 
 use crate::cli::Mode;
@@ -39,6 +41,9 @@ pub fn config_check(role: &crate::cli::Role) -> anyhow::Result<()> {
     let settings = Settings::from_process_env()?;
     println!("{settings:#?}");
     settings.check_role(role)?;
+    if let Some(tls) = load_mutual_tls(&settings, role)? {
+        println!("mutual TLS: this component is {:?}", tls.own_names());
+    }
     if role == Role::AllInOne
         && let Some(reason) = settings.webhooks_unready_reason()
     {
@@ -74,7 +79,21 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         None => None,
     };
 
+    let health_listener = match (settings.grpc_health_addr, &grpc_listener) {
+        (Some(addr), Some(_)) => Some(grpc::bind(addr, "GRPC_HEALTH_ADDR").await?),
+        _ => None,
+    };
+
     let mut settings = settings;
+    settings.mutual_tls = load_mutual_tls(&settings, role_of(&mode))?;
+    if let Some(tls) = &settings.mutual_tls {
+        tls.spawn_reloader(shutdown.clone());
+        announce(&format!(
+            "gRPC over mutual TLS as {:?} (certificates read again every {:?})",
+            tls.own_names(),
+            payouts_runtime::tls::RELOAD_INTERVAL
+        ));
+    }
     if let (Mode::All, Some(listener)) = (&mode, &grpc_listener) {
         settings = settings.with_local_services(listener.local_addr()?);
     }
@@ -100,6 +119,19 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         let mut server = GrpcServer::new();
         server.set_readiness(context.readiness.clone());
         server.set_reflection(settings.grpc_reflection);
+        if let Some(tls) = &settings.mutual_tls {
+            server.set_mutual_tls(
+                Arc::clone(tls),
+                Identities::new(&settings.grpc_platform_identities),
+            );
+        }
+        if let Some(listener) = health_listener {
+            announce(&format!(
+                "gRPC health (plaintext, health only) on {}",
+                local_addr(&listener)?
+            ));
+            server.set_health_listener(listener);
+        }
         for service in &services {
             mount(*service, &context, &mut server).await?;
         }
@@ -140,6 +172,29 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         tasks.spawn(async move { gateway.serve(listener, shutdown).await });
     }
     wait_for_servers(tasks, shutdown, trigger, settings.shutdown_grace).await
+}
+
+/// Loads `GRPC_TLS_*` when set, and checks that the certificate names the component that
+/// runs (`payouts-<service>`, `payouts-gateway`; all in one, any of them).
+fn load_mutual_tls(settings: &Settings, role: Role) -> anyhow::Result<Option<Arc<MutualTls>>> {
+    let Some(files) = &settings.grpc_tls else {
+        return Ok(None);
+    };
+    let tls = MutualTls::load(files)?;
+    let wanted = match role {
+        Role::AllInOne => None,
+        Role::Gateway => Some(component_identity("gateway")),
+        Role::Service(service) => Some(component_identity(service.as_str())),
+    };
+    if let Some(wanted) = wanted
+        && !tls.own_names().contains(&wanted)
+    {
+        anyhow::bail!(
+            "invalid setting GRPC_TLS_CERT_FILE: the certificate names {:?}, but this component is {wanted:?}: its callers would refuse it",
+            tls.own_names()
+        );
+    }
+    Ok(Some(tls))
 }
 
 /// Waits for every server to finish. If one fails, the others are shut down too; after the

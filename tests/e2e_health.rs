@@ -311,7 +311,23 @@ type Refused<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
 #[test]
 fn configurations_that_would_lose_money_are_refused() {
     let long_secret = "x".repeat(32);
-    let cases: Vec<Refused> = vec![
+    // The cases below are about other settings: plaintext gRPC between processes is allowed
+    // in them (the first two cases are about mutual TLS itself).
+    let plaintext = ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true");
+    let mongo = ("MONGODB_URI", "mongodb://db:27017");
+    let mut cases: Vec<Refused> = vec![
+        (
+            vec!["serve", "limits"],
+            vec![mongo],
+            "invalid setting GRPC_TLS_CERT_FILE",
+        ),
+        (
+            vec!["gateway"],
+            vec![],
+            "invalid setting GRPC_TLS_CERT_FILE",
+        ),
+    ];
+    let mut other_settings: Vec<Refused> = vec![
         (
             vec!["serve", "limits"],
             vec![],
@@ -346,6 +362,10 @@ fn configurations_that_would_lose_money_are_refused() {
             "invalid setting ADMIN_JWT_SECRET",
         ),
     ];
+    for (_, env, _) in &mut other_settings {
+        env.push(plaintext);
+    }
+    cases.extend(other_settings);
     for (args, env, expected) in cases {
         let stderr = failed_start(&args, &env);
         assert!(stderr.contains(expected), "{args:?} {env:?}: {stderr}");
@@ -366,6 +386,7 @@ fn configurations_that_would_lose_money_are_refused() {
             ("ADMIN_JWT_SECRET", &long_secret),
             WEBHOOK_SECRETS[0],
             WEBHOOK_SECRETS[1],
+            plaintext,
         ],
     )
     .stdout(std::process::Stdio::piped())

@@ -59,6 +59,15 @@ impl Payouts {
                 command.env("PAYOUTS_ALLOW_EMBEDDED", "true");
             }
         }
+        let separate = args.contains(&"serve") || args.contains(&"gateway");
+        let decides_tls = env
+            .iter()
+            .any(|(key, _)| *key == "GRPC_TLS_CERT_FILE" || *key == "PAYOUTS_ALLOW_PLAINTEXT_GRPC");
+        if separate && !decides_tls {
+            // Processes apart need mutual TLS unless allowed; tests that are not about it
+            // allow plaintext, as a developer would (tests/e2e_mtls.rs is about it).
+            command.env("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true");
+        }
         if let StoreChoice::Mongo = store {
             command
                 .env("MONGODB_URI", payouts_runtime::testing::mongo_uri())
@@ -162,6 +171,26 @@ impl Drop for Payouts {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The test PKI (`tests/fixtures/tls`, see its generate.sh): a file's path.
+pub fn tls_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/tls/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `GRPC_TLS_*` settings of `component` (`gateway`, a service name, `creator-api`).
+pub fn tls_env(component: &str) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "GRPC_TLS_CERT_FILE",
+            tls_fixture(&format!("{component}.crt")),
+        ),
+        (
+            "GRPC_TLS_KEY_FILE",
+            tls_fixture(&format!("{component}.key")),
+        ),
+        ("GRPC_TLS_CA_FILE", tls_fixture("ca.crt")),
+    ]
 }
 
 /// A connected gRPC channel to `url`.

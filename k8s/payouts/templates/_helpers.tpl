@@ -152,3 +152,56 @@ topologySpreadConstraints:
         {{- include "payouts.selectorLabels" . | nindent 8 }}
 {{- end }}
 {{- end -}}
+
+
+{{/* The names of a component's certificate: its identity first, then its Service's names. */}}
+{{- define "payouts.certificateNames" -}}
+{{- $service := include "payouts.componentName" . -}}
+{{- $namespace := .root.Release.Namespace -}}
+{{- $names := list (printf "payouts-%s" .component) $service (printf "%s.%s.svc" $service $namespace) (printf "%s.%s.svc.cluster.local" $service $namespace) -}}
+{{- toYaml (uniq $names) -}}
+{{- end -}}
+
+{{/* Refuses a configuration that would run the components apart without mutual TLS. */}}
+{{- define "payouts.checkTls" -}}
+{{- if and (not .Values.allInOne) (not .Values.tls.enabled) (not .Values.tls.allowPlaintext) -}}
+{{- fail "tls.enabled=false runs the services apart without mutual TLS: every workload that reaches a gRPC port could move money. Enable tls (see docs/kubernetes.md), or set tls.allowPlaintext=true on a development cluster." -}}
+{{- end -}}
+{{- if and .Values.tls.enabled .Values.tls.allowPlaintext -}}
+{{- fail "tls.allowPlaintext=true contradicts tls.enabled=true: choose one." -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The mutual-TLS environment of a component's container; call with (dict "root" $). */}}
+{{- define "payouts.tlsEnv" -}}
+{{- if .root.Values.tls.enabled }}
+- name: GRPC_TLS_CERT_FILE
+  value: /etc/payouts/tls/tls.crt
+- name: GRPC_TLS_KEY_FILE
+  value: /etc/payouts/tls/tls.key
+- name: GRPC_TLS_CA_FILE
+  value: /etc/payouts/tls/ca.crt
+{{- end }}
+{{- end -}}
+
+{{/* The certificate volume mount, and the volume; call with (dict "root" $ "component" name). */}}
+{{- define "payouts.tlsMount" -}}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  mountPath: /etc/payouts/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+{{- define "payouts.tlsVolume" -}}
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ include "payouts.componentName" . }}-tls
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
+{{/* The port the kubelet's gRPC probes use: the plaintext health port under mutual TLS. */}}
+{{- define "payouts.probePort" -}}
+{{- ternary .Values.ports.health .Values.ports.grpc .Values.tls.enabled -}}
+{{- end -}}

@@ -257,6 +257,32 @@ pub struct Settings {
     /// In the all-in-one process: the services its clients reach without a socket (see
     /// [`crate::grpc::InProcess`]). Empty otherwise.
     pub in_process: crate::grpc::InProcess,
+    /// `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE`, `GRPC_TLS_CA_FILE`: mutual TLS for every
+    /// gRPC call between processes (this component's certificate and key, and the CA its
+    /// peers' certificates are checked against), read again when they change. All three or
+    /// none.
+    pub grpc_tls: Option<TlsFiles>,
+    /// `GRPC_PLATFORM_IDENTITIES`: comma-separated certificate names (DNS or URI SANs) of the
+    /// platform's own services, which may call the platform-facing RPCs.
+    pub grpc_platform_identities: Vec<String>,
+    /// `GRPC_HEALTH_ADDR`: a second, plaintext listener serving only gRPC health, for
+    /// probes that cannot present a certificate (Kubernetes' gRPC probes); unset: none.
+    pub grpc_health_addr: Option<SocketAddr>,
+    /// `PAYOUTS_ALLOW_PLAINTEXT_GRPC`: lets `payouts serve` and `payouts gateway` run
+    /// without mutual TLS (development only: anyone who reaches the port could move money).
+    pub allow_plaintext_grpc: bool,
+    /// The loaded [`Settings::grpc_tls`] (set by the process at start, shared by its
+    /// channels and server, reloaded in place); `None` until then, and without TLS.
+    pub mutual_tls: Option<std::sync::Arc<crate::tls::MutualTls>>,
+}
+
+/// The files of a component's mutual-TLS identity, in PEM (as cert-manager mounts them:
+/// `tls.crt`, `tls.key`, `ca.crt`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
 }
 
 /// Every environment variable the process reads (besides the `<SERVICE>_SERVICE_URL`s of
@@ -311,6 +337,12 @@ pub const VARIABLES: &[&str] = &[
     "GATEWAY_REQUEST_TIMEOUT_SECONDS",
     "GATEWAY_MAX_CONCURRENT_REQUESTS",
     "GRPC_REFLECTION",
+    "GRPC_TLS_CERT_FILE",
+    "GRPC_TLS_KEY_FILE",
+    "GRPC_TLS_CA_FILE",
+    "GRPC_PLATFORM_IDENTITIES",
+    "GRPC_HEALTH_ADDR",
+    "PAYOUTS_ALLOW_PLAINTEXT_GRPC",
     "ADMIN_CORS_ORIGINS",
     "SHUTDOWN_GRACE_SECONDS",
 ];
@@ -422,6 +454,15 @@ impl Settings {
             return Err(ConfigError::new(
                 "SMTP_URL",
                 "is required when ALERT_EMAIL_TO is set: alert emails would never be sent",
+            ));
+        }
+        if matches!(role, Role::Service(_) | Role::Gateway)
+            && self.grpc_tls.is_none()
+            && !self.allow_plaintext_grpc
+        {
+            return Err(ConfigError::new(
+                "GRPC_TLS_CERT_FILE",
+                "is required when services run in separate processes: without mutual TLS any workload that reaches a gRPC port could credit earnings, decide approvals or feed made-up Stripe events (set GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE; PAYOUTS_ALLOW_PLAINTEXT_GRPC=true allows plaintext for development only)",
             ));
         }
         let Role::Service(service) = role else {
@@ -630,6 +671,22 @@ impl Settings {
                 .unwrap_or_else(|| "info".to_owned()),
             gateway_body_limit_bytes: values.number("GATEWAY_BODY_LIMIT_BYTES", 512 * 1024)?,
             grpc_reflection: values.boolean("GRPC_REFLECTION", true)?,
+            grpc_tls: tls_files(values)?,
+            grpc_platform_identities: values
+                .string("GRPC_PLATFORM_IDENTITIES")?
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|name| !name.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            grpc_health_addr: match values.string("GRPC_HEALTH_ADDR")? {
+                None => None,
+                Some(_) => Some(values.socket_addr("GRPC_HEALTH_ADDR", "")?),
+            },
+            allow_plaintext_grpc: values.boolean("PAYOUTS_ALLOW_PLAINTEXT_GRPC", false)?,
             gateway_request_timeout: Duration::from_secs(
                 values.number("GATEWAY_REQUEST_TIMEOUT_SECONDS", 30)?,
             ),
@@ -647,6 +704,7 @@ impl Settings {
             shutdown_grace: Duration::from_secs(values.number("SHUTDOWN_GRACE_SECONDS", 30)?),
             service_urls,
             in_process: crate::grpc::InProcess::default(),
+            mutual_tls: None,
         };
         settings.validate()?;
         Ok(settings)
@@ -886,6 +944,38 @@ impl Settings {
     }
 }
 
+/// `GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE` and `GRPC_TLS_CA_FILE`: all three, or none.
+fn tls_files(values: &Values) -> Result<Option<TlsFiles>, ConfigError> {
+    const NAMES: [&str; 3] = [
+        "GRPC_TLS_CERT_FILE",
+        "GRPC_TLS_KEY_FILE",
+        "GRPC_TLS_CA_FILE",
+    ];
+    let [cert, key, ca] = [
+        values.string("GRPC_TLS_CERT_FILE")?,
+        values.string("GRPC_TLS_KEY_FILE")?,
+        values.string("GRPC_TLS_CA_FILE")?,
+    ];
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
+        })),
+        (cert, key, ca) => {
+            let missing = [cert.is_none(), key.is_none(), ca.is_none()]
+                .iter()
+                .position(|missing| *missing)
+                .map_or(NAMES[0], |at| NAMES[at]);
+            Err(ConfigError::new(
+                missing,
+                "is required with the other GRPC_TLS_* files: mutual TLS needs a certificate, its key and the CA",
+            ))
+        }
+    }
+}
+
 struct Values(HashMap<String, config::Value>);
 
 impl Values {
@@ -1047,7 +1137,8 @@ mod tests {
         );
         // Recipients without a relay: refused where emails are sent (all in one, or the
         // notifications service alone), accepted where they are not.
-        let recipients_only = Settings::from_env(env(&[to])).unwrap();
+        let recipients_only =
+            Settings::from_env(env(&[to, ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true")])).unwrap();
         for role in [Role::AllInOne, Role::Service(ServiceName::Notifications)] {
             assert_eq!(
                 recipients_only.check_role(role).unwrap_err().variable,
@@ -1283,7 +1374,12 @@ mod tests {
 
     #[test]
     fn a_role_that_would_lose_money_is_refused() {
-        let settings = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap();
+        // Mutual TLS is the next test's; here plaintext gRPC is allowed.
+        let settings = |pairs: &[(&str, &str)]| {
+            let mut pairs = pairs.to_vec();
+            pairs.push(("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true"));
+            Settings::from_env(env(&pairs)).unwrap()
+        };
         let embedded = settings(&[]);
         let error = embedded
             .check_role(Role::Service(ServiceName::Limits))
@@ -1330,6 +1426,45 @@ mod tests {
         );
         assert!(both.webhooks_unready_reason().is_none());
         assert!(embedded.webhooks_unready_reason().is_some());
+    }
+
+    #[test]
+    fn processes_apart_need_mutual_tls_unless_plaintext_is_allowed() {
+        let settings = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap();
+        let mongo = ("MONGODB_URI", "mongodb://db:27017");
+        let plain = settings(&[mongo]);
+        for role in [Role::Gateway, Role::Service(ServiceName::Disputes)] {
+            let error = plain.check_role(role).unwrap_err();
+            assert_eq!(error.variable, "GRPC_TLS_CERT_FILE", "{role:?}");
+            assert!(error.problem.contains("mutual TLS"), "{}", error.problem);
+        }
+        assert!(
+            plain.check_role(Role::AllInOne).is_ok(),
+            "one process: no network calls"
+        );
+        let allowed = settings(&[mongo, ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true")]);
+        assert!(allowed.check_role(Role::Gateway).is_ok());
+        let tls = settings(&[
+            mongo,
+            ("GRPC_TLS_CERT_FILE", "/tls/tls.crt"),
+            ("GRPC_TLS_KEY_FILE", "/tls/tls.key"),
+            ("GRPC_TLS_CA_FILE", "/tls/ca.crt"),
+        ]);
+        assert!(tls.check_role(Role::Service(ServiceName::Disputes)).is_ok());
+        // All three files or none.
+        let half = Settings::from_env(env(&[("GRPC_TLS_CERT_FILE", "/tls/tls.crt")])).unwrap_err();
+        assert_eq!(half.variable, "GRPC_TLS_KEY_FILE");
+        let no_ca = Settings::from_env(env(&[
+            ("GRPC_TLS_CERT_FILE", "/tls/tls.crt"),
+            ("GRPC_TLS_KEY_FILE", "/tls/tls.key"),
+        ]))
+        .unwrap_err();
+        assert_eq!(no_ca.variable, "GRPC_TLS_CA_FILE");
+        let identities = settings(&[("GRPC_PLATFORM_IDENTITIES", " creator-api, ,spiffe://x/y ")]);
+        assert_eq!(
+            identities.grpc_platform_identities,
+            vec!["creator-api".to_owned(), "spiffe://x/y".to_owned()]
+        );
     }
 
     #[test]

@@ -62,6 +62,10 @@ pub struct GrpcServer {
     readiness: Readiness,
     /// Whether server reflection is off (`GRPC_REFLECTION=false`).
     no_reflection: bool,
+    /// Mutual TLS and who may call what (`GRPC_TLS_*`); plaintext and unchecked without.
+    mutual_tls: Option<(Arc<crate::tls::MutualTls>, crate::authz::Identities)>,
+    /// A plaintext listener serving only health (`GRPC_HEALTH_ADDR`).
+    health_listener: Option<TcpListener>,
 }
 
 /// Services of this process that cannot do their work, and why: a missing setting, or a
@@ -133,6 +137,24 @@ impl GrpcServer {
         self
     }
 
+    /// Serves over mutual TLS, each call checked against the callers its RPC serves
+    /// ([`crate::authz`]).
+    pub fn set_mutual_tls(
+        &mut self,
+        tls: Arc<crate::tls::MutualTls>,
+        identities: crate::authz::Identities,
+    ) -> &mut Self {
+        self.mutual_tls = Some((tls, identities));
+        self
+    }
+
+    /// Also serves health alone, in plaintext, on `listener` (for probes without a
+    /// certificate, such as Kubernetes' gRPC probes).
+    pub fn set_health_listener(&mut self, listener: TcpListener) -> &mut Self {
+        self.health_listener = Some(listener);
+        self
+    }
+
     /// Shares `readiness` with the services' workers (see [`crate::ServiceContext::spawn_worker`]).
     pub fn set_readiness(&mut self, readiness: Readiness) -> &mut Self {
         self.readiness = readiness;
@@ -183,19 +205,55 @@ impl GrpcServer {
             shutdown.clone(),
         ));
 
-        let result = tonic::transport::Server::builder()
+        let health_only = self.health_listener.map(|listener| {
+            let health_service = health_service.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        shutdown.requested(),
+                    )
+                    .await
+            })
+        });
+        let authorization = self
+            .mutual_tls
+            .as_ref()
+            .map(|(_, identities)| crate::authz::AuthorizationLayer::new(identities.clone()));
+        let router = tonic::transport::Server::builder()
             .layer(server_trace_layer())
             .layer(telemetry::RequestIdScopeLayer)
             .layer(GrpcMetricsLayer)
+            .layer(tower::util::option_layer(authorization))
             .add_routes(self.routes.routes())
             .add_service(health_service)
             .add_optional_service((!self.no_reflection).then_some(reflection_v1))
-            .add_optional_service((!self.no_reflection).then_some(reflection_v1alpha))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                shutdown.requested(),
-            )
-            .await;
+            .add_optional_service((!self.no_reflection).then_some(reflection_v1alpha));
+        let result = match &self.mutual_tls {
+            Some((tls, _)) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tls.incoming(listener, shutdown.clone()),
+                        shutdown.requested(),
+                    )
+                    .await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener)
+                            .with_nodelay(Some(true)),
+                        shutdown.requested(),
+                    )
+                    .await
+            }
+        };
+        if let Some(health_only) = health_only {
+            health_only.abort();
+        }
         health_task.abort();
         result.map_err(|error| anyhow::anyhow!("gRPC server failed: {error}"))
     }
@@ -462,12 +520,30 @@ impl tower::Service<http::Request<Body>> for Transport {
 /// `deadline`: a peer that hangs fails the call (DEADLINE_EXCEEDED, which callers treat as an
 /// unknown outcome) instead of stalling the caller without bound.
 pub fn traced_channel(url: &str, deadline: Duration) -> anyhow::Result<TracedChannel> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
+    Ok(traced(Transport::Remote(
+        endpoint(url, deadline)?.connect_lazy(),
+    )))
+}
+
+fn endpoint(url: &str, deadline: Duration) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(url.to_owned())
         .map_err(|error| anyhow::anyhow!("invalid gRPC URL {url:?}: {error}"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(deadline)
-        .tcp_nodelay(true);
-    Ok(traced(Transport::Remote(endpoint.connect_lazy())))
+        .tcp_nodelay(true))
+}
+
+/// Like [`traced_channel`], over mutual TLS with `tls`'s certificate, to a server whose
+/// certificate carries `server_identity` (e.g. `payouts-limits`).
+pub fn traced_tls_channel(
+    url: &str,
+    deadline: Duration,
+    tls: &Arc<crate::tls::MutualTls>,
+    server_identity: &str,
+) -> anyhow::Result<TracedChannel> {
+    let channel =
+        endpoint(url, deadline)?.connect_with_connector_lazy(tls.connector(server_identity)?);
+    Ok(traced(Transport::Remote(channel)))
 }
 
 fn traced(transport: Transport) -> TracedChannel {
@@ -490,7 +566,15 @@ pub fn service_channel(
             deadline: settings.grpc_timeout,
         }));
     }
-    traced_channel(settings.service_url(service), settings.grpc_timeout)
+    match &settings.mutual_tls {
+        Some(tls) => traced_tls_channel(
+            settings.service_url(service),
+            settings.grpc_timeout,
+            tls,
+            &crate::tls::component_identity(service.as_str()),
+        ),
+        None => traced_channel(settings.service_url(service), settings.grpc_timeout),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod backoff;
 pub mod clock;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod money;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 #[cfg(feature = "testing")]
 pub mod testing;

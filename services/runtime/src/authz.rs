@@ -1,0 +1,334 @@
+//! Who may call which RPC, when services run in separate processes with mutual TLS.
+//!
+//! A caller is known by the names of its client certificate ([`crate::tls`]):
+//! `payouts-<component>` for the gateway and each service, or one of
+//! `GRPC_PLATFORM_IDENTITIES` for the platform's own services. Each RPC lists the callers it
+//! serves ([`allowed_callers`]): the internal RPCs only the components that own those calls
+//! (`HandleStripeEvent` from webhooks, `ReservePayout` from payouts, `ResolveApproval` from
+//! approvals, ...), the platform-facing ones (`RecordAllocation`, `RequestPayout`,
+//! `ValidatePayoutLimits`, ...) the platform. The table follows the README's who-calls-whom;
+//! a unit test keeps it covering every RPC of the contracts.
+//!
+//! A call without a certificate is UNAUTHENTICATED; a caller the table does not list for
+//! the RPC, or a certificate that names nobody we know, is PERMISSION_DENIED. Health (and
+//! reflection, when it is served) stays open. Calls inside the all-in-one process never
+//! leave it and are not checked here.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::body::Body;
+
+use crate::config::ServiceName;
+use crate::tls::{PeerIdentity, component_identity};
+
+/// A caller of the gRPC services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Caller {
+    Gateway,
+    Service(ServiceName),
+    /// The platform's own services (`GRPC_PLATFORM_IDENTITIES`).
+    Platform,
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Gateway => f.write_str("gateway"),
+            Caller::Service(service) => f.write_str(service.as_str()),
+            Caller::Platform => f.write_str("platform"),
+        }
+    }
+}
+
+use Caller::{Gateway, Platform};
+const APPROVALS: Caller = Caller::Service(ServiceName::Approvals);
+const BALANCE: Caller = Caller::Service(ServiceName::Balance);
+const DISPUTES: Caller = Caller::Service(ServiceName::Disputes);
+const LIMITS: Caller = Caller::Service(ServiceName::Limits);
+const PAYOUTS: Caller = Caller::Service(ServiceName::Payouts);
+const WEBHOOKS: Caller = Caller::Service(ServiceName::Webhooks);
+
+const WEBHOOKS_SERVICE: &str = "payouts.webhooks.v1.WebhooksService";
+const PAYOUTS_SERVICE: &str = "payouts.payouts.v1.PayoutsService";
+const LIMITS_SERVICE: &str = "payouts.limits.v1.PayoutLimitsService";
+const APPROVALS_SERVICE: &str = "payouts.approvals.v1.ApprovalsService";
+const DISPUTES_SERVICE: &str = "payouts.disputes.v1.DisputesService";
+const BALANCE_SERVICE: &str = "payouts.balance.v1.BalanceService";
+const NOTIFICATIONS_SERVICE: &str = "payouts.notifications.v1.NotificationsService";
+
+/// The callers an RPC serves, by its path (`package.Service/Method`); `None` for a method
+/// not in the table (refused).
+pub fn allowed_callers(method: &str) -> Option<&'static [Caller]> {
+    let (service, method) = method.split_once('/')?;
+    let callers: &'static [Caller] = match (service, method) {
+        (
+            WEBHOOKS_SERVICE,
+            "IngestEvent" | "GetStatistics" | "ListEvents" | "GetEvent" | "RetryEvent",
+        ) => &[Gateway],
+        (PAYOUTS_SERVICE, "RegisterAccount" | "RequestPayout") => &[Platform],
+        (PAYOUTS_SERVICE, "GetAccount") => &[Platform, LIMITS, APPROVALS],
+        (PAYOUTS_SERVICE, "GetPayout" | "ListAuditLog") => &[Platform, Gateway],
+        (PAYOUTS_SERVICE, "ListPayouts") => &[Platform, Gateway, APPROVALS],
+        (PAYOUTS_SERVICE, "ResolveApproval") => &[APPROVALS],
+        (PAYOUTS_SERVICE, "HandleStripeEvent") => &[WEBHOOKS],
+        (PAYOUTS_SERVICE, "ResumePayout" | "ReversePayout") => &[Gateway],
+        (PAYOUTS_SERVICE, "SummarizeObligations" | "CountUnpayableUsers") => &[BALANCE],
+        (PAYOUTS_SERVICE, "SetTransferPause" | "GetTransferPause") => &[Gateway, BALANCE],
+        (LIMITS_SERVICE, "ValidatePayoutLimits") => &[Platform],
+        (LIMITS_SERVICE, "ReservePayout" | "ReleasePayout" | "RecheckPayout") => &[PAYOUTS],
+        (LIMITS_SERVICE, "GetLimitConfig" | "ListBlockedAttempts" | "GetBalance") => {
+            &[Platform, Gateway]
+        }
+        (LIMITS_SERVICE, "GetHeldAmounts") => &[BALANCE],
+        (APPROVALS_SERVICE, "CreateApproval") => &[PAYOUTS],
+        (
+            APPROVALS_SERVICE,
+            "GetApproval" | "ListApprovals" | "DecideApproval" | "RetryDecision",
+        ) => &[Gateway],
+        (DISPUTES_SERVICE, "RecordAllocation") => &[Platform],
+        (DISPUTES_SERVICE, "GetEarnings") => &[Platform, Gateway, LIMITS, APPROVALS],
+        (DISPUTES_SERVICE, "ListAllocations") => &[Platform, Gateway],
+        (DISPUTES_SERVICE, "ListPayableEarnings") => &[BALANCE],
+        (DISPUTES_SERVICE, "HandleStripeEvent") => &[WEBHOOKS],
+        (DISPUTES_SERVICE, "ListDisputes") => &[Gateway],
+        (BALANCE_SERVICE, "RunBalanceCheck" | "ListSnapshots" | "GetBalanceOverview") => &[Gateway],
+        (NOTIFICATIONS_SERVICE, "NotifyUser") => &[Platform, PAYOUTS, DISPUTES],
+        (NOTIFICATIONS_SERVICE, "NotifyAdmins") => &[Platform, APPROVALS],
+        (NOTIFICATIONS_SERVICE, "ListNotifications" | "MarkNotificationRead") => &[Platform],
+        (NOTIFICATIONS_SERVICE, "CreateCriticalAlert") => {
+            &[WEBHOOKS, PAYOUTS, APPROVALS, DISPUTES, BALANCE]
+        }
+        (NOTIFICATIONS_SERVICE, "ListCriticalAlerts") => &[Gateway],
+        (NOTIFICATIONS_SERVICE, "UpdateCriticalAlert") => &[Gateway, BALANCE],
+        _ => return None,
+    };
+    Some(callers)
+}
+
+/// Paths every connection may call, certificate or not.
+fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Maps certificate names to callers.
+#[derive(Debug, Clone, Default)]
+pub struct Identities {
+    platform: Arc<[String]>,
+}
+
+impl Identities {
+    pub fn new(platform: &[String]) -> Self {
+        Self {
+            platform: platform.into(),
+        }
+    }
+
+    /// Every caller the names prove (a certificate could carry several names).
+    pub fn callers(&self, names: &[String]) -> Vec<Caller> {
+        let mut callers = Vec::new();
+        for name in names {
+            if *name == component_identity("gateway") {
+                callers.push(Gateway);
+            }
+            for service in ServiceName::ALL {
+                if *name == component_identity(service.as_str()) {
+                    callers.push(Caller::Service(service));
+                }
+            }
+            if self.platform.iter().any(|platform| platform == name) {
+                callers.push(Platform);
+            }
+        }
+        callers
+    }
+
+    /// Whether a peer may call `path`: `Ok` or the status that refuses it.
+    pub fn check(&self, path: &str, peer: Option<&PeerIdentity>) -> Result<(), tonic::Status> {
+        if is_open(path) {
+            return Ok(());
+        }
+        let names = peer.map(|peer| &*peer.names).unwrap_or_default();
+        if names.is_empty() {
+            return Err(tonic::Status::unauthenticated(
+                "a client certificate is required (mutual TLS)",
+            ));
+        }
+        let method = path.trim_start_matches('/');
+        let callers = self.callers(names);
+        let allowed = allowed_callers(method).unwrap_or_default();
+        if callers.iter().any(|caller| allowed.contains(caller)) {
+            return Ok(());
+        }
+        let who = if callers.is_empty() {
+            format!("{names:?} (no known caller)")
+        } else {
+            callers
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Err(tonic::Status::permission_denied(format!(
+            "{who} may not call {method}"
+        )))
+    }
+}
+
+/// The server layer that enforces [`Identities::check`] on every request.
+#[derive(Debug, Clone)]
+pub struct AuthorizationLayer {
+    identities: Identities,
+}
+
+impl AuthorizationLayer {
+    pub fn new(identities: Identities) -> Self {
+        Self { identities }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthorizationLayer {
+    type Service = Authorization<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorization {
+            inner,
+            identities: self.identities.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authorization<S> {
+    inner: S,
+    identities: Identities,
+}
+
+impl<S, RequestBody> tower::Service<http::Request<RequestBody>> for Authorization<S>
+where
+    S: tower::Service<http::Request<RequestBody>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        S::Future,
+        std::future::Ready<Result<http::Response<Body>, S::Error>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        let peer = request.extensions().get::<PeerIdentity>();
+        match self.identities.check(request.uri().path(), peer) {
+            Ok(()) => futures::future::Either::Left(self.inner.call(request)),
+            Err(status) => {
+                tracing::warn!(
+                    path = request.uri().path(),
+                    names = ?peer.map(|peer| peer.names.clone()),
+                    remote = ?peer.and_then(|peer| peer.remote),
+                    code = ?status.code(),
+                    "gRPC call refused"
+                );
+                futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    fn peer(names: &[&str]) -> PeerIdentity {
+        PeerIdentity {
+            remote: None,
+            names: names.iter().map(|name| (*name).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn every_rpc_of_the_contracts_has_callers() {
+        let set =
+            prost_types::FileDescriptorSet::decode(payouts_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let mut methods = 0;
+        for file in &set.file {
+            for service in &file.service {
+                let full = format!("{}.{}", file.package(), service.name());
+                for method in &service.method {
+                    let path = format!("{full}/{}", method.name());
+                    let callers = allowed_callers(&path);
+                    assert!(
+                        callers.is_some_and(|callers| !callers.is_empty()),
+                        "{path} has no callers in the authorization table"
+                    );
+                    methods += 1;
+                }
+            }
+        }
+        assert!(methods > 40, "only {methods} methods found");
+        assert_eq!(
+            allowed_callers("payouts.payouts.v1.PayoutsService/Nope"),
+            None
+        );
+    }
+
+    #[test]
+    fn internal_rpcs_only_from_their_owners_platform_rpcs_from_the_platform() {
+        let identities = Identities::new(&["creator-api".to_owned()]);
+        let code = |path: &str, names: &[&str]| {
+            identities
+                .check(path, Some(&peer(names)))
+                .map_err(|status| status.code())
+        };
+        let denied = Err(tonic::Code::PermissionDenied);
+        let stripe_event = "/payouts.payouts.v1.PayoutsService/HandleStripeEvent";
+        assert_eq!(code(stripe_event, &["payouts-webhooks"]), Ok(()));
+        assert_eq!(code(stripe_event, &["payouts-gateway"]), denied);
+        assert_eq!(code(stripe_event, &["creator-api"]), denied);
+        let reserve = "/payouts.limits.v1.PayoutLimitsService/ReservePayout";
+        assert_eq!(code(reserve, &["payouts-payouts"]), Ok(()));
+        assert_eq!(code(reserve, &["creator-api"]), denied);
+        let resolve = "/payouts.payouts.v1.PayoutsService/ResolveApproval";
+        assert_eq!(code(resolve, &["payouts-approvals"]), Ok(()));
+        assert_eq!(code(resolve, &["payouts-gateway"]), denied);
+        let allocation = "/payouts.disputes.v1.DisputesService/RecordAllocation";
+        assert_eq!(code(allocation, &["creator-api"]), Ok(()));
+        assert_eq!(code(allocation, &["payouts-balance"]), denied);
+        // A certificate from our CA with a name nobody is.
+        assert_eq!(code(allocation, &["someone-else"]), denied);
+        // Several names: any one that is allowed.
+        assert_eq!(code(allocation, &["other", "creator-api"]), Ok(()));
+    }
+
+    #[test]
+    fn no_certificate_is_unauthenticated_but_health_stays_open() {
+        let identities = Identities::new(&[]);
+        let path = "/payouts.limits.v1.PayoutLimitsService/ValidatePayoutLimits";
+        assert_eq!(
+            identities.check(path, None).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert_eq!(
+            identities.check(path, Some(&peer(&[]))).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(
+            identities
+                .check("/grpc.health.v1.Health/Check", None)
+                .is_ok()
+        );
+        assert!(
+            identities
+                .check("/grpc.health.v1.Health/Watch", None)
+                .is_ok()
+        );
+    }
+}

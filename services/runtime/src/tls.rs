@@ -1,0 +1,527 @@
+//! Mutual TLS between the processes (rustls with ring, through tonic).
+//!
+//! Every component has one certificate, used both ways: as a server it proves to its callers
+//! that it is the service they meant to call, as a client it proves who is calling. A
+//! component's certificate carries the name `payouts-<component>` (`payouts-gateway`,
+//! `payouts-limits`, ...) as a DNS subject alternative name; clients verify a server against
+//! the name of the service they call, not the URL's host, so a URL can be any address of the
+//! pod or Service. The platform's own services carry the names listed in
+//! `GRPC_PLATFORM_IDENTITIES` (see [`crate::authz`]).
+//!
+//! The certificate, key and CA come from files (`GRPC_TLS_CERT_FILE`, `GRPC_TLS_KEY_FILE`,
+//! `GRPC_TLS_CA_FILE`, as cert-manager mounts them) and are read again every
+//! [`RELOAD_INTERVAL`]: a renewed certificate is used for new connections without a restart.
+//! A file that has become unreadable or invalid keeps the last good configuration (and says
+//! so in the log).
+//!
+//! The server asks for a client certificate but lets a connection without one complete its
+//! handshake, so that health checks stay open and every other call is refused with a gRPC
+//! status (UNAUTHENTICATED) that says why, rather than a bare handshake failure. A
+//! certificate that is offered must chain to the CA.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::TlsFiles;
+use crate::shutdown::Shutdown;
+
+/// How often the certificate files are read again.
+pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The certificate name of a component (`gateway` or a service name).
+pub fn component_identity(component: &str) -> String {
+    format!("payouts-{component}")
+}
+
+/// A component's mutual-TLS configuration, reloaded from its files when they change.
+pub struct MutualTls {
+    files: TlsFiles,
+    loaded: RwLock<Loaded>,
+}
+
+impl std::fmt::Debug for MutualTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MutualTls")
+            .field("files", &self.files)
+            .field("names", &self.read().names)
+            .finish()
+    }
+}
+
+struct Loaded {
+    /// The files' bytes, to tell whether they changed.
+    source: Vec<u8>,
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    /// The names of this component's own certificate.
+    names: Vec<String>,
+}
+
+impl MutualTls {
+    /// Reads and checks the files; an error names the setting at fault.
+    pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<Self>> {
+        let loaded = build(files)?;
+        Ok(Arc::new(Self {
+            files: files.clone(),
+            loaded: RwLock::new(loaded),
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        self.loaded
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The names (DNS and URI SANs) of this component's own certificate.
+    pub fn own_names(&self) -> Vec<String> {
+        self.read().names.clone()
+    }
+
+    fn server_config(&self) -> Arc<ServerConfig> {
+        Arc::clone(&self.read().server)
+    }
+
+    fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.read().client)
+    }
+
+    /// Reads the files again; swaps the configuration when they changed and are valid.
+    /// `Ok(true)` when a new configuration is in use.
+    pub fn reload(&self) -> anyhow::Result<bool> {
+        let source = read_all(&self.files)?;
+        if source == self.read().source {
+            return Ok(false);
+        }
+        let loaded = build(&self.files)?;
+        *self
+            .loaded
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;
+        Ok(true)
+    }
+
+    /// Reloads every [`RELOAD_INTERVAL`] until `shutdown`.
+    pub fn spawn_reloader(self: &Arc<Self>, shutdown: Shutdown) {
+        let tls = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RELOAD_INTERVAL);
+            tick.tick().await;
+            let stop = shutdown.requested();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = &mut stop => return,
+                }
+                match tls.reload() {
+                    Ok(true) => {
+                        tracing::info!(names = ?tls.own_names(), "gRPC TLS certificate reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "gRPC TLS files unusable; keeping the last good ones")
+                    }
+                }
+            }
+        });
+    }
+
+    /// The accepted connections of `listener`, each after a successful handshake, with the
+    /// caller's certificate names. Ends at `shutdown`. A failed handshake is logged and
+    /// dropped; it never stops the server.
+    pub fn incoming(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: Shutdown,
+    ) -> ReceiverStream<io::Result<TlsConnection>> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(64);
+        let tls = Arc::clone(self);
+        tokio::spawn(async move {
+            let stop = shutdown.requested();
+            tokio::pin!(stop);
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    () = &mut stop => return,
+                };
+                let (mut stream, remote) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "gRPC accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                crate::grpc::set_nodelay(&mut stream);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let sender = sender.clone();
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::info!(%remote, %error, "gRPC TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%remote, "gRPC TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let names = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(certificate_names)
+                        .unwrap_or_default();
+                    let peer = PeerIdentity {
+                        remote: Some(remote),
+                        names: names.into(),
+                    };
+                    let _ = sender.send(Ok(TlsConnection { stream, peer })).await;
+                });
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+
+    /// A connector for tonic channels to `service`: TCP, then TLS with this component's
+    /// certificate, verifying that the server is `payouts-<service>`.
+    pub fn connector(self: &Arc<Self>, server_identity: &str) -> anyhow::Result<TlsConnector> {
+        let server_name = ServerName::try_from(server_identity.to_owned()).map_err(|error| {
+            anyhow::anyhow!("{server_identity:?} is not a certificate name: {error}")
+        })?;
+        Ok(TlsConnector {
+            tls: Arc::clone(self),
+            server_name,
+        })
+    }
+}
+
+fn read_file(variable: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|error| {
+        anyhow::anyhow!(
+            "invalid setting {variable}: cannot read {}: {error}",
+            path.display()
+        )
+    })
+}
+
+fn read_all(files: &TlsFiles) -> anyhow::Result<Vec<u8>> {
+    let mut all = read_file("GRPC_TLS_CERT_FILE", &files.cert)?;
+    all.extend(read_file("GRPC_TLS_KEY_FILE", &files.key)?);
+    all.extend(read_file("GRPC_TLS_CA_FILE", &files.ca)?);
+    Ok(all)
+}
+
+fn build(files: &TlsFiles) -> anyhow::Result<Loaded> {
+    let invalid = |variable: &str, path: &std::path::Path, what: String| {
+        anyhow::anyhow!("invalid setting {variable}: {} {what}", path.display())
+    };
+    let cert_pem = read_file("GRPC_TLS_CERT_FILE", &files.cert)?;
+    let key_pem = read_file("GRPC_TLS_KEY_FILE", &files.key)?;
+    let ca_pem = read_file("GRPC_TLS_CA_FILE", &files.ca)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|error| {
+            invalid(
+                "GRPC_TLS_CERT_FILE",
+                &files.cert,
+                format!("is not PEM: {error}"),
+            )
+        })?;
+    let leaf = chain.first().ok_or_else(|| {
+        invalid(
+            "GRPC_TLS_CERT_FILE",
+            &files.cert,
+            "holds no certificate".to_owned(),
+        )
+    })?;
+    let names = certificate_names(leaf);
+    if names.is_empty() {
+        return Err(invalid(
+            "GRPC_TLS_CERT_FILE",
+            &files.cert,
+            "has no DNS or URI subject alternative name to identify this component by".to_owned(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+        invalid(
+            "GRPC_TLS_KEY_FILE",
+            &files.key,
+            format!("holds no private key: {error}"),
+        )
+    })?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(&ca_pem) {
+        let ca = ca.map_err(|error| {
+            invalid(
+                "GRPC_TLS_CA_FILE",
+                &files.ca,
+                format!("is not PEM: {error}"),
+            )
+        })?;
+        roots.add(ca).map_err(|error| {
+            invalid(
+                "GRPC_TLS_CA_FILE",
+                &files.ca,
+                format!("holds an unusable CA: {error}"),
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(invalid(
+            "GRPC_TLS_CA_FILE",
+            &files.ca,
+            "holds no certificate".to_owned(),
+        ));
+    }
+    let roots = Arc::new(roots);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
+            .allow_unauthenticated()
+            .build()
+            .map_err(|error| invalid("GRPC_TLS_CA_FILE", &files.ca, error.to_string()))?;
+    let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain.clone(), key.clone_key())
+        .map_err(|error| {
+            invalid(
+                "GRPC_TLS_KEY_FILE",
+                &files.key,
+                format!("does not go with GRPC_TLS_CERT_FILE: {error}"),
+            )
+        })?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|error| {
+            invalid(
+                "GRPC_TLS_KEY_FILE",
+                &files.key,
+                format!("does not go with GRPC_TLS_CERT_FILE: {error}"),
+            )
+        })?;
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Loaded {
+        source: read_all(files)?,
+        server: Arc::new(server),
+        client: Arc::new(client),
+        names,
+    })
+}
+
+/// The DNS and URI subject alternative names of a certificate (none when it cannot be read).
+pub fn certificate_names(certificate: &CertificateDer<'_>) -> Vec<String> {
+    match webpki::EndEntityCert::try_from(certificate) {
+        Ok(parsed) => parsed
+            .valid_dns_names()
+            .chain(parsed.valid_uri_names())
+            .map(str::to_owned)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Who is at the other end of a server connection: the names of the client certificate it
+/// presented (empty: none).
+#[derive(Debug, Clone, Default)]
+pub struct PeerIdentity {
+    pub remote: Option<SocketAddr>,
+    pub names: Arc<[String]>,
+}
+
+/// An accepted connection after its TLS handshake.
+pub struct TlsConnection {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: PeerIdentity,
+}
+
+impl tonic::transport::server::Connected for TlsConnection {
+    type ConnectInfo = PeerIdentity;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Dials a gRPC server over TLS with the current client configuration (see
+/// [`MutualTls::connector`]).
+#[derive(Clone)]
+pub struct TlsConnector {
+    tls: Arc<MutualTls>,
+    server_name: ServerName<'static>,
+}
+
+impl tower::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connector = tokio_rustls::TlsConnector::from(self.tls.client_config());
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or_else(|| format!("gRPC URL {uri} has no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+                Some("http") => 80,
+                _ => 443,
+            });
+            let stream = TcpStream::connect((host.as_str(), port)).await?;
+            stream.set_nodelay(true)?;
+            let stream = connector.connect(server_name, stream).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/tls")
+            .join(name)
+    }
+
+    /// A component's files copied into a directory of their own (so they can be replaced).
+    fn files_of(component: &str) -> (std::path::PathBuf, TlsFiles) {
+        let dir = std::env::temp_dir().join(format!("payouts-tls-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            ca: dir.join("ca.crt"),
+        };
+        replace(&files, component);
+        std::fs::copy(fixture("ca.crt"), &files.ca).unwrap();
+        (dir, files)
+    }
+
+    fn replace(files: &TlsFiles, component: &str) {
+        std::fs::copy(fixture(&format!("{component}.crt")), &files.cert).unwrap();
+        std::fs::copy(fixture(&format!("{component}.key")), &files.key).unwrap();
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_used_without_a_restart_and_a_bad_one_is_not() {
+        let (dir, files) = files_of("limits");
+        let tls = MutualTls::load(&files).unwrap();
+        assert_eq!(tls.own_names(), vec!["payouts-limits".to_owned()]);
+        assert!(!tls.reload().unwrap(), "nothing changed");
+
+        replace(&files, "balance");
+        assert!(tls.reload().unwrap());
+        assert_eq!(tls.own_names(), vec!["payouts-balance".to_owned()]);
+
+        // A half-written or broken file keeps the last good configuration.
+        std::fs::write(&files.cert, b"-----BEGIN CERTIFICATE-----\nnot base64").unwrap();
+        let error = tls.reload().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GRPC_TLS_CERT_FILE"),
+            "{error:#}"
+        );
+        assert_eq!(tls.own_names(), vec!["payouts-balance".to_owned()]);
+        // The key of another certificate.
+        replace(&files, "balance");
+        std::fs::copy(fixture("limits.key"), &files.key).unwrap();
+        let error = tls.reload().unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GRPC_TLS_KEY_FILE"),
+            "{error:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn missing_or_empty_files_are_reported_by_their_setting() {
+        let (dir, files) = files_of("limits");
+        std::fs::write(&files.ca, b"").unwrap();
+        let error = MutualTls::load(&files).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GRPC_TLS_CA_FILE"),
+            "{error:#}"
+        );
+        std::fs::remove_file(&files.key).unwrap();
+        let error = MutualTls::load(&files).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GRPC_TLS_KEY_FILE"),
+            "{error:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

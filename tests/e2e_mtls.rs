@@ -1,0 +1,302 @@
+//! Services in separate processes (`payouts serve …`, `payouts gateway`) authenticate every
+//! gRPC call with mutual TLS on loopback: an authenticated call passes, a call without a
+//! certificate is UNAUTHENTICATED, a caller the RPC does not serve is PERMISSION_DENIED, a
+//! certificate from another CA is refused at the handshake, health stays open (also on the
+//! plaintext health port), and a process without mutual TLS or with another component's
+//! certificate refuses to start.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use payouts_proto::common::v1::Money;
+use payouts_proto::disputes::v1::disputes_service_client::DisputesServiceClient;
+use payouts_proto::disputes::v1::{GetEarningsRequest, RecordAllocationRequest};
+use payouts_runtime::config::TlsFiles;
+use payouts_runtime::grpc::{TracedChannel, traced_tls_channel};
+use payouts_runtime::testing::stripe;
+use payouts_runtime::tls::MutualTls;
+use support::{Payouts, StoreChoice, tls_env, tls_fixture};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const PAYOUTS_SECRET: &str = "whsec_mtls_payouts";
+const SUBSCRIPTION_SECRET: &str = "whsec_mtls_subscription";
+
+fn env_of<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'a str, &'a str)> {
+    pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// `component`'s identity, as a client of `server` (`payouts-<service>`) at `url`.
+fn channel_as(component: &str, url: &str, server: &str) -> TracedChannel {
+    let files = TlsFiles {
+        cert: tls_fixture(&format!("{component}.crt")).into(),
+        key: tls_fixture(&format!("{component}.key")).into(),
+        ca: tls_fixture("ca.crt").into(),
+    };
+    let tls = MutualTls::load(&files).unwrap();
+    traced_tls_channel(url, Duration::from_secs(10), &tls, server).unwrap()
+}
+
+/// A TLS client that trusts our CA but presents no certificate.
+fn channel_without_certificate(url: &str) -> tonic::transport::Channel {
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for ca in rustls_pki_types::CertificateDer::pem_file_iter(tls_fixture("ca.crt")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = tower::service_fn(move |uri: http::Uri| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect((
+                uri.host().unwrap().to_owned(),
+                uri.port_u16().unwrap(),
+            ))
+            .await?;
+            let name = rustls_pki_types::ServerName::try_from("payouts-disputes").unwrap();
+            let tls = connector.connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(url.to_owned())
+        .unwrap()
+        .connect_with_connector_lazy(connect)
+}
+
+fn allocation(id: &str) -> RecordAllocationRequest {
+    RecordAllocationRequest {
+        allocation_id: id.to_owned(),
+        user_id: "creator_mtls".to_owned(),
+        charge_id: format!("ch_{id}"),
+        amount: Some(Money {
+            cents: 2_500,
+            currency: "usd".to_owned(),
+        }),
+        payer_id: "supporter_mtls".to_owned(),
+    }
+}
+
+fn start_disputes() -> Payouts {
+    let mut env = tls_env("disputes");
+    env.push(("GRPC_PLATFORM_IDENTITIES", "creator-api".to_owned()));
+    env.push(("GRPC_HEALTH_ADDR", "127.0.0.1:0".to_owned()));
+    Payouts::start(&["serve", "disputes"], StoreChoice::Embedded, &env_of(&env))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_is_authenticated_and_allowed_only_its_rpcs() {
+    let disputes = start_disputes();
+    let url = format!("https://{}", disputes.grpc.unwrap());
+
+    // The platform's identity may credit earnings.
+    let mut platform =
+        DisputesServiceClient::new(channel_as("creator-api", &url, "payouts-disputes"));
+    let recorded = platform.record_allocation(allocation("alloc_mtls_1")).await;
+    assert!(recorded.is_ok(), "{recorded:?}");
+    let earnings = platform
+        .get_earnings(GetEarningsRequest {
+            user_id: "creator_mtls".to_owned(),
+            currency: "usd".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
+
+    // No certificate: UNAUTHENTICATED, and nothing credited.
+    let mut anonymous = DisputesServiceClient::new(channel_without_certificate(&url));
+    let refused = anonymous
+        .record_allocation(allocation("alloc_mtls_2"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // One of ours, but not a caller of RecordAllocation: PERMISSION_DENIED.
+    let mut balance = DisputesServiceClient::new(channel_as("balance", &url, "payouts-disputes"));
+    let refused = balance
+        .record_allocation(allocation("alloc_mtls_3"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("balance may not call"),
+        "{refused:?}"
+    );
+
+    // A certificate naming payouts-gateway, signed by another CA: refused at the handshake.
+    let rogue_files = TlsFiles {
+        cert: tls_fixture("rogue-gateway.crt").into(),
+        key: tls_fixture("rogue-gateway.key").into(),
+        ca: tls_fixture("ca.crt").into(),
+    };
+    let rogue = MutualTls::load(&rogue_files).unwrap();
+    let mut rogue = DisputesServiceClient::new(
+        traced_tls_channel(&url, Duration::from_secs(10), &rogue, "payouts-disputes").unwrap(),
+    );
+    let refused = rogue
+        .record_allocation(allocation("alloc_mtls_6"))
+        .await
+        .unwrap_err();
+    // TLS 1.3: the server checks the client's certificate after the client's side of the
+    // handshake is done, so the refusal arrives as an UnknownCA alert or the connection
+    // closing, whichever the client reads first.
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+        ),
+        "{refused:?}"
+    );
+
+    // Plaintext to the TLS port: no answer.
+    let plain =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", disputes.grpc.unwrap()))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+    let refused = DisputesServiceClient::new(plain)
+        .record_allocation(allocation("alloc_mtls_4"))
+        .await
+        .unwrap_err();
+    assert_ne!(refused.code(), tonic::Code::Ok);
+
+    // Only the authenticated allocation was credited.
+    let earnings = platform
+        .get_earnings(GetEarningsRequest {
+            user_id: "creator_mtls".to_owned(),
+            currency: "usd".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
+
+    // Health stays open: over TLS without a certificate, and on the plaintext health port.
+    let health = HealthClient::new(channel_without_certificate(&url))
+        .check(HealthCheckRequest {
+            service: "payouts.disputes.v1.DisputesService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+    let health_line = disputes
+        .stderr_lines
+        .iter()
+        .find_map(|line| line.strip_prefix("payouts: gRPC health (plaintext, health only) on "))
+        .expect("the health port is announced")
+        .to_owned();
+    let health = HealthClient::new(support::connect(&format!("http://{health_line}")).await)
+        .check(HealthCheckRequest {
+            service: "payouts.disputes.v1.DisputesService".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::Serving);
+    let not_health =
+        DisputesServiceClient::new(support::connect(&format!("http://{health_line}")).await)
+            .record_allocation(allocation("alloc_mtls_5"))
+            .await
+            .unwrap_err();
+    assert_eq!(
+        not_health.code(),
+        tonic::Code::Unimplemented,
+        "{not_health:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reaches_a_service_in_another_process_over_mutual_tls() {
+    let mut webhooks_env = tls_env("webhooks");
+    webhooks_env.push(("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET.to_owned()));
+    webhooks_env.push(("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET.to_owned()));
+    let webhooks = Payouts::start(
+        &["serve", "webhooks"],
+        StoreChoice::Embedded,
+        &env_of(&webhooks_env),
+    );
+    let url = format!("https://{}", webhooks.grpc.unwrap());
+    let mut gateway_env = tls_env("gateway");
+    gateway_env.push(("WEBHOOKS_SERVICE_URL", url.clone()));
+    let gateway = Payouts::start(&["gateway"], StoreChoice::Embedded, &env_of(&gateway_env));
+
+    let event =
+        serde_json::to_vec(&stripe::event("evt_mtls_1", "invoice.paid", "invoice")).unwrap();
+    let signature =
+        stripe::signature_header(&event, SUBSCRIPTION_SECRET, chrono::Utc::now().timestamp());
+    let response = reqwest::Client::new()
+        .post(gateway.gateway_url("/api/webhooks/stripe-subscription"))
+        .header("stripe-signature", signature)
+        .header("content-type", "application/json")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    // The same call from the platform's identity is not the gateway's to make.
+    let mut platform =
+        payouts_proto::webhooks::v1::webhooks_service_client::WebhooksServiceClient::new(
+            channel_as("creator-api", &url, "payouts-webhooks"),
+        );
+    let refused = platform
+        .get_statistics(payouts_proto::webhooks::v1::GetStatisticsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+}
+
+#[test]
+fn a_process_apart_refuses_to_start_without_mutual_tls_or_as_someone_else() {
+    let output = support::command(&["serve", "limits"], &[("PAYOUTS_ALLOW_EMBEDDED", "true")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("GRPC_TLS_CERT_FILE"), "{stderr}");
+
+    let output = support::command(&["gateway"], &[]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("GRPC_TLS_CERT_FILE"));
+
+    // The limits service with the balance service's certificate.
+    let env = tls_env("balance");
+    let mut pairs = env_of(&env);
+    pairs.push(("PAYOUTS_ALLOW_EMBEDDED", "true"));
+    let output = support::command(&["serve", "limits"], &pairs)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("GRPC_TLS_CERT_FILE") && stderr.contains("payouts-limits"),
+        "{stderr}"
+    );
+
+    // Half a configuration.
+    let output = support::command(
+        &["serve", "limits"],
+        &[
+            ("PAYOUTS_ALLOW_EMBEDDED", "true"),
+            ("GRPC_TLS_CERT_FILE", &tls_fixture("limits.crt")),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("GRPC_TLS_KEY_FILE"));
+}
