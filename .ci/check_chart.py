@@ -1,6 +1,9 @@
 """Checks rendered Helm manifests against the binary: every environment variable the chart
-sets is a setting `payouts` reads (`payouts config variables`), and every gRPC probe names a
-service the binary registers (`payouts config services`). Run by .ci/run.
+sets is a setting `payouts` reads (`payouts config variables`), every gRPC probe names a
+service the binary registers (`payouts config services`), and each service's NetworkPolicy
+lets through exactly the components the mutual-TLS authorization table names as its callers
+(`payouts config callers`), and the platform's workloads only where the platform may call.
+Run by .ci/run.
 
 usage: check_chart.py <payouts binary> <rendered.yaml>...
 """
@@ -22,6 +25,11 @@ def main():
     exact = {v for v in variables if not v.endswith("*")}
     prefixes = [v[:-1] for v in variables if v.endswith("*")]
     services = {line.split()[1] for line in lines(binary, "config", "services")}
+    callers = {}
+    for line in lines(binary, "config", "callers"):
+        service, caller = line.split()
+        callers.setdefault(service, set()).add(caller)
+    seen_policies = 0
     known = lambda name: name in exact or any(name.startswith(p) for p in prefixes)
     problems, seen_env, seen_probes = [], 0, 0
     for path in files:
@@ -35,6 +43,26 @@ def main():
                     if not known(key):
                         problems.append(f"{path}: ConfigMap {name} sets {key}, which payouts does not read")
             spec = doc.get("spec", {})
+            component = spec.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+            if kind == "NetworkPolicy" and component in callers:
+                seen_policies += 1
+                grpc_from = [
+                    peer
+                    for rule in spec.get("ingress", [])
+                    if any(port.get("port") == "grpc" for port in rule.get("ports", []))
+                    for peer in rule.get("from", [])
+                ]
+                components = {
+                    peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"]
+                    for peer in grpc_from
+                    if "namespaceSelector" not in peer and "app.kubernetes.io/component" in peer.get("podSelector", {}).get("matchLabels", {})
+                }
+                others = [peer for peer in grpc_from if "namespaceSelector" in peer or "app.kubernetes.io/component" not in peer.get("podSelector", {}).get("matchLabels", {})]
+                wanted = callers[component] - {"platform"}
+                if components != wanted:
+                    problems.append(f"{path}: NetworkPolicy {name} lets {sorted(components)} call {component}, the authorization table {sorted(wanted)}")
+                if others and "platform" not in callers[component]:
+                    problems.append(f"{path}: NetworkPolicy {name} lets the platform reach {component}, which serves the platform no RPC")
             pod = spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec")
             if not pod:
                 continue
@@ -54,8 +82,8 @@ def main():
                         problems.append(f"{path}: {kind} {name} {probe_name} asks for {service!r}, which payouts does not register")
     for problem in problems:
         print(problem)
-    print(f"chart check: {seen_env} environment variables and {seen_probes} gRPC probes in {len(files)} renderings, {len(problems)} problems")
-    return 1 if problems or seen_env == 0 or seen_probes == 0 else 0
+    print(f"chart check: {seen_env} environment variables, {seen_probes} gRPC probes and {seen_policies} service NetworkPolicies in {len(files)} renderings, {len(problems)} problems")
+    return 1 if problems or seen_env == 0 or seen_probes == 0 or seen_policies == 0 else 0
 
 
 if __name__ == "__main__":

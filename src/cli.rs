@@ -56,6 +56,9 @@ enum ConfigAction {
     Variables,
     /// Print the gRPC name each service registers (and reports its health under).
     Services,
+    /// Print who may call each service (`<service> <caller>`), from the authorization table
+    /// enforced under mutual TLS.
+    Callers,
 }
 
 #[derive(Debug, Subcommand)]
@@ -147,6 +150,8 @@ pub enum Invocation {
     ConfigVariables,
     /// `payouts config services`.
     ConfigServices,
+    /// `payouts config callers`.
+    ConfigCallers,
     /// `payouts admin token`.
     AdminToken {
         subject: String,
@@ -182,6 +187,9 @@ impl Cli {
             Some(Command::Config {
                 action: ConfigAction::Services,
             }) => Invocation::ConfigServices,
+            Some(Command::Config {
+                action: ConfigAction::Callers,
+            }) => Invocation::ConfigCallers,
             Some(Command::Config {
                 action: ConfigAction::Check { role },
             }) => Invocation::ConfigCheck(match role.as_str() {

@@ -31,6 +31,14 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
+        cli::Invocation::ConfigCallers => {
+            for service in payouts_runtime::ServiceName::ALL {
+                for caller in payouts_runtime::authz::callers_of(service) {
+                    println!("{} {caller}", service.as_str());
+                }
+            }
+            return ExitCode::SUCCESS;
+        }
         cli::Invocation::ConfigServices => {
             for service in payouts_runtime::ServiceName::ALL {
                 println!("{} {}", service.as_str(), service.grpc_name());

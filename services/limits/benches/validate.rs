@@ -24,9 +24,11 @@ use payouts_limits::domain::LimitConfig;
 use payouts_limits::store::{MemoryBlockedAttempts, MemoryQuotas, QuotaRepository};
 use payouts_proto::limits::v1::ValidatePayoutLimitsRequest;
 use payouts_proto::limits::v1::payout_limits_service_client::PayoutLimitsServiceClient;
-use payouts_runtime::grpc::GrpcServer;
+use payouts_runtime::authz::Identities;
+use payouts_runtime::grpc::{GrpcServer, traced_channel, traced_tls_channel};
 use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::testing::bench::{drive, report, report_value, setting, title};
+use payouts_runtime::tls::MutualTls;
 use payouts_runtime::{ServiceError, Store, SystemClock};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -86,9 +88,26 @@ async fn seed(quotas: &MemoryQuotas, history: usize) -> usize {
     kept
 }
 
+/// The test PKI's files of `component` (tests/fixtures/tls).
+fn tls_files(component: &str) -> payouts_runtime::config::TlsFiles {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tls");
+    payouts_runtime::config::TlsFiles {
+        cert: dir.join(format!("{component}.crt")),
+        key: dir.join(format!("{component}.key")),
+        ca: dir.join("ca.crt"),
+    }
+}
+
 /// Runs the limits service on a fresh store with `history` payouts; measures an empty unary
-/// RPC (a health check) on the same server, then ValidatePayoutLimits. Returns the p50s.
-async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdDuration) {
+/// RPC (a health check) on the same server, then ValidatePayoutLimits. With `tls`, the server
+/// speaks mutual TLS and checks the caller (the platform's test identity), as a deployment
+/// with its services apart does. Returns the p50s.
+async fn run(
+    history: usize,
+    calls: usize,
+    clients: usize,
+    tls: bool,
+) -> (StdDuration, StdDuration) {
     let quotas = Arc::new(MemoryQuotas::default());
     let kept = seed(&quotas, history).await;
     let limits = Limits::new(
@@ -105,13 +124,18 @@ async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdD
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let deadline = StdDuration::from_secs(10);
+    let channel = if tls {
+        let server_tls = MutualTls::load(&tls_files("limits")).unwrap();
+        server.set_mutual_tls(server_tls, Identities::new(&["creator-api".to_owned()]));
+        let client_tls = MutualTls::load(&tls_files("creator-api")).unwrap();
+        traced_tls_channel(&url, deadline, &client_tls, "payouts-limits").unwrap()
+    } else {
+        traced_channel(&url, deadline).unwrap()
+    };
     let (shutdown, trigger) = Shutdown::manual();
     let served = tokio::spawn(server.serve(listener, Store::Embedded, shutdown));
-    let channel = tonic::transport::Channel::from_shared(url)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let transport = if tls { "mutual TLS" } else { "plaintext" };
 
     let health = HealthClient::new(channel.clone());
     let empty = drive(calls, clients, move |_, _| {
@@ -123,7 +147,7 @@ async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdD
     .await;
     report(
         "limits",
-        &format!("empty unary RPC (health check), {history} payouts"),
+        &format!("empty unary RPC (health check), {history} payouts, {transport}"),
         &empty,
         "baseline: the same server and clients",
     );
@@ -141,7 +165,7 @@ async fn run(history: usize, calls: usize, clients: usize) -> (StdDuration, StdD
     .await;
     report(
         "limits",
-        &format!("ValidatePayoutLimits, {history} payouts"),
+        &format!("ValidatePayoutLimits, {history} payouts, {transport}"),
         &validate,
         &format!(
             "{kept} reservations in quota documents; p50 {:.2}x the empty RPC",
@@ -164,12 +188,18 @@ fn main() {
         title(&format!(
             "limits: gRPC on loopback, {USERS} users, {calls} calls per case, {clients} concurrent clients, embedded store"
         ));
-        let (_, small) = run(1_000, calls, clients).await;
-        let (_, large) = run(1_000_000, calls, clients).await;
+        let (_, small) = run(1_000, calls, clients, false).await;
+        let (_, large) = run(1_000_000, calls, clients, false).await;
         report_value(
             "limits",
             "ValidatePayoutLimits p50, 1,000,000 / 1,000 payouts",
             &format!("{:.2}x", large.as_secs_f64() / small.as_secs_f64()),
+        );
+        let (_, secured) = run(1_000, calls, clients, true).await;
+        report_value(
+            "limits",
+            "ValidatePayoutLimits p50, mutual TLS / plaintext (1,000 payouts)",
+            &format!("{:.2}x", secured.as_secs_f64() / small.as_secs_f64()),
         );
     });
 }

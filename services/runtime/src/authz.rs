@@ -106,6 +106,42 @@ pub fn allowed_callers(method: &str) -> Option<&'static [Caller]> {
     Some(callers)
 }
 
+/// Who calls `service` at all (any of its RPCs), for the NetworkPolicies that must let them
+/// through: `payouts config callers` prints it, and the chart's CI check compares.
+pub fn callers_of(service: ServiceName) -> Vec<Caller> {
+    let set = prost_descriptors();
+    let mut callers = Vec::new();
+    for (path, _) in set.iter().filter(|(path, _)| {
+        path.split_once('/')
+            .is_some_and(|(name, _)| name == service.grpc_name())
+    }) {
+        for caller in allowed_callers(path).unwrap_or_default() {
+            if !callers.contains(caller) {
+                callers.push(*caller);
+            }
+        }
+    }
+    callers
+}
+
+/// Every RPC path of the contracts (`package.Service/Method`), with its service.
+fn prost_descriptors() -> Vec<(String, String)> {
+    use prost::Message as _;
+    let Ok(set) = prost_types::FileDescriptorSet::decode(payouts_proto::FILE_DESCRIPTOR_SET) else {
+        return Vec::new();
+    };
+    let mut paths = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            let full = format!("{}.{}", file.package(), service.name());
+            for method in &service.method {
+                paths.push((format!("{full}/{}", method.name()), full.clone()));
+            }
+        }
+    }
+    paths
+}
+
 /// Paths every connection may call, certificate or not.
 fn is_open(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
@@ -243,8 +279,6 @@ where
 
 #[cfg(test)]
 mod tests {
-    use prost::Message as _;
-
     use super::*;
 
     fn peer(names: &[&str]) -> PeerIdentity {
@@ -256,24 +290,25 @@ mod tests {
 
     #[test]
     fn every_rpc_of_the_contracts_has_callers() {
-        let set =
-            prost_types::FileDescriptorSet::decode(payouts_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let mut methods = 0;
-        for file in &set.file {
-            for service in &file.service {
-                let full = format!("{}.{}", file.package(), service.name());
-                for method in &service.method {
-                    let path = format!("{full}/{}", method.name());
-                    let callers = allowed_callers(&path);
-                    assert!(
-                        callers.is_some_and(|callers| !callers.is_empty()),
-                        "{path} has no callers in the authorization table"
-                    );
-                    methods += 1;
-                }
-            }
+        let paths = prost_descriptors();
+        assert!(paths.len() > 40, "only {} methods found", paths.len());
+        for (path, _) in &paths {
+            let callers = allowed_callers(path);
+            assert!(
+                callers.is_some_and(|callers| !callers.is_empty()),
+                "{path} has no callers in the authorization table"
+            );
         }
-        assert!(methods > 40, "only {methods} methods found");
+        assert_eq!(
+            callers_of(ServiceName::Webhooks),
+            vec![Gateway],
+            "only the gateway calls the webhooks service"
+        );
+        let limits = callers_of(ServiceName::Limits);
+        for caller in [Gateway, PAYOUTS, BALANCE, Platform] {
+            assert!(limits.contains(&caller), "{caller} calls limits");
+        }
+        assert_eq!(limits.len(), 4, "{limits:?}");
         assert_eq!(
             allowed_callers("payouts.payouts.v1.PayoutsService/Nope"),
             None
