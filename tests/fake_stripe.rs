@@ -50,7 +50,116 @@ async fn every_endpoint_wants_a_secret_key_and_answers_in_stripes_shapes() {
 
     let (status, endpoints) = get(&stripe, "/v1/webhook_endpoints", Some("sk_test_fake")).await;
     assert_eq!((status, endpoints["object"].as_str()), (200, Some("list")));
-    assert_eq!(endpoints["data"][0]["object"], "webhook_endpoint");
+    assert_eq!(endpoints["data"], serde_json::json!([]), "none yet");
+}
+
+async fn post_form(stripe: &FakeStripe, path: &str, form: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", stripe.url()))
+        .bearer_auth("sk_test_fake")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_owned())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_endpoints_are_created_listed_retrieved_and_updated() {
+    let stripe = FakeStripe::start().await;
+    let (status, created) = post_form(
+        &stripe,
+        "/v1/webhook_endpoints",
+        "url=https%3A%2F%2Fpay.example.com%2Fapi%2Fwebhooks%2Fstripe-payouts&connect=true&enabled_events[0]=transfer.created&enabled_events[1]=payout.paid",
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["object"], "webhook_endpoint");
+    assert_eq!(
+        created["url"],
+        "https://pay.example.com/api/webhooks/stripe-payouts"
+    );
+    assert_eq!(
+        created["enabled_events"],
+        serde_json::json!(["transfer.created", "payout.paid"])
+    );
+    assert!(created["application"].is_string(), "a Connect endpoint");
+    let secret = created["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let (_, second) = post_form(
+        &stripe,
+        "/v1/webhook_endpoints",
+        "url=https%3A%2F%2Fpay.example.com%2Fapi%2Fwebhooks%2Fstripe-subscription&enabled_events[0]=charge.refunded",
+    )
+    .await;
+    assert!(second["application"].is_null(), "an account endpoint");
+    assert_ne!(second["secret"], created["secret"]);
+
+    // Listed newest first, without secrets, page by page.
+    let (_, page) = get(
+        &stripe,
+        "/v1/webhook_endpoints?limit=1",
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(page["data"][0]["id"], second["id"]);
+    assert_eq!(page["has_more"], true);
+    assert!(page["data"][0]["secret"].is_null());
+    let next = format!(
+        "/v1/webhook_endpoints?limit=1&starting_after={}",
+        second["id"].as_str().unwrap()
+    );
+    let (_, page) = get(&stripe, &next, Some("sk_test_fake")).await;
+    assert_eq!(page["data"][0]["id"], id.as_str());
+    assert_eq!(page["has_more"], false);
+
+    // Updated in place: events replaced, the secret unchanged and not shown.
+    let (status, updated) = post_form(
+        &stripe,
+        &format!("/v1/webhook_endpoints/{id}"),
+        "enabled_events[0]=transfer.created&enabled_events[1]=transfer.updated",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        updated["enabled_events"],
+        serde_json::json!(["transfer.created", "transfer.updated"])
+    );
+    assert!(updated["secret"].is_null());
+    let (status, retrieved) = get(
+        &stripe,
+        &format!("/v1/webhook_endpoints/{id}"),
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(
+        (status, &retrieved["enabled_events"]),
+        (200, &updated["enabled_events"])
+    );
+
+    let (status, missing) = get(
+        &stripe,
+        "/v1/webhook_endpoints/we_nope",
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (404, Some("resource_missing"))
+    );
+    let (status, refused) = post_form(
+        &stripe,
+        "/v1/webhook_endpoints",
+        "url=http%3A%2F%2Finsecure",
+    )
+    .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("url_invalid"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

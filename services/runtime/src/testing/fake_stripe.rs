@@ -47,6 +47,8 @@ struct StripeState {
     lookup_calls: usize,
     available_cents: i64,
     pending_cents: i64,
+    /// Webhook endpoints, in creation order (the list answers newest first, as Stripe does).
+    webhook_endpoints: Vec<Value>,
 }
 
 /// A running fake Stripe.
@@ -261,32 +263,135 @@ async fn balance_transactions(
     list(page, "/v1/balance_transactions", has_more)
 }
 
-async fn create_webhook_endpoint(
-    axum::Form(params): axum::Form<Vec<(String, String)>>,
-) -> Response {
-    let mut endpoint = fixture("webhook_endpoint");
-    let param = |name: &str| {
-        params
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-    };
-    endpoint["url"] = json!(param("url").unwrap_or_default());
+/// The value of form parameter `name`.
+fn form_param(params: &[(String, String)], name: &str) -> Option<String> {
+    params
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.clone())
+}
+
+/// Applies the settable fields of a webhook endpoint from form parameters.
+fn apply_webhook_endpoint_params(endpoint: &mut Value, params: &[(String, String)]) {
+    for field in ["url", "description", "api_version"] {
+        if let Some(value) = form_param(params, field) {
+            endpoint[field] = json!(value);
+        }
+    }
+    if let Some(disabled) = form_param(params, "disabled") {
+        endpoint["status"] = json!(if disabled == "true" {
+            "disabled"
+        } else {
+            "enabled"
+        });
+    }
     let events: Vec<&String> = params
         .iter()
         .filter(|(key, _)| key.starts_with("enabled_events["))
         .map(|(_, value)| value)
         .collect();
-    endpoint["enabled_events"] = json!(events);
-    endpoint["secret"] = json!("whsec_fake_endpoint_secret");
+    if !events.is_empty() {
+        endpoint["enabled_events"] = json!(events);
+    }
+}
+
+/// `POST /v1/webhook_endpoints`: the endpoint with its signing secret (shown only here, as
+/// Stripe shows it only on creation). `connect=true` makes it a Connect endpoint
+/// (`application` set), as Stripe does.
+async fn create_webhook_endpoint(
+    State(state): State<Shared>,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    if form_param(&params, "url").is_none_or(|url| !url.starts_with("https://")) {
+        return stripe_error(
+            400,
+            "url_invalid",
+            "Invalid URL: the URL must be an https:// URL.",
+        );
+    }
+    let mut state = lock(&state);
+    let number = state.webhook_endpoints.len() + 1;
+    let mut endpoint = fixture("webhook_endpoint");
+    endpoint["id"] = json!(format!("we_fake{number:06}"));
+    endpoint["status"] = json!("enabled");
+    endpoint["created"] = json!(now());
+    endpoint["application"] = if form_param(&params, "connect").as_deref() == Some("true") {
+        json!("ca_fake_platform")
+    } else {
+        Value::Null
+    };
+    endpoint["secret"] = Value::Null;
+    apply_webhook_endpoint_params(&mut endpoint, &params);
+    state.webhook_endpoints.push(endpoint.clone());
+    endpoint["secret"] = json!(format!("whsec_fake_endpoint_secret_{number}"));
     axum::Json(endpoint).into_response()
 }
 
-async fn list_webhook_endpoints() -> Response {
-    list(
-        vec![fixture("webhook_endpoint")],
-        "/v1/webhook_endpoints",
-        false,
+/// `GET /v1/webhook_endpoints`: newest first, paginated by `limit` and `starting_after`.
+async fn list_webhook_endpoints(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let all: Vec<Value> = lock(&state)
+        .webhook_endpoints
+        .iter()
+        .rev()
+        .cloned()
+        .collect();
+    let limit = query
+        .get("limit")
+        .and_then(|limit| limit.parse().ok())
+        .unwrap_or(10_usize)
+        .clamp(1, 100);
+    let start = query
+        .get("starting_after")
+        .and_then(|after| all.iter().position(|e| e["id"] == after.as_str()))
+        .map_or(0, |position| position + 1);
+    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let has_more = start + page.len() < all.len();
+    list(page, "/v1/webhook_endpoints", has_more)
+}
+
+/// `GET /v1/webhook_endpoints/{id}`.
+async fn retrieve_webhook_endpoint(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+) -> Response {
+    match lock(&state)
+        .webhook_endpoints
+        .iter()
+        .find(|e| e["id"] == id.as_str())
+    {
+        Some(endpoint) => axum::Json(endpoint.clone()).into_response(),
+        None => no_such_webhook_endpoint(&id),
+    }
+}
+
+/// `POST /v1/webhook_endpoints/{id}`: updates url, enabled_events, description, disabled.
+async fn update_webhook_endpoint(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let mut state = lock(&state);
+    match state
+        .webhook_endpoints
+        .iter_mut()
+        .find(|e| e["id"] == id.as_str())
+    {
+        Some(endpoint) => {
+            apply_webhook_endpoint_params(endpoint, &params);
+            axum::Json(endpoint.clone()).into_response()
+        }
+        None => no_such_webhook_endpoint(&id),
+    }
+}
+
+fn no_such_webhook_endpoint(id: &str) -> Response {
+    stripe_error(
+        404,
+        "resource_missing",
+        &format!("No such webhook endpoint: '{id}'"),
     )
 }
 
@@ -307,6 +412,10 @@ impl FakeStripe {
             .route(
                 "/v1/webhook_endpoints",
                 post(create_webhook_endpoint).get(list_webhook_endpoints),
+            )
+            .route(
+                "/v1/webhook_endpoints/{id}",
+                post(update_webhook_endpoint).get(retrieve_webhook_endpoint),
             )
             .layer(axum::middleware::from_fn(require_secret_key))
             .with_state(Arc::clone(&state));
