@@ -67,7 +67,7 @@ impl std::fmt::Debug for MutualTls {
 
 struct Loaded {
     /// The files' bytes, to tell whether they changed.
-    source: Vec<u8>,
+    source: Source,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     /// The names of this component's own certificate.
@@ -77,7 +77,7 @@ struct Loaded {
 impl MutualTls {
     /// Reads and checks the files; an error names the setting at fault.
     pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<Self>> {
-        let loaded = build(files)?;
+        let loaded = build(files, read_all(files)?)?;
         Ok(Arc::new(Self {
             files: files.clone(),
             loaded: RwLock::new(loaded),
@@ -110,7 +110,7 @@ impl MutualTls {
         if source == self.read().source {
             return Ok(false);
         }
-        let loaded = build(&self.files)?;
+        let loaded = build(&self.files, source)?;
         *self
             .loaded
             .write()
@@ -227,21 +227,28 @@ fn read_file(variable: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> 
     })
 }
 
-fn read_all(files: &TlsFiles) -> anyhow::Result<Vec<u8>> {
-    let mut all = read_file("GRPC_TLS_CERT_FILE", &files.cert)?;
-    all.extend(read_file("GRPC_TLS_KEY_FILE", &files.key)?);
-    all.extend(read_file("GRPC_TLS_CA_FILE", &files.ca)?);
-    Ok(all)
+/// The three files as read: certificate, key, CA.
+#[derive(PartialEq, Eq)]
+struct Source {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
 }
 
-fn build(files: &TlsFiles) -> anyhow::Result<Loaded> {
+fn read_all(files: &TlsFiles) -> anyhow::Result<Source> {
+    Ok(Source {
+        cert: read_file("GRPC_TLS_CERT_FILE", &files.cert)?,
+        key: read_file("GRPC_TLS_KEY_FILE", &files.key)?,
+        ca: read_file("GRPC_TLS_CA_FILE", &files.ca)?,
+    })
+}
+
+fn build(files: &TlsFiles, source: Source) -> anyhow::Result<Loaded> {
     let invalid = |variable: &str, path: &std::path::Path, what: String| {
         anyhow::anyhow!("invalid setting {variable}: {} {what}", path.display())
     };
-    let cert_pem = read_file("GRPC_TLS_CERT_FILE", &files.cert)?;
-    let key_pem = read_file("GRPC_TLS_KEY_FILE", &files.key)?;
-    let ca_pem = read_file("GRPC_TLS_CA_FILE", &files.ca)?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+    let (cert_pem, key_pem, ca_pem) = (&source.cert, &source.key, &source.ca);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|error| {
             invalid(
@@ -265,7 +272,7 @@ fn build(files: &TlsFiles) -> anyhow::Result<Loaded> {
             "has no DNS or URI subject alternative name to identify this component by".to_owned(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|error| {
         invalid(
             "GRPC_TLS_KEY_FILE",
             &files.key,
@@ -273,7 +280,7 @@ fn build(files: &TlsFiles) -> anyhow::Result<Loaded> {
         )
     })?;
     let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(&ca_pem) {
+    for ca in CertificateDer::pem_slice_iter(ca_pem) {
         let ca = ca.map_err(|error| {
             invalid(
                 "GRPC_TLS_CA_FILE",
@@ -328,7 +335,7 @@ fn build(files: &TlsFiles) -> anyhow::Result<Loaded> {
         })?;
     client.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
-        source: read_all(files)?,
+        source,
         server: Arc::new(server),
         client: Arc::new(client),
         names,
