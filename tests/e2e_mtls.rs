@@ -300,3 +300,130 @@ fn a_process_apart_refuses_to_start_without_mutual_tls_or_as_someone_else() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("GRPC_TLS_KEY_FILE"));
 }
+
+/// A dispute travels every hop between processes over mutual TLS, each caller checked
+/// against the RPC it calls: the gateway stores the delivery in webhooks (IngestEvent),
+/// webhooks hands it to disputes (HandleStripeEvent), disputes alerts and tells the creator
+/// through notifications (CreateCriticalAlert, NotifyUser); the platform records the
+/// allocation and reads the frozen earnings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispute_crosses_every_process_over_mutual_tls() {
+    let with = |component: &str, extra: &[(&'static str, String)]| {
+        let mut env = tls_env(component);
+        env.push(("GRPC_PLATFORM_IDENTITIES", "creator-api".to_owned()));
+        env.extend(extra.iter().cloned());
+        env
+    };
+    let notifications_env = with("notifications", &[]);
+    let notifications = Payouts::start(
+        &["serve", "notifications"],
+        StoreChoice::Embedded,
+        &env_of(&notifications_env),
+    );
+    let notifications_url = format!("https://{}", notifications.grpc.unwrap());
+    let disputes_env = with(
+        "disputes",
+        &[("NOTIFICATIONS_SERVICE_URL", notifications_url.clone())],
+    );
+    let disputes = Payouts::start(
+        &["serve", "disputes"],
+        StoreChoice::Embedded,
+        &env_of(&disputes_env),
+    );
+    let disputes_url = format!("https://{}", disputes.grpc.unwrap());
+    let webhooks_env = with(
+        "webhooks",
+        &[
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET.to_owned()),
+            ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET.to_owned()),
+            ("WEBHOOK_POLL_MILLISECONDS", "20".to_owned()),
+            ("DISPUTES_SERVICE_URL", disputes_url.clone()),
+            ("NOTIFICATIONS_SERVICE_URL", notifications_url),
+        ],
+    );
+    let webhooks = Payouts::start(
+        &["serve", "webhooks"],
+        StoreChoice::Embedded,
+        &env_of(&webhooks_env),
+    );
+    let gateway_env = with(
+        "gateway",
+        &[(
+            "WEBHOOKS_SERVICE_URL",
+            format!("https://{}", webhooks.grpc.unwrap()),
+        )],
+    );
+    let gateway = Payouts::start(&["gateway"], StoreChoice::Embedded, &env_of(&gateway_env));
+
+    let mut platform =
+        DisputesServiceClient::new(channel_as("creator-api", &disputes_url, "payouts-disputes"));
+    let mut credit = allocation("alloc_mtls_dispute");
+    credit.charge_id = "ch_mtls_dispute".to_owned();
+    platform.record_allocation(credit).await.unwrap();
+
+    let mut dispute = stripe::fixture("dispute");
+    dispute["id"] = serde_json::json!("dp_mtls");
+    dispute["charge"] = serde_json::json!("ch_mtls_dispute");
+    dispute["amount"] = serde_json::json!(2_500);
+    dispute["status"] = serde_json::json!("needs_response");
+    let mut event = stripe::event("evt_mtls_dispute", "charge.dispute.created", "dispute");
+    event["data"]["object"] = dispute;
+    let body = serde_json::to_vec(&event).unwrap();
+    let signature =
+        stripe::signature_header(&body, SUBSCRIPTION_SECRET, chrono::Utc::now().timestamp());
+    let response = reqwest::Client::new()
+        .post(gateway.gateway_url("/api/webhooks/stripe-subscription"))
+        .header("stripe-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+
+    let mut frozen = 0;
+    for _ in 0..500 {
+        let earnings = platform
+            .get_earnings(GetEarningsRequest {
+                user_id: "creator_mtls".to_owned(),
+                currency: "usd".to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        frozen = earnings.frozen.map_or(0, |money| money.cents);
+        if frozen == 2_500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        frozen, 2_500,
+        "the dispute reached disputes through webhooks over mutual TLS"
+    );
+
+    // The dispute's alert reached notifications (disputes -> CreateCriticalAlert), read as
+    // the gateway reads it.
+    let mut alerts = payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient::new(
+        channel_as("gateway", &format!("https://{}", notifications.grpc.unwrap()), "payouts-notifications"),
+    );
+    let mut found = Vec::new();
+    for _ in 0..500 {
+        found = alerts
+            .list_critical_alerts(
+                payouts_proto::notifications::v1::ListCriticalAlertsRequest::default(),
+            )
+            .await
+            .unwrap()
+            .into_inner()
+            .alerts;
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        found.iter().any(|alert| alert.r#type == "dispute_created"),
+        "{found:?}"
+    );
+}
