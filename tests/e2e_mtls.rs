@@ -88,6 +88,36 @@ fn allocation(id: &str) -> RecordAllocationRequest {
     }
 }
 
+/// The test creator's earnings, read with the platform's identity.
+async fn earnings_of_creator(
+    platform: &mut DisputesServiceClient<TracedChannel>,
+) -> payouts_proto::disputes::v1::GetEarningsResponse {
+    platform
+        .get_earnings(GetEarningsRequest {
+            user_id: "creator_mtls".to_owned(),
+            currency: "usd".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Posts `event`, signed, to the gateway's subscription endpoint; it must be stored.
+async fn deliver_subscription_event(gateway: &Payouts, event: &serde_json::Value) {
+    let body = serde_json::to_vec(event).unwrap();
+    let signature =
+        stripe::signature_header(&body, SUBSCRIPTION_SECRET, chrono::Utc::now().timestamp());
+    let response = reqwest::Client::new()
+        .post(gateway.gateway_url("/api/webhooks/stripe-subscription"))
+        .header("stripe-signature", signature)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}
+
 fn start_disputes() -> Payouts {
     let mut env = tls_env("disputes");
     env.push(("GRPC_PLATFORM_IDENTITIES", "creator-api".to_owned()));
@@ -105,14 +135,7 @@ async fn each_caller_is_authenticated_and_allowed_only_its_rpcs() {
         DisputesServiceClient::new(channel_as("creator-api", &url, "payouts-disputes"));
     let recorded = platform.record_allocation(allocation("alloc_mtls_1")).await;
     assert!(recorded.is_ok(), "{recorded:?}");
-    let earnings = platform
-        .get_earnings(GetEarningsRequest {
-            user_id: "creator_mtls".to_owned(),
-            currency: "usd".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let earnings = earnings_of_creator(&mut platform).await;
     assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
 
     // No certificate: UNAUTHENTICATED, and nothing credited.
@@ -174,14 +197,7 @@ async fn each_caller_is_authenticated_and_allowed_only_its_rpcs() {
     assert_ne!(refused.code(), tonic::Code::Ok);
 
     // Only the authenticated allocation was credited.
-    let earnings = platform
-        .get_earnings(GetEarningsRequest {
-            user_id: "creator_mtls".to_owned(),
-            currency: "usd".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let earnings = earnings_of_creator(&mut platform).await;
     assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
 
     // Health stays open: over TLS without a certificate, and on the plaintext health port.
@@ -234,19 +250,11 @@ async fn the_gateway_reaches_a_service_in_another_process_over_mutual_tls() {
     gateway_env.push(("WEBHOOKS_SERVICE_URL", url.clone()));
     let gateway = Payouts::start(&["gateway"], StoreChoice::Embedded, &env_of(&gateway_env));
 
-    let event =
-        serde_json::to_vec(&stripe::event("evt_mtls_1", "invoice.paid", "invoice")).unwrap();
-    let signature =
-        stripe::signature_header(&event, SUBSCRIPTION_SECRET, chrono::Utc::now().timestamp());
-    let response = reqwest::Client::new()
-        .post(gateway.gateway_url("/api/webhooks/stripe-subscription"))
-        .header("stripe-signature", signature)
-        .header("content-type", "application/json")
-        .body(event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    deliver_subscription_event(
+        &gateway,
+        &stripe::event("evt_mtls_1", "invoice.paid", "invoice"),
+    )
+    .await;
 
     // The same call from the platform's identity is not the gateway's to make.
     let mut platform =
@@ -368,29 +376,11 @@ async fn a_dispute_crosses_every_process_over_mutual_tls() {
     dispute["status"] = serde_json::json!("needs_response");
     let mut event = stripe::event("evt_mtls_dispute", "charge.dispute.created", "dispute");
     event["data"]["object"] = dispute;
-    let body = serde_json::to_vec(&event).unwrap();
-    let signature =
-        stripe::signature_header(&body, SUBSCRIPTION_SECRET, chrono::Utc::now().timestamp());
-    let response = reqwest::Client::new()
-        .post(gateway.gateway_url("/api/webhooks/stripe-subscription"))
-        .header("stripe-signature", signature)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    deliver_subscription_event(&gateway, &event).await;
 
     let mut frozen = 0;
     for _ in 0..500 {
-        let earnings = platform
-            .get_earnings(GetEarningsRequest {
-                user_id: "creator_mtls".to_owned(),
-                currency: "usd".to_owned(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let earnings = earnings_of_creator(&mut platform).await;
         frozen = earnings.frozen.map_or(0, |money| money.cents);
         if frozen == 2_500 {
             break;

@@ -310,29 +310,24 @@ fn build(files: &TlsFiles, source: Source) -> anyhow::Result<Loaded> {
             .allow_unauthenticated()
             .build()
             .map_err(|error| invalid("GRPC_TLS_CA_FILE", &files.ca, error.to_string()))?;
+    let key_mismatch = |error: rustls::Error| {
+        invalid(
+            "GRPC_TLS_KEY_FILE",
+            &files.key,
+            format!("does not go with GRPC_TLS_CERT_FILE: {error}"),
+        )
+    };
     let mut server = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|error| {
-            invalid(
-                "GRPC_TLS_KEY_FILE",
-                &files.key,
-                format!("does not go with GRPC_TLS_CERT_FILE: {error}"),
-            )
-        })?;
+        .map_err(key_mismatch)?;
     server.alpn_protocols = vec![b"h2".to_vec()];
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|error| {
-            invalid(
-                "GRPC_TLS_KEY_FILE",
-                &files.key,
-                format!("does not go with GRPC_TLS_CERT_FILE: {error}"),
-            )
-        })?;
+        .map_err(key_mismatch)?;
     client.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
         source,

@@ -176,6 +176,23 @@ async fn create_reversal(
     })
 }
 
+/// One page of `all` as Stripe pages a list: `limit` (10 by default, 1 to 100) objects after
+/// the one `starting_after` names.
+fn paginated(all: &[Value], query: &HashMap<String, String>, url: &str) -> Response {
+    let limit: usize = query
+        .get("limit")
+        .and_then(|limit| limit.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 100);
+    let start = query
+        .get("starting_after")
+        .and_then(|after| all.iter().position(|object| object["id"] == after.as_str()))
+        .map_or(0, |position| position + 1);
+    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let has_more = start + page.len() < all.len();
+    list(page, url, has_more)
+}
+
 fn list(data: Vec<Value>, url: &str, has_more: bool) -> Response {
     axum::Json(json!({ "object": "list", "data": data, "has_more": has_more, "url": url }))
         .into_response()
@@ -249,18 +266,7 @@ async fn balance_transactions(
             &format!("No such payout: '{payout}'"),
         );
     };
-    let limit: usize = query
-        .get("limit")
-        .and_then(|limit| limit.parse().ok())
-        .unwrap_or(10)
-        .clamp(1, 100);
-    let start = query
-        .get("starting_after")
-        .and_then(|after| all.iter().position(|t| t["id"] == after.as_str()))
-        .map_or(0, |position| position + 1);
-    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
-    let has_more = start + page.len() < all.len();
-    list(page, "/v1/balance_transactions", has_more)
+    paginated(&all, &query, "/v1/balance_transactions")
 }
 
 /// The value of form parameter `name`.
@@ -338,18 +344,7 @@ async fn list_webhook_endpoints(
         .rev()
         .cloned()
         .collect();
-    let limit = query
-        .get("limit")
-        .and_then(|limit| limit.parse().ok())
-        .unwrap_or(10_usize)
-        .clamp(1, 100);
-    let start = query
-        .get("starting_after")
-        .and_then(|after| all.iter().position(|e| e["id"] == after.as_str()))
-        .map_or(0, |position| position + 1);
-    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
-    let has_more = start + page.len() < all.len();
-    list(page, "/v1/webhook_endpoints", has_more)
+    paginated(&all, &query, "/v1/webhook_endpoints")
 }
 
 /// `GET /v1/webhook_endpoints/{id}`.
