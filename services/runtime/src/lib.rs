@@ -10,6 +10,7 @@
 //! - [`clock`]: injectable time, so domain logic and tests never read the wall clock directly.
 //! - [`ids`]: injectable ids, so a simulation makes the same ids from the same seed.
 //! - [`backoff`]: capped exponential retry delays with a deterministic jitter.
+//! - [`jobs`]: periodic jobs one replica at a time runs, under a lease, with a durable cursor.
 
 #![forbid(unsafe_code)]
 
@@ -22,6 +23,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc;
 pub mod ids;
+pub mod jobs;
 pub mod money;
 pub mod shutdown;
 pub mod store;
