@@ -393,7 +393,10 @@ mod tests {
             runs: Mutex::new(Vec::new()),
             fail: true,
         });
-        assert_eq!(replica("b", failing.clone()).tick().await.unwrap(), Tick::Failed);
+        assert_eq!(
+            replica("b", failing.clone()).tick().await.unwrap(),
+            Tick::Failed
+        );
         assert_eq!(failing.runs.lock().unwrap().clone(), vec![Some(at(100))]);
         // Still due, and still from the same cursor.
         assert_eq!(a.tick().await.unwrap(), Tick::Ran);

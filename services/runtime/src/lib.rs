@@ -30,6 +30,8 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 
+#[cfg(feature = "fake-stripe")]
+pub mod stripe_dev;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -192,8 +192,9 @@ pub(crate) fn free_port() -> Result<u16, String> {
 }
 
 pub mod bench;
-pub mod fake_stripe;
 pub mod smtp;
 pub mod spans;
-pub mod stripe;
-pub mod stripe_ledger;
+
+/// Stripe as tests see it (the same modules `payouts dev fake-stripe` and `payouts stripe
+/// trigger` use, feature `fake-stripe`).
+pub use crate::stripe_dev::{self as stripe, fake as fake_stripe, ledger as stripe_ledger};

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::stripe::fixture;
+use super::fixture;
 
 /// The first answer Stripe gave under an idempotency key, with the parameters it was for.
 #[derive(Debug, Clone)]

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use super::stripe::fixture;
-use super::stripe_ledger::{Ledger, error_body};
+use super::fixture;
+use super::ledger::{Ledger, error_body};
 
 /// What the next `POST /v1/transfers` (or `/v1/transfers/{id}/reversals`) does instead of
 /// succeeding.
