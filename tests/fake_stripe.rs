@@ -54,9 +54,13 @@ async fn every_endpoint_wants_a_secret_key_and_answers_in_stripes_shapes() {
 }
 
 async fn post_form(stripe: &FakeStripe, path: &str, form: &str) -> (u16, Value) {
+    post_form_as(stripe, "sk_test_fake", path, form).await
+}
+
+async fn post_form_as(stripe: &FakeStripe, key: &str, path: &str, form: &str) -> (u16, Value) {
     let response = reqwest::Client::new()
         .post(format!("{}{path}", stripe.url()))
-        .bearer_auth("sk_test_fake")
+        .bearer_auth(key)
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form.to_owned())
         .send()
@@ -150,8 +154,10 @@ async fn webhook_endpoints_are_created_listed_retrieved_and_updated() {
         (status, missing["error"]["code"].as_str()),
         (404, Some("resource_missing"))
     );
-    let (status, refused) = post_form(
+    // Live mode wants https; test mode takes a local http gateway too, as Stripe does.
+    let (status, refused) = post_form_as(
         &stripe,
+        "sk_live_fake",
         "/v1/webhook_endpoints",
         "url=http%3A%2F%2Finsecure",
     )
@@ -160,6 +166,141 @@ async fn webhook_endpoints_are_created_listed_retrieved_and_updated() {
         (status, refused["error"]["code"].as_str()),
         (400, Some("url_invalid"))
     );
+    let (status, _) = post_form(
+        &stripe,
+        "/v1/webhook_endpoints",
+        "url=http%3A%2F%2F127.0.0.1%3A3000%2Fapi%2Fwebhooks%2Fstripe-payouts",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, refused) = post_form(&stripe, "/v1/webhook_endpoints", "url=ftp%3A%2F%2Fx").await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("url_invalid"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_listed_newest_first_by_type_delivery_account_and_time_in_pages() {
+    use payouts_runtime::testing::stripe;
+    let stripe_api = FakeStripe::start().await;
+    let now = chrono::Utc::now().timestamp();
+    let event = |id: &str, kind: &str, created: i64, account: Option<&str>| {
+        let mut event = stripe::event(id, kind, "transfer");
+        event["created"] = serde_json::json!(created);
+        event["account"] = serde_json::json!(account);
+        event
+    };
+    stripe_api.record_event(
+        event("evt_old", "transfer.created", now - 31 * 86_400, None),
+        false,
+    );
+    stripe_api.record_event(event("evt_a", "transfer.created", now - 100, None), false);
+    stripe_api.record_event(event("evt_b", "transfer.updated", now - 50, None), true);
+    stripe_api.record_event(event("evt_c", "charge.refunded", now - 40, None), false);
+    stripe_api.record_event(
+        event("evt_d", "payout.paid", now - 30, Some("acct_1")),
+        false,
+    );
+    stripe_api.record_event(event("evt_e", "transfer.reversed", now - 20, None), false);
+    let ids = |list: &Value| -> Vec<String> {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let key = Some("sk_test_fake");
+    let (status, all) = get(&stripe_api, "/v1/events", key).await;
+    assert_eq!(status, 200);
+    // Newest first, the platform's only, none older than 30 days.
+    assert_eq!(ids(&all), ["evt_e", "evt_c", "evt_b", "evt_a"]);
+    let (_, undelivered) = get(
+        &stripe_api,
+        "/v1/events?delivery_success=false&types[]=transfer.created&types[]=transfer.reversed&types[]=transfer.updated",
+        key,
+    )
+    .await;
+    assert_eq!(ids(&undelivered), ["evt_e", "evt_a"]);
+    let (_, window) = get(
+        &stripe_api,
+        &format!(
+            "/v1/events?created[gte]={}&created[lt]={}",
+            now - 60,
+            now - 20
+        ),
+        key,
+    )
+    .await;
+    assert_eq!(ids(&window), ["evt_c", "evt_b"]);
+    let (_, first) = get(&stripe_api, "/v1/events?limit=3", key).await;
+    assert_eq!(
+        (ids(&first).len(), first["has_more"].as_bool()),
+        (3, Some(true))
+    );
+    let (_, second) = get(&stripe_api, "/v1/events?limit=3&starting_after=evt_b", key).await;
+    assert_eq!(
+        (ids(&second), second["has_more"].as_bool()),
+        (vec!["evt_a".to_owned()], Some(false))
+    );
+    // A connected account's events, with Stripe-Account.
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/events", stripe_api.url()))
+        .bearer_auth("sk_test_fake")
+        .header("Stripe-Account", "acct_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ids(&response.json().await.unwrap()), ["evt_d"]);
+    let (status, refused) = get(&stripe_api, "/v1/events?created[gte]=yesterday", key).await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (400, Some("parameter_invalid_integer"))
+    );
+    stripe_api.fail_next_listing(500, "api_error");
+    let (status, _) = get(&stripe_api, "/v1/events", key).await;
+    assert_eq!(status, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_are_listed_by_creation_time_and_record_their_events() {
+    let stripe_api = FakeStripe::start().await;
+    let (status, first) = create(&stripe_api, "key-a", "500").await;
+    assert_eq!(status, 200);
+    let other = stripe_api.make_transfer(700, "acct_2", &[]);
+    let reversed = stripe_api
+        .reverse(other["id"].as_str().unwrap(), 200)
+        .unwrap();
+    assert_eq!(reversed["amount_reversed"], 200);
+    let key = Some("sk_test_fake");
+    let created = first["created"].as_i64().unwrap();
+    let (_, listed) = get(
+        &stripe_api,
+        &format!("/v1/transfers?created[gte]={created}&limit=1"),
+        key,
+    )
+    .await;
+    assert_eq!(listed["data"][0]["id"], other["id"], "newest first");
+    assert_eq!(listed["has_more"], true);
+    let (_, none) = get(
+        &stripe_api,
+        &format!("/v1/transfers?created[gt]={}", created + 3600),
+        key,
+    )
+    .await;
+    assert_eq!(none["data"], serde_json::json!([]));
+    let kinds: Vec<String> = stripe_api
+        .events()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["transfer.created", "transfer.created", "transfer.reversed"]
+    );
+    assert!(stripe_api.remove_transfer(first["id"].as_str().unwrap()));
+    assert_eq!(stripe_api.transfers().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,8 @@ struct StripeState {
     ledger: Ledger,
     script: VecDeque<Behaviour>,
     lookup_failures: VecDeque<(u16, String)>,
+    /// Failures of the next listings (`GET /v1/transfers` by date, `GET /v1/events`).
+    listing_failures: VecDeque<(u16, String)>,
     balance_failures: VecDeque<(u16, String)>,
     create_calls: usize,
     lookup_calls: usize,
@@ -49,6 +51,37 @@ struct StripeState {
     pending_cents: i64,
     /// Webhook endpoints, in creation order (the list answers newest first, as Stripe does).
     webhook_endpoints: Vec<Value>,
+    /// Events, in creation order, with whether every delivery of each succeeded.
+    events: Vec<StoredEvent>,
+    event_counter: u64,
+}
+
+/// An event the fake holds, as `GET /v1/events` lists it.
+#[derive(Debug, Clone)]
+struct StoredEvent {
+    event: Value,
+    delivered: bool,
+}
+
+impl StripeState {
+    /// Records an event about `object` (undelivered: the fake delivers nothing itself), on
+    /// a connected account when `account` is given.
+    fn emit(&mut self, event_type: &str, object: Value, account: Option<&str>) {
+        self.event_counter += 1;
+        let mut event = super::event(
+            &format!("evt_fake{:08}", self.event_counter),
+            event_type,
+            "transfer",
+        );
+        event["created"] = json!(now());
+        event["data"]["object"] = object;
+        event["account"] = account.map_or(Value::Null, |account| json!(account));
+        event["livemode"] = json!(false);
+        self.events.push(StoredEvent {
+            event,
+            delivered: false,
+        });
+    }
 }
 
 /// A running fake Stripe.
@@ -154,9 +187,16 @@ async fn create_transfer(
 ) -> Response {
     let mut state = lock(&state);
     state.create_calls += 1;
-    create_scripted(&mut state, idempotency_key(&headers), &params, |ledger| {
-        (200, ledger.create_transfer(&params, now()).to_string())
-    })
+    let mut made = None;
+    let response = create_scripted(&mut state, idempotency_key(&headers), &params, |ledger| {
+        let transfer = ledger.create_transfer(&params, now());
+        made = Some(transfer.clone());
+        (200, transfer.to_string())
+    });
+    if let Some(transfer) = made {
+        state.emit("transfer.created", transfer, None);
+    }
+    response
 }
 
 async fn create_reversal(
@@ -168,12 +208,48 @@ async fn create_reversal(
     // Keys are per endpoint at Stripe: a reversal's never replays a transfer's.
     let key = idempotency_key(&headers).map(|key| format!("reversal:{key}"));
     let mut state = lock(&state);
-    create_scripted(&mut state, key.as_deref(), &params, |ledger| {
+    let mut reversed = false;
+    let response = create_scripted(&mut state, key.as_deref(), &params, |ledger| {
         match ledger.create_reversal(&id, &params, now()) {
-            Ok(reversal) => (200, reversal.to_string()),
+            Ok(reversal) => {
+                reversed = true;
+                (200, reversal.to_string())
+            }
             Err((status, code, message)) => (status, error_body(status, code, &message)),
         }
-    })
+    });
+    if reversed && let Some(transfer) = state.ledger.transfer(&id) {
+        state.emit("transfer.reversed", transfer, None);
+    }
+    response
+}
+
+/// Whether `object`'s `created` is inside the range of `created[gte|gt|lte|lt]` in `query`.
+fn created_in_range(object: &Value, query: &HashMap<String, String>) -> bool {
+    let created = object["created"].as_i64().unwrap_or(0);
+    let bound = |name: &str| {
+        query
+            .get(&format!("created[{name}]"))
+            .and_then(|value| value.parse::<i64>().ok())
+    };
+    bound("gte").is_none_or(|at| created >= at)
+        && bound("gt").is_none_or(|at| created > at)
+        && bound("lte").is_none_or(|at| created <= at)
+        && bound("lt").is_none_or(|at| created < at)
+}
+
+/// A `created[...]` bound that is not unix seconds: Stripe's 400.
+fn bad_created_bound(query: &HashMap<String, String>) -> Option<Response> {
+    query
+        .iter()
+        .find(|(key, value)| key.starts_with("created[") && value.parse::<i64>().is_err())
+        .map(|(key, _)| {
+            stripe_error(
+                400,
+                "parameter_invalid_integer",
+                &format!("Invalid integer: {key}"),
+            )
+        })
 }
 
 /// One page of `all` as Stripe pages a list: `limit` (10 by default, 1 to 100) objects after
@@ -198,19 +274,83 @@ fn list(data: Vec<Value>, url: &str, has_more: bool) -> Response {
         .into_response()
 }
 
+/// `GET /v1/transfers`: newest first, by `transfer_group` and `created[gte|gt|lte|lt]`,
+/// paginated. A lookup by transfer group is what [`FakeStripe::fail_next_lookup`] fails.
 async fn list_transfers(
     State(state): State<Shared>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let mut state = lock(&state);
-    state.lookup_calls += 1;
-    if let Some((status, code)) = state.lookup_failures.pop_front() {
-        return stripe_error(status, &code, "fake lookup failure");
+    if let Some(refused) = bad_created_bound(&query) {
+        return refused;
     }
-    let data = state
+    let mut state = lock(&state);
+    let group = query.get("transfer_group").map(String::as_str);
+    if group.is_some() {
+        state.lookup_calls += 1;
+        if let Some((status, code)) = state.lookup_failures.pop_front() {
+            return stripe_error(status, &code, "fake lookup failure");
+        }
+    } else if let Some((status, code)) = state.listing_failures.pop_front() {
+        return stripe_error(status, &code, "fake listing failure");
+    }
+    let data: Vec<Value> = state
         .ledger
-        .list_transfers(query.get("transfer_group").map(String::as_str));
-    list(data, "/v1/transfers", false)
+        .list_transfers(group)
+        .into_iter()
+        .filter(|transfer| created_in_range(transfer, &query))
+        .collect();
+    paginated(&data, &query, "/v1/transfers")
+}
+
+/// `GET /v1/events`: newest first, by `type`, `types[]`, `created[...]` and
+/// `delivery_success`, on the platform or, with `Stripe-Account`, on a connected account;
+/// paginated. Stripe keeps events for 30 days.
+async fn list_events(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Response {
+    let query: HashMap<String, String> = pairs.iter().cloned().collect();
+    if let Some(refused) = bad_created_bound(&query) {
+        return refused;
+    }
+    let types: Vec<&str> = pairs
+        .iter()
+        .filter(|(key, _)| key == "types[]" || key.starts_with("types["))
+        .map(|(_, value)| value.as_str())
+        .collect();
+    if types.len() > 20 {
+        return stripe_error(
+            400,
+            "parameter_invalid_array",
+            "types: at most 20 event types",
+        );
+    }
+    let account = headers
+        .get("stripe-account")
+        .and_then(|value| value.to_str().ok());
+    let delivery = query.get("delivery_success").map(|value| value == "true");
+    let mut state = lock(&state);
+    if let Some((status, code)) = state.listing_failures.pop_front() {
+        return stripe_error(status, &code, "fake listing failure");
+    }
+    let oldest = now() - 30 * 24 * 3600;
+    let data: Vec<Value> = state
+        .events
+        .iter()
+        .rev()
+        .filter(|stored| stored.event["account"].as_str() == account)
+        .filter(|stored| stored.event["created"].as_i64().unwrap_or(0) >= oldest)
+        .filter(|stored| delivery.is_none_or(|delivered| stored.delivered == delivered))
+        .filter(|stored| {
+            let kind = stored.event["type"].as_str().unwrap_or_default();
+            query.get("type").is_none_or(|wanted| wanted == kind)
+                && (types.is_empty() || types.contains(&kind))
+        })
+        .filter(|stored| created_in_range(&stored.event, &query))
+        .map(|stored| stored.event.clone())
+        .collect();
+    paginated(&data, &query, "/v1/events")
 }
 
 async fn retrieve_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
@@ -306,13 +446,21 @@ fn apply_webhook_endpoint_params(endpoint: &mut Value, params: &[(String, String
 /// (`application` set), as Stripe does.
 async fn create_webhook_endpoint(
     State(state): State<Shared>,
+    headers: HeaderMap,
     axum::Form(params): axum::Form<Vec<(String, String)>>,
 ) -> Response {
-    if form_param(&params, "url").is_none_or(|url| !url.starts_with("https://")) {
+    // Live mode wants https; test mode also takes http (a local gateway).
+    let test_mode = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("Bearer sk_test_"));
+    let acceptable =
+        |url: &str| url.starts_with("https://") || (test_mode && url.starts_with("http://"));
+    if form_param(&params, "url").is_none_or(|url| !acceptable(&url)) {
         return stripe_error(
             400,
             "url_invalid",
-            "Invalid URL: the URL must be an https:// URL.",
+            "Invalid URL: the URL must be an https:// URL (http:// only in test mode).",
         );
     }
     let mut state = lock(&state);
@@ -392,7 +540,16 @@ fn no_such_webhook_endpoint(id: &str) -> Response {
 
 impl FakeStripe {
     /// Starts the fake on a free loopback port, on the current Tokio runtime.
+    #[allow(clippy::expect_used)] // tests: a loopback port is always there
     pub async fn start() -> FakeStripe {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        Self::serve(listener).expect("an address")
+    }
+
+    /// Serves the fake on `listener` (`payouts dev fake-stripe`), on the current Tokio runtime.
+    pub fn serve(listener: tokio::net::TcpListener) -> std::io::Result<FakeStripe> {
         let state: Shared = Arc::new(Mutex::new(StripeState {
             available_cents: 2_500_000,
             ..StripeState::default()
@@ -401,6 +558,7 @@ impl FakeStripe {
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
             .route("/v1/transfers/{id}", get(retrieve_transfer))
             .route("/v1/transfers/{id}/reversals", post(create_reversal))
+            .route("/v1/events", get(list_events))
             .route("/v1/balance", get(balance))
             .route("/v1/balance_transactions", get(balance_transactions))
             .route("/v1/accounts/{id}", get(account))
@@ -414,14 +572,11 @@ impl FakeStripe {
             )
             .layer(axum::middleware::from_fn(require_secret_key))
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a loopback port");
-        let url = format!("http://{}", listener.local_addr().expect("an address"));
+        let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        FakeStripe { url, state }
+        Ok(FakeStripe { url, state })
     }
 
     /// The base URL to set as STRIPE_API_BASE.
@@ -488,12 +643,71 @@ impl FakeStripe {
 
     /// Reverses `cents` more of a transfer; the transfer after it.
     pub fn reverse(&self, transfer_id: &str, cents: i64) -> Option<Value> {
-        lock(&self.state).ledger.reverse(transfer_id, cents)
+        let mut state = lock(&self.state);
+        let transfer = state.ledger.reverse(transfer_id, cents)?;
+        state.emit("transfer.reversed", transfer.clone(), None);
+        Some(transfer)
     }
 
     /// Pays the connected account's balance out to its bank: the bank payout object.
     pub fn pay_out(&self, account: &str) -> Option<Value> {
-        lock(&self.state).ledger.pay_out(account, now())
+        let mut state = lock(&self.state);
+        let payout = state.ledger.pay_out(account, now())?;
+        state.emit("payout.paid", payout.clone(), Some(account));
+        Some(payout)
+    }
+
+    /// The next listing (transfers by date, events) answers with this error.
+    pub fn fail_next_listing(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .listing_failures
+            .push_back((status, code.to_owned()));
+    }
+
+    /// Holds `event` (its `account` names a connected account's event) as Stripe would,
+    /// with whether its deliveries succeeded.
+    pub fn record_event(&self, event: Value, delivered: bool) {
+        lock(&self.state)
+            .events
+            .push(StoredEvent { event, delivered });
+    }
+
+    /// Every event held, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.state)
+            .events
+            .iter()
+            .map(|stored| stored.event.clone())
+            .collect()
+    }
+
+    /// Makes a transfer as someone else would (the dashboard, another system): no
+    /// idempotency key, the metadata given. The transfer.
+    pub fn make_transfer(&self, cents: i64, destination: &str, metadata: &[(&str, &str)]) -> Value {
+        let mut params = vec![
+            ("amount".to_owned(), cents.to_string()),
+            ("currency".to_owned(), "usd".to_owned()),
+            ("destination".to_owned(), destination.to_owned()),
+        ];
+        params.extend(
+            metadata
+                .iter()
+                .map(|(key, value)| (format!("metadata[{key}]"), (*value).to_owned())),
+        );
+        let mut state = lock(&self.state);
+        let transfer = state.ledger.create_transfer(&params, now());
+        state.emit("transfer.created", transfer.clone(), None);
+        transfer
+    }
+
+    /// Changes a transfer in place (a test's way to make Stripe's books differ from ours).
+    pub fn edit_transfer(&self, transfer_id: &str, edit: impl FnOnce(&mut Value)) -> bool {
+        lock(&self.state).ledger.edit_transfer(transfer_id, edit)
+    }
+
+    /// Forgets a transfer (as if it had never been made).
+    pub fn remove_transfer(&self, transfer_id: &str) -> bool {
+        lock(&self.state).ledger.remove_transfer(transfer_id)
     }
 
     /// Forgets every idempotency key (Stripe prunes them after 24 hours).

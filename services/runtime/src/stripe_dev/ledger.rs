@@ -166,6 +166,24 @@ impl Ledger {
             .collect()
     }
 
+    /// Changes a transfer in place; false when there is none.
+    pub fn edit_transfer(&mut self, id: &str, edit: impl FnOnce(&mut Value)) -> bool {
+        match self.transfers.iter_mut().find(|t| t["id"] == id) {
+            Some(transfer) => {
+                edit(transfer);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a transfer; false when there is none.
+    pub fn remove_transfer(&mut self, id: &str) -> bool {
+        let before = self.transfers.len();
+        self.transfers.retain(|t| t["id"] != id);
+        self.transfers.len() < before
+    }
+
     pub fn transfer(&self, id: &str) -> Option<Value> {
         self.transfers.iter().find(|t| t["id"] == id).cloned()
     }
