@@ -176,6 +176,18 @@ pub struct Settings {
     pub webhook_lease: Duration,
     /// `WEBHOOK_POLL_MILLISECONDS`: how often an idle worker looks for due events (1000).
     pub webhook_poll_interval: Duration,
+    /// `WEBHOOK_BACKFILL_INTERVAL`: how often the backfill looks for events Stripe never
+    /// delivered (`10m` by default; `s`, `m`, `h` or `d`; `off` disables it).
+    pub webhook_backfill_interval: Option<Duration>,
+    /// `RECONCILIATION_INTERVAL`: how often payouts are reconciled with Stripe's transfers
+    /// (`24h` by default; `off` disables it; an admin can always run one).
+    pub reconciliation_interval: Option<Duration>,
+    /// `RECONCILIATION_WINDOW_DAYS`: how many days of Stripe transfers a scheduled
+    /// reconciliation compares (3: late reversals and unknown outcomes are seen again).
+    pub reconciliation_window_days: u32,
+    /// `PAYOUT_STUCK_ALERT_DAYS`: a payout processing longer than this is reported as stuck
+    /// by the reconciliation, with a critical alert (7).
+    pub payout_stuck_alert_days: u32,
     /// `PAYOUT_POLL_MILLISECONDS`: how often the payout worker looks for due transfers (1000).
     pub payout_poll_interval: Duration,
     /// `PAYOUT_RETRY_BASE_SECONDS`: first transfer retry delay, doubling (spec: 300 = 5 min).
@@ -308,6 +320,10 @@ pub const VARIABLES: &[&str] = &[
     "WEBHOOK_RETRY_BASE_SECONDS",
     "WEBHOOK_LEASE_SECONDS",
     "WEBHOOK_POLL_MILLISECONDS",
+    "WEBHOOK_BACKFILL_INTERVAL",
+    "RECONCILIATION_INTERVAL",
+    "RECONCILIATION_WINDOW_DAYS",
+    "PAYOUT_STUCK_ALERT_DAYS",
     "PAYOUT_POLL_MILLISECONDS",
     "PAYOUT_RETRY_BASE_SECONDS",
     "PAYOUT_UNKNOWN_ALERT_SECONDS",
@@ -592,6 +608,12 @@ impl Settings {
             webhook_poll_interval: Duration::from_millis(
                 values.number("WEBHOOK_POLL_MILLISECONDS", 1000)?,
             ),
+            webhook_backfill_interval: values
+                .interval("WEBHOOK_BACKFILL_INTERVAL", Duration::from_secs(600))?,
+            reconciliation_interval: values
+                .interval("RECONCILIATION_INTERVAL", Duration::from_secs(24 * 3600))?,
+            reconciliation_window_days: values.number("RECONCILIATION_WINDOW_DAYS", 3)?,
+            payout_stuck_alert_days: values.number("PAYOUT_STUCK_ALERT_DAYS", 7)?,
             payout_poll_interval: Duration::from_millis(
                 values.number("PAYOUT_POLL_MILLISECONDS", 1000)?,
             ),
@@ -711,6 +733,18 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=90).contains(&self.reconciliation_window_days) {
+            return Err(ConfigError::new(
+                "RECONCILIATION_WINDOW_DAYS",
+                "must be 1 to 90 days",
+            ));
+        }
+        if self.payout_stuck_alert_days == 0 {
+            return Err(ConfigError::new(
+                "PAYOUT_STUCK_ALERT_DAYS",
+                "must be at least 1 day",
+            ));
+        }
         if self.webhook_max_attempts == 0 {
             return Err(ConfigError::new(
                 "WEBHOOK_MAX_ATTEMPTS",
@@ -1045,6 +1079,38 @@ impl Values {
         }
     }
 
+    /// A duration such as `90s`, `10m`, `24h`, `1d` (a bare number is seconds), at least a
+    /// second; `off` is `None`.
+    fn interval(&self, variable: &str, default: Duration) -> Result<Option<Duration>, ConfigError> {
+        let Some(text) = self.string(variable)? else {
+            return Ok(Some(default));
+        };
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        let (number, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        let seconds = match unit {
+            "" | "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
+            _ => None,
+        };
+        match (number.parse::<u64>(), seconds) {
+            (Ok(number), Some(seconds)) if number > 0 => {
+                Ok(Some(Duration::from_secs(number.saturating_mul(seconds))))
+            }
+            _ => Err(ConfigError::new(
+                variable,
+                format!("must be a duration such as 90s, 10m, 24h or 1d, or off; got {text:?}"),
+            )),
+        }
+    }
+
     fn boolean(&self, variable: &str, default: bool) -> Result<bool, ConfigError> {
         match self.string(variable)?.as_deref() {
             None => Ok(default),
@@ -1198,6 +1264,12 @@ mod tests {
             ("RESERVE_MULTIPLIER", "9999"),
             ("BALANCE_CHECK_SCHEDULE", "every morning"),
             ("BALANCE_PAUSE_AT", "warning"),
+            ("WEBHOOK_BACKFILL_INTERVAL", "0"),
+            ("WEBHOOK_BACKFILL_INTERVAL", "10 minutes"),
+            ("RECONCILIATION_INTERVAL", "-1h"),
+            ("RECONCILIATION_WINDOW_DAYS", "0"),
+            ("RECONCILIATION_WINDOW_DAYS", "91"),
+            ("PAYOUT_STUCK_ALERT_DAYS", "0"),
             ("BALANCE_CHECK_SCHEDULE", "61 6 * * *"),
             ("RESERVE_MULTIPLIER", "1.2"),
             ("BALANCE_WARNING_CENTS", "1"),
@@ -1260,6 +1332,7 @@ mod tests {
             ".socket_addr(",
             ".number(",
             ".boolean(",
+            ".interval(",
             ".with_prefix(",
         ] {
             for (at, _) in code.match_indices(method) {

@@ -134,3 +134,22 @@ impl Dispatcher for GrpcDispatcher {
         }
     }
 }
+
+/// The payouts service's answer to which connected accounts have payouts in flight.
+#[async_trait]
+impl crate::backfill::AccountsInFlight for GrpcDispatcher {
+    async fn accounts_in_flight(&self) -> Result<Vec<String>, payouts_runtime::ServiceError> {
+        let response = self
+            .payouts
+            .clone()
+            .list_accounts_in_flight(payouts_proto::payouts::v1::ListAccountsInFlightRequest {})
+            .await
+            .map_err(|status| {
+                payouts_runtime::ServiceError::unavailable(
+                    "the payouts service did not name the accounts with payouts in flight",
+                    anyhow::anyhow!("{status}"),
+                )
+            })?;
+        Ok(response.into_inner().stripe_account_ids)
+    }
+}

@@ -58,6 +58,101 @@ impl EventStatus {
     }
 }
 
+/// How an event reached the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// Stripe delivered it to one of our endpoints (signed).
+    Delivery,
+    /// The backfill found it in Stripe's event list (`GET /v1/events`), undelivered.
+    Backfill,
+}
+
+impl EventSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Delivery => "delivery",
+            EventSource::Backfill => "backfill",
+        }
+    }
+
+    /// Stored events from before sources were recorded were all deliveries.
+    pub fn parse(text: Option<&str>) -> Self {
+        match text {
+            Some("backfill") => EventSource::Backfill,
+            _ => EventSource::Delivery,
+        }
+    }
+}
+
+/// The payouts endpoint's events (spec §9 plus current Stripe's `transfer.updated`,
+/// `payout.updated`, `payout.canceled`), on a Connect endpoint so connected accounts' bank
+/// payouts arrive. `transfer.paid` and `transfer.failed` are not here: Stripe removed them
+/// with the 2017-04-06 transfer/payout split and refuses them on new endpoints; the handlers
+/// stay for accounts on older API versions (see [`LEGACY_TRANSFER_EVENTS`]).
+pub const PAYOUTS_ENDPOINT_EVENTS: &[&str] = &[
+    "transfer.created",
+    "transfer.updated",
+    "transfer.reversed",
+    "payout.created",
+    "payout.updated",
+    "payout.paid",
+    "payout.failed",
+    "payout.canceled",
+    "account.updated",
+];
+
+/// The spec's transfer events current Stripe no longer offers.
+pub const LEGACY_TRANSFER_EVENTS: &[&str] = &["transfer.paid", "transfer.failed"];
+
+/// The subscription endpoint's events (spec §9 plus the dispute fund movements and refund
+/// updates the disputes service applies).
+pub const SUBSCRIPTION_ENDPOINT_EVENTS: &[&str] = &[
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+    "refund.updated",
+    "refund.failed",
+];
+
+/// The endpoint an event of `event_type` arrives on (and is stored under when backfilled).
+pub fn endpoint_for(event_type: &str) -> Endpoint {
+    if PAYOUTS_ENDPOINT_EVENTS.contains(&event_type) || LEGACY_TRANSFER_EVENTS.contains(&event_type)
+    {
+        Endpoint::StripePayouts
+    } else {
+        Endpoint::StripeSubscription
+    }
+}
+
+/// The event types the backfill asks Stripe for: those a Payouts service applies (the
+/// subscription billing events are only recorded; a missed one loses nothing of ours). At
+/// most 20, Stripe's limit for `types[]`.
+pub fn backfilled_types() -> Vec<&'static str> {
+    PAYOUTS_ENDPOINT_EVENTS
+        .iter()
+        .chain(SUBSCRIPTION_ENDPOINT_EVENTS)
+        .copied()
+        .filter(|event_type| matches!(route(event_type, false, false), Route::Dispatch(_)))
+        .collect()
+}
+
+/// The event types asked for on a connected account (its bank payouts and its status).
+pub fn connected_account_types() -> Vec<&'static str> {
+    PAYOUTS_ENDPOINT_EVENTS
+        .iter()
+        .copied()
+        .filter(|event_type| event_type.starts_with("payout.") || *event_type == "account.updated")
+        .collect()
+}
+
 /// A stored Stripe event, keyed by (endpoint, event id).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxEvent {
@@ -85,6 +180,8 @@ pub struct InboxEvent {
     pub outcome: Option<String>,
     /// The W3C `traceparent` of the delivery that stored it: its processing links to it.
     pub trace_parent: Option<String>,
+    /// How it reached the inbox.
+    pub source: EventSource,
     /// Compare-and-set version, bumped by every write.
     pub version: i64,
 }
@@ -116,7 +213,23 @@ impl InboxEvent {
             last_error: None,
             outcome: None,
             trace_parent: None,
+            source: EventSource::Delivery,
             version: 1,
+        }
+    }
+
+    /// An event the backfill found in Stripe's list: stored as a delivery would be, due at
+    /// once, and marked as backfilled (it was never delivered).
+    pub fn backfilled(
+        endpoint: Endpoint,
+        envelope: Envelope,
+        payload: String,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            source: EventSource::Backfill,
+            deliveries: 0,
+            ..Self::received(endpoint, envelope, payload, now)
         }
     }
 
@@ -343,11 +456,16 @@ pub struct Statistics {
     pub processing: u64,
     pub completed: u64,
     pub failed: u64,
+    /// Of the total, how many the backfill recovered.
+    pub backfilled: u64,
 }
 
 impl Statistics {
-    pub fn count(&mut self, status: EventStatus) {
+    pub fn count(&mut self, status: EventStatus, source: EventSource) {
         self.total += 1;
+        if source == EventSource::Backfill {
+            self.backfilled += 1;
+        }
         match status {
             EventStatus::Processing => self.processing += 1,
             EventStatus::Completed => self.completed += 1,
@@ -503,6 +621,51 @@ mod tests {
     }
 
     #[test]
+    fn every_type_has_one_endpoint_and_the_backfill_asks_for_what_we_apply() {
+        for event_type in PAYOUTS_ENDPOINT_EVENTS.iter().chain(LEGACY_TRANSFER_EVENTS) {
+            assert_eq!(
+                endpoint_for(event_type),
+                Endpoint::StripePayouts,
+                "{event_type}"
+            );
+            assert!(!SUBSCRIPTION_ENDPOINT_EVENTS.contains(event_type));
+        }
+        for event_type in SUBSCRIPTION_ENDPOINT_EVENTS {
+            assert_eq!(
+                endpoint_for(event_type),
+                Endpoint::StripeSubscription,
+                "{event_type}"
+            );
+        }
+        let asked = backfilled_types();
+        assert!(asked.len() <= 20, "Stripe takes at most 20 types");
+        for event_type in PAYOUTS_ENDPOINT_EVENTS
+            .iter()
+            .chain(SUBSCRIPTION_ENDPOINT_EVENTS)
+        {
+            let applied = matches!(route(event_type, false, false), Route::Dispatch(_));
+            assert_eq!(asked.contains(event_type), applied, "{event_type}");
+        }
+        assert!(asked.contains(&"charge.dispute.funds_withdrawn"));
+        assert!(!asked.contains(&"invoice.payment_failed"));
+        assert_eq!(
+            connected_account_types(),
+            [
+                "payout.created",
+                "payout.updated",
+                "payout.paid",
+                "payout.failed",
+                "payout.canceled",
+                "account.updated"
+            ]
+        );
+        for source in [EventSource::Delivery, EventSource::Backfill] {
+            assert_eq!(EventSource::parse(Some(source.as_str())), source);
+        }
+        assert_eq!(EventSource::parse(None), EventSource::Delivery);
+    }
+
+    #[test]
     fn names_round_trip() {
         for endpoint in [Endpoint::StripePayouts, Endpoint::StripeSubscription] {
             assert_eq!(Endpoint::parse(endpoint.as_str()), Some(endpoint));
@@ -525,15 +688,17 @@ mod tests {
             EventStatus::Failed,
             EventStatus::Failed,
         ] {
-            stats.count(status);
+            stats.count(status, EventSource::Delivery);
         }
+        stats.count(EventStatus::Completed, EventSource::Backfill);
         assert_eq!(
             stats,
             Statistics {
-                total: 3,
+                total: 4,
                 processing: 1,
-                completed: 0,
-                failed: 2
+                completed: 1,
+                failed: 2,
+                backfilled: 1
             }
         );
     }

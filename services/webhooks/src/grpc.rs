@@ -8,10 +8,12 @@ use payouts_proto::webhooks::v1::webhooks_service_server::{
 };
 use payouts_runtime::ServiceError;
 use payouts_runtime::convert::{
-    optional_timestamp, page_size, paginate, parse_page_token, required_id, timestamp,
+    optional_timestamp, page_size, paginate, parse_page_token, required_id, required_time,
+    timestamp,
 };
 use tonic::{Request, Response, Status};
 
+use crate::backfill::Backfill;
 use crate::domain::{Endpoint, EventStatus, InboxEvent};
 use crate::inbox::{Inbox, Ingested};
 use crate::store::InboxRepository;
@@ -19,11 +21,13 @@ use crate::store::InboxRepository;
 /// The tonic service.
 pub struct WebhooksGrpc {
     inbox: Arc<Inbox>,
+    /// `None` when Stripe is not configured.
+    backfill: Option<Arc<Backfill>>,
 }
 
 impl WebhooksGrpc {
-    pub fn new(inbox: Arc<Inbox>) -> Self {
-        Self { inbox }
+    pub fn new(inbox: Arc<Inbox>, backfill: Option<Arc<Backfill>>) -> Self {
+        Self { inbox, backfill }
     }
 
     fn repository(&self) -> &Arc<dyn InboxRepository> {
@@ -85,6 +89,7 @@ fn to_proto(e: InboxEvent) -> pb::WebhookEvent {
         error: e.last_error.unwrap_or_default(),
         deliveries: i32::try_from(e.deliveries).unwrap_or(i32::MAX),
         outcome: e.outcome.unwrap_or_default(),
+        source: e.source.as_str().to_owned(),
     }
 }
 
@@ -130,6 +135,7 @@ impl WebhooksService for WebhooksGrpc {
             processing: count(statistics.processing),
             completed: count(statistics.completed),
             failed: count(statistics.failed),
+            backfilled: count(statistics.backfilled),
         }))
     }
 
@@ -191,6 +197,42 @@ impl WebhooksService for WebhooksGrpc {
         let events = self.inbox.retry(endpoint, &event_id, requested_by).await?;
         Ok(Response::new(pb::RetryEventResponse {
             events: events.into_iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn backfill_events(
+        &self,
+        request: Request<pb::BackfillEventsRequest>,
+    ) -> Result<Response<pb::BackfillEventsResponse>, Status> {
+        let r = request.into_inner();
+        let since = required_time(r.since, "since")?;
+        let Some(backfill) = &self.backfill else {
+            return Err(ServiceError::failed_precondition(
+                "the backfill reads Stripe's events: set STRIPE_SECRET_KEY",
+            )
+            .into());
+        };
+        let now = backfill.clock.now();
+        if since < Backfill::earliest(now) {
+            return Err(ServiceError::invalid_argument(format!(
+                "since must be at most {} days back: Stripe keeps events no longer",
+                crate::backfill::RETENTION_DAYS
+            ))
+            .into());
+        }
+        if since > now {
+            return Err(ServiceError::invalid_argument("since is in the future").into());
+        }
+        tracing::info!(requested_by = %r.requested_by, %since, "webhook backfill requested");
+        let report = backfill.run(since).await?;
+        let number = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+        Ok(Response::new(pb::BackfillEventsResponse {
+            since: Some(timestamp(report.since)),
+            until: Some(timestamp(report.until)),
+            listed: number(report.listed),
+            stored: number(report.stored),
+            duplicates: number(report.duplicates),
+            accounts: number(report.accounts),
         }))
     }
 }

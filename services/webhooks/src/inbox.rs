@@ -22,7 +22,7 @@ use payouts_runtime::{Clock, ErrorKind, Secret, ServiceError};
 use tokio::sync::Notify;
 
 use crate::domain::{
-    Endpoint, Envelope, EventStatus, InboxEvent, Owner, RetryPolicy, Route, route,
+    Endpoint, Envelope, EventStatus, InboxEvent, Owner, RetryPolicy, Route, endpoint_for, route,
 };
 use crate::signature::{self, SignatureError};
 use crate::store::{InboxRepository, Inserted};
@@ -192,6 +192,35 @@ impl Inbox {
                     event_type,
                 })
             }
+        }
+    }
+
+    /// Stores an event the backfill found in Stripe's event list (read from Stripe's API
+    /// with our key: no signature to verify), under the endpoint its type arrives on, with
+    /// the same dedupe by event id as a delivery. A stored copy, whatever its status, is a
+    /// duplicate: the backfill never re-arms a failed event (a redelivery or an admin does).
+    pub async fn ingest_backfilled(&self, payload: String) -> Result<Ingested, ServiceError> {
+        let envelope =
+            Envelope::parse(payload.as_bytes()).map_err(ServiceError::invalid_argument)?;
+        let endpoint = endpoint_for(&envelope.event_type);
+        let event_id = envelope.id.clone();
+        let event_type = envelope.event_type.clone();
+        let event = InboxEvent::backfilled(endpoint, envelope, payload, self.clock.now());
+        match self.repository.insert_new(event).await? {
+            Inserted::New => {
+                metrics::counter!("payouts_webhooks_backfilled_total", "endpoint" => endpoint.as_str(), "type" => event_type.clone())
+                    .increment(1);
+                tracing::info!(event_id = %event_id, event_type = %event_type, endpoint = endpoint.as_str(), "undelivered event recovered by the backfill");
+                self.wake.notify_one();
+                Ok(Ingested::Accepted {
+                    event_id,
+                    event_type,
+                })
+            }
+            Inserted::Duplicate(_) => Ok(Ingested::Duplicate {
+                event_id,
+                event_type,
+            }),
         }
     }
 

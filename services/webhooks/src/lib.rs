@@ -6,8 +6,10 @@
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.
 //! - [`inbox`]: ingest (verify, store, acknowledge) and the exactly-once worker.
 //! - [`dispatch`]: delivery to the owning service over gRPC.
+//! - [`backfill`]: events Stripe never delivered, recovered from its event list.
 //! - [`grpc`]: the gRPC surface.
 
+pub mod backfill;
 pub mod dispatch;
 pub mod domain;
 pub mod grpc;
@@ -47,7 +49,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     let dispatcher = Arc::new(dispatch::GrpcDispatcher::new(&context.settings)?);
     let inbox = Arc::new(inbox::Inbox::new(
         repository,
-        dispatcher,
+        Arc::clone(&dispatcher) as Arc<dyn inbox::Dispatcher>,
         Arc::clone(&context.clock),
         inbox_settings(&context.settings),
     ));
@@ -56,7 +58,38 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         "event processing",
         Arc::clone(&inbox).run_worker(context.shutdown.clone()),
     );
-    server.add_service(grpc::server(grpc::WebhooksGrpc::new(inbox)));
+    let backfill = match &context.settings.stripe_secret_key {
+        Some(key) => Some(Arc::new(backfill::Backfill {
+            inbox: Arc::clone(&inbox),
+            stripe: Arc::new(backfill::StripeEventsClient::new(
+                key,
+                &context.settings.stripe_api_base,
+            )?),
+            accounts: dispatcher,
+            clock: Arc::clone(&context.clock),
+        })),
+        None => None,
+    };
+    if let (Some(backfill), Some(interval)) =
+        (&backfill, context.settings.webhook_backfill_interval)
+    {
+        let periodic = Arc::new(payouts_runtime::jobs::Periodic {
+            name: "webhook-backfill".to_owned(),
+            job: Arc::clone(backfill) as Arc<dyn payouts_runtime::jobs::PeriodicJob>,
+            jobs: payouts_runtime::jobs::open(&context.store, "webhookJobs"),
+            clock: Arc::clone(&context.clock),
+            holder: context.ids.next("replica"),
+            interval: chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::minutes(10)),
+            lease: chrono::Duration::minutes(10),
+            poll: interval.min(std::time::Duration::from_secs(30)),
+        });
+        context.spawn_worker(
+            payouts_runtime::ServiceName::Webhooks.grpc_name(),
+            "webhook backfill",
+            periodic.run(context.shutdown.clone()),
+        );
+    }
+    server.add_service(grpc::server(grpc::WebhooksGrpc::new(inbox, backfill)));
     // Alone, the process refuses to start without its secrets (Settings::check_role); in
     // the all-in-one process it starts, and its health says it cannot take deliveries.
     if let Some(reason) = context.settings.webhooks_unready_reason() {

@@ -108,7 +108,7 @@ impl InboxRepository for MemoryInbox {
     async fn statistics(&self) -> Result<Statistics, ServiceError> {
         let mut statistics = Statistics::default();
         for event in self.lock().events.values() {
-            statistics.count(event.status);
+            statistics.count(event.status, event.source);
         }
         Ok(statistics)
     }

@@ -13,7 +13,7 @@ use payouts_runtime::store::{
 use serde::{Deserialize, Serialize};
 
 use super::{InboxRepository, Inserted, stale, storage_id};
-use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
+use crate::domain::{Endpoint, EventSource, EventStatus, InboxEvent, Statistics};
 
 /// MongoDB store: collection `processedWebhookEvents` (spec §4 document, plus what the
 /// inbox needs: payload, attempts, deliveries, version, expiresAt for the TTL index).
@@ -54,6 +54,9 @@ struct EventDocument {
     outcome: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     trace_parent: Option<String>,
+    /// `delivery` or `backfill` (absent on events stored before sources were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
     version: i64,
     /// Set once the event completed; the TTL index removes it 30 days later. Absent while
     /// processing or failed, so those are never removed.
@@ -83,6 +86,7 @@ impl From<&InboxEvent> for EventDocument {
             error: e.last_error.clone(),
             outcome: e.outcome.clone(),
             trace_parent: e.trace_parent.clone(),
+            source: Some(e.source.as_str().to_owned()),
             version: e.version,
             expires_at: e.expires_at().map(to_bson_time),
         }
@@ -116,6 +120,7 @@ impl TryFrom<EventDocument> for InboxEvent {
             last_error: d.error,
             outcome: d.outcome,
             trace_parent: d.trace_parent,
+            source: EventSource::parse(d.source.as_deref()),
             version: d.version,
         })
     }
@@ -219,6 +224,11 @@ impl InboxRepository for MongoInbox {
             }
             statistics.total += count;
         }
+        statistics.backfilled = self
+            .collection
+            .count_documents(doc! { "source": EventSource::Backfill.as_str() })
+            .await
+            .map_err(mongo_error)?;
         Ok(statistics)
     }
 
