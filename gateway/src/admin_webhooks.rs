@@ -7,6 +7,7 @@ use payouts_proto::webhooks::v1 as pb;
 use serde::Deserialize;
 
 use crate::admin_auth::Admin;
+use crate::body::JsonBody;
 use crate::{Gateway, error_response, grpc_error, page_limit, rfc3339};
 
 /// `GET /api/admin/webhooks/stats`: spec §4 statistics.
@@ -23,6 +24,7 @@ pub(crate) async fn stats(State(gateway): State<Gateway>, _admin: Admin) -> Resp
                 "processing": s.processing,
                 "completed": s.completed,
                 "failed": s.failed,
+                "backfilled": s.backfilled,
             }))
             .into_response()
         }
@@ -118,6 +120,50 @@ pub(crate) async fn retry(
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackfillBody {
+    since: String,
+}
+
+/// `POST /api/admin/webhooks/backfill` `{"since": RFC 3339}`: stores the events Stripe never
+/// delivered since then (at most 30 days back), as the periodic backfill does.
+pub(crate) async fn backfill(
+    State(gateway): State<Gateway>,
+    admin: Admin,
+    JsonBody(body): JsonBody<BackfillBody>,
+) -> Response {
+    let since = match chrono::DateTime::parse_from_rfc3339(&body.since) {
+        Ok(since) => since.with_timezone(&chrono::Utc),
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("since must be an RFC 3339 time, got {:?}", body.since),
+            );
+        }
+    };
+    let request = pb::BackfillEventsRequest {
+        since: Some(payouts_runtime::convert::timestamp(since)),
+        requested_by: format!("admin:{}", admin.subject),
+    };
+    match gateway.webhooks().backfill_events(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            Json(serde_json::json!({
+                "success": true,
+                "since": rfc3339(r.since),
+                "until": rfc3339(r.until),
+                "listed": r.listed,
+                "stored": r.stored,
+                "duplicates": r.duplicates,
+                "accounts": r.accounts,
+            }))
+            .into_response()
+        }
+        Err(status) => grpc_error(&status),
+    }
+}
+
 /// An inbox event as JSON, with the field names of spec §4.
 fn event_json(e: pb::WebhookEvent) -> serde_json::Value {
     let endpoint = match e.endpoint() {
@@ -144,6 +190,7 @@ fn event_json(e: pb::WebhookEvent) -> serde_json::Value {
         "outcome": Some(e.outcome).filter(|outcome| !outcome.is_empty()),
         "attempts": e.attempts,
         "deliveries": e.deliveries,
+        "source": e.source,
         "account": Some(e.account).filter(|account| !account.is_empty()),
         "livemode": e.livemode,
         "metadata": {

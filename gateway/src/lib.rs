@@ -11,6 +11,7 @@ mod admin_auth;
 pub use admin_auth::mint_admin_token;
 mod admin_disputes;
 mod admin_payouts;
+mod admin_reconciliation;
 mod admin_webhooks;
 mod body;
 mod cron;
@@ -181,6 +182,18 @@ impl Gateway {
             )
             .route("/api/admin/webhooks/stats", get(admin_webhooks::stats))
             .route("/api/admin/webhooks/events", get(admin_webhooks::events))
+            .route(
+                "/api/admin/webhooks/backfill",
+                post(admin_webhooks::backfill),
+            )
+            .route(
+                "/api/admin/reconciliation",
+                get(admin_reconciliation::reports),
+            )
+            .route(
+                "/api/admin/reconciliation/run",
+                post(admin_reconciliation::run),
+            )
             .route(
                 "/api/admin/webhooks/events/{event_id}/retry",
                 post(admin_webhooks::retry),
@@ -750,13 +763,16 @@ mod tests {
             "/api/admin/users/{userId}/earnings",
             "/api/admin/disputes",
             "/api/admin/payouts/{payoutId}/reverse",
+            "/api/admin/webhooks/backfill",
+            "/api/admin/reconciliation",
+            "/api/admin/reconciliation/run",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            20,
+            23,
             "every documented path is a route: {paths:?}"
         );
     }

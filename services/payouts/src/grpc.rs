@@ -17,6 +17,8 @@ use crate::flow::PayoutFlow;
 use crate::obligations;
 use crate::pause::{PauseCause, PauseChange, TransferPause};
 use crate::payout::{AuditEntry, Payout, PayoutStatus};
+use crate::reconcile::Report;
+use crate::reconciler::{MAX_WINDOW_DAYS, Reconciler, accounts_in_flight};
 
 /// How many times a registration is retried when another writer changed the account.
 const MAX_WRITE_ATTEMPTS: usize = 5;
@@ -24,11 +26,12 @@ const MAX_WRITE_ATTEMPTS: usize = 5;
 /// The tonic service.
 pub struct PayoutsGrpc {
     flow: Arc<PayoutFlow>,
+    reconciler: Arc<Reconciler>,
 }
 
 impl PayoutsGrpc {
-    pub fn new(flow: Arc<PayoutFlow>) -> Self {
-        Self { flow }
+    pub fn new(flow: Arc<PayoutFlow>, reconciler: Arc<Reconciler>) -> Self {
+        Self { flow, reconciler }
     }
 
     async fn register(&self, registration: Registration) -> Result<Account, ServiceError> {
@@ -426,6 +429,83 @@ impl PayoutsService for PayoutsGrpc {
         Ok(Response::new(pb::ReversePayoutResponse {
             payout: Some(payout_to_proto(payout)),
         }))
+    }
+
+    async fn list_accounts_in_flight(
+        &self,
+        _request: Request<pb::ListAccountsInFlightRequest>,
+    ) -> Result<Response<pb::ListAccountsInFlightResponse>, Status> {
+        Ok(Response::new(pb::ListAccountsInFlightResponse {
+            stripe_account_ids: accounts_in_flight(&self.flow).await?,
+        }))
+    }
+
+    async fn run_reconciliation(
+        &self,
+        request: Request<pb::RunReconciliationRequest>,
+    ) -> Result<Response<pb::RunReconciliationResponse>, Status> {
+        let r = request.into_inner();
+        let since = match r.since {
+            None => None,
+            Some(since) => {
+                let since = required_time(Some(since), "since")?;
+                let now = self.flow.clock.now();
+                if since < now - chrono::Duration::days(MAX_WINDOW_DAYS) {
+                    return Err(ServiceError::invalid_argument(format!(
+                        "since must be at most {MAX_WINDOW_DAYS} days back"
+                    ))
+                    .into());
+                }
+                if since > now {
+                    return Err(ServiceError::invalid_argument("since is in the future").into());
+                }
+                Some(since)
+            }
+        };
+        let triggered_by = required_id(&r.triggered_by, "triggered_by")?;
+        let report = self.reconciler.run(since, &triggered_by).await?;
+        Ok(Response::new(pb::RunReconciliationResponse {
+            report: Some(report_to_proto(report)),
+        }))
+    }
+
+    async fn list_reconciliation_reports(
+        &self,
+        request: Request<pb::ListReconciliationReportsRequest>,
+    ) -> Result<Response<pb::ListReconciliationReportsResponse>, Status> {
+        let limit = page_size(request.into_inner().page_size, 10, 100)?;
+        let reports = self.reconciler.reports.latest(limit).await?;
+        Ok(Response::new(pb::ListReconciliationReportsResponse {
+            reports: reports.into_iter().map(report_to_proto).collect(),
+        }))
+    }
+}
+
+fn report_to_proto(report: Report) -> pb::ReconciliationReport {
+    let count = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);
+    pb::ReconciliationReport {
+        id: report.id,
+        started_at: Some(timestamp(report.started_at)),
+        finished_at: Some(timestamp(report.finished_at)),
+        since: Some(timestamp(report.since)),
+        until: Some(timestamp(report.until)),
+        triggered_by: report.triggered_by,
+        transfers_checked: count(report.transfers_checked),
+        payouts_checked: count(report.payouts_checked),
+        status: report.status.as_str().to_owned(),
+        findings: report
+            .findings
+            .into_iter()
+            .map(|f| pb::ReconciliationFinding {
+                kind: f.kind.as_str().to_owned(),
+                payout_id: f.payout_id.unwrap_or_default(),
+                transfer_id: f.transfer_id.unwrap_or_default(),
+                ours: f.ours,
+                stripes: f.stripes,
+                detail: f.detail,
+            })
+            .collect(),
+        error: report.error.unwrap_or_default(),
     }
 }
 

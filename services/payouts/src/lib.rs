@@ -12,6 +12,8 @@
 //! - [`events`]: the Stripe events this service owns.
 //! - [`obligations`]: what payouts still owe, for the balance check.
 //! - [`pause`]: the transfer pause (automatic from the balance check, or an admin's).
+//! - [`reconcile`]: our payouts compared with Stripe's transfers, pure; [`reconciler`] runs
+//!   it (on a schedule and for admins) and keeps the reports.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod domain;
@@ -22,6 +24,8 @@ pub mod obligations;
 pub mod pause;
 pub mod payout;
 pub mod ports;
+pub mod reconcile;
+pub mod reconciler;
 pub mod store;
 pub mod stripe;
 
@@ -41,6 +45,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         )?)),
         None => None,
     };
+    let reports = Arc::clone(&repositories.reports);
     let flow = Arc::new(flow::PayoutFlow {
         accounts: repositories.accounts,
         payouts: repositories.payouts,
@@ -63,6 +68,32 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         "payout worker",
         Arc::clone(&flow).run_worker(context.shutdown.clone()),
     );
-    server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow)));
+    let reconciler = Arc::new(reconciler::Reconciler::new(
+        Arc::clone(&flow),
+        reports,
+        settings,
+    ));
+    if let (Some(_), Some(interval)) = (
+        &settings.stripe_secret_key,
+        settings.reconciliation_interval,
+    ) {
+        let periodic = Arc::new(payouts_runtime::jobs::Periodic {
+            name: "reconciliation".to_owned(),
+            job: Arc::clone(&reconciler) as Arc<dyn payouts_runtime::jobs::PeriodicJob>,
+            jobs: payouts_runtime::jobs::open(&context.store, "payoutJobs"),
+            clock: Arc::clone(&context.clock),
+            holder: context.ids.next("replica"),
+            interval: chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::days(1)),
+            lease: chrono::Duration::minutes(30),
+            // An incomplete run (Stripe down) is tried again at the next look, not at once.
+            poll: interval.min(std::time::Duration::from_secs(600)),
+        });
+        context.spawn_worker(
+            payouts_runtime::ServiceName::Payouts.grpc_name(),
+            "reconciliation",
+            periodic.run(context.shutdown.clone()),
+        );
+    }
+    server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow, reconciler)));
     Ok(())
 }

@@ -15,8 +15,11 @@ use stripe_client_core::{RequestBuilder, StripeMethod};
 use stripe_connect::transfer::{CreateTransfer, ListTransfer, RetrieveTransfer};
 use stripe_connect::transfer_reversal::CreateIdTransferReversal;
 
+use chrono::{DateTime, Utc};
+
 use crate::domain::StripeAccountStatus;
 use crate::payout::{SeenTransfer, StripeFailure, is_retryable_code};
+use crate::reconcile::ListedTransfer;
 
 /// A transfer to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,14 @@ pub trait StripeApi: Send + Sync + 'static {
         &self,
         account_id: &str,
     ) -> Result<StripeAccountStatus, StripeFailure>;
+
+    /// Every transfer created from `since` to `until` (both included), newest first, every
+    /// page (`GET /v1/transfers?created[gte]=...&created[lte]=...`).
+    async fn list_transfers(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ListedTransfer>, StripeFailure>;
 
     /// The sources ("py_..." payments, among others) of the balance transactions a bank
     /// payout of a connected account carried (`GET /v1/balance_transactions?payout=po_...`
@@ -207,6 +218,36 @@ pub fn seen_from_json(transfer: &Value) -> Option<SeenTransfer> {
     })
 }
 
+/// A transfer object of a list, with what reconciliation compares.
+pub fn listed_from_json(transfer: &Value) -> Option<ListedTransfer> {
+    let text = |name: &str| {
+        transfer
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let payout_id = transfer
+        .pointer("/metadata/payout_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            text("transfer_group")
+                .and_then(|group| group.strip_prefix("payout_").map(str::to_owned))
+        });
+    Some(ListedTransfer {
+        seen: seen_from_json(transfer)?,
+        cents: transfer.get("amount")?.as_i64()?,
+        currency: text("currency")?,
+        destination: transfer
+            .get("destination")
+            .and_then(|d| d.as_str().or_else(|| d.get("id")?.as_str()))
+            .unwrap_or_default()
+            .to_owned(),
+        payout_id,
+        created: DateTime::from_timestamp(transfer.get("created")?.as_i64()?, 0)?,
+    })
+}
+
 /// A connected account object as its status.
 pub fn account_status_from_json(account: &Value) -> StripeAccountStatus {
     let flag = |name: &str| account.get(name).and_then(Value::as_bool).unwrap_or(false);
@@ -320,6 +361,46 @@ impl StripeApi for StripeClient {
             .get_json(&format!("/accounts/{account_id}"), &BTreeMap::new(), None)
             .await?;
         Ok(account_status_from_json(&account))
+    }
+
+    async fn list_transfers(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<ListedTransfer>, StripeFailure> {
+        let mut transfers = Vec::new();
+        let mut query = BTreeMap::from([
+            ("created[gte]", since.timestamp().to_string()),
+            ("created[lte]", until.timestamp().to_string()),
+            ("limit", "100".to_owned()),
+        ]);
+        // Pages until Stripe says there are no more (bounded, in case it never does).
+        for _ in 0..10_000 {
+            let page = self.get_json("/transfers", &query, None).await?;
+            let data = page
+                .get("data")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for transfer in &data {
+                transfers.push(listed_from_json(transfer).ok_or_else(|| {
+                    StripeFailure::Unknown {
+                        message: "Stripe listed a transfer without id, amount, currency or created"
+                            .to_owned(),
+                    }
+                })?);
+            }
+            let more = page.get("has_more").and_then(Value::as_bool) == Some(true);
+            match (more, transfers.last()) {
+                (true, Some(last)) => {
+                    query.insert("starting_after", last.seen.id.clone());
+                }
+                _ => return Ok(transfers),
+            }
+        }
+        Err(StripeFailure::Unknown {
+            message: "the transfer list never ended".to_owned(),
+        })
     }
 
     async fn bank_payout_sources(

@@ -64,14 +64,16 @@ pub fn allowed_callers(method: &str) -> Option<&'static [Caller]> {
     let callers: &'static [Caller] = match (service, method) {
         (
             WEBHOOKS_SERVICE,
-            "IngestEvent" | "GetStatistics" | "ListEvents" | "GetEvent" | "RetryEvent",
+            "IngestEvent" | "GetStatistics" | "ListEvents" | "GetEvent" | "RetryEvent"
+            | "BackfillEvents",
         ) => &[Gateway],
         (PAYOUTS_SERVICE, "RegisterAccount" | "RequestPayout") => &[Platform],
         (PAYOUTS_SERVICE, "GetAccount") => &[Platform, LIMITS, APPROVALS],
         (PAYOUTS_SERVICE, "GetPayout" | "ListAuditLog") => &[Platform, Gateway],
         (PAYOUTS_SERVICE, "ListPayouts") => &[Platform, Gateway, APPROVALS],
         (PAYOUTS_SERVICE, "ResolveApproval") => &[APPROVALS],
-        (PAYOUTS_SERVICE, "HandleStripeEvent") => &[WEBHOOKS],
+        (PAYOUTS_SERVICE, "HandleStripeEvent" | "ListAccountsInFlight") => &[WEBHOOKS],
+        (PAYOUTS_SERVICE, "RunReconciliation" | "ListReconciliationReports") => &[Gateway],
         (PAYOUTS_SERVICE, "ResumePayout" | "ReversePayout") => &[Gateway],
         (PAYOUTS_SERVICE, "SummarizeObligations" | "CountUnpayableUsers") => &[BALANCE],
         (PAYOUTS_SERVICE, "SetTransferPause" | "GetTransferPause") => &[Gateway, BALANCE],

@@ -522,6 +522,31 @@ impl StripeApi for SimStripe {
         ))
     }
 
+    async fn list_transfers(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<payouts_payouts::reconcile::ListedTransfer>, StripeFailure> {
+        if self.late(self.clock.now(), "stripe.list_transfers").await {
+            return Err(unknown("timeout"));
+        }
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(unknown("timeout"));
+        }
+        let (since, until) = (since.timestamp(), until.timestamp());
+        Ok(self
+            .lock()
+            .ledger
+            .list_transfers(None)
+            .iter()
+            .filter(|t| {
+                let created = t["created"].as_i64().unwrap_or(0);
+                since <= created && created <= until
+            })
+            .filter_map(payouts_payouts::stripe::listed_from_json)
+            .collect())
+    }
+
     async fn bank_payout_sources(
         &self,
         account_id: &str,

@@ -1,11 +1,12 @@
 //! The payouts service's collections (`accounts` here; `usdPayouts`, `payoutAuditLogs` and
-//! `payoutTransferPause` in their modules): one trait each, a MongoDB and an embedded
+//! `payoutTransferPause`, `reconciliationReports` in their modules): one trait each, a MongoDB and an embedded
 //! implementation, and the conformance suite both must pass.
 
 mod memory;
 mod mongo;
 mod pause;
 mod payouts;
+mod reports;
 
 #[cfg(test)]
 mod conformance;
@@ -21,6 +22,7 @@ pub use memory::MemoryAccounts;
 pub use mongo::MongoAccounts;
 pub use pause::{MemoryPause, MongoPause, PauseRepository};
 pub use payouts::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
+pub use reports::{MemoryReports, MongoReports, ReportRepository};
 
 /// Storage of creator accounts, written by versioned compare-and-set.
 #[async_trait]
@@ -51,6 +53,7 @@ pub struct Repositories {
     pub accounts: Arc<dyn AccountRepository>,
     pub payouts: Arc<dyn PayoutRepository>,
     pub pause: Arc<dyn PauseRepository>,
+    pub reports: Arc<dyn ReportRepository>,
 }
 
 /// Opens the repositories on the process's store, ensuring indexes.
@@ -60,11 +63,13 @@ pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
             accounts: Arc::new(MemoryAccounts::default()),
             payouts: Arc::new(MemoryPayouts::default()),
             pause: Arc::new(MemoryPause::default()),
+            reports: Arc::new(MemoryReports::default()),
         },
         Store::Mongo(database) => Repositories {
             accounts: Arc::new(MongoAccounts::open(database).await?),
             payouts: Arc::new(MongoPayouts::open(database).await?),
             pause: Arc::new(MongoPause::open(database)),
+            reports: Arc::new(MongoReports::open(database).await?),
         },
     })
 }

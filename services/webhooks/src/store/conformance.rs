@@ -8,6 +8,7 @@ use futures::TryStreamExt;
 use payouts_runtime::store::store_precision;
 
 use super::*;
+use crate::domain::EventSource;
 
 /// Times near now: events older than the retention would be removed by the TTL index.
 fn at(minute: i64) -> DateTime<Utc> {
@@ -36,6 +37,7 @@ fn event(endpoint: Endpoint, id: &str, status: EventStatus, minute: i64) -> Inbo
         last_error: None,
         outcome: None,
         trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        source: EventSource::Delivery,
         version: 1,
     }
 }
@@ -238,12 +240,15 @@ async fn statistics_and_lists_by_status(repository: &dyn InboxRepository) {
         EventStatus::Failed,
         11,
     );
-    let failed_new = event(
-        Endpoint::StripePayouts,
-        "evt_failed_new",
-        EventStatus::Failed,
-        12,
-    );
+    let failed_new = InboxEvent {
+        source: EventSource::Backfill,
+        ..event(
+            Endpoint::StripePayouts,
+            "evt_failed_new",
+            EventStatus::Failed,
+            12,
+        )
+    };
     for e in [&completed, &failed_old, &failed_new] {
         repository.insert_new(e.clone()).await.unwrap();
     }
@@ -252,6 +257,8 @@ async fn statistics_and_lists_by_status(repository: &dyn InboxRepository) {
     assert_eq!(after.completed, before.completed + 1);
     assert_eq!(after.failed, before.failed + 2);
     assert_eq!(after.processing, before.processing);
+    // The source is kept, and the backfilled ones are counted.
+    assert_eq!(after.backfilled, before.backfilled + 1);
 
     let failed = repository
         .list(Some(EventStatus::Failed), None, 10)
