@@ -1896,3 +1896,135 @@ async fn a_paused_transfer_waits_admitted_and_goes_when_the_pause_is_lifted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_is_quiet_when_the_books_agree_reports_every_mismatch_and_adopts_an_unknown_outcome()
+ {
+    use payouts_payouts::reconcile::{FindingKind, ReportStatus};
+    use payouts_payouts::reconciler::Reconciler;
+    use payouts_payouts::store::{MemoryReports, ReportRepository};
+
+    on_both_stores("reconcile", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let reports: Arc<dyn ReportRepository> = Arc::new(MemoryReports::default());
+        let reconciler = Reconciler {
+            flow: Arc::clone(&f.flow),
+            reports: Arc::clone(&reports),
+            window: Duration::days(3),
+            stuck_after: Duration::days(7),
+        };
+        let first = f.request("first", 100_00).await.unwrap().unwrap();
+        assert_eq!(first.status, PayoutStatus::Processing);
+        f.clock.advance(Duration::minutes(1));
+
+        // The books agree: a clean report, no alert.
+        let clean = reconciler.run(None, "schedule").await.unwrap();
+        assert_eq!(clean.status, ReportStatus::Clean, "{clean:?}");
+        assert_eq!((clean.transfers_checked, clean.payouts_checked), (1, 1));
+        assert!(clean.findings.is_empty());
+        assert!(f.alerts.kinds().is_empty());
+
+        // A transfer whose answer was lost: the payout's outcome is unknown.
+        f.stripe.then(Behaviour::LoseResponse);
+        let unknown = f.request("unknown", 50_00).await.unwrap().unwrap();
+        assert!(unknown.outcome_unknown);
+        // A transfer nobody asked for; an amount Stripe holds differently; a transfer Stripe
+        // does not have; and, after eight days, two payouts still processing.
+        let orphan = f.stripe.make_transfer(7_00, "acct_stranger", &[]);
+        let first_transfer = first.stripe_transfer_id.clone().unwrap();
+        assert!(
+            f.stripe
+                .edit_transfer(&first_transfer, |t| t["amount"] = json!(90_00))
+        );
+        let third = f.request("third", 20_00).await.unwrap().unwrap();
+        let third_transfer = third.stripe_transfer_id.clone().unwrap();
+        assert!(f.stripe.remove_transfer(&third_transfer));
+        f.clock.advance(Duration::days(8));
+
+        let report = reconciler
+            .run(Some(f.clock.now() - Duration::days(30)), "admin:ops")
+            .await
+            .unwrap();
+        assert_eq!(report.status, ReportStatus::Mismatches);
+        let mut found: Vec<(FindingKind, Option<String>, Option<String>)> = report
+            .findings
+            .iter()
+            .map(|f| (f.kind, f.payout_id.clone(), f.transfer_id.clone()))
+            .collect();
+        found.sort_by_key(|(kind, payout, _)| (kind.as_str(), payout.clone()));
+        let adopted_transfer = f
+            .stripe
+            .transfers()
+            .iter()
+            .find(|t| t["metadata"]["payout_id"] == unknown.id.as_str())
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut expected = vec![
+            (
+                FindingKind::Adopted,
+                Some(unknown.id.clone()),
+                Some(adopted_transfer.clone()),
+            ),
+            (
+                FindingKind::AmountMismatch,
+                Some(first.id.clone()),
+                Some(first_transfer.clone()),
+            ),
+            (
+                FindingKind::MissingTransfer,
+                Some(third.id.clone()),
+                Some(third_transfer.clone()),
+            ),
+            (
+                FindingKind::OrphanTransfer,
+                None,
+                orphan["id"].as_str().map(str::to_owned),
+            ),
+            (
+                FindingKind::StuckPayout,
+                Some(first.id.clone()),
+                Some(first_transfer),
+            ),
+            (
+                FindingKind::StuckPayout,
+                Some(third.id.clone()),
+                Some(third_transfer),
+            ),
+        ];
+        expected.sort_by_key(|(kind, payout, _)| (kind.as_str(), payout.clone()));
+        assert_eq!(found, expected, "{:#?}", report.findings);
+        // The adoption is the one change: the payout now has Stripe's transfer. No money moved.
+        let adopted = f.stored(&unknown.id).await;
+        assert_eq!(adopted.status, PayoutStatus::Processing);
+        assert_eq!(adopted.stripe_transfer_id, Some(adopted_transfer));
+        assert!(!adopted.outcome_unknown);
+        // first, the unknown outcome's and the orphan (the third's was removed): nothing new.
+        assert_eq!(f.stripe.transfers().len(), 3, "nothing was transferred");
+        // One critical alert per mismatch.
+        let raised = f.alerts.raised.lock().unwrap().clone();
+        let mismatch_alerts: Vec<&OwedAlert> = raised
+            .iter()
+            .filter(|a| a.kind == "reconciliation_mismatch")
+            .collect();
+        assert_eq!(mismatch_alerts.len(), 5);
+        // Stripe does not answer: the report is incomplete, and nothing is concluded.
+        f.stripe.fail_next_listing(500, "api_error");
+        let incomplete = reconciler.run(None, "schedule").await.unwrap();
+        assert_eq!(incomplete.status, ReportStatus::Incomplete);
+        assert!(incomplete.findings.is_empty());
+        assert!(incomplete.error.unwrap().contains("500"));
+        let latest = reports.latest(10).await.unwrap();
+        assert_eq!(
+            latest.iter().map(|r| r.status).collect::<Vec<_>>(),
+            [
+                ReportStatus::Incomplete,
+                ReportStatus::Mismatches,
+                ReportStatus::Clean
+            ],
+            "newest first"
+        );
+    })
+    .await;
+}
