@@ -41,6 +41,82 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Stripe operations: create the webhook endpoints, send test events.
+    Stripe {
+        #[command(subcommand)]
+        action: StripeAction,
+    },
+    /// Development tools: a fake Stripe, a creator and a payout without a platform.
+    Dev {
+        #[command(subcommand)]
+        action: DevAction,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum StripeAction {
+    /// Create (or bring up to date) the two webhook endpoints of spec §9 in the Stripe
+    /// account of STRIPE_SECRET_KEY (at STRIPE_API_BASE), after checking that both answer at
+    /// the URL. An endpoint that exists for the URL is updated, never duplicated. Prints the
+    /// signing secret of an endpoint it creates as the environment line to set.
+    SetupWebhooks {
+        /// The public base URL of the gateway (https://pay.example.com); http:// only with a
+        /// test key.
+        #[arg(long)]
+        url: String,
+        /// Print what would be created or updated, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Send a signed test event of a type Payouts handles to the gateway, like
+    /// `stripe trigger`: built from Stripe's fixtures, signed with the endpoint's secret
+    /// (STRIPE_WEBHOOK_SECRET_PAYOUTS or STRIPE_WEBHOOK_SECRET).
+    Trigger {
+        /// The event type (`payouts stripe trigger --help` lists them; e.g. payout.paid).
+        event_type: String,
+        /// The gateway's base URL (default http://<GATEWAY_ADDR>).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// The connected account the event is from (acct_...).
+        #[arg(long)]
+        account: Option<String>,
+        /// Set a field of the event: a dotted path and a value (JSON, or else a string),
+        /// e.g. --set data.object.amount=5000 --set data.object.metadata.payout_id=p1.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        sets: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum DevAction {
+    /// Run the fake Stripe (the one the tests use) on loopback until Ctrl-C, and print the
+    /// settings that point Payouts at it.
+    FakeStripe {
+        #[arg(long, default_value = "127.0.0.1:12111")]
+        addr: std::net::SocketAddr,
+    },
+    /// Register a creator (connected account acct_<user>) with earnings, over gRPC at
+    /// PAYOUTS_SERVICE_URL / DISPUTES_SERVICE_URL (default GRPC_ADDR).
+    Creator {
+        user_id: String,
+        /// Earnings to record, in cents.
+        #[arg(long, default_value_t = 500_00)]
+        earned_cents: i64,
+        /// How old the account is, in days (new accounts have lower limits).
+        #[arg(long, default_value_t = 400)]
+        age_days: i64,
+    },
+    /// Request a payout for a creator over gRPC and print it.
+    RequestPayout {
+        user_id: String,
+        /// The amount in cents.
+        cents: i64,
+        /// The idempotency key (default: a new one).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Print a payout.
+    Payout { payout_id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +233,10 @@ pub enum Invocation {
         subject: String,
         ttl: std::time::Duration,
     },
+    /// `payouts stripe ...`.
+    Stripe(StripeAction),
+    /// `payouts dev ...`.
+    Dev(DevAction),
 }
 
 /// What `payouts config check` checks for.
@@ -181,6 +261,8 @@ impl Cli {
                 subject: sub.clone(),
                 ttl: *ttl,
             },
+            Some(Command::Stripe { action }) => Invocation::Stripe(action.clone()),
+            Some(Command::Dev { action }) => Invocation::Dev(action.clone()),
             Some(Command::Config {
                 action: ConfigAction::Variables,
             }) => Invocation::ConfigVariables,
@@ -220,6 +302,53 @@ mod tests {
             Cli::try_parse_from(["payouts"]).unwrap().invocation(),
             Invocation::Run(Mode::All)
         );
+    }
+
+    #[test]
+    fn stripe_and_dev_commands_take_their_arguments() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.invocation());
+        assert_eq!(
+            parse(&[
+                "payouts",
+                "stripe",
+                "setup-webhooks",
+                "--url",
+                "https://x",
+                "--dry-run"
+            ])
+            .unwrap(),
+            Invocation::Stripe(StripeAction::SetupWebhooks {
+                url: "https://x".into(),
+                dry_run: true
+            })
+        );
+        assert!(
+            parse(&["payouts", "stripe", "setup-webhooks"]).is_err(),
+            "--url is required"
+        );
+        assert_eq!(
+            parse(&[
+                "payouts",
+                "stripe",
+                "trigger",
+                "payout.paid",
+                "--account",
+                "acct_1",
+                "--set",
+                "data.object.amount=5",
+                "--set",
+                "id=evt_1"
+            ])
+            .unwrap(),
+            Invocation::Stripe(StripeAction::Trigger {
+                event_type: "payout.paid".into(),
+                gateway: None,
+                account: Some("acct_1".into()),
+                sets: vec!["data.object.amount=5".into(), "id=evt_1".into()],
+            })
+        );
+        assert!(parse(&["payouts", "dev", "request-payout", "alice", "ten"]).is_err());
+        assert!(parse(&["payouts", "dev", "fake-stripe", "--addr", "nowhere"]).is_err());
     }
 
     #[test]

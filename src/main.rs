@@ -6,7 +6,9 @@ use clap::Parser as _;
 
 mod app;
 mod cli;
+mod dev;
 mod metrics;
+mod stripe_ops;
 
 /// mimalloc instead of the system allocator: a request allocates and frees many small
 /// buffers on every thread, and glibc's arenas spent a fifth of the process's time on it
@@ -60,6 +62,33 @@ fn main() -> ExitCode {
                 }
             };
         }
+        cli::Invocation::Stripe(action) => {
+            return tool(|settings| async move {
+                match action {
+                    cli::StripeAction::SetupWebhooks { url, dry_run } => {
+                        stripe_ops::setup_webhooks(&settings, &url, dry_run).await
+                    }
+                    cli::StripeAction::Trigger {
+                        event_type,
+                        gateway,
+                        account,
+                        sets,
+                    } => {
+                        stripe_ops::trigger(
+                            &settings,
+                            &event_type,
+                            gateway.as_deref(),
+                            account.as_deref(),
+                            &sets,
+                        )
+                        .await
+                    }
+                }
+            });
+        }
+        cli::Invocation::Dev(action) => {
+            return tool(|settings| async move { dev::run(&settings, action).await });
+        }
         cli::Invocation::ConfigCheck(role) => {
             return match app::config_check(&role) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +110,29 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(app::run(mode)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("payouts: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a command-line tool with the process settings on a small runtime.
+fn tool<F, Fut>(command: F) -> ExitCode
+where
+    F: FnOnce(payouts_runtime::Settings) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let result = payouts_runtime::Settings::from_process_env()
+        .map_err(anyhow::Error::from)
+        .and_then(|settings| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(command(settings))
+        });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("payouts: {error:#}");
