@@ -1,0 +1,611 @@
+//! Stripe operations end to end, against the real binary, the fake Stripe and real HTTP:
+//! `payouts stripe setup-webhooks` creates then updates without duplicating; `payouts stripe
+//! trigger` delivers every type we handle and the system applies it; an event Stripe never
+//! delivered is recovered by the backfill and applied once (a late delivery too); the
+//! reconciliation reports over the admin REST.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+use payouts_proto::payouts::v1::{GetPayoutRequest, PayoutStatus, RequestPayoutRequest};
+use payouts_runtime::testing::fake_stripe::FakeStripe;
+use payouts_runtime::testing::stripe;
+use serde_json::{Value, json};
+use support::{Payouts, StoreChoice};
+
+const PAYOUTS_SECRET: &str = "whsec_e2e_ops_payouts";
+const SUBSCRIPTION_SECRET: &str = "whsec_e2e_ops_subscription";
+const ADMIN_SECRET: &str = "e2e-ops-admin-secret-of-at-least-32-bytes";
+
+struct System {
+    process: Payouts,
+    stripe: FakeStripe,
+}
+
+async fn start(extra: &[(&str, &str)]) -> System {
+    let stripe = FakeStripe::start().await;
+    let mut env = vec![
+        ("STRIPE_SECRET_KEY", "sk_test_e2e_ops"),
+        ("STRIPE_API_BASE", stripe.url()),
+        ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+        ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+        ("ADMIN_JWT_SECRET", ADMIN_SECRET),
+        ("WEBHOOK_POLL_MILLISECONDS", "20"),
+        ("PAYOUT_POLL_MILLISECONDS", "50"),
+        ("WEBHOOK_BACKFILL_INTERVAL", "off"),
+        ("RECONCILIATION_INTERVAL", "off"),
+    ];
+    env.extend_from_slice(extra);
+    let process = Payouts::start(&[], StoreChoice::Embedded, &env);
+    System { process, stripe }
+}
+
+impl System {
+    fn base(&self) -> String {
+        self.process
+            .gateway_url("")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// Runs `payouts <args>` as a command-line tool against this system: (success, stdout,
+    /// stderr).
+    fn tool(&self, args: &[&str]) -> (bool, String, String) {
+        let output = support::command(
+            args,
+            &[
+                ("STRIPE_SECRET_KEY", "sk_test_e2e_ops"),
+                ("STRIPE_API_BASE", self.stripe.url()),
+                ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+                ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+            ],
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let token = support::admin_token(ADMIN_SECRET, "ops", true);
+        let client = reqwest::Client::new();
+        let url = self.process.gateway_url(path);
+        let mut request = match method {
+            "POST" => client.post(url),
+            _ => client.get(url),
+        }
+        .bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn payouts(&self) -> PayoutsServiceClient<tonic::transport::Channel> {
+        PayoutsServiceClient::new(self.process.grpc_channel().await)
+    }
+
+    /// A creator `user` with a processing payout of `cents`: its id and transfer.
+    async fn processing_payout(&self, user: &str, cents: i64) -> (String, String) {
+        support::register_creator(&self.process.grpc_channel().await, user, 400, 5_000_00).await;
+        let payout = self
+            .payouts()
+            .await
+            .request_payout(RequestPayoutRequest {
+                user_id: user.to_owned(),
+                amount: Some(payouts_proto::common::v1::Money {
+                    cents,
+                    currency: "usd".to_owned(),
+                }),
+                idempotency_key: format!("{user}-1"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payout
+            .unwrap();
+        assert_eq!(payout.status(), PayoutStatus::Processing);
+        (payout.id, payout.stripe_transfer_id)
+    }
+
+    async fn wait_for_status(&self, payout_id: &str, status: PayoutStatus) {
+        for _ in 0..400 {
+            let payout = self
+                .payouts()
+                .await
+                .get_payout(GetPayoutRequest {
+                    payout_id: payout_id.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .payout
+                .unwrap();
+            if payout.status() == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("payout {payout_id} never became {status:?}");
+    }
+
+    /// The stored inbox event `event_id`, waiting until it is no longer processing.
+    async fn settled_event(&self, event_id: &str) -> Value {
+        for _ in 0..400 {
+            let (_, page) = self
+                .admin("GET", "/api/admin/webhooks/events?limit=500", None)
+                .await;
+            if let Some(event) = page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["eventId"] == event_id && e["status"] != "processing")
+            {
+                return event.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("event {event_id} was never processed");
+    }
+
+    /// Stripe delivers `event` (signed) to the payouts endpoint: the gateway's answer.
+    async fn deliver(&self, event: &Value) -> Value {
+        let body = serde_json::to_vec(event).unwrap();
+        let header =
+            stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
+        let response = reqwest::Client::new()
+            .post(self.process.gateway_url("/api/webhooks/stripe-payouts"))
+            .header("Stripe-Signature", header)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+}
+
+/// The webhook endpoints the fake Stripe holds, read through its own API.
+async fn endpoints(stripe: &FakeStripe) -> Vec<Value> {
+    let list: Value = reqwest::Client::new()
+        .get(format!("{}/v1/webhook_endpoints?limit=100", stripe.url()))
+        .bearer_auth("sk_test_e2e_ops")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    list["data"].as_array().unwrap().clone()
+}
+
+fn events_of(endpoint: &Value) -> Vec<String> {
+    let mut events: Vec<String> = endpoint["enabled_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    events.sort();
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_webhooks_creates_both_endpoints_then_updates_them_without_duplicating() {
+    let system = start(&[]).await;
+    let base = system.base();
+
+    // A gateway that does not answer: nothing is created.
+    let (ok, _, stderr) = system.tool(&["stripe", "setup-webhooks", "--url", "http://127.0.0.1:9"]);
+    assert!(!ok);
+    assert!(stderr.contains("nothing was created"), "{stderr}");
+    assert!(endpoints(&system.stripe).await.is_empty());
+
+    // A dry run changes nothing.
+    let (ok, stdout, stderr) =
+        system.tool(&["stripe", "setup-webhooks", "--url", &base, "--dry-run"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.matches("would create").count(), 2, "{stdout}");
+    assert!(endpoints(&system.stripe).await.is_empty());
+
+    let (ok, stdout, stderr) = system.tool(&["stripe", "setup-webhooks", "--url", &base]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("is healthy"), "{stdout}");
+    assert!(
+        stdout.contains("STRIPE_WEBHOOK_SECRET_PAYOUTS=whsec_fake_endpoint_secret_1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("STRIPE_WEBHOOK_SECRET=whsec_fake_endpoint_secret_2"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Not subscribed: transfer.paid, transfer.failed"));
+    let created = endpoints(&system.stripe).await;
+    assert_eq!(created.len(), 2);
+    let payouts = created
+        .iter()
+        .find(|e| e["url"] == format!("{base}/api/webhooks/stripe-payouts"))
+        .unwrap();
+    assert_eq!(
+        payouts["application"], "ca_fake_platform",
+        "a Connect endpoint"
+    );
+    assert_eq!(
+        events_of(payouts),
+        [
+            "account.updated",
+            "payout.canceled",
+            "payout.created",
+            "payout.failed",
+            "payout.paid",
+            "payout.updated",
+            "transfer.created",
+            "transfer.reversed",
+            "transfer.updated"
+        ]
+    );
+    let subscription = created
+        .iter()
+        .find(|e| e["url"] == format!("{base}/api/webhooks/stripe-subscription"))
+        .unwrap();
+    assert!(subscription["application"].is_null());
+    assert_eq!(events_of(subscription).len(), 13);
+    assert!(events_of(subscription).contains(&"charge.dispute.funds_withdrawn".to_owned()));
+
+    // Someone narrows an endpoint in the dashboard: the next run puts its events back, in
+    // place, and shows no secret (Stripe shows one only at creation).
+    let id = payouts["id"].as_str().unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/webhook_endpoints/{id}", system.stripe.url()))
+        .bearer_auth("sk_test_e2e_ops")
+        .form(&[("enabled_events[0]", "transfer.created")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (ok, stdout, _) = system.tool(&["stripe", "setup-webhooks", "--url", &base, "--dry-run"]);
+    assert!(ok);
+    assert!(stdout.contains(&format!("would update {id}")), "{stdout}");
+    let (ok, stdout, stderr) = system.tool(&["stripe", "setup-webhooks", "--url", &base]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains(&format!("updated {id}")), "{stdout}");
+    assert!(
+        !stdout.contains("whsec_"),
+        "no secret on an update: {stdout}"
+    );
+    let after = endpoints(&system.stripe).await;
+    assert_eq!(after.len(), 2, "updated, not duplicated");
+    let restored = after.iter().find(|e| e["id"] == id).unwrap();
+    assert_eq!(events_of(restored), events_of(payouts));
+    let (ok, stdout, _) = system.tool(&["stripe", "setup-webhooks", "--url", &base]);
+    assert!(ok);
+    assert_eq!(stdout.matches("is up to date").count(), 2, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
+    let system = start(&[]).await;
+    let base = system.base();
+    let (payout_id, _) = system.processing_payout("carol", 25_00).await;
+    let types = [
+        "transfer.created",
+        "transfer.updated",
+        "transfer.reversed",
+        "transfer.paid",
+        "transfer.failed",
+        "payout.created",
+        "payout.updated",
+        "payout.failed",
+        "payout.canceled",
+        "account.updated",
+        "checkout.session.completed",
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "invoice.payment_succeeded",
+        "invoice.payment_failed",
+        "charge.refunded",
+        "charge.dispute.created",
+        "charge.dispute.closed",
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.funds_reinstated",
+        "refund.updated",
+        "refund.failed",
+    ];
+    let mut sent = Vec::new();
+    for event_type in types {
+        let (ok, stdout, stderr) =
+            system.tool(&["stripe", "trigger", event_type, "--gateway", &base]);
+        assert!(ok, "{event_type}: {stderr}");
+        assert!(stdout.contains("200 OK"), "{event_type}: {stdout}");
+        let id = stdout.split_whitespace().nth(1).unwrap().to_owned();
+        sent.push((event_type, id));
+    }
+    for (event_type, id) in &sent {
+        let event = system.settled_event(id).await;
+        assert_eq!(event["eventType"], *event_type);
+        assert_eq!(event["status"], "completed", "{event_type}: {event}");
+        let endpoint = if event_type.starts_with("transfer.")
+            || event_type.starts_with("payout.")
+            || *event_type == "account.updated"
+        {
+            "stripe-payouts"
+        } else {
+            "stripe-subscription"
+        };
+        assert_eq!(event["webhookEndpoint"], endpoint, "{event_type}");
+        let outcome = event["outcome"].as_str().unwrap();
+        let owner = if endpoint == "stripe-payouts" {
+            Some("payouts")
+        } else if event_type.starts_with("charge.") || event_type.starts_with("refund.") {
+            Some("disputes")
+        } else {
+            None
+        };
+        match owner {
+            Some(owner) => assert!(
+                outcome.contains(&format!("by {owner}")),
+                "{event_type}: {outcome}"
+            ),
+            None => assert!(
+                outcome.contains("subscription billing"),
+                "{event_type}: {outcome}"
+            ),
+        }
+    }
+    // The walkthrough's last step: the creator's bank payout is paid, and so is the payout.
+    let (ok, _, stderr) = system.tool(&[
+        "stripe",
+        "trigger",
+        "payout.paid",
+        "--gateway",
+        &base,
+        "--account",
+        "acct_carol",
+    ]);
+    assert!(ok, "{stderr}");
+    system
+        .wait_for_status(&payout_id, PayoutStatus::Completed)
+        .await;
+    // Bad input: a type we do not handle, a malformed --set, a missing secret.
+    let (ok, _, stderr) =
+        system.tool(&["stripe", "trigger", "customer.created", "--gateway", &base]);
+    assert!(
+        !ok && stderr.contains("not an event type Payouts handles"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = system.tool(&[
+        "stripe",
+        "trigger",
+        "payout.paid",
+        "--gateway",
+        &base,
+        "--set",
+        "amount",
+    ]);
+    assert!(!ok && stderr.contains("PATH=VALUE"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_event_is_backfilled_and_applied_once_also_when_the_delivery_comes_late() {
+    let system = start(&[("WEBHOOK_BACKFILL_INTERVAL", "1s")]).await;
+    let (payout_id, transfer_id) = system.processing_payout("dora", 40_00).await;
+    // The creator's bank payout is paid; Stripe never manages to deliver the event.
+    let bank_payout = system.stripe.pay_out("acct_dora").unwrap();
+    let event = system
+        .stripe
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "payout.paid" && e["data"]["object"]["id"] == bank_payout["id"])
+        .unwrap();
+    assert_eq!(event["account"], "acct_dora");
+    // The periodic backfill finds it on the account with a payout in flight.
+    system
+        .wait_for_status(&payout_id, PayoutStatus::Completed)
+        .await;
+    let stored = system.settled_event(event["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (stored["source"].as_str(), stored["deliveries"].as_i64()),
+        (Some("backfill"), Some(0))
+    );
+    assert_eq!(stored["account"], "acct_dora");
+    // Stripe's own retry finally gets through: a duplicate, applied once.
+    let answer = system.deliver(&event).await;
+    assert_eq!(answer, json!({ "received": true, "duplicate": true }));
+    let audit = system
+        .payouts()
+        .await
+        .list_audit_log(payouts_proto::payouts::v1::ListAuditLogRequest {
+            payout_id: payout_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let completions = audit
+        .iter()
+        .filter(|e| e.to_status() == PayoutStatus::Completed)
+        .count();
+    assert_eq!(completions, 1, "applied once");
+    let (_, stats) = system.admin("GET", "/api/admin/webhooks/stats", None).await;
+    assert!(stats["backfilled"].as_i64().unwrap() >= 2, "{stats}");
+    // The transfer's own undelivered event came in the same way (platform events).
+    let created = system
+        .stripe
+        .events()
+        .into_iter()
+        .find(|e| {
+            e["type"] == "transfer.created" && e["data"]["object"]["id"] == transfer_id.as_str()
+        })
+        .unwrap();
+    let stored = system.settled_event(created["id"].as_str().unwrap()).await;
+    assert_eq!(stored["source"], "backfill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_backfills_a_window_and_a_delivered_event_is_not_stored_twice() {
+    let system = start(&[]).await;
+    let (payout_id, _) = system.processing_payout("erin", 30_00).await;
+    // Delivered to us first; Stripe still lists it as undelivered (another endpoint failed).
+    let mut reversal = stripe::event("evt_ops_reversed", "transfer.reversed", "transfer");
+    reversal["data"]["object"] = system.stripe.transfers()[0].clone();
+    system.deliver(&reversal).await;
+    system.stripe.record_event(reversal.clone(), false);
+    let bank_payout = system.stripe.pay_out("acct_erin").unwrap();
+
+    let now = chrono::Utc::now();
+    let since = (now - chrono::Duration::hours(1)).to_rfc3339();
+    let (status, answer) = system
+        .admin(
+            "POST",
+            "/api/admin/webhooks/backfill",
+            Some(json!({ "since": since })),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    // transfer.created (undelivered), the reversal (delivered already), payout.paid of the
+    // bank payout on the account in flight.
+    assert_eq!(answer["accounts"], 1, "{answer}");
+    assert_eq!(answer["listed"], 3, "{answer}");
+    assert_eq!(
+        (answer["stored"].as_i64(), answer["duplicates"].as_i64()),
+        (Some(2), Some(1)),
+        "{answer}"
+    );
+    system
+        .wait_for_status(&payout_id, PayoutStatus::Completed)
+        .await;
+    assert!(bank_payout["id"].is_string());
+    // Run again: what is listed is a duplicate now, and with the payout completed no account
+    // has a payout in flight, so the bank payout's account is not asked.
+    let (_, again) = system
+        .admin(
+            "POST",
+            "/api/admin/webhooks/backfill",
+            Some(json!({ "since": since })),
+        )
+        .await;
+    assert_eq!(
+        (
+            again["listed"].as_i64(),
+            again["stored"].as_i64(),
+            again["duplicates"].as_i64(),
+            again["accounts"].as_i64()
+        ),
+        (Some(2), Some(0), Some(2), Some(0)),
+        "{again}"
+    );
+
+    // Bad input gets a 400 that says what is wrong.
+    for (body, says) in [
+        (
+            json!({ "since": (now - chrono::Duration::days(31)).to_rfc3339() }),
+            "30 days",
+        ),
+        (
+            json!({ "since": (now + chrono::Duration::hours(1)).to_rfc3339() }),
+            "future",
+        ),
+        (json!({ "since": "yesterday" }), "RFC 3339"),
+        (json!({}), "since"),
+    ] {
+        let (status, error) = system
+            .admin("POST", "/api/admin/webhooks/backfill", Some(body))
+            .await;
+        assert_eq!(status, 400, "{error}");
+        assert!(error["error"].as_str().unwrap().contains(says), "{error}");
+    }
+    let unauthenticated = reqwest::Client::new()
+        .post(system.process.gateway_url("/api/admin/webhooks/backfill"))
+        .json(&json!({ "since": since }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_over_the_admin_api_is_quiet_then_reports_an_orphan_transfer_with_an_alert()
+{
+    let system = start(&[]).await;
+    system.processing_payout("fay", 12_00).await;
+    let (status, clean) = system
+        .admin("POST", "/api/admin/reconciliation/run", None)
+        .await;
+    assert_eq!(status, 200, "{clean}");
+    assert_eq!(clean["report"]["status"], "clean", "{clean}");
+    assert_eq!(clean["report"]["findings"], json!([]));
+    assert_eq!(clean["report"]["triggeredBy"], "admin:ops");
+
+    let orphan = system.stripe.make_transfer(3_00, "acct_unknown", &[]);
+    let since = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
+    let (status, run) = system
+        .admin(
+            "POST",
+            "/api/admin/reconciliation/run",
+            Some(json!({ "since": since })),
+        )
+        .await;
+    assert_eq!(status, 200, "{run}");
+    let report = &run["report"];
+    assert_eq!(report["status"], "mismatches");
+    assert_eq!(report["findings"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["findings"][0]["kind"], "orphan_transfer");
+    assert_eq!(report["findings"][0]["transferId"], orphan["id"]);
+
+    let (_, reports) = system
+        .admin("GET", "/api/admin/reconciliation?limit=5", None)
+        .await;
+    let statuses: Vec<&str> = reports["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["mismatches", "clean"], "newest first");
+    let mut alerted = false;
+    for _ in 0..200 {
+        let (_, alerts) = system.admin("GET", "/api/admin/alerts", None).await;
+        alerted = alerts["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["type"] == "reconciliation_mismatch" && a["severity"] == "critical");
+        if alerted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(alerted, "the mismatch is a critical alert");
+
+    for (body, says) in [
+        (json!({ "since": "last week" }), "RFC 3339"),
+        (
+            json!({ "since": (chrono::Utc::now() - chrono::Duration::days(91)).to_rfc3339() }),
+            "90 days",
+        ),
+        (json!({ "window": 3 }), "window"),
+    ] {
+        let (status, error) = system
+            .admin("POST", "/api/admin/reconciliation/run", Some(body))
+            .await;
+        assert_eq!(status, 400, "{error}");
+        assert!(error["error"].as_str().unwrap().contains(says), "{error}");
+    }
+    let (status, _) = system
+        .admin("GET", "/api/admin/reconciliation?limit=0", None)
+        .await;
+    assert_eq!(status, 400);
+}
