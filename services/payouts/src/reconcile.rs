@@ -64,6 +64,16 @@ impl FindingKind {
     pub fn is_mismatch(self) -> bool {
         self != FindingKind::Adopted
     }
+
+    /// Whether the mismatch may be news still on its way: a reversal (or the state it
+    /// causes) whose event has not been delivered yet. Such a mismatch is alerted when the
+    /// next report still shows it; the others at once.
+    pub fn may_be_in_flight(self) -> bool {
+        matches!(
+            self,
+            FindingKind::StateMismatch | FindingKind::ReversalMismatch
+        )
+    }
 }
 
 /// One line of a report.
@@ -96,6 +106,18 @@ impl Finding {
         self.stripes = stripes;
         self.detail = detail.to_owned();
         self
+    }
+
+    /// Whether it is raised as a critical alert now, given the previous report.
+    pub fn alerts(&self, previous: Option<&Report>) -> bool {
+        self.kind.is_mismatch()
+            && (!self.kind.may_be_in_flight()
+                || previous.is_some_and(|report| {
+                    report
+                        .findings
+                        .iter()
+                        .any(|seen| seen.alert_key() == self.alert_key())
+                }))
     }
 
     /// The dedupe key of its alert: one alert per mismatch and subject, however many runs
@@ -207,6 +229,10 @@ pub fn check_transfer(transfer: &ListedTransfer, payout: Option<&Payout>) -> Vec
         ];
     };
     let pid = Some(payout.id.as_str());
+    if payout.failed_transfer_ids.contains(&transfer.seen.id) {
+        // Stripe reported it failed (legacy transfer.failed): its money came back.
+        return Vec::new();
+    }
     match payout.stripe_transfer_id.as_deref() {
         Some(current) if current != transfer.seen.id => {
             return vec![Finding::new(FindingKind::DuplicateTransfer, pid, id).with(
@@ -430,6 +456,13 @@ mod tests {
             kinds(&check_transfer(&fully, Some(&p))),
             [FindingKind::StateMismatch, FindingKind::ReversalMismatch]
         );
+        // A transfer Stripe reported failed (legacy) is accounted for.
+        let mut retried = payout(PayoutStatus::Processing, Some("tr_2"));
+        retried.failed_transfer_ids.push("tr_1".to_owned());
+        assert_eq!(
+            check_transfer(&transfer("tr_1", 100_00), Some(&retried)),
+            vec![]
+        );
         // Failed by us, made by Stripe.
         let failed = payout(PayoutStatus::Failed, None);
         assert_eq!(
@@ -523,5 +556,14 @@ mod tests {
             report.findings[1].alert_key(),
             "reconciliation:stuck_payout:p:-"
         );
+        // A stuck payout is alerted at once; a reversal mismatch (its event may be on its
+        // way) when the next report still shows it; an adoption never.
+        assert!(report.findings[1].alerts(None));
+        assert!(!report.findings[0].alerts(Some(&report)));
+        let reversal = Finding::new(FindingKind::ReversalMismatch, Some("p"), Some("t"));
+        assert!(!reversal.alerts(None));
+        assert!(!reversal.alerts(Some(&report)));
+        report.findings.push(reversal.clone());
+        assert!(reversal.alerts(Some(&report)));
     }
 }

@@ -102,8 +102,9 @@ impl Reconciler {
         }
         report.finished_at = self.flow.clock.now();
         report.conclude();
+        let previous = self.reports.latest(1).await?.into_iter().next();
         self.reports.insert(&report).await?;
-        self.raise_alerts(&report).await;
+        self.raise_alerts(&report, previous.as_ref()).await;
         metrics::counter!("payouts_reconciliation_runs_total", "status" => report.status.as_str())
             .increment(1);
         tracing::info!(
@@ -239,11 +240,12 @@ impl Reconciler {
         Ok(())
     }
 
-    /// One critical alert per mismatch and subject (deduplicated by key across runs). Best
-    /// effort: the report is stored whatever happens to its alerts, and the next run raises
-    /// what is still missing.
-    async fn raise_alerts(&self, report: &Report) {
-        for finding in report.findings.iter().filter(|f| f.kind.is_mismatch()) {
+    /// One critical alert per mismatch and subject (deduplicated by key across runs); a
+    /// mismatch whose news may still be on its way (a reversal) only when the previous
+    /// report showed it too. Best effort: the report is stored whatever happens to its
+    /// alerts, and the next run raises what is still missing.
+    async fn raise_alerts(&self, report: &Report, previous: Option<&Report>) {
+        for finding in report.findings.iter().filter(|f| f.alerts(previous)) {
             let alert = OwedAlert {
                 key: finding.alert_key(),
                 kind: "reconciliation_mismatch".to_owned(),

@@ -2025,6 +2025,30 @@ async fn reconciliation_is_quiet_when_the_books_agree_reports_every_mismatch_and
             ],
             "newest first"
         );
+        // A reversal whose event has not arrived: reported at once, alerted only when the
+        // next report still shows it (the event may have been on its way).
+        let adopted_transfer = adopted.stripe_transfer_id.clone().unwrap();
+        f.stripe.reverse(&adopted_transfer, 10_00).unwrap();
+        let reversal_alerts = || {
+            f.alerts
+                .raised
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|a| a.key.starts_with("reconciliation:reversal_mismatch"))
+                .count()
+        };
+        let since = Some(f.clock.now() - Duration::days(30));
+        let seen = reconciler.run(since, "schedule").await.unwrap();
+        assert!(
+            seen.findings
+                .iter()
+                .any(|finding| finding.kind == FindingKind::ReversalMismatch
+                    && finding.payout_id.as_deref() == Some(unknown.id.as_str()))
+        );
+        assert_eq!(reversal_alerts(), 0);
+        reconciler.run(since, "schedule").await.unwrap();
+        assert_eq!(reversal_alerts(), 1);
     })
     .await;
 }

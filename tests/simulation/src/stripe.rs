@@ -56,6 +56,9 @@ pub struct Outgoing {
 struct State {
     ledger: Ledger,
     outbox: Vec<Outgoing>,
+    /// Events Stripe gave up delivering: never delivered, still listed by `GET /v1/events`
+    /// (`delivery_success=false`) for the backfill to find.
+    lost: Vec<Outgoing>,
     events: u64,
     /// When each idempotency key was first used (Stripe prunes keys after 24 hours).
     keys: BTreeMap<String, DateTime<Utc>>,
@@ -168,6 +171,15 @@ impl SimStripe {
     /// The event was acknowledged: Stripe stops delivering it.
     pub fn acknowledged(&self, event_id: &str) {
         self.lock().outbox.retain(|event| event.id != event_id);
+    }
+
+    /// Stripe gives up delivering the event: it stays in the event list, undelivered.
+    pub fn lose(&self, event_id: &str) {
+        let mut state = self.lock();
+        if let Some(at) = state.outbox.iter().position(|event| event.id == event_id) {
+            let event = state.outbox.remove(at);
+            state.lost.push(event);
+        }
     }
 
     /// Every transfer Stripe made.
@@ -572,5 +584,61 @@ impl StripeApi for SimStripe {
                 .collect()),
             None => Err(declined("resource_missing", false)),
         }
+    }
+}
+
+/// `GET /v1/events?delivery_success=false`: the events still being retried and those Stripe
+/// gave up on, newest first, by type, account and creation time, in pages of 100.
+#[async_trait]
+impl payouts_webhooks::backfill::StripeEvents for SimStripe {
+    async fn undelivered(
+        &self,
+        account: Option<&str>,
+        query: &payouts_webhooks::backfill::EventQuery,
+    ) -> Result<payouts_webhooks::backfill::EventPage, payouts_runtime::ServiceError> {
+        if self.late(self.clock.now(), "stripe.list_events").await
+            || self.chaos().fault("stripe event list failed", LOOKUP_FAILS)
+        {
+            return Err(payouts_runtime::ServiceError::unavailable(
+                "Stripe's event list could not be read",
+                anyhow::anyhow!("simulated timeout"),
+            ));
+        }
+        let state = self.lock();
+        let mut events: Vec<Value> = state
+            .outbox
+            .iter()
+            .chain(&state.lost)
+            .filter_map(|event| serde_json::from_str::<Value>(&event.payload).ok())
+            .filter(|event| event["account"].as_str() == account)
+            .filter(|event| {
+                let created = event["created"].as_i64().unwrap_or(0);
+                query.since.timestamp() <= created && created <= query.until.timestamp()
+            })
+            .filter(|event| {
+                query
+                    .types
+                    .contains(&event["type"].as_str().unwrap_or_default())
+            })
+            .collect();
+        events.sort_by(|a, b| {
+            (b["created"].as_i64(), b["id"].as_str())
+                .cmp(&(a["created"].as_i64(), a["id"].as_str()))
+        });
+        let start = query
+            .starting_after
+            .as_ref()
+            .and_then(|after| {
+                events
+                    .iter()
+                    .position(|event| event["id"] == after.as_str())
+            })
+            .map_or(0, |at| at + 1);
+        let page: Vec<Value> = events.iter().skip(start).take(100).cloned().collect();
+        let has_more = start + page.len() < events.len();
+        Ok(payouts_webhooks::backfill::EventPage {
+            events: page,
+            has_more,
+        })
     }
 }

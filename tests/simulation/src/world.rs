@@ -2,6 +2,10 @@
 //! replicas of each, users and admins, a simulated Stripe; the scheduler that drives them
 //! one step at a time; and the final drain, once faults are off.
 
+use payouts_payouts::reconcile::FindingKind;
+use payouts_payouts::reconciler::{Reconciler, accounts_in_flight};
+use payouts_payouts::store::{MemoryReports, ReportRepository};
+use payouts_webhooks::backfill::{AccountsInFlight, Backfill};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -176,6 +180,8 @@ pub struct World {
     /// What the services answered each other, for the trace.
     service_log: Arc<Mutex<Vec<String>>>,
     bank_payouts: Vec<(String, String)>,
+    /// Reconciliation reports (the payouts service's `reconciliationReports`).
+    reports: Arc<dyn ReportRepository>,
     observed: Observed,
     trace: Vec<String>,
     step: usize,
@@ -447,6 +453,7 @@ impl World {
             charges,
             windows,
             alerts,
+            reports: Arc::new(MemoryReports::default()),
             service_log,
             bank_payouts: Vec::new(),
             observed: Observed::default(),
@@ -558,7 +565,9 @@ impl World {
             44..=49 if room => self.approvals_pass(),
             50..=55 if room => self.decide(),
             56..=69 if room => self.deliver(),
-            70..=79 => self.advance(),
+            70..=77 => self.advance(),
+            78 if room => self.backfill(),
+            79 if room => self.reconcile(),
             80..=85 => self.pay_out(),
             86..=87 => self.fail_bank_payout(),
             88..=90 => self.reverse(),
@@ -704,7 +713,8 @@ impl World {
         }
         let event = outbox[self.chaos.below(outbox.len())].clone();
         if event.droppable && self.chaos.fault("event never delivered", 100) {
-            self.stripe.acknowledged(&event.id);
+            // Stripe gives up: the event stays in its list, undelivered, for the backfill.
+            self.stripe.lose(&event.id);
             self.note(format!("stripe loses {} {}", event.id, event.event_type));
             return;
         }
@@ -740,6 +750,72 @@ impl World {
                 }
             }),
         );
+    }
+
+    /// A webhooks replica backfills the events Stripe never delivered, for a window of up
+    /// to 30 days (the periodic job, or an admin).
+    fn backfill(&mut self) {
+        let replica = self.chaos.below(self.inboxes.len());
+        let backfill = Backfill {
+            inbox: Arc::clone(&self.inboxes[replica]),
+            stripe: Arc::new(self.stripe.clone()),
+            accounts: Arc::new(InFlight(Arc::clone(
+                &self.payouts[self.chaos.below(self.payouts.len())],
+            ))),
+            clock: Arc::new(self.clock.clone()),
+        };
+        let since = self.clock.now() - Duration::seconds(self.chaos.between(3_600, 30 * 86_400));
+        self.start(
+            format!("backfill {replica}"),
+            Box::pin(async move {
+                match backfill.run(since).await {
+                    Ok(report) => format!(
+                        "listed {}, stored {}, {} accounts",
+                        report.listed, report.stored, report.accounts
+                    ),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    /// A payouts replica reconciles with Stripe (the daily job, or an admin): it may adopt a
+    /// transfer whose answer was lost, and must never move money.
+    fn reconcile(&mut self) {
+        let replica = self.chaos.below(self.payouts.len());
+        let reconciler = self.reconciler(replica);
+        self.start(
+            format!("reconcile {replica}"),
+            Box::pin(async move {
+                match reconciler.run(None, "sim").await {
+                    Ok(report) => format!(
+                        "{} {:?}",
+                        report.status.as_str(),
+                        report
+                            .findings
+                            .iter()
+                            .map(|f| format!(
+                                "{} {} {}: {}",
+                                f.kind.as_str(),
+                                f.payout_id.as_deref().unwrap_or("-"),
+                                f.ours,
+                                f.stripes
+                            ))
+                            .collect::<Vec<_>>()
+                    ),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    fn reconciler(&self, replica: usize) -> Reconciler {
+        Reconciler {
+            flow: Arc::clone(&self.payouts[replica]),
+            reports: Arc::clone(&self.reports),
+            window: Duration::days(3),
+            stuck_after: Duration::days(7),
+        }
     }
 
     fn advance(&mut self) {
@@ -1043,7 +1119,44 @@ impl World {
             self.clock.advance(Duration::hours(hours));
             self.note(format!("time +{hours}h"));
         }
-        invariants::at_end(&self.stores, &self.stripe).map_err(|problem| self.failure(problem))
+        invariants::at_end(&self.stores, &self.stripe).map_err(|problem| self.failure(problem))?;
+        self.books_agree()
+    }
+
+    /// Once everything settled, a reconciliation of the whole run finds our books and
+    /// Stripe's in agreement (a payout processing longer than the stuck threshold is
+    /// reported, not a disagreement), and adopts nothing: every unknown outcome was resolved.
+    fn books_agree(&mut self) -> Result<(), Failure> {
+        let reconciler = self.reconciler(0);
+        let since =
+            DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default() - Duration::days(1);
+        let verdict = self.complete(
+            "final reconciliation".to_owned(),
+            Box::pin(async move {
+                let report = match reconciler.run(Some(since), "sim: end").await {
+                    Ok(report) => report,
+                    Err(error) => return format!("DISAGREE: the run failed: {}", error.message()),
+                };
+                let disagreements: Vec<String> = report
+                    .findings
+                    .iter()
+                    .filter(|finding| finding.kind != FindingKind::StuckPayout)
+                    .map(|finding| format!("{finding:?}"))
+                    .collect();
+                if report.error.is_some() || !disagreements.is_empty() {
+                    format!("DISAGREE: {:?} {disagreements:#?}", report.error)
+                } else {
+                    format!(
+                        "books agree ({} transfers, {} payouts)",
+                        report.transfers_checked, report.payouts_checked
+                    )
+                }
+            }),
+        );
+        if verdict.starts_with("DISAGREE") {
+            return Err(self.failure(format!("the final reconciliation: {verdict}")));
+        }
+        Ok(())
     }
 
     /// What an admin does once alerted: resume parked work, retry parked events, decide
@@ -1111,6 +1224,16 @@ impl World {
 }
 
 /// A `charge.refunded` event's charge with `amount_refunded` (cumulative).
+/// The payouts service answering the backfill which accounts have payouts in flight.
+struct InFlight(Arc<PayoutFlow>);
+
+#[async_trait::async_trait]
+impl AccountsInFlight for InFlight {
+    async fn accounts_in_flight(&self) -> Result<Vec<String>, payouts_runtime::ServiceError> {
+        accounts_in_flight(&self.0).await
+    }
+}
+
 fn charge_object(charge: &Charge, amount_refunded: i64) -> serde_json::Value {
     let mut object = fixture("charge");
     object["id"] = serde_json::json!(charge.id);
