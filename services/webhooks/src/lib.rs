@@ -68,7 +68,12 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
             accounts: dispatcher,
             clock: Arc::clone(&context.clock),
         })),
-        None => None,
+        None => {
+            tracing::warn!(
+                "the backfill of undelivered Stripe events is off: STRIPE_SECRET_KEY is not set"
+            );
+            None
+        }
     };
     if let (Some(backfill), Some(interval)) =
         (&backfill, context.settings.webhook_backfill_interval)
