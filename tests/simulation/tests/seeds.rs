@@ -46,8 +46,9 @@ fn the_faults_the_simulation_promises_are_injected() {
     // Enough seeds that every fault shows up whatever path the runs take (each fault has a
     // chance of a few percent per call, and a short run makes few calls of each kind; since
     // refunds and disputes joined, fewer requests end in a transfer, so it takes more runs
-    // to meet the rarest transfer faults: 100 seeds was the least that did).
-    for seed in 0..120 {
+    // to meet the rarest transfer faults: 100 seeds was the least that did; since backfills
+    // and reconciliations joined the mix, 120 no longer met a 500 before the transfer).
+    for seed in 0..200 {
         let report = run(seed, &Options::default()).unwrap();
         seen.extend(report.faults.keys().copied());
         crashes += report.crashes;
@@ -66,10 +67,11 @@ fn the_faults_the_simulation_promises_are_injected() {
         "service answer lost",
         "event delivered twice",
         "event never delivered",
+        "stripe event list failed",
     ] {
         assert!(seen.contains(fault), "{fault} never injected: {seen:?}");
     }
-    assert!(crashes > 0, "no crash in 120 seeds");
+    assert!(crashes > 0, "no crash in 200 seeds");
 }
 
 /// Seeds on which the simulation found a defect, each kept as a regression test. (A seed
