@@ -2,7 +2,8 @@
 //! `payouts stripe setup-webhooks` creates then updates without duplicating; `payouts stripe
 //! trigger` delivers every type we handle and the system applies it; an event Stripe never
 //! delivered is recovered by the backfill and applied once (a late delivery too); the
-//! reconciliation reports over the admin REST.
+//! reconciliation reports over the admin REST; and the admin payouts listing and detail its
+//! findings point to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
@@ -608,4 +609,98 @@ async fn reconciliation_over_the_admin_api_is_quiet_then_reports_an_orphan_trans
         .admin("GET", "/api/admin/reconciliation?limit=0", None)
         .await;
     assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_list_payouts_by_status_and_user_and_read_one_with_its_audit_log() {
+    let system = start(&[]).await;
+    let (gil, gil_transfer) = system.processing_payout("gil", 11_00).await;
+    let (hal, _) = system.processing_payout("hal", 22_00).await;
+    system.stripe.pay_out("acct_gil").unwrap();
+    let mut paid = stripe::event("evt_admin_paid", "payout.paid", "payout");
+    paid["account"] = json!("acct_gil");
+    paid["data"]["object"] = system
+        .stripe
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "payout.paid")
+        .unwrap()["data"]["object"]
+        .clone();
+    system.deliver(&paid).await;
+    system.wait_for_status(&gil, PayoutStatus::Completed).await;
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["payouts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (status, all) = system.admin("GET", "/api/admin/payouts", None).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(ids(&all), [hal.clone(), gil.clone()], "newest first");
+    let (_, processing) = system
+        .admin("GET", "/api/admin/payouts?status=processing", None)
+        .await;
+    assert_eq!(ids(&processing), [hal.clone()]);
+    let (_, of_gil) = system
+        .admin("GET", "/api/admin/payouts?userId=gil", None)
+        .await;
+    assert_eq!(ids(&of_gil), [gil.clone()]);
+    assert_eq!(of_gil["payouts"][0]["status"], "completed");
+    assert_eq!(of_gil["payouts"][0]["amountCents"], 11_00);
+    let (_, first) = system
+        .admin("GET", "/api/admin/payouts?limit=1", None)
+        .await;
+    assert_eq!(ids(&first), [hal.clone()]);
+    let token = first["nextPageToken"].as_str().unwrap();
+    let (_, second) = system
+        .admin(
+            "GET",
+            &format!("/api/admin/payouts?limit=1&pageToken={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(ids(&second), [gil.clone()]);
+
+    let (status, detail) = system
+        .admin("GET", &format!("/api/admin/payouts/{gil}"), None)
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["payout"]["stripeTransferId"], gil_transfer.as_str());
+    assert!(
+        detail["payout"]["stripePayoutId"]
+            .as_str()
+            .unwrap()
+            .starts_with("po_")
+    );
+    let moves: Vec<(Value, Value)> = detail["auditLog"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["fromStatus"].clone(), e["toStatus"].clone()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (json!("admitting"), json!("pending")),
+            (json!("pending"), json!("processing")),
+            (json!("processing"), json!("completed")),
+        ]
+    );
+    assert_eq!(detail["auditLog"][2]["stripeEventId"], "evt_admin_paid");
+
+    for (path, expected) in [
+        ("/api/admin/payouts?status=admitting", 400),
+        ("/api/admin/payouts?status=PROCESSING", 400),
+        ("/api/admin/payouts?limit=0", 400),
+        ("/api/admin/payouts?pageToken=nonsense", 400),
+        ("/api/admin/payouts?userId=", 400),
+        ("/api/admin/payouts/payout_nope", 404),
+    ] {
+        let (status, error) = system.admin("GET", path, None).await;
+        assert_eq!(status, expected, "{path}: {error}");
+        assert!(error["error"].is_string(), "{path}: {error}");
+    }
 }

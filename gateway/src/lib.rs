@@ -204,6 +204,8 @@ impl Gateway {
                 "/api/admin/payout-approvals/{approval_id}/retry",
                 post(admin_approvals::retry),
             )
+            .route("/api/admin/payouts", get(admin_payouts::list))
+            .route("/api/admin/payouts/{payout_id}", get(admin_payouts::detail))
             .route(
                 "/api/admin/payouts/{payout_id}/resume",
                 post(admin_payouts::resume),
@@ -766,13 +768,15 @@ mod tests {
             "/api/admin/webhooks/backfill",
             "/api/admin/reconciliation",
             "/api/admin/reconciliation/run",
+            "/api/admin/payouts",
+            "/api/admin/payouts/{payoutId}",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            23,
+            25,
             "every documented path is a route: {paths:?}"
         );
     }

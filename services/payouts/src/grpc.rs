@@ -235,14 +235,18 @@ impl PayoutsService for PayoutsGrpc {
         request: Request<pb::ListPayoutsRequest>,
     ) -> Result<Response<pb::ListPayoutsResponse>, Status> {
         let r = request.into_inner();
-        let user_id = required_id(&r.user_id, "user_id")?;
+        // No user: every user's payouts (admins).
+        let user_id = match r.user_id.trim() {
+            "" => None,
+            _ => Some(required_id(&r.user_id, "user_id")?),
+        };
         let status = status_from_proto(r.status)?;
         let size = page_size(r.page_size, 50, 500)?;
         let after = parse_page_token(&r.page_token)?;
         let found = self
             .flow
             .payouts
-            .list_by_user(&user_id, status, after, size + 1)
+            .list_by_user(user_id.as_deref(), status, after, size + 1)
             .await?;
         let (page, next_page_token) = paginate(found, size, |p| (p.requested_at, p.id.clone()));
         Ok(Response::new(pb::ListPayoutsResponse {

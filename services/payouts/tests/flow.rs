@@ -1739,7 +1739,7 @@ impl PayoutRepository for FlakyProjection {
     }
     async fn list_by_user(
         &self,
-        user_id: &str,
+        user_id: Option<&str>,
         status: Option<PayoutStatus>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,

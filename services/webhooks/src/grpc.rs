@@ -206,13 +206,8 @@ impl WebhooksService for WebhooksGrpc {
     ) -> Result<Response<pb::BackfillEventsResponse>, Status> {
         let r = request.into_inner();
         let since = required_time(r.since, "since")?;
-        let Some(backfill) = &self.backfill else {
-            return Err(ServiceError::failed_precondition(
-                "the backfill reads Stripe's events: set STRIPE_SECRET_KEY",
-            )
-            .into());
-        };
-        let now = backfill.clock.now();
+        // The window first: bad input is reported whatever the configuration.
+        let now = self.inbox.now();
         if since < Backfill::earliest(now) {
             return Err(ServiceError::invalid_argument(format!(
                 "since must be at most {} days back: Stripe keeps events no longer",
@@ -223,6 +218,12 @@ impl WebhooksService for WebhooksGrpc {
         if since > now {
             return Err(ServiceError::invalid_argument("since is in the future").into());
         }
+        let Some(backfill) = &self.backfill else {
+            return Err(ServiceError::failed_precondition(
+                "the backfill reads Stripe's events: set STRIPE_SECRET_KEY",
+            )
+            .into());
+        };
         tracing::info!(requested_by = %r.requested_by, %since, "webhook backfill requested");
         let report = backfill.run(since).await?;
         let number = |value: u32| i32::try_from(value).unwrap_or(i32::MAX);

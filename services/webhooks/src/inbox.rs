@@ -100,6 +100,11 @@ impl Inbox {
         }
     }
 
+    /// The inbox's clock's time.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
     pub fn repository(&self) -> &Arc<dyn InboxRepository> {
         &self.repository
     }

@@ -129,7 +129,7 @@ impl PayoutRepository for Hazardous<dyn PayoutRepository> {
     }
     async fn list_by_user(
         &self,
-        user_id: &str,
+        user_id: Option<&str>,
         status: Option<PayoutStatus>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,

@@ -251,26 +251,65 @@ mod payouts {
         }
         let ids = |payouts: Vec<Payout>| payouts.into_iter().map(|p| p.id).collect::<Vec<_>>();
         assert_eq!(
-            ids(repository.list_by_user("u1", None, None, 10).await.unwrap()),
+            ids(repository
+                .list_by_user(Some("u1"), None, None, 10)
+                .await
+                .unwrap()),
             ["p3", "p2", "p1"]
         );
-        let page = repository.list_by_user("u1", None, None, 2).await.unwrap();
+        let page = repository
+            .list_by_user(Some("u1"), None, None, 2)
+            .await
+            .unwrap();
         let last = page.last().unwrap();
         let cursor = Some((last.requested_at, last.id.clone()));
         assert_eq!(
             ids(repository
-                .list_by_user("u1", None, cursor, 2)
+                .list_by_user(Some("u1"), None, cursor, 2)
                 .await
                 .unwrap()),
             ["p1"]
         );
         assert_eq!(
             ids(repository
-                .list_by_user("u1", Some(PayoutStatus::Pending), None, 10)
+                .list_by_user(Some("u1"), Some(PayoutStatus::Pending), None, 10)
                 .await
                 .unwrap()),
             ["p2"]
         );
+        // Every user's (admin listings): newest first, admissions left out, in pages that
+        // add up to the whole list.
+        let other = payout("p5", "u2", "k5", PayoutStatus::Pending, 5);
+        repository.insert(&other).await.unwrap();
+        let everyone = ids(repository
+            .list_by_user(None, None, None, 1_000)
+            .await
+            .unwrap());
+        let ours: Vec<&String> = everyone
+            .iter()
+            .filter(|id| ["p1", "p2", "p3", "p4", "p5"].contains(&id.as_str()))
+            .collect();
+        assert_eq!(ours, ["p5", "p3", "p2", "p1"]);
+        let mut paged = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = repository
+                .list_by_user(None, None, cursor, 2)
+                .await
+                .unwrap();
+            let Some(last) = page.last() else { break };
+            cursor = Some((last.requested_at, last.id.clone()));
+            paged.extend(ids(page));
+        }
+        assert_eq!(paged, everyone);
+        let pending_ids = ids(repository
+            .list_by_user(None, Some(PayoutStatus::Pending), None, 1_000)
+            .await
+            .unwrap());
+        assert!(pending_ids.contains(&"p2".to_owned()) && pending_ids.contains(&"p5".to_owned()));
+        assert!(!pending_ids.contains(&"p3".to_owned()));
+        // The other user's payout goes again: the checks below count this user's.
+        repository.delete("p5", other.version).await.unwrap();
         assert_eq!(
             ids(repository
                 .by_destination(

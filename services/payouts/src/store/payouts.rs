@@ -50,11 +50,12 @@ pub trait PayoutRepository: Send + Sync + 'static {
         statuses: &[PayoutStatus],
     ) -> Result<Vec<Payout>, ServiceError>;
 
-    /// A user's payouts, newest first, optionally in one status, after a cursor
-    /// (`(requested_at, id)` of the last payout of the previous page).
+    /// A user's payouts (every user's when `user_id` is `None`: admin listings), newest
+    /// first, optionally in one status, after a cursor (`(requested_at, id)` of the last
+    /// payout of the previous page). Payouts still being admitted are left out.
     async fn list_by_user(
         &self,
-        user_id: &str,
+        user_id: Option<&str>,
         status: Option<PayoutStatus>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
@@ -273,12 +274,28 @@ impl PayoutRepository for MemoryPayouts {
 
     async fn list_by_user(
         &self,
-        user_id: &str,
+        user_id: Option<&str>,
         status: Option<PayoutStatus>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError> {
         let state = self.lock();
+        let Some(user_id) = user_id else {
+            // Every user's: an admin listing, paged and rare; filtered in memory.
+            let mut found: Vec<&Payout> = state
+                .payouts
+                .values()
+                .filter(|p| p.status != PayoutStatus::Admitting)
+                .filter(|p| status.is_none_or(|status| p.status == status))
+                .filter(|p| {
+                    after
+                        .as_ref()
+                        .is_none_or(|(at, id)| (p.requested_at, &p.id) < (*at, id))
+                })
+                .collect();
+            found.sort_by(|a, b| (b.requested_at, &b.id).cmp(&(a.requested_at, &a.id)));
+            return Ok(found.into_iter().take(limit).cloned().collect());
+        };
         // The user's history is one key range; newest first is that range backwards, from
         // just before the cursor.
         let lower = Bound::Included((user_id.to_owned(), Time::MIN_UTC, String::new()));
@@ -729,6 +746,13 @@ impl MongoPayouts {
                 IndexModel::builder()
                     .keys(doc! { "userId": 1, "requestedAt": -1 })
                     .build(),
+                // Admin listings of every user's payouts, by status or all, newest first.
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "requestedAt": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "requestedAt": -1 })
+                    .build(),
                 IndexModel::builder()
                     .keys(doc! { "stripeTransferId": 1 })
                     .build(),
@@ -824,12 +848,15 @@ impl PayoutRepository for MongoPayouts {
 
     async fn list_by_user(
         &self,
-        user_id: &str,
+        user_id: Option<&str>,
         status: Option<PayoutStatus>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError> {
-        let mut filter = doc! { "userId": user_id };
+        let mut filter = match user_id {
+            Some(user_id) => doc! { "userId": user_id },
+            None => doc! {},
+        };
         match status {
             Some(status) => filter.insert("status", status.as_str()),
             None => filter.insert("status", doc! { "$ne": PayoutStatus::Admitting.as_str() }),
