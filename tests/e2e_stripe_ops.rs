@@ -639,21 +639,21 @@ async fn admins_list_payouts_by_status_and_user_and_read_one_with_its_audit_log(
     };
     let (status, all) = system.admin("GET", "/api/admin/payouts", None).await;
     assert_eq!(status, 200, "{all}");
-    assert_eq!(ids(&all), [hal.clone(), gil.clone()], "newest first");
+    assert_eq!(ids(&all), [hal.as_str(), gil.as_str()], "newest first");
     let (_, processing) = system
         .admin("GET", "/api/admin/payouts?status=processing", None)
         .await;
-    assert_eq!(ids(&processing), [hal.clone()]);
+    assert_eq!(ids(&processing), [hal.as_str()]);
     let (_, of_gil) = system
         .admin("GET", "/api/admin/payouts?userId=gil", None)
         .await;
-    assert_eq!(ids(&of_gil), [gil.clone()]);
+    assert_eq!(ids(&of_gil), [gil.as_str()]);
     assert_eq!(of_gil["payouts"][0]["status"], "completed");
     assert_eq!(of_gil["payouts"][0]["amountCents"], 11_00);
     let (_, first) = system
         .admin("GET", "/api/admin/payouts?limit=1", None)
         .await;
-    assert_eq!(ids(&first), [hal.clone()]);
+    assert_eq!(ids(&first), [hal.as_str()]);
     let token = first["nextPageToken"].as_str().unwrap();
     let (_, second) = system
         .admin(
@@ -662,7 +662,7 @@ async fn admins_list_payouts_by_status_and_user_and_read_one_with_its_audit_log(
             None,
         )
         .await;
-    assert_eq!(ids(&second), [gil.clone()]);
+    assert_eq!(ids(&second), [gil.as_str()]);
 
     let (status, detail) = system
         .admin("GET", &format!("/api/admin/payouts/{gil}"), None)
