@@ -15,6 +15,7 @@ mod admin_reconciliation;
 mod admin_webhooks;
 mod body;
 mod cron;
+mod dashboard;
 mod health;
 mod webhooks;
 
@@ -235,6 +236,9 @@ impl Gateway {
                 "/api/cron/platform-balance-check",
                 get(cron::platform_balance_check).post(cron::platform_balance_check),
             )
+            .route("/admin", get(dashboard::redirect))
+            .route("/admin/", get(dashboard::index))
+            .route("/admin/{file}", get(dashboard::file))
             .route("/api/openapi.json", get(openapi))
             .route("/healthz", get(health::liveness))
             .route("/livez", get(health::liveness))
@@ -779,6 +783,60 @@ mod tests {
             25,
             "every documented path is a route: {paths:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_dashboard_is_served_from_the_binary_under_a_strict_policy() {
+        let get = |path: &'static str| async move {
+            gateway(&[])
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+        };
+        for (path, content_type, contains) in [
+            (
+                "/admin/",
+                "text/html; charset=utf-8",
+                "<script src=\"/admin/app.js\" defer>",
+            ),
+            (
+                "/admin/app.js",
+                "text/javascript; charset=utf-8",
+                "sessionStorage",
+            ),
+            ("/admin/app.css", "text/css; charset=utf-8", ".card"),
+        ] {
+            let response = get(path).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let headers = response.headers().clone();
+            assert_eq!(headers["content-type"], content_type, "{path}");
+            let policy = headers["content-security-policy"].to_str().unwrap();
+            assert!(
+                policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'")
+            );
+            assert!(!policy.contains("unsafe-inline") && !policy.contains("unsafe-eval"));
+            assert_eq!(headers["x-content-type-options"], "nosniff");
+            assert_eq!(headers["x-frame-options"], "DENY");
+            let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            assert!(String::from_utf8_lossy(&body).contains(contains), "{path}");
+        }
+        // No inline script in the page: the policy would block it.
+        let page = axum::body::to_bytes(get("/admin/").await.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let page = String::from_utf8_lossy(&page);
+        assert_eq!(page.matches("<script").count(), 1);
+        assert!(
+            !page.contains(" on") || !page.contains("onclick="),
+            "no inline handlers"
+        );
+        let missing = get("/admin/secrets.txt").await;
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let bare = get("/admin").await;
+        assert_eq!(bare.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(bare.headers()["location"], "/admin/");
     }
 
     #[tokio::test]

@@ -1,0 +1,312 @@
+// The Payouts admin dashboard: a small static front end over the admin REST API (the same
+// contract scripts use). No inline script, no innerHTML with data: every text is a text node.
+"use strict";
+
+const TOKEN_KEY = "payoutsAdminToken";
+let expiryTimer = null;
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+// Amounts are integer cents: formatted exactly, never through floating point.
+function money(cents, currency) {
+  const sign = cents < 0 ? "-" : "";
+  const abs = Math.abs(Number(cents) || 0);
+  const whole = Math.floor(abs / 100).toLocaleString("en-US");
+  const frac = String(abs % 100).padStart(2, "0");
+  const symbol = (currency || "usd").toLowerCase() === "usd" ? "$" : (currency || "").toUpperCase() + " ";
+  return `${sign}${symbol}${whole}.${frac}`;
+}
+
+// A time in the admin's zone, UTC on hover.
+function time(iso) {
+  if (!iso) return el("span", { class: "muted" }, "—");
+  const date = new Date(iso);
+  return el("time", { datetime: iso, title: date.toISOString().replace(".000Z", "Z") + " (UTC)" }, date.toLocaleString());
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+function claims(jwt) {
+  try {
+    const part = jwt.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")));
+  } catch (_) {
+    return null;
+  }
+}
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (expiryTimer) clearTimeout(expiryTimer);
+  render(message);
+}
+
+// Calls the admin API; answers {status, body}. A 401 signs out (the token expired or was refused).
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + token() };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (error) {
+    return { status: 0, body: { error: "the gateway did not answer: " + error.message } };
+  }
+  let json = null;
+  try {
+    json = await response.json();
+  } catch (_) {
+    json = { error: `${response.status} ${response.statusText}` };
+  }
+  if (response.status === 401) signOut("Signed out: " + (json.error || "the token was refused"));
+  return { status: response.status, body: json };
+}
+
+function errorLine(result) {
+  return el("p", { class: "error", role: "alert" }, `${result.status || "no answer"}: ${result.body.error || "failed"}`);
+}
+
+function loading(view) {
+  view.replaceChildren(el("p", { class: "muted", "aria-busy": "true" }, "Loading…"));
+}
+
+function table(headers, rows, empty) {
+  if (rows.length === 0) return el("p", { class: "muted" }, empty);
+  return el("div", { class: "table-wrap" },
+    el("table", {}, el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows)));
+}
+
+function labelled(id, label, control) {
+  control.id = id;
+  return el("div", {}, el("label", { for: id }, label), control);
+}
+
+// ---- Payouts -------------------------------------------------------------------------------
+
+const STATUSES = ["pending_approval", "pending", "processing", "completed", "failed", "reversed"];
+
+async function payoutsPage(view, params) {
+  const status = el("select", {}, el("option", { value: "" }, "any"), STATUSES.map((s) => el("option", { value: s, selected: params.get("status") === s }, s)));
+  const user = el("input", { type: "text", value: params.get("userId") || "", placeholder: "user id" });
+  const form = el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams();
+    if (status.value) query.set("status", status.value);
+    if (user.value.trim()) query.set("userId", user.value.trim());
+    location.hash = "#/payouts?" + query.toString();
+  } }, labelled("f-status", "Status", status), labelled("f-user", "User", user), el("button", { type: "submit" }, "Filter"));
+  const list = el("div", {});
+  view.replaceChildren(el("h1", {}, "Payouts"), form, list);
+  const query = new URLSearchParams(params);
+  query.set("limit", "50");
+  await payoutRows(list, query);
+}
+
+async function payoutRows(list, query) {
+  loading(list);
+  const result = await api("GET", "/api/admin/payouts?" + query.toString());
+  if (result.status !== 200) return list.replaceChildren(errorLine(result));
+  const rows = result.body.payouts.map((p) => el("tr", {},
+    el("td", {}, el("a", { href: "#/payouts/" + encodeURIComponent(p.id) }, p.id)),
+    el("td", {}, p.userId), el("td", {}, money(p.amountCents, p.currency)),
+    el("td", {}, p.status, p.outcomeUnknown ? " (outcome unknown)" : "", p.parked ? " (parked)" : ""),
+    el("td", {}, time(p.requestedAt)), el("td", {}, p.stripeTransferId || "—")));
+  const next = result.body.nextPageToken;
+  list.replaceChildren(table(["Payout", "User", "Amount", "Status", "Requested", "Transfer"], rows, "No payouts."),
+    next ? el("button", { type: "button", onclick: () => { query.set("pageToken", next); payoutRows(list, query); } }, "Next page") : null);
+}
+
+function stripeLink(kind, id) {
+  if (!id) return el("span", { class: "muted" }, "—");
+  return el("a", { href: `https://dashboard.stripe.com/${kind}/${encodeURIComponent(id)}`, rel: "noopener noreferrer", target: "_blank" }, id);
+}
+
+async function payoutPage(view, id) {
+  loading(view);
+  const result = await api("GET", "/api/admin/payouts/" + encodeURIComponent(id));
+  if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Payout " + id), errorLine(result));
+  const p = result.body.payout;
+  const facts = [
+    ["User", p.userId], ["Amount", money(p.amountCents, p.currency)], ["Status", p.status],
+    ["Stripe transfer", stripeLink("transfers", p.stripeTransferId)],
+    ["Bank payout", stripeLink("payouts", p.stripePayoutId)],
+    ["Reversed", money(p.amountReversedCents, p.currency)], ["Retries", p.retryCount],
+    ["Next retry", time(p.nextRetryAt)], ["Failure", p.failureCode ? `${p.failureCode}: ${p.failureReason || ""}` : "—"],
+    ["Flags", p.flags.join(", ") || "—"], ["Requested", time(p.requestedAt)], ["Completed", time(p.completedAt)],
+  ];
+  const actions = el("div", {});
+  if (p.parked) {
+    actions.append(el("button", { type: "button", onclick: async () => {
+      const answer = await api("POST", `/api/admin/payouts/${encodeURIComponent(p.id)}/resume`);
+      actions.replaceChildren(answer.status === 200 ? el("p", {}, "Resumed: " + answer.body.status) : errorLine(answer));
+    } }, "Resume"));
+  }
+  if (["processing", "completed"].includes(p.status) && p.stripeTransferId) {
+    const amount = el("input", { type: "number", min: "1", step: "1", required: true });
+    const notes = el("input", { type: "text", maxlength: "2000" });
+    const outcome = el("div", { "aria-live": "polite" });
+    actions.append(el("form", { class: "filters", onsubmit: async (event) => {
+      event.preventDefault();
+      if (!confirm(`Reverse ${money(Number(amount.value), p.currency)} of ${p.id}?`)) return;
+      const answer = await api("POST", `/api/admin/payouts/${encodeURIComponent(p.id)}/reverse`, { amountCents: Number(amount.value), notes: notes.value });
+      outcome.replaceChildren(answer.status === 200 ? el("p", {}, "Reversed.") : errorLine(answer));
+    } }, labelled("rev-amount", "Reverse (cents)", amount), labelled("rev-notes", "Notes", notes), el("button", { type: "submit", class: "reject" }, "Reverse"), outcome));
+  }
+  const timeline = el("ol", { class: "timeline" }, result.body.auditLog.map((e) => el("li", {},
+    time(e.timestamp), ` ${e.fromStatus || "new"} → ${e.toStatus} `, el("strong", {}, e.eventType), ` by ${e.actor || "?"}: ${e.reason}`,
+    e.stripeEventId ? ` (${e.stripeEventId})` : "")));
+  view.replaceChildren(el("h1", {}, "Payout " + p.id),
+    el("dl", { class: "card" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+    actions, el("h2", {}, "Audit log"), timeline);
+}
+
+// ---- Webhooks ------------------------------------------------------------------------------
+
+async function webhooksPage(view) {
+  loading(view);
+  const stats = await api("GET", "/api/admin/webhooks/stats");
+  const failed = await api("GET", "/api/admin/webhooks/events?status=failed&limit=100");
+  const statsCard = stats.status === 200
+    ? el("p", { class: "card" }, `Total ${stats.body.total} · processing ${stats.body.processing} · completed ${stats.body.completed} · failed ${stats.body.failed} · backfilled ${stats.body.backfilled}`)
+    : errorLine(stats);
+  const rows = failed.status === 200 ? failed.body.events.map((e) => {
+    const outcome = el("td", { "aria-live": "polite" });
+    return el("tr", {}, el("td", {}, el("details", {}, el("summary", {}, e.eventId),
+      el("p", {}, `endpoint ${e.webhookEndpoint}, attempts ${e.attempts}, deliveries ${e.deliveries}, source ${e.source}`),
+      el("p", {}, "Error: ", e.error || "—"), el("p", {}, "Outcome: ", e.outcome || "—"))),
+      el("td", {}, e.eventType), el("td", {}, time(e.failedAt)),
+      el("td", {}, el("button", { type: "button", onclick: async () => {
+        const answer = await api("POST", `/api/admin/webhooks/events/${encodeURIComponent(e.eventId)}/retry?endpoint=${e.webhookEndpoint}`);
+        outcome.replaceChildren(answer.status === 200 ? "Retrying" : errorLine(answer));
+      } }, "Retry")), outcome);
+  }) : [];
+  const since = el("input", { type: "datetime-local", required: true });
+  const backfillOutcome = el("div", { "aria-live": "polite" });
+  const backfill = el("form", { class: "filters", onsubmit: async (event) => {
+    event.preventDefault();
+    const answer = await api("POST", "/api/admin/webhooks/backfill", { since: new Date(since.value).toISOString() });
+    backfillOutcome.replaceChildren(answer.status === 200
+      ? el("p", {}, `Listed ${answer.body.listed}, stored ${answer.body.stored}, already had ${answer.body.duplicates} (${answer.body.accounts} connected accounts).`)
+      : errorLine(answer));
+  } }, labelled("bf-since", "Backfill undelivered events since (at most 30 days)", since), el("button", { type: "submit" }, "Backfill"), backfillOutcome);
+  view.replaceChildren(el("h1", {}, "Webhooks"), statsCard, el("h2", {}, "Failed events"),
+    failed.status === 200 ? table(["Event", "Type", "Failed", "", ""], rows, "No failed events.") : errorLine(failed),
+    el("h2", {}, "Backfill"), backfill);
+}
+
+// ---- Alerts --------------------------------------------------------------------------------
+
+async function alertsPage(view, params) {
+  const status = params.get("status") || "open";
+  loading(view);
+  const result = await api("GET", "/api/admin/alerts?limit=100&status=" + encodeURIComponent(status));
+  const picker = el("select", { onchange: (event) => { location.hash = "#/alerts?status=" + event.target.value; } },
+    ["open", "acknowledged", "resolved", "all"].map((s) => el("option", { value: s, selected: s === status }, s)));
+  if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Alerts"), errorLine(result));
+  const cards = result.body.alerts.map((a) => {
+    const notes = el("input", { type: "text", maxlength: "2000" });
+    const outcome = el("div", { "aria-live": "polite" });
+    const act = async (action, body) => {
+      const answer = await api("POST", `/api/admin/alerts/${encodeURIComponent(a.id)}/${action}`, body);
+      outcome.replaceChildren(answer.status === 200 ? el("p", {}, action === "resolve" ? "Resolved." : "Acknowledged.") : errorLine(answer));
+    };
+    return el("article", { class: "card" }, el("h2", {}, `[${a.severity}] ${a.title}`), el("p", {}, a.description),
+      el("p", { class: "muted" }, a.type, " · ", time(a.timestamp), a.resolved ? " · resolved" : ""),
+      a.resolved ? null : el("div", { class: "filters" },
+        el("button", { type: "button", onclick: () => act("acknowledge") }, "Acknowledge"),
+        labelled("notes-" + a.id, "Resolution notes", notes),
+        el("button", { type: "button", onclick: () => act("resolve", { notes: notes.value }) }, "Resolve")),
+      outcome);
+  });
+  view.replaceChildren(el("h1", {}, "Alerts"), labelled("alerts-status", "Show", picker),
+    cards.length ? cards : el("p", { class: "muted" }, "No alerts."));
+}
+
+// ---- Reconciliation ------------------------------------------------------------------------
+
+async function reconciliationPage(view) {
+  loading(view);
+  const result = await api("GET", "/api/admin/reconciliation?limit=10");
+  const outcome = el("div", { "aria-live": "polite" });
+  const run = el("button", { type: "button", onclick: async () => {
+    run.disabled = true;
+    const answer = await api("POST", "/api/admin/reconciliation/run");
+    run.disabled = false;
+    if (answer.status === 200) reconciliationPage(view); else outcome.replaceChildren(errorLine(answer));
+  } }, "Run a reconciliation now");
+  if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Reconciliation"), errorLine(result));
+  const reports = result.body.reports.map((r) => el("article", { class: "card" },
+    el("h2", {}, `${r.status} · `, time(r.startedAt)),
+    el("p", { class: "muted" }, `${r.transfersChecked} transfers, ${r.payoutsChecked} payouts, since `, time(r.since), ` · ${r.triggeredBy}`),
+    r.error ? el("p", { class: "error" }, r.error) : null,
+    table(["Kind", "Payout", "Transfer", "Ours", "Stripe", "Detail"], r.findings.map((f) => el("tr", {},
+      el("td", {}, f.kind), el("td", {}, f.payoutId ? el("a", { href: "#/payouts/" + encodeURIComponent(f.payoutId) }, f.payoutId) : "—"),
+      el("td", {}, f.transferId || "—"), el("td", {}, f.ours), el("td", {}, f.stripe), el("td", {}, f.detail))), "The books agree.")));
+  view.replaceChildren(el("h1", {}, "Reconciliation"), run, outcome, reports.length ? reports : el("p", { class: "muted" }, "No reports yet."));
+}
+
+// ---- Shell ---------------------------------------------------------------------------------
+
+const PAGES = {
+  payouts: payoutsPage,
+  webhooks: webhooksPage,
+  alerts: alertsPage,
+  reconciliation: reconciliationPage,
+};
+
+function render(message) {
+  const jwt = token();
+  const signin = document.getElementById("signin");
+  const nav = document.getElementById("nav");
+  const view = document.getElementById("view");
+  const who = document.getElementById("who");
+  const signout = document.getElementById("signout");
+  const payload = jwt ? claims(jwt) : null;
+  if (!payload || (payload.exp && payload.exp * 1000 <= Date.now())) {
+    if (jwt) sessionStorage.removeItem(TOKEN_KEY);
+    signin.hidden = false; nav.hidden = true; signout.hidden = true; who.textContent = "";
+    view.replaceChildren();
+    document.getElementById("signin-error").textContent = message || (jwt ? "The token has expired or cannot be read." : "");
+    return;
+  }
+  signin.hidden = true; nav.hidden = false; signout.hidden = false;
+  who.textContent = "Signed in as " + (payload.sub || "?");
+  if (expiryTimer) clearTimeout(expiryTimer);
+  if (payload.exp) expiryTimer = setTimeout(() => signOut("Signed out: the token expired."), payload.exp * 1000 - Date.now());
+  const [path, query] = (location.hash.replace(/^#\/?/, "") || "payouts").split("?");
+  const [page, id] = path.split("/");
+  for (const link of nav.querySelectorAll("a")) {
+    if (link.getAttribute("href") === "#/" + page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
+  }
+  const params = new URLSearchParams(query || "");
+  if (page === "payouts" && id) return payoutPage(view, decodeURIComponent(id));
+  (PAGES[page] || payoutsPage)(view, params);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  document.getElementById("signin").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = document.getElementById("token").value.trim();
+    if (!claims(value)) { document.getElementById("signin-error").textContent = "That is not a JWT."; return; }
+    sessionStorage.setItem(TOKEN_KEY, value);
+    document.getElementById("token").value = "";
+    render();
+  });
+  document.getElementById("signout").addEventListener("click", () => signOut("Signed out."));
+  window.addEventListener("hashchange", () => render());
+  render();
+});
