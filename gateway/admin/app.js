@@ -259,10 +259,129 @@ async function reconciliationPage(view) {
   view.replaceChildren(el("h1", {}, "Reconciliation"), run, outcome, reports.length ? reports : el("p", { class: "muted" }, "No reports yet."));
 }
 
+// ---- Approvals (spec §7) -------------------------------------------------------------------
+
+const FLAGS = ["EXCEEDS_SINGLE_LIMIT", "REQUIRES_ADMIN_APPROVAL", "NEW_ACCOUNT", "EXCEEDS_NEW_ACCOUNT_LIMIT",
+  "EXCEEDS_DAILY_COUNT_LIMIT", "EXCEEDS_DAILY_AMOUNT_LIMIT", "EXCEEDS_MONTHLY_AMOUNT_LIMIT", "SUSPICIOUS_FREQUENCY",
+  "TOO_SOON", "LARGE_FIRST_PAYOUT", "LARGE_PERCENTAGE_OF_EARNINGS", "RECENT_REFUND_OR_DISPUTE", "INSUFFICIENT_BALANCE"];
+
+async function approvalsPage(view, params) {
+  const status = el("select", {}, ["pending", "approved", "rejected"].map((s) => el("option", { value: s, selected: (params.get("status") || "pending") === s }, s)));
+  const min = el("input", { type: "number", min: "0", step: "1", value: params.get("minAmount") || "", placeholder: "cents" });
+  const max = el("input", { type: "number", min: "0", step: "1", value: params.get("maxAmount") || "", placeholder: "cents" });
+  const flag = el("select", {}, el("option", { value: "" }, "any"), FLAGS.map((f) => el("option", { value: f, selected: params.get("flag") === f }, f)));
+  const form = el("form", { class: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    const query = new URLSearchParams({ status: status.value });
+    if (min.value) query.set("minAmount", min.value);
+    if (max.value) query.set("maxAmount", max.value);
+    if (flag.value) query.set("flag", flag.value);
+    location.hash = "#/approvals?" + query.toString();
+  } }, labelled("a-status", "Status", status), labelled("a-min", "Min amount (cents)", min), labelled("a-max", "Max amount (cents)", max),
+  labelled("a-flag", "Flag", flag), el("button", { type: "submit" }, "Filter"));
+  const list = el("div", {});
+  view.replaceChildren(el("h1", {}, "Approval queue"), el("p", { class: "muted" }, "Oldest request first."), form, list);
+  loading(list);
+  const query = new URLSearchParams(params);
+  if (!query.has("status")) query.set("status", "pending");
+  query.set("limit", "100");
+  const result = await api("GET", "/api/admin/payout-approvals?" + query.toString());
+  if (result.status !== 200) return list.replaceChildren(errorLine(result));
+  const cards = result.body.approvals.map((a) => approvalCard(a));
+  list.replaceChildren(...(cards.length ? cards : [el("p", { class: "muted" }, "Nothing waits for a decision.")]));
+}
+
+function approvalCard(a) {
+  const c = a.userContext || {};
+  const notes = el("textarea", { rows: "2", maxlength: "2000" });
+  const outcome = el("div", { "aria-live": "polite" });
+  const decide = async (action) => {
+    if (action === "reject" && !notes.value.trim()) {
+      outcome.replaceChildren(el("p", { class: "error", role: "alert" }, "A rejection needs notes saying why."));
+      notes.focus();
+      return;
+    }
+    if (!confirm(`${action === "approve" ? "Approve" : "Reject"} ${money(a.amountCents, a.currency)} for ${a.userId}?`)) return;
+    const answer = await api("POST", "/api/admin/payout-approval", { approvalId: a.id, action, notes: notes.value });
+    if (answer.status === 200) {
+      outcome.replaceChildren(el("p", { role: "status" }, answer.body.message + (answer.body.transferId ? ` (transfer ${answer.body.transferId})` : "")));
+      buttons.hidden = true;
+    } else if (answer.status === 409 && answer.body.approval) {
+      const other = answer.body.approval;
+      outcome.replaceChildren(el("p", { class: "error", role: "alert" },
+        `Already ${other.status} by ${other.reviewedBy || "someone"} at `, time(other.reviewedAt), other.reviewNotes ? `: ${other.reviewNotes}` : ""));
+      buttons.hidden = true;
+    } else {
+      outcome.replaceChildren(errorLine(answer));
+    }
+  };
+  const buttons = el("div", { class: "filters" }, labelled("notes-" + a.id, "Notes (required to reject)", notes),
+    el("button", { type: "button", class: "approve", onclick: () => decide("approve") }, "Approve"),
+    el("button", { type: "button", class: "reject", onclick: () => decide("reject") }, "Reject"));
+  buttons.hidden = a.status !== "pending";
+  return el("article", { class: "card", "data-approval": a.id },
+    el("h2", {}, `${money(a.amountCents, a.currency)} for ${a.userId}`),
+    el("p", {}, a.reason, " · ", a.flags.join(", ") || "no flags", " · requested ", time(a.requestedAt)),
+    el("p", { class: "muted" }, `Account ${c.accountAgeDays} days old · lifetime earnings ${money(c.lifetimeEarnings)} · ${c.completedPayoutCount} payouts (${money(c.completedPayoutAmount)}) · ${c.recentRefundCount} recent refunds · ${c.recentDisputeCount} recent disputes`),
+    a.status !== "pending" ? el("p", {}, `${a.status} by ${a.reviewedBy || "?"} `, time(a.reviewedAt), a.reviewNotes ? `: ${a.reviewNotes}` : "") : null,
+    buttons, outcome);
+}
+
+// ---- Balance (spec §5) ---------------------------------------------------------------------
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, String(value));
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+// The snapshots (oldest first) as a line chart of the available balance, with the reserve.
+function chart(snapshots) {
+  const width = 720, height = 220, pad = 40;
+  if (snapshots.length === 0) return el("p", { class: "muted" }, "No snapshots yet.");
+  const values = snapshots.flatMap((s) => [s.availableBalance, s.requiredReserve]);
+  const top = Math.max(1, ...values), count = Math.max(1, snapshots.length - 1);
+  const x = (i) => pad + (i * (width - 2 * pad)) / count;
+  const y = (v) => height - pad - (v * (height - 2 * pad)) / top;
+  const line = (key) => snapshots.map((s, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(s[key]).toFixed(1)}`).join(" ");
+  return svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": "Available balance and required reserve over the last snapshots", width: "100%" },
+    svg("title", {}, "Available balance (blue) and required reserve (red)"),
+    svg("path", { d: line("availableBalance"), fill: "none", stroke: "#0969da", "stroke-width": 2, class: "balance-line" }),
+    svg("path", { d: line("requiredReserve"), fill: "none", stroke: "#cf222e", "stroke-width": 2, "stroke-dasharray": "6 4", class: "reserve-line" }),
+    svg("text", { x: pad, y: pad - 10, "font-size": 12 }, money(top)),
+    svg("text", { x: pad, y: height - pad + 16, "font-size": 12 }, snapshots[0].timestamp.slice(0, 10)),
+    svg("text", { x: width - pad - 70, y: height - pad + 16, "font-size": 12 }, snapshots[snapshots.length - 1].timestamp.slice(0, 10)));
+}
+
+async function balancePage(view) {
+  loading(view);
+  const result = await api("GET", "/api/admin/balance");
+  const outcome = el("div", { "aria-live": "polite" });
+  const action = (label, method, path) => el("button", { type: "button", onclick: async () => {
+    const answer = await api(method, path);
+    if (answer.status === 200) balancePage(view); else outcome.replaceChildren(errorLine(answer));
+  } }, label);
+  const controls = el("div", { class: "filters" }, action("Run check now", "POST", "/api/admin/balance/check"),
+    action("Pause transfers", "POST", "/api/admin/balance/pause"), action("Resume transfers", "POST", "/api/admin/balance/resume"));
+  if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Balance"), controls, outcome, errorLine(result));
+  const d = result.body.data, b = d.balanceStatus, pause = d.transferPause;
+  view.replaceChildren(el("h1", {}, "Balance"),
+    el("section", { class: "card" }, el("h2", { class: "status-" + b.thresholdStatus }, b.thresholdStatus.toUpperCase()),
+      el("p", {}, `Available ${money(b.availableBalance)} · obligations ${money(b.pendingObligations)} · reserve ${money(b.requiredReserve)} · available for payouts ${money(b.availableForPayouts)}`),
+      el("p", {}, `Trend ${d.trend.direction} (${money(d.trend.averageChange)} a day) · days of coverage ${b.daysOfCoverage ?? "—"}`),
+      el("p", {}, pause.paused ? `Transfers paused (${pause.cause}) by ${pause.changedBy || "?"}: ${pause.reason || ""}` : "Transfers running")),
+    controls, outcome, el("h2", {}, "Last 30 snapshots"), chart([...d.snapshots].reverse()));
+}
+
 // ---- Shell ---------------------------------------------------------------------------------
 
 const PAGES = {
+  approvals: approvalsPage,
   payouts: payoutsPage,
+  balance: balancePage,
   webhooks: webhooksPage,
   alerts: alertsPage,
   reconciliation: reconciliationPage,
@@ -287,14 +406,14 @@ function render(message) {
   who.textContent = "Signed in as " + (payload.sub || "?");
   if (expiryTimer) clearTimeout(expiryTimer);
   if (payload.exp) expiryTimer = setTimeout(() => signOut("Signed out: the token expired."), payload.exp * 1000 - Date.now());
-  const [path, query] = (location.hash.replace(/^#\/?/, "") || "payouts").split("?");
+  const [path, query] = (location.hash.replace(/^#\/?/, "") || "approvals").split("?");
   const [page, id] = path.split("/");
   for (const link of nav.querySelectorAll("a")) {
     if (link.getAttribute("href") === "#/" + page) link.setAttribute("aria-current", "page"); else link.removeAttribute("aria-current");
   }
   const params = new URLSearchParams(query || "");
   if (page === "payouts" && id) return payoutPage(view, decodeURIComponent(id));
-  (PAGES[page] || payoutsPage)(view, params);
+  (PAGES[page] || approvalsPage)(view, params);
 }
 
 document.addEventListener("DOMContentLoaded", () => {

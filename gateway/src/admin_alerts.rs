@@ -287,3 +287,9 @@ pub(crate) async fn resume(
 ) -> Response {
     set_pause(&gateway, admin, false, body).await
 }
+
+/// `POST /api/admin/balance/check`: a balance check now ("run check now" on the dashboard),
+/// recorded as triggered by the admin; the cron endpoint's answer.
+pub(crate) async fn run_check(State(gateway): State<Gateway>, admin: Admin) -> Response {
+    crate::cron::run_check(&gateway, &format!("admin:{}", admin.subject)).await
+}

@@ -46,10 +46,16 @@ pub(crate) async fn platform_balance_check(
             "Authorization: Bearer <CRON_SECRET or CRON_API_KEY> is required",
         );
     }
+    run_check(&gateway, "cron").await
+}
+
+/// Runs a balance check (a snapshot, the trend, the alerts) and answers spec §5's body; 502
+/// when Stripe or an owner of the obligations did not answer.
+pub(crate) async fn run_check(gateway: &Gateway, triggered_by: &str) -> Response {
     let request = pb::RunBalanceCheckRequest {
         create_snapshot: Some(true),
         check_trend: Some(true),
-        triggered_by: "cron".to_owned(),
+        triggered_by: triggered_by.to_owned(),
     };
     match gateway.balance().run_balance_check(request).await {
         Ok(response) => Json(body(&response.into_inner())).into_response(),

@@ -230,6 +230,7 @@ impl Gateway {
                 "/api/admin/payouts/{payout_id}/reverse",
                 post(admin_disputes::reverse),
             )
+            .route("/api/admin/balance/check", post(admin_alerts::run_check))
             .route("/api/admin/balance/pause", post(admin_alerts::pause))
             .route("/api/admin/balance/resume", post(admin_alerts::resume))
             .route(
@@ -774,13 +775,14 @@ mod tests {
             "/api/admin/reconciliation/run",
             "/api/admin/payouts",
             "/api/admin/payouts/{payoutId}",
+            "/api/admin/balance/check",
             "/api/openapi.json",
         ] {
             assert!(paths.contains(&route), "{route} is not documented");
         }
         assert_eq!(
             paths.len(),
-            25,
+            26,
             "every documented path is a route: {paths:?}"
         );
     }
