@@ -12,7 +12,7 @@ function el(tag, attrs, ...children) {
     if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value === true ? "" : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;
     node.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -127,7 +127,7 @@ async function payoutRows(list, query) {
     el("td", {}, time(p.requestedAt)), el("td", {}, p.stripeTransferId || "—")));
   const next = result.body.nextPageToken;
   list.replaceChildren(table(["Payout", "User", "Amount", "Status", "Requested", "Transfer"], rows, "No payouts."),
-    next ? el("button", { type: "button", onclick: () => { query.set("pageToken", next); payoutRows(list, query); } }, "Next page") : null);
+    ...(next ? [el("button", { type: "button", onclick: () => { query.set("pageToken", next); payoutRows(list, query); } }, "Next page")] : []));
 }
 
 function stripeLink(kind, id) {
@@ -233,7 +233,7 @@ async function alertsPage(view, params) {
       outcome);
   });
   view.replaceChildren(el("h1", {}, "Alerts"), labelled("alerts-status", "Show", picker),
-    cards.length ? cards : el("p", { class: "muted" }, "No alerts."));
+    ...(cards.length ? cards : [el("p", { class: "muted" }, "No alerts.")]));
 }
 
 // ---- Reconciliation ------------------------------------------------------------------------
@@ -256,7 +256,7 @@ async function reconciliationPage(view) {
     table(["Kind", "Payout", "Transfer", "Ours", "Stripe", "Detail"], r.findings.map((f) => el("tr", {},
       el("td", {}, f.kind), el("td", {}, f.payoutId ? el("a", { href: "#/payouts/" + encodeURIComponent(f.payoutId) }, f.payoutId) : "—"),
       el("td", {}, f.transferId || "—"), el("td", {}, f.ours), el("td", {}, f.stripe), el("td", {}, f.detail))), "The books agree.")));
-  view.replaceChildren(el("h1", {}, "Reconciliation"), run, outcome, reports.length ? reports : el("p", { class: "muted" }, "No reports yet."));
+  view.replaceChildren(el("h1", {}, "Reconciliation"), run, outcome, ...(reports.length ? reports : [el("p", { class: "muted" }, "No reports yet.")]));
 }
 
 // ---- Approvals (spec §7) -------------------------------------------------------------------
@@ -351,6 +351,8 @@ function chart(snapshots) {
     svg("title", {}, "Available balance (blue) and required reserve (red)"),
     svg("path", { d: line("availableBalance"), fill: "none", stroke: "#0969da", "stroke-width": 2, class: "balance-line" }),
     svg("path", { d: line("requiredReserve"), fill: "none", stroke: "#cf222e", "stroke-width": 2, "stroke-dasharray": "6 4", class: "reserve-line" }),
+    ...snapshots.map((s, i) => svg("circle", { cx: x(i).toFixed(1), cy: y(s.availableBalance).toFixed(1), r: 4, fill: "#0969da", class: "balance-point" },
+      svg("title", {}, `${s.timestamp}: ${money(s.availableBalance)} available, ${money(s.requiredReserve)} reserve`))),
     svg("text", { x: pad, y: pad - 10, "font-size": 12 }, money(top)),
     svg("text", { x: pad, y: height - pad + 16, "font-size": 12 }, snapshots[0].timestamp.slice(0, 10)),
     svg("text", { x: width - pad - 70, y: height - pad + 16, "font-size": 12 }, snapshots[snapshots.length - 1].timestamp.slice(0, 10)));
