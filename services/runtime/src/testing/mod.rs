@@ -192,6 +192,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
 }
 
 pub mod bench;
+pub mod browser;
 pub mod smtp;
 pub mod spans;
 

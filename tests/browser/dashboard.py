@@ -1,0 +1,143 @@
+"""The admin dashboard in a real headless Chromium, driven by Playwright.
+
+Run by tests/e2e_dashboard.rs against the real binary it started and seeded:
+  python dashboard.py <chromium> <base url> <admin token> <screenshot dir>
+Exits non-zero with the failed step on any failure. Each step checks what an admin sees.
+"""
+
+import re
+import sys
+
+from playwright.sync_api import expect, sync_playwright
+
+chromium, base, token, shots = sys.argv[1:5]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+problems = []
+
+
+def watch(page):
+    # The confirmation dialogs of approve, reject and reverse are accepted.
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    # Chromium logs every 4xx answer as a console error; the page shows those (the 409 is one
+    # of the steps). Any other console error is a problem.
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+
+
+def sign_in(page):
+    page.goto(base + "/admin/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#who")).to_have_text("Signed in as dashboard-admin")
+
+
+def card(page, user):
+    return page.locator("article[data-approval]", has_text=f"for {user}")
+
+
+with sync_playwright() as playwright:
+    browser = playwright.chromium.launch(executable_path=chromium, args=ARGS)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    watch(page)
+
+    # A page without a token asks for one; a token that is not a JWT is refused in the page.
+    page.goto(base + "/admin/")
+    page.get_by_label("Admin token").fill("not-a-token")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That is not a JWT.")
+    page.screenshot(path=f"{shots}/sign-in.png")
+    sign_in(page)
+
+    # The approval queue, oldest first, with the user context panel.
+    expect(page.get_by_role("heading", name="Approval queue")).to_be_visible()
+    expect(card(page, "alice")).to_contain_text("Account 400 days old")
+    page.screenshot(path=f"{shots}/approvals.png", full_page=True)
+
+    # A rejection without notes is refused in the page, and nothing is sent.
+    bob = card(page, "bob")
+    bob.get_by_role("button", name="Reject").click()
+    expect(bob.get_by_role("alert")).to_have_text("A rejection needs notes saying why.")
+    bob.get_by_label("Notes (required to reject)").fill("Unusual pattern, asked the creator to verify")
+    bob.get_by_role("button", name="Reject").click()
+    expect(bob.get_by_role("status")).to_contain_text("Payout rejected successfully")
+
+    alice = card(page, "alice")
+    alice.get_by_role("button", name="Approve").click()
+    expect(alice.get_by_role("status")).to_contain_text("Payout approved")
+    expect(alice.get_by_role("button", name="Reject")).to_be_hidden()
+
+    # Two tabs decide the same approval: the second sees who decided it and when (409).
+    other = context.new_page()  # a tab of its own: its own sessionStorage, its own sign-in
+    watch(other)
+    sign_in(other)
+    carol_here, carol_there = card(page, "carol"), card(other, "carol")
+    expect(carol_there).to_be_visible()
+    carol_here.get_by_role("button", name="Approve").click()
+    expect(carol_here.get_by_role("status")).to_contain_text("Payout approved")
+    carol_there.get_by_role("button", name="Approve").click()
+    expect(carol_there.get_by_role("alert")).to_contain_text("Already approved by")
+    expect(carol_there.get_by_role("alert")).to_contain_text("dashboard-admin")
+    expect(carol_there.get_by_role("button", name="Approve")).to_be_hidden()
+    other.screenshot(path=f"{shots}/approval-conflict.png", full_page=True)
+    other.close()
+
+    # Payouts: the approved payout with its audit trail and Stripe link.
+    page.goto(base + "/admin/#/payouts?userId=alice")
+    page.get_by_role("table").get_by_role("link").first.click()
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    expect(page.locator("ol.timeline li")).to_have_count(3)
+    expect(page.get_by_role("link", name="tr_")).to_have_attribute("href", "https://dashboard.stripe.com/transfers/" + page.get_by_role("link", name="tr_").inner_text())
+    page.screenshot(path=f"{shots}/payout.png", full_page=True)
+
+    # Webhooks: a failed event is retried.
+    page.goto(base + "/admin/#/webhooks")
+    row = page.locator("tr", has_text="evt_dashboard_broken")
+    row.get_by_role("button", name="Retry").click()
+    expect(row).to_contain_text("Retrying")
+    page.screenshot(path=f"{shots}/webhooks.png", full_page=True)
+
+    # Alerts: the parked event's alert is resolved with notes.
+    page.goto(base + "/admin/#/alerts")
+    alert = page.locator("article", has_text="Stripe Webhook Event Failed").first
+    alert.get_by_label("Resolution notes").fill("Malformed test event; retried by hand")
+    alert.get_by_role("button", name="Resolve").click()
+    expect(alert).to_contain_text("Resolved.")
+    page.screenshot(path=f"{shots}/alerts.png", full_page=True)
+
+    # Balance: the status card and the chart of snapshots with the reserve line.
+    page.goto(base + "/admin/#/balance")
+    expect(page.get_by_role("img", name="Available balance and required reserve over the last snapshots")).to_be_visible()
+    expect(page.locator("circle.balance-point")).to_have_count(2)
+    expect(page.locator("path.reserve-line")).to_have_count(1)
+    expect(page.locator("section.card h2")).to_have_text(re.compile("^(HEALTHY|WARNING|CRITICAL|DEPLETED)$"))
+    page.screenshot(path=f"{shots}/balance.png", full_page=True)
+
+    # Reconciliation: a run from the page.
+    page.goto(base + "/admin/#/reconciliation")
+    page.get_by_role("button", name="Run a reconciliation now").click()
+    expect(page.locator("article").first).to_contain_text("admin:dashboard-admin")
+    page.screenshot(path=f"{shots}/reconciliation.png", full_page=True)
+
+    # Phone width: the queue still reads.
+    phone = browser.new_context(viewport={"width": 390, "height": 844})
+    small = phone.new_page()
+    watch(small)
+    sign_in(small)
+    small.goto(base + "/admin/#/payouts")
+    expect(small.get_by_role("table")).to_be_visible()
+    small.screenshot(path=f"{shots}/payouts-phone.png", full_page=True)
+
+    # Signing out forgets the token.
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert page.evaluate("sessionStorage.length") == 0, "the token outlived the sign-out"
+    browser.close()
+
+if problems:
+    print("\n".join(problems))
+    sys.exit(1)
+print("dashboard: every step as expected")

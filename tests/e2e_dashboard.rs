@@ -1,0 +1,149 @@
+//! The admin dashboard end to end, in a real headless Chromium: the real binary on the
+//! embedded store and the fake Stripe, seeded through its APIs (gRPC as the platform, signed
+//! webhooks as Stripe, the admin REST), then `tests/browser/dashboard.py` (Playwright) signs
+//! in, approves one payout and rejects another (a rejection without notes is refused in the
+//! page), sees the 409 when two tabs decide the same approval, retries a failed webhook
+//! event, resolves an alert, reads the balance chart, runs a reconciliation, and checks phone
+//! width. Screenshots go to `target/screenshots/`; with `UPDATE_SCREENSHOTS=1` also to
+//! `docs/screenshots/` (the README's).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
+
+mod support;
+
+use payouts_proto::common::v1::Money;
+use payouts_proto::payouts::v1::RequestPayoutRequest;
+use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+use payouts_runtime::testing::fake_stripe::FakeStripe;
+use payouts_runtime::testing::{browser, stripe};
+use support::{Payouts, StoreChoice};
+
+const PAYOUTS_SECRET: &str = "whsec_dashboard_payouts";
+const ADMIN_SECRET: &str = "dashboard-admin-secret-of-at-least-32-bytes";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_works_the_dashboard_in_a_real_browser() {
+    // The browser first: a machine without one fails here, saying how to get it.
+    let chromium = browser::chromium();
+    let python = browser::playwright_python();
+
+    let stripe_api = FakeStripe::start().await;
+    let process = Payouts::start(
+        &[],
+        StoreChoice::Embedded,
+        &[
+            ("STRIPE_SECRET_KEY", "sk_test_dashboard"),
+            ("STRIPE_API_BASE", stripe_api.url()),
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("ADMIN_JWT_SECRET", ADMIN_SECRET),
+            ("WEBHOOK_POLL_MILLISECONDS", "20"),
+            ("WEBHOOK_MAX_ATTEMPTS", "1"),
+            ("WEBHOOK_BACKFILL_INTERVAL", "off"),
+            ("RECONCILIATION_INTERVAL", "off"),
+        ],
+    );
+    let channel = process.grpc_channel().await;
+    // Three creators whose payouts wait for an admin (above $5,000).
+    for user in ["alice", "bob", "carol"] {
+        support::register_creator(&channel, user, 400, 9_000_00).await;
+        let payout = PayoutsServiceClient::new(channel.clone())
+            .request_payout(RequestPayoutRequest {
+                user_id: user.to_owned(),
+                amount: Some(Money {
+                    cents: 6_000_00,
+                    currency: "usd".to_owned(),
+                }),
+                idempotency_key: format!("{user}-dashboard"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payout
+            .unwrap();
+        assert!(
+            payout.approval_required,
+            "{user}'s payout waits for an admin"
+        );
+    }
+    // A Stripe event no owner can apply: parked as failed (one attempt), with its alert.
+    let mut broken = stripe::event("evt_dashboard_broken", "transfer.created", "transfer");
+    broken["data"]["object"] = serde_json::json!({ "object": "transfer" });
+    let body = serde_json::to_vec(&broken).unwrap();
+    let signature = stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
+    let http = reqwest::Client::new();
+    let delivered = http
+        .post(process.gateway_url("/api/webhooks/stripe-payouts"))
+        .header("Stripe-Signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delivered.status(), 200);
+    // Two balance checks: two snapshots for the chart.
+    let token = support::admin_token(ADMIN_SECRET, "dashboard-admin", true);
+    for _ in 0..2 {
+        let checked = http
+            .post(process.gateway_url("/api/admin/balance/check"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(checked.status(), 200);
+    }
+    // The event is parked (and its alert raised) before the browser looks.
+    for attempt in 0.. {
+        let failed: serde_json::Value = http
+            .get(process.gateway_url("/api/admin/webhooks/events?status=failed"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if failed["events"]
+            .as_array()
+            .is_some_and(|events| !events.is_empty())
+        {
+            break;
+        }
+        assert!(attempt < 200, "the broken event was never parked");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+
+    let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let base = process.gateway_url("").trim_end_matches('/').to_owned();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/dashboard.py");
+    let output = tokio::task::spawn_blocking({
+        let (chromium, python, shots) = (chromium.clone(), python.clone(), shots.clone());
+        move || {
+            std::process::Command::new(python)
+                .arg(script)
+                .arg(chromium)
+                .arg(&base)
+                .arg(&token)
+                .arg(&shots)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the dashboard in Chromium:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("every step as expected"), "{stdout}");
+    if std::env::var("UPDATE_SCREENSHOTS").is_ok_and(|value| value == "1") {
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots");
+        std::fs::create_dir_all(&docs).unwrap();
+        for entry in std::fs::read_dir(&shots).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, docs.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
