@@ -77,21 +77,16 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         &settings.stripe_secret_key,
         settings.reconciliation_interval,
     ) {
-        let periodic = Arc::new(payouts_runtime::jobs::Periodic {
-            name: "reconciliation".to_owned(),
-            job: Arc::clone(&reconciler) as Arc<dyn payouts_runtime::jobs::PeriodicJob>,
-            jobs: payouts_runtime::jobs::open(&context.store, "payoutJobs"),
-            clock: Arc::clone(&context.clock),
-            holder: context.ids.next("replica"),
-            interval: chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::days(1)),
-            lease: chrono::Duration::minutes(30),
-            // An incomplete run (Stripe down) is tried again at the next look, not at once.
-            poll: interval.min(std::time::Duration::from_secs(600)),
-        });
-        context.spawn_worker(
-            payouts_runtime::ServiceName::Payouts.grpc_name(),
+        payouts_runtime::jobs::Periodic::spawn(
+            context,
+            payouts_runtime::ServiceName::Payouts,
             "reconciliation",
-            periodic.run(context.shutdown.clone()),
+            Arc::clone(&reconciler) as Arc<dyn payouts_runtime::jobs::PeriodicJob>,
+            "payoutJobs",
+            interval,
+            chrono::Duration::minutes(30),
+            // An incomplete run (Stripe down) is tried again at the next look, not at once.
+            std::time::Duration::from_secs(600),
         );
     }
     server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow, reconciler)));

@@ -242,6 +242,37 @@ pub struct Periodic {
 }
 
 impl Periodic {
+    /// Runs `job` every `interval` on one replica at a time, as a worker of `service` (its
+    /// health turns NOT_SERVING should the loop die), its state in the service's `collection`.
+    /// An idle replica looks at most every `poll_cap`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        context: &crate::ServiceContext,
+        service: crate::ServiceName,
+        name: &'static str,
+        job: Arc<dyn PeriodicJob>,
+        collection: &str,
+        interval: std::time::Duration,
+        lease: Duration,
+        poll_cap: std::time::Duration,
+    ) {
+        let periodic = Arc::new(Periodic {
+            name: name.to_owned(),
+            job,
+            jobs: open(&context.store, collection),
+            clock: Arc::clone(&context.clock),
+            holder: context.ids.next("replica"),
+            interval: Duration::from_std(interval).unwrap_or(Duration::days(1)),
+            lease,
+            poll: interval.min(poll_cap),
+        });
+        context.spawn_worker(
+            service.grpc_name(),
+            name,
+            periodic.run(context.shutdown.clone()),
+        );
+    }
+
     /// Claims the job if it is due and free, runs it, and records the result.
     pub async fn tick(&self) -> Result<Tick, ServiceError> {
         let existing = self.jobs.get(&self.name).await?;

@@ -78,20 +78,15 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     if let (Some(backfill), Some(interval)) =
         (&backfill, context.settings.webhook_backfill_interval)
     {
-        let periodic = Arc::new(payouts_runtime::jobs::Periodic {
-            name: "webhook-backfill".to_owned(),
-            job: Arc::clone(backfill) as Arc<dyn payouts_runtime::jobs::PeriodicJob>,
-            jobs: payouts_runtime::jobs::open(&context.store, "webhookJobs"),
-            clock: Arc::clone(&context.clock),
-            holder: context.ids.next("replica"),
-            interval: chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::minutes(10)),
-            lease: chrono::Duration::minutes(10),
-            poll: interval.min(std::time::Duration::from_secs(30)),
-        });
-        context.spawn_worker(
-            payouts_runtime::ServiceName::Webhooks.grpc_name(),
-            "webhook backfill",
-            periodic.run(context.shutdown.clone()),
+        payouts_runtime::jobs::Periodic::spawn(
+            context,
+            payouts_runtime::ServiceName::Webhooks,
+            "webhook-backfill",
+            Arc::clone(backfill) as Arc<dyn payouts_runtime::jobs::PeriodicJob>,
+            "webhookJobs",
+            interval,
+            chrono::Duration::minutes(10),
+            std::time::Duration::from_secs(30),
         );
     }
     server.add_service(grpc::server(grpc::WebhooksGrpc::new(inbox, backfill)));
