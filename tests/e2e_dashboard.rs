@@ -68,17 +68,15 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
     // A Stripe event no owner can apply: parked as failed (one attempt), with its alert.
     let mut broken = stripe::event("evt_dashboard_broken", "transfer.created", "transfer");
     broken["data"]["object"] = serde_json::json!({ "object": "transfer" });
-    let body = serde_json::to_vec(&broken).unwrap();
-    let signature = stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
-    let http = reqwest::Client::new();
-    let delivered = http
-        .post(process.gateway_url("/api/webhooks/stripe-payouts"))
-        .header("Stripe-Signature", signature)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let delivered = support::deliver_webhook(
+        &process,
+        "/api/webhooks/stripe-payouts",
+        PAYOUTS_SECRET,
+        &broken,
+    )
+    .await;
     assert_eq!(delivered.status(), 200);
+    let http = reqwest::Client::new();
     // Two balance checks: two snapshots for the chart.
     let token = support::admin_token(ADMIN_SECRET, "dashboard-admin", true);
     for _ in 0..2 {

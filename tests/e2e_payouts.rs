@@ -121,16 +121,13 @@ impl System {
         for (key, value) in changes.as_object().unwrap() {
             event["data"]["object"][key] = value.clone();
         }
-        let body = serde_json::to_vec(&event).unwrap();
-        let header =
-            stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
-        let response = reqwest::Client::new()
-            .post(self.process.gateway_url("/api/webhooks/stripe-payouts"))
-            .header("Stripe-Signature", header)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = support::deliver_webhook(
+            &self.process,
+            "/api/webhooks/stripe-payouts",
+            PAYOUTS_SECRET,
+            &event,
+        )
+        .await;
         assert_eq!(response.status(), 200);
     }
 

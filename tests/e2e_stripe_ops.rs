@@ -162,16 +162,13 @@ impl System {
 
     /// Stripe delivers `event` (signed) to the payouts endpoint: the gateway's answer.
     async fn deliver(&self, event: &Value) -> Value {
-        let body = serde_json::to_vec(event).unwrap();
-        let header =
-            stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
-        let response = reqwest::Client::new()
-            .post(self.process.gateway_url("/api/webhooks/stripe-payouts"))
-            .header("Stripe-Signature", header)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let response = support::deliver_webhook(
+            &self.process,
+            "/api/webhooks/stripe-payouts",
+            PAYOUTS_SECRET,
+            event,
+        )
+        .await;
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
     }

@@ -243,6 +243,26 @@ pub async fn register_creator(
         .expect("the allocation is recorded");
 }
 
+/// Stripe delivers `event` to the gateway's webhook `path`, signed with `secret` now: the
+/// gateway's answer.
+pub async fn deliver_webhook(
+    process: &Payouts,
+    path: &str,
+    secret: &str,
+    event: &serde_json::Value,
+) -> reqwest::Response {
+    use payouts_runtime::testing::stripe;
+    let body = serde_json::to_vec(event).expect("an event is JSON");
+    let header = stripe::signature_header(&body, secret, chrono::Utc::now().timestamp());
+    reqwest::Client::new()
+        .post(process.gateway_url(path))
+        .header("Stripe-Signature", header)
+        .body(body)
+        .send()
+        .await
+        .expect("the gateway answers")
+}
+
 /// An admin JWT (HS256 with `secret`) for `subject`, valid five minutes.
 pub fn admin_token(secret: &str, subject: &str, admin: bool) -> String {
     let claims = serde_json::json!({
