@@ -38,10 +38,10 @@ fn main() {
         let credit = |id: String, user: &str| {
             Allocation::credit(&id, user, "ch_bench", "payer_bench", Money::usd(1_00), SystemClock.now()).unwrap()
         };
-        ledger.record(&credit("one_0".to_owned(), "creator_one")).await.unwrap();
+        ledger.record(&credit("one_0".to_owned(), "creator_one"), &[]).await.unwrap();
         for i in 0..history {
             ledger
-                .record(&credit(format!("many_{i}"), "creator_many"))
+                .record(&credit(format!("many_{i}"), "creator_many"), &[])
                 .await
                 .unwrap();
         }
@@ -51,6 +51,7 @@ fn main() {
                 ledger,
                 cases: Arc::new(payouts_disputes::store::MemoryChargeCases::default()),
                 notices: Arc::new(NoNotices),
+                refunds: None,
             }),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -40,10 +40,12 @@ pub struct Ledger {
 
 impl Ledger {
     /// Records a credit, idempotent on its id: the same credit again returns the stored one
-    /// (`false`); another credit under a used id is AlreadyExists.
+    /// (`false`); another credit under a used id is AlreadyExists. `marks` (its charge's
+    /// refunds and disputes) are remembered in the same write of the book.
     pub async fn record(
         &self,
         allocation: &Allocation,
+        marks: &[RecentMark],
     ) -> Result<(Allocation, bool), ServiceError> {
         for _ in 0..MAX_ROUNDS {
             let book = self.books.get(&allocation.user_id).await?;
@@ -54,7 +56,19 @@ impl Ledger {
             if let Some(stored) = self.allocations.get(&allocation.id).await? {
                 return repeated(stored, allocation);
             }
-            let intent = book.with_credit(allocation);
+            let new_marks: Vec<RecentMark> = marks
+                .iter()
+                .filter(|mark| !book.has_mark(mark))
+                .cloned()
+                .collect();
+            let intent = book.with_changes(
+                vec![Change {
+                    before: None,
+                    after: allocation.clone(),
+                }],
+                &new_marks,
+                allocation.created_at,
+            );
             match self.books.put(&intent, book.version).await {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::Conflict => continue,

@@ -472,6 +472,10 @@ struct CaseDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refunded_at: Option<bson::DateTime>,
     refunds: Vec<RefundDocument>,
+    /// Unsettled `amount_refunded` claims; absent in a case stored before refunds were
+    /// counted from refunds (read as one "legacy" claim of what it counted then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<Vec<ClaimDocument>>,
     disputes: Vec<DisputeDocument>,
     /// Whether any dispute is recorded (the disputes list's filter).
     disputed: bool,
@@ -488,6 +492,13 @@ struct RefundDocument {
     id: String,
     amount: i64,
     status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimDocument {
+    event_id: String,
+    amount_refunded: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -534,6 +545,15 @@ impl From<&ChargeCase> for CaseDocument {
                     status: refund.status.clone(),
                 })
                 .collect(),
+            claims: Some(
+                case.claims
+                    .iter()
+                    .map(|(event_id, cents)| ClaimDocument {
+                        event_id: event_id.clone(),
+                        amount_refunded: *cents,
+                    })
+                    .collect(),
+            ),
             disputes: case
                 .disputes
                 .values()
@@ -604,23 +624,32 @@ impl TryFrom<CaseDocument> for ChargeCase {
                 })
             })
             .collect::<Result<_, ServiceError>>()?;
+        let refunds: std::collections::BTreeMap<String, Refund> = d
+            .refunds
+            .into_iter()
+            .map(|refund| {
+                (
+                    refund.id,
+                    Refund {
+                        amount: refund.amount,
+                        status: refund.status,
+                    },
+                )
+            })
+            .collect();
+        let claims = match d.claims {
+            Some(claims) => claims
+                .into_iter()
+                .map(|claim| (claim.event_id, claim.amount_refunded))
+                .collect(),
+            None => legacy_claim(d.amount_refunded, &refunds),
+        };
         Ok(Self {
             amount,
             amount_refunded: d.amount_refunded,
+            claims,
             refunded_at: d.refunded_at.map(from_bson_time),
-            refunds: d
-                .refunds
-                .into_iter()
-                .map(|refund| {
-                    (
-                        refund.id,
-                        Refund {
-                            amount: refund.amount,
-                            status: refund.status,
-                        },
-                    )
-                })
-                .collect(),
+            refunds,
             disputes,
             events: d.events,
             notices,
@@ -630,6 +659,26 @@ impl TryFrom<CaseDocument> for ChargeCase {
             charge_id: d.id,
         })
     }
+}
+
+/// A case stored before refunds were counted from refunds reduced its allocations by the
+/// highest `amount_refunded` less failed refunds: kept as a claim, so reading it never gives
+/// money back before Stripe's refund list is read for the charge (its next event).
+fn legacy_claim(
+    amount_refunded: i64,
+    refunds: &std::collections::BTreeMap<String, Refund>,
+) -> std::collections::BTreeMap<String, i64> {
+    let failed: i64 = refunds
+        .values()
+        .filter(|refund| !crate::charges::refund_counts(&refund.status))
+        .map(|refund| refund.amount)
+        .sum();
+    let counted = (amount_refunded - failed).max(0);
+    let mut claims = std::collections::BTreeMap::new();
+    if counted > 0 {
+        claims.insert("legacy".to_owned(), counted);
+    }
+    claims
 }
 
 impl MongoChargeCases {
