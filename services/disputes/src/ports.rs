@@ -184,51 +184,54 @@ impl StripeRefunds for StripeRefundsClient {
     }
 }
 
-/// Stripe's refunds in memory, for tests: what each charge's list holds, and failures to
-/// answer with first.
+/// Test doubles of the ports.
 #[cfg(test)]
-#[derive(Default)]
-pub struct MemoryRefunds {
-    refunds: std::sync::Mutex<std::collections::BTreeMap<String, Vec<RefundNews>>>,
-    failures: std::sync::Mutex<Vec<ServiceError>>,
-    pub calls: std::sync::atomic::AtomicUsize,
-}
+pub mod testing {
+    use super::*;
 
-#[cfg(test)]
-impl MemoryRefunds {
-    /// Sets a refund (by id) of its charge as Stripe now holds it.
-    pub fn set(&self, id: &str, charge_id: &str, amount: i64, status: &str) {
-        let mut refunds = self.refunds.lock().unwrap();
-        let list = refunds.entry(charge_id.to_owned()).or_default();
-        list.retain(|refund| refund.id != id);
-        list.push(RefundNews {
-            id: id.to_owned(),
-            charge_id: charge_id.to_owned(),
-            amount,
-            status: status.to_owned(),
-        });
+    /// Stripe's refunds in memory, for tests: what each charge's list holds, and failures to
+    /// answer with first.
+    #[derive(Default)]
+    pub struct MemoryRefunds {
+        refunds: std::sync::Mutex<std::collections::BTreeMap<String, Vec<RefundNews>>>,
+        failures: std::sync::Mutex<Vec<ServiceError>>,
+        pub calls: std::sync::atomic::AtomicUsize,
     }
 
-    /// The next lookup fails with `error`.
-    pub fn fail_next(&self, error: ServiceError) {
-        self.failures.lock().unwrap().push(error);
-    }
-}
-
-#[cfg(test)]
-#[async_trait]
-impl StripeRefunds for MemoryRefunds {
-    async fn refunds_of(&self, charge_id: &str) -> Result<Vec<RefundNews>, ServiceError> {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Some(error) = self.failures.lock().unwrap().pop() {
-            return Err(error);
+    impl MemoryRefunds {
+        /// Sets a refund (by id) of its charge as Stripe now holds it.
+        pub fn set(&self, id: &str, charge_id: &str, amount: i64, status: &str) {
+            let mut refunds = self.refunds.lock().unwrap();
+            let list = refunds.entry(charge_id.to_owned()).or_default();
+            list.retain(|refund| refund.id != id);
+            list.push(RefundNews {
+                id: id.to_owned(),
+                charge_id: charge_id.to_owned(),
+                amount,
+                status: status.to_owned(),
+            });
         }
-        Ok(self
-            .refunds
-            .lock()
-            .unwrap()
-            .get(charge_id)
-            .cloned()
-            .unwrap_or_default())
+
+        /// The next lookup fails with `error`.
+        pub fn fail_next(&self, error: ServiceError) {
+            self.failures.lock().unwrap().push(error);
+        }
+    }
+
+    #[async_trait]
+    impl StripeRefunds for MemoryRefunds {
+        async fn refunds_of(&self, charge_id: &str) -> Result<Vec<RefundNews>, ServiceError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(error) = self.failures.lock().unwrap().pop() {
+                return Err(error);
+            }
+            Ok(self
+                .refunds
+                .lock()
+                .unwrap()
+                .get(charge_id)
+                .cloned()
+                .unwrap_or_default())
+        }
     }
 }

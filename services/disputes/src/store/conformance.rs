@@ -428,7 +428,7 @@ async fn run_cases(
         clock: Arc::new(clock.clone()),
     });
     let notices = Arc::new(Notices::default());
-    let stripe = Arc::new(crate::ports::MemoryRefunds::default());
+    let stripe = Arc::new(crate::ports::testing::MemoryRefunds::default());
     let service = crate::cases::Cases {
         ledger: Arc::clone(&ledger),
         cases: Arc::clone(&cases),
@@ -706,7 +706,7 @@ async fn a_late_credit_meets_its_charges_case(service: &crate::cases::Cases) {
 /// cannot be read the charge stays reduced and the event fails (the inbox retries it).
 async fn refunds_in_doubt_are_counted_from_stripes_refund_list(
     service: &crate::cases::Cases,
-    stripe: &crate::ports::MemoryRefunds,
+    stripe: &crate::ports::testing::MemoryRefunds,
     notices: &Notices,
 ) {
     let usd = payouts_runtime::Currency::usd();
