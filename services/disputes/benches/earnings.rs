@@ -38,10 +38,10 @@ fn main() {
         let credit = |id: String, user: &str| {
             Allocation::credit(&id, user, "ch_bench", "payer_bench", Money::usd(1_00), SystemClock.now()).unwrap()
         };
-        ledger.record(&credit("one_0".to_owned(), "creator_one"), &[]).await.unwrap();
+        ledger.record(&credit("one_0".to_owned(), "creator_one")).await.unwrap();
         for i in 0..history {
             ledger
-                .record(&credit(format!("many_{i}"), "creator_many"), &[])
+                .record(&credit(format!("many_{i}"), "creator_many"))
                 .await
                 .unwrap();
         }

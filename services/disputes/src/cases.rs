@@ -144,7 +144,7 @@ impl Cases {
             }
             None => (allocation.clone(), Vec::new()),
         };
-        let (mut allocation, created) = self.ledger.record(&credit, &marks).await?;
+        let (mut allocation, created) = self.ledger.record_with_marks(&credit, &marks).await?;
         if self.settle(&allocation.charge_id, "record").await? > 0
             && let Some(settled) = self.ledger.allocations.get(&allocation.id).await?
         {

@@ -40,9 +40,17 @@ pub struct Ledger {
 
 impl Ledger {
     /// Records a credit, idempotent on its id: the same credit again returns the stored one
-    /// (`false`); another credit under a used id is AlreadyExists. `marks` (its charge's
-    /// refunds and disputes) are remembered in the same write of the book.
+    /// (`false`); another credit under a used id is AlreadyExists.
     pub async fn record(
+        &self,
+        allocation: &Allocation,
+    ) -> Result<(Allocation, bool), ServiceError> {
+        self.record_with_marks(allocation, &[]).await
+    }
+
+    /// [`Ledger::record`], remembering `marks` (the credit's charge's refunds and disputes)
+    /// in the same write of the book.
+    pub async fn record_with_marks(
         &self,
         allocation: &Allocation,
         marks: &[RecentMark],

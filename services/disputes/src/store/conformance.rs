@@ -182,7 +182,7 @@ async fn the_totals_are_what_the_allocations_add_up_to(ledger: Arc<crate::earnin
         .cloned()
         .map(|allocation| {
             let ledger = Arc::clone(&ledger);
-            tokio::spawn(async move { ledger.record(&allocation, &[]).await })
+            tokio::spawn(async move { ledger.record(&allocation).await })
         })
         .collect();
     let mut created = 0;
@@ -237,7 +237,7 @@ async fn an_intent_left_by_a_stopped_writer_is_finished(
         .unwrap()
     };
     let first = credit("alloc_stop_1", 300);
-    ledger.record(&first, &[]).await.unwrap();
+    ledger.record(&first).await.unwrap();
     // A writer counted a credit in the book and stopped before storing the allocation.
     let stopped = credit("alloc_stop_2", 700);
     let book = ledger.books.get("u-stop").await.unwrap();
@@ -264,7 +264,7 @@ async fn an_intent_left_by_a_stopped_writer_is_finished(
     assert_exact(ledger, "u-stop").await;
     // The caller's retry finds it stored.
     assert_eq!(
-        ledger.record(&stopped, &[]).await.unwrap(),
+        ledger.record(&stopped).await.unwrap(),
         (stopped.clone(), false)
     );
     // A writer that stops again is finished by the creator's next credit.
@@ -275,10 +275,7 @@ async fn an_intent_left_by_a_stopped_writer_is_finished(
         .put(&book.with_credit(&stopped_again), book.version)
         .await
         .unwrap();
-    ledger
-        .record(&credit("alloc_stop_4", 5), &[])
-        .await
-        .unwrap();
+    ledger.record(&credit("alloc_stop_4", 5)).await.unwrap();
     assert_exact(ledger, "u-stop").await;
     assert_eq!(
         ledger.earnings("u-stop", &usd).await.unwrap().lifetime,
@@ -289,7 +286,7 @@ async fn an_intent_left_by_a_stopped_writer_is_finished(
 async fn an_intent_whose_id_another_credit_holds_is_taken_back(ledger: &crate::earnings::Ledger) {
     let usd = payouts_runtime::Currency::usd();
     ledger
-        .record(&credit("alloc_taken", "u-owner", 400, 0), &[])
+        .record(&credit("alloc_taken", "u-owner", 400, 0))
         .await
         .unwrap();
     // Another creator's writer counted a credit under the same id, then stopped.
@@ -301,7 +298,7 @@ async fn an_intent_whose_id_another_credit_holds_is_taken_back(ledger: &crate::e
         .await
         .unwrap();
     ledger
-        .record(&credit("alloc_clash_ok", "u-clash", 10, 0), &[])
+        .record(&credit("alloc_clash_ok", "u-clash", 10, 0))
         .await
         .unwrap();
     assert_exact(ledger, "u-clash").await;
@@ -569,7 +566,7 @@ async fn events_change_allocations_books_and_notices_exactly_once(
         ("e3", "u-case-1", 100),
     ] {
         ledger
-            .record(&charge_credit(id, user, "ch_case", cents), &[])
+            .record(&charge_credit(id, user, "ch_case", cents))
             .await
             .unwrap();
     }
@@ -690,7 +687,7 @@ async fn a_late_credit_meets_its_charges_case(service: &crate::cases::Cases) {
         .unwrap();
     let ledger = &service.ledger;
     ledger
-        .record(&charge_credit("late_1", "u-late", "ch_late", 400), &[])
+        .record(&charge_credit("late_1", "u-late", "ch_late", 400))
         .await
         .unwrap();
     assert_eq!(service.settle("ch_late", "record").await.unwrap(), 1);
@@ -870,7 +867,7 @@ async fn a_credit_after_a_refund_or_dispute_is_never_payable(
 async fn a_settlement_from_an_older_case_never_wins(service: &crate::cases::Cases) {
     let ledger = &service.ledger;
     ledger
-        .record(&charge_credit("old_1", "u-old", "ch_old", 1000), &[])
+        .record(&charge_credit("old_1", "u-old", "ch_old", 1000))
         .await
         .unwrap();
     service

@@ -742,3 +742,33 @@ impl ChargeCaseRepository for MongoChargeCases {
         .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A case stored before refunds were counted from refunds (no `claims`) keeps reducing by
+    /// what it counted then (`amount_refunded` less failed refunds) until Stripe's refund list
+    /// is read: reading it never gives money back.
+    #[test]
+    fn a_case_stored_before_claims_reads_as_its_old_reduction() {
+        let stored = doc! {
+            "_id": "ch_old", "amount": 1000_i64, "currency": "usd", "amountRefunded": 300_i64,
+            "refunds": [{"id": "re_1", "amount": 100_i64, "status": "failed"}],
+            "disputes": [], "disputed": false, "events": ["evt_1"], "notices": [],
+            "createdAt": bson::DateTime::from_millis(0), "updatedAt": bson::DateTime::from_millis(0),
+            "version": 3_i64,
+        };
+        let document: CaseDocument = bson::from_document(stored).unwrap();
+        let case = ChargeCase::try_from(document).unwrap();
+        assert_eq!(case.claims.get("legacy"), Some(&200));
+        assert_eq!(case.refunded_cents(), 200);
+        assert!(
+            case.in_doubt(),
+            "the next event of the charge reads Stripe's list"
+        );
+        // Written back, the claims are explicit and read the same.
+        let again = ChargeCase::try_from(CaseDocument::from(&case)).unwrap();
+        assert_eq!(again, case);
+    }
+}
