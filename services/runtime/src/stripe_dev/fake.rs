@@ -833,6 +833,13 @@ impl FakeStripe {
         lock(&self.state).ledger.create_charge(cents, "usd", now())
     }
 
+    /// [`FakeStripe::make_charge`] under a given id (tests that name their charges).
+    pub fn make_charge_as(&self, charge_id: &str, cents: i64) -> Value {
+        lock(&self.state)
+            .ledger
+            .create_charge_as(charge_id, cents, "usd", now())
+    }
+
     /// A charge as Stripe holds it now.
     pub fn charge(&self, charge_id: &str) -> Option<Value> {
         lock(&self.state).ledger.charge(charge_id)

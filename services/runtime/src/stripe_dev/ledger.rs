@@ -397,6 +397,17 @@ impl Ledger {
     /// API versions render it: `refunds` is not included (not expanded since 2022-11-15).
     pub fn create_charge(&mut self, cents: i64, currency: &str, created: i64) -> Value {
         let id = self.next("ch");
+        self.create_charge_as(&id, cents, currency, created)
+    }
+
+    /// [`Ledger::create_charge`] under a given id (tests that name their charges).
+    pub fn create_charge_as(
+        &mut self,
+        id: &str,
+        cents: i64,
+        currency: &str,
+        created: i64,
+    ) -> Value {
         let mut charge = fixture("charge");
         if let Value::Object(fields) = &mut charge {
             fields.remove("refunds");
@@ -412,7 +423,7 @@ impl Ledger {
         charge["currency"] = json!(currency);
         charge["created"] = json!(created);
         self.charges.insert(
-            id,
+            id.to_owned(),
             Charge {
                 object: charge.clone(),
                 refunds: Vec::new(),
