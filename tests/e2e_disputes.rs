@@ -64,9 +64,14 @@ async fn start(store: StoreChoice) -> System {
     }
 }
 
-/// A `charge.refunded` event's charge: `amount_refunded` of `amount`, cumulative.
+/// A `charge.refunded` event's charge: `amount_refunded` of `amount`, cumulative, as current
+/// API versions send it (no `refunds` list: the service reads the charge's refunds from the
+/// fake Stripe, which must hold them).
 fn charge(charge_id: &str, amount: i64, amount_refunded: i64) -> Value {
     let mut charge = stripe::fixture("charge");
+    if let Value::Object(fields) = &mut charge {
+        fields.remove("refunds");
+    }
     charge["id"] = json!(charge_id);
     charge["amount"] = json!(amount);
     charge["amount_captured"] = json!(amount);
@@ -298,6 +303,8 @@ async fn refunds_change_earnings_exactly(system: &System) {
     system.credit("shared_sam", "sam", "ch_shared", 667).await;
 
     // 30%, then 60% in all (cumulative); a late copy of an older state changes nothing.
+    system.stripe.make_charge_as("ch_shared", 1_000);
+    system.stripe.refund("ch_shared", 300, "succeeded").unwrap();
     system
         .send(
             "evt_rf_1",
@@ -305,6 +312,7 @@ async fn refunds_change_earnings_exactly(system: &System) {
             &charge("ch_shared", 1_000, 300),
         )
         .await;
+    let second = system.stripe.refund("ch_shared", 300, "succeeded").unwrap();
     system
         .send(
             "evt_rf_2",
@@ -346,11 +354,13 @@ async fn refunds_change_earnings_exactly(system: &System) {
     assert_eq!(audit[1]["toCents"], 133);
 
     // The second refund (300) failed: what it took comes back.
+    let second = second["id"].as_str().unwrap();
+    system.stripe.fail_refund(second).unwrap();
     system
         .send(
             "evt_rf_fail",
             "refund.failed",
-            &refund("re_2", "ch_shared", 300, "failed"),
+            &refund(second, "ch_shared", 300, "failed"),
         )
         .await;
     let rita = system.earnings("rita").await;
@@ -543,6 +553,11 @@ async fn a_refund_after_a_payout_leaves_a_debt_that_an_admin_reversal_repays() {
     let transfer_id = paid.stripe_transfer_id.clone();
 
     // The whole charge is refunded after 300 of it was paid out.
+    system.stripe.make_charge_as("ch_paul", 1_000_00);
+    system
+        .stripe
+        .refund("ch_paul", 1_000_00, "succeeded")
+        .unwrap();
     system
         .send(
             "evt_paul_rf",

@@ -51,6 +51,7 @@ fn main() {
                 ledger,
                 cases: Arc::new(payouts_disputes::store::MemoryChargeCases::default()),
                 notices: Arc::new(NoNotices),
+                refunds: None,
             }),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,6 +1,12 @@
-//! Applying refund and dispute events: merge the event into its charge's case, settle the
+//! Applying refund and dispute events: merge the event into its charge's case, read Stripe's
+//! refund list of the charge when the case is in doubt (see [`crate::charges`]), settle the
 //! charge's allocations to what the case says (through the creators' earnings books), then
 //! deliver the alerts and notifications the case owes.
+//!
+//! A refund list that cannot be read leaves the case's claims in place: the allocations are
+//! settled at the reduction they make (never less than Stripe said), the notices wait, and the
+//! event fails with the lookup's error, so the inbox retries it and the retry reads the list
+//! again.
 //!
 //! Each step is idempotent and the case remembers what is left to do, so a crash anywhere
 //! is finished by the webhook inbox's retry of the same event: the merge is then a no-op,
@@ -17,7 +23,7 @@ use serde_json::{Value, json};
 use crate::charges::{self, ChargeCase, ChargeNews, Notice, NoticeKind, Outcome};
 use crate::domain::Allocation;
 use crate::earnings::Ledger;
-use crate::ports::{Message, NoticesPort};
+use crate::ports::{Message, NoticesPort, StripeRefunds};
 use crate::store::{ChargeCaseRepository, MAX_ALLOCATIONS_PER_CHARGE};
 
 /// Compare-and-set rounds before giving up (the inbox retries the event).
@@ -39,6 +45,9 @@ pub struct Cases {
     pub ledger: Arc<Ledger>,
     pub cases: Arc<dyn ChargeCaseRepository>,
     pub notices: Arc<dyn NoticesPort>,
+    /// Stripe's refund lists; None without a Stripe key (a case in doubt then keeps its
+    /// claims: reduced by the highest `amount_refunded` its events said).
+    pub refunds: Option<Arc<dyn StripeRefunds>>,
 }
 
 impl Cases {
@@ -53,6 +62,12 @@ impl Cases {
         let news = charges::parse(event_type, object)?;
         let charge_id = news.charge_id().to_owned();
         let merged = self.merge(event_id, &news, created).await?;
+        if let Err(error) = self.check_refunds(&charge_id, event_id, created).await {
+            // The claims stand: the allocations go to the reduction they make, and the
+            // event is retried until Stripe answers.
+            self.settle(&charge_id, event_id).await?;
+            return Err(error);
+        }
         let changed = self.settle(&charge_id, event_id).await?;
         self.deliver(&charge_id).await?;
         let detail = match merged {
@@ -65,6 +80,77 @@ impl Cases {
             applied: true,
             detail,
         })
+    }
+
+    /// Settles the case's claims with Stripe's refund list of the charge, if it has any.
+    async fn check_refunds(
+        &self,
+        charge_id: &str,
+        event_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), ServiceError> {
+        let Some(case) = self.cases.get(charge_id).await? else {
+            return Ok(());
+        };
+        if !case.in_doubt() {
+            return Ok(());
+        }
+        let Some(stripe) = &self.refunds else {
+            tracing::warn!(
+                charge_id,
+                "refunds in doubt and no Stripe key to list them: the charge stays reduced by the highest amount_refunded seen"
+            );
+            return Ok(());
+        };
+        // Claims made before the list is read are the ones it settles.
+        let settled: Vec<String> = case.claims.keys().cloned().collect();
+        let listed = stripe.refunds_of(charge_id).await?;
+        metrics::counter!("payouts_refund_lookups_total").increment(1);
+        for _ in 0..MAX_ROUNDS {
+            let Some(case) = self.cases.get(charge_id).await? else {
+                return Ok(());
+            };
+            let now = self.ledger.clock.now();
+            let Some(next) = case.with_listing(&listed, &settled, event_id, at, now) else {
+                return Ok(());
+            };
+            match self.cases.put(&next, case.version).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(lost_rounds())
+    }
+
+    /// Records a credit (idempotent on its id: the stored one and whether it was new).
+    ///
+    /// A charge already refunded or disputed: the credit is written as its case has it
+    /// (reduced, frozen or zeroed, the charge's refund and dispute marks in the same book
+    /// write), so no reader ever sees it payable between two writes. A case merged after it
+    /// was read is met by the settlement that follows (as every allocation of the charge is).
+    pub async fn record(
+        &self,
+        allocation: &Allocation,
+    ) -> Result<(Allocation, bool), ServiceError> {
+        let (credit, marks) = match self.cases.get(&allocation.charge_id).await? {
+            Some(case) => {
+                let others = self.allocations_of(&allocation.charge_id).await?;
+                let now = self.ledger.clock.now();
+                (
+                    charges::credit_under(&case, &others, allocation, now),
+                    case.marks(),
+                )
+            }
+            None => (allocation.clone(), Vec::new()),
+        };
+        let (mut allocation, created) = self.ledger.record_with_marks(&credit, &marks).await?;
+        if self.settle(&allocation.charge_id, "record").await? > 0
+            && let Some(settled) = self.ledger.allocations.get(&allocation.id).await?
+        {
+            allocation = settled;
+        }
+        Ok((allocation, created))
     }
 
     /// Merges the event into its case; the case as merged, None when it was merged before.

@@ -1,19 +1,31 @@
 //! What refunds and disputes do to the allocations a charge funded (spec §3), pure.
 //!
-//! Every Stripe event about a charge is merged into one [`ChargeCase`]: the highest
-//! cumulative `amount_refunded` seen, the refunds known to have failed, and each dispute's
-//! furthest status. Merging is commutative and idempotent (a maximum, a union, a status that
-//! only moves forward), so any order of the same events, duplicates included, gives the same
-//! case. The allocations' state is then a function of the case ([`settle`]): it never depends
-//! on the order the events came in, and an older event arriving late changes nothing.
+//! Every Stripe event about a charge is merged into one [`ChargeCase`]: each refund by id at
+//! its furthest status, the charge's `amount_refunded` claims not yet checked against
+//! Stripe's refund list, and each dispute's furthest status. Merging is commutative and
+//! idempotent (a union by id, a status that only moves forward), so any order of the same
+//! events, duplicates included, gives the same case once its claims are checked. The
+//! allocations' state is then a function of the case ([`settle`]): it never depends on the
+//! order the events came in, and an older event arriving late changes nothing.
 //!
-//! Decisions (docs/disputes.md):
-//! - Refunded: `amount_refunded − failed refunds` of the charge, as a fraction of its amount,
-//!   of what the charge's allocations were credited, rounded down to the cent, split over the
-//!   allocations by largest remainder of their original amounts. The split is of the
-//!   cumulative total, not of each increment: that is what makes it order-independent. A
-//!   larger refund can leave one allocation a cent less reduced than a smaller one did
-//!   (Hamilton's "Alabama paradox"); sums stay exact and nothing goes below zero.
+//! Decisions (docs/disputes.md, docs/money-safety.md "Refunds counted from refunds"):
+//! - Refunded: the sum of the charge's refunds that are not `failed` or `canceled`, by refund
+//!   id (from the refund objects of `refund.*` and `charge.refund.updated` events, the
+//!   `refunds` list a `charge.refunded` carries on API versions before 2022-11-15, and
+//!   Stripe's list `GET /v1/refunds?charge=`), never the charge's `amount_refunded` less
+//!   failed refunds: Stripe does not say whether `amount_refunded` drops when a refund fails.
+//!   A refund's status only moves forward along [`refund_status_rank`]; the furthest seen wins.
+//! - A `charge.refunded` whose refunds list is absent or cut (`has_more`), or whose
+//!   `amount_refunded` differs from the refunds we know, is in doubt: its `amount_refunded` is
+//!   kept as a claim, the refunded amount is at least every claim (never less reduced than
+//!   Stripe said), and the service lists the charge's refunds; the listing settles the
+//!   claims. Until Stripe answers, the money stays reduced.
+//! - The refunded amount, as a fraction of the charge's amount, of what the charge's
+//!   allocations were credited, rounded down to the cent, split over the allocations by
+//!   largest remainder of their original amounts. The split is of the cumulative total, not
+//!   of each increment: that is what makes it order-independent. A larger refund can leave
+//!   one allocation a cent less reduced than a smaller one did (Hamilton's "Alabama
+//!   paradox"); sums stay exact and nothing goes below zero.
 //! - A dispute freezes every allocation of the charge whole (spec §3), whatever its amount.
 //!   `lost` zeroes them; `won`, `warning_closed` (an inquiry that never became a
 //!   chargeback), `prevented` and `charge_refunded` (the refund does the taking) unfreeze
@@ -44,8 +56,11 @@ pub enum ChargeNews {
         amount_refunded: i64,
         /// Refunds listed on the charge (`refunds.data`), when Stripe included them.
         refunds: Vec<RefundNews>,
+        /// Whether `refunds` is every refund of the charge: the list was included (API
+        /// versions before 2022-11-15, or expanded) and not cut (`has_more` false).
+        refunds_complete: bool,
     },
-    /// `refund.created` / `refund.updated` / `refund.failed`.
+    /// `refund.created` / `refund.updated` / `refund.failed` / `charge.refund.updated`.
     Refund(RefundNews),
     /// `charge.dispute.*`.
     Dispute(DisputeNews),
@@ -73,8 +88,32 @@ pub struct RefundNews {
 impl RefundNews {
     /// Whether the refund gave the money back to nobody: it no longer counts.
     pub fn failed(&self) -> bool {
-        matches!(self.status.as_str(), "failed" | "canceled")
+        !refund_counts(&self.status)
     }
+}
+
+/// Where a refund status stands in the order a refund moves (https://docs.stripe.com/api/refunds/object,
+/// https://docs.stripe.com/refunds#failed-refunds): `requires_action` → `pending` →
+/// `succeeded` → `failed` (a succeeded refund can still fail), and `requires_action` or
+/// `pending` → `canceled`. `failed` and `canceled` are final. Of two statuses seen for one
+/// refund the higher rank wins, so a late `pending` never undoes a `failed`. A status Stripe
+/// may add later ranks above the live ones and below the final ones: it counts as refunded
+/// (unknown is not "given back") until a final status says otherwise.
+pub fn refund_status_rank(status: &str) -> u8 {
+    match status {
+        "requires_action" => 0,
+        "pending" => 1,
+        "succeeded" => 2,
+        "canceled" => 4,
+        "failed" => 5,
+        _ => 3,
+    }
+}
+
+/// Whether a refund in `status` takes money from the charge: every status but `failed` and
+/// `canceled` (pending and requires_action too: the money is on its way back to the payer).
+pub fn refund_counts(status: &str) -> bool {
+    !matches!(status, "failed" | "canceled")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,7 +140,14 @@ pub enum DisputeEvent {
 pub fn handles(event_type: &str) -> bool {
     event_type == "charge.refunded"
         || event_type.starts_with("charge.dispute.")
-        || event_type.starts_with("refund.")
+        || is_refund_event(event_type)
+}
+
+/// Events whose object is a refund: `refund.*` (every refund since 2024-10-28.acacia, only
+/// refunds without a charge before) and `charge.refund.updated` (charge refunds on earlier
+/// API versions, still sent).
+fn is_refund_event(event_type: &str) -> bool {
+    event_type.starts_with("refund.") || event_type == "charge.refund.updated"
 }
 
 fn text<'a>(object: &'a Value, field: &str) -> &'a str {
@@ -130,7 +176,8 @@ fn amount(object: &Value, field: &str) -> Result<i64, ServiceError> {
         })
 }
 
-fn refund_news(object: &Value, charge_id: &str) -> Result<RefundNews, ServiceError> {
+/// A refund object (an event's, or one of Stripe's refund list) as news of its charge.
+pub fn refund_news(object: &Value, charge_id: &str) -> Result<RefundNews, ServiceError> {
     let id = text(object, "id");
     if id.is_empty() {
         return Err(ServiceError::invalid_argument("refund has no id"));
@@ -168,8 +215,11 @@ pub fn parse(event_type: &str, object: &Value) -> Result<ChargeNews, ServiceErro
     if event_type == "charge.refunded" {
         expect("charge")?;
         let charge_id = charge_id(text(object, "id"))?;
-        let refunds = object["refunds"]["data"]
-            .as_array()
+        // Absent on API versions from 2022-11-15 unless expanded; cut when `has_more`.
+        let listed = object["refunds"]["data"].as_array();
+        let refunds_complete =
+            listed.is_some() && object["refunds"]["has_more"].as_bool() == Some(false);
+        let refunds = listed
             .map(|refunds| {
                 refunds
                     .iter()
@@ -187,10 +237,11 @@ pub fn parse(event_type: &str, object: &Value) -> Result<ChargeNews, ServiceErro
             amount,
             amount_refunded,
             refunds,
+            refunds_complete,
             charge_id,
         });
     }
-    if event_type.starts_with("refund.") {
+    if is_refund_event(event_type) {
         expect("refund")?;
         let charge_id = charge_id(charge_of(object))?;
         return Ok(ChargeNews::Refund(refund_news(object, &charge_id)?));
@@ -334,8 +385,12 @@ pub struct ChargeCase {
     pub charge_id: String,
     /// The charge's amount and currency, once a `charge.refunded` told us.
     pub amount: Option<(i64, Currency)>,
-    /// The highest cumulative `amount_refunded` seen.
+    /// The highest cumulative `amount_refunded` seen (shown, never counted: see `claims`).
     pub amount_refunded: i64,
+    /// `amount_refunded` of charge events in doubt (by event id; "legacy" for a case stored
+    /// before refunds were counted from refunds) that no refund list from Stripe has settled
+    /// yet: the refunded amount is at least each of them.
+    pub claims: BTreeMap<String, i64>,
     /// When the refunded amount last grew (Stripe's event time).
     pub refunded_at: Option<DateTime<Utc>>,
     pub refunds: BTreeMap<String, Refund>,
@@ -356,6 +411,7 @@ impl ChargeCase {
             charge_id: charge_id.to_owned(),
             amount: None,
             amount_refunded: 0,
+            claims: BTreeMap::new(),
             refunded_at: None,
             refunds: BTreeMap::new(),
             disputes: BTreeMap::new(),
@@ -392,12 +448,16 @@ impl ChargeCase {
                 amount,
                 amount_refunded,
                 refunds,
+                refunds_complete,
                 ..
             } => {
                 case.amount = Some((*amount, currency.clone()));
                 case.amount_refunded = case.amount_refunded.max(*amount_refunded);
                 for refund in refunds {
                     case.merge_refund(refund);
+                }
+                if !refunds_complete || *amount_refunded != case.counted_cents() {
+                    case.claims.insert(event_id.to_owned(), *amount_refunded);
                 }
             }
             ChargeNews::Refund(refund) => case.merge_refund(refund),
@@ -459,33 +519,83 @@ impl ChargeCase {
     }
 
     fn merge_refund(&mut self, news: &RefundNews) {
+        if news.charge_id != self.charge_id {
+            return;
+        }
         let refund = self.refunds.entry(news.id.clone()).or_insert(Refund {
             amount: news.amount,
             status: news.status.clone(),
         });
-        // A failed or canceled refund stays so (final in Stripe); a refund's amount never
-        // changes, so the largest seen is it (and the merge stays order-independent).
-        let was_failed = matches!(refund.status.as_str(), "failed" | "canceled");
-        if !was_failed {
+        // The furthest status wins (ties of unknown statuses by name, to stay
+        // order-independent); a refund's amount never changes, so the largest seen is it.
+        let rank = |status: &str| (refund_status_rank(status), status.to_owned());
+        if rank(&news.status) > rank(&refund.status) {
             refund.status = news.status.clone();
         }
         refund.amount = refund.amount.max(news.amount);
     }
 
-    /// What the charge has refunded and not taken back: the highest cumulative amount seen,
-    /// less refunds that failed, within `0..=amount`.
-    pub fn refunded_cents(&self) -> i64 {
-        let failed: i64 = self
-            .refunds
+    /// The sum of the known refunds that count (not failed or canceled).
+    pub fn counted_cents(&self) -> i64 {
+        self.refunds
             .values()
-            .filter(|refund| matches!(refund.status.as_str(), "failed" | "canceled"))
+            .filter(|refund| refund_counts(&refund.status))
             .map(|refund| refund.amount)
-            .sum();
-        let refunded = (self.amount_refunded - failed).max(0);
+            .sum()
+    }
+
+    /// What the charge has refunded and not taken back: its refunds that count, at least
+    /// every unsettled claim, within `0..=amount`.
+    pub fn refunded_cents(&self) -> i64 {
+        let claimed = self.claims.values().copied().max().unwrap_or(0);
+        let refunded = self.counted_cents().max(claimed).max(0);
         match &self.amount {
             Some((amount, _)) => refunded.min(*amount),
             None => refunded,
         }
+    }
+
+    /// Whether Stripe's refund list must be read: a claim is not settled.
+    pub fn in_doubt(&self) -> bool {
+        !self.claims.is_empty()
+    }
+
+    /// The case once Stripe's refund list of the charge (`listed`: every page, read after the
+    /// `settled` claims were made) is merged: the listed refunds by id, those claims dropped.
+    /// `cause` names the event being applied (its refund notice, when the amount changed and
+    /// none is owed for it yet); `at` is its Stripe time. None when nothing changes.
+    pub fn with_listing(
+        &self,
+        listed: &[RefundNews],
+        settled: &[String],
+        cause: &str,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<ChargeCase> {
+        let mut case = self.clone();
+        for refund in listed {
+            case.merge_refund(refund);
+        }
+        for claim in settled {
+            case.claims.remove(claim);
+        }
+        if case.refunds == self.refunds && case.claims == self.claims {
+            return None;
+        }
+        if case.refunded_cents() != self.refunded_cents() {
+            case.refunded_at = Some(case.refunded_at.map_or(at, |known| known.max(at)));
+            let notice = Notice {
+                kind: NoticeKind::RefundProcessed,
+                event_id: cause.to_owned(),
+                dispute_id: None,
+            };
+            if !case.notices.contains(&notice) {
+                case.notices.push(notice);
+            }
+        }
+        case.updated_at = now;
+        case.version += 1;
+        Some(case)
     }
 
     /// The dispute state for the money: lost beats everything, then open or unresolved
@@ -692,6 +802,32 @@ pub fn settle(
     changes
 }
 
+/// A new credit as its charge's case already has it (`others`: the charge's stored
+/// allocations): reduced, frozen or zeroed as [`settle`] would make it, with the audit entry
+/// "record", so that the one write recording it never makes payable what the case took.
+pub fn credit_under(
+    case: &ChargeCase,
+    others: &[Allocation],
+    credit: &Allocation,
+    now: DateTime<Utc>,
+) -> Allocation {
+    let mut all: Vec<Allocation> = others
+        .iter()
+        .filter(|a| a.id != credit.id)
+        .cloned()
+        .collect();
+    all.push(credit.clone());
+    settle(case, &all, "record", now)
+        .into_iter()
+        .find(|(before, _)| before.id == credit.id)
+        .map(|(_, mut after)| {
+            // Still the first version of a new allocation.
+            after.version = credit.version;
+            after
+        })
+        .unwrap_or_else(|| credit.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use payouts_runtime::Money;
@@ -721,6 +857,7 @@ mod tests {
             .collect()
     }
 
+    /// `charge.refunded` as API versions from 2022-11-15 send it: no refunds list.
     fn refunded(amount_refunded: i64) -> ChargeNews {
         ChargeNews::Refunded {
             charge_id: "ch_1".into(),
@@ -728,7 +865,20 @@ mod tests {
             amount: 1_000,
             amount_refunded,
             refunds: Vec::new(),
+            refunds_complete: false,
         }
+    }
+
+    fn refund_list(refunds: &[(&str, i64, &str)]) -> Vec<RefundNews> {
+        refunds
+            .iter()
+            .map(|(id, amount, status)| RefundNews {
+                id: (*id).into(),
+                charge_id: "ch_1".into(),
+                amount: *amount,
+                status: (*status).into(),
+            })
+            .collect()
     }
 
     fn refund(id: &str, amount: i64, status: &str) -> ChargeNews {
@@ -738,6 +888,145 @@ mod tests {
             amount,
             status: status.into(),
         })
+    }
+
+    /// `charge.refunded` with `amount_refunded` and the charge's refunds listed (API versions
+    /// before 2022-11-15 expand them), every one of them (`has_more` false).
+    fn charge_refunded(amount_refunded: i64, refunds: &[(&str, i64, &str)]) -> ChargeNews {
+        ChargeNews::Refunded {
+            charge_id: "ch_1".into(),
+            currency: Currency::usd(),
+            amount: 1_000,
+            amount_refunded,
+            refunds: refund_list(refunds),
+            refunds_complete: true,
+        }
+    }
+
+    /// Every order of `events`, each delivered twice.
+    fn orders_with_duplicates<'a>(
+        events: &[(&'a str, ChargeNews)],
+    ) -> Vec<Vec<(&'a str, ChargeNews)>> {
+        let mut orders: Vec<Vec<usize>> = vec![vec![]];
+        for _ in 0..events.len() {
+            orders = orders
+                .into_iter()
+                .flat_map(|order| {
+                    (0..events.len())
+                        .filter(|i| !order.contains(i))
+                        .map(|i| [order.clone(), vec![i]].concat())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+        }
+        orders
+            .into_iter()
+            .map(|order| {
+                order
+                    .iter()
+                    .flat_map(|i| [events[*i].clone(), events[*i].clone()])
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Defect 4: refund A of 100 fails, then refund B of 100 succeeds. Whether Stripe lowers
+    /// `amount_refunded` when A fails (100 after B) or leaves it (200 after B), 100 is
+    /// refunded, in any order of the events, each delivered twice, with the charge's refunds
+    /// in its events (old API versions) or not (current ones).
+    #[test]
+    fn a_failed_refund_then_a_successful_one_refunds_the_second_whatever_amount_refunded_does() {
+        let stripe = [("re_a", 100, "failed"), ("re_b", 100, "succeeded")];
+        for after_b in [100, 200] {
+            let listed = [
+                ("evt_a", charge_refunded(100, &[("re_a", 100, "pending")])),
+                ("evt_a_failed", refund("re_a", 100, "failed")),
+                (
+                    "evt_b",
+                    charge_refunded(
+                        after_b,
+                        &[("re_b", 100, "succeeded"), ("re_a", 100, "failed")],
+                    ),
+                ),
+            ];
+            let unlisted = [
+                ("evt_a", refunded(100)),
+                ("evt_a_created", refund("re_a", 100, "pending")),
+                ("evt_a_failed", refund("re_a", 100, "failed")),
+                ("evt_b", refunded(after_b)),
+            ];
+            for events in [&listed[..], &unlisted[..]] {
+                for sequence in orders_with_duplicates(events) {
+                    let names: Vec<&str> = sequence.iter().map(|(id, _)| *id).collect();
+                    let (case, after) = run_listed(&sequence, &[700, 300], &stripe);
+                    assert_eq!(case.refunded_cents(), 100, "after B {after_b}: {names:?}");
+                    let taken: i64 = after.iter().map(|a| a.refunded_cents).sum();
+                    assert_eq!(taken, 100, "after B {after_b}: {names:?}");
+                }
+            }
+        }
+    }
+
+    /// Stripe's list cannot be read: the charge stays reduced by what its events said (never
+    /// less than what Stripe holds), and the listing, once read, settles it.
+    #[test]
+    fn an_unanswered_lookup_never_gives_earnings_back() {
+        for after_b in [100, 200] {
+            let events = [
+                ("evt_a", refunded(100)),
+                ("evt_a_failed", refund("re_a", 100, "failed")),
+                ("evt_b", refunded(after_b)),
+            ];
+            let (case, _) = run(&events, &[1_000]);
+            assert!(case.in_doubt());
+            assert_eq!(case.refunded_cents(), after_b, "held at the highest claim");
+            let settled: Vec<String> = case.claims.keys().cloned().collect();
+            let listed = refund_list(&[("re_a", 100, "failed"), ("re_b", 100, "succeeded")]);
+            let checked = case
+                .with_listing(&listed, &settled, "evt_b", at(5), at(5))
+                .unwrap();
+            assert_eq!(checked.refunded_cents(), 100);
+            assert!(!checked.in_doubt());
+        }
+        // A refund we know of that Stripe's late list does not show yet still counts.
+        let (case, _) = run_listed(
+            &[
+                ("evt_c", refund("re_c", 300, "pending")),
+                ("evt_r", refunded(300)),
+            ],
+            &[1_000],
+            &[],
+        );
+        assert_eq!(case.refunded_cents(), 300);
+    }
+
+    /// The furthest status of a refund wins, whatever order its statuses arrive in.
+    #[test]
+    fn a_refunds_furthest_status_wins() {
+        let histories: [(&[&str], i64); 6] = [
+            (&["pending", "succeeded"], 250),
+            (&["pending", "succeeded", "failed"], 0),
+            (&["requires_action", "pending", "succeeded"], 250),
+            (&["requires_action", "canceled"], 0),
+            (&["pending", "failed"], 0),
+            // A status Stripe adds later counts until a final one says otherwise.
+            (&["pending", "something_new"], 250),
+        ];
+        for (history, refunded) in histories {
+            let events: Vec<(String, ChargeNews)> = history
+                .iter()
+                .enumerate()
+                .map(|(i, status)| (format!("evt_{i}"), refund("re_1", 250, status)))
+                .collect();
+            let named: Vec<(&str, ChargeNews)> = events
+                .iter()
+                .map(|(id, e)| (id.as_str(), e.clone()))
+                .collect();
+            for sequence in orders_with_duplicates(&named) {
+                let (case, _) = run(&sequence, &[1_000]);
+                assert_eq!(case.refunded_cents(), refunded, "{history:?}");
+            }
+        }
     }
 
     fn dispute(kind: DisputeEvent, status: &str) -> ChargeNews {
@@ -753,13 +1042,39 @@ mod tests {
     }
 
     /// Applies the events in order, settling after each as the service does; the case and
-    /// the allocations at the end.
+    /// the allocations at the end. Stripe's refund list is never read (every lookup fails).
     fn run(events: &[(&str, ChargeNews)], amounts: &[i64]) -> (ChargeCase, Vec<Allocation>) {
+        run_with(events, amounts, None)
+    }
+
+    /// As [`run`], reading Stripe's refund list (`stripe`) after each event that leaves the
+    /// case in doubt, as the service does.
+    fn run_listed(
+        events: &[(&str, ChargeNews)],
+        amounts: &[i64],
+        stripe: &[(&str, i64, &str)],
+    ) -> (ChargeCase, Vec<Allocation>) {
+        run_with(events, amounts, Some(&refund_list(stripe)))
+    }
+
+    fn run_with(
+        events: &[(&str, ChargeNews)],
+        amounts: &[i64],
+        stripe: Option<&[RefundNews]>,
+    ) -> (ChargeCase, Vec<Allocation>) {
         let mut case = ChargeCase::new("ch_1", at(0));
         let mut stored = allocations(amounts);
         for (minute, (id, news)) in events.iter().enumerate() {
-            if let Some(merged) = case.merge(id, news, at(minute as i64 + 1), at(100)) {
+            let when = at(minute as i64 + 1);
+            if let Some(merged) = case.merge(id, news, when, at(100)) {
                 case = merged;
+            }
+            if let Some(listed) = stripe.filter(|_| case.in_doubt()) {
+                let settled: Vec<String> = case.claims.keys().cloned().collect();
+                if let Some(next) = case.with_listing(listed, &settled, id, when, at(100)) {
+                    case = next;
+                }
+                assert!(!case.in_doubt());
             }
             for (before, after) in settle(&case, &stored, id, at(100)) {
                 assert_eq!(after.version, before.version + 1);
@@ -826,12 +1141,13 @@ mod tests {
             full.iter()
                 .all(|a| a.status == AllocationStatus::Refunded && a.amount.cents == 0)
         );
-        let (case, restored) = run(
+        let (case, restored) = run_listed(
             &[
                 ("evt_1", refunded(400)),
                 ("evt_2", refund("re_1", 400, "failed")),
             ],
             &[700, 300],
+            &[("re_1", 400, "failed")],
         );
         assert_eq!(case.refunded_cents(), 0);
         assert!(
@@ -840,14 +1156,16 @@ mod tests {
                 .all(|a| a.status == AllocationStatus::Active)
         );
         assert_eq!(money(&restored), money(&allocations(&[700, 300])));
-        // A failed refund stays failed whatever comes after.
-        let (case, _) = run(
+        // A failed refund stays failed whatever comes after (Stripe's list read before the
+        // failure still says succeeded).
+        let (case, _) = run_listed(
             &[
                 ("evt_2", refund("re_1", 400, "failed")),
                 ("evt_3", refund("re_1", 400, "succeeded")),
                 ("evt_1", refunded(400)),
             ],
             &[700, 300],
+            &[("re_1", 400, "succeeded")],
         );
         assert_eq!(case.refunded_cents(), 0);
     }
@@ -1010,7 +1328,89 @@ mod tests {
         ]
     }
 
+    /// A refund's life in Stripe: its amount and the statuses it went through.
+    fn any_refund_history() -> impl Strategy<Value = (i64, Vec<&'static str>)> {
+        (
+            1i64..=300,
+            prop_oneof![
+                Just(vec!["succeeded"]),
+                Just(vec!["pending"]),
+                Just(vec!["pending", "succeeded"]),
+                Just(vec!["pending", "failed"]),
+                Just(vec!["pending", "succeeded", "failed"]),
+                Just(vec!["succeeded", "failed"]),
+                Just(vec!["requires_action", "canceled"]),
+                Just(vec!["requires_action", "pending", "succeeded"]),
+            ],
+        )
+    }
+
     proptest! {
+        /// Refunds living their lives in Stripe, reported by refund events and by charge
+        /// events (with or without the refunds list) whose `amount_refunded` either drops when
+        /// a refund fails or does not, all shuffled and some twice: once Stripe's list is
+        /// read, the refunded amount is the sum of the refunds that did not fail or cancel.
+        #[test]
+        fn refunded_is_what_the_refunds_add_up_to(
+            histories in prop::collection::vec(any_refund_history(), 1..4),
+            lowers in any::<bool>(),
+            listed in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            // Stripe's timeline: each refund's statuses in turn, a charge event after each.
+            let mut current: Vec<(String, i64, &str)> = Vec::new();
+            let mut events: Vec<(String, ChargeNews)> = Vec::new();
+            for (n, (amount, history)) in histories.iter().enumerate() {
+                let id = format!("re_{n}");
+                for status in history {
+                    match current.iter_mut().find(|(known, _, _)| *known == id) {
+                        Some(refund) => refund.2 = status,
+                        None => current.push((id.clone(), *amount, status)),
+                    }
+                    events.push((format!("evt_{}", events.len()), refund(&id, *amount, status)));
+                    let amount_refunded: i64 = current
+                        .iter()
+                        .filter(|(_, _, status)| {
+                            if lowers { refund_counts(status) } else { *status != "canceled" }
+                        })
+                        .map(|(_, cents, _)| cents)
+                        .sum();
+                    let list: Vec<(&str, i64, &str)> =
+                        current.iter().map(|(id, cents, status)| (id.as_str(), *cents, *status)).collect();
+                    let charge = if listed {
+                        charge_refunded(amount_refunded, &list)
+                    } else {
+                        refunded(amount_refunded)
+                    };
+                    events.push((format!("evt_{}", events.len()), charge));
+                }
+            }
+            let truth: i64 = current
+                .iter()
+                .filter(|(_, _, status)| refund_counts(status))
+                .map(|(_, cents, _)| cents)
+                .sum();
+            let mut shuffled = events.clone();
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let twice = shuffled[(state >> 7) as usize % shuffled.len()].clone();
+            shuffled.push(twice);
+            let stripe: Vec<(&str, i64, &str)> =
+                current.iter().map(|(id, cents, status)| (id.as_str(), *cents, *status)).collect();
+            let borrowed: Vec<(&str, ChargeNews)> =
+                shuffled.iter().map(|(id, e)| (id.as_str(), e.clone())).collect();
+            let (case, after) = run_listed(&borrowed, &[600, 400], &stripe);
+            prop_assert_eq!(case.refunded_cents(), truth);
+            let taken: i64 = after.iter().map(|a| a.refunded_cents).sum();
+            prop_assert_eq!(taken, truth);
+            // Without Stripe's list the charge is never less reduced than the truth.
+            let (unchecked, _) = run(&borrowed, &[600, 400]);
+            prop_assert!(unchecked.refunded_cents() >= truth);
+        }
+
         /// Any order of the same events ends in the same money, sums exact, nothing negative.
         #[test]
         fn order_never_matters(
@@ -1039,7 +1439,9 @@ mod tests {
             let funded: i64 = amounts.iter().sum();
             let taken: i64 = a.iter().map(|x| x.refunded_cents).sum();
             let lost = matches!(case.outcome(), Some((Outcome::Lost, _)));
-            if !lost {
+            // Refund events alone do not say the charge's amount: nothing to take a share of
+            // until a charge event does.
+            if !lost && case.amount.is_some() {
                 prop_assert_eq!(taken, refunded_share(funded, case.refunded_cents(), 1_000).unwrap());
             }
             for x in &a {

@@ -45,6 +45,16 @@ impl Ledger {
         &self,
         allocation: &Allocation,
     ) -> Result<(Allocation, bool), ServiceError> {
+        self.record_with_marks(allocation, &[]).await
+    }
+
+    /// [`Ledger::record`], remembering `marks` (the credit's charge's refunds and disputes)
+    /// in the same write of the book.
+    pub async fn record_with_marks(
+        &self,
+        allocation: &Allocation,
+        marks: &[RecentMark],
+    ) -> Result<(Allocation, bool), ServiceError> {
         for _ in 0..MAX_ROUNDS {
             let book = self.books.get(&allocation.user_id).await?;
             if !book.pending.is_empty() {
@@ -54,7 +64,19 @@ impl Ledger {
             if let Some(stored) = self.allocations.get(&allocation.id).await? {
                 return repeated(stored, allocation);
             }
-            let intent = book.with_credit(allocation);
+            let new_marks: Vec<RecentMark> = marks
+                .iter()
+                .filter(|mark| !book.has_mark(mark))
+                .cloned()
+                .collect();
+            let intent = book.with_changes(
+                vec![Change {
+                    before: None,
+                    after: allocation.clone(),
+                }],
+                &new_marks,
+                allocation.created_at,
+            );
             match self.books.put(&intent, book.version).await {
                 Ok(()) => {}
                 Err(error) if error.kind() == ErrorKind::Conflict => continue,

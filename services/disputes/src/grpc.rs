@@ -144,16 +144,11 @@ impl DisputesService for DisputesGrpc {
             amount,
             self.ledger.clock.now(),
         )?;
-        let (mut allocation, created) = self.ledger.record(&allocation).await?;
+        // A credit recorded after its charge was refunded or disputed is written as the
+        // charge's case has it, never payable for a moment.
+        let (allocation, created) = self.cases.record(&allocation).await?;
         if created {
             tracing::info!(user_id = %allocation.user_id, cents = allocation.amount.cents, "allocation credited");
-        }
-        // A credit recorded after its charge was refunded or disputed meets the case now (a
-        // retry too, in case the first call stopped in between).
-        if self.cases.settle(&allocation.charge_id, "record").await? > 0
-            && let Some(settled) = self.ledger.allocations.get(&allocation.id).await?
-        {
-            allocation = settled;
         }
         Ok(Response::new(pb::RecordAllocationResponse {
             allocation: Some(to_proto(allocation)),

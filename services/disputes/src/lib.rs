@@ -6,7 +6,7 @@
 //! - [`charges`]: what refunds and disputes do to a charge's allocations, pure.
 //! - [`earnings`]: recording allocations and reading earnings through the books.
 //! - [`cases`]: applying refund and dispute events (merge, settle, notify).
-//! - [`ports`]: the notifications service.
+//! - [`ports`]: the notifications service and Stripe's refund lists.
 //! - [`split`]: exact proportional reductions (largest remainder), pure.
 //! - [`store`]: the repository traits, their MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
@@ -38,6 +38,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         ledger: Arc::clone(&ledger),
         cases: Arc::clone(&repositories.cases),
         notices: Arc::new(ports::GrpcNotices::new(&context.settings)?),
+        refunds: refunds_port(&context.settings)?,
     };
     context.spawn_worker(
         payouts_runtime::ServiceName::Disputes.grpc_name(),
@@ -50,4 +51,23 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     );
     server.add_service(grpc::server(grpc::DisputesGrpc::new(cases)));
     Ok(())
+}
+
+/// Stripe's refund lists through `STRIPE_SECRET_KEY` and `STRIPE_API_BASE`; without a key,
+/// none (a charge whose refunds are in doubt stays reduced by what its events said).
+fn refunds_port(
+    settings: &payouts_runtime::config::Settings,
+) -> anyhow::Result<Option<Arc<dyn ports::StripeRefunds>>> {
+    Ok(match &settings.stripe_secret_key {
+        Some(key) => Some(Arc::new(ports::StripeRefundsClient::new(
+            key,
+            &settings.stripe_api_base,
+        )?)),
+        None => {
+            tracing::warn!(
+                "refunds in doubt are not checked with Stripe: STRIPE_SECRET_KEY is not set"
+            );
+            None
+        }
+    })
 }

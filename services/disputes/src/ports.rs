@@ -1,11 +1,14 @@
 //! What the disputes service asks of others: critical alerts and creators' notifications
-//! (the notifications service).
+//! (the notifications service), and a charge's refunds (Stripe's refund list).
 
 use async_trait::async_trait;
 use payouts_proto::notifications::v1 as notifications_pb;
 use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
-use payouts_runtime::ServiceError;
 use payouts_runtime::config::{ServiceName, Settings};
+use payouts_runtime::{Secret, ServiceError};
+use serde_json::Value;
+
+use crate::charges::{RefundNews, refund_news};
 use payouts_runtime::grpc::{TracedChannel, service_channel};
 
 /// An alert for admins or a notification for a creator; `key` makes a retry a no-op.
@@ -75,5 +78,160 @@ impl NoticesPort for GrpcNotices {
             .await
             .map_err(|status| ServiceError::from_remote("notifications", &status))?;
         Ok(())
+    }
+}
+
+/// Stripe's refunds of a charge, when a charge event leaves what was refunded in doubt.
+#[async_trait]
+pub trait StripeRefunds: Send + Sync + 'static {
+    /// Every refund of the charge as Stripe holds it now (`GET /v1/refunds?charge=`, every
+    /// page). An error leaves the outcome unknown: Unavailable for a failure that can pass
+    /// (the event is retried), FailedPrecondition for a definite refusal.
+    async fn refunds_of(&self, charge_id: &str) -> Result<Vec<RefundNews>, ServiceError>;
+}
+
+/// Pages read at most for one charge (100 refunds a page).
+const MAX_REFUND_PAGES: usize = 100;
+
+/// async-stripe against `STRIPE_API_BASE` (https://docs.stripe.com/api/refunds/list).
+pub struct StripeRefundsClient {
+    client: stripe::Client,
+}
+
+impl StripeRefundsClient {
+    pub fn new(secret_key: &Secret, api_base: &str) -> anyhow::Result<Self> {
+        let client = stripe::ClientBuilder::new(secret_key.expose())
+            .url(format!("{api_base}/"))
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .map_err(|error| anyhow::anyhow!("invalid Stripe configuration: {error}"))?;
+        Ok(Self { client })
+    }
+}
+
+/// How a failed list call is treated: a 4xx other than 429 (and 409) is Stripe's definite
+/// answer (the charge is not ours, a bad request), anything else may pass.
+fn lookup_failure(charge_id: &str, error: stripe::StripeError) -> ServiceError {
+    let definite = matches!(
+        &error,
+        stripe::StripeError::Stripe(_, status) if (400..500).contains(status) && *status != 429 && *status != 409
+    );
+    let message = format!("Stripe's refunds of charge {charge_id} could not be read");
+    if definite {
+        ServiceError::failed_precondition(format!("{message}: {error}"))
+    } else {
+        ServiceError::unavailable(
+            format!("{message}; the charge stays reduced until they are"),
+            anyhow::anyhow!("{error}"),
+        )
+    }
+}
+
+#[async_trait]
+impl StripeRefunds for StripeRefundsClient {
+    async fn refunds_of(&self, charge_id: &str) -> Result<Vec<RefundNews>, ServiceError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+
+        #[derive(serde::Serialize)]
+        struct ListRefunds<'a> {
+            charge: &'a str,
+            limit: u8,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            starting_after: Option<&'a str>,
+        }
+        let mut refunds = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..MAX_REFUND_PAGES {
+            let params = ListRefunds {
+                charge: charge_id,
+                limit: 100,
+                starting_after: after.as_deref(),
+            };
+            let value = RequestBuilder::new(StripeMethod::Get, "/refunds")
+                .query(&params)
+                .customize::<miniserde::json::Value>()
+                .send(&self.client)
+                .await
+                .map_err(|error| lookup_failure(charge_id, error))?;
+            let page: Value =
+                serde_json::from_str(&miniserde::json::to_string(&value)).map_err(|error| {
+                    ServiceError::unavailable(
+                        format!("Stripe's refunds of charge {charge_id} were unreadable"),
+                        anyhow::anyhow!("{error}"),
+                    )
+                })?;
+            let data = page["data"].as_array().cloned().unwrap_or_default();
+            for object in &data {
+                let refund = refund_news(object, charge_id)?;
+                if object["charge"]
+                    .as_str()
+                    .is_none_or(|charge| charge == charge_id)
+                {
+                    refunds.push(refund);
+                }
+            }
+            match (page["has_more"].as_bool(), data.last()) {
+                (Some(true), Some(last)) => {
+                    after = last["id"].as_str().map(str::to_owned);
+                }
+                _ => return Ok(refunds),
+            }
+        }
+        Err(ServiceError::unavailable(
+            format!("charge {charge_id} has more than {MAX_REFUND_PAGES} pages of refunds"),
+            anyhow::anyhow!("refund list cut"),
+        ))
+    }
+}
+
+/// Test doubles of the ports.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    /// Stripe's refunds in memory, for tests: what each charge's list holds, and failures to
+    /// answer with first.
+    #[derive(Default)]
+    pub struct MemoryRefunds {
+        refunds: std::sync::Mutex<std::collections::BTreeMap<String, Vec<RefundNews>>>,
+        failures: std::sync::Mutex<Vec<ServiceError>>,
+        pub calls: std::sync::atomic::AtomicUsize,
+    }
+
+    impl MemoryRefunds {
+        /// Sets a refund (by id) of its charge as Stripe now holds it.
+        pub fn set(&self, id: &str, charge_id: &str, amount: i64, status: &str) {
+            let mut refunds = self.refunds.lock().unwrap();
+            let list = refunds.entry(charge_id.to_owned()).or_default();
+            list.retain(|refund| refund.id != id);
+            list.push(RefundNews {
+                id: id.to_owned(),
+                charge_id: charge_id.to_owned(),
+                amount,
+                status: status.to_owned(),
+            });
+        }
+
+        /// The next lookup fails with `error`.
+        pub fn fail_next(&self, error: ServiceError) {
+            self.failures.lock().unwrap().push(error);
+        }
+    }
+
+    #[async_trait]
+    impl StripeRefunds for MemoryRefunds {
+        async fn refunds_of(&self, charge_id: &str) -> Result<Vec<RefundNews>, ServiceError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(error) = self.failures.lock().unwrap().pop() {
+                return Err(error);
+            }
+            Ok(self
+                .refunds
+                .lock()
+                .unwrap()
+                .get(charge_id)
+                .cloned()
+                .unwrap_or_default())
+        }
     }
 }

@@ -365,11 +365,59 @@ impl Notices {
     }
 }
 
+/// A book repository that keeps every state a concurrent reader could have read: each book
+/// as written, in order (what `GetEarnings` and `ListPayableEarnings` report from it).
+struct WatchedBooks {
+    inner: Arc<dyn EarningsBookRepository>,
+    written: std::sync::Mutex<Vec<EarningsBook>>,
+}
+
+impl WatchedBooks {
+    /// Every payable amount (USD) the creator's book reported, write by write.
+    fn payable_states(&self, user_id: &str) -> Vec<i64> {
+        let usd = payouts_runtime::Currency::usd();
+        self.written
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|book| book.user_id == user_id)
+            .map(|book| book.earnings(&usd).active.cents)
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl EarningsBookRepository for WatchedBooks {
+    async fn get(&self, user_id: &str) -> Result<EarningsBook, ServiceError> {
+        self.inner.get(user_id).await
+    }
+
+    async fn put(&self, book: &EarningsBook, expected_version: i64) -> Result<(), ServiceError> {
+        self.inner.put(book, expected_version).await?;
+        self.written.lock().unwrap().push(book.clone());
+        Ok(())
+    }
+
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EarningsBook>, ServiceError> {
+        self.inner.list(after, limit).await
+    }
+}
+
 async fn run_cases(
     allocations: Arc<dyn AllocationRepository>,
     books: Arc<dyn EarningsBookRepository>,
     cases: Arc<dyn ChargeCaseRepository>,
 ) {
+    let books = Arc::new(WatchedBooks {
+        inner: books,
+        written: std::sync::Mutex::new(Vec::new()),
+    });
+    let watched = Arc::clone(&books);
+    let books: Arc<dyn EarningsBookRepository> = books;
     let clock = payouts_runtime::clock::ManualClock::new(at(0));
     let ledger = Arc::new(crate::earnings::Ledger {
         allocations,
@@ -377,15 +425,19 @@ async fn run_cases(
         clock: Arc::new(clock.clone()),
     });
     let notices = Arc::new(Notices::default());
+    let stripe = Arc::new(crate::ports::testing::MemoryRefunds::default());
     let service = crate::cases::Cases {
         ledger: Arc::clone(&ledger),
         cases: Arc::clone(&cases),
         notices: Arc::clone(&notices) as Arc<dyn crate::ports::NoticesPort>,
+        refunds: Some(Arc::clone(&stripe) as Arc<dyn crate::ports::StripeRefunds>),
     };
     cases_are_stored_versioned_and_listed(cases.as_ref()).await;
     an_allocation_is_replaced_only_from_the_version_read(ledger.allocations.as_ref()).await;
     events_change_allocations_books_and_notices_exactly_once(&service, &notices).await;
     a_late_credit_meets_its_charges_case(&service).await;
+    a_credit_after_a_refund_or_dispute_is_never_payable(&service, &watched).await;
+    refunds_in_doubt_are_counted_from_stripes_refund_list(&service, &stripe, &notices).await;
     a_settlement_from_an_older_case_never_wins(&service).await;
 }
 
@@ -393,7 +445,17 @@ fn charge_credit(id: &str, user_id: &str, charge_id: &str, cents: i64) -> Alloca
     Allocation::credit(id, user_id, charge_id, "payer", Money::usd(cents), at(0)).unwrap()
 }
 
+/// A refunded charge listing its refunds (API versions before 2022-11-15): one refund of all.
 fn refund_object(charge_id: &str, amount_refunded: i64) -> serde_json::Value {
+    let mut charge = unlisted_charge(charge_id, amount_refunded);
+    charge["refunds"] = serde_json::json!({"object": "list", "has_more": false, "data": [
+        {"object": "refund", "id": format!("re_{charge_id}"), "amount": amount_refunded,
+            "charge": charge_id, "status": "succeeded"}]});
+    charge
+}
+
+/// A refunded charge as current API versions send it: no refunds list.
+fn unlisted_charge(charge_id: &str, amount_refunded: i64) -> serde_json::Value {
     serde_json::json!({"object": "charge", "id": charge_id, "amount": 1000,
         "amount_refunded": amount_refunded, "currency": "usd"})
 }
@@ -633,6 +695,173 @@ async fn a_late_credit_meets_its_charges_case(service: &crate::cases::Cases) {
     assert_eq!(settled.status, AllocationStatus::Disputed);
     assert_eq!(settled.frozen_cents, 400);
     assert_exact(ledger, "u-late").await;
+}
+
+/// Defect 4 through the service, with events as current API versions send them (no refunds
+/// list on the charge): refund A of 100 fails, refund B of 100 succeeds; Stripe lowers
+/// `amount_refunded` when A fails, or does not. Stripe's list is read when in doubt; while it
+/// cannot be read the charge stays reduced and the event fails (the inbox retries it).
+async fn refunds_in_doubt_are_counted_from_stripes_refund_list(
+    service: &crate::cases::Cases,
+    stripe: &crate::ports::testing::MemoryRefunds,
+    notices: &Notices,
+) {
+    let usd = payouts_runtime::Currency::usd();
+    let refund = |id: &str, charge: &str, status: &str| {
+        serde_json::json!({"object": "refund", "id": id, "amount": 100, "charge": charge,
+            "status": status, "currency": "usd"})
+    };
+    for after_b in [100, 200] {
+        let charge = format!("ch_doubt_{after_b}");
+        let user = format!("u-doubt-{after_b}");
+        let (id_a, id_b) = (format!("re_a_{after_b}"), format!("re_b_{after_b}"));
+        service
+            .record(&charge_credit(
+                &format!("doubt_{after_b}"),
+                &user,
+                &charge,
+                1000,
+            ))
+            .await
+            .unwrap();
+        let active = |cents: i64| {
+            let (user, usd) = (user.clone(), usd.clone());
+            async move {
+                let earnings = service.ledger.earnings(&user, &usd).await.unwrap();
+                assert_eq!(earnings.active.cents, cents, "after B {after_b}");
+            }
+        };
+        stripe.set(&id_a, &charge, 100, "pending");
+        let event = |name: &str| format!("evt_{name}_{after_b}");
+        service
+            .handle(
+                &event("a"),
+                "charge.refunded",
+                at(1),
+                &unlisted_charge(&charge, 100),
+            )
+            .await
+            .unwrap();
+        active(900).await;
+        stripe.set(&id_a, &charge, 100, "failed");
+        service
+            .handle(
+                &event("a_failed"),
+                "refund.failed",
+                at(2),
+                &refund(&id_a, &charge, "failed"),
+            )
+            .await
+            .unwrap();
+        active(1000).await;
+        stripe.set(&id_b, &charge, 100, "succeeded");
+        // Stripe's list cannot be read: held at what the charge says, the event fails.
+        stripe.fail_next(ServiceError::unavailable(
+            "stripe down",
+            anyhow::anyhow!("test"),
+        ));
+        let sent_before = notices.sent().len();
+        let error = service
+            .handle(
+                &event("b"),
+                "charge.refunded",
+                at(3),
+                &unlisted_charge(&charge, after_b),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unavailable);
+        active(1000 - after_b).await;
+        assert_eq!(
+            notices.sent().len(),
+            sent_before,
+            "told once Stripe answered"
+        );
+        // The inbox's retry reads the list.
+        service
+            .handle(
+                &event("b"),
+                "charge.refunded",
+                at(3),
+                &unlisted_charge(&charge, after_b),
+            )
+            .await
+            .unwrap();
+        active(900).await;
+        let case = service.cases.get(&charge).await.unwrap().unwrap();
+        assert_eq!(case.refunded_cents(), 100);
+        assert!(!case.in_doubt());
+        assert_exact(&service.ledger, &user).await;
+        // A late duplicate of the first event changes nothing.
+        service
+            .handle(
+                &event("a"),
+                "charge.refunded",
+                at(1),
+                &unlisted_charge(&charge, 100),
+            )
+            .await
+            .unwrap();
+        active(900).await;
+    }
+}
+
+/// The interleaving of a credit recorded after its charge was disputed (or fully refunded):
+/// every state of the creator's book a payout admission could read between the writes.
+async fn a_credit_after_a_refund_or_dispute_is_never_payable(
+    service: &crate::cases::Cases,
+    watched: &WatchedBooks,
+) {
+    service
+        .handle(
+            "evt_before_credit_dp",
+            "charge.dispute.created",
+            at(1),
+            &dispute_object("ch_after_dp", "needs_response"),
+        )
+        .await
+        .unwrap();
+    let refunded = serde_json::json!({"object": "charge", "id": "ch_after_re", "amount": 1000,
+        "amount_refunded": 1000, "currency": "usd", "refunds": {"object": "list",
+        "has_more": false, "data": [{"object": "refund", "id": "re_after", "amount": 1000,
+        "charge": "ch_after_re", "status": "succeeded"}]}});
+    service
+        .handle("evt_before_credit_re", "charge.refunded", at(1), &refunded)
+        .await
+        .unwrap();
+    for (id, charge) in [("after_dp", "ch_after_dp"), ("after_re", "ch_after_re")] {
+        let user = format!("u-{id}");
+        let (recorded, created) = service
+            .record(&charge_credit(id, &user, charge, 400))
+            .await
+            .unwrap();
+        assert!(created);
+        assert_eq!(recorded.amount.cents + recorded.refunded_cents, 400);
+        let states = watched.payable_states(&user);
+        assert!(!states.is_empty());
+        assert!(
+            states.iter().all(|payable| *payable == 0),
+            "{id}: a reader between the writes saw payable {states:?}"
+        );
+        let (_, book) = service
+            .ledger
+            .earnings_and_book(&user, &payouts_runtime::Currency::usd())
+            .await
+            .unwrap();
+        assert_eq!(
+            book.recent.len(),
+            1,
+            "{id}: the charge's mark came with the credit"
+        );
+        assert_exact(&service.ledger, &user).await;
+        // A retry of the same credit changes nothing.
+        let (again, created) = service
+            .record(&charge_credit(id, &user, charge, 400))
+            .await
+            .unwrap();
+        assert!(!created);
+        assert_eq!(again, recorded);
+    }
 }
 
 async fn a_settlement_from_an_older_case_never_wins(service: &crate::cases::Cases) {

@@ -472,6 +472,10 @@ struct CaseDocument {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refunded_at: Option<bson::DateTime>,
     refunds: Vec<RefundDocument>,
+    /// Unsettled `amount_refunded` claims; absent in a case stored before refunds were
+    /// counted from refunds (read as one "legacy" claim of what it counted then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    claims: Option<Vec<ClaimDocument>>,
     disputes: Vec<DisputeDocument>,
     /// Whether any dispute is recorded (the disputes list's filter).
     disputed: bool,
@@ -488,6 +492,13 @@ struct RefundDocument {
     id: String,
     amount: i64,
     status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClaimDocument {
+    event_id: String,
+    amount_refunded: i64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -534,6 +545,15 @@ impl From<&ChargeCase> for CaseDocument {
                     status: refund.status.clone(),
                 })
                 .collect(),
+            claims: Some(
+                case.claims
+                    .iter()
+                    .map(|(event_id, cents)| ClaimDocument {
+                        event_id: event_id.clone(),
+                        amount_refunded: *cents,
+                    })
+                    .collect(),
+            ),
             disputes: case
                 .disputes
                 .values()
@@ -604,23 +624,32 @@ impl TryFrom<CaseDocument> for ChargeCase {
                 })
             })
             .collect::<Result<_, ServiceError>>()?;
+        let refunds: std::collections::BTreeMap<String, Refund> = d
+            .refunds
+            .into_iter()
+            .map(|refund| {
+                (
+                    refund.id,
+                    Refund {
+                        amount: refund.amount,
+                        status: refund.status,
+                    },
+                )
+            })
+            .collect();
+        let claims = match d.claims {
+            Some(claims) => claims
+                .into_iter()
+                .map(|claim| (claim.event_id, claim.amount_refunded))
+                .collect(),
+            None => legacy_claim(d.amount_refunded, &refunds),
+        };
         Ok(Self {
             amount,
             amount_refunded: d.amount_refunded,
+            claims,
             refunded_at: d.refunded_at.map(from_bson_time),
-            refunds: d
-                .refunds
-                .into_iter()
-                .map(|refund| {
-                    (
-                        refund.id,
-                        Refund {
-                            amount: refund.amount,
-                            status: refund.status,
-                        },
-                    )
-                })
-                .collect(),
+            refunds,
             disputes,
             events: d.events,
             notices,
@@ -630,6 +659,26 @@ impl TryFrom<CaseDocument> for ChargeCase {
             charge_id: d.id,
         })
     }
+}
+
+/// A case stored before refunds were counted from refunds reduced its allocations by the
+/// highest `amount_refunded` less failed refunds: kept as a claim, so reading it never gives
+/// money back before Stripe's refund list is read for the charge (its next event).
+fn legacy_claim(
+    amount_refunded: i64,
+    refunds: &std::collections::BTreeMap<String, Refund>,
+) -> std::collections::BTreeMap<String, i64> {
+    let failed: i64 = refunds
+        .values()
+        .filter(|refund| !crate::charges::refund_counts(&refund.status))
+        .map(|refund| refund.amount)
+        .sum();
+    let counted = (amount_refunded - failed).max(0);
+    let mut claims = std::collections::BTreeMap::new();
+    if counted > 0 {
+        claims.insert("legacy".to_owned(), counted);
+    }
+    claims
 }
 
 impl MongoChargeCases {
@@ -691,5 +740,35 @@ impl ChargeCaseRepository for MongoChargeCases {
         .into_iter()
         .map(ChargeCase::try_from)
         .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A case stored before refunds were counted from refunds (no `claims`) keeps reducing by
+    /// what it counted then (`amount_refunded` less failed refunds) until Stripe's refund list
+    /// is read: reading it never gives money back.
+    #[test]
+    fn a_case_stored_before_claims_reads_as_its_old_reduction() {
+        let stored = doc! {
+            "_id": "ch_old", "amount": 1000_i64, "currency": "usd", "amountRefunded": 300_i64,
+            "refunds": [{"id": "re_1", "amount": 100_i64, "status": "failed"}],
+            "disputes": [], "disputed": false, "events": ["evt_1"], "notices": [],
+            "createdAt": bson::DateTime::from_millis(0), "updatedAt": bson::DateTime::from_millis(0),
+            "version": 3_i64,
+        };
+        let document: CaseDocument = bson::from_document(stored).unwrap();
+        let case = ChargeCase::try_from(document).unwrap();
+        assert_eq!(case.claims.get("legacy"), Some(&200));
+        assert_eq!(case.refunded_cents(), 200);
+        assert!(
+            case.in_doubt(),
+            "the next event of the charge reads Stripe's list"
+        );
+        // Written back, the claims are explicit and read the same.
+        let again = ChargeCase::try_from(CaseDocument::from(&case)).unwrap();
+        assert_eq!(again, case);
     }
 }

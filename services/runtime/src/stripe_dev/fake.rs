@@ -54,6 +54,9 @@ struct StripeState {
     /// Events, in creation order, with whether every delivery of each succeeded.
     events: Vec<StoredEvent>,
     event_counter: u64,
+    /// Failures of the next refund lists (`GET /v1/refunds`), and how many were asked for.
+    refund_list_failures: VecDeque<(u16, String)>,
+    refund_list_calls: usize,
 }
 
 /// An event the fake holds, as `GET /v1/events` lists it.
@@ -570,6 +573,7 @@ impl FakeStripe {
                 "/v1/webhook_endpoints/{id}",
                 post(update_webhook_endpoint).get(retrieve_webhook_endpoint),
             )
+            .merge(refund_routes())
             .layer(axum::middleware::from_fn(require_secret_key))
             .with_state(Arc::clone(&state));
         let url = format!("http://{}", listener.local_addr()?);
@@ -713,5 +717,180 @@ impl FakeStripe {
     /// Forgets every idempotency key (Stripe prunes them after 24 hours).
     pub fn forget_idempotency_keys(&self) {
         lock(&self.state).ledger.forget_replies();
+    }
+}
+
+// Charges and refunds: a supporter's payment refunded from the Dashboard (or the API), its
+// refunds listed by charge, a refund scripted to fail with either behaviour of the charge's
+// `amount_refunded` (https://docs.stripe.com/api/refunds/object,
+// https://docs.stripe.com/api/refunds/list, https://docs.stripe.com/refunds#failed-refunds).
+
+fn refund_routes() -> Router<Shared> {
+    Router::new()
+        .route("/v1/charges/{id}", get(retrieve_charge))
+        .route("/v1/refunds", post(create_refund).get(list_refunds))
+        .route("/v1/refunds/{id}", get(retrieve_refund))
+}
+
+impl StripeState {
+    /// The events of a new refund: `refund.created` and `charge.refunded` (the charge as
+    /// current API versions render it, without its refunds).
+    fn emit_refund_created(&mut self, refund: Value, charge: Value) {
+        self.emit("refund.created", refund, None);
+        self.emit("charge.refunded", charge, None);
+    }
+
+    /// The events of a refund's new status: `refund.updated` and `charge.refund.updated`, and
+    /// `refund.failed` when it failed.
+    fn emit_refund_updated(&mut self, refund: &Value) {
+        self.emit("refund.updated", refund.clone(), None);
+        self.emit("charge.refund.updated", refund.clone(), None);
+        if refund["status"] == "failed" {
+            self.emit("refund.failed", refund.clone(), None);
+        }
+    }
+}
+
+async fn retrieve_charge(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match lock(&state).ledger.charge(&id) {
+        Some(charge) => axum::Json(charge).into_response(),
+        None => stripe_error(404, "resource_missing", &format!("No such charge: '{id}'")),
+    }
+}
+
+async fn retrieve_refund(State(state): State<Shared>, Path(id): Path<String>) -> Response {
+    match lock(&state).ledger.refund(&id) {
+        Some(refund) => axum::Json(refund).into_response(),
+        None => stripe_error(404, "resource_missing", &format!("No such refund: '{id}'")),
+    }
+}
+
+/// `POST /v1/refunds` (`charge`, optional `amount`): a succeeded refund, replayed under its
+/// `Idempotency-Key`.
+async fn create_refund(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    axum::Form(params): axum::Form<Vec<(String, String)>>,
+) -> Response {
+    let key = idempotency_key(&headers).map(|key| format!("refund:{key}"));
+    let mut state = lock(&state);
+    if let Some(key) = &key
+        && let Some((status, body)) = state.ledger.replay(key, &params)
+    {
+        return json_response(status, body);
+    }
+    let Some(charge_id) = form_param(&params, "charge") else {
+        return stripe_error(400, "parameter_missing", "Missing required param: charge.");
+    };
+    let cents = match form_param(&params, "amount").map(|amount| amount.parse::<i64>()) {
+        None => None,
+        Some(Ok(cents)) => Some(cents),
+        Some(Err(_)) => {
+            return stripe_error(400, "parameter_invalid_integer", "Invalid integer: amount");
+        }
+    };
+    let (status, body) = match state
+        .ledger
+        .create_refund(&charge_id, cents, "succeeded", now())
+    {
+        Ok((refund, charge)) => {
+            let body = refund.to_string();
+            state.emit_refund_created(refund, charge);
+            (200, body)
+        }
+        Err((status, code, message)) => (status, error_body(status, code, &message)),
+    };
+    if let Some(key) = &key {
+        state.ledger.remember(key, &params, status, &body);
+    }
+    json_response(status, body)
+}
+
+/// `GET /v1/refunds?charge=ch_...`: newest first, paginated by `limit` and `starting_after`.
+async fn list_refunds(
+    State(state): State<Shared>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut state = lock(&state);
+    state.refund_list_calls += 1;
+    if let Some((status, code)) = state.refund_list_failures.pop_front() {
+        return stripe_error(status, &code, "fake refund list failure");
+    }
+    let charge = query.get("charge").map(String::as_str);
+    match state.ledger.list_refunds(charge) {
+        Some(all) => paginated(&all, &query, "/v1/refunds"),
+        None => stripe_error(
+            404,
+            "resource_missing",
+            &format!("No such charge: '{}'", charge.unwrap_or_default()),
+        ),
+    }
+}
+
+impl FakeStripe {
+    /// A supporter's payment of `cents` (USD) to the platform: the charge.
+    pub fn make_charge(&self, cents: i64) -> Value {
+        lock(&self.state).ledger.create_charge(cents, "usd", now())
+    }
+
+    /// [`FakeStripe::make_charge`] under a given id (tests that name their charges).
+    pub fn make_charge_as(&self, charge_id: &str, cents: i64) -> Value {
+        lock(&self.state)
+            .ledger
+            .create_charge_as(charge_id, cents, "usd", now())
+    }
+
+    /// A charge as Stripe holds it now.
+    pub fn charge(&self, charge_id: &str) -> Option<Value> {
+        lock(&self.state).ledger.charge(charge_id)
+    }
+
+    /// Refunds `cents` of a charge as someone would from the Dashboard, the refund in
+    /// `status` ("succeeded", "pending", "requires_action"): the refund (`refund.created` and
+    /// `charge.refunded` are emitted). None when Stripe would refuse it.
+    pub fn refund(&self, charge_id: &str, cents: i64, status: &str) -> Option<Value> {
+        let mut state = lock(&self.state);
+        let (refund, charge) = state
+            .ledger
+            .create_refund(charge_id, Some(cents), status, now())
+            .ok()?;
+        state.emit_refund_created(refund.clone(), charge);
+        Some(refund)
+    }
+
+    /// A refund moves to `status` ("succeeded", "failed", "canceled"): the refund after it
+    /// (`refund.updated`, `charge.refund.updated` and, failed, `refund.failed` are emitted).
+    pub fn set_refund_status(&self, refund_id: &str, status: &str) -> Option<Value> {
+        let mut state = lock(&self.state);
+        let (refund, _) = state.ledger.set_refund_status(refund_id, status)?;
+        state.emit_refund_updated(&refund);
+        Some(refund)
+    }
+
+    /// A refund fails (as a card closed since the payment makes it fail).
+    pub fn fail_refund(&self, refund_id: &str) -> Option<Value> {
+        self.set_refund_status(refund_id, "failed")
+    }
+
+    /// What a refund's failure does to its charge's `amount_refunded` from now on.
+    pub fn set_amount_refunded_on_failure(
+        &self,
+        behaviour: super::ledger::AmountRefundedOnFailure,
+    ) {
+        lock(&self.state)
+            .ledger
+            .set_amount_refunded_on_failure(behaviour);
+    }
+
+    /// The next refund list (`GET /v1/refunds`) answers with this error.
+    pub fn fail_next_refund_list(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .refund_list_failures
+            .push_back((status, code.to_owned()));
+    }
+
+    /// How many refund lists were asked for (failed ones included).
+    pub fn refund_list_calls(&self) -> usize {
+        lock(&self.state).refund_list_calls
     }
 }

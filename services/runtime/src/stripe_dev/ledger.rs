@@ -1,6 +1,7 @@
 //! What a Stripe account holds, as the fakes of Stripe need it: transfers (in the shape of
 //! Stripe's fixtures), the first answer given under each idempotency key, connected
-//! accounts and their bank payouts with the balance transactions they carried. One model,
+//! accounts and their bank payouts with the balance transactions they carried, and charges
+//! with their refunds. One model,
 //! shared by the HTTP fake (`fake_stripe`) and the deterministic simulation, so both speak
 //! the same Stripe.
 
@@ -42,6 +43,35 @@ pub struct Ledger {
     /// Destination payments already carried by a bank payout.
     paid_out: BTreeSet<String>,
     counter: u64,
+    /// Charges (platform payments) by id, with their refunds.
+    charges: BTreeMap<String, Charge>,
+    /// What a refund's failure does to its charge's `amount_refunded`.
+    on_refund_failure: AmountRefundedOnFailure,
+}
+
+/// What Stripe does to a charge's `amount_refunded` when one of its refunds fails or is
+/// canceled. Its documentation does not say (https://docs.stripe.com/api/charges/object,
+/// https://docs.stripe.com/refunds#failed-refunds), so the fake does either, as told.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AmountRefundedOnFailure {
+    /// `amount_refunded` keeps counting the failed refund.
+    #[default]
+    Stays,
+    /// `amount_refunded` drops by the failed refund's amount.
+    Lowered,
+}
+
+/// A charge and its refunds (oldest first), in Stripe's shapes.
+#[derive(Debug, Clone)]
+struct Charge {
+    object: Value,
+    refunds: Vec<Value>,
+}
+
+/// Whether a refund in `status` takes money from its charge (Stripe: every status but
+/// `failed` and `canceled`; https://docs.stripe.com/api/refunds/object).
+fn refund_counts(status: &str) -> bool {
+    !matches!(status, "failed" | "canceled")
 }
 
 /// A Stripe error body.
@@ -356,6 +386,170 @@ impl Ledger {
             "payout",
         ));
         Some(transactions)
+    }
+
+    /// Sets what a refund's failure does to its charge's `amount_refunded`.
+    pub fn set_amount_refunded_on_failure(&mut self, behaviour: AmountRefundedOnFailure) {
+        self.on_refund_failure = behaviour;
+    }
+
+    /// Makes a captured charge of `cents` (a supporter's payment). Its object is as current
+    /// API versions render it: `refunds` is not included (not expanded since 2022-11-15).
+    pub fn create_charge(&mut self, cents: i64, currency: &str, created: i64) -> Value {
+        let id = self.next("ch");
+        self.create_charge_as(&id, cents, currency, created)
+    }
+
+    /// [`Ledger::create_charge`] under a given id (tests that name their charges).
+    pub fn create_charge_as(
+        &mut self,
+        id: &str,
+        cents: i64,
+        currency: &str,
+        created: i64,
+    ) -> Value {
+        let mut charge = fixture("charge");
+        if let Value::Object(fields) = &mut charge {
+            fields.remove("refunds");
+        }
+        charge["id"] = json!(id);
+        charge["amount"] = json!(cents);
+        charge["amount_captured"] = json!(cents);
+        charge["amount_refunded"] = json!(0);
+        charge["refunded"] = json!(false);
+        charge["captured"] = json!(true);
+        charge["paid"] = json!(true);
+        charge["status"] = json!("succeeded");
+        charge["currency"] = json!(currency);
+        charge["created"] = json!(created);
+        self.charges.insert(
+            id.to_owned(),
+            Charge {
+                object: charge.clone(),
+                refunds: Vec::new(),
+            },
+        );
+        charge
+    }
+
+    pub fn charge(&self, id: &str) -> Option<Value> {
+        self.charges.get(id).map(|charge| charge.object.clone())
+    }
+
+    /// `POST /v1/refunds`: refunds `cents` of a charge (all that is left when None), the
+    /// refund in `status` ("succeeded", "pending", "requires_action"). The refund and the
+    /// charge after it, or Stripe's error (status, code, message).
+    pub fn create_refund(
+        &mut self,
+        charge_id: &str,
+        cents: Option<i64>,
+        status: &str,
+        created: i64,
+    ) -> Result<(Value, Value), (u16, &'static str, String)> {
+        let id = self.next("re");
+        let charge = self.charges.get_mut(charge_id).ok_or((
+            404,
+            "resource_missing",
+            format!("No such charge: '{charge_id}'"),
+        ))?;
+        let amount = charge.object["amount"].as_i64().unwrap_or(0);
+        let refunded: i64 = charge
+            .refunds
+            .iter()
+            .filter(|refund| refund_counts(refund["status"].as_str().unwrap_or_default()))
+            .map(|refund| refund["amount"].as_i64().unwrap_or(0))
+            .sum();
+        let left = amount - refunded;
+        if left <= 0 {
+            return Err((
+                400,
+                "charge_already_refunded",
+                format!("Charge {charge_id} has already been refunded."),
+            ));
+        }
+        let cents = cents.unwrap_or(left);
+        if cents <= 0 || cents > left {
+            return Err((
+                400,
+                "amount_too_large",
+                format!(
+                    "Refund amount ({cents}) is greater than unrefunded amount on charge ({left})"
+                ),
+            ));
+        }
+        let mut refund = fixture("refund");
+        refund["id"] = json!(id);
+        refund["amount"] = json!(cents);
+        refund["charge"] = json!(charge_id);
+        refund["currency"] = charge.object["currency"].clone();
+        refund["created"] = json!(created);
+        refund["status"] = json!(status);
+        refund["failure_reason"] = Value::Null;
+        charge.refunds.push(refund.clone());
+        let total = charge.object["amount_refunded"].as_i64().unwrap_or(0) + cents;
+        charge.object["amount_refunded"] = json!(total);
+        charge.object["refunded"] = json!(total >= amount);
+        Ok((refund, charge.object.clone()))
+    }
+
+    /// A refund moves to `status` (a pending one succeeds; any fails or is canceled: the
+    /// money comes back to the platform, and the charge's `amount_refunded` does what
+    /// [`Ledger::set_amount_refunded_on_failure`] said). The refund and its charge after it.
+    pub fn set_refund_status(&mut self, refund_id: &str, status: &str) -> Option<(Value, Value)> {
+        let lowers = self.on_refund_failure == AmountRefundedOnFailure::Lowered;
+        let charge = self
+            .charges
+            .values_mut()
+            .find(|charge| charge.refunds.iter().any(|r| r["id"] == refund_id))?;
+        let refund = charge.refunds.iter_mut().find(|r| r["id"] == refund_id)?;
+        let was_counted = refund_counts(refund["status"].as_str().unwrap_or_default());
+        refund["status"] = json!(status);
+        if status == "failed" {
+            refund["failure_reason"] = json!("unknown");
+        }
+        let cents = refund["amount"].as_i64().unwrap_or(0);
+        let refund = refund.clone();
+        if was_counted && !refund_counts(status) && lowers {
+            let amount = charge.object["amount"].as_i64().unwrap_or(0);
+            let total = charge.object["amount_refunded"].as_i64().unwrap_or(0) - cents;
+            charge.object["amount_refunded"] = json!(total.max(0));
+            charge.object["refunded"] = json!(total >= amount);
+        }
+        Some((refund, charge.object.clone()))
+    }
+
+    pub fn refund(&self, refund_id: &str) -> Option<Value> {
+        self.charges
+            .values()
+            .flat_map(|charge| charge.refunds.iter())
+            .find(|refund| refund["id"] == refund_id)
+            .cloned()
+    }
+
+    /// `GET /v1/refunds`: the refunds of one charge (every charge's when None), newest first
+    /// as Stripe lists them; None when the charge is unknown.
+    pub fn list_refunds(&self, charge_id: Option<&str>) -> Option<Vec<Value>> {
+        let mut refunds: Vec<Value> = match charge_id {
+            Some(id) => self.charges.get(id)?.refunds.clone(),
+            None => self
+                .charges
+                .values()
+                .flat_map(|charge| charge.refunds.iter().cloned())
+                .collect(),
+        };
+        // Newest first; ids grow with creation.
+        refunds.sort_by_key(|refund| {
+            (
+                refund["created"].as_i64().unwrap_or(0),
+                refund["id"]
+                    .as_str()
+                    .and_then(|id| id.rsplit('_').next())
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0),
+            )
+        });
+        refunds.reverse();
+        Some(refunds)
     }
 
     /// The connected accounts transfers went to.
