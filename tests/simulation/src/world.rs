@@ -360,6 +360,7 @@ impl World {
                         clock: clock.clone(),
                         raised: Arc::clone(&alerts),
                     }),
+                    refunds: None,
                 })
             })
             .collect();
