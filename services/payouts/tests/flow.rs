@@ -248,6 +248,7 @@ fn flow(
         poll_interval: std::time::Duration::from_millis(10),
         retry_base: RETRY_BASE,
         unknown_alert_after: Duration::minutes(30),
+        bank_attribution_alert_after: ATTRIBUTION_ALERT_AFTER,
     }
 }
 
@@ -275,6 +276,7 @@ async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
         account_created_at: Utc::now() - Duration::days(400),
         stripe_status: None,
         bank_payments: Vec::new(),
+        pending_bank_payouts: Vec::new(),
         version: 1,
     };
     stores.accounts.put(&account, None).await.unwrap();
