@@ -434,6 +434,49 @@ async fn retrieve_payout(
     }
 }
 
+/// `POST /v1/test_helpers/pay_out` with `Stripe-Account`: the fake's own helper (Stripe has
+/// none: an account's payout schedule pays out), for `payouts dev pay-out`. Pays the
+/// connected account's balance out to its bank and reconciles it, as
+/// [`FakeStripe::pay_out`]: the bank payout object; 400 when there is nothing to pay out.
+async fn test_pay_out(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(account) = headers
+        .get("stripe-account")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+    else {
+        return stripe_error(
+            400,
+            "parameter_missing",
+            "a bank payout is made on a connected account (Stripe-Account)",
+        );
+    };
+    let mut state = lock(&state);
+    match pay_out_reconciled(&mut state, &account) {
+        Some(payout) => axum::Json(payout).into_response(),
+        None => stripe_error(
+            400,
+            "balance_insufficient",
+            &format!("{account} has nothing to pay out"),
+        ),
+    }
+}
+
+/// Pays out and reconciles at once: `payout.paid` (reconciliation `in_progress`), then
+/// `payout.reconciliation_completed`, both on the account. The payout after both.
+fn pay_out_reconciled(state: &mut StripeState, account: &str) -> Option<Value> {
+    let paid = state.ledger.pay_out(account, now())?;
+    state.emit("payout.paid", paid.clone(), Some(account));
+    let reconciled = state
+        .ledger
+        .reconcile(paid["id"].as_str().unwrap_or_default())?;
+    state.emit(
+        "payout.reconciliation_completed",
+        reconciled.clone(),
+        Some(account),
+    );
+    Some(reconciled)
+}
+
 /// The value of form parameter `name`.
 fn form_param(params: &[(String, String)], name: &str) -> Option<String> {
     params
@@ -587,6 +630,7 @@ impl FakeStripe {
             .route("/v1/balance", get(balance))
             .route("/v1/balance_transactions", get(balance_transactions))
             .route("/v1/payouts/{id}", get(retrieve_payout))
+            .route("/v1/test_helpers/pay_out", post(test_pay_out))
             .route("/v1/accounts/{id}", get(account))
             .route(
                 "/v1/webhook_endpoints",
@@ -679,8 +723,7 @@ impl FakeStripe {
     /// usually does soon after: `payout.paid` (reconciliation `in_progress`), then
     /// `payout.reconciliation_completed`. The bank payout object as it is after both.
     pub fn pay_out(&self, account: &str) -> Option<Value> {
-        let paid = self.pay_out_unreconciled(account)?;
-        self.reconcile(account, paid["id"].as_str().unwrap_or_default())
+        pay_out_reconciled(&mut lock(&self.state), account)
     }
 
     /// Pays the connected account's balance out to its bank (`payout.paid`) without

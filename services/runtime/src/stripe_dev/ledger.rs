@@ -455,3 +455,70 @@ impl Ledger {
         accounts
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(ledger: &mut Ledger, account: &str, cents: i64) -> String {
+        let params = [
+            ("amount".to_owned(), cents.to_string()),
+            ("currency".to_owned(), "usd".to_owned()),
+            ("destination".to_owned(), account.to_owned()),
+        ];
+        let made = ledger.create_transfer(&params, 1);
+        made["destination_payment"].as_str().unwrap().to_owned()
+    }
+
+    fn sources(transactions: &[Value]) -> Vec<&str> {
+        transactions
+            .iter()
+            .filter(|t| t["type"] == "payment")
+            .filter_map(|t| t["source"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_bank_payout_lists_every_payment_only_once_reconciled() {
+        let mut ledger = Ledger::default();
+        let first = transfer(&mut ledger, "acct_1", 100);
+        let second = transfer(&mut ledger, "acct_1", 200);
+        let payout = ledger.pay_out("acct_1", 2).unwrap();
+        assert_eq!(
+            (&payout["automatic"], &payout["reconciliation_status"]),
+            (&json!(true), &json!("in_progress"))
+        );
+        let id = payout["id"].as_str().unwrap();
+        let partial = ledger.list_balance_transactions("acct_1", id).unwrap();
+        assert_eq!(
+            sources(&partial),
+            [first.as_str()],
+            "partial until reconciled"
+        );
+        assert!(ledger.list_balance_transactions("acct_2", id).is_err());
+        assert_eq!(ledger.retrieve_bank_payout("acct_2", id), None);
+        let reconciled = ledger.reconcile(id).unwrap();
+        assert_eq!(reconciled["reconciliation_status"], "completed");
+        assert_eq!(ledger.reconcile(id), None, "once");
+        let complete = ledger.list_balance_transactions("acct_1", id).unwrap();
+        assert_eq!(sources(&complete), [first.as_str(), second.as_str()]);
+        assert_eq!(
+            ledger.retrieve_bank_payout("acct_1", id).unwrap()["reconciliation_status"],
+            "completed"
+        );
+    }
+
+    #[test]
+    fn a_manual_payout_cannot_be_listed_by_payout() {
+        let mut ledger = Ledger::default();
+        let payment = transfer(&mut ledger, "acct_1", 100);
+        let manual = ledger.pay_out_manually("acct_1", 2).unwrap();
+        assert_eq!(manual["automatic"], false);
+        assert_eq!(manual["reconciliation_status"], "not_applicable");
+        let id = manual["id"].as_str().unwrap();
+        let (status, _, _) = ledger.list_balance_transactions("acct_1", id).unwrap_err();
+        assert_eq!(status, 400);
+        assert!(ledger.paid_out(&payment), "its money left the balance");
+        assert_eq!(ledger.pay_out("acct_1", 3), None);
+    }
+}
