@@ -98,21 +98,37 @@ impl PayoutFlow {
         bank_payout: &str,
     ) -> Result<bool, ServiceError> {
         let now = self.clock.now();
+        let written = self
+            .change_account(account, |owner| {
+                owner.with_bank_payout_seen(bank_payout, now)
+            })
+            .await?;
+        Ok(written.is_some())
+    }
+
+    /// Applies `change` to the account of connected account `account` by compare-and-set,
+    /// re-reading it whenever a concurrent writer got there first. `None` when no creator
+    /// has that account; `Some(false)` when the change does not apply.
+    async fn change_account(
+        &self,
+        account: &str,
+        change: impl Fn(&Account) -> Option<Account>,
+    ) -> Result<Option<bool>, ServiceError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Some(owner) = self.accounts.find_by_stripe_account(account).await? else {
-                return Ok(false);
+                return Ok(None);
             };
-            let Some(updated) = owner.with_bank_payout_seen(bank_payout, now) else {
-                return Ok(true);
+            let Some(updated) = change(&owner) else {
+                return Ok(Some(false));
             };
             match self.accounts.put(&updated, Some(owner.version)).await {
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(Some(true)),
                 Err(error) if error.kind() == ErrorKind::Conflict => {}
                 Err(error) => return Err(error),
             }
         }
         Err(ServiceError::conflict(
-            "account keeps changing; the event will be retried",
+            "account keeps changing; it will be retried",
         ))
     }
 
@@ -171,31 +187,20 @@ impl PayoutFlow {
                 alert_raised = self.raise_unattributed(&owner, bank_payout, reason).await;
             }
         }
-        let mut current = owner;
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(updated) = current.with_bank_payout_looked(
-                bank_payout,
-                &look,
-                alert_raised,
-                now,
-                self.bank_attribution_alert_after,
-            ) else {
-                return Ok(changed);
-            };
-            match self.accounts.put(&updated, Some(current.version)).await {
-                Ok(()) => return Ok(changed),
-                Err(error) if error.kind() == ErrorKind::Conflict => {
-                    match self.accounts.find_by_stripe_account(account).await? {
-                        Some(fresh) => current = fresh,
-                        None => return Ok(changed),
-                    }
-                }
-                Err(error) => return Err(error),
+        let alert_after = self.bank_attribution_alert_after;
+        self.change_account(account, |current| {
+            current.with_bank_payout_looked(bank_payout, &look, alert_raised, now, alert_after)
+        })
+        .await?;
+        metrics::counter!(
+            "payouts_bank_payout_looks_total",
+            "result" => match look {
+                BankLook::Attributed => "attributed",
+                BankLook::NotYet { .. } => "not_yet",
             }
-        }
-        Err(ServiceError::conflict(
-            "account keeps changing; the look will be retried",
-        ))
+        )
+        .increment(1);
+        Ok(changed)
     }
 
     /// The critical alert for a bank payout Stripe could not attribute within the bound
@@ -429,22 +434,11 @@ impl PayoutFlow {
         payments: &[String],
         failure_code: Option<&str>,
     ) -> Result<(), ServiceError> {
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(owner) = self.accounts.find_by_stripe_account(account).await? else {
-                return Ok(());
-            };
-            let Some(updated) = owner.with_bank_payout(bank_payout, payments, failure_code) else {
-                return Ok(());
-            };
-            match self.accounts.put(&updated, Some(owner.version)).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Conflict => {}
-                Err(error) => return Err(error),
-            }
-        }
-        Err(ServiceError::conflict(
-            "account keeps changing; the look will be retried",
-        ))
+        self.change_account(account, |owner| {
+            owner.with_bank_payout(bank_payout, payments, failure_code)
+        })
+        .await?;
+        Ok(())
     }
 
     /// Which of `candidates` carry one of `payments` (a payout's destination payment is read
