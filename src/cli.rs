@@ -115,6 +115,13 @@ pub enum DevAction {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Pay a creator's Stripe balance out to their bank in the fake Stripe (its own test
+    /// helper, `POST /v1/test_helpers/pay_out`, at STRIPE_API_BASE): a reconciled automatic
+    /// bank payout, whose `payout.paid` then attributes it.
+    PayOut {
+        /// The connected account (acct_...).
+        account: String,
+    },
     /// Print a payout.
     Payout { payout_id: String },
 }

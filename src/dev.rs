@@ -46,6 +46,7 @@ pub async fn run(settings: &Settings, action: DevAction) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        DevAction::PayOut { account } => pay_out(settings, &account).await,
         DevAction::Payout { payout_id } => {
             let payout = payouts(settings)?
                 .get_payout(pb::GetPayoutRequest { payout_id })
@@ -82,6 +83,45 @@ fn print_payout(payout: &pb::Payout) {
             format!(", transfer {}", payout.stripe_transfer_id)
         }
     );
+}
+
+/// Asks the fake Stripe at STRIPE_API_BASE to pay `account`'s balance out to its bank, and
+/// prints the bank payout with the trigger that announces it.
+async fn pay_out(settings: &Settings, account: &str) -> anyhow::Result<()> {
+    if !account.starts_with("acct_") {
+        anyhow::bail!("the account must be a connected account id (acct_...), got {account:?}");
+    }
+    let key = settings
+        .stripe_secret_key
+        .as_ref()
+        .context("STRIPE_SECRET_KEY is not set (the fake takes any sk_test_ key)")?;
+    let base = settings.stripe_api_base.trim_end_matches('/');
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/test_helpers/pay_out"))
+        .bearer_auth(key.expose())
+        .header("Stripe-Account", account)
+        .send()
+        .await
+        .with_context(|| format!("the fake Stripe at {base} did not answer"))?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "the fake Stripe refused ({status}): {}",
+            body["error"]["message"].as_str().unwrap_or("no message")
+        );
+    }
+    let id = body["id"].as_str().unwrap_or_default();
+    println!(
+        "bank payout {id} of {account}: {} cents, {}, reconciliation {}",
+        body["amount"],
+        body["status"].as_str().unwrap_or_default(),
+        body["reconciliation_status"].as_str().unwrap_or_default()
+    );
+    println!(
+        "announce it: payouts stripe trigger payout.paid --account {account} --set data.object.id={id}"
+    );
+    Ok(())
 }
 
 async fn fake_stripe(addr: std::net::SocketAddr) -> anyhow::Result<()> {

@@ -362,7 +362,18 @@ async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
             ),
         }
     }
-    // The walkthrough's last step: the creator's bank payout is paid, and so is the payout.
+    // The walkthrough's last step: the fake pays the creator's balance out to their bank
+    // (reconciled), and its payout.paid completes the payout it carried. (A payout.paid
+    // naming a bank payout Stripe does not show completes nothing.)
+    let (ok, stdout, stderr) = system.tool(&["dev", "pay-out", "acct_carol"]);
+    assert!(ok, "{stderr}");
+    let bank_payout = stdout
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    assert!(bank_payout.starts_with("po_"), "{stdout}");
     let (ok, _, stderr) = system.tool(&[
         "stripe",
         "trigger",
@@ -371,6 +382,8 @@ async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
         &base,
         "--account",
         "acct_carol",
+        "--set",
+        &format!("data.object.id={bank_payout}"),
     ]);
     assert!(ok, "{stderr}");
     system

@@ -1,7 +1,8 @@
 //! Creator accounts as values.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::ServiceError;
+use payouts_runtime::backoff;
 use payouts_runtime::convert::required_id;
 
 /// Stripe's view of a connected account (spec §2 `stripeAccountStatus`).
@@ -29,8 +30,57 @@ pub struct Account {
     /// transfer becomes known only after its bank payout's event was processed (Stripe does
     /// not order events) still learns that its money reached the bank.
     pub bank_payments: Vec<CarriedPayment>,
+    /// Bank payouts seen (paid, failed or reconciled) whose payouts of ours are not
+    /// attributed yet: Stripe could not say which transfers they carried (not reconciled, a
+    /// manual payout, a lookup that failed). Asked again when due, alerted after a bound;
+    /// never guessed.
+    pub pending_bank_payouts: Vec<PendingBankPayout>,
     pub version: i64,
 }
+
+/// A creator's bank payout we saw but could not attribute yet (see
+/// [`Account::pending_bank_payouts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingBankPayout {
+    /// "po_...".
+    pub bank_payout: String,
+    pub first_seen_at: DateTime<Utc>,
+    /// When Stripe is asked again; `None`: nothing more to ask (a manual payout whose alert
+    /// was raised) until an event about it comes.
+    pub due_at: Option<DateTime<Utc>>,
+    /// Looks so far that could not attribute it.
+    pub attempts: u32,
+    /// Why it is not attributed yet (the last look's answer).
+    pub reason: String,
+    /// The alert for an admin was raised (it is owed once the bound passed until then).
+    pub alert_raised: bool,
+}
+
+impl PendingBankPayout {
+    /// Whether the alert for an admin is owed now: past the bound and not raised yet.
+    pub fn alert_due(&self, now: DateTime<Utc>, alert_after: Duration) -> bool {
+        !self.alert_raised && now >= self.first_seen_at + alert_after
+    }
+}
+
+/// What a look at a bank payout found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BankLook {
+    /// Stripe said what it carried (or that it carried nothing): done.
+    Attributed,
+    /// Stripe could not say; `ask_again` when a later look may (reconciliation not done, a
+    /// failed lookup), not for a manual payout (never listed).
+    NotYet { reason: String, ask_again: bool },
+}
+
+/// Looks at a bank payout that could not be attributed: 5 minutes doubling, capped at 6
+/// hours (`payout.reconciliation_completed` usually comes first).
+pub const BANK_LOOK_BASE: Duration = Duration::minutes(5);
+pub const BANK_LOOK_CAP: Duration = Duration::hours(6);
+
+/// How many pending bank payouts an account keeps; beyond, the oldest with nothing more to
+/// ask (alerted already) are forgotten first.
+pub const REMEMBERED_PENDING_BANK_PAYOUTS: usize = 100;
 
 /// A payment (`py_...`) a bank payout carried, and whether that bank payout failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +145,113 @@ impl Account {
     }
 }
 
+impl Account {
+    /// The pending bank payout `bank_payout`, if it is pending.
+    pub fn pending_bank_payout(&self, bank_payout: &str) -> Option<&PendingBankPayout> {
+        self.pending_bank_payouts
+            .iter()
+            .find(|p| p.bank_payout == bank_payout)
+    }
+
+    /// When the next pending bank payout is to be looked at (what the worker's index is on).
+    pub fn bank_look_due_at(&self) -> Option<DateTime<Utc>> {
+        self.pending_bank_payouts
+            .iter()
+            .filter_map(|p| p.due_at)
+            .min()
+    }
+
+    /// An event about a bank payout came: it is pending (new, or looked at again now) until
+    /// a look attributes it. `None` when it is due already.
+    pub fn with_bank_payout_seen(&self, bank_payout: &str, now: DateTime<Utc>) -> Option<Account> {
+        let mut updated = self.clone();
+        match updated
+            .pending_bank_payouts
+            .iter_mut()
+            .find(|p| p.bank_payout == bank_payout)
+        {
+            Some(known) if known.due_at.is_some_and(|due| due <= now) => return None,
+            Some(known) => known.due_at = Some(now),
+            None => {
+                if updated.pending_bank_payouts.len() >= REMEMBERED_PENDING_BANK_PAYOUTS
+                    && let Some(done) = updated
+                        .pending_bank_payouts
+                        .iter()
+                        .position(|p| p.due_at.is_none())
+                {
+                    updated.pending_bank_payouts.remove(done);
+                }
+                updated.pending_bank_payouts.push(PendingBankPayout {
+                    bank_payout: bank_payout.to_owned(),
+                    first_seen_at: now,
+                    due_at: Some(now),
+                    attempts: 0,
+                    reason: "not looked at yet".to_owned(),
+                    alert_raised: false,
+                });
+            }
+        }
+        updated.version += 1;
+        Some(updated)
+    }
+
+    /// A look at a pending bank payout is done: attributed ones are no longer pending; the
+    /// others are asked again after a backoff (never later than their alert is owed), or,
+    /// when no look can tell (a manual payout), only once more when the alert is owed.
+    /// `alert_raised`: this look raised its alert. `None` when it is not pending (any more).
+    pub fn with_bank_payout_looked(
+        &self,
+        bank_payout: &str,
+        look: &BankLook,
+        alert_raised: bool,
+        now: DateTime<Utc>,
+        alert_after: Duration,
+    ) -> Option<Account> {
+        let position = self
+            .pending_bank_payouts
+            .iter()
+            .position(|p| p.bank_payout == bank_payout)?;
+        let mut updated = self.clone();
+        match look {
+            BankLook::Attributed => {
+                updated.pending_bank_payouts.remove(position);
+            }
+            BankLook::NotYet { reason, ask_again } => {
+                let pending = &mut updated.pending_bank_payouts[position];
+                pending.attempts += 1;
+                pending.reason = reason.clone();
+                pending.alert_raised |= alert_raised;
+                let alert_at = pending.first_seen_at + alert_after;
+                let owed_alert = (!pending.alert_raised).then_some(alert_at);
+                let again = ask_again.then(|| {
+                    now + backoff::delay(
+                        BANK_LOOK_BASE,
+                        BANK_LOOK_CAP,
+                        pending.attempts,
+                        bank_payout,
+                    )
+                });
+                pending.due_at = match (again, owed_alert) {
+                    // An alert owed already (raising it failed) waits like a look.
+                    (Some(again), Some(alert_at)) if alert_at > now => Some(again.min(alert_at)),
+                    (None, Some(alert_at)) if alert_at > now => Some(alert_at),
+                    (None, Some(_)) => Some(
+                        now + backoff::delay(
+                            BANK_LOOK_BASE,
+                            BANK_LOOK_CAP,
+                            pending.attempts,
+                            bank_payout,
+                        ),
+                    ),
+                    (again, _) => again,
+                };
+            }
+        }
+        updated.version += 1;
+        Some(updated)
+    }
+}
+
 /// A registration request, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -140,6 +297,7 @@ impl Registration {
                 account_created_at: self.account_created_at,
                 stripe_status: None,
                 bank_payments: Vec::new(),
+                pending_bank_payouts: Vec::new(),
                 version: 1,
             },
             Some(existing) => Account {
@@ -149,6 +307,7 @@ impl Registration {
                     None
                 },
                 bank_payments: existing.bank_payments,
+                pending_bank_payouts: existing.pending_bank_payouts,
                 user_id: self.user_id,
                 stripe_account_id: self.stripe_account_id,
                 account_created_at: existing.account_created_at,
@@ -234,6 +393,102 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(many.bank_payments.len(), REMEMBERED_BANK_PAYMENTS);
+    }
+
+    #[test]
+    fn a_bank_payout_stays_pending_until_a_look_attributes_it_and_alerts_once_after_the_bound() {
+        let bound = Duration::hours(48);
+        let account = Registration::parse("u", "acct_1", now(), now())
+            .unwrap()
+            .apply(None);
+        let seen = account.with_bank_payout_seen("po_1", now()).unwrap();
+        assert_eq!(seen.bank_look_due_at(), Some(now()));
+        assert_eq!(
+            seen.with_bank_payout_seen("po_1", now()),
+            None,
+            "due already"
+        );
+        // Not reconciled yet: asked again after a backoff.
+        let not_yet = BankLook::NotYet {
+            reason: "reconciling".to_owned(),
+            ask_again: true,
+        };
+        let later = seen
+            .with_bank_payout_looked("po_1", &not_yet, false, now(), bound)
+            .unwrap();
+        let due = later.bank_look_due_at().unwrap();
+        assert!(due > now() && due <= now() + BANK_LOOK_BASE + BANK_LOOK_BASE / 4);
+        assert_eq!(later.pending_bank_payout("po_1").unwrap().attempts, 1);
+        // An event brings the look forward.
+        let again = later.with_bank_payout_seen("po_1", now() + Duration::minutes(1));
+        assert_eq!(
+            again.unwrap().bank_look_due_at(),
+            Some(now() + Duration::minutes(1))
+        );
+        // Looks never wait past the moment the alert is owed.
+        let mut late = later.clone();
+        for attempt in 0..20 {
+            let at = now() + Duration::hours(47) + Duration::minutes(attempt);
+            late = late
+                .with_bank_payout_looked("po_1", &not_yet, false, at, bound)
+                .unwrap();
+            assert!(late.bank_look_due_at().unwrap() <= now() + bound);
+        }
+        let entry = late.pending_bank_payout("po_1").unwrap();
+        assert!(!entry.alert_due(now() + Duration::hours(47), bound));
+        assert!(entry.alert_due(now() + bound, bound));
+        let alerted = late
+            .with_bank_payout_looked("po_1", &not_yet, true, now() + bound, bound)
+            .unwrap();
+        assert!(
+            !alerted
+                .pending_bank_payout("po_1")
+                .unwrap()
+                .alert_due(now() + bound, bound)
+        );
+        // Attributed: no longer pending; a look at it after that changes nothing.
+        let done = alerted
+            .with_bank_payout_looked("po_1", &BankLook::Attributed, false, now(), bound)
+            .unwrap();
+        assert!(done.pending_bank_payouts.is_empty());
+        assert_eq!(done.bank_look_due_at(), None);
+        assert_eq!(
+            done.with_bank_payout_looked("po_1", &BankLook::Attributed, false, now(), bound),
+            None
+        );
+    }
+
+    #[test]
+    fn a_manual_payout_is_looked_at_again_only_when_its_alert_is_owed() {
+        let bound = Duration::hours(48);
+        let account = Registration::parse("u", "acct_1", now(), now())
+            .unwrap()
+            .apply(None)
+            .with_bank_payout_seen("po_m", now())
+            .unwrap();
+        let manual = BankLook::NotYet {
+            reason: "manual".to_owned(),
+            ask_again: false,
+        };
+        let waiting = account
+            .with_bank_payout_looked("po_m", &manual, false, now(), bound)
+            .unwrap();
+        assert_eq!(waiting.bank_look_due_at(), Some(now() + bound));
+        // The alert could not be raised: tried again after a backoff.
+        let retry = waiting
+            .with_bank_payout_looked("po_m", &manual, false, now() + bound, bound)
+            .unwrap();
+        assert!(retry.bank_look_due_at().unwrap() > now() + bound);
+        let alerted = retry
+            .with_bank_payout_looked("po_m", &manual, true, now() + bound, bound)
+            .unwrap();
+        assert_eq!(alerted.bank_look_due_at(), None, "nothing more to ask");
+        // A later event about it looks again (a failure, say).
+        assert!(
+            alerted
+                .with_bank_payout_seen("po_m", now() + bound * 2)
+                .is_some()
+        );
     }
 
     #[test]

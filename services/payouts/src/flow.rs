@@ -27,7 +27,7 @@ pub const TRANSFER_LEASE: Duration = Duration::minutes(2);
 pub const ADMISSION_GRACE: Duration = Duration::minutes(1);
 /// How many due payouts of each kind a worker pass takes. Due work is ordered by due time
 /// and failing work backs off, so the same few stuck payouts never starve the others.
-const DUE_BATCH: usize = 32;
+pub(crate) const DUE_BATCH: usize = 32;
 /// How often a change lost to a concurrent writer is re-applied on a fresh read.
 const MAX_CAS_ATTEMPTS: usize = 8;
 
@@ -70,6 +70,9 @@ pub struct PayoutFlow {
     pub retry_base: Duration,
     /// How long a transfer's outcome may stay unknown before a critical alert.
     pub unknown_alert_after: Duration,
+    /// How long a creator's bank payout may stay unattributed (Stripe cannot say which
+    /// transfers it carried) before a critical alert ([`crate::attribution`]).
+    pub bank_attribution_alert_after: Duration,
 }
 
 impl PayoutFlow {
@@ -1130,6 +1133,7 @@ impl PayoutFlow {
                 tracing::warn!(payout_id = %payout.id, error = %error, "resumed admission failed");
             }
         }
+        handled += self.run_due_bank_looks(now, DUE_BATCH).await?;
         for payout in self.payouts.due_effects(now, DUE_BATCH).await? {
             handled += 1;
             if let Err(error) = self.settle(&payout).await {

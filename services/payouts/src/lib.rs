@@ -9,13 +9,15 @@
 //! - [`ports`]: the limits, approvals and notifications services as the flow sees them.
 //! - [`flow`]: request, admission, transfer, approval decisions, owed side effects, the
 //!   worker.
-//! - [`events`]: the Stripe events this service owns.
+//! - [`events`]: the Stripe events this service owns; [`attribution`]: which of our payouts
+//!   a creator's bank payout carried, only as Stripe says it.
 //! - [`obligations`]: what payouts still owe, for the balance check.
 //! - [`pause`]: the transfer pause (automatic from the balance check, or an admin's).
 //! - [`reconcile`]: our payouts compared with Stripe's transfers, pure; [`reconciler`] runs
 //!   it (on a schedule and for admins) and keeps the reports.
 //! - [`grpc`]: the gRPC surface.
 
+pub mod attribution;
 pub mod domain;
 pub mod events;
 pub mod flow;
@@ -62,6 +64,10 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
             .unwrap_or(payout::RETRY_BASE),
         unknown_alert_after: chrono::Duration::from_std(settings.payout_unknown_alert)
             .unwrap_or(chrono::Duration::hours(1)),
+        bank_attribution_alert_after: chrono::Duration::from_std(
+            settings.bank_payout_attribution_alert,
+        )
+        .unwrap_or(attribution::ALERT_AFTER),
     });
     context.spawn_worker(
         payouts_runtime::ServiceName::Payouts.grpc_name(),

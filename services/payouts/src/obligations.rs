@@ -136,6 +136,7 @@ mod tests {
                 ..StripeAccountStatus::default()
             }),
             bank_payments: Vec::new(),
+            pending_bank_payouts: Vec::new(),
             version: 1,
         };
         assert!(can_be_paid(Some(&account(Some(true)))));

@@ -79,6 +79,14 @@ pub trait StripeApi: Send + Sync + 'static {
         until: DateTime<Utc>,
     ) -> Result<Vec<ListedTransfer>, StripeFailure>;
 
+    /// A creator's bank payout (`GET /v1/payouts/{id}` with `Stripe-Account`): its status,
+    /// whether it is automatic, and whether Stripe finished reconciling it.
+    async fn retrieve_bank_payout(
+        &self,
+        account_id: &str,
+        bank_payout_id: &str,
+    ) -> Result<BankPayout, StripeFailure>;
+
     /// The sources ("py_..." payments, among others) of the balance transactions a bank
     /// payout of a connected account carried (`GET /v1/balance_transactions?payout=po_...`
     /// with `Stripe-Account`), every page.
@@ -87,6 +95,48 @@ pub trait StripeApi: Send + Sync + 'static {
         account_id: &str,
         bank_payout_id: &str,
     ) -> Result<Vec<String>, StripeFailure>;
+}
+
+/// A creator's bank payout as Stripe shows it, the fields attribution reads
+/// (<https://docs.stripe.com/api/payouts/object>).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BankPayout {
+    pub id: String,
+    /// pending, in_transit, paid, failed, canceled.
+    pub status: String,
+    /// Made by Stripe's payout schedule; a manual payout (`false`) cannot have its balance
+    /// transactions listed by payout.
+    pub automatic: bool,
+    /// not_applicable, in_progress, completed: its balance transactions are listed
+    /// completely only once `completed`.
+    pub reconciliation_status: String,
+    pub failure_code: Option<String>,
+}
+
+impl BankPayout {
+    pub fn reconciled(&self) -> bool {
+        self.reconciliation_status == "completed"
+    }
+}
+
+/// A bank payout from Stripe's JSON; a missing `automatic` is not taken for automatic, a
+/// missing `reconciliation_status` not for completed. `None` without an id or status.
+pub fn bank_payout_from_json(payout: &Value) -> Option<BankPayout> {
+    let text = |field: &str| payout.get(field).and_then(Value::as_str).map(str::to_owned);
+    Some(BankPayout {
+        id: text("id")?,
+        status: text("status")?,
+        automatic: payout.get("automatic").and_then(Value::as_bool) == Some(true),
+        reconciliation_status: text("reconciliation_status").unwrap_or_default(),
+        failure_code: text("failure_code"),
+    })
+}
+
+/// Whether `id` can be a bank payout id in a request path ("po_" and letters, digits, `_`).
+pub fn is_bank_payout_id(id: &str) -> bool {
+    id.strip_prefix("po_").is_some_and(|rest| {
+        !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// async-stripe against `STRIPE_API_BASE`.
@@ -403,6 +453,30 @@ impl StripeApi for StripeClient {
         })
     }
 
+    async fn retrieve_bank_payout(
+        &self,
+        account_id: &str,
+        bank_payout_id: &str,
+    ) -> Result<BankPayout, StripeFailure> {
+        if !is_bank_payout_id(bank_payout_id) {
+            return Err(StripeFailure::Declined {
+                code: "invalid_payout_id".to_owned(),
+                message: format!("{bank_payout_id:?} is not a Stripe payout id"),
+                retryable: false,
+            });
+        }
+        let payout = self
+            .get_json(
+                &format!("/payouts/{bank_payout_id}"),
+                &BTreeMap::new(),
+                Some(account_id),
+            )
+            .await?;
+        bank_payout_from_json(&payout).ok_or_else(|| StripeFailure::Unknown {
+            message: format!("Stripe showed payout {bank_payout_id} without id or status"),
+        })
+    }
+
     async fn bank_payout_sources(
         &self,
         account_id: &str,
@@ -473,6 +547,21 @@ mod tests {
                 .destination_payment
                 .as_deref(),
             Some("py_2")
+        );
+        let payout = serde_json::json!({
+            "id": "po_1", "object": "payout", "status": "paid", "automatic": true,
+            "reconciliation_status": "in_progress", "failure_code": null
+        });
+        let read = bank_payout_from_json(&payout).unwrap();
+        assert!(read.automatic && !read.reconciled() && read.failure_code.is_none());
+        let bare = bank_payout_from_json(&serde_json::json!({ "id": "po_2", "status": "paid" }));
+        let bare = bare.unwrap();
+        assert!(!bare.automatic && !bare.reconciled(), "never assumed");
+        assert!(is_bank_payout_id("po_1Pgc79B7WZ01zgkW"));
+        assert!(
+            !is_bank_payout_id("po_1/../x")
+                && !is_bank_payout_id("tr_1")
+                && !is_bank_payout_id("po_")
         );
         let account = serde_json::json!({
             "id": "acct_1", "payouts_enabled": true,

@@ -248,6 +248,7 @@ fn flow(
         poll_interval: std::time::Duration::from_millis(10),
         retry_base: RETRY_BASE,
         unknown_alert_after: Duration::minutes(30),
+        bank_attribution_alert_after: ATTRIBUTION_ALERT_AFTER,
     }
 }
 
@@ -275,6 +276,7 @@ async fn fixture(stores: &Stores, limits: FakeLimits) -> Fixture {
         account_created_at: Utc::now() - Duration::days(400),
         stripe_status: None,
         bank_payments: Vec::new(),
+        pending_bank_payouts: Vec::new(),
         version: 1,
     };
     stores.accounts.put(&account, None).await.unwrap();
@@ -1440,9 +1442,14 @@ async fn a_bank_payout_completes_only_the_payouts_it_carried() {
 
         // The first bank payout fails after it was paid: only the payout it carried fails,
         // and its quota stays held (the money is in the creator's Stripe account).
-        let mut failed = bank_payout.clone();
-        failed["status"] = json!("failed");
-        failed["failure_code"] = json!("account_closed");
+        let failed = f
+            .stripe
+            .fail_bank_payout(
+                "acct_creator",
+                bank_payout["id"].as_str().unwrap(),
+                "account_closed",
+            )
+            .unwrap();
         assert!(
             f.bank_payout_event("evt_po_failed", "payout.failed", &failed)
                 .await
@@ -1496,23 +1503,193 @@ async fn a_bank_payout_paid_before_its_transfer_is_known_completes_the_payout_la
     .await;
 }
 
+/// The bound after which a bank payout Stripe cannot attribute raises an alert.
+const ATTRIBUTION_ALERT_AFTER: Duration = Duration::hours(48);
+
+impl Fixture {
+    /// The event Stripe recorded last of `event_type` about bank payout `bank_payout_id`,
+    /// delivered (with its own id); whether it changed a payout.
+    async fn deliver_bank_event(
+        &self,
+        event_type: &str,
+        bank_payout_id: &str,
+    ) -> Result<bool, ServiceError> {
+        let event = self
+            .stripe
+            .events()
+            .into_iter()
+            .rev()
+            .find(|e| e["type"] == event_type && e["data"]["object"]["id"] == bank_payout_id)
+            .unwrap();
+        assert_eq!(event["account"], "acct_creator");
+        let id = event["id"].as_str().unwrap().to_owned();
+        self.try_apply(&id, event_type, "acct_creator", &event)
+            .await
+    }
+
+    fn unattributed_alerts(&self) -> usize {
+        self.alerts
+            .kinds()
+            .iter()
+            .filter(|kind| *kind == "bank_payout_unattributed")
+            .count()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_stripe_cannot_be_asked_the_old_rule_decides_and_the_audit_log_says_so() {
-    on_both_stores("bank_fallback", |stores| async move {
+async fn a_refused_lookup_completes_nothing_and_alerts_after_the_bound() {
+    on_both_stores("bank_refused", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
         let payout = f.request("bank-unknown", 500_00).await.unwrap().unwrap();
-        // A bank payout Stripe will not show us (404): every processing payout completes.
+        // A bank payout Stripe will not show us (404): no payout of ours is guessed paid.
         let mut unknown = stripe::fixture("payout");
         unknown["id"] = json!("po_not_visible");
         unknown["status"] = json!("paid");
-        assert!(
-            f.bank_payout_event("evt_po_unknown", "payout.paid", &unknown)
-                .await
+        let mut event = stripe::event("evt_po_unknown", "payout.paid", "payout");
+        event["account"] = json!("acct_creator");
+        event["data"]["object"] = unknown;
+        let changed = f
+            .try_apply("evt_po_unknown", "payout.paid", "acct_creator", &event)
+            .await
+            .unwrap_or(false);
+        assert!(!changed);
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+        // Stripe is asked again later, and still cannot say: processing, no alert yet.
+        f.after(Duration::hours(6)).await;
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+        assert_eq!(f.unattributed_alerts(), 0);
+        // Past the bound: one alert for an admin, raised once however often it is asked.
+        f.after(ATTRIBUTION_ALERT_AFTER).await;
+        f.after(Duration::hours(7)).await;
+        assert_eq!(f.unattributed_alerts(), 1, "{:?}", f.alerts.kinds());
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_balance_transaction_listing_is_asked_again_until_it_answers() {
+    on_both_stores("bank_retry", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("bank-retry", 400_00).await.unwrap().unwrap();
+        let bank_payout = f.stripe.pay_out("acct_creator").unwrap();
+        let id = bank_payout["id"].as_str().unwrap();
+        f.stripe.fail_next_balance_transactions(500, "api_error");
+        let _ = f.deliver_bank_event("payout.paid", id).await;
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+        // Nobody delivers anything again: the worker asks Stripe again, which answers now.
+        f.after(Duration::minutes(7)).await;
+        let completed = f.stored(&payout.id).await;
+        assert_eq!(
+            completed.status,
+            PayoutStatus::Completed,
+            "{:?}",
+            trail(&completed)
         );
-        let done = f.stored(&payout.id).await;
-        assert_eq!(done.status, PayoutStatus::Completed);
-        let reason = &done.audit_log.last().unwrap().reason;
-        assert!(reason.contains("Stripe could not be asked"), "{reason}");
+        assert_eq!(completed.stripe_payout_id.as_deref(), Some(id));
+        assert_eq!(f.unattributed_alerts(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_payout_is_attributed_only_once_its_reconciliation_completed() {
+    on_both_stores("bank_reconciled", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let first = f.request("bank-r1", 300_00).await.unwrap().unwrap();
+        let second = f.request("bank-r2", 200_00).await.unwrap().unwrap();
+        let bank_payout = f.stripe.pay_out_unreconciled("acct_creator").unwrap();
+        assert_eq!(bank_payout["reconciliation_status"], "in_progress");
+        let id = bank_payout["id"].as_str().unwrap().to_owned();
+        // A third transfer after the bank payout left: not carried by it.
+        let third = f.request("bank-r3", 100_00).await.unwrap().unwrap();
+        // payout.paid while Stripe is still reconciling: its list may be partial, so it
+        // attributes nothing (Stripe's partial list names only the first).
+        assert!(
+            !f.deliver_bank_event("payout.paid", &id)
+                .await
+                .unwrap_or(false)
+        );
+        for payout in [&first, &second, &third] {
+            assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+        }
+        // The worker asks again while it is still reconciling: still nothing.
+        f.after(Duration::minutes(30)).await;
+        assert_eq!(f.stored(&first.id).await.status, PayoutStatus::Processing);
+        // Reconciled: exactly the payouts the complete list names complete.
+        f.stripe.reconcile("acct_creator", &id).unwrap();
+        assert!(
+            f.deliver_bank_event("payout.reconciliation_completed", &id)
+                .await
+                .unwrap()
+        );
+        for payout in [&first, &second] {
+            let completed = f.stored(&payout.id).await;
+            assert_eq!(
+                completed.status,
+                PayoutStatus::Completed,
+                "{:?}",
+                trail(&completed)
+            );
+            assert_eq!(completed.stripe_payout_id.as_deref(), Some(id.as_str()));
+        }
+        assert_eq!(f.stored(&third.id).await.status, PayoutStatus::Processing);
+        // A late duplicate of payout.paid changes nothing more; nothing is left to alert.
+        assert!(!f.deliver_bank_event("payout.paid", &id).await.unwrap());
+        f.after(ATTRIBUTION_ALERT_AFTER + Duration::hours(1)).await;
+        assert_eq!(f.unattributed_alerts(), 0);
+        assert_eq!(f.stored(&third.id).await.status, PayoutStatus::Processing);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_payout_is_never_attributed_and_alerts_after_the_bound() {
+    on_both_stores("bank_manual", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("bank-manual", 250_00).await.unwrap().unwrap();
+        let manual = f.stripe.pay_out_manually("acct_creator").unwrap();
+        assert_eq!(manual["automatic"], false);
+        let id = manual["id"].as_str().unwrap().to_owned();
+        assert!(
+            !f.deliver_bank_event("payout.paid", &id)
+                .await
+                .unwrap_or(false)
+        );
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+        f.after(ATTRIBUTION_ALERT_AFTER - Duration::hours(1)).await;
+        assert_eq!(f.unattributed_alerts(), 0);
+        f.after(Duration::hours(2)).await;
+        f.after(Duration::hours(24)).await;
+        assert_eq!(f.unattributed_alerts(), 1, "{:?}", f.alerts.kinds());
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Processing);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_processing_payouts_a_bank_payout_completes_only_the_one_it_carried_even_after_a_refusal()
+ {
+    on_both_stores("bank_two", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let carried = f.request("bank-two-1", 600_00).await.unwrap().unwrap();
+        let bank_payout = f.stripe.pay_out("acct_creator").unwrap();
+        let id = bank_payout["id"].as_str().unwrap().to_owned();
+        let other = f.request("bank-two-2", 150_00).await.unwrap().unwrap();
+        // Stripe refuses the listing once (a 4xx): neither payout is taken for paid.
+        f.stripe
+            .fail_next_balance_transactions(400, "invalid_request_error");
+        assert!(
+            !f.deliver_bank_event("payout.paid", &id)
+                .await
+                .unwrap_or(false)
+        );
+        assert_eq!(f.stored(&carried.id).await.status, PayoutStatus::Processing);
+        assert_eq!(f.stored(&other.id).await.status, PayoutStatus::Processing);
+        // Asked again: only the one the bank payout carried completes.
+        f.after(Duration::minutes(7)).await;
+        assert_eq!(f.stored(&carried.id).await.status, PayoutStatus::Completed);
+        assert_eq!(f.stored(&other.id).await.status, PayoutStatus::Processing);
     })
     .await;
 }

@@ -195,6 +195,11 @@ pub struct Settings {
     /// `PAYOUT_UNKNOWN_ALERT_SECONDS`: how long a transfer's outcome may stay unknown before
     /// a critical alert is raised (3600). The payout is never failed for it.
     pub payout_unknown_alert: Duration,
+    /// `BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS`: how long a creator's bank payout may stay
+    /// unattributed (Stripe cannot say which transfers it carried: not reconciled yet, a
+    /// manual payout, lookups failing) before a critical alert (48). Its payouts stay
+    /// processing; nothing is guessed.
+    pub bank_payout_attribution_alert: Duration,
     /// `GRPC_TIMEOUT_MILLISECONDS`: deadline of every call from one service to another (10000).
     pub grpc_timeout: Duration,
     /// `MONGODB_WRITE_TIMEOUT_MILLISECONDS`: `wtimeout` of majority writes (10000).
@@ -327,6 +332,7 @@ pub const VARIABLES: &[&str] = &[
     "PAYOUT_POLL_MILLISECONDS",
     "PAYOUT_RETRY_BASE_SECONDS",
     "PAYOUT_UNKNOWN_ALERT_SECONDS",
+    "BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS",
     "GRPC_TIMEOUT_MILLISECONDS",
     "CRON_SECRET",
     "CRON_API_KEY",
@@ -623,6 +629,11 @@ impl Settings {
             payout_unknown_alert: Duration::from_secs(
                 values.number("PAYOUT_UNKNOWN_ALERT_SECONDS", 3600)?,
             ),
+            bank_payout_attribution_alert: Duration::from_secs(
+                values
+                    .number("BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS", 48_u64)?
+                    .saturating_mul(3600),
+            ),
             grpc_timeout: Duration::from_millis(
                 values.number("GRPC_TIMEOUT_MILLISECONDS", 10_000)?,
             ),
@@ -743,6 +754,13 @@ impl Settings {
             return Err(ConfigError::new(
                 "PAYOUT_STUCK_ALERT_DAYS",
                 "must be at least 1 day",
+            ));
+        }
+        let bank_hours = self.bank_payout_attribution_alert.as_secs() / 3600;
+        if !(1..=24 * 30).contains(&bank_hours) {
+            return Err(ConfigError::new(
+                "BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS",
+                format!("must be 1 to 720 hours, got {bank_hours}"),
             ));
         }
         if self.webhook_max_attempts == 0 {
@@ -1270,6 +1288,9 @@ mod tests {
             ("RECONCILIATION_WINDOW_DAYS", "0"),
             ("RECONCILIATION_WINDOW_DAYS", "91"),
             ("PAYOUT_STUCK_ALERT_DAYS", "0"),
+            ("BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS", "0"),
+            ("BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS", "721"),
+            ("BANK_PAYOUT_ATTRIBUTION_ALERT_HOURS", "two days"),
             ("BALANCE_CHECK_SCHEDULE", "61 6 * * *"),
             ("RESERVE_MULTIPLIER", "1.2"),
             ("BALANCE_WARNING_CENTS", "1"),

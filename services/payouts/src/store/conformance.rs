@@ -28,6 +28,14 @@ fn account(user_id: &str, version: i64) -> Account {
             bank_payout: "po_1".to_owned(),
             failure_code: Some("account_closed".to_owned()),
         }],
+        pending_bank_payouts: vec![crate::domain::PendingBankPayout {
+            bank_payout: "po_2".to_owned(),
+            first_seen_at: created,
+            due_at: None,
+            attempts: 3,
+            reason: "a manual payout".to_owned(),
+            alert_raised: true,
+        }],
         version,
     }
 }
@@ -36,7 +44,56 @@ async fn run(repository: Arc<dyn AccountRepository>) {
     stores_and_reads_back(repository.as_ref()).await;
     a_second_creation_conflicts(repository.as_ref()).await;
     a_stale_version_conflicts(repository.as_ref()).await;
-    concurrent_writers_of_one_version_one_wins(repository).await;
+    concurrent_writers_of_one_version_one_wins(Arc::clone(&repository)).await;
+    bank_looks_are_found_when_due(repository.as_ref()).await;
+}
+
+async fn bank_looks_are_found_when_due(repository: &dyn AccountRepository) {
+    let now = store_precision(Utc::now());
+    let due = |user_id: &str, minutes: Option<i64>| {
+        let mut stored = account(user_id, 1);
+        stored.stripe_account_id = format!("acct_{user_id}");
+        stored.pending_bank_payouts[0].due_at = minutes.map(|m| now + Duration::minutes(m));
+        stored.pending_bank_payouts[0].alert_raised = false;
+        stored
+    };
+    // Nothing due, due later, due now, due a while ago; the earliest due first.
+    let mut early = None;
+    for (user_id, minutes) in [
+        ("u-look-none", None),
+        ("u-look-later", Some(10)),
+        ("u-look-now", Some(0)),
+        ("u-look-early", Some(-30)),
+    ] {
+        let stored = due(user_id, minutes);
+        repository.put(&stored, None).await.unwrap();
+        early = Some(stored);
+    }
+    let ids = |accounts: Vec<Account>| -> Vec<String> {
+        accounts.into_iter().map(|a| a.user_id).collect()
+    };
+    assert_eq!(
+        ids(repository.due_bank_looks(now, 10).await.unwrap()),
+        ["u-look-early", "u-look-now"]
+    );
+    assert_eq!(
+        ids(repository.due_bank_looks(now, 1).await.unwrap()),
+        ["u-look-early"]
+    );
+    let found = repository.get("u-look-early").await.unwrap().unwrap();
+    assert_eq!(Some(&found), early.as_ref());
+    // Looked at and attributed: no longer due.
+    let mut done = found.clone();
+    done.pending_bank_payouts.clear();
+    done.version = 2;
+    repository.put(&done, Some(1)).await.unwrap();
+    assert_eq!(
+        ids(repository
+            .due_bank_looks(now + Duration::minutes(10), 10)
+            .await
+            .unwrap()),
+        ["u-look-now", "u-look-later"]
+    );
 }
 
 async fn stores_and_reads_back(repository: &dyn AccountRepository) {

@@ -2,6 +2,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
 use super::{AccountRepository, stale};
@@ -46,6 +47,26 @@ impl AccountRepository for MemoryAccounts {
             .next()
             .filter(|(stored, _)| stored == stripe_account_id)
             .and_then(|(_, user_id)| state.accounts.get(user_id).cloned()))
+    }
+
+    async fn due_bank_looks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Account>, ServiceError> {
+        let mut due: Vec<(DateTime<Utc>, Account)> = self
+            .lock()
+            .accounts
+            .values()
+            .filter_map(|account| Some((account.bank_look_due_at()?, account.clone())))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        due.sort_by(|a, b| (a.0, &a.1.user_id).cmp(&(b.0, &b.1.user_id)));
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|(_, account)| account)
+            .collect())
     }
 
     async fn put(

@@ -14,6 +14,7 @@ mod conformance;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use payouts_runtime::{ServiceError, Store};
 
 use crate::domain::Account;
@@ -34,6 +35,14 @@ pub trait AccountRepository: Send + Sync + 'static {
         &self,
         stripe_account_id: &str,
     ) -> Result<Option<Account>, ServiceError>;
+
+    /// Accounts with a pending bank payout due to be looked at by `now`
+    /// ([`Account::bank_look_due_at`]), the longest due first, at most `limit`.
+    async fn due_bank_looks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Account>, ServiceError>;
 
     /// Writes `account` if the stored version is still `expected_version` (`None`: no account
     /// stored yet). Conflict when another writer got there first.

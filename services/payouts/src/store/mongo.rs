@@ -1,12 +1,15 @@
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mongodb::Collection;
 use mongodb::bson::{self, doc};
 use payouts_runtime::ServiceError;
-use payouts_runtime::store::{from_bson_time, is_duplicate_key, mongo_error, to_bson_time};
+use payouts_runtime::store::{
+    find_many, from_bson_time, is_duplicate_key, mongo_error, to_bson_time,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{AccountRepository, stale};
-use crate::domain::{Account, CarriedPayment, StripeAccountStatus};
+use crate::domain::{Account, CarriedPayment, PendingBankPayout, StripeAccountStatus};
 
 /// MongoDB store: collection `accounts`, keyed by user id.
 #[derive(Debug, Clone)]
@@ -25,7 +28,24 @@ struct AccountDocument {
     stripe_account_status: Option<StatusDocument>,
     #[serde(default)]
     bank_payments: Vec<CarriedDocument>,
+    #[serde(default)]
+    pending_bank_payouts: Vec<PendingDocument>,
+    /// When the next pending bank payout is due to be looked at (indexed for the worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bank_look_due_at: Option<bson::DateTime>,
     version: i64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PendingDocument {
+    bank_payout: String,
+    first_seen_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    due_at: Option<bson::DateTime>,
+    attempts: i64,
+    reason: String,
+    alert_raised: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,6 +90,19 @@ impl From<&Account> for AccountDocument {
                     failure_code: c.failure_code.clone(),
                 })
                 .collect(),
+            pending_bank_payouts: a
+                .pending_bank_payouts
+                .iter()
+                .map(|p| PendingDocument {
+                    bank_payout: p.bank_payout.clone(),
+                    first_seen_at: to_bson_time(p.first_seen_at),
+                    due_at: p.due_at.map(to_bson_time),
+                    attempts: i64::from(p.attempts),
+                    reason: p.reason.clone(),
+                    alert_raised: p.alert_raised,
+                })
+                .collect(),
+            bank_look_due_at: a.bank_look_due_at().map(to_bson_time),
             version: a.version,
         }
     }
@@ -97,6 +130,18 @@ impl From<AccountDocument> for Account {
                     failure_code: c.failure_code,
                 })
                 .collect(),
+            pending_bank_payouts: d
+                .pending_bank_payouts
+                .into_iter()
+                .map(|p| PendingBankPayout {
+                    bank_payout: p.bank_payout,
+                    first_seen_at: from_bson_time(p.first_seen_at),
+                    due_at: p.due_at.map(from_bson_time),
+                    attempts: u32::try_from(p.attempts).unwrap_or(u32::MAX),
+                    reason: p.reason,
+                    alert_raised: p.alert_raised,
+                })
+                .collect(),
             version: d.version,
         }
     }
@@ -110,6 +155,18 @@ impl MongoAccounts {
             .create_index(
                 mongodb::IndexModel::builder()
                     .keys(doc! { "stripeAccountId": 1 })
+                    .build(),
+            )
+            .await?;
+        collection
+            .create_index(
+                mongodb::IndexModel::builder()
+                    .keys(doc! { "bankLookDueAt": 1 })
+                    .options(
+                        mongodb::options::IndexOptions::builder()
+                            .sparse(true)
+                            .build(),
+                    )
                     .build(),
             )
             .await?;
@@ -138,6 +195,21 @@ impl AccountRepository for MongoAccounts {
             .await
             .map_err(mongo_error)?
             .map(Account::from))
+    }
+
+    async fn due_bank_looks(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Account>, ServiceError> {
+        let documents: Vec<AccountDocument> = find_many(
+            &self.collection,
+            doc! { "bankLookDueAt": { "$lte": to_bson_time(now) } },
+            doc! { "bankLookDueAt": 1, "_id": 1 },
+            limit,
+        )
+        .await?;
+        Ok(documents.into_iter().map(Account::from).collect())
     }
 
     async fn put(

@@ -45,6 +45,9 @@ struct StripeState {
     /// Failures of the next listings (`GET /v1/transfers` by date, `GET /v1/events`).
     listing_failures: VecDeque<(u16, String)>,
     balance_failures: VecDeque<(u16, String)>,
+    /// Failures of the next `GET /v1/payouts/{id}` and `GET /v1/balance_transactions`.
+    bank_payout_failures: VecDeque<(u16, String)>,
+    balance_transaction_failures: VecDeque<(u16, String)>,
     create_calls: usize,
     lookup_calls: usize,
     available_cents: i64,
@@ -402,14 +405,79 @@ async fn balance_transactions(
     let Some(payout) = query.get("payout") else {
         return stripe_error(400, "parameter_missing", "payout is required");
     };
-    let Some(all) = lock(&state).ledger.balance_transactions(account, payout) else {
+    let mut state = lock(&state);
+    if let Some((status, code)) = state.balance_transaction_failures.pop_front() {
+        return stripe_error(status, &code, "fake balance transaction listing failure");
+    }
+    match state.ledger.list_balance_transactions(account, payout) {
+        Ok(all) => paginated(&all, &query, "/v1/balance_transactions"),
+        Err((status, code, message)) => stripe_error(status, code, &message),
+    }
+}
+
+/// `GET /v1/payouts/{id}` on behalf of a connected account (`Stripe-Account`): a creator's
+/// bank payout, with its `status`, `automatic` and `reconciliation_status`. Without the
+/// header the platform's payouts are searched, and a connected account's is not among them.
+async fn retrieve_payout(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let account = headers
+        .get("stripe-account")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let mut state = lock(&state);
+    if let Some((status, code)) = state.bank_payout_failures.pop_front() {
+        return stripe_error(status, &code, "fake payout lookup failure");
+    }
+    match state.ledger.retrieve_bank_payout(account, &id) {
+        Some(payout) => axum::Json(payout).into_response(),
+        None => stripe_error(404, "resource_missing", &format!("No such payout: '{id}'")),
+    }
+}
+
+/// `POST /v1/test_helpers/pay_out` with `Stripe-Account`: the fake's own helper (Stripe has
+/// none: an account's payout schedule pays out), for `payouts dev pay-out`. Pays the
+/// connected account's balance out to its bank and reconciles it, as
+/// [`FakeStripe::pay_out`]: the bank payout object; 400 when there is nothing to pay out.
+async fn test_pay_out(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(account) = headers
+        .get("stripe-account")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+    else {
         return stripe_error(
-            404,
-            "resource_missing",
-            &format!("No such payout: '{payout}'"),
+            400,
+            "parameter_missing",
+            "a bank payout is made on a connected account (Stripe-Account)",
         );
     };
-    paginated(&all, &query, "/v1/balance_transactions")
+    let mut state = lock(&state);
+    match pay_out_reconciled(&mut state, &account) {
+        Some(payout) => axum::Json(payout).into_response(),
+        None => stripe_error(
+            400,
+            "balance_insufficient",
+            &format!("{account} has nothing to pay out"),
+        ),
+    }
+}
+
+/// Pays out and reconciles at once: `payout.paid` (reconciliation `in_progress`), then
+/// `payout.reconciliation_completed`, both on the account. The payout after both.
+fn pay_out_reconciled(state: &mut StripeState, account: &str) -> Option<Value> {
+    let paid = state.ledger.pay_out(account, now())?;
+    state.emit("payout.paid", paid.clone(), Some(account));
+    let reconciled = state
+        .ledger
+        .reconcile(paid["id"].as_str().unwrap_or_default())?;
+    state.emit(
+        "payout.reconciliation_completed",
+        reconciled.clone(),
+        Some(account),
+    );
+    Some(reconciled)
 }
 
 /// The value of form parameter `name`.
@@ -564,6 +632,8 @@ impl FakeStripe {
             .route("/v1/events", get(list_events))
             .route("/v1/balance", get(balance))
             .route("/v1/balance_transactions", get(balance_transactions))
+            .route("/v1/payouts/{id}", get(retrieve_payout))
+            .route("/v1/test_helpers/pay_out", post(test_pay_out))
             .route("/v1/accounts/{id}", get(account))
             .route(
                 "/v1/webhook_endpoints",
@@ -653,12 +723,70 @@ impl FakeStripe {
         Some(transfer)
     }
 
-    /// Pays the connected account's balance out to its bank: the bank payout object.
+    /// Pays the connected account's balance out to its bank and reconciles it, as Stripe
+    /// usually does soon after: `payout.paid` (reconciliation `in_progress`), then
+    /// `payout.reconciliation_completed`. The bank payout object as it is after both.
     pub fn pay_out(&self, account: &str) -> Option<Value> {
+        pay_out_reconciled(&mut lock(&self.state), account)
+    }
+
+    /// Pays the connected account's balance out to its bank (`payout.paid`) without
+    /// reconciling it yet: its balance transactions are listed only partially until
+    /// [`FakeStripe::reconcile`]. The bank payout object.
+    pub fn pay_out_unreconciled(&self, account: &str) -> Option<Value> {
         let mut state = lock(&self.state);
         let payout = state.ledger.pay_out(account, now())?;
         state.emit("payout.paid", payout.clone(), Some(account));
         Some(payout)
+    }
+
+    /// The reconciliation of a bank payout completes: `payout.reconciliation_completed` on
+    /// its connected account. The bank payout object after it.
+    pub fn reconcile(&self, account: &str, bank_payout_id: &str) -> Option<Value> {
+        let mut state = lock(&self.state);
+        let payout = state.ledger.reconcile(bank_payout_id)?;
+        state.emit(
+            "payout.reconciliation_completed",
+            payout.clone(),
+            Some(account),
+        );
+        Some(payout)
+    }
+
+    /// The connected account pays its balance out by hand (a manual payout, `automatic:
+    /// false`, `reconciliation_status: not_applicable`): `payout.paid`. The bank payout.
+    pub fn pay_out_manually(&self, account: &str) -> Option<Value> {
+        let mut state = lock(&self.state);
+        let payout = state.ledger.pay_out_manually(account, now())?;
+        state.emit("payout.paid", payout.clone(), Some(account));
+        Some(payout)
+    }
+
+    /// A bank payout fails (also after it was paid): `payout.failed`. The bank payout.
+    pub fn fail_bank_payout(
+        &self,
+        account: &str,
+        bank_payout_id: &str,
+        code: &str,
+    ) -> Option<Value> {
+        let mut state = lock(&self.state);
+        let payout = state.ledger.fail_bank_payout(bank_payout_id, code)?;
+        state.emit("payout.failed", payout.clone(), Some(account));
+        Some(payout)
+    }
+
+    /// The next `GET /v1/payouts/{id}` answers with this error.
+    pub fn fail_next_bank_payout_read(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .bank_payout_failures
+            .push_back((status, code.to_owned()));
+    }
+
+    /// The next `GET /v1/balance_transactions` answers with this error.
+    pub fn fail_next_balance_transactions(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .balance_transaction_failures
+            .push_back((status, code.to_owned()));
     }
 
     /// The next listing (transfers by date, events) answers with this error.

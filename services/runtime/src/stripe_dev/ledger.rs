@@ -312,10 +312,23 @@ impl Ledger {
         account
     }
 
-    /// Pays out what transfers left in a connected account's balance to its bank: a bank
-    /// payout (status paid) carrying every payment not carried yet. `None` when there is
-    /// nothing to pay out.
+    /// Pays out what transfers left in a connected account's balance to its bank: an
+    /// automatic bank payout (status paid) carrying every payment not carried yet, whose
+    /// reconciliation is still `in_progress` (its balance transactions are listed completely
+    /// only once [`Ledger::reconcile`] made it `completed`). `None` when there is nothing to
+    /// pay out.
     pub fn pay_out(&mut self, account: &str, created: i64) -> Option<Value> {
+        self.bank_payout(account, created, true)
+    }
+
+    /// A manual payout (`POST /v1/payouts` by the connected account: `automatic: false`,
+    /// `reconciliation_status: not_applicable`) of everything transfers left in its balance.
+    /// Stripe does not list which transactions a manual payout carried.
+    pub fn pay_out_manually(&mut self, account: &str, created: i64) -> Option<Value> {
+        self.bank_payout(account, created, false)
+    }
+
+    fn bank_payout(&mut self, account: &str, created: i64, automatic: bool) -> Option<Value> {
         let carried: Vec<(String, i64)> = self
             .transfers
             .iter()
@@ -337,6 +350,14 @@ impl Ledger {
         payout["status"] = json!("paid");
         payout["created"] = json!(created);
         payout["arrival_date"] = json!(created);
+        payout["automatic"] = json!(automatic);
+        payout["reconciliation_status"] = json!(if automatic {
+            "in_progress"
+        } else {
+            "not_applicable"
+        });
+        payout["failure_code"] = Value::Null;
+        payout["failure_message"] = Value::Null;
         for (payment, _) in &carried {
             self.paid_out.insert(payment.clone());
         }
@@ -359,8 +380,72 @@ impl Ledger {
         Some(payout.object.clone())
     }
 
-    /// The balance transactions of a bank payout on its connected account (the payments it
-    /// carried, and the payout itself), in Stripe's shape.
+    /// The reconciliation of an automatic bank payout completes: from now on its balance
+    /// transactions are listed completely. The payout after it; `None` when there is no such
+    /// automatic payout or it was reconciled already.
+    pub fn reconcile(&mut self, id: &str) -> Option<Value> {
+        let payout = self.bank_payouts.get_mut(id)?;
+        if payout.object["reconciliation_status"] != "in_progress" {
+            return None;
+        }
+        payout.object["reconciliation_status"] = json!("completed");
+        Some(payout.object.clone())
+    }
+
+    /// A bank payout as `GET /v1/payouts/{id}` with `Stripe-Account` shows it: `None` when
+    /// the connected account has no such payout.
+    pub fn retrieve_bank_payout(&self, account: &str, id: &str) -> Option<Value> {
+        self.bank_payouts
+            .get(id)
+            .filter(|payout| payout.account == account)
+            .map(|payout| payout.object.clone())
+    }
+
+    /// `GET /v1/balance_transactions?payout=po_...` with `Stripe-Account`: Stripe's error
+    /// (status, code, message) for an unknown or a manual payout (the parameter is for
+    /// automatic payouts only); before the payout's reconciliation completed, a partial list
+    /// (the last payment it carried is not listed yet), as Stripe may answer.
+    pub fn list_balance_transactions(
+        &self,
+        account: &str,
+        bank_payout_id: &str,
+    ) -> Result<Vec<Value>, (u16, &'static str, String)> {
+        let payout = self
+            .bank_payouts
+            .get(bank_payout_id)
+            .filter(|payout| payout.account == account)
+            .ok_or_else(|| {
+                (
+                    404,
+                    "resource_missing",
+                    format!("No such payout: '{bank_payout_id}'"),
+                )
+            })?;
+        if payout.object["automatic"] == false {
+            return Err((
+                400,
+                "invalid_request_error",
+                format!(
+                    "Balance transactions can be listed by payout only for automatic payouts; {bank_payout_id} is a manual payout"
+                ),
+            ));
+        }
+        let mut transactions = self
+            .balance_transactions(account, bank_payout_id)
+            .unwrap_or_default();
+        if payout.object["reconciliation_status"] != "completed" {
+            // The payout's own transaction is last; drop the last payment before it.
+            let payments = transactions.len().saturating_sub(1);
+            if payments > 0 {
+                transactions.remove(payments - 1);
+            }
+        }
+        Ok(transactions)
+    }
+
+    /// Every balance transaction of a bank payout on its connected account (the payments it
+    /// carried, and the payout itself), in Stripe's shape, whatever its reconciliation says:
+    /// the truth, for simulations (Stripe's API answers as [`Ledger::list_balance_transactions`]).
     pub fn balance_transactions(&self, account: &str, bank_payout_id: &str) -> Option<Vec<Value>> {
         let payout = self.bank_payouts.get(bank_payout_id)?;
         if payout.account != account {
@@ -562,5 +647,72 @@ impl Ledger {
         accounts.sort();
         accounts.dedup();
         accounts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transfer(ledger: &mut Ledger, account: &str, cents: i64) -> String {
+        let params = [
+            ("amount".to_owned(), cents.to_string()),
+            ("currency".to_owned(), "usd".to_owned()),
+            ("destination".to_owned(), account.to_owned()),
+        ];
+        let made = ledger.create_transfer(&params, 1);
+        made["destination_payment"].as_str().unwrap().to_owned()
+    }
+
+    fn sources(transactions: &[Value]) -> Vec<&str> {
+        transactions
+            .iter()
+            .filter(|t| t["type"] == "payment")
+            .filter_map(|t| t["source"].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn a_bank_payout_lists_every_payment_only_once_reconciled() {
+        let mut ledger = Ledger::default();
+        let first = transfer(&mut ledger, "acct_1", 100);
+        let second = transfer(&mut ledger, "acct_1", 200);
+        let payout = ledger.pay_out("acct_1", 2).unwrap();
+        assert_eq!(
+            (&payout["automatic"], &payout["reconciliation_status"]),
+            (&json!(true), &json!("in_progress"))
+        );
+        let id = payout["id"].as_str().unwrap();
+        let partial = ledger.list_balance_transactions("acct_1", id).unwrap();
+        assert_eq!(
+            sources(&partial),
+            [first.as_str()],
+            "partial until reconciled"
+        );
+        assert!(ledger.list_balance_transactions("acct_2", id).is_err());
+        assert_eq!(ledger.retrieve_bank_payout("acct_2", id), None);
+        let reconciled = ledger.reconcile(id).unwrap();
+        assert_eq!(reconciled["reconciliation_status"], "completed");
+        assert_eq!(ledger.reconcile(id), None, "once");
+        let complete = ledger.list_balance_transactions("acct_1", id).unwrap();
+        assert_eq!(sources(&complete), [first.as_str(), second.as_str()]);
+        assert_eq!(
+            ledger.retrieve_bank_payout("acct_1", id).unwrap()["reconciliation_status"],
+            "completed"
+        );
+    }
+
+    #[test]
+    fn a_manual_payout_cannot_be_listed_by_payout() {
+        let mut ledger = Ledger::default();
+        let payment = transfer(&mut ledger, "acct_1", 100);
+        let manual = ledger.pay_out_manually("acct_1", 2).unwrap();
+        assert_eq!(manual["automatic"], false);
+        assert_eq!(manual["reconciliation_status"], "not_applicable");
+        let id = manual["id"].as_str().unwrap();
+        let (status, _, _) = ledger.list_balance_transactions("acct_1", id).unwrap_err();
+        assert_eq!(status, 400);
+        assert!(ledger.paid_out(&payment), "its money left the balance");
+        assert_eq!(ledger.pay_out("acct_1", 3), None);
     }
 }
