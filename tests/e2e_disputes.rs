@@ -1,8 +1,8 @@
 //! Refunds and disputes end to end (spec §3): signed `charge.refunded`, `refund.*` and
 //! `charge.dispute.*` events built from Stripe's fixture shapes, sent through the gateway,
 //! change earnings exactly; frozen money blocks payout requests and a pending approval's
-//! transfer; a refund after a payout leaves a debt that an admin reversal repays; events
-//! parked while no service handled them are applied by an admin retry.
+//! transfer; a refund after a payout leaves a debt that an admin reversal repays; a refund
+//! delivered while the disputes service is down waits for it and is applied when it is back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
@@ -746,15 +746,45 @@ async fn a_dispute_blocks_the_transfer_of_a_payout_waiting_for_approval() {
     assert!(system.stripe.transfers().is_empty(), "no money moved");
 }
 
-/// Events that arrived while nothing handled them (here: the disputes service was down, so
-/// they were parked as failed after their attempts) are applied by an admin retry.
+/// A `charge.refunded` that arrives while the disputes service is down is not parked (an
+/// answer we did not get is not a "no"): it waits for the service, visibly, however long,
+/// and is applied once the service is back, with no admin action. With one attempt allowed
+/// (`WEBHOOK_MAX_ATTEMPTS=1`) the old rule parked it at the first unanswered try: Stripe had
+/// its 2xx and never redelivers, so the refund was lost and the refunded money payable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_parked_while_unhandled_are_applied_by_an_admin_retry() {
+async fn a_refund_delivered_while_disputes_is_down_waits_and_is_applied_when_it_is_back() {
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let disputes_address = free.local_addr().unwrap();
+    let disputes_address = free.local_addr().unwrap().to_string();
     drop(free);
     let disputes_url = format!("http://{disputes_address}");
+    // The disputes service keeps its allocations in MongoDB, so a restart keeps them.
+    let mongo_uri = payouts_runtime::testing::mongo_uri();
+    let database = payouts_runtime::testing::unique_database_name("e2e_outage");
     let notifications = Payouts::start(&["serve", "notifications"], StoreChoice::Embedded, &[]);
+    let notifications_url = notifications.grpc_url();
+    let disputes_env = [
+        ("GRPC_ADDR", disputes_address.as_str()),
+        ("NOTIFICATIONS_SERVICE_URL", notifications_url.as_str()),
+        ("MONGODB_URI", mongo_uri.as_str()),
+        ("MONGODB_DATABASE", database.as_str()),
+    ];
+    let disputes = Payouts::start(&["serve", "disputes"], StoreChoice::Embedded, &disputes_env);
+    DisputesServiceClient::new(disputes.grpc_channel().await)
+        .record_allocation(RecordAllocationRequest {
+            allocation_id: "alloc_outage".to_owned(),
+            user_id: "pat".to_owned(),
+            charge_id: "ch_outage".to_owned(),
+            amount: Some(Money {
+                cents: 500_00,
+                currency: "usd".to_owned(),
+            }),
+            payer_id: "supporter_9".to_owned(),
+        })
+        .await
+        .unwrap();
+    // The disputes service stops.
+    assert!(disputes.terminate().success());
+
     let webhooks = Payouts::start(
         &["serve", "webhooks"],
         StoreChoice::Embedded,
@@ -763,10 +793,11 @@ async fn events_parked_while_unhandled_are_applied_by_an_admin_retry() {
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
+            ("WEBHOOK_RETRY_BASE_SECONDS", "1"),
             ("DISPUTES_SERVICE_URL", &disputes_url),
+            ("NOTIFICATIONS_SERVICE_URL", &notifications_url),
         ],
     );
-    let webhooks_channel = webhooks.grpc_channel().await;
     let gateway = Payouts::start(
         &["gateway"],
         StoreChoice::Embedded,
@@ -776,52 +807,62 @@ async fn events_parked_while_unhandled_are_applied_by_an_admin_retry() {
         ],
     );
     let http = reqwest::Client::new();
-    let parked = deliver(
-        &http,
+    let token = support::admin_token(ADMIN_SECRET, "ops@example.com", true);
+    let mut event = stripe::event("evt_refund_outage", "charge.refunded", "charge");
+    event["data"]["object"] = charge("ch_outage", 500_00, 500_00);
+    let delivered = support::deliver_webhook(
         &gateway,
-        &webhooks_channel,
-        "evt_parked_dp",
-        "charge.dispute.created",
-        &dispute("dp_parked", "ch_parked", 500_00, "needs_response"),
+        "/api/webhooks/stripe-subscription",
+        SUBSCRIPTION_SECRET,
+        &event,
     )
     .await;
-    assert_eq!(parked["status"], "EVENT_STATUS_FAILED", "{parked}");
+    assert_eq!(delivered.status(), 200);
 
-    let grpc_addr = disputes_address.to_string();
-    let disputes = Payouts::start(
-        &["serve", "disputes"],
-        StoreChoice::Embedded,
-        &[
-            ("GRPC_ADDR", &grpc_addr),
-            ("NOTIFICATIONS_SERVICE_URL", &notifications.grpc_url()),
-        ],
-    );
+    // Tried again and again while disputes is down: waiting for it, never parked, and so
+    // shown by the admin REST (the dashboard's "waiting for disputes since ...").
+    let admin_get = |path: &'static str| {
+        let (http, token, url) = (http.clone(), token.clone(), gateway.gateway_url(path));
+        async move {
+            let response = http.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let mut waiting = Value::Null;
+    for _ in 0..1500 {
+        let stats = admin_get("/api/admin/webhooks/stats").await;
+        assert_eq!(
+            stats["failed"], 0,
+            "nothing is parked for an outage: {stats}"
+        );
+        let events = admin_get("/api/admin/webhooks/events?status=processing").await;
+        let found = events["events"]
+            .as_array()
+            .and_then(|events| events.iter().find(|e| e["eventId"] == "evt_refund_outage"))
+            .cloned();
+        if let Some(found) = found
+            && found["attempts"].as_i64().unwrap_or(0) >= 3
+        {
+            assert_eq!(stats["waiting"], 1, "{stats}");
+            assert_eq!(stats["waitingFor"]["disputes"], 1, "{stats}");
+            waiting = found;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(waiting["waitingFor"], "disputes", "{waiting}");
+    assert!(waiting["waitingSince"].is_string(), "{waiting}");
+    assert_eq!(waiting["refusals"], 0, "{waiting}");
+    assert_eq!(waiting["status"], "processing", "{waiting}");
+
+    // The disputes service is back (same address, same data): the refund is applied at its
+    // next try, with no admin action.
+    let disputes = Payouts::start(&["serve", "disputes"], StoreChoice::Embedded, &disputes_env);
     let disputes_channel = disputes.grpc_channel().await;
-    DisputesServiceClient::new(disputes_channel.clone())
-        .record_allocation(RecordAllocationRequest {
-            allocation_id: "alloc_parked".to_owned(),
-            user_id: "pat".to_owned(),
-            charge_id: "ch_parked".to_owned(),
-            amount: Some(Money {
-                cents: 500_00,
-                currency: "usd".to_owned(),
-            }),
-            payer_id: "supporter_9".to_owned(),
-        })
-        .await
-        .unwrap();
-    let response = http
-        .post(gateway.gateway_url(
-            "/api/admin/webhooks/events/evt_parked_dp/retry?endpoint=stripe-subscription",
-        ))
-        .bearer_auth(support::admin_token(ADMIN_SECRET, "ops@example.com", true))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200, "{:?}", response.text().await);
-    let mut earnings = None;
-    for _ in 0..500 {
-        let found = DisputesServiceClient::new(disputes_channel.clone())
+    let mut applied = None;
+    for _ in 0..1500 {
+        let earnings = DisputesServiceClient::new(disputes_channel.clone())
             .get_earnings(payouts_proto::disputes::v1::GetEarningsRequest {
                 user_id: "pat".to_owned(),
                 currency: "usd".to_owned(),
@@ -829,13 +870,25 @@ async fn events_parked_while_unhandled_are_applied_by_an_admin_retry() {
             .await
             .unwrap()
             .into_inner();
-        if found.frozen.as_ref().is_some_and(|m| m.cents == 500_00) {
-            earnings = Some(found);
+        if earnings.active.as_ref().is_some_and(|m| m.cents == 0) {
+            applied = Some(earnings);
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let earnings = earnings.expect("the retried dispute froze the allocation");
-    assert_eq!(earnings.active.unwrap().cents, 0);
-    assert_eq!(earnings.recent_dispute_count, 1);
+    applied.expect("the refund was applied once disputes was back");
+    let mut done = Value::Null;
+    for _ in 0..500 {
+        let stats = admin_get("/api/admin/webhooks/stats").await;
+        if stats["completed"] == 1 {
+            done = stats;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        (&done["completed"], &done["failed"], &done["waiting"]),
+        (&json!(1), &json!(0), &json!(0)),
+        "{done}"
+    );
 }

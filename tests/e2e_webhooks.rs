@@ -389,7 +389,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
         (status, stats),
         (
             200,
-            json!({ "total": 0, "processing": 0, "completed": 0, "failed": 0, "backfilled": 0 })
+            json!({ "total": 0, "processing": 0, "completed": 0, "failed": 0, "backfilled": 0, "waiting": 0, "waitingFor": {}, "alertsOwed": 0 })
         )
     );
 

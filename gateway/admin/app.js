@@ -180,13 +180,26 @@ async function webhooksPage(view) {
   loading(view);
   const stats = await api("GET", "/api/admin/webhooks/stats");
   const failed = await api("GET", "/api/admin/webhooks/events?status=failed&limit=100");
+  const processing = await api("GET", "/api/admin/webhooks/events?status=processing&limit=100");
   const statsCard = stats.status === 200
-    ? el("p", { class: "card" }, `Total ${stats.body.total} · processing ${stats.body.processing} · completed ${stats.body.completed} · failed ${stats.body.failed} · backfilled ${stats.body.backfilled}`)
+    ? el("p", { class: "card" }, `Total ${stats.body.total} · processing ${stats.body.processing} (waiting ${stats.body.waiting}) · completed ${stats.body.completed} · failed ${stats.body.failed} · backfilled ${stats.body.backfilled}`,
+      stats.body.alertsOwed ? ` · alerts not raised yet ${stats.body.alertsOwed}` : "")
     : errorLine(stats);
+  // Events waiting for an owner service that could not answer: never parked for it, applied
+  // once the service is back (at most 5 minutes later).
+  const waiting = processing.status === 200 ? processing.body.events.filter((e) => e.waitingFor) : [];
+  const waitingRows = waiting.map((e) => el("tr", {},
+    el("td", {}, el("details", {}, el("summary", {}, e.eventId),
+      el("p", {}, `endpoint ${e.webhookEndpoint}, attempts ${e.attempts}, source ${e.source}`),
+      el("p", {}, "Last answer: ", e.error || "—"))),
+    el("td", {}, e.eventType),
+    el("td", {}, `waiting for ${e.waitingFor} since `, time(e.waitingSince)),
+    el("td", {}, "next try ", time(e.nextAttemptAt))));
   const rows = failed.status === 200 ? failed.body.events.map((e) => {
     const outcome = el("td", { "aria-live": "polite" });
     return el("tr", {}, el("td", {}, el("details", {}, el("summary", {}, e.eventId),
-      el("p", {}, `endpoint ${e.webhookEndpoint}, attempts ${e.attempts}, deliveries ${e.deliveries}, source ${e.source}`),
+      el("p", {}, `endpoint ${e.webhookEndpoint}, attempts ${e.attempts} (refused ${e.refusals}), deliveries ${e.deliveries}, source ${e.source}`),
+      el("p", {}, e.alertOwed ? "Critical alert: not raised yet (retried until the notifications service confirms it)" : "Critical alert: raised"),
       el("p", {}, "Error: ", e.error || "—"), el("p", {}, "Outcome: ", e.outcome || "—"))),
       el("td", {}, e.eventType), el("td", {}, time(e.failedAt)),
       el("td", {}, el("button", { type: "button", onclick: async () => {
@@ -203,7 +216,10 @@ async function webhooksPage(view) {
       ? el("p", {}, `Listed ${answer.body.listed}, stored ${answer.body.stored}, already had ${answer.body.duplicates} (${answer.body.accounts} connected accounts).`)
       : errorLine(answer));
   } }, labelled("bf-since", "Backfill undelivered events since (at most 30 days)", since), el("button", { type: "submit" }, "Backfill"), backfillOutcome);
-  view.replaceChildren(el("h1", {}, "Webhooks"), statsCard, el("h2", {}, "Failed events"),
+  view.replaceChildren(el("h1", {}, "Webhooks"), statsCard,
+    el("h2", {}, "Waiting for a service"),
+    processing.status === 200 ? table(["Event", "Type", "Waiting", "Next"], waitingRows, "No event is waiting for a service.") : errorLine(processing),
+    el("h2", {}, "Failed events"),
     failed.status === 200 ? table(["Event", "Type", "Failed", "", ""], rows, "No failed events.") : errorLine(failed),
     el("h2", {}, "Backfill"), backfill);
 }

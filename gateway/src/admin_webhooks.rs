@@ -25,6 +25,9 @@ pub(crate) async fn stats(State(gateway): State<Gateway>, _admin: Admin) -> Resp
                 "completed": s.completed,
                 "failed": s.failed,
                 "backfilled": s.backfilled,
+                "waiting": s.waiting,
+                "waitingFor": s.waiting_for,
+                "alertsOwed": s.alerts_owed,
             }))
             .into_response()
         }
@@ -191,6 +194,10 @@ fn event_json(e: pb::WebhookEvent) -> serde_json::Value {
         "attempts": e.attempts,
         "deliveries": e.deliveries,
         "source": e.source,
+        "waitingFor": Some(e.waiting_for).filter(|owner| !owner.is_empty()),
+        "waitingSince": rfc3339(e.waiting_since),
+        "refusals": e.refusals,
+        "alertOwed": e.alert_owed,
         "account": Some(e.account).filter(|account| !account.is_empty()),
         "livemode": e.livemode,
         "metadata": {

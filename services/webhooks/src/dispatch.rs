@@ -11,7 +11,7 @@ use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_runtime::grpc::{TracedChannel, service_channel};
 use payouts_runtime::{ServiceName, Settings};
 
-use crate::domain::{InboxEvent, Owner};
+use crate::domain::{DispatchFailure, InboxEvent, Owner};
 use crate::inbox::Dispatcher;
 use crate::store::storage_id;
 
@@ -76,7 +76,8 @@ impl Dispatcher for GrpcDispatcher {
                     event.event_id
                 ),
                 data_json: data.to_string(),
-                // One alert per parking: a retried event that parks again alerts again.
+                // One alert per parking: raising it again (it is owed until confirmed) is
+                // not a second alert; a retried event that parks again alerts again.
                 dedupe_key: format!(
                     "webhook_parked:{id}:{}",
                     event.failed_at.map_or(0, |at| at.timestamp_millis())
@@ -94,7 +95,7 @@ impl Dispatcher for GrpcDispatcher {
     }
 
     #[tracing::instrument(skip_all, fields(event_id = %event.event_id, event_type = %event.event_type))]
-    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String> {
+    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, DispatchFailure> {
         let answer = match owner {
             Owner::Payouts => self
                 .payouts
@@ -119,17 +120,15 @@ impl Dispatcher for GrpcDispatcher {
                     (response.applied, response.detail)
                 }),
         };
-        let name = match owner {
-            Owner::Payouts => "payouts",
-            Owner::Disputes => "disputes",
-        };
+        let name = owner.as_str();
         match answer {
             Ok((true, detail)) => Ok(format!("applied by {name}: {detail}")),
             Ok((false, detail)) => Ok(format!("no change by {name}: {detail}")),
-            Err(status) => Err(format!(
-                "{name} answered {:?}: {}",
+            // A connection refused or reset arrives as UNAVAILABLE (or UNKNOWN/INTERNAL for
+            // a broken HTTP/2 stream): the code is what decides, never the message.
+            Err(status) => Err(DispatchFailure::new(
                 status.code(),
-                status.message()
+                format!("{name} answered {:?}: {}", status.code(), status.message()),
             )),
         }
     }

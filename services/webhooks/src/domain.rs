@@ -182,6 +182,13 @@ pub struct InboxEvent {
     pub trace_parent: Option<String>,
     /// How it reached the inbox.
     pub source: EventSource,
+    /// Definite refusals by the owner since the event was last made due: what parking
+    /// counts (`attempts` counts every try, including those the owner could not answer).
+    pub refusals: u32,
+    /// Set while the owner could not answer: the event waits for it, without limit.
+    pub waiting: Option<Waiting>,
+    /// The critical alert of its parking, owed until the notifications service confirms it.
+    pub alert: Option<OwedAlert>,
     /// Compare-and-set version, bumped by every write.
     pub version: i64,
 }
@@ -214,6 +221,9 @@ impl InboxEvent {
             outcome: None,
             trace_parent: None,
             source: EventSource::Delivery,
+            refusals: 0,
+            waiting: None,
+            alert: None,
             version: 1,
         }
     }
@@ -272,15 +282,19 @@ impl InboxEvent {
             completed_at: Some(now),
             next_attempt_at: None,
             outcome: Some(outcome),
+            waiting: None,
             version: self.version + 1,
             ..self.clone()
         }
     }
 
-    /// Processing failed: due again after the backoff, or parked as failed after the last
-    /// attempt (visible, and retryable by an admin).
+    /// The owner definitely refused the event (an answer about the event itself, see
+    /// [`classify`]): due again after the backoff, or parked as failed after
+    /// `max_attempts` refusals (visible, retryable by an admin), owing its critical alert
+    /// from the same write.
     pub fn fail(&self, now: DateTime<Utc>, error: String, policy: &RetryPolicy) -> InboxEvent {
-        let parked = self.attempts >= policy.max_attempts;
+        let refusals = self.refusals + 1;
+        let parked = refusals >= policy.max_attempts;
         InboxEvent {
             status: if parked {
                 EventStatus::Failed
@@ -291,20 +305,64 @@ impl InboxEvent {
             next_attempt_at: if parked {
                 None
             } else {
-                Some(now + policy.backoff(self.attempts))
+                Some(now + policy.backoff(refusals))
             },
             last_error: Some(error),
+            refusals,
+            waiting: None,
+            alert: if parked {
+                Some(OwedAlert {
+                    due_at: now,
+                    attempts: 0,
+                })
+            } else {
+                self.alert.clone()
+            },
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// The owner could not answer (down, overloaded, too slow: see [`classify`]). An answer
+    /// we did not get is not a "no": the event waits for `owner` as long as it takes, retried
+    /// after a backoff capped at `policy.max_wait_delay`, and the try does not count toward
+    /// parking.
+    pub fn wait(
+        &self,
+        now: DateTime<Utc>,
+        owner: Owner,
+        error: String,
+        policy: &RetryPolicy,
+    ) -> InboxEvent {
+        let waiting = match &self.waiting {
+            Some(waiting) if waiting.owner == owner => Waiting {
+                waits: waiting.waits + 1,
+                ..waiting.clone()
+            },
+            _ => Waiting {
+                owner,
+                since: now,
+                waits: 1,
+            },
+        };
+        InboxEvent {
+            status: EventStatus::Processing,
+            next_attempt_at: Some(now + policy.wait_backoff(waiting.waits)),
+            last_error: Some(error),
+            waiting: Some(waiting),
             version: self.version + 1,
             ..self.clone()
         }
     }
 
     /// A failed event made due again (a Stripe redelivery or an admin's retry), with a fresh
-    /// set of attempts. Only failed events can be re-armed.
+    /// set of attempts. Only failed events can be re-armed. An alert still owed stays owed:
+    /// the parking happened.
     pub fn rearm(&self, now: DateTime<Utc>) -> Option<InboxEvent> {
         (self.status == EventStatus::Failed).then(|| InboxEvent {
             status: EventStatus::Processing,
             attempts: 0,
+            refusals: 0,
             deliveries: self.deliveries + 1,
             next_attempt_at: Some(now),
             failed_at: None,
@@ -312,16 +370,182 @@ impl InboxEvent {
             ..self.clone()
         })
     }
+
+    /// Whether its parked alert is owed and due at `now` (a claim pushes it out by the lease).
+    pub fn alert_is_due(&self, now: DateTime<Utc>) -> bool {
+        self.alert.as_ref().is_some_and(|alert| alert.due_at <= now)
+    }
+
+    /// When the worker has something to do with the event: its next processing attempt
+    /// while processing, or its owed alert, whichever comes first. `None`: nothing to do.
+    /// The stores index this (`dueAt`), so one query finds both kinds of work.
+    pub fn work_due_at(&self) -> Option<DateTime<Utc>> {
+        let processing = match self.status {
+            EventStatus::Processing => self.next_attempt_at,
+            _ => None,
+        };
+        let alert = self.alert.as_ref().map(|alert| alert.due_at);
+        match (processing, alert) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The owed alert claimed for raising: leased until `now + lease`, so another replica
+    /// does not raise it at the same time (the notification's dedupe key would make that
+    /// harmless anyway).
+    pub fn claim_alert(&self, now: DateTime<Utc>, policy: &RetryPolicy) -> Option<InboxEvent> {
+        let alert = self.alert.as_ref()?;
+        Some(InboxEvent {
+            alert: Some(OwedAlert {
+                due_at: now + policy.lease,
+                attempts: alert.attempts + 1,
+            }),
+            version: self.version + 1,
+            ..self.clone()
+        })
+    }
+
+    /// The notifications service confirmed the alert: nothing is owed any more.
+    pub fn alert_raised(&self) -> InboxEvent {
+        InboxEvent {
+            alert: None,
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+
+    /// The alert could not be raised: owed still, due again after a backoff capped at
+    /// `policy.max_wait_delay`.
+    pub fn alert_not_raised(&self, now: DateTime<Utc>, policy: &RetryPolicy) -> InboxEvent {
+        InboxEvent {
+            alert: self.alert.as_ref().map(|alert| OwedAlert {
+                due_at: now + policy.wait_backoff(alert.attempts),
+                attempts: alert.attempts,
+            }),
+            version: self.version + 1,
+            ..self.clone()
+        }
+    }
+}
+
+/// An event waiting for its owner to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The service that could not answer.
+    pub owner: Owner,
+    /// When the wait began (the first unanswered try in a row).
+    pub since: DateTime<Utc>,
+    /// Unanswered tries in a row (the backoff grows with them).
+    pub waits: u32,
+}
+
+/// The critical alert a parked event owes, until the notifications service confirms it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedAlert {
+    /// When the worker (next) tries to raise it.
+    pub due_at: DateTime<Utc>,
+    /// Tries so far.
+    pub attempts: u32,
+}
+
+/// What a failed dispatch means for the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The owner could not answer: wait for it, without limit.
+    OwnerUnavailable,
+    /// The owner answered "no" about this event: counts toward parking.
+    Refused,
+}
+
+/// Classifies a failed dispatch by its gRPC code (docs/webhooks.md, "Outages never park an
+/// event", says why each code is where it is). The rule: only an answer about the event
+/// itself (it is malformed, names what does not exist, or asks what can never be done)
+/// counts toward parking. An answer we did not get, or one about the owner's own state
+/// (down, overloaded, a conflict, a bug, a caller it does not know yet, an RPC it does not
+/// serve yet), is not a "no": a deploy or a restart can change it, so the event waits.
+pub fn classify(code: tonic::Code) -> FailureClass {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::DataLoss => FailureClass::Refused,
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::Aborted
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::Unauthenticated => FailureClass::OwnerUnavailable,
+    }
+}
+
+/// A dispatch that did not complete: the gRPC code the owner (or the transport) answered,
+/// and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DispatchFailure {
+    pub code: tonic::Code,
+    pub message: String,
+}
+
+impl DispatchFailure {
+    pub fn new(code: tonic::Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn class(&self) -> FailureClass {
+        classify(self.code)
+    }
+}
+
+impl From<payouts_runtime::ServiceError> for DispatchFailure {
+    /// An in-process owner's error, classified by the gRPC code it would have travelled as.
+    fn from(error: payouts_runtime::ServiceError) -> Self {
+        Self::new(error.kind().grpc_code(), error.to_string())
+    }
+}
+
+impl Owner {
+    /// The service's name, as stored in `waitingFor` and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Owner::Payouts => "payouts",
+            Owner::Disputes => "disputes",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "payouts" => Some(Owner::Payouts),
+            "disputes" => Some(Owner::Disputes),
+            _ => None,
+        }
+    }
 }
 
 /// How processing is retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts before an event is parked as failed.
+    /// Definite refusals before an event is parked as failed (an owner that could not
+    /// answer never counts).
     pub max_attempts: u32,
     /// Delay after the first failed attempt; doubles after each further one.
     pub base_delay: Duration,
     pub max_delay: Duration,
+    /// The cap of the delay while waiting for an owner that could not answer (and between
+    /// tries to raise an owed alert): the event is applied at most this long after the owner
+    /// is back.
+    pub max_wait_delay: Duration,
     /// How long a claim holds an event before another worker may take it over.
     pub lease: Duration,
 }
@@ -332,6 +556,7 @@ impl Default for RetryPolicy {
             max_attempts: 5,
             base_delay: Duration::seconds(30),
             max_delay: Duration::hours(1),
+            max_wait_delay: Duration::minutes(5),
             lease: Duration::seconds(60),
         }
     }
@@ -343,6 +568,12 @@ impl RetryPolicy {
         let doublings = failed_attempts.saturating_sub(1).min(20);
         let factor = 1_i32 << doublings;
         (self.base_delay * factor).min(self.max_delay)
+    }
+
+    /// The delay after `waits` unanswered tries in a row: base, 2 x base, ... capped at
+    /// `max_wait_delay`.
+    pub fn wait_backoff(&self, waits: u32) -> Duration {
+        self.backoff(waits).min(self.max_wait_delay)
     }
 }
 
@@ -450,7 +681,7 @@ pub fn route(event_type: &str, event_livemode: bool, our_livemode: bool) -> Rout
 }
 
 /// Counts by status (spec §4 statistics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Statistics {
     pub total: u64,
     pub processing: u64,
@@ -458,18 +689,36 @@ pub struct Statistics {
     pub failed: u64,
     /// Of the total, how many the backfill recovered.
     pub backfilled: u64,
+    /// Of the processing ones, how many wait for an owner that could not answer.
+    pub waiting: u64,
+    /// The waiting ones by owner ("payouts", "disputes"); an owner with none is absent.
+    pub waiting_for: std::collections::BTreeMap<String, u64>,
+    /// Parked events whose critical alert is not raised yet.
+    pub alerts_owed: u64,
 }
 
 impl Statistics {
-    pub fn count(&mut self, status: EventStatus, source: EventSource) {
+    pub fn count(&mut self, event: &InboxEvent) {
         self.total += 1;
-        if source == EventSource::Backfill {
+        if event.source == EventSource::Backfill {
             self.backfilled += 1;
         }
-        match status {
+        match event.status {
             EventStatus::Processing => self.processing += 1,
             EventStatus::Completed => self.completed += 1,
             EventStatus::Failed => self.failed += 1,
+        }
+        if event.status == EventStatus::Processing
+            && let Some(waiting) = &event.waiting
+        {
+            self.waiting += 1;
+            *self
+                .waiting_for
+                .entry(waiting.owner.as_str().to_owned())
+                .or_default() += 1;
+        }
+        if event.alert.is_some() {
+            self.alerts_owed += 1;
         }
     }
 }
@@ -605,6 +854,155 @@ mod tests {
     }
 
     #[test]
+    fn only_an_answer_about_the_event_counts_toward_parking() {
+        use tonic::Code;
+        for code in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::DataLoss,
+        ] {
+            assert_eq!(classify(code), FailureClass::Refused, "{code:?}");
+        }
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::ResourceExhausted,
+            Code::Aborted,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::Internal,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::Ok,
+        ] {
+            assert_eq!(classify(code), FailureClass::OwnerUnavailable, "{code:?}");
+        }
+        let from_owner: DispatchFailure =
+            payouts_runtime::ServiceError::unavailable("disputes store down", anyhow::anyhow!("x"))
+                .into();
+        assert_eq!(from_owner.class(), FailureClass::OwnerUnavailable);
+        let refused: DispatchFailure =
+            payouts_runtime::ServiceError::invalid_argument("event has no data.object").into();
+        assert_eq!(refused.class(), FailureClass::Refused);
+    }
+
+    #[test]
+    fn the_wait_backoff_doubles_and_is_capped_at_five_minutes() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.wait_backoff(1), Duration::seconds(30));
+        assert_eq!(policy.wait_backoff(4), Duration::seconds(240));
+        assert_eq!(policy.wait_backoff(5), Duration::minutes(5));
+        assert_eq!(policy.wait_backoff(u32::MAX), Duration::minutes(5));
+    }
+
+    #[test]
+    fn an_owner_that_cannot_answer_never_parks_the_event() {
+        let policy = RetryPolicy::default();
+        let mut event = InboxEvent::received(
+            Endpoint::StripeSubscription,
+            envelope("evt_wait"),
+            "{}".to_owned(),
+            now(),
+        );
+        let mut at = now();
+        // A day of tries, far past the old parking window (5 tries, about 7.5 minutes).
+        for _ in 0..300 {
+            event = event.claim(at, &policy).wait(
+                at,
+                Owner::Disputes,
+                "disputes answered Unavailable".to_owned(),
+                &policy,
+            );
+            assert_eq!(event.status, EventStatus::Processing);
+            let due = event.next_attempt_at.unwrap();
+            assert!(due - at <= Duration::minutes(5), "waited {}", due - at);
+            at = due;
+        }
+        assert_eq!((event.attempts, event.refusals), (300, 0));
+        assert_eq!(event.alert, None);
+        let waiting = event.waiting.clone().unwrap();
+        assert_eq!(
+            (waiting.owner, waiting.since, waiting.waits),
+            (Owner::Disputes, now(), 300)
+        );
+        assert!(event.is_due(at));
+
+        // Back: the event completes and is no longer waiting.
+        let done = event.claim(at, &policy).complete(at, "applied".to_owned());
+        assert_eq!(done.status, EventStatus::Completed);
+        assert_eq!(done.waiting, None);
+
+        // Waiting for another owner starts a new wait; a refusal ends the wait.
+        let other = event.wait(at, Owner::Payouts, "payouts down".to_owned(), &policy);
+        let other_wait = other.waiting.clone().unwrap();
+        assert_eq!(
+            (other_wait.owner, other_wait.since, other_wait.waits),
+            (Owner::Payouts, at, 1)
+        );
+        let refused = event.fail(at, "invalid".to_owned(), &policy);
+        assert_eq!((refused.waiting, refused.refusals), (None, 1));
+        assert_eq!(refused.next_attempt_at, Some(at + policy.backoff(1)));
+    }
+
+    #[test]
+    fn the_last_refusal_parks_and_owes_the_alert_in_the_same_write() {
+        let policy = RetryPolicy::default();
+        let event = InboxEvent::received(
+            Endpoint::StripePayouts,
+            envelope("evt_refused"),
+            "{}".to_owned(),
+            now(),
+        );
+        let almost = InboxEvent {
+            refusals: policy.max_attempts - 2,
+            ..event.clone()
+        }
+        .fail(now(), "no".to_owned(), &policy);
+        assert_eq!(almost.status, EventStatus::Processing);
+        assert_eq!(almost.alert, None);
+        assert_eq!(almost.work_due_at(), almost.next_attempt_at);
+
+        let parked = almost.fail(now(), "no".to_owned(), &policy);
+        assert_eq!(parked.status, EventStatus::Failed);
+        assert_eq!(parked.refusals, policy.max_attempts);
+        assert_eq!(
+            parked.alert,
+            Some(OwedAlert {
+                due_at: now(),
+                attempts: 0
+            })
+        );
+        assert!(parked.alert_is_due(now()));
+        assert_eq!(parked.work_due_at(), Some(now()));
+        assert!(
+            !parked.is_due(now()),
+            "a parked event is not processed by itself"
+        );
+
+        // Raising: claimed (leased), then not raised (backoff), then raised (nothing owed).
+        let claimed = parked.claim_alert(now(), &policy).unwrap();
+        assert!(!claimed.alert_is_due(now()));
+        assert!(claimed.alert_is_due(now() + policy.lease));
+        let later = claimed.alert_not_raised(now(), &policy);
+        assert_eq!(
+            later.alert.as_ref().map(|alert| alert.due_at),
+            Some(now() + policy.wait_backoff(1))
+        );
+        let raised = later.claim_alert(now(), &policy).unwrap().alert_raised();
+        assert_eq!(raised.alert, None);
+        assert_eq!(raised.work_due_at(), None);
+        assert_eq!(raised.claim_alert(now(), &policy), None);
+
+        // A re-armed event keeps an alert still owed, and gets a fresh set of refusals.
+        let rearmed = parked.rearm(now()).unwrap();
+        assert_eq!((rearmed.refusals, rearmed.alert.is_some()), (0, true));
+    }
+
+    #[test]
     fn completing_records_the_outcome() {
         let event = InboxEvent::received(
             Endpoint::StripePayouts,
@@ -682,23 +1080,38 @@ mod tests {
 
     #[test]
     fn statistics_count_every_status_into_the_total() {
+        let policy = RetryPolicy::default();
         let mut stats = Statistics::default();
-        for status in [
-            EventStatus::Processing,
-            EventStatus::Failed,
-            EventStatus::Failed,
-        ] {
-            stats.count(status, EventSource::Delivery);
+        let received = InboxEvent::received(
+            Endpoint::StripePayouts,
+            envelope("evt_1"),
+            "{}".to_owned(),
+            now(),
+        );
+        let parked = InboxEvent {
+            refusals: policy.max_attempts - 1,
+            ..received.clone()
         }
-        stats.count(EventStatus::Completed, EventSource::Backfill);
+        .fail(now(), "no".to_owned(), &policy);
+        let waiting = received.wait(now(), Owner::Disputes, "down".to_owned(), &policy);
+        for event in [&received, &parked, &parked, &waiting] {
+            stats.count(event);
+        }
+        stats.count(&InboxEvent {
+            source: EventSource::Backfill,
+            ..received.complete(now(), "applied".to_owned())
+        });
         assert_eq!(
             stats,
             Statistics {
-                total: 4,
-                processing: 1,
+                total: 5,
+                processing: 2,
                 completed: 1,
                 failed: 2,
-                backfilled: 1
+                backfilled: 1,
+                waiting: 1,
+                waiting_for: [("disputes".to_owned(), 1)].into_iter().collect(),
+                alerts_owed: 2,
             }
         );
     }

@@ -90,6 +90,14 @@ fn to_proto(e: InboxEvent) -> pb::WebhookEvent {
         deliveries: i32::try_from(e.deliveries).unwrap_or(i32::MAX),
         outcome: e.outcome.unwrap_or_default(),
         source: e.source.as_str().to_owned(),
+        waiting_for: e
+            .waiting
+            .as_ref()
+            .map(|waiting| waiting.owner.as_str().to_owned())
+            .unwrap_or_default(),
+        waiting_since: optional_timestamp(e.waiting.as_ref().map(|waiting| waiting.since)),
+        refusals: i32::try_from(e.refusals).unwrap_or(i32::MAX),
+        alert_owed: e.alert.is_some(),
     }
 }
 
@@ -136,6 +144,13 @@ impl WebhooksService for WebhooksGrpc {
             completed: count(statistics.completed),
             failed: count(statistics.failed),
             backfilled: count(statistics.backfilled),
+            waiting: count(statistics.waiting),
+            waiting_for: statistics
+                .waiting_for
+                .into_iter()
+                .map(|(owner, waiting)| (owner, count(waiting)))
+                .collect(),
+            alerts_owed: count(statistics.alerts_owed),
         }))
     }
 

@@ -22,7 +22,8 @@ use payouts_runtime::{Clock, ErrorKind, Secret, ServiceError};
 use tokio::sync::Notify;
 
 use crate::domain::{
-    Endpoint, Envelope, EventStatus, InboxEvent, Owner, RetryPolicy, Route, endpoint_for, route,
+    DispatchFailure, Endpoint, Envelope, EventStatus, FailureClass, InboxEvent, Owner, RetryPolicy,
+    Route, endpoint_for, route,
 };
 use crate::signature::{self, SignatureError};
 use crate::store::{InboxRepository, Inserted};
@@ -30,16 +31,17 @@ use crate::store::{InboxRepository, Inserted};
 /// Delivers an event to the service that owns its effect.
 #[async_trait]
 pub trait Dispatcher: Send + Sync + 'static {
-    /// `Ok(outcome)` when the owner applied (or deliberately ignored) the event; `Err(reason)`
-    /// when it must be retried.
-    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String>;
+    /// `Ok(outcome)` when the owner applied (or deliberately ignored) the event; `Err` with
+    /// the gRPC code the owner (or the transport) answered otherwise: the code decides
+    /// whether the event waits for the owner or the refusal counts toward parking
+    /// ([`crate::domain::classify`]).
+    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, DispatchFailure>;
 
-    /// Raises the critical alert of an event parked as failed after its last try
-    /// (`webhook_event_parked`, once per parking). Best effort: the event stays visible as
-    /// failed in the admin REST whatever happens to its alert.
-    async fn alert_parked(&self, _event: &InboxEvent) -> Result<(), String> {
-        Ok(())
-    }
+    /// Raises the critical alert of an event parked as failed (`webhook_event_parked`) with
+    /// a dedupe key fixed per parking, so raising it again is not a second alert. `Ok` only
+    /// once the notifications service confirmed it: until then the alert stays owed on the
+    /// event and the worker raises it again.
+    async fn alert_parked(&self, event: &InboxEvent) -> Result<(), String>;
 }
 
 /// How the inbox is configured.
@@ -303,6 +305,11 @@ impl Inbox {
         let now = self.clock.now();
         // A few candidates, so that losing a race to another replica does not end the pass.
         for event in self.repository.due(now, 4).await? {
+            if !event.is_due(now) {
+                // Only its owed alert is due: raise it here, so a pass does both kinds of work.
+                self.raise_alert(event).await;
+                continue;
+            }
             let lease = event.claim(now, &self.settings.policy);
             match self.repository.replace(&lease, event.version).await {
                 Ok(()) => return Ok(Some(lease)),
@@ -338,7 +345,7 @@ impl Inbox {
             )));
         }
         let started = Instant::now();
-        let result = match route(
+        let result: Result<String, (Owner, DispatchFailure)> = match route(
             &claimed.event_type,
             claimed.livemode,
             self.settings.livemode,
@@ -355,26 +362,35 @@ impl Inbox {
                 match tokio::time::timeout(deadline, self.dispatcher.dispatch(owner, &claimed))
                     .await
                 {
-                    Ok(result) => result,
-                    Err(_) => Err(format!(
-                        "{} did not answer within {deadline:?}",
-                        owner_name(owner)
+                    Ok(result) => result.map_err(|failure| (owner, failure)),
+                    Err(_) => Err((
+                        owner,
+                        DispatchFailure::new(
+                            tonic::Code::DeadlineExceeded,
+                            format!("{} did not answer within {deadline:?}", owner.as_str()),
+                        ),
                     )),
                 }
             }
         };
         let now = self.clock.now();
+        let policy = &self.settings.policy;
         let (next, outcome_label) = match result {
             Ok(outcome) => (claimed.complete(now, outcome), "completed"),
-            Err(error) => {
-                let next = claimed.fail(now, error, &self.settings.policy);
-                let label = if next.status == EventStatus::Failed {
-                    "parked"
-                } else {
-                    "retry"
-                };
-                (next, label)
-            }
+            Err((owner, failure)) => match failure.class() {
+                FailureClass::OwnerUnavailable => {
+                    (claimed.wait(now, owner, failure.message, policy), "waiting")
+                }
+                FailureClass::Refused => {
+                    let next = claimed.fail(now, failure.message, policy);
+                    let label = if next.status == EventStatus::Failed {
+                        "parked"
+                    } else {
+                        "retry"
+                    };
+                    (next, label)
+                }
+            },
         };
         metrics::histogram!("payouts_webhooks_processing_seconds", "type" => claimed.event_type.clone())
             .record(started.elapsed().as_secs_f64());
@@ -382,18 +398,21 @@ impl Inbox {
             .increment(1);
         match self.repository.replace(&next, claimed.version).await {
             Ok(()) => {
-                match next.status {
-                    EventStatus::Completed => {
+                match (next.status, &next.waiting) {
+                    (EventStatus::Completed, _) => {
                         tracing::info!(event_id = %next.event_id, outcome = next.outcome.as_deref().unwrap_or(""), "webhook processed")
                     }
-                    EventStatus::Failed => {
-                        tracing::error!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook parked as failed");
-                        if let Err(error) = self.dispatcher.alert_parked(&next).await {
-                            tracing::error!(event_id = %next.event_id, %error, "the parked event's alert was not raised");
-                        }
+                    (EventStatus::Failed, _) => {
+                        tracing::error!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, refusals = next.refusals, "webhook parked as failed");
+                        // Owed from the write that parked it; raised now if possible, else
+                        // by a later pass.
+                        self.raise_alert(next.clone()).await;
                     }
-                    EventStatus::Processing => {
-                        tracing::warn!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), attempts = next.attempts, "webhook processing failed; will retry")
+                    (EventStatus::Processing, Some(waiting)) => {
+                        tracing::warn!(event_id = %next.event_id, owner = waiting.owner.as_str(), since = %waiting.since, error = next.last_error.as_deref().unwrap_or(""), "owner could not answer; the webhook waits for it")
+                    }
+                    (EventStatus::Processing, None) => {
+                        tracing::warn!(event_id = %next.event_id, error = next.last_error.as_deref().unwrap_or(""), refusals = next.refusals, "webhook refused by its owner; will retry")
                     }
                 }
                 Ok(next)
@@ -403,6 +422,62 @@ impl Inbox {
                 Err(error)
             }
             Err(error) => Err(error),
+        }
+    }
+
+    /// Raises the owed alert of a parked event: claims it (a lease, by compare-and-set),
+    /// asks the notifications service, and records the answer. Whatever fails leaves the
+    /// alert owed, due again after a backoff; a crash between parking and raising leaves it
+    /// owed too. Returns whether the alert is now confirmed.
+    pub async fn raise_alert(&self, event: InboxEvent) -> bool {
+        let now = self.clock.now();
+        let policy = &self.settings.policy;
+        let Some(claimed) = event.claim_alert(now, policy) else {
+            return false;
+        };
+        if let Err(error) = self.repository.replace(&claimed, event.version).await {
+            // Another replica claimed it, or the store is down: a later pass tries again.
+            tracing::debug!(event_id = %event.event_id, %error, "parked alert not claimed");
+            return false;
+        }
+        let (next, raised) = match self.dispatcher.alert_parked(&claimed).await {
+            Ok(()) => (claimed.alert_raised(), true),
+            Err(error) => {
+                tracing::error!(event_id = %claimed.event_id, %error, "the parked event's alert was not raised; it stays owed");
+                (claimed.alert_not_raised(self.clock.now(), policy), false)
+            }
+        };
+        metrics::counter!("payouts_webhooks_parked_alerts_total", "result" => if raised { "raised" } else { "retry" })
+            .increment(1);
+        if let Err(error) = self.repository.replace(&next, claimed.version).await {
+            // The claim runs out and the alert is raised again, under the same dedupe key.
+            tracing::warn!(event_id = %claimed.event_id, %error, "parked alert outcome not recorded");
+            return false;
+        }
+        raised
+    }
+
+    /// Sets `payouts_webhooks_events_waiting{owner}` from the store (every replica agrees),
+    /// every `interval` until shutdown; an owner with none waiting reads 0.
+    pub async fn run_waiting_gauge(self: Arc<Self>, shutdown: Shutdown, interval: StdDuration) {
+        let stop = shutdown.requested();
+        tokio::pin!(stop);
+        loop {
+            match self.repository.waiting_by_owner().await {
+                Ok(waiting) => {
+                    for owner in [Owner::Payouts, Owner::Disputes] {
+                        #[allow(clippy::cast_precision_loss)] // a count far below 2^53
+                        let count = waiting.get(owner.as_str()).copied().unwrap_or(0) as f64;
+                        metrics::gauge!("payouts_webhooks_events_waiting", "owner" => owner.as_str())
+                            .set(count);
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "waiting webhook events not counted"),
+            }
+            tokio::select! {
+                () = &mut stop => return,
+                () = tokio::time::sleep(interval) => {}
+            }
         }
     }
 
@@ -455,13 +530,6 @@ impl Inbox {
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
-    }
-}
-
-fn owner_name(owner: Owner) -> &'static str {
-    match owner {
-        Owner::Payouts => "payouts",
-        Owner::Disputes => "disputes",
     }
 }
 

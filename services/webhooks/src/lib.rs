@@ -58,6 +58,12 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         "event processing",
         Arc::clone(&inbox).run_worker(context.shutdown.clone()),
     );
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Webhooks.grpc_name(),
+        "waiting events gauge",
+        Arc::clone(&inbox)
+            .run_waiting_gauge(context.shutdown.clone(), std::time::Duration::from_secs(15)),
+    );
     let backfill = match &context.settings.stripe_secret_key {
         Some(key) => Some(Arc::new(backfill::Backfill {
             inbox: Arc::clone(&inbox),

@@ -13,23 +13,32 @@ use chrono::{Duration, Utc};
 use payouts_runtime::clock::ManualClock;
 use payouts_runtime::testing::stripe;
 use payouts_runtime::{Clock as _, ErrorKind, Secret};
-use payouts_webhooks::domain::{Endpoint, EventStatus, InboxEvent, Owner, RetryPolicy};
+use payouts_webhooks::domain::{
+    DispatchFailure, Endpoint, EventStatus, InboxEvent, Owner, RetryPolicy,
+};
 use payouts_webhooks::inbox::{Dispatcher, Inbox, InboxSettings, Ingested};
 use payouts_webhooks::store::{InboxRepository, MemoryInbox, MongoInbox};
 
 const PAYOUTS_SECRET: &str = "whsec_payouts_test";
 const SUBSCRIPTION_SECRET: &str = "whsec_subscription_test";
 
-/// A dispatcher that counts calls per event and fails the first `failures` calls of each.
-/// It can be slow: each call moves the clock on by `slowness`, and the call for
-/// `interleave.0` first lets another replica claim and process one event (as a second
-/// worker would while the owner is busy).
+/// A dispatcher that counts calls per event and refuses the first `failures` calls of each
+/// (INVALID_ARGUMENT: a definite "no"). It can be down (`down`: every call answers that
+/// code, as a stopped or overloaded owner does). It can be slow: each call moves the clock
+/// on by `slowness`, and the call for `interleave.0` first lets another replica claim and
+/// process one event (as a second worker would while the owner is busy). It is also the
+/// notifications service: the parked alerts it confirmed, by dedupe key (`alerts`), unless
+/// `notifications_down`.
 #[derive(Default)]
 struct FakeOwner {
     calls: Mutex<HashMap<String, usize>>,
     failures: AtomicUsize,
+    down: Mutex<Option<tonic::Code>>,
     slowness: Mutex<Option<(ManualClock, Duration)>>,
     interleave: Mutex<Option<(String, Arc<Inbox>)>>,
+    alerts: Mutex<HashMap<String, usize>>,
+    alert_calls: AtomicUsize,
+    notifications_down: std::sync::atomic::AtomicBool,
 }
 
 impl FakeOwner {
@@ -38,6 +47,15 @@ impl FakeOwner {
             failures: AtomicUsize::new(failures),
             ..Self::default()
         }
+    }
+
+    fn set_down(&self, code: Option<tonic::Code>) {
+        *self.down.lock().unwrap() = code;
+    }
+
+    /// Distinct alerts confirmed (a re-raise under the same dedupe key is the same alert).
+    fn alerts(&self) -> usize {
+        self.alerts.lock().unwrap().len()
     }
 
     fn calls(&self, event_id: &str) -> usize {
@@ -56,7 +74,22 @@ impl FakeOwner {
 
 #[async_trait]
 impl Dispatcher for FakeOwner {
-    async fn dispatch(&self, _owner: Owner, event: &InboxEvent) -> Result<String, String> {
+    async fn alert_parked(&self, event: &InboxEvent) -> Result<(), String> {
+        self.alert_calls.fetch_add(1, Ordering::SeqCst);
+        if self.notifications_down.load(Ordering::SeqCst) {
+            return Err("notifications answered Unavailable".to_owned());
+        }
+        // The dispatcher's dedupe key: one per parking.
+        let key = format!(
+            "{}:{}",
+            event.event_id,
+            event.failed_at.map_or(0, |at| at.timestamp_millis())
+        );
+        *self.alerts.lock().unwrap().entry(key).or_default() += 1;
+        Ok(())
+    }
+
+    async fn dispatch(&self, _owner: Owner, event: &InboxEvent) -> Result<String, DispatchFailure> {
         let slowness = self.slowness.lock().unwrap().clone();
         if let Some((clock, by)) = slowness {
             clock.advance(by);
@@ -79,8 +112,17 @@ impl Dispatcher for FakeOwner {
             *count += 1;
             *count
         };
+        if let Some(code) = *self.down.lock().unwrap() {
+            return Err(DispatchFailure::new(
+                code,
+                format!("owner down (call {call})"),
+            ));
+        }
         if call <= self.failures.load(Ordering::SeqCst) {
-            Err(format!("owner unavailable (call {call})"))
+            Err(DispatchFailure::new(
+                tonic::Code::InvalidArgument,
+                format!("owner refused (call {call})"),
+            ))
         } else {
             Ok("applied".to_owned())
         }
@@ -454,7 +496,7 @@ async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
                 .last_error
                 .as_deref()
                 .unwrap_or_default()
-                .contains("owner unavailable")
+                .contains("owner refused")
         );
         assert_eq!(
             first.next_attempt_at,
@@ -775,6 +817,161 @@ async fn a_slow_owner_never_lets_a_second_replica_dispatch_an_event_twice() {
                 EventStatus::Completed
             );
         }
+    })
+    .await;
+}
+
+fn refund_event(id: &str) -> Vec<u8> {
+    serde_json::to_vec(&stripe::event(id, "charge.refunded", "charge")).unwrap()
+}
+
+/// Runs the worker's passes until nothing more is due at the clock's time.
+async fn drain(f: &Fixture) {
+    while f.inbox.process_due().await.unwrap() > 0 {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_down_longer_than_the_old_parking_window_never_parks_the_event() {
+    on_both_stores("outage", |repository| async move {
+        let policy = RetryPolicy::default();
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::ResourceExhausted,
+        ] {
+            let f = Fixture::new(
+                Arc::clone(&repository),
+                FakeOwner::default(),
+                policy.clone(),
+            );
+            let id = format!("evt_outage_{code:?}");
+            f.owner.set_down(Some(code));
+            f.deliver(Endpoint::StripeSubscription, &refund_event(&id))
+                .await
+                .unwrap();
+            let outage_began = f.clock.now();
+            // Two hours of outage: the old rule (5 tries, 30 s doubling) parked it after
+            // about 7.5 minutes. Every due try is made.
+            while f.clock.now() < outage_began + Duration::hours(2) {
+                drain(&f).await;
+                let stored = f.stored(Endpoint::StripeSubscription, &id).await;
+                assert_eq!(stored.status, EventStatus::Processing, "{code:?} parked it");
+                let due = stored.next_attempt_at.unwrap();
+                assert!(due - f.clock.now() <= policy.max_wait_delay, "{code:?}");
+                f.clock.set(due);
+            }
+            let waiting = f.stored(Endpoint::StripeSubscription, &id).await;
+            assert!(waiting.attempts > 20, "{} tries", waiting.attempts);
+            assert_eq!(waiting.refusals, 0);
+            let wait = waiting.waiting.clone().expect("recorded as waiting");
+            assert_eq!((wait.owner, wait.since), (Owner::Disputes, outage_began));
+            let stats = f.repository.statistics().await.unwrap();
+            assert_eq!((stats.waiting, stats.failed), (1, 0), "{code:?}");
+            assert_eq!(stats.waiting_for.get("disputes"), Some(&1));
+            assert_eq!(f.owner.alert_calls.load(Ordering::SeqCst), 0);
+
+            // The owner is back: applied at its next try (at most 5 minutes later), once.
+            f.owner.set_down(None);
+            let calls = f.owner.calls(&id);
+            f.clock.set(waiting.next_attempt_at.unwrap());
+            drain(&f).await;
+            let done = f.stored(Endpoint::StripeSubscription, &id).await;
+            assert_eq!(done.status, EventStatus::Completed, "{code:?}");
+            assert_eq!(done.waiting, None);
+            assert_eq!(f.owner.calls(&id), calls + 1);
+            assert_eq!(f.repository.statistics().await.unwrap().waiting, 0);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definite_refusal_still_parks_after_max_attempts_even_between_outages() {
+    on_both_stores("refusal", |repository| async move {
+        let policy = RetryPolicy::default();
+        let f = Fixture::new(repository, FakeOwner::failing(100), policy.clone());
+        f.deliver(Endpoint::StripePayouts, &transfer_event("evt_refused"))
+            .await
+            .unwrap();
+        // Refused, then an outage (waits do not count), then refused until parked.
+        for refusal in 1..policy.max_attempts {
+            drain(&f).await;
+            let stored = f.stored(Endpoint::StripePayouts, "evt_refused").await;
+            assert_eq!(
+                (stored.status, stored.refusals),
+                (EventStatus::Processing, refusal)
+            );
+            f.owner.set_down(Some(tonic::Code::Unavailable));
+            f.clock.set(stored.next_attempt_at.unwrap());
+            drain(&f).await;
+            let waiting = f.stored(Endpoint::StripePayouts, "evt_refused").await;
+            assert_eq!(waiting.refusals, refusal, "a wait is not a refusal");
+            assert!(waiting.waiting.is_some());
+            f.owner.set_down(None);
+            f.clock.set(waiting.next_attempt_at.unwrap());
+        }
+        drain(&f).await;
+        let parked = f.stored(Endpoint::StripePayouts, "evt_refused").await;
+        assert_eq!(parked.status, EventStatus::Failed);
+        assert_eq!(parked.refusals, policy.max_attempts);
+        assert_eq!(parked.waiting, None);
+        assert_eq!(parked.alert, None, "raised at once and confirmed");
+        assert_eq!(f.owner.alerts(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_events_alert_is_owed_until_notifications_confirm_it_and_raised_once() {
+    on_both_stores("owed_alert", |repository| async move {
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            ..RetryPolicy::default()
+        };
+        let f = Fixture::new(repository, FakeOwner::failing(2), policy.clone());
+        f.owner.notifications_down.store(true, Ordering::SeqCst);
+        park(&f, "evt_alert", &policy).await;
+        let parked = f.stored(Endpoint::StripePayouts, "evt_alert").await;
+        assert!(parked.alert.is_some(), "the alert is owed");
+        assert_eq!(f.repository.statistics().await.unwrap().alerts_owed, 1);
+        assert_eq!(f.owner.alerts(), 0);
+
+        // Notifications stay down for an hour: the alert is tried again, capped backoff.
+        let parked_at = f.clock.now();
+        while f.clock.now() < parked_at + Duration::hours(1) {
+            drain(&f).await;
+            let stored = f.stored(Endpoint::StripePayouts, "evt_alert").await;
+            let due = stored.alert.expect("still owed").due_at;
+            assert!(due - f.clock.now() <= policy.max_wait_delay);
+            f.clock.set(due);
+        }
+        let tries = f.owner.alert_calls.load(Ordering::SeqCst);
+        assert!(tries > 10, "{tries} tries");
+
+        // A crash between parking and raising is the same: the owed alert is on the event,
+        // so a fresh replica (nothing in memory) raises it once notifications are back.
+        f.owner.notifications_down.store(false, Ordering::SeqCst);
+        let fresh = f.replica();
+        assert_eq!(
+            fresh.process_due().await.unwrap(),
+            0,
+            "no event is processed"
+        );
+        assert_eq!(f.owner.alerts(), 1);
+        let raised = f.stored(Endpoint::StripePayouts, "evt_alert").await;
+        assert_eq!(raised.alert, None);
+        assert_eq!(
+            raised.status,
+            EventStatus::Failed,
+            "still parked, still retryable"
+        );
+        assert_eq!(f.repository.statistics().await.unwrap().alerts_owed, 0);
+
+        // Nothing is owed any more: no further tries, however long.
+        f.clock.advance(Duration::days(1));
+        drain(&f).await;
+        assert_eq!(f.owner.alert_calls.load(Ordering::SeqCst), tries + 1);
+        assert_eq!(f.owner.alerts(), 1);
     })
     .await;
 }

@@ -38,6 +38,9 @@ fn event(endpoint: Endpoint, id: &str, status: EventStatus, minute: i64) -> Inbo
         outcome: None,
         trace_parent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
         source: EventSource::Delivery,
+        refusals: 0,
+        waiting: None,
+        alert: None,
         version: 1,
     }
 }
@@ -48,7 +51,139 @@ async fn run(repository: Arc<dyn InboxRepository>) {
     concurrent_inserts_of_one_event_store_it_once(Arc::clone(&repository)).await;
     statistics_and_lists_by_status(repository.as_ref()).await;
     due_events_and_versioned_replacement(repository.as_ref()).await;
-    concurrent_claims_of_one_event_one_wins(repository).await;
+    concurrent_claims_of_one_event_one_wins(Arc::clone(&repository)).await;
+    waiting_events_and_owed_alerts(repository.as_ref()).await;
+}
+
+/// An event waiting for its owner keeps who and since, and is counted; a parked event's owed
+/// alert is stored with it, makes it due (for its alert only) and is counted until raised.
+async fn waiting_events_and_owed_alerts(repository: &dyn InboxRepository) {
+    use crate::domain::{OwedAlert, Owner, Waiting};
+    let policy = crate::domain::RetryPolicy::default();
+    let now = at(200);
+    let before = repository.statistics().await.unwrap();
+    let before_waiting = repository.waiting_by_owner().await.unwrap();
+
+    let stored = event(
+        Endpoint::StripeSubscription,
+        "evt_wait_disputes",
+        EventStatus::Processing,
+        200,
+    );
+    repository.insert_new(stored.clone()).await.unwrap();
+    let claimed = stored.claim(now, &policy);
+    repository.replace(&claimed, stored.version).await.unwrap();
+    let waiting = claimed.wait(
+        now,
+        Owner::Disputes,
+        "disputes answered Unavailable".to_owned(),
+        &policy,
+    );
+    repository.replace(&waiting, claimed.version).await.unwrap();
+    let read = repository
+        .get(Endpoint::StripeSubscription, "evt_wait_disputes")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, waiting);
+    assert_eq!(
+        read.waiting,
+        Some(Waiting {
+            owner: Owner::Disputes,
+            since: now,
+            waits: 1
+        })
+    );
+
+    let parked_source = InboxEvent {
+        refusals: policy.max_attempts - 1,
+        ..event(
+            Endpoint::StripePayouts,
+            "evt_alert_owed",
+            EventStatus::Processing,
+            200,
+        )
+    };
+    repository.insert_new(parked_source.clone()).await.unwrap();
+    let parked = parked_source.fail(now, "refused".to_owned(), &policy);
+    repository
+        .replace(&parked, parked_source.version)
+        .await
+        .unwrap();
+    let read = repository
+        .get(Endpoint::StripePayouts, "evt_alert_owed")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, parked);
+    assert_eq!(
+        read.alert,
+        Some(OwedAlert {
+            due_at: now,
+            attempts: 0
+        })
+    );
+
+    let after = repository.statistics().await.unwrap();
+    assert_eq!(after.waiting, before.waiting + 1);
+    assert_eq!(after.alerts_owed, before.alerts_owed + 1);
+    assert_eq!(after.failed, before.failed + 1);
+    let count = |map: &std::collections::BTreeMap<String, u64>| map.get("disputes").copied();
+    let waiting_now = repository.waiting_by_owner().await.unwrap();
+    assert_eq!(
+        count(&waiting_now).unwrap_or(0),
+        count(&before_waiting).unwrap_or(0) + 1
+    );
+    assert_eq!(after.waiting_for, waiting_now);
+
+    // The parked event is due for its alert; the waiting one only after its backoff.
+    let due_ids = |due: Vec<InboxEvent>| -> Vec<String> {
+        due.into_iter()
+            .map(|e| e.event_id)
+            .filter(|id| id == "evt_alert_owed" || id == "evt_wait_disputes")
+            .collect()
+    };
+    assert_eq!(
+        due_ids(repository.due(now, 1000).await.unwrap()),
+        ["evt_alert_owed"]
+    );
+    let backoff_over = now + policy.wait_backoff(1);
+    assert_eq!(
+        due_ids(repository.due(backoff_over, 1000).await.unwrap()),
+        ["evt_alert_owed", "evt_wait_disputes"]
+    );
+
+    // Claimed, the alert is not due until the lease runs out; raised, it is owed no more.
+    let alert_claimed = parked.claim_alert(now, &policy).unwrap();
+    repository
+        .replace(&alert_claimed, parked.version)
+        .await
+        .unwrap();
+    assert!(due_ids(repository.due(now, 1000).await.unwrap()).is_empty());
+    let raised = alert_claimed.alert_raised();
+    repository
+        .replace(&raised, alert_claimed.version)
+        .await
+        .unwrap();
+    assert!(
+        !due_ids(repository.due(now + Duration::days(1), 1000).await.unwrap())
+            .contains(&"evt_alert_owed".to_owned())
+    );
+    assert_eq!(
+        repository.statistics().await.unwrap().alerts_owed,
+        before.alerts_owed
+    );
+
+    // Applied once the owner is back: no longer waiting.
+    let back = waiting.claim(backoff_over, &policy);
+    repository.replace(&back, waiting.version).await.unwrap();
+    let done = back.complete(backoff_over, "applied".to_owned());
+    repository.replace(&done, back.version).await.unwrap();
+    assert_eq!(repository.waiting_by_owner().await.unwrap(), before_waiting);
+    assert_eq!(
+        repository.statistics().await.unwrap().waiting,
+        before.waiting
+    );
 }
 
 async fn due_events_and_versioned_replacement(repository: &dyn InboxRepository) {

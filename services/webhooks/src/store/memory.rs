@@ -8,8 +8,8 @@ use payouts_runtime::ServiceError;
 use super::{InboxRepository, Inserted, stale, storage_id};
 use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
 
-/// Embedded store: events by storage id, with an index of processing events by due time
-/// (what the MongoDB store's `{status, nextAttemptAt}` index is), so a worker's pass does
+/// Embedded store: events by storage id, with an index of events with work due by due time
+/// (what the MongoDB store's `{dueAt}` index is), so a worker's pass does
 /// not scan every stored event. Ordered maps, not hash maps: a hash map that grows rehashes
 /// every stored event at once, under the lock, and every delivery waits for it (tens of
 /// milliseconds at 100,000 events); a B-tree grows a node at a time.
@@ -26,12 +26,9 @@ struct State {
 
 impl State {
     fn index_key(event: &InboxEvent) -> Option<(DateTime<Utc>, String)> {
-        match (event.status, event.next_attempt_at) {
-            (EventStatus::Processing, Some(due)) => {
-                Some((due, storage_id(event.endpoint, &event.event_id)))
-            }
-            _ => None,
-        }
+        event
+            .work_due_at()
+            .map(|due| (due, storage_id(event.endpoint, &event.event_id)))
     }
 
     fn put(&mut self, id: String, event: InboxEvent) {
@@ -108,7 +105,7 @@ impl InboxRepository for MemoryInbox {
     async fn statistics(&self) -> Result<Statistics, ServiceError> {
         let mut statistics = Statistics::default();
         for event in self.lock().events.values() {
-            statistics.count(event.status, event.source);
+            statistics.count(event);
         }
         Ok(statistics)
     }

@@ -7,6 +7,7 @@ mod mongo;
 #[cfg(test)]
 mod conformance;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -40,7 +41,9 @@ pub trait InboxRepository: Send + Sync + 'static {
         event_id: &str,
     ) -> Result<Option<InboxEvent>, ServiceError>;
 
-    /// Processing events due at `now` (`next_attempt_at <= now`), earliest first.
+    /// Events with work due at `now` ([`InboxEvent::work_due_at`] `<= now`: a processing
+    /// event whose next attempt has come, or a parked event whose owed alert has), earliest
+    /// first.
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError>;
 
     /// Replaces the event if its stored version is `expected_version`; Conflict otherwise.
@@ -48,6 +51,13 @@ pub trait InboxRepository: Send + Sync + 'static {
 
     /// Counts by status.
     async fn statistics(&self) -> Result<Statistics, ServiceError>;
+
+    /// Processing events waiting for an owner that could not answer, by owner (an owner with
+    /// none is absent). What `statistics` counts as `waiting_for`; a store may answer it
+    /// without counting every event (the metrics ask every 15 seconds).
+    async fn waiting_by_owner(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
+        Ok(self.statistics().await?.waiting_for)
+    }
 
     /// Most recently received first; only `status` when given; after the
     /// (received_at, storage id) cursor.

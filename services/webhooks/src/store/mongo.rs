@@ -1,3 +1,4 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,7 +14,9 @@ use payouts_runtime::store::{
 use serde::{Deserialize, Serialize};
 
 use super::{InboxRepository, Inserted, stale, storage_id};
-use crate::domain::{Endpoint, EventSource, EventStatus, InboxEvent, Statistics};
+use crate::domain::{
+    Endpoint, EventSource, EventStatus, InboxEvent, OwedAlert, Owner, Statistics, Waiting,
+};
 
 /// MongoDB store: collection `processedWebhookEvents` (spec §4 document, plus what the
 /// inbox needs: payload, attempts, deliveries, version, expiresAt for the TTL index).
@@ -57,6 +60,25 @@ struct EventDocument {
     /// `delivery` or `backfill` (absent on events stored before sources were recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source: Option<String>,
+    /// Definite refusals since the event was last made due (what parking counts).
+    #[serde(default)]
+    refusals: i64,
+    /// The owner the event waits for ("payouts", "disputes") while it could not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    waiting_since: Option<bson::DateTime>,
+    #[serde(default)]
+    waits: i64,
+    /// Set while the parked event's critical alert is owed: when the worker raises it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alert_due_at: Option<bson::DateTime>,
+    #[serde(default)]
+    alert_attempts: i64,
+    /// When the worker has work with the event (`InboxEvent::work_due_at`): indexed, so one
+    /// query finds due attempts and owed alerts. Absent when there is nothing to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    due_at: Option<bson::DateTime>,
     version: i64,
     /// Set once the event completed; the TTL index removes it 30 days later. Absent while
     /// processing or failed, so those are never removed.
@@ -87,6 +109,25 @@ impl From<&InboxEvent> for EventDocument {
             outcome: e.outcome.clone(),
             trace_parent: e.trace_parent.clone(),
             source: Some(e.source.as_str().to_owned()),
+            refusals: i64::from(e.refusals),
+            waiting_for: e
+                .waiting
+                .as_ref()
+                .map(|waiting| waiting.owner.as_str().to_owned()),
+            waiting_since: e
+                .waiting
+                .as_ref()
+                .map(|waiting| to_bson_time(waiting.since)),
+            waits: e
+                .waiting
+                .as_ref()
+                .map_or(0, |waiting| i64::from(waiting.waits)),
+            alert_due_at: e.alert.as_ref().map(|alert| to_bson_time(alert.due_at)),
+            alert_attempts: e
+                .alert
+                .as_ref()
+                .map_or(0, |alert| i64::from(alert.attempts)),
+            due_at: e.work_due_at().map(to_bson_time),
             version: e.version,
             expires_at: e.expires_at().map(to_bson_time),
         }
@@ -100,7 +141,26 @@ impl TryFrom<EventDocument> for InboxEvent {
         let corrupt = |what: &str| {
             ServiceError::internal(anyhow::anyhow!("stored webhook event {} has {what}", d.id))
         };
+        let waiting = match (d.waiting_for.as_deref(), d.waiting_since) {
+            (Some(owner), Some(since)) => Some(Waiting {
+                owner: Owner::parse(owner).ok_or_else(|| corrupt("an unknown owner"))?,
+                since: from_bson_time(since),
+                waits: u32::try_from(d.waits).map_err(|_| corrupt("a bad wait count"))?,
+            }),
+            _ => None,
+        };
+        let alert = match d.alert_due_at {
+            Some(due_at) => Some(OwedAlert {
+                due_at: from_bson_time(due_at),
+                attempts: u32::try_from(d.alert_attempts)
+                    .map_err(|_| corrupt("a bad alert attempt count"))?,
+            }),
+            None => None,
+        };
         Ok(Self {
+            refusals: u32::try_from(d.refusals).map_err(|_| corrupt("a bad refusal count"))?,
+            waiting,
+            alert,
             endpoint: Endpoint::parse(&d.webhook_endpoint)
                 .ok_or_else(|| corrupt("an unknown endpoint"))?,
             status: EventStatus::parse(&d.status).ok_or_else(|| corrupt("an unknown status"))?,
@@ -137,6 +197,12 @@ impl MongoInbox {
                 .build(),
             IndexModel::builder()
                 .keys(doc! { "status": 1, "nextAttemptAt": 1 })
+                .build(),
+            // The worker's query: attempts and owed alerts that are due.
+            IndexModel::builder().keys(doc! { "dueAt": 1 }).build(),
+            // The waiting gauge: processing events by the owner they wait for.
+            IndexModel::builder()
+                .keys(doc! { "status": 1, "waitingFor": 1 })
                 .build(),
             IndexModel::builder()
                 .keys(doc! { "processedAt": -1 })
@@ -187,7 +253,20 @@ impl InboxRepository for MongoInbox {
     }
 
     async fn due(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<InboxEvent>, ServiceError> {
-        let documents: Vec<EventDocument> = find_many(&self.collection, doc! { "status": EventStatus::Processing.as_str(), "nextAttemptAt": { "$lte": to_bson_time(now) } }, doc! { "nextAttemptAt": 1, "_id": 1 }, limit).await?;
+        let now = to_bson_time(now);
+        // Documents written before `dueAt` existed are found by the old rule (processing and
+        // its next attempt has come); they sort first (a missing field sorts lowest).
+        let filter = doc! { "$or": [
+            { "dueAt": { "$lte": now } },
+            { "dueAt": { "$exists": false }, "status": EventStatus::Processing.as_str(), "nextAttemptAt": { "$lte": now } },
+        ] };
+        let documents: Vec<EventDocument> = find_many(
+            &self.collection,
+            filter,
+            doc! { "dueAt": 1, "_id": 1 },
+            limit,
+        )
+        .await?;
         documents.into_iter().map(InboxEvent::try_from).collect()
     }
 
@@ -229,7 +308,32 @@ impl InboxRepository for MongoInbox {
             .count_documents(doc! { "source": EventSource::Backfill.as_str() })
             .await
             .map_err(mongo_error)?;
+        statistics.waiting_for = self.waiting_by_owner().await?;
+        statistics.waiting = statistics.waiting_for.values().sum();
+        statistics.alerts_owed = self
+            .collection
+            .count_documents(doc! { "alertDueAt": { "$exists": true } })
+            .await
+            .map_err(mongo_error)?;
         Ok(statistics)
+    }
+
+    async fn waiting_by_owner(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
+        let mut waiting = BTreeMap::new();
+        let mut groups = self
+            .collection
+            .aggregate([
+                doc! { "$match": { "status": EventStatus::Processing.as_str(), "waitingFor": { "$exists": true } } },
+                doc! { "$group": { "_id": "$waitingFor", "count": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(mongo_error)?;
+        while let Some(group) = groups.try_next().await.map_err(mongo_error)? {
+            if let Ok(owner) = group.get_str("_id") {
+                waiting.insert(owner.to_owned(), group_count(&group));
+            }
+        }
+        Ok(waiting)
     }
 
     async fn list(
