@@ -98,8 +98,16 @@ async fn fake_stripe(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         "  export STRIPE_API_BASE={} STRIPE_SECRET_KEY=sk_test_local",
         stripe.url()
     );
+    println!(
+        "It delivers its events to the endpoints `payouts stripe setup-webhooks` registers with it."
+    );
+    println!(
+        "A creator's bank pays out: curl -X POST -H 'Authorization: Bearer sk_test_local' {}/_fake/accounts/acct_<user>/payouts",
+        stripe.url()
+    );
     println!("Ctrl-C stops it; everything it holds is forgotten.");
     tokio::signal::ctrl_c().await?;
+    stripe.shutdown().await;
     Ok(())
 }
 
