@@ -746,6 +746,7 @@ async fn events_parked_while_unhandled_are_applied_by_an_admin_retry() {
         &[
             ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", "whsec_e2e_transfers"),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
             ("DISPUTES_SERVICE_URL", &disputes_url),
