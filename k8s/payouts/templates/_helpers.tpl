@@ -62,7 +62,7 @@ webhooks:
   grpcService: payouts.webhooks.v1.WebhooksService
   callers: [gateway]
   platform: false
-  secrets: [MONGODB_URI, STRIPE_WEBHOOK_SECRET_PAYOUTS, STRIPE_WEBHOOK_SECRET, STRIPE_SECRET_KEY]
+  secrets: [MONGODB_URI, STRIPE_WEBHOOK_SECRET_PAYOUTS, STRIPE_WEBHOOK_SECRET_TRANSFERS, STRIPE_WEBHOOK_SECRET, STRIPE_SECRET_KEY]
 payouts:
   args: [serve, payouts]
   grpcService: payouts.payouts.v1.PayoutsService
