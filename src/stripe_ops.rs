@@ -266,7 +266,7 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
         }
     }
     println!(
-        "\nNot subscribed: {} (they belong to API versions before the 2017-04-06 transfer/payout split and were removed from Stripe's SDKs around 2022; current versions refuse them on new endpoints. A failed transfer is an error of POST /v1/transfers, money taken back is transfer.reversed, the creator's bank payout is payout.*). Accounts on older API versions still send them to the transfers endpoint and they are handled.",
+        "\nNot subscribed: {} (legacy: since the 2017-04-06 transfer/payout split a transfer succeeds or fails synchronously and Stripe deprecated them; its SDKs dropped them around 2022. A failed transfer is an error of POST /v1/transfers, money taken back is transfer.reversed, the creator's bank payout is payout.*). Accounts pinned to older API versions may still send them to the transfers endpoint, and they are handled.",
         LEGACY_TRANSFER_EVENTS.join(", ")
     );
     if !secrets.is_empty() {

@@ -143,10 +143,13 @@ pub const PAYOUTS_ENDPOINT_EVENTS: &[&str] = &[
 
 /// The transfers endpoint's events: the transfers the platform makes are the platform's
 /// events, so they reach only an account endpoint, never a Connect one. `transfer.paid` and
-/// `transfer.failed` are not subscribed: they belong to API versions before the 2017-04-06
-/// transfer/payout split and were removed from Stripe's SDKs around 2022 (current versions
-/// refuse them on new endpoints); accounts pinned to an older version still send them, so
-/// they are accepted here ([`LEGACY_TRANSFER_EVENTS`]) and handled.
+/// `transfer.failed` are not subscribed. They describe the legacy Transfer of API versions
+/// before the 2017-04-06 transfer/payout split, when a transfer could still fail after it was
+/// made; since then a transfer succeeds or fails synchronously and Stripe calls them
+/// deprecated (its staff in stripe/stripe-dotnet#2276 and #2390), but they stayed in Stripe's
+/// OpenAPI spec and SDK event lists until the SDKs removed them around 2022. An account
+/// pinned to an old version can still send them, so they are accepted here
+/// ([`LEGACY_TRANSFER_EVENTS`]) and handled.
 pub const TRANSFERS_ENDPOINT_EVENTS: &[&str] =
     &["transfer.created", "transfer.updated", "transfer.reversed"];
 
