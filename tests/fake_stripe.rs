@@ -338,11 +338,14 @@ async fn idempotency_keys_replay_the_first_answer_and_refuse_other_parameters() 
     );
 }
 
-/// A webhook receiver on loopback: records each delivery (path, signature, body) and answers
-/// 500 to the first `failures` deliveries on each path, then 200.
+/// One delivery as received: path, `Stripe-Signature`, body.
+type Received = (String, String, Vec<u8>);
+
+/// A webhook receiver on loopback: records each delivery and answers 500 to the first
+/// `failures` deliveries on each path, then 200.
 #[derive(Clone, Default)]
 struct Receiver {
-    received: std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
     failures: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
