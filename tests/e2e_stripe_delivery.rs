@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_proto::payouts::v1::{GetPayoutRequest, Payout, PayoutStatus, RequestPayoutRequest};
+use payouts_proto::payouts::v1::{Payout, PayoutStatus, RequestPayoutRequest};
 use payouts_runtime::testing::fake_stripe::{FakeStripe, RetrySchedule};
 use serde_json::Value;
 use support::{Payouts, StoreChoice};
@@ -89,15 +89,7 @@ async fn platform_post(stripe: &FakeStripe, path: &str, form: &[(&str, &str)]) -
 }
 
 async fn payout(process: &Payouts, payout_id: &str) -> Payout {
-    PayoutsServiceClient::new(process.grpc_channel().await)
-        .get_payout(GetPayoutRequest {
-            payout_id: payout_id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payout
-        .unwrap()
+    support::get_payout(&process.grpc_channel().await, payout_id).await
 }
 
 /// Waits until the payout satisfies `done` (Stripe's deliveries come in the background).

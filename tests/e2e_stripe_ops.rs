@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_proto::payouts::v1::{GetPayoutRequest, PayoutStatus, RequestPayoutRequest};
+use payouts_proto::payouts::v1::{PayoutStatus, RequestPayoutRequest};
 use payouts_runtime::testing::fake_stripe::FakeStripe;
 use payouts_runtime::testing::stripe;
 use payouts_webhooks::domain::{Endpoint, endpoint_for};
@@ -126,17 +126,7 @@ impl System {
 
     async fn wait_for_status(&self, payout_id: &str, status: PayoutStatus) {
         for _ in 0..400 {
-            let payout = self
-                .payouts()
-                .await
-                .get_payout(GetPayoutRequest {
-                    payout_id: payout_id.to_owned(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .payout
-                .unwrap();
+            let payout = support::get_payout(&self.process.grpc_channel().await, payout_id).await;
             if payout.status() == status {
                 return;
             }
