@@ -87,7 +87,9 @@ async fn bare_endpoint() -> String {
 }
 
 fn payloads(run: &str, events: usize) -> Payloads {
-    let template = stripe::event("evt_template", "payout.paid", "payout");
+    // A connected account's bank payout, as the Connect endpoint receives it.
+    let mut template = stripe::event("evt_template", "payout.paid", "payout");
+    template["account"] = serde_json::json!("acct_bench");
     let now = chrono::Utc::now().timestamp();
     Arc::new(
         (0..events)

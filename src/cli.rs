@@ -115,9 +115,10 @@ pub enum DevAction {
         #[arg(long)]
         key: Option<String>,
     },
-    /// Pay a creator's Stripe balance out to their bank in the fake Stripe (its own test
-    /// helper, `POST /v1/test_helpers/pay_out`, at STRIPE_API_BASE): a reconciled automatic
-    /// bank payout, whose `payout.paid` then attributes it.
+    /// Pay a creator's Stripe balance out to their bank in the fake Stripe (its own control
+    /// route, `POST /_fake/accounts/{id}/payouts`, at STRIPE_API_BASE): a reconciled automatic
+    /// bank payout, whose `payout.paid` and `payout.reconciliation_completed` the fake
+    /// delivers to the Connect endpoint.
     PayOut {
         /// The connected account (acct_...).
         account: String,

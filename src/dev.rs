@@ -97,9 +97,8 @@ async fn pay_out(settings: &Settings, account: &str) -> anyhow::Result<()> {
         .context("STRIPE_SECRET_KEY is not set (the fake takes any sk_test_ key)")?;
     let base = settings.stripe_api_base.trim_end_matches('/');
     let response = reqwest::Client::new()
-        .post(format!("{base}/v1/test_helpers/pay_out"))
+        .post(format!("{base}/_fake/accounts/{account}/payouts"))
         .bearer_auth(key.expose())
-        .header("Stripe-Account", account)
         .send()
         .await
         .with_context(|| format!("the fake Stripe at {base} did not answer"))?;
@@ -119,7 +118,9 @@ async fn pay_out(settings: &Settings, account: &str) -> anyhow::Result<()> {
         body["reconciliation_status"].as_str().unwrap_or_default()
     );
     println!(
-        "announce it: payouts stripe trigger payout.paid --account {account} --set data.object.id={id}"
+        "the fake delivers payout.paid and payout.reconciliation_completed to the Connect endpoint \
+         registered by setup-webhooks (or announce it by hand: payouts stripe trigger payout.paid \
+         --account {account} --set data.object.id={id})"
     );
     Ok(())
 }
@@ -138,8 +139,16 @@ async fn fake_stripe(addr: std::net::SocketAddr) -> anyhow::Result<()> {
         "  export STRIPE_API_BASE={} STRIPE_SECRET_KEY=sk_test_local",
         stripe.url()
     );
+    println!(
+        "It delivers its events to the endpoints `payouts stripe setup-webhooks` registers with it."
+    );
+    println!(
+        "A creator's bank pays out: payouts dev pay-out acct_<user> (POST {}/_fake/accounts/acct_<user>/payouts)",
+        stripe.url()
+    );
     println!("Ctrl-C stops it; everything it holds is forgotten.");
     tokio::signal::ctrl_c().await?;
+    stripe.shutdown().await;
     Ok(())
 }
 

@@ -4,46 +4,49 @@
 use anyhow::{Context as _, bail};
 use payouts_runtime::Settings;
 use payouts_runtime::stripe_dev;
-use payouts_webhooks::domain::{
-    Endpoint, LEGACY_TRANSFER_EVENTS, PAYOUTS_ENDPOINT_EVENTS, SUBSCRIPTION_ENDPOINT_EVENTS,
-    endpoint_for,
-};
+use payouts_webhooks::domain::{Endpoint, EndpointKind, LEGACY_TRANSFER_EVENTS, endpoint_for};
 use serde_json::{Value, json};
 use stripe_misc::webhook_endpoint::{
     CreateWebhookEndpoint, CreateWebhookEndpointEnabledEvents, ListWebhookEndpoint,
     UpdateWebhookEndpoint, UpdateWebhookEndpointEnabledEvents,
 };
 
-/// One of the two endpoints of spec §9.
+/// One of the webhook endpoints Stripe delivers to (the lists, paths, secrets and kinds are
+/// the webhooks domain's: `payouts_webhooks::domain::Endpoint`).
 pub struct EndpointSpec {
     pub endpoint: Endpoint,
-    pub path: &'static str,
-    /// The variable its signing secret goes in.
-    pub variable: &'static str,
-    pub events: &'static [&'static str],
-    /// A Connect endpoint also gets the connected accounts' events (their bank payouts).
-    pub connect: bool,
     pub description: &'static str,
 }
 
-pub const ENDPOINTS: [EndpointSpec; 2] = [
+impl EndpointSpec {
+    fn connect(&self) -> bool {
+        self.endpoint.kind() == EndpointKind::Connect
+    }
+}
+
+/// What `setup-webhooks` creates: a Connect endpoint for the connected accounts' events and
+/// two account endpoints for the platform's (https://docs.stripe.com/connect/webhooks).
+pub const ENDPOINTS: [EndpointSpec; 3] = [
     EndpointSpec {
         endpoint: Endpoint::StripePayouts,
-        path: "/api/webhooks/stripe-payouts",
-        variable: "STRIPE_WEBHOOK_SECRET_PAYOUTS",
-        events: PAYOUTS_ENDPOINT_EVENTS,
-        connect: true,
-        description: "Payouts: transfer, bank payout and account events",
+        description: "Payouts: connected accounts' bank payouts and account events (Connect)",
+    },
+    EndpointSpec {
+        endpoint: Endpoint::StripeTransfers,
+        description: "Payouts: the platform's transfer events",
     },
     EndpointSpec {
         endpoint: Endpoint::StripeSubscription,
-        path: "/api/webhooks/stripe-subscription",
-        variable: "STRIPE_WEBHOOK_SECRET",
-        events: SUBSCRIPTION_ENDPOINT_EVENTS,
-        connect: false,
         description: "Payouts: payment, refund, dispute and subscription events",
     },
 ];
+
+/// The API version async-stripe sends as `Stripe-Version` (its `ClientConfig` default,
+/// `stripe_shared::version::VERSION`): endpoints are pinned to it, so events are rendered in
+/// the shapes the client reads (https://docs.stripe.com/api/webhook_endpoints/create).
+pub fn client_api_version() -> stripe_shared::ApiVersion {
+    stripe_shared::version::VERSION
+}
 
 fn stripe_client(settings: &Settings) -> anyhow::Result<(stripe::Client, bool)> {
     let key = settings
@@ -116,7 +119,7 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
         .build()?;
     let mut unhealthy = Vec::new();
     for spec in &ENDPOINTS {
-        let url = format!("{base}{}", spec.path);
+        let url = format!("{base}{}", spec.endpoint.path());
         match healthy(&http, &url).await {
             Ok(()) => println!("  ok    {url} is healthy"),
             Err(why) => {
@@ -148,35 +151,40 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
     }
     println!("  {} endpoint(s) in the account", existing.len());
 
+    let pinned = client_api_version();
     let mut secrets = Vec::new();
     let mut problems = Vec::new();
     for spec in &ENDPOINTS {
-        let url = format!("{base}{}", spec.path);
-        let wanted = sorted(spec.events);
+        let url = format!("{base}{}", spec.endpoint.path());
+        let events = spec.endpoint.subscribed_events();
+        let wanted = sorted(events);
         let matching: Vec<_> = existing.iter().filter(|e| e.url == url).collect();
         println!(
-            "\n{} ({} events, connect={})",
+            "\n{} ({} events, connect={}, api_version {})",
             url,
             wanted.len(),
-            spec.connect
+            spec.connect(),
+            pinned.as_str()
         );
         match matching.first() {
             None if dry_run => println!("  would create it with: {}", wanted.join(", ")),
             None => {
-                let events: Vec<CreateWebhookEndpointEnabledEvents> = spec
-                    .events
+                let enabled: Vec<CreateWebhookEndpointEnabledEvents> = events
                     .iter()
                     .filter_map(|event| event.parse().ok())
                     .collect();
-                let created = CreateWebhookEndpoint::new(events, url.clone())
-                    .connect(spec.connect)
+                let created = CreateWebhookEndpoint::new(enabled, url.clone())
+                    .connect(spec.connect())
+                    .api_version(pinned.clone())
                     .description(spec.description)
                     .send(&client)
                     .await
                     .map_err(|error| anyhow::anyhow!("Stripe did not create {url}: {error}"))?;
                 println!("  created {}", created.id);
                 match created.secret {
-                    Some(secret) => secrets.push(format!("{}={secret}", spec.variable)),
+                    Some(secret) => {
+                        secrets.push(format!("{}={secret}", spec.endpoint.secret_variable()))
+                    }
                     None => problems.push(format!("{url}: Stripe showed no signing secret")),
                 }
             }
@@ -188,14 +196,42 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
                         found.id
                     ));
                 }
-                if found.application.is_some() != spec.connect {
+                if found.application.is_some() != spec.connect() {
                     problems.push(format!(
                         "{} at {url} is {}a Connect endpoint and Stripe cannot change that: delete it and run again",
                         found.id,
-                        if spec.connect { "not " } else { "" }
+                        if spec.connect() { "not " } else { "" }
                     ));
                 }
+                if found.api_version.as_deref() != Some(pinned.as_str()) {
+                    // Stripe sets an endpoint's version only at creation.
+                    println!(
+                        "  note: {} renders events with API version {} (Stripe sets it only at creation); to pin {}, delete it in the dashboard and run again (a new secret is printed)",
+                        found.id,
+                        found
+                            .api_version
+                            .as_deref()
+                            .unwrap_or("the account's default"),
+                        pinned.as_str()
+                    );
+                }
                 let current = sorted(&found.enabled_events);
+                let misrouted: Vec<&String> = current
+                    .iter()
+                    .filter(|event| endpoint_for(event).is_some_and(|home| home != spec.endpoint))
+                    .collect();
+                if !misrouted.is_empty() {
+                    println!(
+                        "  {} subscribes {} which Stripe never sends it (connect={}): moved to the endpoint Stripe sends them to",
+                        found.id,
+                        misrouted
+                            .iter()
+                            .map(|event| event.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        spec.connect()
+                    );
+                }
                 if current == wanted && found.status == "enabled" {
                     println!("  {} is up to date", found.id);
                 } else if dry_run {
@@ -211,13 +247,12 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
                         }
                     );
                 } else {
-                    let events: Vec<UpdateWebhookEndpointEnabledEvents> = spec
-                        .events
+                    let enabled: Vec<UpdateWebhookEndpointEnabledEvents> = events
                         .iter()
                         .filter_map(|event| event.parse().ok())
                         .collect();
                     UpdateWebhookEndpoint::new(found.id.clone())
-                        .enabled_events(events)
+                        .enabled_events(enabled)
                         .disabled(false)
                         .description(spec.description)
                         .send(&client)
@@ -231,7 +266,7 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
         }
     }
     println!(
-        "\nNot subscribed: {} (current Stripe removed them with the 2017-04-06 transfer/payout split and refuses them on new endpoints; a failed transfer is an error of POST /v1/transfers, money taken back is transfer.reversed, the creator's bank payout is payout.*). Accounts on older API versions still send them and they are handled.",
+        "\nNot subscribed: {} (legacy: since the 2017-04-06 transfer/payout split a transfer succeeds or fails synchronously and Stripe deprecated them; its SDKs dropped them around 2022. A failed transfer is an error of POST /v1/transfers, money taken back is transfer.reversed, the creator's bank payout is payout.*). Accounts pinned to older API versions may still send them to the transfers endpoint, and they are handled.",
         LEGACY_TRANSFER_EVENTS.join(", ")
     );
     if !secrets.is_empty() {
@@ -259,12 +294,12 @@ pub async fn setup_webhooks(settings: &Settings, url: &str, dry_run: bool) -> an
     Ok(())
 }
 
-/// Every event type `payouts stripe trigger` can send: every type Payouts handles.
+/// Every event type `payouts stripe trigger` can send: every type an endpoint takes.
 pub fn triggerable() -> Vec<&'static str> {
-    PAYOUTS_ENDPOINT_EVENTS
+    ENDPOINTS
         .iter()
+        .flat_map(|spec| spec.endpoint.subscribed_events())
         .chain(LEGACY_TRANSFER_EVENTS)
-        .chain(SUBSCRIPTION_ENDPOINT_EVENTS)
         .copied()
         .collect()
 }
@@ -275,9 +310,10 @@ fn object_of(event_type: &str) -> Option<&'static str> {
         t if t.starts_with("transfer.") => "transfer",
         t if t.starts_with("payout.") => "payout",
         "account.updated" => "account",
+        "account.application.deauthorized" => "application",
         "charge.refunded" => "charge",
         t if t.starts_with("charge.dispute.") => "dispute",
-        t if t.starts_with("refund.") => "refund",
+        t if t.starts_with("refund.") || t == "charge.refund.updated" => "refund",
         t if t.starts_with("invoice.") => "invoice",
         t if t.starts_with("customer.subscription.") => "subscription",
         "checkout.session.completed" => "checkout.session",
@@ -324,6 +360,18 @@ pub fn build_event(
     {
         bail!("--account must be a connected account id (acct_...), got {account:?}");
     }
+    // As Stripe sends them: a connected account's event carries its account, the
+    // platform's own never does (the endpoint would refuse it).
+    let connected = endpoint_for(event_type).map(Endpoint::kind) == Some(EndpointKind::Connect);
+    match (connected, account) {
+        (true, None) => bail!(
+            "{event_type} is a connected account's event: --account acct_... is required (Stripe sends it with its account)"
+        ),
+        (false, Some(_)) => bail!(
+            "{event_type} is the platform's own event: Stripe sends it without an account, so --account is refused"
+        ),
+        _ => {}
+    }
     let id = format!("evt_trigger_{}", uuid::Uuid::new_v4().simple());
     let mut event = stripe_dev::event(&id, event_type, object);
     event["livemode"] = json!(livemode);
@@ -344,25 +392,22 @@ pub async fn trigger(
     sets: &[String],
 ) -> anyhow::Result<()> {
     let event = build_event(event_type, account, settings.stripe_livemode, sets)?;
-    let endpoint = endpoint_for(event_type);
-    let spec = ENDPOINTS
-        .iter()
-        .find(|spec| spec.endpoint == endpoint)
-        .context("every endpoint has a spec")?;
+    let endpoint = endpoint_for(event_type).context("every triggerable type has an endpoint")?;
     let secrets = match endpoint {
         Endpoint::StripePayouts => &settings.stripe_webhook_secrets_payouts,
         Endpoint::StripeSubscription => &settings.stripe_webhook_secrets_subscription,
+        Endpoint::StripeTransfers => &settings.stripe_webhook_secrets_transfers,
     };
     let secret = secrets.first().with_context(|| {
         format!(
             "{} is required: {event_type} is signed with it",
-            spec.variable
+            endpoint.secret_variable()
         )
     })?;
     let gateway = gateway
         .map(|url| url.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| format!("http://{}", settings.gateway_addr));
-    let url = format!("{gateway}{}", spec.path);
+    let url = format!("{gateway}{}", endpoint.path());
     let body = serde_json::to_vec(&event)?;
     let signature =
         stripe_dev::signature_header(&body, secret.expose(), chrono::Utc::now().timestamp());
@@ -394,7 +439,11 @@ mod tests {
     #[test]
     fn every_type_we_handle_can_be_triggered_with_its_fixture_object() {
         for event_type in triggerable() {
-            let event = build_event(event_type, None, false, &[]).unwrap();
+            let account = (endpoint_for(event_type).map(Endpoint::kind)
+                == Some(EndpointKind::Connect))
+            .then_some("acct_1");
+            let event = build_event(event_type, account, false, &[]).unwrap();
+            assert_eq!(event["account"].as_str(), account, "{event_type}");
             assert_eq!(event["type"], event_type);
             assert_eq!(event["object"], "event");
             assert!(event["data"]["object"]["id"].is_string(), "{event_type}");
@@ -402,6 +451,10 @@ mod tests {
         }
         assert!(build_event("customer.created", None, false, &[]).is_err());
         assert!(build_event("payout.paid", Some("cus_1"), false, &[]).is_err());
+        let error = build_event("payout.paid", None, false, &[]).unwrap_err();
+        assert!(error.to_string().contains("--account"), "{error}");
+        let error = build_event("transfer.reversed", Some("acct_1"), false, &[]).unwrap_err();
+        assert!(error.to_string().contains("platform"), "{error}");
     }
 
     #[test]
@@ -411,7 +464,7 @@ mod tests {
             "data.object.metadata.payout_id=p_1".to_owned(),
             "data.object.reversed=true".to_owned(),
         ];
-        let event = build_event("transfer.reversed", Some("acct_1"), true, &sets).unwrap();
+        let event = build_event("payout.failed", Some("acct_1"), true, &sets).unwrap();
         assert_eq!(event["data"]["object"]["amount"], 5000);
         assert_eq!(event["data"]["object"]["metadata"]["payout_id"], "p_1");
         assert_eq!(event["data"]["object"]["reversed"], true);

@@ -19,6 +19,7 @@ use support::{Payouts, StoreChoice};
 use tonic::transport::Channel;
 
 const PAYOUTS_SECRET: &str = "whsec_e2e_approvals";
+const TRANSFERS_SECRET: &str = "whsec_e2e_approvals_transfers";
 const ADMIN_SECRET: &str = "e2e-approvals-admin-secret-of-32-bytes+";
 
 struct System {
@@ -34,6 +35,7 @@ async fn start(store: StoreChoice) -> System {
         ("STRIPE_SECRET_KEY", "sk_test_e2e"),
         ("STRIPE_API_BASE", stripe.url()),
         ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+        ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
         ("ADMIN_JWT_SECRET", ADMIN_SECRET),
         ("ADMIN_USER_IDS", "admin-1,admin-2"),
         ("WEBHOOK_POLL_MILLISECONDS", "20"),
@@ -166,10 +168,10 @@ impl System {
         event["data"]["object"] = transfer.clone();
         let body = serde_json::to_vec(&event).unwrap();
         let header =
-            stripe::signature_header(&body, PAYOUTS_SECRET, chrono::Utc::now().timestamp());
+            stripe::signature_header(&body, TRANSFERS_SECRET, chrono::Utc::now().timestamp());
         let response = self
             .http
-            .post(self.process.gateway_url("/api/webhooks/stripe-payouts"))
+            .post(self.process.gateway_url("/api/webhooks/stripe-transfers"))
             .header("Stripe-Signature", header)
             .body(body)
             .send()

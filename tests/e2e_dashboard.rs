@@ -19,6 +19,7 @@ use payouts_runtime::testing::{browser, stripe};
 use support::{Payouts, StoreChoice};
 
 const PAYOUTS_SECRET: &str = "whsec_dashboard_payouts";
+const TRANSFERS_SECRET: &str = "whsec_dashboard_transfers";
 const ADMIN_SECRET: &str = "dashboard-admin-secret-of-at-least-32-bytes";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,6 +36,7 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
             ("STRIPE_SECRET_KEY", "sk_test_dashboard"),
             ("STRIPE_API_BASE", stripe_api.url()),
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
             ("ADMIN_JWT_SECRET", ADMIN_SECRET),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
@@ -70,8 +72,8 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
     broken["data"]["object"] = serde_json::json!({ "object": "transfer" });
     let delivered = support::deliver_webhook(
         &process,
-        "/api/webhooks/stripe-payouts",
-        PAYOUTS_SECRET,
+        "/api/webhooks/stripe-transfers",
+        TRANSFERS_SECRET,
         &broken,
     )
     .await;

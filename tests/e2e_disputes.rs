@@ -791,6 +791,7 @@ async fn a_refund_delivered_while_disputes_is_down_waits_and_is_applied_when_it_
         &[
             ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", "whsec_e2e_transfers"),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
             ("WEBHOOK_RETRY_BASE_SECONDS", "1"),

@@ -33,6 +33,7 @@ async fn assert_webhook_endpoints_answer(process: &Payouts) {
     let http = reqwest::Client::new();
     for (path, service) in [
         ("/api/webhooks/stripe-payouts", "stripe-payouts-webhook"),
+        ("/api/webhooks/stripe-transfers", "stripe-transfers-webhook"),
         (
             "/api/webhooks/stripe-subscription",
             "stripe-subscription-webhook",
@@ -132,10 +133,11 @@ async fn assert_every_service_serves(process: &Payouts) {
 
 // Multi-threaded: `terminate` blocks one thread while the clients' connections, driven by the
 // other, answer the server's shutdown.
-/// Both endpoints' signing secrets: without them the webhooks service cannot take deliveries.
-const WEBHOOK_SECRETS: [(&str, &str); 2] = [
+/// The endpoints' signing secrets: without them the webhooks service cannot take deliveries.
+const WEBHOOK_SECRETS: [(&str, &str); 3] = [
     ("STRIPE_WEBHOOK_SECRET_PAYOUTS", "whsec_health_payouts"),
     ("STRIPE_WEBHOOK_SECRET", "whsec_health_subscription"),
+    ("STRIPE_WEBHOOK_SECRET_TRANSFERS", "whsec_health_transfers"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,7 +337,11 @@ fn configurations_that_would_lose_money_are_refused() {
         ),
         (
             vec!["serve", "webhooks"],
-            vec![("PAYOUTS_ALLOW_EMBEDDED", "true"), WEBHOOK_SECRETS[1]],
+            vec![
+                ("PAYOUTS_ALLOW_EMBEDDED", "true"),
+                WEBHOOK_SECRETS[1],
+                WEBHOOK_SECRETS[2],
+            ],
             "invalid setting STRIPE_WEBHOOK_SECRET_PAYOUTS",
         ),
         (
@@ -386,6 +392,7 @@ fn configurations_that_would_lose_money_are_refused() {
             ("ADMIN_JWT_SECRET", &long_secret),
             WEBHOOK_SECRETS[0],
             WEBHOOK_SECRETS[1],
+            WEBHOOK_SECRETS[2],
             plaintext,
         ],
     )
@@ -396,7 +403,12 @@ fn configurations_that_would_lose_money_are_refused() {
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("configuration OK"), "{stdout}");
     assert!(stdout.contains("mongodb_uri"), "{stdout}");
-    for secret in ["hunter2", long_secret.as_str(), "whsec_health_payouts"] {
+    for secret in [
+        "hunter2",
+        long_secret.as_str(),
+        "whsec_health_payouts",
+        "whsec_health_transfers",
+    ] {
         assert!(!stdout.contains(secret), "{secret} printed");
     }
     let unknown = failed_start(&["config", "check", "ledger"], &[]);

@@ -240,6 +240,10 @@ async fn the_gateway_reaches_a_service_in_another_process_over_mutual_tls() {
     let mut webhooks_env = tls_env("webhooks");
     webhooks_env.push(("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET.to_owned()));
     webhooks_env.push(("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET.to_owned()));
+    webhooks_env.push((
+        "STRIPE_WEBHOOK_SECRET_TRANSFERS",
+        "whsec_mtls_transfers".to_owned(),
+    ));
     let webhooks = Payouts::start(
         &["serve", "webhooks"],
         StoreChoice::Embedded,
@@ -344,6 +348,10 @@ async fn a_dispute_crosses_every_process_over_mutual_tls() {
         &[
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET.to_owned()),
             ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET.to_owned()),
+            (
+                "STRIPE_WEBHOOK_SECRET_TRANSFERS",
+                "whsec_mtls_transfers".to_owned(),
+            ),
             ("WEBHOOK_POLL_MILLISECONDS", "20".to_owned()),
             ("DISPUTES_SERVICE_URL", disputes_url.clone()),
             ("NOTIFICATIONS_SERVICE_URL", notifications_url),

@@ -26,6 +26,7 @@ use support::{Payouts, StoreChoice};
 use tonic::transport::Channel;
 
 const PAYOUTS_SECRET: &str = "whsec_e2e_payouts";
+const TRANSFERS_SECRET: &str = "whsec_e2e_transfers";
 
 struct System {
     process: Payouts,
@@ -39,6 +40,7 @@ async fn start(store: StoreChoice, extra: &[(&str, &str)]) -> System {
         ("STRIPE_SECRET_KEY", "sk_test_e2e"),
         ("STRIPE_API_BASE", stripe.url()),
         ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+        ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
         ("WEBHOOK_POLL_MILLISECONDS", "20"),
         ("PAYOUT_POLL_MILLISECONDS", "50"),
         ("PAYOUT_RETRY_BASE_SECONDS", "1"),
@@ -108,7 +110,8 @@ impl System {
         panic!("payout {payout_id} never reached the expected state; last seen {last:?}");
     }
 
-    /// Stripe delivers a signed webhook about a transfer of ours.
+    /// Stripe delivers a signed webhook about a transfer of ours (a platform event: to the
+    /// transfers endpoint).
     async fn webhook(
         &self,
         event_id: &str,
@@ -123,8 +126,8 @@ impl System {
         }
         let response = support::deliver_webhook(
             &self.process,
-            "/api/webhooks/stripe-payouts",
-            PAYOUTS_SECRET,
+            "/api/webhooks/stripe-transfers",
+            TRANSFERS_SECRET,
             &event,
         )
         .await;

@@ -13,14 +13,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
-use payouts_proto::payouts::v1::{GetPayoutRequest, PayoutStatus, RequestPayoutRequest};
+use payouts_proto::payouts::v1::{PayoutStatus, RequestPayoutRequest};
 use payouts_runtime::testing::fake_stripe::FakeStripe;
 use payouts_runtime::testing::stripe;
+use payouts_webhooks::domain::{Endpoint, endpoint_for};
 use serde_json::{Value, json};
 use support::{Payouts, StoreChoice};
 
 const PAYOUTS_SECRET: &str = "whsec_e2e_ops_payouts";
 const SUBSCRIPTION_SECRET: &str = "whsec_e2e_ops_subscription";
+const TRANSFERS_SECRET: &str = "whsec_e2e_ops_transfers";
 const ADMIN_SECRET: &str = "e2e-ops-admin-secret-of-at-least-32-bytes";
 
 struct System {
@@ -35,6 +37,7 @@ async fn start(extra: &[(&str, &str)]) -> System {
         ("STRIPE_API_BASE", stripe.url()),
         ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
         ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+        ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
         ("ADMIN_JWT_SECRET", ADMIN_SECRET),
         ("WEBHOOK_POLL_MILLISECONDS", "20"),
         ("PAYOUT_POLL_MILLISECONDS", "50"),
@@ -64,6 +67,7 @@ impl System {
                 ("STRIPE_API_BASE", self.stripe.url()),
                 ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
                 ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+                ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
             ],
         )
         .stdout(Stdio::piped())
@@ -122,17 +126,7 @@ impl System {
 
     async fn wait_for_status(&self, payout_id: &str, status: PayoutStatus) {
         for _ in 0..400 {
-            let payout = self
-                .payouts()
-                .await
-                .get_payout(GetPayoutRequest {
-                    payout_id: payout_id.to_owned(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .payout
-                .unwrap();
+            let payout = support::get_payout(&self.process.grpc_channel().await, payout_id).await;
             if payout.status() == status {
                 return;
             }
@@ -160,15 +154,17 @@ impl System {
         panic!("event {event_id} was never processed");
     }
 
-    /// Stripe delivers `event` (signed) to the payouts endpoint: the gateway's answer.
+    /// Stripe delivers `event` (signed) to the endpoint its type goes to: the gateway's
+    /// answer.
     async fn deliver(&self, event: &Value) -> Value {
-        let response = support::deliver_webhook(
-            &self.process,
-            "/api/webhooks/stripe-payouts",
-            PAYOUTS_SECRET,
-            event,
-        )
-        .await;
+        let endpoint = endpoint_for(event["type"].as_str().unwrap()).unwrap();
+        let secret = match endpoint {
+            Endpoint::StripePayouts => PAYOUTS_SECRET,
+            Endpoint::StripeTransfers => TRANSFERS_SECRET,
+            Endpoint::StripeSubscription => SUBSCRIPTION_SECRET,
+        };
+        let response =
+            support::deliver_webhook(&self.process, endpoint.path(), secret, event).await;
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
     }
@@ -200,7 +196,7 @@ fn events_of(endpoint: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn setup_webhooks_creates_both_endpoints_then_updates_them_without_duplicating() {
+async fn setup_webhooks_creates_the_three_endpoints_then_updates_them_without_duplicating() {
     let system = start(&[]).await;
     let base = system.base();
 
@@ -214,52 +210,62 @@ async fn setup_webhooks_creates_both_endpoints_then_updates_them_without_duplica
     let (ok, stdout, stderr) =
         system.tool(&["stripe", "setup-webhooks", "--url", &base, "--dry-run"]);
     assert!(ok, "{stderr}");
-    assert_eq!(stdout.matches("would create").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("would create").count(), 3, "{stdout}");
     assert!(endpoints(&system.stripe).await.is_empty());
 
     let (ok, stdout, stderr) = system.tool(&["stripe", "setup-webhooks", "--url", &base]);
     assert!(ok, "{stderr}");
     assert!(stdout.contains("is healthy"), "{stdout}");
-    assert!(
-        stdout.contains("STRIPE_WEBHOOK_SECRET_PAYOUTS=whsec_fake_endpoint_secret_1"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("STRIPE_WEBHOOK_SECRET=whsec_fake_endpoint_secret_2"),
-        "{stdout}"
-    );
+    for line in [
+        "STRIPE_WEBHOOK_SECRET_PAYOUTS=whsec_fake_endpoint_secret_1",
+        "STRIPE_WEBHOOK_SECRET_TRANSFERS=whsec_fake_endpoint_secret_2",
+        "STRIPE_WEBHOOK_SECRET=whsec_fake_endpoint_secret_3",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
     assert!(stdout.contains("Not subscribed: transfer.paid, transfer.failed"));
     let created = endpoints(&system.stripe).await;
-    assert_eq!(created.len(), 2);
-    let payouts = created
-        .iter()
-        .find(|e| e["url"] == format!("{base}/api/webhooks/stripe-payouts"))
-        .unwrap();
+    assert_eq!(created.len(), 3);
+    let at = |path: &str| {
+        created
+            .iter()
+            .find(|e| e["url"] == format!("{base}{path}"))
+            .unwrap()
+            .clone()
+    };
+    // The version async-stripe sends (stripe_shared::version::VERSION).
+    let pinned = stripe_shared::version::VERSION;
+    let payouts = at("/api/webhooks/stripe-payouts");
     assert_eq!(
         payouts["application"], "ca_fake_platform",
         "a Connect endpoint"
     );
     assert_eq!(
-        events_of(payouts),
+        events_of(&payouts),
         [
+            "account.application.deauthorized",
             "account.updated",
             "payout.canceled",
             "payout.created",
             "payout.failed",
             "payout.paid",
+            "payout.reconciliation_completed",
             "payout.updated",
-            "transfer.created",
-            "transfer.reversed",
-            "transfer.updated"
         ]
     );
-    let subscription = created
-        .iter()
-        .find(|e| e["url"] == format!("{base}/api/webhooks/stripe-subscription"))
-        .unwrap();
+    let transfers = at("/api/webhooks/stripe-transfers");
+    assert!(transfers["application"].is_null(), "an account endpoint");
+    assert_eq!(
+        events_of(&transfers),
+        ["transfer.created", "transfer.reversed", "transfer.updated"]
+    );
+    let subscription = at("/api/webhooks/stripe-subscription");
     assert!(subscription["application"].is_null());
-    assert_eq!(events_of(subscription).len(), 13);
-    assert!(events_of(subscription).contains(&"charge.dispute.funds_withdrawn".to_owned()));
+    assert_eq!(events_of(&subscription).len(), 13);
+    assert!(events_of(&subscription).contains(&"charge.dispute.funds_withdrawn".to_owned()));
+    for endpoint in [&payouts, &transfers, &subscription] {
+        assert_eq!(endpoint["api_version"], pinned.as_str(), "{endpoint}");
+    }
 
     // Someone narrows an endpoint in the dashboard: the next run puts its events back, in
     // place, and shows no secret (Stripe shows one only at creation).
@@ -267,7 +273,7 @@ async fn setup_webhooks_creates_both_endpoints_then_updates_them_without_duplica
     let response = reqwest::Client::new()
         .post(format!("{}/v1/webhook_endpoints/{id}", system.stripe.url()))
         .bearer_auth("sk_test_e2e_ops")
-        .form(&[("enabled_events[0]", "transfer.created")])
+        .form(&[("enabled_events[0]", "payout.paid")])
         .send()
         .await
         .unwrap();
@@ -283,12 +289,79 @@ async fn setup_webhooks_creates_both_endpoints_then_updates_them_without_duplica
         "no secret on an update: {stdout}"
     );
     let after = endpoints(&system.stripe).await;
-    assert_eq!(after.len(), 2, "updated, not duplicated");
+    assert_eq!(after.len(), 3, "updated, not duplicated");
     let restored = after.iter().find(|e| e["id"] == id).unwrap();
-    assert_eq!(events_of(restored), events_of(payouts));
+    assert_eq!(events_of(restored), events_of(&payouts));
     let (ok, stdout, _) = system.tool(&["stripe", "setup-webhooks", "--url", &base]);
     assert!(ok);
-    assert_eq!(stdout.matches("is up to date").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("is up to date").count(), 3, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_webhooks_migrates_a_connect_endpoint_that_subscribed_transfers() {
+    let system = start(&[]).await;
+    let base = system.base();
+    // The old topology: transfer.* on the Connect payouts endpoint, no transfers endpoint.
+    let old = reqwest::Client::new()
+        .post(format!("{}/v1/webhook_endpoints", system.stripe.url()))
+        .bearer_auth("sk_test_e2e_ops")
+        .form(&[
+            ("url", format!("{base}/api/webhooks/stripe-payouts")),
+            ("connect", "true".to_owned()),
+            ("enabled_events[0]", "transfer.created".to_owned()),
+            ("enabled_events[1]", "transfer.updated".to_owned()),
+            ("enabled_events[2]", "transfer.reversed".to_owned()),
+            ("enabled_events[3]", "payout.paid".to_owned()),
+            ("enabled_events[4]", "account.updated".to_owned()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 200);
+    let old: Value = old.json().await.unwrap();
+    let id = old["id"].as_str().unwrap();
+
+    let (ok, stdout, stderr) = system.tool(&["stripe", "setup-webhooks", "--url", &base]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(
+            "transfer.created, transfer.reversed, transfer.updated which Stripe never sends it"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("updated {id}")), "{stdout}");
+    assert!(
+        stdout.contains("renders events with API version the account's default"),
+        "an endpoint's version is set only at creation: {stdout}"
+    );
+    // The Connect endpoint keeps its secret (none printed for it); the transfers endpoint
+    // is new, and its secret is printed once.
+    assert!(
+        !stdout.contains("STRIPE_WEBHOOK_SECRET_PAYOUTS="),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("STRIPE_WEBHOOK_SECRET_TRANSFERS=whsec_"),
+        "{stdout}"
+    );
+    let after = endpoints(&system.stripe).await;
+    assert_eq!(after.len(), 3);
+    let connect = after.iter().find(|e| e["id"] == id).unwrap();
+    assert!(
+        events_of(connect)
+            .iter()
+            .all(|e| !e.starts_with("transfer.")),
+        "{connect}"
+    );
+    let transfers = after
+        .iter()
+        .find(|e| e["url"] == format!("{base}/api/webhooks/stripe-transfers"))
+        .unwrap();
+    assert!(transfers["application"].is_null());
+    assert_eq!(
+        events_of(transfers),
+        ["transfer.created", "transfer.reversed", "transfer.updated"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,7 +379,9 @@ async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
         "payout.updated",
         "payout.failed",
         "payout.canceled",
+        "payout.reconciliation_completed",
         "account.updated",
+        "account.application.deauthorized",
         "checkout.session.completed",
         "customer.subscription.created",
         "customer.subscription.updated",
@@ -318,13 +393,19 @@ async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
         "charge.dispute.closed",
         "charge.dispute.funds_withdrawn",
         "charge.dispute.funds_reinstated",
+        "refund.created",
         "refund.updated",
         "refund.failed",
+        "charge.refund.updated",
     ];
     let mut sent = Vec::new();
     for event_type in types {
-        let (ok, stdout, stderr) =
-            system.tool(&["stripe", "trigger", event_type, "--gateway", &base]);
+        let mut args = vec!["stripe", "trigger", event_type, "--gateway", &base];
+        // A connected account's event carries its account (not carol's: her payout waits).
+        if endpoint_for(event_type) == Some(Endpoint::StripePayouts) {
+            args.extend(["--account", "acct_bystander"]);
+        }
+        let (ok, stdout, stderr) = system.tool(&args);
         assert!(ok, "{event_type}: {stderr}");
         assert!(stdout.contains("200 OK"), "{event_type}: {stdout}");
         let id = stdout.split_whitespace().nth(1).unwrap().to_owned();
@@ -334,17 +415,10 @@ async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
         let event = system.settled_event(id).await;
         assert_eq!(event["eventType"], *event_type);
         assert_eq!(event["status"], "completed", "{event_type}: {event}");
-        let endpoint = if event_type.starts_with("transfer.")
-            || event_type.starts_with("payout.")
-            || *event_type == "account.updated"
-        {
-            "stripe-payouts"
-        } else {
-            "stripe-subscription"
-        };
-        assert_eq!(event["webhookEndpoint"], endpoint, "{event_type}");
+        let endpoint = endpoint_for(event_type).unwrap();
+        assert_eq!(event["webhookEndpoint"], endpoint.as_str(), "{event_type}");
         let outcome = event["outcome"].as_str().unwrap();
-        let owner = if endpoint == "stripe-payouts" {
+        let owner = if endpoint != Endpoint::StripeSubscription {
             Some("payouts")
         } else if event_type.starts_with("charge.") || event_type.starts_with("refund.") {
             Some("disputes")
@@ -402,10 +476,26 @@ async fn trigger_delivers_every_type_we_handle_and_the_system_applies_it() {
         "payout.paid",
         "--gateway",
         &base,
+        "--account",
+        "acct_carol",
         "--set",
         "amount",
     ]);
     assert!(!ok && stderr.contains("PATH=VALUE"), "{stderr}");
+    // Each type as Stripe sends it: a connected account's with its account, the
+    // platform's without.
+    let (ok, _, stderr) = system.tool(&["stripe", "trigger", "payout.paid", "--gateway", &base]);
+    assert!(!ok && stderr.contains("--account"), "{stderr}");
+    let (ok, _, stderr) = system.tool(&[
+        "stripe",
+        "trigger",
+        "transfer.reversed",
+        "--gateway",
+        &base,
+        "--account",
+        "acct_carol",
+    ]);
+    assert!(!ok && stderr.contains("platform"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,6 +553,7 @@ async fn an_undelivered_event_is_backfilled_and_applied_once_also_when_the_deliv
         .unwrap();
     let stored = system.settled_event(created["id"].as_str().unwrap()).await;
     assert_eq!(stored["source"], "backfill");
+    assert_eq!(stored["webhookEndpoint"], "stripe-transfers");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use support::{Payouts, StoreChoice};
 
 const PAYOUTS_SECRET: &str = "whsec_e2e_payouts";
+const TRANSFERS_SECRET: &str = "whsec_e2e_transfers";
 const SUBSCRIPTION_SECRET: &str = "whsec_e2e_subscription";
 const ADMIN_SECRET: &str = "e2e-admin-jwt-secret-at-least-32-bytes";
 
@@ -20,6 +21,7 @@ fn start(store: StoreChoice, extra: &[(&str, &str)]) -> Payouts {
     let mut env = vec![
         ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
         ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+        ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
         ("ADMIN_JWT_SECRET", ADMIN_SECRET),
         ("WEBHOOK_POLL_MILLISECONDS", "20"),
     ];
@@ -182,9 +184,9 @@ async fn acknowledges_duplicates_and_processes(process: &Payouts) {
     let (status, _) = client
         .deliver(
             process,
-            "/api/webhooks/stripe-payouts",
+            "/api/webhooks/stripe-transfers",
             &transfer,
-            PAYOUTS_SECRET,
+            TRANSFERS_SECRET,
         )
         .await;
     assert_eq!(status, 200);
@@ -273,6 +275,7 @@ async fn separate_processes_reach_each_other_over_grpc() {
         &[
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
             ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("PAYOUTS_SERVICE_URL", &payouts_url),
         ],
@@ -301,9 +304,9 @@ async fn separate_processes_reach_each_other_over_grpc() {
     let (status, answer) = client
         .deliver(
             &gateway,
-            "/api/webhooks/stripe-payouts",
+            "/api/webhooks/stripe-transfers",
             &transfer,
-            PAYOUTS_SECRET,
+            TRANSFERS_SECRET,
         )
         .await;
     assert_eq!((status, answer), (200, json!({ "received": true })));
@@ -331,7 +334,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
     );
     let client = Client::new();
     let transfer = body("evt_e2e_bad", "transfer.created", "transfer");
-    let path = "/api/webhooks/stripe-payouts";
+    let path = "/api/webhooks/stripe-transfers";
 
     let (status, answer) = client
         .post_raw(&process, path, transfer.clone(), None)
@@ -359,7 +362,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
     );
     let stale = stripe::signature_header(
         &transfer,
-        PAYOUTS_SECRET,
+        TRANSFERS_SECRET,
         chrono::Utc::now().timestamp() - 3600,
     );
     let (status, answer) = client
@@ -371,7 +374,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
         "{answer}"
     );
     let (status, answer) = client
-        .deliver(&process, path, b"<xml/>", PAYOUTS_SECRET)
+        .deliver(&process, path, b"<xml/>", TRANSFERS_SECRET)
         .await;
     assert_eq!(status, 400);
     assert!(
@@ -380,6 +383,33 @@ async fn bad_deliveries_get_clear_4xx_answers() {
             .unwrap()
             .starts_with("body is not a Stripe event")
     );
+
+    // An event Stripe cannot send to an endpoint is refused there, naming where it goes:
+    // the subscription secret cannot inject a bank payout, a Connect endpoint never gets
+    // the platform's transfers.
+    let mut bank_payout: serde_json::Value =
+        serde_json::from_slice(&body("evt_e2e_injected", "payout.paid", "payout")).unwrap();
+    bank_payout["account"] = json!("acct_victim");
+    let bank_payout = serde_json::to_vec(&bank_payout).unwrap();
+    for (to, payload, secret, names) in [
+        (
+            "/api/webhooks/stripe-subscription",
+            &bank_payout,
+            SUBSCRIPTION_SECRET,
+            "/api/webhooks/stripe-payouts",
+        ),
+        (
+            "/api/webhooks/stripe-payouts",
+            &transfer,
+            PAYOUTS_SECRET,
+            "/api/webhooks/stripe-transfers",
+        ),
+    ] {
+        let (status, answer) = client.deliver(&process, to, payload, secret).await;
+        assert_eq!(status, 400, "{to}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains(names), "{error}");
+    }
 
     let token = admin_token(true);
     let (status, stats) = client
@@ -397,7 +427,7 @@ async fn bad_deliveries_get_clear_4xx_answers() {
     // the connection, which a pooled client would otherwise try to reuse.
     let oversized = vec![b' '; 70_000];
     let (status, _) = Client::new()
-        .deliver(&process, path, &oversized, PAYOUTS_SECRET)
+        .deliver(&process, path, &oversized, TRANSFERS_SECRET)
         .await;
     assert_eq!(status, 413);
 }

@@ -337,3 +337,251 @@ async fn idempotency_keys_replay_the_first_answer_and_refuse_other_parameters() 
         (200, Some(1))
     );
 }
+
+/// One delivery as received: path, `Stripe-Signature`, body.
+type Received = (String, String, Vec<u8>);
+
+/// A webhook receiver on loopback: records each delivery and answers 500 to the first
+/// `failures` deliveries on each path, then 200.
+#[derive(Clone, Default)]
+struct Receiver {
+    received: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+    failures: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Receiver {
+    async fn start(failures: &[(&str, usize)]) -> (Receiver, String) {
+        let receiver = Receiver::default();
+        for (path, count) in failures {
+            receiver
+                .failures
+                .lock()
+                .unwrap()
+                .insert((*path).to_owned(), *count);
+        }
+        let state = receiver.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let path = uri.path().to_owned();
+                    let signature = headers
+                        .get("stripe-signature")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    state
+                        .received
+                        .lock()
+                        .unwrap()
+                        .push((path.clone(), signature, body.to_vec()));
+                    let mut failures = state.failures.lock().unwrap();
+                    match failures.get_mut(&path) {
+                        Some(left) if *left > 0 => {
+                            *left -= 1;
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                        }
+                        _ => axum::http::StatusCode::OK,
+                    }
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    /// The deliveries to `path`: (event type, account, signature header, body).
+    fn on(&self, path: &str) -> Vec<(String, Value, String, Vec<u8>)> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _, _)| p == path)
+            .map(|(_, signature, body)| {
+                let event: Value = serde_json::from_slice(body).unwrap();
+                (
+                    event["type"].as_str().unwrap().to_owned(),
+                    event["account"].clone(),
+                    signature.clone(),
+                    body.clone(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Waits until `done` holds (the fake delivers in the background).
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_delivers_each_event_to_the_endpoints_stripe_routes_it_to_signed_and_retried() {
+    use payouts_runtime::testing::fake_stripe::RetrySchedule;
+    use payouts_runtime::testing::stripe;
+    let (receiver, base) = Receiver::start(&[("/account", 2)]).await;
+    let stripe_api = FakeStripe::start().await;
+    stripe_api.set_retry_schedule(RetrySchedule(vec![
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_millis(40),
+    ]));
+    let encode = |text: &str| text.replace(':', "%3A").replace('/', "%2F");
+    // The old topology's Connect endpoint, subscribing transfer.* as well as payout.paid.
+    let (_, connect) = post_form(
+        &stripe_api,
+        "/v1/webhook_endpoints",
+        &format!(
+            "url={}&connect=true&api_version=2099-01-01.test&enabled_events[0]=transfer.created&enabled_events[1]=transfer.reversed&enabled_events[2]=payout.paid",
+            encode(&format!("{base}/connect"))
+        ),
+    )
+    .await;
+    let (_, account) = post_form(
+        &stripe_api,
+        "/v1/webhook_endpoints",
+        &format!(
+            "url={}&enabled_events[0]=*",
+            encode(&format!("{base}/account"))
+        ),
+    )
+    .await;
+    let (_, _narrow) = post_form(
+        &stripe_api,
+        "/v1/webhook_endpoints",
+        &format!(
+            "url={}&enabled_events[0]=charge.refunded",
+            encode(&format!("{base}/narrow"))
+        ),
+    )
+    .await;
+
+    let transfer = stripe_api.make_transfer(900, "acct_9", &[]);
+    let transfer_id = transfer["id"].as_str().unwrap();
+    // A reversal made in the Stripe Dashboard: the API, with the platform's key.
+    let (status, _) = post_form(
+        &stripe_api,
+        &format!("/v1/transfers/{transfer_id}/reversals"),
+        "amount=300",
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The connected account's bank pays out (the fake's own control route).
+    let (status, bank_payout) = post_form(&stripe_api, "/_fake/accounts/acct_9/payouts", "").await;
+    assert_eq!((status, bank_payout["amount"].as_i64()), (200, Some(600)));
+
+    until("the account endpoint took its two events", || {
+        stripe_api
+            .deliveries()
+            .iter()
+            .filter(|d| d.endpoint_url.ends_with("/account") && d.delivered)
+            .count()
+            == 2
+    })
+    .await;
+    until("the Connect endpoint took the bank payout", || {
+        receiver.on("/connect").len() == 1
+    })
+    .await;
+    // The platform's transfer events never reach a Connect endpoint, whatever it subscribes;
+    // the connected account's bank payout reaches only the Connect endpoint, with account.
+    let connect_got = receiver.on("/connect");
+    assert_eq!(connect_got[0].0, "payout.paid");
+    assert_eq!(connect_got[0].1, "acct_9");
+    let account_got = receiver.on("/account");
+    let kinds: Vec<&str> = account_got.iter().map(|(kind, ..)| kind.as_str()).collect();
+    assert_eq!(kinds.len(), 4, "two refused, then retried: {kinds:?}");
+    assert!(
+        kinds.iter().all(|kind| kind.starts_with("transfer.")),
+        "{kinds:?}"
+    );
+    assert!(account_got.iter().all(|(_, account, ..)| account.is_null()));
+    assert!(receiver.on("/narrow").is_empty(), "not subscribed");
+    // Each signed with its endpoint's secret, rendered with its API version.
+    for (path, endpoint) in [("/connect", &connect), ("/account", &account)] {
+        for (_, _, signature, body) in receiver.on(path) {
+            let (t, v1) = signature.split_once(",v1=").unwrap();
+            let t: i64 = t.strip_prefix("t=").unwrap().parse().unwrap();
+            assert_eq!(
+                v1,
+                stripe::sign(&body, endpoint["secret"].as_str().unwrap(), t),
+                "{path}"
+            );
+        }
+    }
+    let rendered: Value = serde_json::from_slice(&connect_got[0].3).unwrap();
+    assert_eq!(rendered["api_version"], "2099-01-01.test");
+
+    // Delivered everywhere: nothing is listed as undelivered.
+    let (_, undelivered) = get(
+        &stripe_api,
+        "/v1/events?delivery_success=false",
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(undelivered["data"], serde_json::json!([]), "{undelivered}");
+    let deliveries = stripe_api.deliveries();
+    assert!(deliveries.iter().all(|d| d.delivered && !d.gave_up));
+    assert_eq!(
+        deliveries
+            .iter()
+            .filter(|d| d.endpoint_url.ends_with("/account"))
+            .map(|d| d.attempts)
+            .sum::<u32>(),
+        4
+    );
+    stripe_api.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_that_keeps_failing_is_given_up_and_stays_listed_as_undelivered() {
+    use payouts_runtime::testing::fake_stripe::RetrySchedule;
+    let (receiver, base) = Receiver::start(&[("/down", 100)]).await;
+    let stripe_api = FakeStripe::start().await;
+    stripe_api.set_retry_schedule(RetrySchedule(vec![std::time::Duration::from_millis(10); 2]));
+    post_form(
+        &stripe_api,
+        "/v1/webhook_endpoints",
+        &format!(
+            "url={}&enabled_events[0]=transfer.created",
+            format!("{base}/down")
+                .replace(':', "%3A")
+                .replace('/', "%2F")
+        ),
+    )
+    .await;
+    let transfer = stripe_api.make_transfer(100, "acct_1", &[]);
+    until("the fake gave up", || {
+        stripe_api.deliveries().first().is_some_and(|d| d.gave_up)
+    })
+    .await;
+    let delivery = &stripe_api.deliveries()[0];
+    assert_eq!(delivery.attempts, 3, "the first try and two retries");
+    assert!(
+        delivery.last_answer.as_deref().unwrap().starts_with("500"),
+        "{delivery:?}"
+    );
+    assert_eq!(receiver.on("/down").len(), 3);
+    let (_, undelivered) = get(
+        &stripe_api,
+        "/v1/events?delivery_success=false",
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(
+        undelivered["data"][0]["data"]["object"]["id"],
+        transfer["id"]
+    );
+    assert_eq!(undelivered["data"][0]["pending_webhooks"], 1);
+    // Shutting down waits for the delivery task to end.
+    tokio::time::timeout(std::time::Duration::from_secs(5), stripe_api.shutdown())
+        .await
+        .expect("the delivery task stops");
+}

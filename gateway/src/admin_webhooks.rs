@@ -97,10 +97,13 @@ pub(crate) async fn retry(
         None => pb::WebhookEndpoint::Unspecified,
         Some("stripe-payouts") => pb::WebhookEndpoint::StripePayouts,
         Some("stripe-subscription") => pb::WebhookEndpoint::StripeSubscription,
+        Some("stripe-transfers") => pb::WebhookEndpoint::StripeTransfers,
         Some(other) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
-                format!("endpoint must be stripe-payouts or stripe-subscription, got {other:?}"),
+                format!(
+                    "endpoint must be stripe-payouts, stripe-transfers or stripe-subscription, got {other:?}"
+                ),
             );
         }
     };
@@ -172,6 +175,7 @@ fn event_json(e: pb::WebhookEvent) -> serde_json::Value {
     let endpoint = match e.endpoint() {
         pb::WebhookEndpoint::StripePayouts => "stripe-payouts",
         pb::WebhookEndpoint::StripeSubscription => "stripe-subscription",
+        pb::WebhookEndpoint::StripeTransfers => "stripe-transfers",
         pb::WebhookEndpoint::Unspecified => "",
     };
     let status = match e.status() {

@@ -24,6 +24,10 @@ pub(crate) async fn stripe_payouts() -> Json<EndpointHealth> {
     endpoint_health("stripe-payouts-webhook")
 }
 
+pub(crate) async fn stripe_transfers() -> Json<EndpointHealth> {
+    endpoint_health("stripe-transfers-webhook")
+}
+
 pub(crate) async fn stripe_subscription() -> Json<EndpointHealth> {
     endpoint_health("stripe-subscription-webhook")
 }

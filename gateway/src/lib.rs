@@ -178,6 +178,10 @@ impl Gateway {
                 get(health::stripe_payouts).post(webhooks::stripe_payouts),
             )
             .route(
+                "/api/webhooks/stripe-transfers",
+                get(health::stripe_transfers).post(webhooks::stripe_transfers),
+            )
+            .route(
                 "/api/webhooks/stripe-subscription",
                 get(health::stripe_subscription).post(webhooks::stripe_subscription),
             )
@@ -659,6 +663,7 @@ mod tests {
     async fn webhook_endpoints_answer_get_with_their_health() {
         for (path, service) in [
             ("/api/webhooks/stripe-payouts", "stripe-payouts-webhook"),
+            ("/api/webhooks/stripe-transfers", "stripe-transfers-webhook"),
             (
                 "/api/webhooks/stripe-subscription",
                 "stripe-subscription-webhook",
@@ -752,6 +757,7 @@ mod tests {
             .collect();
         for route in [
             "/api/webhooks/stripe-payouts",
+            "/api/webhooks/stripe-transfers",
             "/api/webhooks/stripe-subscription",
             "/api/admin/webhooks/stats",
             "/api/admin/webhooks/events",
@@ -782,7 +788,7 @@ mod tests {
         }
         assert_eq!(
             paths.len(),
-            26,
+            27,
             "every documented path is a route: {paths:?}"
         );
     }

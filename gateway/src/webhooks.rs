@@ -1,5 +1,7 @@
-//! `POST /api/webhooks/stripe-payouts` and `/api/webhooks/stripe-subscription`: hand the raw
-//! body and the Stripe-Signature header to the webhooks service and answer with its verdict.
+//! `POST /api/webhooks/stripe-payouts`, `/api/webhooks/stripe-transfers` and
+//! `/api/webhooks/stripe-subscription`: hand the raw body and the Stripe-Signature header to
+//! the webhooks service and answer with its verdict (which events each endpoint takes is the
+//! webhooks service's rule: an event that cannot arrive there is its 400).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -52,6 +54,20 @@ pub(crate) async fn stripe_subscription(
     ingest(
         &gateway,
         pb::WebhookEndpoint::StripeSubscription,
+        &headers,
+        body,
+    )
+    .await
+}
+
+pub(crate) async fn stripe_transfers(
+    State(gateway): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    ingest(
+        &gateway,
+        pb::WebhookEndpoint::StripeTransfers,
         &headers,
         body,
     )

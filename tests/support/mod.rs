@@ -243,6 +243,24 @@ pub async fn register_creator(
         .expect("the allocation is recorded");
 }
 
+/// The payout `payout_id`, read over gRPC (`GetPayout`).
+pub async fn get_payout(
+    channel: &tonic::transport::Channel,
+    payout_id: &str,
+) -> payouts_proto::payouts::v1::Payout {
+    use payouts_proto::payouts::v1::GetPayoutRequest;
+    use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+    PayoutsServiceClient::new(channel.clone())
+        .get_payout(GetPayoutRequest {
+            payout_id: payout_id.to_owned(),
+        })
+        .await
+        .expect("the payout is read")
+        .into_inner()
+        .payout
+        .expect("the answer holds the payout")
+}
+
 /// Stripe delivers `event` to the gateway's webhook `path`, signed with `secret` now: the
 /// gateway's answer.
 pub async fn deliver_webhook(

@@ -62,7 +62,7 @@ webhooks:
   grpcService: payouts.webhooks.v1.WebhooksService
   callers: [gateway]
   platform: false
-  secrets: [MONGODB_URI, STRIPE_WEBHOOK_SECRET_PAYOUTS, STRIPE_WEBHOOK_SECRET, STRIPE_SECRET_KEY]
+  secrets: [MONGODB_URI, STRIPE_WEBHOOK_SECRET_PAYOUTS, STRIPE_WEBHOOK_SECRET_TRANSFERS, STRIPE_WEBHOOK_SECRET, STRIPE_SECRET_KEY]
 payouts:
   args: [serve, payouts]
   grpcService: payouts.payouts.v1.PayoutsService
@@ -86,7 +86,7 @@ disputes:
   grpcService: payouts.disputes.v1.DisputesService
   callers: [gateway, webhooks, limits, approvals, balance]
   platform: true
-  secrets: [MONGODB_URI]
+  secrets: [MONGODB_URI, STRIPE_SECRET_KEY]
 balance:
   args: [serve, balance]
   grpcService: payouts.balance.v1.BalanceService

@@ -160,10 +160,14 @@ pub struct Settings {
     pub stripe_secret_key: Option<Secret>,
     /// `STRIPE_API_BASE`: Stripe's API base URL (a fake Stripe in tests).
     pub stripe_api_base: String,
-    /// `STRIPE_WEBHOOK_SECRET_PAYOUTS`: comma-separated signing secrets of the payouts endpoint.
+    /// `STRIPE_WEBHOOK_SECRET_PAYOUTS`: comma-separated signing secrets of the payouts
+    /// (Connect) endpoint.
     pub stripe_webhook_secrets_payouts: Vec<Secret>,
     /// `STRIPE_WEBHOOK_SECRET`: comma-separated signing secrets of the subscription endpoint.
     pub stripe_webhook_secrets_subscription: Vec<Secret>,
+    /// `STRIPE_WEBHOOK_SECRET_TRANSFERS`: comma-separated signing secrets of the transfers
+    /// (account) endpoint.
+    pub stripe_webhook_secrets_transfers: Vec<Secret>,
     /// `STRIPE_WEBHOOK_TOLERANCE_SECONDS`: accepted age of a signature timestamp (default 300).
     pub stripe_webhook_tolerance: Duration,
     /// `STRIPE_LIVEMODE`: whether events must be live-mode to be applied (default false).
@@ -319,6 +323,7 @@ pub const VARIABLES: &[&str] = &[
     "STRIPE_API_BASE",
     "STRIPE_WEBHOOK_SECRET_PAYOUTS",
     "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_WEBHOOK_SECRET_TRANSFERS",
     "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
     "STRIPE_LIVEMODE",
     "WEBHOOK_MAX_ATTEMPTS",
@@ -464,7 +469,7 @@ impl Settings {
 
     /// Refuses what would lose or mis-handle money in this role: a service alone on the
     /// embedded store (not shared between pods, gone on restart) unless
-    /// `PAYOUTS_ALLOW_EMBEDDED=true`; the webhooks service alone without both endpoints'
+    /// `PAYOUTS_ALLOW_EMBEDDED=true`; the webhooks service alone without its three endpoints.
     /// signing secrets (every delivery would be refused until Stripe gives up). The gateway
     /// opens no store, so it needs no `MONGODB_URI`.
     pub fn check_role(&self, role: Role) -> Result<(), ConfigError> {
@@ -514,6 +519,11 @@ impl Settings {
                 "STRIPE_WEBHOOK_SECRET_PAYOUTS",
                 &self.stripe_webhook_secrets_payouts,
                 "/api/webhooks/stripe-payouts",
+            ),
+            (
+                "STRIPE_WEBHOOK_SECRET_TRANSFERS",
+                &self.stripe_webhook_secrets_transfers,
+                "/api/webhooks/stripe-transfers",
             ),
             (
                 "STRIPE_WEBHOOK_SECRET",
@@ -602,6 +612,8 @@ impl Settings {
                 .to_owned(),
             stripe_webhook_secrets_payouts: values.secret_list("STRIPE_WEBHOOK_SECRET_PAYOUTS")?,
             stripe_webhook_secrets_subscription: values.secret_list("STRIPE_WEBHOOK_SECRET")?,
+            stripe_webhook_secrets_transfers: values
+                .secret_list("STRIPE_WEBHOOK_SECRET_TRANSFERS")?,
             stripe_webhook_tolerance: Duration::from_secs(
                 values.number("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)?,
             ),
@@ -1507,12 +1519,24 @@ mod tests {
             one.check_role(Role::Service(ServiceName::Webhooks))
                 .unwrap_err()
                 .variable,
+            "STRIPE_WEBHOOK_SECRET_TRANSFERS"
+        );
+        let two = settings(&[
+            ("PAYOUTS_ALLOW_EMBEDDED", "true"),
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", "whsec_a"),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", "whsec_c"),
+        ]);
+        assert_eq!(
+            two.check_role(Role::Service(ServiceName::Webhooks))
+                .unwrap_err()
+                .variable,
             "STRIPE_WEBHOOK_SECRET"
         );
         let both = settings(&[
             ("MONGODB_URI", "mongodb://db:27017"),
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", "whsec_a"),
             ("STRIPE_WEBHOOK_SECRET", "whsec_b"),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", "whsec_c"),
         ]);
         assert!(
             both.check_role(Role::Service(ServiceName::Webhooks))

@@ -5,10 +5,12 @@
 //! `WEBHOOK_BACKFILL_INTERVAL` (10 minutes by default) one replica, under a lease, lists the
 //! events created since its durable cursor whose deliveries did not all succeed
 //! (`GET /v1/events?delivery_success=false`, pending retries included), of the types a
-//! Payouts service applies, on the platform and, with `Stripe-Account`, on every connected
-//! account with a payout in flight (bank payouts and account updates are those accounts'
-//! events). Each is stored under the endpoint its type arrives on, with the delivery's dedupe
-//! by event id, and marked `source: backfill`; the worker then processes it like any other.
+//! Payouts service applies: the platform's own (transfers, refunds, disputes) on the
+//! platform, and the connected accounts' (bank payouts, account status), with
+//! `Stripe-Account`, on every connected account with a payout in flight. An event listed
+//! under an account carries that account. Each is stored under the endpoint its type
+//! arrives on, with the delivery's dedupe by event id, and marked `source: backfill`; the
+//! worker then processes it like any other.
 //! A late delivery of the same event is a duplicate: it is applied once.
 //!
 //! The cursor moves to the start of the run less [`OVERLAP`]: an event too young to have had
@@ -143,7 +145,8 @@ impl Backfill {
             let page = self.stripe.undelivered(account, &query).await?;
             for event in &page.events {
                 report.listed += 1;
-                let payload = serde_json::to_string(event).map_err(|error| {
+                let event = attributed(event, account);
+                let payload = serde_json::to_string(&event).map_err(|error| {
                     ServiceError::internal(anyhow::anyhow!("an event Stripe listed: {error}"))
                 })?;
                 match self.inbox.ingest_backfilled(payload).await {
@@ -171,6 +174,28 @@ impl Backfill {
             anyhow::anyhow!("more than {MAX_PAGES} pages"),
         ))
     }
+}
+
+/// The event as listed, carrying the connected account it was listed under (`Stripe-Account`)
+/// when it does not name one itself: it is that account's event, and the Connect endpoint
+/// it is stored under takes only events with their account.
+fn attributed(event: &Value, listed_under: Option<&str>) -> Value {
+    let mut event = event.clone();
+    if let Some(account) = listed_under {
+        match event.get("account").and_then(Value::as_str) {
+            Some(own) if !own.is_empty() => {
+                if own != account {
+                    tracing::warn!(
+                        listed_under = account,
+                        account = own,
+                        "Stripe listed an event of another account; kept as it names itself"
+                    );
+                }
+            }
+            _ => event["account"] = Value::String(account.to_owned()),
+        }
+    }
+    event
 }
 
 #[async_trait]
@@ -264,5 +289,32 @@ impl StripeEvents for StripeEventsClient {
                 .unwrap_or_default(),
             has_more: page.get("has_more").and_then(Value::as_bool) == Some(true),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::attributed;
+
+    #[test]
+    fn an_event_listed_under_an_account_carries_that_account() {
+        let bare = json!({ "id": "evt_1", "type": "payout.paid", "account": null });
+        assert_eq!(
+            attributed(&bare, Some("acct_1"))["account"],
+            "acct_1",
+            "filled in from Stripe-Account"
+        );
+        let missing = json!({ "id": "evt_1", "type": "payout.paid" });
+        assert_eq!(attributed(&missing, Some("acct_1"))["account"], "acct_1");
+        let own = json!({ "id": "evt_1", "type": "payout.paid", "account": "acct_2" });
+        assert_eq!(attributed(&own, Some("acct_1"))["account"], "acct_2");
+        let platform = json!({ "id": "evt_2", "type": "transfer.created", "account": null });
+        assert_eq!(
+            attributed(&platform, None),
+            platform,
+            "platform events untouched"
+        );
     }
 }

@@ -6,29 +6,210 @@ use chrono::{DateTime, Duration, Utc};
 /// still processing or parked as failed never expire: they stay until resolved.
 pub const RETENTION: Duration = Duration::days(30);
 
-/// The two Stripe webhook endpoints; each has its own signing secrets.
+/// The Stripe webhook endpoints, as Stripe routes events. Stripe sends a connected account's
+/// events (its bank payouts, its status) only to Connect endpoints (`connect=true`), with
+/// `"account"`; the platform's own events (transfers it makes, charges, refunds, disputes)
+/// only to account endpoints, without it (https://docs.stripe.com/connect/webhooks). Each
+/// endpoint has its own signing secrets and takes only the events Stripe can send it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Endpoint {
+    /// Connect: the connected accounts' `payout.*` and `account.*`.
     StripePayouts,
+    /// Account: the platform's charge, refund, dispute and billing events (spec §9).
     StripeSubscription,
+    /// Account: the platform's `transfer.*`.
+    StripeTransfers,
+}
+
+/// Which account's events an endpoint receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointKind {
+    /// `connect=true`: connected accounts' events, each carrying `account`.
+    Connect,
+    /// The platform account's own events, without `account`.
+    Account,
 }
 
 impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [
+        Endpoint::StripePayouts,
+        Endpoint::StripeTransfers,
+        Endpoint::StripeSubscription,
+    ];
+
     /// The name stored in documents (spec §4 `webhookEndpoint`).
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::StripePayouts => "stripe-payouts",
             Endpoint::StripeSubscription => "stripe-subscription",
+            Endpoint::StripeTransfers => "stripe-transfers",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "stripe-payouts" => Some(Endpoint::StripePayouts),
-            "stripe-subscription" => Some(Endpoint::StripeSubscription),
-            _ => None,
+        Self::ALL
+            .into_iter()
+            .find(|endpoint| endpoint.as_str() == text)
+    }
+
+    /// The gateway path Stripe delivers to.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::StripePayouts => "/api/webhooks/stripe-payouts",
+            Endpoint::StripeSubscription => "/api/webhooks/stripe-subscription",
+            Endpoint::StripeTransfers => "/api/webhooks/stripe-transfers",
         }
     }
+
+    /// The variable holding its signing secrets.
+    pub fn secret_variable(self) -> &'static str {
+        match self {
+            Endpoint::StripePayouts => "STRIPE_WEBHOOK_SECRET_PAYOUTS",
+            Endpoint::StripeSubscription => "STRIPE_WEBHOOK_SECRET",
+            Endpoint::StripeTransfers => "STRIPE_WEBHOOK_SECRET_TRANSFERS",
+        }
+    }
+
+    pub fn kind(self) -> EndpointKind {
+        match self {
+            Endpoint::StripePayouts => EndpointKind::Connect,
+            Endpoint::StripeSubscription | Endpoint::StripeTransfers => EndpointKind::Account,
+        }
+    }
+
+    /// The event types it subscribes (what `payouts stripe setup-webhooks` enables).
+    pub fn subscribed_events(self) -> &'static [&'static str] {
+        match self {
+            Endpoint::StripePayouts => PAYOUTS_ENDPOINT_EVENTS,
+            Endpoint::StripeSubscription => SUBSCRIPTION_ENDPOINT_EVENTS,
+            Endpoint::StripeTransfers => TRANSFERS_ENDPOINT_EVENTS,
+        }
+    }
+
+    /// Whether an event of this type and `account` can legitimately arrive here: its type is
+    /// not another endpoint's, and it carries `account` exactly when this is the Connect
+    /// endpoint. A type on no list (a team subscribed more in the Dashboard) is taken and
+    /// acknowledged, never applied ([`route`]). The refusal names where the event belongs.
+    pub fn admits(self, event_type: &str, account: Option<&str>) -> Result<(), String> {
+        if let Some(home) = endpoint_for(event_type)
+            && home != self
+        {
+            return Err(format!(
+                "{event_type} cannot arrive on {}: Stripe sends it to {} ({}); nothing was stored",
+                self.path(),
+                home.path(),
+                home.describe(),
+            ));
+        }
+        match (self.kind(), account) {
+            (EndpointKind::Connect, None) => Err(format!(
+                "{event_type} without account cannot arrive on {}: a Connect endpoint receives only connected accounts' events, which carry account; the platform's own events go to an account endpoint; nothing was stored",
+                self.path()
+            )),
+            (EndpointKind::Account, Some(account)) => Err(format!(
+                "{event_type} of connected account {account} cannot arrive on {}: an account endpoint receives only the platform's own events; a connected account's events go to the Connect endpoint {}; nothing was stored",
+                self.path(),
+                Endpoint::StripePayouts.path()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self.kind() {
+            EndpointKind::Connect => {
+                "the Connect endpoint: connected accounts' events, with account"
+            }
+            EndpointKind::Account => {
+                "an account endpoint: the platform's own events, without account"
+            }
+        }
+    }
+}
+
+/// The Connect endpoint's events: the connected accounts' bank payouts
+/// (`payout.reconciliation_completed` says a payout's balance transactions are complete),
+/// their status, and their disconnection. Every one carries `account`.
+pub const PAYOUTS_ENDPOINT_EVENTS: &[&str] = &[
+    "payout.created",
+    "payout.updated",
+    "payout.paid",
+    "payout.failed",
+    "payout.canceled",
+    "payout.reconciliation_completed",
+    "account.updated",
+    "account.application.deauthorized",
+];
+
+/// The transfers endpoint's events: the transfers the platform makes are the platform's
+/// events, so they reach only an account endpoint, never a Connect one. `transfer.paid` and
+/// `transfer.failed` are not subscribed. They describe the legacy Transfer of API versions
+/// before the 2017-04-06 transfer/payout split, when a transfer could still fail after it was
+/// made; since then a transfer succeeds or fails synchronously and Stripe calls them
+/// deprecated (its staff in stripe/stripe-dotnet#2276 and #2390), but they stayed in Stripe's
+/// OpenAPI spec and SDK event lists until the SDKs removed them around 2022. An account
+/// pinned to an old version can still send them, so they are accepted here
+/// ([`LEGACY_TRANSFER_EVENTS`]) and handled.
+pub const TRANSFERS_ENDPOINT_EVENTS: &[&str] =
+    &["transfer.created", "transfer.updated", "transfer.reversed"];
+
+/// The spec's transfer events current Stripe no longer offers (accepted on the transfers
+/// endpoint, never subscribed).
+pub const LEGACY_TRANSFER_EVENTS: &[&str] = &["transfer.paid", "transfer.failed"];
+
+/// The subscription endpoint's events (spec §9 plus the dispute fund movements and refund
+/// updates the disputes service applies): the platform's own charges.
+pub const SUBSCRIPTION_ENDPOINT_EVENTS: &[&str] = &[
+    "checkout.session.completed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "charge.refund.updated",
+];
+
+/// The endpoint an event of `event_type` arrives on (and is stored under when backfilled);
+/// `None` for a type no endpoint subscribes.
+pub fn endpoint_for(event_type: &str) -> Option<Endpoint> {
+    if LEGACY_TRANSFER_EVENTS.contains(&event_type) {
+        return Some(Endpoint::StripeTransfers);
+    }
+    Endpoint::ALL
+        .into_iter()
+        .find(|endpoint| endpoint.subscribed_events().contains(&event_type))
+}
+
+/// The event types the backfill asks for on the platform (`GET /v1/events` without
+/// `Stripe-Account`): the account endpoints' types a Payouts service applies (the
+/// subscription billing events are only recorded; a missed one loses nothing of ours). At
+/// most 20, Stripe's limit for `types[]`.
+pub fn backfilled_types() -> Vec<&'static str> {
+    Endpoint::ALL
+        .into_iter()
+        .filter(|endpoint| endpoint.kind() == EndpointKind::Account)
+        .flat_map(Endpoint::subscribed_events)
+        .copied()
+        .filter(|event_type| matches!(route(event_type, false, false), Route::Dispatch(_)))
+        .collect()
+}
+
+/// The event types asked for on a connected account (with `Stripe-Account`): the Connect
+/// endpoint's, at most 20.
+pub fn connected_account_types() -> Vec<&'static str> {
+    PAYOUTS_ENDPOINT_EVENTS
+        .iter()
+        .copied()
+        .filter(|event_type| matches!(route(event_type, false, false), Route::Dispatch(_)))
+        .collect()
 }
 
 /// Processing status (spec §4).
@@ -82,75 +263,6 @@ impl EventSource {
             _ => EventSource::Delivery,
         }
     }
-}
-
-/// The payouts endpoint's events (spec §9 plus current Stripe's `transfer.updated`,
-/// `payout.updated`, `payout.canceled`), on a Connect endpoint so connected accounts' bank
-/// payouts arrive. `transfer.paid` and `transfer.failed` are not here: Stripe removed them
-/// with the 2017-04-06 transfer/payout split and refuses them on new endpoints; the handlers
-/// stay for accounts on older API versions (see [`LEGACY_TRANSFER_EVENTS`]).
-pub const PAYOUTS_ENDPOINT_EVENTS: &[&str] = &[
-    "transfer.created",
-    "transfer.updated",
-    "transfer.reversed",
-    "payout.created",
-    "payout.updated",
-    "payout.paid",
-    "payout.failed",
-    "payout.canceled",
-    "account.updated",
-];
-
-/// The spec's transfer events current Stripe no longer offers.
-pub const LEGACY_TRANSFER_EVENTS: &[&str] = &["transfer.paid", "transfer.failed"];
-
-/// The subscription endpoint's events (spec §9 plus the dispute fund movements and refund
-/// updates the disputes service applies).
-pub const SUBSCRIPTION_ENDPOINT_EVENTS: &[&str] = &[
-    "checkout.session.completed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "invoice.payment_succeeded",
-    "invoice.payment_failed",
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.closed",
-    "charge.dispute.funds_withdrawn",
-    "charge.dispute.funds_reinstated",
-    "refund.updated",
-    "refund.failed",
-];
-
-/// The endpoint an event of `event_type` arrives on (and is stored under when backfilled).
-pub fn endpoint_for(event_type: &str) -> Endpoint {
-    if PAYOUTS_ENDPOINT_EVENTS.contains(&event_type) || LEGACY_TRANSFER_EVENTS.contains(&event_type)
-    {
-        Endpoint::StripePayouts
-    } else {
-        Endpoint::StripeSubscription
-    }
-}
-
-/// The event types the backfill asks Stripe for: those a Payouts service applies (the
-/// subscription billing events are only recorded; a missed one loses nothing of ours). At
-/// most 20, Stripe's limit for `types[]`.
-pub fn backfilled_types() -> Vec<&'static str> {
-    PAYOUTS_ENDPOINT_EVENTS
-        .iter()
-        .chain(SUBSCRIPTION_ENDPOINT_EVENTS)
-        .copied()
-        .filter(|event_type| matches!(route(event_type, false, false), Route::Dispatch(_)))
-        .collect()
-}
-
-/// The event types asked for on a connected account (its bank payouts and its status).
-pub fn connected_account_types() -> Vec<&'static str> {
-    PAYOUTS_ENDPOINT_EVENTS
-        .iter()
-        .copied()
-        .filter(|event_type| event_type.starts_with("payout.") || *event_type == "account.updated")
-        .collect()
 }
 
 /// A stored Stripe event, keyed by (endpoint, event id).
@@ -637,7 +749,7 @@ impl Envelope {
 /// Who owns an event type's effect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
-    /// transfer.*, payout.*, account.updated
+    /// transfer.*, payout.*, account.updated, account.application.deauthorized
     Payouts,
     /// charge.refunded, charge.dispute.*, refund.*
     Disputes,
@@ -654,17 +766,21 @@ pub enum Route {
 
 /// Routes an event by type, and by mode: an event whose livemode differs from ours is stored
 /// and acknowledged but never applied (Connect endpoints in live mode also get test events).
+/// Only a type an endpoint subscribes (or a legacy transfer type) is ever dispatched: an
+/// unknown `payout.*` taken on an account endpoint reaches no owner.
 pub fn route(event_type: &str, event_livemode: bool, our_livemode: bool) -> Route {
     if event_livemode != our_livemode {
         return Route::Acknowledge("not applied: livemode differs from this deployment's");
     }
-    if event_type.starts_with("transfer.")
-        || event_type.starts_with("payout.")
-        || event_type == "account.updated"
-    {
-        return Route::Dispatch(Owner::Payouts);
+    match endpoint_for(event_type) {
+        Some(Endpoint::StripePayouts | Endpoint::StripeTransfers) => {
+            return Route::Dispatch(Owner::Payouts);
+        }
+        Some(Endpoint::StripeSubscription) => {}
+        None => return Route::Acknowledge("not ours: no Payouts service handles this event type"),
     }
     if event_type == "charge.refunded"
+        || event_type == "charge.refund.updated"
         || event_type.starts_with("charge.dispute.")
         || event_type.starts_with("refund.")
     {
@@ -1020,41 +1136,54 @@ mod tests {
 
     #[test]
     fn every_type_has_one_endpoint_and_the_backfill_asks_for_what_we_apply() {
-        for event_type in PAYOUTS_ENDPOINT_EVENTS.iter().chain(LEGACY_TRANSFER_EVENTS) {
-            assert_eq!(
-                endpoint_for(event_type),
-                Endpoint::StripePayouts,
-                "{event_type}"
+        let mut seen = std::collections::BTreeSet::new();
+        for endpoint in Endpoint::ALL {
+            for event_type in endpoint.subscribed_events() {
+                assert!(seen.insert(*event_type), "{event_type} on two endpoints");
+                assert_eq!(endpoint_for(event_type), Some(endpoint), "{event_type}");
+            }
+        }
+        for event_type in LEGACY_TRANSFER_EVENTS {
+            assert_eq!(endpoint_for(event_type), Some(Endpoint::StripeTransfers));
+            assert!(
+                !seen.contains(event_type),
+                "legacy types are never subscribed"
             );
-            assert!(!SUBSCRIPTION_ENDPOINT_EVENTS.contains(event_type));
         }
-        for event_type in SUBSCRIPTION_ENDPOINT_EVENTS {
-            assert_eq!(
-                endpoint_for(event_type),
-                Endpoint::StripeSubscription,
-                "{event_type}"
-            );
+        assert_eq!(endpoint_for("plan.created"), None);
+
+        let platform = backfilled_types();
+        let connected = connected_account_types();
+        assert!(platform.len() <= 20, "Stripe takes at most 20 types");
+        assert!(connected.len() <= 20, "Stripe takes at most 20 types");
+        for endpoint in Endpoint::ALL {
+            let asked = match endpoint.kind() {
+                EndpointKind::Connect => &connected,
+                EndpointKind::Account => &platform,
+            };
+            for event_type in endpoint.subscribed_events() {
+                let applied = matches!(route(event_type, false, false), Route::Dispatch(_));
+                assert_eq!(asked.contains(event_type), applied, "{event_type}");
+            }
         }
-        let asked = backfilled_types();
-        assert!(asked.len() <= 20, "Stripe takes at most 20 types");
-        for event_type in PAYOUTS_ENDPOINT_EVENTS
-            .iter()
-            .chain(SUBSCRIPTION_ENDPOINT_EVENTS)
-        {
-            let applied = matches!(route(event_type, false, false), Route::Dispatch(_));
-            assert_eq!(asked.contains(event_type), applied, "{event_type}");
-        }
-        assert!(asked.contains(&"charge.dispute.funds_withdrawn"));
-        assert!(!asked.contains(&"invoice.payment_failed"));
+        assert!(platform.contains(&"charge.dispute.funds_withdrawn"));
+        assert!(platform.contains(&"transfer.reversed"));
+        assert!(
+            !platform.contains(&"payout.paid"),
+            "a connected account's event"
+        );
+        assert!(!platform.contains(&"invoice.payment_failed"));
         assert_eq!(
-            connected_account_types(),
+            connected,
             [
                 "payout.created",
                 "payout.updated",
                 "payout.paid",
                 "payout.failed",
                 "payout.canceled",
-                "account.updated"
+                "payout.reconciliation_completed",
+                "account.updated",
+                "account.application.deauthorized"
             ]
         );
         for source in [EventSource::Delivery, EventSource::Backfill] {
@@ -1064,9 +1193,83 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_admits_only_what_stripe_can_send_it() {
+        let payouts = Endpoint::StripePayouts;
+        let transfers = Endpoint::StripeTransfers;
+        let subscription = Endpoint::StripeSubscription;
+        assert_eq!(payouts.admits("payout.paid", Some("acct_1")), Ok(()));
+        assert_eq!(
+            payouts.admits("account.application.deauthorized", Some("acct_1")),
+            Ok(())
+        );
+        assert_eq!(transfers.admits("transfer.reversed", None), Ok(()));
+        assert_eq!(transfers.admits("transfer.paid", None), Ok(()));
+        assert_eq!(subscription.admits("charge.refunded", None), Ok(()));
+        assert_eq!(subscription.admits("plan.created", None), Ok(()));
+
+        // A platform transfer event on the Connect endpoint never comes from Stripe.
+        let error = payouts.admits("transfer.reversed", None).unwrap_err();
+        assert!(
+            error.contains("transfer.reversed") && error.contains("/api/webhooks/stripe-transfers"),
+            "{error}"
+        );
+        let error = payouts
+            .admits("transfer.reversed", Some("acct_1"))
+            .unwrap_err();
+        assert!(error.contains("/api/webhooks/stripe-transfers"), "{error}");
+        // The subscription secret cannot inject payout or transfer events.
+        for (event_type, account) in [
+            ("payout.paid", Some("acct_1")),
+            ("payout.paid", None),
+            ("account.updated", None),
+            ("transfer.created", None),
+            ("transfer.failed", None),
+        ] {
+            let error = subscription.admits(event_type, account).unwrap_err();
+            assert!(error.contains(event_type), "{error}");
+        }
+        let error = subscription.admits("payout.failed", None).unwrap_err();
+        assert!(error.contains("/api/webhooks/stripe-payouts"), "{error}");
+        // The kind: account exactly on the Connect endpoint.
+        let error = payouts.admits("payout.paid", None).unwrap_err();
+        assert!(error.contains("without account"), "{error}");
+        let error = transfers
+            .admits("transfer.created", Some("acct_1"))
+            .unwrap_err();
+        assert!(error.contains("acct_1"), "{error}");
+        assert!(subscription.admits("plan.created", Some("acct_1")).is_err());
+        assert!(payouts.admits("plan.created", Some("acct_1")).is_ok());
+    }
+
+    #[test]
+    fn only_subscribed_types_reach_an_owner() {
+        assert_eq!(
+            route("payout.reconciliation_completed", false, false),
+            Route::Dispatch(Owner::Payouts)
+        );
+        assert_eq!(
+            route("account.application.deauthorized", false, false),
+            Route::Dispatch(Owner::Payouts)
+        );
+        assert_eq!(
+            route("transfer.paid", false, false),
+            Route::Dispatch(Owner::Payouts)
+        );
+        assert!(matches!(
+            route("payout.invented", false, false),
+            Route::Acknowledge(_)
+        ));
+        assert!(matches!(
+            route("transfer.invented", false, false),
+            Route::Acknowledge(_)
+        ));
+    }
+
+    #[test]
     fn names_round_trip() {
-        for endpoint in [Endpoint::StripePayouts, Endpoint::StripeSubscription] {
+        for endpoint in Endpoint::ALL {
             assert_eq!(Endpoint::parse(endpoint.as_str()), Some(endpoint));
+            assert!(endpoint.path().ends_with(endpoint.as_str()));
         }
         for status in [
             EventStatus::Processing,

@@ -44,8 +44,9 @@ fn endpoint(value: i32) -> Result<Endpoint, ServiceError> {
     match pb::WebhookEndpoint::try_from(value) {
         Ok(pb::WebhookEndpoint::StripePayouts) => Ok(Endpoint::StripePayouts),
         Ok(pb::WebhookEndpoint::StripeSubscription) => Ok(Endpoint::StripeSubscription),
+        Ok(pb::WebhookEndpoint::StripeTransfers) => Ok(Endpoint::StripeTransfers),
         _ => Err(ServiceError::invalid_argument(
-            "endpoint must be STRIPE_PAYOUTS or STRIPE_SUBSCRIPTION",
+            "endpoint must be STRIPE_PAYOUTS, STRIPE_TRANSFERS or STRIPE_SUBSCRIPTION",
         )),
     }
 }
@@ -66,6 +67,7 @@ fn to_proto(e: InboxEvent) -> pb::WebhookEvent {
     let endpoint = match e.endpoint {
         Endpoint::StripePayouts => pb::WebhookEndpoint::StripePayouts,
         Endpoint::StripeSubscription => pb::WebhookEndpoint::StripeSubscription,
+        Endpoint::StripeTransfers => pb::WebhookEndpoint::StripeTransfers,
     };
     let status = match e.status {
         EventStatus::Processing => pb::EventStatus::Processing,

@@ -49,6 +49,7 @@ pub trait Dispatcher: Send + Sync + 'static {
 pub struct InboxSettings {
     pub payouts_secrets: Vec<Secret>,
     pub subscription_secrets: Vec<Secret>,
+    pub transfers_secrets: Vec<Secret>,
     pub tolerance_seconds: i64,
     /// Whether this deployment applies live-mode events (else test-mode ones).
     pub livemode: bool,
@@ -124,13 +125,11 @@ impl Inbox {
         let secrets = match endpoint {
             Endpoint::StripePayouts => &self.settings.payouts_secrets,
             Endpoint::StripeSubscription => &self.settings.subscription_secrets,
+            Endpoint::StripeTransfers => &self.settings.transfers_secrets,
         };
         if secrets.is_empty() {
             // Refusing with 5xx keeps Stripe retrying until the secret is configured.
-            let variable = match endpoint {
-                Endpoint::StripePayouts => "STRIPE_WEBHOOK_SECRET_PAYOUTS",
-                Endpoint::StripeSubscription => "STRIPE_WEBHOOK_SECRET",
-            };
+            let variable = endpoint.secret_variable();
             return Err(ServiceError::unavailable(
                 format!("{variable} is not configured; the delivery was not accepted"),
                 anyhow::anyhow!("no signing secret for {}", endpoint.as_str()),
@@ -158,6 +157,9 @@ impl Inbox {
                 .increment(1);
             ServiceError::invalid_argument(reason)
         })?;
+        // An event Stripe cannot send to this endpoint is refused before it is stored: an
+        // endpoint's secret only vouches for what Stripe routes there.
+        admitted(endpoint, &envelope)?;
         let payload = String::from_utf8(payload)
             .map_err(|_| ServiceError::invalid_argument("body is not a Stripe event: not UTF-8"))?;
         let event_id = envelope.id.clone();
@@ -206,10 +208,18 @@ impl Inbox {
     /// with our key: no signature to verify), under the endpoint its type arrives on, with
     /// the same dedupe by event id as a delivery. A stored copy, whatever its status, is a
     /// duplicate: the backfill never re-arms a failed event (a redelivery or an admin does).
+    /// An event that endpoint would refuse (a type no endpoint takes, a connected account's
+    /// event without its account) is refused here too (`InvalidArgument`).
     pub async fn ingest_backfilled(&self, payload: String) -> Result<Ingested, ServiceError> {
         let envelope =
             Envelope::parse(payload.as_bytes()).map_err(ServiceError::invalid_argument)?;
-        let endpoint = endpoint_for(&envelope.event_type);
+        let endpoint = endpoint_for(&envelope.event_type).ok_or_else(|| {
+            ServiceError::invalid_argument(format!(
+                "{} is not a type any webhook endpoint takes",
+                envelope.event_type
+            ))
+        })?;
+        admitted(endpoint, &envelope)?;
         let event_id = envelope.id.clone();
         let event_type = envelope.event_type.clone();
         let event = InboxEvent::backfilled(endpoint, envelope, payload, self.clock.now());
@@ -263,7 +273,7 @@ impl Inbox {
     ) -> Result<Vec<InboxEvent>, ServiceError> {
         let endpoints = match endpoint {
             Some(endpoint) => vec![endpoint],
-            None => vec![Endpoint::StripePayouts, Endpoint::StripeSubscription],
+            None => Endpoint::ALL.to_vec(),
         };
         let mut found = Vec::new();
         for endpoint in endpoints {
@@ -531,6 +541,24 @@ impl Inbox {
             }
         }
     }
+}
+
+/// Whether `endpoint` takes this event ([`Endpoint::admits`]); a refusal is counted and is
+/// `InvalidArgument` (400: Stripe keeps the event listed as undelivered).
+fn admitted(endpoint: Endpoint, envelope: &Envelope) -> Result<(), ServiceError> {
+    endpoint
+        .admits(&envelope.event_type, envelope.account.as_deref())
+        .map_err(|reason| {
+            metrics::counter!("payouts_webhooks_rejected_total", "endpoint" => endpoint.as_str(), "reason" => "wrong_endpoint")
+                .increment(1);
+            tracing::warn!(
+                endpoint = endpoint.as_str(),
+                event_id = %envelope.id,
+                event_type = %envelope.event_type,
+                "webhook refused: it cannot arrive on this endpoint"
+            );
+            ServiceError::invalid_argument(reason)
+        })
 }
 
 /// A delivery whose signature does not prove it comes from Stripe: unauthenticated (401).

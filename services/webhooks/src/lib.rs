@@ -30,6 +30,7 @@ pub fn inbox_settings(settings: &Settings) -> inbox::InboxSettings {
     inbox::InboxSettings {
         payouts_secrets: settings.stripe_webhook_secrets_payouts.clone(),
         subscription_secrets: settings.stripe_webhook_secrets_subscription.clone(),
+        transfers_secrets: settings.stripe_webhook_secrets_transfers.clone(),
         tolerance_seconds: i64::try_from(settings.stripe_webhook_tolerance.as_secs())
             .unwrap_or(300),
         livemode: settings.stripe_livemode,

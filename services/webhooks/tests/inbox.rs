@@ -21,6 +21,7 @@ use payouts_webhooks::store::{InboxRepository, MemoryInbox, MongoInbox};
 
 const PAYOUTS_SECRET: &str = "whsec_payouts_test";
 const SUBSCRIPTION_SECRET: &str = "whsec_subscription_test";
+const TRANSFERS_SECRET: &str = "whsec_transfers_test";
 
 /// A dispatcher that counts calls per event and refuses the first `failures` calls of each
 /// (INVALID_ARGUMENT: a definite "no"). It can be down (`down`: every call answers that
@@ -140,6 +141,7 @@ fn settings(policy: RetryPolicy) -> InboxSettings {
     InboxSettings {
         payouts_secrets: vec![Secret::new(PAYOUTS_SECRET)],
         subscription_secrets: vec![Secret::new(SUBSCRIPTION_SECRET)],
+        transfers_secrets: vec![Secret::new(TRANSFERS_SECRET)],
         tolerance_seconds: 300,
         livemode: false,
         policy,
@@ -186,6 +188,7 @@ impl Fixture {
     ) -> Result<Ingested, payouts_runtime::ServiceError> {
         let secret = match endpoint {
             Endpoint::StripePayouts => PAYOUTS_SECRET,
+            Endpoint::StripeTransfers => TRANSFERS_SECRET,
             Endpoint::StripeSubscription => SUBSCRIPTION_SECRET,
         };
         self.inbox
@@ -232,7 +235,10 @@ async fn a_valid_delivery_is_stored_before_it_is_acknowledged_and_processed_once
     on_both_stores("valid", |repository| async move {
         let f = Fixture::new(repository, FakeOwner::default(), RetryPolicy::default());
         let payload = transfer_event("evt_valid");
-        let ingested = f.deliver(Endpoint::StripePayouts, &payload).await.unwrap();
+        let ingested = f
+            .deliver(Endpoint::StripeTransfers, &payload)
+            .await
+            .unwrap();
         assert_eq!(
             ingested,
             Ingested::Accepted {
@@ -240,7 +246,7 @@ async fn a_valid_delivery_is_stored_before_it_is_acknowledged_and_processed_once
                 event_type: "transfer.created".to_owned()
             }
         );
-        let stored = f.stored(Endpoint::StripePayouts, "evt_valid").await;
+        let stored = f.stored(Endpoint::StripeTransfers, "evt_valid").await;
         assert_eq!(stored.status, EventStatus::Processing);
         assert_eq!(
             stored.payload.as_bytes(),
@@ -249,7 +255,7 @@ async fn a_valid_delivery_is_stored_before_it_is_acknowledged_and_processed_once
         );
 
         assert_eq!(f.inbox.process_due().await.unwrap(), 1);
-        let processed = f.stored(Endpoint::StripePayouts, "evt_valid").await;
+        let processed = f.stored(Endpoint::StripeTransfers, "evt_valid").await;
         assert_eq!(processed.status, EventStatus::Completed);
         assert_eq!(processed.attempts, 1);
         assert_eq!(f.owner.calls("evt_valid"), 1);
@@ -275,7 +281,7 @@ async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_nothing_is_stored
             (
                 "tampered byte",
                 tampered,
-                Some(f.signed(&payload, PAYOUTS_SECRET)),
+                Some(f.signed(&payload, TRANSFERS_SECRET)),
             ),
             (
                 "wrong secret",
@@ -288,11 +294,16 @@ async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_nothing_is_stored
                 Some(f.signed(&payload, SUBSCRIPTION_SECRET)),
             ),
             (
+                "the Connect endpoint's secret",
+                payload.clone(),
+                Some(f.signed(&payload, PAYOUTS_SECRET)),
+            ),
+            (
                 "stale",
                 payload.clone(),
                 Some(stripe::signature_header(
                     &payload,
-                    PAYOUTS_SECRET,
+                    TRANSFERS_SECRET,
                     now - 301,
                 )),
             ),
@@ -301,7 +312,7 @@ async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_nothing_is_stored
                 payload.clone(),
                 Some(stripe::signature_header(
                     &payload,
-                    PAYOUTS_SECRET,
+                    TRANSFERS_SECRET,
                     now + 301,
                 )),
             ),
@@ -311,14 +322,18 @@ async fn unsigned_or_wrongly_signed_deliveries_are_refused_and_nothing_is_stored
         for (case, body, header) in cases {
             let error = f
                 .inbox
-                .ingest(Endpoint::StripePayouts, body.as_slice(), header.as_deref())
+                .ingest(
+                    Endpoint::StripeTransfers,
+                    body.as_slice(),
+                    header.as_deref(),
+                )
                 .await
                 .unwrap_err();
             assert_eq!(error.kind(), ErrorKind::Unauthenticated, "{case}: {error}");
         }
         let not_json = b"this is not json".to_vec();
         let error = f
-            .deliver(Endpoint::StripePayouts, &not_json)
+            .deliver(Endpoint::StripeTransfers, &not_json)
             .await
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidArgument);
@@ -343,11 +358,11 @@ async fn two_v1_signatures_with_one_valid_are_accepted() {
     let header = format!(
         "t={now},v1={},v1={}",
         stripe::sign(&payload, "whsec_old_rotated", now),
-        stripe::sign(&payload, PAYOUTS_SECRET, now)
+        stripe::sign(&payload, TRANSFERS_SECRET, now)
     );
     let ingested = f
         .inbox
-        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
+        .ingest(Endpoint::StripeTransfers, payload.as_slice(), Some(&header))
         .await
         .unwrap();
     assert!(matches!(ingested, Ingested::Accepted { .. }));
@@ -357,7 +372,7 @@ async fn two_v1_signatures_with_one_valid_are_accepted() {
 async fn an_endpoint_without_a_secret_refuses_with_unavailable_so_stripe_retries() {
     let repository: Arc<dyn InboxRepository> = Arc::new(MemoryInbox::default());
     let mut no_secret = settings(RetryPolicy::default());
-    no_secret.payouts_secrets.clear();
+    no_secret.transfers_secrets.clear();
     let inbox = Inbox::new(
         Arc::clone(&repository),
         Arc::new(FakeOwner::default()),
@@ -365,14 +380,14 @@ async fn an_endpoint_without_a_secret_refuses_with_unavailable_so_stripe_retries
         no_secret,
     );
     let payload = transfer_event("evt_no_secret");
-    let header = stripe::signature_header(&payload, PAYOUTS_SECRET, Utc::now().timestamp());
+    let header = stripe::signature_header(&payload, TRANSFERS_SECRET, Utc::now().timestamp());
     let error = inbox
-        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
+        .ingest(Endpoint::StripeTransfers, payload.as_slice(), Some(&header))
         .await
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unavailable);
     assert!(
-        error.message().contains("STRIPE_WEBHOOK_SECRET_PAYOUTS"),
+        error.message().contains("STRIPE_WEBHOOK_SECRET_TRANSFERS"),
         "{error}"
     );
 }
@@ -389,11 +404,11 @@ async fn unknown_types_and_other_modes_are_stored_and_acknowledged_without_dispa
         f.deliver(Endpoint::StripeSubscription, &unknown)
             .await
             .unwrap();
-        f.deliver(Endpoint::StripePayouts, &live).await.unwrap();
+        f.deliver(Endpoint::StripeTransfers, &live).await.unwrap();
         f.inbox.process_due().await.unwrap();
         for (endpoint, id, outcome) in [
             (Endpoint::StripeSubscription, "evt_unknown", "not ours"),
-            (Endpoint::StripePayouts, "evt_live", "livemode"),
+            (Endpoint::StripeTransfers, "evt_live", "livemode"),
         ] {
             let stored = f.stored(endpoint, id).await;
             assert_eq!(stored.status, EventStatus::Completed);
@@ -413,16 +428,78 @@ async fn unknown_types_and_other_modes_are_stored_and_acknowledged_without_dispa
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_that_cannot_arrive_on_an_endpoint_is_refused_there_and_nothing_is_stored() {
+    on_both_stores("topology", |repository| async move {
+        let f = Fixture::new(repository, FakeOwner::default(), RetryPolicy::default());
+        let mut bank_payout = stripe::event("evt_injected_payout", "payout.paid", "payout");
+        bank_payout["account"] = serde_json::json!("acct_victim");
+        let bank_payout = serde_json::to_vec(&bank_payout).unwrap();
+        let transfer = transfer_event("evt_platform_transfer");
+        let unattached =
+            serde_json::to_vec(&stripe::event("evt_no_account", "payout.failed", "payout"))
+                .unwrap();
+        // The subscription secret cannot inject a bank payout or a transfer; a Connect
+        // endpoint never gets the platform's transfer events, nor an event without account.
+        for (endpoint, payload, event_id, names) in [
+            (
+                Endpoint::StripeSubscription,
+                &bank_payout,
+                "evt_injected_payout",
+                "/api/webhooks/stripe-payouts",
+            ),
+            (
+                Endpoint::StripeSubscription,
+                &transfer,
+                "evt_platform_transfer",
+                "/api/webhooks/stripe-transfers",
+            ),
+            (
+                Endpoint::StripePayouts,
+                &transfer,
+                "evt_platform_transfer",
+                "/api/webhooks/stripe-transfers",
+            ),
+            (
+                Endpoint::StripePayouts,
+                &unattached,
+                "evt_no_account",
+                "without account",
+            ),
+        ] {
+            let error = f.deliver(endpoint, payload).await.unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+            assert!(error.message().contains(names), "{error}");
+            assert!(
+                f.repository
+                    .get(endpoint, event_id)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "nothing stored"
+            );
+        }
+        assert_eq!(f.inbox.process_due().await.unwrap(), 0);
+        assert_eq!(f.owner.total_calls(), 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequential_duplicate_is_acknowledged_as_such_and_changes_nothing() {
     on_both_stores("duplicate", |repository| async move {
         let f = Fixture::new(repository, FakeOwner::default(), RetryPolicy::default());
         let payload = transfer_event("evt_dup");
-        f.deliver(Endpoint::StripePayouts, &payload).await.unwrap();
+        f.deliver(Endpoint::StripeTransfers, &payload)
+            .await
+            .unwrap();
         f.inbox.process_due().await.unwrap();
-        let before = f.stored(Endpoint::StripePayouts, "evt_dup").await;
-        let again = f.deliver(Endpoint::StripePayouts, &payload).await.unwrap();
+        let before = f.stored(Endpoint::StripeTransfers, "evt_dup").await;
+        let again = f
+            .deliver(Endpoint::StripeTransfers, &payload)
+            .await
+            .unwrap();
         assert!(matches!(again, Ingested::Duplicate { .. }));
-        assert_eq!(f.stored(Endpoint::StripePayouts, "evt_dup").await, before);
+        assert_eq!(f.stored(Endpoint::StripeTransfers, "evt_dup").await, before);
         f.inbox.process_due().await.unwrap();
         assert_eq!(f.owner.calls("evt_dup"), 1);
     })
@@ -434,7 +511,7 @@ async fn fifty_concurrent_deliveries_of_one_event_are_processed_once() {
     on_both_stores("fifty", |repository| async move {
         let f = Fixture::new(repository, FakeOwner::default(), RetryPolicy::default());
         let payload = transfer_event("evt_fifty");
-        let header = f.signed(&payload, PAYOUTS_SECRET);
+        let header = f.signed(&payload, TRANSFERS_SECRET);
         let replicas = [Arc::clone(&f.inbox), f.replica(), f.replica()];
         let deliveries: Vec<_> = (0..50)
             .map(|i| {
@@ -442,7 +519,7 @@ async fn fifty_concurrent_deliveries_of_one_event_are_processed_once() {
                 let (payload, header) = (payload.clone(), header.clone());
                 tokio::spawn(async move {
                     inbox
-                        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
+                        .ingest(Endpoint::StripeTransfers, payload.as_slice(), Some(&header))
                         .await
                 })
             })
@@ -470,7 +547,7 @@ async fn fifty_concurrent_deliveries_of_one_event_are_processed_once() {
         }
         assert_eq!(f.owner.calls("evt_fifty"), 1);
         assert_eq!(
-            f.stored(Endpoint::StripePayouts, "evt_fifty")
+            f.stored(Endpoint::StripeTransfers, "evt_fifty")
                 .await
                 .attempts,
             1
@@ -484,12 +561,12 @@ async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
     on_both_stores("retried", |repository| async move {
         let policy = RetryPolicy::default();
         let f = Fixture::new(repository, FakeOwner::failing(2), policy.clone());
-        f.deliver(Endpoint::StripePayouts, &transfer_event("evt_retry"))
+        f.deliver(Endpoint::StripeTransfers, &transfer_event("evt_retry"))
             .await
             .unwrap();
 
         f.inbox.process_due().await.unwrap();
-        let first = f.stored(Endpoint::StripePayouts, "evt_retry").await;
+        let first = f.stored(Endpoint::StripeTransfers, "evt_retry").await;
         assert_eq!((first.status, first.attempts), (EventStatus::Processing, 1));
         assert!(
             first
@@ -511,7 +588,7 @@ async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
         f.clock.advance(policy.backoff(2));
         assert_eq!(f.inbox.process_due().await.unwrap(), 1);
 
-        let done = f.stored(Endpoint::StripePayouts, "evt_retry").await;
+        let done = f.stored(Endpoint::StripeTransfers, "evt_retry").await;
         assert_eq!((done.status, done.attempts), (EventStatus::Completed, 3));
         assert_eq!(f.owner.calls("evt_retry"), 3);
     })
@@ -519,14 +596,14 @@ async fn a_failing_handler_is_retried_with_backoff_until_it_succeeds() {
 }
 
 async fn park(f: &Fixture, event_id: &str, policy: &RetryPolicy) {
-    f.deliver(Endpoint::StripePayouts, &transfer_event(event_id))
+    f.deliver(Endpoint::StripeTransfers, &transfer_event(event_id))
         .await
         .unwrap();
     for attempt in 1..=policy.max_attempts {
         assert_eq!(f.inbox.process_due().await.unwrap(), 1, "attempt {attempt}");
         f.clock.advance(policy.max_delay);
     }
-    let parked = f.stored(Endpoint::StripePayouts, event_id).await;
+    let parked = f.stored(Endpoint::StripeTransfers, event_id).await;
     assert_eq!(parked.status, EventStatus::Failed);
     assert!(parked.failed_at.is_some());
     assert_eq!(
@@ -555,7 +632,9 @@ async fn after_the_last_attempt_an_event_is_parked_and_an_admin_can_retry_it() {
         assert_eq!(retried.len(), 1);
         assert_eq!(f.inbox.process_due().await.unwrap(), 1);
         assert_eq!(
-            f.stored(Endpoint::StripePayouts, "evt_parked").await.status,
+            f.stored(Endpoint::StripeTransfers, "evt_parked")
+                .await
+                .status,
             EventStatus::Completed
         );
 
@@ -587,12 +666,15 @@ async fn a_redelivery_of_a_failed_event_is_not_swallowed_as_a_duplicate() {
         park(&f, "evt_redelivered", &policy).await;
 
         let again = f
-            .deliver(Endpoint::StripePayouts, &transfer_event("evt_redelivered"))
+            .deliver(
+                Endpoint::StripeTransfers,
+                &transfer_event("evt_redelivered"),
+            )
             .await
             .unwrap();
         assert!(matches!(again, Ingested::Accepted { .. }), "{again:?}");
         assert_eq!(f.inbox.process_due().await.unwrap(), 1);
-        let done = f.stored(Endpoint::StripePayouts, "evt_redelivered").await;
+        let done = f.stored(Endpoint::StripeTransfers, "evt_redelivered").await;
         assert_eq!(done.status, EventStatus::Completed);
         assert_eq!(done.deliveries, 2);
     })
@@ -604,7 +686,7 @@ async fn a_worker_killed_mid_processing_is_taken_over_and_the_event_is_processed
     on_both_stores("killed", |repository| async move {
         let policy = RetryPolicy::default();
         let f = Fixture::new(repository, FakeOwner::default(), policy.clone());
-        f.deliver(Endpoint::StripePayouts, &transfer_event("evt_killed"))
+        f.deliver(Endpoint::StripeTransfers, &transfer_event("evt_killed"))
             .await
             .unwrap();
 
@@ -622,7 +704,7 @@ async fn a_worker_killed_mid_processing_is_taken_over_and_the_event_is_processed
         f.clock.advance(policy.lease);
         assert_eq!(survivor.process_due().await.unwrap(), 1);
         assert_eq!(f.owner.calls("evt_killed"), 1);
-        let done = f.stored(Endpoint::StripePayouts, "evt_killed").await;
+        let done = f.stored(Endpoint::StripeTransfers, "evt_killed").await;
         assert_eq!(done.status, EventStatus::Completed);
 
         // The dead worker waking up late is refused before it calls the owner: its claim is
@@ -634,7 +716,10 @@ async fn a_worker_killed_mid_processing_is_taken_over_and_the_event_is_processed
             1,
             "the stale claim never reached the owner"
         );
-        assert_eq!(f.stored(Endpoint::StripePayouts, "evt_killed").await, done);
+        assert_eq!(
+            f.stored(Endpoint::StripeTransfers, "evt_killed").await,
+            done
+        );
     })
     .await;
 }
@@ -645,7 +730,7 @@ async fn replicas_share_the_work_and_each_event_is_processed_once() {
         let f = Fixture::new(repository, FakeOwner::default(), RetryPolicy::default());
         for i in 0..40 {
             f.deliver(
-                Endpoint::StripePayouts,
+                Endpoint::StripeTransfers,
                 &transfer_event(&format!("evt_many_{i}")),
             )
             .await
@@ -690,9 +775,9 @@ async fn the_worker_loop_processes_new_deliveries_promptly_and_stops_on_shutdown
     let (shutdown, trigger) = payouts_runtime::shutdown::Shutdown::manual();
     let worker = tokio::spawn(Arc::clone(&inbox).run_worker(shutdown));
     let payload = transfer_event("evt_loop");
-    let header = stripe::signature_header(&payload, PAYOUTS_SECRET, Utc::now().timestamp());
+    let header = stripe::signature_header(&payload, TRANSFERS_SECRET, Utc::now().timestamp());
     inbox
-        .ingest(Endpoint::StripePayouts, payload.as_slice(), Some(&header))
+        .ingest(Endpoint::StripeTransfers, payload.as_slice(), Some(&header))
         .await
         .unwrap();
     for _ in 0..3000 {
@@ -777,7 +862,7 @@ async fn a_delivery_that_cannot_be_stored_is_not_acknowledged() {
         RetryPolicy::default(),
     );
     let error = f
-        .deliver(Endpoint::StripePayouts, &transfer_event("evt_unstored"))
+        .deliver(Endpoint::StripeTransfers, &transfer_event("evt_unstored"))
         .await
         .unwrap_err();
     // UNAVAILABLE becomes 503 at the gateway, so Stripe delivers the event again later.
@@ -792,7 +877,7 @@ async fn a_slow_owner_never_lets_a_second_replica_dispatch_an_event_twice() {
         let f = Fixture::new(repository, FakeOwner::default(), policy.clone());
         for i in 1..=3 {
             f.deliver(
-                Endpoint::StripePayouts,
+                Endpoint::StripeTransfers,
                 &transfer_event(&format!("evt_slow_{i}")),
             )
             .await
@@ -813,7 +898,7 @@ async fn a_slow_owner_never_lets_a_second_replica_dispatch_an_event_twice() {
             let id = format!("evt_slow_{i}");
             assert_eq!(f.owner.calls(&id), 1, "{id} dispatched once");
             assert_eq!(
-                f.stored(Endpoint::StripePayouts, &id).await.status,
+                f.stored(Endpoint::StripeTransfers, &id).await.status,
                 EventStatus::Completed
             );
         }

@@ -4,9 +4,22 @@
 //! error), and programmable to fail: error codes, 429, 5xx before or after the transfer is
 //! made, a response lost after the transfer was made, failed lookups. Its state is a
 //! [`Ledger`], the same model the deterministic simulation uses.
+//!
+//! It delivers its events itself, as Stripe does (https://docs.stripe.com/webhooks,
+//! https://docs.stripe.com/connect/webhooks): to every enabled endpoint registered with it
+//! whose kind matches (the platform's events to account endpoints, a connected account's,
+//! carrying `account`, to Connect endpoints) and whose `enabled_events` hold the type (or
+//! `*`); signed `Stripe-Signature: t=..,v1=..` with that endpoint's secret, rendered with
+//! its `api_version`, POSTed over HTTP; any answer but a 2xx (a redirect too) or no answer
+//! is retried after the delays of its [`RetrySchedule`] (Stripe: exponential backoff for up
+//! to 3 days in live mode, https://docs.stripe.com/webhooks#retries), then given up; an
+//! event whose deliveries did not all succeed is listed by `GET /v1/events?delivery_success=false`.
+//! Deliveries run in a background task that stops with [`FakeStripe::shutdown`] (or when the
+//! last handle is dropped).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path, Query, State};
@@ -17,6 +30,7 @@ use serde_json::{Value, json};
 
 use super::fixture;
 use super::ledger::{Ledger, error_body};
+use crate::shutdown::{Shutdown, ShutdownTrigger};
 
 /// What the next `POST /v1/transfers` (or `/v1/transfers/{id}/reversals`) does instead of
 /// succeeding.
@@ -54,24 +68,124 @@ struct StripeState {
     pending_cents: i64,
     /// Webhook endpoints, in creation order (the list answers newest first, as Stripe does).
     webhook_endpoints: Vec<Value>,
-    /// Events, in creation order, with whether every delivery of each succeeded.
+    /// Each endpoint's signing secret, by endpoint id (Stripe shows it only at creation).
+    webhook_secrets: HashMap<String, String>,
+    /// Events, in creation order, with their deliveries.
     events: Vec<StoredEvent>,
     event_counter: u64,
     /// Failures of the next refund lists (`GET /v1/refunds`), and how many were asked for.
     refund_list_failures: VecDeque<(u16, String)>,
     refund_list_calls: usize,
+    retry_schedule: RetrySchedule,
+    /// Wakes the delivery task: a new event, or a schedule changed.
+    wake: Arc<tokio::sync::Notify>,
 }
 
-/// An event the fake holds, as `GET /v1/events` lists it.
+/// When a failed delivery is tried again: the delay after the first failure, after the
+/// second, ...; after the last the fake gives up (the event stays listed as undelivered,
+/// for the backfill). Stripe retries with exponential backoff for up to 3 days in live mode
+/// (https://docs.stripe.com/webhooks#retries); the fake compresses that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(pub Vec<Duration>);
+
+impl RetrySchedule {
+    /// `first`, doubling, `retries` times.
+    pub fn exponential(first: Duration, retries: u32) -> Self {
+        Self(
+            (0..retries)
+                .map(|retry| first.saturating_mul(1 << retry.min(20)))
+                .collect(),
+        )
+    }
+}
+
+impl Default for RetrySchedule {
+    /// 1 s doubling 8 times (about 4 minutes in all): Stripe's shape, compressed for a
+    /// local run.
+    fn default() -> Self {
+        Self::exponential(Duration::from_secs(1), 8)
+    }
+}
+
+/// An event the fake holds, as `GET /v1/events` lists it, with its deliveries.
 #[derive(Debug, Clone)]
 struct StoredEvent {
     event: Value,
-    delivered: bool,
+    /// The listing state a test chose ([`FakeStripe::record_event`]); otherwise it follows
+    /// the deliveries.
+    listed_as_delivered: Option<bool>,
+    deliveries: Vec<Delivery>,
+}
+
+impl StoredEvent {
+    /// Whether every delivery succeeded (`delivery_success`). Stripe's documentation does
+    /// not say how an event no endpoint wanted is listed: the fake lists it as undelivered,
+    /// so the backfill sees it (and dedupes it), the stricter of the two possibilities.
+    fn delivered(&self) -> bool {
+        self.listed_as_delivered.unwrap_or_else(|| {
+            !self.deliveries.is_empty()
+                && self
+                    .deliveries
+                    .iter()
+                    .all(|delivery| delivery.state == DeliveryState::Succeeded)
+        })
+    }
+}
+
+/// One event's deliveries to one endpoint.
+#[derive(Debug, Clone)]
+struct Delivery {
+    endpoint_id: String,
+    attempts: u32,
+    state: DeliveryState,
+    due: Instant,
+    last_answer: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeliveryState {
+    Pending,
+    InFlight,
+    Succeeded,
+    GaveUp,
+}
+
+/// What became of an event's deliveries to one endpoint (for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    pub event_id: String,
+    pub event_type: String,
+    pub endpoint_url: String,
+    pub attempts: u32,
+    pub delivered: bool,
+    pub gave_up: bool,
+    /// The last answer: `"200 OK"`, `"400 Bad Request: <body>"`, or the connection error.
+    pub last_answer: Option<String>,
+}
+
+/// One attempt to make: where, signed with what, which body.
+struct Attempt {
+    event_index: usize,
+    delivery_index: usize,
+    url: String,
+    secret: String,
+    body: Vec<u8>,
+}
+
+/// Whether an endpoint receives an event: enabled, of the event's kind (Connect endpoints get
+/// connected accounts' events, account endpoints the platform's own), subscribed to its type.
+fn receives(endpoint: &Value, event_type: &str, account: Option<&str>) -> bool {
+    let connect = !endpoint["application"].is_null();
+    endpoint["status"] == "enabled"
+        && connect == account.is_some()
+        && endpoint["enabled_events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e == event_type || e == "*"))
 }
 
 impl StripeState {
-    /// Records an event about `object` (undelivered: the fake delivers nothing itself), on
-    /// a connected account when `account` is given.
+    /// Records an event about `object`, on a connected account when `account` is given, and
+    /// schedules its deliveries to the endpoints that receive it.
     fn emit(&mut self, event_type: &str, object: Value, account: Option<&str>) {
         self.event_counter += 1;
         let mut event = super::event(
@@ -83,11 +197,173 @@ impl StripeState {
         event["data"]["object"] = object;
         event["account"] = account.map_or(Value::Null, |account| json!(account));
         event["livemode"] = json!(false);
+        let now = Instant::now();
+        let deliveries: Vec<Delivery> = self
+            .webhook_endpoints
+            .iter()
+            .filter(|endpoint| receives(endpoint, event_type, account))
+            .filter_map(|endpoint| endpoint["id"].as_str())
+            .map(|endpoint_id| Delivery {
+                endpoint_id: endpoint_id.to_owned(),
+                attempts: 0,
+                state: DeliveryState::Pending,
+                due: now,
+                last_answer: None,
+            })
+            .collect();
+        event["pending_webhooks"] = json!(deliveries.len());
         self.events.push(StoredEvent {
             event,
-            delivered: false,
+            listed_as_delivered: None,
+            deliveries,
         });
+        self.wake.notify_one();
     }
+
+    /// The attempts due at `now` (marked in flight), and when the next one falls due.
+    fn take_due(&mut self, now: Instant) -> (Vec<Attempt>, Option<Instant>) {
+        let mut attempts = Vec::new();
+        let mut next = None::<Instant>;
+        for (event_index, stored) in self.events.iter_mut().enumerate() {
+            for (delivery_index, delivery) in stored.deliveries.iter_mut().enumerate() {
+                if delivery.state != DeliveryState::Pending {
+                    continue;
+                }
+                if delivery.due > now {
+                    next = Some(next.map_or(delivery.due, |next| next.min(delivery.due)));
+                    continue;
+                }
+                let endpoint = self
+                    .webhook_endpoints
+                    .iter()
+                    .find(|endpoint| endpoint["id"] == delivery.endpoint_id.as_str());
+                let secret = self.webhook_secrets.get(&delivery.endpoint_id);
+                let (Some(endpoint), Some(secret)) = (endpoint, secret) else {
+                    continue;
+                };
+                // Rendered with the endpoint's API version, as Stripe renders it.
+                let mut body = stored.event.clone();
+                if let Some(version) = endpoint["api_version"].as_str() {
+                    body["api_version"] = json!(version);
+                }
+                delivery.state = DeliveryState::InFlight;
+                attempts.push(Attempt {
+                    event_index,
+                    delivery_index,
+                    url: endpoint["url"].as_str().unwrap_or_default().to_owned(),
+                    secret: secret.clone(),
+                    body: body.to_string().into_bytes(),
+                });
+            }
+        }
+        (attempts, next)
+    }
+
+    /// Records an attempt's answer: delivered, due again after the schedule's delay, or given
+    /// up after its last retry.
+    fn record_attempt(&mut self, attempt: &Attempt, answer: Result<String, String>) {
+        let schedule = self.retry_schedule.0.clone();
+        let Some(stored) = self.events.get_mut(attempt.event_index) else {
+            return;
+        };
+        let Some(delivery) = stored.deliveries.get_mut(attempt.delivery_index) else {
+            return;
+        };
+        delivery.attempts += 1;
+        match answer {
+            Ok(answer) => {
+                delivery.state = DeliveryState::Succeeded;
+                delivery.last_answer = Some(answer);
+                let pending = stored
+                    .deliveries
+                    .iter()
+                    .filter(|delivery| delivery.state != DeliveryState::Succeeded)
+                    .count();
+                stored.event["pending_webhooks"] = json!(pending);
+            }
+            Err(answer) => {
+                delivery.last_answer = Some(answer);
+                match schedule.get(delivery.attempts as usize - 1) {
+                    Some(delay) => {
+                        delivery.state = DeliveryState::Pending;
+                        delivery.due = Instant::now() + *delay;
+                    }
+                    None => delivery.state = DeliveryState::GaveUp,
+                }
+            }
+        }
+    }
+}
+
+/// One delivery attempt over HTTP: `Ok` for a 2xx, else what came back (redirects are not
+/// followed: Stripe counts a 3xx as a failure).
+async fn attempt_delivery(client: &reqwest::Client, attempt: &Attempt) -> Result<String, String> {
+    let signature = super::signature_header(
+        &attempt.body,
+        &attempt.secret,
+        chrono::Utc::now().timestamp(),
+    );
+    let response = client
+        .post(&attempt.url)
+        .header("Stripe-Signature", signature)
+        .header("Content-Type", "application/json; charset=utf-8")
+        .header(
+            "User-Agent",
+            "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+        )
+        .body(attempt.body.clone())
+        .send()
+        .await
+        .map_err(|error| format!("no answer: {error}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(status.to_string())
+    } else {
+        Err(format!("{status}: {body}"))
+    }
+}
+
+/// The delivery task: attempts what is due (concurrently, as Stripe does: no order is
+/// promised), sleeps until the next is due or a new event arrives, stops on shutdown.
+async fn deliver_webhooks(state: Shared, shutdown: Shutdown) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::error!(%error, "the fake Stripe cannot deliver webhooks");
+            return;
+        }
+    };
+    let wake = Arc::clone(&lock(&state).wake);
+    let mut in_flight = tokio::task::JoinSet::new();
+    let stop = shutdown.requested();
+    tokio::pin!(stop);
+    loop {
+        let (due, next) = lock(&state).take_due(Instant::now());
+        for attempt in due {
+            let (client, state, wake) = (client.clone(), Arc::clone(&state), Arc::clone(&wake));
+            in_flight.spawn(async move {
+                let answer = attempt_delivery(&client, &attempt).await;
+                lock(&state).record_attempt(&attempt, answer);
+                wake.notify_one();
+            });
+        }
+        let idle = next.map_or(Duration::from_secs(3600), |next| {
+            next.saturating_duration_since(Instant::now())
+        });
+        tokio::select! {
+            () = &mut stop => break,
+            () = wake.notified() => {}
+            () = tokio::time::sleep(idle) => {}
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
+    }
+    in_flight.abort_all();
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// A running fake Stripe.
@@ -95,6 +371,19 @@ impl StripeState {
 pub struct FakeStripe {
     url: String,
     state: Arc<Mutex<StripeState>>,
+    stopper: Arc<Stopper>,
+}
+
+/// Stops the server and the delivery task when asked, or when the last handle is dropped.
+struct Stopper {
+    trigger: ShutdownTrigger,
+    deliveries: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        self.trigger.trigger();
+    }
 }
 
 type Shared = Arc<Mutex<StripeState>>;
@@ -347,7 +636,7 @@ async fn list_events(
         .rev()
         .filter(|stored| stored.event["account"].as_str() == account)
         .filter(|stored| stored.event["created"].as_i64().unwrap_or(0) >= oldest)
-        .filter(|stored| delivery.is_none_or(|delivered| stored.delivered == delivered))
+        .filter(|stored| delivery.is_none_or(|delivered| stored.delivered() == delivered))
         .filter(|stored| {
             let kind = stored.event["type"].as_str().unwrap_or_default();
             query.get("type").is_none_or(|wanted| wanted == kind)
@@ -437,33 +726,6 @@ async fn retrieve_payout(
     }
 }
 
-/// `POST /v1/test_helpers/pay_out` with `Stripe-Account`: the fake's own helper (Stripe has
-/// none: an account's payout schedule pays out), for `payouts dev pay-out`. Pays the
-/// connected account's balance out to its bank and reconciles it, as
-/// [`FakeStripe::pay_out`]: the bank payout object; 400 when there is nothing to pay out.
-async fn test_pay_out(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    let Some(account) = headers
-        .get("stripe-account")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-    else {
-        return stripe_error(
-            400,
-            "parameter_missing",
-            "a bank payout is made on a connected account (Stripe-Account)",
-        );
-    };
-    let mut state = lock(&state);
-    match pay_out_reconciled(&mut state, &account) {
-        Some(payout) => axum::Json(payout).into_response(),
-        None => stripe_error(
-            400,
-            "balance_insufficient",
-            &format!("{account} has nothing to pay out"),
-        ),
-    }
-}
-
 /// Pays out and reconciles at once: `payout.paid` (reconciliation `in_progress`), then
 /// `payout.reconciliation_completed`, both on the account. The payout after both.
 fn pay_out_reconciled(state: &mut StripeState, account: &str) -> Option<Value> {
@@ -548,7 +810,11 @@ async fn create_webhook_endpoint(
     endpoint["secret"] = Value::Null;
     apply_webhook_endpoint_params(&mut endpoint, &params);
     state.webhook_endpoints.push(endpoint.clone());
-    endpoint["secret"] = json!(format!("whsec_fake_endpoint_secret_{number}"));
+    let secret = format!("whsec_fake_endpoint_secret_{number}");
+    if let Some(id) = endpoint["id"].as_str() {
+        state.webhook_secrets.insert(id.to_owned(), secret.clone());
+    }
+    endpoint["secret"] = json!(secret);
     axum::Json(endpoint).into_response()
 }
 
@@ -609,6 +875,22 @@ fn no_such_webhook_endpoint(id: &str) -> Response {
     )
 }
 
+/// `POST /_fake/accounts/{id}/payouts` (the fake's own control route, not Stripe's API): the
+/// connected account's bank pays out what transfers left in its balance, as Stripe's payout
+/// schedule would, and Stripe reconciles it: its `payout.paid` and
+/// `payout.reconciliation_completed` are delivered to the Connect endpoints (as
+/// [`FakeStripe::pay_out`]). 400 when there is nothing to pay out.
+async fn fake_bank_payout(State(state): State<Shared>, Path(account): Path<String>) -> Response {
+    match pay_out_reconciled(&mut lock(&state), &account) {
+        Some(payout) => axum::Json(payout).into_response(),
+        None => stripe_error(
+            400,
+            "balance_insufficient",
+            &format!("{account} has nothing to pay out"),
+        ),
+    }
+}
+
 impl FakeStripe {
     /// Starts the fake on a free loopback port, on the current Tokio runtime.
     #[allow(clippy::expect_used)] // tests: a loopback port is always there
@@ -619,12 +901,14 @@ impl FakeStripe {
         Self::serve(listener).expect("an address")
     }
 
-    /// Serves the fake on `listener` (`payouts dev fake-stripe`), on the current Tokio runtime.
+    /// Serves the fake on `listener` (`payouts dev fake-stripe`), on the current Tokio runtime,
+    /// with its webhook deliveries.
     pub fn serve(listener: tokio::net::TcpListener) -> std::io::Result<FakeStripe> {
         let state: Shared = Arc::new(Mutex::new(StripeState {
             available_cents: 2_500_000,
             ..StripeState::default()
         }));
+        let (shutdown, trigger) = Shutdown::manual();
         let router = Router::new()
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
             .route("/v1/transfers/{id}", get(retrieve_transfer))
@@ -633,7 +917,6 @@ impl FakeStripe {
             .route("/v1/balance", get(balance))
             .route("/v1/balance_transactions", get(balance_transactions))
             .route("/v1/payouts/{id}", get(retrieve_payout))
-            .route("/v1/test_helpers/pay_out", post(test_pay_out))
             .route("/v1/accounts/{id}", get(account))
             .route(
                 "/v1/webhook_endpoints",
@@ -644,13 +927,73 @@ impl FakeStripe {
                 post(update_webhook_endpoint).get(retrieve_webhook_endpoint),
             )
             .merge(refund_routes())
+            .route("/_fake/accounts/{id}/payouts", post(fake_bank_payout))
             .layer(axum::middleware::from_fn(require_secret_key))
             .with_state(Arc::clone(&state));
         let url = format!("http://{}", listener.local_addr()?);
+        let server_stop = shutdown.clone();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(server_stop.requested())
+                .await;
         });
-        Ok(FakeStripe { url, state })
+        let deliveries = tokio::spawn(deliver_webhooks(Arc::clone(&state), shutdown));
+        Ok(FakeStripe {
+            url,
+            state,
+            stopper: Arc::new(Stopper {
+                trigger,
+                deliveries: Mutex::new(Some(deliveries)),
+            }),
+        })
+    }
+
+    /// Stops serving and delivering; returns once the delivery task has ended (attempts in
+    /// flight are abandoned, as a crash of Stripe's sender would leave them: pending).
+    pub async fn shutdown(&self) {
+        self.stopper.trigger.trigger();
+        let deliveries = self
+            .stopper
+            .deliveries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(deliveries) = deliveries {
+            let _ = deliveries.await;
+        }
+    }
+
+    /// Sets when failed deliveries are tried again (tests: short delays).
+    pub fn set_retry_schedule(&self, schedule: RetrySchedule) {
+        let mut state = lock(&self.state);
+        state.retry_schedule = schedule;
+        state.wake.notify_one();
+    }
+
+    /// Every delivery the fake made or owes, oldest event first.
+    pub fn deliveries(&self) -> Vec<DeliveryReport> {
+        let state = lock(&self.state);
+        state
+            .events
+            .iter()
+            .flat_map(|stored| {
+                stored.deliveries.iter().map(|delivery| DeliveryReport {
+                    event_id: stored.event["id"].as_str().unwrap_or_default().to_owned(),
+                    event_type: stored.event["type"].as_str().unwrap_or_default().to_owned(),
+                    endpoint_url: state
+                        .webhook_endpoints
+                        .iter()
+                        .find(|endpoint| endpoint["id"] == delivery.endpoint_id.as_str())
+                        .and_then(|endpoint| endpoint["url"].as_str())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    attempts: delivery.attempts,
+                    delivered: delivery.state == DeliveryState::Succeeded,
+                    gave_up: delivery.state == DeliveryState::GaveUp,
+                    last_answer: delivery.last_answer.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The base URL to set as STRIPE_API_BASE.
@@ -797,11 +1140,13 @@ impl FakeStripe {
     }
 
     /// Holds `event` (its `account` names a connected account's event) as Stripe would,
-    /// with whether its deliveries succeeded.
+    /// listed with whether its deliveries succeeded; the fake does not deliver it.
     pub fn record_event(&self, event: Value, delivered: bool) {
-        lock(&self.state)
-            .events
-            .push(StoredEvent { event, delivered });
+        lock(&self.state).events.push(StoredEvent {
+            event,
+            listed_as_delivered: Some(delivered),
+            deliveries: Vec::new(),
+        });
     }
 
     /// Every event held, oldest first.
