@@ -1394,7 +1394,7 @@ fn reversal_outcome(payout: Payout, intent_id: &str) -> Result<Payout, ServiceEr
 fn reversal_refusal_error(payout_id: &str, refusal: ReversalRefusal) -> ServiceError {
     match refusal {
         ReversalRefusal::NothingToReverse(why) => {
-            ServiceError::failed_precondition(format!("nothing to reverse: {why}"))
+            ServiceError::failed_precondition(format!("nothing left to reverse: {why}"))
         }
         ReversalRefusal::BadAmount { left } => ServiceError::invalid_argument(format!(
             "amountCents must be between 1 and {left} (what is left to reverse of payout {payout_id})"

@@ -1480,6 +1480,11 @@ impl Payout {
                     "admin reversal {reversal_id} of {} cents ({total_reversed_cents} of {} reversed in all), intent {}, asked by {}: {}",
                     intent.cents, self.amount.cents, intent.id, intent.requested_by, intent.notes
                 );
+                // The admin who asked is who reversed (the record says how it became known).
+                let cause = Cause {
+                    actor: &intent.requested_by,
+                    ..cause
+                };
                 let same_transfer =
                     self.stripe_transfer_id.as_deref() == Some(intent.transfer_id.as_str());
                 let applied = same_transfer
