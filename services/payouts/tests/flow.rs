@@ -2336,3 +2336,59 @@ async fn an_unknown_reversal_is_resolved_by_the_listing_never_by_a_new_key() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_transfer_keeps_the_quota_held_when_the_payouts_own_is_reversed() {
+    on_both_stores("stray_quota", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("key-stray", 500_00).await.unwrap().unwrap();
+        let own = payout.stripe_transfer_id.clone().unwrap();
+        // A second transfer names the payout: the creator has the money twice.
+        assert!(
+            f.transfer_event(
+                "evt_stray",
+                "transfer.created",
+                &payout,
+                "tr_stray",
+                json!({})
+            )
+            .await
+        );
+        // The payout's own transfer is reversed in full: the stray money is still out, so
+        // nothing is given back.
+        assert!(
+            f.transfer_event(
+                "evt_own_reversed",
+                "transfer.reversed",
+                &payout,
+                &own,
+                json!({ "amount_reversed": 500_00, "reversed": true })
+            )
+            .await
+        );
+        f.after(Duration::minutes(1)).await;
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Reversed);
+        assert!(
+            f.limits.released().iter().all(|(_, cents, _)| *cents == 0),
+            "{:?}",
+            f.limits.released()
+        );
+        // Stripe shows the stray transfer reversed in full: now the quota goes back.
+        assert!(
+            f.transfer_event(
+                "evt_stray_reversed",
+                "transfer.reversed",
+                &payout,
+                "tr_stray",
+                json!({ "amount_reversed": 500_00, "reversed": true })
+            )
+            .await
+        );
+        f.after(Duration::minutes(1)).await;
+        assert_eq!(
+            f.limits.released().last().map(|(_, cents, _)| *cents),
+            Some(500_00)
+        );
+    })
+    .await;
+}
