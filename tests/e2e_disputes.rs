@@ -195,6 +195,23 @@ impl System {
         )
     }
 
+    /// `POST /api/admin/payouts/{id}/reverse` under an `Idempotency-Key` (`None`: without).
+    async fn reverse(&self, path: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(self.process.gateway_url(path))
+            .bearer_auth(support::admin_token(ADMIN_SECRET, "ops@example.com", true))
+            .json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.json().await.unwrap_or(Value::Null),
+        )
+    }
+
     async fn earnings(&self, user_id: &str) -> Value {
         let (status, body) = self
             .admin(
@@ -606,9 +623,7 @@ async fn a_refund_after_a_payout_leaves_a_debt_that_an_admin_reversal_repays() {
         ),
         (json!({"amountCents": 100}), 400, "invalid body"),
     ] {
-        let (got, answer) = system
-            .admin(reqwest::Method::POST, &path, Some(body.clone()))
-            .await;
+        let (got, answer) = system.reverse(&path, body.clone(), Some("bad")).await;
         assert_eq!(got, status, "{body} {answer}");
         assert!(
             answer["error"].as_str().unwrap().contains(message),
@@ -616,25 +631,49 @@ async fn a_refund_after_a_payout_leaves_a_debt_that_an_admin_reversal_repays() {
         );
     }
     let (status, answer) = system
-        .admin(
-            reqwest::Method::POST,
+        .reverse(
             "/api/admin/payouts/payout_nope/reverse",
-            Some(json!({"amountCents": 1, "notes": "x"})),
+            json!({"amountCents": 1, "notes": "x"}),
+            Some("nope"),
         )
         .await;
     assert_eq!(status, 404, "{answer}");
+    // Without an Idempotency-Key nothing is reversed.
+    let full = json!({"amountCents": 300_00, "notes": "charge ch_paul refunded in full"});
+    let (status, answer) = system.reverse(&path, full.clone(), None).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{answer}"
+    );
 
     // The admin takes the 300 back from the creator's Stripe account.
-    let (status, answer) = system
-        .admin(
-            reqwest::Method::POST,
-            &path,
-            Some(json!({"amountCents": 300_00, "notes": "charge ch_paul refunded in full"})),
-        )
-        .await;
+    let (status, answer) = system.reverse(&path, full.clone(), Some("confirm-1")).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["amountReversedCents"], 300_00);
     assert_eq!(answer["status"], "reversed");
+    assert_eq!(answer["reversal"]["state"], "succeeded");
+    assert_eq!(answer["reversal"]["requestedBy"], "admin:ops@example.com");
+    // The same confirmation again answers the same outcome; the detail shows the intent.
+    let (status, again) = system.reverse(&path, full, Some("confirm-1")).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["reversal"]["id"], answer["reversal"]["id"]);
+    let (status, detail) = system
+        .admin(
+            reqwest::Method::GET,
+            &format!("/api/admin/payouts/{}", payout.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(
+        detail["payout"]["reversalIntents"][0]["amountCents"],
+        300_00
+    );
+    assert_eq!(detail["payout"]["reversalIntents"][0]["state"], "succeeded");
     let transfer = system
         .stripe
         .transfers()
@@ -658,10 +697,10 @@ async fn a_refund_after_a_payout_leaves_a_debt_that_an_admin_reversal_repays() {
     assert_eq!(repaid["availableCents"], 200_00, "{repaid}");
     // Nothing left: 409, and Stripe was not asked again.
     let (status, answer) = system
-        .admin(
-            reqwest::Method::POST,
+        .reverse(
             &path,
-            Some(json!({"amountCents": 1, "notes": "again"})),
+            json!({"amountCents": 1, "notes": "again"}),
+            Some("confirm-2"),
         )
         .await;
     assert_eq!(status, 409, "{answer}");

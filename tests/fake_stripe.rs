@@ -585,3 +585,100 @@ async fn a_delivery_that_keeps_failing_is_given_up_and_stays_listed_as_undeliver
         .await
         .expect("the delivery task stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfers_reversals_are_listed_with_their_metadata_newest_first_in_pages() {
+    let stripe = FakeStripe::start().await;
+    let (_, transfer) = create(&stripe, "key-rev", "1000").await;
+    let id = transfer["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/transfers/{id}/reversals");
+    let reverse = |key: &'static str, form: &'static str| {
+        let stripe = stripe.clone();
+        let path = path.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .post(format!("{}{path}", stripe.url()))
+                .bearer_auth("sk_test_fake")
+                .header("Idempotency-Key", key)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(form)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, first) = reverse(
+        "r-1",
+        "amount=100&metadata[payouts_reversal_intent]=p1-reversal-1",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(first["object"], "transfer_reversal");
+    // Its answer lost: the reversal is made all the same, and listed.
+    stripe.then(payouts_runtime::testing::fake_stripe::Behaviour::LoseResponse);
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", stripe.url()))
+        .bearer_auth("sk_test_fake")
+        .header("Idempotency-Key", "r-2")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=200&metadata[payouts_reversal_intent]=p1-reversal-2")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.json::<Value>().await.is_err(), "garbled answer");
+    // One made in the Dashboard: a reversal without our metadata.
+    stripe.reverse(&id, 300).unwrap();
+    let (status, listed) = get(&stripe, &path, Some("sk_test_fake")).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["object"], "list");
+    assert_eq!(listed["url"], path.as_str());
+    let amounts: Vec<i64> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["amount"].as_i64().unwrap())
+        .collect();
+    assert_eq!(amounts, [300, 200, 100], "newest first");
+    assert_eq!(
+        listed["data"][1]["metadata"]["payouts_reversal_intent"],
+        "p1-reversal-2"
+    );
+    assert_eq!(listed["data"][1]["transfer"], id.as_str());
+    assert_eq!(listed["data"][0]["metadata"], serde_json::json!({}));
+    // In pages.
+    let (_, page) = get(&stripe, &format!("{path}?limit=2"), Some("sk_test_fake")).await;
+    assert_eq!(page["has_more"], true);
+    let last = page["data"][1]["id"].as_str().unwrap();
+    let (_, rest) = get(
+        &stripe,
+        &format!("{path}?limit=2&starting_after={last}"),
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(
+        (
+            rest["has_more"].as_bool(),
+            rest["data"][0]["amount"].as_i64()
+        ),
+        (Some(false), Some(100))
+    );
+    // The same key replays the first answer: no second reversal.
+    let (_, replay) = reverse(
+        "r-1",
+        "amount=100&metadata[payouts_reversal_intent]=p1-reversal-1",
+    )
+    .await;
+    assert_eq!(replay["id"], first["id"]);
+    assert_eq!(stripe.reversals(&id).len(), 3);
+    let (status, _) = get(
+        &stripe,
+        "/v1/transfers/tr_nope/reversals",
+        Some("sk_test_fake"),
+    )
+    .await;
+    assert_eq!(status, 404);
+}

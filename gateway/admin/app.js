@@ -56,8 +56,8 @@ function signOut(message) {
 }
 
 // Calls the admin API; answers {status, body}. A 401 signs out (the token expired or was refused).
-async function api(method, path, body) {
-  const headers = { Authorization: "Bearer " + token() };
+async function api(method, path, body, extraHeaders) {
+  const headers = { Authorization: "Bearer " + token(), ...(extraHeaders || {}) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let response;
   try {
@@ -159,19 +159,31 @@ async function payoutPage(view, id) {
     const amount = el("input", { type: "number", min: "1", step: "1", required: true });
     const notes = el("input", { type: "text", maxlength: "2000" });
     const outcome = el("div", { "aria-live": "polite" });
+    // One Idempotency-Key per confirmation: sending the same confirmation again (after a
+    // lost answer) can never reverse twice; a new confirmation is a new reversal.
+    const send = async (key, body) => {
+      const answer = await api("POST", `/api/admin/payouts/${encodeURIComponent(p.id)}/reverse`, body, { "Idempotency-Key": key });
+      if (answer.status === 200) return outcome.replaceChildren(el("p", {}, `Reversed (${answer.body.reversal ? answer.body.reversal.id : ""}).`));
+      if (answer.status === 503 || answer.status === 0) {
+        return outcome.replaceChildren(errorLine(answer), el("button", { type: "button", onclick: () => send(key, body) }, "Send the same request again"));
+      }
+      outcome.replaceChildren(errorLine(answer));
+    };
     actions.append(el("form", { class: "filters", onsubmit: async (event) => {
       event.preventDefault();
       if (!confirm(`Reverse ${money(Number(amount.value), p.currency)} of ${p.id}?`)) return;
-      const answer = await api("POST", `/api/admin/payouts/${encodeURIComponent(p.id)}/reverse`, { amountCents: Number(amount.value), notes: notes.value });
-      outcome.replaceChildren(answer.status === 200 ? el("p", {}, "Reversed.") : errorLine(answer));
+      await send(crypto.randomUUID(), { amountCents: Number(amount.value), notes: notes.value });
     } }, labelled("rev-amount", "Reverse (cents)", amount), labelled("rev-notes", "Notes", notes), el("button", { type: "submit", class: "reject" }, "Reverse"), outcome));
   }
   const timeline = el("ol", { class: "timeline" }, result.body.auditLog.map((e) => el("li", {},
     time(e.timestamp), ` ${e.fromStatus || "new"} → ${e.toStatus} `, el("strong", {}, e.eventType), ` by ${e.actor || "?"}: ${e.reason}`,
     e.stripeEventId ? ` (${e.stripeEventId})` : "")));
+  const intents = (p.reversalIntents || []).length === 0 ? el("p", {}, "None.") : el("ol", { class: "timeline" }, p.reversalIntents.map((r) => el("li", {},
+    time(r.createdAt), ` ${money(r.amountCents, p.currency)} by ${r.requestedBy}: `, el("strong", {}, r.state),
+    r.reversalId ? ` (${r.reversalId})` : "", r.detail ? ` — ${r.detail}` : "", ` — ${r.notes}`)));
   view.replaceChildren(el("h1", {}, "Payout " + p.id),
     el("dl", { class: "card" }, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
-    actions, el("h2", {}, "Audit log"), timeline);
+    actions, el("h2", {}, "Reversals"), intents, el("h2", {}, "Audit log"), timeline);
 }
 
 // ---- Webhooks ------------------------------------------------------------------------------

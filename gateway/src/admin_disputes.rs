@@ -3,7 +3,7 @@
 
 use crate::body::JsonBody;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use payouts_proto::disputes::v1 as pb;
 use payouts_proto::limits::v1 as limits_pb;
@@ -188,29 +188,54 @@ pub(crate) struct ReverseBody {
     notes: String,
 }
 
-/// `POST /api/admin/payouts/{payoutId}/reverse` with `{"amountCents", "notes"}`: a transfer
-/// reversal from the creator's Stripe account; 409 when nothing is left to reverse.
+/// `POST /api/admin/payouts/{payoutId}/reverse` with `{"amountCents", "notes"}` and an
+/// `Idempotency-Key` header (required: one per admin confirmation): a transfer reversal
+/// from the creator's Stripe account, recorded on the payout as an intent before Stripe is
+/// asked. The same key returns the same intent's outcome; the same key with another amount
+/// is 409; another reversal while one is unresolved is 409 naming it; 503 when Stripe's
+/// answer was lost (send the same request, same key, again); 409 when nothing is left to
+/// reverse or Stripe refused it.
 pub(crate) async fn reverse(
     State(gateway): State<Gateway>,
     admin: Admin,
     Path(payout_id): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ReverseBody>,
 ) -> Response {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .unwrap_or_default();
+    if key.is_empty() || key.len() > 255 {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "the Idempotency-Key header is required (1 to 255 characters, one per confirmation): the same key never reverses twice",
+        );
+    }
     let request = payouts_pb::ReversePayoutRequest {
         payout_id,
         amount_cents: body.amount_cents,
         notes: body.notes,
         requested_by: format!("admin:{}", admin.subject),
+        client_request_id: key.to_owned(),
     };
     match gateway.payouts().reverse_payout(request).await {
         Ok(response) => {
             let payout = response.into_inner().payout.unwrap_or_default();
+            let intent = payout
+                .reversal_intents
+                .iter()
+                .find(|intent| intent.client_request_id == key)
+                .cloned()
+                .map(crate::admin_payouts::reversal_intent_json);
             Json(json!({
                 "success": true,
                 "payoutId": payout.id,
                 "status": crate::admin_payouts::payout_status(payout.status()),
                 "amountCents": cents(payout.amount.as_ref()),
                 "amountReversedCents": cents(payout.amount_reversed.as_ref()),
+                "reversal": intent,
             }))
             .into_response()
         }

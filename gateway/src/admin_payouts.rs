@@ -41,6 +41,31 @@ pub(crate) fn payout_json(p: pb::Payout) -> Value {
         "webhookProcessedAt": rfc3339(p.webhook_processed_at),
         "outcomeUnknown": p.outcome_unknown,
         "parked": p.parked,
+        "reversalIntents": p.reversal_intents.into_iter().map(reversal_intent_json).collect::<Vec<_>>(),
+    })
+}
+
+/// An admin's reversal intent as admins see it.
+pub(crate) fn reversal_intent_json(i: pb::ReversalIntent) -> Value {
+    let state = match i.state() {
+        pb::ReversalIntentState::Pending => "pending",
+        pb::ReversalIntentState::Unknown => "unknown",
+        pb::ReversalIntentState::Succeeded => "succeeded",
+        pb::ReversalIntentState::Refused => "refused",
+        pb::ReversalIntentState::Unspecified => "",
+    };
+    let text = |value: String| Some(value).filter(|value| !value.is_empty());
+    json!({
+        "id": i.id,
+        "idempotencyKey": i.client_request_id,
+        "requestedBy": i.requested_by,
+        "amountCents": i.amount.as_ref().map_or(0, |m| m.cents),
+        "notes": i.notes,
+        "transferId": i.transfer_id,
+        "createdAt": rfc3339(i.created_at),
+        "state": state,
+        "reversalId": text(i.reversal_id),
+        "detail": text(i.detail),
     })
 }
 

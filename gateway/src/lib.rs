@@ -933,6 +933,12 @@ mod tests {
                 r#"{"amountCents":"5","notes":"x"}"#,
                 "invalid body",
             ),
+            (
+                "POST",
+                "/api/admin/payouts/p1/reverse",
+                r#"{"amountCents":5,"notes":"x"}"#,
+                "the Idempotency-Key header is required",
+            ),
         ] {
             let request = Request::builder()
                 .method(method)

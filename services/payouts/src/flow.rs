@@ -14,12 +14,13 @@ use payouts_runtime::{Clock, ErrorKind, IdSource, Money, ServiceError};
 use crate::domain::{Account, StripeAccountStatus};
 use crate::pause::{PauseChange, TransferPause};
 use crate::payout::{
-    Cause, IDEMPOTENCY_WINDOW, Payout, PayoutStatus, SeenTransfer, StripeFailure, TransferNews,
-    transfer_group, transfer_idempotency_key,
+    Cause, IDEMPOTENCY_WINDOW, Payout, PayoutStatus, ReversalIntent, ReversalOutcome,
+    ReversalRefusal, ReversalState, SeenTransfer, StripeFailure, TransferNews, transfer_group,
+    transfer_idempotency_key,
 };
 use crate::ports::{AlertsPort, ApprovalsPort, LimitsPort, Notifier, Recheck, UserNotice};
 use crate::store::{AccountRepository, Inserted, PauseRepository, PayoutRepository};
-use crate::stripe::{StripeApi, TransferRequest};
+use crate::stripe::{ReversalRequest, StripeApi, TransferRequest};
 
 /// How long a transfer worker holds a payout before another may take it over.
 pub const TRANSFER_LEASE: Duration = Duration::minutes(2);
@@ -28,6 +29,9 @@ pub const ADMISSION_GRACE: Duration = Duration::minutes(1);
 /// How many due payouts of each kind a worker pass takes. Due work is ordered by due time
 /// and failing work backs off, so the same few stuck payouts never starve the others.
 pub(crate) const DUE_BATCH: usize = 32;
+/// How long after its last request an unresolved reversal intent is left to that request
+/// before the worker looks it up in the transfer's reversals.
+const REVERSAL_IN_FLIGHT: Duration = Duration::minutes(1);
 /// How often a change lost to a concurrent writer is re-applied on a fresh read.
 const MAX_CAS_ATTEMPTS: usize = 8;
 
@@ -143,6 +147,13 @@ impl PayoutFlow {
     /// quota release confirmed by the limits service, critical alerts raised. Each is
     /// idempotent; what fails stays owed (due again after a backoff).
     pub async fn settle(&self, payout: &Payout) -> Result<Payout, ServiceError> {
+        let resolved;
+        let payout = if payout.unresolved_reversal().is_some() {
+            resolved = self.resolve_reversal(payout).await;
+            &resolved
+        } else {
+            payout
+        };
         let checked;
         let payout = if payout.bank_check_owed {
             checked = self.check_bank_payouts(payout).await;
@@ -163,6 +174,7 @@ impl PayoutFlow {
             }
         }
         let mut confirmed = None;
+        let mut unapplied = None;
         if !payout.quota.is_settled() {
             let target = Money::new(payout.quota.target_cents, payout.amount.currency.clone());
             let reason = payout
@@ -180,10 +192,13 @@ impl PayoutFlow {
                 )
                 .await
             {
-                Ok(answer) => {
-                    if !answer.found {
-                        tracing::error!(payout_id = %payout.id, "the limits service holds no reservation for this payout");
-                    }
+                Ok(answer) if !answer.found => {
+                    // Nothing was applied: never recorded as confirmed (see
+                    // [`Payout::release_not_applied`]).
+                    tracing::error!(payout_id = %payout.id, "the limits service holds no reservation for this payout; the release stays owed");
+                    unapplied = Some(payout.release_not_applied());
+                }
+                Ok(_) => {
                     confirmed = Some((payout.quota.target_cents, payout.quota.sequence));
                 }
                 Err(error) => {
@@ -191,6 +206,7 @@ impl PayoutFlow {
                 }
             }
         }
+        let payout = unapplied.as_ref().unwrap_or(payout);
         let mut raised = Vec::new();
         for alert in &payout.owed_alerts {
             let data = serde_json::json!({
@@ -933,14 +949,34 @@ impl PayoutFlow {
         }
     }
 
-    /// An admin takes (part of) a payout's money back from the creator's Stripe account: a
-    /// transfer reversal under an idempotency key made of the payout id, what was reversed
-    /// before and the amount, so a repeated request after a lost answer cannot reverse twice.
-    /// FailedPrecondition when nothing is left to reverse; Unavailable when Stripe's answer
-    /// was lost (nothing recorded; the same request again is safe).
+    /// An admin takes (part of) a payout's money back from the creator's Stripe account, as
+    /// a new confirmation (a fresh `Idempotency-Key`): see [`PayoutFlow::request_reversal`].
+    /// A repeat of this call is another reversal (409 while this one is unresolved).
     pub async fn reverse(
         &self,
         payout_id: &str,
+        cents: i64,
+        notes: &str,
+        actor: &str,
+    ) -> Result<Payout, ServiceError> {
+        let client_key = self.ids.next("confirmation");
+        self.request_reversal(payout_id, &client_key, cents, notes, actor)
+            .await
+    }
+
+    /// An admin's reversal under their `Idempotency-Key` (one per confirmation): recorded on
+    /// the payout as an intent before Stripe is asked, then made under a Stripe key derived
+    /// from the intent and the transfer only. The same key returns the same intent's outcome
+    /// (an unresolved one is first looked up in the transfer's reversals, then sent again
+    /// under the same Stripe key, which Stripe replays); the same key with another amount
+    /// is AlreadyExists. Another reversal while one is unresolved is Conflict naming it.
+    /// Unavailable when Stripe's answer was lost (the intent stays unknown; repeat the same
+    /// request, or wait for the worker's lookup); FailedPrecondition when Stripe refused it
+    /// or nothing is left to reverse.
+    pub async fn request_reversal(
+        &self,
+        payout_id: &str,
+        client_key: &str,
         cents: i64,
         notes: &str,
         actor: &str,
@@ -950,76 +986,197 @@ impl PayoutFlow {
                 "Stripe is not configured (STRIPE_SECRET_KEY): nothing can be reversed",
             ));
         };
-        let payout = self
-            .payouts
-            .get(payout_id)
-            .await?
-            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))?;
-        let Some(transfer_id) = payout.stripe_transfer_id.clone() else {
-            return Err(ServiceError::failed_precondition(format!(
-                "nothing to reverse: payout {payout_id} has no Stripe transfer (it is {})",
-                payout.status.as_str()
-            )));
-        };
-        let left = payout.amount.cents - payout.amount_reversed_cents;
-        if left <= 0 || payout.status == PayoutStatus::Reversed {
-            return Err(ServiceError::failed_precondition(format!(
-                "nothing left to reverse: all {} cents of payout {payout_id} are reversed",
-                payout.amount.cents
-            )));
-        }
-        if !(1..=left).contains(&cents) {
-            return Err(ServiceError::invalid_argument(format!(
-                "amountCents must be between 1 and {left} (what is left to reverse of payout {payout_id})"
-            )));
+        if client_key.trim().is_empty() || client_key.len() > 255 {
+            return Err(ServiceError::invalid_argument(
+                "Idempotency-Key (client_request_id) is required: 1 to 255 characters, one per confirmation",
+            ));
         }
         if notes.trim().is_empty() {
             return Err(ServiceError::invalid_argument(
                 "notes are required: say why the money is taken back",
             ));
         }
-        let request = crate::stripe::ReversalRequest {
-            transfer_id: transfer_id.clone(),
-            cents,
-            idempotency_key: format!(
-                "reversal_{payout_id}_{}_{cents}",
-                payout.amount_reversed_cents
-            ),
-            payout_id: payout_id.to_owned(),
-            actor: actor.to_owned(),
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let payout = self.fresh_or_missing(payout_id).await?;
+            if let Some(intent) = payout.reversal_by_key(client_key) {
+                if intent.cents != cents {
+                    return Err(ServiceError::already_exists(format!(
+                        "Idempotency-Key {client_key:?} was used for reversal {} of {} cents of payout {payout_id}; this request asks for {cents}",
+                        intent.id, intent.cents
+                    )));
+                }
+                let intent_id = intent.id.clone();
+                return self.drive_reversal(&stripe, payout, &intent_id, true).await;
+            }
+            let now = self.clock.now();
+            let recorded = payout
+                .reversal_requested(client_key, cents, notes, Cause::new(actor, now))
+                .map_err(|refusal| reversal_refusal_error(&payout.id, refusal))?;
+            let intent_id = recorded
+                .reversal_intents
+                .last()
+                .map(|intent| intent.id.clone())
+                .unwrap_or_default();
+            match self.commit(&payout, recorded).await {
+                Ok(recorded) => {
+                    return self
+                        .drive_reversal(&stripe, recorded, &intent_id, false)
+                        .await;
+                }
+                // Another request changed the payout first (maybe another admin's intent):
+                // decide again on a fresh read.
+                Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(ServiceError::unavailable(
+            "the payout keeps changing; send the same request again",
+            anyhow::anyhow!("{MAX_CAS_ATTEMPTS} compare-and-set rounds lost"),
+        ))
+    }
+
+    async fn fresh_or_missing(&self, payout_id: &str) -> Result<Payout, ServiceError> {
+        self.payouts
+            .get(payout_id)
+            .await?
+            .ok_or_else(|| ServiceError::not_found(format!("payout {payout_id} not found")))
+    }
+
+    /// Carries an intent to its outcome: a resolved one answers what it concluded; an
+    /// unresolved one that was sent before (`repeat`) is first looked up in the transfer's
+    /// reversals; then its request is sent (again) under the intent's Stripe key.
+    async fn drive_reversal(
+        &self,
+        stripe: &Arc<dyn StripeApi>,
+        payout: Payout,
+        intent_id: &str,
+        repeat: bool,
+    ) -> Result<Payout, ServiceError> {
+        let mut payout = payout;
+        let Some(intent) = payout.reversal_intent(intent_id).cloned() else {
+            return Err(ServiceError::internal(anyhow::anyhow!(
+                "reversal intent {intent_id} vanished from payout {}",
+                payout.id
+            )));
         };
-        let reversal_id = stripe.reverse_transfer(&request).await.map_err(
-            |failure| match failure {
-                StripeFailure::Unknown { message } => ServiceError::unavailable(
-                    "Stripe's answer was lost, so the reversal's outcome is unknown and nothing \
-                     is recorded; send the same request again (it cannot reverse twice)",
-                    anyhow::anyhow!(message),
-                ),
-                other => ServiceError::failed_precondition(format!(
-                    "Stripe refused the reversal: {}",
-                    other.describe()
-                )),
+        if intent.state.is_resolved() {
+            return reversal_outcome(payout, intent_id);
+        }
+        if repeat {
+            // It may have been made already: Stripe's list of the transfer's reversals says.
+            if let Some(concluded) = self.look_up_reversal(stripe, &payout, &intent).await? {
+                return reversal_outcome(concluded, intent_id);
+            }
+            // Not listed, inside Stripe's idempotency window: the same request again is
+            // safe (Stripe replays the first answer under the key, or makes it once).
+            let now = self.clock.now();
+            let payout_id = payout.id.clone();
+            payout = match self
+                .apply(payout, |p| p.reversal_resent(intent_id, now))
+                .await?
+            {
+                Some(resent) => resent,
+                // Resolved meanwhile: that is the answer.
+                None => return reversal_outcome(self.fresh(&payout_id).await?, intent_id),
+            };
+        }
+        let request = ReversalRequest {
+            transfer_id: intent.transfer_id.clone(),
+            cents: intent.cents,
+            idempotency_key: intent.idempotency_key(),
+            payout_id: payout.id.clone(),
+            actor: intent.requested_by.clone(),
+            intent_id: intent.id.clone(),
+        };
+        let outcome = match stripe.reverse_transfer(&request).await {
+            Ok(reversal_id) => {
+                // Stripe's running total after it; at least what we knew before plus this.
+                let before = payout.amount_reversed_cents + intent.cents;
+                let total = match stripe.retrieve_transfer(&intent.transfer_id).await {
+                    Ok(seen) => seen.amount_reversed_cents.max(before),
+                    Err(_) => before,
+                };
+                tracing::info!(payout_id = %payout.id, intent = %intent.id, reversal_id = %reversal_id, cents = intent.cents, actor = %intent.requested_by, "transfer reversed by an admin");
+                metrics::counter!("payouts_admin_reversals_total").increment(1);
+                metrics::counter!("payouts_admin_reversed_cents_total")
+                    .increment(intent.cents.unsigned_abs());
+                ReversalOutcome::Made {
+                    reversal_id,
+                    total_reversed_cents: total,
+                }
+            }
+            Err(StripeFailure::Declined { code, message, .. }) => ReversalOutcome::Refused {
+                reason: format!("Stripe refused it ({code}: {message})"),
             },
-        )?;
-        // Stripe's running total after it; if the lookup fails, at least this reversal's.
-        let total = match stripe.retrieve_transfer(&transfer_id).await {
-            Ok(seen) => seen
-                .amount_reversed_cents
-                .max(payout.amount_reversed_cents + cents),
-            Err(_) => payout.amount_reversed_cents + cents,
+            // No answer, a 5xx, a 429 or refused credentials after an earlier request
+            // under the same key: what Stripe did is not known from this answer.
+            Err(other) => {
+                tracing::warn!(payout_id = %payout.id, intent = %intent.id, failure = %other.describe(), "reversal outcome unknown");
+                ReversalOutcome::Unknown {
+                    message: other.describe(),
+                }
+            }
         };
-        tracing::info!(payout_id, reversal_id = %reversal_id, cents, actor, "transfer reversed by an admin");
-        metrics::counter!("payouts_admin_reversals_total").increment(1);
-        metrics::counter!("payouts_admin_reversed_cents_total").increment(cents.unsigned_abs());
         let now = self.clock.now();
-        let updated = self
-            .apply(payout, |p| {
-                p.reversed_by_admin(total, &reversal_id, cents, notes, Cause::new(actor, now))
+        let recorded = self
+            .apply(payout.clone(), |p| {
+                p.reversal_answered(intent_id, &outcome, Cause::new("stripe", now))
             })
             .await?;
-        match updated {
-            Some(updated) => Ok(updated),
-            None => self.fresh(payout_id).await,
+        let current = match recorded {
+            Some(recorded) => recorded,
+            // Resolved meanwhile (the worker's lookup), or already unknown.
+            None => self.fresh(&payout.id).await?,
+        };
+        reversal_outcome(current, intent_id)
+    }
+
+    /// Looks an unresolved intent up in the transfer's reversals (its id is in their
+    /// metadata) and records what that concludes: made, or not made once Stripe's
+    /// idempotency window has passed. `None` when it concludes nothing yet.
+    async fn look_up_reversal(
+        &self,
+        stripe: &Arc<dyn StripeApi>,
+        payout: &Payout,
+        intent: &ReversalIntent,
+    ) -> Result<Option<Payout>, ServiceError> {
+        let found = listed_reversal(stripe, intent).await?;
+        let now = self.clock.now();
+        self.apply(payout.clone(), |p| {
+            p.reversal_looked_up(&intent.id, found.clone(), Cause::new("stripe:lookup", now))
+        })
+        .await
+    }
+
+    /// The worker's look at an unresolved reversal intent whose request is not in flight any
+    /// more (see [`Payout::reversal_looked_up`]). Written here, not through `commit` (which
+    /// settles, which brought us here); the rest of `settle` goes on from it. Returns the
+    /// payout as it is after the look, or unchanged when nothing was concluded (still owed).
+    async fn resolve_reversal(&self, payout: &Payout) -> Payout {
+        let (Some(stripe), Some(intent)) = (self.stripe.clone(), payout.unresolved_reversal())
+        else {
+            return payout.clone();
+        };
+        if self.clock.now() - intent.last_sent_at < REVERSAL_IN_FLIGHT {
+            return payout.clone();
+        }
+        let found = match listed_reversal(&stripe, intent).await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(payout_id = %payout.id, intent = %intent.id, error = %error, "reversal intent not resolved yet");
+                return payout.clone();
+            }
+        };
+        let cause = Cause::new("stripe:lookup", self.clock.now());
+        let Some(concluded) = payout.reversal_looked_up(&intent.id, found, cause) else {
+            return payout.clone();
+        };
+        match self.payouts.replace(&concluded, payout.version).await {
+            Ok(()) => concluded,
+            Err(error) => {
+                tracing::warn!(payout_id = %payout.id, error = %error, "reversal intent not resolved yet");
+                payout.clone()
+            }
         }
     }
 
@@ -1211,4 +1368,74 @@ fn check_account(
     Err(ServiceError::failed_precondition(format!(
         "payouts are disabled on connected account {stripe_account_id}{due}"
     )))
+}
+
+/// The answer to an admin's reversal request, from where its intent stands.
+fn reversal_outcome(payout: Payout, intent_id: &str) -> Result<Payout, ServiceError> {
+    let Some(intent) = payout.reversal_intent(intent_id) else {
+        return Err(ServiceError::internal(anyhow::anyhow!(
+            "reversal intent {intent_id} vanished from payout {}",
+            payout.id
+        )));
+    };
+    match &intent.state {
+        ReversalState::Succeeded { .. } => Ok(payout),
+        ReversalState::Refused { reason } => Err(ServiceError::failed_precondition(format!(
+            "reversal {} of {} cents was not made: {reason}",
+            intent.id, intent.cents
+        ))),
+        ReversalState::Pending | ReversalState::Unknown { .. } => Err(ServiceError::unavailable(
+            format!(
+                "Stripe's answer was lost, so reversal {} of {} cents is unresolved (it may have been made); send the same request again with the same Idempotency-Key (it cannot reverse twice), or wait: it is looked up in the transfer's reversals",
+                intent.id, intent.cents
+            ),
+            anyhow::anyhow!("reversal outcome unknown"),
+        )),
+    }
+}
+
+/// Why a reversal could not be recorded, as the caller's error.
+fn reversal_refusal_error(payout_id: &str, refusal: ReversalRefusal) -> ServiceError {
+    match refusal {
+        ReversalRefusal::NothingToReverse(why) => {
+            ServiceError::failed_precondition(format!("nothing left to reverse: {why}"))
+        }
+        ReversalRefusal::BadAmount { left } => ServiceError::invalid_argument(format!(
+            "amountCents must be between 1 and {left} (what is left to reverse of payout {payout_id})"
+        )),
+        ReversalRefusal::Unresolved(intent) => ServiceError::conflict(format!(
+            "reversal {} of {} cents requested by {} at {} is unresolved ({}): no other reversal of payout {payout_id} until Stripe says what became of it (repeat that request with its Idempotency-Key, or wait for the lookup)",
+            intent.id,
+            intent.cents,
+            intent.requested_by,
+            intent.created_at.to_rfc3339(),
+            intent.state.as_str()
+        )),
+    }
+}
+
+/// The reversal of the transfer whose metadata names the intent, with the transfer's running
+/// total (the sum of its reversals), if Stripe lists one. Unavailable when it cannot be
+/// listed (nothing is concluded from that).
+async fn listed_reversal(
+    stripe: &Arc<dyn StripeApi>,
+    intent: &ReversalIntent,
+) -> Result<Option<(String, i64)>, ServiceError> {
+    let listed = stripe
+        .list_reversals(&intent.transfer_id)
+        .await
+        .map_err(|failure| {
+            ServiceError::unavailable(
+                format!(
+                    "reversal {} of {} cents is unresolved and Stripe's reversals of {} could not be listed; send the same request again later (it cannot reverse twice)",
+                    intent.id, intent.cents, intent.transfer_id
+                ),
+                anyhow::anyhow!("{}", failure.describe()),
+            )
+        })?;
+    let total: i64 = listed.iter().map(|reversal| reversal.cents).sum();
+    Ok(listed
+        .iter()
+        .find(|reversal| reversal.intent_id.as_deref() == Some(intent.id.as_str()))
+        .map(|reversal| (reversal.id.clone(), total)))
 }

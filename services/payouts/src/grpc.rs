@@ -16,7 +16,7 @@ use crate::events::Event;
 use crate::flow::PayoutFlow;
 use crate::obligations;
 use crate::pause::{PauseCause, PauseChange, TransferPause};
-use crate::payout::{AuditEntry, Payout, PayoutStatus};
+use crate::payout::{AuditEntry, Payout, PayoutStatus, ReversalIntent, ReversalState};
 use crate::reconcile::Report;
 use crate::reconciler::{MAX_WINDOW_DAYS, Reconciler, accounts_in_flight};
 
@@ -100,8 +100,40 @@ fn status_from_proto(value: i32) -> Result<Option<PayoutStatus>, ServiceError> {
     })
 }
 
+fn reversal_intent_to_proto(i: &ReversalIntent, currency: &Currency) -> pb::ReversalIntent {
+    let (state, reversal_id, detail) = match &i.state {
+        ReversalState::Pending => (pb::ReversalIntentState::Pending, "", ""),
+        ReversalState::Unknown { message } => {
+            (pb::ReversalIntentState::Unknown, "", message.as_str())
+        }
+        ReversalState::Succeeded { reversal_id } => {
+            (pb::ReversalIntentState::Succeeded, reversal_id.as_str(), "")
+        }
+        ReversalState::Refused { reason } => {
+            (pb::ReversalIntentState::Refused, "", reason.as_str())
+        }
+    };
+    pb::ReversalIntent {
+        id: i.id.clone(),
+        client_request_id: i.client_key.clone(),
+        requested_by: i.requested_by.clone(),
+        amount: Some(Money::new(i.cents, currency.clone()).into()),
+        notes: i.notes.clone(),
+        transfer_id: i.transfer_id.clone(),
+        created_at: Some(timestamp(i.created_at)),
+        state: state.into(),
+        reversal_id: reversal_id.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
 fn payout_to_proto(p: Payout) -> pb::Payout {
     pb::Payout {
+        reversal_intents: p
+            .reversal_intents
+            .iter()
+            .map(|intent| reversal_intent_to_proto(intent, &p.amount.currency))
+            .collect(),
         status: status_to_proto(p.status).into(),
         amount_reversed: Some(
             Money::new(p.amount_reversed_cents, p.amount.currency.clone()).into(),
@@ -426,9 +458,16 @@ impl PayoutsService for PayoutsGrpc {
         let payout_id = required_id(&r.payout_id, "payout_id")?;
         let requested_by = required_id(&r.requested_by, "requested_by")?;
         optional_notes(&r.notes, "notes")?;
+        let client_request_id = required_id(&r.client_request_id, "client_request_id")?;
         let payout = self
             .flow
-            .reverse(&payout_id, r.amount_cents, &r.notes, &requested_by)
+            .request_reversal(
+                &payout_id,
+                &client_request_id,
+                r.amount_cents,
+                &r.notes,
+                &requested_by,
+            )
             .await?;
         Ok(Response::new(pb::ReversePayoutResponse {
             payout: Some(payout_to_proto(payout)),

@@ -11,6 +11,12 @@
 //!  processing ──legacy transfer.failed (money came back)──> pending (a new attempt)
 //!  failed (no money left) ──a transfer for it turns up after all──> processing  (adopted,
 //!                                                                   critical alert)
+//!
+//!  an admin's reversal (processing | completed, no other one unresolved):
+//!    intent recorded (pending) ──Stripe made it──> succeeded  (amount reversed, as above)
+//!          │        └──────────Stripe refused it──> refused
+//!          └──answer lost──> unknown ──listed in the transfer's reversals──> succeeded
+//!                                    └──not listed 24 h after its last request──> refused
 //! ```
 //!
 //! States only move forward (by rank); the documented edges above are the only others. A late
@@ -23,6 +29,13 @@
 //! again under the same idempotency key (Stripe replays its first answer), or an event naming
 //! the transfer. Only a definite refusal (a 4xx with an error code, a legacy `transfer.failed`,
 //! a full reversal) fails an attempt.
+//!
+//! **Admin reversals are intents.** An admin's reversal is recorded on the payout before
+//! Stripe is asked ([`ReversalIntent`]); its Stripe idempotency key is derived from the
+//! intent and the transfer only, and its id is in the reversal's metadata. An unknown
+//! outcome is resolved by listing the transfer's reversals (the worker, or the same request
+//! repeated), never by a new key. A stray transfer (a second one naming the payout) holds
+//! the payout's quota until Stripe shows it fully reversed.
 //!
 //! **Side effects owed to other services are state.** Every change records what it owes: the
 //! audit entries not yet projected into `payoutAuditLogs`, the quota the limits service must
@@ -219,6 +232,12 @@ pub struct Payout {
     /// Transfers naming this payout besides the one it has: money that should not have
     /// moved, flagged with a critical alert, never dropped.
     pub stray_transfer_ids: Vec<String>,
+    /// Stray transfers Stripe showed fully reversed: their money is back, so they no longer
+    /// hold quota (a stray transfer not in this list holds the payout's whole amount).
+    pub stray_reversed_ids: Vec<String>,
+    /// Admins' reversals, oldest first, each recorded before Stripe was asked (at most one
+    /// unresolved at a time). See [`ReversalIntent`].
+    pub reversal_intents: Vec<ReversalIntent>,
     /// Stripe events already applied (the most recent few).
     pub applied_events: Vec<String>,
     /// Every state change, oldest first: written in the same compare-and-set as the change
@@ -255,6 +274,102 @@ pub fn transfer_idempotency_key(payout_id: &str, attempt: u32) -> String {
 /// The transfer group naming the payout, for looking a transfer up when a response was lost.
 pub fn transfer_group(payout_id: &str) -> String {
     format!("payout_{payout_id}")
+}
+
+/// An admin's reversal of (part of) the payout's transfer, recorded on the payout by a
+/// compare-and-set before Stripe is asked, so that a repeated request, a lost answer or a
+/// second admin can never make a second reversal: its Stripe idempotency key is derived
+/// from the intent and the transfer only ([`reversal_idempotency_key`]), and its id is in
+/// the reversal's metadata (`payouts_reversal_intent`), so a lost answer is resolved by
+/// listing the transfer's reversals, never by a new key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReversalIntent {
+    /// "<payout id>-reversal-<n>": unique, and what the reversal's metadata names.
+    pub id: String,
+    /// The admin's `Idempotency-Key`: the same key returns this intent's outcome.
+    pub client_key: String,
+    /// Who asked ("admin:<subject>").
+    pub requested_by: String,
+    pub cents: i64,
+    pub notes: String,
+    /// The transfer it reverses.
+    pub transfer_id: String,
+    pub created_at: DateTime<Utc>,
+    /// When a request of this intent was last sent to Stripe: Stripe's idempotency window
+    /// counts from there.
+    pub last_sent_at: DateTime<Utc>,
+    pub state: ReversalState,
+}
+
+/// Where an admin's reversal stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReversalState {
+    /// Recorded; its request is on its way (or died with its process).
+    Pending,
+    /// Stripe's answer was lost (a timeout, a 5xx, an unreadable answer): it may have been
+    /// made. Never refused, never sent under another key; resolved by the listing.
+    Unknown { message: String },
+    /// Stripe made it.
+    Succeeded { reversal_id: String },
+    /// Stripe refused it, or it was concluded not made (not listed after Stripe's
+    /// idempotency window).
+    Refused { reason: String },
+}
+
+impl ReversalState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReversalState::Pending => "pending",
+            ReversalState::Unknown { .. } => "unknown",
+            ReversalState::Succeeded { .. } => "succeeded",
+            ReversalState::Refused { .. } => "refused",
+        }
+    }
+
+    pub fn is_resolved(&self) -> bool {
+        matches!(
+            self,
+            ReversalState::Succeeded { .. } | ReversalState::Refused { .. }
+        )
+    }
+}
+
+impl ReversalIntent {
+    /// The Stripe idempotency key of this intent's reversal request.
+    pub fn idempotency_key(&self) -> String {
+        reversal_idempotency_key(&self.id, &self.transfer_id)
+    }
+}
+
+/// The Stripe idempotency key of an admin's reversal: the intent and the transfer only, so
+/// every request of the intent (a repeat, the worker's) is the same request to Stripe.
+pub fn reversal_idempotency_key(intent_id: &str, transfer_id: &str) -> String {
+    format!("reversal-{intent_id}-{transfer_id}")
+}
+
+/// Why an admin's reversal cannot be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReversalRefusal {
+    /// No transfer, or nothing left to reverse.
+    NothingToReverse(String),
+    /// The amount is outside 1..=left.
+    BadAmount { left: i64 },
+    /// Another reversal is unresolved: this one waits until it is.
+    Unresolved(Box<ReversalIntent>),
+}
+
+/// What became of an admin's reversal request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReversalOutcome {
+    /// Stripe made it; `total_reversed_cents` is the transfer's running total after it.
+    Made {
+        reversal_id: String,
+        total_reversed_cents: i64,
+    },
+    /// No definite answer.
+    Unknown { message: String },
+    /// A definite refusal (a 4xx with a code), or not made (not listed after the window).
+    Refused { reason: String },
 }
 
 /// One audit record: what, from -> to, why, who/which event, when.
@@ -366,6 +481,8 @@ pub struct SeenTransfer {
     pub attempt: Option<u32>,
     pub destination_payment: Option<String>,
     pub amount_reversed_cents: i64,
+    /// Stripe's `reversed`: the transfer is reversed in full.
+    pub reversed: bool,
 }
 
 impl SeenTransfer {
@@ -375,6 +492,7 @@ impl SeenTransfer {
             attempt: None,
             destination_payment: None,
             amount_reversed_cents: 0,
+            reversed: false,
         }
     }
 }
@@ -435,6 +553,8 @@ impl Payout {
             updated_at: now,
             failed_transfer_ids: Vec::new(),
             stray_transfer_ids: Vec::new(),
+            stray_reversed_ids: Vec::new(),
+            reversal_intents: Vec::new(),
             applied_events: Vec::new(),
             audit_log: Vec::new(),
             audit_projected: 0,
@@ -456,14 +576,28 @@ impl Payout {
 
     /// How much of the reservation the state says should be given back: all of it when no
     /// money left (rejected, failed before a transfer, fully reversed), the reversed part
-    /// otherwise. Admitting payouts hold nothing yet, so there is nothing to give back.
+    /// otherwise. Admitting payouts hold nothing yet, so there is nothing to give back. A
+    /// stray transfer (a second one naming this payout) not known fully reversed is money
+    /// with the creator too: while there is one, nothing is given back (the reservation
+    /// cannot hold more than the payout's amount, and it must not hold less).
     pub fn release_target_cents(&self) -> i64 {
-        match self.status {
-            PayoutStatus::Admitting => 0,
+        let own = match self.status {
+            PayoutStatus::Admitting => return 0,
             PayoutStatus::Failed if self.stripe_transfer_id.is_none() => self.amount.cents,
             PayoutStatus::Reversed => self.amount.cents,
             _ => self.amount_reversed_cents.clamp(0, self.amount.cents),
+        };
+        if self.live_stray_transfers().next().is_some() {
+            return 0;
         }
+        own
+    }
+
+    /// Stray transfers whose money may still be with the creator.
+    pub fn live_stray_transfers(&self) -> impl Iterator<Item = &String> {
+        self.stray_transfer_ids
+            .iter()
+            .filter(|id| !self.stray_reversed_ids.contains(id))
     }
 
     /// What the reservation must still hold for this payout.
@@ -482,6 +616,7 @@ impl Payout {
             || !self.quota.is_settled()
             || !self.owed_alerts.is_empty()
             || self.bank_check_owed
+            || self.unresolved_reversal().is_some()
     }
 
     /// A copy for an internal update (a claim, a backoff): new version, no audit record.
@@ -912,11 +1047,11 @@ impl Payout {
         retry_base: Duration,
         cause: Cause<'_>,
     ) -> Option<Payout> {
-        if self.has_applied(cause.stripe_event_id)
-            || self.failed_transfer_ids.contains(&seen.id)
-            || self.stray_transfer_ids.contains(&seen.id)
-        {
+        if self.has_applied(cause.stripe_event_id) || self.failed_transfer_ids.contains(&seen.id) {
             return None;
+        }
+        if self.stray_transfer_ids.contains(&seen.id) {
+            return self.stray_seen(seen, cause);
         }
         match self.stripe_transfer_id.as_deref() {
             Some(current) if current == seen.id => {
@@ -935,6 +1070,9 @@ impl Payout {
                     cause,
                     |p| {
                         p.stray_transfer_ids.push(seen.id.clone());
+                        if seen.reversed {
+                            p.stray_reversed_ids.push(seen.id.clone());
+                        }
                         p.owe_alert(
                             format!("{}:stray:{}", p.id, seen.id),
                             "payout_stray_transfer",
@@ -950,6 +1088,21 @@ impl Payout {
             }
             None => self.news_without_transfer(seen, news, retry_base, cause),
         }
+    }
+
+    /// News of a stray transfer: only its full reversal matters (its money is back, so it
+    /// no longer holds quota).
+    fn stray_seen(&self, seen: &SeenTransfer, cause: Cause<'_>) -> Option<Payout> {
+        if !seen.reversed || self.stray_reversed_ids.contains(&seen.id) {
+            return None;
+        }
+        Some(self.moved(
+            self.status,
+            "stray_transfer_reversed",
+            format!("stray transfer {} is reversed in full", seen.id),
+            cause,
+            |p| p.stray_reversed_ids.push(seen.id.clone()),
+        ))
     }
 
     fn news_of_current(
@@ -1213,46 +1366,255 @@ impl Payout {
         }))
     }
 
-    /// An admin's reversal went through: Stripe's running total is now
-    /// `amount_reversed_cents` (as the transfer says after it). Recorded in the audit log with
-    /// who asked, the reversal and the notes, also when a `transfer.reversed` event got here
-    /// first (then only the record is added).
-    pub fn reversed_by_admin(
+    /// The reversal intent not resolved yet, if there is one (at most one at a time).
+    pub fn unresolved_reversal(&self) -> Option<&ReversalIntent> {
+        self.reversal_intents
+            .iter()
+            .find(|intent| !intent.state.is_resolved())
+    }
+
+    /// The reversal intent recorded under an admin's `Idempotency-Key`.
+    pub fn reversal_by_key(&self, client_key: &str) -> Option<&ReversalIntent> {
+        self.reversal_intents
+            .iter()
+            .find(|intent| intent.client_key == client_key)
+    }
+
+    pub fn reversal_intent(&self, intent_id: &str) -> Option<&ReversalIntent> {
+        self.reversal_intents
+            .iter()
+            .find(|intent| intent.id == intent_id)
+    }
+
+    /// An admin asks to reverse `cents` of the transfer: the intent is recorded (pending)
+    /// before Stripe is asked. Refused while another intent is unresolved, when nothing is
+    /// left to reverse, or for an amount outside 1..=left.
+    pub fn reversal_requested(
         &self,
-        amount_reversed_cents: i64,
-        reversal_id: &str,
+        client_key: &str,
         cents: i64,
         notes: &str,
         cause: Cause<'_>,
-    ) -> Option<Payout> {
-        let record = format!(
-            "admin reversal {reversal_id} of {cents} cents ({amount_reversed_cents} of {} reversed in all): {notes}",
-            self.amount.cents
-        );
-        let already = self.audit_log.iter().any(|entry| {
-            entry
-                .reason
-                .starts_with(&format!("admin reversal {reversal_id} "))
-        });
-        if already {
-            return None;
+    ) -> Result<Payout, ReversalRefusal> {
+        let Some(transfer_id) = self.stripe_transfer_id.clone() else {
+            return Err(ReversalRefusal::NothingToReverse(format!(
+                "payout {} has no Stripe transfer (it is {})",
+                self.id,
+                self.status.as_str()
+            )));
+        };
+        if let Some(open) = self.unresolved_reversal() {
+            return Err(ReversalRefusal::Unresolved(Box::new(open.clone())));
         }
-        Some(match self.reversed(amount_reversed_cents, cause) {
-            Some(mut payout) => {
-                if let Some(entry) = payout.audit_log.last_mut() {
-                    entry.event_type = "transfer_reversed_by_admin".to_owned();
-                    entry.reason = record;
-                }
-                payout
+        let left = self.amount.cents - self.amount_reversed_cents;
+        if left <= 0 || self.status == PayoutStatus::Reversed {
+            return Err(ReversalRefusal::NothingToReverse(format!(
+                "all {} cents of payout {} are reversed",
+                self.amount.cents, self.id
+            )));
+        }
+        if !(1..=left).contains(&cents) {
+            return Err(ReversalRefusal::BadAmount { left });
+        }
+        let intent = ReversalIntent {
+            id: format!("{}-reversal-{}", self.id, self.reversal_intents.len() + 1),
+            client_key: client_key.to_owned(),
+            requested_by: cause.actor.to_owned(),
+            cents,
+            notes: notes.to_owned(),
+            transfer_id,
+            created_at: cause.now,
+            last_sent_at: cause.now,
+            state: ReversalState::Pending,
+        };
+        let reason = format!("reversal {} of {cents} cents requested: {notes}", intent.id);
+        Ok(
+            self.moved(self.status, "reversal_requested", reason, cause, |p| {
+                p.reversal_intents.push(intent);
+            }),
+        )
+    }
+
+    /// A request of the unresolved intent is sent again (the same key): Stripe's idempotency
+    /// window counts from now.
+    pub fn reversal_resent(&self, intent_id: &str, now: DateTime<Utc>) -> Option<Payout> {
+        self.reversal_intent(intent_id)
+            .filter(|intent| !intent.state.is_resolved())?;
+        let mut payout = self.touched(now);
+        for intent in &mut payout.reversal_intents {
+            if intent.id == intent_id {
+                intent.last_sent_at = now;
             }
-            None => self.moved(
-                self.status,
-                "transfer_reversed_by_admin",
-                record,
-                cause,
-                |_| {},
+        }
+        Some(payout)
+    }
+
+    /// What Stripe said about an unresolved intent (its request's answer, or the listing).
+    /// A made reversal is recorded with who asked, the reversal and the notes, also when a
+    /// `transfer.reversed` event got here first (then only the record is added). Nothing
+    /// changes for an intent already resolved, or for an unknown answer of an intent
+    /// already unknown.
+    pub fn reversal_answered(
+        &self,
+        intent_id: &str,
+        outcome: &ReversalOutcome,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        let intent = self
+            .reversal_intent(intent_id)
+            .filter(|intent| !intent.state.is_resolved())?
+            .clone();
+        let set_state = |payout: &mut Payout, state: ReversalState| {
+            for stored in &mut payout.reversal_intents {
+                if stored.id == intent.id {
+                    stored.state = state.clone();
+                }
+            }
+        };
+        match outcome {
+            ReversalOutcome::Made {
+                reversal_id,
+                total_reversed_cents,
+            } => {
+                let record = format!(
+                    "admin reversal {reversal_id} of {} cents ({total_reversed_cents} of {} reversed in all), intent {}, asked by {}: {}",
+                    intent.cents, self.amount.cents, intent.id, intent.requested_by, intent.notes
+                );
+                // The admin who asked is who reversed (the record says how it became known).
+                let cause = Cause {
+                    actor: &intent.requested_by,
+                    ..cause
+                };
+                let same_transfer =
+                    self.stripe_transfer_id.as_deref() == Some(intent.transfer_id.as_str());
+                let applied = same_transfer
+                    .then(|| self.reversed(*total_reversed_cents, cause))
+                    .flatten();
+                let mut payout = match applied {
+                    Some(mut payout) => {
+                        if let Some(entry) = payout.audit_log.last_mut() {
+                            entry.event_type = "transfer_reversed_by_admin".to_owned();
+                            entry.reason = record;
+                        }
+                        payout
+                    }
+                    None => self.moved(
+                        self.status,
+                        "transfer_reversed_by_admin",
+                        record,
+                        cause,
+                        |_| {},
+                    ),
+                };
+                set_state(
+                    &mut payout,
+                    ReversalState::Succeeded {
+                        reversal_id: reversal_id.clone(),
+                    },
+                );
+                payout.settle_bookkeeping(cause.now);
+                Some(payout)
+            }
+            ReversalOutcome::Unknown { message } => {
+                if !matches!(intent.state, ReversalState::Pending) {
+                    return None;
+                }
+                let reason = format!(
+                    "reversal {} of {} cents: outcome unknown ({message}); looked up in the transfer's reversals",
+                    intent.id, intent.cents
+                );
+                Some(self.moved(
+                    self.status,
+                    "reversal_outcome_unknown",
+                    reason,
+                    cause,
+                    |p| {
+                        set_state(
+                            p,
+                            ReversalState::Unknown {
+                                message: message.clone(),
+                            },
+                        )
+                    },
+                ))
+            }
+            ReversalOutcome::Refused { reason } => {
+                let record = format!(
+                    "reversal {} of {} cents not made: {reason}",
+                    intent.id, intent.cents
+                );
+                Some(
+                    self.moved(self.status, "reversal_refused", record, cause, |p| {
+                        set_state(
+                            p,
+                            ReversalState::Refused {
+                                reason: reason.clone(),
+                            },
+                        )
+                    }),
+                )
+            }
+        }
+    }
+
+    /// The transfer's reversals were listed: `found` is the reversal whose metadata names
+    /// the intent, with the transfer's running total. Not found is a definite "not made"
+    /// only once Stripe's idempotency window has passed since the intent's last request
+    /// (before that, a request in flight may still be executed); until then nothing changes.
+    pub fn reversal_looked_up(
+        &self,
+        intent_id: &str,
+        found: Option<(String, i64)>,
+        cause: Cause<'_>,
+    ) -> Option<Payout> {
+        let intent = self
+            .reversal_intent(intent_id)
+            .filter(|intent| !intent.state.is_resolved())?;
+        let outcome = match found {
+            Some((reversal_id, total_reversed_cents)) => ReversalOutcome::Made {
+                reversal_id,
+                total_reversed_cents,
+            },
+            None if cause.now - intent.last_sent_at >= IDEMPOTENCY_WINDOW => {
+                ReversalOutcome::Refused {
+                    reason: format!(
+                        "not among the reversals of {} {} hours after its last request (Stripe's idempotency window)",
+                        intent.transfer_id,
+                        IDEMPOTENCY_WINDOW.num_hours()
+                    ),
+                }
+            }
+            None => return None,
+        };
+        self.reversal_answered(intent_id, &outcome, cause)
+    }
+
+    /// The limits service holds no reservation for this payout (it was pruned past its
+    /// retention, or lost), so it applied nothing: the release is not confirmed and stays
+    /// owed, and an admin is alerted once per sequence, since what the limits hold for the
+    /// user is now off by an amount only they can correct. (Not even an unchanged target is
+    /// "nothing to release": a later total the limits applied and whose answer was lost
+    /// may differ from the last one they confirmed.) Same version: part of the settling
+    /// write.
+    pub fn release_not_applied(&self) -> Payout {
+        let mut payout = self.clone();
+        let sequence = self.quota.sequence;
+        payout.owe_alert(
+            format!("{}:quota_unapplied:{sequence}", self.id),
+            "payout_quota_release_unapplied",
+            format!("Payout {}: the limits hold no reservation to release", self.id),
+            format!(
+                "Payout {} ({} of user {}) owes the limits service a release of {} cents in total (sequence {sequence}), \
+                 but the limits service holds no reservation for it (pruned past its retention?). Nothing was applied: \
+                 the user's committed quota is off by up to {} cents. The release stays owed.",
+                self.id,
+                self.amount,
+                self.user_id,
+                self.quota.target_cents,
+                (self.quota.target_cents - self.quota.confirmed_cents).abs()
             ),
-        })
+        );
+        payout
     }
 
     /// Records what settling the owed effects achieved: audit entries projected, the quota
@@ -1333,6 +1695,7 @@ mod tests {
             attempt: Some(0),
             destination_payment: Some(format!("py_{id}")),
             amount_reversed_cents: 0,
+            reversed: false,
         }
     }
 
@@ -1729,6 +2092,121 @@ mod tests {
             None,
             "flagged once"
         );
+    }
+
+    #[test]
+    fn an_admin_reversal_is_an_intent_resolved_only_by_stripe() {
+        let processing = payout(PayoutStatus::Processing);
+        let admin = Cause::new("admin:a", now());
+        let recorded = processing
+            .reversal_requested("confirm-1", 300_00, "clawback", admin)
+            .unwrap();
+        let intent = recorded.reversal_intents[0].clone();
+        assert_eq!(intent.state, ReversalState::Pending);
+        assert_eq!(
+            intent.idempotency_key(),
+            format!("reversal-{}-tr_1", intent.id)
+        );
+        assert!(recorded.owes_effects(), "an unresolved intent is owed work");
+        assert_eq!(
+            recorded.audit_log.last().unwrap().event_type,
+            "reversal_requested"
+        );
+        // A second reversal waits while the first is unresolved.
+        let refused = recorded.reversal_requested("confirm-2", 100_00, "again", admin);
+        assert!(matches!(refused, Err(ReversalRefusal::Unresolved(open)) if open.id == intent.id));
+        // Unknown, then not listed: nothing is concluded inside Stripe's idempotency window.
+        let unknown = recorded
+            .reversal_answered(
+                &intent.id,
+                &ReversalOutcome::Unknown {
+                    message: "timeout".to_owned(),
+                },
+                cause(),
+            )
+            .unwrap();
+        let early = Cause::new("stripe:lookup", now() + Duration::hours(23));
+        assert_eq!(unknown.reversal_looked_up(&intent.id, None, early), None);
+        // Meanwhile `transfer.reversed` arrives; then the listing finds the reversal: only the
+        // record is added, the total is not counted twice.
+        let mut event = seen("tr_1");
+        event.amount_reversed_cents = 300_00;
+        let applied = unknown
+            .transfer_seen(
+                &event,
+                &TransferNews::Reversed,
+                RETRY_BASE,
+                self::event("evt_r"),
+            )
+            .unwrap();
+        let found = applied
+            .reversal_looked_up(&intent.id, Some(("trr_1".to_owned(), 300_00)), early)
+            .unwrap();
+        assert_eq!(found.amount_reversed_cents, 300_00);
+        assert_eq!(
+            found.reversal_intents[0].state,
+            ReversalState::Succeeded {
+                reversal_id: "trr_1".to_owned()
+            }
+        );
+        assert_eq!(found.quota.target_cents, 300_00);
+        assert_eq!(found.quota.sequence, applied.quota.sequence, "counted once");
+        assert_eq!(
+            found.reversal_answered(
+                &intent.id,
+                &ReversalOutcome::Unknown {
+                    message: String::new()
+                },
+                early
+            ),
+            None,
+            "resolved for good"
+        );
+        // Not listed after the window: not made.
+        let late = Cause::new("stripe:lookup", now() + Duration::hours(24));
+        let not_made = unknown.reversal_looked_up(&intent.id, None, late).unwrap();
+        assert_eq!(not_made.reversal_intents[0].state.as_str(), "refused");
+        assert!(
+            not_made
+                .reversal_requested("confirm-3", 100_00, "again", admin)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_stray_transfer_keeps_its_quota_held_until_it_is_reversed() {
+        let flagged = payout(PayoutStatus::Processing)
+            .transfer_seen(
+                &seen("tr_stray"),
+                &TransferNews::Exists,
+                RETRY_BASE,
+                cause(),
+            )
+            .unwrap();
+        // The payout's own transfer is reversed in full: its money is back, but the stray
+        // transfer's is still with the creator, so the quota stays held.
+        let mut own = seen("tr_1");
+        own.amount_reversed_cents = 1_000_00;
+        let reversed = flagged
+            .transfer_seen(&own, &TransferNews::Reversed, RETRY_BASE, event("evt_own"))
+            .unwrap();
+        assert_eq!(reversed.status, PayoutStatus::Reversed);
+        assert_eq!(reversed.release_target_cents(), 0, "the stray money is out");
+        assert_eq!(reversed.quota_needed_cents(), reversed.amount.cents);
+        // Once Stripe says the stray transfer is reversed in full too, the quota goes back.
+        let mut stray = seen("tr_stray");
+        stray.amount_reversed_cents = 1_000_00;
+        stray.reversed = true;
+        let both = reversed
+            .transfer_seen(
+                &stray,
+                &TransferNews::Reversed,
+                RETRY_BASE,
+                event("evt_stray"),
+            )
+            .unwrap();
+        assert_eq!(both.release_target_cents(), both.amount.cents);
+        assert!(both.quota.sequence > reversed.quota.sequence);
     }
 
     #[test]

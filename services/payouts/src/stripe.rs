@@ -38,9 +38,38 @@ pub struct TransferRequest {
 pub struct ReversalRequest {
     pub transfer_id: String,
     pub cents: i64,
+    /// Derived from the intent and the transfer only
+    /// ([`crate::payout::reversal_idempotency_key`]).
     pub idempotency_key: String,
     pub payout_id: String,
     pub actor: String,
+    /// The admin's reversal intent, sent as metadata `payouts_reversal_intent`: how the
+    /// listing finds the reversal after a lost answer.
+    pub intent_id: String,
+}
+
+/// Metadata key of a reversal naming the admin's intent it was made for.
+pub const REVERSAL_INTENT_METADATA: &str = "payouts_reversal_intent";
+
+/// A transfer reversal as Stripe lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedReversal {
+    pub id: String,
+    pub cents: i64,
+    /// The intent its metadata names (`payouts_reversal_intent`), if any.
+    pub intent_id: Option<String>,
+}
+
+/// A reversal object of an answer or a list, as JSON.
+pub fn reversal_from_json(reversal: &Value) -> Option<ListedReversal> {
+    Some(ListedReversal {
+        id: reversal.get("id")?.as_str()?.to_owned(),
+        cents: reversal.get("amount")?.as_i64()?,
+        intent_id: reversal
+            .pointer(&format!("/metadata/{REVERSAL_INTENT_METADATA}"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    })
 }
 
 /// The Stripe calls the payouts service makes.
@@ -61,6 +90,18 @@ pub trait StripeApi: Send + Sync + 'static {
     /// Reverses part of a transfer (`POST /v1/transfers/{id}/reversals`); the same key never
     /// reverses twice. The reversal's id.
     async fn reverse_transfer(&self, request: &ReversalRequest) -> Result<String, StripeFailure>;
+
+    /// Every reversal of a transfer, every page (`GET /v1/transfers/{id}/reversals`).
+    /// Implementations that cannot list answer an unknown outcome (nothing is concluded
+    /// from it).
+    async fn list_reversals(
+        &self,
+        transfer_id: &str,
+    ) -> Result<Vec<ListedReversal>, StripeFailure> {
+        Err(StripeFailure::Unknown {
+            message: format!("the reversals of {transfer_id} cannot be listed here"),
+        })
+    }
 
     /// One transfer.
     async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure>;
@@ -246,6 +287,7 @@ fn seen(transfer: &stripe_shared::Transfer) -> SeenTransfer {
             .as_ref()
             .map(|payment| payment.id().as_str().to_owned()),
         amount_reversed_cents: transfer.amount_reversed,
+        reversed: transfer.reversed,
     }
 }
 
@@ -265,6 +307,7 @@ pub fn seen_from_json(transfer: &Value) -> Option<SeenTransfer> {
             .get("amount_reversed")
             .and_then(Value::as_i64)
             .unwrap_or(0),
+        reversed: transfer.get("reversed").and_then(Value::as_bool) == Some(true),
     })
 }
 
@@ -383,6 +426,10 @@ impl StripeApi for StripeClient {
         let metadata = HashMap::from([
             ("payout_id".to_owned(), request.payout_id.clone()),
             ("requested_by".to_owned(), request.actor.clone()),
+            (
+                REVERSAL_INTENT_METADATA.to_owned(),
+                request.intent_id.clone(),
+            ),
         ]);
         let reversal = CreateIdTransferReversal::new(request.transfer_id.as_str())
             .amount(request.cents)
@@ -393,6 +440,41 @@ impl StripeApi for StripeClient {
             .await
             .map_err(classify)?;
         Ok(reversal.id.to_string())
+    }
+
+    async fn list_reversals(
+        &self,
+        transfer_id: &str,
+    ) -> Result<Vec<ListedReversal>, StripeFailure> {
+        let path = format!("/transfers/{transfer_id}/reversals");
+        let mut reversals: Vec<ListedReversal> = Vec::new();
+        let mut query = BTreeMap::from([("limit", "100".to_owned())]);
+        // Pages until Stripe says there are no more (bounded, in case it never does).
+        for _ in 0..1_000 {
+            let page = self.get_json(&path, &query, None).await?;
+            let data = page
+                .get("data")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for reversal in &data {
+                reversals.push(reversal_from_json(reversal).ok_or_else(|| {
+                    StripeFailure::Unknown {
+                        message: "Stripe listed a reversal without id or amount".to_owned(),
+                    }
+                })?);
+            }
+            let more = page.get("has_more").and_then(Value::as_bool) == Some(true);
+            match (more, reversals.last()) {
+                (true, Some(last)) => {
+                    query.insert("starting_after", last.id.clone());
+                }
+                _ => return Ok(reversals),
+            }
+        }
+        Err(StripeFailure::Unknown {
+            message: format!("the reversals of {transfer_id} never ended"),
+        })
     }
 
     async fn retrieve_transfer(&self, transfer_id: &str) -> Result<SeenTransfer, StripeFailure> {
@@ -538,6 +620,7 @@ mod tests {
                 attempt: Some(2),
                 destination_payment: Some("py_1".to_owned()),
                 amount_reversed_cents: 250,
+                reversed: false,
             })
         );
         let expanded = serde_json::json!({ "id": "tr_2", "destination_payment": { "id": "py_2" } });

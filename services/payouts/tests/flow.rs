@@ -43,6 +43,8 @@ struct FakeLimits {
     recheck: Mutex<Option<Result<String, ()>>>,
     rechecks: AtomicUsize,
     release_failures: AtomicUsize,
+    /// The limits no longer hold the reservations (pruned): releases answer "not found".
+    reservations_pruned: std::sync::atomic::AtomicBool,
     /// (payout id, total released, sequence) of every release that got through.
     released: Mutex<Vec<(String, i64, i64)>>,
     /// The account creation time each reservation was told.
@@ -97,6 +99,13 @@ impl LimitsPort for FakeLimits {
                 "the limits service is unavailable",
                 anyhow::anyhow!("down"),
             ));
+        }
+        if self.reservations_pruned.load(Ordering::SeqCst) {
+            return Ok(ReleaseAnswer {
+                applied: false,
+                found: false,
+                held_cents: 0,
+            });
         }
         self.released
             .lock()
@@ -621,32 +630,99 @@ async fn an_admin_reversal_whose_answer_was_lost_is_repeated_without_reversing_t
                 .as_i64()
                 .unwrap()
         };
-        // Stripe reverses, and its answer is lost: unknown, so nothing is recorded.
+        // Stripe reverses, and its answer is lost: the intent is unknown, nothing else is
+        // recorded.
         f.stripe.then(Behaviour::LoseResponse);
         let error = f
             .flow
-            .reverse(&payout.id, 300_00, "refund clawback", "admin:ops")
+            .request_reversal(
+                &payout.id,
+                "confirm-1",
+                300_00,
+                "refund clawback",
+                "admin:ops",
+            )
             .await
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Unavailable, "{}", error.message());
+        assert!(
+            error.message().contains("-reversal-1"),
+            "{}",
+            error.message()
+        );
         assert_eq!(reversed(&f), 300_00, "Stripe did reverse");
-        assert_eq!(f.stored(&payout.id).await.amount_reversed_cents, 0);
-        // The same request again: the same key, Stripe's replayed answer, recorded once.
+        let unknown = f.stored(&payout.id).await;
+        assert_eq!(unknown.amount_reversed_cents, 0);
+        assert_eq!(unknown.reversal_intents.len(), 1);
+        assert_eq!(unknown.reversal_intents[0].state.as_str(), "unknown");
+        // The same request again: found in the transfer's reversals, recorded once.
         let done = f
             .flow
-            .reverse(&payout.id, 300_00, "refund clawback", "admin:ops")
+            .request_reversal(
+                &payout.id,
+                "confirm-1",
+                300_00,
+                "refund clawback",
+                "admin:ops",
+            )
             .await
             .unwrap();
         assert_eq!(done.amount_reversed_cents, 300_00);
         assert_eq!(reversed(&f), 300_00, "never reversed twice");
         let entry = done.audit_log.last().unwrap();
         assert_eq!(entry.event_type, "transfer_reversed_by_admin");
-        assert_eq!(entry.actor, "admin:ops");
-        // Bad amounts and missing notes are refused before Stripe is asked.
-        for (cents, notes) in [(0, "x"), (700_01, "x"), (1, " ")] {
+        assert!(
+            entry.reason.contains("asked by admin:ops"),
+            "{}",
+            entry.reason
+        );
+        let listed = f.stripe.reversals(&transfer_id);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            listed[0]["metadata"]["payouts_reversal_intent"],
+            done.reversal_intents[0].id.as_str()
+        );
+        assert_eq!(
+            done.reversal_intents[0].state,
+            payouts_payouts::payout::ReversalState::Succeeded {
+                reversal_id: listed[0]["id"].as_str().unwrap().to_owned()
+            }
+        );
+        // Asked once more, it answers the same outcome without asking Stripe to reverse.
+        let again = f
+            .flow
+            .request_reversal(
+                &payout.id,
+                "confirm-1",
+                300_00,
+                "refund clawback",
+                "admin:ops",
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.amount_reversed_cents, 300_00);
+        // The same key for another amount is refused, like a reused payout key.
+        let error = f
+            .flow
+            .request_reversal(&payout.id, "confirm-1", 200_00, "x", "admin:ops")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.kind(),
+            ErrorKind::AlreadyExists,
+            "{}",
+            error.message()
+        );
+        // Bad amounts, missing notes and a missing key are refused before Stripe is asked.
+        for (key, cents, notes) in [
+            ("k2", 0, "x"),
+            ("k3", 700_01, "x"),
+            ("k4", 1, " "),
+            (" ", 1, "x"),
+        ] {
             let error = f
                 .flow
-                .reverse(&payout.id, cents, notes, "admin:ops")
+                .request_reversal(&payout.id, key, cents, notes, "admin:ops")
                 .await
                 .unwrap_err();
             assert_eq!(
@@ -2226,6 +2302,270 @@ async fn reconciliation_is_quiet_when_the_books_agree_reports_every_mismatch_and
         assert_eq!(reversal_alerts(), 0);
         reconciler.run(since, "schedule").await.unwrap();
         assert_eq!(reversal_alerts(), 1);
+    })
+    .await;
+}
+
+/// Stripe's running total of a transfer's reversals, and how many reversal objects it made.
+fn stripe_reversed(f: &Fixture, transfer_id: &str) -> i64 {
+    f.stripe
+        .transfers()
+        .into_iter()
+        .find(|t| t["id"] == transfer_id)
+        .unwrap()["amount_reversed"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reversal_repeated_after_its_event_arrived_reverses_once() {
+    // Issue 21, defect 1: reverse $30, the answer is lost (500), `transfer.reversed` is
+    // applied, then the admin sends the identical request again.
+    on_both_stores("reverse_after_event", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("key-defect-1", 1_000_00).await.unwrap().unwrap();
+        let transfer_id = payout.stripe_transfer_id.clone().unwrap();
+        f.stripe.then(Behaviour::ErrorAfterCreate { status: 500 });
+        let error = f
+            .flow
+            .request_reversal(&payout.id, "confirm-30", 30_00, "clawback", "admin:ops")
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unavailable, "{}", error.message());
+        assert_eq!(stripe_reversed(&f, &transfer_id), 30_00);
+        assert!(
+            f.transfer_event(
+                "evt_rev_30",
+                "transfer.reversed",
+                &payout,
+                &transfer_id,
+                json!({ "amount_reversed": 30_00 })
+            )
+            .await
+        );
+        let repeated = f
+            .flow
+            .request_reversal(&payout.id, "confirm-30", 30_00, "clawback", "admin:ops")
+            .await
+            .unwrap();
+        assert_eq!(stripe_reversed(&f, &transfer_id), 30_00, "one reversal");
+        assert_eq!(f.stripe.reversals(&transfer_id).len(), 1);
+        assert_eq!(repeated.amount_reversed_cents, 30_00);
+        assert_eq!(f.stored(&payout.id).await.amount_reversed_cents, 30_00);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_admin_reversal_while_one_is_unresolved_is_refused() {
+    on_both_stores("two_admins", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f
+            .request("key-two-admins", 1_000_00)
+            .await
+            .unwrap()
+            .unwrap();
+        let transfer_id = payout.stripe_transfer_id.clone().unwrap();
+        // Admin A's reversal is made, its answer lost: unresolved.
+        f.stripe.then(Behaviour::LoseResponse);
+        let first = f
+            .flow
+            .request_reversal(&payout.id, "key-a", 300_00, "clawback", "admin:a")
+            .await
+            .unwrap_err();
+        assert_eq!(first.kind(), ErrorKind::Unavailable);
+        // Admin B, who saw the same screen, reverses too.
+        let second = f
+            .flow
+            .request_reversal(&payout.id, "key-b", 200_00, "clawback too", "admin:b")
+            .await
+            .unwrap_err();
+        assert_eq!(second.kind(), ErrorKind::Conflict, "{}", second.message());
+        assert!(
+            second.message().contains("-reversal-1") && second.message().contains("admin:a"),
+            "names the unresolved intent: {}",
+            second.message()
+        );
+        assert_eq!(stripe_reversed(&f, &transfer_id), 300_00, "one reversal");
+        // Both at once, from the same screen: one intent is recorded, the other is refused.
+        let other = f
+            .request("key-two-admins-2", 1_000_00)
+            .await
+            .unwrap()
+            .unwrap();
+        let other_transfer = other.stripe_transfer_id.clone().unwrap();
+        f.stripe.then(Behaviour::LoseResponse);
+        let (a, b) = tokio::join!(
+            f.flow
+                .request_reversal(&other.id, "key-c", 300_00, "clawback", "admin:c"),
+            f.flow
+                .request_reversal(&other.id, "key-d", 200_00, "clawback", "admin:d"),
+        );
+        let kinds = [a.unwrap_err().kind(), b.unwrap_err().kind()];
+        assert!(
+            kinds.contains(&ErrorKind::Conflict) && kinds.contains(&ErrorKind::Unavailable),
+            "{kinds:?}"
+        );
+        assert_eq!(f.stripe.reversals(&other_transfer).len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_the_limits_cannot_apply_is_never_recorded_as_confirmed() {
+    on_both_stores("pruned_release", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("key-pruned", 400_00).await.unwrap().unwrap();
+        let transfer_id = payout.stripe_transfer_id.clone().unwrap();
+        // The limits pruned the reservation (past its retention); then the transfer is
+        // reversed, which owes a release of 400.
+        f.limits.reservations_pruned.store(true, Ordering::SeqCst);
+        assert!(
+            f.transfer_event(
+                "evt_rev_pruned",
+                "transfer.reversed",
+                &payout,
+                &transfer_id,
+                json!({ "amount_reversed": 400_00, "reversed": true })
+            )
+            .await
+        );
+        f.after(Duration::minutes(15)).await;
+        let stored = f.stored(&payout.id).await;
+        assert!(
+            !stored.quota.is_settled(),
+            "the limits applied nothing: still owed"
+        );
+        assert_eq!(stored.quota.confirmed_cents, 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_reversal_is_resolved_by_the_listing_never_by_a_new_key() {
+    on_both_stores("reversal_listing", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("key-listing", 1_000_00).await.unwrap().unwrap();
+        let transfer_id = payout.stripe_transfer_id.clone().unwrap();
+        // Made, answer lost; the worker's first look fails: still unknown, never refused.
+        f.stripe.then(Behaviour::ErrorAfterCreate { status: 500 });
+        f.flow
+            .request_reversal(&payout.id, "k-made", 250_00, "clawback", "admin:ops")
+            .await
+            .unwrap_err();
+        f.stripe.fail_next_reversal_listing(500, "api_error");
+        f.after(Duration::minutes(2)).await;
+        let still = f.stored(&payout.id).await;
+        assert_eq!(still.reversal_intents[0].state.as_str(), "unknown");
+        assert!(still.owes_effects(), "owed until Stripe says");
+        // The next look finds it in the transfer's reversals by its metadata.
+        f.after(Duration::minutes(10)).await;
+        let resolved = f.stored(&payout.id).await;
+        assert_eq!(resolved.reversal_intents[0].state.as_str(), "succeeded");
+        assert_eq!(resolved.amount_reversed_cents, 250_00);
+        assert_eq!(
+            f.limits.released().last(),
+            Some(&(payout.id.clone(), 250_00, 1))
+        );
+        assert!(!resolved.owes_effects());
+
+        // A request that never reached Stripe (a 5xx before anything was made, then no
+        // answer at all): unknown for Stripe's whole idempotency window, then "not made".
+        f.stripe.fail_next(503, "api_error");
+        f.flow
+            .request_reversal(&payout.id, "k-lost", 100_00, "clawback", "admin:ops")
+            .await
+            .unwrap_err();
+        f.after(Duration::hours(23)).await;
+        assert_eq!(
+            f.stored(&payout.id).await.reversal_intents[1]
+                .state
+                .as_str(),
+            "unknown"
+        );
+        for _ in 0..20 {
+            f.after(Duration::minutes(10)).await;
+        }
+        let concluded = f.stored(&payout.id).await;
+        assert_eq!(concluded.reversal_intents[1].state.as_str(), "refused");
+        assert_eq!(concluded.amount_reversed_cents, 250_00);
+        // Its key answers the same conclusion, and sends nothing.
+        let error = f
+            .flow
+            .request_reversal(&payout.id, "k-lost", 100_00, "clawback", "admin:ops")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.kind(),
+            ErrorKind::FailedPrecondition,
+            "{}",
+            error.message()
+        );
+        assert_eq!(f.stripe.reversals(&transfer_id).len(), 1);
+        assert_eq!(stripe_reversed(&f, &transfer_id), 250_00);
+        // Another reversal is possible again.
+        let next = f
+            .flow
+            .request_reversal(&payout.id, "k-next", 100_00, "clawback", "admin:ops")
+            .await
+            .unwrap();
+        assert_eq!(next.amount_reversed_cents, 350_00);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_transfer_keeps_the_quota_held_when_the_payouts_own_is_reversed() {
+    on_both_stores("stray_quota", |stores| async move {
+        let f = fixture(&stores, FakeLimits::default()).await;
+        let payout = f.request("key-stray", 500_00).await.unwrap().unwrap();
+        let own = payout.stripe_transfer_id.clone().unwrap();
+        // A second transfer names the payout: the creator has the money twice.
+        assert!(
+            f.transfer_event(
+                "evt_stray",
+                "transfer.created",
+                &payout,
+                "tr_stray",
+                json!({})
+            )
+            .await
+        );
+        // The payout's own transfer is reversed in full: the stray money is still out, so
+        // nothing is given back.
+        assert!(
+            f.transfer_event(
+                "evt_own_reversed",
+                "transfer.reversed",
+                &payout,
+                &own,
+                json!({ "amount_reversed": 500_00, "reversed": true })
+            )
+            .await
+        );
+        f.after(Duration::minutes(1)).await;
+        assert_eq!(f.stored(&payout.id).await.status, PayoutStatus::Reversed);
+        assert!(
+            f.limits.released().iter().all(|(_, cents, _)| *cents == 0),
+            "{:?}",
+            f.limits.released()
+        );
+        // Stripe shows the stray transfer reversed in full: now the quota goes back.
+        assert!(
+            f.transfer_event(
+                "evt_stray_reversed",
+                "transfer.reversed",
+                &payout,
+                "tr_stray",
+                json!({ "amount_reversed": 500_00, "reversed": true })
+            )
+            .await
+        );
+        f.after(Duration::minutes(1)).await;
+        assert_eq!(
+            f.limits.released().last().map(|(_, cents, _)| *cents),
+            Some(500_00)
+        );
     })
     .await;
 }

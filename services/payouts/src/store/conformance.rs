@@ -203,7 +203,10 @@ mod payouts {
     use payouts_runtime::store::store_precision;
     use payouts_runtime::{ErrorKind, Money};
 
-    use crate::payout::{Cause, Payout, PayoutStatus, RETRY_BASE, SeenTransfer, TransferNews};
+    use crate::payout::{
+        Cause, Payout, PayoutStatus, RETRY_BASE, ReversalIntent, ReversalState, SeenTransfer,
+        TransferNews,
+    };
     use crate::store::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
 
     fn at(minute: i64) -> DateTime<Utc> {
@@ -244,6 +247,7 @@ mod payouts {
                 attempt: Some(0),
                 destination_payment: Some(format!("py_{id}")),
                 amount_reversed_cents: 0,
+                reversed: false,
             };
             moved = moved
                 .transfer_seen(
@@ -267,7 +271,36 @@ mod payouts {
         let mut unknown = claimed
             .outcome_still_unknown("timeout", Duration::hours(1), later)
             .unwrap();
-        unknown.stray_transfer_ids = vec!["tr_stray".to_owned()];
+        unknown.stray_transfer_ids = vec!["tr_stray".to_owned(), "tr_stray_2".to_owned()];
+        unknown.stray_reversed_ids = vec!["tr_stray_2".to_owned()];
+        // Admins' reversal intents in every state round-trip.
+        let states = [
+            ReversalState::Pending,
+            ReversalState::Unknown {
+                message: "timeout".to_owned(),
+            },
+            ReversalState::Succeeded {
+                reversal_id: "trr_1".to_owned(),
+            },
+            ReversalState::Refused {
+                reason: "balance_insufficient".to_owned(),
+            },
+        ];
+        unknown.reversal_intents = states
+            .into_iter()
+            .enumerate()
+            .map(|(n, state)| ReversalIntent {
+                id: format!("{id}-reversal-{n}"),
+                client_key: format!("confirm-{n}"),
+                requested_by: "admin:ops".to_owned(),
+                cents: 100 + i64::try_from(n).unwrap(),
+                notes: "clawback".to_owned(),
+                transfer_id: "tr_1".to_owned(),
+                created_at: at(minute + 1),
+                last_sent_at: at(minute + 2),
+                state,
+            })
+            .collect();
         unknown.parked = true;
         unknown.held = true;
         unknown.raised_alerts = vec!["older".to_owned()];

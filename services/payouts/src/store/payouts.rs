@@ -16,7 +16,9 @@ use payouts_runtime::store::{
 use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
-use crate::payout::{AuditEntry, OwedAlert, Payout, PayoutStatus, QuotaRelease};
+use crate::payout::{
+    AuditEntry, OwedAlert, Payout, PayoutStatus, QuotaRelease, ReversalIntent, ReversalState,
+};
 
 /// What inserting a payout did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -483,6 +485,10 @@ struct PayoutDocument {
     failed_transfer_ids: Vec<String>,
     #[serde(default)]
     stray_transfer_ids: Vec<String>,
+    #[serde(default)]
+    stray_reversed_ids: Vec<String>,
+    #[serde(default)]
+    reversal_intents: Vec<ReversalIntentDocument>,
     applied_events: Vec<String>,
     audit_log: Vec<AuditDocument>,
     #[serde(default)]
@@ -502,6 +508,75 @@ struct PayoutDocument {
     #[serde(default)]
     bank_check_owed: bool,
     version: i64,
+}
+
+/// An admin's reversal intent (see [`ReversalIntent`]).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReversalIntentDocument {
+    id: String,
+    client_key: String,
+    requested_by: String,
+    cents: i64,
+    notes: String,
+    transfer_id: String,
+    created_at: bson::DateTime,
+    last_sent_at: bson::DateTime,
+    /// pending | unknown | succeeded | refused.
+    state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reversal_id: Option<String>,
+    /// Why it is unknown or refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+}
+
+impl From<&ReversalIntent> for ReversalIntentDocument {
+    fn from(i: &ReversalIntent) -> Self {
+        let (reversal_id, detail) = match &i.state {
+            ReversalState::Pending => (None, None),
+            ReversalState::Unknown { message } => (None, Some(message.clone())),
+            ReversalState::Succeeded { reversal_id } => (Some(reversal_id.clone()), None),
+            ReversalState::Refused { reason } => (None, Some(reason.clone())),
+        };
+        Self {
+            id: i.id.clone(),
+            client_key: i.client_key.clone(),
+            requested_by: i.requested_by.clone(),
+            cents: i.cents,
+            notes: i.notes.clone(),
+            transfer_id: i.transfer_id.clone(),
+            created_at: to_bson_time(i.created_at),
+            last_sent_at: to_bson_time(i.last_sent_at),
+            state: i.state.as_str().to_owned(),
+            reversal_id,
+            detail,
+        }
+    }
+}
+
+impl ReversalIntentDocument {
+    fn into_intent(self, payout_id: &str) -> Result<ReversalIntent, ServiceError> {
+        let detail = self.detail.unwrap_or_default();
+        let state = match (self.state.as_str(), self.reversal_id) {
+            ("pending", _) => ReversalState::Pending,
+            ("unknown", _) => ReversalState::Unknown { message: detail },
+            ("succeeded", Some(reversal_id)) => ReversalState::Succeeded { reversal_id },
+            ("refused", _) => ReversalState::Refused { reason: detail },
+            _ => return Err(corrupt(payout_id, "a bad reversal intent state")),
+        };
+        Ok(ReversalIntent {
+            id: self.id,
+            client_key: self.client_key,
+            requested_by: self.requested_by,
+            cents: self.cents,
+            notes: self.notes,
+            transfer_id: self.transfer_id,
+            created_at: from_bson_time(self.created_at),
+            last_sent_at: from_bson_time(self.last_sent_at),
+            state,
+        })
+    }
 }
 
 /// What the payout owes the limits service, and what it confirmed.
@@ -632,6 +707,12 @@ impl From<&Payout> for PayoutDocument {
             updated_at: to_bson_time(p.updated_at),
             failed_transfer_ids: p.failed_transfer_ids.clone(),
             stray_transfer_ids: p.stray_transfer_ids.clone(),
+            stray_reversed_ids: p.stray_reversed_ids.clone(),
+            reversal_intents: p
+                .reversal_intents
+                .iter()
+                .map(ReversalIntentDocument::from)
+                .collect(),
             applied_events: p.applied_events.clone(),
             audit_log: p.audit_log.iter().map(AuditDocument::from).collect(),
             audit_projected: i64::from(p.audit_projected),
@@ -683,6 +764,11 @@ impl TryFrom<PayoutDocument> for Payout {
                 .into_iter()
                 .map(AuditEntry::try_from)
                 .collect::<Result<_, _>>()?,
+            reversal_intents: d
+                .reversal_intents
+                .into_iter()
+                .map(|intent| intent.into_intent(&d.id))
+                .collect::<Result<_, _>>()?,
             id: d.id,
             user_id: d.user_id,
             idempotency_key: d.idempotency_key,
@@ -708,6 +794,7 @@ impl TryFrom<PayoutDocument> for Payout {
             updated_at: from_bson_time(d.updated_at),
             failed_transfer_ids: d.failed_transfer_ids,
             stray_transfer_ids: d.stray_transfer_ids,
+            stray_reversed_ids: d.stray_reversed_ids,
             applied_events: d.applied_events,
             quota: QuotaRelease {
                 target_cents: d.quota.target_cents,

@@ -62,6 +62,8 @@ struct StripeState {
     /// Failures of the next `GET /v1/payouts/{id}` and `GET /v1/balance_transactions`.
     bank_payout_failures: VecDeque<(u16, String)>,
     balance_transaction_failures: VecDeque<(u16, String)>,
+    /// Failures of the next `GET /v1/transfers/{id}/reversals`.
+    reversal_listing_failures: VecDeque<(u16, String)>,
     create_calls: usize,
     lookup_calls: usize,
     available_cents: i64,
@@ -648,6 +650,27 @@ async fn list_events(
     paginated(&data, &query, "/v1/events")
 }
 
+/// `GET /v1/transfers/{id}/reversals`: the transfer's reversals (with their metadata),
+/// newest first, paginated by `limit` and `starting_after` as Stripe does.
+async fn list_reversals(
+    State(state): State<Shared>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let mut state = lock(&state);
+    if let Some((status, code)) = state.reversal_listing_failures.pop_front() {
+        return stripe_error(status, &code, "fake reversal listing failure");
+    }
+    match state.ledger.reversals_of(&id) {
+        Some(all) => paginated(&all, &query, &format!("/v1/transfers/{id}/reversals")),
+        None => stripe_error(
+            404,
+            "resource_missing",
+            &format!("No such transfer: '{id}'"),
+        ),
+    }
+}
+
 async fn retrieve_transfer(State(state): State<Shared>, Path(id): Path<String>) -> Response {
     match lock(&state).ledger.transfer(&id) {
         Some(transfer) => axum::Json(transfer).into_response(),
@@ -912,7 +935,10 @@ impl FakeStripe {
         let router = Router::new()
             .route("/v1/transfers", post(create_transfer).get(list_transfers))
             .route("/v1/transfers/{id}", get(retrieve_transfer))
-            .route("/v1/transfers/{id}/reversals", post(create_reversal))
+            .route(
+                "/v1/transfers/{id}/reversals",
+                post(create_reversal).get(list_reversals),
+            )
             .route("/v1/events", get(list_events))
             .route("/v1/balance", get(balance))
             .route("/v1/balance_transactions", get(balance_transactions))
@@ -1020,6 +1046,21 @@ impl FakeStripe {
         lock(&self.state)
             .lookup_failures
             .push_back((status, code.to_owned()));
+    }
+
+    /// The next listing of a transfer's reversals answers with this error.
+    pub fn fail_next_reversal_listing(&self, status: u16, code: &str) {
+        lock(&self.state)
+            .reversal_listing_failures
+            .push_back((status, code.to_owned()));
+    }
+
+    /// Every reversal of a transfer, newest first (with its metadata).
+    pub fn reversals(&self, transfer_id: &str) -> Vec<Value> {
+        lock(&self.state)
+            .ledger
+            .reversals_of(transfer_id)
+            .unwrap_or_default()
     }
 
     /// Every transfer made so far.

@@ -37,6 +37,8 @@ struct BankPayout {
 #[derive(Debug, Default)]
 pub struct Ledger {
     transfers: Vec<Value>,
+    /// Transfer reversals (the API's and the Dashboard's), oldest first.
+    reversals: Vec<Value>,
     replies: BTreeMap<String, Reply>,
     accounts: BTreeMap<String, Account>,
     bank_payouts: BTreeMap<String, BankPayout>,
@@ -91,6 +93,10 @@ fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.as_str())
+}
+
+fn id_of(object: &Value) -> String {
+    object["id"].as_str().unwrap_or_default().to_owned()
 }
 
 fn sorted(params: &[(String, String)]) -> Vec<(String, String)> {
@@ -226,7 +232,34 @@ impl Ledger {
         let total = (reversed + cents.max(0)).min(amount);
         transfer["amount_reversed"] = json!(total);
         transfer["reversed"] = json!(total >= amount);
-        Some(transfer.clone())
+        let after = transfer.clone();
+        // A reversal made outside the API (the Dashboard) is a reversal object too, without
+        // our metadata.
+        if total > reversed {
+            let id = self.next("trr");
+            let mut reversal = fixture("transfer_reversal");
+            reversal["id"] = json!(id);
+            reversal["amount"] = json!(total - reversed);
+            reversal["currency"] = after["currency"].clone();
+            reversal["created"] = after["created"].clone();
+            reversal["transfer"] = json!(id_of(&after));
+            self.reversals.push(reversal);
+        }
+        Some(after)
+    }
+
+    /// The reversals of a transfer, newest first as Stripe lists them; `None` for an
+    /// unknown transfer.
+    pub fn reversals_of(&self, transfer_id: &str) -> Option<Vec<Value>> {
+        self.transfer(transfer_id)?;
+        Some(
+            self.reversals
+                .iter()
+                .rev()
+                .filter(|reversal| reversal["transfer"] == transfer_id)
+                .cloned()
+                .collect(),
+        )
     }
 
     /// `POST /v1/transfers/{id}/reversals`: the reversal object, or Stripe's error (status,
@@ -284,6 +317,7 @@ impl Ledger {
             })
             .collect();
         reversal["metadata"] = Value::Object(metadata);
+        self.reversals.push(reversal.clone());
         Ok(reversal)
     }
 
