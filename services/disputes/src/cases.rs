@@ -3,6 +3,13 @@
 //! charge's allocations to what the case says (through the creators' earnings books), then
 //! deliver the alerts and notifications the case owes.
 //!
+//! A refund whose charge we have not seen (refund events carry the charge's id and the
+//! refund's amount, not the charge's amount) cannot be shared out: the charge is read from
+//! Stripe and its amount recorded on the case first. Until it is known (no Stripe key, or
+//! Stripe did not answer) the event fails Unavailable and waits in the inbox; nothing is
+//! given back meanwhile (no share was ever taken without the amount), and a dispute's freeze
+//! still applies.
+//!
 //! A refund list that cannot be read leaves the case's claims in place: the allocations are
 //! settled at the reduction they make (never less than Stripe said), the notices wait, and the
 //! event fails with the lookup's error, so the inbox retries it and the retry reads the list
@@ -45,8 +52,9 @@ pub struct Cases {
     pub ledger: Arc<Ledger>,
     pub cases: Arc<dyn ChargeCaseRepository>,
     pub notices: Arc<dyn NoticesPort>,
-    /// Stripe's refund lists; None without a Stripe key (a case in doubt then keeps its
-    /// claims: reduced by the highest `amount_refunded` its events said).
+    /// Stripe's refund lists and charges; None without a Stripe key (a case in doubt then
+    /// keeps its claims: reduced by the highest `amount_refunded` its events said; a refund
+    /// whose charge's amount no event told waits, Unavailable).
     pub refunds: Option<Arc<dyn StripeRefunds>>,
 }
 
@@ -62,6 +70,12 @@ impl Cases {
         let news = charges::parse(event_type, object)?;
         let charge_id = news.charge_id().to_owned();
         let merged = self.merge(event_id, &news, created).await?;
+        if let Err(error) = self.know_amount(&charge_id).await {
+            // No share of the refund can be taken yet (and none was); a dispute's freeze
+            // applies. The event is retried until the charge is read.
+            self.settle(&charge_id, event_id).await?;
+            return Err(error);
+        }
         if let Err(error) = self.check_refunds(&charge_id, event_id, created).await {
             // The claims stand: the allocations go to the reduction they make, and the
             // event is retried until Stripe answers.
@@ -74,12 +88,54 @@ impl Cases {
             Some(_) => {
                 format!("{event_type} for charge {charge_id}: {changed} allocation(s) changed")
             }
+            None if changed > 0 => format!(
+                "{event_type} {event_id} was merged before; now {changed} allocation(s) of charge {charge_id} changed"
+            ),
             None => format!("{event_type} {event_id} was applied before"),
         };
         Ok(Applied {
             applied: true,
             detail,
         })
+    }
+
+    /// Records the charge's amount on its case, read from Stripe, when the case needs it (a
+    /// refund counts and no event told the amount). Unavailable without a Stripe key; the
+    /// lookup's error when Stripe does not answer: the refund waits, never "done" unapplied.
+    async fn know_amount(&self, charge_id: &str) -> Result<(), ServiceError> {
+        let Some(case) = self.cases.get(charge_id).await? else {
+            return Ok(());
+        };
+        if !case.needs_amount() {
+            return Ok(());
+        }
+        let Some(stripe) = &self.refunds else {
+            tracing::warn!(
+                charge_id,
+                "a refund of a charge whose amount is unknown and no Stripe key to read it: the refund waits"
+            );
+            return Err(ServiceError::unavailable(
+                format!(
+                    "charge {charge_id} is refunded but its amount is unknown; the refund waits until it can be read from Stripe"
+                ),
+                anyhow::anyhow!("STRIPE_SECRET_KEY is not set"),
+            ));
+        };
+        let charge = stripe.charge(charge_id).await?;
+        for _ in 0..MAX_ROUNDS {
+            let Some(case) = self.cases.get(charge_id).await? else {
+                return Ok(());
+            };
+            let Some(next) = case.with_amount(&charge, self.ledger.clock.now()) else {
+                return Ok(());
+            };
+            match self.cases.put(&next, case.version).await {
+                Ok(()) => return Ok(()),
+                Err(error) if error.kind() == ErrorKind::Conflict => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(lost_rounds())
     }
 
     /// Settles the case's claims with Stripe's refund list of the charge, if it has any.
@@ -129,12 +185,21 @@ impl Cases {
     /// (reduced, frozen or zeroed, the charge's refund and dispute marks in the same book
     /// write), so no reader ever sees it payable between two writes. A case merged after it
     /// was read is met by the settlement that follows (as every allocation of the charge is).
+    /// A refund of a charge whose amount is unknown is shared out only once the charge is
+    /// read: until then the credit is not recorded (Unavailable, the caller retries), as it
+    /// would be written payable in full.
     pub async fn record(
         &self,
         allocation: &Allocation,
     ) -> Result<(Allocation, bool), ServiceError> {
         let (credit, marks) = match self.cases.get(&allocation.charge_id).await? {
             Some(case) => {
+                let case = if case.needs_amount() {
+                    self.know_amount(&allocation.charge_id).await?;
+                    self.cases.get(&allocation.charge_id).await?.unwrap_or(case)
+                } else {
+                    case
+                };
                 let others = self.allocations_of(&allocation.charge_id).await?;
                 let now = self.ledger.clock.now();
                 (

@@ -26,6 +26,10 @@
 //!   of each increment: that is what makes it order-independent. A larger refund can leave
 //!   one allocation a cent less reduced than a smaller one did (Hamilton's "Alabama
 //!   paradox"); sums stay exact and nothing goes below zero.
+//! - A refund whose charge we have not seen (refund events carry the charge's id, not its
+//!   amount): the case [`ChargeCase::needs_amount`], the service reads the charge from
+//!   Stripe and records its amount ([`ChargeCase::with_amount`]); until it is known the
+//!   event waits (never "done" with the reduction not taken).
 //! - A dispute freezes every allocation of the charge whole (spec §3), whatever its amount.
 //!   `lost` zeroes them; `won`, `warning_closed` (an inquiry that never became a
 //!   chargeback), `prevented` and `charge_refunded` (the refund does the taking) unfreeze
@@ -187,6 +191,38 @@ pub fn refund_news(object: &Value, charge_id: &str) -> Result<RefundNews, Servic
         charge_id: charge_id.to_owned(),
         amount: amount(object, "amount")?,
         status: text(object, "status").to_owned(),
+    })
+}
+
+/// A charge as Stripe holds it (`GET /v1/charges/{id}`,
+/// https://docs.stripe.com/api/charges/retrieve): read when a refund of it arrives before any
+/// event carrying the charge, because a refund object names its `charge` and its own `amount`
+/// but not the charge's amount (https://docs.stripe.com/api/refunds/object), and a refund's
+/// share of the charge's allocations is `refunded / amount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeAmounts {
+    pub charge_id: String,
+    pub amount: i64,
+    pub amount_captured: i64,
+    pub amount_refunded: i64,
+    pub currency: Currency,
+}
+
+/// Reads a charge object's amounts (InvalidArgument when one is missing).
+pub fn charge_amounts(object: &Value) -> Result<ChargeAmounts, ServiceError> {
+    let id = text(object, "id");
+    if text(object, "object") != "charge" || id.is_empty() {
+        return Err(ServiceError::invalid_argument(format!(
+            "not a charge: object {:?}, id {id:?}",
+            text(object, "object")
+        )));
+    }
+    Ok(ChargeAmounts {
+        charge_id: id.to_owned(),
+        amount: amount(object, "amount")?,
+        amount_captured: amount(object, "amount_captured")?,
+        amount_refunded: amount(object, "amount_refunded")?,
+        currency: Currency::parse(text(object, "currency"))?,
     })
 }
 
@@ -383,7 +419,8 @@ impl NoticeKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeCase {
     pub charge_id: String,
-    /// The charge's amount and currency, once a `charge.refunded` told us.
+    /// The charge's amount and currency, once a `charge.refunded` told us or, for a refund
+    /// that came first, Stripe's charge was read ([`ChargeCase::with_amount`]).
     pub amount: Option<(i64, Currency)>,
     /// The highest cumulative `amount_refunded` seen (shown, never counted: see `claims`).
     pub amount_refunded: i64,
@@ -553,6 +590,27 @@ impl ChargeCase {
             Some((amount, _)) => refunded.min(*amount),
             None => refunded,
         }
+    }
+
+    /// Whether the charge must be read from Stripe before the case can be settled: something
+    /// is refunded and no event told the charge's amount (refund events alone do not), so
+    /// the share of the allocations it takes is unknown. Until it is known the event waits.
+    pub fn needs_amount(&self) -> bool {
+        self.amount.is_none() && self.refunded_cents() > 0
+    }
+
+    /// The case with the charge's amount and currency as Stripe holds them (`charge`, read
+    /// for it); None when it knows them already (an event's, of the same charge, stands) or
+    /// `charge` is another charge's.
+    pub fn with_amount(&self, charge: &ChargeAmounts, now: DateTime<Utc>) -> Option<ChargeCase> {
+        if self.amount.is_some() || charge.charge_id != self.charge_id {
+            return None;
+        }
+        let mut case = self.clone();
+        case.amount = Some((charge.amount, charge.currency.clone()));
+        case.updated_at = now;
+        case.version += 1;
+        Some(case)
     }
 
     /// Whether Stripe's refund list must be read: a claim is not settled.
@@ -1311,6 +1369,58 @@ mod tests {
             &serde_json::json!({"object":"charge","id":"ch_1"}),
         )
         .unwrap_err();
+        assert!(error.message().contains("amount"), "{}", error.message());
+    }
+
+    /// Refund events alone do not say the charge's amount: the case needs it before any
+    /// share is taken, and once Stripe's charge gives it the share is the refund's part of
+    /// the charge (500 of 2000 takes a quarter of 600 + 400), as a `charge.refunded` would.
+    #[test]
+    fn a_refund_before_its_charge_needs_the_charges_amount() {
+        let first = [("evt_1", refund("re_1", 500, "succeeded"))];
+        let (case, before) = run(&first, &[600, 400]);
+        assert!(case.needs_amount());
+        assert_eq!(
+            money(&before),
+            money(&allocations(&[600, 400])),
+            "no share yet"
+        );
+        let mut stripe = charge_amounts(&payouts_runtime::stripe_dev::fixture("charge")).unwrap();
+        assert_eq!(stripe.currency, Currency::usd());
+        stripe.charge_id = "ch_other".into();
+        assert!(
+            case.with_amount(&stripe, at(2)).is_none(),
+            "another charge's"
+        );
+        stripe.charge_id = "ch_1".into();
+        stripe.amount = 2_000;
+        let known = case.with_amount(&stripe, at(2)).unwrap();
+        assert!(!known.needs_amount());
+        assert_eq!(known.amount, Some((2_000, Currency::usd())));
+        assert_eq!(known.version, case.version + 1);
+        assert!(known.with_amount(&stripe, at(3)).is_none(), "read once");
+        let after: Vec<Allocation> = settle(&known, &before, "evt_1", at(2))
+            .into_iter()
+            .map(|(_, after)| after)
+            .collect();
+        let taken: Vec<i64> = after.iter().map(|a| a.refunded_cents).collect();
+        assert_eq!(taken, [150, 100]);
+        // The same as when a charge event told the amount.
+        let mut told = refunded(500);
+        if let ChargeNews::Refunded { amount, .. } = &mut told {
+            *amount = 2_000;
+        }
+        let (_, charged) = run(
+            &[("evt_1", refund("re_1", 500, "succeeded")), ("evt_2", told)],
+            &[600, 400],
+        );
+        assert_eq!(money(&after), money(&charged));
+        // Nothing refunded (a failed refund), nothing to share: no need to ask.
+        let (failed, _) = run(&[("evt_1", refund("re_1", 500, "failed"))], &[600, 400]);
+        assert!(!failed.needs_amount());
+        // A charge object without its amounts is named.
+        let error =
+            charge_amounts(&serde_json::json!({"object": "charge", "id": "ch_1"})).unwrap_err();
         assert!(error.message().contains("amount"), "{}", error.message());
     }
 

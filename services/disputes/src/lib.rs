@@ -6,7 +6,7 @@
 //! - [`charges`]: what refunds and disputes do to a charge's allocations, pure.
 //! - [`earnings`]: recording allocations and reading earnings through the books.
 //! - [`cases`]: applying refund and dispute events (merge, settle, notify).
-//! - [`ports`]: the notifications service and Stripe's refund lists.
+//! - [`ports`]: the notifications service and Stripe's refund lists and charges.
 //! - [`split`]: exact proportional reductions (largest remainder), pure.
 //! - [`store`]: the repository traits, their MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
@@ -53,8 +53,9 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     Ok(())
 }
 
-/// Stripe's refund lists through `STRIPE_SECRET_KEY` and `STRIPE_API_BASE`; without a key,
-/// none (a charge whose refunds are in doubt stays reduced by what its events said).
+/// Stripe's refund lists and charges through `STRIPE_SECRET_KEY` and `STRIPE_API_BASE`;
+/// without a key, none (a charge whose refunds are in doubt stays reduced by what its events
+/// said; a refund of a charge whose amount no event told waits, Unavailable).
 fn refunds_port(
     settings: &payouts_runtime::config::Settings,
 ) -> anyhow::Result<Option<Arc<dyn ports::StripeRefunds>>> {

@@ -1,5 +1,6 @@
 //! What the disputes service asks of others: critical alerts and creators' notifications
-//! (the notifications service), and a charge's refunds (Stripe's refund list).
+//! (the notifications service), and a charge's refunds and amount (Stripe's refund list and
+//! charge).
 
 use async_trait::async_trait;
 use payouts_proto::notifications::v1 as notifications_pb;
@@ -8,7 +9,7 @@ use payouts_runtime::config::{ServiceName, Settings};
 use payouts_runtime::{Secret, ServiceError};
 use serde_json::Value;
 
-use crate::charges::{RefundNews, refund_news};
+use crate::charges::{ChargeAmounts, RefundNews, charge_amounts, refund_news};
 use payouts_runtime::grpc::{TracedChannel, service_channel};
 
 /// An alert for admins or a notification for a creator; `key` makes a retry a no-op.
@@ -81,19 +82,33 @@ impl NoticesPort for GrpcNotices {
     }
 }
 
-/// Stripe's refunds of a charge, when a charge event leaves what was refunded in doubt.
+/// Stripe's refunds of a charge, when a charge event leaves what was refunded in doubt, and
+/// the charge itself, when a refund of it comes before any event carrying it.
 #[async_trait]
 pub trait StripeRefunds: Send + Sync + 'static {
     /// Every refund of the charge as Stripe holds it now (`GET /v1/refunds?charge=`, every
     /// page). An error leaves the outcome unknown: Unavailable for a failure that can pass
     /// (the event is retried), FailedPrecondition for a definite refusal.
     async fn refunds_of(&self, charge_id: &str) -> Result<Vec<RefundNews>, ServiceError>;
+
+    /// The charge's amounts as Stripe holds them now (`GET /v1/charges/{id}`). Errors as
+    /// [`StripeRefunds::refunds_of`]: Unavailable for a failure that can pass,
+    /// FailedPrecondition for a definite refusal. A port that cannot read charges answers
+    /// Unavailable (the default): the refund waits for an event carrying the charge, it is
+    /// never taken as done.
+    async fn charge(&self, charge_id: &str) -> Result<ChargeAmounts, ServiceError> {
+        Err(ServiceError::unavailable(
+            format!("charge {charge_id} cannot be read through this Stripe port"),
+            anyhow::anyhow!("charge lookups not supported"),
+        ))
+    }
 }
 
 /// Pages read at most for one charge (100 refunds a page).
 const MAX_REFUND_PAGES: usize = 100;
 
-/// async-stripe against `STRIPE_API_BASE` (https://docs.stripe.com/api/refunds/list).
+/// async-stripe against `STRIPE_API_BASE` (https://docs.stripe.com/api/refunds/list,
+/// https://docs.stripe.com/api/charges/retrieve).
 pub struct StripeRefundsClient {
     client: stripe::Client,
 }
@@ -109,22 +124,30 @@ impl StripeRefundsClient {
     }
 }
 
-/// How a failed list call is treated: a 4xx other than 429 (and 409) is Stripe's definite
-/// answer (the charge is not ours, a bad request), anything else may pass.
-fn lookup_failure(charge_id: &str, error: stripe::StripeError) -> ServiceError {
+/// How a failed call is treated: a 4xx other than 429 (and 409) is Stripe's definite
+/// answer (the charge is not ours, a bad request), anything else may pass. `what` names what
+/// was read, `meanwhile` what holds until it is.
+fn lookup_failure(what: &str, meanwhile: &str, error: stripe::StripeError) -> ServiceError {
     let definite = matches!(
         &error,
         stripe::StripeError::Stripe(_, status) if (400..500).contains(status) && *status != 429 && *status != 409
     );
-    let message = format!("Stripe's refunds of charge {charge_id} could not be read");
+    let message = format!("{what} could not be read");
     if definite {
         ServiceError::failed_precondition(format!("{message}: {error}"))
     } else {
         ServiceError::unavailable(
-            format!("{message}; the charge stays reduced until they are"),
+            format!("{message}; {meanwhile}"),
             anyhow::anyhow!("{error}"),
         )
     }
+}
+
+/// An answer of Stripe's as JSON (what async-stripe's untyped requests return).
+fn json_of(value: &miniserde::json::Value, what: &str) -> Result<Value, ServiceError> {
+    serde_json::from_str(&miniserde::json::to_string(value)).map_err(|error| {
+        ServiceError::unavailable(format!("{what} was unreadable"), anyhow::anyhow!("{error}"))
+    })
 }
 
 #[async_trait]
@@ -152,14 +175,14 @@ impl StripeRefunds for StripeRefundsClient {
                 .customize::<miniserde::json::Value>()
                 .send(&self.client)
                 .await
-                .map_err(|error| lookup_failure(charge_id, error))?;
-            let page: Value =
-                serde_json::from_str(&miniserde::json::to_string(&value)).map_err(|error| {
-                    ServiceError::unavailable(
-                        format!("Stripe's refunds of charge {charge_id} were unreadable"),
-                        anyhow::anyhow!("{error}"),
+                .map_err(|error| {
+                    lookup_failure(
+                        &format!("Stripe's refunds of charge {charge_id}"),
+                        "the charge stays reduced until they are",
+                        error,
                     )
                 })?;
+            let page = json_of(&value, &format!("Stripe's refunds of charge {charge_id}"))?;
             let data = page["data"].as_array().cloned().unwrap_or_default();
             for object in &data {
                 let refund = refund_news(object, charge_id)?;
@@ -182,6 +205,41 @@ impl StripeRefunds for StripeRefundsClient {
             anyhow::anyhow!("refund list cut"),
         ))
     }
+
+    async fn charge(&self, charge_id: &str) -> Result<ChargeAmounts, ServiceError> {
+        use stripe_client_core::{RequestBuilder, StripeMethod};
+
+        let what = format!("Stripe's charge {charge_id}");
+        if charge_id.is_empty() || charge_id.contains(['/', '?', '#']) {
+            return Err(ServiceError::invalid_argument(format!(
+                "{charge_id:?} is not a charge id"
+            )));
+        }
+        let value = RequestBuilder::new(StripeMethod::Get, format!("/charges/{charge_id}"))
+            .customize::<miniserde::json::Value>()
+            .send(&self.client)
+            .await
+            .map_err(|error| {
+                lookup_failure(
+                    &what,
+                    "the refunds of it wait until it is (the event is retried)",
+                    error,
+                )
+            })?;
+        let charge = charge_amounts(&json_of(&value, &what)?).map_err(|error| {
+            ServiceError::unavailable(
+                format!("{what} was unreadable"),
+                anyhow::anyhow!("{}", error.message()),
+            )
+        })?;
+        if charge.charge_id != charge_id {
+            return Err(ServiceError::unavailable(
+                format!("{what} answered as charge {}", charge.charge_id),
+                anyhow::anyhow!("another charge"),
+            ));
+        }
+        Ok(charge)
+    }
 }
 
 /// Test doubles of the ports.
@@ -189,13 +247,16 @@ impl StripeRefunds for StripeRefundsClient {
 pub mod testing {
     use super::*;
 
-    /// Stripe's refunds in memory, for tests: what each charge's list holds, and failures to
-    /// answer with first.
+    /// Stripe's refunds and charges in memory, for tests: what each charge's list holds, each
+    /// charge's amounts, and failures to answer with first.
     #[derive(Default)]
     pub struct MemoryRefunds {
         refunds: std::sync::Mutex<std::collections::BTreeMap<String, Vec<RefundNews>>>,
         failures: std::sync::Mutex<Vec<ServiceError>>,
         pub calls: std::sync::atomic::AtomicUsize,
+        charges: std::sync::Mutex<std::collections::BTreeMap<String, ChargeAmounts>>,
+        charge_failures: std::sync::Mutex<Vec<ServiceError>>,
+        pub charge_calls: std::sync::atomic::AtomicUsize,
     }
 
     impl MemoryRefunds {
@@ -216,6 +277,25 @@ pub mod testing {
         pub fn fail_next(&self, error: ServiceError) {
             self.failures.lock().unwrap().push(error);
         }
+
+        /// A charge of `amount` USD cents as Stripe holds it.
+        pub fn set_charge(&self, charge_id: &str, amount: i64) {
+            self.charges.lock().unwrap().insert(
+                charge_id.to_owned(),
+                ChargeAmounts {
+                    charge_id: charge_id.to_owned(),
+                    amount,
+                    amount_captured: amount,
+                    amount_refunded: 0,
+                    currency: payouts_runtime::Currency::usd(),
+                },
+            );
+        }
+
+        /// The next charge read fails with `error`.
+        pub fn fail_next_charge(&self, error: ServiceError) {
+            self.charge_failures.lock().unwrap().push(error);
+        }
     }
 
     #[async_trait]
@@ -232,6 +312,22 @@ pub mod testing {
                 .get(charge_id)
                 .cloned()
                 .unwrap_or_default())
+        }
+
+        async fn charge(&self, charge_id: &str) -> Result<ChargeAmounts, ServiceError> {
+            self.charge_calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if let Some(error) = self.charge_failures.lock().unwrap().pop() {
+                return Err(error);
+            }
+            self.charges
+                .lock()
+                .unwrap()
+                .get(charge_id)
+                .cloned()
+                .ok_or_else(|| {
+                    ServiceError::failed_precondition(format!("No such charge: '{charge_id}'"))
+                })
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The disputes service against the fake Stripe: refunds read from Stripe's refund list (every
 //! page, failures classified), and defect 4 of issue 21 played by Stripe's own events, with
-//! either behaviour of a charge's `amount_refunded` when a refund fails.
+//! either behaviour of a charge's `amount_refunded` when a refund fails; a refund whose charge
+//! no event carried, shared out once the charge is read (`GET /v1/charges/{id}`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
@@ -165,4 +166,77 @@ async fn a_failed_refund_then_a_successful_one_takes_the_second_against_the_fake
             assert_eq!(earnings.refunded, Money::usd(100), "{behaviour:?} {name}");
         }
     }
+}
+
+/// A `refund.created` arrives and no event carrying the charge ever does (the refund object
+/// has the charge's id and the refund's amount, not the charge's amount): the service reads
+/// the charge from Stripe (`GET /v1/charges/{id}`) and takes the refund's share. A charge of
+/// 2000 funded 600 + 400; a refund of 500 takes a quarter of that: 150 + 100.
+#[tokio::test]
+async fn a_refund_whose_charge_was_never_seen_takes_its_share_after_the_charge_is_read() {
+    let stripe = FakeStripe::start().await;
+    let charge = stripe.make_charge(2000);
+    let charge_id = charge["id"].as_str().unwrap().to_owned();
+    let service = cases(&stripe);
+    for (id, user, cents) in [("alloc_a", "creator_a", 600), ("alloc_b", "creator_b", 400)] {
+        let credit = Allocation::credit(
+            id,
+            user,
+            &charge_id,
+            "payer_1",
+            Money::usd(cents),
+            Utc::now(),
+        )
+        .unwrap();
+        service.record(&credit).await.unwrap();
+    }
+    stripe.refund(&charge_id, 500, "succeeded").unwrap();
+    let refund_events: Vec<Value> = stripe
+        .events()
+        .into_iter()
+        .filter(|event| event["type"] == "refund.created")
+        .collect();
+    assert_eq!(refund_events.len(), 1);
+    // Twice: the redelivery changes nothing.
+    apply(&service, &refund_events).await;
+    apply(&service, &refund_events).await;
+    for (user, active, refunded) in [("creator_a", 450, 150), ("creator_b", 300, 100)] {
+        let earnings = service
+            .ledger
+            .earnings(user, &Currency::usd())
+            .await
+            .unwrap();
+        assert_eq!(earnings.active, Money::usd(active), "{user}");
+        assert_eq!(earnings.refunded, Money::usd(refunded), "{user}");
+    }
+    let case = service.cases.get(&charge_id).await.unwrap().unwrap();
+    assert_eq!(
+        case.amount,
+        Some((2000, Currency::usd())),
+        "recorded on the case"
+    );
+}
+
+/// `GET /v1/charges/{id}` as the fake answers it (Stripe's charge fixture): the amounts, and
+/// failures classified as for refund lists: an unknown charge is a definite no
+/// (FailedPrecondition), a Stripe that cannot be reached is not (Unavailable).
+#[tokio::test]
+async fn a_charge_is_read_from_stripe_and_failures_are_never_a_no() {
+    let stripe = FakeStripe::start().await;
+    let charge = stripe.make_charge(2000);
+    let charge_id = charge["id"].as_str().unwrap();
+    stripe.refund(charge_id, 500, "succeeded").unwrap();
+    let read = client(&stripe).charge(charge_id).await.unwrap();
+    assert_eq!(read.charge_id, charge_id);
+    assert_eq!(read.amount, 2000);
+    assert_eq!(read.amount_captured, 2000);
+    assert_eq!(read.amount_refunded, 500);
+    assert_eq!(read.currency, Currency::usd());
+    let error = client(&stripe).charge("ch_unknown").await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::FailedPrecondition);
+    // Nothing listens on port 9 (discard) here: a transport failure.
+    let unreachable =
+        StripeRefundsClient::new(&Secret::new("sk_test_fake"), "http://127.0.0.1:9").unwrap();
+    let error = unreachable.charge(charge_id).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable, "{}", error.message());
 }

@@ -438,6 +438,7 @@ async fn run_cases(
     a_late_credit_meets_its_charges_case(&service).await;
     a_credit_after_a_refund_or_dispute_is_never_payable(&service, &watched).await;
     refunds_in_doubt_are_counted_from_stripes_refund_list(&service, &stripe, &notices).await;
+    a_refund_before_its_charge_waits_until_the_charge_is_read(&service, &stripe, &notices).await;
     a_settlement_from_an_older_case_never_wins(&service).await;
 }
 
@@ -804,6 +805,159 @@ async fn refunds_in_doubt_are_counted_from_stripes_refund_list(
             .unwrap();
         active(900).await;
     }
+}
+
+/// A `refund.created` arrives and no event carrying the charge ever does: a refund object
+/// names its charge and its own amount, not the charge's (a charge of 2000 that funded 600 +
+/// 400; a refund of 500 takes a quarter: 150 + 100). The charge is read from Stripe; while it
+/// cannot be (Stripe down, or no Stripe key) the event fails Unavailable and nothing changes;
+/// the retry applies it exactly once.
+async fn a_refund_before_its_charge_waits_until_the_charge_is_read(
+    service: &crate::cases::Cases,
+    stripe: &crate::ports::testing::MemoryRefunds,
+    notices: &Notices,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let usd = payouts_runtime::Currency::usd();
+    let refund = |id: &str, charge: &str, amount: i64| {
+        serde_json::json!({"object": "refund", "id": id, "amount": amount, "charge": charge,
+            "status": "succeeded", "currency": "usd"})
+    };
+    let earnings = |user: &'static str| {
+        let usd = usd.clone();
+        async move {
+            let earnings = service.ledger.earnings(user, &usd).await.unwrap();
+            (earnings.active.cents, earnings.refunded.cents)
+        }
+    };
+    let audits = || async {
+        service
+            .ledger
+            .allocations
+            .list_by_charge("ch_first", 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.audit.len())
+            .collect::<Vec<_>>()
+    };
+    let told = |event: &str| {
+        notices
+            .sent()
+            .iter()
+            .filter(|(_, m)| m.key.contains(event))
+            .count()
+    };
+    service
+        .record(&charge_credit("first_a", "u-first-a", "ch_first", 600))
+        .await
+        .unwrap();
+    service
+        .record(&charge_credit("first_b", "u-first-b", "ch_first", 400))
+        .await
+        .unwrap();
+    stripe.set_charge("ch_first", 2000);
+    let event = refund("re_first", "ch_first", 500);
+
+    // Stripe does not answer: Unavailable, nothing taken, nobody told.
+    let calls = stripe.charge_calls.load(SeqCst);
+    stripe.fail_next_charge(ServiceError::unavailable(
+        "stripe down",
+        anyhow::anyhow!("test"),
+    ));
+    let error = service
+        .handle("evt_first", "refund.created", at(1), &event)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    assert_eq!(stripe.charge_calls.load(SeqCst), calls + 1);
+    assert_eq!(earnings("u-first-a").await, (600, 0));
+    assert_eq!(earnings("u-first-b").await, (400, 0));
+    assert_eq!(audits().await, [0, 0], "no allocation changed");
+    assert_eq!(told("evt_first"), 0);
+    let case = service.cases.get("ch_first").await.unwrap().unwrap();
+    assert_eq!(case.amount, None);
+    assert!(case.needs_amount());
+
+    // The inbox's retry reads the charge: the share is taken, once.
+    for _ in 0..2 {
+        service
+            .handle("evt_first", "refund.created", at(1), &event)
+            .await
+            .unwrap();
+        assert_eq!(earnings("u-first-a").await, (450, 150));
+        assert_eq!(earnings("u-first-b").await, (300, 100));
+        assert_eq!(audits().await, [1, 1], "changed once");
+    }
+    assert_eq!(
+        stripe.charge_calls.load(SeqCst),
+        calls + 2,
+        "read once known"
+    );
+    let case = service.cases.get("ch_first").await.unwrap().unwrap();
+    assert_eq!(
+        case.amount,
+        Some((2000, usd.clone())),
+        "recorded on the case"
+    );
+    assert!(!case.needs_amount());
+    assert_eq!(
+        told("evt_first"),
+        4,
+        "an alert and a notification per creator"
+    );
+    assert_exact(&service.ledger, "u-first-a").await;
+    assert_exact(&service.ledger, "u-first-b").await;
+
+    // Without a Stripe key the refund waits (Unavailable), and so does a credit of its
+    // charge (it would be written payable in full); with one, the retry applies it.
+    let keyless = crate::cases::Cases {
+        ledger: Arc::clone(&service.ledger),
+        cases: Arc::clone(&service.cases),
+        notices: Arc::clone(&service.notices),
+        refunds: None,
+    };
+    keyless
+        .record(&charge_credit("nokey_a", "u-nokey", "ch_nokey", 1000))
+        .await
+        .unwrap();
+    let event = refund("re_nokey", "ch_nokey", 300);
+    let error = keyless
+        .handle("evt_nokey", "refund.created", at(2), &event)
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    let error = keyless
+        .record(&charge_credit("nokey_b", "u-nokey", "ch_nokey", 200))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unavailable);
+    assert!(
+        service
+            .ledger
+            .allocations
+            .get("nokey_b")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(earnings("u-nokey").await, (1000, 0));
+    assert_eq!(told("evt_nokey"), 0);
+    stripe.set_charge("ch_nokey", 2000);
+    service
+        .handle("evt_nokey", "refund.created", at(2), &event)
+        .await
+        .unwrap();
+    assert_eq!(earnings("u-nokey").await, (850, 150));
+    // The credit retried now meets the charge's case: 300 of 2000 takes 15% of it too.
+    let (credit, created) = service
+        .record(&charge_credit("nokey_b", "u-nokey", "ch_nokey", 200))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!(credit.amount.cents + credit.refunded_cents, 200);
+    assert_eq!(earnings("u-nokey").await, (1020, 180));
+    assert_exact(&service.ledger, "u-nokey").await;
 }
 
 /// The interleaving of a credit recorded after its charge was disputed (or fully refunded):
