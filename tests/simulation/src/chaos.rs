@@ -67,6 +67,12 @@ impl Chaos {
         hit
     }
 
+    /// Counts a fault the scheduler chose as a step (an outage, an admin's repeated
+    /// request), without drawing from the generator.
+    pub fn count(&self, kind: &'static str) {
+        *self.lock().injected.entry(kind).or_default() += 1;
+    }
+
     pub fn set_faults(&self, on: bool) {
         self.lock().faults = on;
     }
@@ -87,4 +93,42 @@ pub fn unavailable(what: &str) -> ServiceError {
         format!("{what} is unavailable"),
         std::io::Error::other("simulated fault"),
     )
+}
+
+/// Owner services down for a while: an outage, not a blip. Every call to a service that is
+/// down fails as unavailable until it is back. Outages last longer than the old parking
+/// window of the webhook inbox (5 attempts, 30 s doubling: about 7.5 minutes), so an event
+/// that counted "unavailable" toward parking would park during one.
+#[derive(Clone, Default)]
+pub struct Outages {
+    down: Arc<Mutex<BTreeMap<&'static str, chrono::DateTime<chrono::Utc>>>>,
+}
+
+impl Outages {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, chrono::DateTime<chrono::Utc>>> {
+        self.down
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// `service` is down until `until`.
+    pub fn start(&self, service: &'static str, until: chrono::DateTime<chrono::Utc>) {
+        let mut down = self.lock();
+        let entry = down.entry(service).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// Whether calls to `service` ("disputes", "payouts", ...) fail at `now`.
+    pub fn is_down(&self, service: &str, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.lock()
+            .iter()
+            .any(|(name, until)| *name == service && now < *until)
+    }
+
+    /// Every outage over (the drain).
+    pub fn end_all(&self) {
+        self.lock().clear();
+    }
 }

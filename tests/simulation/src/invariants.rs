@@ -7,6 +7,12 @@ use payouts_payouts::payout::{Payout, PayoutStatus};
 use payouts_webhooks::domain::EventStatus;
 use serde_json::Value;
 
+use payouts_disputes::charges::refund_counts;
+use payouts_disputes::split::{proportional, refunded_share};
+use payouts_disputes::store::{AllocationRepository, MemoryAllocations};
+use payouts_webhooks::store::MemoryInbox;
+use std::sync::Arc;
+
 use crate::ports::Windows;
 use crate::stripe::SimStripe;
 use crate::world::Stores;
@@ -54,6 +60,99 @@ impl Observed {
             }
         }
         lines
+    }
+}
+
+/// What the creators earned by Stripe's truth, not by our books: each charge's allocations
+/// less the share of the charge Stripe refunded (its refunds by id, at their status in
+/// Stripe now, summed; never what our books say) and nothing for a lost dispute. Only
+/// news the events applied so far made known counts (an event not yet applied is a race
+/// every system has, and the debt rule covers it); within that, a book that counted less
+/// than Stripe says is caught.
+#[derive(Clone)]
+pub struct Truth {
+    pub stripe: SimStripe,
+    pub inbox: Arc<MemoryInbox>,
+    pub allocations: Arc<MemoryAllocations>,
+    /// Every supporter's charge: id and amount.
+    pub charges: Vec<(String, i64)>,
+}
+
+impl Truth {
+    /// Lifetime earnings of every creator, by Stripe's truth of the news applied so far.
+    pub fn lifetimes(&self) -> BTreeMap<String, i64> {
+        let mut known: BTreeMap<String, (std::collections::BTreeSet<String>, bool)> =
+            BTreeMap::new();
+        for event in self.inbox.all() {
+            if event.status != EventStatus::Completed {
+                continue;
+            }
+            if let Some(news) = self.stripe.news(&event.event_id) {
+                let entry = known.entry(news.charge).or_default();
+                entry.0.extend(news.refunds);
+                entry.1 |= news.lost;
+            }
+        }
+        self.of(&known)
+    }
+
+    /// Lifetime earnings of every creator once every event Stripe sent was applied.
+    pub fn lifetimes_at_end(&self) -> BTreeMap<String, i64> {
+        let known = self
+            .charges
+            .iter()
+            .map(|(charge, _)| {
+                let refunds = self
+                    .stripe
+                    .refunds_of(charge)
+                    .iter()
+                    .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                    .collect();
+                (charge.clone(), (refunds, self.stripe.lost(charge)))
+            })
+            .collect();
+        self.of(&known)
+    }
+
+    pub fn lifetime(&self, user_id: &str) -> i64 {
+        self.lifetimes().get(user_id).copied().unwrap_or(0)
+    }
+
+    fn of(
+        &self,
+        known: &BTreeMap<String, (std::collections::BTreeSet<String>, bool)>,
+    ) -> BTreeMap<String, i64> {
+        let mut lifetimes: BTreeMap<String, i64> = BTreeMap::new();
+        for (charge, amount) in &self.charges {
+            let mut allocations = crate::world::now(self.allocations.list_by_charge(charge, 1_000))
+                .unwrap_or_default();
+            allocations.sort_by(|a, b| a.id.cmp(&b.id));
+            let (refund_ids, lost) = known.get(charge).cloned().unwrap_or_default();
+            let refunded: i64 = self
+                .stripe
+                .refunds_of(charge)
+                .iter()
+                .filter(|r| r["id"].as_str().is_some_and(|id| refund_ids.contains(id)))
+                .filter(|r| refund_counts(r["status"].as_str().unwrap_or_default()))
+                .map(|r| r["amount"].as_i64().unwrap_or(0))
+                .sum();
+            let originals: Vec<i64> = allocations
+                .iter()
+                .map(|a| a.original_amount.cents)
+                .collect();
+            let funded: i64 = originals.iter().sum();
+            let share = refunded_share(funded, refunded, *amount).unwrap_or(0);
+            let reductions = proportional(share, &originals);
+            for (allocation, reduction) in allocations.iter().zip(reductions) {
+                let left = if lost {
+                    0
+                } else {
+                    allocation.original_amount.cents - reduction
+                };
+                *lifetimes.entry(allocation.user_id.clone()).or_default() += left;
+            }
+        }
+        lifetimes
     }
 }
 
@@ -115,7 +214,7 @@ pub fn always(
             - transfer["amount_reversed"].as_i64().unwrap_or(0);
         *moved.entry(metadata(transfer, "user_id")).or_default() += left;
     }
-    let mut ceilings: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut ceilings: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for transfer in &transfers {
         let id = transfer["id"].as_str().unwrap_or_default();
         if observed.transfers.contains(id) {
@@ -129,16 +228,47 @@ pub fn always(
         };
         let user = metadata(transfer, "user_id");
         let entry = ceilings.entry(user).or_insert(ceiling);
-        *entry = (*entry).min(ceiling);
+        *entry = (entry.0.min(ceiling.0), entry.1.min(ceiling.1));
         observed.transfers.insert(id.to_owned());
     }
-    for (user, ceiling) in &ceilings {
+    for (user, (book, truth)) in &ceilings {
         let cents = moved.get(user).copied().unwrap_or(0);
-        if cents > *ceiling {
+        if cents > *truth {
             return Err(format!(
-                "{user} holds {cents} cents from Stripe but earned at most {ceiling} (after refunds) since the transfer's re-check"
+                "{user} holds {cents} cents from Stripe but by Stripe's own refunds and disputes earned at most {truth} since the transfer's re-check (our book said {book})"
             ));
         }
+        if cents > *book {
+            return Err(format!(
+                "{user} holds {cents} cents from Stripe but earned at most {book} (after refunds) since the transfer's re-check"
+            ));
+        }
+    }
+
+    // No event waits parked because a service was down: an outage is waited out, only a
+    // definite refusal parks (and nothing in the simulation is refused for good).
+    for event in stores.inbox.all() {
+        if event.status == EventStatus::Failed {
+            return Err(format!(
+                "webhook event {} ({}) parked after {} attempts ({} refusals): {:?}",
+                event.event_id, event.event_type, event.attempts, event.refusals, event.last_error
+            ));
+        }
+    }
+
+    // One admin reversal intent is at most one reversal at Stripe.
+    let mut per_intent: BTreeMap<String, usize> = BTreeMap::new();
+    for reversal in stripe.reversals() {
+        if let Some(intent) =
+            reversal["metadata"][payouts_payouts::stripe::REVERSAL_INTENT_METADATA].as_str()
+        {
+            *per_intent.entry(intent.to_owned()).or_default() += 1;
+        }
+    }
+    if let Some((intent, count)) = per_intent.iter().find(|(_, count)| **count > 1) {
+        return Err(format!(
+            "reversal intent {intent} was made {count} times at Stripe"
+        ));
     }
 
     // No payout state moves backwards (and only a payout still admitting may vanish: a
@@ -246,8 +376,36 @@ pub fn settled(stores: &Stores, stripe: &SimStripe) -> bool {
 /// The end state, faults off and time advanced: nothing stuck, every owed effect settled,
 /// quota exactly what the payouts need, every event processed, every transfer Stripe made
 /// belonging to exactly one payout.
-pub fn at_end(stores: &Stores, stripe: &SimStripe) -> Result<(), String> {
+pub fn at_end(stores: &Stores, stripe: &SimStripe, truth: &Truth) -> Result<(), String> {
     earnings_add_up(stores)?;
+    // Every event applied: each creator's book is what Stripe's refunds and disputes say.
+    let by_stripe = truth.lifetimes_at_end();
+    for (user, cents) in &by_stripe {
+        let book = crate::world::now(payouts_disputes::store::EarningsBookRepository::get(
+            stores.books.as_ref(),
+            user,
+        ))
+        .map_or(0, |book| {
+            book.earnings(&payouts_runtime::Currency::usd())
+                .lifetime
+                .cents
+        });
+        if book != *cents {
+            return Err(format!(
+                "the earnings book of {user} says {book} after refunds, Stripe's refunds and disputes {cents}"
+            ));
+        }
+    }
+    for payout in stores.payouts.all() {
+        for intent in &payout.reversal_intents {
+            if !intent.state.is_resolved() {
+                return Err(format!(
+                    "reversal intent {} of {} is unresolved: {:?}",
+                    intent.id, payout.id, intent.state
+                ));
+            }
+        }
+    }
     let payouts: BTreeMap<String, Payout> = stores
         .payouts
         .all()
@@ -411,7 +569,7 @@ fn earnings_add_up(stores: &Stores) -> Result<(), String> {
         };
         if !case.notices.is_empty() {
             return Err(format!(
-                "charge {charge} still owes {} notices",
+                "charge {charge} still owes {} notices: {case:?}",
                 case.notices.len()
             ));
         }

@@ -22,7 +22,7 @@ use payouts_payouts::ports::{
 };
 use payouts_runtime::clock::ManualClock;
 use payouts_runtime::{Clock as _, Money, ServiceError};
-use payouts_webhooks::domain::{InboxEvent, Owner};
+use payouts_webhooks::domain::{DispatchFailure, InboxEvent, Owner};
 use payouts_webhooks::inbox::Dispatcher;
 
 use crate::chaos::unavailable;
@@ -53,15 +53,21 @@ async fn call<T>(
     request: impl Future<Output = Result<T, ServiceError>>,
 ) -> Result<T, ServiceError> {
     let sent = clock.now();
+    let name = service.split('.').next().unwrap_or(service);
     hazard.gate.point(service).await;
-    if clock.now() - sent > DEADLINE || hazard.chaos.fault("service down", SERVICE_DOWN) {
+    if clock.now() - sent > DEADLINE
+        || hazard.outages.is_down(name, clock.now())
+        || hazard.chaos.fault("service down", SERVICE_DOWN)
+    {
         return Err(unavailable(service));
     }
     let answer = request.await;
     hazard.gate.point(service).await;
     match answer {
+        // An outage that began while the request was served: it acted, the answer is lost.
         Ok(_)
             if clock.now() - sent > DEADLINE
+                || hazard.outages.is_down(name, clock.now())
                 || hazard.chaos.fault("service answer lost", ANSWER_LOST) =>
         {
             Err(unavailable(service))
@@ -191,23 +197,40 @@ impl LimitsPort for LimitsCalls {
     }
 }
 
-/// For each payout whose transfer was re-checked, the most its creator's earnings (as the
-/// disputes service reports them: lifetime after refunds) were from the start of that
-/// re-check until now. A transfer made after it is covered by earnings of that window: the
-/// limits admit and re-check only while payable earnings cover everything committed, and
-/// refunds that land after that moment are the creator's debt, not an overpayment.
+/// For each payout whose transfer was re-checked, the most its creator's earnings were from
+/// the start of that re-check until now: as the disputes service reports them (lifetime
+/// after refunds), and as Stripe's truth has them ([`crate::invariants::Truth`]: the
+/// refunds and lost disputes the events applied so far made known, at Stripe's own figures).
+/// A transfer made after it is covered by earnings of that window: the limits admit and
+/// re-check only while payable earnings cover everything committed, and refunds that land
+/// after that moment are the creator's debt, not an overpayment.
 #[derive(Clone)]
 pub struct Windows {
     books: Arc<MemoryEarningsBooks>,
-    open: Arc<Mutex<BTreeMap<String, (String, i64)>>>,
+    truth: Arc<OnceLock<crate::invariants::Truth>>,
+    open: Arc<Mutex<BTreeMap<String, Window>>>,
+}
+
+/// One payout's window: its creator, and the most their earnings were (book, truth).
+#[derive(Debug, Clone)]
+struct Window {
+    user: String,
+    book: i64,
+    truth: i64,
 }
 
 impl Windows {
     pub fn new(books: Arc<MemoryEarningsBooks>) -> Self {
         Self {
             books,
+            truth: Arc::default(),
             open: Arc::default(),
         }
+    }
+
+    /// Stripe's truth, once the simulated Stripe and its charges exist.
+    pub fn set_truth(&self, truth: crate::invariants::Truth) {
+        let _ = self.truth.set(truth);
     }
 
     /// Lifetime earnings after refunds, as reported now.
@@ -221,37 +244,56 @@ impl Windows {
             .unwrap_or(0)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (String, i64)>> {
+    fn truth(&self, user_id: &str) -> i64 {
+        self.truth
+            .get()
+            .map_or(i64::MAX, |truth| truth.lifetime(user_id))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Window>> {
         self.open
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn open(&self, user_id: &str, payout_id: &str) {
-        let lifetime = self.lifetime(user_id);
-        self.lock()
-            .insert(payout_id.to_owned(), (user_id.to_owned(), lifetime));
+        let window = Window {
+            user: user_id.to_owned(),
+            book: self.lifetime(user_id),
+            truth: self.truth(user_id),
+        };
+        self.lock().insert(payout_id.to_owned(), window);
     }
 
     /// After every step: each window keeps the most its creator's earnings reached.
     pub fn observe(&self) {
-        let users: Vec<String> = self.lock().values().map(|(user, _)| user.clone()).collect();
-        let now: BTreeMap<String, i64> = users
+        let users: std::collections::BTreeSet<String> =
+            self.lock().values().map(|w| w.user.clone()).collect();
+        if users.is_empty() {
+            return;
+        }
+        let truths = self.truth.get().map(|truth| truth.lifetimes());
+        let now: BTreeMap<String, (i64, i64)> = users
             .into_iter()
             .map(|user| {
-                let lifetime = self.lifetime(&user);
-                (user, lifetime)
+                let book = self.lifetime(&user);
+                let truth = truths
+                    .as_ref()
+                    .map_or(i64::MAX, |t| t.get(&user).copied().unwrap_or(0));
+                (user, (book, truth))
             })
             .collect();
-        for (user, most) in self.lock().values_mut() {
-            *most = (*most).max(now.get(user).copied().unwrap_or(0));
+        for window in self.lock().values_mut() {
+            let (book, truth) = now.get(&window.user).copied().unwrap_or((0, 0));
+            window.book = window.book.max(book);
+            window.truth = window.truth.max(truth);
         }
     }
 
-    /// The most the payout's creator earned since its last re-check began; None when its
-    /// transfer was never re-checked.
-    pub fn ceiling(&self, payout_id: &str) -> Option<i64> {
-        self.lock().get(payout_id).map(|(_, most)| *most)
+    /// The most the payout's creator earned since its last re-check began, (by the book,
+    /// by Stripe's truth); None when its transfer was never re-checked.
+    pub fn ceiling(&self, payout_id: &str) -> Option<(i64, i64)> {
+        self.lock().get(payout_id).map(|w| (w.book, w.truth))
     }
 }
 
@@ -360,22 +402,25 @@ impl PayoutsPort for DecisionCalls {
     }
 }
 
-/// The payouts service, as the webhook inbox dispatches events to it.
+/// The owner services, as the webhook inbox dispatches events to them.
 pub struct EventCalls {
     pub hazard: Hazard,
     pub clock: ManualClock,
     /// Weak: the replicas hold these calls (a strong cycle would never be freed).
     pub replicas: Weak<Replicas>,
+    /// Critical alerts raised (a parked event's).
+    pub raised: Arc<Mutex<Vec<String>>>,
 }
 
 #[async_trait]
 impl Dispatcher for EventCalls {
-    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, String> {
+    async fn dispatch(&self, owner: Owner, event: &InboxEvent) -> Result<String, DispatchFailure> {
         if owner == Owner::Disputes {
-            let cases =
-                pick(&self.hazard, &self.replicas, |r| &r.disputes).map_err(|e| e.to_string())?;
+            let cases = pick(&self.hazard, &self.replicas, |r| &r.disputes)?;
             let payload: serde_json::Value =
-                serde_json::from_str(&event.payload).map_err(|error| error.to_string())?;
+                serde_json::from_str(&event.payload).map_err(|error| {
+                    DispatchFailure::new(tonic::Code::InvalidArgument, error.to_string())
+                })?;
             let created = DateTime::from_timestamp(event.created, 0).unwrap_or_default();
             return call(
                 &self.hazard,
@@ -390,9 +435,9 @@ impl Dispatcher for EventCalls {
             )
             .await
             .map(|applied| applied.detail)
-            .map_err(|error| error.to_string());
+            .map_err(DispatchFailure::from);
         }
-        let flow = pick(&self.hazard, &self.replicas, |r| &r.payouts).map_err(|e| e.to_string())?;
+        let flow = pick(&self.hazard, &self.replicas, |r| &r.payouts)?;
         let parsed = Event::parse(
             &event.event_id,
             &event.event_type,
@@ -400,7 +445,7 @@ impl Dispatcher for EventCalls {
             event.created,
             event.payload.as_bytes(),
         )
-        .map_err(|error| error.to_string())?;
+        .map_err(DispatchFailure::from)?;
         call(
             &self.hazard,
             &self.clock,
@@ -409,6 +454,18 @@ impl Dispatcher for EventCalls {
         )
         .await
         .map(|applied| applied.detail)
+        .map_err(DispatchFailure::from)
+    }
+
+    async fn alert_parked(&self, event: &InboxEvent) -> Result<(), String> {
+        call(&self.hazard, &self.clock, "notifications.alert", async {
+            self.raised
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(format!("webhook_event_parked {}", event.event_id));
+            Ok(())
+        })
+        .await
         .map_err(|error| error.to_string())
     }
 }

@@ -34,6 +34,8 @@ const WRITE_ANSWER_LOST: u32 = 4;
 pub struct Hazard {
     pub gate: Gate,
     pub chaos: Chaos,
+    /// Services down for a while ([`crate::chaos::Outages`]).
+    pub outages: crate::chaos::Outages,
 }
 
 impl Hazard {
@@ -219,6 +221,18 @@ impl AccountRepository for Hazardous<dyn AccountRepository> {
             .read(
                 "accounts.find",
                 self.inner.find_by_stripe_account(stripe_account_id),
+            )
+            .await
+    }
+    async fn due_bank_looks(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<Account>, ServiceError> {
+        self.hazard
+            .read(
+                "accounts.due_bank_looks",
+                self.inner.due_bank_looks(now, limit),
             )
             .await
     }

@@ -14,12 +14,13 @@ use chrono::{DateTime, Duration, Utc};
 use payouts_payouts::domain::StripeAccountStatus;
 use payouts_payouts::payout::{SeenTransfer, StripeFailure, is_retryable_code};
 use payouts_payouts::stripe::{
-    StripeApi, TransferRequest, account_status_from_json, seen_from_json,
+    BankPayout, ListedReversal, REVERSAL_INTENT_METADATA, StripeApi, TransferRequest,
+    account_status_from_json, bank_payout_from_json, reversal_from_json, seen_from_json,
 };
 use payouts_runtime::Clock as _;
 use payouts_runtime::clock::ManualClock;
 use payouts_runtime::testing::stripe::fixture;
-use payouts_runtime::testing::stripe_ledger::{Ledger, error_body};
+use payouts_runtime::testing::stripe_ledger::{AmountRefundedOnFailure, Ledger, error_body};
 use serde_json::{Value, json};
 
 use crate::chaos::Chaos;
@@ -34,6 +35,9 @@ const ERROR_BEFORE: u32 = 40;
 const ERROR_AFTER: u32 = 40;
 const ANSWER_LOST: u32 = 50;
 const LOOKUP_FAILS: u32 = 80;
+/// Admin reversals are few; the answer of one is lost often enough that the retry after a
+/// lost answer (issue 21's double reversal) happens in most runs that reverse.
+const REVERSAL_ANSWER_LOST: u32 = 200;
 
 /// A request Stripe has not received this long after it was sent never reaches it, and an
 /// answer that comes later than this is never read: the client has given up (its timeout is
@@ -66,6 +70,20 @@ struct State {
     failed: BTreeSet<String>,
     /// What Stripe did, for the trace.
     log: Vec<String>,
+    /// What each event about a supporter's charge tells whoever applies it.
+    news: BTreeMap<String, News>,
+}
+
+/// What an event about a supporter's charge tells: which refunds of the charge it makes
+/// known (a refund object: itself; a charge object: every refund made by then, which its
+/// `amount_refunded` sums and Stripe's refund list names), and whether it says the dispute
+/// was lost. The Stripe-truth invariant counts, for each charge, the refunds and lost
+/// disputes the events applied so far made known, at the refunds' status in Stripe now.
+#[derive(Debug, Clone, Default)]
+pub struct News {
+    pub charge: String,
+    pub refunds: Vec<String>,
+    pub lost: bool,
 }
 
 /// The simulated Stripe.
@@ -150,10 +168,93 @@ impl SimStripe {
     }
 
     /// Stripe sends news of a supporter's charge (a platform event: refunds, disputes).
-    pub fn charge_event(&self, event_type: &str, object: Value) {
+    pub fn charge_event(&self, event_type: &str, object: Value, news: News) {
         let now = self.clock.now();
         let mut state = self.lock();
         Self::emit(&mut state, event_type, None, object, now, true);
+        let id = format!("evt_sim_{:05}", state.events);
+        state.news.insert(id, news);
+    }
+
+    /// What Stripe does to `amount_refunded` when a refund fails (its documentation does
+    /// not say: each run picks one).
+    pub fn set_amount_refunded_on_failure(&self, behaviour: AmountRefundedOnFailure) {
+        self.lock().ledger.set_amount_refunded_on_failure(behaviour);
+    }
+
+    /// A supporter's captured charge.
+    pub fn create_charge(&self, id: &str, cents: i64) {
+        let now = self.clock.now();
+        self.lock()
+            .ledger
+            .create_charge_as(id, cents, "usd", now.timestamp());
+    }
+
+    /// A refund of `cents` of a charge in `status`: the refund and the charge after it, or
+    /// None when there is nothing left to refund.
+    pub fn refund(&self, charge_id: &str, cents: i64, status: &str) -> Option<(Value, Value)> {
+        let now = self.clock.now();
+        self.lock()
+            .ledger
+            .create_refund(charge_id, Some(cents), status, now.timestamp())
+            .ok()
+    }
+
+    /// A refund moves to `status`: the refund and its charge after it.
+    pub fn set_refund_status(&self, refund_id: &str, status: &str) -> Option<(Value, Value)> {
+        self.lock().ledger.set_refund_status(refund_id, status)
+    }
+
+    /// The refunds of a charge as Stripe holds them now.
+    pub fn refunds_of(&self, charge_id: &str) -> Vec<Value> {
+        self.lock()
+            .ledger
+            .list_refunds(Some(charge_id))
+            .unwrap_or_default()
+    }
+
+    /// What the event `event_id` tells about a supporter's charge, if it is such an event.
+    pub fn news(&self, event_id: &str) -> Option<News> {
+        self.lock().news.get(event_id).cloned()
+    }
+
+    /// Whether Stripe told of the charge's dispute as lost.
+    pub fn lost(&self, charge_id: &str) -> bool {
+        self.lock()
+            .news
+            .values()
+            .any(|news| news.charge == charge_id && news.lost)
+    }
+
+    /// Every reversal Stripe holds of every transfer.
+    pub fn reversals(&self) -> Vec<Value> {
+        let state = self.lock();
+        state
+            .ledger
+            .transfers()
+            .iter()
+            .filter_map(|t| t["id"].as_str())
+            .flat_map(|id| state.ledger.reversals_of(id).unwrap_or_default())
+            .collect()
+    }
+
+    /// The automatic bank payout's reconciliation completes:
+    /// `payout.reconciliation_completed` (false when it already had).
+    pub fn reconcile(&self, bank_payout_id: &str, account: &str) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        let Some(payout) = state.ledger.reconcile(bank_payout_id) else {
+            return false;
+        };
+        Self::emit(
+            &mut state,
+            "payout.reconciliation_completed",
+            Some(account),
+            payout,
+            now,
+            false,
+        );
+        true
     }
 
     /// What Stripe did since the last call, for the trace.
@@ -285,7 +386,14 @@ impl SimStripe {
         let mut state = self.lock();
         state.ledger.set_payouts_enabled(account, enabled);
         let object = state.ledger.account(account);
-        Self::emit(&mut state, "account.updated", None, object, now, false);
+        Self::emit(
+            &mut state,
+            "account.updated",
+            Some(account),
+            object,
+            now,
+            false,
+        );
     }
 
     /// Forgets idempotency keys older than 24 hours, as Stripe does.
@@ -437,43 +545,98 @@ impl StripeApi for SimStripe {
         &self,
         request: &payouts_payouts::stripe::ReversalRequest,
     ) -> Result<String, StripeFailure> {
-        self.hazard.gate.point("stripe.reverse_transfer").await;
+        let sent = self.clock.now();
+        if self.late(sent, "stripe.reverse_transfer").await {
+            return Err(unknown("timeout: the request never reached Stripe"));
+        }
         let now = self.clock.now();
-        let params = vec![("amount".to_owned(), request.cents.to_string())];
+        let params = vec![
+            ("amount".to_owned(), request.cents.to_string()),
+            ("metadata[payout_id]".to_owned(), request.payout_id.clone()),
+            ("metadata[requested_by]".to_owned(), request.actor.clone()),
+            (
+                format!("metadata[{REVERSAL_INTENT_METADATA}]"),
+                request.intent_id.clone(),
+            ),
+        ];
         let key = format!("reversal:{}", request.idempotency_key);
-        let mut state = self.lock();
-        let (status, body) = match state.ledger.replay(&key, &params) {
-            Some(replayed) => replayed,
-            None => {
-                let answer = match state.ledger.create_reversal(
-                    &request.transfer_id,
-                    &params,
-                    now.timestamp(),
-                ) {
-                    Ok(reversal) => (200, reversal.to_string()),
-                    Err((status, code, message)) => (status, error_body(status, code, &message)),
-                };
-                state.ledger.remember(&key, &params, answer.0, &answer.1);
-                if answer.0 == 200
-                    && let Some(transfer) = state
-                        .ledger
-                        .transfers()
-                        .iter()
-                        .find(|t| t["id"] == request.transfer_id.as_str())
-                        .cloned()
+        let (status, body, lost) = {
+            let mut state = self.lock();
+            Self::prune_keys(&mut state, now);
+            state.keys.entry(key.clone()).or_insert(now);
+            match state.ledger.replay(&key, &params) {
+                Some((status, body)) => (status, body, false),
+                None if self
+                    .chaos()
+                    .fault("stripe 500 before the reversal", ERROR_BEFORE) =>
                 {
-                    Self::emit(&mut state, "transfer.reversed", None, transfer, now, false);
+                    let body = error_body(500, "api_error", "simulated");
+                    state.ledger.remember(&key, &params, 500, &body);
+                    (500, body, false)
                 }
-                answer
+                None => {
+                    let answer = match state.ledger.create_reversal(
+                        &request.transfer_id,
+                        &params,
+                        now.timestamp(),
+                    ) {
+                        Ok(reversal) => (200, reversal.to_string()),
+                        Err((status, code, message)) => {
+                            (status, error_body(status, code, &message))
+                        }
+                    };
+                    state.ledger.remember(&key, &params, answer.0, &answer.1);
+                    if answer.0 == 200
+                        && let Some(transfer) = state.ledger.transfer(&request.transfer_id)
+                    {
+                        Self::emit(&mut state, "transfer.reversed", None, transfer, now, false);
+                    }
+                    let lost = answer.0 == 200
+                        && self
+                            .chaos()
+                            .fault("stripe reversal answer lost", REVERSAL_ANSWER_LOST);
+                    (answer.0, answer.1, lost)
+                }
             }
         };
-        state.log.push(format!("  stripe reversal {key}: {status}"));
-        if status != 200 {
-            return Err(declined("parameter_invalid_integer", false));
+        self.lock()
+            .log
+            .push(format!("  stripe reversal {key}: {status} lost={lost}"));
+        // A crash here is an answer lost after Stripe acted.
+        self.hazard
+            .gate
+            .point("stripe.reverse_transfer.answer")
+            .await;
+        if lost || self.clock.now() - sent > REQUEST_TIMEOUT {
+            return Err(unknown("lost answer"));
         }
-        let reversal: serde_json::Value =
+        if status != 200 {
+            let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let code = body["error"]["code"].as_str().unwrap_or("api_error");
+            if status >= 500 || body["error"]["type"] == "idempotency_error" {
+                return Err(unknown(&format!("{status} {code}")));
+            }
+            return Err(declined(code, false));
+        }
+        let reversal: Value =
             serde_json::from_str(&body).map_err(|_| unknown("unreadable answer"))?;
         Ok(reversal["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    async fn list_reversals(
+        &self,
+        transfer_id: &str,
+    ) -> Result<Vec<ListedReversal>, StripeFailure> {
+        if self.late(self.clock.now(), "stripe.list_reversals").await {
+            return Err(unknown("timeout"));
+        }
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(unknown("timeout"));
+        }
+        match self.lock().ledger.reversals_of(transfer_id) {
+            Some(reversals) => Ok(reversals.iter().filter_map(reversal_from_json).collect()),
+            None => Err(declined("resource_missing", false)),
+        }
     }
 
     async fn find_transfers(
@@ -559,6 +722,29 @@ impl StripeApi for SimStripe {
             .collect())
     }
 
+    async fn retrieve_bank_payout(
+        &self,
+        account_id: &str,
+        bank_payout_id: &str,
+    ) -> Result<BankPayout, StripeFailure> {
+        if self.late(self.clock.now(), "stripe.retrieve_payout").await {
+            return Err(unknown("timeout"));
+        }
+        if self.chaos().fault("stripe lookup failed", LOOKUP_FAILS) {
+            return Err(unknown("timeout"));
+        }
+        let payout = self
+            .lock()
+            .ledger
+            .retrieve_bank_payout(account_id, bank_payout_id);
+        match payout {
+            Some(payout) => bank_payout_from_json(&payout).ok_or_else(|| unknown("unreadable")),
+            None => Err(declined("resource_missing", false)),
+        }
+    }
+
+    /// As Stripe answers: before the payout's reconciliation completed the list may be
+    /// partial; a manual payout's cannot be listed.
     async fn bank_payout_sources(
         &self,
         account_id: &str,
@@ -576,14 +762,68 @@ impl StripeApi for SimStripe {
         match self
             .lock()
             .ledger
-            .balance_transactions(account_id, bank_payout_id)
+            .list_balance_transactions(account_id, bank_payout_id)
         {
-            Some(transactions) => Ok(transactions
+            Ok(transactions) => Ok(transactions
                 .iter()
                 .filter_map(|t| t["source"].as_str().map(str::to_owned))
                 .collect()),
-            None => Err(declined("resource_missing", false)),
+            Err((_, code, _)) => Err(declined(code, false)),
         }
+    }
+}
+
+/// The disputes service's refund lookups (`GET /v1/refunds?charge=`).
+#[async_trait]
+impl payouts_disputes::ports::StripeRefunds for SimStripe {
+    async fn refunds_of(
+        &self,
+        charge_id: &str,
+    ) -> Result<Vec<payouts_disputes::charges::RefundNews>, payouts_runtime::ServiceError> {
+        if self.late(self.clock.now(), "stripe.list_refunds").await
+            || self
+                .chaos()
+                .fault("stripe refund list failed", LOOKUP_FAILS)
+        {
+            return Err(payouts_runtime::ServiceError::unavailable(
+                "Stripe's refunds could not be read",
+                anyhow::anyhow!("simulated timeout"),
+            ));
+        }
+        let refunds = self.lock().ledger.list_refunds(Some(charge_id));
+        let Some(refunds) = refunds else {
+            return Err(payouts_runtime::ServiceError::failed_precondition(format!(
+                "no such charge: {charge_id}"
+            )));
+        };
+        refunds
+            .iter()
+            .map(|refund| payouts_disputes::charges::refund_news(refund, charge_id))
+            .collect()
+    }
+
+    /// `GET /v1/charges/{id}`: the charge as the ledger holds it now.
+    async fn charge(
+        &self,
+        charge_id: &str,
+    ) -> Result<payouts_disputes::charges::ChargeAmounts, payouts_runtime::ServiceError> {
+        if self.late(self.clock.now(), "stripe.retrieve_charge").await
+            || self
+                .chaos()
+                .fault("stripe charge lookup failed", LOOKUP_FAILS)
+        {
+            return Err(payouts_runtime::ServiceError::unavailable(
+                "Stripe's charge could not be read",
+                anyhow::anyhow!("simulated timeout"),
+            ));
+        }
+        let charge = self.lock().ledger.charge(charge_id);
+        let Some(charge) = charge else {
+            return Err(payouts_runtime::ServiceError::failed_precondition(format!(
+                "no such charge: {charge_id}"
+            )));
+        };
+        payouts_disputes::charges::charge_amounts(&charge)
     }
 }
 

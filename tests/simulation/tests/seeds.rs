@@ -68,6 +68,13 @@ fn the_faults_the_simulation_promises_are_injected() {
         "event delivered twice",
         "event never delivered",
         "stripe event list failed",
+        "stripe refund list failed",
+        "stripe charge lookup failed",
+        "stripe 500 before the reversal",
+        "stripe reversal answer lost",
+        "owner service outage",
+        "admin sends a reversal again",
+        "two admins reverse at once",
     ] {
         assert!(seen.contains(fault), "{fault} never injected: {seen:?}");
     }
