@@ -261,8 +261,28 @@ async fn setup_webhooks_creates_the_three_endpoints_then_updates_them_without_du
     );
     let subscription = at("/api/webhooks/stripe-subscription");
     assert!(subscription["application"].is_null());
-    assert_eq!(events_of(&subscription).len(), 13);
-    assert!(events_of(&subscription).contains(&"charge.dispute.funds_withdrawn".to_owned()));
+    // The platform's own charges: billing, refunds (with every refund status change) and
+    // disputes with their fund movements.
+    assert_eq!(
+        events_of(&subscription),
+        [
+            "charge.dispute.closed",
+            "charge.dispute.created",
+            "charge.dispute.funds_reinstated",
+            "charge.dispute.funds_withdrawn",
+            "charge.refund.updated",
+            "charge.refunded",
+            "checkout.session.completed",
+            "customer.subscription.created",
+            "customer.subscription.deleted",
+            "customer.subscription.updated",
+            "invoice.payment_failed",
+            "invoice.payment_succeeded",
+            "refund.created",
+            "refund.failed",
+            "refund.updated",
+        ]
+    );
     for endpoint in [&payouts, &transfers, &subscription] {
         assert_eq!(endpoint["api_version"], pinned.as_str(), "{endpoint}");
     }
@@ -577,13 +597,13 @@ async fn an_admin_backfills_a_window_and_a_delivered_event_is_not_stored_twice()
         )
         .await;
     assert_eq!(status, 200, "{answer}");
-    // transfer.created (undelivered), the reversal (delivered already), payout.paid of the
-    // bank payout on the account in flight.
+    // transfer.created (undelivered), the reversal (delivered already), payout.paid and
+    // payout.reconciliation_completed of the bank payout on the account in flight.
     assert_eq!(answer["accounts"], 1, "{answer}");
-    assert_eq!(answer["listed"], 3, "{answer}");
+    assert_eq!(answer["listed"], 4, "{answer}");
     assert_eq!(
         (answer["stored"].as_i64(), answer["duplicates"].as_i64()),
-        (Some(2), Some(1)),
+        (Some(3), Some(1)),
         "{answer}"
     );
     system
@@ -790,7 +810,22 @@ async fn admins_list_payouts_by_status_and_user_and_read_one_with_its_audit_log(
             (json!("processing"), json!("completed")),
         ]
     );
-    assert_eq!(detail["auditLog"][2]["stripeEventId"], "evt_admin_paid");
+    // Completed once the bank payout that carried the transfer is reconciled: by the
+    // `payout.paid` event when its object says so, otherwise by looking the bank payout up
+    // (no event id then); either way the entry names the bank payout.
+    let completed = &detail["auditLog"][2];
+    let bank_payout = detail["payout"]["stripePayoutId"].as_str().unwrap();
+    assert!(
+        completed["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("bank payout {bank_payout}")),
+        "{completed}"
+    );
+    assert!(
+        completed["stripeEventId"].is_null() || completed["stripeEventId"] == "evt_admin_paid",
+        "{completed}"
+    );
 
     for (path, expected) in [
         ("/api/admin/payouts?status=admitting", 400),

@@ -975,13 +975,13 @@ async fn a_definite_refusal_still_parks_after_max_attempts_even_between_outages(
     on_both_stores("refusal", |repository| async move {
         let policy = RetryPolicy::default();
         let f = Fixture::new(repository, FakeOwner::failing(100), policy.clone());
-        f.deliver(Endpoint::StripePayouts, &transfer_event("evt_refused"))
+        f.deliver(Endpoint::StripeTransfers, &transfer_event("evt_refused"))
             .await
             .unwrap();
         // Refused, then an outage (waits do not count), then refused until parked.
         for refusal in 1..policy.max_attempts {
             drain(&f).await;
-            let stored = f.stored(Endpoint::StripePayouts, "evt_refused").await;
+            let stored = f.stored(Endpoint::StripeTransfers, "evt_refused").await;
             assert_eq!(
                 (stored.status, stored.refusals),
                 (EventStatus::Processing, refusal)
@@ -989,14 +989,14 @@ async fn a_definite_refusal_still_parks_after_max_attempts_even_between_outages(
             f.owner.set_down(Some(tonic::Code::Unavailable));
             f.clock.set(stored.next_attempt_at.unwrap());
             drain(&f).await;
-            let waiting = f.stored(Endpoint::StripePayouts, "evt_refused").await;
+            let waiting = f.stored(Endpoint::StripeTransfers, "evt_refused").await;
             assert_eq!(waiting.refusals, refusal, "a wait is not a refusal");
             assert!(waiting.waiting.is_some());
             f.owner.set_down(None);
             f.clock.set(waiting.next_attempt_at.unwrap());
         }
         drain(&f).await;
-        let parked = f.stored(Endpoint::StripePayouts, "evt_refused").await;
+        let parked = f.stored(Endpoint::StripeTransfers, "evt_refused").await;
         assert_eq!(parked.status, EventStatus::Failed);
         assert_eq!(parked.refusals, policy.max_attempts);
         assert_eq!(parked.waiting, None);
@@ -1016,7 +1016,7 @@ async fn a_parked_events_alert_is_owed_until_notifications_confirm_it_and_raised
         let f = Fixture::new(repository, FakeOwner::failing(2), policy.clone());
         f.owner.notifications_down.store(true, Ordering::SeqCst);
         park(&f, "evt_alert", &policy).await;
-        let parked = f.stored(Endpoint::StripePayouts, "evt_alert").await;
+        let parked = f.stored(Endpoint::StripeTransfers, "evt_alert").await;
         assert!(parked.alert.is_some(), "the alert is owed");
         assert_eq!(f.repository.statistics().await.unwrap().alerts_owed, 1);
         assert_eq!(f.owner.alerts(), 0);
@@ -1025,7 +1025,7 @@ async fn a_parked_events_alert_is_owed_until_notifications_confirm_it_and_raised
         let parked_at = f.clock.now();
         while f.clock.now() < parked_at + Duration::hours(1) {
             drain(&f).await;
-            let stored = f.stored(Endpoint::StripePayouts, "evt_alert").await;
+            let stored = f.stored(Endpoint::StripeTransfers, "evt_alert").await;
             let due = stored.alert.expect("still owed").due_at;
             assert!(due - f.clock.now() <= policy.max_wait_delay);
             f.clock.set(due);
@@ -1043,7 +1043,7 @@ async fn a_parked_events_alert_is_owed_until_notifications_confirm_it_and_raised
             "no event is processed"
         );
         assert_eq!(f.owner.alerts(), 1);
-        let raised = f.stored(Endpoint::StripePayouts, "evt_alert").await;
+        let raised = f.stored(Endpoint::StripeTransfers, "evt_alert").await;
         assert_eq!(raised.alert, None);
         assert_eq!(
             raised.status,
