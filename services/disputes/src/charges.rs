@@ -56,6 +56,9 @@ pub enum ChargeNews {
     Refunded {
         charge_id: String,
         currency: Currency,
+        /// The money the charge took: `amount_captured` (less than `amount` after a partial
+        /// capture, https://docs.stripe.com/api/charges/object), which is what refunds
+        /// can give back and what the allocations' shares are taken against.
         amount: i64,
         amount_refunded: i64,
         /// Refunds listed on the charge (`refunds.data`), when Stripe included them.
@@ -226,6 +229,17 @@ pub fn charge_amounts(object: &Value) -> Result<ChargeAmounts, ServiceError> {
     })
 }
 
+/// The money a charge object took: `amount_captured` (a partial capture takes less than
+/// `amount`; a full refund gives back `amount_captured`); `amount` for an object without
+/// the field (API versions before it existed captured in full or not at all).
+fn captured(object: &Value) -> Result<i64, ServiceError> {
+    if object.get("amount_captured").is_some_and(|v| !v.is_null()) {
+        amount(object, "amount_captured")
+    } else {
+        amount(object, "amount")
+    }
+}
+
 /// Reads an event's `data.object` (InvalidArgument when it is not what the type says: the
 /// event is parked as failed, visible, not silently dropped).
 pub fn parse(event_type: &str, object: &Value) -> Result<ChargeNews, ServiceError> {
@@ -264,10 +278,7 @@ pub fn parse(event_type: &str, object: &Value) -> Result<ChargeNews, ServiceErro
             })
             .transpose()?
             .unwrap_or_default();
-        let (amount, amount_refunded) = (
-            amount(object, "amount")?,
-            amount(object, "amount_refunded")?,
-        );
+        let (amount, amount_refunded) = (captured(object)?, amount(object, "amount_refunded")?);
         return Ok(ChargeNews::Refunded {
             currency: Currency::parse(text(object, "currency"))?,
             amount,
@@ -607,7 +618,8 @@ impl ChargeCase {
             return None;
         }
         let mut case = self.clone();
-        case.amount = Some((charge.amount, charge.currency.clone()));
+        // What the charge took (a partial capture takes less than `amount`).
+        case.amount = Some((charge.amount_captured, charge.currency.clone()));
         case.updated_at = now;
         case.version += 1;
         Some(case)
@@ -1376,6 +1388,39 @@ mod tests {
     /// share is taken, and once Stripe's charge gives it the share is the refund's part of
     /// the charge (500 of 2000 takes a quarter of 600 + 400), as a `charge.refunded` would.
     #[test]
+    fn a_partially_captured_charge_shares_refunds_against_what_it_took() {
+        // Authorised 1000, captured 600, funding 300 + 200; refunded in full (600).
+        let mut object = payouts_runtime::stripe_dev::fixture("charge");
+        object["id"] = "ch_1".into();
+        object["amount"] = 1_000.into();
+        object["amount_captured"] = 600.into();
+        object["amount_refunded"] = 600.into();
+        object["refunded"] = true.into();
+        let news = parse("charge.refunded", &object).unwrap();
+        let (_, after) = run(&[("evt_1", news)], &[300, 200]);
+        let left: Vec<i64> = after.iter().map(|a| a.amount.cents).collect();
+        assert_eq!(
+            left,
+            [0, 0],
+            "a full refund of what was captured takes everything"
+        );
+        // Half of what was captured: half of each share.
+        object["amount_refunded"] = 300.into();
+        object["refunded"] = false.into();
+        let news = parse("charge.refunded", &object).unwrap();
+        let (_, after) = run(&[("evt_1", news)], &[300, 200]);
+        let left: Vec<i64> = after.iter().map(|a| a.amount.cents).collect();
+        assert_eq!(left, [150, 100]);
+        // Read from Stripe (a refund event first): the same base.
+        let mut amounts = charge_amounts(&object).unwrap();
+        assert_eq!((amounts.amount, amounts.amount_captured), (1_000, 600));
+        amounts.charge_id = "ch_1".into();
+        let (case, _) = run(&[("evt_1", refund("re_1", 300, "succeeded"))], &[300, 200]);
+        let known = case.with_amount(&amounts, at(2)).unwrap();
+        assert_eq!(known.amount, Some((600, Currency::usd())));
+    }
+
+    #[test]
     fn a_refund_before_its_charge_needs_the_charges_amount() {
         let first = [("evt_1", refund("re_1", 500, "succeeded"))];
         let (case, before) = run(&first, &[600, 400]);
@@ -1394,6 +1439,7 @@ mod tests {
         );
         stripe.charge_id = "ch_1".into();
         stripe.amount = 2_000;
+        stripe.amount_captured = 2_000;
         let known = case.with_amount(&stripe, at(2)).unwrap();
         assert!(!known.needs_amount());
         assert_eq!(known.amount, Some((2_000, Currency::usd())));

@@ -124,13 +124,18 @@ impl StripeRefundsClient {
     }
 }
 
-/// How a failed call is treated: a 4xx other than 429 (and 409) is Stripe's definite
-/// answer (the charge is not ours, a bad request), anything else may pass. `what` names what
+/// How a failed call is treated: a 4xx about the request itself (400, 404: the charge is
+/// not ours, a bad id) is Stripe's definite answer; anything else may pass: a 5xx, a
+/// timeout, 409 and 429 (https://docs.stripe.com/error-low-level), and 401/403 (our key was
+/// rotated, revoked or lacks `charges:read`/`refunds:read`, https://docs.stripe.com/api/errors):
+/// an answer about our own configuration, which a fix of the key changes, is never a "no"
+/// about the event, so the event waits instead of counting toward parking. `what` names what
 /// was read, `meanwhile` what holds until it is.
 fn lookup_failure(what: &str, meanwhile: &str, error: stripe::StripeError) -> ServiceError {
     let definite = matches!(
         &error,
-        stripe::StripeError::Stripe(_, status) if (400..500).contains(status) && *status != 429 && *status != 409
+        stripe::StripeError::Stripe(_, status)
+            if (400..500).contains(status) && ![401, 403, 409, 429].contains(status)
     );
     let message = format!("{what} could not be read");
     if definite {

@@ -82,6 +82,9 @@ async fn a_charges_refunds_are_read_from_every_page_and_failures_are_never_a_no(
     for (status, code, kind) in [
         (500, "api_error", ErrorKind::Unavailable),
         (429, "rate_limit", ErrorKind::Unavailable),
+        // Our key revoked or without the permission: fixed by us, never a "no".
+        (401, "api_key_expired", ErrorKind::Unavailable),
+        (403, "secret_key_required", ErrorKind::Unavailable),
         (404, "resource_missing", ErrorKind::FailedPrecondition),
     ] {
         stripe.fail_next_refund_list(status, code);
