@@ -122,11 +122,22 @@ impl Cases {
             ));
         };
         let charge = stripe.charge(charge_id).await?;
+        self.update_case(charge_id, |case, now| case.with_amount(&charge, now))
+            .await
+    }
+
+    /// Replaces the charge's case with `change` of it (compare-and-set, read again on a
+    /// conflict) until it is written or `change` has nothing to do (None).
+    async fn update_case(
+        &self,
+        charge_id: &str,
+        change: impl Fn(&ChargeCase, DateTime<Utc>) -> Option<ChargeCase>,
+    ) -> Result<(), ServiceError> {
         for _ in 0..MAX_ROUNDS {
             let Some(case) = self.cases.get(charge_id).await? else {
                 return Ok(());
             };
-            let Some(next) = case.with_amount(&charge, self.ledger.clock.now()) else {
+            let Some(next) = change(&case, self.ledger.clock.now()) else {
                 return Ok(());
             };
             match self.cases.put(&next, case.version).await {
@@ -162,21 +173,10 @@ impl Cases {
         let settled: Vec<String> = case.claims.keys().cloned().collect();
         let listed = stripe.refunds_of(charge_id).await?;
         metrics::counter!("payouts_refund_lookups_total").increment(1);
-        for _ in 0..MAX_ROUNDS {
-            let Some(case) = self.cases.get(charge_id).await? else {
-                return Ok(());
-            };
-            let now = self.ledger.clock.now();
-            let Some(next) = case.with_listing(&listed, &settled, event_id, at, now) else {
-                return Ok(());
-            };
-            match self.cases.put(&next, case.version).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Conflict => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Err(lost_rounds())
+        self.update_case(charge_id, |case, now| {
+            case.with_listing(&listed, &settled, event_id, at, now)
+        })
+        .await
     }
 
     /// Records a credit (idempotent on its id: the stored one and whether it was new).
@@ -312,21 +312,12 @@ impl Cases {
     }
 
     async fn forget(&self, charge_id: &str, notice: &Notice) -> Result<(), ServiceError> {
-        for _ in 0..MAX_ROUNDS {
-            let Some(case) = self.cases.get(charge_id).await? else {
-                return Ok(());
-            };
-            if !case.notices.contains(notice) {
-                return Ok(());
-            }
-            let next = case.without_notice(notice, self.ledger.clock.now());
-            match self.cases.put(&next, case.version).await {
-                Ok(()) => return Ok(()),
-                Err(error) if error.kind() == ErrorKind::Conflict => continue,
-                Err(error) => return Err(error),
-            }
-        }
-        Err(lost_rounds())
+        self.update_case(charge_id, |case, now| {
+            case.notices
+                .contains(notice)
+                .then(|| case.without_notice(notice, now))
+        })
+        .await
     }
 }
 
