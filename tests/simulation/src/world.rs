@@ -796,14 +796,7 @@ impl World {
     /// to 30 days (the periodic job, or an admin).
     fn backfill(&mut self) {
         let replica = self.chaos.below(self.inboxes.len());
-        let backfill = Backfill {
-            inbox: Arc::clone(&self.inboxes[replica]),
-            stripe: Arc::new(self.stripe.clone()),
-            accounts: Arc::new(InFlight(Arc::clone(
-                &self.payouts[self.chaos.below(self.payouts.len())],
-            ))),
-            clock: Arc::new(self.clock.clone()),
-        };
+        let backfill = self.backfill_of(replica, self.chaos.below(self.payouts.len()));
         let since = self.clock.now() - Duration::seconds(self.chaos.between(3_600, 30 * 86_400));
         self.start(
             format!("backfill {replica}"),
@@ -817,6 +810,17 @@ impl World {
                 }
             }),
         );
+    }
+
+    /// The backfill of webhooks replica `inbox`, asking payouts replica `payouts` which
+    /// connected accounts have money in flight.
+    fn backfill_of(&self, inbox: usize, payouts: usize) -> Backfill {
+        Backfill {
+            inbox: Arc::clone(&self.inboxes[inbox]),
+            stripe: Arc::new(self.stripe.clone()),
+            accounts: Arc::new(InFlight(Arc::clone(&self.payouts[payouts]))),
+            clock: Arc::new(self.clock.clone()),
+        }
     }
 
     /// A payouts replica reconciles with Stripe (the daily job, or an admin): it may adopt a
@@ -1245,12 +1249,7 @@ impl World {
                 );
             }
             // The periodic backfill stores what Stripe gave up delivering.
-            let backfill = Backfill {
-                inbox: Arc::clone(&self.inboxes[0]),
-                stripe: Arc::new(self.stripe.clone()),
-                accounts: Arc::new(InFlight(Arc::clone(&self.payouts[0]))),
-                clock: Arc::new(self.clock.clone()),
-            };
+            let backfill = self.backfill_of(0, 0);
             let since = self.clock.now() - Duration::days(29);
             self.complete(
                 "drain backfill".to_owned(),
