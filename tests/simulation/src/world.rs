@@ -884,12 +884,18 @@ impl World {
         }
     }
 
-    fn fail_bank_payout(&mut self) {
+    /// One of the bank payouts Stripe made, chosen by the seed; None before any.
+    fn some_bank_payout(&self) -> Option<(String, String)> {
         if self.bank_payouts.is_empty() {
-            return self.advance();
+            return None;
         }
-        let (bank_payout, account) =
-            self.bank_payouts[self.chaos.below(self.bank_payouts.len())].clone();
+        Some(self.bank_payouts[self.chaos.below(self.bank_payouts.len())].clone())
+    }
+
+    fn fail_bank_payout(&mut self) {
+        let Some((bank_payout, account)) = self.some_bank_payout() else {
+            return self.advance();
+        };
         if self.stripe.fail_bank_payout(&bank_payout, &account) {
             self.note(format!("stripe: bank payout {bank_payout} failed"));
         }
@@ -1100,11 +1106,9 @@ impl World {
     /// Stripe finishes reconciling an automatic bank payout:
     /// `payout.reconciliation_completed`; only now is its balance-transaction list complete.
     fn reconcile_bank_payout(&mut self) {
-        if self.bank_payouts.is_empty() {
+        let Some((bank_payout, account)) = self.some_bank_payout() else {
             return self.advance();
-        }
-        let (bank_payout, account) =
-            self.bank_payouts[self.chaos.below(self.bank_payouts.len())].clone();
+        };
         if self.stripe.reconcile(&bank_payout, &account) {
             self.note(format!("stripe: bank payout {bank_payout} reconciled"));
         }
