@@ -119,6 +119,7 @@ pub async fn run(mode: Mode) -> anyhow::Result<()> {
         let mut server = GrpcServer::new();
         server.set_readiness(context.readiness.clone());
         server.set_reflection(settings.grpc_reflection);
+        server.set_max_connections_per_peer(settings.grpc_max_connections_per_peer);
         if let Some(tls) = &settings.mutual_tls {
             server.set_mutual_tls(
                 Arc::clone(tls),

@@ -328,6 +328,12 @@ fn configurations_that_would_lose_money_are_refused() {
             vec![],
             "invalid setting GRPC_TLS_CERT_FILE",
         ),
+        // The image's old default: every RPC open to whoever reaches the port.
+        (
+            vec![],
+            vec![("GRPC_ADDR", "0.0.0.0:0")],
+            "invalid setting GRPC_ADDR",
+        ),
     ];
     let mut other_settings: Vec<Refused> = vec![
         (
@@ -348,6 +354,15 @@ fn configurations_that_would_lose_money_are_refused() {
             vec![],
             vec![("STRIPE_SECRET_KEY", "sk_live_123")],
             "invalid setting STRIPE_LIVEMODE",
+        ),
+        (
+            vec![],
+            vec![
+                ("STRIPE_SECRET_KEY", "sk_live_123"),
+                ("STRIPE_LIVEMODE", "true"),
+                ("PAYOUTS_ALLOW_EMBEDDED", "true"),
+            ],
+            "invalid setting MONGODB_URI",
         ),
         (
             vec![],

@@ -37,6 +37,7 @@ fn channel_as(component: &str, url: &str, server: &str) -> TracedChannel {
         cert: tls_fixture(&format!("{component}.crt")).into(),
         key: tls_fixture(&format!("{component}.key")).into(),
         ca: tls_fixture("ca.crt").into(),
+        platform_ca: None,
     };
     let tls = MutualTls::load(&files).unwrap();
     traced_tls_channel(url, Duration::from_secs(10), &tls, server).unwrap()
@@ -163,6 +164,7 @@ async fn each_caller_is_authenticated_and_allowed_only_its_rpcs() {
         cert: tls_fixture("rogue-gateway.crt").into(),
         key: tls_fixture("rogue-gateway.key").into(),
         ca: tls_fixture("ca.crt").into(),
+        platform_ca: None,
     };
     let rogue = MutualTls::load(&rogue_files).unwrap();
     let mut rogue = DisputesServiceClient::new(

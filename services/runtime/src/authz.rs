@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 
 use crate::config::ServiceName;
-use crate::tls::{PeerIdentity, component_identity};
+use crate::tls::{PeerIdentity, Vouched, component_identity};
 
 /// A caller of the gRPC services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,19 +164,22 @@ impl Identities {
         }
     }
 
-    /// Every caller the names prove (a certificate could carry several names).
-    pub fn callers(&self, names: &[String]) -> Vec<Caller> {
+    /// Every caller the names prove (a certificate could carry several names), counting
+    /// only the kinds of name the certificate's CA may vouch for ([`Vouched`]).
+    pub fn callers(&self, names: &[String], vouched: Vouched) -> Vec<Caller> {
         let mut callers = Vec::new();
         for name in names {
-            if *name == component_identity("gateway") {
-                callers.push(Gateway);
-            }
-            for service in ServiceName::ALL {
-                if *name == component_identity(service.as_str()) {
-                    callers.push(Caller::Service(service));
+            if vouched.component {
+                if *name == component_identity("gateway") {
+                    callers.push(Gateway);
+                }
+                for service in ServiceName::ALL {
+                    if *name == component_identity(service.as_str()) {
+                        callers.push(Caller::Service(service));
+                    }
                 }
             }
-            if self.platform.iter().any(|platform| platform == name) {
+            if vouched.platform && self.platform.iter().any(|platform| platform == name) {
                 callers.push(Platform);
             }
         }
@@ -195,13 +198,14 @@ impl Identities {
             ));
         }
         let method = path.trim_start_matches('/');
-        let callers = self.callers(names);
+        let vouched = peer.map(|peer| peer.vouched).unwrap_or_default();
+        let callers = self.callers(names, vouched);
         let allowed = allowed_callers(method).unwrap_or_default();
         if callers.iter().any(|caller| allowed.contains(caller)) {
             return Ok(());
         }
         let who = if callers.is_empty() {
-            format!("{names:?} (no known caller)")
+            format!("{names:?} (no known caller from the CA that signed it)")
         } else {
             callers
                 .iter()
@@ -266,6 +270,11 @@ where
         match self.identities.check(request.uri().path(), peer) {
             Ok(()) => futures::future::Either::Left(self.inner.call(request)),
             Err(status) => {
+                metrics::counter!(
+                    "payouts_grpc_server_refused_total",
+                    "code" => format!("{:?}", status.code())
+                )
+                .increment(1);
                 tracing::warn!(
                     path = request.uri().path(),
                     names = ?peer.map(|peer| peer.names.clone()),
@@ -287,7 +296,50 @@ mod tests {
         PeerIdentity {
             remote: None,
             names: names.iter().map(|name| (*name).to_owned()).collect(),
+            vouched: Vouched::ANY,
         }
+    }
+
+    #[test]
+    fn a_name_counts_only_from_the_ca_that_may_vouch_for_it() {
+        let identities = Identities::new(&["creator-api".to_owned()]);
+        let stripe_event = "/payouts.payouts.v1.PayoutsService/HandleStripeEvent";
+        let allocation = "/payouts.disputes.v1.DisputesService/RecordAllocation";
+        let from = |names: &[&str], component: bool, platform: bool| PeerIdentity {
+            vouched: Vouched {
+                component,
+                platform,
+            },
+            ..peer(names)
+        };
+        let code = |path: &str, peer: PeerIdentity| {
+            identities
+                .check(path, Some(&peer))
+                .map_err(|status| status.code())
+        };
+        let denied = Err(tonic::Code::PermissionDenied);
+        // The webhooks service's name on a certificate from the platform's CA: nobody.
+        assert_eq!(
+            code(stripe_event, from(&["payouts-webhooks"], false, true)),
+            denied
+        );
+        assert_eq!(
+            code(stripe_event, from(&["payouts-webhooks"], true, false)),
+            Ok(())
+        );
+        // A platform identity on a certificate from the components' CA: nobody.
+        assert_eq!(
+            code(allocation, from(&["creator-api"], true, false)),
+            denied
+        );
+        assert_eq!(
+            code(allocation, from(&["creator-api"], false, true)),
+            Ok(())
+        );
+        assert_eq!(
+            code(allocation, from(&["creator-api"], false, false)),
+            denied
+        );
     }
 
     #[test]

@@ -289,6 +289,9 @@ pub struct Settings {
     /// `GRPC_HEALTH_ADDR`: a second, plaintext listener serving only gRPC health, for
     /// probes that cannot present a certificate (Kubernetes' gRPC probes); unset: none.
     pub grpc_health_addr: Option<SocketAddr>,
+    /// `GRPC_MAX_CONNECTIONS_PER_PEER`: connections one remote address may hold on the TLS
+    /// gRPC port (256); see [`crate::peers`].
+    pub grpc_max_connections_per_peer: usize,
     /// `PAYOUTS_ALLOW_PLAINTEXT_GRPC`: lets `payouts serve` and `payouts gateway` run
     /// without mutual TLS (development only: anyone who reaches the port could move money).
     pub allow_plaintext_grpc: bool,
@@ -304,6 +307,10 @@ pub struct TlsFiles {
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
     pub ca: std::path::PathBuf,
+    /// `GRPC_TLS_PLATFORM_CA_FILE`: the CA of the platform's callers, when it is not ours.
+    /// Then component names count only on certificates from `ca`, platform identities only
+    /// on certificates from this one.
+    pub platform_ca: Option<std::path::PathBuf>,
 }
 
 /// Every environment variable the process reads (besides the `<SERVICE>_SERVICE_URL`s of
@@ -367,8 +374,10 @@ pub const VARIABLES: &[&str] = &[
     "GRPC_TLS_CERT_FILE",
     "GRPC_TLS_KEY_FILE",
     "GRPC_TLS_CA_FILE",
+    "GRPC_TLS_PLATFORM_CA_FILE",
     "GRPC_PLATFORM_IDENTITIES",
     "GRPC_HEALTH_ADDR",
+    "GRPC_MAX_CONNECTIONS_PER_PEER",
     "PAYOUTS_ALLOW_PLAINTEXT_GRPC",
     "ADMIN_CORS_ORIGINS",
     "SHUTDOWN_GRACE_SECONDS",
@@ -403,6 +412,16 @@ pub enum Role {
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 impl Settings {
+    /// Whether this configuration moves real money: `STRIPE_LIVEMODE=true` or a live (or
+    /// restricted live) Stripe key.
+    pub fn is_live(&self) -> bool {
+        self.stripe_livemode
+            || self.stripe_secret_key.as_ref().is_some_and(|key| {
+                let key = key.expose();
+                key.starts_with("sk_live_") || key.starts_with("rk_live_")
+            })
+    }
+
     /// A live key with test events expected, or a test key with live ones: the events Stripe
     /// sends would be acknowledged and never applied.
     fn validate_stripe_mode(&self) -> Result<(), ConfigError> {
@@ -490,6 +509,28 @@ impl Settings {
             return Err(ConfigError::new(
                 "GRPC_TLS_CERT_FILE",
                 "is required when services run in separate processes: without mutual TLS any workload that reaches a gRPC port could credit earnings, decide approvals or feed made-up Stripe events (set GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE; PAYOUTS_ALLOW_PLAINTEXT_GRPC=true allows plaintext for development only)",
+            ));
+        }
+        if role == Role::AllInOne
+            && !self.grpc_addr.ip().is_loopback()
+            && self.grpc_tls.is_none()
+            && !self.allow_plaintext_grpc
+        {
+            return Err(ConfigError::new(
+                "GRPC_ADDR",
+                format!(
+                    "is {}, reachable from other hosts, without mutual TLS: any workload that reaches it could credit earnings, decide approvals, feed made-up Stripe events or request payouts (set GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE, listen on a loopback address such as 127.0.0.1:50051, or set PAYOUTS_ALLOW_PLAINTEXT_GRPC=true for development only)",
+                    self.grpc_addr
+                ),
+            ));
+        }
+        if matches!(role, Role::AllInOne | Role::Service(_))
+            && self.mongodb_uri.is_none()
+            && self.is_live()
+        {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                "is required with a live Stripe configuration (STRIPE_LIVEMODE=true or a live key), in every mode: the embedded store forgets payouts, idempotency keys and approvals when the process restarts, and a forgotten payout can be paid twice (PAYOUTS_ALLOW_EMBEDDED does not lift this)",
             ));
         }
         let Role::Service(service) = role else {
@@ -731,6 +772,10 @@ impl Settings {
                 None => None,
                 Some(_) => Some(values.socket_addr("GRPC_HEALTH_ADDR", "")?),
             },
+            grpc_max_connections_per_peer: values.number(
+                "GRPC_MAX_CONNECTIONS_PER_PEER",
+                crate::peers::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            )?,
             allow_plaintext_grpc: values.boolean("PAYOUTS_ALLOW_PLAINTEXT_GRPC", false)?,
             gateway_request_timeout: Duration::from_secs(
                 values.number("GATEWAY_REQUEST_TIMEOUT_SECONDS", 30)?,
@@ -845,6 +890,12 @@ impl Settings {
         if self.gateway_request_timeout.is_zero() {
             return Err(ConfigError::new(
                 "GATEWAY_REQUEST_TIMEOUT_SECONDS",
+                "must be at least 1",
+            ));
+        }
+        if self.grpc_max_connections_per_peer == 0 {
+            return Err(ConfigError::new(
+                "GRPC_MAX_CONNECTIONS_PER_PEER",
                 "must be at least 1",
             ));
         }
@@ -1021,12 +1072,19 @@ fn tls_files(values: &Values) -> Result<Option<TlsFiles>, ConfigError> {
         values.string("GRPC_TLS_CA_FILE")?,
     ];
     match (cert, key, ca) {
-        (None, None, None) => Ok(None),
+        (None, None, None) if values.string("GRPC_TLS_PLATFORM_CA_FILE")?.is_none() => Ok(None),
         (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
             cert: cert.into(),
             key: key.into(),
             ca: ca.into(),
+            platform_ca: values.string("GRPC_TLS_PLATFORM_CA_FILE")?.map(Into::into),
         })),
+        (None, None, None) if values.string("GRPC_TLS_PLATFORM_CA_FILE")?.is_some() => {
+            Err(ConfigError::new(
+                "GRPC_TLS_PLATFORM_CA_FILE",
+                "is set without GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE: the platform's CA only means something with mutual TLS",
+            ))
+        }
         (cert, key, ca) => {
             let missing = [cert.is_none(), key.is_none(), ca.is_none()]
                 .iter()
@@ -1544,6 +1602,70 @@ mod tests {
         );
         assert!(both.webhooks_unready_reason().is_none());
         assert!(embedded.webhooks_unready_reason().is_some());
+    }
+
+    #[test]
+    fn the_all_in_one_on_a_public_grpc_address_needs_mutual_tls() {
+        let settings = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap();
+        for addr in ["0.0.0.0:50051", "10.1.2.3:50051", "[::]:50051"] {
+            let error = settings(&[("GRPC_ADDR", addr)])
+                .check_role(Role::AllInOne)
+                .unwrap_err();
+            assert_eq!(error.variable, "GRPC_ADDR", "{addr}");
+            assert!(error.problem.contains("mutual TLS"), "{}", error.problem);
+        }
+        for loopback in ["127.0.0.1:50051", "[::1]:50051", "127.0.0.1:0"] {
+            assert!(
+                settings(&[("GRPC_ADDR", loopback)])
+                    .check_role(Role::AllInOne)
+                    .is_ok(),
+                "{loopback}"
+            );
+        }
+        let tls = settings(&[
+            ("GRPC_ADDR", "0.0.0.0:50051"),
+            ("GRPC_TLS_CERT_FILE", "/tls/tls.crt"),
+            ("GRPC_TLS_KEY_FILE", "/tls/tls.key"),
+            ("GRPC_TLS_CA_FILE", "/tls/ca.crt"),
+        ]);
+        assert!(tls.check_role(Role::AllInOne).is_ok());
+        let allowed = settings(&[
+            ("GRPC_ADDR", "0.0.0.0:50051"),
+            ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true"),
+        ]);
+        assert!(allowed.check_role(Role::AllInOne).is_ok());
+    }
+
+    #[test]
+    fn a_live_configuration_needs_mongodb_in_every_mode_that_stores() {
+        let settings = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap();
+        let plain = ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true");
+        let embedded = ("PAYOUTS_ALLOW_EMBEDDED", "true");
+        let live_key = ("STRIPE_SECRET_KEY", "sk_live_abc");
+        let livemode = ("STRIPE_LIVEMODE", "true");
+        for live in [
+            settings(&[live_key, livemode, plain, embedded]),
+            settings(&[
+                ("STRIPE_SECRET_KEY", "rk_live_abc"),
+                livemode,
+                plain,
+                embedded,
+            ]),
+            settings(&[livemode, plain, embedded]),
+        ] {
+            assert!(live.is_live());
+            for role in [Role::AllInOne, Role::Service(ServiceName::Payouts)] {
+                let error = live.check_role(role).unwrap_err();
+                assert_eq!(error.variable, "MONGODB_URI", "{role:?}");
+                assert!(error.problem.contains("live"), "{}", error.problem);
+            }
+            assert!(live.check_role(Role::Gateway).is_ok(), "no store");
+        }
+        let test = settings(&[("STRIPE_SECRET_KEY", "sk_test_abc"), plain, embedded]);
+        assert!(!test.is_live());
+        assert!(test.check_role(Role::AllInOne).is_ok());
+        let stored = settings(&[live_key, livemode, ("MONGODB_URI", "mongodb://db:27017")]);
+        assert!(stored.check_role(Role::AllInOne).is_ok());
     }
 
     #[test]

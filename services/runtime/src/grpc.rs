@@ -66,6 +66,9 @@ pub struct GrpcServer {
     mutual_tls: Option<(Arc<crate::tls::MutualTls>, crate::authz::Identities)>,
     /// A plaintext listener serving only health (`GRPC_HEALTH_ADDR`).
     health_listener: Option<TcpListener>,
+    /// Connections one remote address may hold on the TLS port
+    /// (`GRPC_MAX_CONNECTIONS_PER_PEER`; see [`crate::peers`]).
+    max_connections_per_peer: Option<usize>,
 }
 
 /// Services of this process that cannot do their work, and why: a missing setting, or a
@@ -148,6 +151,12 @@ impl GrpcServer {
         self
     }
 
+    /// Bounds the connections one remote address may hold on the TLS port.
+    pub fn set_max_connections_per_peer(&mut self, max: usize) -> &mut Self {
+        self.max_connections_per_peer = Some(max);
+        self
+    }
+
     /// Also serves health alone, in plaintext, on `listener` (for probes without a
     /// certificate, such as Kubernetes' gRPC probes).
     pub fn set_health_listener(&mut self, listener: TcpListener) -> &mut Self {
@@ -226,8 +235,10 @@ impl GrpcServer {
         let router = tonic::transport::Server::builder()
             .layer(server_trace_layer())
             .layer(telemetry::RequestIdScopeLayer)
-            .layer(GrpcMetricsLayer)
+            // Authorization before metrics: a refused call is counted by the authorization
+            // layer (bounded labels) and never reaches the per-method series.
             .layer(tower::util::option_layer(authorization))
+            .layer(GrpcMetricsLayer)
             .add_routes(self.routes.routes())
             .add_service(health_service)
             .add_optional_service((!self.no_reflection).then_some(reflection_v1))
@@ -236,7 +247,14 @@ impl GrpcServer {
             Some((tls, _)) => {
                 router
                     .serve_with_incoming_shutdown(
-                        tls.incoming(listener, shutdown.clone()),
+                        tls.incoming(
+                            listener,
+                            crate::peers::PeerBudget::new(
+                                self.max_connections_per_peer
+                                    .unwrap_or(crate::peers::DEFAULT_MAX_CONNECTIONS_PER_PEER),
+                            ),
+                            shutdown.clone(),
+                        ),
                         shutdown.requested(),
                     )
                     .await
@@ -298,7 +316,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        let method = metric_label(request.uri().path());
         metrics::counter!("payouts_grpc_server_requests_total", "method" => method.clone())
             .increment(1);
         let started = std::time::Instant::now();
@@ -324,6 +342,27 @@ where
             .increment(1);
             result
         })
+    }
+}
+
+/// The `method` label of a request: its path when it is an RPC this binary knows, and
+/// `unknown` for anything else, so a client sending made-up paths cannot grow the metrics'
+/// memory (one series per path, never evicted).
+pub fn metric_label(path: &str) -> String {
+    const OPEN: [&str; 4] = [
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ];
+    let known = OPEN.contains(&path)
+        || path
+            .strip_prefix('/')
+            .is_some_and(|method| crate::authz::allowed_callers(method).is_some());
+    if known {
+        path.to_owned()
+    } else {
+        "unknown".to_owned()
     }
 }
 

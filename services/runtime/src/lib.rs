@@ -25,6 +25,7 @@ pub mod grpc;
 pub mod ids;
 pub mod jobs;
 pub mod money;
+pub mod peers;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

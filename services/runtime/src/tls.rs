@@ -33,6 +33,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -48,6 +49,60 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The certificate name of a component (`gateway` or a service name).
 pub fn component_identity(component: &str) -> String {
     format!("payouts-{component}")
+}
+
+/// Which CA may prove which kind of caller. With one CA for everyone (`GRPC_TLS_CA_FILE`
+/// alone), any certificate it signed may carry any name. With the platform's own CA
+/// (`GRPC_TLS_PLATFORM_CA_FILE`), a component's name (`payouts-*`) counts only on a
+/// certificate our CA signed, and a platform identity only on one the platform's CA signed:
+/// whoever can get certificates from the platform's issuer cannot become the webhooks
+/// service, and a leaked component issuer cannot mint platform callers.
+enum Vouchers {
+    Shared,
+    Separate {
+        components: Arc<dyn ClientCertVerifier>,
+        platform: Arc<dyn ClientCertVerifier>,
+    },
+}
+
+/// Which kinds of name a peer's certificate may prove (see [`Vouchers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Vouched {
+    /// The certificate chains to the components' CA: `payouts-*` names count.
+    pub component: bool,
+    /// The certificate chains to the platform's CA: `GRPC_PLATFORM_IDENTITIES` count.
+    pub platform: bool,
+}
+
+impl Vouched {
+    /// One CA for everyone: every name counts.
+    pub const ANY: Vouched = Vouched {
+        component: true,
+        platform: true,
+    };
+}
+
+impl Vouchers {
+    fn vouch(&self, chain: &[CertificateDer<'_>]) -> Vouched {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Vouched::default();
+        };
+        let verifies = |verifier: &Arc<dyn ClientCertVerifier>| {
+            verifier
+                .verify_client_cert(leaf, intermediates, rustls_pki_types::UnixTime::now())
+                .is_ok()
+        };
+        match self {
+            Vouchers::Shared => Vouched::ANY,
+            Vouchers::Separate {
+                components,
+                platform,
+            } => Vouched {
+                component: verifies(components),
+                platform: verifies(platform),
+            },
+        }
+    }
 }
 
 /// A component's mutual-TLS configuration, reloaded from its files when they change.
@@ -68,6 +123,8 @@ impl std::fmt::Debug for MutualTls {
 struct Loaded {
     /// The files' bytes, to tell whether they changed.
     source: Source,
+    /// Which CA may prove which kind of name.
+    vouchers: Vouchers,
     server: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
     /// The names of this component's own certificate.
@@ -150,6 +207,7 @@ impl MutualTls {
     pub fn incoming(
         self: &Arc<Self>,
         listener: TcpListener,
+        budget: Arc<crate::peers::PeerBudget>,
         shutdown: Shutdown,
     ) -> ReceiverStream<io::Result<TlsConnection>> {
         let (sender, receiver) = tokio::sync::mpsc::channel(64);
@@ -170,12 +228,18 @@ impl MutualTls {
                         continue;
                     }
                 };
+                // Over its budget, a peer's new connection is closed before any work.
+                let Ok(mut slot) = budget.admit(remote.ip()) else {
+                    continue;
+                };
                 crate::grpc::set_nodelay(&mut stream);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+                let tls_now = Arc::clone(&tls);
                 let sender = sender.clone();
                 tokio::spawn(async move {
                     let handshake =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await;
+                    slot.handshake_done();
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
@@ -187,18 +251,20 @@ impl MutualTls {
                             return;
                         }
                     };
-                    let names = stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|chain| chain.first())
-                        .map(certificate_names)
-                        .unwrap_or_default();
+                    let chain = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                    let names = chain.first().map(certificate_names).unwrap_or_default();
+                    let vouched = tls_now.read().vouchers.vouch(chain);
                     let peer = PeerIdentity {
                         remote: Some(remote),
                         names: names.into(),
+                        vouched,
                     };
-                    let _ = sender.send(Ok(TlsConnection { stream, peer })).await;
+                    let connection = TlsConnection {
+                        stream,
+                        peer,
+                        _slot: slot,
+                    };
+                    let _ = sender.send(Ok(connection)).await;
                 });
             }
         });
@@ -227,12 +293,13 @@ fn read_file(variable: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> 
     })
 }
 
-/// The three files as read: certificate, key, CA.
+/// The files as read: certificate, key, CA, and the platform's CA when it is separate.
 #[derive(PartialEq, Eq)]
 struct Source {
     cert: Vec<u8>,
     key: Vec<u8>,
     ca: Vec<u8>,
+    platform_ca: Option<Vec<u8>>,
 }
 
 fn read_all(files: &TlsFiles) -> anyhow::Result<Source> {
@@ -240,7 +307,51 @@ fn read_all(files: &TlsFiles) -> anyhow::Result<Source> {
         cert: read_file("GRPC_TLS_CERT_FILE", &files.cert)?,
         key: read_file("GRPC_TLS_KEY_FILE", &files.key)?,
         ca: read_file("GRPC_TLS_CA_FILE", &files.ca)?,
+        platform_ca: files
+            .platform_ca
+            .as_deref()
+            .map(|path| read_file("GRPC_TLS_PLATFORM_CA_FILE", path))
+            .transpose()?,
     })
+}
+
+/// The CA certificates of a PEM file, refused (naming `variable`) when there are none.
+fn roots_of(
+    variable: &str,
+    path: &std::path::Path,
+    pem: &[u8],
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let invalid =
+        |what: String| anyhow::anyhow!("invalid setting {variable}: {} {what}", path.display());
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|error| invalid(format!("is not PEM: {error}")))?;
+    let mut check = RootCertStore::empty();
+    for certificate in &certificates {
+        check
+            .add(certificate.clone())
+            .map_err(|error| invalid(format!("holds an unusable CA: {error}")))?;
+    }
+    if certificates.is_empty() {
+        return Err(invalid("holds no certificate".to_owned()));
+    }
+    Ok(certificates)
+}
+
+/// A client-certificate verifier that trusts exactly `roots`.
+fn verifier_of(
+    roots: &[CertificateDer<'static>],
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone())?;
+    }
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(store), Arc::clone(provider))
+            .allow_unauthenticated()
+            .build()?,
+    )
 }
 
 fn build(files: &TlsFiles, source: Source) -> anyhow::Result<Loaded> {
@@ -279,37 +390,33 @@ fn build(files: &TlsFiles, source: Source) -> anyhow::Result<Loaded> {
             format!("holds no private key: {error}"),
         )
     })?;
+    let component_roots = roots_of("GRPC_TLS_CA_FILE", &files.ca, ca_pem)?;
+    let platform_roots = match (&files.platform_ca, &source.platform_ca) {
+        (Some(path), Some(pem)) => Some(roots_of("GRPC_TLS_PLATFORM_CA_FILE", path, pem)?),
+        _ => None,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // The handshake admits a certificate from either CA; which names it may prove is decided
+    // after, by which CA vouches for it ([`Vouchers`]).
+    let all_roots: Vec<CertificateDer<'static>> = component_roots
+        .iter()
+        .chain(platform_roots.iter().flatten())
+        .cloned()
+        .collect();
+    let verifier = verifier_of(&all_roots, &provider)
+        .map_err(|error| invalid("GRPC_TLS_CA_FILE", &files.ca, error.to_string()))?;
+    let vouchers = match &platform_roots {
+        None => Vouchers::Shared,
+        Some(platform_roots) => Vouchers::Separate {
+            components: verifier_of(&component_roots, &provider)?,
+            platform: verifier_of(platform_roots, &provider)?,
+        },
+    };
     let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_slice_iter(ca_pem) {
-        let ca = ca.map_err(|error| {
-            invalid(
-                "GRPC_TLS_CA_FILE",
-                &files.ca,
-                format!("is not PEM: {error}"),
-            )
-        })?;
-        roots.add(ca).map_err(|error| {
-            invalid(
-                "GRPC_TLS_CA_FILE",
-                &files.ca,
-                format!("holds an unusable CA: {error}"),
-            )
-        })?;
-    }
-    if roots.is_empty() {
-        return Err(invalid(
-            "GRPC_TLS_CA_FILE",
-            &files.ca,
-            "holds no certificate".to_owned(),
-        ));
+    for root in component_roots {
+        roots.add(root)?;
     }
     let roots = Arc::new(roots);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::clone(&roots), Arc::clone(&provider))
-            .allow_unauthenticated()
-            .build()
-            .map_err(|error| invalid("GRPC_TLS_CA_FILE", &files.ca, error.to_string()))?;
     let key_mismatch = |error: rustls::Error| {
         invalid(
             "GRPC_TLS_KEY_FILE",
@@ -331,6 +438,7 @@ fn build(files: &TlsFiles, source: Source) -> anyhow::Result<Loaded> {
     client.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Loaded {
         source,
+        vouchers,
         server: Arc::new(server),
         client: Arc::new(client),
         names,
@@ -355,12 +463,16 @@ pub fn certificate_names(certificate: &CertificateDer<'_>) -> Vec<String> {
 pub struct PeerIdentity {
     pub remote: Option<SocketAddr>,
     pub names: Arc<[String]>,
+    /// Which kinds of name the certificate's CA may prove.
+    pub vouched: Vouched,
 }
 
 /// An accepted connection after its TLS handshake.
 pub struct TlsConnection {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     peer: PeerIdentity,
+    /// The connection's place in its peer's budget, given back when it closes.
+    _slot: crate::peers::PeerSlot,
 }
 
 impl tonic::transport::server::Connected for TlsConnection {
@@ -468,6 +580,7 @@ mod tests {
             cert: dir.join("tls.crt"),
             key: dir.join("tls.key"),
             ca: dir.join("ca.crt"),
+            platform_ca: None,
         };
         replace(&files, component);
         std::fs::copy(fixture("ca.crt"), &files.ca).unwrap();
