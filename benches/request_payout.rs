@@ -20,7 +20,7 @@ use payouts_runtime::testing::bench::{drive, report, report_value, rss_mib, sett
 use payouts_runtime::testing::fake_stripe::FakeStripe;
 
 /// The real binary with limits that let one creator be paid often (the figures are the
-/// path's cost, not the spec's limits).
+/// path's cost, not the default limits).
 fn start_payouts(stripe_url: &str) -> support::Payouts {
     support::Payouts::start(&[
         ("METRICS_ADDR", "127.0.0.1:0"),

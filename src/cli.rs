@@ -55,8 +55,8 @@ enum Command {
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum StripeAction {
-    /// Create (or bring up to date) the two webhook endpoints of spec §9 in the Stripe
-    /// account of STRIPE_SECRET_KEY (at STRIPE_API_BASE), after checking that both answer at
+    /// Create (or bring up to date) the three webhook endpoints of design §9 in the Stripe
+    /// account of STRIPE_SECRET_KEY (at STRIPE_API_BASE), after checking that each answers at
     /// the URL. An endpoint that exists for the URL is updated, never duplicated. Prints the
     /// signing secret of an endpoint it creates as the environment line to set.
     SetupWebhooks {

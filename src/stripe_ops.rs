@@ -74,7 +74,7 @@ fn base_url(url: &str, test_mode: bool) -> anyhow::Result<String> {
     Ok(url.trim_end_matches('/').to_owned())
 }
 
-/// Whether the gateway answers spec §9's health body at `url`.
+/// Whether the gateway answers design §9's health body at `url`.
 async fn healthy(http: &reqwest::Client, url: &str) -> Result<(), String> {
     let response = http
         .get(url)

@@ -1,4 +1,4 @@
-//! Spec §8 scenario 3 end to end, the reject path, decisions racing, and who may decide:
+//! Design §8 scenario 3 end to end, the reject path, decisions racing, and who may decide:
 //! the real binary, a fake Stripe, signed webhooks and the JWT-protected admin REST API.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
@@ -211,7 +211,7 @@ async fn scenario_3(system: &System) {
     assert_eq!(approval["userContext"]["lifetimeEarnings"], 100_000_00);
     assert!(approval["userContext"]["accountAgeDays"].as_i64().unwrap() >= 399);
 
-    // Every admin is told, with the spec §7 metadata.
+    // Every admin is told, with the design §7 metadata.
     for admin in ["admin-1", "admin-2"] {
         let notice = system
             .wait_for_notification(admin, "payout_approval_required")

@@ -1,4 +1,4 @@
-//! The platform balance check end to end (spec §5): the real binary, the fake Stripe's
+//! The platform balance check end to end (design §5): the real binary, the fake Stripe's
 //! `/v1/balance` scripted to each level, the cron endpoint over HTTP, snapshots and alerts
 //! read back over gRPC.
 
@@ -151,7 +151,7 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     // enabled yet: $3,000 owed, a $3,600 reserve.
     register_creator(&system.channel, "creator_owed", 400, 3_000_00).await;
 
-    // Healthy: spec §5's body exactly.
+    // Healthy: design §5's body exactly.
     let body = system.check(25_000).await;
     assert_eq!(
         body,
@@ -337,7 +337,7 @@ async fn the_cron_answers_each_level_and_alerts_follow_without_duplicates() {
     let (status, _) = system.cron(reqwest::Method::GET, "not-the-secret").await;
     assert_eq!(status, 401);
 
-    // Spec §10's figures on /metrics: the last check's balance, and the HTTP routes by
+    // Design §10's figures on /metrics: the last check's balance, and the HTTP routes by
     // template.
     let metrics = system
         .http
@@ -537,7 +537,7 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     assert_eq!(alerts["alerts"].as_array().unwrap().len(), 2, "{alerts}");
 }
 
-/// Alert emails reach a real SMTP server (aiosmtpd) with spec §5's subjects, each once, to
+/// Alert emails reach a real SMTP server (aiosmtpd) with design §5's subjects, each once, to
 /// every recipient, with the figures and a link to the dashboard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alert_emails_arrive_with_the_spec_subjects() {

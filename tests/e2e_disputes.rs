@@ -1,4 +1,4 @@
-//! Refunds and disputes end to end (spec §3): signed `charge.refunded`, `refund.*` and
+//! Refunds and disputes end to end (design §3): signed `charge.refunded`, `refund.*` and
 //! `charge.dispute.*` events built from Stripe's fixture shapes, sent through the gateway,
 //! change earnings exactly; frozen money blocks payout requests and a pending approval's
 //! transfer; a refund after a payout leaves a debt that an admin reversal repays; a refund

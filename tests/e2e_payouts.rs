@@ -1,5 +1,5 @@
 //! Payouts end to end: the real binary, its gRPC services, a fake Stripe over HTTP and signed
-//! Stripe webhooks through the gateway. Spec §8 scenarios 1 and 2, the spec §8.4 limit cases,
+//! Stripe webhooks through the gateway. Design §8 scenarios 1 and 2, the design §8 limit cases,
 //! concurrent requests against the daily count, bad amounts, no Stripe.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point

@@ -287,7 +287,7 @@ async function reconciliationPage(view) {
   view.replaceChildren(el("h1", {}, "Reconciliation"), run, outcome, ...(reports.length ? reports : [el("p", { class: "muted" }, "No reports yet.")]));
 }
 
-// ---- Approvals (spec §7) -------------------------------------------------------------------
+// ---- Approvals (design §7) -------------------------------------------------------------------
 
 const FLAGS = ["EXCEEDS_SINGLE_LIMIT", "REQUIRES_ADMIN_APPROVAL", "NEW_ACCOUNT", "EXCEEDS_NEW_ACCOUNT_LIMIT",
   "EXCEEDS_DAILY_COUNT_LIMIT", "EXCEEDS_DAILY_AMOUNT_LIMIT", "EXCEEDS_MONTHLY_AMOUNT_LIMIT", "SUSPICIOUS_FREQUENCY",
@@ -355,7 +355,7 @@ function approvalCard(a) {
     buttons, outcome);
 }
 
-// ---- Balance (spec §5) ---------------------------------------------------------------------
+// ---- Balance (design §5) ---------------------------------------------------------------------
 
 const SVG = "http://www.w3.org/2000/svg";
 

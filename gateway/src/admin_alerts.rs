@@ -23,7 +23,7 @@ pub(crate) struct AlertsQuery {
     page_token: Option<String>,
 }
 
-/// An alert as admins see it (spec §3's fields, and who took it up).
+/// An alert as admins see it (design §3's fields, and who took it up).
 fn alert_json(alert: pb::CriticalAlert) -> Value {
     let severity = match alert.severity() {
         pb::AlertSeverity::Critical => "critical",
@@ -199,7 +199,7 @@ pub(crate) async fn balance(State(gateway): State<Gateway>, _admin: Admin) -> Re
     }
 }
 
-/// A snapshot in spec §5's shape.
+/// A snapshot in design §5's shape.
 fn snapshot_json(snapshot: balance_pb::BalanceSnapshot) -> Value {
     use payouts_runtime::convert::cents;
     json!({

@@ -1,4 +1,4 @@
-//! The approval workflow for admins (spec §7): decide, and the queue.
+//! The approval workflow for admins (design §7): decide, and the queue.
 
 use crate::body::JsonBody;
 use axum::extract::{Path, Query, State};
@@ -163,7 +163,7 @@ pub(crate) async fn queue(
     }
 }
 
-/// A payoutApprovalQueue document as JSON (spec §7), with the user context panel.
+/// A payoutApprovalQueue document as JSON (design §7), with the user context panel.
 fn approval_json(a: pb::Approval) -> serde_json::Value {
     let status = match a.status() {
         pb::ApprovalStatus::Pending => "pending",

@@ -10,7 +10,7 @@ use crate::admin_auth::Admin;
 use crate::body::JsonBody;
 use crate::{Gateway, error_response, grpc_error, page_limit, rfc3339};
 
-/// `GET /api/admin/webhooks/stats`: spec §4 statistics.
+/// `GET /api/admin/webhooks/stats`: design §4 statistics.
 pub(crate) async fn stats(State(gateway): State<Gateway>, _admin: Admin) -> Response {
     match gateway
         .webhooks()
@@ -170,7 +170,7 @@ pub(crate) async fn backfill(
     }
 }
 
-/// An inbox event as JSON, with the field names of spec §4.
+/// An inbox event as JSON, with the field names of design §4.
 fn event_json(e: pb::WebhookEvent) -> serde_json::Value {
     let endpoint = match e.endpoint() {
         pb::WebhookEndpoint::StripePayouts => "stripe-payouts",

@@ -1,5 +1,5 @@
-//! `GET`/`POST /api/cron/platform-balance-check` (spec §5): runs a balance check and answers
-//! spec §5's body. The caller shows `Authorization: Bearer <CRON_SECRET or CRON_API_KEY>`.
+//! `GET`/`POST /api/cron/platform-balance-check` (design §5): runs a balance check and answers
+//! design §5's body. The caller shows `Authorization: Bearer <CRON_SECRET or CRON_API_KEY>`.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -49,7 +49,7 @@ pub(crate) async fn platform_balance_check(
     run_check(&gateway, "cron").await
 }
 
-/// Runs a balance check (a snapshot, the trend, the alerts) and answers spec §5's body; 502
+/// Runs a balance check (a snapshot, the trend, the alerts) and answers design §5's body; 502
 /// when Stripe or an owner of the obligations did not answer.
 pub(crate) async fn run_check(gateway: &Gateway, triggered_by: &str) -> Response {
     let request = pb::RunBalanceCheckRequest {
@@ -83,7 +83,7 @@ pub(crate) fn threshold_status(status: pb::ThresholdStatus) -> &'static str {
     }
 }
 
-/// Spec §5's answer: `{"success":true,"data":{"balanceStatus":{...},"alerts":[...],
+/// Design §5's answer: `{"success":true,"data":{"balanceStatus":{...},"alerts":[...],
 /// "alertsCreated":n,"trend":{"direction","averageChange"}}}`. `daysOfCoverage` is null
 /// when the balance is not falling.
 pub(crate) fn body(response: &pb::RunBalanceCheckResponse) -> Value {

@@ -1,4 +1,4 @@
-//! `GET` on the webhook endpoints answers a health document (spec §9), so Stripe dashboard
+//! `GET` on the webhook endpoints answers a health document (design §9), so Stripe dashboard
 //! checks and uptime monitors see the endpoint alive.
 
 use axum::response::Json;

@@ -297,7 +297,7 @@ fn http_request_span<B>(request: &Request<B>) -> tracing::Span {
     span
 }
 
-/// Spec §10's rate, errors and duration of every HTTP route, by route template (never the
+/// Design §10's rate, errors and duration of every HTTP route, by route template (never the
 /// raw path, so ids do not make new series): `payouts_http_requests_total{method, route,
 /// status}` and `payouts_http_request_duration_seconds{method, route}`.
 async fn http_metrics(request: axum::extract::Request, next: axum::middleware::Next) -> Response {

@@ -1,4 +1,4 @@
-//! Approvals and the rules of deciding them (spec §7).
+//! Approvals and the rules of deciding them (design §7).
 
 use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::backoff;
@@ -45,7 +45,7 @@ pub enum Action {
     Reject,
 }
 
-/// The limits' figures when the payout was held (spec §7 metadata).
+/// The limits' figures when the payout was held (design §7 metadata).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HoldMetadata {
     pub is_new_account: bool,
@@ -56,7 +56,7 @@ pub struct HoldMetadata {
     pub lifetime_earnings_cents: i64,
 }
 
-/// What an admin sees about the requester (spec §7 user context panel), as of the request.
+/// What an admin sees about the requester (design §7 user context panel), as of the request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserContext {
     pub account_age_days: i64,
@@ -70,14 +70,14 @@ pub struct UserContext {
 /// A payout held for review (payoutApprovalQueue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
-    /// "approval_<payout id>", as in the spec: one approval per payout.
+    /// "approval_<payout id>", one approval per payout.
     pub id: String,
     pub payout_id: String,
     pub user_id: String,
     pub amount: Money,
     pub status: ApprovalStatus,
     pub reason: String,
-    /// Spec §6 flag names.
+    /// Design §6 flag names.
     pub flags: Vec<String>,
     pub requested_at: DateTime<Utc>,
     pub reviewed_at: Option<DateTime<Utc>>,
@@ -226,7 +226,7 @@ pub struct Filter {
     pub status: Option<ApprovalStatus>,
     pub min_amount_cents: Option<i64>,
     pub max_amount_cents: Option<i64>,
-    /// A spec flag name ("NEW_ACCOUNT").
+    /// A flag name ("NEW_ACCOUNT").
     pub flag: Option<String>,
     /// The (requested_at, id) of the last approval of the previous page.
     pub after: Option<(DateTime<Utc>, String)>,

@@ -1,5 +1,5 @@
 //! Approvals service (`payouts.approvals.v1.ApprovalsService`): the admin approval workflow
-//! (spec §7). Owns `payoutApprovalQueue`.
+//! (design §7). Owns `payoutApprovalQueue`.
 //!
 //! - [`domain`]: approvals and the decision rules, pure.
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.

@@ -180,7 +180,7 @@ impl AdminNotifier for GrpcAdminNotifier {
     }
 
     fn approval_required(&self, approval: &Approval) {
-        // Spec §7 admin notification.
+        // Design §7 admin notification.
         let request = notifications_pb::NotifyAdminsRequest {
             r#type: "payout_approval_required".to_owned(),
             title: "Payout Approval Required".to_owned(),
@@ -324,7 +324,7 @@ impl Workflow {
         metrics::counter!("payouts_approvals_decided_total", "decision" => decided.status.as_str())
             .increment(1);
         if let Some(reviewed_at) = decided.reviewed_at {
-            // Time to decision (spec §10): from the request to the admin's decision.
+            // Time to decision (design §10): from the request to the admin's decision.
             let waited = (reviewed_at - decided.requested_at)
                 .num_milliseconds()
                 .max(0);
@@ -457,7 +457,7 @@ impl Workflow {
             if let Err(error) = self.run_due().await {
                 tracing::warn!(error = %error, "approvals worker pass failed");
             }
-            // Spec §10: pending approvals, as the store counts them (every replica agrees).
+            // Design §10: pending approvals, as the store counts them (every replica agrees).
             match self.approvals.count_pending().await {
                 #[allow(clippy::cast_precision_loss)] // a count far below 2^53
                 Ok(pending) => metrics::gauge!("payouts_approvals_pending").set(pending as f64),

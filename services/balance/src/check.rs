@@ -1,4 +1,4 @@
-//! The balance check (spec §5): read Stripe's platform balance and what the platform owes,
+//! The balance check (design §5): read Stripe's platform balance and what the platform owes,
 //! classify, record a snapshot, follow the trend, and keep one open alert per kind.
 
 use std::sync::Arc;
@@ -60,7 +60,7 @@ pub trait Transfers: Send + Sync + 'static {
     async fn pause(&self, paused: bool, reason: &str) -> Result<(), ServiceError>;
 }
 
-/// What the caller asks of a check (spec: createSnapshot, checkTrend).
+/// What the caller asks of a check (`createSnapshot`, `checkTrend`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckRequest {
     pub create_snapshot: bool,
@@ -307,7 +307,7 @@ fn readings(snapshots: &[Snapshot]) -> Vec<(chrono::DateTime<chrono::Utc>, i64)>
         .collect()
 }
 
-/// Spec §10's balance figures as gauges (the replica that ran the check holds the latest):
+/// Design §10's balance figures as gauges (the replica that ran the check holds the latest):
 /// available balance, pending obligations, required reserve, days of coverage (-1 when not
 /// falling) and the threshold status (0 healthy, 1 warning, 2 critical, 3 depleted).
 #[allow(clippy::cast_precision_loss)] // cents as a gauge: f64 is exact to 2^53 cents

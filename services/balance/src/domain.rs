@@ -1,11 +1,11 @@
 //! Balance snapshots, threshold statuses, the reserve, the trend and what alerts a check
-//! owes (spec §5). Pure: amounts in integer cents, time passed in.
+//! owes (design §5). Pure: amounts in integer cents, time passed in.
 
 use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::Currency;
 use payouts_runtime::money::dollars;
 
-/// Spec §5 threshold status, from best to worst (the order is the severity).
+/// Design §5 threshold status, from best to worst (the order is the severity).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ThresholdStatus {
     Healthy,
@@ -53,23 +53,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Available plus pending (spec: totalBalance).
+    /// Available plus pending (`totalBalance`).
     pub fn total_balance_cents(&self) -> i64 {
         self.available_balance_cents
             .saturating_add(self.pending_balance_cents)
     }
 }
 
-/// Spec §5's thresholds and reserve, overridable by configuration.
+/// Design §5's thresholds and reserve, overridable by configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Thresholds {
-    /// Below this the balance is critical (spec: $1,000).
+    /// Below this the balance is critical (default $1,000).
     pub critical_cents: i64,
-    /// Below this the balance is a warning (spec: $5,000).
+    /// Below this the balance is a warning (default $5,000).
     pub warning_cents: i64,
-    /// At or above this (and the whole reserve) the balance is healthy (spec: $10,000).
+    /// At or above this (and the whole reserve) the balance is healthy (default $10,000).
     pub healthy_cents: i64,
-    /// The reserve kept against obligations, in basis points (spec: 1.2 = 12,000).
+    /// The reserve kept against obligations, in basis points (default 1.2 = 12,000).
     pub reserve_multiplier_bps: i64,
 }
 
@@ -91,7 +91,7 @@ impl Thresholds {
         i64::try_from((scaled + 9_999) / 10_000).unwrap_or(i64::MAX)
     }
 
-    /// Spec §5: depleted at or below $0; critical below the critical threshold or below 50%
+    /// Design §5: depleted at or below $0; critical below the critical threshold or below 50%
     /// of the reserve; warning below the warning threshold or below 80% of it; healthy at
     /// the healthy threshold with 100% of it or more; anything between (enough for the
     /// reserve but under the healthy threshold, or above it with 80-100% of the reserve) is
@@ -114,7 +114,7 @@ impl Thresholds {
     }
 }
 
-/// Which way the balance moves (spec §5: ±$1,000 per day).
+/// Which way the balance moves (design §5: ±$1,000 per day).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TrendDirection {
     Increasing,
@@ -143,7 +143,7 @@ pub struct Trend {
 /// How far back the trend looks.
 pub const TREND_WINDOW: Duration = Duration::days(7);
 
-/// A change per day beyond which the balance is increasing or decreasing (spec: $1,000).
+/// A change per day beyond which the balance is increasing or decreasing ($1,000, design §5).
 pub const TREND_THRESHOLD_CENTS: i64 = 1_000_00;
 
 impl Trend {
@@ -192,7 +192,7 @@ impl Trend {
     }
 }
 
-/// What a check concluded (spec §5 `balanceStatus`), in cents.
+/// What a check concluded (design §5 `balanceStatus`), in cents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BalanceStatus {
     pub threshold_status: ThresholdStatus,
@@ -273,7 +273,7 @@ impl AlertKind {
     }
 }
 
-/// The alert a check opens for `kind` at `level` (spec §5's subjects and actions).
+/// The alert a check opens for `kind` at `level` (design §5's subjects and actions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BalanceAlert {
     pub kind: AlertKind,
@@ -345,7 +345,7 @@ impl BalanceAlert {
                 kind,
                 level,
                 severity: "critical",
-                // Spec §5's subject for both; the message says when it is gone.
+                // Design §5's subject for both; the message says when it is gone.
                 title: "Critical: Platform Balance Below Minimum Threshold".to_owned(),
                 message: format!(
                     "{}{figures} Add funds to the Stripe balance now (enough to exceed $10,000 plus \

@@ -1,5 +1,5 @@
 //! Balance service (`payouts.balance.v1.BalanceService`): platform balance monitoring
-//! (spec §5). Owns `platformBalanceSnapshots`.
+//! (design §5). Owns `platformBalanceSnapshots`.
 //!
 //! - [`domain`]: thresholds, the reserve, the trend, snapshots and alert levels, pure.
 //! - [`check`]: the balance check and the ports it reads (Stripe, the owners of what is

@@ -322,7 +322,7 @@ impl Cases {
 }
 
 /// Refunds (how many changed a charge's refunded amount, and by how much in all, failed
-/// refunds giving back) and dispute events by kind (spec §10); the gauges of disputes by
+/// refunds giving back) and dispute events by kind (design §10); the gauges of disputes by
 /// state, frozen money and the win ratio are in [`crate::metrics_refresh`].
 fn record_metrics(news: &ChargeNews, before: &ChargeCase, after: &ChargeCase) {
     match news {
@@ -364,7 +364,7 @@ fn dollars(cents: i64) -> String {
 }
 
 /// The alerts (user None) and creators' notifications a notice becomes: one critical alert
-/// per affected creator (spec §3's `affectedUserId`; one without a creator when the charge
+/// per affected creator (design §3's `affectedUserId`; one without a creator when the charge
 /// funded nobody we know), and a notification for each creator whose earnings it froze,
 /// unfroze or reduced.
 fn messages(

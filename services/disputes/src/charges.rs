@@ -1,4 +1,4 @@
-//! What refunds and disputes do to the allocations a charge funded (spec §3), pure.
+//! What refunds and disputes do to the allocations a charge funded (design §3), pure.
 //!
 //! Every Stripe event about a charge is merged into one [`ChargeCase`]: each refund by id at
 //! its furthest status, the charge's `amount_refunded` claims not yet checked against
@@ -30,7 +30,7 @@
 //!   amount): the case [`ChargeCase::needs_amount`], the service reads the charge from
 //!   Stripe and records its amount ([`ChargeCase::with_amount`]); until it is known the
 //!   event waits (never "done" with the reduction not taken).
-//! - A dispute freezes every allocation of the charge whole (spec §3), whatever its amount.
+//! - A dispute freezes every allocation of the charge whole (design §3), whatever its amount.
 //!   `lost` zeroes them; `won`, `warning_closed` (an inquiry that never became a
 //!   chargeback), `prevented` and `charge_refunded` (the refund does the taking) unfreeze
 //!   them; any other closing status keeps them frozen for an admin (unknown is not a "no").

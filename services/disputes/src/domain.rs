@@ -1,4 +1,4 @@
-//! Allocations: earnings credited to a creator from a supporter's charge (spec §3).
+//! Allocations: earnings credited to a creator from a supporter's charge (design §3).
 
 use chrono::{DateTime, Utc};
 use payouts_runtime::convert::required_id;
@@ -60,7 +60,7 @@ pub struct Allocation {
     /// "won", "lost", "warning_closed", ...: how the dispute that froze it ended.
     pub dispute_outcome: Option<String>,
     pub dispute_resolved_at: Option<DateTime<Utc>>,
-    /// Every change after the credit, oldest first (DESIGN invariant 8).
+    /// Every change after the credit, oldest first (invariant 8 of docs/design.md).
     pub audit: Vec<AllocationAudit>,
     /// The version of its charge's case it reflects (0: none): never settled back to an
     /// older one by a writer that read the case before another event was merged.
@@ -239,7 +239,7 @@ impl Change {
     }
 }
 
-/// Something that happened to a creator's earnings that admissions look back on (spec §7:
+/// Something that happened to a creator's earnings that admissions look back on (design §7:
 /// payouts of creators with recent refunds or disputes are held for approval).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecentMark {

@@ -15,7 +15,7 @@ use crate::charges::{self, ChargeCase};
 use crate::domain::{Allocation, AllocationStatus, MarkKind};
 use crate::earnings::Ledger;
 
-/// Spec §7: payouts of creators with refunds or disputes in this window are held.
+/// Design §7: payouts of creators with refunds or disputes in this window are held.
 pub const RECENT_WINDOW: chrono::Duration = chrono::Duration::days(30);
 
 /// The tonic service.

@@ -1,5 +1,5 @@
 //! Disputes service (`payouts.disputes.v1.DisputesService`): creator allocations (earnings)
-//! and the effect of refunds and disputes on them (spec §3). Owns `usdAllocations`,
+//! and the effect of refunds and disputes on them (design §3). Owns `usdAllocations`,
 //! `creatorEarnings` and `chargeCases`.
 //!
 //! - [`domain`]: allocations and earnings books, pure.

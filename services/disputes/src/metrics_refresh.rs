@@ -1,4 +1,4 @@
-//! Dispute gauges (spec §10): disputes by state, the amount they freeze, the win ratio.
+//! Dispute gauges (design §10): disputes by state, the amount they freeze, the win ratio.
 //! Recomputed from the stored cases every minute, so every replica reports the same
 //! figures (a gauge moved by each replica's own events would only count that replica).
 

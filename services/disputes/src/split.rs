@@ -1,4 +1,4 @@
-//! Exact proportional reductions (spec §3): a refund takes back its share of the charge from
+//! Exact proportional reductions (design §3): a refund takes back its share of the charge from
 //! the allocations the charge funded, in whole cents, so that the reductions add up exactly
 //! to the amount taken, no allocation loses more than it has, and the same input always
 //! gives the same split.

@@ -1,4 +1,4 @@
-//! The seven checks of spec §6 and atomic admission, as pure functions over one user's quota
+//! The seven checks of design §6 and atomic admission, as pure functions over one user's quota
 //! document. Time is passed in; nothing here does I/O.
 //!
 //! Admission rule (what holds quota): a payout holds quota from the moment it is admitted
@@ -9,7 +9,7 @@
 //! and monthly amounts, the daily count, or the committed balance.
 //!
 //! Every attempt is remembered for 24 hours, refused ones included: the suspicious-frequency
-//! check counts them (spec §6: "5+ payouts in 24h", i.e. many attempts in a short time), and a
+//! check counts them (5 or more in 24 hours, design §6: many attempts in a short time), and a
 //! refusal is final for its payout id, so a retried admission of the same payout gets the same
 //! answer and can never reserve quota for a payout its first caller already gave up on.
 
@@ -149,7 +149,7 @@ pub struct UserContext {
     pub recent_refunds_and_disputes: i64,
 }
 
-/// The result of the checks (spec §6 validation result).
+/// The result of the checks (design §6 validation result).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub allowed: bool,
@@ -222,7 +222,7 @@ pub fn metadata(
     }
 }
 
-/// The seven checks in the spec's order. A blocking check ends the evaluation; flags that
+/// The seven checks of design §6, in its order. A blocking check ends the evaluation; flags that
 /// hold a payout for approval accumulate.
 pub fn evaluate(
     config: &LimitConfig,
@@ -907,7 +907,7 @@ mod tests {
     #[test]
     fn suspicious_frequency_fires_with_the_default_limits_when_refused_attempts_count() {
         // Two payouts and two refused attempts in 24 hours: the fifth attempt is suspicious
-        // (spec §6: 5+ in 24 h). Counting only admitted payouts, as before, it never could
+        // (design §6: 5+ in 24 h). Counting only admitted payouts, as before, it never could
         // be: the daily count of 3 refuses long before 5 admitted payouts exist.
         let busy = with_refusals(
             with(

@@ -1,8 +1,8 @@
-//! The limit configuration (spec §6, one source of truth) and blocked attempts.
+//! The limit configuration (design §6, one source of truth) and blocked attempts.
 
 use chrono::{DateTime, Utc};
 
-/// Spec §6 `PAYOUT_LIMITS`; amounts in cents, the ratio in basis points (no floats).
+/// Design §6 `PAYOUT_LIMITS`; amounts in cents, the ratio in basis points (no floats).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitConfig {
     pub max_single_payout_cents: i64,
@@ -16,7 +16,7 @@ pub struct LimitConfig {
     pub suspicious_pattern_threshold: i64,
     /// 0.8 of lifetime earnings = 8000 basis points.
     pub suspicious_amount_ratio_bps: i64,
-    /// Spec §6 check 7: "first payout unusually large (>$2,000)".
+    /// Design §6 check 7: "first payout unusually large (>$2,000)".
     pub large_first_payout_cents: i64,
 }
 
@@ -39,7 +39,7 @@ impl Default for LimitConfig {
 }
 
 impl LimitConfig {
-    /// The defaults with `PAYOUT_LIMITS_<NAME>` overrides applied; names are the spec's
+    /// The defaults with `PAYOUT_LIMITS_<NAME>` overrides applied; names are design §6's
     /// (`MAX_SINGLE_PAYOUT`, ..., amounts in cents) plus `LARGE_FIRST_PAYOUT`;
     /// `SUSPICIOUS_AMOUNT_RATIO` is a decimal like `0.8`. Unknown names and bad values are
     /// errors naming the variable.
@@ -105,7 +105,7 @@ fn ratio_to_bps(text: &str) -> Option<i64> {
     (0..=10_000).contains(&bps).then_some(bps)
 }
 
-/// Spec §6 flag names.
+/// Design §6 flag names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Flag {
     ExceedsSingleLimit,
@@ -122,7 +122,7 @@ pub enum Flag {
     /// The amount exceeds the user's available balance (blocks).
     InsufficientBalance,
     /// A charge that funded the earnings was refunded or disputed in the last 30 days
-    /// (spec §7; needs approval).
+    /// (design §7; needs approval).
     RecentRefundOrDispute,
 }
 
@@ -143,7 +143,7 @@ impl Flag {
         Flag::RecentRefundOrDispute,
     ];
 
-    /// The name stored in documents and shown to admins (the spec's names).
+    /// The name stored in documents and shown to admins (design §6's names).
     pub fn as_str(self) -> &'static str {
         match self {
             Flag::ExceedsSingleLimit => "EXCEEDS_SINGLE_LIMIT",
@@ -167,7 +167,7 @@ impl Flag {
     }
 }
 
-/// Figures behind a decision (spec §6 metadata).
+/// Figures behind a decision (design §6 metadata).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LimitMetadata {
     pub is_new_account: bool,

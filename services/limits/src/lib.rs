@@ -1,5 +1,5 @@
 //! Limits service (`payouts.limits.v1.PayoutLimitsService`): payout limits and fraud checks
-//! (spec §6) and atomic admission. Owns `payoutBlockedAttempts` and `payoutQuotas`.
+//! (design §6) and atomic admission. Owns `payoutBlockedAttempts` and `payoutQuotas`.
 //!
 //! - [`domain`]: the limit configuration, flags, blocked attempts, pure.
 //! - [`checks`]: the seven checks, admission and release over a quota document, pure.

@@ -1,4 +1,4 @@
-//! Critical alerts (spec §10 `criticalAlerts`) as values: what needs an admin's attention,
+//! Critical alerts (design §10 `criticalAlerts`) as values: what needs an admin's attention,
 //! raised once per dedupe key, and moved only forward (active -> acknowledged -> resolved).
 //!
 //! This is the store that services raise their alerts in (a payout whose outcome stays
@@ -193,7 +193,7 @@ impl Alert {
         Some(moved)
     }
 
-    /// Spec §3 `requiresAttention`: nobody has taken it up yet.
+    /// Design §3 `requiresAttention`: nobody has taken it up yet.
     pub fn requires_attention(&self) -> bool {
         self.status == AlertStatus::Active
     }

@@ -1,4 +1,4 @@
-//! Alert emails (spec §5 and §10): every critical or warning alert owes one email to
+//! Alert emails (design §5 and §10): every critical or warning alert owes one email to
 //! `ALERT_EMAIL_TO`, kept on the alert itself as a durable outbox entry. A worker claims
 //! what is due, sends it over SMTP and records the result: retried with backoff, failed
 //! visibly after its last try, and sent once per alert (a crash between the send and its
@@ -136,11 +136,11 @@ impl Alert {
     }
 }
 
-/// An alert's email: the subject (spec §5's for balance alerts) and a plain-text body with
+/// An alert's email: the subject (design §5's for balance alerts) and a plain-text body with
 /// the figures and actions, and a link to the dashboard when `DASHBOARD_URL` is set.
 pub fn compose(alert: &Alert, dashboard_url: Option<&str>) -> (String, String) {
     let prefix = match (alert.kind.as_str(), alert.severity) {
-        // Spec §5 writes the depletion subject without a level.
+        // Design §5 writes the depletion subject without a level.
         ("platform_balance_depletion_risk", _) => "",
         (_, Severity::Critical) => "[CRITICAL] ",
         (_, Severity::Warning) => "[WARNING] ",

@@ -64,7 +64,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     Ok(())
 }
 
-/// Spec §10's open alerts by type, as the store counts them (every replica agrees), every
+/// Design §10's open alerts by type, as the store counts them (every replica agrees), every
 /// 15 seconds: `payouts_alerts_open{type}` (a type with none left reads 0).
 async fn open_alerts_gauge(
     alerts: Arc<dyn store::AlertRepository>,

@@ -5,7 +5,7 @@ use payouts_runtime::ServiceError;
 use payouts_runtime::backoff;
 use payouts_runtime::convert::required_id;
 
-/// Stripe's view of a connected account (spec §2 `stripeAccountStatus`).
+/// Stripe's view of a connected account (design §2 `stripeAccountStatus`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StripeAccountStatus {
     pub charges_enabled: bool,

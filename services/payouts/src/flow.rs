@@ -70,7 +70,7 @@ pub struct PayoutFlow {
     pub clock: Arc<dyn Clock>,
     pub ids: Arc<dyn IdSource>,
     pub poll_interval: std::time::Duration,
-    /// First retry delay (spec: 5 minutes), doubling after each failure.
+    /// First retry delay (default 5 minutes), doubling after each failure.
     pub retry_base: Duration,
     /// How long a transfer's outcome may stay unknown before a critical alert.
     pub unknown_alert_after: Duration,
@@ -676,7 +676,7 @@ impl PayoutFlow {
             }
             Err(StripeFailure::NotExecuted { code, message }) => {
                 // Nothing was sent under this key before our claim: a definite "not now"
-                // (spec §2 retries rate_limit with a new attempt), as long as our claim is still
+                // (design §2 retries rate_limit with a new attempt), as long as our claim is still
                 // the latest (another worker's request of the attempt may yet be executed).
                 self.attempt_answered(&claimed, None, |p, now| {
                     p.attempt_declined(
@@ -1316,7 +1316,7 @@ impl PayoutFlow {
     }
 }
 
-/// The limits' figures of a held payout, for the approval queue (spec §7 metadata).
+/// The limits' figures of a held payout, for the approval queue (design §7 metadata).
 fn hold_metadata_json(decision: &payouts_proto::limits::v1::LimitDecision) -> String {
     use payouts_runtime::convert::cents;
     let metadata = decision.metadata.clone().unwrap_or_default();

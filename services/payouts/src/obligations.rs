@@ -1,4 +1,4 @@
-//! What the platform still owes through payouts, for the balance check (spec §5 "pending
+//! What the platform still owes through payouts, for the balance check (design §5 "pending
 //! obligations").
 //!
 //! What counts: payouts admitted and waiting for their transfer (`PENDING`, including those

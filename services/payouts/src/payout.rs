@@ -49,7 +49,7 @@ use payouts_runtime::backoff;
 
 use crate::domain::CarriedPayment;
 
-/// Transfer attempts before a payout fails for good (spec §2: at most 3 retries).
+/// Transfer attempts before a payout fails for good (design §2: at most 3 retries).
 pub const MAX_RETRIES: u32 = 3;
 
 /// How many applied Stripe event ids a payout remembers, to ignore redeliveries.
@@ -143,7 +143,7 @@ impl PayoutStatus {
             (Processing | Completed, Reversed) => true,
             (Completed, Failed) => true,
             // A legacy transfer.failed: the transfer's money came back before it reached the
-            // bank, and the payout retries with a new attempt (spec §2).
+            // bank, and the payout retries with a new attempt (design §2).
             (Processing, Pending) => true,
             (from, _) if from.is_terminal() => false,
             (from, to) => to.rank() > from.rank(),
@@ -207,7 +207,7 @@ pub struct Payout {
     /// Transfer attempt number; part of the Stripe idempotency key. A definite failure moves
     /// to the next attempt (new key); an unknown outcome keeps it (same key).
     pub attempt: u32,
-    /// Failed transfer attempts so far (spec: retryCount).
+    /// Failed transfer attempts so far (`retryCount`).
     pub retry_count: u32,
     /// When the payout's work is due: the admission to resume, the hand-off to the approval
     /// queue, the transfer (a retry, or a lease that ran out).
@@ -420,7 +420,7 @@ impl<'a> Cause<'a> {
 /// What Stripe said about a transfer attempt it did not carry out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StripeFailure {
-    /// A definite refusal: nothing was done. `retryable` follows spec §2's list of codes.
+    /// A definite refusal: nothing was done. `retryable` follows design §2's list of codes.
     Declined {
         code: String,
         message: String,
@@ -449,7 +449,7 @@ impl StripeFailure {
     }
 }
 
-/// Stripe error codes the spec retries (plus Stripe's own transient ones).
+/// Stripe error codes retried with a new attempt (design §2) (plus Stripe's own transient ones).
 pub fn is_retryable_code(code: &str) -> bool {
     matches!(
         code,
@@ -465,7 +465,7 @@ pub fn is_retryable_code(code: &str) -> bool {
     )
 }
 
-/// Spec §2: the first retry comes 5 minutes after the failure, then it doubles.
+/// Design §2: the first retry comes 5 minutes after the failure, then it doubles.
 pub const RETRY_BASE: Duration = Duration::minutes(5);
 
 /// Backoff after the n-th failure: base, 2 x base, 4 x base (5, 10, 20 minutes by default).
@@ -940,7 +940,7 @@ impl Payout {
     }
 
     /// The attempt was definitely refused (a 4xx with an error code, a legacy
-    /// `transfer.failed`): retried on the spec's schedule with a new attempt (a new key), or
+    /// `transfer.failed`): retried on design §2's schedule with a new attempt (a new key), or
     /// failed for good.
     pub fn attempt_declined(
         &self,

@@ -445,7 +445,7 @@ async fn a_normal_payout_transfers_once_and_completes_from_webhooks() {
             "re-checked once"
         );
 
-        // Spec §8 scenario 1: transfer.created, then transfer.paid.
+        // Design §8 scenario 1: transfer.created, then transfer.paid.
         assert!(
             !f.transfer_event(
                 "evt_created",
@@ -868,7 +868,7 @@ async fn a_failed_lookup_is_not_a_failure_and_consumes_no_attempt() {
 async fn definite_refusals_are_retried_on_the_spec_schedule_with_new_attempts() {
     on_both_stores("retry", |stores| async move {
         let f = fixture(&stores, FakeLimits::default()).await;
-        // Spec §8 scenario 2: insufficient funds, then a 429, then success.
+        // Design §8 scenario 2: insufficient funds, then a 429, then success.
         f.stripe.fail_next(400, "balance_insufficient");
         f.stripe.fail_next(429, "rate_limit");
         let payout = f.request("retry", 500_00).await.unwrap().unwrap();

@@ -6,7 +6,7 @@
 //! serves ([`allowed_callers`]): the internal RPCs only the components that own those calls
 //! (`HandleStripeEvent` from webhooks, `ReservePayout` from payouts, `ResolveApproval` from
 //! approvals, ...), the platform-facing ones (`RecordAllocation`, `RequestPayout`,
-//! `ValidatePayoutLimits`, ...) the platform. The table follows the README's who-calls-whom;
+//! `ValidatePayoutLimits`, ...) the platform. The table is the who-calls-whom of docs/design.md;
 //! a unit test keeps it covering every RPC of the contracts.
 //!
 //! A call without a certificate is UNAUTHENTICATED; a caller the table does not list for

@@ -194,7 +194,7 @@ pub struct Settings {
     pub payout_stuck_alert_days: u32,
     /// `PAYOUT_POLL_MILLISECONDS`: how often the payout worker looks for due transfers (1000).
     pub payout_poll_interval: Duration,
-    /// `PAYOUT_RETRY_BASE_SECONDS`: first transfer retry delay, doubling (spec: 300 = 5 min).
+    /// `PAYOUT_RETRY_BASE_SECONDS`: first transfer retry delay, doubling (default 300 = 5 min).
     pub payout_retry_base: Duration,
     /// `PAYOUT_UNKNOWN_ALERT_SECONDS`: how long a transfer's outcome may stay unknown before
     /// a critical alert is raised (3600). The payout is never failed for it.
@@ -214,7 +214,7 @@ pub struct Settings {
     pub cron_api_key: Option<Secret>,
     /// `ADMIN_JWT_SECRET`: HS256 key of admin tokens.
     pub admin_jwt_secret: Option<Secret>,
-    /// `PAYOUT_LIMITS_<NAME>`: overrides of the spec §6 limits, by name (validated by the
+    /// `PAYOUT_LIMITS_<NAME>`: overrides of the design §6 limits, by name (validated by the
     /// limits service, which knows the names).
     pub payout_limit_overrides: Vec<(String, String)>,
     /// `ADMIN_JWT_PUBLIC_KEY_FILE`: PEM public key (RSA for RS256, P-256 for ES256) of an
@@ -226,17 +226,17 @@ pub struct Settings {
     pub admin_jwt_issuer: Option<String>,
     /// `ADMIN_JWT_AUDIENCE`: when set, admin tokens must carry this `aud`.
     pub admin_jwt_audience: Option<String>,
-    /// `BALANCE_CRITICAL_CENTS`, `BALANCE_WARNING_CENTS`, `BALANCE_HEALTHY_CENTS`: spec §5's
+    /// `BALANCE_CRITICAL_CENTS`, `BALANCE_WARNING_CENTS`, `BALANCE_HEALTHY_CENTS`: design §5's
     /// balance thresholds ($1,000, $5,000, $10,000).
     pub balance_thresholds_cents: [i64; 3],
-    /// `RESERVE_MULTIPLIER`: the reserve kept against obligations, in basis points (spec: 1.2
+    /// `RESERVE_MULTIPLIER`: the reserve kept against obligations, in basis points (default 1.2
     /// = 12000); below 10000 (less than what is owed) is refused.
     pub reserve_multiplier_bps: i64,
     /// `BALANCE_PAUSE_AT`: the balance status at which new transfers pause by themselves
     /// (`depleted`, the default, or `critical`); `off` never pauses.
     pub balance_pause_at: Option<String>,
     /// `BALANCE_CHECK_SCHEDULE`: when the balance check runs by itself (cron syntax, UTC;
-    /// five fields as in the spec, `0 6 * * *`, or six with seconds first); `None` (`off`)
+    /// five fields as in crontab, `0 6 * * *`, or six with seconds first); `None` (`off`)
     /// disables it.
     pub balance_check_schedule: Option<cron::Schedule>,
     /// `SMTP_URL`: where alert emails go, in lettre's URL form (`smtp://user:pass@host:587?tls=required`
@@ -970,8 +970,8 @@ impl Settings {
     }
 }
 
-/// A cron expression (UTC), or `None` for `off`. Five fields (minute first, as crontab and
-/// the spec write it) get a leading `0` for the seconds; six or seven are taken as they are.
+/// A cron expression (UTC), or `None` for `off`. Five fields (minute first, as crontab
+/// writes it) get a leading `0` for the seconds; six or seven are taken as they are.
 fn schedule(variable: &str, text: &str) -> Result<Option<cron::Schedule>, ConfigError> {
     let text = text.trim();
     if text.eq_ignore_ascii_case("off") {

@@ -277,7 +277,7 @@ impl GrpcServer {
     }
 }
 
-/// Spec §10's rate, errors and duration of every gRPC method a server serves, whether the
+/// Design §10's rate, errors and duration of every gRPC method a server serves, whether the
 /// call came over the network or in process: `payouts_grpc_server_requests_total{method}`
 /// (how many calls one request to the system makes inside it),
 /// `payouts_grpc_server_responses_total{method, code}` (the gRPC status code; an error

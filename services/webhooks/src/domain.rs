@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-/// How long a completed event is kept (spec §4: 30 days), enforced by a TTL index. Events
+/// How long a completed event is kept (design §4: 30 days), enforced by a TTL index. Events
 /// still processing or parked as failed never expire: they stay until resolved.
 pub const RETENTION: Duration = Duration::days(30);
 
@@ -15,7 +15,7 @@ pub const RETENTION: Duration = Duration::days(30);
 pub enum Endpoint {
     /// Connect: the connected accounts' `payout.*` and `account.*`.
     StripePayouts,
-    /// Account: the platform's charge, refund, dispute and billing events (spec §9).
+    /// Account: the platform's charge, refund, dispute and billing events (design §9).
     StripeSubscription,
     /// Account: the platform's `transfer.*`.
     StripeTransfers,
@@ -37,7 +37,7 @@ impl Endpoint {
         Endpoint::StripeSubscription,
     ];
 
-    /// The name stored in documents (spec §4 `webhookEndpoint`).
+    /// The name stored in documents (design §4 `webhookEndpoint`).
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::StripePayouts => "stripe-payouts",
@@ -153,11 +153,11 @@ pub const PAYOUTS_ENDPOINT_EVENTS: &[&str] = &[
 pub const TRANSFERS_ENDPOINT_EVENTS: &[&str] =
     &["transfer.created", "transfer.updated", "transfer.reversed"];
 
-/// The spec's transfer events current Stripe no longer offers (accepted on the transfers
+/// The legacy transfer events current Stripe no longer offers (accepted on the transfers
 /// endpoint, never subscribed).
 pub const LEGACY_TRANSFER_EVENTS: &[&str] = &["transfer.paid", "transfer.failed"];
 
-/// The subscription endpoint's events (spec §9 plus the dispute fund movements and refund
+/// The subscription endpoint's events (design §9 plus the dispute fund movements and refund
 /// updates the disputes service applies): the platform's own charges.
 pub const SUBSCRIPTION_ENDPOINT_EVENTS: &[&str] = &[
     "checkout.session.completed",
@@ -212,7 +212,7 @@ pub fn connected_account_types() -> Vec<&'static str> {
         .collect()
 }
 
-/// Processing status (spec §4).
+/// Processing status (design §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventStatus {
     Processing,
@@ -282,7 +282,7 @@ pub struct InboxEvent {
     pub status: EventStatus,
     pub attempts: u32,
     pub deliveries: u32,
-    /// First stored (spec: processedAt).
+    /// First stored (`processedAt` in documents and REST).
     pub received_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -796,7 +796,7 @@ pub fn route(event_type: &str, event_livemode: bool, our_livemode: bool) -> Rout
     Route::Acknowledge("not ours: no Payouts service handles this event type")
 }
 
-/// Counts by status (spec §4 statistics).
+/// Counts by status (design §4 statistics).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Statistics {
     pub total: u64,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApprovalRepository, stale};
 use crate::domain::{Approval, ApprovalStatus, Filter, HoldMetadata, UserContext};
 
-/// MongoDB store: collection `payoutApprovalQueue` (spec §7 document).
+/// MongoDB store: collection `payoutApprovalQueue` (design §7 document).
 #[derive(Debug, Clone)]
 pub struct MongoApprovals {
     collection: Collection<ApprovalDocument>,
@@ -50,7 +50,7 @@ struct ApprovalDocument {
     version: i64,
 }
 
-/// Spec §7 `metadata`.
+/// Design §7 `metadata`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MetadataDocument {

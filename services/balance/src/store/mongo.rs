@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::SnapshotRepository;
 use crate::domain::{Snapshot, ThresholdStatus};
 
-/// MongoDB store: collection `platformBalanceSnapshots` (spec §5 document).
+/// MongoDB store: collection `platformBalanceSnapshots` (design §5 document).
 #[derive(Debug, Clone)]
 pub struct MongoSnapshots {
     collection: Collection<SnapshotDocument>,

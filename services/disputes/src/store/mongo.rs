@@ -27,7 +27,7 @@ fn corrupt(what: &str, id: &str, value: &str) -> ServiceError {
     ServiceError::internal(anyhow::anyhow!("{what} {id} has {value:?}"))
 }
 
-/// MongoDB store: collection `usdAllocations` (spec §3 and §11 fields).
+/// MongoDB store: collection `usdAllocations` (design §3 fields).
 #[derive(Debug, Clone)]
 pub struct MongoAllocations {
     collection: Collection<AllocationDocument>,

@@ -159,7 +159,7 @@ impl AlertRepository for MemoryAlerts {
     }
 }
 
-/// MongoDB store: collection `criticalAlerts` (spec §10 shape).
+/// MongoDB store: collection `criticalAlerts` (design §10 shape).
 #[derive(Debug, Clone)]
 pub struct MongoAlerts {
     collection: Collection<AlertDocument>,
@@ -175,17 +175,17 @@ struct AlertDocument {
     severity: String,
     title: String,
     message: String,
-    /// The alert's structured context (spec §3 `metadata`), a JSON object stored as one.
+    /// The alert's structured context (design §3 `metadata`), a JSON object stored as one.
     #[serde(default)]
     metadata: bson::Document,
     status: String,
-    /// Spec §3: nobody has taken it up yet (status active).
+    /// Design §3: nobody has taken it up yet (status active).
     requires_attention: bool,
-    /// Spec §3: it is over (status resolved).
+    /// Design §3: it is over (status resolved).
     resolved: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dedupe_key: Option<String>,
-    /// When it was raised (spec §3 `timestamp`).
+    /// When it was raised (design §3 `timestamp`).
     timestamp: bson::DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     acknowledged_at: Option<bson::DateTime>,

@@ -599,7 +599,7 @@ struct AlertDocument {
     description: String,
 }
 
-/// A payoutAuditLogs document (spec §2 shape, with from -> to, why, who, when).
+/// A payoutAuditLogs document (design §2 shape, with from -> to, why, who, when).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct AuditDocument {

@@ -18,7 +18,7 @@ use crate::domain::{
     Endpoint, EventSource, EventStatus, InboxEvent, OwedAlert, Owner, Statistics, Waiting,
 };
 
-/// MongoDB store: collection `processedWebhookEvents` (spec §4 document, plus what the
+/// MongoDB store: collection `processedWebhookEvents` (design §4 document, plus what the
 /// inbox needs: payload, attempts, deliveries, version, expiresAt for the TTL index).
 #[derive(Debug, Clone)]
 pub struct MongoInbox {
@@ -43,7 +43,7 @@ struct EventDocument {
     payload: String,
     attempts: i64,
     deliveries: i64,
-    /// Spec §4 name of the first-stored time.
+    /// Design §4 name of the first-stored time.
     processed_at: bson::DateTime,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<bson::DateTime>,
