@@ -391,6 +391,11 @@ pub async fn trigger(
     account: Option<&str>,
     sets: &[String],
 ) -> anyhow::Result<()> {
+    if settings.is_live() {
+        anyhow::bail!(
+            "refusing to trigger {event_type} with a live configuration (STRIPE_LIVEMODE=true or a live STRIPE_SECRET_KEY): a made-up event signed with a live endpoint's secret would be applied to real payouts as if Stripe had sent it; use test-mode settings"
+        );
+    }
     let event = build_event(event_type, account, settings.stripe_livemode, sets)?;
     let endpoint = endpoint_for(event_type).context("every triggerable type has an endpoint")?;
     let secrets = match endpoint {

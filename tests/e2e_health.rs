@@ -475,3 +475,76 @@ fn help_explains_the_modes() {
         );
     }
 }
+
+/// A fresh deployment starts every pod at once: the webhooks service's first backfill runs
+/// before the payouts service answers. That is expected, not a warning: the first start of a
+/// service whose peers are still coming up logs no warning (and the job runs again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_before_its_peers_are_up_logs_no_warning() {
+    use std::io::{BufRead as _, Read as _};
+    let stripe = payouts_runtime::testing::fake_stripe::FakeStripe::start().await;
+    // Nothing listens on the payouts service's address yet.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let payouts_url = format!("http://{}", unused.local_addr().unwrap());
+    drop(unused);
+    let mut env = WEBHOOK_SECRETS.to_vec();
+    env.extend([
+        ("STRIPE_SECRET_KEY", "sk_test_first_start"),
+        ("STRIPE_API_BASE", stripe.url()),
+        ("PAYOUTS_SERVICE_URL", payouts_url.as_str()),
+        ("PAYOUTS_ALLOW_EMBEDDED", "true"),
+        ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true"),
+        ("GRPC_TIMEOUT_MILLISECONDS", "500"),
+        ("RUST_LOG", "info"),
+    ]);
+    let mut child = support::command(&["serve", "webhooks"], &env)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read stderr to its end on a thread: a closed pipe would fail the process's writes.
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (sender, announced) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(url) = line.strip_prefix("payouts: metrics at ") {
+                let _ = sender.send(url.to_owned());
+            }
+        }
+    });
+    let metrics = announced
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the metrics address is announced");
+    // Wait until the backfill has run once and failed for want of the payouts service.
+    let failed = "payouts_jobs_runs_total{job=\"webhook-backfill\",result=\"failed\"}";
+    let mut seen = false;
+    for _ in 0..200 {
+        let text = match reqwest::get(&metrics).await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains(failed) {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    let mut logs = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(seen, "the backfill never ran:\n{logs}");
+    assert!(
+        logs.contains("waits for a service that is still starting"),
+        "{logs}"
+    );
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("\"level\":\"WARN\"") || line.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert!(warnings.is_empty(), "{warnings:#?}");
+}

@@ -427,3 +427,123 @@ async fn a_dispute_crosses_every_process_over_mutual_tls() {
         "{found:?}"
     );
 }
+
+/// `name`'s certificate from the test PKI, as a client of `server` at `url`.
+fn channel_with(cert: &str, url: &str, server: &str) -> TracedChannel {
+    let files = TlsFiles {
+        cert: tls_fixture(&format!("{cert}.crt")).into(),
+        key: tls_fixture(&format!("{cert}.key")).into(),
+        ca: tls_fixture("ca.crt").into(),
+        platform_ca: None,
+    };
+    let tls = MutualTls::load(&files).unwrap();
+    traced_tls_channel(url, Duration::from_secs(10), &tls, server).unwrap()
+}
+
+/// A made-up Stripe event, as a forger would send it straight to the gRPC port.
+fn forged_dispute_event() -> payouts_proto::disputes::v1::HandleStripeEventRequest {
+    payouts_proto::disputes::v1::HandleStripeEventRequest {
+        event: Some(payouts_proto::common::v1::StripeEvent {
+            id: "evt_forged".to_owned(),
+            r#type: "charge.dispute.created".to_owned(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// With the platform's own CA (`GRPC_TLS_PLATFORM_CA_FILE`), a component's name counts only
+/// on a certificate from the components' CA and a platform identity only on one from the
+/// platform's: whoever can get a certificate for `payouts-webhooks` from the platform's
+/// issuer does not become the webhooks service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_components_name_from_the_platforms_issuer_is_refused() {
+    let mut env = tls_env("disputes");
+    env.push(("GRPC_PLATFORM_IDENTITIES", "creator-api".to_owned()));
+    env.push(("GRPC_TLS_PLATFORM_CA_FILE", tls_fixture("platform-ca.crt")));
+    let disputes = Payouts::start(&["serve", "disputes"], StoreChoice::Embedded, &env_of(&env));
+    let url = format!("https://{}", disputes.grpc.unwrap());
+
+    // The platform's caller, from the platform's CA: served.
+    let mut platform = DisputesServiceClient::new(channel_with(
+        "platform-creator-api",
+        &url,
+        "payouts-disputes",
+    ));
+    let recorded = platform.record_allocation(allocation("alloc_ca_1")).await;
+    assert!(recorded.is_ok(), "{recorded:?}");
+
+    // The webhooks service's name on a certificate from the platform's CA: nobody.
+    let mut forger =
+        DisputesServiceClient::new(channel_with("platform-webhooks", &url, "payouts-disputes"));
+    let refused = forger
+        .handle_stripe_event(forged_dispute_event())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // The real webhooks service, from the components' CA, passes authorization (its made-up
+    // event is then judged on its content, not refused for who sent it).
+    let mut webhooks =
+        DisputesServiceClient::new(channel_with("webhooks", &url, "payouts-disputes"));
+    let answered = webhooks.handle_stripe_event(forged_dispute_event()).await;
+    assert!(
+        !matches!(
+            answered.as_ref().map_err(tonic::Status::code),
+            Err(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)
+        ),
+        "{answered:?}"
+    );
+
+    // A platform identity on a certificate from the components' CA: nobody either.
+    let mut impostor =
+        DisputesServiceClient::new(channel_with("creator-api", &url, "payouts-disputes"));
+    let refused = impostor
+        .record_allocation(allocation("alloc_ca_2"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Only the platform's allocation was credited.
+    let earnings = earnings_of_creator(&mut platform).await;
+    assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
+}
+
+/// The all-in-one process on a public gRPC address: refused without mutual TLS (the image's
+/// old default was exactly that), and with it every RPC goes through the caller table, like
+/// services apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_all_in_one_on_a_public_address_serves_only_through_the_caller_table() {
+    let output = support::command(&[], &[("GRPC_ADDR", "0.0.0.0:0")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid setting GRPC_ADDR"), "{stderr}");
+
+    let mut env = tls_env("disputes");
+    env.push(("GRPC_ADDR", "0.0.0.0:0".to_owned()));
+    env.push(("GRPC_PLATFORM_IDENTITIES", "creator-api".to_owned()));
+    let all = Payouts::start(&[], StoreChoice::Embedded, &env_of(&env));
+    let port = all.grpc.unwrap().port();
+    let url = format!("https://127.0.0.1:{port}");
+
+    // Without a certificate: nothing but health.
+    let refused = DisputesServiceClient::new(channel_without_certificate(&url))
+        .record_allocation(allocation("alloc_all_1"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+
+    // The platform may credit earnings, but not feed Stripe events.
+    let mut platform =
+        DisputesServiceClient::new(channel_as("creator-api", &url, "payouts-disputes"));
+    let recorded = platform.record_allocation(allocation("alloc_all_2")).await;
+    assert!(recorded.is_ok(), "{recorded:?}");
+    let refused = platform
+        .handle_stripe_event(forged_dispute_event())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let earnings = earnings_of_creator(&mut platform).await;
+    assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
+}

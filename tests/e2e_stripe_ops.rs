@@ -840,3 +840,39 @@ async fn admins_list_payouts_by_status_and_user_and_read_one_with_its_audit_log(
         assert!(error["error"].is_string(), "{path}: {error}");
     }
 }
+
+/// `payouts stripe trigger` signs made-up events with an endpoint's secret: with a live
+/// configuration they would be applied to real payouts, so it refuses before sending.
+#[test]
+fn trigger_refuses_a_live_configuration() {
+    for live in [
+        &[
+            ("STRIPE_SECRET_KEY", "sk_live_ops"),
+            ("STRIPE_LIVEMODE", "true"),
+        ][..],
+        &[("STRIPE_LIVEMODE", "true")][..],
+    ] {
+        let mut env = live.to_vec();
+        env.extend([
+            ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
+            ("STRIPE_WEBHOOK_SECRET", SUBSCRIPTION_SECRET),
+            ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
+        ]);
+        let output = support::command(
+            &[
+                "stripe",
+                "trigger",
+                "transfer.created",
+                // Nothing listens there: a refusal must come before any request.
+                "--gateway",
+                "http://127.0.0.1:9",
+            ],
+            &env,
+        )
+        .output()
+        .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("live configuration"), "{stderr}");
+    }
+}

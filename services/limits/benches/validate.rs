@@ -95,6 +95,7 @@ fn tls_files(component: &str) -> payouts_runtime::config::TlsFiles {
         cert: dir.join(format!("{component}.crt")),
         key: dir.join(format!("{component}.key")),
         ca: dir.join("ca.crt"),
+        platform_ca: None,
     }
 }
 

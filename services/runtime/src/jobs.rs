@@ -239,7 +239,14 @@ pub struct Periodic {
     pub lease: Duration,
     /// How often an idle replica looks whether the job is due.
     pub poll: std::time::Duration,
+    /// When this replica started: until [`STARTUP_GRACE`] has passed, a service the job
+    /// needs that does not answer yet is expected (a fresh deployment starts every pod at
+    /// once), logged at info rather than as a warning.
+    pub started: std::time::Instant,
 }
+
+/// How long after its start a replica expects the services its jobs call to come up.
+pub const STARTUP_GRACE: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Periodic {
     /// Runs `job` every `interval` on one replica at a time, as a worker of `service` (its
@@ -265,6 +272,7 @@ impl Periodic {
             interval: Duration::from_std(interval).unwrap_or(Duration::days(1)),
             lease,
             poll: interval.min(poll_cap),
+            started: std::time::Instant::now(),
         });
         context.spawn_worker(
             service.grpc_name(),
@@ -298,7 +306,12 @@ impl Periodic {
         let (next, tick) = match self.job.run_once(claimed.cursor).await {
             Ok(cursor) => (claimed.finished(self.clock.now(), cursor), Tick::Ran),
             Err(error) => {
-                tracing::warn!(job = %self.name, %error, "periodic job failed; it runs again at the next tick");
+                if error.kind() == ErrorKind::Unavailable && self.started.elapsed() < STARTUP_GRACE
+                {
+                    tracing::info!(job = %self.name, %error, "periodic job waits for a service that is still starting; it runs again at the next tick");
+                } else {
+                    tracing::warn!(job = %self.name, %error, "periodic job failed; it runs again at the next tick");
+                }
                 (claimed.abandoned(), Tick::Failed)
             }
         };
@@ -414,6 +427,7 @@ mod tests {
             interval: Duration::minutes(10),
             lease: Duration::minutes(5),
             poll: std::time::Duration::from_millis(1),
+            started: std::time::Instant::now(),
         };
         let (a, b) = (replica("a", job.clone()), replica("b", job.clone()));
         assert_eq!(a.tick().await.unwrap(), Tick::Ran);
