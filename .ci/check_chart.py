@@ -3,7 +3,9 @@ sets, and every key of its ConfigMap, is a setting `payouts` reads (`payouts con
 variables`), and every gRPC probe names a service the binary registers (`payouts config
 services`). Every workload (each Deployment, the CronJob) runs as a ServiceAccount of its own,
 rendered with it, with no token mounted. Every component certificate comes from an Issuer of
-the same rendering (the release's own CA), never an issuer shared with others. In the
+the same rendering (the release's own CA), never an issuer shared with others. Every pod with
+a gRPC port outside loopback speaks mutual TLS (GRPC_TLS_*), split or all in one, unless the
+rendering opts into plaintext (PAYOUTS_ALLOW_PLAINTEXT_GRPC=true). In the
 renderings given after --pinned, every image is pinned by digest (name@sha256:...). Who may
 reach whom (the NetworkPolicies against the binary's caller table) is .ci/check_traffic.py's.
 Run by .ci/run.
@@ -42,6 +44,10 @@ def main():
         accounts = {d["metadata"]["name"]: d for d in documents if d.get("kind") == "ServiceAccount"}
         account_users = {}
         issuers = {d["metadata"]["name"] for d in documents if d.get("kind") == "Issuer"}
+        config = {}
+        for doc in documents:
+            if doc.get("kind") == "ConfigMap":
+                config.update(doc.get("data") or {})
         for doc in documents:
             spec = doc.get("spec") or {}
             if doc.get("kind") != "Certificate" or spec.get("isCA"):
@@ -71,6 +77,14 @@ def main():
                 problems.append(f"{path}: {kind} {name} mounts a service-account token")
             for container in pod.get("containers", []):
                 image = container.get("image", "")
+                env_names = {e["name"] for e in container.get("env", [])}
+                grpc_addr = config.get("GRPC_ADDR", "127.0.0.1:50051") if container.get("envFrom") else "127.0.0.1:50051"
+                listens = any(port.get("name") == "grpc" for port in container.get("ports", []))
+                loopback = grpc_addr.startswith(("127.", "[::1]", "localhost:"))
+                plaintext_allowed = config.get("PAYOUTS_ALLOW_PLAINTEXT_GRPC") == "true"
+                tls = {"GRPC_TLS_CERT_FILE", "GRPC_TLS_KEY_FILE", "GRPC_TLS_CA_FILE"} <= env_names
+                if listens and not loopback and not tls and not plaintext_allowed:
+                    problems.append(f"{path}: {kind} {name} serves gRPC on {grpc_addr} without mutual TLS (GRPC_TLS_*)")
                 if path in pinned and not re.search(r"@sha256:[0-9a-f]{64}$", image):
                     problems.append(f"{path}: {kind} {name} runs {image}, not pinned by digest")
                 is_payouts = "payouts" in container.get("image", "")
