@@ -164,6 +164,15 @@ topologySpreadConstraints:
 {{- $service := include "payouts.componentName" . -}}
 {{- $namespace := .root.Release.Namespace -}}
 {{- $names := list (printf "payouts-%s" .component) $service (printf "%s.%s.svc" $service $namespace) (printf "%s.%s.svc.cluster.local" $service $namespace) -}}
+{{- if eq .component "all" -}}
+{{- /* The all-in-one process is every service: the platform's callers check the name of the
+service they call (payouts-disputes, ...), so its certificate carries all of them. */ -}}
+{{- range $name := keys (include "payouts.catalog" .root | fromYaml) | sortAlpha -}}
+{{- if ne $name "gateway" -}}
+{{- $names = append $names (printf "payouts-%s" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml (uniq $names) -}}
 {{- end -}}
 
