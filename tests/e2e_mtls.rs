@@ -546,4 +546,38 @@ async fn the_all_in_one_on_a_public_address_serves_only_through_the_caller_table
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     let earnings = earnings_of_creator(&mut platform).await;
     assert_eq!(earnings.lifetime.unwrap().cents, 2_500);
+
+    // Made-up paths without a certificate: refused, and no metrics series per path (they are
+    // never evicted: one per path would grow memory without bound).
+    use tower::ServiceExt as _;
+    let anonymous = channel_without_certificate(&url);
+    for n in 0..20 {
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("{url}/made.up.Service{n}/Method{n}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let response = anonymous.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response
+                .headers()
+                .get("grpc-status")
+                .map(|v| v.to_str().unwrap()),
+            Some("16"),
+            "UNAUTHENTICATED"
+        );
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", all.metrics.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!metrics.contains("made.up"), "{metrics}");
+    assert!(
+        metrics.contains("payouts_grpc_server_refused_total{code=\"Unauthenticated\"}"),
+        "{metrics}"
+    );
 }

@@ -618,6 +618,24 @@ pub fn service_channel(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn metrics_label_only_known_rpcs() {
+        for known in [
+            "/payouts.disputes.v1.DisputesService/RecordAllocation",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert_eq!(super::metric_label(known), known);
+        }
+        for unknown in [
+            "/payouts.disputes.v1.DisputesService/Nope",
+            "/made.up.Service/Method",
+            "/",
+            "",
+        ] {
+            assert_eq!(super::metric_label(unknown), "unknown", "{unknown}");
+        }
+    }
+
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
