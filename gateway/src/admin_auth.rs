@@ -948,4 +948,401 @@ mod tests {
         .unwrap_err();
         assert!(error.to_string().contains("ADMIN_JWT_JWKS_FILE"), "{error}");
     }
+
+    /// An identity provider on loopback: answers `GET /jwks` with what `answer` holds,
+    /// counting the requests.
+    struct FakeIdp {
+        url: String,
+        answer: std::sync::Arc<std::sync::Mutex<(StatusCode, String)>>,
+        requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl FakeIdp {
+        async fn start(body: String) -> Self {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let answer = std::sync::Arc::new(std::sync::Mutex::new((StatusCode::OK, body)));
+            let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (served, counted) = (answer.clone(), requests.clone());
+            let app = axum::Router::new().route(
+                "/jwks",
+                axum::routing::get(move || {
+                    let (served, counted) = (served.clone(), counted.clone());
+                    async move {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        served.lock().unwrap().clone()
+                    }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            Self {
+                url: format!("http://{address}/jwks"),
+                answer,
+                requests,
+            }
+        }
+
+        fn answer(&self, status: StatusCode, body: String) {
+            *self.answer.lock().unwrap() = (status, body);
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// The fixture JWKS, its one key published under `kid`.
+    fn jwks_with_kid(kid: &str) -> String {
+        std::fs::read_to_string(fixture("jwks.json"))
+            .unwrap()
+            .replace("test-rsa", kid)
+    }
+
+    fn limits(min_refetch: std::time::Duration) -> JwksLimits {
+        JwksLimits {
+            min_refetch,
+            ..JwksLimits::with_refresh(std::time::Duration::from_secs(600))
+        }
+    }
+
+    fn from_url(url: &str, limits: JwksLimits) -> AdminAuth {
+        AdminAuth::from_settings_with(&settings(&[("ADMIN_JWT_JWKS_URL", url.to_owned())]), limits)
+            .unwrap()
+    }
+
+    fn rs256_with_kid(kid: &str) -> String {
+        bearer(&signed(&idp_claims(), Algorithm::RS256, Some(kid)))
+    }
+
+    #[tokio::test]
+    async fn a_rotated_kid_is_fetched_from_the_jwks_url() {
+        let idp = FakeIdp::start(jwks_with_kid("retired-kid")).await;
+        let auth = from_url(&idp.url, limits(std::time::Duration::ZERO));
+        let token = rs256_with_kid("test-rsa");
+        // The first request fetches the keys: the provider has not published this kid yet.
+        assert_eq!(
+            status(&auth, Some(&token)).await,
+            Err(StatusCode::UNAUTHORIZED)
+        );
+        assert_eq!(idp.requests(), 1);
+        // The provider rotates: the unknown kid makes the gateway fetch again.
+        idp.answer(StatusCode::OK, jwks_with_kid("test-rsa"));
+        assert_eq!(status(&auth, Some(&token)).await, Ok("admin-1".to_owned()));
+        assert_eq!(idp.requests(), 2);
+        // A known kid fetches nothing.
+        assert_eq!(status(&auth, Some(&token)).await, Ok("admin-1".to_owned()));
+        assert_eq!(idp.requests(), 2);
+        assert_eq!(auth.jwks_fetches(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_kids_fetches_at_most_once_per_period() {
+        let idp = FakeIdp::start(jwks_with_kid("test-rsa")).await;
+        let auth = from_url(&idp.url, limits(std::time::Duration::from_secs(3600)));
+        let flood: Vec<String> = (0..200)
+            .map(|i| rs256_with_kid(&format!("random-{i}-{}", uuid::Uuid::new_v4())))
+            .collect();
+        let answers = futures::future::join_all(
+            flood
+                .iter()
+                .map(|token| status(&auth, Some(token.as_str()))),
+        )
+        .await;
+        assert!(
+            answers
+                .iter()
+                .all(|answer| *answer == Err(StatusCode::UNAUTHORIZED)),
+            "{answers:?}"
+        );
+        // One fetch (the first request, before any keys), and no more within the period.
+        assert_eq!(idp.requests(), 1);
+        let kept = auth.remote.as_ref().unwrap().keys().unwrap();
+        assert_eq!(kept.len(), 1, "the keys are replaced, never accumulated");
+        assert_eq!(
+            status(&auth, Some(&rs256_with_kid("test-rsa"))).await,
+            Ok("admin-1".to_owned())
+        );
+        assert_eq!(idp.requests(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_last_good_keys_are_kept_while_the_identity_provider_fails() {
+        let idp = FakeIdp::start(jwks_with_kid("test-rsa")).await;
+        let auth = from_url(
+            &idp.url,
+            JwksLimits {
+                max_bytes: 4096,
+                max_keys: 2,
+                ..limits(std::time::Duration::ZERO)
+            },
+        );
+        let remote = auth.remote.clone().unwrap();
+        let token = rs256_with_kid("test-rsa");
+        remote.refresh().await;
+        assert_eq!(status(&auth, Some(&token)).await, Ok("admin-1".to_owned()));
+        let key =
+            serde_json::from_str::<serde_json::Value>(&jwks_with_kid("other")).unwrap()["keys"][0]
+                .clone();
+        let too_many = serde_json::json!({"keys": [key.clone(), key.clone(), key]}).to_string();
+        let too_big = format!("{}{}", jwks_with_kid("other"), " ".repeat(5000));
+        for (answer, body) in [
+            (StatusCode::INTERNAL_SERVER_ERROR, jwks_with_kid("other")),
+            (StatusCode::OK, "not json".to_owned()),
+            (StatusCode::OK, too_big),
+            (StatusCode::OK, too_many),
+            (StatusCode::OK, r#"{"keys": []}"#.to_owned()),
+        ] {
+            idp.answer(answer, body.clone());
+            let before = idp.requests();
+            remote.refresh().await;
+            assert_eq!(idp.requests(), before + 1, "{answer} {body:.40}");
+            assert_eq!(
+                status(&auth, Some(&token)).await,
+                Ok("admin-1".to_owned()),
+                "{answer} {body:.40}"
+            );
+            // A token of a key it does not have is still 401, not "unavailable".
+            assert_eq!(
+                status(&auth, Some(&rs256_with_kid("other"))).await,
+                Err(StatusCode::UNAUTHORIZED)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn before_the_first_fetch_admin_routes_answer_503() {
+        // Nothing listens there: the identity provider is down from the start.
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let auth = from_url(
+            &format!("http://{address}/jwks"),
+            limits(std::time::Duration::ZERO),
+        );
+        for header in [None, Some(rs256_with_kid("test-rsa"))] {
+            let error = auth.authenticate(header.as_deref()).await.unwrap_err();
+            assert_eq!(error.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert!(
+                error.message.contains("ADMIN_JWT_JWKS_URL"),
+                "{}",
+                error.message
+            );
+        }
+        assert_eq!(auth.jwks_fetches(), 2, "each request asked for a fetch");
+    }
+
+    const ROLE_CLAIM: &str = "payouts_role";
+
+    fn with_role(role: Option<&str>) -> String {
+        let mut claims = claims(true);
+        if let Some(role) = role {
+            claims[ROLE_CLAIM] = serde_json::json!(role);
+        }
+        bearer(&hs256(claims, Algorithm::HS256, SECRET))
+    }
+
+    #[tokio::test]
+    async fn the_role_claim_makes_an_admin_an_approver_or_a_viewer() {
+        let without =
+            AdminAuth::from_settings(&settings(&[("ADMIN_JWT_SECRET", SECRET.to_owned())]))
+                .unwrap();
+        // No role claim configured: every admin is an approver, whatever the token says.
+        for role in [None, Some("viewer"), Some("owner")] {
+            let admin = without.authenticate(Some(&with_role(role))).await.unwrap();
+            assert_eq!(admin.role, AdminRole::Approver, "{role:?}");
+        }
+        let with = AdminAuth::from_settings(&settings(&[
+            ("ADMIN_JWT_SECRET", SECRET.to_owned()),
+            ("ADMIN_JWT_ROLE_CLAIM", ROLE_CLAIM.to_owned()),
+        ]))
+        .unwrap();
+        for (role, expected) in [
+            ("approver", AdminRole::Approver),
+            ("viewer", AdminRole::Viewer),
+        ] {
+            let admin = with
+                .authenticate(Some(&with_role(Some(role))))
+                .await
+                .unwrap();
+            assert_eq!(admin.role, expected);
+        }
+        for role in [None, Some("owner"), Some("Approver"), Some("")] {
+            let error = with.authenticate(Some(&with_role(role))).await.unwrap_err();
+            assert_eq!(error.status, StatusCode::FORBIDDEN, "{role:?}");
+            assert!(error.message.contains(ROLE_CLAIM), "{}", error.message);
+        }
+        let mut not_a_string = claims(true);
+        not_a_string[ROLE_CLAIM] = serde_json::json!(["approver"]);
+        let error = with
+            .authenticate(Some(&bearer(&hs256(
+                not_a_string,
+                Algorithm::HS256,
+                SECRET,
+            ))))
+            .await
+            .unwrap_err();
+        assert_eq!(error.status, StatusCode::FORBIDDEN);
+    }
+
+    #[tokio::test]
+    async fn minting_is_refused_for_live_money_and_carries_the_role() {
+        let hour = std::time::Duration::from_secs(3600);
+        for live in [
+            vec![("STRIPE_LIVEMODE", "true".to_owned())],
+            vec![
+                ("STRIPE_LIVEMODE", "true".to_owned()),
+                ("STRIPE_SECRET_KEY", "sk_live_abc".to_owned()),
+            ],
+        ] {
+            let mut env = live.clone();
+            env.push(("ADMIN_JWT_SECRET", SECRET.to_owned()));
+            env.push(("ADMIN_JWT_ALLOW_HS256", "true".to_owned()));
+            let error = mint_admin_token(&settings(&env), "alice", AdminRole::Approver, hour)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("live configuration"), "{error}");
+            assert!(error.contains("identity provider"), "{error}");
+        }
+        let plain = settings(&[("ADMIN_JWT_SECRET", SECRET.to_owned())]);
+        let error = mint_admin_token(&plain, "v", AdminRole::Viewer, hour)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("ADMIN_JWT_ROLE_CLAIM"), "{error}");
+        let roles = settings(&[
+            ("ADMIN_JWT_SECRET", SECRET.to_owned()),
+            ("ADMIN_JWT_ROLE_CLAIM", ROLE_CLAIM.to_owned()),
+        ]);
+        let auth = AdminAuth::from_settings(&roles).unwrap();
+        for role in [AdminRole::Viewer, AdminRole::Approver] {
+            let token = mint_admin_token(&roles, "v", role, hour).unwrap();
+            let admin = auth.authenticate(Some(&bearer(&token))).await.unwrap();
+            assert_eq!(admin.role, role);
+        }
+    }
+
+    /// The admin routes the router declares (`fn routes` in lib.rs), with their parameters
+    /// blanked (`{}`), so they compare with the OpenAPI document's.
+    fn declared_admin_routes() -> std::collections::BTreeSet<String> {
+        let source = include_str!("lib.rs");
+        let start = source.find("fn routes(&self)").unwrap();
+        let end = start + source[start..].find("\n    }\n").unwrap();
+        source[start..end]
+            .split('"')
+            .filter(|text| text.starts_with("/api/admin"))
+            .map(blank_parameters)
+            .collect()
+    }
+
+    fn blank_parameters(path: &str) -> String {
+        path.split('/')
+            .map(|part| if part.starts_with('{') { "{}" } else { part })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[tokio::test]
+    async fn every_admin_route_lets_a_viewer_read_and_refuses_it_any_change() {
+        use tower::ServiceExt as _;
+        // The services are down: an admitted request gets the service's 503.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let gateway = crate::Gateway::new(std::sync::Arc::new(settings(&[
+            ("ADMIN_JWT_SECRET", SECRET.to_owned()),
+            ("ADMIN_JWT_ROLE_CLAIM", ROLE_CLAIM.to_owned()),
+            ("GRPC_ADDR", dead.to_string()),
+            ("GRPC_TIMEOUT_MILLISECONDS", "2000".to_owned()),
+        ])))
+        .unwrap()
+        .router();
+        let viewer = with_role(Some("viewer"));
+        let approver = with_role(Some("approver"));
+        let call = |method: &str, path: &str, token: &str| {
+            let request = axum::http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header("authorization", token)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "walk-1")
+                .body(axum::body::Body::from("{}"))
+                .unwrap();
+            let gateway = gateway.clone();
+            async move {
+                let response = gateway.oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let document: serde_json::Value = serde_json::from_str(crate::OPENAPI).unwrap();
+        let documented = document["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| path.starts_with("/api/admin"))
+            .collect::<Vec<_>>();
+        // The router's admin routes are the documented ones: a new route must be walked.
+        let documented_paths: std::collections::BTreeSet<String> = documented
+            .iter()
+            .map(|(path, _)| blank_parameters(path))
+            .collect();
+        assert_eq!(declared_admin_routes(), documented_paths);
+        let (mut reads, mut changes) = (0, 0);
+        for (path, operations) in documented {
+            let concrete = path
+                .split('/')
+                .map(|part| if part.starts_with('{') { "x1" } else { part })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in ["GET", "POST"] {
+                let declared = operations.get(method.to_lowercase()).is_some();
+                let (as_viewer, viewer_body) = call(method, &concrete, &viewer).await;
+                if !declared {
+                    // Every method the router takes is documented, so walked here.
+                    assert_eq!(as_viewer, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                    continue;
+                }
+                let (as_approver, approver_body) = call(method, &concrete, &approver).await;
+                assert!(
+                    as_approver != StatusCode::UNAUTHORIZED && as_approver != StatusCode::FORBIDDEN,
+                    "{method} {path}: an approver was refused: {as_approver} {approver_body}"
+                );
+                if method == "GET" {
+                    reads += 1;
+                    // A viewer reads as an approver does (who-am-I answers each its role).
+                    let same_body = path == "/api/admin/me" || viewer_body == approver_body;
+                    assert!(
+                        as_viewer == as_approver && same_body,
+                        "{method} {path}: a viewer read {as_viewer} {viewer_body}, an approver {as_approver} {approver_body}"
+                    );
+                } else {
+                    changes += 1;
+                    assert_eq!(
+                        as_viewer,
+                        StatusCode::FORBIDDEN,
+                        "{method} {path}: {viewer_body}"
+                    );
+                    assert!(
+                        viewer_body.contains("viewer"),
+                        "{method} {path}: {viewer_body}"
+                    );
+                }
+            }
+        }
+        assert!(
+            reads >= 11 && changes >= 12,
+            "{reads} reads, {changes} changes walked"
+        );
+        // Who am I: the dashboard reads the role here.
+        let (me, body) = call("GET", "/api/admin/me", &viewer).await;
+        assert_eq!(me, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({"subject": "admin-1", "role": "viewer"})
+        );
+    }
 }

@@ -760,6 +760,7 @@ mod tests {
             "/api/webhooks/stripe-payouts",
             "/api/webhooks/stripe-transfers",
             "/api/webhooks/stripe-subscription",
+            "/api/admin/me",
             "/api/admin/webhooks/stats",
             "/api/admin/webhooks/events",
             "/api/admin/webhooks/events/{eventId}/retry",
@@ -789,7 +790,7 @@ mod tests {
         }
         assert_eq!(
             paths.len(),
-            27,
+            28,
             "every documented path is a route: {paths:?}"
         );
     }
