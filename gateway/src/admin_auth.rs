@@ -1221,17 +1221,33 @@ mod tests {
         }
     }
 
-    /// The admin routes the router declares (`fn routes` in lib.rs), with their parameters
-    /// blanked (`{}`), so they compare with the OpenAPI document's.
+    /// The admin routes the router declares: every `.route("/api/admin...", ...)` in the
+    /// gateway's sources (outside tests), with their parameters blanked (`{}`), so they
+    /// compare with the OpenAPI document's.
     fn declared_admin_routes() -> std::collections::BTreeSet<String> {
-        let source = include_str!("lib.rs");
-        let start = source.find("fn routes(&self)").unwrap();
-        let end = start + source[start..].find("\n    }\n").unwrap();
-        source[start..end]
-            .split('"')
-            .filter(|text| text.starts_with("/api/admin"))
-            .map(blank_parameters)
-            .collect()
+        let mut routes = std::collections::BTreeSet::new();
+        let mut files = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            if path.extension().is_none_or(|extension| extension != "rs") {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+            for call in code.split(".route(").skip(1) {
+                let call = call.trim_start();
+                if let Some(rest) = call.strip_prefix('"')
+                    && let Some((path, _)) = rest.split_once('"')
+                    && path.starts_with("/api/admin")
+                {
+                    routes.insert(blank_parameters(path));
+                }
+            }
+        }
+        routes
     }
 
     fn blank_parameters(path: &str) -> String {
