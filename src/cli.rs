@@ -148,16 +148,37 @@ enum ConfigAction {
 #[derive(Debug, Subcommand)]
 enum AdminAction {
     /// Print a short-lived HS256 admin token signed with ADMIN_JWT_SECRET (with
-    /// ADMIN_JWT_ISSUER and ADMIN_JWT_AUDIENCE when set), for development and the dashboard
-    /// walkthrough. Production admins get theirs from the identity provider.
+    /// ADMIN_JWT_ISSUER, ADMIN_JWT_AUDIENCE and the ADMIN_JWT_ROLE_CLAIM when set), for
+    /// development and the dashboard walkthrough. Refused for a live configuration:
+    /// production admins sign in through the identity provider (ADMIN_JWT_JWKS_URL).
     Token {
         /// The admin's id, recorded with every decision made with the token.
         #[arg(long)]
         sub: String,
+        /// What the admin may do: approver (everything) or viewer (read only; needs
+        /// ADMIN_JWT_ROLE_CLAIM).
+        #[arg(long, value_enum, default_value_t = TokenRole::Approver)]
+        role: TokenRole,
         /// How long the token is valid: seconds, or a number with s, m or h (at most 24h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: std::time::Duration,
     },
+}
+
+/// The role written in a development admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenRole {
+    Approver,
+    Viewer,
+}
+
+impl From<TokenRole> for payouts_gateway::AdminRole {
+    fn from(role: TokenRole) -> Self {
+        match role {
+            TokenRole::Approver => payouts_gateway::AdminRole::Approver,
+            TokenRole::Viewer => payouts_gateway::AdminRole::Viewer,
+        }
+    }
 }
 
 /// `90`, `90s`, `15m`, `1h`.
@@ -239,6 +260,7 @@ pub enum Invocation {
     /// `payouts admin token`.
     AdminToken {
         subject: String,
+        role: TokenRole,
         ttl: std::time::Duration,
     },
     /// `payouts stripe ...`.
@@ -264,9 +286,10 @@ impl Cli {
             Some(Command::Serve { service }) => Invocation::Run(Mode::Service((*service).into())),
             Some(Command::Gateway) => Invocation::Run(Mode::Gateway),
             Some(Command::Admin {
-                action: AdminAction::Token { sub, ttl },
+                action: AdminAction::Token { sub, role, ttl },
             }) => Invocation::AdminToken {
                 subject: sub.clone(),
+                role: *role,
                 ttl: *ttl,
             },
             Some(Command::Stripe { action }) => Invocation::Stripe(action.clone()),
@@ -377,14 +400,28 @@ mod tests {
             parse(&["payouts", "admin", "token", "--sub", "alice"]).unwrap(),
             Invocation::AdminToken {
                 subject: "alice".into(),
+                role: TokenRole::Approver,
                 ttl: std::time::Duration::from_secs(3600)
             }
         );
+        assert_eq!(
+            parse(&[
+                "payouts", "admin", "token", "--sub", "v", "--role", "viewer"
+            ])
+            .unwrap(),
+            Invocation::AdminToken {
+                subject: "v".into(),
+                role: TokenRole::Viewer,
+                ttl: std::time::Duration::from_secs(3600)
+            }
+        );
+        assert!(parse(&["payouts", "admin", "token", "--sub", "v", "--role", "owner"]).is_err());
         for (ttl, seconds) in [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200)] {
             assert_eq!(
                 parse(&["payouts", "admin", "token", "--sub", "a", "--ttl", ttl]).unwrap(),
                 Invocation::AdminToken {
                     subject: "a".into(),
+                    role: TokenRole::Approver,
                     ttl: std::time::Duration::from_secs(seconds)
                 }
             );

@@ -47,10 +47,12 @@ fn main() -> ExitCode {
             }
             return ExitCode::SUCCESS;
         }
-        cli::Invocation::AdminToken { subject, ttl } => {
+        cli::Invocation::AdminToken { subject, role, ttl } => {
             let token = payouts_runtime::Settings::from_process_env()
                 .map_err(anyhow::Error::from)
-                .and_then(|settings| payouts_gateway::mint_admin_token(&settings, &subject, ttl));
+                .and_then(|settings| {
+                    payouts_gateway::mint_admin_token(&settings, &subject, role.into(), ttl)
+                });
             return match token {
                 Ok(token) => {
                     println!("{token}");

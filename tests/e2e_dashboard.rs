@@ -1,7 +1,8 @@
 //! The admin dashboard end to end, in a real headless Chromium: the real binary on the
 //! embedded store and the fake Stripe, seeded through its APIs (gRPC as the platform, signed
 //! webhooks as Stripe, the admin REST), then `tests/browser/dashboard.py` (Playwright) signs
-//! in, approves one payout and rejects another (a rejection without notes is refused in the
+//! in (an approver; a viewer, with `ADMIN_JWT_ROLE_CLAIM`, sees every page and no action),
+//! approves one payout and rejects another (a rejection without notes is refused in the
 //! page), sees the 409 when two tabs decide the same approval, retries a failed webhook
 //! event, resolves an alert, reads the balance chart, runs a reconciliation, and checks phone
 //! width. Screenshots go to `target/screenshots/`; with `UPDATE_SCREENSHOTS=1` also to
@@ -21,6 +22,23 @@ use support::{Payouts, StoreChoice};
 const PAYOUTS_SECRET: &str = "whsec_dashboard_payouts";
 const TRANSFERS_SECRET: &str = "whsec_dashboard_transfers";
 const ADMIN_SECRET: &str = "dashboard-admin-secret-of-at-least-32-bytes";
+const ROLE_CLAIM: &str = "payouts_role";
+
+/// An admin token with its role in `ROLE_CLAIM`, valid five minutes.
+fn token_with_role(subject: &str, role: &str) -> String {
+    let claims = serde_json::json!({
+        "sub": subject,
+        "admin": true,
+        ROLE_CLAIM: role,
+        "exp": chrono::Utc::now().timestamp() + 300,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(ADMIN_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_works_the_dashboard_in_a_real_browser() {
@@ -38,6 +56,7 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
             ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
             ("STRIPE_WEBHOOK_SECRET_TRANSFERS", TRANSFERS_SECRET),
             ("ADMIN_JWT_SECRET", ADMIN_SECRET),
+            ("ADMIN_JWT_ROLE_CLAIM", ROLE_CLAIM),
             ("WEBHOOK_POLL_MILLISECONDS", "20"),
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
             ("WEBHOOK_BACKFILL_INTERVAL", "off"),
@@ -80,7 +99,8 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
     assert_eq!(delivered.status(), 200);
     let http = reqwest::Client::new();
     // Two balance checks: two snapshots for the chart.
-    let token = support::admin_token(ADMIN_SECRET, "dashboard-admin", true);
+    let token = token_with_role("dashboard-admin", "approver");
+    let viewer = token_with_role("dashboard-viewer", "viewer");
     for _ in 0..2 {
         let checked = http
             .post(process.gateway_url("/api/admin/balance/check"))
@@ -125,6 +145,7 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
                 .arg(&base)
                 .arg(&token)
                 .arg(&shots)
+                .arg(&viewer)
                 .output()
                 .unwrap()
         }

@@ -4,6 +4,10 @@
 
 const TOKEN_KEY = "payoutsAdminToken";
 let expiryTimer = null;
+// The signed-in admin's role, from GET /api/admin/me: "approver" or "viewer". Every element
+// marked data-change (a button or form that POSTs) shows only to an approver (app.css); the
+// gateway refuses a viewer's change anyway (403), the page only spares it the attempt.
+let role = null;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -51,6 +55,8 @@ function claims(jwt) {
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  role = null;
+  delete document.body.dataset.role;
   if (expiryTimer) clearTimeout(expiryTimer);
   render(message);
 }
@@ -150,7 +156,7 @@ async function payoutPage(view, id) {
   ];
   const actions = el("div", {});
   if (p.parked) {
-    actions.append(el("button", { type: "button", onclick: async () => {
+    actions.append(el("button", { type: "button", "data-change": true, onclick: async () => {
       const answer = await api("POST", `/api/admin/payouts/${encodeURIComponent(p.id)}/resume`);
       actions.replaceChildren(answer.status === 200 ? el("p", {}, "Resumed: " + answer.body.status) : errorLine(answer));
     } }, "Resume"));
@@ -169,7 +175,7 @@ async function payoutPage(view, id) {
       }
       outcome.replaceChildren(errorLine(answer));
     };
-    actions.append(el("form", { class: "filters", onsubmit: async (event) => {
+    actions.append(el("form", { class: "filters", "data-change": true, onsubmit: async (event) => {
       event.preventDefault();
       if (!confirm(`Reverse ${money(Number(amount.value), p.currency)} of ${p.id}?`)) return;
       await send(crypto.randomUUID(), { amountCents: Number(amount.value), notes: notes.value });
@@ -214,14 +220,14 @@ async function webhooksPage(view) {
       el("p", {}, e.alertOwed ? "Critical alert: not raised yet (retried until the notifications service confirms it)" : "Critical alert: raised"),
       el("p", {}, "Error: ", e.error || "—"), el("p", {}, "Outcome: ", e.outcome || "—"))),
       el("td", {}, e.eventType), el("td", {}, time(e.failedAt)),
-      el("td", {}, el("button", { type: "button", onclick: async () => {
+      el("td", {}, el("button", { type: "button", "data-change": true, onclick: async () => {
         const answer = await api("POST", `/api/admin/webhooks/events/${encodeURIComponent(e.eventId)}/retry?endpoint=${e.webhookEndpoint}`);
         outcome.replaceChildren(answer.status === 200 ? "Retrying" : errorLine(answer));
       } }, "Retry")), outcome);
   }) : [];
   const since = el("input", { type: "datetime-local", required: true });
   const backfillOutcome = el("div", { "aria-live": "polite" });
-  const backfill = el("form", { class: "filters", onsubmit: async (event) => {
+  const backfill = el("form", { class: "filters", "data-change": true, onsubmit: async (event) => {
     event.preventDefault();
     const answer = await api("POST", "/api/admin/webhooks/backfill", { since: new Date(since.value).toISOString() });
     backfillOutcome.replaceChildren(answer.status === 200
@@ -254,7 +260,7 @@ async function alertsPage(view, params) {
     };
     return el("article", { class: "card" }, el("h2", {}, `[${a.severity}] ${a.title}`), el("p", {}, a.description),
       el("p", { class: "muted" }, a.type, " · ", time(a.timestamp), a.resolved ? " · resolved" : ""),
-      a.resolved ? null : el("div", { class: "filters" },
+      a.resolved ? null : el("div", { class: "filters", "data-change": true },
         el("button", { type: "button", onclick: () => act("acknowledge") }, "Acknowledge"),
         labelled("notes-" + a.id, "Resolution notes", notes),
         el("button", { type: "button", onclick: () => act("resolve", { notes: notes.value }) }, "Resolve")),
@@ -270,7 +276,7 @@ async function reconciliationPage(view) {
   loading(view);
   const result = await api("GET", "/api/admin/reconciliation?limit=10");
   const outcome = el("div", { "aria-live": "polite" });
-  const run = el("button", { type: "button", onclick: async () => {
+  const run = el("button", { type: "button", "data-change": true, onclick: async () => {
     run.disabled = true;
     const answer = await api("POST", "/api/admin/reconciliation/run");
     run.disabled = false;
@@ -343,7 +349,7 @@ function approvalCard(a) {
       outcome.replaceChildren(errorLine(answer));
     }
   };
-  const buttons = el("div", { class: "filters" }, labelled("notes-" + a.id, "Notes (required to reject)", notes),
+  const buttons = el("div", { class: "filters", "data-change": true }, labelled("notes-" + a.id, "Notes (required to reject)", notes),
     el("button", { type: "button", class: "approve", onclick: () => decide("approve") }, "Approve"),
     el("button", { type: "button", class: "reject", onclick: () => decide("reject") }, "Reject"));
   buttons.hidden = a.status !== "pending";
@@ -394,7 +400,7 @@ async function balancePage(view) {
     const answer = await api(method, path);
     if (answer.status === 200) balancePage(view); else outcome.replaceChildren(errorLine(answer));
   } }, label);
-  const controls = el("div", { class: "filters" }, action("Run check now", "POST", "/api/admin/balance/check"),
+  const controls = el("div", { class: "filters", "data-change": true }, action("Run check now", "POST", "/api/admin/balance/check"),
     action("Pause transfers", "POST", "/api/admin/balance/pause"), action("Resume transfers", "POST", "/api/admin/balance/resume"));
   if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Balance"), controls, outcome, errorLine(result));
   const d = result.body.data, b = d.balanceStatus, pause = d.transferPause;
@@ -417,6 +423,19 @@ const PAGES = {
   reconciliation: reconciliationPage,
 };
 
+// Asks the gateway who the token is and what it may do; actions stay hidden until it says
+// "approver". A token the gateway refuses (no valid role) signs out with its reason.
+async function loadRole(who) {
+  const answer = await api("GET", "/api/admin/me");
+  if (answer.status === 200) {
+    role = answer.body.role;
+    document.body.dataset.role = role;
+    who.textContent = "Signed in as " + answer.body.subject + (role === "viewer" ? " (viewer: read only)" : "");
+  } else if (answer.status === 403) {
+    signOut("Signed out: " + (answer.body.error || "this token is not an admin's"));
+  }
+}
+
 function render(message) {
   const jwt = token();
   const signin = document.getElementById("signin");
@@ -433,7 +452,8 @@ function render(message) {
     return;
   }
   signin.hidden = true; nav.hidden = false; signout.hidden = false;
-  who.textContent = "Signed in as " + (payload.sub || "?");
+  who.textContent = "Signed in as " + (payload.sub || "?") + (role === "viewer" ? " (viewer: read only)" : "");
+  if (role === null) loadRole(who);
   if (expiryTimer) clearTimeout(expiryTimer);
   if (payload.exp) expiryTimer = setTimeout(() => signOut("Signed out: the token expired."), payload.exp * 1000 - Date.now());
   const [path, query] = (location.hash.replace(/^#\/?/, "") || "approvals").split("?");

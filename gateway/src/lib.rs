@@ -43,7 +43,7 @@ use tower_http::trace::TraceLayer;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub use admin_auth::AdminAuth;
+pub use admin_auth::{AdminAuth, AdminRole, JwksLimits};
 
 /// The gateway's shared state: what its handlers need to call the services. Cloned for
 /// every request (axum's `State`), so it is one reference-counted pointer.
@@ -185,6 +185,7 @@ impl Gateway {
                 "/api/webhooks/stripe-subscription",
                 get(health::stripe_subscription).post(webhooks::stripe_subscription),
             )
+            .route("/api/admin/me", get(admin_auth::me))
             .route("/api/admin/webhooks/stats", get(admin_webhooks::stats))
             .route("/api/admin/webhooks/events", get(admin_webhooks::events))
             .route(
@@ -759,6 +760,7 @@ mod tests {
             "/api/webhooks/stripe-payouts",
             "/api/webhooks/stripe-transfers",
             "/api/webhooks/stripe-subscription",
+            "/api/admin/me",
             "/api/admin/webhooks/stats",
             "/api/admin/webhooks/events",
             "/api/admin/webhooks/events/{eventId}/retry",
@@ -788,7 +790,7 @@ mod tests {
         }
         assert_eq!(
             paths.len(),
-            27,
+            28,
             "every documented path is a route: {paths:?}"
         );
     }

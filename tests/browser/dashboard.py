@@ -1,7 +1,7 @@
 """The admin dashboard in a real headless Chromium, driven by Playwright.
 
 Run by tests/e2e_dashboard.rs against the real binary it started and seeded:
-  python dashboard.py <chromium> <base url> <admin token> <screenshot dir>
+  python dashboard.py <chromium> <base url> <approver token> <screenshot dir> <viewer token>
 Exits non-zero with the failed step on any failure. Each step checks what an admin sees.
 """
 
@@ -10,7 +10,7 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-chromium, base, token, shots = sys.argv[1:5]
+chromium, base, token, shots, viewer = sys.argv[1:6]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 problems = []
@@ -26,12 +26,12 @@ def watch(page):
             if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
 
 
-def sign_in(page):
+def sign_in(page, jwt=token, who="Signed in as dashboard-admin"):
     page.goto(base + "/admin/")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
-    page.get_by_label("Admin token").fill(token)
+    page.get_by_label("Admin token").fill(jwt)
     page.get_by_role("button", name="Sign in").click()
-    expect(page.locator("#who")).to_have_text("Signed in as dashboard-admin")
+    expect(page.locator("#who")).to_have_text(who)
 
 
 def card(page, user):
@@ -56,6 +56,28 @@ with sync_playwright() as playwright:
     expect(page.get_by_role("heading", name="Approval queue")).to_be_visible()
     expect(card(page, "alice")).to_contain_text("Account 400 days old")
     page.screenshot(path=f"{shots}/approvals.png", full_page=True)
+    expect(card(page, "alice").get_by_role("button", name="Approve")).to_be_visible()
+
+    # A viewer reads every page and is offered no action (the gateway said "viewer").
+    looker = browser.new_context(viewport={"width": 1280, "height": 900})
+    seen = looker.new_page()
+    watch(seen)
+    sign_in(seen, viewer, "Signed in as dashboard-viewer (viewer: read only)")
+    expect(card(seen, "alice")).to_contain_text("Account 400 days old")
+    expect(seen.get_by_role("button", name="Approve")).to_have_count(0)
+    expect(seen.get_by_role("button", name="Reject")).to_have_count(0)
+    seen.screenshot(path=f"{shots}/approvals-viewer.png", full_page=True)
+    seen.goto(base + "/admin/#/webhooks")
+    expect(seen.locator("tr", has_text="evt_dashboard_broken")).to_be_visible()
+    expect(seen.get_by_role("button", name="Retry")).to_have_count(0)
+    expect(seen.get_by_role("button", name="Backfill")).to_have_count(0)
+    seen.goto(base + "/admin/#/balance")
+    expect(seen.locator("section.card h2")).to_be_visible()
+    expect(seen.get_by_role("button", name="Pause transfers")).to_have_count(0)
+    seen.goto(base + "/admin/#/alerts")
+    expect(seen.locator("article", has_text="Stripe Webhook Event Failed").first).to_be_visible()
+    expect(seen.get_by_role("button", name="Resolve")).to_have_count(0)
+    looker.close()
 
     # A rejection without notes is refused in the page, and nothing is sent.
     bob = card(page, "bob")

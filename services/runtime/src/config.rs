@@ -226,6 +226,19 @@ pub struct Settings {
     pub admin_jwt_issuer: Option<String>,
     /// `ADMIN_JWT_AUDIENCE`: when set, admin tokens must carry this `aud`.
     pub admin_jwt_audience: Option<String>,
+    /// `ADMIN_JWT_JWKS_URL`: the identity provider's JWKS, fetched over HTTPS (plain HTTP
+    /// only to a loopback address) and refreshed every `ADMIN_JWT_JWKS_REFRESH_INTERVAL`.
+    pub admin_jwt_jwks_url: Option<String>,
+    /// `ADMIN_JWT_JWKS_REFRESH_INTERVAL`: how often the JWKS of `ADMIN_JWT_JWKS_URL` is
+    /// fetched again (`10m`; at least `30s`). An unknown `kid` also fetches it, at most
+    /// once per 30 seconds.
+    pub admin_jwt_jwks_refresh: Duration,
+    /// `ADMIN_JWT_ALLOW_HS256`: accept `ADMIN_JWT_SECRET` with a live Stripe configuration
+    /// (false: refused at start, since whoever holds the secret can mint any admin).
+    pub admin_jwt_allow_hs256: bool,
+    /// `ADMIN_JWT_ROLE_CLAIM`: the claim naming an admin's role (`approver` or `viewer`);
+    /// unset, every admin is an approver.
+    pub admin_jwt_role_claim: Option<String>,
     /// `BALANCE_CRITICAL_CENTS`, `BALANCE_WARNING_CENTS`, `BALANCE_HEALTHY_CENTS`: design §5's
     /// balance thresholds ($1,000, $5,000, $10,000).
     pub balance_thresholds_cents: [i64; 3],
@@ -353,6 +366,10 @@ pub const VARIABLES: &[&str] = &[
     "ADMIN_JWT_JWKS_FILE",
     "ADMIN_JWT_ISSUER",
     "ADMIN_JWT_AUDIENCE",
+    "ADMIN_JWT_JWKS_URL",
+    "ADMIN_JWT_JWKS_REFRESH_INTERVAL",
+    "ADMIN_JWT_ALLOW_HS256",
+    "ADMIN_JWT_ROLE_CLAIM",
     "BALANCE_CRITICAL_CENTS",
     "BALANCE_WARNING_CENTS",
     "BALANCE_HEALTHY_CENTS",
@@ -449,10 +466,61 @@ impl Settings {
     /// An identity provider's keys sign tokens of every tenant: without both the issuer and
     /// the audience checked, another project's admin would be ours. A short HS256 secret can
     /// be guessed offline from one token.
+    ///
+    /// Exactly one key source: each one is a way in, and a second one (an HS256 secret next
+    /// to the identity provider) would be a door around the first. HS256 with a live Stripe
+    /// configuration is refused unless `ADMIN_JWT_ALLOW_HS256=true`: the secret sits in the
+    /// gateway's pod, and whoever reads it can mint a token for any subject.
     fn validate_admin_keys(&self) -> Result<(), ConfigError> {
+        let sources = [
+            ("ADMIN_JWT_SECRET", self.admin_jwt_secret.is_some()),
+            (
+                "ADMIN_JWT_PUBLIC_KEY_FILE",
+                self.admin_jwt_public_key_file.is_some(),
+            ),
+            ("ADMIN_JWT_JWKS_FILE", self.admin_jwt_jwks_file.is_some()),
+            ("ADMIN_JWT_JWKS_URL", self.admin_jwt_jwks_url.is_some()),
+        ];
+        let set: Vec<&str> = sources
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(variable, _)| *variable)
+            .collect();
+        if let [first, second, ..] = set[..] {
+            return Err(ConfigError::new(
+                second,
+                format!(
+                    "is set together with {first}: set exactly one admin key source (ADMIN_JWT_SECRET, ADMIN_JWT_PUBLIC_KEY_FILE, ADMIN_JWT_JWKS_FILE or ADMIN_JWT_JWKS_URL); a second source would be a second way in"
+                ),
+            ));
+        }
+        if let Some(url) = &self.admin_jwt_jwks_url {
+            validate_jwks_url(url)?;
+        }
+        if self.admin_jwt_jwks_refresh < Duration::from_secs(30) {
+            return Err(ConfigError::new(
+                "ADMIN_JWT_JWKS_REFRESH_INTERVAL",
+                "must be at least 30s: the identity provider is not to be polled harder",
+            ));
+        }
+        if let Some(claim) = &self.admin_jwt_role_claim
+            && ["sub", "admin", "exp", "nbf", "iat", "iss", "aud", "jti"].contains(&claim.as_str())
+        {
+            return Err(ConfigError::new(
+                "ADMIN_JWT_ROLE_CLAIM",
+                format!("must name a claim of its own, not the registered claim {claim:?}"),
+            ));
+        }
+        if self.admin_jwt_secret.is_some() && self.is_live() && !self.admin_jwt_allow_hs256 {
+            return Err(ConfigError::new(
+                "ADMIN_JWT_SECRET",
+                "is refused with a live Stripe configuration (STRIPE_LIVEMODE=true or a live STRIPE_SECRET_KEY): whoever holds the secret can mint a token for any admin and approve a payout under another name; sign admins in through the identity provider (ADMIN_JWT_JWKS_URL with ADMIN_JWT_ISSUER and ADMIN_JWT_AUDIENCE), or set ADMIN_JWT_ALLOW_HS256=true to accept the risk",
+            ));
+        }
         let provider_keys = [
             ("ADMIN_JWT_PUBLIC_KEY_FILE", &self.admin_jwt_public_key_file),
             ("ADMIN_JWT_JWKS_FILE", &self.admin_jwt_jwks_file),
+            ("ADMIN_JWT_JWKS_URL", &self.admin_jwt_jwks_url),
         ];
         for (variable, file) in provider_keys {
             if file.is_none() {
@@ -701,6 +769,17 @@ impl Settings {
             admin_jwt_jwks_file: values.string("ADMIN_JWT_JWKS_FILE")?,
             admin_jwt_issuer: values.string("ADMIN_JWT_ISSUER")?,
             admin_jwt_audience: values.string("ADMIN_JWT_AUDIENCE")?,
+            admin_jwt_jwks_url: values.string("ADMIN_JWT_JWKS_URL")?,
+            admin_jwt_jwks_refresh: values
+                .interval("ADMIN_JWT_JWKS_REFRESH_INTERVAL", Duration::from_secs(600))?
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "ADMIN_JWT_JWKS_REFRESH_INTERVAL",
+                        "cannot be off: the identity provider's keys rotate",
+                    )
+                })?,
+            admin_jwt_allow_hs256: values.boolean("ADMIN_JWT_ALLOW_HS256", false)?,
+            admin_jwt_role_claim: values.string("ADMIN_JWT_ROLE_CLAIM")?,
             balance_thresholds_cents: [
                 values.number("BALANCE_CRITICAL_CENTS", 1_000_00)?,
                 values.number("BALANCE_WARNING_CENTS", 5_000_00)?,
@@ -1095,6 +1174,43 @@ fn tls_files(values: &Values) -> Result<Option<TlsFiles>, ConfigError> {
                 "is required with the other GRPC_TLS_* files: mutual TLS needs a certificate, its key and the CA",
             ))
         }
+    }
+}
+
+/// `ADMIN_JWT_JWKS_URL`: HTTPS, or plain HTTP to a loopback address only (tests, a local
+/// identity provider): keys fetched in the clear could be replaced on the way.
+fn validate_jwks_url(url: &str) -> Result<(), ConfigError> {
+    let problem =
+        |what: &str| ConfigError::new("ADMIN_JWT_JWKS_URL", format!("{what}, got {url:?}"));
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| problem("must be an https:// URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(problem(
+            "must be an https:// URL with a host and no credentials",
+        ));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" => {
+            let host = match authority.strip_prefix('[') {
+                Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+                None => authority.split(':').next().unwrap_or_default(),
+            };
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if loopback {
+                Ok(())
+            } else {
+                Err(problem(
+                    "must be https:// (plain http:// only to a loopback address): keys fetched in the clear could be replaced on the way",
+                ))
+            }
+        }
+        _ => Err(problem("must be an https:// URL")),
     }
 }
 
@@ -1520,20 +1636,155 @@ mod tests {
             "{}",
             error.problem
         );
-        for file in ["ADMIN_JWT_PUBLIC_KEY_FILE", "ADMIN_JWT_JWKS_FILE"] {
-            assert_eq!(refused(&[(file, "/keys")]).variable, "ADMIN_JWT_ISSUER");
+        for file in [
+            "ADMIN_JWT_PUBLIC_KEY_FILE",
+            "ADMIN_JWT_JWKS_FILE",
+            "ADMIN_JWT_JWKS_URL",
+        ] {
+            let file_or_url = if file == "ADMIN_JWT_JWKS_URL" {
+                "https://idp.example.com/jwks.json"
+            } else {
+                "/keys"
+            };
+            let file = (file, file_or_url);
+            assert_eq!(refused(&[file]).variable, "ADMIN_JWT_ISSUER");
             assert_eq!(
-                refused(&[(file, "/keys"), ("ADMIN_JWT_ISSUER", "https://idp")]).variable,
+                refused(&[file, ("ADMIN_JWT_ISSUER", "https://idp")]).variable,
                 "ADMIN_JWT_AUDIENCE"
             );
             let pinned = [
-                (file, "/keys"),
+                file,
                 ("ADMIN_JWT_ISSUER", "https://idp"),
                 ("ADMIN_JWT_AUDIENCE", "payouts"),
             ];
             assert!(Settings::from_env(env(&pinned)).is_ok());
         }
         assert!(Settings::from_env(env(&[("ADMIN_JWT_SECRET", &"k".repeat(32))])).is_ok());
+    }
+
+    #[test]
+    fn exactly_one_admin_key_source_is_accepted() {
+        let pinned = [
+            ("ADMIN_JWT_ISSUER", "https://idp"),
+            ("ADMIN_JWT_AUDIENCE", "payouts"),
+        ];
+        let secret = "k".repeat(32);
+        let sources = [
+            ("ADMIN_JWT_SECRET", secret.as_str()),
+            ("ADMIN_JWT_PUBLIC_KEY_FILE", "/key.pem"),
+            ("ADMIN_JWT_JWKS_FILE", "/jwks.json"),
+            ("ADMIN_JWT_JWKS_URL", "https://idp.example.com/jwks.json"),
+        ];
+        for (i, first) in sources.iter().enumerate() {
+            for second in &sources[i + 1..] {
+                let mut pairs = pinned.to_vec();
+                pairs.extend([*first, *second]);
+                let error = Settings::from_env(env(&pairs)).unwrap_err();
+                assert_eq!(error.variable, second.0, "{first:?} {second:?}");
+                assert!(error.problem.contains(first.0), "{}", error.problem);
+                assert!(error.problem.contains("exactly one"), "{}", error.problem);
+            }
+        }
+    }
+
+    #[test]
+    fn the_jwks_url_is_https_or_loopback_http() {
+        let pinned = [
+            ("ADMIN_JWT_ISSUER", "https://idp"),
+            ("ADMIN_JWT_AUDIENCE", "payouts"),
+        ];
+        let with = |url: &str, extra: &[(&str, &str)]| {
+            let mut pairs = pinned.to_vec();
+            pairs.push(("ADMIN_JWT_JWKS_URL", url));
+            pairs.extend_from_slice(extra);
+            Settings::from_env(env(&pairs))
+        };
+        for good in [
+            "https://idp.example.com/.well-known/jwks.json",
+            "http://127.0.0.1:8080/jwks",
+            "http://localhost/jwks",
+            "http://[::1]:9/jwks",
+        ] {
+            assert!(with(good, &[]).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://idp.example.com/jwks",
+            "http://10.0.0.1/jwks",
+            "http://127.0.0.1.evil.example/jwks",
+            "ftp://idp.example.com/jwks",
+            "idp.example.com/jwks",
+            "https://user:pass@idp.example.com/jwks",
+            "https:///jwks",
+        ] {
+            assert_eq!(
+                with(bad, &[]).unwrap_err().variable,
+                "ADMIN_JWT_JWKS_URL",
+                "{bad}"
+            );
+        }
+        let url = "https://idp.example.com/jwks";
+        for (interval, ok) in [("29s", false), ("30s", true), ("off", false), ("1h", true)] {
+            let result = with(url, &[("ADMIN_JWT_JWKS_REFRESH_INTERVAL", interval)]);
+            assert_eq!(result.is_ok(), ok, "{interval}");
+            if let Err(error) = result {
+                assert_eq!(error.variable, "ADMIN_JWT_JWKS_REFRESH_INTERVAL");
+            }
+        }
+        let settings = with(url, &[]).unwrap();
+        assert_eq!(settings.admin_jwt_jwks_refresh, Duration::from_secs(600));
+        assert_eq!(
+            with(url, &[("ADMIN_JWT_ROLE_CLAIM", "admin")])
+                .unwrap_err()
+                .variable,
+            "ADMIN_JWT_ROLE_CLAIM"
+        );
+        let settings = with(url, &[("ADMIN_JWT_ROLE_CLAIM", "payouts_role")]).unwrap();
+        assert_eq!(
+            settings.admin_jwt_role_claim.as_deref(),
+            Some("payouts_role")
+        );
+    }
+
+    #[test]
+    fn hs256_with_a_live_configuration_needs_an_explicit_opt_in() {
+        let secret = "k".repeat(32);
+        let live_configurations: [&[(&str, &str)]; 3] = [
+            &[("STRIPE_LIVEMODE", "true")],
+            &[
+                ("STRIPE_SECRET_KEY", "sk_live_abc"),
+                ("STRIPE_LIVEMODE", "true"),
+            ],
+            &[
+                ("STRIPE_SECRET_KEY", "rk_live_abc"),
+                ("STRIPE_LIVEMODE", "true"),
+            ],
+        ];
+        for live in live_configurations {
+            let mut pairs = live.to_vec();
+            assert!(Settings::from_env(env(&pairs)).unwrap().is_live());
+            pairs.push(("ADMIN_JWT_SECRET", &secret));
+            let error = Settings::from_env(env(&pairs)).unwrap_err();
+            assert_eq!(error.variable, "ADMIN_JWT_SECRET", "{live:?}");
+            assert!(
+                error.problem.contains("ADMIN_JWT_ALLOW_HS256"),
+                "{}",
+                error.problem
+            );
+            assert!(
+                error.problem.contains("ADMIN_JWT_JWKS_URL"),
+                "{}",
+                error.problem
+            );
+            pairs.push(("ADMIN_JWT_ALLOW_HS256", "true"));
+            assert!(Settings::from_env(env(&pairs)).is_ok(), "{live:?}");
+        }
+        // A test configuration keeps HS256 without asking.
+        let test = Settings::from_env(env(&[
+            ("STRIPE_SECRET_KEY", "sk_test_abc"),
+            ("ADMIN_JWT_SECRET", &secret),
+        ]))
+        .unwrap();
+        assert!(!test.is_live());
     }
 
     #[test]
