@@ -144,9 +144,11 @@ fn prost_descriptors() -> Vec<(String, String)> {
     paths
 }
 
-/// Paths every connection may call, certificate or not.
+/// Paths every connection may call, certificate or not: health's Check (probes, load
+/// balancers) and reflection when it is served. Health's Watch is a stream held open for as
+/// long as the caller likes, so it needs a certificate (any of ours).
 fn is_open(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
+    path == "/grpc.health.v1.Health/Check"
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
@@ -197,8 +199,17 @@ impl Identities {
                 "a client certificate is required (mutual TLS)",
             ));
         }
-        let method = path.trim_start_matches('/');
         let vouched = peer.map(|peer| peer.vouched).unwrap_or_default();
+        if path == "/grpc.health.v1.Health/Watch" {
+            return if self.callers(names, vouched).is_empty() {
+                Err(tonic::Status::permission_denied(format!(
+                    "{names:?} may not watch health: no known caller"
+                )))
+            } else {
+                Ok(())
+            };
+        }
+        let method = path.trim_start_matches('/');
         let callers = self.callers(names, vouched);
         let allowed = allowed_callers(method).unwrap_or_default();
         if callers.iter().any(|caller| allowed.contains(caller)) {
@@ -275,13 +286,24 @@ where
                     "code" => format!("{:?}", status.code())
                 )
                 .increment(1);
-                tracing::warn!(
-                    path = request.uri().path(),
-                    names = ?peer.map(|peer| peer.names.clone()),
-                    remote = ?peer.and_then(|peer| peer.remote),
-                    code = ?status.code(),
-                    "gRPC call refused"
-                );
+                // Without a certificate it is anyone's noise (debug); with one of ours it is a
+                // misconfigured caller (a warning).
+                let unauthenticated = status.code() == tonic::Code::Unauthenticated;
+                if unauthenticated {
+                    tracing::debug!(
+                        path = %crate::grpc::metric_label(request.uri().path()),
+                        remote = ?peer.and_then(|peer| peer.remote),
+                        "gRPC call refused: no client certificate"
+                    );
+                } else {
+                    tracing::warn!(
+                        path = request.uri().path(),
+                        names = ?peer.map(|peer| peer.names.clone()),
+                        remote = ?peer.and_then(|peer| peer.remote),
+                        code = ?status.code(),
+                        "gRPC call refused"
+                    );
+                }
                 futures::future::Either::Right(std::future::ready(Ok(status.into_http())))
             }
         }
@@ -414,10 +436,28 @@ mod tests {
                 .check("/grpc.health.v1.Health/Check", None)
                 .is_ok()
         );
-        assert!(
+        // Watch holds a stream open: only for a certificate of ours.
+        assert_eq!(
             identities
                 .check("/grpc.health.v1.Health/Watch", None)
+                .unwrap_err()
+                .code(),
+            tonic::Code::Unauthenticated
+        );
+        assert!(
+            identities
+                .check(
+                    "/grpc.health.v1.Health/Watch",
+                    Some(&peer(&["payouts-gateway"]))
+                )
                 .is_ok()
+        );
+        assert_eq!(
+            identities
+                .check("/grpc.health.v1.Health/Watch", Some(&peer(&["stranger"])))
+                .unwrap_err()
+                .code(),
+            tonic::Code::PermissionDenied
         );
     }
 }

@@ -570,6 +570,29 @@ impl Settings {
                 "is required when ALERT_EMAIL_TO is set: alert emails would never be sent",
             ));
         }
+        if matches!(role, Role::AllInOne | Role::Service(_))
+            && self.mongodb_uri.is_none()
+            && self.is_live()
+        {
+            return Err(ConfigError::new(
+                "MONGODB_URI",
+                "is required with a live Stripe configuration (STRIPE_LIVEMODE=true or a live key), in every mode: the embedded store forgets payouts, idempotency keys and approvals when the process restarts, and a forgotten payout can be paid twice (PAYOUTS_ALLOW_EMBEDDED does not lift this)",
+            ));
+        }
+        let grpc_over_network = match role {
+            Role::Service(_) | Role::Gateway => true,
+            Role::AllInOne => !self.grpc_addr.ip().is_loopback(),
+        };
+        if grpc_over_network
+            && self.grpc_tls.is_none()
+            && self.allow_plaintext_grpc
+            && self.is_live()
+        {
+            return Err(ConfigError::new(
+                "PAYOUTS_ALLOW_PLAINTEXT_GRPC",
+                "is for development only and is refused with a live Stripe configuration (STRIPE_LIVEMODE=true or a live key): gRPC would travel between hosts without mutual TLS, and whoever reaches a port could move real money (set GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE)",
+            ));
+        }
         if matches!(role, Role::Service(_) | Role::Gateway)
             && self.grpc_tls.is_none()
             && !self.allow_plaintext_grpc
@@ -590,15 +613,6 @@ impl Settings {
                     "is {}, reachable from other hosts, without mutual TLS: any workload that reaches it could credit earnings, decide approvals, feed made-up Stripe events or request payouts (set GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE and GRPC_TLS_CA_FILE, listen on a loopback address such as 127.0.0.1:50051, or set PAYOUTS_ALLOW_PLAINTEXT_GRPC=true for development only)",
                     self.grpc_addr
                 ),
-            ));
-        }
-        if matches!(role, Role::AllInOne | Role::Service(_))
-            && self.mongodb_uri.is_none()
-            && self.is_live()
-        {
-            return Err(ConfigError::new(
-                "MONGODB_URI",
-                "is required with a live Stripe configuration (STRIPE_LIVEMODE=true or a live key), in every mode: the embedded store forgets payouts, idempotency keys and approvals when the process restarts, and a forgotten payout can be paid twice (PAYOUTS_ALLOW_EMBEDDED does not lift this)",
             ));
         }
         let Role::Service(service) = role else {
@@ -1885,6 +1899,27 @@ mod tests {
             ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true"),
         ]);
         assert!(allowed.check_role(Role::AllInOne).is_ok());
+        // The development escape does not hold with live money, on loopback it needs none.
+        let live = [
+            ("STRIPE_SECRET_KEY", "sk_live_abc"),
+            ("STRIPE_LIVEMODE", "true"),
+            ("MONGODB_URI", "mongodb://db:27017"),
+            ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true"),
+        ];
+        let public = settings(&[live.as_slice(), &[("GRPC_ADDR", "0.0.0.0:50051")]].concat());
+        for role in [
+            Role::AllInOne,
+            Role::Gateway,
+            Role::Service(ServiceName::Payouts),
+        ] {
+            assert_eq!(
+                public.check_role(role).unwrap_err().variable,
+                "PAYOUTS_ALLOW_PLAINTEXT_GRPC",
+                "{role:?}"
+            );
+        }
+        let loopback = settings(&live);
+        assert!(loopback.check_role(Role::AllInOne).is_ok());
     }
 
     #[test]
@@ -1910,7 +1945,11 @@ mod tests {
                 assert_eq!(error.variable, "MONGODB_URI", "{role:?}");
                 assert!(error.problem.contains("live"), "{}", error.problem);
             }
-            assert!(live.check_role(Role::Gateway).is_ok(), "no store");
+            // The gateway opens no store; but plaintext gRPC with live money is refused.
+            assert_eq!(
+                live.check_role(Role::Gateway).unwrap_err().variable,
+                "PAYOUTS_ALLOW_PLAINTEXT_GRPC"
+            );
         }
         let test = settings(&[("STRIPE_SECRET_KEY", "sk_test_abc"), plain, embedded]);
         assert!(!test.is_live());

@@ -218,7 +218,12 @@ impl GrpcServer {
             let health_service = health_service.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                tonic::transport::Server::builder()
+                // Health alone, without a certificate: Check answers, Watch (a stream held
+                // open forever) is refused like any call without one.
+                bounded_server()
+                    .layer(crate::authz::AuthorizationLayer::new(
+                        crate::authz::Identities::default(),
+                    ))
                     .add_service(health_service)
                     .serve_with_incoming_shutdown(
                         tonic::transport::server::TcpIncoming::from(listener)
@@ -232,7 +237,7 @@ impl GrpcServer {
             .mutual_tls
             .as_ref()
             .map(|(_, identities)| crate::authz::AuthorizationLayer::new(identities.clone()));
-        let router = tonic::transport::Server::builder()
+        let router = bounded_server()
             .layer(server_trace_layer())
             .layer(telemetry::RequestIdScopeLayer)
             // Authorization before metrics: a refused call is counted by the authorization
@@ -276,6 +281,22 @@ impl GrpcServer {
         result.map_err(|error| anyhow::anyhow!("gRPC server failed: {error}"))
     }
 }
+
+/// A gRPC server with bounds on what one connection can hold: streams at once (tonic would
+/// otherwise lift hyper's default to unlimited), idle connections found by keepalive pings,
+/// and every connection closed after an hour (gracefully: GOAWAY, then in-flight calls
+/// finish), so a CA taken out of the files stops being trusted on long-lived connections too.
+fn bounded_server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_connection_age(Duration::from_secs(3600))
+        .max_connection_age_grace(Duration::from_secs(60))
+}
+
+/// Streams one HTTP/2 connection may have open at once (hyper's own default).
+const MAX_STREAMS_PER_CONNECTION: u32 = 200;
 
 /// Design §10's rate, errors and duration of every gRPC method a server serves, whether the
 /// call came over the network or in process: `payouts_grpc_server_requests_total{method}`

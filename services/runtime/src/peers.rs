@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex};
 /// far below what would exhaust the process's file descriptors.
 pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
 
-/// TLS handshakes in progress at once, all peers together.
-pub const MAX_HANDSHAKES: usize = 256;
-/// TLS handshakes in progress at once from one IP address.
-pub const MAX_HANDSHAKES_PER_PEER: usize = 16;
+/// TLS handshakes in progress at once, all peers together: far more than a peer's share, so
+/// that filling them takes many addresses (128 at 8 each).
+pub const MAX_HANDSHAKES: usize = 1024;
+/// TLS handshakes in progress at once from one IP address (an IPv6 /64 counts as one).
+pub const MAX_HANDSHAKES_PER_PEER: usize = 8;
 
 /// What each remote address holds now.
 #[derive(Debug, Default, Clone, Copy)]
@@ -64,6 +65,7 @@ impl PeerBudget {
     /// Admits a new connection from `ip` that starts a handshake, or says why not (and
     /// counts the refusal).
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<PeerSlot, Refusal> {
+        let ip = peer_key(ip);
         let mut state = self
             .state
             .lock()
@@ -98,6 +100,7 @@ impl PeerBudget {
 
     /// Connections and handshakes `ip` holds now.
     pub fn held_by(&self, ip: IpAddr) -> (usize, usize) {
+        let ip = peer_key(ip);
         let state = self
             .state
             .lock()
@@ -128,6 +131,23 @@ impl PeerBudget {
                 peers.remove(&ip);
             }
         }
+    }
+}
+
+/// The address a budget is kept by: an IPv4 address (also when mapped into IPv6), or an IPv6
+/// /64 (one host usually holds a whole /64, so counting its addresses apart would give it
+/// 2^64 shares).
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
     }
 }
 
@@ -192,6 +212,24 @@ mod tests {
         assert_eq!(budget.held_by(greedy), (0, 0));
         drop(theirs);
         assert!(budget.state.lock().unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_peer() {
+        let budget = PeerBudget::new(2);
+        let _a = budget.admit("2001:db8::1".parse().unwrap()).unwrap();
+        let _b = budget.admit("2001:db8::ffff:2".parse().unwrap()).unwrap();
+        assert_eq!(
+            budget
+                .admit("2001:db8::3:4:5:6".parse().unwrap())
+                .unwrap_err(),
+            Refusal::PeerConnections
+        );
+        assert!(budget.admit("2001:db8:0:1::1".parse().unwrap()).is_ok());
+        assert_eq!(
+            peer_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

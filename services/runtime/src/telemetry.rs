@@ -221,9 +221,15 @@ pub fn link_to(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// The span a gRPC server opens for a request, parented on the caller's trace context.
+/// The longest `x-request-id` a gRPC span records; a longer one is left out.
+const MAX_GRPC_REQUEST_ID_BYTES: usize = 128;
+
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     // OpenTelemetry's RPC conventions: the span is named "package.Service/Method".
-    let path = request.uri().path().trim_start_matches('/');
+    // Named after the RPC only when it is one of ours: a client (authorized or not yet)
+    // sending made-up paths cannot fill the tracing backend with span names.
+    let label = crate::grpc::metric_label(request.uri().path());
+    let path = label.trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     let span = tracing::info_span!(
         "grpc request",
@@ -238,6 +244,7 @@ pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
         .headers()
         .get("x-request-id")
         .and_then(|value| value.to_str().ok())
+        .filter(|value| value.len() <= MAX_GRPC_REQUEST_ID_BYTES)
     {
         span.record("request_id", request_id);
     }

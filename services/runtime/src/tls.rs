@@ -44,7 +44,7 @@ use crate::shutdown::Shutdown;
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The certificate name of a component (`gateway` or a service name).
 pub fn component_identity(component: &str) -> String {
@@ -338,6 +338,29 @@ fn roots_of(
     Ok(certificates)
 }
 
+/// The platform's CA must not be one of ours (the same certificate, or the same key under
+/// another certificate): then every certificate would count as both kinds of caller and the
+/// binding of names to CAs would be gone.
+fn refuse_shared_roots(
+    components: &[CertificateDer<'static>],
+    platform: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let key_of = |certificate: &CertificateDer<'_>| {
+        webpki::anchor_from_trusted_cert(certificate)
+            .map(|anchor| anchor.subject_public_key_info.as_ref().to_vec())
+            .ok()
+    };
+    for theirs in platform {
+        for ours in components {
+            let same_key = key_of(theirs).is_some() && key_of(theirs) == key_of(ours);
+            if theirs == ours || same_key {
+                return Err("holds a CA that GRPC_TLS_CA_FILE holds too: the platform's callers must come from their own CA, or a certificate from it could carry a component's name (leave GRPC_TLS_PLATFORM_CA_FILE unset for one CA for everyone)".to_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A client-certificate verifier that trusts exactly `roots`.
 fn verifier_of(
     roots: &[CertificateDer<'static>],
@@ -395,6 +418,10 @@ fn build(files: &TlsFiles, source: Source) -> anyhow::Result<Loaded> {
         (Some(path), Some(pem)) => Some(roots_of("GRPC_TLS_PLATFORM_CA_FILE", path, pem)?),
         _ => None,
     };
+    if let (Some(path), Some(platform_roots)) = (&files.platform_ca, &platform_roots) {
+        refuse_shared_roots(&component_roots, platform_roots)
+            .map_err(|what| invalid("GRPC_TLS_PLATFORM_CA_FILE", path, what))?;
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // The handshake admits a certificate from either CA; which names it may prove is decided
     // after, by which CA vouches for it ([`Vouchers`]).
@@ -573,6 +600,19 @@ mod tests {
     }
 
     /// A component's files copied into a directory of their own (so they can be replaced).
+    #[test]
+    fn the_platforms_ca_must_not_be_ours() {
+        let (_dir, mut files) = files_of("gateway");
+        files.platform_ca = Some(files.ca.clone());
+        let error = MutualTls::load(&files).unwrap_err();
+        assert!(
+            format!("{error:#}").contains("GRPC_TLS_PLATFORM_CA_FILE"),
+            "{error:#}"
+        );
+        files.platform_ca = Some(fixture("platform-ca.crt"));
+        assert!(MutualTls::load(&files).is_ok());
+    }
+
     fn files_of(component: &str) -> (std::path::PathBuf, TlsFiles) {
         let dir = std::env::temp_dir().join(format!("payouts-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
