@@ -190,10 +190,13 @@ RecordAllocation, HandleStripeEvent, DecideApproval and move money. */}}
 {{- if and .Values.tls.enabled .Values.tls.allowPlaintext -}}
 {{- fail "tls.allowPlaintext=true contradicts tls.enabled=true: choose one." -}}
 {{- end -}}
-{{- $ownCA := and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) -}}
 {{- $platformCA := or .Values.tls.platformCA.secretName .Values.tls.platformCA.configMapName -}}
-{{- if and .Values.tls.enabled $ownCA .Values.tls.platformIdentities (not $platformCA) -}}
-{{- fail "tls.platformIdentities is set but tls.platformCA is not: the components' certificates come from this release's own CA, which must sign no one else. Name the CA of the platform's callers in tls.platformCA.secretName (or configMapName) and tls.platformCA.key." -}}
+{{- if and .Values.tls.enabled .Values.tls.platformIdentities (not $platformCA) -}}
+{{- fail "tls.platformIdentities is set but tls.platformCA is not: with one CA for both, anyone who can get a certificate from it named payouts-webhooks becomes the webhooks service. The components' certificates come from their own CA (this release's, by default); name the CA of the platform's callers in tls.platformCA.secretName (or configMapName) and tls.platformCA.key." -}}
+{{- end -}}
+{{- $config := merge (dict) .Values.extraConfig .Values.config -}}
+{{- if and .Values.tls.allowPlaintext (eq (toString (index $config "STRIPE_LIVEMODE")) "true") -}}
+{{- fail "tls.allowPlaintext=true with STRIPE_LIVEMODE=\"true\": plaintext gRPC is for development only; with live money whoever reaches a gRPC port could move it (the binary refuses PAYOUTS_ALLOW_PLAINTEXT_GRPC with a live configuration too). Enable tls." -}}
 {{- end -}}
 {{- if and .Values.tls.platformCA.secretName .Values.tls.platformCA.configMapName -}}
 {{- fail "tls.platformCA: set secretName or configMapName, not both." -}}
