@@ -134,7 +134,10 @@ async fn admin_cron_and_probes_answer_while_junk_holds_every_webhook_slot() {
             .any(|line| line.starts_with("payouts_http_shed_total{budget=\"webhooks\"}")),
         "{metrics}"
     );
-    assert!(!metrics.contains("budget=\"admin\""), "admin was never shed");
+    assert!(
+        !metrics.contains("budget=\"admin\""),
+        "admin was never shed"
+    );
 
     // The junk goes away: Stripe's signed deliveries are taken again.
     drop(junk);
@@ -195,12 +198,10 @@ async fn a_client_that_trickles_its_headers_is_disconnected() {
     let mut received = Vec::new();
     // Closed, or reset (the server closed while header lines were still arriving): either
     // way it ended, which is what is waited for.
-    let _closed_or_reset = tokio::time::timeout(
-        Duration::from_secs(60),
-        reader.read_to_end(&mut received),
-    )
-    .await
-    .expect("the gateway closes the connection");
+    let _closed_or_reset =
+        tokio::time::timeout(Duration::from_secs(60), reader.read_to_end(&mut received))
+            .await
+            .expect("the gateway closes the connection");
     let received = String::from_utf8_lossy(&received);
     assert!(!received.contains(" 200 "), "{received}");
     trickle.abort();

@@ -13,9 +13,7 @@
 use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use payouts_runtime::telemetry::{
-    MAX_TRACESTATE_BYTES, acceptable_request_id, valid_traceparent,
-};
+use payouts_runtime::telemetry::{MAX_TRACESTATE_BYTES, acceptable_request_id, valid_traceparent};
 
 use crate::REQUEST_ID;
 

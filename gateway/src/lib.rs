@@ -677,7 +677,10 @@ mod tests {
                 .unwrap();
             assert!(!response.headers().contains_key("retry-after"), "{path}");
             let body = json(response).await;
-            assert!(body["status"].is_string(), "{path} answered, not shed: {body}");
+            assert!(
+                body["status"].is_string(),
+                "{path} answered, not shed: {body}"
+            );
         }
         let first = first.await.unwrap().unwrap();
         assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready");
@@ -767,7 +770,8 @@ mod tests {
             assert!(!dropped.headers().contains_key("tracestate"));
         }
         let long_state = format!("v={}", "x".repeat(600));
-        let trimmed = headers::drop_unacceptable_trace_headers(headers(&[valid], &long_state)).await;
+        let trimmed =
+            headers::drop_unacceptable_trace_headers(headers(&[valid], &long_state)).await;
         assert_eq!(trimmed.headers()["traceparent"], valid);
         assert!(!trimmed.headers().contains_key("tracestate"));
     }
@@ -779,8 +783,14 @@ mod tests {
             (Request::get("/livez"), StatusCode::OK),
             (Request::get("/api/openapi.json"), StatusCode::OK),
             (Request::get("/nope"), StatusCode::NOT_FOUND),
-            (Request::get("/api/admin/balance"), StatusCode::SERVICE_UNAVAILABLE),
-            (Request::delete("/api/admin/balance"), StatusCode::METHOD_NOT_ALLOWED),
+            (
+                Request::get("/api/admin/balance"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Request::delete("/api/admin/balance"),
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
             (
                 Request::post("/api/webhooks/stripe-payouts"),
                 StatusCode::UNAUTHORIZED,

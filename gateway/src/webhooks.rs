@@ -169,10 +169,7 @@ pub(crate) async fn stripe_subscription(
     ingest(&gateway, pb::WebhookEndpoint::StripeSubscription, request).await
 }
 
-pub(crate) async fn stripe_transfers(
-    State(gateway): State<Gateway>,
-    request: Request,
-) -> Response {
+pub(crate) async fn stripe_transfers(State(gateway): State<Gateway>, request: Request) -> Response {
     ingest(&gateway, pb::WebhookEndpoint::StripeTransfers, request).await
 }
 
@@ -197,7 +194,10 @@ mod tests {
     #[test]
     fn a_missing_or_malformed_signature_header_is_refused() {
         assert_eq!(well_formed_signature(None), Err(HeaderProblem::Missing));
-        assert_eq!(well_formed_signature(Some("  ")), Err(HeaderProblem::Missing));
+        assert_eq!(
+            well_formed_signature(Some("  ")),
+            Err(HeaderProblem::Missing)
+        );
         for (header, why) in [
             (format!("v1={V1}"), "no timestamp"),
             ("t=1492774577".to_owned(), "no v1 signature"),
@@ -208,7 +208,10 @@ mod tests {
             (format!("t=1492774577,v0={V1}"), "no v1 signature"),
             (format!("t=-5,v1={V1}"), "timestamp is not a number"),
             (format!("t=,v1={V1}"), "timestamp is not a number"),
-            (format!("t=12345678901234567890,v1={V1}"), "timestamp is not a number"),
+            (
+                format!("t=12345678901234567890,v1={V1}"),
+                "timestamp is not a number",
+            ),
             (format!("t=1,t=2,v1={V1}"), "more than one timestamp"),
             (format!("t=1,v1={V1},junk"), "expected key=value pairs"),
         ] {

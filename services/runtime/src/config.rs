@@ -947,8 +947,14 @@ impl Settings {
                 "GATEWAY_MAX_CONCURRENT_WEBHOOKS",
                 self.gateway_max_concurrent_webhooks,
             ),
-            ("GATEWAY_MAX_CONCURRENT_ADMIN", self.gateway_max_concurrent_admin),
-            ("GATEWAY_MAX_CONCURRENT_CRON", self.gateway_max_concurrent_cron),
+            (
+                "GATEWAY_MAX_CONCURRENT_ADMIN",
+                self.gateway_max_concurrent_admin,
+            ),
+            (
+                "GATEWAY_MAX_CONCURRENT_CRON",
+                self.gateway_max_concurrent_cron,
+            ),
         ] {
             if budget == 0 {
                 return Err(ConfigError::new(variable, "must be at least 1"));
@@ -1500,9 +1506,13 @@ mod tests {
             ),
             (512, 256, 64, 4)
         );
-        assert_eq!(defaults.gateway_header_read_timeout, Duration::from_secs(10));
+        assert_eq!(
+            defaults.gateway_header_read_timeout,
+            Duration::from_secs(10)
+        );
         // A deployment that lowered the one limit it had keeps every budget under it...
-        let lowered = Settings::from_env(env(&[("GATEWAY_MAX_CONCURRENT_REQUESTS", "32")])).unwrap();
+        let lowered =
+            Settings::from_env(env(&[("GATEWAY_MAX_CONCURRENT_REQUESTS", "32")])).unwrap();
         assert_eq!(
             (
                 lowered.gateway_max_concurrent_webhooks,

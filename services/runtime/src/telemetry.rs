@@ -126,12 +126,8 @@ pub fn valid_traceparent(value: &[u8]) -> bool {
     if value.len() != 55 {
         return false;
     }
-    let (version, trace_id, parent_id, flags) = (
-        &value[0..2],
-        &value[3..35],
-        &value[36..52],
-        &value[53..55],
-    );
+    let (version, trace_id, parent_id, flags) =
+        (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
     version == b"00"
         && value[2] == b'-'
         && value[35] == b'-'
