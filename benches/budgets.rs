@@ -9,7 +9,7 @@
 //! is free, 401 by the webhooks service. All on loopback, sharing the two cores with the
 //! process: what the flood costs admins and the scheduler is CPU, not slots.
 //!
-//!     cargo bench --bench budgets   # BENCH_ADMIN_CALLS (2000), BENCH_CRON_CALLS (200),
+//!     cargo bench --bench budgets   # BENCH_ADMIN_CALLS (20000), BENCH_CRON_CALLS (2000),
 //!                                   # BENCH_CLIENTS (4), BENCH_HOLDERS (512), BENCH_JUNK_CLIENTS (64)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stdout)]
@@ -69,6 +69,8 @@ struct Flood {
     shed: AtomicUsize,
     refused: AtomicUsize,
     other: AtomicUsize,
+    /// Answers to the flat-out clients.
+    flat_out: AtomicUsize,
 }
 
 /// A slow junk delivery, again and again: headers, a few bytes of the body, then silence
@@ -136,6 +138,7 @@ async fn send_junk(gateway: std::net::SocketAddr, flood: Arc<Flood>) {
                 _ => &flood.other,
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            flood.flat_out.fetch_add(1, Ordering::Relaxed);
             if response.into_body().collect().await.is_err() {
                 continue 'connection;
             }
@@ -170,9 +173,11 @@ impl Target<'_> {
         for _ in 0..junk_clients {
             flooders.push(tokio::spawn(send_junk(address, Arc::clone(&flood))));
         }
-        // The flood is on once junk is being shed.
+        // The flood is on once junk is being shed and every flat-out client is sending.
         let started = Instant::now();
-        while flood.shed.load(Ordering::Relaxed) == 0 {
+        while flood.shed.load(Ordering::Relaxed) == 0
+            || flood.flat_out.load(Ordering::Relaxed) < junk_clients * 100
+        {
             assert!(
                 started.elapsed() < Duration::from_secs(60),
                 "junk never shed"
@@ -207,8 +212,8 @@ impl Target<'_> {
 }
 
 fn main() {
-    let admin_calls = setting("BENCH_ADMIN_CALLS", 2_000);
-    let cron_calls = setting("BENCH_CRON_CALLS", 200);
+    let admin_calls = setting("BENCH_ADMIN_CALLS", 20_000);
+    let cron_calls = setting("BENCH_CRON_CALLS", 2_000);
     let clients = setting("BENCH_CLIENTS", 4);
     let holders = setting("BENCH_HOLDERS", 512);
     let junk_clients = setting("BENCH_JUNK_CLIENTS", 64);
