@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use support::{Payouts, StoreChoice, register_creator};
 use tonic::transport::Channel;
 
-const CRON_SECRET: &str = "cron-e2e-secret";
-const CRON_API_KEY: &str = "cron-e2e-key";
+const CRON_SECRET: &str = "cron-e2e-secret-of-at-least-32-bytes";
+const CRON_API_KEY: &str = "cron-e2e-api-key-of-at-least-32-bytes";
 const ADMIN_SECRET: &str = "admin-e2e-secret-long-enough-for-hs256";
 
 struct System {

@@ -1,34 +1,61 @@
 //! `GET`/`POST /api/cron/platform-balance-check` (design §5): runs a balance check and answers
-//! design §5's body. The caller shows `Authorization: Bearer <CRON_SECRET or CRON_API_KEY>`.
+//! design §5's body. The caller shows `Authorization: Bearer <CRON_SECRET or CRON_API_KEY>`
+//! (each at least 32 bytes, refused at start otherwise).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use payouts_proto::balance::v1 as pb;
-use payouts_runtime::Secret;
+use payouts_runtime::Settings;
 use payouts_runtime::convert::cents;
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
 use crate::{Gateway, error_response, grpc_error};
 
-/// Whether `presented` is one of the configured tokens, compared in constant time (every
-/// configured token is compared, whichever matches).
-fn accepted(presented: &str, tokens: &[&Secret]) -> bool {
-    tokens.iter().fold(false, |matched, token| {
-        matched | bool::from(token.expose().as_bytes().ct_eq(presented.as_bytes()))
-    })
+/// The configured cron tokens, kept as their SHA-256 digests: a presented token is hashed and
+/// compared digest to digest in constant time, so neither its bytes nor the tokens' length
+/// show in the time an answer takes (comparing the raw bytes stops at a length mismatch).
+#[derive(Clone)]
+pub(crate) struct CronTokens {
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for CronTokens {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "CronTokens({} configured)", self.digests.len())
+    }
+}
+
+impl CronTokens {
+    pub(crate) fn from_settings(settings: &Settings) -> Self {
+        let digests = [&settings.cron_secret, &settings.cron_api_key]
+            .into_iter()
+            .flatten()
+            .map(|token| Sha256::digest(token.expose().as_bytes()).into())
+            .collect();
+        Self { digests }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// Whether `presented` is one of the tokens (every token is compared, whichever matches).
+    fn accepts(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.digests.iter().fold(false, |matched, digest| {
+            matched | bool::from(digest.ct_eq(&presented))
+        })
+    }
 }
 
 pub(crate) async fn platform_balance_check(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
 ) -> Response {
-    let settings = gateway.settings();
-    let tokens: Vec<&Secret> = [&settings.cron_secret, &settings.cron_api_key]
-        .into_iter()
-        .flatten()
-        .collect();
+    let tokens = gateway.cron_tokens();
     if tokens.is_empty() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -40,7 +67,7 @@ pub(crate) async fn platform_balance_check(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if presented.is_empty() || !accepted(presented, &tokens) {
+    if presented.is_empty() || !tokens.accepts(presented) {
         return error_response(
             StatusCode::UNAUTHORIZED,
             "Authorization: Bearer <CRON_SECRET or CRON_API_KEY> is required",
@@ -128,14 +155,37 @@ pub(crate) fn body(response: &pb::RunBalanceCheckResponse) -> Value {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "cron-secret-of-at-least-32-bytes-0001";
+    const KEY: &str = "cron-api-key-of-at-least-32-bytes-0002";
+
+    fn tokens(pairs: &[(&str, &str)]) -> CronTokens {
+        let env = pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        CronTokens::from_settings(&Settings::from_env(env).unwrap())
+    }
+
     #[test]
     fn either_token_is_accepted_and_nothing_else() {
-        let secret = Secret::new("cron-secret");
-        let key = Secret::new("api-key");
-        assert!(accepted("cron-secret", &[&secret, &key]));
-        assert!(accepted("api-key", &[&secret, &key]));
-        assert!(!accepted("cron-secre", &[&secret, &key]));
-        assert!(!accepted("", &[&secret]));
-        assert!(!accepted("api-key", &[&secret]));
+        let both = tokens(&[("CRON_SECRET", SECRET), ("CRON_API_KEY", KEY)]);
+        assert!(both.accepts(SECRET));
+        assert!(both.accepts(KEY));
+        assert!(!both.accepts(&SECRET[..SECRET.len() - 1]));
+        assert!(!both.accepts(&format!("{SECRET}x")));
+        assert!(!both.accepts(""));
+        let secret_only = tokens(&[("CRON_SECRET", SECRET)]);
+        assert!(!secret_only.accepts(KEY));
+        assert!(tokens(&[]).is_empty());
+    }
+
+    #[test]
+    fn tokens_are_kept_and_compared_as_fixed_size_digests() {
+        // What is compared has the same length whatever was presented or configured: the
+        // comparison cannot stop early at a length mismatch.
+        let both = tokens(&[("CRON_SECRET", SECRET), ("CRON_API_KEY", KEY)]);
+        let digest = |token: &str| -> [u8; 32] { Sha256::digest(token.as_bytes()).into() };
+        assert_eq!(both.digests, [digest(SECRET), digest(KEY)]);
+        assert!(!format!("{both:?}").contains("cron-secret"));
     }
 }

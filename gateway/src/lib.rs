@@ -1,9 +1,11 @@
 //! The HTTP gateway (axum on tower). It translates Stripe webhooks and admin REST into gRPC
 //! calls and holds no business logic: extract, verify the caller, one call, map the answer.
 //!
-//! Every request gets an `x-request-id` (kept when the caller sent one), echoed in the
-//! response and recorded on the request's span, which is parented on the caller's W3C
-//! trace context. Bodies over `GATEWAY_BODY_LIMIT_BYTES` are refused with 413.
+//! Every request gets an `x-request-id` (kept when the caller sent an acceptable one: see
+//! `headers`), echoed in the response and recorded on the request's span, which is parented
+//! on the caller's W3C trace context. Bodies over `GATEWAY_BODY_LIMIT_BYTES` are refused with
+//! 413. Each class of caller has its own concurrency budget (`budgets`); a connection that
+//! does not send its headers in time is closed (`serve`).
 
 mod admin_alerts;
 mod admin_approvals;
@@ -14,9 +16,12 @@ mod admin_payouts;
 mod admin_reconciliation;
 mod admin_webhooks;
 mod body;
+mod budgets;
 mod cron;
 mod dashboard;
+mod headers;
 mod health;
+mod serve;
 mod webhooks;
 
 use std::sync::Arc;
@@ -65,6 +70,7 @@ struct Inner {
     /// A health client per service it calls; None for those in this process.
     health: Vec<(ServiceName, Option<HealthClient<TracedChannel>>)>,
     admin_auth: AdminAuth,
+    cron_tokens: cron::CronTokens,
 }
 
 impl Gateway {
@@ -95,6 +101,7 @@ impl Gateway {
             health.push((service, client));
         }
         let admin_auth = AdminAuth::from_settings(&settings)?;
+        let cron_tokens = cron::CronTokens::from_settings(&settings);
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
@@ -107,6 +114,7 @@ impl Gateway {
                 limits,
                 health,
                 admin_auth,
+                cron_tokens,
             }),
         })
     }
@@ -151,23 +159,30 @@ impl Gateway {
         &self.inner.admin_auth
     }
 
-    /// The HTTP routes with their middleware. The concurrency limit wraps the whole router
-    /// once (a layer on a router would give each route its own limit).
+    pub(crate) fn cron_tokens(&self) -> &cron::CronTokens {
+        &self.inner.cron_tokens
+    }
+
+    /// The HTTP routes with their middleware. The budgets wrap the whole router once (their
+    /// slots are shared by every route of a budget), outside the body limit and timeout.
     pub fn router(&self) -> Router {
         let settings = &self.inner.settings;
-        let limited = tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(overloaded))
-            .load_shed()
-            .concurrency_limit(settings.gateway_max_concurrent_requests)
-            .service(self.routes());
-        Router::new()
-            .fallback_service(limited)
+        let budgets = budgets::Budgets::from_settings(settings);
+        self.routes()
+            .layer(axum::middleware::from_fn_with_state(
+                budgets,
+                budgets::enforce,
+            ))
             .layer(axum::middleware::map_response(json_errors))
             .layer(axum::middleware::from_fn(scope_request_id))
             .layer(cors(&settings.admin_cors_origins))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID))
             .layer(TraceLayer::new_for_http().make_span_with(http_request_span))
             .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+            .layer(axum::middleware::map_request(
+                headers::drop_unacceptable_trace_headers,
+            ))
+            .layer(axum::middleware::map_response(headers::no_sniff_no_store))
     }
 
     /// The routes, each with its metrics, the body limit and the request timeout.
@@ -264,15 +279,10 @@ impl Gateway {
 
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-        use axum::serve::ListenerExt as _;
         tokio::spawn(self.admin_auth().clone().keep_jwks_fresh(shutdown.clone()));
-        axum::serve(
-            listener.tap_io(payouts_runtime::grpc::set_nodelay),
-            self.router(),
-        )
-        .with_graceful_shutdown(shutdown.requested())
-        .await
-        .map_err(|error| anyhow::anyhow!("gateway failed: {error}"))
+        let header_read_timeout = self.settings().gateway_header_read_timeout;
+        serve::serve(self.router(), listener, header_read_timeout, shutdown).await;
+        Ok(())
     }
 }
 
@@ -405,21 +415,6 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed on this route",
     )
-}
-
-/// Requests beyond `GATEWAY_MAX_CONCURRENT_REQUESTS` are shed: 503 with `Retry-After`, so
-/// Stripe (and any well-behaved client) tries again shortly.
-async fn overloaded(_: tower::BoxError) -> Response {
-    let mut response = error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "the gateway is at capacity; retry shortly",
-    );
-    response.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    metrics::counter!("payouts_http_shed_total").increment(1);
-    response
 }
 
 /// Every error answer is JSON (`{"error": ...}`), also those the middleware writes in plain
@@ -568,7 +563,7 @@ mod tests {
         );
 
         let request = Request::post("/api/webhooks/stripe-payouts")
-            .header("stripe-signature", "t=1,v1=00")
+            .header("stripe-signature", WELL_FORMED_SIGNATURE)
             .body(Body::from(vec![b'x'; 2048]))
             .unwrap();
         let response = gateway(&[("GATEWAY_BODY_LIMIT_BYTES", "1024")])
@@ -592,37 +587,233 @@ mod tests {
         assert!(json(response).await["error"].as_str().is_some());
     }
 
+    /// A well-formed (not valid) `Stripe-Signature`.
+    const WELL_FORMED_SIGNATURE: &str =
+        "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd";
+
+    /// A body that tells `polled` when it is first read, then never ends (a slow client).
+    fn endless_body(polled: tokio::sync::oneshot::Sender<()>) -> Body {
+        let mut polled = Some(polled);
+        Body::from_stream(futures::stream::poll_fn(move |_| {
+            if let Some(polled) = polled.take() {
+                let _ = polled.send(());
+            }
+            std::task::Poll::<Option<Result<axum::body::Bytes, std::io::Error>>>::Pending
+        }))
+    }
+
     #[tokio::test]
-    async fn requests_beyond_the_limit_are_shed_with_retry_after() {
-        let (_hole, url) = black_hole();
+    async fn a_full_webhook_budget_sheds_webhooks_only() {
+        let router = gateway(&[
+            ("GATEWAY_MAX_CONCURRENT_WEBHOOKS", "1"),
+            ("GATEWAY_MAX_CONCURRENT_REQUESTS", "1"),
+            (
+                "ADMIN_JWT_SECRET",
+                "gateway-test-secret-of-32-bytes-or-more",
+            ),
+            ("CRON_SECRET", "cron-secret-of-at-least-32-bytes-0001"),
+        ]);
+        // A slow client holds the one webhook slot: its body is being read.
+        let (polled, body_read) = tokio::sync::oneshot::channel();
+        let slow = Request::post("/api/webhooks/stripe-payouts")
+            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .body(endless_body(polled))
+            .unwrap();
+        let _slow = tokio::spawn(router.clone().oneshot(slow));
+        body_read.await.unwrap();
+
+        let webhook = Request::post("/api/webhooks/stripe-transfers")
+            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .body(Body::from("{}"))
+            .unwrap();
+        let shed = router.clone().oneshot(webhook).await.unwrap();
+        assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(shed.headers()["retry-after"], "1");
+        let message = json(shed).await["error"].as_str().unwrap().to_owned();
+        assert!(message.contains("capacity for webhooks"), "{message}");
+
+        // Everyone else is served: health, admin (401 without a token), cron (401 with a
+        // wrong one), and the other routes.
+        for (path, status) in [
+            ("/livez", StatusCode::OK),
+            ("/healthz", StatusCode::OK),
+            ("/api/admin/balance", StatusCode::UNAUTHORIZED),
+            ("/api/cron/platform-balance-check", StatusCode::UNAUTHORIZED),
+            ("/api/openapi.json", StatusCode::OK),
+        ] {
+            let response = router
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status, "{path}");
+            assert!(!response.headers().contains_key("retry-after"), "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn health_routes_are_never_shed() {
+        // A service that accepts connections and never answers: readiness waits on it.
+        let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", hole.local_addr().unwrap());
         let router = gateway(&[
             ("GATEWAY_MAX_CONCURRENT_REQUESTS", "1"),
+            ("GATEWAY_MAX_CONCURRENT_WEBHOOKS", "1"),
+            ("GATEWAY_MAX_CONCURRENT_ADMIN", "1"),
+            ("GATEWAY_MAX_CONCURRENT_CRON", "1"),
             ("PAYOUTS_SERVICE_URL", &url),
         ]);
-        // The first request waits on the silent service (readiness waits up to 2 s).
         let first = tokio::spawn(
             router
                 .clone()
                 .oneshot(Request::get("/readyz").body(Body::empty()).unwrap()),
         );
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let second = router
-            .oneshot(Request::get("/livez").body(Body::empty()).unwrap())
+        // The first probe is in flight once it has called the silent service.
+        let _connection = hole.accept().await.unwrap();
+        for path in ["/livez", "/healthz", "/readyz"] {
+            let response = router
+                .clone()
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert!(!response.headers().contains_key("retry-after"), "{path}");
+            let body = json(response).await;
+            assert!(
+                body["status"].is_string(),
+                "{path} answered, not shed: {body}"
+            );
+        }
+        let first = first.await.unwrap().unwrap();
+        assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready");
+        assert_eq!(json(first).await["status"], "not ready");
+    }
+
+    #[tokio::test]
+    async fn a_webhook_without_a_well_formed_signature_is_refused_before_its_body_is_read() {
+        for signature in [None, Some("t=1"), Some("t=1700000000,v1=00")] {
+            let (polled, body_read) = tokio::sync::oneshot::channel();
+            let mut request = Request::post("/api/webhooks/stripe-payouts");
+            if let Some(signature) = signature {
+                request = request.header("stripe-signature", signature);
+            }
+            let response = gateway(&[])
+                .oneshot(request.body(endless_body(polled)).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{signature:?}");
+            let message = json(response).await["error"].as_str().unwrap().to_owned();
+            assert!(message.contains("Stripe-Signature header"), "{message}");
+            assert!(
+                body_read.await.is_err(),
+                "{signature:?}: the body was never read (its sender is dropped unpolled)"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_webhook_body_is_read_up_to_the_limit_only() {
+        // Chunked (no Content-Length): the limit is met while reading.
+        let chunks = futures::stream::iter(
+            (0..4).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 512]))),
+        );
+        let request = Request::post("/api/webhooks/stripe-payouts")
+            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .body(Body::from_stream(chunks))
+            .unwrap();
+        let response = gateway(&[("GATEWAY_BODY_LIMIT_BYTES", "1024")])
+            .oneshot(request)
             .await
             .unwrap();
-        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(second.headers()["retry-after"], "1");
-        assert!(
-            json(second).await["error"]
-                .as_str()
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(json(response).await["error"].as_str().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_forged_request_id_is_replaced_never_echoed() {
+        let answer_id = |sent: String| async move {
+            let request = Request::get("/livez")
+                .header(REQUEST_ID, sent)
+                .body(Body::empty())
+                .unwrap();
+            let response = gateway(&[]).oneshot(request).await.unwrap();
+            response.headers()[REQUEST_ID].to_str().unwrap().to_owned()
+        };
+        let longest = "r".repeat(payouts_runtime::telemetry::MAX_REQUEST_ID_BYTES);
+        assert_eq!(answer_id(longest.clone()).await, longest);
+        for refused in [format!("{longest}r"), "forged id\tlevel=error".to_owned()] {
+            let answered = answer_id(refused.clone()).await;
+            assert_ne!(answered, refused);
+            assert_eq!(answered.len(), 36, "a new UUID: {answered}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_traceparent_not_of_the_w3c_form_is_dropped_with_its_tracestate() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let headers = |traceparents: &[&str], tracestate: &str| {
+            let mut request = Request::get("/livez");
+            for traceparent in traceparents {
+                request = request.header("traceparent", *traceparent);
+            }
+            request
+                .header("tracestate", tracestate)
+                .body(Body::empty())
                 .unwrap()
-                .contains("capacity")
-        );
-        assert_eq!(
-            first.await.unwrap().unwrap().status(),
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: a service did not answer"
-        );
+        };
+        let kept = headers::drop_unacceptable_trace_headers(headers(&[valid], "v=1")).await;
+        assert_eq!(kept.headers()["traceparent"], valid);
+        assert_eq!(kept.headers()["tracestate"], "v=1");
+        let long = format!("{valid}{}", "0".repeat(4096));
+        for traceparents in [&[long.as_str()][..], &["garbage"][..], &[valid, valid][..]] {
+            let dropped =
+                headers::drop_unacceptable_trace_headers(headers(traceparents, "v=1")).await;
+            assert!(!dropped.headers().contains_key("traceparent"));
+            assert!(!dropped.headers().contains_key("tracestate"));
+        }
+        let long_state = format!("v={}", "x".repeat(600));
+        let trimmed =
+            headers::drop_unacceptable_trace_headers(headers(&[valid], &long_state)).await;
+        assert_eq!(trimmed.headers()["traceparent"], valid);
+        assert!(!trimmed.headers().contains_key("tracestate"));
+    }
+
+    #[tokio::test]
+    async fn every_answer_says_nosniff_and_api_answers_no_store() {
+        let router = gateway(&[]);
+        for (request, status) in [
+            (Request::get("/livez"), StatusCode::OK),
+            (Request::get("/api/openapi.json"), StatusCode::OK),
+            (Request::get("/nope"), StatusCode::NOT_FOUND),
+            (
+                Request::get("/api/admin/balance"),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                Request::delete("/api/admin/balance"),
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (
+                Request::post("/api/webhooks/stripe-payouts"),
+                StatusCode::UNAUTHORIZED,
+            ),
+        ] {
+            let response = router
+                .clone()
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), status);
+            assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+            assert_eq!(response.headers()["cache-control"], "no-store");
+        }
+        // The dashboard's static files keep their own caching (revalidated, not stored
+        // blindly: they hold no data).
+        let page = router
+            .oneshot(Request::get("/admin/app.js").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(page.headers()["cache-control"], "no-cache");
+        assert_eq!(page.headers()["x-content-type-options"], "nosniff");
     }
 
     #[tokio::test]
@@ -872,12 +1063,15 @@ mod tests {
         let (status, message) = call(&[], Some("Bearer anything")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(message.contains("CRON_SECRET"), "{message}");
-        let both: &[(&str, &str)] = &[("CRON_SECRET", "s3cret"), ("CRON_API_KEY", "k3y")];
+        let both: &[(&str, &str)] = &[
+            ("CRON_SECRET", "cron-secret-of-at-least-32-bytes-0001"),
+            ("CRON_API_KEY", "cron-api-key-of-at-least-32-bytes-0002"),
+        ];
         for auth in [
             None,
             Some("Bearer wrong"),
-            Some("s3cret"),
-            Some("Basic s3cret"),
+            Some("cron-secret-of-at-least-32-bytes-0001"),
+            Some("Basic cron-secret-of-at-least-32-bytes-0001"),
             Some("Bearer "),
         ] {
             let (status, message) = call(both, auth).await;

@@ -277,9 +277,21 @@ pub struct Settings {
     pub grpc_reflection: bool,
     /// `GATEWAY_REQUEST_TIMEOUT_SECONDS`: longest a request may take; then 504 (30).
     pub gateway_request_timeout: Duration,
-    /// `GATEWAY_MAX_CONCURRENT_REQUESTS`: requests handled at once; more are shed with 503
-    /// and `Retry-After` (Stripe retries a refused delivery) (512).
+    /// `GATEWAY_MAX_CONCURRENT_REQUESTS`: requests handled at once on the routes of no other
+    /// budget (the OpenAPI document, unknown paths); more are shed with 503 and
+    /// `Retry-After` (512). Also the most any budget below defaults to.
     pub gateway_max_concurrent_requests: usize,
+    /// `GATEWAY_MAX_CONCURRENT_WEBHOOKS`: requests handled at once on `/api/webhooks/*`
+    /// (Stripe retries a refused delivery) (256).
+    pub gateway_max_concurrent_webhooks: usize,
+    /// `GATEWAY_MAX_CONCURRENT_ADMIN`: requests handled at once on `/api/admin/*` and the
+    /// dashboard `/admin` (64).
+    pub gateway_max_concurrent_admin: usize,
+    /// `GATEWAY_MAX_CONCURRENT_CRON`: requests handled at once on `/api/cron/*` (4).
+    pub gateway_max_concurrent_cron: usize,
+    /// `GATEWAY_HEADER_READ_TIMEOUT_SECONDS`: how long a connection may take to send a
+    /// request's headers (HTTP/1); then it is closed (10).
+    pub gateway_header_read_timeout: Duration,
     /// `ADMIN_CORS_ORIGINS`: comma-separated origins (`https://admin.example.com`) whose
     /// browsers may call the API; none by default.
     pub admin_cors_origins: Vec<String>,
@@ -387,6 +399,10 @@ pub const VARIABLES: &[&str] = &[
     "GATEWAY_BODY_LIMIT_BYTES",
     "GATEWAY_REQUEST_TIMEOUT_SECONDS",
     "GATEWAY_MAX_CONCURRENT_REQUESTS",
+    "GATEWAY_MAX_CONCURRENT_WEBHOOKS",
+    "GATEWAY_MAX_CONCURRENT_ADMIN",
+    "GATEWAY_MAX_CONCURRENT_CRON",
+    "GATEWAY_HEADER_READ_TIMEOUT_SECONDS",
     "GRPC_REFLECTION",
     "GRPC_TLS_CERT_FILE",
     "GRPC_TLS_KEY_FILE",
@@ -423,6 +439,23 @@ pub enum Role {
     Service(ServiceName),
     /// The HTTP gateway alone (`payouts gateway`).
     Gateway,
+}
+
+/// Shortest `CRON_SECRET` / `CRON_API_KEY` accepted: 256 bits, as for HS256 keys.
+pub const MIN_CRON_TOKEN_BYTES: usize = 32;
+
+/// Longest `STRIPE_WEBHOOK_TOLERANCE_SECONDS` accepted: Stripe signs every delivery attempt
+/// anew, so the tolerance only needs to cover clock skew and transit; longer widens the
+/// window in which a captured delivery can be replayed.
+pub const MAX_STRIPE_WEBHOOK_TOLERANCE_SECONDS: u64 = 3_600;
+
+/// Longest `GATEWAY_HEADER_READ_TIMEOUT_SECONDS` accepted.
+pub const MAX_HEADER_READ_TIMEOUT_SECONDS: u64 = 300;
+
+/// The default of a gateway budget: `default`, or `GATEWAY_MAX_CONCURRENT_REQUESTS` when that
+/// is set lower (a deployment that lowered the one limit it had keeps each budget under it).
+fn budget_default(values: &Values, default: usize) -> Result<usize, ConfigError> {
+    Ok(default.min(values.number("GATEWAY_MAX_CONCURRENT_REQUESTS", usize::MAX)?))
 }
 
 /// Shortest HS256 key accepted: 256 bits, the hash's size (RFC 7518 §3.2).
@@ -875,6 +908,17 @@ impl Settings {
             ),
             gateway_max_concurrent_requests: values
                 .number("GATEWAY_MAX_CONCURRENT_REQUESTS", 512)?,
+            gateway_max_concurrent_webhooks: values.number(
+                "GATEWAY_MAX_CONCURRENT_WEBHOOKS",
+                budget_default(values, 256)?,
+            )?,
+            gateway_max_concurrent_admin: values
+                .number("GATEWAY_MAX_CONCURRENT_ADMIN", budget_default(values, 64)?)?,
+            gateway_max_concurrent_cron: values
+                .number("GATEWAY_MAX_CONCURRENT_CRON", budget_default(values, 4)?)?,
+            gateway_header_read_timeout: Duration::from_secs(
+                values.number("GATEWAY_HEADER_READ_TIMEOUT_SECONDS", 10)?,
+            ),
             admin_cors_origins: values
                 .string("ADMIN_CORS_ORIGINS")?
                 .map(|list| {
@@ -998,6 +1042,7 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        self.validate_gateway_hardening()?;
         for origin in &self.admin_cors_origins {
             let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
                 && !origin.contains('*')
@@ -1034,6 +1079,62 @@ impl Settings {
             return Err(ConfigError::new(
                 "STRIPE_API_BASE",
                 "must be an http:// or https:// URL",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The gateway's budgets, header timeout, cron tokens and signature tolerance.
+    fn validate_gateway_hardening(&self) -> Result<(), ConfigError> {
+        for (variable, budget) in [
+            (
+                "GATEWAY_MAX_CONCURRENT_WEBHOOKS",
+                self.gateway_max_concurrent_webhooks,
+            ),
+            (
+                "GATEWAY_MAX_CONCURRENT_ADMIN",
+                self.gateway_max_concurrent_admin,
+            ),
+            (
+                "GATEWAY_MAX_CONCURRENT_CRON",
+                self.gateway_max_concurrent_cron,
+            ),
+        ] {
+            if budget == 0 {
+                return Err(ConfigError::new(variable, "must be at least 1"));
+            }
+        }
+        let header_seconds = self.gateway_header_read_timeout.as_secs();
+        if !(1..=MAX_HEADER_READ_TIMEOUT_SECONDS).contains(&header_seconds) {
+            return Err(ConfigError::new(
+                "GATEWAY_HEADER_READ_TIMEOUT_SECONDS",
+                format!(
+                    "must be 1 to {MAX_HEADER_READ_TIMEOUT_SECONDS} seconds, got {header_seconds}: a client that never finishes its headers holds a connection that long"
+                ),
+            ));
+        }
+        for (variable, token) in [
+            ("CRON_SECRET", &self.cron_secret),
+            ("CRON_API_KEY", &self.cron_api_key),
+        ] {
+            if let Some(token) = token
+                && token.expose().len() < MIN_CRON_TOKEN_BYTES
+            {
+                return Err(ConfigError::new(
+                    variable,
+                    format!(
+                        "must be at least {MIN_CRON_TOKEN_BYTES} bytes (e.g. `openssl rand -hex 32`): a short bearer token can be guessed"
+                    ),
+                ));
+            }
+        }
+        let tolerance = self.stripe_webhook_tolerance.as_secs();
+        if tolerance > MAX_STRIPE_WEBHOOK_TOLERANCE_SECONDS {
+            return Err(ConfigError::new(
+                "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+                format!(
+                    "must be at most {MAX_STRIPE_WEBHOOK_TOLERANCE_SECONDS} seconds, got {tolerance}: a signed delivery can be replayed for that long (Stripe's libraries use 300)"
+                ),
             ));
         }
         Ok(())
@@ -1579,6 +1680,86 @@ mod tests {
         assert!(is_known_variable("PAYOUT_LIMITS_MAX_SINGLE_PAYOUT"));
         assert!(is_known_variable("DISPUTES_SERVICE_URL"));
         assert!(!is_known_variable("STRIPE_SECRET"));
+    }
+
+    #[test]
+    fn gateway_budgets_default_under_the_one_limit_and_are_checked() {
+        let defaults = Settings::from_env(HashMap::new()).unwrap();
+        assert_eq!(
+            (
+                defaults.gateway_max_concurrent_requests,
+                defaults.gateway_max_concurrent_webhooks,
+                defaults.gateway_max_concurrent_admin,
+                defaults.gateway_max_concurrent_cron,
+            ),
+            (512, 256, 64, 4)
+        );
+        assert_eq!(
+            defaults.gateway_header_read_timeout,
+            Duration::from_secs(10)
+        );
+        // A deployment that lowered the one limit it had keeps every budget under it...
+        let lowered =
+            Settings::from_env(env(&[("GATEWAY_MAX_CONCURRENT_REQUESTS", "32")])).unwrap();
+        assert_eq!(
+            (
+                lowered.gateway_max_concurrent_webhooks,
+                lowered.gateway_max_concurrent_admin,
+                lowered.gateway_max_concurrent_cron,
+            ),
+            (32, 32, 4)
+        );
+        // ...and a budget set explicitly is taken as set.
+        let explicit = Settings::from_env(env(&[
+            ("GATEWAY_MAX_CONCURRENT_REQUESTS", "32"),
+            ("GATEWAY_MAX_CONCURRENT_WEBHOOKS", "1000"),
+        ]))
+        .unwrap();
+        assert_eq!(explicit.gateway_max_concurrent_webhooks, 1000);
+        let refused = |pairs: &[(&str, &str)]| Settings::from_env(env(pairs)).unwrap_err().variable;
+        for variable in [
+            "GATEWAY_MAX_CONCURRENT_WEBHOOKS",
+            "GATEWAY_MAX_CONCURRENT_ADMIN",
+            "GATEWAY_MAX_CONCURRENT_CRON",
+            "GATEWAY_HEADER_READ_TIMEOUT_SECONDS",
+        ] {
+            assert_eq!(refused(&[(variable, "0")]), variable);
+        }
+        assert_eq!(
+            refused(&[("GATEWAY_HEADER_READ_TIMEOUT_SECONDS", "301")]),
+            "GATEWAY_HEADER_READ_TIMEOUT_SECONDS"
+        );
+    }
+
+    #[test]
+    fn cron_tokens_shorter_than_32_bytes_are_refused_by_name() {
+        let long = "0123456789abcdef0123456789abcdef";
+        for variable in ["CRON_SECRET", "CRON_API_KEY"] {
+            let error = Settings::from_env(env(&[(variable, &long[..31])])).unwrap_err();
+            assert_eq!(error.variable, variable);
+            assert!(error.to_string().contains("32 bytes"), "{error}");
+            let settings = Settings::from_env(env(&[(variable, long)])).unwrap();
+            assert!(settings.cron_secret.is_some() || settings.cron_api_key.is_some());
+        }
+    }
+
+    #[test]
+    fn the_webhook_tolerance_has_an_upper_bound() {
+        let tolerance = |seconds: &str| {
+            Settings::from_env(env(&[("STRIPE_WEBHOOK_TOLERANCE_SECONDS", seconds)]))
+                .map(|settings| settings.stripe_webhook_tolerance.as_secs())
+                .map_err(|error| error.variable)
+        };
+        assert_eq!(tolerance("300"), Ok(300));
+        assert_eq!(tolerance("3600"), Ok(3600));
+        assert_eq!(
+            tolerance("3601"),
+            Err("STRIPE_WEBHOOK_TOLERANCE_SECONDS".to_owned())
+        );
+        assert_eq!(
+            tolerance("86400"),
+            Err("STRIPE_WEBHOOK_TOLERANCE_SECONDS".to_owned())
+        );
     }
 
     #[test]

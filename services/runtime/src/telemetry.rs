@@ -96,11 +96,76 @@ impl Injector for MetadataInjector<'_> {
     }
 }
 
+/// Longest `x-request-id` taken from a caller (a UUID is 36): a longer one, or one with
+/// characters outside visible ASCII, is replaced (the gateway) or ignored (a service), never
+/// echoed, logged or passed on.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Longest `tracestate` taken from a caller (W3C Trace Context asks vendors to propagate at
+/// least 512 characters; beyond that it may be dropped).
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
+/// Whether a caller's `x-request-id` is kept: 1 to [`MAX_REQUEST_ID_BYTES`] bytes of
+/// visible ASCII (no spaces or control characters, so it cannot forge a log line).
+pub fn acceptable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_BYTES).contains(&value.len())
+        && value.iter().all(|byte| byte.is_ascii_graphic())
+}
+
+/// Whether `value` is a W3C `traceparent` of version 00 as the standard writes it:
+/// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`, 55 characters, lowercase hex,
+/// neither id all zeros. Anything else is ignored (a new trace starts).
+pub fn valid_traceparent(value: &[u8]) -> bool {
+    fn lower_hex(part: &[u8]) -> bool {
+        part.iter()
+            .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(byte))
+    }
+    fn not_zero(part: &[u8]) -> bool {
+        part.iter().any(|byte| *byte != b'0')
+    }
+    if value.len() != 55 {
+        return false;
+    }
+    let (version, trace_id, parent_id, flags) =
+        (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
+    version == b"00"
+        && value[2] == b'-'
+        && value[35] == b'-'
+        && value[52] == b'-'
+        && lower_hex(trace_id)
+        && not_zero(trace_id)
+        && lower_hex(parent_id)
+        && not_zero(parent_id)
+        && lower_hex(flags)
+}
+
+/// A caller's request id as given, if it is acceptable ([`acceptable_request_id`]).
+fn callers_request_id(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("x-request-id")
+        .filter(|value| acceptable_request_id(value.as_bytes()))
+        .and_then(|value| value.to_str().ok())
+}
+
+/// Reads W3C trace context from headers, ignoring a `traceparent` that is not
+/// [`valid_traceparent`] (and then its `tracestate`) and a `tracestate` over
+/// [`MAX_TRACESTATE_BYTES`].
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|value| value.to_str().ok())
+        let traceparent_valid = || {
+            self.0
+                .get("traceparent")
+                .is_some_and(|value| valid_traceparent(value.as_bytes()))
+        };
+        let value = self.0.get(key)?;
+        let acceptable = match key {
+            "traceparent" => traceparent_valid(),
+            "tracestate" => value.len() <= MAX_TRACESTATE_BYTES && traceparent_valid(),
+            _ => true,
+        };
+        acceptable.then(|| value.to_str().ok()).flatten()
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -180,11 +245,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
+        let id = callers_request_id(request.headers()).map(str::to_owned);
         let future = self.inner.call(request);
         Box::pin(with_request_id(id, future))
     }
@@ -221,9 +282,6 @@ pub fn link_to(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// The span a gRPC server opens for a request, parented on the caller's trace context.
-/// The longest `x-request-id` a gRPC span records; a longer one is left out.
-const MAX_GRPC_REQUEST_ID_BYTES: usize = 128;
-
 pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
     // OpenTelemetry's RPC conventions: the span is named "package.Service/Method".
     // Named after the RPC only when it is one of ours: a client (authorized or not yet)
@@ -240,12 +298,7 @@ pub fn grpc_request_span<B>(request: &http::Request<B>) -> tracing::Span {
         rpc.method = %method,
         request_id = tracing::field::Empty,
     );
-    if let Some(request_id) = request
-        .headers()
-        .get("x-request-id")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| value.len() <= MAX_GRPC_REQUEST_ID_BYTES)
-    {
+    if let Some(request_id) = callers_request_id(request.headers()) {
         span.record("request_id", request_id);
     }
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
@@ -323,6 +376,70 @@ mod tests {
             callee.oneshot(call).await.unwrap().as_deref(),
             Some("req-1")
         );
+    }
+
+    #[test]
+    fn request_ids_are_capped_and_visible_ascii() {
+        assert!(acceptable_request_id(b"req-from-caller"));
+        assert!(acceptable_request_id(
+            b"0f8fad5b-d9cb-469f-a165-70867728950e"
+        ));
+        assert!(acceptable_request_id(&[b'a'; MAX_REQUEST_ID_BYTES]));
+        assert!(!acceptable_request_id(&[b'a'; MAX_REQUEST_ID_BYTES + 1]));
+        assert!(!acceptable_request_id(b""));
+        assert!(!acceptable_request_id(b"two words"));
+        assert!(!acceptable_request_id(b"line\tbreak"));
+        assert!(!acceptable_request_id("caf\u{e9}".as_bytes()));
+    }
+
+    #[test]
+    fn only_a_w3c_traceparent_is_read() {
+        let valid = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert!(valid_traceparent(valid.as_bytes()));
+        for invalid in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert!(!valid_traceparent(invalid.as_bytes()), "{invalid}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", valid.parse().unwrap());
+        headers.insert("tracestate", "vendor=value".parse().unwrap());
+        let extractor = HeaderExtractor(&headers);
+        assert_eq!(extractor.get("traceparent"), Some(valid));
+        assert_eq!(extractor.get("tracestate"), Some("vendor=value"));
+        headers.insert(
+            "tracestate",
+            format!("vendor={}", "x".repeat(MAX_TRACESTATE_BYTES))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(HeaderExtractor(&headers).get("tracestate"), None);
+        let long = format!("{valid}{}", "0".repeat(1000));
+        headers.insert("traceparent", long.parse().unwrap());
+        headers.insert("tracestate", "vendor=value".parse().unwrap());
+        let extractor = HeaderExtractor(&headers);
+        assert_eq!(extractor.get("traceparent"), None);
+        assert_eq!(extractor.get("tracestate"), None, "follows its traceparent");
+    }
+
+    #[tokio::test]
+    async fn a_service_ignores_an_oversized_request_id() {
+        use tower::{Layer as _, ServiceExt as _};
+        let callee = RequestIdScopeLayer.layer(tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(current_request_id())
+        }));
+        let call = http::Request::builder()
+            .header("x-request-id", "r".repeat(MAX_REQUEST_ID_BYTES + 1))
+            .body(())
+            .unwrap();
+        assert_eq!(callee.oneshot(call).await.unwrap(), None);
     }
 
     #[test]
