@@ -20,8 +20,14 @@ const CRON_SECRET: &str = "cron-e2e-budgets-secret-of-32-bytes-or-more";
 const ADMIN_SECRET: &str = "admin-e2e-budgets-secret-long-enough-for-hs256";
 const WEBHOOK_SLOTS: usize = 16;
 /// Well-formed, signed by nobody.
-const JUNK_SIGNATURE: &str =
-    "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd";
+/// A well-formed signature header that is not Stripe's, with a timestamp of now (one outside
+/// the tolerance is refused before the body is read).
+fn junk_signature() -> String {
+    format!(
+        "t={},v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
+        chrono::Utc::now().timestamp()
+    )
+}
 
 /// Waits until `condition` holds (checked every 50 ms), for at most a minute.
 async fn eventually<F, Fut>(what: &str, mut condition: F)
@@ -42,8 +48,9 @@ async fn slow_junk(process: &Payouts) -> TcpStream {
     let mut stream = TcpStream::connect(process.gateway.unwrap()).await.unwrap();
     let head = format!(
         "POST /api/webhooks/stripe-payouts HTTP/1.1\r\nHost: gateway\r\n\
-         Stripe-Signature: {JUNK_SIGNATURE}\r\nContent-Type: application/json\r\n\
-         Content-Length: 100000\r\n\r\n{{\"id\":"
+         Stripe-Signature: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\n\r\n{{\"id\":",
+        junk_signature()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
@@ -52,7 +59,7 @@ async fn slow_junk(process: &Payouts) -> TcpStream {
 /// A complete junk delivery (well-formed signature, not Stripe's): its status.
 async fn junk_delivery(http: &reqwest::Client, process: &Payouts) -> reqwest::Response {
     http.post(process.gateway_url("/api/webhooks/stripe-payouts"))
-        .header("Stripe-Signature", JUNK_SIGNATURE)
+        .header("Stripe-Signature", junk_signature())
         .body(r#"{"id":"evt_junk"}"#)
         .send()
         .await
@@ -206,4 +213,67 @@ async fn a_client_that_trickles_its_headers_is_disconnected() {
     assert!(!received.contains(" 200 "), "{received}");
     trickle.abort();
     assert!(process.terminate().success());
+}
+
+/// One address cannot hold more than its share of connections: over it, a new connection is
+/// closed before anything is read, and the others (the kubelet's probes, the ingress
+/// controller) are not affected; a connection given back makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let process = Payouts::start(
+        &[],
+        StoreChoice::Embedded,
+        &[
+            ("GATEWAY_MAX_CONNECTIONS_PER_PEER", "5"),
+            ("GATEWAY_HEADER_READ_TIMEOUT_SECONDS", "60"),
+        ],
+    );
+    let address = process.gateway.unwrap();
+    let livez = |mut stream: TcpStream| async move {
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut answer))
+            .await
+            .ok()?
+            .ok()?;
+        Some(answer)
+    };
+    // Five idle connections from 127.0.0.1 hold its share.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(TcpStream::connect(address).await.unwrap());
+    }
+    // Let the accept loop take them all before the sixth arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sixth = TcpStream::connect(address).await.unwrap();
+    let refused = livez(sixth).await.unwrap_or_default();
+    assert!(!refused.starts_with("HTTP/1.1 200"), "{refused}");
+    // Give one back: the next connection is served.
+    held.pop();
+    let mut served = None;
+    for _ in 0..50 {
+        let stream = TcpStream::connect(address).await.unwrap();
+        if let Some(answer) = livez(stream)
+            .await
+            .filter(|answer| answer.starts_with("HTTP/1.1 200"))
+        {
+            served = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served.is_some(), "a connection given back makes room again");
+    let metrics = reqwest::get(format!("http://{}/metrics", process.metrics.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("payouts_http_connections_refused_total{reason=\"peer_connections\"}"),
+        "{metrics}"
+    );
 }

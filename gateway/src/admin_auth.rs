@@ -433,6 +433,10 @@ pub fn mint_admin_token(
         !settings.is_live(),
         "refusing to mint an admin token for a live configuration (STRIPE_LIVEMODE=true or a live STRIPE_SECRET_KEY): a token minted from the shared secret can name any admin, so a decision on real money would not prove who made it; admins sign in through the identity provider (ADMIN_JWT_JWKS_URL, ADMIN_JWT_ISSUER, ADMIN_JWT_AUDIENCE) and use its tokens"
     );
+    anyhow::ensure!(
+        settings.known_test_mode(),
+        "refusing to mint an admin token without knowing the money is test money: set STRIPE_LIVEMODE=false (or a test STRIPE_SECRET_KEY) where you run this (this guard only stops mistakes: whoever holds ADMIN_JWT_SECRET can sign a token elsewhere)"
+    );
     let secret = settings.admin_jwt_secret.as_ref().ok_or_else(|| {
         anyhow::anyhow!("ADMIN_JWT_SECRET is not set: there is no HS256 key to sign with")
     })?;
@@ -487,6 +491,20 @@ fn parse_jwks(path: &str, text: &str) -> anyhow::Result<Vec<Key>> {
 fn jwks_keys(set: &JwkSet) -> Result<Vec<Key>, String> {
     let mut keys = Vec::new();
     for jwk in &set.keys {
+        // A key published for encryption (`use: enc`, or `key_ops` without `verify`) never
+        // verifies a signature (RFC 7517 §4.2, §4.3).
+        if matches!(
+            jwk.common.public_key_use,
+            Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+                | Some(jsonwebtoken::jwk::PublicKeyUse::Other(_))
+        ) {
+            continue;
+        }
+        if let Some(operations) = &jwk.common.key_operations
+            && !operations.contains(&jsonwebtoken::jwk::KeyOperations::Verify)
+        {
+            continue;
+        }
         let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
             (Some(KeyAlgorithm::RS256), _) | (None, AlgorithmParameters::RSA(_)) => {
                 Algorithm::RS256
@@ -499,8 +517,15 @@ fn jwks_keys(set: &JwkSet) -> Result<Vec<Key>, String> {
             }
             _ => continue,
         };
-        let key = DecodingKey::from_jwk(jwk)
-            .map_err(|error| format!("a key of the JWKS is unusable: {error}"))?;
+        // One unusable key (a provider publishing a new kind) must not freeze rotation for
+        // the others: it is skipped and logged.
+        let key = match DecodingKey::from_jwk(jwk) {
+            Ok(key) => key,
+            Err(error) => {
+                tracing::warn!(kid = ?jwk.common.key_id, %error, "a key of the admin JWKS is unusable; skipped");
+                continue;
+            }
+        };
         keys.push(Key {
             kid: jwk.common.key_id.clone(),
             algorithm,
@@ -624,6 +649,8 @@ mod tests {
             map.insert("ADMIN_JWT_ISSUER".to_owned(), ISSUER.to_owned());
             map.insert("ADMIN_JWT_AUDIENCE".to_owned(), AUDIENCE.to_owned());
         }
+        // Test money, said (a gateway must know; see `Settings::known_test_mode`).
+        map.insert("STRIPE_LIVEMODE".to_owned(), "false".to_owned());
         for (k, v) in env {
             map.insert((*k).to_owned(), v.clone());
         }
@@ -1048,13 +1075,23 @@ mod tests {
                 .map(|token| status(&auth, Some(token.as_str()))),
         )
         .await;
+        // Refused, every one: 401 (the keys are in and the kid is not among them) or 503 for
+        // those that came while the first fetch was under way (no request waits for it).
         assert!(
-            answers
-                .iter()
-                .all(|answer| *answer == Err(StatusCode::UNAUTHORIZED)),
+            answers.iter().all(|answer| matches!(
+                answer,
+                Err(StatusCode::UNAUTHORIZED | StatusCode::SERVICE_UNAVAILABLE)
+            )),
             "{answers:?}"
         );
         // One fetch (the first request, before any keys), and no more within the period.
+        assert_eq!(idp.requests(), 1);
+        for token in flood.iter().take(20) {
+            assert_eq!(
+                status(&auth, Some(token.as_str())).await,
+                Err(StatusCode::UNAUTHORIZED)
+            );
+        }
         assert_eq!(idp.requests(), 1);
         let kept = auth.remote.as_ref().unwrap().keys().unwrap();
         assert_eq!(kept.len(), 1, "the keys are replaced, never accumulated");
@@ -1204,6 +1241,16 @@ mod tests {
             assert!(error.contains("live configuration"), "{error}");
             assert!(error.contains("identity provider"), "{error}");
         }
+        // Not knowing whether the money is live is not "test": refused too.
+        let unknown = Settings::from_env(HashMap::from([(
+            "ADMIN_JWT_SECRET".to_owned(),
+            SECRET.to_owned(),
+        )]))
+        .unwrap();
+        let error = mint_admin_token(&unknown, "alice", AdminRole::Approver, hour)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("STRIPE_LIVEMODE=false"), "{error}");
         let plain = settings(&[("ADMIN_JWT_SECRET", SECRET.to_owned())]);
         let error = mint_admin_token(&plain, "v", AdminRole::Viewer, hour)
             .unwrap_err()

@@ -5,11 +5,16 @@
 //!
 //! | budget | routes | setting (default) |
 //! |---|---|---|
-//! | `webhooks` | `/api/webhooks/*` | `GATEWAY_MAX_CONCURRENT_WEBHOOKS` (256) |
-//! | `admin` | `/api/admin/*`, the dashboard `/admin`, `/admin/*` | `GATEWAY_MAX_CONCURRENT_ADMIN` (64) |
+//! | `webhooks` | `/api/webhooks/*` | `GATEWAY_MAX_CONCURRENT_WEBHOOKS` (64) |
+//! | `admin` | `/api/admin/*` | `GATEWAY_MAX_CONCURRENT_ADMIN` (64) |
 //! | `cron` | `/api/cron/*` | `GATEWAY_MAX_CONCURRENT_CRON` (4) |
-//! | `other` | everything else (the OpenAPI document, unknown paths) | `GATEWAY_MAX_CONCURRENT_REQUESTS` (512) |
+//! | `other` | everything else (the dashboard's static files, the OpenAPI document, unknown paths) | `GATEWAY_MAX_CONCURRENT_REQUESTS` (512) |
 //! | none | `/livez`, `/healthz`, `/readyz` | never shed |
+//!
+//! The admin and cron budgets are for their callers only: a request to them is authenticated
+//! (the admin's token, the cron bearer token) before it takes a slot, and refused without one
+//! (401/403), so anonymous junk cannot shed a real admin or the scheduler. Verifying a token
+//! never waits on the network (see `admin_auth`: an unknown `kid` never waits for a fetch).
 //!
 //! A request beyond its budget is shed at once (no queue): 503 with `Retry-After: 1`, counted
 //! in `payouts_http_shed_total{budget}`. Health routes are in no budget: a probe that is shed
@@ -42,8 +47,7 @@ impl Budget {
             None
         } else if path.starts_with("/api/webhooks/") {
             Some(Self::Webhooks)
-        } else if path.starts_with("/api/admin/") || path == "/admin" || path.starts_with("/admin/")
-        {
+        } else if path.starts_with("/api/admin/") {
             Some(Self::Admin)
         } else if path.starts_with("/api/cron/") {
             Some(Self::Cron)
@@ -96,20 +100,39 @@ impl Budgets {
 /// Middleware: serves the request on a slot of its budget (held until its response is
 /// ready), or sheds it when the budget is full.
 pub(crate) async fn enforce(
-    State(budgets): State<Budgets>,
+    State((budgets, gateway)): State<(Budgets, crate::Gateway)>,
     request: Request,
     next: Next,
 ) -> Response {
     let Some(budget) = Budget::of(request.uri().path()) else {
         return next.run(request).await;
     };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    match budget {
+        Budget::Admin => {
+            if let Err(refused) = gateway.admin_auth().authenticate(authorization).await {
+                return axum::response::IntoResponse::into_response(refused);
+            }
+        }
+        Budget::Cron => {
+            if let Err(refused) = crate::cron::authorize(&gateway, authorization) {
+                return refused;
+            }
+        }
+        Budget::Webhooks | Budget::Other => {}
+    }
     match Arc::clone(budgets.slots(budget)).try_acquire_owned() {
         Ok(_slot) => next.run(request).await,
         Err(_) => shed(budget),
     }
 }
 
-/// 503 with `Retry-After`, so Stripe (and any well-behaved client) tries again shortly.
+/// 503 with `Retry-After` for well-behaved clients. Stripe ignores the header: it retries a
+/// failed delivery on its own schedule (with backoff, for up to 3 days in live mode), and the
+/// backfill recovers what it never delivers, so a shed event is late, never lost.
 fn shed(budget: Budget) -> Response {
     metrics::counter!("payouts_http_shed_total", "budget" => budget.as_str()).increment(1);
     let mut response = error_response(
@@ -135,8 +158,8 @@ mod tests {
             ("/api/webhooks/stripe-payouts", Some(Budget::Webhooks)),
             ("/api/webhooks/stripe-subscription", Some(Budget::Webhooks)),
             ("/api/admin/payout-approvals", Some(Budget::Admin)),
-            ("/admin", Some(Budget::Admin)),
-            ("/admin/app.js", Some(Budget::Admin)),
+            ("/admin", Some(Budget::Other)),
+            ("/admin/app.js", Some(Budget::Other)),
             ("/api/cron/platform-balance-check", Some(Budget::Cron)),
             ("/api/openapi.json", Some(Budget::Other)),
             ("/nope", Some(Budget::Other)),

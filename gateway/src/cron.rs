@@ -51,27 +51,39 @@ impl CronTokens {
     }
 }
 
+/// Whether the `Authorization` header carries a cron token: `Ok`, or the answer that refuses
+/// it (503 when no token is configured, 401 otherwise). Checked before the request takes a
+/// cron slot (see `budgets`) and again by the handler.
+#[allow(clippy::result_large_err)] // the error is the answer itself
+pub(crate) fn authorize(gateway: &Gateway, authorization: Option<&str>) -> Result<(), Response> {
+    let tokens = gateway.cron_tokens();
+    if tokens.is_empty() {
+        return Err(error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the cron endpoint is disabled: set CRON_SECRET or CRON_API_KEY",
+        ));
+    }
+    let presented = authorization
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if presented.is_empty() || !tokens.accepts(presented) {
+        return Err(error_response(
+            StatusCode::UNAUTHORIZED,
+            "Authorization: Bearer <CRON_SECRET or CRON_API_KEY> is required",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn platform_balance_check(
     State(gateway): State<Gateway>,
     headers: HeaderMap,
 ) -> Response {
-    let tokens = gateway.cron_tokens();
-    if tokens.is_empty() {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the cron endpoint is disabled: set CRON_SECRET or CRON_API_KEY",
-        );
-    }
-    let presented = headers
+    let authorization = headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if presented.is_empty() || !tokens.accepts(presented) {
-        return error_response(
-            StatusCode::UNAUTHORIZED,
-            "Authorization: Bearer <CRON_SECRET or CRON_API_KEY> is required",
-        );
+        .and_then(|value| value.to_str().ok());
+    if let Err(refused) = authorize(&gateway, authorization) {
+        return refused;
     }
     run_check(&gateway, "cron").await
 }

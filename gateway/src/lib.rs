@@ -163,16 +163,11 @@ impl Gateway {
         &self.inner.cron_tokens
     }
 
-    /// The HTTP routes with their middleware. The budgets wrap the whole router once (their
-    /// slots are shared by every route of a budget), outside the body limit and timeout.
+    /// The HTTP routes with their middleware (the budgets are a layer of the matched routes,
+    /// their slots shared by every route of a budget: see `routes`).
     pub fn router(&self) -> Router {
         let settings = &self.inner.settings;
-        let budgets = budgets::Budgets::from_settings(settings);
         self.routes()
-            .layer(axum::middleware::from_fn_with_state(
-                budgets,
-                budgets::enforce,
-            ))
             .layer(axum::middleware::map_response(json_errors))
             .layer(axum::middleware::from_fn(scope_request_id))
             .layer(cors(&settings.admin_cors_origins))
@@ -264,6 +259,16 @@ impl Gateway {
             .route("/healthz", get(health::liveness))
             .route("/livez", get(health::liveness))
             .route("/readyz", get(health::readiness))
+            // The budgets on matched routes only (an unknown path or method is answered 404 or
+            // 405 at once, before any credential is looked at), inside the metrics so a shed
+            // request is counted under its route.
+            .route_layer(axum::middleware::from_fn_with_state(
+                (
+                    budgets::Budgets::from_settings(&self.inner.settings),
+                    self.clone(),
+                ),
+                budgets::enforce,
+            ))
             .route_layer(axum::middleware::from_fn(http_metrics))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
@@ -280,8 +285,13 @@ impl Gateway {
     /// Serves until `shutdown`, then lets in-flight requests finish.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
         tokio::spawn(self.admin_auth().clone().keep_jwks_fresh(shutdown.clone()));
-        let header_read_timeout = self.settings().gateway_header_read_timeout;
-        serve::serve(self.router(), listener, header_read_timeout, shutdown).await;
+        let settings = self.settings();
+        let limits = serve::Limits {
+            header_read_timeout: settings.gateway_header_read_timeout,
+            max_connections: settings.gateway_max_connections,
+            max_connections_per_peer: settings.gateway_max_connections_per_peer,
+        };
+        serve::serve(self.router(), listener, limits, shutdown).await;
         Ok(())
     }
 }
@@ -563,7 +573,7 @@ mod tests {
         );
 
         let request = Request::post("/api/webhooks/stripe-payouts")
-            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .header("stripe-signature", well_formed_signature())
             .body(Body::from(vec![b'x'; 2048]))
             .unwrap();
         let response = gateway(&[("GATEWAY_BODY_LIMIT_BYTES", "1024")])
@@ -587,9 +597,14 @@ mod tests {
         assert!(json(response).await["error"].as_str().is_some());
     }
 
-    /// A well-formed (not valid) `Stripe-Signature`.
-    const WELL_FORMED_SIGNATURE: &str =
-        "t=1700000000,v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd";
+    /// A well-formed (not valid) `Stripe-Signature`, with a timestamp of now (one outside the
+    /// tolerance is refused before the body is read).
+    fn well_formed_signature() -> String {
+        format!(
+            "t={},v1=5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
+            chrono::Utc::now().timestamp()
+        )
+    }
 
     /// A body that tells `polled` when it is first read, then never ends (a slow client).
     fn endless_body(polled: tokio::sync::oneshot::Sender<()>) -> Body {
@@ -616,14 +631,14 @@ mod tests {
         // A slow client holds the one webhook slot: its body is being read.
         let (polled, body_read) = tokio::sync::oneshot::channel();
         let slow = Request::post("/api/webhooks/stripe-payouts")
-            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .header("stripe-signature", well_formed_signature())
             .body(endless_body(polled))
             .unwrap();
         let _slow = tokio::spawn(router.clone().oneshot(slow));
         body_read.await.unwrap();
 
         let webhook = Request::post("/api/webhooks/stripe-transfers")
-            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .header("stripe-signature", well_formed_signature())
             .body(Body::from("{}"))
             .unwrap();
         let shed = router.clone().oneshot(webhook).await.unwrap();
@@ -717,7 +732,7 @@ mod tests {
             (0..4).map(|_| Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 512]))),
         );
         let request = Request::post("/api/webhooks/stripe-payouts")
-            .header("stripe-signature", WELL_FORMED_SIGNATURE)
+            .header("stripe-signature", well_formed_signature())
             .body(Body::from_stream(chunks))
             .unwrap();
         let response = gateway(&[("GATEWAY_BODY_LIMIT_BYTES", "1024")])

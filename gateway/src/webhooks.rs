@@ -95,9 +95,36 @@ async fn ingest(gateway: &Gateway, endpoint: pb::WebhookEndpoint, request: Reque
         return error_response(StatusCode::UNAUTHORIZED, problem.message());
     }
     let signature_header = signature_header.unwrap_or_default().to_owned();
-    let payload = match read_body(body, gateway.settings().gateway_body_limit_bytes).await {
-        Ok(payload) => payload,
-        Err(response) => return response,
+    // A timestamp outside the tolerance is refused before the body is read too: the webhooks
+    // service would refuse it anyway, and a made-up header costs no body read.
+    let tolerance = gateway.settings().stripe_webhook_tolerance.as_secs();
+    if !timestamp_within(&signature_header, chrono::Utc::now().timestamp(), tolerance) {
+        metrics::counter!(
+            "payouts_webhooks_rejected_total",
+            "endpoint" => endpoint_label(endpoint),
+            "reason" => "timestamp"
+        )
+        .increment(1);
+        return error_response(
+            StatusCode::UNAUTHORIZED,
+            "Stripe-Signature timestamp is outside the tolerance (STRIPE_WEBHOOK_TOLERANCE_SECONDS)",
+        );
+    }
+    // The body within a deadline: a client trickling it holds a webhook slot for no longer.
+    let read = tokio::time::timeout(
+        BODY_READ_DEADLINE,
+        read_body(body, gateway.settings().gateway_body_limit_bytes),
+    )
+    .await;
+    let payload = match read {
+        Ok(Ok(payload)) => payload,
+        Ok(Err(response)) => return response,
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            );
+        }
     };
     let request = pb::IngestEventRequest {
         endpoint: endpoint.into(),
@@ -113,6 +140,20 @@ async fn ingest(gateway: &Gateway, endpoint: pb::WebhookEndpoint, request: Reque
         },
         Err(status) => grpc_error(&status),
     }
+}
+
+/// How long a webhook's body may take to arrive once its headers are in (Stripe sends a few
+/// kilobytes at once).
+const BODY_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the header's timestamp (`t=`, already known to be digits) is within `tolerance`
+/// seconds of `now`.
+fn timestamp_within(header: &str, now: i64, tolerance: u64) -> bool {
+    header
+        .split(',')
+        .filter_map(|part| part.trim().strip_prefix("t="))
+        .filter_map(|digits| digits.parse::<i64>().ok())
+        .any(|timestamp| now.abs_diff(timestamp) <= tolerance)
 }
 
 fn signature_header(headers: &HeaderMap) -> Option<&str> {
@@ -178,6 +219,17 @@ mod tests {
     use super::*;
 
     const V1: &str = "5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd";
+
+    #[test]
+    fn a_timestamp_is_judged_before_the_body_at_the_tolerance_boundary() {
+        let header = |t: i64| format!("t={t},v1={V1}");
+        let now = 1_800_000_000;
+        assert!(timestamp_within(&header(now - 300), now, 300));
+        assert!(timestamp_within(&header(now + 300), now, 300));
+        assert!(!timestamp_within(&header(now - 301), now, 300));
+        assert!(!timestamp_within(&header(now + 301), now, 300));
+        assert!(!timestamp_within(&header(0), now, 300));
+    }
 
     #[test]
     fn a_signature_header_of_stripes_form_passes() {

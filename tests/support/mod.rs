@@ -63,6 +63,10 @@ impl Payouts {
         let decides_tls = env
             .iter()
             .any(|(key, _)| *key == "GRPC_TLS_CERT_FILE" || *key == "PAYOUTS_ALLOW_PLAINTEXT_GRPC");
+        if args.contains(&"gateway") && !env.iter().any(|(key, _)| *key == "STRIPE_LIVEMODE") {
+            // A gateway alone holds no Stripe key: it must be told the money is test money.
+            command.env("STRIPE_LIVEMODE", "false");
+        }
         if separate && !decides_tls {
             // Processes apart need mutual TLS unless allowed; tests that are not about it
             // allow plaintext, as a developer would (tests/e2e_mtls.rs is about it).

@@ -97,9 +97,22 @@ impl RemoteJwks {
         self.fetches.load(Ordering::Relaxed)
     }
 
-    /// A fetch asked by a request: made only when none was tried within `min_refetch`.
+    /// A fetch asked by a request: made only when none was tried within `min_refetch`, and
+    /// never waited for when another is under way (a request holding an admin slot must not
+    /// wait on the identity provider because of someone's made-up `kid`: that request is
+    /// refused at once and its caller may try again when the fetch is done).
     pub(super) async fn refetch_if_allowed(&self) {
-        let _one = self.fetching.lock().await;
+        let recent = self
+            .last_attempt
+            .lock()
+            .map(|last| last.is_some_and(|at| at.elapsed() < self.limits.min_refetch))
+            .unwrap_or(true);
+        if recent {
+            return;
+        }
+        let Ok(_one) = self.fetching.try_lock() else {
+            return;
+        };
         let allowed = match self.last_attempt.lock() {
             Ok(mut last) => {
                 let allowed = last.is_none_or(|at| at.elapsed() >= self.limits.min_refetch);

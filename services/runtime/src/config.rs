@@ -172,6 +172,9 @@ pub struct Settings {
     pub stripe_webhook_tolerance: Duration,
     /// `STRIPE_LIVEMODE`: whether events must be live-mode to be applied (default false).
     pub stripe_livemode: bool,
+    /// Whether `STRIPE_LIVEMODE` was set at all (a gateway alone has no Stripe key to tell
+    /// live from test by: see [`Settings::known_test_mode`]).
+    pub stripe_livemode_set: bool,
     /// `WEBHOOK_MAX_ATTEMPTS`: processing attempts before an event is parked as failed (5).
     pub webhook_max_attempts: u32,
     /// `WEBHOOK_RETRY_BASE_SECONDS`: delay after the first failed attempt, doubling (30).
@@ -292,6 +295,12 @@ pub struct Settings {
     /// `GATEWAY_HEADER_READ_TIMEOUT_SECONDS`: how long a connection may take to send a
     /// request's headers (HTTP/1); then it is closed (10).
     pub gateway_header_read_timeout: Duration,
+    /// `GATEWAY_MAX_CONNECTIONS`: HTTP connections open at once, all clients together; more
+    /// are closed as they come (8192).
+    pub gateway_max_connections: usize,
+    /// `GATEWAY_MAX_CONNECTIONS_PER_PEER`: HTTP connections one IP address (an IPv6 /64) may
+    /// hold open (1024; an ingress controller's pod is one address).
+    pub gateway_max_connections_per_peer: usize,
     /// `ADMIN_CORS_ORIGINS`: comma-separated origins (`https://admin.example.com`) whose
     /// browsers may call the API; none by default.
     pub admin_cors_origins: Vec<String>,
@@ -403,6 +412,8 @@ pub const VARIABLES: &[&str] = &[
     "GATEWAY_MAX_CONCURRENT_ADMIN",
     "GATEWAY_MAX_CONCURRENT_CRON",
     "GATEWAY_HEADER_READ_TIMEOUT_SECONDS",
+    "GATEWAY_MAX_CONNECTIONS",
+    "GATEWAY_MAX_CONNECTIONS_PER_PEER",
     "GRPC_REFLECTION",
     "GRPC_TLS_CERT_FILE",
     "GRPC_TLS_KEY_FILE",
@@ -469,6 +480,20 @@ impl Settings {
             || self.stripe_secret_key.as_ref().is_some_and(|key| {
                 let key = key.expose();
                 key.starts_with("sk_live_") || key.starts_with("rk_live_")
+            })
+    }
+
+    /// Whether this configuration is known to move no real money: `STRIPE_LIVEMODE=false`
+    /// said, or a test key. Not knowing is not "test": a gateway alone holds no Stripe key, and
+    /// without `STRIPE_LIVEMODE` it cannot tell.
+    pub fn known_test_mode(&self) -> bool {
+        if self.is_live() {
+            return false;
+        }
+        self.stripe_livemode_set
+            || self.stripe_secret_key.as_ref().is_some_and(|key| {
+                let key = key.expose();
+                key.starts_with("sk_test_") || key.starts_with("rk_test_")
             })
     }
 
@@ -648,6 +673,16 @@ impl Settings {
                 ),
             ));
         }
+        if role == Role::Gateway
+            && self.admin_jwt_secret.is_some()
+            && !self.admin_jwt_allow_hs256
+            && !self.known_test_mode()
+        {
+            return Err(ConfigError::new(
+                "STRIPE_LIVEMODE",
+                "must be set on a gateway that verifies HS256 admin tokens (ADMIN_JWT_SECRET): the gateway holds no Stripe key, so without it a live deployment would look like a test one and accept tokens anyone holding the secret can mint (set STRIPE_LIVEMODE=false for test money; with live money sign admins in through ADMIN_JWT_JWKS_URL)",
+            ));
+        }
         let Role::Service(service) = role else {
             return Ok(());
         };
@@ -774,6 +809,7 @@ impl Settings {
                 values.number("STRIPE_WEBHOOK_TOLERANCE_SECONDS", 300)?,
             ),
             stripe_livemode: values.boolean("STRIPE_LIVEMODE", false)?,
+            stripe_livemode_set: values.string("STRIPE_LIVEMODE")?.is_some(),
             webhook_max_attempts: values.number("WEBHOOK_MAX_ATTEMPTS", 5)?,
             webhook_retry_base: Duration::from_secs(
                 values.number("WEBHOOK_RETRY_BASE_SECONDS", 30)?,
@@ -910,7 +946,7 @@ impl Settings {
                 .number("GATEWAY_MAX_CONCURRENT_REQUESTS", 512)?,
             gateway_max_concurrent_webhooks: values.number(
                 "GATEWAY_MAX_CONCURRENT_WEBHOOKS",
-                budget_default(values, 256)?,
+                budget_default(values, 64)?,
             )?,
             gateway_max_concurrent_admin: values
                 .number("GATEWAY_MAX_CONCURRENT_ADMIN", budget_default(values, 64)?)?,
@@ -919,6 +955,9 @@ impl Settings {
             gateway_header_read_timeout: Duration::from_secs(
                 values.number("GATEWAY_HEADER_READ_TIMEOUT_SECONDS", 10)?,
             ),
+            gateway_max_connections: values.number("GATEWAY_MAX_CONNECTIONS", 8192)?,
+            gateway_max_connections_per_peer: values
+                .number("GATEWAY_MAX_CONNECTIONS_PER_PEER", 1024)?,
             admin_cors_origins: values
                 .string("ADMIN_CORS_ORIGINS")?
                 .map(|list| {
@@ -1101,6 +1140,17 @@ impl Settings {
             ),
         ] {
             if budget == 0 {
+                return Err(ConfigError::new(variable, "must be at least 1"));
+            }
+        }
+        for (variable, bound) in [
+            ("GATEWAY_MAX_CONNECTIONS", self.gateway_max_connections),
+            (
+                "GATEWAY_MAX_CONNECTIONS_PER_PEER",
+                self.gateway_max_connections_per_peer,
+            ),
+        ] {
+            if bound == 0 {
                 return Err(ConfigError::new(variable, "must be at least 1"));
             }
         }
@@ -1683,6 +1733,25 @@ mod tests {
     }
 
     #[test]
+    fn a_gateway_with_an_hs256_secret_must_be_told_the_money_is_test_money() {
+        let secret = ("ADMIN_JWT_SECRET", "k".repeat(32));
+        let plain = ("PAYOUTS_ALLOW_PLAINTEXT_GRPC", "true".to_owned());
+        let start = |extra: &[(&str, &str)]| {
+            let mut pairs: Vec<(&str, String)> = vec![secret.clone(), plain.clone()];
+            pairs.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+            let map = pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<HashMap<_, _>>();
+            Settings::from_env(map).unwrap().check_role(Role::Gateway)
+        };
+        assert_eq!(start(&[]).unwrap_err().variable, "STRIPE_LIVEMODE");
+        assert!(start(&[("STRIPE_LIVEMODE", "false")]).is_ok());
+        assert!(start(&[("STRIPE_SECRET_KEY", "sk_test_x")]).is_ok());
+        assert!(start(&[("ADMIN_JWT_ALLOW_HS256", "true")]).is_ok());
+    }
+
+    #[test]
     fn gateway_budgets_default_under_the_one_limit_and_are_checked() {
         let defaults = Settings::from_env(HashMap::new()).unwrap();
         assert_eq!(
@@ -1692,7 +1761,7 @@ mod tests {
                 defaults.gateway_max_concurrent_admin,
                 defaults.gateway_max_concurrent_cron,
             ),
-            (512, 256, 64, 4)
+            (512, 64, 64, 4)
         );
         assert_eq!(
             defaults.gateway_header_read_timeout,
