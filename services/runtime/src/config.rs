@@ -473,39 +473,37 @@ fn budget_default(values: &Values, default: usize) -> Result<usize, ConfigError>
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 impl Settings {
+    /// The mode of `STRIPE_SECRET_KEY` by its prefix (secret or restricted key): `Some(true)`
+    /// live, `Some(false)` test, `None` no key or another kind.
+    fn key_livemode(&self) -> Option<bool> {
+        let key = self.stripe_secret_key.as_ref()?.expose();
+        if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+            Some(true)
+        } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// Whether this configuration moves real money: `STRIPE_LIVEMODE=true` or a live (or
     /// restricted live) Stripe key.
     pub fn is_live(&self) -> bool {
-        self.stripe_livemode
-            || self.stripe_secret_key.as_ref().is_some_and(|key| {
-                let key = key.expose();
-                key.starts_with("sk_live_") || key.starts_with("rk_live_")
-            })
+        self.stripe_livemode || self.key_livemode() == Some(true)
     }
 
     /// Whether this configuration is known to move no real money: `STRIPE_LIVEMODE=false`
     /// said, or a test key. Not knowing is not "test": a gateway alone holds no Stripe key, and
     /// without `STRIPE_LIVEMODE` it cannot tell.
     pub fn known_test_mode(&self) -> bool {
-        if self.is_live() {
-            return false;
-        }
-        self.stripe_livemode_set
-            || self.stripe_secret_key.as_ref().is_some_and(|key| {
-                let key = key.expose();
-                key.starts_with("sk_test_") || key.starts_with("rk_test_")
-            })
+        !self.is_live() && (self.stripe_livemode_set || self.key_livemode() == Some(false))
     }
 
     /// A live key with test events expected, or a test key with live ones: the events Stripe
     /// sends would be acknowledged and never applied.
     fn validate_stripe_mode(&self) -> Result<(), ConfigError> {
-        let Some(key) = &self.stripe_secret_key else {
-            return Ok(());
-        };
-        let key = key.expose();
-        let live = key.starts_with("sk_live_") || key.starts_with("rk_live_");
-        let test = key.starts_with("sk_test_") || key.starts_with("rk_test_");
+        let live = self.key_livemode() == Some(true);
+        let test = self.key_livemode() == Some(false);
         if live && !self.stripe_livemode {
             return Err(ConfigError::new(
                 "STRIPE_LIVEMODE",
