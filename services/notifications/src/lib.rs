@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod domain;
 pub mod email;
+pub mod escalation;
 pub mod grpc;
 pub mod outbox;
 pub mod store;
