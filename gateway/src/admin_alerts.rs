@@ -223,6 +223,7 @@ fn pause_json(pause: payouts_pb::TransferPause) -> Value {
     let cause = match pause.cause() {
         payouts_pb::PauseCause::Automatic => Some("automatic"),
         payouts_pb::PauseCause::Manual => Some("manual"),
+        payouts_pb::PauseCause::Escalation => Some("escalation"),
         payouts_pb::PauseCause::Unspecified => None,
     };
     json!({
@@ -241,17 +242,9 @@ pub(crate) struct PauseBody {
 }
 
 async fn set_pause(gateway: &Gateway, admin: Admin, paused: bool, body: PauseBody) -> Response {
-    let reason = body.reason.unwrap_or_default();
-    let reason = if reason.trim().is_empty() {
-        if paused {
-            "paused by an admin"
-        } else {
-            "resumed by an admin"
-        }
-        .to_owned()
-    } else {
-        reason
-    };
+    // A blank reason gets a default text from payouts, except when lifting an escalation
+    // halt: that takes notes (FAILED_PRECONDITION, 409).
+    let reason = body.reason.unwrap_or_default().trim().to_owned();
     let request = payouts_pb::SetTransferPauseRequest {
         paused,
         cause: payouts_pb::PauseCause::Manual.into(),
@@ -278,8 +271,9 @@ pub(crate) async fn pause(
     set_pause(&gateway, admin, true, body).await
 }
 
-/// `POST /api/admin/balance/resume`: lifts any pause; an automatic one stays lifted until the
-/// balance has recovered once (the next low check does not re-pause what an admin lifted).
+/// `POST /api/admin/balance/resume` with `{"reason": "..."}`: lifts any pause; an automatic one
+/// stays lifted until the balance has recovered once (the next low check does not re-pause
+/// what an admin lifted). Lifting a level-3 escalation halt requires the reason (the notes).
 pub(crate) async fn resume(
     State(gateway): State<Gateway>,
     admin: Admin,
