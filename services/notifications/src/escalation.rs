@@ -395,7 +395,13 @@ mod tests {
     /// `count` earlier signals spread inside the window, then one now.
     fn burst(signal: Signal, earlier: u32) -> (SignalRecord, Vec<SignalRecord>) {
         let history = (0..earlier)
-            .map(|i| record(&format!("s{i}"), signal, now() - Duration::minutes(i64::from(i) + 1)))
+            .map(|i| {
+                record(
+                    &format!("s{i}"),
+                    signal,
+                    now() - Duration::minutes(i64::from(i) + 1),
+                )
+            })
             .collect();
         (record("now", signal, now()), history)
     }
@@ -450,7 +456,11 @@ mod tests {
             amount_cents: cents,
             ..record("r", Signal::RefundProcessed, now())
         };
-        assert_eq!(assess(&refund(100_00), &[]).level, Level::Recorded, "$100.00");
+        assert_eq!(
+            assess(&refund(100_00), &[]).level,
+            Level::Recorded,
+            "$100.00"
+        );
         assert_eq!(assess(&refund(100_01), &[]).level, Level::Admins, "$100.01");
     }
 
@@ -516,7 +526,11 @@ mod tests {
             record("d2", Signal::DisputeCreated, now()),
             record("d2", Signal::DisputeCreated, now()),
         ];
-        assert_eq!(assess(&signal, &history).escalation, None, "two distinct ids");
+        assert_eq!(
+            assess(&signal, &history).escalation,
+            None,
+            "two distinct ids"
+        );
     }
 
     #[test]

@@ -440,10 +440,7 @@ impl PayoutsService for PayoutsGrpc {
             actor: required_id(&r.actor, "actor")?,
         };
         let pause = self.flow.set_pause(&change).await?;
-        if cause == PauseCause::Manual
-            && !r.paused
-            && pause.cause == Some(PauseCause::Escalation)
-        {
+        if cause == PauseCause::Manual && !r.paused && pause.cause == Some(PauseCause::Escalation) {
             return Err(ServiceError::failed_precondition(
                 "notes are required to lift an escalation halt (reason): say what was checked",
             )

@@ -55,7 +55,7 @@ impl PauseCause {
             PauseCause::Escalation,
         ]
         .into_iter()
-            .find(|cause| cause.as_str() == text)
+        .find(|cause| cause.as_str() == text)
     }
 }
 
@@ -322,7 +322,10 @@ mod tests {
         assert_eq!(halt.changed(&change(false, Automatic), Utc::now()), None);
         assert_eq!(halt.changed(&change(true, Automatic), Utc::now()), None);
         // Over an automatic pause: the recovery does not lift it either.
-        let over = halted(&apply(&TransferPause::default(), true, Automatic), "alert_a");
+        let over = halted(
+            &apply(&TransferPause::default(), true, Automatic),
+            "alert_a",
+        );
         assert_eq!(over.changed(&change(false, Automatic), Utc::now()), None);
         assert_eq!(over.cause, Some(Escalation));
     }

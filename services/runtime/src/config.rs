@@ -1667,9 +1667,12 @@ mod tests {
 
     #[test]
     fn the_list_of_variables_is_what_is_read() {
-        let code = [include_str!("config.rs"), include_str!("config/escalation.rs")]
-            .map(|source| source.split("#[cfg(test)]").next().unwrap())
-            .concat();
+        let code = [
+            include_str!("config.rs"),
+            include_str!("config/escalation.rs"),
+        ]
+        .map(|source| source.split("#[cfg(test)]").next().unwrap())
+        .concat();
         let code = code.as_str();
         let mut read = std::collections::BTreeSet::new();
         for method in [

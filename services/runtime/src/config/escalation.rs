@@ -70,11 +70,23 @@ pub struct EscalationSettings {
 impl Default for EscalationSettings {
     fn default() -> Self {
         Self {
-            payout_failures: WindowCount { count: 3, minutes: 60 },
-            disputes: WindowCount { count: 3, minutes: 60 },
-            fraud_flags: WindowCount { count: 3, minutes: 24 * 60 },
+            payout_failures: WindowCount {
+                count: 3,
+                minutes: 60,
+            },
+            disputes: WindowCount {
+                count: 3,
+                minutes: 60,
+            },
+            fraud_flags: WindowCount {
+                count: 3,
+                minutes: 24 * 60,
+            },
             refund_cents: 100_00,
-            unknown_outcomes: WindowCount { count: 5, minutes: 60 },
+            unknown_outcomes: WindowCount {
+                count: 5,
+                minutes: 60,
+            },
             stripe_unavailable_minutes: 30,
             email_to: Vec::new(),
             alertmanager_url: None,
@@ -177,7 +189,13 @@ mod tests {
         let escalation = settings(&[]).unwrap().escalation;
         assert_eq!(escalation, EscalationSettings::default());
         assert_eq!(escalation.refund_cents, 100_00);
-        assert_eq!(escalation.disputes, WindowCount { count: 3, minutes: 60 });
+        assert_eq!(
+            escalation.disputes,
+            WindowCount {
+                count: 3,
+                minutes: 60
+            }
+        );
     }
 
     #[test]
@@ -190,7 +208,13 @@ mod tests {
         ])
         .unwrap()
         .escalation;
-        assert_eq!(escalation.disputes, WindowCount { count: 5, minutes: 15 });
+        assert_eq!(
+            escalation.disputes,
+            WindowCount {
+                count: 5,
+                minutes: 15
+            }
+        );
         assert_eq!(escalation.refund_cents, 25_000);
         assert_eq!(
             escalation.alertmanager_url.as_deref(),
