@@ -19,6 +19,8 @@ pub(crate) struct AlertsQuery {
     status: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// `1`, `2` or `3`: only alerts of that escalation level.
+    level: Option<String>,
     limit: Option<String>,
     page_token: Option<String>,
 }
@@ -45,10 +47,29 @@ fn alert_json(alert: pb::CriticalAlert) -> Value {
             "sentAt": rfc3339(alert.email_sent_at),
         })
     });
+    let page = (!alert.page_status.is_empty()).then(|| {
+        json!({
+            "status": alert.page_status,
+            "attempts": alert.page_attempts,
+            "lastError": text(alert.page_last_error.clone()),
+            "lastPushedAt": rfc3339(alert.page_last_pushed_at),
+            "endsAt": rfc3339(alert.page_ends_at),
+        })
+    });
+    let halt = (!alert.halt_status.is_empty()).then(|| {
+        json!({
+            "status": alert.halt_status,
+            "attempts": alert.halt_attempts,
+            "lastError": text(alert.halt_last_error.clone()),
+        })
+    });
     json!({
         "id": alert.id,
         "type": alert.r#type,
         "severity": severity,
+        "level": alert.level,
+        "signal": text(alert.signal.clone()),
+        "signalCount": alert.signal_count,
         "title": alert.title,
         "message": alert.description,
         "metadata": metadata,
@@ -62,11 +83,14 @@ fn alert_json(alert: pb::CriticalAlert) -> Value {
         "resolvedBy": text(alert.resolved_by),
         "resolutionNotes": text(alert.resolution_notes),
         "email": email,
+        "page": page,
+        "halt": halt,
     })
 }
 
-/// `GET /api/admin/alerts?status=open|acknowledged|resolved|all&type=&limit=&pageToken=`:
-/// newest first; `open` (the default) is what nobody has taken up yet.
+/// `GET /api/admin/alerts?status=open|acknowledged|resolved|all&type=&level=1|2|3&limit=&pageToken=`:
+/// newest first; `open` (the default) is what nobody has taken up yet; `level` keeps one
+/// escalation level.
 pub(crate) async fn list(
     State(gateway): State<Gateway>,
     _admin: Admin,
@@ -84,6 +108,18 @@ pub(crate) async fn list(
             );
         }
     };
+    let level = match query.level.as_deref().map(str::trim) {
+        None | Some("") => 0,
+        Some("1") => 1,
+        Some("2") => 2,
+        Some("3") => 3,
+        Some(other) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("level must be 1, 2 or 3, got {other:?}"),
+            );
+        }
+    };
     let page_size = match page_limit(query.limit.as_deref()) {
         Ok(limit) => limit,
         Err(response) => return response,
@@ -93,6 +129,7 @@ pub(crate) async fn list(
         page_size,
         page_token: query.page_token.unwrap_or_default(),
         r#type: query.kind.unwrap_or_default(),
+        level,
     };
     match gateway.notifications().list_critical_alerts(request).await {
         Ok(response) => {
@@ -223,6 +260,7 @@ fn pause_json(pause: payouts_pb::TransferPause) -> Value {
     let cause = match pause.cause() {
         payouts_pb::PauseCause::Automatic => Some("automatic"),
         payouts_pb::PauseCause::Manual => Some("manual"),
+        payouts_pb::PauseCause::Escalation => Some("escalation"),
         payouts_pb::PauseCause::Unspecified => None,
     };
     json!({
@@ -241,17 +279,9 @@ pub(crate) struct PauseBody {
 }
 
 async fn set_pause(gateway: &Gateway, admin: Admin, paused: bool, body: PauseBody) -> Response {
-    let reason = body.reason.unwrap_or_default();
-    let reason = if reason.trim().is_empty() {
-        if paused {
-            "paused by an admin"
-        } else {
-            "resumed by an admin"
-        }
-        .to_owned()
-    } else {
-        reason
-    };
+    // A blank reason gets a default text from payouts, except when lifting an escalation
+    // halt: that takes notes (FAILED_PRECONDITION, 409).
+    let reason = body.reason.unwrap_or_default().trim().to_owned();
     let request = payouts_pb::SetTransferPauseRequest {
         paused,
         cause: payouts_pb::PauseCause::Manual.into(),
@@ -278,8 +308,9 @@ pub(crate) async fn pause(
     set_pause(&gateway, admin, true, body).await
 }
 
-/// `POST /api/admin/balance/resume`: lifts any pause; an automatic one stays lifted until the
-/// balance has recovered once (the next low check does not re-pause what an admin lifted).
+/// `POST /api/admin/balance/resume` with `{"reason": "..."}`: lifts any pause; an automatic one
+/// stays lifted until the balance has recovered once (the next low check does not re-pause
+/// what an admin lifted). Lifting a level-3 escalation halt requires the reason (the notes).
 pub(crate) async fn resume(
     State(gateway): State<Gateway>,
     admin: Admin,

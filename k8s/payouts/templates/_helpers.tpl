@@ -71,7 +71,7 @@ webhooks:
 payouts:
   args: [serve, payouts]
   grpcService: payouts.payouts.v1.PayoutsService
-  callers: [gateway, webhooks, limits, approvals, balance]
+  callers: [gateway, webhooks, limits, approvals, balance, notifications]
   platform: true
   secrets: [MONGODB_URI, STRIPE_SECRET_KEY]
 limits:

@@ -173,6 +173,7 @@ impl AdminNotifier for GrpcAdminNotifier {
                 description: description.to_owned(),
                 data_json: String::new(),
                 dedupe_key: key.to_owned(),
+                ..Default::default()
             })
             .await
             .map_err(|status| ServiceError::from_remote("notifications", &status))?;

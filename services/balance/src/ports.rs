@@ -169,6 +169,18 @@ impl Transfers for GrpcTransfers {
     }
 }
 
+/// The escalation signal of a balance alert: its threshold level, for the balance alert
+/// itself (not the depletion risk or a failing check).
+fn balance_signal(alert: &BalanceAlert) -> &'static str {
+    use crate::domain::{AlertKind, ThresholdStatus};
+    match (alert.kind, alert.level) {
+        (AlertKind::Balance, ThresholdStatus::Warning) => "balance_warning",
+        (AlertKind::Balance, ThresholdStatus::Critical) => "balance_critical",
+        (AlertKind::Balance, ThresholdStatus::Depleted) => "balance_depleted",
+        _ => "",
+    }
+}
+
 /// Balance alerts in the notifications service's `criticalAlerts`.
 #[derive(Clone)]
 pub struct GrpcAlerts {
@@ -204,6 +216,9 @@ impl Alerts for GrpcAlerts {
                 description: alert.message.clone(),
                 data_json: format!("{{\"level\":\"{}\"}}", alert.level.as_str()),
                 dedupe_key: dedupe_key.to_owned(),
+                // Design §10: warning 1, critical 2, depleted 3 (halts transfers).
+                signal: balance_signal(alert).to_owned(),
+                ..Default::default()
             })
             .await
             .map_err(|status| ServiceError::from_remote("notifications", &status))?

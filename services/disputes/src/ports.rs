@@ -29,6 +29,34 @@ pub trait NoticesPort: Send + Sync + 'static {
     async fn notify_user(&self, user_id: &str, message: &Message) -> Result<(), ServiceError>;
 }
 
+/// The escalation signal (design §10) of a disputes alert: every dispute (counted once per
+/// dispute, however many creators' alerts it raises) and refunds with their amount.
+fn escalation_signal(message: &Message) -> notifications_pb::CreateCriticalAlertRequest {
+    let data: Value = serde_json::from_str(&message.data_json).unwrap_or(Value::Null);
+    let subject = data["affectedUserId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    match message.kind.as_str() {
+        "dispute_created" => notifications_pb::CreateCriticalAlertRequest {
+            signal: "dispute_created".to_owned(),
+            signal_id: data["disputeId"]
+                .as_str()
+                .map(|id| format!("dispute_created:{id}"))
+                .unwrap_or_default(),
+            subject,
+            ..Default::default()
+        },
+        "refund_processed" => notifications_pb::CreateCriticalAlertRequest {
+            signal: "refund_processed".to_owned(),
+            amount_cents: data["refundedAmount"].as_i64().unwrap_or(0),
+            subject,
+            ..Default::default()
+        },
+        _ => notifications_pb::CreateCriticalAlertRequest::default(),
+    }
+}
+
 /// The notifications service over gRPC.
 #[derive(Clone)]
 pub struct GrpcNotices {
@@ -58,6 +86,7 @@ impl NoticesPort for GrpcNotices {
                 description: message.body.clone(),
                 data_json: message.data_json.clone(),
                 dedupe_key: message.key.clone(),
+                ..escalation_signal(message)
             })
             .await
             .map_err(|status| ServiceError::from_remote("notifications", &status))?;

@@ -90,6 +90,18 @@ pub struct Alert {
     pub resolution_notes: Option<String>,
     /// The alert's email, when it owes one ([`crate::email`]).
     pub email: Option<crate::email::EmailDelivery>,
+    /// Who it is for (design §10 escalation; [`crate::escalation`]).
+    pub level: crate::escalation::Level,
+    /// The signal that set the level (`dispute_created`, ...); `None` for an alert raised
+    /// without one (its level comes from its severity).
+    pub signal: Option<String>,
+    /// How many signals of its rule were in the window when it was last escalated
+    /// (escalation alerts), or 1.
+    pub signal_count: u32,
+    /// Its page to Alertmanager, when it owes one (level 3; [`crate::paging`]).
+    pub page: Option<crate::paging::PageDelivery>,
+    /// The transfer halt it owes (level 3; [`crate::paging`]).
+    pub halt: Option<crate::paging::HaltDelivery>,
     pub version: i64,
 }
 
@@ -152,6 +164,11 @@ impl Alert {
             resolved_by: None,
             resolution_notes: None,
             email: None,
+            level: crate::escalation::level_of_severity(severity),
+            signal: None,
+            signal_count: 1,
+            page: None,
+            halt: None,
             version: 1,
         })
     }
@@ -187,16 +204,102 @@ impl Alert {
                     .map(str::trim)
                     .filter(|notes| !notes.is_empty())
                     .map(str::to_owned);
+                // A page that fired owes its end (endsAt now).
+                if let Some(page) = moved.page.as_mut() {
+                    page.end(now);
+                }
             }
             AlertStatus::Active => {}
         }
         Some(moved)
     }
 
+    /// The alert a windowed rule opens (`<rule kind>:<sequence>`, at the rule's level).
+    pub fn for_rule(
+        generated_id: String,
+        rule: crate::escalation::Rule,
+        count: u32,
+        signal: &crate::escalation::SignalRecord,
+        sequence: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Alert, ServiceError> {
+        let (description, data_json) = rule_figures(rule, count, signal);
+        let mut alert = Alert::raise(
+            generated_id,
+            rule.kind(),
+            Severity::Critical,
+            rule.title(),
+            &description,
+            &data_json,
+            &format!("{}:{sequence}", rule.kind()),
+            now,
+        )?;
+        alert.level = rule.level();
+        alert.signal = Some(signal.signal.as_str().to_owned());
+        alert.signal_count = count;
+        Ok(alert)
+    }
+
+    /// The open alert of `rule` after it fired again: its figures and, when the rule's level
+    /// is above it, its level. `None` when nothing changes (the same figure again).
+    pub fn escalated(
+        &self,
+        rule: crate::escalation::Rule,
+        count: u32,
+        signal: &crate::escalation::SignalRecord,
+    ) -> Option<Alert> {
+        let level = self.level.max(rule.level());
+        if level == self.level && count == self.signal_count {
+            return None;
+        }
+        let (description, data_json) = rule_figures(rule, count, signal);
+        let mut next = self.clone();
+        next.level = level;
+        next.signal = Some(signal.signal.as_str().to_owned());
+        next.signal_count = count;
+        next.description = description;
+        next.data_json = data_json;
+        next.version += 1;
+        Some(next)
+    }
+
     /// Design §3 `requiresAttention`: nobody has taken it up yet.
     pub fn requires_attention(&self) -> bool {
         self.status == AlertStatus::Active
     }
+}
+
+/// A rule's alert text and figures.
+fn rule_figures(
+    rule: crate::escalation::Rule,
+    count: u32,
+    signal: &crate::escalation::SignalRecord,
+) -> (String, String) {
+    use crate::escalation::Rule;
+    let description = match rule {
+        Rule::RepeatedPayoutFailures => format!("{count} payout failures within the window."),
+        Rule::DisputeBurst => format!(
+            "{count} disputes within the window: new Stripe transfers are halted until an admin lifts the halt."
+        ),
+        Rule::FraudAcrossCreators => format!(
+            "Fraud flags on {count} creators within the window: new Stripe transfers are halted until an admin lifts the halt."
+        ),
+        Rule::UnableToPay => format!(
+            "Stripe has been unreachable or refusing transfers for {count} minutes: new Stripe transfers are halted until an admin lifts the halt."
+        ),
+        Rule::UnknownOutcomesPiling => format!(
+            "{count} transfers of unknown outcome within the window: new Stripe transfers are halted until an admin lifts the halt."
+        ),
+    };
+    let data = serde_json::json!({
+        "rule": rule.kind(),
+        "signal": signal.signal.as_str(),
+        "count": count,
+        "latestSignalId": signal.id,
+        "latestSubject": signal.subject,
+        "latestAt": signal.at.to_rfc3339(),
+    });
+    (description, data.to_string())
 }
 
 #[cfg(test)]

@@ -15,17 +15,23 @@ use tonic::{Request, Response, Status};
 
 use crate::alerts::{Alert, AlertStatus, Severity};
 use crate::domain::{Criticality, NewNotification, Notification};
-use crate::store::{AlertRepository, NotificationRepository, Repositories};
+use crate::escalation::{EscalationPolicy, Level, Rule, Signal, SignalRecord};
+use crate::store::{AlertRepository, NotificationRepository, Repositories, SignalRepository};
 
 /// The tonic service.
 pub struct NotificationsGrpc {
     repository: Arc<dyn NotificationRepository>,
     alerts: Arc<dyn AlertRepository>,
+    signals: Arc<dyn SignalRepository>,
     clock: Arc<dyn Clock>,
     ids: Arc<dyn IdSource>,
     admin_ids: Vec<String>,
     /// Whether critical and warning alerts owe an email (`SMTP_URL` set).
     emails: bool,
+    /// The escalation thresholds.
+    policy: EscalationPolicy,
+    /// Whether level-3 alerts owe a page (`ALERTMANAGER_URL` set).
+    paging: bool,
 }
 
 impl NotificationsGrpc {
@@ -38,11 +44,137 @@ impl NotificationsGrpc {
         Self {
             repository: repositories.notifications,
             alerts: repositories.alerts,
+            signals: repositories.signals,
             clock,
             ids,
             admin_ids,
             emails: false,
+            policy: EscalationPolicy::default(),
+            paging: false,
         }
+    }
+
+    /// The escalation thresholds, and whether level 3 pages.
+    pub fn with_escalation(mut self, policy: EscalationPolicy, paging: bool) -> Self {
+        self.policy = policy;
+        self.paging = paging;
+        self
+    }
+
+    /// The alert owing what its level owes: an email (a signal's alert at level 2 or 3; one
+    /// without a signal by its severity, as before levels), and at level 3 a page and a halt.
+    fn owing(&self, alert: Alert) -> Alert {
+        let emailed = match alert.signal {
+            Some(_) => alert.level >= Level::Admins,
+            None => crate::email::emailed(alert.severity),
+        };
+        let alert = if self.emails && emailed {
+            alert.owing_email(self.clock.now())
+        } else {
+            alert
+        };
+        if alert.level == Level::Leads {
+            alert.owing_escalation(self.clock.now(), self.paging)
+        } else {
+            alert
+        }
+    }
+
+    /// Records a signal, sets its alert's level, stores the alert, and opens or escalates
+    /// the alert of the windowed rule it crossed.
+    async fn raise_with_signal(
+        &self,
+        alert: Alert,
+        signal: SignalRecord,
+    ) -> Result<(Alert, bool), ServiceError> {
+        let now = signal.at;
+        self.signals.record(&signal).await?;
+        let history = match self.policy.lookback(signal.signal) {
+            Some(lookback) => self.signals.since(signal.signal, now - lookback).await?,
+            None => Vec::new(),
+        };
+        let assessment = self.policy.assess(&signal, &history, None, now);
+        let mut alert = alert;
+        alert.level = assessment.level;
+        alert.signal = Some(signal.signal.as_str().to_owned());
+        let (stored, created) = self.alerts.create(&self.owing(alert)).await?;
+        if let Some((rule, count)) = assessment.escalation {
+            self.escalate(rule, count, &signal).await?;
+        }
+        Ok((stored, created))
+    }
+
+    /// Opens the rule's alert, or escalates the open one (a rule that keeps firing never
+    /// opens a duplicate: its alerts are `<rule>:<n>`, the next one only after the last is
+    /// resolved, and a create that loses the race escalates the winner).
+    async fn escalate(
+        &self,
+        rule: Rule,
+        count: u32,
+        signal: &SignalRecord,
+    ) -> Result<Alert, ServiceError> {
+        for _ in 0..8 {
+            let now = self.clock.now();
+            let latest = self
+                .alerts
+                .list(None, Some(rule.kind()), None, None, 1)
+                .await?
+                .into_iter()
+                .next();
+            match latest {
+                Some(open) if open.status != AlertStatus::Resolved => {
+                    let Some(escalated) = open.escalated(rule, count, signal) else {
+                        return Ok(open);
+                    };
+                    let escalated = if escalated.level > open.level {
+                        self.owing(escalated)
+                    } else {
+                        escalated
+                    };
+                    match self.alerts.replace(&escalated, open.version).await {
+                        Ok(()) => {
+                            if escalated.level > open.level {
+                                tracing::error!(alert_id = %escalated.id, level = escalated.level.number(), "alert escalated");
+                            }
+                            return Ok(escalated);
+                        }
+                        Err(error) if error.kind() == ErrorKind::Conflict => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+                latest => {
+                    let sequence = latest
+                        .as_ref()
+                        .and_then(|alert| alert.id.rsplit(':').next())
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        + 1;
+                    let alert = Alert::for_rule(
+                        self.ids.next("alert"),
+                        rule,
+                        count,
+                        signal,
+                        sequence,
+                        now,
+                    )?;
+                    let (stored, created) = self.alerts.create(&self.owing(alert)).await?;
+                    if created {
+                        tracing::error!(
+                            alert_id = %stored.id,
+                            kind = %stored.kind,
+                            level = stored.level.number(),
+                            count,
+                            "escalation alert raised"
+                        );
+                        return Ok(stored);
+                    }
+                }
+            }
+        }
+        Err(ServiceError::conflict(format!(
+            "the {} alert keeps changing; try again",
+            rule.kind()
+        )))
     }
 
     /// Critical and warning alerts owe an email (the email worker runs).
@@ -183,6 +315,35 @@ fn alert_to_proto(a: Alert) -> pb::CriticalAlert {
             .and_then(|email| email.last_error.clone())
             .unwrap_or_default(),
         email_sent_at: optional_timestamp(a.email.as_ref().and_then(|email| email.sent_at)),
+        level: u32::from(a.level.number()),
+        signal: a.signal.unwrap_or_default(),
+        signal_count: a.signal_count,
+        page_status: a
+            .page
+            .as_ref()
+            .map(|page| page.status.as_str().to_owned())
+            .unwrap_or_default(),
+        page_attempts: a.page.as_ref().map_or(0, |page| page.attempts),
+        page_last_error: a
+            .page
+            .as_ref()
+            .and_then(|page| page.last_error.clone())
+            .unwrap_or_default(),
+        page_last_pushed_at: optional_timestamp(
+            a.page.as_ref().and_then(|page| page.last_pushed_at),
+        ),
+        page_ends_at: optional_timestamp(a.page.as_ref().and_then(|page| page.ends_at)),
+        halt_status: a
+            .halt
+            .as_ref()
+            .map(|halt| halt.status.as_str().to_owned())
+            .unwrap_or_default(),
+        halt_attempts: a.halt.as_ref().map_or(0, |halt| halt.attempts),
+        halt_last_error: a
+            .halt
+            .as_ref()
+            .and_then(|halt| halt.last_error.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -307,12 +468,30 @@ impl NotificationsService for NotificationsGrpc {
             &r.dedupe_key,
             self.clock.now(),
         )?;
-        let alert = if self.emails && crate::email::emailed(alert.severity) {
-            alert.owing_email(self.clock.now())
+        let signal = r.signal.trim();
+        let (stored, created) = if signal.is_empty() {
+            self.alerts.create(&self.owing(alert)).await?
         } else {
-            alert
+            let signal = Signal::parse(signal).ok_or_else(|| {
+                ServiceError::invalid_argument(format!("signal {signal:?} is not defined"))
+            })?;
+            let id = Some(r.signal_id.trim().to_owned())
+                .filter(|id| !id.is_empty())
+                .or_else(|| alert.dedupe_key.clone())
+                .ok_or_else(|| {
+                    ServiceError::invalid_argument(
+                        "signal_id or dedupe_key is required with a signal",
+                    )
+                })?;
+            let record = SignalRecord {
+                id,
+                signal,
+                subject: Some(r.subject.trim().to_owned()).filter(|s| !s.is_empty()),
+                amount_cents: r.amount_cents,
+                at: self.clock.now(),
+            };
+            self.raise_with_signal(alert, record).await?
         };
-        let (stored, created) = self.alerts.create(&alert).await?;
         if created {
             // An alert is for people: it is logged loudly as well as stored.
             tracing::error!(
@@ -338,7 +517,19 @@ impl NotificationsService for NotificationsGrpc {
         let size = page_size(r.page_size, 50, 500)?;
         let after = parse_page_token(&r.page_token)?;
         let kind = Some(r.r#type.trim()).filter(|kind| !kind.is_empty());
-        let found = self.alerts.list(status, kind, after, size + 1).await?;
+        let level = match r.level {
+            0 => None,
+            number => Some(
+                u8::try_from(number)
+                    .ok()
+                    .and_then(Level::from_number)
+                    .ok_or_else(|| ServiceError::invalid_argument("level must be 1, 2 or 3"))?,
+            ),
+        };
+        let found = self
+            .alerts
+            .list(status, kind, level, after, size + 1)
+            .await?;
         let (page, next_page_token) = paginate(found, size, |a| (a.created_at, a.id.clone()));
         Ok(Response::new(pb::ListCriticalAlertsResponse {
             alerts: page.into_iter().map(alert_to_proto).collect(),

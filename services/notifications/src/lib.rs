@@ -6,15 +6,21 @@
 //! - [`domain`]: notifications as values, pure.
 //! - [`alerts`]: critical alerts as values, pure.
 //! - [`email`]: which alerts are emailed, their retries and their text, pure.
+//! - [`escalation`]: the escalation policy (design §10): signals to levels, pure.
+//! - [`paging`]: what level 3 owes (a page to Alertmanager, a transfer halt), pure.
 //! - [`outbox`]: the email worker (SMTP through lettre).
+//! - [`escalator`]: the page and halt worker (Alertmanager over HTTP, payouts over gRPC).
 //! - [`store`]: the repository trait, its MongoDB and embedded implementations.
 //! - [`grpc`]: the gRPC surface.
 
 pub mod alerts;
 pub mod domain;
 pub mod email;
+pub mod escalation;
+pub mod escalator;
 pub mod grpc;
 pub mod outbox;
+pub mod paging;
 pub mod store;
 
 use std::sync::Arc;
@@ -35,6 +41,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
                 clock: Arc::clone(&context.clock),
                 from: settings.alert_email_from.clone(),
                 to: settings.alert_email_to.clone(),
+                escalation_to: settings.escalation.email_to.clone(),
                 dashboard_url: settings.dashboard_url.clone(),
                 policy: email::EmailPolicy::default(),
                 poll_interval: std::time::Duration::from_secs(1),
@@ -48,6 +55,37 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         }
         None => false,
     };
+    let escalation = &settings.escalation;
+    let pager: Option<Arc<dyn escalator::Pager>> = match &escalation.alertmanager_url {
+        Some(url) => Some(Arc::new(escalator::AlertmanagerPager::new(url)?)),
+        None => {
+            tracing::warn!(
+                "ALERTMANAGER_URL is not set: level-3 alerts are emailed and halt transfers, but nobody is paged"
+            );
+            None
+        }
+    };
+    let paging = pager.is_some();
+    let escalator = Arc::new(escalator::Escalator {
+        alerts: Arc::clone(&repositories.alerts),
+        pager,
+        halter: Arc::new(escalator::GrpcHalter::new(settings)?),
+        clock: Arc::clone(&context.clock),
+        policy: paging::PagePolicy::new(
+            chrono::Duration::from_std(escalation.page_interval)
+                .unwrap_or(chrono::Duration::seconds(60)),
+        ),
+        links: paging::PageLinks {
+            runbook_base_url: escalation.runbook_base_url.clone(),
+            dashboard_url: settings.dashboard_url.clone(),
+        },
+        poll_interval: std::time::Duration::from_secs(1),
+    });
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Notifications.grpc_name(),
+        "escalation pages and halts",
+        escalator.run(context.shutdown.clone()),
+    );
     context.spawn_worker(
         payouts_runtime::ServiceName::Notifications.grpc_name(),
         "open alerts gauge",
@@ -59,13 +97,18 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         Arc::clone(&context.ids),
         settings.admin_user_ids.clone(),
     )
-    .with_emails(emails);
+    .with_emails(emails)
+    .with_escalation(
+        escalation::EscalationPolicy::from_settings(&settings.escalation),
+        paging,
+    );
     server.add_service(grpc::server(service));
     Ok(())
 }
 
-/// Design §10's open alerts by type, as the store counts them (every replica agrees), every
-/// 15 seconds: `payouts_alerts_open{type}` (a type with none left reads 0).
+/// Design §10's open alerts by type and escalation level, as the store counts them (every
+/// replica agrees), every 15 seconds: `payouts_alerts_open{type,level}` (a pair with none
+/// left reads 0).
 async fn open_alerts_gauge(
     alerts: Arc<dyn store::AlertRepository>,
     shutdown: payouts_runtime::shutdown::Shutdown,
@@ -77,10 +120,15 @@ async fn open_alerts_gauge(
         match alerts.open_by_type().await {
             Ok(open) => {
                 seen.extend(open.keys().cloned());
-                for kind in &seen {
+                for key @ (kind, level) in &seen {
                     #[allow(clippy::cast_precision_loss)] // a count far below 2^53
-                    let count = open.get(kind).copied().unwrap_or(0) as f64;
-                    metrics::gauge!("payouts_alerts_open", "type" => kind.clone()).set(count);
+                    let count = open.get(key).copied().unwrap_or(0) as f64;
+                    metrics::gauge!(
+                        "payouts_alerts_open",
+                        "type" => kind.clone(),
+                        "level" => level.number().to_string()
+                    )
+                    .set(count);
                 }
             }
             Err(error) => tracing::debug!(%error, "open alerts not counted"),

@@ -89,6 +89,8 @@ pub struct Outbox {
     pub clock: Arc<dyn Clock>,
     pub from: String,
     pub to: Vec<String>,
+    /// `ESCALATION_EMAIL_TO`: level-3 alerts also go to them.
+    pub escalation_to: Vec<String>,
     pub dashboard_url: Option<String>,
     pub policy: EmailPolicy,
     pub poll_interval: StdDuration,
@@ -110,12 +112,26 @@ impl Outbox {
             }
             tried += 1;
             let (subject, body) = compose(&claimed, self.dashboard_url.as_deref());
+            let mut to = self.to.clone();
+            if claimed.level == crate::escalation::Level::Leads {
+                to.extend(
+                    self.escalation_to
+                        .iter()
+                        .filter(|address| !self.to.contains(address))
+                        .cloned(),
+                );
+            }
             let email = OutgoingEmail {
                 from: self.from.clone(),
-                to: self.to.clone(),
+                to,
                 subject,
                 body,
-                message_id: format!("<{}@payouts.alerts>", claimed.id),
+                // Stable per alert and level: an escalation is a new message.
+                message_id: format!(
+                    "<{}.level{}@payouts.alerts>",
+                    claimed.id,
+                    claimed.level.number()
+                ),
             };
             let result = self.mailer.send(&email).await;
             let now = self.clock.now();

@@ -40,6 +40,7 @@ fn outbox(alerts: &Arc<MemoryAlerts>, mailbox: &Arc<Mailbox>, clock: &ManualCloc
         clock: Arc::new(clock.clone()),
         from: "Payouts <payouts@example.com>".to_owned(),
         to: vec!["ops@example.com".to_owned()],
+        escalation_to: vec!["leads@example.com".to_owned()],
         dashboard_url: None,
         policy: EmailPolicy {
             max_attempts: 3,

@@ -407,19 +407,45 @@ impl PayoutsService for PayoutsGrpc {
         let cause = match r.cause() {
             pb::PauseCause::Automatic => PauseCause::Automatic,
             pb::PauseCause::Manual => PauseCause::Manual,
+            pb::PauseCause::Escalation => {
+                if !r.paused {
+                    return Err(ServiceError::invalid_argument(
+                        "an escalation halt is lifted only by an admin (cause MANUAL)",
+                    )
+                    .into());
+                }
+                if crate::pause::escalation_alert(&r.reason).is_none() {
+                    return Err(ServiceError::invalid_argument(
+                        "reason must be \"escalation: <alert id>\" for an escalation halt",
+                    )
+                    .into());
+                }
+                PauseCause::Escalation
+            }
             pb::PauseCause::Unspecified => {
-                return Err(
-                    ServiceError::invalid_argument("cause must be AUTOMATIC or MANUAL").into(),
-                );
+                return Err(ServiceError::invalid_argument(
+                    "cause must be AUTOMATIC, MANUAL or ESCALATION",
+                )
+                .into());
             }
         };
+        let reason = r.reason.trim().to_owned();
+        if reason.is_empty() && cause != PauseCause::Manual {
+            return Err(ServiceError::invalid_argument("reason is required").into());
+        }
         let change = PauseChange {
             paused: r.paused,
             cause,
-            reason: required_id(&r.reason, "reason")?,
+            reason,
             actor: required_id(&r.actor, "actor")?,
         };
         let pause = self.flow.set_pause(&change).await?;
+        if cause == PauseCause::Manual && !r.paused && pause.cause == Some(PauseCause::Escalation) {
+            return Err(ServiceError::failed_precondition(
+                "notes are required to lift an escalation halt (reason): say what was checked",
+            )
+            .into());
+        }
         Ok(Response::new(pb::SetTransferPauseResponse {
             pause: Some(pause_to_proto(pause)),
         }))
@@ -559,6 +585,7 @@ fn pause_to_proto(pause: TransferPause) -> pb::TransferPause {
             None => pb::PauseCause::Unspecified,
             Some(PauseCause::Automatic) => pb::PauseCause::Automatic,
             Some(PauseCause::Manual) => pb::PauseCause::Manual,
+            Some(PauseCause::Escalation) => pb::PauseCause::Escalation,
         }
         .into(),
         overridden: pause.overridden,

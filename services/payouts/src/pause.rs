@@ -9,7 +9,22 @@
 //!   holds, and nothing after an admin lifted an automatic pause, until the balance has
 //!   recovered once. Otherwise the next check would re-pause what the admin just lifted.
 //! - An automatic resume lifts only an automatic pause. It also re-arms automatic pausing.
-//! - An admin's pause or resume always applies.
+//! - An admin's pause or resume always applies, but for one exception below.
+//!
+//! A third hand halts: notifications, when an alert reaches escalation level 3 (design §10;
+//! reason `escalation: <alert id>`). The halt is the strongest cause:
+//! - It applies over a running, automatic or manual state, and is never lifted by the
+//!   balance check's automatic resume (that lifts only an automatic pause), nor replaced by an
+//!   automatic or manual pause.
+//! - Only an admin's resume lifts it, with notes (the reason), recorded in the resume's
+//!   alert (the pause's audit trail, as for every change).
+//! - Notifications never resumes: a halt is one-way from its side.
+//! - A halt is applied once per alert: the alert ids that halted are remembered, so a halt
+//!   request retried after an admin lifted it (its answer was lost) does not halt again.
+//!
+//! Money-safety: no cause ever fails a payout or moves a quota; payouts wait in PENDING
+//! with their reservation, and one lifted pause transfers each of them once (the transfer's
+//! claim and idempotency key are the payout's, as without a pause).
 
 use chrono::{DateTime, Utc};
 
@@ -20,6 +35,8 @@ pub enum PauseCause {
     Automatic,
     /// An admin.
     Manual,
+    /// A level-3 escalation (notifications): lifted only by an admin.
+    Escalation,
 }
 
 impl PauseCause {
@@ -27,13 +44,18 @@ impl PauseCause {
         match self {
             PauseCause::Automatic => "automatic",
             PauseCause::Manual => "manual",
+            PauseCause::Escalation => "escalation",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [PauseCause::Automatic, PauseCause::Manual]
-            .into_iter()
-            .find(|cause| cause.as_str() == text)
+        [
+            PauseCause::Automatic,
+            PauseCause::Manual,
+            PauseCause::Escalation,
+        ]
+        .into_iter()
+        .find(|cause| cause.as_str() == text)
     }
 }
 
@@ -52,7 +74,26 @@ pub struct TransferPause {
     /// then (raised by whoever finds it owed, so a crash between the change and its alert
     /// loses nothing).
     pub alerted_version: i64,
+    /// The alerts whose escalation halts were applied (oldest first, the last
+    /// [`REMEMBERED_ESCALATIONS`]): a halt is applied once per alert.
+    pub escalations: Vec<String>,
     pub version: i64,
+}
+
+/// How many escalation alerts the pause remembers.
+pub const REMEMBERED_ESCALATIONS: usize = 200;
+
+/// The reason notifications gives for a halt.
+pub fn escalation_reason(alert_id: &str) -> String {
+    format!("escalation: {alert_id}")
+}
+
+/// The alert id of an escalation halt's reason.
+pub fn escalation_alert(reason: &str) -> Option<&str> {
+    reason
+        .strip_prefix("escalation: ")
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
 }
 
 /// A request to change the pause.
@@ -71,7 +112,34 @@ impl TransferPause {
 
     /// The pause after `change`, or `None` when the change does nothing (by the rules above).
     pub fn changed(&self, change: &PauseChange, now: DateTime<Utc>) -> Option<TransferPause> {
+        let mut escalations = self.escalations.clone();
         let (cause, overridden) = match (change.cause, change.paused) {
+            (PauseCause::Escalation, true) => {
+                let alert = escalation_alert(&change.reason)?;
+                if self.escalations.iter().any(|halted| halted == alert) {
+                    return None;
+                }
+                escalations.push(alert.to_owned());
+                if escalations.len() > REMEMBERED_ESCALATIONS {
+                    escalations.remove(0);
+                }
+                if self.cause == Some(PauseCause::Escalation) {
+                    // Already halted: remembered, and the first alert's reason stays.
+                    return Some(TransferPause {
+                        escalations,
+                        alerted_version: if self.alert_owed() {
+                            self.alerted_version
+                        } else {
+                            self.version + 1
+                        },
+                        version: self.version + 1,
+                        ..self.clone()
+                    });
+                }
+                (Some(PauseCause::Escalation), self.overridden)
+            }
+            // Notifications never lifts a halt.
+            (PauseCause::Escalation, false) => return None,
             (PauseCause::Automatic, true) => {
                 if self.paused() || self.overridden {
                     return None;
@@ -80,17 +148,24 @@ impl TransferPause {
             }
             (PauseCause::Automatic, false) => match self.cause {
                 Some(PauseCause::Automatic) => (None, false),
-                Some(PauseCause::Manual) | None if self.overridden => (self.cause, false),
+                _ if self.overridden => (self.cause, false),
                 _ => return None,
             },
             (PauseCause::Manual, true) => {
-                if self.cause == Some(PauseCause::Manual) {
+                if matches!(
+                    self.cause,
+                    Some(PauseCause::Manual | PauseCause::Escalation)
+                ) {
                     return None;
                 }
                 (Some(PauseCause::Manual), self.overridden)
             }
             (PauseCause::Manual, false) => match self.cause {
                 None => return None,
+                // Lifting a halt takes notes: without them nothing changes (the caller is
+                // told the halt holds).
+                Some(PauseCause::Escalation) if change.reason.trim().is_empty() => return None,
+                Some(PauseCause::Escalation) => (None, self.overridden),
                 Some(previous) => (None, previous == PauseCause::Automatic || self.overridden),
             },
         };
@@ -101,6 +176,7 @@ impl TransferPause {
             let version = self.version + 1;
             return Some(TransferPause {
                 overridden,
+                escalations,
                 alerted_version: if self.alert_owed() {
                     self.alerted_version
                 } else {
@@ -110,13 +186,19 @@ impl TransferPause {
                 ..self.clone()
             });
         }
+        let reason = match change.reason.trim() {
+            "" if change.paused => "paused by an admin".to_owned(),
+            "" => "resumed by an admin".to_owned(),
+            reason => reason.to_owned(),
+        };
         Some(TransferPause {
             cause,
             overridden,
-            reason: change.reason.clone(),
+            reason,
             changed_by: change.actor.clone(),
             changed_at: Some(now),
             alerted_version: self.alerted_version,
+            escalations,
             version: self.version + 1,
         })
     }
@@ -146,6 +228,10 @@ impl TransferPause {
             Some(PauseCause::Manual) => (
                 "payout_transfers_paused",
                 "Payout Transfers Paused by an Admin",
+            ),
+            Some(PauseCause::Escalation) => (
+                "payout_transfers_paused",
+                "Payout Transfers Halted: Level-3 Escalation",
             ),
             None => ("payout_transfers_resumed", "Payout Transfers Resumed"),
         };
@@ -182,6 +268,7 @@ mod tests {
             actor: match cause {
                 PauseCause::Automatic => "balance".to_owned(),
                 PauseCause::Manual => "admin:ops".to_owned(),
+                PauseCause::Escalation => "notifications".to_owned(),
             },
         }
     }
@@ -192,7 +279,148 @@ mod tests {
             .unwrap_or_else(|| pause.clone())
     }
 
-    use PauseCause::{Automatic, Manual};
+    use PauseCause::{Automatic, Escalation, Manual};
+
+    fn halt(alert: &str) -> PauseChange {
+        PauseChange {
+            paused: true,
+            cause: Escalation,
+            reason: escalation_reason(alert),
+            actor: "notifications".to_owned(),
+        }
+    }
+
+    fn halted(pause: &TransferPause, alert: &str) -> TransferPause {
+        pause
+            .changed(&halt(alert), Utc::now())
+            .unwrap_or_else(|| pause.clone())
+    }
+
+    #[test]
+    fn an_escalation_halts_over_every_state() {
+        let running = TransferPause::default();
+        let automatic = apply(&running, true, Automatic);
+        let manual = apply(&running, true, Manual);
+        let lifted_automatic = apply(&automatic, false, Manual);
+        for (name, before) in [
+            ("running", &running),
+            ("automatic", &automatic),
+            ("manual", &manual),
+            ("overridden", &lifted_automatic),
+        ] {
+            let after = halted(before, "alert_a");
+            assert_eq!(after.cause, Some(Escalation), "{name}");
+            assert_eq!(after.reason, "escalation: alert_a", "{name}");
+            assert_eq!(after.changed_by, "notifications", "{name}");
+            assert!(after.alert_owed(), "{name}: the halt owes its alert");
+        }
+    }
+
+    #[test]
+    fn the_balance_never_lifts_an_escalation_halt() {
+        let halt = halted(&TransferPause::default(), "alert_a");
+        assert_eq!(halt.changed(&change(false, Automatic), Utc::now()), None);
+        assert_eq!(halt.changed(&change(true, Automatic), Utc::now()), None);
+        // Over an automatic pause: the recovery does not lift it either.
+        let over = halted(
+            &apply(&TransferPause::default(), true, Automatic),
+            "alert_a",
+        );
+        assert_eq!(over.changed(&change(false, Automatic), Utc::now()), None);
+        assert_eq!(over.cause, Some(Escalation));
+    }
+
+    #[test]
+    fn notifications_never_lifts_and_an_admins_pause_does_not_replace_a_halt() {
+        let halt = halted(&TransferPause::default(), "alert_a");
+        let mut unhalt = halt_change_lifting();
+        assert_eq!(halt.changed(&unhalt, Utc::now()), None);
+        unhalt.paused = true;
+        unhalt.cause = Manual;
+        assert_eq!(halt.changed(&unhalt, Utc::now()), None, "still the halt");
+    }
+
+    fn halt_change_lifting() -> PauseChange {
+        PauseChange {
+            paused: false,
+            ..halt("alert_a")
+        }
+    }
+
+    #[test]
+    fn only_an_admin_lifts_a_halt_and_a_retried_halt_does_not_return() {
+        let halt = halted(&TransferPause::default(), "alert_a").alerted();
+        let lifted = halt
+            .changed(
+                &PauseChange {
+                    paused: false,
+                    cause: Manual,
+                    reason: "disputes reviewed with finance".to_owned(),
+                    actor: "admin:lead".to_owned(),
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        assert!(!lifted.paused());
+        assert_eq!(lifted.reason, "disputes reviewed with finance");
+        assert_eq!(lifted.changed_by, "admin:lead");
+        assert!(lifted.alert_owed(), "the resume is recorded");
+        assert_eq!(lifted.alert().kind, "payout_transfers_resumed");
+        // The halt request retried (its answer was lost): not halted again.
+        assert_eq!(lifted.changed(&halt_change("alert_a"), Utc::now()), None);
+        // A new level-3 alert halts again.
+        assert_eq!(halted(&lifted, "alert_b").cause, Some(Escalation));
+    }
+
+    fn halt_change(alert: &str) -> PauseChange {
+        halt(alert)
+    }
+
+    #[test]
+    fn lifting_a_halt_takes_notes() {
+        let halt = halted(&TransferPause::default(), "alert_a");
+        let blank = PauseChange {
+            paused: false,
+            cause: Manual,
+            reason: " ".to_owned(),
+            actor: "admin:lead".to_owned(),
+        };
+        assert_eq!(halt.changed(&blank, Utc::now()), None);
+        // Other changes without a reason get the old default text.
+        let paused = TransferPause::default()
+            .changed(
+                &PauseChange {
+                    paused: true,
+                    ..blank.clone()
+                },
+                Utc::now(),
+            )
+            .unwrap();
+        assert_eq!(paused.reason, "paused by an admin");
+        assert_eq!(
+            paused.changed(&blank, Utc::now()).unwrap().reason,
+            "resumed by an admin"
+        );
+    }
+
+    #[test]
+    fn a_second_alert_under_a_halt_is_remembered_and_keeps_the_first_reason() {
+        let first = halted(&TransferPause::default(), "alert_a").alerted();
+        let second = halted(&first, "alert_b");
+        assert_eq!(second.reason, "escalation: alert_a");
+        assert_eq!(second.escalations, ["alert_a", "alert_b"]);
+        assert!(!second.alert_owed(), "nothing changed for people");
+        assert_eq!(second.changed(&halt("alert_b"), Utc::now()), None);
+    }
+
+    #[test]
+    fn a_halt_needs_an_alert_id_in_its_reason() {
+        let mut bad = halt("x");
+        bad.reason = "because".to_owned();
+        assert_eq!(TransferPause::default().changed(&bad, Utc::now()), None);
+        assert_eq!(escalation_alert("escalation: alert_1"), Some("alert_1"));
+        assert_eq!(escalation_alert("escalation: "), None);
+    }
 
     #[test]
     fn the_balance_pauses_and_lifts_its_own_pause() {

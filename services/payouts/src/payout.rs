@@ -711,6 +711,23 @@ impl Payout {
         Some(self.moved(to, "admitted", reason.to_owned(), cause, |p| {
             p.approval_required = requires_approval;
             p.held = requires_approval;
+            // Escalation signals (design §10): a payout that limits flagged is recorded
+            // (level 1); flags that read as fraud also count towards "fraud flags on several
+            // creators in a window" (level 3) in notifications.
+            if let Some((kind, what)) = flag_signal(&flags) {
+                p.owe_alert(
+                    format!("{}:{kind}", p.id),
+                    kind,
+                    format!("Payout {} flagged by limits: {what}", p.id),
+                    format!(
+                        "Limits flagged payout {} ({} to creator {}): {}.",
+                        p.id,
+                        p.amount,
+                        p.user_id,
+                        flags.join(", ")
+                    ),
+                );
+            }
             p.flags = flags;
             if requires_approval {
                 p.hold_reason = Some(reason.to_owned());
@@ -998,6 +1015,17 @@ impl Payout {
                 cause,
                 |p| {
                     forget_transfer(p);
+                    // An escalation signal (design §10): one failure is recorded; repeated
+                    // failures in a window reach the admin team.
+                    p.owe_alert(
+                        format!("{}:payout_failed:{}", p.id, self.attempt),
+                        "payout_failed",
+                        format!("Payout {} failed: Stripe refused its transfer", p.id),
+                        format!(
+                            "Payout {} ({} to {}) failed: {reason}.",
+                            p.id, p.amount, p.destination
+                        ),
+                    );
                     p.failure_reason = Some(reason);
                     p.next_retry_at = None;
                     p.completed_at = Some(now);
@@ -1659,6 +1687,41 @@ impl Payout {
     }
 }
 
+/// Limits flags that read as potential fraud (design §6 "suspicious patterns").
+const FRAUD_FLAGS: [&str; 4] = [
+    "SUSPICIOUS_FREQUENCY",
+    "LARGE_FIRST_PAYOUT",
+    "LARGE_PERCENTAGE_OF_EARNINGS",
+    "RECENT_REFUND_OR_DISPUTE",
+];
+
+/// Limits flags that are escalation signals, besides the fraud ones (the rest, such as
+/// NEW_ACCOUNT or REQUIRES_ADMIN_APPROVAL, describe the payout rather than a risk).
+const SIGNAL_FLAGS: [&str; 4] = [
+    "TOO_SOON",
+    "EXCEEDS_DAILY_COUNT_LIMIT",
+    "EXCEEDS_DAILY_AMOUNT_LIMIT",
+    "EXCEEDS_MONTHLY_AMOUNT_LIMIT",
+];
+
+/// The alert kind a payout's limits flags raise, and what it says: `payout_fraud_flag` for a
+/// fraud flag, `payout_limits_flag` for another signal flag, none otherwise.
+fn flag_signal(flags: &[String]) -> Option<(&'static str, &'static str)> {
+    if flags
+        .iter()
+        .any(|flag| FRAUD_FLAGS.contains(&flag.as_str()))
+    {
+        Some(("payout_fraud_flag", "potential fraud"))
+    } else if flags
+        .iter()
+        .any(|flag| SIGNAL_FLAGS.contains(&flag.as_str()))
+    {
+        Some(("payout_limits_flag", "a limits flag"))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1944,7 +2007,16 @@ mod tests {
             &[],
             now(),
         );
-        assert!(settled.quota.is_settled() && !settled.owes_effects());
+        assert!(settled.quota.is_settled());
+        // The failure's escalation signal is the only effect owed.
+        assert!(
+            settled
+                .owed_alerts
+                .iter()
+                .all(|alert| alert.kind == "payout_failed"),
+            "{:?}",
+            settled.owed_alerts
+        );
     }
 
     #[test]
@@ -2229,7 +2301,10 @@ mod tests {
             adopted.audit_log.last().unwrap().event_type,
             "transfer_adopted"
         );
-        assert_eq!(adopted.owed_alerts[0].kind, "payout_transfer_adopted");
+        assert_eq!(
+            adopted.owed_alerts.last().unwrap().kind,
+            "payout_transfer_adopted"
+        );
         assert_eq!(
             adopted.quota.target_cents, 0,
             "the money left: quota held again"

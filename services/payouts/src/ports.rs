@@ -183,6 +183,18 @@ impl LimitsPort for GrpcLimits {
     }
 }
 
+/// The escalation signal (design §10) an alert of payouts reports, by its type; empty for
+/// none (its level follows its severity).
+fn escalation_signal(kind: &str) -> &'static str {
+    match kind {
+        "payout_failed" => "payout_failed",
+        "payout_outcome_unknown" => "outcome_unknown",
+        "payout_fraud_flag" => "fraud_flag",
+        "payout_limits_flag" => "limits_flag",
+        _ => "",
+    }
+}
+
 /// The notifications service's critical alerts over gRPC.
 #[derive(Clone)]
 pub struct GrpcAlerts {
@@ -210,8 +222,14 @@ impl AlertsPort for GrpcAlerts {
                 severity: notifications_pb::AlertSeverity::Critical.into(),
                 title: alert.title.clone(),
                 description: alert.description.clone(),
+                signal: escalation_signal(&alert.kind).to_owned(),
+                subject: serde_json::from_str::<serde_json::Value>(&data_json)
+                    .ok()
+                    .and_then(|data| data["userId"].as_str().map(str::to_owned))
+                    .unwrap_or_default(),
                 data_json,
                 dedupe_key: alert.key.clone(),
+                ..Default::default()
             })
             .await
             .map_err(|status| ServiceError::from_remote("notifications", &status))?;

@@ -46,6 +46,7 @@ const APPROVALS: Caller = Caller::Service(ServiceName::Approvals);
 const BALANCE: Caller = Caller::Service(ServiceName::Balance);
 const DISPUTES: Caller = Caller::Service(ServiceName::Disputes);
 const LIMITS: Caller = Caller::Service(ServiceName::Limits);
+const NOTIFICATIONS: Caller = Caller::Service(ServiceName::Notifications);
 const PAYOUTS: Caller = Caller::Service(ServiceName::Payouts);
 const WEBHOOKS: Caller = Caller::Service(ServiceName::Webhooks);
 
@@ -76,7 +77,8 @@ pub fn allowed_callers(method: &str) -> Option<&'static [Caller]> {
         (PAYOUTS_SERVICE, "RunReconciliation" | "ListReconciliationReports") => &[Gateway],
         (PAYOUTS_SERVICE, "ResumePayout" | "ReversePayout") => &[Gateway],
         (PAYOUTS_SERVICE, "SummarizeObligations" | "CountUnpayableUsers") => &[BALANCE],
-        (PAYOUTS_SERVICE, "SetTransferPause" | "GetTransferPause") => &[Gateway, BALANCE],
+        (PAYOUTS_SERVICE, "SetTransferPause") => &[Gateway, BALANCE, NOTIFICATIONS],
+        (PAYOUTS_SERVICE, "GetTransferPause") => &[Gateway, BALANCE],
         (LIMITS_SERVICE, "ValidatePayoutLimits") => &[Platform],
         (LIMITS_SERVICE, "ReservePayout" | "ReleasePayout" | "RecheckPayout") => &[PAYOUTS],
         (LIMITS_SERVICE, "GetLimitConfig" | "ListBlockedAttempts" | "GetBalance") => {

@@ -3,6 +3,9 @@
 //! environment variable name. The environment is passed in as a map, so tests never touch
 //! the process environment.
 
+mod escalation;
+pub use escalation::{EscalationSettings, WindowCount};
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -265,6 +268,9 @@ pub struct Settings {
     pub alert_email_from: String,
     /// `DASHBOARD_URL`: the admin dashboard, linked from alert emails.
     pub dashboard_url: Option<String>,
+    /// The escalation policy's thresholds, level 3's recipients and pages
+    /// (`ESCALATION_*`, `ALERTMANAGER_URL`, ...; see [`EscalationSettings`]).
+    pub escalation: EscalationSettings,
     /// `ADMIN_USER_IDS`: comma-separated user ids of the admins who receive admin notifications.
     pub admin_user_ids: Vec<String>,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; `None` disables trace export.
@@ -401,6 +407,16 @@ pub const VARIABLES: &[&str] = &[
     "ALERT_EMAIL_TO",
     "ALERT_EMAIL_FROM",
     "DASHBOARD_URL",
+    "ESCALATION_PAYOUT_FAILURES",
+    "ESCALATION_DISPUTES",
+    "ESCALATION_FRAUD_FLAGS",
+    "ESCALATION_REFUND_CENTS",
+    "ESCALATION_UNKNOWN_OUTCOMES",
+    "ESCALATION_STRIPE_UNAVAILABLE_MINUTES",
+    "ESCALATION_EMAIL_TO",
+    "ALERTMANAGER_URL",
+    "ALERT_PAGE_INTERVAL_SECONDS",
+    "RUNBOOK_BASE_URL",
     "ADMIN_USER_IDS",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "LOG_FORMAT",
@@ -620,6 +636,12 @@ impl Settings {
             role,
             Role::AllInOne | Role::Service(ServiceName::Notifications)
         );
+        if sends_email && self.smtp_url.is_none() && !self.escalation.email_to.is_empty() {
+            return Err(ConfigError::new(
+                "SMTP_URL",
+                "is required when ESCALATION_EMAIL_TO is set: level-3 emails would never be sent",
+            ));
+        }
         if sends_email && self.smtp_url.is_none() && !self.alert_email_to.is_empty() {
             return Err(ConfigError::new(
                 "SMTP_URL",
@@ -895,6 +917,7 @@ impl Settings {
                 .string("ALERT_EMAIL_FROM")?
                 .unwrap_or_else(|| "Payouts <payouts@localhost>".to_owned()),
             dashboard_url: values.string("DASHBOARD_URL")?,
+            escalation: EscalationSettings::from_values(values)?,
             admin_user_ids: values
                 .secret_list("ADMIN_USER_IDS")?
                 .into_iter()
@@ -1692,8 +1715,13 @@ mod tests {
 
     #[test]
     fn the_list_of_variables_is_what_is_read() {
-        let source = include_str!("config.rs");
-        let code = source.split("#[cfg(test)]").next().unwrap();
+        let code = [
+            include_str!("config.rs"),
+            include_str!("config/escalation.rs"),
+        ]
+        .map(|source| source.split("#[cfg(test)]").next().unwrap())
+        .concat();
+        let code = code.as_str();
         let mut read = std::collections::BTreeSet::new();
         for method in [
             ".string(",
@@ -1704,6 +1732,7 @@ mod tests {
             ".boolean(",
             ".interval(",
             ".with_prefix(",
+            " window(",
         ] {
             for (at, _) in code.match_indices(method) {
                 let rest = code[at + method.len()..].trim_start();

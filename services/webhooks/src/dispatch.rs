@@ -82,6 +82,7 @@ impl Dispatcher for GrpcDispatcher {
                     "webhook_parked:{id}:{}",
                     event.failed_at.map_or(0, |at| at.timestamp_millis())
                 ),
+                ..Default::default()
             })
             .await
             .map(|_| ())

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::alerts::{Alert, AlertStatus, Severity};
 use crate::email::{EmailDelivery, EmailStatus};
+use crate::escalation::Level;
+use crate::paging::{HaltDelivery, HaltStatus, PageDelivery, PageStatus};
 
 /// Storage of critical alerts.
 #[async_trait]
@@ -25,11 +27,13 @@ pub trait AlertRepository: Send + Sync + 'static {
 
     async fn get(&self, alert_id: &str) -> Result<Option<Alert>, ServiceError>;
 
-    /// Newest first; only `status` and `kind` when given; after the (created_at, id) cursor.
+    /// Newest first; only `status`, `kind` and `level` when given; after the (created_at, id)
+    /// cursor.
     async fn list(
         &self,
         status: Option<AlertStatus>,
         kind: Option<&str>,
+        level: Option<Level>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServiceError>;
@@ -37,8 +41,19 @@ pub trait AlertRepository: Send + Sync + 'static {
     /// Replaces the alert if its stored version is `expected_version`; Conflict otherwise.
     async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError>;
 
-    /// How many alerts nobody has taken up yet, by type (the open-alerts gauge).
-    async fn open_by_type(&self) -> Result<BTreeMap<String, u64>, ServiceError>;
+    /// How many alerts nobody has taken up yet, by type and level (the open-alerts gauge).
+    async fn open_by_type(&self) -> Result<BTreeMap<(String, Level), u64>, ServiceError>;
+
+    /// Alerts whose page is due (not ended, `next_push_at` has come), earliest first.
+    async fn pages_due(&self, now: DateTime<Utc>, limit: usize)
+    -> Result<Vec<Alert>, ServiceError>;
+
+    /// How many pages are owed and not delivered (pending or failed).
+    async fn pages_owed(&self) -> Result<u64, ServiceError>;
+
+    /// Alerts whose transfer halt is owed and due, earliest first.
+    async fn halts_due(&self, now: DateTime<Utc>, limit: usize)
+    -> Result<Vec<Alert>, ServiceError>;
 
     /// Alerts whose email is pending and due (`next_attempt_at` has come), earliest first.
     async fn emails_due(
@@ -91,6 +106,7 @@ impl AlertRepository for MemoryAlerts {
         &self,
         status: Option<AlertStatus>,
         kind: Option<&str>,
+        level: Option<Level>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServiceError> {
@@ -99,6 +115,7 @@ impl AlertRepository for MemoryAlerts {
             .values()
             .filter(|a| status.is_none_or(|status| a.status == status))
             .filter(|a| kind.is_none_or(|kind| a.kind == kind))
+            .filter(|a| level.is_none_or(|level| a.level == level))
             .filter(|a| {
                 after
                     .as_ref()
@@ -111,14 +128,68 @@ impl AlertRepository for MemoryAlerts {
         Ok(found)
     }
 
-    async fn open_by_type(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
+    async fn open_by_type(&self) -> Result<BTreeMap<(String, Level), u64>, ServiceError> {
         let mut open = BTreeMap::new();
         for alert in self.lock().values() {
             if alert.status == AlertStatus::Active {
-                *open.entry(alert.kind.clone()).or_insert(0) += 1;
+                *open.entry((alert.kind.clone(), alert.level)).or_insert(0) += 1;
             }
         }
         Ok(open)
+    }
+
+    async fn pages_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let mut due: Vec<Alert> = self
+            .lock()
+            .values()
+            .filter(|a| {
+                a.page.as_ref().is_some_and(|page| {
+                    page.status != PageStatus::Ended && page.next_push_at.is_none_or(|at| at <= now)
+                })
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|a| (a.page.as_ref().and_then(|p| p.next_push_at), a.id.clone()));
+        due.truncate(limit);
+        Ok(due)
+    }
+
+    async fn pages_owed(&self) -> Result<u64, ServiceError> {
+        Ok(self
+            .lock()
+            .values()
+            .filter(|a| a.page.as_ref().is_some_and(|page| page.status.owed()))
+            .count() as u64)
+    }
+
+    async fn halts_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let mut due: Vec<Alert> = self
+            .lock()
+            .values()
+            .filter(|a| {
+                a.halt.as_ref().is_some_and(|halt| {
+                    halt.status == HaltStatus::Owed
+                        && halt.next_attempt_at.is_none_or(|at| at <= now)
+                })
+            })
+            .cloned()
+            .collect();
+        due.sort_by_key(|a| {
+            (
+                a.halt.as_ref().and_then(|h| h.next_attempt_at),
+                a.id.clone(),
+            )
+        });
+        due.truncate(limit);
+        Ok(due)
     }
 
     async fn emails_due(
@@ -209,6 +280,37 @@ struct AlertDocument {
     email_last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     email_sent_at: Option<bson::DateTime>,
+    /// Escalation level 1..3 (0 in alerts stored before levels: read by severity).
+    #[serde(default)]
+    level: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signal: Option<String>,
+    #[serde(default)]
+    signal_count: u32,
+    /// The owed page (outbox entry), top-level fields like the email's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_status: Option<String>,
+    #[serde(default)]
+    page_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_next_push_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_last_pushed_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_ends_at: Option<bson::DateTime>,
+    /// The owed transfer halt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    halt_status: Option<String>,
+    #[serde(default)]
+    halt_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    halt_next_attempt_at: Option<bson::DateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    halt_last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    halt_set_at: Option<bson::DateTime>,
     version: i64,
 }
 
@@ -252,6 +354,32 @@ impl TryFrom<&Alert> for AlertDocument {
                 .map(to_bson_time),
             email_last_error: a.email.as_ref().and_then(|e| e.last_error.clone()),
             email_sent_at: a.email.as_ref().and_then(|e| e.sent_at).map(to_bson_time),
+            level: i32::from(a.level.number()),
+            signal: a.signal.clone(),
+            signal_count: a.signal_count,
+            page_status: a.page.as_ref().map(|p| p.status.as_str().to_owned()),
+            page_attempts: a.page.as_ref().map_or(0, |p| p.attempts),
+            page_next_push_at: a
+                .page
+                .as_ref()
+                .and_then(|p| p.next_push_at)
+                .map(to_bson_time),
+            page_last_error: a.page.as_ref().and_then(|p| p.last_error.clone()),
+            page_last_pushed_at: a
+                .page
+                .as_ref()
+                .and_then(|p| p.last_pushed_at)
+                .map(to_bson_time),
+            page_ends_at: a.page.as_ref().and_then(|p| p.ends_at).map(to_bson_time),
+            halt_status: a.halt.as_ref().map(|h| h.status.as_str().to_owned()),
+            halt_attempts: a.halt.as_ref().map_or(0, |h| h.attempts),
+            halt_next_attempt_at: a
+                .halt
+                .as_ref()
+                .and_then(|h| h.next_attempt_at)
+                .map(to_bson_time),
+            halt_last_error: a.halt.as_ref().and_then(|h| h.last_error.clone()),
+            halt_set_at: a.halt.as_ref().and_then(|h| h.set_at).map(to_bson_time),
             version: a.version,
         })
     }
@@ -269,8 +397,44 @@ impl TryFrom<AlertDocument> for Alert {
             .as_deref()
             .map(|text| EmailStatus::parse(text).ok_or_else(|| corrupt("a bad email status")))
             .transpose()?;
+        let page_status = d
+            .page_status
+            .as_deref()
+            .map(|text| PageStatus::parse(text).ok_or_else(|| corrupt("a bad page status")))
+            .transpose()?;
+        let halt_status = d
+            .halt_status
+            .as_deref()
+            .map(|text| HaltStatus::parse(text).ok_or_else(|| corrupt("a bad halt status")))
+            .transpose()?;
+        let severity = Severity::parse(&d.severity).ok_or_else(|| corrupt("a bad severity"))?;
+        let level = match d.level {
+            0 => crate::escalation::level_of_severity(severity),
+            number => u8::try_from(number)
+                .ok()
+                .and_then(Level::from_number)
+                .ok_or_else(|| corrupt("a bad level"))?,
+        };
         Ok(Self {
-            severity: Severity::parse(&d.severity).ok_or_else(|| corrupt("a bad severity"))?,
+            severity,
+            level,
+            signal: d.signal,
+            signal_count: d.signal_count.max(1),
+            page: page_status.map(|status| PageDelivery {
+                status,
+                attempts: d.page_attempts,
+                next_push_at: d.page_next_push_at.map(from_bson_time),
+                last_error: d.page_last_error,
+                last_pushed_at: d.page_last_pushed_at.map(from_bson_time),
+                ends_at: d.page_ends_at.map(from_bson_time),
+            }),
+            halt: halt_status.map(|status| HaltDelivery {
+                status,
+                attempts: d.halt_attempts,
+                next_attempt_at: d.halt_next_attempt_at.map(from_bson_time),
+                last_error: d.halt_last_error,
+                set_at: d.halt_set_at.map(from_bson_time),
+            }),
             status: AlertStatus::parse(&d.status).ok_or_else(|| corrupt("a bad status"))?,
             data_json: bson::Bson::Document(d.metadata)
                 .into_relaxed_extjson()
@@ -317,6 +481,15 @@ impl MongoAlerts {
                 IndexModel::builder()
                     .keys(doc! { "emailStatus": 1, "emailNextAttemptAt": 1 })
                     .build(),
+                IndexModel::builder()
+                    .keys(doc! { "level": 1, "timestamp": -1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "pageStatus": 1, "pageNextPushAt": 1 })
+                    .build(),
+                IndexModel::builder()
+                    .keys(doc! { "haltStatus": 1, "haltNextAttemptAt": 1 })
+                    .build(),
             ])
             .await?;
         Ok(Self { collection })
@@ -355,6 +528,7 @@ impl AlertRepository for MongoAlerts {
         &self,
         status: Option<AlertStatus>,
         kind: Option<&str>,
+        level: Option<Level>,
         after: Option<(DateTime<Utc>, String)>,
         limit: usize,
     ) -> Result<Vec<Alert>, ServiceError> {
@@ -364,6 +538,10 @@ impl AlertRepository for MongoAlerts {
         }
         if let Some(kind) = kind {
             filter.insert("type", kind);
+        }
+        if let Some(level) = level {
+            // Alerts stored before levels (level 0) are not found by level.
+            filter.insert("level", i32::from(level.number()));
         }
         after_cursor(&mut filter, "timestamp", after, true);
         let documents: Vec<AlertDocument> = find_many(
@@ -376,18 +554,67 @@ impl AlertRepository for MongoAlerts {
         documents.into_iter().map(Alert::try_from).collect()
     }
 
-    async fn open_by_type(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
+    async fn open_by_type(&self) -> Result<BTreeMap<(String, Level), u64>, ServiceError> {
         let mut open = BTreeMap::new();
-        for kind in payouts_runtime::store::field_values(
+        for alert in find_many(
             &self.collection,
             doc! { "status": AlertStatus::Active.as_str() },
-            "type",
+            doc! { "_id": 1 },
+            100_000,
         )
         .await?
+        .into_iter()
+        .map(Alert::try_from)
         {
-            *open.entry(kind).or_insert(0) += 1;
+            let alert = alert?;
+            *open.entry((alert.kind, alert.level)).or_insert(0) += 1;
         }
         Ok(open)
+    }
+
+    async fn pages_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let documents: Vec<AlertDocument> = find_many(
+            &self.collection,
+            doc! {
+                "pageStatus": { "$in": [PageStatus::Pending.as_str(), PageStatus::Firing.as_str(), PageStatus::Failed.as_str()] },
+                "pageNextPushAt": { "$lte": to_bson_time(now) },
+            },
+            doc! { "pageNextPushAt": 1, "_id": 1 },
+            limit,
+        )
+        .await?;
+        documents.into_iter().map(Alert::try_from).collect()
+    }
+
+    async fn pages_owed(&self) -> Result<u64, ServiceError> {
+        self.collection
+            .count_documents(doc! {
+                "pageStatus": { "$in": [PageStatus::Pending.as_str(), PageStatus::Failed.as_str()] },
+            })
+            .await
+            .map_err(mongo_error)
+    }
+
+    async fn halts_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        let documents: Vec<AlertDocument> = find_many(
+            &self.collection,
+            doc! {
+                "haltStatus": HaltStatus::Owed.as_str(),
+                "haltNextAttemptAt": { "$lte": to_bson_time(now) },
+            },
+            doc! { "haltNextAttemptAt": 1, "_id": 1 },
+            limit,
+        )
+        .await?;
+        documents.into_iter().map(Alert::try_from).collect()
     }
 
     async fn emails_due(

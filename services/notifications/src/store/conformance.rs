@@ -162,6 +162,8 @@ async fn mongo_store_conforms() {
 mod alerts {
     use super::*;
     use crate::alerts::{Alert, AlertStatus, Severity};
+    use crate::escalation::Level;
+    use crate::paging::{HaltStatus, PagePolicy, PageStatus};
 
     fn alert(key: &str, minute: i64) -> Alert {
         Alert::raise(
@@ -194,11 +196,11 @@ mod alerts {
         repository.create(&second).await.unwrap();
         repository.create(&third).await.unwrap();
 
-        let page = repository.list(None, None, None, 2).await.unwrap();
+        let page = repository.list(None, None, None, None, 2).await.unwrap();
         assert_eq!(page, vec![third.clone(), second.clone()]);
         let cursor = Some((page[1].created_at, page[1].id.clone()));
         assert_eq!(
-            repository.list(None, None, cursor, 10).await.unwrap(),
+            repository.list(None, None, None, cursor, 10).await.unwrap(),
             vec![first.clone()]
         );
 
@@ -213,14 +215,14 @@ mod alerts {
         assert_eq!(error.kind(), ErrorKind::Conflict);
         assert_eq!(
             repository
-                .list(Some(AlertStatus::Resolved), None, None, 10)
+                .list(Some(AlertStatus::Resolved), None, None, None, 10)
                 .await
                 .unwrap(),
             vec![resolved.clone()]
         );
         assert_eq!(
             repository
-                .list(Some(AlertStatus::Active), None, None, 10)
+                .list(Some(AlertStatus::Active), None, None, None, 10)
                 .await
                 .unwrap(),
             vec![third, second]
@@ -244,7 +246,7 @@ mod alerts {
         repository.create(&other).await.unwrap();
         assert_eq!(
             repository
-                .list(None, Some("platform_balance"), None, 10)
+                .list(None, Some("platform_balance"), None, None, 10)
                 .await
                 .unwrap(),
             vec![other.clone()],
@@ -256,6 +258,7 @@ mod alerts {
                     Some(AlertStatus::Resolved),
                     Some("payout_outcome_unknown"),
                     None,
+                    None,
                     10
                 )
                 .await
@@ -266,8 +269,25 @@ mod alerts {
 
         // Open alerts by type: active ones only.
         let open = repository.open_by_type().await.unwrap();
-        assert_eq!(open.get("payout_outcome_unknown"), Some(&2), "{open:?}");
-        assert_eq!(open.get("platform_balance"), Some(&1), "{open:?}");
+        let key = |kind: &str, level| (kind.to_owned(), level);
+        assert_eq!(
+            open.get(&key("payout_outcome_unknown", Level::Admins)),
+            Some(&2),
+            "{open:?}"
+        );
+        assert_eq!(
+            open.get(&key("platform_balance", Level::Recorded)),
+            Some(&1),
+            "{open:?}"
+        );
+        // By level.
+        assert_eq!(
+            repository
+                .list(None, None, Some(Level::Recorded), None, 10)
+                .await
+                .unwrap(),
+            vec![other.clone()]
+        );
 
         // The email outbox: due when pending and its time has come; its state round-trips.
         let policy = crate::email::EmailPolicy::default();
@@ -301,6 +321,68 @@ mod alerts {
         repository.replace(&sent, failed.version).await.unwrap();
         assert_eq!(due(1_000).await, Vec::<String>::new());
         assert_eq!(repository.get(&mailed.id).await.unwrap(), Some(sent));
+
+        // Level 3: the page and the halt are outbox entries too; their state round-trips.
+        let mut escalated = alert("escalation:1", 40);
+        escalated.level = Level::Leads;
+        escalated.signal = Some("dispute_created".to_owned());
+        escalated.signal_count = 3;
+        let escalated = escalated.owing_escalation(at(40), true);
+        repository.create(&escalated).await.unwrap();
+        assert_eq!(
+            repository.get(&escalated.id).await.unwrap(),
+            Some(escalated.clone())
+        );
+        let ids = |alerts: Vec<Alert>| alerts.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(repository.pages_due(at(39), 10).await.unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(repository.pages_due(at(40), 10).await.unwrap()),
+            vec![escalated.id.clone()]
+        );
+        assert_eq!(
+            ids(repository.halts_due(at(40), 10).await.unwrap()),
+            vec![escalated.id.clone()]
+        );
+        assert_eq!(repository.pages_owed().await.unwrap(), 1);
+        let policy = PagePolicy::new(chrono::Duration::seconds(60));
+        let claimed = escalated.claimed_for_page(at(40), &policy).unwrap();
+        let pushed = claimed
+            .page_pushed(at(40), claimed.page_ends_at(at(40), &policy), &policy)
+            .unwrap()
+            .claimed_for_halt(at(40))
+            .unwrap()
+            .halt_set(at(40))
+            .unwrap();
+        repository
+            .replace(&pushed, escalated.version)
+            .await
+            .unwrap();
+        assert_eq!(
+            repository.get(&escalated.id).await.unwrap(),
+            Some(pushed.clone())
+        );
+        assert_eq!(pushed.page.as_ref().unwrap().status, PageStatus::Firing);
+        assert_eq!(pushed.halt.as_ref().unwrap().status, HaltStatus::Set);
+        assert_eq!(repository.pages_owed().await.unwrap(), 0);
+        assert_eq!(
+            ids(repository.halts_due(at(100), 10).await.unwrap()),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            ids(repository.pages_due(at(41), 10).await.unwrap()),
+            vec![escalated.id.clone()],
+            "re-pushed after the interval"
+        );
+        assert_eq!(
+            ids(repository
+                .list(None, None, Some(Level::Leads), None, 10)
+                .await
+                .unwrap()),
+            vec![escalated.id.clone()]
+        );
     }
 
     #[tokio::test]

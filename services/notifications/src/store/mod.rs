@@ -4,6 +4,7 @@
 mod alerts;
 mod memory;
 mod mongo;
+mod signals;
 
 #[cfg(test)]
 mod conformance;
@@ -19,6 +20,7 @@ use crate::domain::Notification;
 pub use alerts::{AlertRepository, MemoryAlerts, MongoAlerts};
 pub use memory::MemoryNotifications;
 pub use mongo::MongoNotifications;
+pub use signals::{MemorySignals, MongoSignals, SignalRepository};
 
 /// Storage of notifications.
 #[async_trait]
@@ -61,6 +63,7 @@ pub(crate) fn storage_id(notification: &Notification) -> String {
 pub struct Repositories {
     pub notifications: Arc<dyn NotificationRepository>,
     pub alerts: Arc<dyn AlertRepository>,
+    pub signals: Arc<dyn SignalRepository>,
 }
 
 /// Opens the repositories on the process's store, ensuring indexes.
@@ -69,10 +72,12 @@ pub async fn open(store: &Store) -> anyhow::Result<Repositories> {
         Store::Embedded => Repositories {
             notifications: Arc::new(MemoryNotifications::default()),
             alerts: Arc::new(MemoryAlerts::default()),
+            signals: Arc::new(MemorySignals::default()),
         },
         Store::Mongo(database) => Repositories {
             notifications: Arc::new(MongoNotifications::open(database).await?),
             alerts: Arc::new(MongoAlerts::open(database).await?),
+            signals: Arc::new(MongoSignals::open(database).await?),
         },
     })
 }

@@ -78,6 +78,9 @@ struct PauseDocument {
     changed_at: Option<bson::DateTime>,
     #[serde(default)]
     alerted_version: i64,
+    /// The alerts whose escalation halts were applied (a halt is applied once per alert).
+    #[serde(default)]
+    escalations: Vec<String>,
     version: i64,
 }
 
@@ -113,6 +116,7 @@ impl PauseRepository for MongoPause {
             changed_by: d.changed_by,
             changed_at: d.changed_at.map(from_bson_time),
             alerted_version: d.alerted_version,
+            escalations: d.escalations,
             version: d.version,
         })
     }
@@ -127,6 +131,7 @@ impl PauseRepository for MongoPause {
             changed_by: pause.changed_by.clone(),
             changed_at: pause.changed_at.map(to_bson_time),
             alerted_version: pause.alerted_version,
+            escalations: pause.escalations.clone(),
             version: pause.version,
         };
         if put_versioned(&self.collection, ID, document, expected_version).await? {
