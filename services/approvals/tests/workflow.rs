@@ -100,6 +100,7 @@ fn fixture(repository: Arc<dyn ApprovalRepository>, failures: usize) -> Fixture 
         notifier: Arc::clone(&admins) as Arc<dyn AdminNotifier>,
         clock: Arc::new(clock.clone()),
         poll_interval: std::time::Duration::from_millis(10),
+        dual_control_above_cents: None,
     });
     Fixture {
         workflow,
