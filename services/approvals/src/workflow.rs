@@ -258,7 +258,10 @@ impl Workflow {
                 UserContext::default()
             }
         };
-        let now = self.clock.now();
+        // At the store's precision (milliseconds, as MongoDB keeps it and as page tokens
+        // carry it): the embedded store would otherwise list the last approval of a page
+        // again on the next, its sub-millisecond time being after the token's.
+        let now = payouts_runtime::store::store_precision(self.clock.now());
         let approval = Approval {
             approvals_required: approvals_required(&hold.amount, self.dual_control_above_cents),
             approvals: Vec::new(),
