@@ -30,8 +30,12 @@ struct System {
 }
 
 async fn start(store: StoreChoice) -> System {
+    start_with(store, &[]).await
+}
+
+async fn start_with(store: StoreChoice, extra: &[(&str, &str)]) -> System {
     let stripe = FakeStripe::start().await;
-    let env = [
+    let mut env = vec![
         ("STRIPE_SECRET_KEY", "sk_test_e2e"),
         ("STRIPE_API_BASE", stripe.url()),
         ("STRIPE_WEBHOOK_SECRET_PAYOUTS", PAYOUTS_SECRET),
@@ -41,6 +45,7 @@ async fn start(store: StoreChoice) -> System {
         ("WEBHOOK_POLL_MILLISECONDS", "20"),
         ("PAYOUT_POLL_MILLISECONDS", "50"),
     ];
+    env.extend_from_slice(extra);
     let process = Payouts::start(&[], store, &env);
     let channel = process.grpc_channel().await;
     System {
@@ -231,10 +236,15 @@ async fn scenario_3(system: &System) {
     assert_eq!(status, 200, "{answer}");
     let transfers = system.stripe.transfers();
     assert_eq!(transfers.len(), 1);
+    assert_eq!(answer["success"], true);
     assert_eq!(
-        answer,
-        json!({ "success": true, "message": "Payout approved and processed successfully", "transferId": transfers[0]["id"] })
+        answer["message"],
+        "Payout approved and processed successfully"
     );
+    assert_eq!(answer["transferId"], transfers[0]["id"]);
+    assert_eq!(answer["approval"]["status"], "approved");
+    assert_eq!(answer["approval"]["approvalsRequired"], 1);
+    assert_eq!(answer["approval"]["approvals"][0]["reviewer"], "admin-1");
     // Deciding again is a conflict with the current state.
     let (status, answer) = system
         .decide(
@@ -297,13 +307,9 @@ async fn a_rejected_payout_fails_with_the_admins_reason_and_releases_its_quota()
     let (status, answer) = system
         .decide("admin-1", json!({ "approvalId": approval["id"], "action": "reject", "notes": "Suspicious activity" }))
         .await;
-    assert_eq!(
-        (status, answer),
-        (
-            200,
-            json!({ "success": true, "message": "Payout rejected successfully" })
-        )
-    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["message"], "Payout rejected successfully");
+    assert_eq!(answer["approval"]["status"], "rejected");
     let failed = system.wait_for_status(&held.id, PayoutStatus::Failed).await;
     assert_eq!(
         failed.failure_reason,
@@ -402,4 +408,199 @@ async fn only_an_admin_who_is_not_the_payee_decides() {
         system.payout(&held.id).await.status(),
         PayoutStatus::PendingApproval
     );
+}
+
+/// Dual control at $6,000: strictly above it, two different admins approve.
+const DUAL_CONTROL: [(&str, &str); 1] = [("APPROVAL_DUAL_CONTROL_CENTS", "600000")];
+
+impl System {
+    fn transfers_to(&self, creator: &str) -> Vec<Value> {
+        self.stripe
+            .transfers()
+            .into_iter()
+            .filter(|t| t["destination"] == format!("acct_{creator}"))
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_the_dual_control_amount_two_different_admins_approve_before_money_moves() {
+    let system = start_with(StoreChoice::Embedded, &DUAL_CONTROL).await;
+
+    // At the amount: one approval decides, as without dual control.
+    system.creator("lena").await;
+    let at_amount = system.request("lena", 6_000_00).await;
+    let approval = system.queued(&at_amount.id).await;
+    assert_eq!(approval["approvalsRequired"], 1);
+    let (status, answer) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": approval["id"], "action": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["approval"]["status"], "approved");
+    assert_eq!(system.transfers_to("lena").len(), 1);
+
+    // One cent above: the first approval is recorded and waits, with no money moved.
+    system.creator("mona").await;
+    let held = system.request("mona", 6_000_01).await;
+    assert_eq!(held.status(), PayoutStatus::PendingApproval);
+    let approval = system.queued(&held.id).await;
+    assert_eq!(approval["approvalsRequired"], 2);
+    assert_eq!(approval["approvals"], json!([]));
+    let (status, answer) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": approval["id"], "action": "approve", "notes": "called the creator" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["transferId"], Value::Null);
+    assert!(
+        answer["message"].as_str().unwrap().contains("1 of 2"),
+        "{answer}"
+    );
+    assert_eq!(answer["approval"]["status"], "pending");
+    let waiting = system.queued(&held.id).await;
+    assert_eq!(waiting["status"], "pending");
+    assert_eq!(waiting["approvals"].as_array().unwrap().len(), 1);
+    assert_eq!(waiting["approvals"][0]["reviewer"], "admin-1");
+    assert_eq!(waiting["approvals"][0]["notes"], "called the creator");
+    assert!(waiting["approvals"][0]["approvedAt"].is_string());
+    assert_eq!(waiting["reviewedBy"], Value::Null);
+    assert!(system.transfers_to("mona").is_empty());
+    assert_eq!(
+        system.payout(&held.id).await.status(),
+        PayoutStatus::PendingApproval
+    );
+
+    // The same admin again: refused (409), still 1 of 2, still no money.
+    let (status, answer) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": approval["id"], "action": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("different admin"),
+        "{answer}"
+    );
+    assert_eq!(answer["approval"]["approvals"].as_array().unwrap().len(), 1);
+    // The payee cannot be the second approver either.
+    let (status, answer) = system
+        .decide(
+            "mona",
+            json!({ "approvalId": approval["id"], "action": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(system.transfers_to("mona").is_empty());
+
+    // A second, different admin decides: the transfer happens now, once.
+    let (status, answer) = system
+        .decide(
+            "admin-2",
+            json!({ "approvalId": approval["id"], "action": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let transfers = system.transfers_to("mona");
+    assert_eq!(transfers.len(), 1);
+    assert_eq!(answer["transferId"], transfers[0]["id"]);
+    assert_eq!(
+        answer["message"],
+        "Payout approved and processed successfully"
+    );
+    assert_eq!(answer["approval"]["status"], "approved");
+    assert_eq!(answer["approval"]["reviewedBy"], "admin-2");
+    let reviewers: Vec<&str> = answer["approval"]["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["reviewer"].as_str().unwrap())
+        .collect();
+    assert_eq!(reviewers, ["admin-1", "admin-2"]);
+    assert_eq!(
+        system.payout(&held.id).await.status(),
+        PayoutStatus::Processing
+    );
+
+    // After a first approval, a rejection by another admin decides at once.
+    system.creator("nora").await;
+    let held = system.request("nora", 9_000_00).await;
+    let approval = system.queued(&held.id).await;
+    let (status, _) = system
+        .decide(
+            "admin-1",
+            json!({ "approvalId": approval["id"], "action": "approve" }),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, answer) = system
+        .decide(
+            "admin-2",
+            json!({ "approvalId": approval["id"], "action": "reject", "notes": "not verified" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    system.wait_for_status(&held.id, PayoutStatus::Failed).await;
+    assert!(system.transfers_to("nora").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_dual_control_approvals_decide_once_and_one_admin_counts_once() {
+    let system = start_with(StoreChoice::Mongo, &DUAL_CONTROL).await;
+    let approve = |approval: &Value| json!({ "approvalId": approval["id"], "action": "approve" });
+
+    for round in 0..3 {
+        // Two admins approve a fresh approval at the same moment: one is the first of two,
+        // the other (deciding against the recorded first) the second; one transfer.
+        let creator = format!("olga{round}");
+        system.creator(&creator).await;
+        let held = system.request(&creator, 7_000_00).await;
+        let approval = system.queued(&held.id).await;
+        let (a, b) = tokio::join!(
+            system.decide("admin-1", approve(&approval)),
+            system.decide("admin-2", approve(&approval))
+        );
+        assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+        let decided = [&a.1, &b.1]
+            .iter()
+            .filter(|answer| answer["approval"]["status"] == "approved")
+            .count();
+        assert_eq!(decided, 1, "exactly one 2 of 2 decision: {a:?} {b:?}");
+        assert_eq!(system.transfers_to(&creator).len(), 1, "{a:?} {b:?}");
+
+        // One admin approving twice at the same moment is counted once.
+        let creator = format!("pia{round}");
+        system.creator(&creator).await;
+        let held = system.request(&creator, 7_000_00).await;
+        let approval = system.queued(&held.id).await;
+        let (a, b) = tokio::join!(
+            system.decide("admin-1", approve(&approval)),
+            system.decide("admin-1", approve(&approval))
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+        let waiting = system.queued(&held.id).await;
+        assert_eq!(waiting["status"], "pending");
+        assert_eq!(waiting["approvals"].as_array().unwrap().len(), 1);
+        assert!(system.transfers_to(&creator).is_empty());
+
+        // Two second approvals racing: one decides, the other finds it decided.
+        let (a, b) = tokio::join!(
+            system.decide("admin-2", approve(&approval)),
+            system.decide("admin-3", approve(&approval))
+        );
+        let mut statuses = [a.0, b.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+        assert_eq!(system.transfers_to(&creator).len(), 1, "{a:?} {b:?}");
+    }
 }

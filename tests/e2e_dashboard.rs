@@ -5,7 +5,10 @@
 //! approves one payout and rejects another (a rejection without notes is refused in the
 //! page), sees the 409 when two tabs decide the same approval, retries a failed webhook
 //! event, resolves an alert, reads the balance chart, runs a reconciliation, and checks phone
-//! width. Screenshots go to `target/screenshots/`; with `UPDATE_SCREENSHOTS=1` also to
+//! width; with dual control on (`APPROVAL_DUAL_CONTROL_CENTS`), sees "1 of 2" and the first
+//! approver on a large payout and gives the second approval; pages through more than 100
+//! approvals and alerts; filters alerts by level; and sees the transfer halt (an escalation's
+//! reason) as a banner on every page until it resumes transfers. Screenshots go to `target/screenshots/`; with `UPDATE_SCREENSHOTS=1` also to
 //! `docs/screenshots/` (the README's).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
@@ -13,6 +16,8 @@
 mod support;
 
 use payouts_proto::common::v1::Money;
+use payouts_proto::notifications::v1::notifications_service_client::NotificationsServiceClient;
+use payouts_proto::notifications::v1::{AlertSeverity, CreateCriticalAlertRequest};
 use payouts_proto::payouts::v1::RequestPayoutRequest;
 use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
 use payouts_runtime::testing::fake_stripe::FakeStripe;
@@ -40,6 +45,33 @@ fn token_with_role(subject: &str, role: &str) -> String {
     .unwrap()
 }
 
+/// Requests a payout that waits for an admin.
+async fn request(
+    channel: &tonic::transport::Channel,
+    user: &str,
+    cents: i64,
+) -> payouts_proto::payouts::v1::Payout {
+    let payout = PayoutsServiceClient::new(channel.clone())
+        .request_payout(RequestPayoutRequest {
+            user_id: user.to_owned(),
+            amount: Some(Money {
+                cents,
+                currency: "usd".to_owned(),
+            }),
+            idempotency_key: format!("{user}-dashboard"),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payout
+        .unwrap();
+    assert!(
+        payout.approval_required,
+        "{user}'s payout waits for an admin"
+    );
+    payout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_works_the_dashboard_in_a_real_browser() {
     // The browser first: a machine without one fails here, saying how to get it.
@@ -61,30 +93,39 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
             ("WEBHOOK_MAX_ATTEMPTS", "1"),
             ("WEBHOOK_BACKFILL_INTERVAL", "off"),
             ("RECONCILIATION_INTERVAL", "off"),
+            ("APPROVAL_DUAL_CONTROL_CENTS", "700000"),
         ],
     );
     let channel = process.grpc_channel().await;
+    // 101 alerts, older than every other: the alerts page pages past its first 100 to reach
+    // the oldest.
+    for number in 0..=100 {
+        NotificationsServiceClient::new(channel.clone())
+            .create_critical_alert(CreateCriticalAlertRequest {
+                r#type: "dashboard_filler".to_owned(),
+                severity: AlertSeverity::Warning.into(),
+                title: format!("Filler alert {number:03}"),
+                description: "Seeded for paging".to_owned(),
+                data_json: String::new(),
+                dedupe_key: format!("dashboard-filler-{number}"),
+            })
+            .await
+            .unwrap();
+    }
     // Three creators whose payouts wait for an admin (above $5,000).
     for user in ["alice", "bob", "carol"] {
         support::register_creator(&channel, user, 400, 9_000_00).await;
-        let payout = PayoutsServiceClient::new(channel.clone())
-            .request_payout(RequestPayoutRequest {
-                user_id: user.to_owned(),
-                amount: Some(Money {
-                    cents: 6_000_00,
-                    currency: "usd".to_owned(),
-                }),
-                idempotency_key: format!("{user}-dashboard"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .payout
-            .unwrap();
-        assert!(
-            payout.approval_required,
-            "{user}'s payout waits for an admin"
-        );
+        request(&channel, user, 6_000_00).await;
+    }
+    // Above the dual-control amount ($7,000): two different admins approve. "first-admin"
+    // gives the first approval before the browser looks.
+    support::register_creator(&channel, "dora", 400, 20_000_00).await;
+    let large = request(&channel, "dora", 8_000_00).await;
+    // 101 more approvals after those four: the queue (oldest first) pages past its first 100.
+    for number in 0..=100 {
+        let user = format!("filler-{number:03}");
+        support::register_creator(&channel, &user, 400, 9_000_00).await;
+        request(&channel, &user, 5_500_00).await;
     }
     // A Stripe event no owner can apply: parked as failed (one attempt), with its alert.
     let mut broken = stripe::event("evt_dashboard_broken", "transfer.created", "transfer");
@@ -110,6 +151,29 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
             .unwrap();
         assert_eq!(checked.status(), 200);
     }
+    // (The approval may reach the queue just after the request answers: 404 until then.)
+    let mut first = serde_json::Value::Null;
+    for attempt in 0.. {
+        let answer = http
+            .post(process.gateway_url("/api/admin/payout-approval"))
+            .bearer_auth(token_with_role("first-admin", "approver"))
+            .json(&serde_json::json!({
+                "approvalId": format!("approval_{}", large.id),
+                "action": "approve",
+                "notes": "checked the bank account",
+            }))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 200 {
+            first = answer.json().await.unwrap();
+            break;
+        }
+        assert_eq!(answer.status(), 404, "the first approval");
+        assert!(attempt < 200, "dora's approval never reached the queue");
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(first["approval"]["status"], "pending", "{first}");
     // The event is parked (and its alert raised) before the browser looks.
     for attempt in 0.. {
         let failed: serde_json::Value = http

@@ -58,6 +58,11 @@ function signOut(message) {
   role = null;
   delete document.body.dataset.role;
   if (expiryTimer) clearTimeout(expiryTimer);
+  if (haltTimer) clearInterval(haltTimer);
+  haltTimer = null;
+  const banner = document.getElementById("halt");
+  banner.hidden = true;
+  delete banner.dataset.shown;
   render(message);
 }
 
@@ -244,30 +249,69 @@ async function webhooksPage(view) {
 
 // ---- Alerts --------------------------------------------------------------------------------
 
+// Links to the previous/next page of a list: the page token rides in the URL (the Back button
+// returns to the page before), and a changed filter starts again from the first page.
+function pager(page, params, next) {
+  const first = new URLSearchParams(params);
+  first.delete("pageToken");
+  const later = new URLSearchParams(params);
+  if (next) later.set("pageToken", next);
+  const links = [
+    params.get("pageToken") ? el("a", { href: `#/${page}?${first}` }, "First page") : null,
+    next ? el("a", { href: `#/${page}?${later}` }, "Next page") : null,
+  ].filter(Boolean);
+  return links.length ? el("nav", { class: "pager", "aria-label": "Pages" }, links) : null;
+}
+
+// Alerts carry a level (1 recorded, 2 admin team, 3 leads paged) and the signal that set it;
+// an alert without a level (raised before levels existed) shows none and matches no level.
+const LEVELS = ["1", "2", "3"];
+
 async function alertsPage(view, params) {
   const status = params.get("status") || "open";
+  const level = LEVELS.includes(params.get("level")) ? params.get("level") : "";
   loading(view);
-  const result = await api("GET", "/api/admin/alerts?limit=100&status=" + encodeURIComponent(status));
-  const picker = el("select", { onchange: (event) => { location.hash = "#/alerts?status=" + event.target.value; } },
+  const query = new URLSearchParams({ limit: "100", status });
+  if (level) query.set("level", level);
+  if (params.get("pageToken")) query.set("pageToken", params.get("pageToken"));
+  const result = await api("GET", "/api/admin/alerts?" + query.toString());
+  const refilter = (changes) => {
+    const next = new URLSearchParams({ status, ...(level ? { level } : {}), ...changes });
+    if (!next.get("level")) next.delete("level");
+    location.hash = "#/alerts?" + next.toString();
+  };
+  const picker = el("select", { onchange: (event) => refilter({ status: event.target.value }) },
     ["open", "acknowledged", "resolved", "all"].map((s) => el("option", { value: s, selected: s === status }, s)));
-  if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Alerts"), errorLine(result));
-  const cards = result.body.alerts.map((a) => {
+  const levels = el("select", { onchange: (event) => refilter({ level: event.target.value }) },
+    el("option", { value: "" }, "any"), LEVELS.map((l) => el("option", { value: l, selected: l === level }, `level ${l}`)));
+  const filters = el("div", { class: "filters" }, labelled("alerts-status", "Show", picker), labelled("alerts-level", "Level", levels));
+  if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Alerts"), filters, errorLine(result));
+  // The gateway filters by level; filtering here too keeps the page right against one that
+  // does not know the parameter yet.
+  const alerts = result.body.alerts.filter((a) => !level || String(a.level ?? "") === level);
+  const cards = alerts.map((a) => {
     const notes = el("input", { type: "text", maxlength: "2000" });
     const outcome = el("div", { "aria-live": "polite" });
     const act = async (action, body) => {
       const answer = await api("POST", `/api/admin/alerts/${encodeURIComponent(a.id)}/${action}`, body);
       outcome.replaceChildren(answer.status === 200 ? el("p", {}, action === "resolve" ? "Resolved." : "Acknowledged.") : errorLine(answer));
+      if (answer.status === 200) refreshHalt();
     };
-    return el("article", { class: "card" }, el("h2", {}, `[${a.severity}] ${a.title}`), el("p", {}, a.description),
-      el("p", { class: "muted" }, a.type, " · ", time(a.timestamp), a.resolved ? " · resolved" : ""),
+    return el("article", { class: "card", "data-alert": a.id, "data-level": a.level ?? "" },
+      el("h2", {}, a.level ? el("span", { class: `level level-${a.level}` }, `Level ${a.level}`) : null, a.level ? " " : "", `[${a.severity}] ${a.title}`),
+      el("p", {}, a.message || a.description),
+      el("p", { class: "muted" }, a.type, a.signal ? ` · signal ${a.signal}` : "", " · ", time(a.timestamp), a.resolved ? " · resolved" : ""),
       a.resolved ? null : el("div", { class: "filters", "data-change": true },
         el("button", { type: "button", onclick: () => act("acknowledge") }, "Acknowledge"),
         labelled("notes-" + a.id, "Resolution notes", notes),
         el("button", { type: "button", onclick: () => act("resolve", { notes: notes.value }) }, "Resolve")),
       outcome);
   });
-  view.replaceChildren(el("h1", {}, "Alerts"), labelled("alerts-status", "Show", picker),
-    ...(cards.length ? cards : [el("p", { class: "muted" }, "No alerts.")]));
+  const pageParams = new URLSearchParams({ status, ...(level ? { level } : {}) });
+  if (params.get("pageToken")) pageParams.set("pageToken", params.get("pageToken"));
+  view.replaceChildren(el("h1", {}, "Alerts"), filters,
+    ...(cards.length ? cards : [el("p", { class: "muted" }, level ? `No level ${level} alerts on this page.` : "No alerts.")]),
+    pager("alerts", pageParams, result.body.nextPageToken));
 }
 
 // ---- Reconciliation ------------------------------------------------------------------------
@@ -316,13 +360,16 @@ async function approvalsPage(view, params) {
   const list = el("div", {});
   view.replaceChildren(el("h1", {}, "Approval queue"), el("p", { class: "muted" }, "Oldest request first."), form, list);
   loading(list);
-  const query = new URLSearchParams(params);
-  if (!query.has("status")) query.set("status", "pending");
+  const pageParams = new URLSearchParams(params);
+  if (!pageParams.has("status")) pageParams.set("status", "pending");
+  pageParams.delete("limit");
+  const query = new URLSearchParams(pageParams);
   query.set("limit", "100");
   const result = await api("GET", "/api/admin/payout-approvals?" + query.toString());
   if (result.status !== 200) return list.replaceChildren(errorLine(result));
   const cards = result.body.approvals.map((a) => approvalCard(a));
-  list.replaceChildren(...(cards.length ? cards : [el("p", { class: "muted" }, "Nothing waits for a decision.")]));
+  list.replaceChildren(...(cards.length ? cards : [el("p", { class: "muted" }, "Nothing waits for a decision.")]),
+    pager("approvals", pageParams, result.body.nextPageToken));
 }
 
 function approvalCard(a) {
@@ -339,6 +386,12 @@ function approvalCard(a) {
     const answer = await api("POST", "/api/admin/payout-approval", { approvalId: a.id, action, notes: notes.value });
     if (answer.status === 200) {
       outcome.replaceChildren(el("p", { role: "status" }, answer.body.message + (answer.body.transferId ? ` (transfer ${answer.body.transferId})` : "")));
+      if (answer.body.approval) dual.replaceWith(dual = dualControl(answer.body.approval));
+      buttons.hidden = true;
+    } else if (answer.status === 409 && answer.body.approval && answer.body.approval.status === "pending") {
+      // Dual control: this admin has already given one of the approvals.
+      outcome.replaceChildren(el("p", { class: "error", role: "alert" }, answer.body.error));
+      dual.replaceWith(dual = dualControl(answer.body.approval));
       buttons.hidden = true;
     } else if (answer.status === 409 && answer.body.approval) {
       const other = answer.body.approval;
@@ -353,12 +406,26 @@ function approvalCard(a) {
     el("button", { type: "button", class: "approve", onclick: () => decide("approve") }, "Approve"),
     el("button", { type: "button", class: "reject", onclick: () => decide("reject") }, "Reject"));
   buttons.hidden = a.status !== "pending";
+  let dual = dualControl(a);
   return el("article", { class: "card", "data-approval": a.id },
     el("h2", {}, `${money(a.amountCents, a.currency)} for ${a.userId}`),
     el("p", {}, a.reason, " · ", a.flags.join(", ") || "no flags", " · requested ", time(a.requestedAt)),
     el("p", { class: "muted" }, `Account ${c.accountAgeDays} days old · lifetime earnings ${money(c.lifetimeEarnings)} · ${c.completedPayoutCount} payouts (${money(c.completedPayoutAmount)}) · ${c.recentRefundCount} recent refunds · ${c.recentDisputeCount} recent disputes`),
+    dual,
     a.status !== "pending" ? el("p", {}, `${a.status} by ${a.reviewedBy || "?"} `, time(a.reviewedAt), a.reviewNotes ? `: ${a.reviewNotes}` : "") : null,
     buttons, outcome);
+}
+
+// Dual control (APPROVAL_DUAL_CONTROL_CENTS): "1 of 2 approvals", who approved first, when,
+// with their notes. Nothing for an approval one admin decides.
+function dualControl(a) {
+  const required = a.approvalsRequired || 1;
+  const given = a.approvals || [];
+  if (required < 2) return el("span", { hidden: true });
+  return el("p", { class: "dual", "data-approvals": `${given.length}/${required}` },
+    el("strong", {}, `${given.length} of ${required} approvals`),
+    given.map((g, i) => [` · ${i === 0 ? "first " : ""}approved by ${g.reviewer} `, time(g.approvedAt), g.notes ? `: ${g.notes}` : ""]),
+    a.status === "pending" ? ` · ${given.length ? "a different admin" : "two different admins"} must approve` : "");
 }
 
 // ---- Balance (design §5) ---------------------------------------------------------------------
@@ -398,7 +465,7 @@ async function balancePage(view) {
   const outcome = el("div", { "aria-live": "polite" });
   const action = (label, method, path) => el("button", { type: "button", onclick: async () => {
     const answer = await api(method, path);
-    if (answer.status === 200) balancePage(view); else outcome.replaceChildren(errorLine(answer));
+    if (answer.status === 200) { balancePage(view); refreshHalt(); } else outcome.replaceChildren(errorLine(answer));
   } }, label);
   const controls = el("div", { class: "filters", "data-change": true }, action("Run check now", "POST", "/api/admin/balance/check"),
     action("Pause transfers", "POST", "/api/admin/balance/pause"), action("Resume transfers", "POST", "/api/admin/balance/resume"));
@@ -413,6 +480,31 @@ async function balancePage(view) {
 }
 
 // ---- Shell ---------------------------------------------------------------------------------
+
+// The transfer halt, on every page while it is on: why (an escalation halt's reason names its
+// alert), by whom, since when. Checked on every page view and every 30 seconds.
+let haltTimer = null;
+
+async function refreshHalt() {
+  const banner = document.getElementById("halt");
+  if (!token()) { banner.hidden = true; return; }
+  const answer = await api("GET", "/api/admin/balance/pause");
+  if (answer.status !== 200) return; // keep what is shown: a failed read lifts nothing
+  const pause = answer.body.transferPause || {};
+  const shown = JSON.stringify(pause);
+  if (banner.dataset.shown === shown) return; // unchanged: not announced again
+  banner.dataset.shown = shown;
+  if (!pause.paused) { banner.hidden = true; banner.replaceChildren(); return; }
+  const reason = pause.reason || "";
+  const escalation = reason.match(/^escalation:\s*(\S+)/);
+  banner.replaceChildren(
+    el("strong", {}, "Payout transfers are halted"), ` (${pause.cause || "cause unknown"})`,
+    reason ? `: ${reason}` : "", pause.changedBy ? ` · by ${pause.changedBy}` : "", pause.changedAt ? " · since " : "", pause.changedAt ? time(pause.changedAt) : "",
+    " · ", escalation ? el("a", { href: "#/alerts?status=all" }, `alert ${escalation[1]}`) : el("a", { href: "#/balance" }, "balance"),
+    " · payouts wait; an admin resumes on the Balance page.");
+  banner.dataset.cause = pause.cause || "";
+  banner.hidden = false;
+}
 
 const PAGES = {
   approvals: approvalsPage,
@@ -454,6 +546,8 @@ function render(message) {
   signin.hidden = true; nav.hidden = false; signout.hidden = false;
   who.textContent = "Signed in as " + (payload.sub || "?") + (role === "viewer" ? " (viewer: read only)" : "");
   if (role === null) loadRole(who);
+  refreshHalt();
+  if (!haltTimer) haltTimer = setInterval(refreshHalt, 30000);
   if (expiryTimer) clearTimeout(expiryTimer);
   if (payload.exp) expiryTimer = setTimeout(() => signOut("Signed out: the token expired."), payload.exp * 1000 - Date.now());
   const [path, query] = (location.hash.replace(/^#\/?/, "") || "approvals").split("?");

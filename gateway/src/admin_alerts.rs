@@ -298,6 +298,22 @@ async fn set_pause(gateway: &Gateway, admin: Admin, paused: bool, body: PauseBod
     }
 }
 
+/// `GET /api/admin/balance/pause`: whether new transfers are halted, why and by whom (the
+/// dashboard's banner on every page; answers before the first balance check too).
+pub(crate) async fn pause_state(State(gateway): State<Gateway>, _admin: Admin) -> Response {
+    match gateway
+        .payouts()
+        .get_transfer_pause(payouts_pb::GetTransferPauseRequest {})
+        .await
+    {
+        Ok(response) => Json(json!({
+            "transferPause": pause_json(response.into_inner().pause.unwrap_or_default()),
+        }))
+        .into_response(),
+        Err(status) => grpc_error(&status),
+    }
+}
+
 /// `POST /api/admin/balance/pause` with `{"reason": "..."}` (optional): no new transfer starts
 /// until an admin resumes; the balance check's recovery does not lift an admin's pause.
 pub(crate) async fn pause(

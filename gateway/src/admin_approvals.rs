@@ -54,6 +54,9 @@ pub(crate) async fn decide(
                 answer["transferId"] =
                     serde_json::json!(Some(decided.transfer_id).filter(|id| !id.is_empty()));
             }
+            // The approval as it now stands: under dual control a first approval leaves it
+            // "pending" with 1 of 2 approvals.
+            answer["approval"] = serde_json::json!(decided.approval.map(approval_json));
             Json(answer).into_response()
         }
         Err(status) if status.code() == tonic::Code::Aborted => {
@@ -209,6 +212,12 @@ fn approval_json(a: pb::Approval) -> serde_json::Value {
         "createdAt": rfc3339(a.created_at),
         "applied": a.applied,
         "parked": a.parked,
+        "approvalsRequired": a.approvals_required.max(1),
+        "approvals": a.approvals.into_iter().map(|approval| serde_json::json!({
+            "reviewer": approval.reviewer,
+            "approvedAt": rfc3339(approval.approved_at),
+            "notes": Some(approval.notes).filter(|notes| !notes.is_empty()),
+        })).collect::<Vec<_>>(),
     })
 }
 

@@ -246,7 +246,10 @@ impl Gateway {
                 post(admin_disputes::reverse),
             )
             .route("/api/admin/balance/check", post(admin_alerts::run_check))
-            .route("/api/admin/balance/pause", post(admin_alerts::pause))
+            .route(
+                "/api/admin/balance/pause",
+                get(admin_alerts::pause_state).post(admin_alerts::pause),
+            )
             .route("/api/admin/balance/resume", post(admin_alerts::resume))
             .route(
                 "/api/cron/platform-balance-check",

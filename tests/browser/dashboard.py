@@ -58,6 +58,25 @@ with sync_playwright() as playwright:
     page.screenshot(path=f"{shots}/approvals.png", full_page=True)
     expect(card(page, "alice").get_by_role("button", name="Approve")).to_be_visible()
 
+    # Dual control: dora's $8,000 waits for a second admin; the queue says who approved first.
+    dora = card(page, "dora")
+    expect(dora.locator("p.dual")).to_contain_text("1 of 2 approvals")
+    expect(dora.locator("p.dual")).to_contain_text("first approved by first-admin")
+    expect(dora.locator("p.dual")).to_contain_text("checked the bank account")
+    expect(dora.locator("p.dual")).to_contain_text("a different admin must approve")
+    expect(card(page, "alice").locator("p.dual")).to_have_count(0)
+    dora.screenshot(path=f"{shots}/approval-dual-control.png")
+
+    # The queue pages past its first 100 (105 pending, oldest first).
+    expect(page.locator("article[data-approval]")).to_have_count(100)
+    page.get_by_role("link", name="Next page").click()
+    expect(card(page, "filler-100")).to_be_visible()
+    expect(page.locator("article[data-approval]")).to_have_count(5)
+    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+    page.get_by_role("link", name="First page").click()
+    expect(card(page, "alice")).to_be_visible()
+    expect(page.locator("article[data-approval]")).to_have_count(100)
+
     # A viewer reads every page and is offered no action (the gateway said "viewer").
     looker = browser.new_context(viewport={"width": 1280, "height": 900})
     seen = looker.new_page()
@@ -91,6 +110,11 @@ with sync_playwright() as playwright:
     alice.get_by_role("button", name="Approve").click()
     expect(alice.get_by_role("status")).to_contain_text("Payout approved")
     expect(alice.get_by_role("button", name="Reject")).to_be_hidden()
+
+    # The second admin approves dora's payout: 2 of 2, and the transfer is made.
+    dora.get_by_role("button", name="Approve").click()
+    expect(dora.get_by_role("status")).to_contain_text("Payout approved and processed successfully")
+    expect(dora.locator("p.dual")).to_contain_text("2 of 2 approvals")
 
     # Two tabs decide the same approval: the second sees who decided it and when (409).
     other = context.new_page()  # a tab of its own: its own sessionStorage, its own sign-in
@@ -130,6 +154,38 @@ with sync_playwright() as playwright:
     expect(alert).to_contain_text("Resolved.")
     page.screenshot(path=f"{shots}/alerts.png", full_page=True)
 
+    # Alerts page past their first 100 (newest first: the oldest seeded alert is on page 2).
+    page.goto(base + "/admin/#/alerts?status=all")
+    expect(page.locator("article[data-alert]")).to_have_count(100)
+    page.get_by_role("link", name="Next page").click()
+    expect(page.locator("article", has_text="Filler alert 000")).to_be_visible()
+    page.get_by_role("link", name="First page").click()
+    expect(page.locator("article[data-alert]")).to_have_count(100)
+
+    # The level filter asks the gateway for ?level=3 and shows only level-3 alerts, with their
+    # signal. Levels are the escalation's (issue 23): until the gateway sends them, the real
+    # answer is given levels here (1, 2, 3 and none in turn): the contract the page expects.
+    def with_levels(route):
+        body = route.fetch().json()
+        for number, alert in enumerate(body["alerts"]):
+            if number % 4 != 3:
+                alert["level"] = number % 4 + 1
+                alert["signal"] = f"signal_{number % 4 + 1}"
+        route.fulfill(json=body)
+
+    page.route(re.compile(r".*/api/admin/alerts\?.*"), with_levels)
+    with page.expect_request(lambda r: "/api/admin/alerts?" in r.url and "level=3" in r.url):
+        page.get_by_label("Level").select_option("3")
+    expect(page).to_have_url(re.compile(r"level=3"))
+    expect(page.locator("article[data-alert][data-level='3']").first).to_be_visible()
+    expect(page.locator("article[data-alert]:not([data-level='3'])")).to_have_count(0)
+    expect(page.locator("article[data-alert]").first).to_contain_text("Level 3")
+    expect(page.locator("article[data-alert]").first).to_contain_text("signal signal_3")
+    page.screenshot(path=f"{shots}/alerts-level.png", full_page=True)
+    page.get_by_label("Level").select_option("")
+    expect(page.locator("article[data-alert][data-level='']").first).to_be_attached()
+    page.unroute(re.compile(r".*/api/admin/alerts\?.*"))
+
     # Balance: the status card and the chart of snapshots with the reserve line.
     page.goto(base + "/admin/#/balance")
     expect(page.get_by_role("img", name="Available balance and required reserve over the last snapshots")).to_be_visible()
@@ -143,6 +199,22 @@ with sync_playwright() as playwright:
     page.get_by_role("button", name="Run a reconciliation now").click()
     expect(page.locator("article").first).to_contain_text("admin:dashboard-admin")
     page.screenshot(path=f"{shots}/reconciliation.png", full_page=True)
+
+    # A transfer halt (here an escalation's reason) shows on every page until it is lifted.
+    halted = page.request.post(base + "/api/admin/balance/pause", headers={"Authorization": "Bearer " + token},
+                               data={"reason": "escalation: alert_dashboard_burst"})
+    assert halted.ok, halted.text()
+    for where in ["approvals", "alerts", "payouts", "webhooks", "reconciliation", "balance"]:
+        page.goto(base + "/admin/#/" + where)
+        banner = page.locator("#halt")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("Payout transfers are halted (manual): escalation: alert_dashboard_burst")
+        expect(banner.get_by_role("link", name="alert alert_dashboard_burst")).to_be_visible()
+    page.screenshot(path=f"{shots}/halt.png", full_page=True)
+    page.get_by_role("button", name="Resume transfers").click()
+    expect(page.locator("#halt")).to_be_hidden()
+    page.goto(base + "/admin/#/approvals")
+    expect(page.locator("#halt")).to_be_hidden()
 
     # Phone width: the queue still reads.
     phone = browser.new_context(viewport={"width": 390, "height": 844})

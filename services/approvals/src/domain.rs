@@ -1,4 +1,18 @@
-//! Approvals and the rules of deciding them (design §7).
+//! Approvals and the rules of deciding them (design §7), with dual control.
+//!
+//! ```text
+//!                    approve (k+1 < required: recorded, waits "k+1 of required")
+//!                   +----+
+//!                   v    |
+//!   create ---> PENDING -+-- approve (k+1 = required, by an admin not yet counted) --> APPROVED
+//!                   |
+//!                   +-- reject (by any admin, at any count: decides at once) ---------> REJECTED
+//! ```
+//!
+//! The rule that keeps money safe: an approval is APPROVED (and the payout transferred)
+//! only once `approvals_required` different admins, none of them the payee, have approved;
+//! every step is one versioned compare-and-set, so racing admins make exactly one decision
+//! and one admin racing with themselves is counted once.
 
 use chrono::{DateTime, Duration, Utc};
 use payouts_runtime::backoff;
@@ -67,6 +81,25 @@ pub struct UserContext {
     pub recent_dispute_count: i64,
 }
 
+/// One admin's approval, recorded (a dual-control approval keeps the first while it waits
+/// for the second).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminApproval {
+    /// The admin's subject.
+    pub reviewer: String,
+    pub approved_at: DateTime<Utc>,
+    pub notes: Option<String>,
+}
+
+/// How many different admins must approve a held payout of `amount`: two when dual control
+/// is on (`APPROVAL_DUAL_CONTROL_CENTS`) and the amount is strictly above it, else one.
+pub fn approvals_required(amount: &Money, dual_control_above_cents: Option<i64>) -> u32 {
+    match dual_control_above_cents {
+        Some(above) if amount.cents > above => 2,
+        _ => 1,
+    }
+}
+
 /// A payout held for review (payoutApprovalQueue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
@@ -85,6 +118,10 @@ pub struct Approval {
     pub review_notes: Option<String>,
     pub metadata: HoldMetadata,
     pub user_context: UserContext,
+    /// Different admins who must approve (1, or 2 under dual control), fixed at creation.
+    pub approvals_required: u32,
+    /// The approvals so far, oldest first (the deciding one included once approved).
+    pub approvals: Vec<AdminApproval>,
     /// The decision has been carried out by the payouts service.
     pub applied: bool,
     /// When the worker next tries to carry the decision out (None: nothing to do).
@@ -102,8 +139,15 @@ pub fn approval_id(payout_id: &str) -> String {
 }
 
 impl Approval {
-    /// Decides a pending approval. Decisions are final: a decided approval is a conflict.
-    /// Rejecting needs notes; nobody decides on their own payout.
+    /// Approvals received so far.
+    pub fn approvals_received(&self) -> u32 {
+        u32::try_from(self.approvals.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Decides a pending approval, or records one approval of several. Decisions are final:
+    /// a decided approval is a conflict. Rejecting needs notes and decides at once; nobody
+    /// decides on their own payout; an admin who has approved cannot approve again (a
+    /// conflict: dual control needs a different admin).
     pub fn decide(
         &self,
         action: Action,
@@ -128,17 +172,47 @@ impl Approval {
                 "an admin cannot decide on their own payout",
             ));
         }
+        if action == Action::Approve
+            && self
+                .approvals
+                .iter()
+                .any(|approval| approval.reviewer == reviewer)
+        {
+            return Err(ServiceError::conflict(format!(
+                "{reviewer} has already approved {} ({} of {}); a different admin must approve",
+                self.id,
+                self.approvals_received(),
+                self.approvals_required
+            )));
+        }
         let notes = notes.map(str::trim).filter(|notes| !notes.is_empty());
         if action == Action::Reject && notes.is_none() {
             return Err(ServiceError::invalid_argument(
                 "notes are required to reject a payout",
             ));
         }
+        let mut approvals = self.approvals.clone();
+        if action == Action::Approve {
+            approvals.push(AdminApproval {
+                reviewer: reviewer.to_owned(),
+                approved_at: now,
+                notes: notes.map(str::to_owned),
+            });
+            if approvals.len() < usize::try_from(self.approvals_required).unwrap_or(usize::MAX) {
+                // Recorded; still pending, nothing to carry out until the next admin approves.
+                return Ok(Approval {
+                    approvals,
+                    version: self.version + 1,
+                    ..self.clone()
+                });
+            }
+        }
         Ok(Approval {
             status: match action {
                 Action::Approve => ApprovalStatus::Approved,
                 Action::Reject => ApprovalStatus::Rejected,
             },
+            approvals,
             reviewed_at: Some(now),
             reviewed_by: Some(reviewer.to_owned()),
             review_notes: notes.map(str::to_owned),
@@ -253,6 +327,8 @@ mod tests {
             review_notes: None,
             metadata: HoldMetadata::default(),
             user_context: UserContext::default(),
+            approvals_required: 1,
+            approvals: Vec::new(),
             applied: false,
             next_attempt_at: None,
             attempts: 0,
@@ -304,6 +380,121 @@ mod tests {
     #[test]
     fn nobody_decides_on_their_own_payout() {
         let error = pending()
+            .decide(Action::Approve, "creator", None, now())
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::PermissionDenied);
+    }
+
+    fn dual(cents: i64) -> Approval {
+        let amount = Money::usd(cents);
+        Approval {
+            approvals_required: approvals_required(&amount, Some(1_000_000)),
+            amount,
+            ..pending()
+        }
+    }
+
+    #[test]
+    fn dual_control_starts_one_cent_above_the_amount() {
+        assert_eq!(
+            approvals_required(&Money::usd(1_000_000), Some(1_000_000)),
+            1
+        );
+        assert_eq!(
+            approvals_required(&Money::usd(1_000_001), Some(1_000_000)),
+            2
+        );
+        assert_eq!(approvals_required(&Money::usd(i64::MAX), None), 1);
+        assert_eq!(approvals_required(&Money::usd(1), Some(0)), 2);
+    }
+
+    #[test]
+    fn at_the_amount_one_approval_decides() {
+        let approved = dual(1_000_000)
+            .decide(Action::Approve, "admin-1", None, now())
+            .unwrap();
+        assert_eq!(approved.status, ApprovalStatus::Approved);
+        assert_eq!(approved.approvals_received(), 1);
+    }
+
+    #[test]
+    fn above_the_amount_the_first_approval_is_recorded_and_waits() {
+        let first = dual(1_000_001)
+            .decide(Action::Approve, "admin-1", Some(" checked "), now())
+            .unwrap();
+        assert_eq!(first.status, ApprovalStatus::Pending);
+        assert_eq!(
+            first.approvals,
+            vec![AdminApproval {
+                reviewer: "admin-1".to_owned(),
+                approved_at: now(),
+                notes: Some("checked".to_owned()),
+            }]
+        );
+        assert_eq!(
+            (first.approvals_received(), first.approvals_required),
+            (1, 2)
+        );
+        assert_eq!(first.reviewed_by, None);
+        assert_eq!(first.next_attempt_at, None, "nothing to carry out yet");
+        assert_eq!(first.version, 2);
+
+        let later = now() + Duration::minutes(3);
+        let second = first
+            .decide(Action::Approve, "admin-2", None, later)
+            .unwrap();
+        assert_eq!(second.status, ApprovalStatus::Approved);
+        assert_eq!(second.reviewed_by.as_deref(), Some("admin-2"));
+        assert_eq!(second.reviewed_at, Some(later));
+        assert_eq!(second.approvals_received(), 2);
+        assert_eq!(second.approvals[0].reviewer, "admin-1");
+        assert_eq!(second.next_attempt_at, Some(later + REDRIVE_AFTER));
+        assert_eq!(second.version, 3);
+    }
+
+    #[test]
+    fn the_same_admin_cannot_approve_twice() {
+        let first = dual(1_000_001)
+            .decide(Action::Approve, "admin-1", None, now())
+            .unwrap();
+        let error = first
+            .decide(Action::Approve, " admin-1 ", None, now())
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Conflict);
+        assert!(error.to_string().contains("different admin"), "{error}");
+    }
+
+    #[test]
+    fn a_rejection_decides_at_once_even_after_a_first_approval() {
+        let first = dual(1_000_001)
+            .decide(Action::Approve, "admin-1", None, now())
+            .unwrap();
+        let rejected = first
+            .decide(Action::Reject, "admin-2", Some("too large"), now())
+            .unwrap();
+        assert_eq!(rejected.status, ApprovalStatus::Rejected);
+        assert_eq!(rejected.reviewed_by.as_deref(), Some("admin-2"));
+        // The first approver may also change their mind and reject.
+        let own = first
+            .decide(Action::Reject, "admin-1", Some("on reflection"), now())
+            .unwrap();
+        assert_eq!(own.status, ApprovalStatus::Rejected);
+        let straight = dual(1_000_001)
+            .decide(Action::Reject, "admin-1", Some("no"), now())
+            .unwrap();
+        assert_eq!(straight.status, ApprovalStatus::Rejected);
+    }
+
+    #[test]
+    fn the_payee_cannot_give_either_approval() {
+        let error = dual(1_000_001)
+            .decide(Action::Approve, "creator", None, now())
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::PermissionDenied);
+        let first = dual(1_000_001)
+            .decide(Action::Approve, "admin-1", None, now())
+            .unwrap();
+        let error = first
             .decide(Action::Approve, "creator", None, now())
             .unwrap_err();
         assert_eq!(error.kind(), ErrorKind::PermissionDenied);

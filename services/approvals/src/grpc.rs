@@ -58,6 +58,16 @@ pub fn to_proto(a: Approval) -> pb::Approval {
         amount: Some(a.amount.clone().into()),
         applied: a.applied,
         parked: a.parked,
+        approvals_required: i32::try_from(a.approvals_required).unwrap_or(i32::MAX),
+        approvals: a
+            .approvals
+            .iter()
+            .map(|approval| pb::AdminApproval {
+                reviewer: approval.reviewer.clone(),
+                approved_at: Some(timestamp(approval.approved_at)),
+                notes: approval.notes.clone().unwrap_or_default(),
+            })
+            .collect(),
         flags: a
             .flags
             .iter()

@@ -24,6 +24,7 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         notifier: Arc::new(workflow::GrpcAdminNotifier::new(&context.settings)?),
         clock: Arc::clone(&context.clock),
         poll_interval: context.settings.payout_poll_interval,
+        dual_control_above_cents: context.settings.approval_dual_control_cents,
     });
     context.spawn_worker(
         payouts_runtime::ServiceName::Approvals.grpc_name(),

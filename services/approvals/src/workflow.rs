@@ -21,7 +21,7 @@ use payouts_runtime::{Clock, ErrorKind, Money, ServiceError, ServiceName, Settin
 pub use crate::domain::REDRIVE_AFTER;
 use crate::domain::{
     Action, Approval, ApprovalStatus, HoldMetadata, MAX_CARRY_OUT_ATTEMPTS, UserContext,
-    approval_id,
+    approval_id, approvals_required,
 };
 use crate::store::ApprovalRepository;
 
@@ -241,7 +241,13 @@ pub struct Workflow {
     pub notifier: Arc<dyn AdminNotifier>,
     pub clock: Arc<dyn Clock>,
     pub poll_interval: std::time::Duration,
+    /// `APPROVAL_DUAL_CONTROL_CENTS`: above this amount, two different admins approve.
+    pub dual_control_above_cents: Option<i64>,
 }
+
+/// Tries of a decision whose compare-and-set lost to a concurrent change (each re-reads
+/// and decides against the new state; a decided approval then ends it as a conflict).
+const DECIDE_TRIES: usize = 5;
 
 impl Workflow {
     /// Queues a held payout; one approval per payout (a repeat returns the first).
@@ -253,8 +259,13 @@ impl Workflow {
                 UserContext::default()
             }
         };
-        let now = self.clock.now();
+        // At the store's precision (milliseconds, as MongoDB keeps it and as page tokens
+        // carry it): the embedded store would otherwise list the last approval of a page
+        // again on the next, its sub-millisecond time being after the token's.
+        let now = payouts_runtime::store::store_precision(self.clock.now());
         let approval = Approval {
+            approvals_required: approvals_required(&hold.amount, self.dual_control_above_cents),
+            approvals: Vec::new(),
             id: approval_id(&hold.payout_id),
             payout_id: hold.payout_id,
             user_id: hold.user_id,
@@ -297,24 +308,52 @@ impl Workflow {
         reviewer: &str,
         notes: Option<&str>,
     ) -> Result<Decided, ServiceError> {
-        let approval =
-            self.approvals.get(approval_id).await?.ok_or_else(|| {
+        let mut tries = 0;
+        let decided = loop {
+            tries += 1;
+            let approval = self.approvals.get(approval_id).await?.ok_or_else(|| {
                 ServiceError::not_found(format!("approval {approval_id} not found"))
             })?;
-        let decided = approval.decide(action, reviewer, notes, self.clock.now())?;
-        match self.approvals.replace(&decided, approval.version).await {
-            Ok(()) => {}
-            Err(error) if error.kind() == ErrorKind::Conflict => {
-                let current = self
-                    .approvals
-                    .get(approval_id)
-                    .await?
-                    .map_or("changed".to_owned(), |a| a.status.as_str().to_owned());
-                return Err(ServiceError::conflict(format!(
-                    "approval {approval_id} was already {current}"
-                )));
+            // Against the stored state: a decided approval, or this admin's own earlier
+            // approval (dual control), is a conflict here.
+            let decided = approval.decide(action, reviewer, notes, self.clock.now())?;
+            match self.approvals.replace(&decided, approval.version).await {
+                Ok(()) => break decided,
+                Err(error) if error.kind() == ErrorKind::Conflict && tries < DECIDE_TRIES => {
+                    tracing::debug!(
+                        approval_id,
+                        reviewer,
+                        "approval changed concurrently; deciding again"
+                    );
+                }
+                Err(error) if error.kind() == ErrorKind::Conflict => {
+                    return Err(ServiceError::conflict(format!(
+                        "approval {approval_id} keeps changing concurrently; try again"
+                    )));
+                }
+                Err(error) => return Err(error),
             }
-            Err(error) => return Err(error),
+        };
+        if decided.status == ApprovalStatus::Pending {
+            // Dual control: one approval recorded, the next admin decides.
+            tracing::info!(
+                approval_id,
+                reviewer,
+                received = decided.approvals_received(),
+                required = decided.approvals_required,
+                "approval recorded; waiting for another admin"
+            );
+            metrics::counter!("payouts_approvals_partial_total").increment(1);
+            let message = format!(
+                "Approval recorded ({} of {}); another admin must approve before the payout is processed",
+                decided.approvals_received(),
+                decided.approvals_required
+            );
+            return Ok(Decided {
+                approval: decided,
+                transfer_id: None,
+                message,
+            });
         }
         tracing::info!(
             approval_id,

@@ -100,6 +100,7 @@ fn fixture(repository: Arc<dyn ApprovalRepository>, failures: usize) -> Fixture 
         notifier: Arc::clone(&admins) as Arc<dyn AdminNotifier>,
         clock: Arc::new(clock.clone()),
         poll_interval: std::time::Duration::from_millis(10),
+        dual_control_above_cents: None,
     });
     Fixture {
         workflow,
@@ -301,6 +302,50 @@ async fn failing_decisions_do_not_starve_newer_ones() {
             f.workflow.run_due().await.unwrap();
         }
         assert!(repository.get(&good.id).await.unwrap().unwrap().applied);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_pages_without_repeating_an_approval_requested_within_a_millisecond() {
+    on_both_stores("wf_pages", |repository| async move {
+        let f = fixture(repository, 0);
+        // A clock with sub-millisecond time, as the system clock has: page tokens carry
+        // milliseconds, so the stored time must too.
+        f.clock
+            .set(chrono::DateTime::from_timestamp(1_800_000_000, 123_456_789).unwrap());
+        for number in 0..5 {
+            f.workflow
+                .create(hold(&format!("payout_page_{number}")))
+                .await
+                .unwrap();
+            f.clock.advance(Duration::microseconds(10));
+        }
+        let grpc = payouts_approvals::grpc::ApprovalsGrpc::new(Arc::clone(&f.workflow));
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        for _ in 0..10 {
+            let page = payouts_proto::approvals::v1::approvals_service_server::ApprovalsService::list_approvals(
+                &grpc,
+                tonic::Request::new(payouts_proto::approvals::v1::ListApprovalsRequest {
+                    page_size: 2,
+                    page_token: token.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap()
+            .into_inner();
+            seen.extend(page.approvals.into_iter().map(|a| a.payout_id));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let expected: Vec<String> = (0..5).map(|n| format!("payout_page_{n}")).collect();
+        let mut sorted = seen.clone();
+        sorted.sort();
+        assert_eq!(sorted, expected, "every approval once: {seen:?}");
     })
     .await;
 }

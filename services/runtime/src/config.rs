@@ -264,6 +264,9 @@ pub struct Settings {
     pub smtp_url: Option<Secret>,
     /// `ALERT_EMAIL_TO`: comma-separated recipients of critical and warning alerts.
     pub alert_email_to: Vec<String>,
+    /// `APPROVAL_DUAL_CONTROL_CENTS`: a held payout above this amount needs the approvals of
+    /// two different admins (dual control); `None` (unset or `off`, the default): one.
+    pub approval_dual_control_cents: Option<i64>,
     /// `ALERT_EMAIL_FROM`: the sender of alert emails.
     pub alert_email_from: String,
     /// `DASHBOARD_URL`: the admin dashboard, linked from alert emails.
@@ -405,6 +408,7 @@ pub const VARIABLES: &[&str] = &[
     "BALANCE_CHECK_SCHEDULE",
     "SMTP_URL",
     "ALERT_EMAIL_TO",
+    "APPROVAL_DUAL_CONTROL_CENTS",
     "ALERT_EMAIL_FROM",
     "DASHBOARD_URL",
     "ESCALATION_PAYOUT_FAILURES",
@@ -913,6 +917,18 @@ impl Settings {
                 .into_iter()
                 .map(|address| address.0)
                 .collect(),
+            approval_dual_control_cents: match values
+                .string("APPROVAL_DUAL_CONTROL_CENTS")?
+                .as_deref()
+            {
+                None | Some("off") => None,
+                Some(text) => Some(text.parse::<i64>().map_err(|_| {
+                    ConfigError::new(
+                        "APPROVAL_DUAL_CONTROL_CENTS",
+                        format!("must be a whole number of cents or off, got {text:?}"),
+                    )
+                })?),
+            },
             alert_email_from: values
                 .string("ALERT_EMAIL_FROM")?
                 .unwrap_or_else(|| "Payouts <payouts@localhost>".to_owned()),
@@ -1051,6 +1067,17 @@ impl Settings {
             return Err(ConfigError::new(
                 "MONGODB_WRITE_TIMEOUT_MILLISECONDS",
                 "must be at least 1: a majority write without wtimeout can hang forever",
+            ));
+        }
+        if let Some(above) = self.approval_dual_control_cents
+            && !(0..=crate::Money::MAX_CENTS).contains(&above)
+        {
+            return Err(ConfigError::new(
+                "APPROVAL_DUAL_CONTROL_CENTS",
+                format!(
+                    "must be between 0 and {} cents (or off), got {above}",
+                    crate::Money::MAX_CENTS
+                ),
             ));
         }
         let [critical, warning, healthy] = self.balance_thresholds_cents;
@@ -1654,6 +1681,8 @@ mod tests {
             ("RESERVE_MULTIPLIER", "9999"),
             ("BALANCE_CHECK_SCHEDULE", "every morning"),
             ("BALANCE_PAUSE_AT", "warning"),
+            ("APPROVAL_DUAL_CONTROL_CENTS", "-1"),
+            ("APPROVAL_DUAL_CONTROL_CENTS", "$10,000"),
             ("WEBHOOK_BACKFILL_INTERVAL", "0"),
             ("WEBHOOK_BACKFILL_INTERVAL", "10 minutes"),
             ("RECONCILIATION_INTERVAL", "-1h"),
@@ -1673,6 +1702,28 @@ mod tests {
             assert_eq!(error.variable, variable, "{error}");
             assert!(error.to_string().contains(variable));
         }
+    }
+
+    #[test]
+    fn dual_control_is_off_unless_an_amount_is_set() {
+        assert_eq!(
+            Settings::from_env(env(&[]))
+                .unwrap()
+                .approval_dual_control_cents,
+            None
+        );
+        assert_eq!(
+            Settings::from_env(env(&[("APPROVAL_DUAL_CONTROL_CENTS", "off")]))
+                .unwrap()
+                .approval_dual_control_cents,
+            None
+        );
+        assert_eq!(
+            Settings::from_env(env(&[("APPROVAL_DUAL_CONTROL_CENTS", "1000000")]))
+                .unwrap()
+                .approval_dual_control_cents,
+            Some(1_000_000)
+        );
     }
 
     #[test]

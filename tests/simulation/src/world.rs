@@ -344,6 +344,7 @@ impl World {
                     }),
                     clock: Arc::new(clock.clone()),
                     poll_interval: std::time::Duration::from_secs(1),
+                    dual_control_above_cents: None,
                 })
             })
             .collect();

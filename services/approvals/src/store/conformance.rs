@@ -46,6 +46,8 @@ fn approval(payout_id: &str, minute: i64) -> Approval {
             recent_refund_count: 1,
             recent_dispute_count: 0,
         },
+        approvals_required: 1,
+        approvals: Vec::new(),
         applied: false,
         next_attempt_at: None,
         attempts: 0,
@@ -67,6 +69,67 @@ async fn run(repository: Arc<dyn ApprovalRepository>) {
     a_stale_decision_conflicts(repository.as_ref()).await;
     concurrent_decisions_one_wins(Arc::clone(&repository)).await;
     lists_pending_oldest_first(repository.as_ref()).await;
+    keeps_the_first_of_two_approvals(repository.as_ref()).await;
+}
+
+async fn keeps_the_first_of_two_approvals(repository: &dyn ApprovalRepository) {
+    let pending = Approval {
+        approvals_required: 2,
+        ..approval("payout_dual", 1)
+    };
+    repository.create(&pending).await.unwrap();
+    let approved_at = at(5);
+    let first = pending
+        .decide(
+            Action::Approve,
+            "admin-1",
+            Some("checked the account"),
+            approved_at,
+        )
+        .unwrap();
+    repository.replace(&first, pending.version).await.unwrap();
+    let stored = repository.get(&pending.id).await.unwrap().unwrap();
+    assert_eq!(stored, first);
+    assert_eq!(stored.status, ApprovalStatus::Pending);
+    assert_eq!(stored.approvals.len(), 1);
+    assert_eq!(stored.approvals[0].reviewer, "admin-1");
+    assert_eq!(stored.approvals[0].approved_at, approved_at);
+    // Still pending: counted, and not due to be carried out.
+    assert!(
+        repository
+            .due(at(60), 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|a| a.id != pending.id)
+    );
+    // The same admin's second try at the stored state conflicts; a racing copy of the
+    // first approval (stale version) conflicts too.
+    assert_eq!(
+        stored
+            .decide(Action::Approve, "admin-1", None, at(6))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Conflict
+    );
+    let racing_copy = pending
+        .decide(Action::Approve, "admin-1", None, at(6))
+        .unwrap();
+    assert_eq!(
+        repository
+            .replace(&racing_copy, pending.version)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Conflict
+    );
+    let second = stored
+        .decide(Action::Approve, "admin-2", None, at(7))
+        .unwrap();
+    repository.replace(&second, stored.version).await.unwrap();
+    let decided = repository.get(&pending.id).await.unwrap().unwrap();
+    assert_eq!(decided.status, ApprovalStatus::Approved);
+    assert_eq!(decided.approvals, second.approvals);
 }
 
 async fn one_approval_per_payout(repository: &dyn ApprovalRepository) {

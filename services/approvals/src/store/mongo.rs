@@ -10,7 +10,7 @@ use payouts_runtime::{Currency, Money, ServiceError};
 use serde::{Deserialize, Serialize};
 
 use super::{ApprovalRepository, stale};
-use crate::domain::{Approval, ApprovalStatus, Filter, HoldMetadata, UserContext};
+use crate::domain::{AdminApproval, Approval, ApprovalStatus, Filter, HoldMetadata, UserContext};
 
 /// MongoDB store: collection `payoutApprovalQueue` (design §7 document).
 #[derive(Debug, Clone)]
@@ -40,6 +40,11 @@ struct ApprovalDocument {
     created_at: bson::DateTime,
     metadata: MetadataDocument,
     user_context: UserContextDocument,
+    /// Absent on documents from before dual control: one approval.
+    #[serde(default = "one")]
+    approvals_required: i64,
+    #[serde(default)]
+    approvals: Vec<AdminApprovalDocument>,
     applied: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<bson::DateTime>,
@@ -48,6 +53,20 @@ struct ApprovalDocument {
     #[serde(default)]
     parked: bool,
     version: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+/// One admin's approval (`approvals`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AdminApprovalDocument {
+    reviewer: String,
+    approved_at: bson::DateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    notes: Option<String>,
 }
 
 /// Design §7 `metadata`.
@@ -105,6 +124,16 @@ impl From<&Approval> for ApprovalDocument {
                 recent_refund_count: a.user_context.recent_refund_count,
                 recent_dispute_count: a.user_context.recent_dispute_count,
             },
+            approvals_required: i64::from(a.approvals_required),
+            approvals: a
+                .approvals
+                .iter()
+                .map(|approval| AdminApprovalDocument {
+                    reviewer: approval.reviewer.clone(),
+                    approved_at: to_bson_time(approval.approved_at),
+                    notes: approval.notes.clone(),
+                })
+                .collect(),
             applied: a.applied,
             next_attempt_at: a.next_attempt_at.map(to_bson_time),
             attempts: i64::from(a.attempts),
@@ -153,6 +182,18 @@ impl TryFrom<ApprovalDocument> for Approval {
                 recent_refund_count: d.user_context.recent_refund_count,
                 recent_dispute_count: d.user_context.recent_dispute_count,
             },
+            approvals_required: u32::try_from(d.approvals_required)
+                .unwrap_or(u32::MAX)
+                .max(1),
+            approvals: d
+                .approvals
+                .into_iter()
+                .map(|approval| AdminApproval {
+                    reviewer: approval.reviewer,
+                    approved_at: from_bson_time(approval.approved_at),
+                    notes: approval.notes,
+                })
+                .collect(),
             applied: d.applied,
             next_attempt_at: d.next_attempt_at.map(from_bson_time),
             attempts: u32::try_from(d.attempts).unwrap_or(u32::MAX),
