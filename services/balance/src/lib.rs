@@ -51,6 +51,10 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         })),
         None => None,
     };
+    if check.is_some() {
+        // At 0 from the start, so the first failure is an increase Prometheus sees.
+        metrics::counter!("payouts_balance_checks_total", "status" => "failed").increment(0);
+    }
     if let (Some(check), Some(schedule)) = (&check, &settings.balance_check_schedule) {
         let scheduler = Arc::new(schedule::Scheduler {
             check: Arc::clone(check),

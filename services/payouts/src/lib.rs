@@ -88,6 +88,9 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         &settings.stripe_secret_key,
         settings.reconciliation_interval,
     ) {
+        // At 0 from the start, so the first mismatch is an increase Prometheus sees.
+        metrics::counter!("payouts_reconciliation_runs_total", "status" => "mismatches")
+            .increment(0);
         payouts_runtime::jobs::Periodic::spawn(
             context,
             payouts_runtime::ServiceName::Payouts,
