@@ -135,6 +135,53 @@ fn every_rule_has_a_unit_test_that_fires_it_and_a_runbook_section() {
     }
 }
 
+fn dashboard_queries() -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("k8s/payouts/dashboards/payouts.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .map(|target| target["expr"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(queries.len() > 20, "{queries:?}");
+    queries
+}
+
+/// The metric names (`payouts_*`) a text uses, without histogram suffixes.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("payouts_") {
+        let tail = &rest[start..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].trim_end_matches("_bucket");
+        names.insert(name.to_owned());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// Every metric the rules and the dashboard use is documented (docs/metrics.md, or the
+/// service's page it links to): a renamed metric, or one that does not exist, fails here.
+#[test]
+fn every_metric_the_rules_and_the_dashboard_use_is_documented() {
+    let docs_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let docs: String = ["metrics.md", "webhooks.md", "disputes.md"]
+        .iter()
+        .map(|name| read(&docs_dir.join(name)))
+        .collect();
+    let documented = metric_names(&docs);
+    let mut used = metric_names(&read(&rules_file()));
+    used.extend(dashboard_queries().iter().flat_map(|expr| metric_names(expr)));
+    assert!(used.len() > 20, "{used:?}");
+    let missing: Vec<&String> = used.difference(&documented).collect();
+    assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
+}
+
 /// The binary's metrics, scraped by Prometheus evaluating the chart's rules (every `for:` cut
 /// to 0 s: the durations are promtool's tests'), an admin's pause fires
 /// PayoutsTransfersPaused, Alertmanager delivers it to the receiver, and the resume resolves
@@ -171,6 +218,11 @@ async fn an_admins_pause_reaches_the_webhook_receiver_through_prometheus_and_ale
         "{:?}",
         monitoring.receiver.notifications()
     );
+
+    // Every query of the Grafana dashboard is PromQL this Prometheus takes.
+    for expr in dashboard_queries() {
+        prometheus.query(&expr).await;
+    }
 
     let http = reqwest::Client::new();
     let admin = |path: &str| {

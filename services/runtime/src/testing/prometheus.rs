@@ -469,14 +469,24 @@ impl Prometheus {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// An instant query's result vector (`/api/v1/query`).
+    /// An instant query's result (`/api/v1/query`): the series of a vector, or a scalar's
+    /// `[time, value]`. Panics when Prometheus refuses the query (not PromQL).
     pub async fn query(&self, promql: &str) -> Vec<serde_json::Value> {
         let url = reqwest::Url::parse_with_params(
             &format!("{}/api/v1/query", self.url()),
             [("query", promql)],
         )
         .expect("a query URL");
-        let body: serde_json::Value = get_json(url.as_str()).await;
+        let body: serde_json::Value = reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("query `{promql}`: {error}"))
+            .json()
+            .await
+            .unwrap_or_else(|error| panic!("query `{promql}`: not JSON: {error}"));
+        assert_eq!(body["status"], "success", "query `{promql}`: {body}");
         body["data"]["result"]
             .as_array()
             .cloned()
