@@ -136,7 +136,8 @@ fn every_rule_has_a_unit_test_that_fires_it_and_a_runbook_section() {
 }
 
 fn dashboard_queries() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("k8s/payouts/dashboards/payouts.json");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("k8s/payouts/dashboards/payouts.json");
     let dashboard: serde_json::Value = serde_json::from_str(&read(&path)).unwrap();
     let queries: Vec<String> = dashboard["panels"]
         .as_array()
@@ -176,7 +177,11 @@ fn every_metric_the_rules_and_the_dashboard_use_is_documented() {
         .collect();
     let documented = metric_names(&docs);
     let mut used = metric_names(&read(&rules_file()));
-    used.extend(dashboard_queries().iter().flat_map(|expr| metric_names(expr)));
+    used.extend(
+        dashboard_queries()
+            .iter()
+            .flat_map(|expr| metric_names(expr)),
+    );
     assert!(used.len() > 20, "{used:?}");
     let missing: Vec<&String> = used.difference(&documented).collect();
     assert!(missing.is_empty(), "not in docs/metrics.md: {missing:?}");
