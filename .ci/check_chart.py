@@ -20,6 +20,12 @@ import sys
 import yaml
 
 
+
+def settings_map(doc):
+    """A ConfigMap of settings (every one but the Grafana dashboard's, which holds JSON)."""
+    labels = doc.get("metadata", {}).get("labels") or {}
+    return doc.get("kind") == "ConfigMap" and labels.get("app.kubernetes.io/component") != "dashboard"
+
 def lines(binary, *args):
     out = subprocess.run([binary, *args], check=True, capture_output=True, text=True).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -46,7 +52,7 @@ def main():
         issuers = {d["metadata"]["name"] for d in documents if d.get("kind") == "Issuer"}
         config = {}
         for doc in documents:
-            if doc.get("kind") == "ConfigMap":
+            if settings_map(doc):
                 config.update(doc.get("data") or {})
         for doc in documents:
             spec = doc.get("spec") or {}
@@ -57,7 +63,7 @@ def main():
                 problems.append(f"{path}: Certificate {doc['metadata']['name']} comes from {ref.get('kind', 'Issuer')} {ref.get('name')}, not this release's own CA Issuer")
         for doc in documents:
             kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
-            if kind == "ConfigMap":
+            if settings_map(doc):
                 for key in doc.get("data", {}):
                     seen_env += 1
                     if not known(key):

@@ -106,8 +106,17 @@ pub struct BalanceCheck {
 
 impl BalanceCheck {
     /// Runs one check. Stripe or an owner that cannot be asked fails the check (Unavailable)
-    /// and changes nothing: an answer we did not get is not a balance of zero.
+    /// and changes nothing: an answer we did not get is not a balance of zero. A failed check
+    /// counts as `payouts_balance_checks_total{status="failed"}`.
     pub async fn run(&self, request: &CheckRequest) -> Result<CheckOutcome, ServiceError> {
+        let outcome = self.run_once(request).await;
+        if outcome.is_err() {
+            metrics::counter!("payouts_balance_checks_total", "status" => "failed").increment(1);
+        }
+        outcome
+    }
+
+    async fn run_once(&self, request: &CheckRequest) -> Result<CheckOutcome, ServiceError> {
         let balance = self.stripe.balance().await?;
         let owed = self.obligations.owed().await?;
         let now = self.clock.now();

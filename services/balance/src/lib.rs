@@ -51,6 +51,10 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         })),
         None => None,
     };
+    if check.is_some() {
+        // At 0 from the start, so the first failure is an increase Prometheus sees.
+        metrics::counter!("payouts_balance_checks_total", "status" => "failed").increment(0);
+    }
     if let (Some(check), Some(schedule)) = (&check, &settings.balance_check_schedule) {
         let scheduler = Arc::new(schedule::Scheduler {
             check: Arc::clone(check),
@@ -68,9 +72,44 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
             scheduler.run(context.shutdown.clone()),
         );
     }
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Balance.grpc_name(),
+        "last check gauge",
+        last_check_gauge(
+            Arc::clone(&repositories.snapshots),
+            context.shutdown.clone(),
+        ),
+    );
     server.add_service(grpc::server(grpc::BalanceGrpc::new(
         repositories.snapshots,
         check,
     )));
     Ok(())
+}
+
+/// `payouts_balance_last_check_timestamp_seconds`: when the newest snapshot was taken (the
+/// scheduled or cron check's), from the store every 15 seconds, so every replica agrees and
+/// a restart does not lose it. Not set before the first snapshot.
+async fn last_check_gauge(
+    snapshots: Arc<dyn store::SnapshotRepository>,
+    shutdown: payouts_runtime::shutdown::Shutdown,
+) {
+    let stop = shutdown.requested();
+    tokio::pin!(stop);
+    loop {
+        match snapshots.recent(None, 1).await {
+            Ok(newest) => {
+                if let Some(snapshot) = newest.first() {
+                    #[allow(clippy::cast_precision_loss)] // milliseconds far below 2^53
+                    let at = snapshot.taken_at.timestamp_millis() as f64 / 1000.0;
+                    metrics::gauge!("payouts_balance_last_check_timestamp_seconds").set(at);
+                }
+            }
+            Err(error) => tracing::debug!(%error, "the last balance check not read"),
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+        }
+    }
 }

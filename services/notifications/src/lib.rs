@@ -51,6 +51,8 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
                 "alert email outbox",
                 outbox.run(context.shutdown.clone()),
             );
+            // At 0 from the start, so the first failure is an increase Prometheus sees.
+            metrics::counter!("payouts_alert_emails_total", "result" => "failed").increment(0);
             true
         }
         None => false,

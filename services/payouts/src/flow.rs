@@ -1214,6 +1214,7 @@ impl PayoutFlow {
                         reason = %changed.reason,
                         "transfer pause changed"
                     );
+                    crate::record_pause_gauge(&changed);
                     return self.settle_pause_alert(changed).await;
                 }
                 Err(error) if error.kind() == ErrorKind::Conflict => continue,

@@ -74,6 +74,11 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         "payout worker",
         Arc::clone(&flow).run_worker(context.shutdown.clone()),
     );
+    context.spawn_worker(
+        payouts_runtime::ServiceName::Payouts.grpc_name(),
+        "payout gauges",
+        refresh_gauges(Arc::clone(&flow), context.shutdown.clone()),
+    );
     let reconciler = Arc::new(reconciler::Reconciler::new(
         Arc::clone(&flow),
         reports,
@@ -83,6 +88,9 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
         &settings.stripe_secret_key,
         settings.reconciliation_interval,
     ) {
+        // At 0 from the start, so the first mismatch is an increase Prometheus sees.
+        metrics::counter!("payouts_reconciliation_runs_total", "status" => "mismatches")
+            .increment(0);
         payouts_runtime::jobs::Periodic::spawn(
             context,
             payouts_runtime::ServiceName::Payouts,
@@ -97,4 +105,61 @@ pub async fn mount(context: &ServiceContext, server: &mut GrpcServer) -> anyhow:
     }
     server.add_service(grpc::server(grpc::PayoutsGrpc::new(flow, reconciler)));
     Ok(())
+}
+
+/// The pause causes the gauge always shows (0 when not the cause): the balance check's, an
+/// admin's, and an escalation's (a level-3 alert halts payouts).
+const PAUSE_CAUSES: [&str; 3] = ["automatic", "manual", "escalation"];
+
+/// `payouts_transfer_pause_on{cause}`: 1 for the cause of the pause in force, 0 for the
+/// others (all 0 while transfers run).
+pub fn record_pause_gauge(pause: &pause::TransferPause) {
+    let current = pause.cause.map(|cause| cause.as_str());
+    for cause in PAUSE_CAUSES {
+        let on = if current == Some(cause) { 1.0 } else { 0.0 };
+        metrics::gauge!("payouts_transfer_pause_on", "cause" => cause).set(on);
+    }
+    if let Some(cause) = current.filter(|cause| !PAUSE_CAUSES.contains(cause)) {
+        metrics::gauge!("payouts_transfer_pause_on", "cause" => cause).set(1.0);
+    }
+}
+
+/// What the store says, as gauges every 15 seconds (every replica agrees): the transfer
+/// pause (`payouts_transfer_pause_on{cause}`) and the pending payouts whose transfer's outcome
+/// is unknown (`payouts_payouts_outcome_unknown`, and
+/// `payouts_payouts_outcome_unknown_oldest_seconds`, 0 with none). A transfer in flight is
+/// unknown for a moment too: alert on the age, not on the count.
+async fn refresh_gauges(
+    flow: Arc<flow::PayoutFlow>,
+    shutdown: payouts_runtime::shutdown::Shutdown,
+) {
+    let stop = shutdown.requested();
+    tokio::pin!(stop);
+    loop {
+        match flow.pause.get().await {
+            Ok(pause) => record_pause_gauge(&pause),
+            Err(error) => tracing::debug!(%error, "transfer pause not read for its gauge"),
+        }
+        match flow.payouts.unknown_outcomes().await {
+            Ok(unknown) => {
+                #[allow(clippy::cast_precision_loss)] // a count far below 2^53
+                metrics::gauge!("payouts_payouts_outcome_unknown").set(unknown.count as f64);
+                let age = unknown
+                    .oldest_since
+                    .map_or(0.0, |since| seconds(flow.clock.now() - since));
+                metrics::gauge!("payouts_payouts_outcome_unknown_oldest_seconds").set(age);
+            }
+            Err(error) => tracing::debug!(%error, "unknown outcomes not counted"),
+        }
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+        }
+    }
+}
+
+/// A duration in seconds for a gauge (never negative).
+#[allow(clippy::cast_precision_loss)] // milliseconds far below 2^53
+fn seconds(duration: chrono::Duration) -> f64 {
+    duration.num_milliseconds().max(0) as f64 / 1000.0
 }

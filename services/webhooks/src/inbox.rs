@@ -467,8 +467,10 @@ impl Inbox {
         raised
     }
 
-    /// Sets `payouts_webhooks_events_waiting{owner}` from the store (every replica agrees),
-    /// every `interval` until shutdown; an owner with none waiting reads 0.
+    /// Sets `payouts_webhooks_events_waiting{owner}`, `payouts_webhooks_events_parked` and
+    /// `payouts_webhooks_oldest_unprocessed_seconds` (0 with nothing processing) from the
+    /// store (every replica agrees), every `interval` until shutdown; an owner with none
+    /// waiting reads 0.
     pub async fn run_waiting_gauge(self: Arc<Self>, shutdown: Shutdown, interval: StdDuration) {
         let stop = shutdown.requested();
         tokio::pin!(stop);
@@ -483,6 +485,17 @@ impl Inbox {
                     }
                 }
                 Err(error) => tracing::debug!(%error, "waiting webhook events not counted"),
+            }
+            match self.repository.backlog().await {
+                Ok(backlog) => {
+                    #[allow(clippy::cast_precision_loss)] // a count far below 2^53
+                    metrics::gauge!("payouts_webhooks_events_parked").set(backlog.parked as f64);
+                    let age = backlog.oldest_processing.map_or(0.0, |received| {
+                        (self.clock.now() - received).num_milliseconds().max(0) as f64 / 1000.0
+                    });
+                    metrics::gauge!("payouts_webhooks_oldest_unprocessed_seconds").set(age);
+                }
+                Err(error) => tracing::debug!(%error, "webhook backlog not counted"),
             }
             tokio::select! {
                 () = &mut stop => return,

@@ -514,9 +514,14 @@ mod payouts {
         assert_eq!(repository.projected_audit("nothing").await.unwrap(), vec![]);
 
         // What a payout owes and remembers round-trips; owed effects are due by time.
+        let unknown_before = repository.unknown_outcomes().await.unwrap();
         let busy = busy("p6", 6);
         assert!(!busy.owed_alerts.is_empty() && busy.unknown_since.is_some());
         repository.insert(&busy).await.unwrap();
+        // It is pending with its outcome unknown since minute 6: counted, and the oldest.
+        let unknown = repository.unknown_outcomes().await.unwrap();
+        assert_eq!(unknown.count, unknown_before.count + 1);
+        assert_eq!(unknown.oldest_since, Some(at(6)), "{unknown:?}");
         assert_eq!(repository.get("p6").await.unwrap(), Some(busy.clone()));
         let due_effects = repository.due_effects(at(500), 100).await.unwrap();
         assert!(

@@ -22,7 +22,7 @@ use crate::domain::Account;
 pub use memory::MemoryAccounts;
 pub use mongo::MongoAccounts;
 pub use pause::{MemoryPause, MongoPause, PauseRepository};
-pub use payouts::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository};
+pub use payouts::{Inserted, MemoryPayouts, MongoPayouts, PayoutRepository, UnknownOutcomes};
 pub use reports::{MemoryReports, MongoReports, ReportRepository};
 
 /// Storage of creator accounts, written by versioned compare-and-set.

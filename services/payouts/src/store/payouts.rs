@@ -28,6 +28,14 @@ pub enum Inserted {
     Existing(Box<Payout>),
 }
 
+/// Pending payouts whose transfer's outcome is unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnknownOutcomes {
+    pub count: u64,
+    /// The earliest `unknown_since` among them.
+    pub oldest_since: Option<DateTime<Utc>>,
+}
+
 /// Storage of payouts, written by versioned compare-and-set.
 #[async_trait]
 pub trait PayoutRepository: Send + Sync + 'static {
@@ -78,6 +86,30 @@ pub trait PayoutRepository: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Payout>, ServiceError>;
+
+    /// Pending payouts whose transfer's outcome is unknown (in flight, or unanswered): how
+    /// many, and since when the oldest has been. For the gauges (every 15 seconds): by
+    /// default a walk through the pending payouts; MongoDB answers it with two queries.
+    async fn unknown_outcomes(&self) -> Result<UnknownOutcomes, ServiceError> {
+        let mut unknown = UnknownOutcomes::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self
+                .in_status(PayoutStatus::Pending, after.as_deref(), 500)
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(unknown);
+            };
+            after = Some(last.id.clone());
+            for payout in page.iter().filter(|payout| payout.outcome_unknown) {
+                unknown.count += 1;
+                if let Some(since) = payout.unknown_since {
+                    unknown.oldest_since =
+                        Some(unknown.oldest_since.map_or(since, |o| o.min(since)));
+                }
+            }
+        }
+    }
 
     /// Payouts whose owed side effects are due (`effects_due_at` has come), earliest first.
     async fn due_effects(
@@ -978,6 +1010,23 @@ impl PayoutRepository for MongoPayouts {
             filter.insert("_id", doc! { "$gt": after });
         }
         self.find(filter, doc! { "_id": 1 }, limit).await
+    }
+
+    async fn unknown_outcomes(&self) -> Result<UnknownOutcomes, ServiceError> {
+        // Both on the `{status, nextRetryAt}` index's prefix: pending payouts only.
+        let filter = doc! { "status": PayoutStatus::Pending.as_str(), "outcomeUnknown": true };
+        let count = self
+            .payouts
+            .count_documents(filter.clone())
+            .await
+            .map_err(mongo_error)?;
+        let oldest = find_many(&self.payouts, filter, doc! { "unknownSince": 1 }, 1).await?;
+        Ok(UnknownOutcomes {
+            count,
+            oldest_since: oldest
+                .first()
+                .and_then(|document| document.unknown_since.map(from_bson_time)),
+        })
     }
 
     async fn due_effects(

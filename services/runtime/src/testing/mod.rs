@@ -193,6 +193,7 @@ pub(crate) fn free_port() -> Result<u16, String> {
 
 pub mod bench;
 pub mod browser;
+pub mod prometheus;
 pub mod smtp;
 pub mod spans;
 

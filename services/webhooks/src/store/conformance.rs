@@ -63,6 +63,7 @@ async fn waiting_events_and_owed_alerts(repository: &dyn InboxRepository) {
     let now = at(200);
     let before = repository.statistics().await.unwrap();
     let before_waiting = repository.waiting_by_owner().await.unwrap();
+    let before_backlog = repository.backlog().await.unwrap();
 
     let stored = event(
         Endpoint::StripeSubscription,
@@ -135,6 +136,15 @@ async fn waiting_events_and_owed_alerts(repository: &dyn InboxRepository) {
         count(&before_waiting).unwrap_or(0) + 1
     );
     assert_eq!(after.waiting_for, waiting_now);
+    // The backlog counts the parked one; the waiting one (received at minute 200) is
+    // processing, so the oldest processing event is at most that old.
+    let backlog = repository.backlog().await.unwrap();
+    assert_eq!(backlog.parked, before_backlog.parked + 1);
+    let oldest = backlog.oldest_processing.expect("an event is processing");
+    assert!(oldest <= at(200), "{oldest} is after the waiting event");
+    if before_backlog.oldest_processing.is_none() {
+        assert_eq!(oldest, at(200));
+    }
 
     // The parked event is due for its alert; the waiting one only after its backoff.
     let due_ids = |due: Vec<InboxEvent>| -> Vec<String> {

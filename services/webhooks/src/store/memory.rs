@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use payouts_runtime::ServiceError;
 
-use super::{InboxRepository, Inserted, stale, storage_id};
+use super::{Backlog, InboxRepository, Inserted, stale, storage_id};
 use crate::domain::{Endpoint, EventStatus, InboxEvent, Statistics};
 
 /// Embedded store: events by storage id, with an index of events with work due by due time
@@ -108,6 +108,24 @@ impl InboxRepository for MemoryInbox {
             statistics.count(event);
         }
         Ok(statistics)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, ServiceError> {
+        let mut backlog = Backlog::default();
+        for event in self.lock().events.values() {
+            match event.status {
+                EventStatus::Failed => backlog.parked += 1,
+                EventStatus::Processing => {
+                    backlog.oldest_processing = Some(
+                        backlog
+                            .oldest_processing
+                            .map_or(event.received_at, |oldest| oldest.min(event.received_at)),
+                    );
+                }
+                EventStatus::Completed => {}
+            }
+        }
+        Ok(backlog)
     }
 
     async fn list(

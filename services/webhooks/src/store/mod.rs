@@ -28,6 +28,15 @@ pub enum Inserted {
     Duplicate(Box<InboxEvent>),
 }
 
+/// What is left undone in the inbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Events parked as failed (each waits for an admin's retry).
+    pub parked: u64,
+    /// When the oldest event still processing (waiting or retrying) was received.
+    pub oldest_processing: Option<DateTime<Utc>>,
+}
+
 /// Storage of inbox events.
 #[async_trait]
 pub trait InboxRepository: Send + Sync + 'static {
@@ -57,6 +66,27 @@ pub trait InboxRepository: Send + Sync + 'static {
     /// without counting every event (the metrics ask every 15 seconds).
     async fn waiting_by_owner(&self) -> Result<BTreeMap<String, u64>, ServiceError> {
         Ok(self.statistics().await?.waiting_for)
+    }
+
+    /// Parked events and when the oldest event still processing was received: what the
+    /// backlog gauges show (the metrics ask every 15 seconds). By default from `statistics`
+    /// and the processing events' list (they are few); the stores answer it with two queries.
+    async fn backlog(&self) -> Result<Backlog, ServiceError> {
+        let parked = self.statistics().await?.failed;
+        let mut oldest_processing = None;
+        let mut after = None;
+        loop {
+            let page = self.list(Some(EventStatus::Processing), after, 500).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some((last.received_at, storage_id(last.endpoint, &last.event_id)));
+            oldest_processing = Some(last.received_at);
+        }
+        Ok(Backlog {
+            parked,
+            oldest_processing,
+        })
     }
 
     /// Most recently received first; only `status` when given; after the

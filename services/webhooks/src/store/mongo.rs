@@ -13,7 +13,7 @@ use payouts_runtime::store::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{InboxRepository, Inserted, stale, storage_id};
+use super::{Backlog, InboxRepository, Inserted, stale, storage_id};
 use crate::domain::{
     Endpoint, EventSource, EventStatus, InboxEvent, OwedAlert, Owner, Statistics, Waiting,
 };
@@ -334,6 +334,29 @@ impl InboxRepository for MongoInbox {
             }
         }
         Ok(waiting)
+    }
+
+    async fn backlog(&self) -> Result<Backlog, ServiceError> {
+        // Both answered by the `{status, nextAttemptAt}` index's prefix; processing events
+        // are few (they are being worked on), so sorting them is cheap.
+        let parked = self
+            .collection
+            .count_documents(doc! { "status": EventStatus::Failed.as_str() })
+            .await
+            .map_err(mongo_error)?;
+        let oldest = find_many(
+            &self.collection,
+            doc! { "status": EventStatus::Processing.as_str() },
+            doc! { "processedAt": 1 },
+            1,
+        )
+        .await?;
+        Ok(Backlog {
+            parked,
+            oldest_processing: oldest
+                .first()
+                .map(|document| from_bson_time(document.processed_at)),
+        })
     }
 
     async fn list(
