@@ -100,6 +100,7 @@ impl System {
                 page_size: 100,
                 page_token: String::new(),
                 r#type: String::new(),
+                level: 0,
             })
             .await
             .unwrap()

@@ -103,11 +103,20 @@ async fn an_admin_works_the_dashboard_in_a_real_browser() {
         NotificationsServiceClient::new(channel.clone())
             .create_critical_alert(CreateCriticalAlertRequest {
                 r#type: "dashboard_filler".to_owned(),
-                severity: AlertSeverity::Warning.into(),
+                // Even: a limits flag (level 1, its signal shown); odd: a critical alert
+                // without a signal (level 2, from its severity).
+                severity: if number % 2 == 0 {
+                    AlertSeverity::Warning
+                } else {
+                    AlertSeverity::Critical
+                }
+                .into(),
                 title: format!("Filler alert {number:03}"),
                 description: "Seeded for paging".to_owned(),
                 data_json: String::new(),
                 dedupe_key: format!("dashboard-filler-{number}"),
+                signal: if number % 2 == 0 { "limits_flag" } else { "" }.to_owned(),
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -269,6 +269,7 @@ impl System {
                 page_size: 500,
                 page_token: String::new(),
                 r#type: kind.to_owned(),
+                level: 0,
             })
             .await
             .unwrap()

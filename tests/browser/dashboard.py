@@ -162,29 +162,22 @@ with sync_playwright() as playwright:
     page.get_by_role("link", name="First page").click()
     expect(page.locator("article[data-alert]")).to_have_count(100)
 
-    # The level filter asks the gateway for ?level=3 and shows only level-3 alerts, with their
-    # signal. Levels are the escalation's (issue 23): until the gateway sends them, the real
-    # answer is given levels here (1, 2, 3 and none in turn): the contract the page expects.
-    def with_levels(route):
-        body = route.fetch().json()
-        for number, alert in enumerate(body["alerts"]):
-            if number % 4 != 3:
-                alert["level"] = number % 4 + 1
-                alert["signal"] = f"signal_{number % 4 + 1}"
-        route.fulfill(json=body)
-
-    page.route(re.compile(r".*/api/admin/alerts\?.*"), with_levels)
-    with page.expect_request(lambda r: "/api/admin/alerts?" in r.url and "level=3" in r.url):
-        page.get_by_label("Level").select_option("3")
-    expect(page).to_have_url(re.compile(r"level=3"))
-    expect(page.locator("article[data-alert][data-level='3']").first).to_be_visible()
-    expect(page.locator("article[data-alert]:not([data-level='3'])")).to_have_count(0)
-    expect(page.locator("article[data-alert]").first).to_contain_text("Level 3")
-    expect(page.locator("article[data-alert]").first).to_contain_text("signal signal_3")
+    # The level filter asks the gateway for ?level=1 and shows only level-1 alerts, with the
+    # signal that set the level (the seeded limits flags); level 2 shows the critical ones.
+    with page.expect_request(lambda r: "/api/admin/alerts?" in r.url and "level=1" in r.url):
+        page.get_by_label("Level").select_option("1")
+    expect(page).to_have_url(re.compile(r"level=1"))
+    expect(page.locator("article[data-alert][data-level='1']").first).to_be_visible()
+    expect(page.locator("article[data-alert]:not([data-level='1'])")).to_have_count(0)
+    filler = page.locator("article[data-alert]", has_text="Filler alert").first
+    expect(filler).to_contain_text("Level 1")
+    expect(filler).to_contain_text("signal limits_flag")
     page.screenshot(path=f"{shots}/alerts-level.png", full_page=True)
+    page.get_by_label("Level").select_option("2")
+    expect(page).to_have_url(re.compile(r"level=2"))
+    expect(page.locator("article[data-alert][data-level='2']").first).to_be_visible()
+    expect(page.locator("article[data-alert]:not([data-level='2'])")).to_have_count(0)
     page.get_by_label("Level").select_option("")
-    expect(page.locator("article[data-alert][data-level='']").first).to_be_attached()
-    page.unroute(re.compile(r".*/api/admin/alerts\?.*"))
 
     # Balance: the status card and the chart of snapshots with the reserve line.
     page.goto(base + "/admin/#/balance")
