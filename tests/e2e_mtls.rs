@@ -582,3 +582,80 @@ async fn the_all_in_one_on_a_public_address_serves_only_through_the_caller_table
         "{metrics}"
     );
 }
+
+/// `SetTransferPause` serves three callers, each for its own cause: across mutual TLS the
+/// notifications service may halt for an escalation but not lift an admin's pause or pause
+/// "automatically", the balance check may not lift a halt, and the gateway (an admin) may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pause_cause_belongs_to_its_caller() {
+    use payouts_proto::payouts::v1::payouts_service_client::PayoutsServiceClient;
+    use payouts_proto::payouts::v1::{PauseCause, SetTransferPauseRequest};
+
+    let env = tls_env("payouts");
+    let payouts = Payouts::start(&["serve", "payouts"], StoreChoice::Embedded, &env_of(&env));
+    let url = format!("https://{}", payouts.grpc.unwrap());
+    let client =
+        |component: &str| PayoutsServiceClient::new(channel_as(component, &url, "payouts-payouts"));
+    let change = |cause: PauseCause, paused: bool, reason: &str| SetTransferPauseRequest {
+        paused,
+        cause: cause.into(),
+        reason: reason.to_owned(),
+        actor: "mtls-test".to_owned(),
+    };
+    let code = |result: Result<tonic::Response<_>, tonic::Status>| match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+
+    // Notifications may not pause manually, nor automatically.
+    let manual = client("notifications")
+        .set_transfer_pause(change(PauseCause::Manual, true, "not mine"))
+        .await;
+    assert_eq!(code(manual), tonic::Code::PermissionDenied);
+    let automatic = client("notifications")
+        .set_transfer_pause(change(PauseCause::Automatic, true, "not mine"))
+        .await;
+    assert_eq!(code(automatic), tonic::Code::PermissionDenied);
+    // The balance check may not halt for an escalation.
+    let forged = client("balance")
+        .set_transfer_pause(change(PauseCause::Escalation, true, "escalation: alert_x"))
+        .await;
+    assert_eq!(code(forged), tonic::Code::PermissionDenied);
+    // Notifications halts; the balance check's resume and notifications' own lift fail.
+    let halted = client("notifications")
+        .set_transfer_pause(change(
+            PauseCause::Escalation,
+            true,
+            "escalation: alert_mtls",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let pause = halted.pause.unwrap();
+    assert!(pause.paused);
+    assert_eq!(pause.cause(), PauseCause::Escalation);
+    let resumed = client("balance")
+        .set_transfer_pause(change(PauseCause::Automatic, false, "balance healthy"))
+        .await;
+    if let Ok(answer) = resumed {
+        assert!(
+            answer.into_inner().pause.unwrap().paused,
+            "an automatic resume lifted a halt"
+        );
+    }
+    let lifted = client("notifications")
+        .set_transfer_pause(change(PauseCause::Manual, false, "lifted"))
+        .await;
+    assert_eq!(code(lifted), tonic::Code::PermissionDenied);
+    // An admin, through the gateway, lifts it with notes.
+    let lifted = client("gateway")
+        .set_transfer_pause(change(
+            PauseCause::Manual,
+            false,
+            "checked the disputes: a test burst",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!lifted.pause.unwrap().paused);
+}

@@ -170,20 +170,37 @@ async function payoutPage(view, id) {
     const amount = el("input", { type: "number", min: "1", step: "1", required: true });
     const notes = el("input", { type: "text", maxlength: "2000" });
     const outcome = el("div", { "aria-live": "polite" });
-    // One Idempotency-Key per confirmation: sending the same confirmation again (after a
-    // lost answer) can never reverse twice; a new confirmation is a new reversal.
+    // One Idempotency-Key per reversal, kept until a definite answer: a lost answer (network
+    // error, 5xx, 408, 429) leaves the outcome unknown, so the next submit sends the same
+    // request with the same key (Stripe and the service replay it, never reverse twice), and a
+    // different request is refused until the unknown one has its answer.
+    let unknown = null;
+    const definite = (status) => status >= 200 && status < 500 && status !== 408 && status !== 429;
     const send = async (key, body) => {
       const answer = await api("POST", `/api/admin/payouts/${encodeURIComponent(p.id)}/reverse`, body, { "Idempotency-Key": key });
-      if (answer.status === 200) return outcome.replaceChildren(el("p", {}, `Reversed (${answer.body.reversal ? answer.body.reversal.id : ""}).`));
-      if (answer.status === 503 || answer.status === 0) {
-        return outcome.replaceChildren(errorLine(answer), el("button", { type: "button", onclick: () => send(key, body) }, "Send the same request again"));
+      if (!definite(answer.status)) {
+        unknown = { key, body };
+        return outcome.replaceChildren(errorLine(answer),
+          el("p", { class: "error" }, "The outcome is unknown: the reversal may have been made. Send the same request again (same key) to learn it."),
+          el("button", { type: "button", onclick: () => send(key, body) }, "Send the same request again"));
       }
+      unknown = null;
+      if (answer.status === 200) return outcome.replaceChildren(el("p", {}, `Reversed (${answer.body.reversal ? answer.body.reversal.id : ""}).`));
       outcome.replaceChildren(errorLine(answer));
     };
     actions.append(el("form", { class: "filters", "data-change": true, onsubmit: async (event) => {
       event.preventDefault();
-      if (!confirm(`Reverse ${money(Number(amount.value), p.currency)} of ${p.id}?`)) return;
-      await send(crypto.randomUUID(), { amountCents: Number(amount.value), notes: notes.value });
+      const body = { amountCents: Number(amount.value), notes: notes.value };
+      if (unknown) {
+        if (unknown.body.amountCents !== body.amountCents || unknown.body.notes !== body.notes) {
+          return outcome.replaceChildren(el("p", { class: "error" },
+            `The reversal of ${money(unknown.body.amountCents, p.currency)} has an unknown outcome: send it again before another.`),
+            el("button", { type: "button", onclick: () => send(unknown.key, unknown.body) }, "Send the same request again"));
+        }
+        return send(unknown.key, unknown.body);
+      }
+      if (!confirm(`Reverse ${money(body.amountCents, p.currency)} of ${p.id}?`)) return;
+      await send(crypto.randomUUID(), body);
     } }, labelled("rev-amount", "Reverse (cents)", amount), labelled("rev-notes", "Notes", notes), el("button", { type: "submit", class: "reject" }, "Reverse"), outcome));
   }
   const timeline = el("ol", { class: "timeline" }, result.body.auditLog.map((e) => el("li", {},

@@ -139,6 +139,38 @@ with sync_playwright() as playwright:
     expect(page.get_by_role("link", name="tr_")).to_have_attribute("href", "https://dashboard.stripe.com/transfers/" + page.get_by_role("link", name="tr_").inner_text())
     page.screenshot(path=f"{shots}/payout.png", full_page=True)
 
+    # A reversal whose answer is lost (the gateway reversed, the page saw a 502): the outcome is
+    # unknown, a different reversal is refused until it is known, and sending again reuses the
+    # same Idempotency-Key, so the money is reversed once.
+    keys = []
+
+    def lose_first_answer(route):
+        keys.append(route.request.headers.get("idempotency-key"))
+        answer = route.fetch()
+        if len(keys) == 1:
+            route.fulfill(status=502, json={"error": "bad gateway"})
+        else:
+            route.fulfill(response=answer)
+
+    page.route(re.compile(r".*/api/admin/payouts/[^/]+/reverse$"), lose_first_answer)
+    page.get_by_label("Reverse (cents)").fill("1000")
+    page.get_by_label("Notes").fill("Creator asked to return part")
+    page.get_by_role("button", name="Reverse", exact=True).click()
+    expect(page.get_by_text("The outcome is unknown")).to_be_visible()
+    page.get_by_label("Reverse (cents)").fill("2000")
+    page.get_by_role("button", name="Reverse", exact=True).click()
+    expect(page.get_by_text("has an unknown outcome: send it again before another")).to_be_visible()
+    assert len(keys) == 1, keys
+    page.get_by_role("button", name="Send the same request again").first.click()
+    expect(page.get_by_text(re.compile(r"^Reversed \("))).to_be_visible()
+    assert len(keys) == 2 and keys[0] and keys[0] == keys[1], keys
+    page.unroute(re.compile(r".*/api/admin/payouts/[^/]+/reverse$"))
+    page.reload()
+    expect(page.get_by_role("heading", name="Reversals")).to_be_visible()
+    intents = page.locator("ol.timeline").first  # the reversals, before the audit log
+    expect(intents.locator("li")).to_have_count(1)
+    expect(intents).to_contain_text("Creator asked to return part")
+
     # Webhooks: a failed event is retried.
     page.goto(base + "/admin/#/webhooks")
     row = page.locator("tr", has_text="evt_dashboard_broken")

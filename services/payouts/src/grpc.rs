@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use payouts_proto::payouts::v1 as pb;
 use payouts_proto::payouts::v1::payouts_service_server::{PayoutsService, PayoutsServiceServer};
+use payouts_runtime::authz::{AuthenticatedCallers, Caller};
 use payouts_runtime::convert::{
     optional_notes, optional_timestamp, page_size, paginate, parse_page_token, positive_money,
     required_id, required_ids, required_time, timestamp, usd,
 };
-use payouts_runtime::{Currency, ErrorKind, Money, ServiceError};
+use payouts_runtime::{Currency, ErrorKind, Money, ServiceError, ServiceName};
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Account, Registration};
@@ -403,6 +404,25 @@ impl PayoutsService for PayoutsGrpc {
         &self,
         request: Request<pb::SetTransferPauseRequest>,
     ) -> Result<Response<pb::SetTransferPauseResponse>, Status> {
+        // Each cause has one owner: the balance check pauses automatically, an admin (through
+        // the gateway) manually, notifications halts for a level-3 alert. Across mutual TLS a
+        // caller may set only its own cause, so a compromised notifications service cannot
+        // lift an admin's pause, nor the balance check lift a halt.
+        let owner = match request.get_ref().cause() {
+            pb::PauseCause::Automatic => Some((
+                Caller::Service(ServiceName::Balance),
+                "set an automatic pause",
+            )),
+            pb::PauseCause::Manual => Some((Caller::Gateway, "set a manual pause")),
+            pb::PauseCause::Escalation => Some((
+                Caller::Service(ServiceName::Notifications),
+                "halt for an escalation",
+            )),
+            pb::PauseCause::Unspecified => None,
+        };
+        if let Some((caller, what)) = owner {
+            AuthenticatedCallers::require(&request, caller, what)?;
+        }
         let r = request.into_inner();
         let cause = match r.cause() {
             pb::PauseCause::Automatic => PauseCause::Automatic,

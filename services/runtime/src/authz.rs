@@ -22,6 +22,29 @@ use tonic::body::Body;
 use crate::config::ServiceName;
 use crate::tls::{PeerIdentity, Vouched, component_identity};
 
+/// Who the authorization layer found a call came from (a request extension). Absent when
+/// the call did not cross mutual TLS (inside the all-in-one process, or a plaintext
+/// loopback listener): then there is no one to tell apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedCallers(pub Vec<Caller>);
+
+impl AuthenticatedCallers {
+    /// `Ok` when the call did not cross mutual TLS or came from `caller`; otherwise
+    /// PERMISSION_DENIED saying what only `caller` may do.
+    pub fn require<T>(
+        request: &tonic::Request<T>,
+        caller: Caller,
+        what: &str,
+    ) -> Result<(), tonic::Status> {
+        match request.extensions().get::<AuthenticatedCallers>() {
+            Some(AuthenticatedCallers(callers)) if !callers.contains(&caller) => Err(
+                tonic::Status::permission_denied(format!("only {caller} may {what}")),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A caller of the gRPC services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Caller {
@@ -278,10 +301,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
         let peer = request.extensions().get::<PeerIdentity>();
         match self.identities.check(request.uri().path(), peer) {
-            Ok(()) => futures::future::Either::Left(self.inner.call(request)),
+            Ok(()) => {
+                // The handler may narrow further by who called (SetTransferPause binds each
+                // cause to the one caller that owns it).
+                let callers = peer
+                    .map(|peer| self.identities.callers(&peer.names, peer.vouched))
+                    .unwrap_or_default();
+                request
+                    .extensions_mut()
+                    .insert(AuthenticatedCallers(callers));
+                futures::future::Either::Left(self.inner.call(request))
+            }
             Err(status) => {
                 metrics::counter!(
                     "payouts_grpc_server_refused_total",
