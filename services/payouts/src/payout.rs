@@ -1687,15 +1687,19 @@ impl Payout {
     }
 }
 
-/// Limits flags that read as potential fraud (design §6 "suspicious patterns").
-const FRAUD_FLAGS: [&str; 4] = [
+/// The limits' suspicious-pattern flags (design §6): each alone is a risk an admin reviews
+/// (level 1), not fraud: three creators a day with a large first payout is an ordinary day.
+const PATTERN_FLAGS: [&str; 3] = [
     "SUSPICIOUS_FREQUENCY",
     "LARGE_FIRST_PAYOUT",
     "LARGE_PERCENTAGE_OF_EARNINGS",
-    "RECENT_REFUND_OR_DISPUTE",
 ];
 
-/// Limits flags that are escalation signals, besides the fraud ones (the rest, such as
+/// The flag that reads as potential fraud by itself: cashing out while the earnings are
+/// being refunded or disputed (the stolen-card pattern).
+const FRAUD_FLAG: &str = "RECENT_REFUND_OR_DISPUTE";
+
+/// Limits flags that are escalation signals, besides the pattern ones (the rest, such as
 /// NEW_ACCOUNT or REQUIRES_ADMIN_APPROVAL, describe the payout rather than a risk).
 const SIGNAL_FLAGS: [&str; 4] = [
     "TOO_SOON",
@@ -1704,18 +1708,16 @@ const SIGNAL_FLAGS: [&str; 4] = [
     "EXCEEDS_MONTHLY_AMOUNT_LIMIT",
 ];
 
-/// The alert kind a payout's limits flags raise, and what it says: `payout_fraud_flag` for a
-/// fraud flag, `payout_limits_flag` for another signal flag, none otherwise.
+/// The alert kind a payout's limits flags raise, and what it says: `payout_fraud_flag`
+/// (potential fraud, counted towards ESCALATION_FRAUD_FLAGS) for `RECENT_REFUND_OR_DISPUTE`
+/// or two suspicious patterns at once; `payout_limits_flag` (level 1) for one pattern or
+/// another signal flag; none otherwise.
 fn flag_signal(flags: &[String]) -> Option<(&'static str, &'static str)> {
-    if flags
-        .iter()
-        .any(|flag| FRAUD_FLAGS.contains(&flag.as_str()))
-    {
+    let has = |flag: &str| flags.iter().any(|f| f == flag);
+    let patterns = PATTERN_FLAGS.iter().filter(|flag| has(flag)).count();
+    if has(FRAUD_FLAG) || patterns >= 2 {
         Some(("payout_fraud_flag", "potential fraud"))
-    } else if flags
-        .iter()
-        .any(|flag| SIGNAL_FLAGS.contains(&flag.as_str()))
-    {
+    } else if patterns == 1 || SIGNAL_FLAGS.iter().any(|flag| has(flag)) {
         Some(("payout_limits_flag", "a limits flag"))
     } else {
         None
@@ -1728,6 +1730,26 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+    }
+
+    #[test]
+    fn fraud_is_a_refunded_cash_out_or_two_patterns_at_once_and_one_pattern_is_a_flag() {
+        let of = |flags: &[&str]| {
+            flag_signal(&flags.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>())
+                .map(|(kind, _)| kind)
+        };
+        assert_eq!(of(&["REQUIRES_ADMIN_APPROVAL", "NEW_ACCOUNT"]), None);
+        assert_eq!(
+            of(&["REQUIRES_ADMIN_APPROVAL", "LARGE_FIRST_PAYOUT"]),
+            Some("payout_limits_flag")
+        );
+        assert_eq!(of(&["SUSPICIOUS_FREQUENCY"]), Some("payout_limits_flag"));
+        assert_eq!(of(&["TOO_SOON"]), Some("payout_limits_flag"));
+        assert_eq!(
+            of(&["LARGE_FIRST_PAYOUT", "LARGE_PERCENTAGE_OF_EARNINGS"]),
+            Some("payout_fraud_flag")
+        );
+        assert_eq!(of(&["RECENT_REFUND_OR_DISPUTE"]), Some("payout_fraud_flag"));
     }
 
     fn cause() -> Cause<'static> {
