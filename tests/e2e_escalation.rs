@@ -247,6 +247,26 @@ fn dispute(dispute_id: &str, charge_id: &str, amount: i64) -> Value {
     dispute
 }
 
+/// `value` has only the properties the OpenAPI document's schema `name` lists, and each
+/// enum-valued one holds a value the document allows (what a client generated from it reads).
+fn conforms(value: &Value, name: &str) {
+    let document: Value = serde_json::from_str(payouts_gateway::OPENAPI).unwrap();
+    let properties = &document["components"]["schemas"][name]["properties"];
+    for (key, field) in value.as_object().unwrap() {
+        let declared = &properties[key];
+        assert!(
+            declared.is_object(),
+            "{name}.{key} is not in gateway/openapi.json: {value}"
+        );
+        if let Some(allowed) = declared["enum"].as_array() {
+            assert!(
+                allowed.contains(field),
+                "{name}.{key} = {field} is not one of {allowed:?}"
+            );
+        }
+    }
+}
+
 fn time(text: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(text)
         .unwrap_or_else(|error| panic!("{text:?}: {error}"))
@@ -340,6 +360,7 @@ async fn a_dispute_burst_pages_the_leads_halts_payouts_and_an_admin_ends_both() 
     assert_eq!(alert["signalCount"], 3, "{alert}");
     assert_eq!(alert["status"], "open", "{alert}");
     assert!(alert["page"]["lastError"].is_null(), "{alert}");
+    conforms(&alert, "Alert");
     // The level filter keeps level 3 only: the disputes' own alerts are level 2.
     let open_three = system.get("/api/admin/alerts?level=3").await;
     let open_three = open_three["alerts"].as_array().unwrap();
@@ -428,6 +449,7 @@ async fn a_dispute_burst_pages_the_leads_halts_payouts_and_an_admin_ends_both() 
         "{pause}"
     );
     assert_eq!(pause["changedBy"], "notifications", "{pause}");
+    conforms(&pause, "TransferPause");
     // Prometheus sees it too, and the chart's rule pages it through Alertmanager.
     prometheus
         .wait_for_query(
@@ -441,6 +463,16 @@ async fn a_dispute_burst_pages_the_leads_halts_payouts_and_an_admin_ends_both() 
         })
         .await;
     assert_eq!(halted.label("severity"), "critical", "{halted:?}");
+    // The dashboard's "alerts by level" and pages series.
+    prometheus
+        .wait_for_query(
+            r#"payouts_alerts_open{type="escalation_dispute_burst",level="3"} == 1"#,
+            PATIENCE,
+        )
+        .await;
+    prometheus
+        .wait_for_query(r#"payouts_alert_pages_total{result="sent"} > 0"#, PATIENCE)
+        .await;
     assert!(
         halted.annotations["runbook_url"].ends_with("docs/runbooks.md#payoutstransfershalted"),
         "{halted:?}"
@@ -524,8 +556,9 @@ async fn a_dispute_burst_pages_the_leads_halts_payouts_and_an_admin_ends_both() 
         .admin(reqwest::Method::POST, "/api/admin/balance/resume", None)
         .await;
     assert_eq!(status, 409, "{refused}");
-    assert!(
-        refused.to_string().contains("notes are required"),
+    assert_eq!(
+        refused["error"],
+        "notes are required to lift an escalation halt (reason): say what was checked",
         "{refused}"
     );
     let (status, refused) = system
