@@ -4,7 +4,14 @@
 //! raises the level-3 alert: the leads are paged (the receiver gets it, with its labels and
 //! links), automated payouts halt (a payout requested then waits in PENDING, no transfer at
 //! Stripe), an admin resolves the alert (the page ends at the receiver) and lifts the halt with
-//! notes (refused without them), and the waiting payout is transferred once.
+//! notes (refused without them), and the waiting payout is transferred once. Along the way:
+//! a dispute delivered twice counts once, a fourth escalates the open alert (no second one),
+//! an acknowledged alert keeps paging, and Prometheus's PayoutsTransfersHalted fires and ends.
+//!
+//! Settings: `ALERT_PAGE_INTERVAL_SECONDS=2` (quick re-pushes), `ESCALATION_DISPUTES=3/60`
+//! (the default, stated), `RUNBOOK_BASE_URL` left at its default. Every wait polls with a
+//! deadline ([`PATIENCE`]); the only fixed window watches that nothing is transferred while
+//! halted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: failing loudly is the point
 
