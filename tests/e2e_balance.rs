@@ -589,7 +589,7 @@ async fn alert_emails_arrive_with_the_spec_subjects() {
         assert!(
             email
                 .body
-                .contains("https://admin.example.com/admin/alerts/alert_platform_balance"),
+                .contains("https://admin.example.com/admin/#/alerts/alert_platform_balance"),
             "{}",
             email.body
         );

@@ -114,6 +114,28 @@ pub fn alert_id(dedupe_key: Option<&str>, generated: String) -> String {
 }
 
 impl Alert {
+    /// The alert on the admin dashboard served under `dashboard_url` (`DASHBOARD_URL`, the
+    /// gateway's base): the dashboard page (`/admin/`, the only path the gateway serves it
+    /// at) on its Alerts route at the alert's level, the alert's id in the route.
+    pub fn dashboard_link(&self, dashboard_url: &str) -> String {
+        let id: String = self
+            .id
+            .bytes()
+            .map(|byte| {
+                if byte.is_ascii_alphanumeric() || b"_-.:".contains(&byte) {
+                    char::from(byte).to_string()
+                } else {
+                    format!("%{byte:02X}")
+                }
+            })
+            .collect();
+        format!(
+            "{}/admin/#/alerts/{id}?status=all&level={}",
+            dashboard_url.trim_end_matches('/'),
+            self.level.number()
+        )
+    }
+
     /// A new alert from caller input; every problem names its field.
     #[allow(clippy::too_many_arguments)]
     pub fn raise(
@@ -322,6 +344,23 @@ mod tests {
             now(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_dashboard_link_is_the_dashboard_page_at_the_alerts_route() {
+        let alert = alert("payout_1:unknown");
+        assert_eq!(
+            alert.dashboard_link("https://ops.example.com/"),
+            "https://ops.example.com/admin/#/alerts/alert_payout_1:unknown?status=all&level=2"
+        );
+        let odd = super::Alert {
+            id: "alert_a b?c#d/é".to_owned(),
+            ..alert
+        };
+        assert_eq!(
+            odd.dashboard_link("https://ops.example.com"),
+            "https://ops.example.com/admin/#/alerts/alert_a%20b%3Fc%23d%2F%C3%A9?status=all&level=2"
+        );
     }
 
     #[test]

@@ -161,9 +161,8 @@ pub fn compose(alert: &Alert, dashboard_url: Option<&str>) -> (String, String) {
     }
     if let Some(url) = dashboard_url {
         body.push_str(&format!(
-            "\nOpen it in the dashboard: {}/admin/alerts/{}\n",
-            url.trim_end_matches('/'),
-            alert.id
+            "\nOpen it in the dashboard: {}\n",
+            alert.dashboard_link(url)
         ));
     }
     (subject, body)
@@ -224,7 +223,7 @@ mod tests {
         );
         assert!(body.contains("Available balance $700.00."), "{body}");
         assert!(
-            body.contains("https://admin.example.com/admin/alerts/alert_k"),
+            body.contains("https://admin.example.com/admin/#/alerts/alert_k?status=all&level="),
             "{body}"
         );
     }

@@ -346,9 +346,11 @@ impl Alert {
 /// Where the links of a page point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageLinks {
-    /// `RUNBOOK_BASE_URL` (`docs/runbooks.md` by default): `runbook_url` is `<base>#<type>`.
+    /// `RUNBOOK_BASE_URL` (docs/runbooks.md on GitHub by default): `runbook_url` is
+    /// `<base>#<type>`.
     pub runbook_base_url: String,
-    /// `DASHBOARD_URL`: `dashboard` is `<url>/admin/alerts/<id>`, and `generatorURL`.
+    /// `DASHBOARD_URL`: `dashboard` is the alert on the dashboard
+    /// ([`Alert::dashboard_link`]), and `generatorURL`.
     pub dashboard_url: Option<String>,
 }
 
@@ -360,7 +362,7 @@ pub fn alertmanager_alert(alert: &Alert, ends_at: DateTime<Utc>, links: &PageLin
     let dashboard = links
         .dashboard_url
         .as_deref()
-        .map(|url| format!("{}/admin/alerts/{}", url.trim_end_matches('/'), alert.id));
+        .map(|url| alert.dashboard_link(url));
     let mut annotations = json!({
         "summary": alert.title,
         "description": alert.description,
@@ -537,7 +539,10 @@ mod tests {
         );
         assert_eq!(
             body["annotations"]["dashboard"],
-            format!("https://admin.example.com/admin/alerts/{}", alert.id)
+            format!(
+                "https://admin.example.com/admin/#/alerts/{}?status=all&level=3",
+                alert.id
+            )
         );
         assert_eq!(body["annotations"]["figures"], "{\"count\":3}");
         assert_eq!(body["endsAt"], "2027-01-15T08:00:00.000Z");

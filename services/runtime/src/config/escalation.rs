@@ -63,7 +63,8 @@ pub struct EscalationSettings {
     /// pusher died.
     pub page_interval: Duration,
     /// `RUNBOOK_BASE_URL`: where docs/runbooks.md is published; a page's `runbook_url` is
-    /// `<base>#<alert type>` (default `docs/runbooks.md`, the file in the repository).
+    /// `<base>#<alert type>` (default: the repository's file on GitHub, as the chart's
+    /// Prometheus rules link it; a bare path would be no link in a page).
     pub runbook_base_url: String,
 }
 
@@ -91,7 +92,8 @@ impl Default for EscalationSettings {
             email_to: Vec::new(),
             alertmanager_url: None,
             page_interval: Duration::from_secs(60),
-            runbook_base_url: "docs/runbooks.md".to_owned(),
+            runbook_base_url: "https://github.com/payouts/payouts/blob/main/docs/runbooks.md"
+                .to_owned(),
         }
     }
 }
@@ -195,6 +197,11 @@ mod tests {
                 count: 3,
                 minutes: 60
             }
+        );
+        // A page's runbook link is an absolute URL by default (the chart's rules' base).
+        assert_eq!(
+            escalation.runbook_base_url,
+            "https://github.com/payouts/payouts/blob/main/docs/runbooks.md"
         );
     }
 
