@@ -425,8 +425,10 @@ async fn the_scheduled_check_runs_once_per_slot_with_two_replicas() {
 }
 
 /// At depleted, new transfers pause by themselves: a payout requested then is admitted and
-/// waits; when a check finds the balance healthy again it is transferred. An admin can pause
-/// and resume by hand, and the balance does not undo an admin.
+/// waits. Depletion is level 3 (design §10): the notifications service halts transfers too,
+/// so a healthy balance alone does not restart them; an admin lifts the halt with notes (not
+/// without), and the payout is transferred. An admin can pause and resume by hand, and the
+/// balance does not undo an admin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     use payouts_proto::common::v1::Money;
@@ -467,9 +469,47 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         "no transfer while paused"
     );
 
-    // The balance recovers: the check lifts its own pause.
+    // The level-3 halt follows (owed by notifications, applied by its worker).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let pause = system.transfer_pause().await;
+        if pause["cause"] == "escalation" {
+            assert_eq!(pause["paused"], true, "{pause}");
+            assert_eq!(pause["changedBy"], "notifications", "{pause}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never halted: {pause}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // The balance recovers: its own pause would lift, but the halt holds.
     system.check(50_000).await;
-    assert_eq!(system.transfer_pause().await["paused"], false);
+    let pause = system.transfer_pause().await;
+    assert_eq!(pause["paused"], true, "{pause}");
+    assert_eq!(pause["cause"], "escalation", "{pause}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        system.stripe.transfers().is_empty(),
+        "no transfer while halted"
+    );
+    // Only an admin lifts it, saying what was checked.
+    let (status, refused) = system
+        .admin(reqwest::Method::POST, "/api/admin/balance/resume", None)
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(system.stripe.transfers().is_empty());
+    let (status, lifted) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/balance/resume",
+            Some(json!({ "reason": "funds added; checked the Stripe balance" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{lifted}");
+    assert_eq!(lifted["transferPause"]["paused"], false, "{lifted}");
     // The payout goes.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -494,9 +534,36 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     }
     assert_eq!(system.stripe.transfers().len(), 1);
 
-    // Depleted again, and an admin lifts the pause by hand: the next still-depleted check
-    // does not pause again what the admin lifted.
+    // Depleted again: a new episode, a new level-3 alert and its halt. Lifting the halt
+    // (with notes) is not overriding the balance check: the next depleted check pauses
+    // again. An admin then lifts that pause by hand: the next still-depleted check does not
+    // pause again what the admin lifted, and the same open alert does not halt twice.
     system.check(0).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while system.transfer_pause().await["cause"] != "escalation" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new episode never halted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, lifted) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/balance/resume",
+            Some(json!({ "reason": "checked: a known depletion, funds are on their way" })),
+        )
+        .await;
+    assert_eq!(status, 200, "{lifted}");
+    assert_eq!(lifted["transferPause"]["paused"], false);
+    assert_eq!(lifted["transferPause"]["overridden"], false);
+    system.check(0).await;
+    let pause = system.transfer_pause().await;
+    assert_eq!(
+        (&pause["paused"], &pause["cause"]),
+        (&json!(true), &json!("automatic")),
+        "{pause}"
+    );
     let (status, resumed) = system
         .admin(
             reqwest::Method::POST,
@@ -527,7 +594,27 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
             None,
         )
         .await;
-    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 3, "{alerts}");
+    // Newest first: the balance's pause, the halt, the balance's pause, the halt of the new
+    // episode, the balance's pause again, the admin's.
+    let causes: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|alert| alert["metadata"]["cause"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        causes,
+        [
+            "automatic",
+            "escalation",
+            "automatic",
+            "escalation",
+            "automatic",
+            "manual"
+        ],
+        "{alerts}"
+    );
     let (_, alerts) = system
         .admin(
             reqwest::Method::GET,
@@ -535,7 +622,24 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
             None,
         )
         .await;
-    assert_eq!(alerts["alerts"].as_array().unwrap().len(), 2, "{alerts}");
+    // Every lift was an admin's, with the notes given: the recovered balance lifted nothing
+    // while the halt held.
+    let reasons: Vec<&str> = alerts["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|alert| alert["metadata"]["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "funds added; checked the Stripe balance",
+            "checked: a known depletion, funds are on their way",
+            "funds are on their way"
+        ],
+        "{alerts}"
+    );
 }
 
 /// Alert emails reach a real SMTP server (aiosmtpd) with design §5's subjects, each once, to

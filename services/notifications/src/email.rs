@@ -65,9 +65,15 @@ impl Default for EmailPolicy {
     }
 }
 
-/// Which alerts are emailed: critical and warning ones.
-pub fn emailed(severity: Severity) -> bool {
-    severity >= Severity::Warning
+/// Which alerts are emailed (to `ALERT_EMAIL_TO`; at level 3 to `ESCALATION_EMAIL_TO` too):
+/// level 2 and 3. Level 1 is recorded (design §10: the dashboard and
+/// `payouts_alerts_open{level="1"}`), with one exception: the balance's warnings at level 1
+/// (warning balance, depletion risk) are emailed, because design §5 gives each its email and
+/// its planned actions (a transfer within 48 hours). A single payout failure or limits flag
+/// is not: those come by the dozen and their own rules escalate them.
+pub fn emailed(alert: &Alert) -> bool {
+    alert.level >= crate::escalation::Level::Admins
+        || (alert.kind.starts_with("platform_balance") && alert.severity >= Severity::Warning)
 }
 
 impl Alert {
@@ -282,6 +288,45 @@ mod tests {
             sent.claimed_for_email(now() + Duration::days(1), &policy),
             None
         );
-        assert!(!emailed(Severity::Info) && emailed(Severity::Warning));
+        use crate::escalation::Level;
+        let at = |kind: &str, severity: Severity, level: Level| Alert {
+            level,
+            ..alert(kind, severity, "T")
+        };
+        assert!(!emailed(&at(
+            "payout_failed",
+            Severity::Critical,
+            Level::Recorded
+        )));
+        assert!(!emailed(&at(
+            "payout_limits_flag",
+            Severity::Critical,
+            Level::Recorded
+        )));
+        assert!(emailed(&at(
+            "payout_failed",
+            Severity::Critical,
+            Level::Admins
+        )));
+        assert!(emailed(&at(
+            "escalation_dispute_burst",
+            Severity::Critical,
+            Level::Leads
+        )));
+        assert!(emailed(&at(
+            "platform_balance",
+            Severity::Warning,
+            Level::Recorded
+        )));
+        assert!(emailed(&at(
+            "platform_balance_depletion_risk",
+            Severity::Warning,
+            Level::Recorded
+        )));
+        assert!(!emailed(&at(
+            "platform_balance",
+            Severity::Info,
+            Level::Recorded
+        )));
     }
 }

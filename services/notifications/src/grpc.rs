@@ -61,14 +61,11 @@ impl NotificationsGrpc {
         self
     }
 
-    /// The alert owing what its level owes: an email (a signal's alert at level 2 or 3; one
-    /// without a signal by its severity, as before levels), and at level 3 a page and a halt.
+    /// The alert owing what its level owes: an email ([`crate::email::emailed`]), and at
+    /// level 3 a page and a halt. An alert without a signal has its level from its severity
+    /// (critical 2, warning 1).
     fn owing(&self, alert: Alert) -> Alert {
-        let emailed = match alert.signal {
-            Some(_) => alert.level >= Level::Admins,
-            None => crate::email::emailed(alert.severity),
-        };
-        let alert = if self.emails && emailed {
+        let alert = if self.emails && crate::email::emailed(&alert) {
             alert.owing_email(self.clock.now())
         } else {
             alert
