@@ -46,6 +46,11 @@ impl Gate {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The task being polled right now (`None` outside the executor): whose call this is.
+    pub fn current(&self) -> Option<TaskId> {
+        self.lock().current
+    }
+
     /// An await point: the task parks here until the scheduler resumes (or drops) it.
     pub fn point(&self, label: &'static str) -> Point {
         Point {

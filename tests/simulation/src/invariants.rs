@@ -13,6 +13,11 @@ use payouts_disputes::store::{AllocationRepository, MemoryAllocations};
 use payouts_webhooks::store::MemoryInbox;
 use std::sync::Arc;
 
+use payouts_notifications::paging::HaltStatus;
+use payouts_notifications::store::AlertRepository as _;
+use payouts_payouts::store::PauseRepository as _;
+
+use crate::halts::PauseWatch;
 use crate::ports::Windows;
 use crate::stripe::SimStripe;
 use crate::world::Stores;
@@ -378,6 +383,11 @@ pub fn settled(stores: &Stores, stripe: &SimStripe) -> bool {
 /// belonging to exactly one payout.
 pub fn at_end(stores: &Stores, stripe: &SimStripe, truth: &Truth) -> Result<(), String> {
     earnings_add_up(stores)?;
+    // Every level-3 alert's halt was delivered (a halt is owed until payouts confirms it).
+    let owed = halts_owed(stores);
+    if owed > 0 {
+        return Err(format!("{owed} escalation halts are still owed at the end"));
+    }
     // Every event applied: each creator's book is what Stripe's refunds and disputes say.
     let by_stripe = truth.lifetimes_at_end();
     for (user, cents) in &by_stripe {
@@ -584,6 +594,50 @@ fn earnings_add_up(stores: &Stores) -> Result<(), String> {
                     .iter()
                     .map(|(_, after)| &after.id)
                     .collect::<Vec<_>>()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn level_three_alerts(stores: &Stores) -> Vec<payouts_notifications::alerts::Alert> {
+    crate::world::now(stores.alerts.list(None, None, None, None, 10_000)).unwrap_or_default()
+}
+
+/// How many level-3 alerts still owe their transfer halt.
+pub fn halts_owed(stores: &Stores) -> usize {
+    level_three_alerts(stores)
+        .iter()
+        .filter(|alert| {
+            alert
+                .halt
+                .as_ref()
+                .is_some_and(|halt| halt.status == HaltStatus::Owed)
+        })
+        .count()
+}
+
+/// The transfer pause and the escalation halt, after every step ([`crate::halts`]): no
+/// transfer made at Stripe for an attempt that started while transfers were paused; no
+/// pending payout failed, tried or claimed by an attempt that read a pause; a halt lifted
+/// only by an admin with notes and never replaced; and a halt notifications recorded as
+/// confirmed was applied (it is in the pause's memory of the alerts that halted), so a halt
+/// is never lost between the two services.
+pub fn halts(stores: &Stores, watch: &PauseWatch) -> Result<(), String> {
+    if let Some(problem) = watch.violations().into_iter().next() {
+        return Err(problem);
+    }
+    let pause = crate::world::now(stores.pause.get()).map_err(|error| error.to_string())?;
+    for alert in level_three_alerts(stores) {
+        let confirmed = alert
+            .halt
+            .as_ref()
+            .is_some_and(|halt| halt.status == HaltStatus::Set);
+        if confirmed && !pause.escalations.contains(&alert.id) {
+            return Err(format!(
+                "notifications recorded the halt of {} as confirmed, but payouts never applied \
+                 it (the pause remembers {:?})",
+                alert.id, pause.escalations
             ));
         }
     }

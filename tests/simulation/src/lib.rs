@@ -1,8 +1,9 @@
 //! A seeded, deterministic simulation of Payouts under faults.
 //!
 //! It runs the real domain code and embedded stores of the webhooks, payouts, limits and
-//! approvals services, several replicas of each, against a simulated Stripe, with users
-//! requesting (and retrying, and reusing keys) at once and admins deciding at once. A seeded
+//! approvals services (and notifications' escalation worker), several replicas of each,
+//! against a simulated Stripe, with users requesting (and retrying, and reusing keys) at once,
+//! admins deciding at once, and transfers paused and halted (level-3 escalations). A seeded
 //! scheduler decides every step: which parked operation resumes, which one crashes at its
 //! await point (its in-flight state dropped), which Stripe event is delivered (late,
 //! reordered, twice, or for some never), how Stripe answers each request, how much time
@@ -20,10 +21,13 @@
 //! - [`ports`]: the services calling each other, with faults.
 //! - [`stripe`]: the simulated Stripe.
 //! - [`invariants`]: what must hold.
+//! - [`halts`]: what the transfer pause and the escalation halt must mean, watched at the
+//!   stores and at Stripe.
 //! - [`world`]: wiring, the scheduler, the drain.
 
 pub mod chaos;
 pub mod executor;
+pub mod halts;
 pub mod invariants;
 pub mod ports;
 pub mod stores;

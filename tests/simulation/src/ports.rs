@@ -542,3 +542,54 @@ pub struct Silent;
 impl Notifier for Silent {
     fn notify(&self, _notice: UserNotice) {}
 }
+
+/// The payouts service, as notifications' escalator halts transfers through it
+/// (`SetTransferPause`, cause escalation, reason `escalation: <alert id>`): the gRPC
+/// handler's checks, then the payouts flow's `set_pause`, on a randomly chosen replica. Down,
+/// or acted with its answer lost, like every call between services.
+pub struct HaltCalls {
+    pub hazard: Hazard,
+    pub clock: ManualClock,
+    /// Weak: the replicas hold these calls (a strong cycle would never be freed).
+    pub replicas: Weak<Replicas>,
+}
+
+impl HaltCalls {
+    /// `SetTransferPause` as the gRPC handler takes it (cause escalation: paused, a reason
+    /// naming the alert, an actor).
+    pub async fn set_transfer_pause(
+        &self,
+        change: payouts_payouts::pause::PauseChange,
+    ) -> Result<payouts_payouts::pause::TransferPause, ServiceError> {
+        use payouts_payouts::pause::{PauseCause, escalation_alert};
+        if change.cause == PauseCause::Escalation
+            && (!change.paused || escalation_alert(&change.reason).is_none())
+        {
+            return Err(ServiceError::invalid_argument(
+                "an escalation halt pauses and names its alert",
+            ));
+        }
+        let flow = pick(&self.hazard, &self.replicas, |r| &r.payouts)?;
+        call(
+            &self.hazard,
+            &self.clock,
+            "payouts.set_transfer_pause",
+            async move { flow.set_pause(&change).await },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl payouts_notifications::escalator::Halter for HaltCalls {
+    async fn halt(&self, alert_id: &str) -> Result<(), ServiceError> {
+        self.set_transfer_pause(payouts_payouts::pause::PauseChange {
+            paused: true,
+            cause: payouts_payouts::pause::PauseCause::Escalation,
+            reason: payouts_payouts::pause::escalation_reason(alert_id),
+            actor: "notifications".to_owned(),
+        })
+        .await
+        .map(|_| ())
+    }
+}

@@ -2,6 +2,7 @@
 //! the store may not answer (nothing happened), or a write may happen and its answer be
 //! lost (as a network error after a MongoDB write). A crash can fall between any two calls.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -14,6 +15,9 @@ use payouts_disputes::store::{AllocationRepository, ChargeCaseRepository, Earnin
 use payouts_limits::checks::Quota;
 use payouts_limits::domain::BlockedAttempt;
 use payouts_limits::store::{BlockedAttemptRepository, QuotaRepository};
+use payouts_notifications::alerts::{Alert, AlertStatus};
+use payouts_notifications::escalation::Level;
+use payouts_notifications::store::AlertRepository;
 use payouts_payouts::domain::Account;
 use payouts_payouts::pause::TransferPause;
 use payouts_payouts::payout::{AuditEntry, Payout, PayoutStatus};
@@ -36,6 +40,8 @@ pub struct Hazard {
     pub chaos: Chaos,
     /// Services down for a while ([`crate::chaos::Outages`]).
     pub outages: crate::chaos::Outages,
+    /// What the transfer pause must mean ([`crate::halts`]).
+    pub watch: crate::halts::PauseWatch,
 }
 
 impl Hazard {
@@ -176,12 +182,19 @@ impl PayoutRepository for Hazardous<dyn PayoutRepository> {
             .await
     }
     async fn replace(&self, payout: &Payout, expected_version: i64) -> Result<(), ServiceError> {
-        self.hazard
-            .write(
-                "payouts.replace",
-                self.inner.replace(payout, expected_version),
-            )
-            .await
+        let (inner, hazard) = (&self.inner, &self.hazard);
+        // Watched at the instant the write applies: a pause is not a failure, nor a try.
+        let write = async move {
+            let before = inner.get(&payout.id).await?;
+            inner.replace(payout, expected_version).await?;
+            if let Some(before) = before {
+                hazard
+                    .watch
+                    .payout_written(hazard.gate.current(), &before, payout);
+            }
+            Ok(())
+        };
+        self.hazard.write("payouts.replace", write).await
     }
     async fn delete(&self, payout_id: &str, expected_version: i64) -> Result<(), ServiceError> {
         self.hazard
@@ -250,12 +263,20 @@ impl AccountRepository for Hazardous<dyn AccountRepository> {
 #[async_trait]
 impl PauseRepository for Hazardous<dyn PauseRepository> {
     async fn get(&self) -> Result<TransferPause, ServiceError> {
-        self.hazard.read("pause.get", self.inner.get()).await
+        let pause = self.hazard.read("pause.get", self.inner.get()).await?;
+        // The store's state at the instant of the read: what this task's attempt started on.
+        self.hazard.watch.read(self.hazard.gate.current(), &pause);
+        Ok(pause)
     }
     async fn put(&self, pause: &TransferPause, expected_version: i64) -> Result<(), ServiceError> {
-        self.hazard
-            .write("pause.put", self.inner.put(pause, expected_version))
-            .await
+        let (inner, hazard) = (&self.inner, &self.hazard);
+        let write = async move {
+            let before = inner.get().await?;
+            inner.put(pause, expected_version).await?;
+            hazard.watch.changed(hazard.gate.current(), &before, pause);
+            Ok(())
+        };
+        self.hazard.write("pause.put", write).await
     }
 }
 
@@ -470,6 +491,80 @@ impl ChargeCaseRepository for Hazardous<dyn ChargeCaseRepository> {
                 "cases.list_disputed",
                 self.inner.list_disputed(after, limit),
             )
+            .await
+    }
+}
+
+#[async_trait]
+impl AlertRepository for Hazardous<dyn AlertRepository> {
+    async fn create(&self, alert: &Alert) -> Result<(Alert, bool), ServiceError> {
+        self.hazard
+            .write("alerts.create", self.inner.create(alert))
+            .await
+    }
+    async fn get(&self, alert_id: &str) -> Result<Option<Alert>, ServiceError> {
+        self.hazard
+            .read("alerts.get", self.inner.get(alert_id))
+            .await
+    }
+    async fn list(
+        &self,
+        status: Option<AlertStatus>,
+        kind: Option<&str>,
+        level: Option<Level>,
+        after: Option<(DateTime<Utc>, String)>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        self.hazard
+            .read(
+                "alerts.list",
+                self.inner.list(status, kind, level, after, limit),
+            )
+            .await
+    }
+    async fn replace(&self, alert: &Alert, expected_version: i64) -> Result<(), ServiceError> {
+        self.hazard
+            .write(
+                "alerts.replace",
+                self.inner.replace(alert, expected_version),
+            )
+            .await
+    }
+    async fn open_by_type(&self) -> Result<BTreeMap<(String, Level), u64>, ServiceError> {
+        self.hazard
+            .read("alerts.open_by_type", self.inner.open_by_type())
+            .await
+    }
+    async fn pages_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        self.hazard
+            .read("alerts.pages_due", self.inner.pages_due(now, limit))
+            .await
+    }
+    async fn pages_owed(&self) -> Result<u64, ServiceError> {
+        self.hazard
+            .read("alerts.pages_owed", self.inner.pages_owed())
+            .await
+    }
+    async fn halts_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        self.hazard
+            .read("alerts.halts_due", self.inner.halts_due(now, limit))
+            .await
+    }
+    async fn emails_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Alert>, ServiceError> {
+        self.hazard
+            .read("alerts.emails_due", self.inner.emails_due(now, limit))
             .await
     }
 }

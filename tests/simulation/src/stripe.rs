@@ -72,6 +72,8 @@ struct State {
     log: Vec<String>,
     /// What each event about a supporter's charge tells whoever applies it.
     news: BTreeMap<String, News>,
+    /// Transfers made by the request being served (id, idempotency key), for the pause watch.
+    made: Vec<(String, String)>,
 }
 
 /// What an event about a supporter's charge tells: which refunds of the charge it makes
@@ -445,6 +447,10 @@ impl SimStripe {
             transfer["id"].as_str().unwrap_or_default()
         );
         state.log.push(line);
+        state.made.push((
+            transfer["id"].as_str().unwrap_or_default().to_owned(),
+            key.to_owned(),
+        ));
         let body = if status == 200 {
             transfer.to_string()
         } else {
@@ -521,6 +527,12 @@ impl StripeApi for SimStripe {
                 seen_from_json(&transfer).ok_or_else(|| unknown("unreadable answer"))
             }
         };
+        let made = std::mem::take(&mut self.lock().made);
+        for (transfer, key) in made {
+            self.hazard
+                .watch
+                .transfer_made(self.hazard.gate.current(), &transfer, &key);
+        }
         {
             let mut state = self.lock();
             let line = format!(

@@ -28,6 +28,11 @@ use payouts_limits::domain::LimitConfig;
 use payouts_limits::store::{
     BlockedAttemptRepository, MemoryBlockedAttempts, MemoryQuotas, QuotaRepository,
 };
+use payouts_notifications::alerts::{Alert, Severity};
+use payouts_notifications::escalation::Level;
+use payouts_notifications::escalator::{Escalator, Halter};
+use payouts_notifications::paging::{PageLinks, PagePolicy};
+use payouts_notifications::store::{AlertRepository, MemoryAlerts};
 use payouts_payouts::domain::Account;
 use payouts_payouts::flow::PayoutFlow;
 use payouts_payouts::pause::{PauseCause, PauseChange};
@@ -47,10 +52,11 @@ use payouts_webhooks::store::{InboxRepository, MemoryInbox};
 
 use crate::chaos::Chaos;
 use crate::executor::{Executor, Gate, Progress, TaskFuture};
+use crate::halts::PauseWatch;
 use crate::invariants::{self, Observed};
 use crate::ports::{
-    AlertCalls, ApprovalCalls, ContextCalls, DecisionCalls, EventCalls, LimitsCalls, Replicas,
-    Silent, Windows,
+    AlertCalls, ApprovalCalls, ContextCalls, DecisionCalls, EventCalls, HaltCalls, LimitsCalls,
+    Replicas, Silent, Windows,
 };
 use crate::stores::{Hazard, Hazardous};
 use crate::stripe::SimStripe;
@@ -148,6 +154,10 @@ pub struct Stores {
     pub allocations: Arc<MemoryAllocations>,
     pub books: Arc<MemoryEarningsBooks>,
     pub cases: Arc<MemoryChargeCases>,
+    /// The transfer pause (`payoutTransferPause`).
+    pub pause: Arc<MemoryPause>,
+    /// Notifications' alerts (`criticalAlerts`): the level-3 ones owe halts.
+    pub alerts: Arc<MemoryAlerts>,
 }
 
 /// A supporter's charge that funded allocations (its refunds are Stripe's, in the
@@ -181,6 +191,14 @@ pub struct World {
     payouts: Vec<Arc<PayoutFlow>>,
     inboxes: Vec<Arc<Inbox>>,
     approvals: Vec<Arc<Workflow>>,
+    /// Notifications' escalation workers (they halt transfers for level-3 alerts).
+    escalators: Vec<Arc<Escalator>>,
+    /// The payouts service as notifications calls it.
+    halter: Arc<HaltCalls>,
+    /// What the transfer pause must mean, watched at the stores and at Stripe.
+    watch: PauseWatch,
+    /// The level-3 alerts raised so far.
+    escalation_alerts: Vec<String>,
     users: Vec<User>,
     charges: Vec<Charge>,
     windows: Windows,
@@ -205,10 +223,12 @@ impl World {
         let chaos = Chaos::new(seed);
         let gate = Gate::default();
         let outages = crate::chaos::Outages::default();
+        let watch = PauseWatch::default();
         let hazard = Hazard {
             gate: gate.clone(),
             chaos: chaos.clone(),
             outages: outages.clone(),
+            watch: watch.clone(),
         };
         let start = DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
         let clock = ManualClock::new(start);
@@ -222,6 +242,8 @@ impl World {
             allocations: Arc::new(MemoryAllocations::default()),
             books: Arc::new(MemoryEarningsBooks::default()),
             cases: Arc::new(MemoryChargeCases::default()),
+            pause: Arc::new(MemoryPause::default()),
+            alerts: Arc::new(MemoryAlerts::default()),
         };
         let allocations_store: Arc<dyn AllocationRepository> = Hazardous::new(
             Arc::clone(&stores.allocations) as Arc<dyn AllocationRepository>,
@@ -245,7 +267,11 @@ impl World {
             &hazard,
         );
         let pause_store: Arc<dyn PauseRepository> = Hazardous::new(
-            Arc::new(MemoryPause::default()) as Arc<dyn PauseRepository>,
+            Arc::clone(&stores.pause) as Arc<dyn PauseRepository>,
+            &hazard,
+        );
+        let alerts_store: Arc<dyn AlertRepository> = Hazardous::new(
+            Arc::clone(&stores.alerts) as Arc<dyn AlertRepository>,
             &hazard,
         );
         let quotas_store: Arc<dyn QuotaRepository> = Hazardous::new(
@@ -389,6 +415,29 @@ impl World {
                 })
             })
             .collect();
+        // Notifications' escalation worker, the real one: it delivers the halts level-3 alerts
+        // owe through the payouts service (`SetTransferPause`, cause escalation).
+        let halter = Arc::new(HaltCalls {
+            hazard: hazard.clone(),
+            clock: clock.clone(),
+            replicas: Arc::downgrade(&replicas),
+        });
+        let escalators: Vec<Arc<Escalator>> = (0..count)
+            .map(|_| {
+                Arc::new(Escalator {
+                    alerts: Arc::clone(&alerts_store),
+                    pager: None,
+                    halter: Arc::clone(&halter) as Arc<dyn Halter>,
+                    clock: Arc::new(clock.clone()),
+                    policy: PagePolicy::new(Duration::minutes(5)),
+                    links: PageLinks {
+                        runbook_base_url: "docs/runbooks.md".to_owned(),
+                        dashboard_url: None,
+                    },
+                    poll_interval: std::time::Duration::from_secs(1),
+                })
+            })
+            .collect();
         let _ = replicas.disputes.set(disputes);
         let _ = replicas.limits.set(limits);
         let _ = replicas.payouts.set(payouts.clone());
@@ -484,6 +533,10 @@ impl World {
             payouts,
             inboxes,
             approvals,
+            escalators,
+            halter,
+            watch,
+            escalation_alerts: Vec::new(),
             users,
             charges,
             windows,
@@ -532,7 +585,11 @@ impl World {
             payouts,
             transfers: self.stripe.transfers().len(),
             crashes: self.crashes,
-            faults: self.chaos.injected(),
+            faults: {
+                let mut faults = self.chaos.injected();
+                faults.extend(self.watch.counts());
+                faults
+            },
             alerts: self.alerts.lock().map(|a| a.len()).unwrap_or(0),
             trace: self.trace,
         })
@@ -559,6 +616,7 @@ impl World {
             &self.windows,
             &mut self.observed,
         )
+        .and_then(|()| invariants::halts(&self.stores, &self.watch))
         .map_err(|problem| self.failure(problem))
     }
 
@@ -595,7 +653,7 @@ impl World {
             return;
         }
         let room = self.executor.in_flight() < 8;
-        match self.chaos.below(104) {
+        match self.chaos.below(108) {
             0..=17 if room => self.request(),
             18..=31 if room => self.payouts_pass(),
             32..=43 if room => self.inbox_pass(),
@@ -615,6 +673,7 @@ impl World {
             98 if room => self.admin_reverse(),
             99 => self.outage(),
             100..=102 => self.reconcile_bank_payout(),
+            103..=106 if room => self.escalate(),
             _ => self.advance(),
         }
     }
@@ -950,27 +1009,176 @@ impl World {
     }
 
     /// The balance check or an admin pauses or resumes transfers, as a task (it can be cut
-    /// short anywhere, like any other).
+    /// short anywhere, like any other). An admin's resume comes with notes or without (a
+    /// resume without notes does not lift an escalation halt; the admin is told).
     fn toggle_pause(&mut self) {
         // Mostly lifts (pauses are short episodes, so transfers still happen in most runs);
         // either hand, so the rules between them are exercised.
         let paused = self.chaos.chance(150);
-        let change = PauseChange {
-            paused,
-            cause: if self.chaos.chance(if paused { 500 } else { 300 }) {
-                PauseCause::Automatic
-            } else {
-                PauseCause::Manual
-            },
-            reason: "simulated".to_owned(),
-            actor: "sim".to_owned(),
+        let cause = if self.chaos.chance(if paused { 500 } else { 300 }) {
+            PauseCause::Automatic
+        } else {
+            PauseCause::Manual
         };
+        let (reason, actor) = match cause {
+            PauseCause::Automatic => ("balance check".to_owned(), "balance"),
+            _ if paused || self.chaos.chance(500) => {
+                ("checked with finance".to_owned(), "admin:sim")
+            }
+            _ => (String::new(), "admin:sim"),
+        };
+        self.change_pause(PauseChange {
+            paused,
+            cause,
+            reason,
+            actor: actor.to_owned(),
+        });
+    }
+
+    /// Changes the transfer pause through a payouts replica, as a task; as the gRPC handler
+    /// answers, an admin's resume without notes that leaves a halt in place is an error.
+    fn change_pause(&mut self, change: PauseChange) {
         let flow = Arc::clone(&self.payouts[self.chaos.below(self.payouts.len())]);
+        let hazard = self.halter.hazard.clone();
         self.start(
-            format!("pause {} {}", change.cause.as_str(), change.paused),
+            format!(
+                "pause {} {} {:?}",
+                change.cause.as_str(),
+                change.paused,
+                change.reason
+            ),
             Box::pin(async move {
+                if !change.paused && change.reason.trim().is_empty() {
+                    hazard.watch.resume_without_notes(hazard.gate.current());
+                }
                 match flow.set_pause(&change).await {
-                    Ok(pause) => format!("paused={}", pause.paused()),
+                    Ok(pause)
+                        if !change.paused
+                            && change.cause == PauseCause::Manual
+                            && pause.cause == Some(PauseCause::Escalation) =>
+                    {
+                        format!("refused: the halt holds ({})", pause.reason)
+                    }
+                    Ok(pause) => format!(
+                        "paused={} ({})",
+                        pause.paused(),
+                        pause.cause.map_or("running", PauseCause::as_str)
+                    ),
+                    Err(error) => format!("error: {}", error.message()),
+                }
+            }),
+        );
+    }
+
+    /// Level-3 escalations (design §10): notifications raises a level-3 alert, which owes a
+    /// transfer halt; its escalation workers (the real ones, two replicas) deliver what is
+    /// owed through the payouts service, retried until confirmed; a halt request arrives
+    /// again, late or duplicated (a retry whose first answer was lost, an old request still
+    /// in the network), for the same alert or another, whatever happened since (an admin's
+    /// resume included); the balance check pauses and resumes on its own schedule; an admin
+    /// lifts the halt, with notes or without.
+    fn escalate(&mut self) {
+        match self.chaos.below(24) {
+            0..=3 => self.raise_level_three(),
+            4..=9 => {
+                let replica = self.chaos.below(self.escalators.len());
+                let escalator = Arc::clone(&self.escalators[replica]);
+                self.start(
+                    format!("escalation worker {replica}"),
+                    Box::pin(async move {
+                        match escalator.run_due().await {
+                            Ok(tried) => format!("tried {tried}"),
+                            Err(error) => format!("error: {}", error.message()),
+                        }
+                    }),
+                );
+            }
+            10..=13 if !self.stored_escalations().is_empty() => {
+                // Only an alert that was stored can have had its halt sent before.
+                let stored = self.stored_escalations();
+                let alert = stored[self.chaos.below(stored.len())].clone();
+                self.chaos.count("escalation halt sent again");
+                let halter = Arc::clone(&self.halter);
+                self.start(
+                    format!("halt for {alert} again"),
+                    Box::pin(async move {
+                        match halter.halt(&alert).await {
+                            Ok(()) => "halted".to_owned(),
+                            Err(error) => format!("error: {}", error.message()),
+                        }
+                    }),
+                );
+            }
+            14..=17 => {
+                // The balance check runs on its own schedule, whatever the halt.
+                let paused = self.chaos.chance(300);
+                self.change_pause(PauseChange {
+                    paused,
+                    cause: PauseCause::Automatic,
+                    reason: "balance check".to_owned(),
+                    actor: "balance".to_owned(),
+                });
+            }
+            _ => {
+                let notes = self.chaos.chance(700);
+                if !notes {
+                    self.chaos.count("admin resumes a halt without notes");
+                }
+                self.change_pause(PauseChange {
+                    paused: false,
+                    cause: PauseCause::Manual,
+                    reason: if notes {
+                        "disputes reviewed with finance".to_owned()
+                    } else {
+                        String::new()
+                    },
+                    actor: "admin:lead".to_owned(),
+                });
+            }
+        }
+    }
+
+    /// The level-3 alerts notifications stored (a raise cut short stored none).
+    fn stored_escalations(&self) -> Vec<String> {
+        self.escalation_alerts
+            .iter()
+            .filter(|id| now(self.stores.alerts.get(id)).ok().flatten().is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// Notifications raises a level-3 alert (a burst of disputes): stored owing a halt, as
+    /// a task (it may die before the alert is stored: then nothing is owed).
+    fn raise_level_three(&mut self) {
+        let id = format!("alert_sim_{}", self.escalation_alerts.len());
+        self.escalation_alerts.push(id.clone());
+        self.chaos.count("level-3 alert raised");
+        let now = self.clock.now();
+        let alert = Alert::raise(
+            id.clone(),
+            "escalation_dispute_burst",
+            Severity::Critical,
+            "Multiple Disputes in a Short Period",
+            "simulated",
+            "{}",
+            "",
+            now,
+        );
+        let Ok(mut alert) = alert else {
+            return self.advance();
+        };
+        alert.level = Level::Leads;
+        alert.signal = Some("dispute_created".to_owned());
+        let alert = alert.owing_escalation(now, false);
+        let store: Arc<dyn AlertRepository> = Hazardous::new(
+            Arc::clone(&self.stores.alerts) as Arc<dyn AlertRepository>,
+            &self.halter.hazard,
+        );
+        self.start(
+            format!("raise level-3 {id}"),
+            Box::pin(async move {
+                match store.create(&alert).await {
+                    Ok((_, created)) => format!("stored (new: {created})"),
                     Err(error) => format!("error: {}", error.message()),
                 }
             }),
@@ -1210,7 +1418,26 @@ impl World {
             };
             self.note(format!("task {id} {label}: {line}"));
         }
-        // Transfers run again: an admin lifts any pause (as the runbook says).
+        // Notifications delivers every halt still owed (a level-3 alert's halt is never
+        // lost), before the admin's resume below: a halt owed after it would hold for ever.
+        for _ in 0..40 {
+            let escalator = Arc::clone(&self.escalators[0]);
+            self.complete(
+                "drain escalation worker".to_owned(),
+                Box::pin(async move {
+                    match escalator.run_due().await {
+                        Ok(tried) => format!("tried {tried}"),
+                        Err(error) => format!("error: {}", error.message()),
+                    }
+                }),
+            );
+            if invariants::halts_owed(&self.stores) == 0 {
+                break;
+            }
+            self.clock.advance(Duration::minutes(1));
+            self.note("time +1min".to_owned());
+        }
+        // Transfers run again: an admin lifts any pause (as the runbook says), with notes.
         let flow = Arc::clone(&self.payouts[0]);
         let lifted = self.complete(
             "lift the transfer pause".to_owned(),

@@ -47,7 +47,9 @@ fn the_faults_the_simulation_promises_are_injected() {
     // chance of a few percent per call, and a short run makes few calls of each kind; since
     // refunds and disputes joined, fewer requests end in a transfer, so it takes more runs
     // to meet the rarest transfer faults: 100 seeds was the least that did; since backfills
-    // and reconciliations joined the mix, 120 no longer met a 500 before the transfer).
+    // and reconciliations joined the mix, 120 no longer met a 500 before the transfer). The
+    // escalation halt's own events (alerts raised, halts applied, repeated, sent again and
+    // lifted, resumes without notes) are counted with the faults.
     for seed in 0..200 {
         let report = run(seed, &Options::default()).unwrap();
         seen.extend(report.faults.keys().copied());
@@ -75,6 +77,12 @@ fn the_faults_the_simulation_promises_are_injected() {
         "owner service outage",
         "admin sends a reversal again",
         "two admins reverse at once",
+        "level-3 alert raised",
+        "escalation halt applied",
+        "escalation halt repeated under a halt",
+        "escalation halt sent again",
+        "escalation halt lifted",
+        "admin resumes a halt without notes",
     ] {
         assert!(seen.contains(fault), "{fault} never injected: {seen:?}");
     }
