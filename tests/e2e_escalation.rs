@@ -86,7 +86,11 @@ fn every_paged_alert_type_has_a_runbook_section() {
         Rule::UnknownOutcomesPiling,
     ]
     .map(Rule::kind);
-    for kind in kinds.iter().copied().chain(["platform_balance"]) {
+    for kind in kinds
+        .iter()
+        .copied()
+        .chain(["platform_balance", "creator_earnings_wiped"])
+    {
         assert!(
             anchors.contains(kind),
             "docs/runbooks.md has no anchor #{kind} for the pages' runbook_url"

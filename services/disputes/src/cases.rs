@@ -24,11 +24,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use payouts_runtime::{ErrorKind, ServiceError};
+use payouts_runtime::{Currency, ErrorKind, ServiceError};
 use serde_json::{Value, json};
 
 use crate::charges::{self, ChargeCase, ChargeNews, Notice, NoticeKind, Outcome};
-use crate::domain::Allocation;
+use crate::domain::{Allocation, Totals};
 use crate::earnings::Ledger;
 use crate::ports::{Message, NoticesPort, StripeRefunds};
 use crate::store::{ChargeCaseRepository, MAX_ALLOCATIONS_PER_CHARGE};
@@ -306,7 +306,36 @@ impl Cases {
                     Some(user_id) => self.notices.notify_user(&user_id, &message).await?,
                 }
             }
+            if notice.kind != NoticeKind::DisputeClosed
+                || case.outcome().is_some_and(|(o, _)| o == Outcome::Lost)
+            {
+                self.alert_wiped_earnings(&allocations, notice).await?;
+            }
+            // Forgotten only once everything it owes went out: a crash before sends it
+            // again under the same keys (no duplicates).
             self.forget(charge_id, notice).await?;
+        }
+        Ok(())
+    }
+
+    /// An escalation signal (design §10, potential fraud): a creator this charge funded
+    /// whose earnings refunds and disputes have wiped out ([`wiped`]). Keyed by the creator,
+    /// currency and number of allocations, so the same wipe alerts once however many events
+    /// find it, and a creator who earns again and is wiped again alerts again.
+    async fn alert_wiped_earnings(
+        &self,
+        allocations: &[Allocation],
+        notice: &Notice,
+    ) -> Result<(), ServiceError> {
+        let users: std::collections::BTreeSet<&str> =
+            allocations.iter().map(|a| a.user_id.as_str()).collect();
+        for user_id in users {
+            let book = self.ledger.books.get(user_id).await?;
+            for (currency, totals) in &book.totals {
+                if let Some(message) = wiped(user_id, currency, totals, notice) {
+                    self.notices.alert(&message).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -367,6 +396,43 @@ fn dollars(cents: i64) -> String {
 /// per affected creator (design §3's `affectedUserId`; one without a creator when the charge
 /// funded nobody we know), and a notification for each creator whose earnings it froze,
 /// unfroze or reduced.
+/// The alert for a creator whose earnings in `currency` refunds and disputes have wiped out:
+/// they had earnings, and all of it was taken back (refunded, or lost in disputes), nothing
+/// payable and nothing frozen (a frozen amount may yet come back: a dispute opened is not a
+/// wipe until it is lost). Its `amount_cents` (the signal's) is what was taken back; the
+/// escalation policy decides its level from it (`ESCALATION_REFUND_CENTS`).
+fn wiped(user_id: &str, currency: &Currency, totals: &Totals, notice: &Notice) -> Option<Message> {
+    let taken = totals.refunded;
+    if totals.allocations == 0 || totals.active > 0 || totals.frozen > 0 || taken <= 0 {
+        return None;
+    }
+    Some(Message {
+        key: format!(
+            "creator_earnings_wiped:{user_id}:{}:{}",
+            currency.as_str(),
+            totals.allocations
+        ),
+        kind: "creator_earnings_wiped".to_owned(),
+        title: "Creator Earnings Wiped by Refunds and Disputes".to_owned(),
+        body: format!(
+            "Every earning of creator {user_id} ({} allocations) was taken back by refunds \
+             and lost disputes: {} in all, nothing payable. A creator paid out and then \
+             refunded or disputed in full is the pattern of refund fraud: check their payouts.",
+            totals.allocations,
+            dollars(totals.refunded)
+        ),
+        data_json: json!({
+            "affectedUserId": user_id,
+            "currency": currency.as_str(),
+            "allocations": totals.allocations,
+            "refundedCents": totals.refunded,
+            "wipedCents": taken,
+            "eventId": notice.event_id,
+        })
+        .to_string(),
+    })
+}
+
 fn messages(
     case: &ChargeCase,
     notice: &Notice,

@@ -53,6 +53,12 @@ fn escalation_signal(message: &Message) -> notifications_pb::CreateCriticalAlert
             subject,
             ..Default::default()
         },
+        "creator_earnings_wiped" => notifications_pb::CreateCriticalAlertRequest {
+            signal: "earnings_wiped".to_owned(),
+            amount_cents: data["wipedCents"].as_i64().unwrap_or(0),
+            subject,
+            ..Default::default()
+        },
         _ => notifications_pb::CreateCriticalAlertRequest::default(),
     }
 }

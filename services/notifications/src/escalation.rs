@@ -263,6 +263,9 @@ impl EscalationPolicy {
             | Signal::StripeUnavailable
             | Signal::OutcomeUnknown => Level::Recorded,
             Signal::RefundProcessed if signal.amount_cents <= self.refund_cents => Level::Recorded,
+            // A creator wiped out for a few dollars is the admins' to look at; above the
+            // refund threshold it is potential fraud, the leads' (and a halt).
+            Signal::EarningsWiped if signal.amount_cents <= self.refund_cents => Level::Admins,
             Signal::BalanceCritical | Signal::DisputeCreated | Signal::RefundProcessed => {
                 Level::Admins
             }
@@ -286,6 +289,11 @@ impl EscalationPolicy {
             )),
             _ => None,
         }
+    }
+
+    /// The windowed rule `signal` feeds, if any.
+    pub fn rule_of(&self, signal: Signal) -> Option<Rule> {
+        self.rule_for(signal).map(|(rule, _)| rule)
     }
 
     /// How far back the store must look for `signal`'s rule (None: no history needed).
@@ -441,13 +449,18 @@ mod tests {
 
     #[test]
     fn level_three_signals_reach_the_leads_on_their_own() {
-        for signal in [Signal::BalanceDepleted, Signal::EarningsWiped] {
-            assert_eq!(
-                assess(&record("x", signal, now()), &[]).level,
-                Level::Leads,
-                "{signal:?}"
-            );
-        }
+        assert_eq!(
+            assess(&record("x", Signal::BalanceDepleted, now()), &[]).level,
+            Level::Leads
+        );
+        // Earnings wiped: above the refund threshold (what was taken back), the
+        // leads; at it, the admins.
+        let wiped = |cents| SignalRecord {
+            amount_cents: cents,
+            ..record("w", Signal::EarningsWiped, now())
+        };
+        assert_eq!(assess(&wiped(100_01), &[]).level, Level::Leads, "$100.01");
+        assert_eq!(assess(&wiped(100_00), &[]).level, Level::Admins, "$100.00");
     }
 
     #[test]

@@ -191,6 +191,10 @@ fn escalation_signal(kind: &str) -> &'static str {
         "payout_outcome_unknown" => "outcome_unknown",
         "payout_fraud_flag" => "fraud_flag",
         "payout_limits_flag" => "limits_flag",
+        // The platform unable to pay: Stripe refusing the platform's credentials or its
+        // balance (a run across ESCALATION_STRIPE_UNAVAILABLE_MINUTES is level 3). Stripe
+        // unreachable shows as unknown outcomes, which have their own rule.
+        "payout_stripe_refusing" | "stripe_credentials_refused" => "stripe_unavailable",
         _ => "",
     }
 }
@@ -354,5 +358,25 @@ impl ApprovalsPort for GrpcApprovals {
             .await
             .map_err(|status| ServiceError::from_remote("approvals", &status))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escalation_signal;
+
+    #[test]
+    fn payouts_alerts_carry_their_escalation_signal() {
+        for (kind, signal) in [
+            ("payout_failed", "payout_failed"),
+            ("payout_outcome_unknown", "outcome_unknown"),
+            ("payout_fraud_flag", "fraud_flag"),
+            ("payout_limits_flag", "limits_flag"),
+            ("payout_stripe_refusing", "stripe_unavailable"),
+            ("stripe_credentials_refused", "stripe_unavailable"),
+            ("payout_transfers_paused", ""),
+        ] {
+            assert_eq!(escalation_signal(kind), signal, "{kind}");
+        }
     }
 }
