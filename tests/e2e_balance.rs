@@ -535,8 +535,8 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     assert_eq!(system.stripe.transfers().len(), 1);
 
     // Depleted again: a new episode, a new level-3 alert and its halt. Lifting the halt
-    // (with notes) is not overriding the balance check: the next depleted check pauses
-    // again. An admin then lifts that pause by hand: the next still-depleted check does not
+    // (with notes) is not overriding the balance check: the balance's pause it covered
+    // stays. An admin then lifts that pause by hand: the next still-depleted check does not
     // pause again what the admin lifted, and the same open alert does not halt twice.
     system.check(0).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -555,7 +555,8 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         )
         .await;
     assert_eq!(status, 200, "{lifted}");
-    assert_eq!(lifted["transferPause"]["paused"], false);
+    assert_eq!(lifted["transferPause"]["paused"], true, "{lifted}");
+    assert_eq!(lifted["transferPause"]["cause"], "automatic", "{lifted}");
     assert_eq!(lifted["transferPause"]["overridden"], false);
     system.check(0).await;
     let pause = system.transfer_pause().await;
@@ -623,7 +624,8 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         )
         .await;
     // Every lift was an admin's, with the notes given: the recovered balance lifted nothing
-    // while the halt held.
+    // while the halt held, and lifting the second halt left the balance's pause (a change
+    // recorded as a pause, above).
     let reasons: Vec<&str> = alerts["alerts"]
         .as_array()
         .unwrap()
@@ -635,7 +637,6 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         reasons,
         [
             "funds added; checked the Stripe balance",
-            "checked: a known depletion, funds are on their way",
             "funds are on their way"
         ],
         "{alerts}"

@@ -618,6 +618,18 @@ impl PayoutFlow {
                     .await;
             }
         }
+        // The pause once more, just before money moves: the lookup and the re-checks above
+        // can take a gRPC deadline each, and a halt applied meanwhile stops the attempt here.
+        // The attempt is deferred as it stands (not tried, not failed; its claim lapses), and
+        // a pause that cannot be read defers it too. What remains is the request already on
+        // its way when a halt lands (docs/balance.md).
+        if !matches!(self.pause.get().await, Ok(pause) if !pause.paused()) {
+            return self
+                .attempt_answered(&claimed, None, |p, now| {
+                    p.attempt_deferred(prior_unknown, None, now)
+                })
+                .await;
+        }
         let request = TransferRequest {
             payout_id: claimed.id.clone(),
             user_id: claimed.user_id.clone(),

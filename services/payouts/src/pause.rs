@@ -14,8 +14,8 @@
 //! A third hand halts: notifications, when an alert reaches escalation level 3 (design §10;
 //! reason `escalation: <alert id>`). The halt is the strongest cause:
 //! - It applies over a running, automatic or manual state, and is never lifted by the
-//!   balance check's automatic resume (that lifts only an automatic pause), nor replaced by an
-//!   automatic or manual pause.
+//!   balance check's automatic resume, nor replaced by an automatic or manual pause: those
+//!   change the pause `beneath` it (what it covers), which lifting the halt leaves in force.
 //! - Only an admin's resume lifts it, with notes (the reason), recorded in the resume's
 //!   alert (the pause's audit trail, as for every change).
 //! - Notifications never resumes: a halt is one-way from its side.
@@ -77,6 +77,9 @@ pub struct TransferPause {
     /// The alerts whose escalation halts were applied (oldest first, the last
     /// [`REMEMBERED_ESCALATIONS`]): a halt is applied once per alert.
     pub escalations: Vec<String>,
+    /// Under a halt: the pause the halt covers (the balance's or an admin's, held when the
+    /// halt came or asked for while it held), which lifting the halt leaves in force.
+    pub beneath: Option<PauseCause>,
     pub version: i64,
 }
 
@@ -136,11 +139,27 @@ impl TransferPause {
                         ..self.clone()
                     });
                 }
-                (Some(PauseCause::Escalation), self.overridden)
+                return Some(TransferPause {
+                    cause: Some(PauseCause::Escalation),
+                    beneath: self.cause,
+                    reason: change.reason.trim().to_owned(),
+                    changed_by: change.actor.clone(),
+                    changed_at: Some(now),
+                    escalations,
+                    version: self.version + 1,
+                    ..self.clone()
+                });
             }
             // Notifications never lifts a halt.
             (PauseCause::Escalation, false) => return None,
             (PauseCause::Automatic, true) => {
+                if self.cause == Some(PauseCause::Escalation)
+                    && self.beneath.is_none()
+                    && !self.overridden
+                {
+                    // Under a halt the balance's pause is kept beneath it.
+                    return Some(self.beneath_changed(Some(PauseCause::Automatic), false));
+                }
                 if self.paused() || self.overridden {
                     return None;
                 }
@@ -148,14 +167,21 @@ impl TransferPause {
             }
             (PauseCause::Automatic, false) => match self.cause {
                 Some(PauseCause::Automatic) => (None, false),
+                Some(PauseCause::Escalation) if self.beneath == Some(PauseCause::Automatic) => {
+                    return Some(self.beneath_changed(None, false));
+                }
                 _ if self.overridden => (self.cause, false),
                 _ => return None,
             },
             (PauseCause::Manual, true) => {
-                if matches!(
-                    self.cause,
-                    Some(PauseCause::Manual | PauseCause::Escalation)
-                ) {
+                if self.cause == Some(PauseCause::Escalation) {
+                    // An admin's pause under a halt outlasts the halt.
+                    if self.beneath == Some(PauseCause::Manual) {
+                        return None;
+                    }
+                    return Some(self.beneath_changed(Some(PauseCause::Manual), self.overridden));
+                }
+                if self.cause == Some(PauseCause::Manual) {
                     return None;
                 }
                 (Some(PauseCause::Manual), self.overridden)
@@ -165,7 +191,9 @@ impl TransferPause {
                 // Lifting a halt takes notes: without them nothing changes (the caller is
                 // told the halt holds).
                 Some(PauseCause::Escalation) if change.reason.trim().is_empty() => return None,
-                Some(PauseCause::Escalation) => (None, self.overridden),
+                // Lifting a halt leaves what it covered: the balance's pause or an admin's
+                // (lifted by a resume of its own), or transfers running.
+                Some(PauseCause::Escalation) => (self.beneath, self.overridden),
                 Some(previous) => (None, previous == PauseCause::Automatic || self.overridden),
             },
         };
@@ -199,8 +227,26 @@ impl TransferPause {
             changed_at: Some(now),
             alerted_version: self.alerted_version,
             escalations,
+            beneath: None,
             version: self.version + 1,
         })
+    }
+
+    /// The halt with the pause beneath it changed: the halt itself, who made it and why, is
+    /// unchanged, and no alert is owed for it.
+    fn beneath_changed(&self, beneath: Option<PauseCause>, overridden: bool) -> TransferPause {
+        let version = self.version + 1;
+        TransferPause {
+            beneath,
+            overridden,
+            alerted_version: if self.alert_owed() {
+                self.alerted_version
+            } else {
+                version
+            },
+            version,
+            ..self.clone()
+        }
     }
 
     /// Whether the last change's alert is still owed.
@@ -318,16 +364,31 @@ mod tests {
 
     #[test]
     fn the_balance_never_lifts_an_escalation_halt() {
-        let halt = halted(&TransferPause::default(), "alert_a");
+        let halt = halted(&TransferPause::default(), "alert_a").alerted();
         assert_eq!(halt.changed(&change(false, Automatic), Utc::now()), None);
-        assert_eq!(halt.changed(&change(true, Automatic), Utc::now()), None);
-        // Over an automatic pause: the recovery does not lift it either.
+        // A low balance under the halt is kept beneath it; a recovery clears only that.
+        let low = halt.changed(&change(true, Automatic), Utc::now()).unwrap();
+        assert_eq!(
+            (low.cause, low.beneath),
+            (Some(Escalation), Some(Automatic))
+        );
+        assert!(!low.alert_owed(), "nothing changed for people");
+        let recovered = low.changed(&change(false, Automatic), Utc::now()).unwrap();
+        assert_eq!(
+            (recovered.cause, recovered.beneath),
+            (Some(Escalation), None)
+        );
+        // Over an automatic pause: the recovery does not lift the halt either.
         let over = halted(
             &apply(&TransferPause::default(), true, Automatic),
             "alert_a",
         );
-        assert_eq!(over.changed(&change(false, Automatic), Utc::now()), None);
-        assert_eq!(over.cause, Some(Escalation));
+        assert_eq!(over.beneath, Some(Automatic));
+        let recovered = over.changed(&change(false, Automatic), Utc::now()).unwrap();
+        assert_eq!(
+            (recovered.cause, recovered.beneath),
+            (Some(Escalation), None)
+        );
     }
 
     #[test]
@@ -337,7 +398,49 @@ mod tests {
         assert_eq!(halt.changed(&unhalt, Utc::now()), None);
         unhalt.paused = true;
         unhalt.cause = Manual;
-        assert_eq!(halt.changed(&unhalt, Utc::now()), None, "still the halt");
+        let under = halt.changed(&unhalt, Utc::now()).unwrap();
+        assert_eq!(
+            (under.cause, under.beneath),
+            (Some(Escalation), Some(Manual)),
+            "still the halt, the admin's pause beneath it"
+        );
+        assert_eq!(under.changed(&unhalt, Utc::now()), None, "once");
+    }
+
+    #[test]
+    fn lifting_a_halt_leaves_the_pause_it_covered() {
+        let lift = PauseChange {
+            paused: false,
+            cause: Manual,
+            reason: "reviewed with finance".to_owned(),
+            actor: "admin:lead".to_owned(),
+        };
+        // Halted over the balance's pause (or with a low balance found under it): lifting the
+        // halt leaves the balance's pause; a second resume is the admin's override.
+        for before in [
+            halted(&apply(&TransferPause::default(), true, Automatic), "a"),
+            apply(&halted(&TransferPause::default(), "a"), true, Automatic),
+        ] {
+            let lifted = before.changed(&lift, Utc::now()).unwrap();
+            assert_eq!((lifted.cause, lifted.beneath), (Some(Automatic), None));
+            assert_eq!(lifted.changed_by, "admin:lead");
+            assert!(lifted.alert_owed());
+            let resumed = lifted.changed(&lift, Utc::now()).unwrap();
+            assert!(!resumed.paused() && resumed.overridden);
+        }
+        // Over an admin's pause: the admin's pause stays.
+        let manual = halted(&apply(&TransferPause::default(), true, Manual), "a");
+        assert_eq!(
+            manual.changed(&lift, Utc::now()).unwrap().cause,
+            Some(Manual)
+        );
+        // Over nothing, or after the balance recovered under it: transfers run.
+        let recovered = apply(
+            &halted(&apply(&TransferPause::default(), true, Automatic), "a"),
+            false,
+            Automatic,
+        );
+        assert!(!recovered.changed(&lift, Utc::now()).unwrap().paused());
     }
 
     fn halt_change_lifting() -> PauseChange {

@@ -465,6 +465,14 @@ pub fn is_retryable_code(code: &str) -> bool {
     )
 }
 
+/// Stripe refusing the platform rather than the creator: the platform's balance cannot fund
+/// the transfer (Stripe's `balance_insufficient`, the error of `POST /v1/transfers` when the
+/// platform's available balance is short; `insufficient_funds`, design §2's name for it).
+/// Every transfer is refused alike until the balance is topped up.
+pub fn is_platform_refusal(code: &str) -> bool {
+    matches!(code, "balance_insufficient" | "insufficient_funds")
+}
+
 /// Design §2: the first retry comes 5 minutes after the failure, then it doubles.
 pub const RETRY_BASE: Duration = Duration::minutes(5);
 
@@ -976,7 +984,6 @@ impl Payout {
         {
             return None;
         }
-        let now = cause.now;
         let forget_transfer = |p: &mut Payout| {
             p.failed_transfer_ids.extend(p.stripe_transfer_id.take());
             p.failed_transfer_ids
@@ -991,6 +998,48 @@ impl Payout {
             p.work_attempts = 0;
             p.failure_code = Some(code.to_owned());
         };
+        let mut declined =
+            self.declined_moved(code, message, retryable, cause, forget_transfer, retry_base)?;
+        if is_platform_refusal(code) {
+            // An escalation signal (design §10, "the platform unable to pay"): Stripe refused
+            // the platform itself, not this creator; a run of these across
+            // ESCALATION_STRIPE_UNAVAILABLE_MINUTES reaches the leads.
+            declined.owe_alert(
+                format!("{}:stripe_refusing:{}", self.id, self.attempt),
+                "payout_stripe_refusing",
+                format!(
+                    "Stripe refused the platform's transfer for payout {}",
+                    self.id
+                ),
+                format!(
+                    "Stripe refused attempt {} of payout {} ({} to {}) with {code}: {message}. \
+                     The platform's Stripe balance cannot fund transfers; the payout {}.",
+                    self.attempt,
+                    self.id,
+                    self.amount,
+                    self.destination,
+                    if declined.status == PayoutStatus::Failed {
+                        "failed after its retries"
+                    } else {
+                        "is retried on schedule"
+                    }
+                ),
+            );
+        }
+        Some(declined)
+    }
+
+    /// [`Payout::attempt_declined`]'s move: retried with a new attempt, or failed.
+    fn declined_moved(
+        &self,
+        code: &str,
+        message: &str,
+        retryable: bool,
+        cause: Cause<'_>,
+        forget_transfer: impl Fn(&mut Payout),
+        retry_base: Duration,
+    ) -> Option<Payout> {
+        let now = cause.now;
         if retryable && self.retry_count < MAX_RETRIES {
             let retry_count = self.retry_count + 1;
             let reason = format!("{code}: {message}; retry {retry_count} of {MAX_RETRIES}");
@@ -1687,13 +1736,10 @@ impl Payout {
     }
 }
 
-/// The limits' suspicious-pattern flags (design §6): each alone is a risk an admin reviews
-/// (level 1), not fraud: three creators a day with a large first payout is an ordinary day.
-const PATTERN_FLAGS: [&str; 3] = [
-    "SUSPICIOUS_FREQUENCY",
-    "LARGE_FIRST_PAYOUT",
-    "LARGE_PERCENTAGE_OF_EARNINGS",
-];
+// The limits' suspicious-pattern flags (design §6) are `SUSPICIOUS_FREQUENCY` and the size
+// flags `LARGE_FIRST_PAYOUT`, `LARGE_PERCENTAGE_OF_EARNINGS`: each alone is a risk an admin
+// reviews (level 1), not fraud: three creators a day with a large first payout is an
+// ordinary day.
 
 /// The flag that reads as potential fraud by itself: cashing out while the earnings are
 /// being refunded or disputed (the stolen-card pattern).
@@ -1710,11 +1756,14 @@ const SIGNAL_FLAGS: [&str; 4] = [
 
 /// The alert kind a payout's limits flags raise, and what it says: `payout_fraud_flag`
 /// (potential fraud, counted towards ESCALATION_FRAUD_FLAGS) for `RECENT_REFUND_OR_DISPUTE`
-/// or two suspicious patterns at once; `payout_limits_flag` (level 1) for one pattern or
+/// or two suspicious patterns at once (a burst of requests and a large one); `payout_limits_flag` (level 1) for one pattern or
 /// another signal flag; none otherwise.
 fn flag_signal(flags: &[String]) -> Option<(&'static str, &'static str)> {
     let has = |flag: &str| flags.iter().any(|f| f == flag);
-    let patterns = PATTERN_FLAGS.iter().filter(|flag| has(flag)).count();
+    // A first cash-out above the large-payout amount is nearly always most of what the
+    // creator has earned too: the two size flags count as one pattern, frequency as another.
+    let size = has("LARGE_FIRST_PAYOUT") || has("LARGE_PERCENTAGE_OF_EARNINGS");
+    let patterns = usize::from(size) + usize::from(has("SUSPICIOUS_FREQUENCY"));
     if has(FRAUD_FLAG) || patterns >= 2 {
         Some(("payout_fraud_flag", "potential fraud"))
     } else if patterns == 1 || SIGNAL_FLAGS.iter().any(|flag| has(flag)) {
@@ -1745,8 +1794,18 @@ mod tests {
         );
         assert_eq!(of(&["SUSPICIOUS_FREQUENCY"]), Some("payout_limits_flag"));
         assert_eq!(of(&["TOO_SOON"]), Some("payout_limits_flag"));
+        // The size flags together are one pattern (a first cash-out is most of the
+        // earnings): an ordinary day, not fraud. With a burst of requests, it is.
         assert_eq!(
             of(&["LARGE_FIRST_PAYOUT", "LARGE_PERCENTAGE_OF_EARNINGS"]),
+            Some("payout_limits_flag")
+        );
+        assert_eq!(
+            of(&["SUSPICIOUS_FREQUENCY", "LARGE_PERCENTAGE_OF_EARNINGS"]),
+            Some("payout_fraud_flag")
+        );
+        assert_eq!(
+            of(&["SUSPICIOUS_FREQUENCY", "LARGE_FIRST_PAYOUT"]),
             Some("payout_fraud_flag")
         );
         assert_eq!(of(&["RECENT_REFUND_OR_DISPUTE"]), Some("payout_fraud_flag"));
@@ -1990,6 +2049,32 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_of_the_platform_signals_stripe_unable_to_pay_and_a_creators_does_not() {
+        let kinds = |payout: &Payout| -> Vec<String> {
+            payout.owed_alerts.iter().map(|a| a.kind.clone()).collect()
+        };
+        // The platform's balance: every attempt owes the signal, retried or failed.
+        let retried = payout(PayoutStatus::Pending)
+            .attempt_declined("balance_insufficient", "", true, None, RETRY_BASE, cause())
+            .unwrap();
+        assert_eq!(retried.status, PayoutStatus::Pending);
+        assert_eq!(kinds(&retried), ["payout_stripe_refusing"]);
+        let again = retried
+            .attempt_declined("balance_insufficient", "", true, None, RETRY_BASE, cause())
+            .unwrap();
+        assert_eq!(again.owed_alerts.len(), 2, "one per attempt");
+        assert_ne!(again.owed_alerts[0].key, again.owed_alerts[1].key);
+        // The creator's account: a payout failure, not the platform.
+        let creators = payout(PayoutStatus::Pending)
+            .attempt_declined("account_closed", "", false, None, RETRY_BASE, cause())
+            .unwrap();
+        assert_eq!(kinds(&creators), ["payout_failed"]);
+        assert!(
+            is_platform_refusal("insufficient_funds") && !is_platform_refusal("account_closed")
+        );
+    }
+
+    #[test]
     fn definite_refusals_follow_the_spec_schedule_then_fail_and_give_the_quota_back() {
         assert_eq!(
             [
@@ -2030,15 +2115,28 @@ mod tests {
             now(),
         );
         assert!(settled.quota.is_settled());
-        // The failure's escalation signal is the only effect owed.
-        assert!(
-            settled
-                .owed_alerts
-                .iter()
-                .all(|alert| alert.kind == "payout_failed"),
-            "{:?}",
-            settled.owed_alerts
+        // The failure's escalation signal and, the platform's balance being short, one
+        // "Stripe refusing" signal per attempt are the only effects owed.
+        let kinds: Vec<&str> = settled
+            .owed_alerts
+            .iter()
+            .map(|a| a.kind.as_str())
+            .collect();
+        let attempts = usize::try_from(MAX_RETRIES).unwrap() + 1;
+        assert_eq!(
+            kinds.iter().filter(|k| **k == "payout_failed").count(),
+            1,
+            "{kinds:?}"
         );
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == "payout_stripe_refusing")
+                .count(),
+            attempts,
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.len(), attempts + 1, "{kinds:?}");
     }
 
     #[test]

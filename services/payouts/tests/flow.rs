@@ -1449,7 +1449,14 @@ async fn a_transfer_for_a_failed_payout_is_adopted_with_a_critical_alert() {
         let adopted = f.stored(&payout.id).await;
         assert_eq!(adopted.status, PayoutStatus::Processing);
         assert_eq!(adopted.stripe_transfer_id.as_deref(), Some("tr_surprise"));
-        assert_eq!(f.alerts.kinds(), vec!["payout_transfer_adopted".to_owned()]);
+        // The failure's own alert (escalation's payout-failure signal), then the adoption's.
+        assert_eq!(
+            f.alerts.kinds(),
+            vec![
+                "payout_failed".to_owned(),
+                "payout_transfer_adopted".to_owned()
+            ]
+        );
         // The money left: its quota is held again (a total of 0 released, a newer sequence).
         assert_eq!(f.limits.released().last(), Some(&(payout.id.clone(), 0, 2)));
         // A second transfer naming the same payout is flagged, never dropped or adopted.

@@ -72,7 +72,8 @@ impl PauseWatch {
     }
 
     /// `task` changed the pause document from `before` to `after` in the store. A halt is
-    /// lifted only by an admin, with notes, and is never replaced by another cause.
+    /// lifted only by an admin, with notes, and is never replaced by another cause than the
+    /// pause it covered (which lifting it leaves in force).
     pub fn changed(&self, task: Option<TaskId>, before: &TransferPause, after: &TransferPause) {
         self.lock().now = after.cause;
         let halted = |p: &TransferPause| p.cause == Some(PauseCause::Escalation);
@@ -81,13 +82,15 @@ impl PauseWatch {
         }
         if halted(before) && !halted(after) {
             self.count("escalation halt lifted");
-            if after.cause.is_some() {
+            if after.cause.is_some() && after.cause != before.beneath {
                 self.violation(format!(
-                    "the escalation halt ({}) was replaced by a {} pause by {} (version {})",
+                    "the escalation halt ({}) was replaced by a {} pause by {} (version {}), \
+                     not by the {} pause it covered",
                     before.reason,
                     cause(after.cause),
                     after.changed_by,
-                    after.version
+                    after.version,
+                    cause(before.beneath)
                 ));
             } else if !after.changed_by.starts_with("admin:")
                 || after.reason.trim().is_empty()

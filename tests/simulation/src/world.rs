@@ -1437,7 +1437,8 @@ impl World {
             self.clock.advance(Duration::minutes(1));
             self.note("time +1min".to_owned());
         }
-        // Transfers run again: an admin lifts any pause (as the runbook says), with notes.
+        // Transfers run again: an admin lifts any pause (as the runbook says), with notes; a
+        // halt first, then the pause it covered.
         let flow = Arc::clone(&self.payouts[0]);
         let lifted = self.complete(
             "lift the transfer pause".to_owned(),
@@ -1448,10 +1449,15 @@ impl World {
                     reason: "drain".to_owned(),
                     actor: "admin:sim".to_owned(),
                 };
-                match flow.set_pause(&change).await {
-                    Ok(pause) => format!("paused={}", pause.paused()),
-                    Err(error) => format!("error: {}", error.message()),
+                let mut answer = String::new();
+                for _ in 0..2 {
+                    answer = match flow.set_pause(&change).await {
+                        Ok(pause) if pause.paused() => format!("paused={}", pause.paused()),
+                        Ok(pause) => return format!("paused={}", pause.paused()),
+                        Err(error) => format!("error: {}", error.message()),
+                    };
                 }
+                answer
             }),
         );
         self.note(format!("drain: {lifted}"));

@@ -612,6 +612,38 @@ mod pause {
         let stored = repository.get().await.unwrap();
         assert_eq!(stored, lifted);
         assert!(!stored.paused() && stored.overridden);
+        // A halt over an admin's pause keeps what it covers, and the alerts that halted.
+        let manual = lifted
+            .changed(
+                &PauseChange {
+                    paused: true,
+                    cause: PauseCause::Manual,
+                    reason: "investigating".to_owned(),
+                    actor: "admin:ops".to_owned(),
+                },
+                payouts_runtime::store::store_precision(Utc::now()),
+            )
+            .unwrap();
+        repository.put(&manual, lifted.version).await.unwrap();
+        let halted = manual
+            .changed(
+                &PauseChange {
+                    paused: true,
+                    cause: PauseCause::Escalation,
+                    reason: crate::pause::escalation_reason("alert_x"),
+                    actor: "notifications".to_owned(),
+                },
+                payouts_runtime::store::store_precision(Utc::now()),
+            )
+            .unwrap();
+        repository.put(&halted, manual.version).await.unwrap();
+        let stored = repository.get().await.unwrap();
+        assert_eq!(stored, halted);
+        assert_eq!(
+            (stored.cause, stored.beneath),
+            (Some(PauseCause::Escalation), Some(PauseCause::Manual))
+        );
+        assert_eq!(stored.escalations, ["alert_x"]);
     }
 
     #[tokio::test]

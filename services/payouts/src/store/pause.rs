@@ -81,6 +81,9 @@ struct PauseDocument {
     /// The alerts whose escalation halts were applied (a halt is applied once per alert).
     #[serde(default)]
     escalations: Vec<String>,
+    /// Under a halt: the pause it covers (`automatic` or `manual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    beneath: Option<String>,
     version: i64,
 }
 
@@ -103,12 +106,14 @@ impl PauseRepository for MongoPause {
         else {
             return Ok(TransferPause::default());
         };
-        let cause = match d.cause.as_deref() {
-            None => None,
-            Some(text) => Some(PauseCause::parse(text).ok_or_else(|| {
+        let parse = |cause: Option<&str>| match cause {
+            None => Ok(None),
+            Some(text) => PauseCause::parse(text).map(Some).ok_or_else(|| {
                 ServiceError::internal(anyhow::anyhow!("the transfer pause has cause {text:?}"))
-            })?),
+            }),
         };
+        let cause = parse(d.cause.as_deref())?;
+        let beneath = parse(d.beneath.as_deref())?;
         Ok(TransferPause {
             cause,
             overridden: d.overridden,
@@ -117,6 +122,7 @@ impl PauseRepository for MongoPause {
             changed_at: d.changed_at.map(from_bson_time),
             alerted_version: d.alerted_version,
             escalations: d.escalations,
+            beneath,
             version: d.version,
         })
     }
@@ -132,6 +138,7 @@ impl PauseRepository for MongoPause {
             changed_at: pause.changed_at.map(to_bson_time),
             alerted_version: pause.alerted_version,
             escalations: pause.escalations.clone(),
+            beneath: pause.beneath.map(|cause| cause.as_str().to_owned()),
             version: pause.version,
         };
         if put_versioned(&self.collection, ID, document, expected_version).await? {
