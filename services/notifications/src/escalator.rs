@@ -122,10 +122,13 @@ pub struct Escalator {
 impl Escalator {
     /// One pass: owed halts first (money before people), then due pages. How many were tried.
     pub async fn run_due(&self) -> Result<usize, ServiceError> {
-        let mut tried = self.halt_due().await?;
-        if let Some(pager) = &self.pager {
-            tried += self.page_due(pager.as_ref()).await?;
-        }
+        // A store error in one does not keep the other from its turn.
+        let halts = self.halt_due().await;
+        let pages = match &self.pager {
+            Some(pager) => self.page_due(pager.as_ref()).await,
+            None => Ok(0),
+        };
+        let tried = halts? + pages?;
         #[allow(clippy::cast_precision_loss)] // a count far below 2^53
         metrics::gauge!("payouts_alert_pages_owed").set(self.alerts.pages_owed().await? as f64);
         Ok(tried)

@@ -85,12 +85,37 @@ impl NotificationsGrpc {
         signal: SignalRecord,
     ) -> Result<(Alert, bool), ServiceError> {
         let now = signal.at;
-        self.signals.record(&signal).await?;
-        let history = match self.policy.lookback(signal.signal) {
+        let new = self.signals.record(&signal).await?;
+        let mut history = match self.policy.lookback(signal.signal) {
             Some(lookback) => self.signals.since(signal.signal, now - lookback).await?,
             None => Vec::new(),
         };
-        let assessment = self.policy.assess(&signal, &history, None, now);
+        // A retried signal (its answer was lost) keeps the time it was first recorded.
+        let signal = match history.iter().find(|s| !new && s.id == signal.id) {
+            Some(stored) => stored.clone(),
+            None => signal,
+        };
+        // An episode an admin resolved is over: its rule counts only the signals that came
+        // after the resolution, so a retried old signal, or one new signal inside a window
+        // that still holds the old ones, does not open (and halt) the episode again.
+        let mut before_resolution = false;
+        if let Some(rule) = self.policy.rule_of(signal.signal)
+            && let Some(latest) = self
+                .alerts
+                .list(None, Some(rule.kind()), None, None, 1)
+                .await?
+                .into_iter()
+                .next()
+            && latest.status == AlertStatus::Resolved
+            && let Some(resolved_at) = latest.resolved_at
+        {
+            history.retain(|s| s.at > resolved_at);
+            before_resolution = signal.at <= resolved_at;
+        }
+        let mut assessment = self.policy.assess(&signal, &history, None, now);
+        if before_resolution {
+            assessment.escalation = None;
+        }
         let mut alert = alert;
         alert.level = assessment.level;
         alert.signal = Some(signal.signal.as_str().to_owned());
