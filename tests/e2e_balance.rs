@@ -547,17 +547,41 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    assert_eq!(
+        system.transfer_pause().await["beneath"],
+        "automatic",
+        "the halt covers the balance's pause"
+    );
     let (status, lifted) = system
         .admin(
             reqwest::Method::POST,
             "/api/admin/balance/resume",
-            Some(json!({ "reason": "checked: a known depletion, funds are on their way" })),
+            Some(json!({
+                "reason": "checked: a known depletion, funds are on their way",
+                "cause": "escalation"
+            })),
         )
         .await;
     assert_eq!(status, 200, "{lifted}");
     assert_eq!(lifted["transferPause"]["paused"], true, "{lifted}");
     assert_eq!(lifted["transferPause"]["cause"], "automatic", "{lifted}");
+    assert_eq!(lifted["transferPause"]["beneath"], Value::Null, "{lifted}");
     assert_eq!(lifted["transferPause"]["overridden"], false);
+    // The same resume again (its answer was lost, the admin presses again): refused, the
+    // balance's pause it left in force stays.
+    let (status, again) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/balance/resume",
+            Some(json!({
+                "reason": "checked: a known depletion, funds are on their way",
+                "cause": "escalation"
+            })),
+        )
+        .await;
+    assert_eq!(status, 409, "{again}");
+    assert!(again.to_string().contains("automatic"), "{again}");
+    assert_eq!(system.transfer_pause().await["cause"], "automatic");
     system.check(0).await;
     let pause = system.transfer_pause().await;
     assert_eq!(
@@ -577,6 +601,23 @@ async fn transfers_pause_at_depleted_and_resume_when_the_balance_recovers() {
     assert_eq!(resumed["transferPause"]["overridden"], true);
     system.check(0).await;
     assert_eq!(system.transfer_pause().await["paused"], false);
+
+    // Bad input changes nothing: a reason longer than the API document allows, an empty
+    // level filter.
+    let (status, refused) = system
+        .admin(
+            reqwest::Method::POST,
+            "/api/admin/balance/pause",
+            Some(json!({ "reason": "x".repeat(256) })),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("255"), "{refused}");
+    assert_eq!(system.transfer_pause().await["paused"], false);
+    let (status, refused) = system
+        .admin(reqwest::Method::GET, "/api/admin/alerts?level=", None)
+        .await;
+    assert_eq!(status, 400, "{refused}");
 
     // An admin's pause outlasts a healthy balance; every change raised an alert.
     let (status, _) = system

@@ -601,6 +601,7 @@ async fn each_pause_cause_belongs_to_its_caller() {
         cause: cause.into(),
         reason: reason.to_owned(),
         actor: "mtls-test".to_owned(),
+        expected_cause: PauseCause::Unspecified.into(),
     };
     let code = |result: Result<tonic::Response<_>, tonic::Status>| match result {
         Ok(_) => tonic::Code::Ok,

@@ -480,19 +480,29 @@ async function balancePage(view) {
   loading(view);
   const result = await api("GET", "/api/admin/balance");
   const outcome = el("div", { "aria-live": "polite" });
-  const action = (label, method, path) => el("button", { type: "button", onclick: async () => {
-    const answer = await api(method, path);
+  const inForce = result.status === 200 ? result.body.data.transferPause : null;
+  // The notes go with a pause or a resume (required to lift an escalation halt). A resume
+  // names the cause it lifts: sent again after a lost answer, it is refused (409) rather than
+  // also lifting the pause the first one left in force (the balance's or an admin's).
+  const notes = el("input", { type: "text", maxlength: 255, placeholder: "what was checked (required to lift a halt)" });
+  const action = (label, method, path, body) => el("button", { type: "button", onclick: async () => {
+    const answer = await api(method, path, body ? body() : undefined);
     if (answer.status === 200) { balancePage(view); refreshHalt(); } else outcome.replaceChildren(errorLine(answer));
   } }, label);
+  const reason = () => (notes.value.trim() ? { reason: notes.value.trim() } : {});
   const controls = el("div", { class: "filters", "data-change": true }, action("Run check now", "POST", "/api/admin/balance/check"),
-    action("Pause transfers", "POST", "/api/admin/balance/pause"), action("Resume transfers", "POST", "/api/admin/balance/resume"));
+    labelled("pause-notes", "Notes", notes),
+    action("Pause transfers", "POST", "/api/admin/balance/pause", reason),
+    action("Resume transfers", "POST", "/api/admin/balance/resume",
+      () => ({ ...reason(), ...(inForce && inForce.cause ? { cause: inForce.cause } : {}) })));
   if (result.status !== 200) return view.replaceChildren(el("h1", {}, "Balance"), controls, outcome, errorLine(result));
   const d = result.body.data, b = d.balanceStatus, pause = d.transferPause;
   view.replaceChildren(el("h1", {}, "Balance"),
     el("section", { class: "card" }, el("h2", { class: "status-" + b.thresholdStatus }, b.thresholdStatus.toUpperCase()),
       el("p", {}, `Available ${money(b.availableBalance)} · obligations ${money(b.pendingObligations)} · reserve ${money(b.requiredReserve)} · available for payouts ${money(b.availableForPayouts)}`),
       el("p", {}, `Trend ${d.trend.direction} (${money(d.trend.averageChange)} a day) · days of coverage ${b.daysOfCoverage ?? "—"}`),
-      el("p", {}, pause.paused ? `Transfers paused (${pause.cause}) by ${pause.changedBy || "?"}: ${pause.reason || ""}` : "Transfers running")),
+      el("p", {}, pause.paused ? `Transfers paused (${pause.cause}) by ${pause.changedBy || "?"}: ${pause.reason || ""}` : "Transfers running",
+        pause.beneath ? ` · under it, a ${pause.beneath} pause that lifting the halt leaves in force` : "")),
     controls, outcome, el("h2", {}, "Last 30 snapshots"), chart([...d.snapshots].reverse()));
 }
 

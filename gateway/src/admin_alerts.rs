@@ -109,7 +109,7 @@ pub(crate) async fn list(
         }
     };
     let level = match query.level.as_deref().map(str::trim) {
-        None | Some("") => 0,
+        None => 0,
         Some("1") => 1,
         Some("2") => 2,
         Some("3") => 3,
@@ -256,16 +256,20 @@ fn snapshot_json(snapshot: balance_pb::BalanceSnapshot) -> Value {
     })
 }
 
-fn pause_json(pause: payouts_pb::TransferPause) -> Value {
-    let cause = match pause.cause() {
+fn cause_name(cause: payouts_pb::PauseCause) -> Option<&'static str> {
+    match cause {
         payouts_pb::PauseCause::Automatic => Some("automatic"),
         payouts_pb::PauseCause::Manual => Some("manual"),
         payouts_pb::PauseCause::Escalation => Some("escalation"),
         payouts_pb::PauseCause::Unspecified => None,
-    };
+    }
+}
+
+fn pause_json(pause: payouts_pb::TransferPause) -> Value {
     json!({
         "paused": pause.paused,
-        "cause": cause,
+        "cause": cause_name(pause.cause()),
+        "beneath": cause_name(pause.beneath()),
         "overridden": pause.overridden,
         "reason": Some(pause.reason).filter(|reason| !reason.is_empty()),
         "changedBy": Some(pause.changed_by).filter(|by| !by.is_empty()),
@@ -273,20 +277,47 @@ fn pause_json(pause: payouts_pb::TransferPause) -> Value {
     })
 }
 
+/// The longest reason a pause or resume records (the API document's `maxLength`).
+const MAX_REASON_CHARS: usize = 255;
+
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct PauseBody {
     reason: Option<String>,
+    /// The cause in force the admin decided on (`automatic`, `manual`, `escalation`): the
+    /// change applies only while it still is (409 otherwise), so a resume sent again after
+    /// its answer was lost does not also lift the pause the first one left in force.
+    cause: Option<String>,
 }
 
 async fn set_pause(gateway: &Gateway, admin: Admin, paused: bool, body: PauseBody) -> Response {
     // A blank reason gets a default text from payouts, except when lifting an escalation
     // halt: that takes notes (FAILED_PRECONDITION, 409).
-    let reason = body.reason.unwrap_or_default().trim().to_owned();
+    let reason = body.reason.unwrap_or_default();
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            format!("reason must be at most {MAX_REASON_CHARS} characters"),
+        );
+    }
+    let reason = reason.trim().to_owned();
+    let expected = match body.cause.as_deref() {
+        None => payouts_pb::PauseCause::Unspecified,
+        Some("automatic") => payouts_pb::PauseCause::Automatic,
+        Some("manual") => payouts_pb::PauseCause::Manual,
+        Some("escalation") => payouts_pb::PauseCause::Escalation,
+        Some(other) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                format!("cause must be automatic, manual or escalation, got {other:?}"),
+            );
+        }
+    };
     let request = payouts_pb::SetTransferPauseRequest {
         paused,
         cause: payouts_pb::PauseCause::Manual.into(),
         reason,
         actor: format!("admin:{}", admin.subject),
+        expected_cause: expected.into(),
     };
     match gateway.payouts().set_transfer_pause(request).await {
         Ok(response) => Json(json!({

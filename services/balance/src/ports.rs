@@ -162,6 +162,7 @@ impl Transfers for GrpcTransfers {
                 cause: PauseCause::Automatic.into(),
                 reason: reason.to_owned(),
                 actor: "balance".to_owned(),
+                expected_cause: PauseCause::Unspecified.into(),
             })
             .await
             .map_err(|status| ServiceError::from_remote("payouts", &status))?;

@@ -331,6 +331,14 @@ impl Cases {
             allocations.iter().map(|a| a.user_id.as_str()).collect();
         for user_id in users {
             let book = self.ledger.books.get(user_id).await?;
+            // Wiped is about the creator: nothing payable or frozen in any currency.
+            if book
+                .totals
+                .values()
+                .any(|totals| totals.active > 0 || totals.frozen > 0)
+            {
+                continue;
+            }
             for (currency, totals) in &book.totals {
                 if let Some(message) = wiped(user_id, currency, totals, notice) {
                     self.notices.alert(&message).await?;

@@ -95,6 +95,7 @@ impl Halter for GrpcHalter {
                 cause: payouts_pb::PauseCause::Escalation.into(),
                 reason: format!("escalation: {alert_id}"),
                 actor: "notifications".to_owned(),
+                expected_cause: payouts_pb::PauseCause::Unspecified.into(),
             })
             .await
             .map_err(|status| ServiceError::from_remote("payouts", &status))?;

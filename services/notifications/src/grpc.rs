@@ -164,6 +164,15 @@ impl NotificationsGrpc {
                         Err(error) => return Err(error),
                     }
                 }
+                Some(resolved)
+                    if resolved
+                        .resolved_at
+                        .is_some_and(|resolved_at| signal.at <= resolved_at) =>
+                {
+                    // Resolved after this signal was counted (an admin's resolve between our
+                    // read and now): the episode it belongs to is over; no new one from it.
+                    return Ok(resolved);
+                }
                 latest => {
                     let sequence = latest
                         .as_ref()

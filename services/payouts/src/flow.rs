@@ -12,7 +12,7 @@ use payouts_runtime::shutdown::Shutdown;
 use payouts_runtime::{Clock, ErrorKind, IdSource, Money, ServiceError};
 
 use crate::domain::{Account, StripeAccountStatus};
-use crate::pause::{PauseChange, TransferPause};
+use crate::pause::{PauseCause, PauseChange, TransferPause};
 use crate::payout::{
     Cause, IDEMPOTENCY_WINDOW, Payout, PayoutStatus, ReversalIntent, ReversalOutcome,
     ReversalRefusal, ReversalState, SeenTransfer, StripeFailure, TransferNews, transfer_group,
@@ -1213,8 +1213,32 @@ impl PayoutFlow {
     /// Changes the transfer pause (see [`crate::pause`] for who overrides whom) and raises
     /// its alert. The pause as it is afterwards.
     pub async fn set_pause(&self, change: &PauseChange) -> Result<TransferPause, ServiceError> {
+        self.set_pause_expecting(change, None).await
+    }
+
+    /// [`Self::set_pause`], applied only while the pause's cause is `expected` (when given):
+    /// otherwise FAILED_PRECONDITION naming the cause in force, and nothing changes. An
+    /// admin's resume names the cause it lifts, so the same resume sent again after a lost
+    /// answer does not also lift the pause the first one left in force.
+    pub async fn set_pause_expecting(
+        &self,
+        change: &PauseChange,
+        expected: Option<PauseCause>,
+    ) -> Result<TransferPause, ServiceError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let pause = self.pause.get().await?;
+            if let Some(expected) = expected
+                && pause.cause != Some(expected)
+            {
+                return Err(ServiceError::failed_precondition(format!(
+                    "the transfer pause is {} now, not {}: nothing changed (look at it again \
+                     and decide on what is in force)",
+                    pause
+                        .cause
+                        .map_or("off (transfers run)", PauseCause::as_str),
+                    expected.as_str()
+                )));
+            }
             let Some(changed) = pause.changed(change, self.clock.now()) else {
                 return self.settle_pause_alert(pause).await;
             };

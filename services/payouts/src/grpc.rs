@@ -453,13 +453,19 @@ impl PayoutsService for PayoutsGrpc {
         if reason.is_empty() && cause != PauseCause::Manual {
             return Err(ServiceError::invalid_argument("reason is required").into());
         }
+        let expected = match r.expected_cause() {
+            pb::PauseCause::Unspecified => None,
+            pb::PauseCause::Automatic => Some(PauseCause::Automatic),
+            pb::PauseCause::Manual => Some(PauseCause::Manual),
+            pb::PauseCause::Escalation => Some(PauseCause::Escalation),
+        };
         let change = PauseChange {
             paused: r.paused,
             cause,
             reason,
             actor: required_id(&r.actor, "actor")?,
         };
-        let pause = self.flow.set_pause(&change).await?;
+        let pause = self.flow.set_pause_expecting(&change, expected).await?;
         if cause == PauseCause::Manual && !r.paused && pause.cause == Some(PauseCause::Escalation) {
             return Err(ServiceError::failed_precondition(
                 "notes are required to lift an escalation halt (reason): say what was checked",
@@ -598,16 +604,20 @@ fn report_to_proto(report: Report) -> pb::ReconciliationReport {
     }
 }
 
+fn cause_to_proto(cause: Option<PauseCause>) -> pb::PauseCause {
+    match cause {
+        None => pb::PauseCause::Unspecified,
+        Some(PauseCause::Automatic) => pb::PauseCause::Automatic,
+        Some(PauseCause::Manual) => pb::PauseCause::Manual,
+        Some(PauseCause::Escalation) => pb::PauseCause::Escalation,
+    }
+}
+
 fn pause_to_proto(pause: TransferPause) -> pb::TransferPause {
     pb::TransferPause {
         paused: pause.paused(),
-        cause: match pause.cause {
-            None => pb::PauseCause::Unspecified,
-            Some(PauseCause::Automatic) => pb::PauseCause::Automatic,
-            Some(PauseCause::Manual) => pb::PauseCause::Manual,
-            Some(PauseCause::Escalation) => pb::PauseCause::Escalation,
-        }
-        .into(),
+        cause: cause_to_proto(pause.cause).into(),
+        beneath: cause_to_proto(pause.beneath).into(),
         overridden: pause.overridden,
         reason: pause.reason,
         changed_by: pause.changed_by,

@@ -191,10 +191,12 @@ fn escalation_signal(kind: &str) -> &'static str {
         "payout_outcome_unknown" => "outcome_unknown",
         "payout_fraud_flag" => "fraud_flag",
         "payout_limits_flag" => "limits_flag",
-        // The platform unable to pay: Stripe refusing the platform's credentials or its
-        // balance (a run across ESCALATION_STRIPE_UNAVAILABLE_MINUTES is level 3). Stripe
-        // unreachable shows as unknown outcomes, which have their own rule.
-        "payout_stripe_refusing" | "stripe_credentials_refused" => "stripe_unavailable",
+        // The platform unable to pay: Stripe refusing the platform's balance on every
+        // attempt (a run across ESCALATION_STRIPE_UNAVAILABLE_MINUTES is level 3). Stripe
+        // unreachable shows as unknown outcomes, which have their own rule. Our credentials
+        // refused stay a level-2 alert of their own (emailed at once: one per waiting payout,
+        // not a run of signals).
+        "payout_stripe_refusing" => "stripe_unavailable",
         _ => "",
     }
 }
@@ -373,7 +375,7 @@ mod tests {
             ("payout_fraud_flag", "fraud_flag"),
             ("payout_limits_flag", "limits_flag"),
             ("payout_stripe_refusing", "stripe_unavailable"),
-            ("stripe_credentials_refused", "stripe_unavailable"),
+            ("stripe_credentials_refused", ""),
             ("payout_transfers_paused", ""),
         ] {
             assert_eq!(escalation_signal(kind), signal, "{kind}");

@@ -82,7 +82,7 @@ impl PauseWatch {
         }
         if halted(before) && !halted(after) {
             self.count("escalation halt lifted");
-            if after.cause.is_some() && after.cause != before.beneath {
+            if after.cause != before.beneath {
                 self.violation(format!(
                     "the escalation halt ({}) was replaced by a {} pause by {} (version {}), \
                      not by the {} pause it covered",
